@@ -1,0 +1,1 @@
+"""Benchmarks behind ``python -m fasttx bench`` (installed as fasttx.benchmarks)."""

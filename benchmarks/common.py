@@ -1,0 +1,94 @@
+"""Timing and reporting shared by the per-op benchmarks.
+
+GPU times come from triton.testing.do_bench (CUDA events, median of repeats after warm-up);
+CPU times from a host clock (median of repeats), good only to exercise the path.
+"""
+
+import csv
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from .. import info
+
+
+def bench_ms(fn, device_type, grad_to_none=None):
+    """Median milliseconds of ``fn()``."""
+    if device_type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+    fn()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out
+    times = []
+    for _ in range(5):
+        for t in grad_to_none or ():
+            t.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(device_type):
+    """The device's measured copy bandwidth (bytes read + written per second), in GB/s: the
+    ceiling memory-bound kernels are compared with. Measured on GPU only."""
+    if device_type != "cuda":
+        return None
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # 1 GiB: far beyond L2
+    dst = torch.empty_like(src)
+    ms = bench_ms(lambda: dst.copy_(src), device_type)
+    return 2 * src.numel() / ms / 1e6
+
+
+def peak_memory_mb(fn, device_type):
+    if device_type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def environment():
+    """What the figures were measured on; saved beside them."""
+    env = {k: v for k, v in info().items() if k != "last backend used per op"}
+    if torch.cuda.is_available():
+        env["sm_count"] = torch.cuda.get_device_properties(0).multi_processor_count
+    return env
+
+
+def write_reports(rows, out_dir, name, meta):
+    """Write ``rows`` (list of flat dicts) as JSON (with ``meta``) and CSV; return the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"{name}.json")
+    csv_path = os.path.join(out_dir, f"{name}.csv")
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2, default=str)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return json_path, csv_path
+
+
+def format_table(rows, columns):
+    """A fixed-width text table of ``columns`` (header -> key) over ``rows``."""
+
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    cells = [[cell(row.get(key)) for key in columns.values()] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(columns)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(columns, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)

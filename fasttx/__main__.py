@@ -1,0 +1,67 @@
+"""``python -m fasttx info | bench``."""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+BENCH_OPS = ("layer_norm", "rms_norm")
+
+
+def _parse_shapes(text):
+    try:
+        return [tuple(int(n) for n in shape.lower().split("x")) for shape in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shapes takes ROWSxHIDDEN[,ROWSxHIDDEN...], got {text!r}")
+
+
+def _info(_args):
+    from . import info
+
+    print(json.dumps(info(), indent=2, default=str))
+
+
+def _bench(args):
+    from .benchmarks import common, norms
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    shapes = args.shapes or (norms.GPU_SHAPES if device_type == "cuda" else norms.CPU_SHAPES)
+    copy_gbs = common.copy_bandwidth_gbs(device_type)
+    meta = dict(common.environment(), command=" ".join(["python -m fasttx"] + sys.argv[1:]),
+                copy_bandwidth_GBps=copy_gbs)
+    columns = {"rows": "rows", "hidden": "hidden", "provider": "provider", "pass": "pass", "ms": "ms",
+               "GB/s": "GB/s", "%copyBW": "% of copy BW", "speed-up": "speed-up vs eager",
+               "peakMB": "peak MB", "max err": "max rel err", "ok": "correct"}
+    failed = False
+    for op in BENCH_OPS if args.op == "all" else (args.op,):
+        rows = norms.run(op, DTYPES[args.dtype], device_type, shapes, copy_gbs)
+        name = f"{op}_{args.dtype}_{device_type}"
+        paths = common.write_reports(rows, args.out, name, meta)
+        print(f"\n{op} ({args.dtype}, {meta['gpu']}, copy bandwidth {copy_gbs and round(copy_gbs)} GB/s)")
+        print(common.format_table(rows, columns))
+        print("wrote " + ", ".join(paths))
+        failed |= not all(r["correct"] for r in rows)
+    if failed:
+        sys.exit("fasttx bench: some provider failed its correctness check (column ok)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fasttx", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="versions, GPU, available backends").set_defaults(func=_info)
+    bench = commands.add_parser("bench", help="time fasttx kernels against PyTorch")
+    bench.add_argument("--op", choices=BENCH_OPS + ("all",), default="all")
+    bench.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32")
+    bench.add_argument("--shapes", type=_parse_shapes, help="ROWSxHIDDEN,... (default: per device)")
+    bench.add_argument("--out", default=os.path.join("bench-out"), help="folder for the JSON and CSV")
+    bench.set_defaults(func=_bench)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Loading the CUDA extension ``fasttx._C``.
+
+Importing it registers the ``torch.ops.fasttx.*_cuda`` ops (TORCH_LIBRARY in csrc/bindings.cpp).
+When no prebuilt extension is installed but this is a source checkout on a machine with a GPU
+and nvcc, the extension is compiled on first use with ``torch.utils.cpp_extension.load``
+(ninja, cached under torch's extension directory), and we say so.
+"""
+
+import glob
+import importlib
+import os
+import shutil
+import warnings
+
+import torch
+
+_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+_state = {"loaded": False, "reason": None, "tried_import": False, "tried_jit": False}
+
+
+def _jit_build():
+    from torch.utils.cpp_extension import load
+
+    sources = sorted(
+        glob.glob(os.path.join(_CSRC, "**", "*.cu"), recursive=True)
+        + glob.glob(os.path.join(_CSRC, "**", "*.cpp"), recursive=True)
+    )
+    warnings.warn(
+        "fasttx: the CUDA extension fasttx._C is not installed; compiling it now from "
+        f"{_CSRC} with torch.utils.cpp_extension.load (cached after the first time)",
+        stacklevel=3,
+    )
+    load(
+        name="fasttx_C",
+        sources=sources,
+        extra_include_paths=[_CSRC],
+        extra_cflags=["-O3", "-std=c++17"],
+        extra_cuda_cflags=["-O3", "-std=c++17", "--expt-relaxed-constexpr"],
+        is_python_module=False,
+    )
+
+
+def _why_no_jit_build():
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible, so it is not compiled on first use"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if not os.path.isdir(_CSRC):
+        return "the csrc/ sources are not next to the package (not a source checkout)"
+    if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
+        return "nvcc was not found to compile it on first use"
+    return None
+
+
+def _loaded():
+    from . import _ops
+
+    _ops.register_cuda_ops()
+    _state["loaded"], _state["reason"] = True, None
+
+
+def load(allow_jit_build=True):
+    """Return (loaded, reason it is unavailable or None).
+
+    The prebuilt extension is imported at most once; the JIT build is tried at most once, and only
+    when ``allow_jit_build`` (``import fasttx`` does not allow it: it would compile at import).
+    """
+    if not _state["tried_import"]:
+        _state["tried_import"] = True
+        try:
+            importlib.import_module("fasttx._C")  # importing registers the ops
+
+            _loaded()
+        except ImportError as import_error:
+            _state["reason"] = f"fasttx._C is not built ({import_error})"
+        except OSError as load_error:  # built against another torch / CUDA runtime
+            _state["reason"] = f"fasttx._C failed to load: {load_error}"
+            _state["tried_jit"] = True  # a JIT build would hit the same mismatch
+    if not _state["loaded"] and allow_jit_build and not _state["tried_jit"]:
+        _state["tried_jit"] = True
+        why_not = _why_no_jit_build()
+        if why_not is not None:
+            _state["reason"] += f"; {why_not}"
+        else:
+            try:
+                _jit_build()
+                _loaded()
+            except Exception as build_error:  # a failed build must not break the other backends
+                _state["reason"] = f"compiling fasttx._C on first use failed: {build_error}"
+    return _state["loaded"], _state["reason"]

@@ -1,0 +1,159 @@
+"""torch.library custom ops: fake (meta) implementations and autograd formulas.
+
+Every kernel entry point is an op in the ``fasttx`` namespace, one per op and backend:
+``fasttx::<op>_{fwd,bwd}_triton`` are defined here (their implementations import Triton lazily,
+so importing fasttx never imports triton), ``fasttx::<op>_{fwd,bwd}_cuda`` are defined in C++
+(csrc/bindings.cpp) and get their fake and autograd registered here once the extension loads.
+Each op's fake and backward formula is written once and registered for every backend.
+
+Ops take 2-D contiguous (rows, hidden) tensors; fasttx.functional reshapes. Missing
+weight / bias gradients come back as empty (0,) tensors, since schemas cannot return None.
+Autocast: nothing is cast. The kernels read fp32 parameters with half activations and accumulate
+in fp32, so the output keeps the input's dtype (torch's autocast instead runs layer_norm in fp32
+and returns fp32: twice the bytes for the same accuracy). Double backward is not supported.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _empty_grad(like):
+    return like.new_empty((0,))
+
+
+# ---- LayerNorm -----------------------------------------------------------------------------
+
+
+def _layer_norm_fwd_fake(input, weight, bias, eps):
+    rows = input.shape[0]
+    return (
+        torch.empty_like(input),
+        input.new_empty((rows,), dtype=torch.float32),
+        input.new_empty((rows,), dtype=torch.float32),
+    )
+
+
+def _layer_norm_bwd_fake(grad_out, input, weight, mean, rstd, has_bias):
+    param = weight if weight is not None else input
+    hidden = input.shape[1]
+    return (
+        torch.empty_like(input),
+        weight.new_empty((hidden,)) if weight is not None else _empty_grad(input),
+        param.new_empty((hidden,)) if has_bias else _empty_grad(input),
+    )
+
+
+def _layer_norm_setup_context(ctx, inputs, output):
+    input, weight, bias, _eps = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(input, weight, mean, rstd)
+    ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+
+
+def _layer_norm_autograd(bwd_op):
+    def backward(ctx, grad_out, _grad_mean, _grad_rstd):
+        input, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = bwd_op(grad_out.contiguous(), input, weight, mean, rstd, ctx.has_bias)
+        return dx, dw if ctx.has_weight else None, db if ctx.has_bias else None, None
+
+    return backward
+
+
+# ---- RMSNorm -------------------------------------------------------------------------------
+
+
+def _rms_norm_fwd_fake(input, weight, eps):
+    return torch.empty_like(input), input.new_empty((input.shape[0],), dtype=torch.float32)
+
+
+def _rms_norm_bwd_fake(grad_out, input, weight, rstd):
+    hidden = input.shape[1]
+    dw = weight.new_empty((hidden,)) if weight is not None else _empty_grad(input)
+    return torch.empty_like(input), dw
+
+
+def _rms_norm_setup_context(ctx, inputs, output):
+    input, weight, _eps = inputs
+    ctx.save_for_backward(input, weight, output[1])
+    ctx.has_weight = weight is not None
+
+
+def _rms_norm_autograd(bwd_op):
+    def backward(ctx, grad_out, _grad_rstd):
+        input, weight, rstd = ctx.saved_tensors
+        dx, dw = bwd_op(grad_out.contiguous(), input, weight, rstd)
+        return dx, dw if ctx.has_weight else None, None
+
+    return backward
+
+
+# ---- registration --------------------------------------------------------------------------
+
+# op -> (forward fake, backward fake, setup_context, backward formula factory)
+_FORMULAS = {
+    "layer_norm": (_layer_norm_fwd_fake, _layer_norm_bwd_fake, _layer_norm_setup_context, _layer_norm_autograd),
+    "rms_norm": (_rms_norm_fwd_fake, _rms_norm_bwd_fake, _rms_norm_setup_context, _rms_norm_autograd),
+}
+
+
+def _register(op, backend):
+    fwd_fake, bwd_fake, setup_context, autograd = _FORMULAS[op]
+    fwd_name, bwd_name = f"fasttx::{op}_fwd_{backend}", f"fasttx::{op}_bwd_{backend}"
+    torch.library.register_fake(fwd_name)(fwd_fake)
+    torch.library.register_fake(bwd_name)(bwd_fake)
+    bwd_op = getattr(torch.ops.fasttx, f"{op}_bwd_{backend}").default
+    torch.library.register_autograd(fwd_name, autograd(bwd_op), setup_context=setup_context)
+
+
+def op(name, direction, backend):
+    """The OpOverload ``fasttx::{name}_{direction}_{backend}``."""
+    return getattr(torch.ops.fasttx, f"{name}_{direction}_{backend}").default
+
+
+# ---- Triton ops ----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fasttx::layer_norm_fwd_triton", mutates_args=())
+def layer_norm_fwd_triton(
+    input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton_kernels.layer_norm import layer_norm_fwd
+
+    return layer_norm_fwd(input, weight, bias, eps)
+
+
+@torch.library.custom_op("fasttx::layer_norm_bwd_triton", mutates_args=())
+def layer_norm_bwd_triton(
+    grad_out: Tensor, input: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor, has_bias: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton_kernels.layer_norm import layer_norm_bwd
+
+    return layer_norm_bwd(grad_out, input, weight, mean, rstd, has_bias)
+
+
+@torch.library.custom_op("fasttx::rms_norm_fwd_triton", mutates_args=())
+def rms_norm_fwd_triton(input: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    from .triton_kernels.layer_norm import rms_norm_fwd
+
+    return rms_norm_fwd(input, weight, eps)
+
+
+@torch.library.custom_op("fasttx::rms_norm_bwd_triton", mutates_args=())
+def rms_norm_bwd_triton(
+    grad_out: Tensor, input: Tensor, weight: Optional[Tensor], rstd: Tensor
+) -> tuple[Tensor, Tensor]:
+    from .triton_kernels.layer_norm import rms_norm_bwd
+
+    return rms_norm_bwd(grad_out, input, weight, rstd)
+
+
+for _op in _FORMULAS:
+    _register(_op, "triton")
+
+
+def register_cuda_ops():
+    """Fake and autograd for the C++ ops; called by fasttx._extension once fasttx._C is loaded."""
+    for name in _FORMULAS:
+        _register(name, "cuda")

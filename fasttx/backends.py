@@ -1,0 +1,109 @@
+"""Which backends exist here, and which one runs an op.
+
+- ``"torch"``: the eager reference in fasttx.reference; runs anywhere.
+- ``"triton"``: fasttx.triton_kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+- ``"cuda"``: the CUDA C++ extension fasttx._C; CUDA tensors.
+
+``"auto"`` picks, per call, the fastest backend that can run the op on the tensors' device and
+dtype (cuda, then triton, then torch) and records the choice (``last_used``, shown by
+``fasttx.info()`` and the modules' repr). A backend named explicitly never falls back: if it
+cannot run, a RuntimeError says why.
+"""
+
+import contextlib
+import importlib.util
+import os
+import threading
+
+import torch
+
+BACKENDS = ("torch", "triton", "cuda")
+CHOICES = ("auto",) + BACKENDS
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# op -> backend that ran it last; read by fasttx.info() and the modules' extra_repr.
+last_used = {}
+
+_local = threading.local()
+
+
+def _check_choice(name, argument="backend"):
+    if name not in CHOICES:
+        raise ValueError(f"{argument} must be one of {CHOICES}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Make ``name`` the default backend of fasttx ops inside the ``with`` block (this thread)."""
+    _check_choice(name)
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def default_backend():
+    """The backend used for ``backend="auto"``-less calls: use_backend(), FASTTX_BACKEND, auto."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    return _check_choice(os.environ.get("FASTTX_BACKEND", "auto"), "FASTTX_BACKEND")
+
+
+def triton_interpreted():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_missing():
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    return None
+
+
+def extension_state(allow_jit_build=True):
+    """(loaded, reason it is not) of the CUDA extension fasttx._C."""
+    from . import _extension
+
+    return _extension.load(allow_jit_build)
+
+
+def unavailable_reason(backend, device_type=None, dtype=None):
+    """Why ``backend`` cannot run on this device type and dtype, or None when it can."""
+    if backend == "torch":
+        return None
+    if dtype is not None and dtype not in KERNEL_DTYPES:
+        return f"the {backend} kernels take float32, float16 or bfloat16 input, got {dtype}"
+    if backend == "triton":
+        missing = _triton_missing()
+        if missing is not None:
+            return missing
+        if device_type == "cpu" and not triton_interpreted():
+            return "Triton kernels run on CPU tensors only under TRITON_INTERPRET=1"
+        if device_type not in (None, "cpu", "cuda"):
+            return f"Triton kernels run on CUDA tensors, got a {device_type} tensor"
+        return None
+    if device_type not in (None, "cuda"):
+        return f"the CUDA extension runs on CUDA tensors, got a {device_type} tensor"
+    return extension_state()[1]
+
+
+def resolve(op, requested, tensor):
+    """Name of the backend that runs ``op`` on ``tensor`` when the caller asked for ``requested``."""
+    requested = _check_choice(requested)
+    if requested == "auto":
+        requested = default_backend()
+    device_type, dtype = tensor.device.type, tensor.dtype
+    if requested == "auto":
+        candidates = ("cuda", "triton") if device_type == "cuda" else ()
+        chosen = next((b for b in candidates if unavailable_reason(b, device_type, dtype) is None), "torch")
+    else:
+        reason = unavailable_reason(requested, device_type, dtype)
+        if reason is not None:
+            raise RuntimeError(f"fasttx.{op}: backend={requested!r} cannot run here: {reason}")
+        chosen = requested
+    if not torch.compiler.is_compiling():
+        last_used[op] = chosen
+    return chosen

@@ -1,0 +1,5 @@
+"""Functional ops; each takes a keyword-only ``backend="auto"`` (see fasttx.backends)."""
+
+from .layer_norm import layer_norm, rms_norm
+
+__all__ = ["layer_norm", "rms_norm"]

@@ -1,0 +1,78 @@
+"""fasttx.layer_norm and fasttx.rms_norm: the semantics of F.layer_norm and F.rms_norm.
+
+The kernel backends see the input as a contiguous (rows, hidden) matrix, hidden being the product
+of normalized_shape; the input is copied only when it cannot be viewed that way. The output has
+the input's dtype; parameters may be the input's dtype or fp32 (other dtypes are cast to fp32).
+"""
+
+import math
+import numbers
+
+import torch
+
+from .. import _ops, backends, reference
+from ._checks import check_shape, check_tensor
+
+
+def _normalized_shape(op, input, normalized_shape):
+    if isinstance(normalized_shape, numbers.Integral):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    if len(normalized_shape) == 0 or any(not isinstance(d, numbers.Integral) for d in normalized_shape):
+        raise ValueError(f"fasttx.{op}: normalized_shape must be a non-empty sequence of ints, got {normalized_shape}")
+    if input.dim() < len(normalized_shape) or tuple(input.shape[-len(normalized_shape):]) != normalized_shape:
+        raise ValueError(
+            f"fasttx.{op}: normalized_shape {list(normalized_shape)} must equal the trailing dims of "
+            f"input, got input of shape {list(input.shape)}"
+        )
+    return normalized_shape
+
+
+def _check_args(op, input, normalized_shape, params):
+    check_tensor(op, "input", input)
+    normalized_shape = _normalized_shape(op, input, normalized_shape)
+    for name, value in params.items():
+        if value is not None:
+            check_tensor(op, name, value, like=input)
+            check_shape(op, name, value, normalized_shape)
+    return normalized_shape
+
+
+def _kernel_params(input, *params):
+    """Flatten the parameters to (hidden,) in one dtype the kernels read: input's or fp32."""
+    dtypes = {p.dtype for p in params if p is not None}
+    dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {input.dtype, torch.float32} else torch.float32
+    return [None if p is None else p.reshape(-1).to(dtype).contiguous() for p in params]
+
+
+def _as_rows(input, hidden):
+    return input.reshape(-1, hidden).contiguous()
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend="auto"):
+    """LayerNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.layer_norm``."""
+    normalized_shape = _check_args("layer_norm", input, normalized_shape, {"weight": weight, "bias": bias})
+    chosen = backends.resolve("layer_norm", backend, input)
+    hidden = math.prod(normalized_shape)
+    if chosen == "torch" or hidden == 0:
+        return reference.layer_norm(input, normalized_shape, weight, bias, eps)
+    weight, bias = _kernel_params(input, weight, bias)
+    out, _mean, _rstd = _ops.op("layer_norm", "fwd", chosen)(_as_rows(input, hidden), weight, bias, float(eps))
+    return out.view(input.shape)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
+    """RMSNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.rms_norm``.
+
+    ``eps=None`` means ``torch.finfo(input.dtype).eps``, as in torch.
+    """
+    normalized_shape = _check_args("rms_norm", input, normalized_shape, {"weight": weight})
+    chosen = backends.resolve("rms_norm", backend, input)
+    hidden = math.prod(normalized_shape)
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    if chosen == "torch" or hidden == 0:
+        return reference.rms_norm(input, normalized_shape, weight, eps)
+    (weight,) = _kernel_params(input, weight)
+    out, _rstd = _ops.op("rms_norm", "fwd", chosen)(_as_rows(input, hidden), weight, float(eps))
+    return out.view(input.shape)

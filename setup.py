@@ -1,0 +1,85 @@
+"""Build and install fasttx.
+
+The CUDA extension ``fasttx._C`` is built when nvcc and a CUDA build of torch are present.
+FASTTX_BUILD_CUDA=0 skips it, =1 forces it (and fails loudly when it cannot be built).
+Architectures come from TORCH_CUDA_ARCH_LIST, default "8.0;9.0a": with no GPU visible torch
+cannot guess them, so we always set them explicitly.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import setup
+
+DEFAULT_ARCH_LIST = "8.0;9.0a"
+
+
+def _cuda_build_reason_to_skip():
+    """Why the CUDA extension cannot be built here, or None when it can."""
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except ImportError:
+        return "torch is not installed (install torch first, then pip install --no-build-isolation)"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
+        return "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    return None
+
+
+def _cuda_extension():
+    from torch.utils.cpp_extension import CUDAExtension
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    root = os.path.dirname(os.path.abspath(__file__))
+    sources = sorted(
+        os.path.relpath(p, root)
+        for pattern in ("csrc/**/*.cu", "csrc/**/*.cpp")
+        for p in glob.glob(os.path.join(root, pattern), recursive=True)
+    )
+    return CUDAExtension(
+        name="fasttx._C",
+        sources=sources,
+        include_dirs=[os.path.join(root, "csrc")],
+        extra_compile_args={
+            "cxx": ["-O3", "-std=c++17"],
+            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"],
+        },
+        py_limited_api=False,
+    )
+
+
+def _ext_modules_and_cmdclass():
+    mode = os.environ.get("FASTTX_BUILD_CUDA", "auto").strip().lower()
+    if mode in ("0", "false", "no", "off"):
+        print("fasttx: FASTTX_BUILD_CUDA=0, not building the CUDA extension", file=sys.stderr)
+        return [], {}
+    reason = _cuda_build_reason_to_skip()
+    if reason is not None:
+        if mode in ("1", "true", "yes", "on"):
+            raise RuntimeError(f"FASTTX_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
+        print(f"fasttx: not building the CUDA extension fasttx._C: {reason}", file=sys.stderr)
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension
+
+    return [_cuda_extension()], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _ext_modules_and_cmdclass()
+
+setup(
+    packages=[
+        "fasttx",
+        "fasttx.reference",
+        "fasttx.functional",
+        "fasttx.nn",
+        "fasttx.benchmarks",
+        "fasttx.triton_kernels",
+    ],
+    package_dir={"fasttx.triton_kernels": "triton_kernels", "fasttx.benchmarks": "benchmarks"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

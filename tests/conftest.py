@@ -1,0 +1,27 @@
+"""Test setup: without a GPU, Triton kernels run on CPU tensors in the interpreter, which must be
+switched on before triton is first imported."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fasttx  # noqa: E402
+from fasttx import backends  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def runnable_backends(device=DEVICE):
+    """The backends that can run on ``device`` here: every test runs on each of them."""
+    return [b for b in backends.BACKENDS if backends.unavailable_reason(b, device) is None]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    # A different but reproducible draw per test: fresh random inputs, never zeros.
+    torch.manual_seed(hash(request.node.nodeid) % 2**31)

@@ -1,0 +1,73 @@
+"""fasttx.nn.LayerNorm / RMSNorm as drop-ins for torch.nn's, and fasttx.patch."""
+
+import pytest
+import torch
+
+import fasttx
+from fasttx import backends
+
+from ..conftest import DEVICE, runnable_backends
+
+MODULES = [(torch.nn.LayerNorm, fasttx.nn.LayerNorm), (torch.nn.RMSNorm, fasttx.nn.RMSNorm)]
+CONSTRUCTIONS = [
+    ((64,), {}),
+    ((64,), {"elementwise_affine": False}),
+    (((4, 16),), {"eps": 1e-3}),
+    ((64,), {"bias": False}),
+]
+
+
+@pytest.mark.parametrize("args,kwargs", CONSTRUCTIONS, ids=str)
+@pytest.mark.parametrize("torch_cls,fasttx_cls", MODULES, ids=["LayerNorm", "RMSNorm"])
+@pytest.mark.parametrize("backend", runnable_backends())
+def test_drop_in(torch_cls, fasttx_cls, args, kwargs, backend):
+    if torch_cls is torch.nn.RMSNorm and "bias" in kwargs:
+        kwargs = {}  # RMSNorm has no bias argument
+    theirs = torch_cls(*args, **kwargs, device=DEVICE)
+    ours = fasttx_cls(*args, **kwargs, device=DEVICE, backend=backend)
+    assert isinstance(ours, torch_cls)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
+    with torch.no_grad():  # non-trivial parameters, so that the comparison can fail
+        for p in theirs.parameters():
+            p.copy_(torch.randn_like(p))
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(3, 5, *theirs.normalized_shape, device=DEVICE)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    assert f"backend={backend}" in repr(ours)
+
+
+def test_default_initialisation_matches_torch():
+    for torch_cls, fasttx_cls in MODULES:
+        ours, theirs = fasttx_cls(8), torch_cls(8)
+        for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+            assert torch.equal(p, q), name
+
+
+def test_dtype_and_repr_reports_the_backend_that_ran():
+    ln = fasttx.nn.LayerNorm(16, dtype=torch.float64)
+    assert ln.weight.dtype == torch.float64
+    ln(torch.randn(2, 16, dtype=torch.float64))
+    assert "backend=auto (last ran: torch)" in repr(ln)
+    assert backends.last_used["layer_norm"] == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fasttx.nn.LayerNorm(16, backend="tpu")
+
+
+@pytest.mark.parametrize("backend", runnable_backends())
+def test_patch_swaps_modules_keeping_parameters(backend):
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32),
+                                torch.nn.Sequential(torch.nn.RMSNorm(32), torch.nn.GELU())).to(DEVICE)
+    with torch.no_grad():
+        model[1].weight.normal_()
+    x = torch.randn(4, 32, device=DEVICE)
+    expected = model(x)
+    weight = model[1].weight
+    model.eval()
+    patched = fasttx.patch(model, backend=backend)
+    assert patched is model
+    assert type(model[1]) is fasttx.nn.LayerNorm and type(model[2][0]) is fasttx.nn.RMSNorm
+    assert model[1].weight is weight and not model.training and not model[1].training
+    assert model[1].backend == backend
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert type(fasttx.patch(torch.nn.LayerNorm(4))) is fasttx.nn.LayerNorm

@@ -1,0 +1,153 @@
+"""LayerNorm and RMSNorm (one kernel file per backend holds both): forward, every gradient and the
+saved statistics against the float64 reference, for every backend that runs here."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fasttx
+from fasttx import _ops, reference
+from fasttx.testing import TOLERANCE, assert_close, rel_error
+
+from ..conftest import DEVICE, runnable_backends
+
+BACKENDS = runnable_backends()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+OPS = ["layer_norm", "rms_norm"]
+# (rows, hidden): 1 row / 1 column, odd sizes, a row past the single-block limit, the largest size.
+SHAPES = [(1, 1), (3, 7), (257, 1000), (5, 4097), (2, 20000)]
+
+
+def run(op, x, normalized_shape, weight, bias, backend, eps=1e-5):
+    if op == "layer_norm":
+        return fasttx.layer_norm(x, normalized_shape, weight, bias, eps, backend=backend)
+    return fasttx.rms_norm(x, normalized_shape, weight, eps, backend=backend)
+
+
+def run_reference(op, x, normalized_shape, weight, bias, eps=1e-5):
+    if op == "layer_norm":
+        return reference.layer_norm(x, normalized_shape, weight, bias, eps)
+    return reference.rms_norm(x, normalized_shape, weight, eps)
+
+
+def input_grad_scale(op, x64, weight64, dy64, eps=1e-5):
+    """||g * rstd||, g = dy * weight: the size of the terms the input gradient is a difference of."""
+    centered = x64 - x64.mean(-1, keepdim=True) if op == "layer_norm" else x64
+    rstd = (centered.square().mean(-1, keepdim=True) + eps).rsqrt()
+    g = dy64 * weight64 if weight64 is not None else dy64
+    return (g * rstd).norm().item()
+
+
+def forward_backward(fn, op, tensors, normalized_shape, dy, convert=lambda t: t):
+    """Output and input/parameter gradients of ``fn`` on fresh leaves made from ``tensors``."""
+    leaves = [None if t is None else convert(t.detach()).requires_grad_() for t in tensors]
+    out = fn(op, leaves[0], normalized_shape, *leaves[1:])
+    out.backward(convert(dy))
+    return out, [None if leaf is None else leaf.grad for leaf in leaves]
+
+
+def make_inputs(shape, normalized_shape, dtype, param_dtype, with_weight, with_bias):
+    x = torch.randn(shape, dtype=dtype, device=DEVICE) * 2 + 0.5  # mean and variance not 0 / 1
+    weight = 1 + 0.5 * torch.randn(normalized_shape, dtype=param_dtype, device=DEVICE) if with_weight else None
+    bias = 0.5 * torch.randn(normalized_shape, dtype=param_dtype, device=DEVICE) if with_bias else None
+    return x, weight, bias
+
+
+def check_against_float64(op, x, normalized_shape, weight, bias, backend, tol_dtype):
+    """Output and the gradient of every input vs the float64 reference on the same values."""
+    run_backend = lambda *args: run(*args, backend=backend)  # noqa: E731
+    dy = torch.randn_like(x)
+    tensors = (x, weight, bias)
+    out, grads = forward_backward(run_backend, op, tensors, normalized_shape, dy)
+    out64, grads64 = forward_backward(run_reference, op, tensors, normalized_shape, dy, torch.Tensor.double)
+    assert out.dtype == x.dtype
+    assert_close(out, out64, tol_dtype, "output")
+    hidden = math.prod(normalized_shape)
+    rows = lambda t: t.double().reshape(-1, hidden)  # noqa: E731
+    scales = (input_grad_scale(op, rows(x), None if weight is None else weight.double().reshape(-1), rows(dy)), 0.0, 0.0)
+    for name, tensor, grad, grad64, scale in zip(("input", "weight", "bias"), tensors, grads, grads64, scales):
+        if tensor is not None:
+            assert grad is not None and grad.dtype == tensor.dtype, f"grad of {name}"
+            assert_close(grad, grad64, tol_dtype, f"grad of {name}", scale)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_forward_and_gradients(op, backend, dtype, shape):
+    x, weight, bias = make_inputs(shape, shape[-1:], dtype, dtype, True, op == "layer_norm")
+    check_against_float64(op, x, shape[-1:], weight, bias, backend, dtype)
+
+
+@pytest.mark.parametrize("with_weight,with_bias", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_optional_parameters(op, backend, with_weight, with_bias):
+    if op == "rms_norm" and with_bias:
+        pytest.skip("RMSNorm has no bias")  # not a hidden failure: the case does not exist
+    x, weight, bias = make_inputs((33, 300), (300,), torch.float32, torch.float32, with_weight, with_bias)
+    check_against_float64(op, x, (300,), weight, bias, backend, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_large_hidden_size(op, backend):
+    x, weight, bias = make_inputs((2, 65536), (65536,), torch.float16, torch.float16, True, True)
+    check_against_float64(op, x, (65536,), weight, bias, backend, torch.float16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_half_input_fp32_parameters(op, backend):
+    """The AMP layout: fp32 parameters, half activations; output in the input's dtype,
+    parameter gradients in the parameters' dtype."""
+    x, weight, bias = make_inputs((65, 777), (777,), torch.float16, torch.float32, True, True)
+    check_against_float64(op, x, (777,), weight, bias, backend, torch.float16)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "3d_two_normalized_dims"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_non_contiguous_and_multidim(op, backend, layout):
+    if layout == "transposed":
+        x, normalized_shape = torch.randn(96, 40, device=DEVICE).t(), (96,)
+    elif layout == "sliced":
+        x, normalized_shape = torch.randn(30, 130, device=DEVICE)[::2, 1:129], (128,)
+    else:
+        x, normalized_shape = torch.randn(4, 6, 5, 9, device=DEVICE).transpose(1, 2), (6, 9)
+    assert not x.is_contiguous()
+    _, weight, bias = make_inputs((1,), normalized_shape, torch.float32, torch.float32, True, True)
+    check_against_float64(op, x, normalized_shape, weight, bias, backend, torch.float32)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+def test_saved_statistics_are_fp32_and_exact(backend):
+    x = torch.randn(17, 1500, dtype=torch.bfloat16, device=DEVICE) * 3 + 1
+    x64 = x.double()
+    _, mean, rstd = _ops.op("layer_norm", "fwd", backend)(x, None, None, 1e-5)
+    assert mean.dtype == rstd.dtype == torch.float32
+    assert_close(mean, x64.mean(-1), torch.float32, "mean")
+    assert_close(rstd, (x64.var(-1, unbiased=False) + 1e-5).rsqrt(), torch.float32, "rstd")
+    (_, rms_rstd) = _ops.op("rms_norm", "fwd", backend)(x, None, 1e-5)
+    assert_close(rms_rstd, (x64.square().mean(-1) + 1e-5).rsqrt(), torch.float32, "rms rstd")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rms_norm_default_eps_is_dtype_eps(backend):
+    x = torch.randn(4, 64, dtype=torch.float16, device=DEVICE) * 1e-3  # small: eps matters
+    out = fasttx.rms_norm(x, (64,), backend=backend)
+    ref = F.rms_norm(x.float(), (64,), eps=torch.finfo(torch.float16).eps)
+    assert rel_error(out, ref) <= TOLERANCE[torch.float16]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_rows(backend):
+    x = torch.randn(0, 5, 16, device=DEVICE, requires_grad=True)
+    w = torch.randn(16, device=DEVICE, requires_grad=True)
+    out = fasttx.layer_norm(x, (16,), w, None, backend=backend)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))

@@ -1,0 +1,78 @@
+"""Backend selection: auto, explicit, use_backend, FASTTX_BACKEND, clear errors, info()."""
+
+import pytest
+import torch
+
+import fasttx
+from fasttx import backends
+
+from .conftest import DEVICE
+
+
+def test_auto_on_cpu_runs_the_reference():
+    fasttx.layer_norm(torch.randn(2, 8), (8,))
+    assert backends.last_used["layer_norm"] == "torch"
+
+
+def test_use_backend_and_environment(monkeypatch):
+    with fasttx.use_backend("torch"):
+        assert backends.default_backend() == "torch"
+        with fasttx.use_backend("triton"):
+            assert backends.default_backend() == "triton"
+        assert backends.default_backend() == "torch"
+    monkeypatch.setenv("FASTTX_BACKEND", "torch")
+    assert backends.default_backend() == "torch"
+    monkeypatch.setenv("FASTTX_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="FASTTX_BACKEND must be one of"):
+        fasttx.layer_norm(torch.randn(2, 8), (8,))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with fasttx.use_backend("fast"):
+            pass
+
+
+def test_explicit_cuda_on_cpu_tensor_raises():
+    with pytest.raises(RuntimeError, match=r"backend='cuda' cannot run here: .*CUDA tensors, got a cpu tensor"):
+        fasttx.layer_norm(torch.randn(2, 8), (8,), backend="cuda")
+    with pytest.raises(RuntimeError, match=r"backend='cuda' cannot run here"):
+        fasttx.rms_norm(torch.randn(2, 8), (8,), backend="cuda")
+
+
+def test_explicit_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="only under TRITON_INTERPRET=1"):
+        fasttx.layer_norm(torch.randn(2, 8), (8,), backend="triton")
+
+
+def test_explicit_kernel_backend_rejects_float64():
+    with pytest.raises(RuntimeError, match="take float32, float16 or bfloat16 input, got torch.float64"):
+        fasttx.layer_norm(torch.randn(2, 8, dtype=torch.float64), (8,), backend="triton")
+    # auto falls back to the reference, which computes float64 in float64
+    out = fasttx.layer_norm(torch.randn(2, 8, dtype=torch.float64, device=DEVICE), (8,))
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_bad_input_errors(op):
+    fn = getattr(fasttx, op)
+    x = torch.randn(4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"normalized_shape \[9\] must equal the trailing dims of input, got input of shape \[4, 8\]"):
+        fn(x, (9,))
+    with pytest.raises(ValueError, match=r"normalized_shape \[2, 4, 8\] must equal"):
+        fn(x, (2, 4, 8))
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\), got \(7,\)"):
+        fn(x, (8,), torch.ones(7, device=DEVICE))
+    with pytest.raises(TypeError, match="input must have a floating-point dtype, got torch.int64"):
+        fn(torch.ones(4, 8, dtype=torch.long), (8,))
+    with pytest.raises(TypeError, match="input must be a Tensor, got list"):
+        fn([[1.0] * 8], (8,))
+    with pytest.raises(RuntimeError, match=r"weight must be on the input's device .*, got meta"):
+        fn(x, (8,), torch.ones(8, device="meta"))
+
+
+def test_info_reports_versions_and_backends():
+    report = fasttx.info()
+    assert report["torch"] == torch.__version__
+    (table,) = [v for k, v in report.items() if k.startswith("backends")]
+    assert table["torch"] == "available"
+    assert set(table) == {"torch", "triton", "cuda"}
+    assert all(v == "available" or v.startswith("unavailable: ") for v in table.values())

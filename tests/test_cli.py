@@ -1,0 +1,45 @@
+"""python -m fasttx info and bench, run as a user would."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import fasttx
+
+
+def _run(*args, cwd):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "fasttx", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_info(tmp_path):
+    result = _run("info", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["torch"] == fasttx.info()["torch"]
+
+
+def test_bench_writes_checked_figures(tmp_path):
+    result = _run("bench", "--op", "all", "--shapes", "8x64,3x129", "--dtype", "float32",
+                  "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + result.stdout
+    for op in ("layer_norm", "rms_norm"):
+        (json_name,) = [f for f in os.listdir(tmp_path / "out") if f.startswith(op) and f.endswith(".json")]
+        report = json.load(open(tmp_path / "out" / json_name))
+        rows = report["rows"]
+        assert "command" in report["meta"] and "torch" in report["meta"]
+        assert {(r["rows"], r["hidden"]) for r in rows} == {(8, 64), (3, 129)}
+        assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
+        assert {"torch eager", "fasttx torch"} <= {r["provider"] for r in rows}
+        assert all(r["correct"] and r["ms"] > 0 and r["GB/s"] > 0 for r in rows)
+        with open(tmp_path / "out" / json_name.replace(".json", ".csv")) as f:
+            assert len(list(csv.DictReader(f))) == len(rows)
+    assert "speed-up" in result.stdout
+
+
+def test_bench_rejects_bad_shapes(tmp_path):
+    result = _run("bench", "--shapes", "8by64", cwd=tmp_path)
+    assert result.returncode != 0 and "--shapes takes ROWSxHIDDEN" in result.stderr

@@ -1,0 +1,94 @@
+"""The custom ops under torch.library.opcheck, torch.compile(fullgraph=True) and autocast."""
+
+import pytest
+import torch
+
+import fasttx
+from fasttx import _ops
+from fasttx.testing import assert_close
+
+from .conftest import DEVICE, runnable_backends
+
+KERNEL_BACKENDS = [b for b in runnable_backends() if b != "torch"]
+
+
+def _samples(op, requires_grad):
+    x = torch.randn(5, 33, device=DEVICE, requires_grad=requires_grad)
+    w = torch.randn(33, device=DEVICE, requires_grad=requires_grad)
+    b = torch.randn(33, device=DEVICE, requires_grad=requires_grad)
+    if op == "layer_norm":
+        return [(x, w, b, 1e-5), (x, None, None, 1e-5), (x, None, b, 1e-3)]
+    return [(x, w, 1e-5), (x, None, 1e-6)]
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_opcheck(op, backend):
+    fwd, bwd = _ops.op(op, "fwd", backend), _ops.op(op, "bwd", backend)
+    for requires_grad in (False, True):
+        for args in _samples(op, requires_grad):
+            torch.library.opcheck(fwd, args)
+    for args in _samples(op, False):
+        x, weight = args[0], args[1]
+        outputs = fwd(*args)
+        dy = torch.randn_like(x)
+        if op == "layer_norm":
+            torch.library.opcheck(bwd, (dy, x, weight, outputs[1], outputs[2], args[2] is not None))
+        else:
+            torch.library.opcheck(bwd, (dy, x, weight, outputs[1]))
+
+
+class Block(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        self.norm1 = fasttx.nn.LayerNorm(48, backend=backend)
+        self.proj = torch.nn.Linear(48, 48)
+        self.norm2 = fasttx.nn.RMSNorm(48, backend=backend)
+
+    def forward(self, x):
+        return self.norm2(torch.relu(self.proj(self.norm1(x))) + x)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_compile_fullgraph(backend, compiler):
+    torch._dynamo.reset()
+    model = Block(backend).to(DEVICE)
+    x = torch.randn(6, 7, 48, device=DEVICE, requires_grad=True)
+    expected = model(x)
+    expected.sum().backward()
+    expected_grads = [x.grad] + [p.grad for p in model.parameters()]
+    x.grad = None
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
+    out = compiled(x)
+    out.sum().backward()
+    assert_close(out, expected, torch.float32, "compiled output")
+    for got, want in zip([x.grad] + [p.grad for p in model.parameters()], expected_grads):
+        assert_close(got, want, torch.float32, "compiled gradient")
+
+
+@pytest.mark.parametrize("backend", runnable_backends())
+def test_autocast(backend):
+    """Under autocast the Linear runs in the low dtype; the norm keeps its input's dtype (fp32
+    statistics inside) instead of upcasting as torch does, and reads the fp32 parameters."""
+    device_type = "cuda" if DEVICE == "cuda" else "cpu"
+    low = torch.float16 if device_type == "cuda" else torch.bfloat16
+
+    def make(backend):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Linear(48, 48), fasttx.nn.LayerNorm(48, backend=backend),
+            torch.nn.Linear(48, 48), fasttx.nn.RMSNorm(48, backend=backend),
+        ).to(DEVICE)
+
+    model = make(backend)
+    x = torch.randn(4, 48, device=DEVICE)
+    with torch.autocast(device_type, dtype=low):
+        out = model(x)
+    assert out.dtype == low
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    reference = make("torch")
+    with torch.autocast(device_type, dtype=low):
+        assert_close(out, reference(x), low, "autocast output")

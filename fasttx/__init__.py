@@ -1,6 +1,6 @@
 """fasttx: fused Triton and CUDA C++ kernels for Transformer training in PyTorch."""
 
-from . import _ops  # noqa: F401  (registers the torch.ops.fasttx custom ops)
+from . import _extension, _ops  # noqa: F401  (_ops registers the torch.ops.fasttx custom ops)
 from . import backends, nn, reference
 from ._info import info
 from ._patch import patch
@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 
 __all__ = ["backends", "info", "layer_norm", "nn", "patch", "reference", "rms_norm", "use_backend"]
 
-from . import _extension
-
-_extension.load(allow_jit_build=False)  # a prebuilt fasttx._C registers torch.ops.fasttx.*_cuda
+# A prebuilt fasttx._C registers torch.ops.fasttx.*_cuda now; compiling one (on a GPU machine
+# without it) waits for the first use of backend "cuda".
+_extension.load(allow_jit_build=False)

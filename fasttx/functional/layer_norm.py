@@ -2,7 +2,7 @@
 
 The kernel backends see the input as a contiguous (rows, hidden) matrix, hidden being the product
 of normalized_shape; the input is copied only when it cannot be viewed that way. The output has
-the input's dtype; parameters may be the input's dtype or fp32 (other dtypes are cast to fp32).
+the input's dtype; parameters are read in the input's dtype or fp32 (see _kernel_params).
 """
 
 import math
@@ -38,11 +38,14 @@ def _check_args(op, input, normalized_shape, params):
     return normalized_shape
 
 
-def _kernel_params(input, *params):
-    """Flatten the parameters to (hidden,) in one dtype the kernels read: input's or fp32."""
-    dtypes = {p.dtype for p in params if p is not None}
-    dtype = dtypes.pop() if len(dtypes) == 1 and dtypes <= {input.dtype, torch.float32} else torch.float32
-    return [None if p is None else p.reshape(-1).to(dtype).contiguous() for p in params]
+def _kernel_params(input, weight, bias=None):
+    """Parameters flattened to (hidden,) in the one dtype the kernels read them in: the weight's
+    when it is the input's or fp32 (else fp32), the input's when there is only a bias."""
+    if weight is None:
+        dtype = input.dtype
+    else:
+        dtype = weight.dtype if weight.dtype in (input.dtype, torch.float32) else torch.float32
+    return [None if p is None else p.reshape(-1).to(dtype).contiguous() for p in (weight, bias)]
 
 
 def _as_rows(input, hidden):
@@ -73,6 +76,6 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
         eps = torch.finfo(input.dtype).eps
     if chosen == "torch" or hidden == 0:
         return reference.rms_norm(input, normalized_shape, weight, eps)
-    (weight,) = _kernel_params(input, weight)
+    weight, _ = _kernel_params(input, weight)
     out, _rstd = _ops.op("rms_norm", "fwd", chosen)(_as_rows(input, hidden), weight, float(eps))
     return out.view(input.shape)

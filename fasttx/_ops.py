@@ -89,12 +89,46 @@ def _rms_norm_autograd(bwd_op):
     return backward
 
 
+# ---- softmax -------------------------------------------------------------------------------
+
+
+def _softmax_fwd_fake(input, mask, scale, is_causal, out_dtype):
+    return input.new_empty(input.shape, dtype=out_dtype)
+
+
+def _softmax_bwd_fake(out, grad_out, scale, in_dtype):
+    return out.new_empty(out.shape, dtype=in_dtype)
+
+
+def _softmax_setup_context(ctx, inputs, output):
+    input, mask, scale, _is_causal, _out_dtype = inputs
+    ctx.save_for_backward(output)
+    ctx.scale, ctx.in_dtype = scale, input.dtype
+    ctx.mask_dtype = None if mask is None or mask.dtype == torch.bool else mask.dtype
+
+
+def _softmax_autograd(bwd_op):
+    def backward(ctx, grad_out):
+        (out,) = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        dx = bwd_op(out, grad_out, ctx.scale, ctx.in_dtype) if ctx.needs_input_grad[0] else None
+        # A float mask is added after the scale: its gradient is the logits' gradient, unscaled.
+        # Autograd then sums it over the mask's broadcast dims (the mask reached us as an expand).
+        dmask = None
+        if ctx.mask_dtype is not None and ctx.needs_input_grad[1]:
+            dmask = bwd_op(out, grad_out, 1.0, ctx.mask_dtype)
+        return dx, dmask, None, None, None
+
+    return backward
+
+
 # ---- registration --------------------------------------------------------------------------
 
 # op -> (forward fake, backward fake, setup_context, backward formula factory)
 _FORMULAS = {
     "layer_norm": (_layer_norm_fwd_fake, _layer_norm_bwd_fake, _layer_norm_setup_context, _layer_norm_autograd),
     "rms_norm": (_rms_norm_fwd_fake, _rms_norm_bwd_fake, _rms_norm_setup_context, _rms_norm_autograd),
+    "softmax": (_softmax_fwd_fake, _softmax_bwd_fake, _softmax_setup_context, _softmax_autograd),
 }
 
 
@@ -149,11 +183,32 @@ def rms_norm_bwd_triton(
     return rms_norm_bwd(grad_out, input, weight, rstd)
 
 
+@torch.library.custom_op("fasttx::softmax_fwd_triton", mutates_args=())
+def softmax_fwd_triton(
+    input: Tensor, mask: Optional[Tensor], scale: float, is_causal: bool, out_dtype: torch.dtype
+) -> Tensor:
+    from .triton_kernels.softmax import softmax_fwd
+
+    return softmax_fwd(input, mask, scale, is_causal, out_dtype)
+
+
+@torch.library.custom_op("fasttx::softmax_bwd_triton", mutates_args=())
+def softmax_bwd_triton(out: Tensor, grad_out: Tensor, scale: float, in_dtype: torch.dtype) -> Tensor:
+    from .triton_kernels.softmax import softmax_bwd
+
+    return softmax_bwd(out, grad_out, scale, in_dtype)
+
+
 for _op in _FORMULAS:
     _register(_op, "triton")
+
+
+def has_op(name, backend):
+    return hasattr(torch.ops.fasttx, f"{name}_fwd_{backend}")
 
 
 def register_cuda_ops():
     """Fake and autograd for the C++ ops; called by fasttx._extension once fasttx._C is loaded."""
     for name in _FORMULAS:
-        _register(name, "cuda")
+        if has_op(name, "cuda"):
+            _register(name, "cuda")

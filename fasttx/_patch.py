@@ -5,7 +5,7 @@ import torch
 from . import nn as fnn
 
 # torch.nn type -> fasttx type; exact types only, so user subclasses with their own forward stay.
-_SWAPS = {torch.nn.LayerNorm: fnn.LayerNorm, torch.nn.RMSNorm: fnn.RMSNorm}
+_SWAPS = {torch.nn.LayerNorm: fnn.LayerNorm, torch.nn.RMSNorm: fnn.RMSNorm, torch.nn.Softmax: fnn.Softmax}
 
 
 def _swap(module, backend):
@@ -16,7 +16,7 @@ def _swap(module, backend):
 
 
 def patch(model, backend="auto"):
-    """Replace every torch.nn LayerNorm and RMSNorm inside ``model`` (or ``model`` itself) by the
+    """Replace every torch.nn LayerNorm, RMSNorm and Softmax inside ``model`` (or ``model`` itself) by the
     fasttx module holding the same parameters; returns the model."""
     from .backends import _check_choice
 

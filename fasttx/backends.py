@@ -70,8 +70,8 @@ def extension_state(allow_jit_build=True):
     return _extension.load(allow_jit_build)
 
 
-def unavailable_reason(backend, device_type=None, dtype=None):
-    """Why ``backend`` cannot run on this device type and dtype, or None when it can."""
+def unavailable_reason(backend, device_type=None, dtype=None, op=None):
+    """Why ``backend`` cannot run ``op`` on this device type and dtype, or None when it can."""
     if backend == "torch":
         return None
     if dtype is not None and dtype not in KERNEL_DTYPES:
@@ -87,7 +87,13 @@ def unavailable_reason(backend, device_type=None, dtype=None):
         return None
     if device_type not in (None, "cuda"):
         return f"the CUDA extension runs on CUDA tensors, got a {device_type} tensor"
-    return extension_state()[1]
+    loaded, reason = extension_state()
+    if loaded and op is not None:
+        from . import _ops
+
+        if not _ops.has_op(op, "cuda"):
+            return f"the CUDA extension has no {op} kernel"
+    return reason
 
 
 def resolve(op, requested, tensor):
@@ -98,9 +104,9 @@ def resolve(op, requested, tensor):
     device_type, dtype = tensor.device.type, tensor.dtype
     if requested == "auto":
         candidates = ("cuda", "triton") if device_type == "cuda" else ()
-        chosen = next((b for b in candidates if unavailable_reason(b, device_type, dtype) is None), "torch")
+        chosen = next((b for b in candidates if unavailable_reason(b, device_type, dtype, op) is None), "torch")
     else:
-        reason = unavailable_reason(requested, device_type, dtype)
+        reason = unavailable_reason(requested, device_type, dtype, op)
         if reason is not None:
             raise RuntimeError(f"fasttx.{op}: backend={requested!r} cannot run here: {reason}")
         chosen = requested

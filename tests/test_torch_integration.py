@@ -13,6 +13,12 @@ KERNEL_BACKENDS = [b for b in runnable_backends() if b != "torch"]
 
 
 def _samples(op, requires_grad):
+    if op == "softmax":
+        x = torch.randn(2, 3, 4, 33, device=DEVICE, requires_grad=requires_grad)
+        key_padding = (torch.rand(2, 1, 1, 33, device=DEVICE) > 0.3).expand(2, 3, 4, 33)
+        bias = torch.randn(4, 33, device=DEVICE, requires_grad=requires_grad).expand(2, 3, 4, 33)
+        return [(x, None, 1.0, False, torch.float32), (x, key_padding, 0.5, True, torch.float32),
+                (x, bias, 2.0, False, torch.float16)]
     x = torch.randn(5, 33, device=DEVICE, requires_grad=requires_grad)
     w = torch.randn(33, device=DEVICE, requires_grad=requires_grad)
     b = torch.randn(33, device=DEVICE, requires_grad=requires_grad)
@@ -21,7 +27,7 @@ def _samples(op, requires_grad):
     return [(x, w, 1e-5), (x, None, 1e-6)]
 
 
-@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "softmax"])
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_opcheck(op, backend):
     fwd, bwd = _ops.op(op, "fwd", backend), _ops.op(op, "bwd", backend)
@@ -32,7 +38,9 @@ def test_opcheck(op, backend):
         x, weight = args[0], args[1]
         outputs = fwd(*args)
         dy = torch.randn_like(x)
-        if op == "layer_norm":
+        if op == "softmax":
+            torch.library.opcheck(bwd, (outputs, dy, args[2], x.dtype))
+        elif op == "layer_norm":
             torch.library.opcheck(bwd, (dy, x, weight, outputs[1], outputs[2], args[2] is not None))
         else:
             torch.library.opcheck(bwd, (dy, x, weight, outputs[1]))
@@ -44,9 +52,12 @@ class Block(torch.nn.Module):
         self.norm1 = fasttx.nn.LayerNorm(48, backend=backend)
         self.proj = torch.nn.Linear(48, 48)
         self.norm2 = fasttx.nn.RMSNorm(48, backend=backend)
+        self.backend = backend
 
     def forward(self, x):
-        return self.norm2(torch.relu(self.proj(self.norm1(x))) + x)
+        h = self.norm2(torch.relu(self.proj(self.norm1(x))) + x)
+        keep = torch.arange(h.shape[-1], device=h.device) % 5 != 0
+        return fasttx.softmax(h, -1, scale=0.5, mask=keep, backend=self.backend) * h
 
 
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])

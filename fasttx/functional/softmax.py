@@ -1,0 +1,110 @@
+"""fasttx.softmax: softmax(scale * input + mask) along ``dim`` in one pass, forward and backward.
+
+The kernels normalise the last dim of a contiguous (A, B, L, C) tensor, with the mask given as a
+view of that shape whose strides may be 0 (broadcast dims): a key-padding mask (B, 1, 1, S) or an
+(L, S) mask is read through those strides and never expanded in memory. Inputs with more leading
+dims are merged into three; a mask whose broadcast pattern does not merge is materialised.
+
+Softmax over a dim other than the last moves that dim last: one transposing copy of the input
+(a read and a write of it), and the output is returned as a strided view in the input's layout.
+
+Autocast: as torch's policy, softmax under CUDA autocast returns float32 unless ``dtype`` is given
+(the kernels read the half input and write fp32, instead of casting the input first); CPU
+autocast leaves softmax in the input's dtype, as torch does.
+"""
+
+import torch
+
+from .. import _ops, backends, reference
+from ._checks import check_tensor
+
+
+# Device types whose autocast runs softmax in fp32 (torch's "fp32_set_opt_dtype" policy).
+_AUTOCAST_TO_FP32 = ("cuda",)
+
+
+def _check_args(input, dim, scale, mask, is_causal, dtype):
+    check_tensor("softmax", "input", input)
+    ndim = max(input.dim(), 1)
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"fasttx.softmax: dim must be in [{-ndim}, {ndim - 1}] for input of shape {list(input.shape)}, got {dim}")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"fasttx.softmax: scale must be a float or None, got {type(scale).__name__}")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or not (mask.dtype == torch.bool or mask.is_floating_point()):
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"fasttx.softmax: mask must be a bool or floating-point Tensor, got {got}")
+        if mask.device != input.device:
+            raise RuntimeError(f"fasttx.softmax: mask must be on the input's device {input.device}, got {mask.device}")
+        try:
+            broadcast = torch.broadcast_shapes(mask.shape, input.shape)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != input.shape:
+            raise ValueError(
+                f"fasttx.softmax: mask of shape {list(mask.shape)} must broadcast to input of shape {list(input.shape)}"
+            )
+    if is_causal and (input.dim() < 2 or dim % input.dim() != input.dim() - 1):
+        raise ValueError(
+            f"fasttx.softmax: is_causal masks the last two dims and needs softmax over the last one: "
+            f"got dim={dim} for input of shape {list(input.shape)}"
+        )
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"fasttx.softmax: dtype must be a floating-point torch.dtype or None, got {dtype}")
+
+
+def _merge_dims(shape, strides):
+    """[(size, stride)] of the fewest dims that index like ``shape`` / ``strides`` (row-major)."""
+    merged = []
+    for size, stride in zip(shape, strides):
+        if size == 1:
+            continue
+        if merged and merged[-1][1] == stride * size:
+            merged[-1] = (merged[-1][0] * size, stride)
+        else:
+            merged.append((size, stride))
+    return merged
+
+
+def _as_4d(x, mask):
+    """(A, B, L, C) views of ``x`` (made contiguous) and of ``mask`` (broadcast strides kept),
+    softmax being over C and causal masking over (L, C)."""
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+        mask = None if mask is None else mask.unsqueeze(0)
+    *outer, rows, cols = x.shape
+    if mask is None:
+        return x.reshape(1, -1, rows, cols).contiguous(), None
+    mask = mask.expand(x.shape)
+    merged = _merge_dims(outer, mask.stride()[:-2])
+    if len(merged) > 2:  # no 4-D view: materialise the mask (documented above)
+        mask = mask.contiguous()
+        merged = _merge_dims(outer, mask.stride()[:-2])
+    (a, a_stride), (b, b_stride) = [(1, 0)] * (2 - len(merged)) + merged
+    mask = mask.as_strided((a, b, rows, cols), (a_stride, b_stride, *mask.stride()[-2:]))
+    return x.reshape(a, b, rows, cols).contiguous(), mask
+
+
+def softmax(input, dim=-1, *, scale=None, mask=None, is_causal=False, dtype=None, backend="auto"):
+    """softmax(scale * input + mask) along ``dim``; see the module docstring.
+
+    ``mask``: bool (True = keep) or float (added), broadcastable to ``input``. ``is_causal``:
+    keep column j <= row i of the last two dims (top-left aligned, as torch's SDPA). A row with
+    nothing kept gives 0 output and 0 gradient. Output dtype: ``dtype`` if given, float32 under
+    CUDA autocast, else the input's.
+    """
+    _check_args(input, dim, scale, mask, is_causal, dtype)
+    if dtype is None and input.device.type in _AUTOCAST_TO_FP32 and torch.is_autocast_enabled(input.device.type):
+        dtype = torch.float32
+    chosen = backends.resolve("softmax", backend, input)
+    if chosen == "torch" or input.numel() == 0:
+        return reference.softmax(input, dim, scale, mask, is_causal, dtype)
+    scale = 1.0 if scale is None else float(scale)
+    x = input.reshape(1) if input.dim() == 0 else input
+    mask = None if mask is None else mask.expand(input.shape).reshape(x.shape)
+    dim, last = dim % x.dim(), x.dim() - 1
+    x = x.movedim(dim, last)
+    mask = None if mask is None else mask.movedim(dim, last)
+    x4, mask4 = _as_4d(x, mask)
+    y = _ops.op("softmax", "fwd", chosen)(x4, mask4, scale, is_causal, dtype or input.dtype)
+    return y.reshape(x.shape).movedim(last, dim).reshape(input.shape)

@@ -1,0 +1,174 @@
+"""Fused softmax(scale * x + mask): output, input gradient and float-mask gradient against the
+float64 reference, for every backend that runs here, every mask kind, causal, any dim."""
+
+import pytest
+import torch
+
+import fasttx
+from fasttx import reference
+from fasttx.testing import assert_close
+
+from ..conftest import DEVICE, runnable_backends
+
+BACKENDS = runnable_backends()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LONG_ROW = 262144  # beyond every backend's single-pass limit
+
+
+def check(x, backend, dim=-1, scale=None, mask=None, is_causal=False, dtype=None, tol_dtype=None):
+    """Compare output and gradients (input, float mask) with the float64 reference; return output."""
+    mask_needs_grad = mask is not None and mask.is_floating_point()
+    leaves = [x.detach().requires_grad_(), mask.detach().requires_grad_() if mask_needs_grad else mask]
+    out = fasttx.softmax(leaves[0], dim, scale=scale, mask=leaves[1], is_causal=is_causal, dtype=dtype, backend=backend)
+    assert out.shape == x.shape and out.dtype == (dtype or x.dtype)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    leaves64 = [x.detach().double().requires_grad_(),
+                mask.detach().double().requires_grad_() if mask_needs_grad else mask]
+    out64 = reference.softmax(leaves64[0], dim, scale, leaves64[1], is_causal)
+    out64.backward(dy.double())
+    tol_dtype = tol_dtype or (torch.bfloat16 if torch.bfloat16 in (x.dtype, out.dtype) else
+                              torch.float16 if torch.float16 in (x.dtype, out.dtype) else torch.float32)
+    assert_close(out, out64, tol_dtype, "output")
+    # dz = y * (dy - sum(y * dy)) is a difference of terms of size |y * dy|: judged against them.
+    grad_scale = (out64 * dy.double()).norm().item()
+    assert_close(leaves[0].grad, leaves64[0].grad, tol_dtype, "grad of input", grad_scale * abs(scale or 1.0))
+    assert leaves[0].grad.dtype == x.dtype
+    if mask_needs_grad:
+        assert_close(leaves[1].grad, leaves64[1].grad, tol_dtype, "grad of mask", grad_scale)
+    return out
+
+
+def logits(*shape, dtype=torch.float32):
+    return (torch.randn(shape, device=DEVICE) * 3).to(dtype)
+
+
+@pytest.mark.parametrize("cols", [1, 3, 1000, 4097], ids=lambda c: f"cols{c}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_lengths(backend, dtype, cols):
+    check(logits(2, 3, 5 if cols < 1000 else 2, cols, dtype=dtype), backend, scale=0.7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_row_online_kernel(backend, dtype):
+    # Not fp16: probabilities and gradients of ~1/262144 are subnormal there, a few bits each,
+    # whoever computes them; bf16 has the exponent range to hold them.
+    check(logits(2, LONG_ROW, dtype=dtype), backend, scale=0.125)
+
+
+@pytest.mark.parametrize("kind", ["bool_key_padding", "bool_2d", "float_2d_with_-inf", "float_full", "bool_full"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masks(backend, dtype, kind):
+    batch, heads, queries, keys = 3, 2, 6, 37
+    x = logits(batch, heads, queries, keys, dtype=dtype)
+    if kind == "bool_key_padding":
+        mask = torch.rand(batch, 1, 1, keys, device=DEVICE) > 0.3
+        mask[1] = False  # a batch element with every key padded: fully masked rows
+    elif kind == "bool_2d":
+        mask = torch.rand(queries, keys, device=DEVICE) > 0.5
+    elif kind == "float_2d_with_-inf":
+        mask = torch.randn(queries, keys, device=DEVICE).to(dtype)
+        mask[torch.rand(queries, keys, device=DEVICE) > 0.6] = float("-inf")
+        mask[2] = float("-inf")  # one fully -inf row: 0, not NaN
+    elif kind == "float_full":
+        mask = torch.randn(batch, heads, queries, keys, device=DEVICE)
+    else:
+        mask = torch.rand(batch, heads, queries, keys, device=DEVICE) > 0.5
+    out = check(x, backend, scale=0.3, mask=mask)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("queries,keys", [(5, 9), (9, 5), (7, 7)], ids=["L<S", "L>S", "L=S"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_causal(backend, queries, keys):
+    out = check(logits(2, 3, queries, keys), backend, scale=0.5, is_causal=True)
+    cols = torch.arange(keys, device=DEVICE)
+    above = cols[None, :] > torch.arange(queries, device=DEVICE)[:, None]
+    assert (out[..., above] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_causal_with_key_padding_fully_masking_rows(backend):
+    x = logits(2, 2, 6, 8)
+    mask = torch.ones(2, 1, 1, 8, dtype=torch.bool, device=DEVICE)
+    mask[0, ..., :3] = False  # query rows 0-2 of batch 0 keep nothing: causal leaves them keys <= row
+    x = x.detach().requires_grad_()
+    out = fasttx.softmax(x, -1, mask=mask, is_causal=True, backend=backend)
+    out.backward(torch.randn_like(out))
+    assert (out[0, :, :3] == 0).all() and (x.grad[0, :, :3] == 0).all()
+    assert torch.isfinite(x.grad).all()
+    check(x, backend, mask=mask, is_causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_logits_do_not_overflow(backend, dtype):
+    x = (torch.randn(4, 300, device=DEVICE) * 1e4).to(dtype)
+    out = check(x, backend)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1, -2])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_any_dim_non_contiguous(backend, dim):
+    x = logits(5, 6, 7).transpose(0, 2)  # (7, 6, 5), non-contiguous
+    mask = torch.rand(7, 1, 5, device=DEVICE) > 0.2
+    check(x, backend, dim=dim, scale=1.5, mask=mask)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_and_zero_dim_inputs(backend):
+    check(logits(9), backend)
+    check(logits(1), backend)
+    scalar = fasttx.softmax(torch.tensor(3.0, device=DEVICE), 0, backend=backend)
+    assert scalar.shape == () and scalar.item() == 1.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_dtype_and_autocast(backend):
+    x = logits(4, 50, dtype=torch.bfloat16)
+    check(x, backend, dtype=torch.float32, tol_dtype=torch.bfloat16)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):  # torch's policy: fp32 on CUDA, as-is on CPU
+        expected = torch.float32 if DEVICE == "cuda" else torch.bfloat16
+        assert fasttx.softmax(x, -1, backend=backend).dtype == torch.softmax(x, -1).dtype == expected
+        assert fasttx.softmax(x, -1, dtype=torch.bfloat16, backend=backend).dtype == torch.bfloat16
+
+
+def test_matches_torch_softmax():
+    x = logits(3, 4, 10)
+    for dim in (0, 1, 2):
+        torch.testing.assert_close(fasttx.softmax(x, dim), torch.softmax(x, dim))
+
+
+def test_bad_input_errors():
+    x = logits(2, 3, 4)
+    with pytest.raises(ValueError, match=r"mask of shape \[3, 5\] must broadcast to input of shape \[2, 3, 4\]"):
+        fasttx.softmax(x, mask=torch.ones(3, 5, dtype=torch.bool, device=DEVICE))
+    with pytest.raises(ValueError, match=r"mask of shape \[5, 3, 4\] must broadcast"):
+        fasttx.softmax(x, mask=torch.ones(5, 3, 4, device=DEVICE))
+    with pytest.raises(TypeError, match="input must have a floating-point dtype, got torch.int64"):
+        fasttx.softmax(torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="mask must be a bool or floating-point Tensor, got torch.int32"):
+        fasttx.softmax(x, mask=torch.ones(4, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(RuntimeError, match=r"mask must be on the input's device .*, got meta"):
+        fasttx.softmax(x, mask=torch.ones(4, dtype=torch.bool, device="meta"))
+    with pytest.raises(ValueError, match="is_causal masks the last two dims"):
+        fasttx.softmax(x, 1, is_causal=True)
+    with pytest.raises(IndexError, match=r"dim must be in \[-3, 2\]"):
+        fasttx.softmax(x, 3)
+    with pytest.raises(TypeError, match="dtype must be a floating-point torch.dtype"):
+        fasttx.softmax(x, dtype=torch.int32)
+
+
+def test_module_is_a_drop_in():
+    ours, theirs = fasttx.nn.Softmax(dim=1), torch.nn.Softmax(dim=1)
+    assert isinstance(ours, torch.nn.Softmax)
+    assert ours.state_dict() == theirs.state_dict() == {}
+    assert repr(ours).startswith("Softmax(dim=1")
+    x = logits(3, 4, 5)
+    torch.testing.assert_close(ours(x), theirs(x))
+    with pytest.warns(UserWarning, match="Implicit dimension"):
+        torch.testing.assert_close(fasttx.nn.Softmax()(x), torch.softmax(x, 0))

@@ -5,6 +5,7 @@ CPU times from a host clock (median of repeats), good only to exercise the path.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import statistics
@@ -13,6 +14,7 @@ import time
 import torch
 
 from .. import info
+from ..testing import TOLERANCE, rel_error
 
 
 def bench_ms(fn, device_type, grad_to_none=None):
@@ -92,3 +94,58 @@ def format_table(rows, columns):
     lines = ["  ".join(h.rjust(w) for h, w in zip(columns, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark case: its inputs, the implementations to time and how to judge them."""
+
+    label: dict  # what identifies the case in the report: shape, mask kind, ...
+    inputs: list  # tensors; those with requires_grad get gradients in the fwd+bwd timing
+    providers: dict  # name -> fn(*inputs) -> output; the torch eager baseline first
+    reference: object  # fn(*inputs in float64) -> output: the correctness oracle
+    bytes: tuple  # (forward, forward+backward): the fewest bytes any implementation must move
+
+
+def _leaves(inputs, convert=lambda t: t):
+    return [convert(t.detach()).requires_grad_(t.requires_grad) for t in inputs]
+
+
+def _max_error(case, fn, dy):
+    """Largest relative error of the output and every gradient vs the float64 reference."""
+    leaves = _leaves(case.inputs)
+    out = fn(*leaves)
+    wanted = [t for t in leaves if t.requires_grad]
+    results = [out, *torch.autograd.grad(out, wanted, dy)]
+    leaves64 = _leaves(case.inputs, lambda t: t.double() if t.is_floating_point() else t)
+    out64 = case.reference(*leaves64)
+    wanted64 = [t for t in leaves64 if t.requires_grad]
+    expected = [out64, *torch.autograd.grad(out64, wanted64, dy.double())]
+    return max(rel_error(a, b) for a, b in zip(results, expected))
+
+
+def run_case(op, case, device_type, dtype, copy_gbs):
+    """Check, then time forward and forward+backward of every provider; one report row each."""
+    rows, baseline = [], {}
+    first = next(iter(case.providers.values()))
+    dy = torch.randn_like(first(*case.inputs), dtype=torch.float32).to(dtype)
+    for name, fn in case.providers.items():
+        error = _max_error(case, fn, dy)
+        leaves = _leaves(case.inputs)
+        timed = {
+            "fwd": (lambda: fn(*case.inputs), case.bytes[0]),
+            "fwd+bwd": (lambda: fn(*leaves).backward(dy), case.bytes[1]),
+        }
+        for direction, (call, nbytes) in timed.items():
+            ms = bench_ms(call, device_type, grad_to_none=[t for t in leaves if t.requires_grad])
+            baseline.setdefault(direction, ms)  # torch eager comes first
+            gbs = nbytes / ms / 1e6
+            rows.append({
+                "op": op, **case.label, "dtype": str(dtype).replace("torch.", ""),
+                "provider": name, "pass": direction, "ms": ms, "GB/s": gbs,
+                "% of copy BW": 100 * gbs / copy_gbs if copy_gbs else None,
+                "speed-up vs eager": baseline[direction] / ms,
+                "peak MB": peak_memory_mb(call, device_type),
+                "max rel err": error, "correct": error <= TOLERANCE[dtype],
+            })
+    return rows

@@ -9,14 +9,17 @@ import torch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-BENCH_OPS = ("layer_norm", "rms_norm")
+BENCH_OPS = ("layer_norm", "rms_norm", "softmax")
 
 
 def _parse_shapes(text):
     try:
-        return [tuple(int(n) for n in shape.lower().split("x")) for shape in text.split(",")]
+        shapes = [tuple(int(n) for n in shape.lower().split("x")) for shape in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shapes takes ROWSxHIDDEN[,ROWSxHIDDEN...], got {text!r}")
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(f"--shapes takes ROWSxCOLS[,ROWSxCOLS...], got {text!r}")
+    return shapes
 
 
 def _info(_args):
@@ -26,19 +29,22 @@ def _info(_args):
 
 
 def _bench(args):
-    from .benchmarks import common, norms
+    from .benchmarks import common, norms, softmax
 
+    modules = {op: module for module in (norms, softmax) for op in module.OPS}
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    shapes = args.shapes or (norms.GPU_SHAPES if device_type == "cuda" else norms.CPU_SHAPES)
     copy_gbs = common.copy_bandwidth_gbs(device_type)
     meta = dict(common.environment(), command=" ".join(["python -m fasttx"] + sys.argv[1:]),
                 copy_bandwidth_GBps=copy_gbs)
-    columns = {"rows": "rows", "hidden": "hidden", "provider": "provider", "pass": "pass", "ms": "ms",
+    columns = {"rows": "rows", "cols": "cols", "mask": "mask", "provider": "provider", "pass": "pass", "ms": "ms",
                "GB/s": "GB/s", "%copyBW": "% of copy BW", "speed-up": "speed-up vs eager",
                "peakMB": "peak MB", "max err": "max rel err", "ok": "correct"}
     failed = False
     for op in BENCH_OPS if args.op == "all" else (args.op,):
-        rows = norms.run(op, DTYPES[args.dtype], device_type, shapes, copy_gbs)
+        module, dtype = modules[op], DTYPES[args.dtype]
+        shapes = args.shapes or (module.GPU_SHAPES if device_type == "cuda" else module.CPU_SHAPES)
+        rows = [row for case in module.cases(op, dtype, device_type, shapes)
+                for row in common.run_case(op, case, device_type, dtype, copy_gbs)]
         name = f"{op}_{args.dtype}_{device_type}"
         paths = common.write_reports(rows, args.out, name, meta)
         print(f"\n{op} ({args.dtype}, {meta['gpu']}, copy bandwidth {copy_gbs and round(copy_gbs)} GB/s)")
@@ -56,7 +62,7 @@ def main(argv=None):
     bench = commands.add_parser("bench", help="time fasttx kernels against PyTorch")
     bench.add_argument("--op", choices=BENCH_OPS + ("all",), default="all")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32")
-    bench.add_argument("--shapes", type=_parse_shapes, help="ROWSxHIDDEN,... (default: per device)")
+    bench.add_argument("--shapes", type=_parse_shapes, help="ROWSxCOLS,... (default: per op and device)")
     bench.add_argument("--out", default=os.path.join("bench-out"), help="folder for the JSON and CSV")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)

@@ -16,9 +16,9 @@ from fasttx import backends  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def runnable_backends(device=DEVICE):
-    """The backends that can run on ``device`` here: every test runs on each of them."""
-    return [b for b in backends.BACKENDS if backends.unavailable_reason(b, device) is None]
+def runnable_backends(device=DEVICE, op=None):
+    """The backends that can run ``op`` on ``device`` here: every test runs on each of them."""
+    return [b for b in backends.BACKENDS if backends.unavailable_reason(b, device, op=op) is None]
 
 
 @pytest.fixture(autouse=True)

@@ -26,12 +26,12 @@ def test_bench_writes_checked_figures(tmp_path):
     result = _run("bench", "--op", "all", "--shapes", "8x64,3x129", "--dtype", "float32",
                   "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    for op in ("layer_norm", "rms_norm"):
+    for op in ("layer_norm", "rms_norm", "softmax"):
         (json_name,) = [f for f in os.listdir(tmp_path / "out") if f.startswith(op) and f.endswith(".json")]
         report = json.load(open(tmp_path / "out" / json_name))
         rows = report["rows"]
         assert "command" in report["meta"] and "torch" in report["meta"]
-        assert {(r["rows"], r["hidden"]) for r in rows} == {(8, 64), (3, 129)}
+        assert {(r["rows"], r["cols"]) for r in rows} == {(8, 64), (3, 129)}
         assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
         assert {"torch eager", "fasttx torch"} <= {r["provider"] for r in rows}
         assert all(r["correct"] and r["ms"] > 0 and r["GB/s"] > 0 for r in rows)
@@ -42,4 +42,4 @@ def test_bench_writes_checked_figures(tmp_path):
 
 def test_bench_rejects_bad_shapes(tmp_path):
     result = _run("bench", "--shapes", "8by64", cwd=tmp_path)
-    assert result.returncode != 0 and "--shapes takes ROWSxHIDDEN" in result.stderr
+    assert result.returncode != 0 and "--shapes takes ROWSxCOLS" in result.stderr

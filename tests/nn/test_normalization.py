@@ -19,7 +19,7 @@ CONSTRUCTIONS = [
 
 @pytest.mark.parametrize("args,kwargs", CONSTRUCTIONS, ids=str)
 @pytest.mark.parametrize("torch_cls,fasttx_cls", MODULES, ids=["LayerNorm", "RMSNorm"])
-@pytest.mark.parametrize("backend", runnable_backends())
+@pytest.mark.parametrize("backend", runnable_backends(op="layer_norm"))
 def test_drop_in(torch_cls, fasttx_cls, args, kwargs, backend):
     if torch_cls is torch.nn.RMSNorm and "bias" in kwargs:
         kwargs = {}  # RMSNorm has no bias argument
@@ -54,10 +54,10 @@ def test_dtype_and_repr_reports_the_backend_that_ran():
         fasttx.nn.LayerNorm(16, backend="tpu")
 
 
-@pytest.mark.parametrize("backend", runnable_backends())
+@pytest.mark.parametrize("backend", runnable_backends(op="layer_norm"))
 def test_patch_swaps_modules_keeping_parameters(backend):
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.LayerNorm(32),
-                                torch.nn.Sequential(torch.nn.RMSNorm(32), torch.nn.GELU())).to(DEVICE)
+                                torch.nn.Sequential(torch.nn.RMSNorm(32), torch.nn.Softmax(-1))).to(DEVICE)
     with torch.no_grad():
         model[1].weight.normal_()
     x = torch.randn(4, 32, device=DEVICE)
@@ -67,6 +67,7 @@ def test_patch_swaps_modules_keeping_parameters(backend):
     patched = fasttx.patch(model, backend=backend)
     assert patched is model
     assert type(model[1]) is fasttx.nn.LayerNorm and type(model[2][0]) is fasttx.nn.RMSNorm
+    assert type(model[2][1]) is fasttx.nn.Softmax and model[2][1].dim == -1
     assert model[1].weight is weight and not model.training and not model[1].training
     assert model[1].backend == backend
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

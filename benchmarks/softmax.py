@@ -1,0 +1,52 @@
+"""Fused softmax(scale * x + mask) vs torch composing it, forward and forward+backward.
+
+Baselines, measured in the same run: torch eager `torch.softmax(x * scale + mask, -1)` and
+torch.compile of it. The mask is a key-padding-style float mask of shape (1, C) broadcast over
+the rows (read through a 0 stride), or none.
+
+Bytes moved, the least any implementation must move, for R rows of C columns, element size e
+(input and output in the same dtype) and a (1, C) mask of element size e:
+  forward:  read x, read mask, write y                  = 2*R*C*e + C*e
+  backward: read y and dy, write dx                     = 3*R*C*e
+GB/s = bytes / time; speed-up = torch eager time / time.
+"""
+
+import torch
+
+from .. import backends, functional, reference
+from .common import Case
+
+OPS = ("softmax",)
+GPU_SHAPES = [(4096, 1024), (4096, 8192), (1024, 32768), (64, 262144)]
+CPU_SHAPES = [(64, 1000), (4, 4097)]
+SCALE = 0.125
+
+
+def _eager(x, mask=None):
+    z = x * SCALE
+    return torch.softmax(z if mask is None else z + mask, -1)
+
+
+def _bytes(rows, cols, dtype, with_mask):
+    e = torch.finfo(dtype).bits // 8
+    fwd = 2 * rows * cols * e + (cols * e if with_mask else 0)
+    return fwd, fwd + 3 * rows * cols * e
+
+
+def cases(op, dtype, device_type, shapes):
+    providers = {"torch eager": _eager}
+    if device_type == "cuda":
+        providers["torch.compile"] = torch.compile(_eager, dynamic=False)
+    for b in backends.BACKENDS:
+        if backends.unavailable_reason(b, device_type, dtype, op) is None:
+            providers[f"fasttx {b}"] = lambda x, mask=None, b=b: functional.softmax(
+                x, -1, scale=SCALE, mask=mask, backend=b)
+    ref = lambda x, mask=None: reference.softmax(x, -1, SCALE, mask)  # noqa: E731
+    for rows, cols in shapes:
+        x = torch.randn(rows, cols, dtype=dtype, device=device_type, requires_grad=True)
+        mask = torch.zeros(1, cols, dtype=dtype, device=device_type)
+        mask[:, torch.rand(cols, device=device_type) < 0.1] = float("-inf")  # ~10% of keys padded
+        for with_mask in (False, True):
+            inputs = [x, mask] if with_mask else [x]
+            label = {"rows": rows, "cols": cols, "mask": "(1, C) float" if with_mask else "none"}
+            yield Case(label, inputs, providers, ref, _bytes(rows, cols, dtype, with_mask))

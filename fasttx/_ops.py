@@ -6,11 +6,10 @@ so importing fasttx never imports triton), ``fasttx::<op>_{fwd,bwd}_cuda`` are d
 (csrc/bindings.cpp) and get their fake and autograd registered here once the extension loads.
 Each op's fake and backward formula is written once and registered for every backend.
 
-Ops take 2-D contiguous (rows, hidden) tensors; fasttx.functional reshapes. Missing
-weight / bias gradients come back as empty (0,) tensors, since schemas cannot return None.
-Autocast: nothing is cast. The kernels read fp32 parameters with half activations and accumulate
-in fp32, so the output keeps the input's dtype (torch's autocast instead runs layer_norm in fp32
-and returns fp32: twice the bytes for the same accuracy). Double backward is not supported.
+Norm ops take 2-D contiguous (rows, hidden) tensors, softmax ops a contiguous (A, B, L, C) input
+and a 4-D mask broadcastable to it; fasttx.functional reshapes. Missing weight / bias gradients
+come back as empty (0,) tensors, since schemas cannot return None. Autocast: the ops cast nothing
+(see fasttx.functional for each op's policy). Double backward is not supported.
 """
 
 from typing import Optional
@@ -105,6 +104,7 @@ def _softmax_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output)
     ctx.scale, ctx.in_dtype = scale, input.dtype
     ctx.mask_dtype = None if mask is None or mask.dtype == torch.bool else mask.dtype
+    ctx.mask_shape = None if mask is None else mask.shape
 
 
 def _softmax_autograd(bwd_op):
@@ -112,11 +112,11 @@ def _softmax_autograd(bwd_op):
         (out,) = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         dx = bwd_op(out, grad_out, ctx.scale, ctx.in_dtype) if ctx.needs_input_grad[0] else None
-        # A float mask is added after the scale: its gradient is the logits' gradient, unscaled.
-        # Autograd then sums it over the mask's broadcast dims (the mask reached us as an expand).
+        # A float mask is added after the scale: its gradient is the logits' gradient, unscaled,
+        # summed over the dims the mask broadcasts along.
         dmask = None
         if ctx.mask_dtype is not None and ctx.needs_input_grad[1]:
-            dmask = bwd_op(out, grad_out, 1.0, ctx.mask_dtype)
+            dmask = bwd_op(out, grad_out, 1.0, ctx.mask_dtype).sum_to_size(ctx.mask_shape)
         return dx, dmask, None, None, None
 
     return backward
@@ -189,7 +189,8 @@ def softmax_fwd_triton(
 ) -> Tensor:
     from .triton_kernels.softmax import softmax_fwd
 
-    return softmax_fwd(input, mask, scale, is_causal, out_dtype)
+    # The kernel reads the mask through the 0 strides of this view: nothing is materialised.
+    return softmax_fwd(input, None if mask is None else mask.expand(input.shape), scale, is_causal, out_dtype)
 
 
 @torch.library.custom_op("fasttx::softmax_bwd_triton", mutates_args=())

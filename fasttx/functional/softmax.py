@@ -1,9 +1,10 @@
 """fasttx.softmax: softmax(scale * input + mask) along ``dim`` in one pass, forward and backward.
 
-The kernels normalise the last dim of a contiguous (A, B, L, C) tensor, with the mask given as a
-view of that shape whose strides may be 0 (broadcast dims): a key-padding mask (B, 1, 1, S) or an
-(L, S) mask is read through those strides and never expanded in memory. Inputs with more leading
-dims are merged into three; a mask whose broadcast pattern does not merge is materialised.
+The kernels normalise the last dim of a contiguous (A, B, L, C) tensor, with a 4-D mask
+broadcastable to it: a key-padding mask (B, 1, 1, S) or an (L, S) mask is read through 0 strides
+and never expanded in memory. Inputs with more leading dims are merged into (A, B); a mask whose
+broadcast pattern does not merge that way (e.g. (X, 1, H, 1, S) over 5-D input) has its leading
+dims materialised.
 
 Softmax over a dim other than the last moves that dim last: one transposing copy of the input
 (a read and a write of it), and the output is returned as a strided view in the input's layout.
@@ -12,6 +13,8 @@ Autocast: as torch's policy, softmax under CUDA autocast returns float32 unless 
 (the kernels read the half input and write fp32, instead of casting the input first); CPU
 autocast leaves softmax in the input's dtype, as torch does.
 """
+
+import math
 
 import torch
 
@@ -53,35 +56,29 @@ def _check_args(input, dim, scale, mask, is_causal, dtype):
         raise TypeError(f"fasttx.softmax: dtype must be a floating-point torch.dtype or None, got {dtype}")
 
 
-def _merge_dims(shape, strides):
-    """[(size, stride)] of the fewest dims that index like ``shape`` / ``strides`` (row-major)."""
-    merged = []
-    for size, stride in zip(shape, strides):
-        if size == 1:
-            continue
-        if merged and merged[-1][1] == stride * size:
-            merged[-1] = (merged[-1][0] * size, stride)
-        else:
-            merged.append((size, stride))
-    return merged
-
-
 def _as_4d(x, mask):
-    """(A, B, L, C) views of ``x`` (made contiguous) and of ``mask`` (broadcast strides kept),
-    softmax being over C and causal masking over (L, C)."""
+    """(A, B, L, C) views of ``x`` (made contiguous) and of ``mask`` (same number of dims as
+    ``x``, broadcastable to it), softmax being over C and causal masking over (L, C). The mask
+    keeps its size-1 (broadcast) dims: adjacent leading dims merge when the mask broadcasts over
+    all of them or over none."""
     if x.dim() == 1:
-        x = x.unsqueeze(0)
-        mask = None if mask is None else mask.unsqueeze(0)
+        x, mask = x[None], None if mask is None else mask[None]
     *outer, rows, cols = x.shape
     if mask is None:
         return x.reshape(1, -1, rows, cols).contiguous(), None
-    mask = mask.expand(x.shape)
-    merged = _merge_dims(outer, mask.stride()[:-2])
-    if len(merged) > 2:  # no 4-D view: materialise the mask (documented above)
-        mask = mask.contiguous()
-        merged = _merge_dims(outer, mask.stride()[:-2])
-    (a, a_stride), (b, b_stride) = [(1, 0)] * (2 - len(merged)) + merged
-    mask = mask.as_strided((a, b, rows, cols), (a_stride, b_stride, *mask.stride()[-2:]))
+    groups = []  # [size, mask broadcasts over it]
+    for size, mask_size in zip(outer, mask.shape[:-2]):
+        if size == 1:
+            continue
+        if groups and groups[-1][1] == (mask_size == 1):
+            groups[-1][0] *= size
+        else:
+            groups.append([size, mask_size == 1])
+    if len(groups) > 2:  # no 4-D view: materialise the mask's leading dims (documented above)
+        mask = mask.expand(*outer, *mask.shape[-2:])
+        groups = [[math.prod(outer), False]]
+    (a, a_bcast), (b, b_bcast) = [[1, True]] * (2 - len(groups)) + groups
+    mask = mask.reshape(1 if a_bcast else a, 1 if b_bcast else b, *mask.shape[-2:])
     return x.reshape(a, b, rows, cols).contiguous(), mask
 
 
@@ -101,7 +98,7 @@ def softmax(input, dim=-1, *, scale=None, mask=None, is_causal=False, dtype=None
         return reference.softmax(input, dim, scale, mask, is_causal, dtype)
     scale = 1.0 if scale is None else float(scale)
     x = input.reshape(1) if input.dim() == 0 else input
-    mask = None if mask is None else mask.expand(input.shape).reshape(x.shape)
+    mask = None if mask is None else mask.reshape((1,) * (x.dim() - mask.dim()) + tuple(mask.shape))
     dim, last = dim % x.dim(), x.dim() - 1
     x = x.movedim(dim, last)
     mask = None if mask is None else mask.movedim(dim, last)

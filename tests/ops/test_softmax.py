@@ -172,3 +172,11 @@ def test_module_is_a_drop_in():
     torch.testing.assert_close(ours(x), theirs(x))
     with pytest.warns(UserWarning, match="Implicit dimension"):
         torch.testing.assert_close(fasttx.nn.Softmax()(x), torch.softmax(x, 0))
+
+
+@pytest.mark.parametrize("mask_shape", [(2, 1, 4, 1, 6), (3, 1, 1, 6), (2, 3, 1, 5, 1)], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_high_rank_input_and_mask_broadcast_patterns(backend, mask_shape):
+    x = logits(2, 3, 4, 5, 6)
+    mask = torch.randn(mask_shape, device=DEVICE)
+    check(x, backend, scale=0.9, mask=mask, is_causal=True)

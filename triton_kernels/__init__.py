@@ -1,0 +1,1 @@
+"""Triton kernels for fasttx (installed as ``fasttx.triton_kernels``)."""

@@ -1,0 +1,280 @@
+"""LayerNorm and RMSNorm over the last dimension of a contiguous (M, N) tensor.
+
+RMSNorm is LayerNorm with the mean fixed at 0 and no bias, so one forward and one backward kernel
+serve both, switched by the ``IS_RMS`` constexpr. Statistics always accumulate in fp32.
+
+Forward (var biased, as torch):
+    mean = sum(x) / N                      (RMS: 0)
+    rstd = 1 / sqrt(sum((x - mean)^2) / N + eps)
+    xhat = (x - mean) * rstd,  y = xhat * w + b
+
+Backward. With g = dy * w (dy when there is no weight) the gradient w.r.t. xhat, and
+    d mean / dx_j = 1/N,   d rstd / dx_j = -rstd^3 (x_j - mean) / N = -rstd^2 xhat_j / N,
+    d xhat_i / dx_j = rstd * (delta_ij - 1/N - xhat_i xhat_j / N),
+so summing over i:
+    dx = rstd * (g - (xhat * mean(g * xhat) + mean(g)))
+RMS drops the 1/N term (no mean subtraction): dx = rstd * (g - xhat * mean(g * xhat)); the kernels get it
+by setting mean = 0 and mean(g) = 0.
+    dw = sum_rows(dy * xhat),  db = sum_rows(dy)
+
+dw/db are reduced deterministically without atomics: each of G persistent programs owns a contiguous
+range of rows and writes its partial sums to row ``pid`` of a (G, N) fp32 buffer, which the launcher
+then reduces with ``sum(0)``.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .utils import persistent_split, row_block
+
+# Rows up to these lengths are held in registers in one block; longer rows loop over column blocks and
+# re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever the input
+# dtype, so the limits are in elements. At 16 warps ptxas may give each thread 128 registers (64K file).
+# The forward keeps ~2 row-sized tensors live: at 16384 elements (32 per thread) ptxas for sm_90 uses
+# <= 95 registers, at 32768 it hits the 128 cap and spills. The backward keeps ~5 live (x, dy, g and the
+# dw, db accumulators): at 8192 it uses <= 128 without spilling, at 16384 it spills up to 720 bytes.
+FWD_MAX_BLOCK = 16384
+BWD_MAX_BLOCK = 8192
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@triton.jit
+def _affine(xhat, W, B, cols, mask, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    y = xhat
+    if HAS_W:
+        y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _moments(x, mask, n, IS_RMS: tl.constexpr):
+    """Mean (0 for RMS) and sum of squared deviations of the ``n`` valid lanes of block ``x``."""
+    if IS_RMS:
+        mean = 0.0
+    else:
+        mean = tl.sum(x, axis=0) / n
+    # Padding lanes hold 0, not the mean: zero them so they add nothing to M2.
+    xc = tl.where(mask, x - mean, 0.0)
+    return mean, tl.sum(xc * xc, axis=0)
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    X,  # (M, N) input, row-major
+    Y,  # (M, N) output, dtype of X
+    W,  # (N,) weight, or None
+    B,  # (N,) bias, or None
+    Mean,  # (M,) fp32 row means, or None when IS_RMS
+    Rstd,  # (M,) fp32 reciprocal standard deviations
+    N,
+    eps,
+    IS_RMS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr,  # N <= BLOCK_N
+):
+    row = tl.program_id(0)
+    # int64: row * N overflows int32 for tensors beyond 2**31 elements.
+    X += row.to(tl.int64) * N
+    Y += row.to(tl.int64) * N
+    cols = tl.arange(0, BLOCK_N)
+    if SINGLE_BLOCK:
+        mask = cols < N
+        x = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
+        mean, m2 = _moments(x, mask, N, IS_RMS)
+        rstd = tl.rsqrt(m2 / N + eps)
+        y = _affine((x - mean) * rstd, W, B, cols, mask, HAS_W, HAS_B)
+        tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
+    else:
+        # Chan et al.'s pairwise combination of per-block (mean, M2): as stable as two passes over the
+        # row, with one. All blocks before `off` are full, so `off` is the count combined so far.
+        mean = 0.0
+        m2 = 0.0
+        for off in range(0, N, BLOCK_N):
+            mask = off + cols < N
+            x = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32)
+            n_b = tl.minimum(N - off, BLOCK_N).to(tl.float32)
+            mean_b, m2_b = _moments(x, mask, n_b, IS_RMS)
+            frac = n_b / (off + n_b)
+            delta = mean_b - mean
+            mean += delta * frac
+            m2 += m2_b + delta * delta * off * frac
+        rstd = tl.rsqrt(m2 / N + eps)
+        for off in range(0, N, BLOCK_N):
+            mask = off + cols < N
+            x = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32)
+            y = _affine((x - mean) * rstd, W, B, off + cols, mask, HAS_W, HAS_B)
+            tl.store(Y + off + cols, y.to(Y.dtype.element_ty), mask=mask)
+    if not IS_RMS:
+        tl.store(Mean + row, mean)
+    tl.store(Rstd + row, rstd)
+
+
+@triton.jit
+def _xhat_dy_g(X, DY, W, offs, cols, mask, mean, rstd, HAS_W: tl.constexpr):
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+    # Padding lanes would give xhat = -mean * rstd: zero them so they drop out of the row sums.
+    xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+    g = dy
+    if HAS_W:
+        # Re-read per row rather than held across rows: it hits L1, and holding it costs a row of registers.
+        g = dy * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    return xhat, dy, g
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    DY,  # (M, N) upstream gradient, row-major
+    X,  # (M, N) forward input, row-major
+    W,  # (N,) weight, or None
+    Mean,  # (M,) fp32 row means, or None when IS_RMS
+    Rstd,  # (M,) fp32 reciprocal standard deviations
+    DX,  # (M, N) input gradient, dtype of X
+    DW,  # (G, N) fp32 per-program partial sums of dy * xhat, or None
+    DB,  # (G, N) fp32 per-program partial sums of dy, or None
+    M,
+    N,
+    rows_per_program,
+    IS_RMS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr,  # N <= BLOCK_N
+):
+    pid = tl.program_id(0)
+    # int64 rows, so that row * N cannot overflow for tensors beyond 2**31 elements.
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    part = pid.to(tl.int64) * N  # this program's row of DW / DB
+    cols = tl.arange(0, BLOCK_N)
+    if SINGLE_BLOCK:
+        mask = cols < N
+        dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for row in range(row_start, row_end):
+            mean = 0.0 if IS_RMS else tl.load(Mean + row)
+            rstd = tl.load(Rstd + row)
+            offs = row * N + cols
+            xhat, dy, g = _xhat_dy_g(X, DY, W, offs, cols, mask, mean, rstd, HAS_W)
+            c1 = tl.sum(xhat * g, axis=0) / N
+            c2 = 0.0 if IS_RMS else tl.sum(g, axis=0) / N
+            tl.store(DX + offs, ((g - (xhat * c1 + c2)) * rstd).to(DX.dtype.element_ty), mask=mask)
+            if HAS_W:
+                dw += dy * xhat
+            if HAS_B:
+                db += dy
+        if HAS_W:
+            tl.store(DW + part + cols, dw, mask=mask)
+        if HAS_B:
+            tl.store(DB + part + cols, db, mask=mask)
+    else:
+        for row in range(row_start, row_end):
+            mean = 0.0 if IS_RMS else tl.load(Mean + row)
+            rstd = tl.load(Rstd + row)
+            base = row * N
+            c1 = 0.0
+            c2 = 0.0
+            for off in range(0, N, BLOCK_N):
+                mask = off + cols < N
+                xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
+                c1 += tl.sum(xhat * g, axis=0)
+                if not IS_RMS:
+                    c2 += tl.sum(g, axis=0)
+            c1 /= N
+            c2 /= N
+            # The program's first row initialises its partial row instead of adding to it, so the
+            # buffers need no memset. Only this program touches that row: no races, fixed order.
+            accumulate = row > row_start
+            for off in range(0, N, BLOCK_N):
+                mask = off + cols < N
+                xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
+                dx = (g - (xhat * c1 + c2)) * rstd
+                tl.store(DX + base + off + cols, dx.to(DX.dtype.element_ty), mask=mask)
+                if HAS_W:
+                    p = DW + part + off + cols
+                    tl.store(p, tl.load(p, mask=mask & accumulate, other=0.0) + dy * xhat, mask=mask)
+                if HAS_B:
+                    p = DB + part + off + cols
+                    tl.store(p, tl.load(p, mask=mask & accumulate, other=0.0) + dy, mask=mask)
+
+
+def _check_rows(x: torch.Tensor, name: str = "x") -> None:
+    assert x.dim() == 2 and x.is_contiguous(), f"{name} must be a contiguous (M, N) tensor"
+    assert x.dtype in _DTYPES, f"{name} has unsupported dtype {x.dtype}"
+
+
+def _check_param(p, n: int) -> None:
+    assert p is None or (p.shape == (n,) and p.is_contiguous()), f"parameters must be contiguous ({n},)"
+
+
+def _norm_fwd(x, weight, bias, eps, is_rms):
+    _check_rows(x)
+    M, N = x.shape
+    _check_param(weight, N)
+    _check_param(bias, N)
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    mean = None if is_rms else torch.empty(M, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M > 0:
+        block, num_warps = row_block(N, FWD_MAX_BLOCK)
+        _norm_fwd_kernel[(M,)](
+            x, y, weight, bias, mean, rstd, N, eps,
+            IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=bias is not None,
+            BLOCK_N=block, SINGLE_BLOCK=N <= block, num_warps=num_warps,
+        )
+    return y, mean, rstd
+
+
+def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
+    _check_rows(x)
+    _check_rows(dy, "dy")
+    M, N = x.shape
+    assert dy.shape == x.shape and rstd.shape == (M,) and (mean is None or mean.shape == (M,))
+    _check_param(weight, N)
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    block, num_warps = row_block(N, BWD_MAX_BLOCK)
+    programs, rows_per_program = persistent_split(M, num_warps, x.device)
+    # With M == 0 the (0, N) buffers still reduce to the correct all-zero gradients.
+    dw = torch.empty((programs, N), dtype=torch.float32, device=x.device) if weight is not None else None
+    db = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else None
+    if M > 0:
+        _norm_bwd_kernel[(programs,)](
+            dy, x, weight, mean, rstd, dx, dw, db, M, N, rows_per_program,
+            IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=has_bias,
+            BLOCK_N=block, SINGLE_BLOCK=N <= block, num_warps=num_warps,
+        )
+    param_dtype = x.dtype if weight is None else weight.dtype
+
+    def reduce(partial):
+        if partial is None:
+            return torch.empty(0, dtype=x.dtype, device=x.device)
+        return partial.sum(0).to(param_dtype)
+
+    return dx, reduce(dw), reduce(db)
+
+
+def layer_norm_fwd(x, weight, bias, eps: float):
+    """LayerNorm over the last dim of ``x`` (M, N). Returns (y, mean, rstd); mean and rstd are fp32 (M,)."""
+    return _norm_fwd(x, weight, bias, eps, is_rms=False)
+
+
+def rms_norm_fwd(x, weight, eps: float):
+    """RMSNorm over the last dim of ``x`` (M, N). Returns (y, rstd); rstd is fp32 (M,)."""
+    y, _, rstd = _norm_fwd(x, weight, None, eps, is_rms=True)
+    return y, rstd
+
+
+def layer_norm_bwd(dy, x, weight, mean, rstd, has_bias: bool):
+    """Gradients of :func:`layer_norm_fwd`: (dx, dweight, dbias); absent parameters get empty (0,) ones."""
+    return _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms=False)
+
+
+def rms_norm_bwd(dy, x, weight, rstd):
+    """Gradients of :func:`rms_norm_fwd`: (dx, dweight); dweight is empty (0,) when weight is None."""
+    dx, dweight, _ = _norm_bwd(dy, x, weight, None, rstd, False, is_rms=True)
+    return dx, dweight

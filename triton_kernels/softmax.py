@@ -1,0 +1,224 @@
+"""Masked softmax over the last dimension: y = softmax(scale * x + mask), forward and backward.
+
+The forward reads a contiguous (A, B, L, C) ``x`` as A*B*L rows of C columns. The mask is a view of
+that shape read through its own strides, so broadcast masks (a (B, 1, 1, C) key-padding mask or an
+(L, C) mask, expanded) cost no memory. Bool masks keep True entries; float masks are added; causal
+masking keeps column c <= l of row l of the last two dims (top-left aligned, as torch's SDPA).
+All math is fp32.
+
+Forward. With z = scale * x + mask (masked-out entries z = -inf) and the row max m = max_j z_j,
+    y_i = exp(z_i - m) / sum_j exp(z_j - m)
+which is softmax(z) (shift invariance) with every exponent <= 0, so huge logits cannot overflow.
+The kernels work in base 2, exp(t) = 2^(t log2 e), with log2 e folded into the scale and the float
+mask: one exp2 per element instead of exp (a multiply and an exp2).
+A row with nothing kept has m = -inf; m is then replaced by 0, so every exponent is -inf - 0 = -inf
+(not -inf + inf = NaN), the sum is 0 and the row is 0: the reciprocal of a zero sum is taken as 0.
+Rows too long to hold on chip use the online softmax (Milakov & Gimelshein, 2018): one pass over
+column blocks k keeps the running max and sum of what it has seen,
+    m_k = max(m_{k-1}, max_{j in k} z_j),  s_k = s_{k-1} * exp(m_{k-1} - m_k) + sum_{j in k} exp(z_j - m_k)
+(the old sum is rescaled whenever the max grows), then a second pass writes exp(z_i - m) / s.
+
+Backward. The softmax Jacobian is d y_i / d z_k = y_i (delta_ik - y_k); with dy the gradient w.r.t. y,
+summing over i:
+    dz_k = sum_i dy_i y_i (delta_ik - y_k) = y_k (dy_k - sum_i y_i dy_i),   dx = scale * dz.
+It needs only y: masked entries have y = 0 and get dx = 0, and a fully masked row (y = 0) gets 0.
+The mask is constant here; a float mask's gradient is dz = dx / scale, left to the caller.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .utils import row_block
+
+# Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
+# blocks and re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever
+# the dtypes, so the limits are in elements. Each kernel keeps 2 row-sized tensors live across its
+# reductions (forward: x and the float mask, until the exp2; backward: y and dy). ptxas for sm_90a
+# (Triton 3.6 and 3.8, every dtype and mask kind) fits one block of 16384 (32 per thread at 16 warps) in
+# at most the 128 registers per thread that 16 warps may use, without spilling; at 32768 every one spills.
+# The loop's blocks get row_block's 8 elements per thread at 16 warps: at most 64 registers, so that
+# two programs share an SM and one's reductions overlap the other's loads (at 16384 some spill).
+MAX_BLOCK = 16384
+LOOP_BLOCK = 4096
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOG2E = tl.constexpr(math.log2(math.e))
+
+
+@triton.jit
+def _load_logits(X, Mask, cols, n_valid, stride_mc, MASK_KIND: tl.constexpr):
+    """x (fp32) and the additive term b of columns ``cols`` of one row, in base-2 units.
+
+    The base-2 logits are x * scale * log2(e) + b: b is -inf at columns >= n_valid (padding lanes and
+    causally masked columns, never loaded) and at bool-masked ones, the float mask * log2(e) elsewhere.
+    """
+    valid = cols < n_valid
+    x = tl.load(X + cols, mask=valid, other=0.0).to(tl.float32)
+    if MASK_KIND == "bool":
+        valid = valid & (tl.load(Mask + cols * stride_mc, mask=valid, other=0) != 0)
+    b = tl.where(valid, 0.0, float("-inf"))
+    if MASK_KIND == "float":
+        b += tl.load(Mask + cols * stride_mc, mask=valid, other=0.0).to(tl.float32) * _LOG2E
+    return x, b
+
+
+@triton.jit
+def _exp2_shifted(x, b, scale_log2, shift):
+    # One rounding of x * scale_log2 - shift (fma): rounding x * scale_log2 on its own puts up to
+    # |x * scale_log2| * 2^-24 in every exponent, 2e-5 relative in y for logits near 1e3 (as the
+    # interpreter does: its fma rounds twice). Rounding the shift itself moves every exponent of the
+    # row alike, which the normalisation cancels.
+    return tl.exp2(tl.fma(x, scale_log2, b - shift))
+
+
+@triton.jit
+def _shift(m):
+    # The row max, or 0 while nothing is kept (m = -inf), so that -inf logits give exp2(-inf) = 0, not NaN.
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _reciprocal(s):
+    # 1 / inf = 0 for a row with nothing kept (s = 0): its exps are all 0, and so is its output.
+    return 1.0 / tl.where(s > 0.0, s, float("inf"))
+
+
+@triton.jit
+def _softmax_fwd_kernel(
+    X,  # (A, B, L, C) logits, contiguous
+    Mask,  # (A, B, L, C) bool or float mask with any strides (0 for broadcast dims), or None
+    Y,  # (A, B, L, C) output, contiguous
+    B,  # sizes of X's dims 1 and 2: row ((a * B) + b) * L + l
+    L,
+    C,
+    stride_ma,
+    stride_mb,
+    stride_ml,
+    stride_mc,
+    scale_log2,  # scale * log2(e)
+    MASK_KIND: tl.constexpr,  # "none", "bool" or "float"
+    IS_CAUSAL: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C
+):
+    row = tl.program_id(0)
+    i_l = row % L
+    # int64: row * C overflows int32 for tensors beyond 2**31 elements, and so may the mask's row offsets.
+    X += row.to(tl.int64) * C
+    Y += row.to(tl.int64) * C
+    if MASK_KIND != "none":
+        i_b = (row // L) % B
+        i_a = row // (L * B)
+        Mask += i_a.to(tl.int64) * stride_ma + i_b.to(tl.int64) * stride_mb + i_l.to(tl.int64) * stride_ml
+    n_valid = C
+    if IS_CAUSAL:
+        # Columns past the row index are never loaded, and the online pass stops at the last kept one.
+        n_valid = tl.minimum(C, i_l + 1)
+    cols = tl.arange(0, BLOCK_C)
+    if SINGLE_BLOCK:
+        x, b = _load_logits(X, Mask, cols, n_valid, stride_mc, MASK_KIND)
+        m = _shift(tl.max(x * scale_log2 + b, axis=0))
+        e = _exp2_shifted(x, b, scale_log2, m)
+        y = e * _reciprocal(tl.sum(e, axis=0))
+        tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=cols < C)
+    else:
+        m = float("-inf")
+        s = 0.0
+        for off in range(0, n_valid, BLOCK_C):
+            x, b = _load_logits(X, Mask, off + cols, n_valid, stride_mc, MASK_KIND)
+            m_new = tl.maximum(m, tl.max(x * scale_log2 + b, axis=0))
+            shift = _shift(m_new)
+            # m = -inf (nothing kept yet) has s = 0 and factor exp2(-inf) = 0.
+            s = s * tl.exp2(m - shift) + tl.sum(_exp2_shifted(x, b, scale_log2, shift), axis=0)
+            m = m_new
+        shift = _shift(m)
+        inv = _reciprocal(s)
+        for off in range(0, C, BLOCK_C):
+            x, b = _load_logits(X, Mask, off + cols, n_valid, stride_mc, MASK_KIND)
+            y = _exp2_shifted(x, b, scale_log2, shift) * inv
+            tl.store(Y + off + cols, y.to(Y.dtype.element_ty), mask=off + cols < C)
+
+
+@triton.jit
+def _softmax_bwd_kernel(
+    Y,  # (M, C) forward output, row-major
+    DY,  # (M, C) upstream gradient, row-major
+    DX,  # (M, C) input gradient, row-major
+    C,
+    scale,
+    BLOCK_C: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C
+):
+    row = tl.program_id(0)
+    # int64: row * C overflows int32 for tensors beyond 2**31 elements.
+    Y += row.to(tl.int64) * C
+    DY += row.to(tl.int64) * C
+    DX += row.to(tl.int64) * C
+    cols = tl.arange(0, BLOCK_C)
+    if SINGLE_BLOCK:
+        mask = cols < C
+        y = tl.load(Y + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + cols, mask=mask, other=0.0).to(tl.float32)
+        dx = y * (dy - tl.sum(y * dy, axis=0)) * scale
+        tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=mask)
+    else:
+        dot = 0.0
+        for off in range(0, C, BLOCK_C):
+            mask = off + cols < C
+            y = tl.load(Y + off + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + off + cols, mask=mask, other=0.0).to(tl.float32)
+            dot += tl.sum(y * dy, axis=0)
+        for off in range(0, C, BLOCK_C):
+            mask = off + cols < C
+            y = tl.load(Y + off + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + off + cols, mask=mask, other=0.0).to(tl.float32)
+            tl.store(DX + off + cols, (y * (dy - dot) * scale).to(DX.dtype.element_ty), mask=mask)
+
+
+def _launch_config(n_cols: int) -> dict:
+    block, num_warps = row_block(n_cols, MAX_BLOCK if n_cols <= MAX_BLOCK else LOOP_BLOCK)
+    return dict(BLOCK_C=block, SINGLE_BLOCK=n_cols <= block, num_warps=num_warps)
+
+
+def _mask_kind(mask, x) -> str:
+    if mask is None:
+        return "none"
+    assert mask.shape == x.shape and mask.device == x.device, "mask must have x's shape and device"
+    assert mask.dtype == torch.bool or mask.dtype in _DTYPES, f"mask has unsupported dtype {mask.dtype}"
+    # Column offsets are int32 in the kernel: only a mask spanning 2**31 elements along a row overflows.
+    assert (x.shape[3] - 1) * mask.stride(3) < 2**31, "mask column stride too large"
+    return "bool" if mask.dtype == torch.bool else "float"
+
+
+def softmax_fwd(x, mask, scale: float, is_causal: bool, out_dtype: torch.dtype):
+    """softmax(scale * x + mask) over the last dim of a contiguous (A, B, L, C) ``x``, in ``out_dtype``.
+
+    ``mask``: None, or bool (True = keep) / float (added) of x's shape with any strides. ``is_causal``
+    keeps column c <= l of the last two dims. Rows with nothing kept are 0.
+    """
+    assert x.dim() == 4 and x.is_contiguous(), "x must be a contiguous (A, B, L, C) tensor"
+    assert x.dtype in _DTYPES and out_dtype in _DTYPES, f"unsupported dtypes {x.dtype} -> {out_dtype}"
+    _, B, L, C = x.shape
+    kind = _mask_kind(mask, x)
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    if y.numel() > 0:
+        strides = (0, 0, 0, 0) if mask is None else mask.stride()
+        _softmax_fwd_kernel[(x.numel() // C,)](
+            x, mask, y, B, L, C, *strides, scale * _LOG2E.value,
+            MASK_KIND=kind, IS_CAUSAL=is_causal, **_launch_config(C),
+        )
+    return y
+
+
+def softmax_bwd(y, dy, scale: float, in_dtype: torch.dtype):
+    """Gradient w.r.t. x of :func:`softmax_fwd`, in ``in_dtype``, from its output ``y`` and ``dy``."""
+    assert y.shape == dy.shape and y.dim() > 0, "y and dy must have the same shape, at least 1-D"
+    assert y.is_contiguous() and dy.is_contiguous(), "y and dy must be contiguous"
+    assert y.dtype in _DTYPES and dy.dtype in _DTYPES and in_dtype in _DTYPES, "unsupported dtypes"
+    dx = torch.empty(y.shape, dtype=in_dtype, device=y.device)
+    if dx.numel() > 0:
+        C = y.shape[-1]
+        _softmax_bwd_kernel[(y.numel() // C,)](y, dy, dx, C, scale, **_launch_config(C))
+    return dx

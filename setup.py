@@ -16,8 +16,23 @@ from setuptools import setup
 DEFAULT_ARCH_LIST = "8.0;9.0a"
 
 
+def _set_cuda_home():
+    """Point CUDA_HOME at the toolkit when it is unset. torch guesses the parent of nvcc's folder,
+    which is wrong where nvcc is a wrapper script (here /usr/local/bin/nvcc runs
+    /usr/local/cuda-13.0/bin/nvcc): the C++ files then miss cuda_runtime.h."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    for home in candidates + ["/usr/local/cuda"]:
+        if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def _cuda_build_reason_to_skip():
     """Why the CUDA extension cannot be built here, or None when it can."""
+    _set_cuda_home()
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME
@@ -44,10 +59,8 @@ def _cuda_extension():
         name="fasttx._C",
         sources=sources,
         include_dirs=[os.path.join(root, "csrc")],
-        extra_compile_args={
-            "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"],
-        },
+        # No -std: torch adds the standard its headers need (C++20 for torch >= 2.10).
+        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]},
         py_limited_api=False,
     )
 

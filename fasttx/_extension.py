@@ -35,8 +35,8 @@ def _jit_build():
         name="fasttx_C",
         sources=sources,
         extra_include_paths=[_CSRC],
-        extra_cflags=["-O3", "-std=c++17"],
-        extra_cuda_cflags=["-O3", "-std=c++17", "--expt-relaxed-constexpr"],
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-lineinfo"],
         is_python_module=False,
     )
 

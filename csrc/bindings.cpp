@@ -1,0 +1,38 @@
+// The fasttx operator library: schemas and their CUDA implementations. Python adds fake (meta)
+// implementations and autograd on top (fasttx/_ops.py).
+
+#include <Python.h>
+#include <torch/library.h>
+
+#include "layer_norm/layer_norm_api.h"
+
+// `import fasttx._C` loads this library and with it the registrations below; the module is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(fasttx, m) {
+  m.def("layer_norm_fwd_cuda(Tensor input, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "layer_norm_bwd_cuda(Tensor grad_out, Tensor input, Tensor? weight, Tensor mean, Tensor rstd, bool has_bias)"
+      " -> (Tensor, Tensor, Tensor)");
+  m.def("rms_norm_fwd_cuda(Tensor input, Tensor? weight, float eps) -> (Tensor, Tensor)");
+  m.def("rms_norm_bwd_cuda(Tensor grad_out, Tensor input, Tensor? weight, Tensor rstd) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fasttx, CUDA, m) {
+  m.impl("layer_norm_fwd_cuda", &fasttx::layer_norm_fwd_cuda);
+  m.impl("layer_norm_bwd_cuda", &fasttx::layer_norm_bwd_cuda);
+  m.impl("rms_norm_fwd_cuda", &fasttx::rms_norm_fwd_cuda);
+  m.impl("rms_norm_bwd_cuda", &fasttx::rms_norm_bwd_cuda);
+}
+
+// CPU tensors reach the same functions, whose input checks then say what is wrong (a CUDA tensor
+// is required) instead of the dispatcher's "no kernel registered for CPU".
+TORCH_LIBRARY_IMPL(fasttx, CPU, m) {
+  m.impl("layer_norm_fwd_cuda", &fasttx::layer_norm_fwd_cuda);
+  m.impl("layer_norm_bwd_cuda", &fasttx::layer_norm_bwd_cuda);
+  m.impl("rms_norm_fwd_cuda", &fasttx::rms_norm_fwd_cuda);
+  m.impl("rms_norm_bwd_cuda", &fasttx::rms_norm_bwd_cuda);
+}

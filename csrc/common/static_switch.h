@@ -1,0 +1,55 @@
+#pragma once
+// Turn runtime values into compile-time ones. Each macro runs the callable passed as __VA_ARGS__
+// (a lambda returning void) once per case, with NAME bound to a constexpr bool or a type alias,
+// so every case instantiates its own templates.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "common/dtype.h"
+
+#define FASTTX_BOOL_SWITCH(COND, NAME, ...) \
+  [&] {                                     \
+    if (COND) {                             \
+      constexpr bool NAME = true;           \
+      __VA_ARGS__();                        \
+    } else {                                \
+      constexpr bool NAME = false;          \
+      __VA_ARGS__();                        \
+    }                                       \
+  }()
+
+// Activation dtype (x, y, dy, dx).
+#define FASTTX_DTYPE_SWITCH(DTYPE, NAME, ...) \
+  [&] {                                       \
+    switch (DTYPE) {                          \
+      case ::fasttx::DType::kFloat32: {       \
+        using NAME = float;                   \
+        __VA_ARGS__();                        \
+        break;                                \
+      }                                       \
+      case ::fasttx::DType::kFloat16: {       \
+        using NAME = __half;                  \
+        __VA_ARGS__();                        \
+        break;                                \
+      }                                       \
+      case ::fasttx::DType::kBFloat16: {      \
+        using NAME = __nv_bfloat16;           \
+        __VA_ARGS__();                        \
+        break;                                \
+      }                                       \
+    }                                         \
+  }()
+
+// Parameter dtype: the activation dtype INPUT_T, or fp32 (AMP keeps fp32 parameters next to half
+// activations). For fp32 activations both branches name the same type, hence the same instances.
+#define FASTTX_PARAM_TYPE_SWITCH(IS_FP32, INPUT_T, NAME, ...) \
+  [&] {                                                       \
+    if (IS_FP32) {                                            \
+      using NAME = float;                                     \
+      __VA_ARGS__();                                          \
+    } else {                                                  \
+      using NAME = INPUT_T;                                   \
+      __VA_ARGS__();                                          \
+    }                                                         \
+  }()

@@ -1,0 +1,62 @@
+#pragma once
+// How the normalization kernels map threads to rows, shared by the forward and the backward.
+//
+// A row is handled by a group of 1, 2, 4 or 8 consecutive warps (N <= 1024: one warp per row and
+// four rows per block; larger N: up to one 256-thread block per row). Each thread keeps up to
+// kCacheElems fp32 values of the row in registers, so a row of up to 32 * kCacheElems * warps
+// elements (a "chunk") is read from global memory once. Longer rows (N > 8192) are walked chunk by
+// chunk and every chunk but the last is read again for the second pass. That re-read hits L2 while
+// the rows in flight fit in it (H100: 132 SMs x 4 blocks x 2N bytes < 50 MB for 16-bit N <= ~40K);
+// beyond that it costs a second HBM read, which is simpler than caching rows in shared memory
+// that could not hold them anyway (a 128K-element fp16 row is 256 KB).
+
+#include <algorithm>
+
+#include "common/reduce.h"
+
+namespace fasttx {
+
+// Largest block (the forward kernel's __launch_bounds__).
+constexpr int kMaxThreads = 256;
+constexpr int kMaxWarps = kMaxThreads / kWarpSize;
+// Smallest block: 4 warps, so that warp-per-row kernels still reach full occupancy within the
+// 32-resident-blocks-per-SM limit.
+constexpr int kMinThreads = 128;
+// Row values each thread caches per tensor: one warp covers N = 1024 and 8 warps N = 8192 in a
+// single chunk. The forward then needs ~64 registers; the backward holds xhat, g and its dw, db
+// accumulators for the same columns (4 x 32 floats) and is capped at 168 (layer_norm_bwd.cu).
+constexpr int kCacheElems = 32;
+
+struct RowConfig {
+  int warps_per_row;
+  int threads;         // per block
+  int rows_per_block;
+  int chunk_cols;      // elements a row group caches: rows up to this long are read once
+};
+
+inline RowConfig row_config(int cols) {
+  int warps = 1;
+  while (warps < kMaxWarps && warps * kWarpSize * kCacheElems < cols) warps *= 2;
+  const int threads = std::max(warps * kWarpSize, kMinThreads);
+  return {warps, threads, threads / (warps * kWarpSize), warps * kWarpSize * kCacheElems};
+}
+
+// This thread's place in the row-group layout of a 1-D block.
+struct RowGroup {
+  int warps;       // warps per row
+  int size;        // threads per row
+  int rank;        // this thread's index within its row group
+  int index;       // the row group's index within the block
+  int first_warp;  // the row group's first warp within the block
+  int per_block;   // row groups per block
+
+  __device__ explicit RowGroup(int warps_per_row)
+      : warps(warps_per_row),
+        size(warps_per_row * kWarpSize),
+        rank(static_cast<int>(threadIdx.x) % size),
+        index(static_cast<int>(threadIdx.x) / size),
+        first_warp(index * warps_per_row),
+        per_block(static_cast<int>(blockDim.x) / size) {}
+};
+
+}  // namespace fasttx

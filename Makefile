@@ -26,7 +26,7 @@ $(VENV)/.installed: $(SOURCES)
 	touch $@
 
 test: install
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
 	$(PY) -m fasttx bench --op all --out $(BENCH_OUT)

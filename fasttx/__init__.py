@@ -5,11 +5,12 @@ from . import backends, nn, reference
 from ._info import info
 from ._patch import patch
 from .backends import use_backend
-from .functional import layer_norm, rms_norm, softmax
+from .functional import layer_norm, rms_norm, scaled_dot_product_attention, softmax
 
 __version__ = "0.1.0"
 
-__all__ = ["backends", "info", "layer_norm", "nn", "patch", "reference", "rms_norm", "softmax", "use_backend"]
+__all__ = ["backends", "info", "layer_norm", "nn", "patch", "reference", "rms_norm", "scaled_dot_product_attention", "softmax",
+           "use_backend"]
 
 # A prebuilt fasttx._C registers torch.ops.fasttx.*_cuda now; compiling one (on a GPU machine
 # without it) waits for the first use of backend "cuda".

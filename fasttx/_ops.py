@@ -7,7 +7,9 @@ so importing fasttx never imports triton), ``fasttx::<op>_{fwd,bwd}_cuda`` are d
 Each op's fake and backward formula is written once and registered for every backend.
 
 Norm ops take 2-D contiguous (rows, hidden) tensors, softmax ops a contiguous (A, B, L, C) input
-and a 4-D mask broadcastable to it; fasttx.functional reshapes. Missing weight / bias gradients
+and a 4-D mask broadcastable to it, attention ops (B, H, L, E) / (B, Hkv, S, E) / (B, Hkv, S, Ev)
+tensors with a contiguous last dim, a mask broadcastable to (B, H, L, S) and the dropout seed as
+an int64 scalar tensor; fasttx.functional reshapes. Missing weight / bias gradients
 come back as empty (0,) tensors, since schemas cannot return None. Autocast: the ops cast nothing
 (see fasttx.functional for each op's policy). Double backward is not supported.
 """
@@ -122,6 +124,37 @@ def _softmax_autograd(bwd_op):
     return backward
 
 
+# ---- attention -----------------------------------------------------------------------------
+
+
+def _attention_fwd_fake(q, k, v, mask, scale, is_causal, dropout_p, seed):
+    batch, heads, queries, _ = q.shape
+    return (q.new_empty((batch, heads, queries, v.shape[-1])),
+            q.new_empty((batch, heads, queries), dtype=torch.float32))
+
+
+def _attention_bwd_fake(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _attention_setup_context(ctx, inputs, output):
+    q, k, v, mask, scale, is_causal, dropout_p, seed = inputs
+    out, lse = output
+    # O(B * H * L) beyond the inputs and the output: nothing of size L * S is kept.
+    ctx.save_for_backward(q, k, v, out, lse, mask, seed)
+    ctx.scale, ctx.is_causal, ctx.dropout_p = scale, is_causal, dropout_p
+
+
+def _attention_autograd(bwd_op):
+    def backward(ctx, grad_out, _grad_lse):
+        q, k, v, out, lse, mask, seed = ctx.saved_tensors
+        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+        dq, dk, dv = bwd_op(grad_out, q, k, v, out, lse, mask, ctx.scale, ctx.is_causal, ctx.dropout_p, seed)
+        return dq, dk, dv, None, None, None, None, None
+
+    return backward
+
+
 # ---- registration --------------------------------------------------------------------------
 
 # op -> (forward fake, backward fake, setup_context, backward formula factory)
@@ -129,6 +162,7 @@ _FORMULAS = {
     "layer_norm": (_layer_norm_fwd_fake, _layer_norm_bwd_fake, _layer_norm_setup_context, _layer_norm_autograd),
     "rms_norm": (_rms_norm_fwd_fake, _rms_norm_bwd_fake, _rms_norm_setup_context, _rms_norm_autograd),
     "softmax": (_softmax_fwd_fake, _softmax_bwd_fake, _softmax_setup_context, _softmax_autograd),
+    "attention": (_attention_fwd_fake, _attention_bwd_fake, _attention_setup_context, _attention_autograd),
 }
 
 
@@ -198,6 +232,27 @@ def softmax_bwd_triton(out: Tensor, grad_out: Tensor, scale: float, in_dtype: to
     from .triton_kernels.softmax import softmax_bwd
 
     return softmax_bwd(out, grad_out, scale, in_dtype)
+
+
+@torch.library.custom_op("fasttx::attention_fwd_triton", mutates_args=())
+def attention_fwd_triton(
+    q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float, is_causal: bool,
+    dropout_p: float, seed: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    from .triton_kernels.attention import attention_fwd
+
+    return attention_fwd(q, k, v, mask, scale, is_causal, dropout_p, 0 if seed is None else int(seed))
+
+
+@torch.library.custom_op("fasttx::attention_bwd_triton", mutates_args=())
+def attention_bwd_triton(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, mask: Optional[Tensor],
+    scale: float, is_causal: bool, dropout_p: float, seed: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .triton_kernels.attention import attention_bwd
+
+    seed = 0 if seed is None else int(seed)
+    return attention_bwd(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed)
 
 
 for _op in _FORMULAS:

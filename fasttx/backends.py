@@ -53,6 +53,11 @@ def default_backend():
     return _check_choice(os.environ.get("FASTTX_BACKEND", "auto"), "FASTTX_BACKEND")
 
 
+def requested(backend):
+    """The backend a call asked for once the default has been applied: "auto" or a name."""
+    return default_backend() if _check_choice(backend) == "auto" else backend
+
+
 def triton_interpreted():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -96,20 +101,18 @@ def unavailable_reason(backend, device_type=None, dtype=None, op=None):
     return reason
 
 
-def resolve(op, requested, tensor):
-    """Name of the backend that runs ``op`` on ``tensor`` when the caller asked for ``requested``."""
-    requested = _check_choice(requested)
-    if requested == "auto":
-        requested = default_backend()
+def resolve(op, backend, tensor):
+    """Name of the backend that runs ``op`` on ``tensor`` when the caller passed ``backend``."""
+    wanted = requested(backend)
     device_type, dtype = tensor.device.type, tensor.dtype
-    if requested == "auto":
+    if wanted == "auto":
         candidates = ("cuda", "triton") if device_type == "cuda" else ()
         chosen = next((b for b in candidates if unavailable_reason(b, device_type, dtype, op) is None), "torch")
     else:
-        reason = unavailable_reason(requested, device_type, dtype, op)
+        reason = unavailable_reason(wanted, device_type, dtype, op)
         if reason is not None:
-            raise RuntimeError(f"fasttx.{op}: backend={requested!r} cannot run here: {reason}")
-        chosen = requested
+            raise RuntimeError(f"fasttx.{op}: backend={wanted!r} cannot run here: {reason}")
+        chosen = wanted
     if not torch.compiler.is_compiling():
         last_used[op] = chosen
     return chosen

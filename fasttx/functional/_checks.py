@@ -1,4 +1,7 @@
-"""Argument checks shared by the functional ops: errors name the argument, expected and actual."""
+"""Helpers shared by the functional ops: argument checks whose errors name the argument, expected
+and actual; the mask-broadcast merging of the kernel wrappers."""
+
+import math
 
 import torch
 
@@ -17,3 +20,29 @@ def check_tensor(op, name, value, *, like=None):
 def check_shape(op, name, value, expected):
     if tuple(value.shape) != tuple(expected):
         raise ValueError(f"fasttx.{op}: {name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
+
+
+def merge_leading_dims(mask, sizes, groups):
+    """Merge the leading dims ``sizes`` of a tensor, and the matching dims of ``mask`` (each 1 or
+    equal: the mask broadcasts), into exactly ``groups`` dims, without expanding the mask.
+
+    Adjacent dims merge when the mask broadcasts over all of them or over none; when that leaves
+    more than ``groups`` dims, the mask's leading dims are materialised. Returns (the merged sizes,
+    the mask viewed with its merged dims, 1 where it broadcasts, or None without a mask).
+    """
+    merged = []  # [size, mask broadcasts over it]
+    for size, mask_size in zip(sizes, mask.shape if mask is not None else [1] * len(sizes)):
+        if size == 1:
+            continue
+        if merged and (mask is None or merged[-1][1] == (mask_size == 1)):
+            merged[-1][0] *= size
+        else:
+            merged.append([size, mask_size == 1])
+    rest = () if mask is None else tuple(mask.shape[len(sizes):])
+    if len(merged) > groups:
+        mask = mask.expand(*sizes, *rest)
+        merged = [[math.prod(sizes), False]]
+    merged = [[1, True]] * (groups - len(merged)) + merged
+    if mask is not None:
+        mask = mask.reshape(*(1 if broadcast else size for size, broadcast in merged), *rest)
+    return [size for size, _ in merged], mask

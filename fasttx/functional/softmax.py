@@ -14,12 +14,10 @@ Autocast: as torch's policy, softmax under CUDA autocast returns float32 unless 
 autocast leaves softmax in the input's dtype, as torch does.
 """
 
-import math
-
 import torch
 
 from .. import _ops, backends, reference
-from ._checks import check_tensor
+from ._checks import check_tensor, merge_leading_dims
 
 
 # Device types whose autocast runs softmax in fp32 (torch's "fp32_set_opt_dtype" policy).
@@ -58,27 +56,12 @@ def _check_args(input, dim, scale, mask, is_causal, dtype):
 
 def _as_4d(x, mask):
     """(A, B, L, C) views of ``x`` (made contiguous) and of ``mask`` (same number of dims as
-    ``x``, broadcastable to it), softmax being over C and causal masking over (L, C). The mask
-    keeps its size-1 (broadcast) dims: adjacent leading dims merge when the mask broadcasts over
-    all of them or over none."""
+    ``x``, broadcastable to it, its broadcast dims kept), softmax being over C and causal
+    masking over (L, C)."""
     if x.dim() == 1:
         x, mask = x[None], None if mask is None else mask[None]
     *outer, rows, cols = x.shape
-    if mask is None:
-        return x.reshape(1, -1, rows, cols).contiguous(), None
-    groups = []  # [size, mask broadcasts over it]
-    for size, mask_size in zip(outer, mask.shape[:-2]):
-        if size == 1:
-            continue
-        if groups and groups[-1][1] == (mask_size == 1):
-            groups[-1][0] *= size
-        else:
-            groups.append([size, mask_size == 1])
-    if len(groups) > 2:  # no 4-D view: materialise the mask's leading dims (documented above)
-        mask = mask.expand(*outer, *mask.shape[-2:])
-        groups = [[math.prod(outer), False]]
-    (a, a_bcast), (b, b_bcast) = [[1, True]] * (2 - len(groups)) + groups
-    mask = mask.reshape(1 if a_bcast else a, 1 if b_bcast else b, *mask.shape[-2:])
+    (a, b), mask = merge_leading_dims(mask, outer, 2)
     return x.reshape(a, b, rows, cols).contiguous(), mask
 
 

@@ -1,0 +1,114 @@
+"""fasttx.scaled_dot_product_attention: the semantics of torch's, on IO-aware flash kernels.
+
+The kernels see (B, H, L, E) queries and (B, Hkv, S, E) / (B, Hkv, S, Ev) keys and values with any
+strides but a contiguous last dim (the (B, L, H, E) -> (B, H, L, E) transposed views a multi-head
+attention module makes are read in place), all batch dims merged into B; the mask as a 4-D view
+broadcastable to (B, H, L, S), read through 0 strides (a key-padding mask (B, 1, 1, S) costs
+O(B * S)). Only the output and the fp32 log-sum-exp (B, H, L) are saved for the backward.
+
+One documented difference from torch: a query row whose keys are all masked out gives output 0
+and zero gradients, never NaN. Dropout draws its Philox seed from torch's default generator, so
+torch.manual_seed makes it reproducible; forward and backward regenerate the same keep mask.
+"""
+
+import math
+
+import torch
+
+from .. import _ops, backends, reference
+from ._checks import check_tensor, merge_leading_dims
+
+MAX_HEAD_DIM = 256  # the kernels hold a head's row of q, k and v in registers
+
+
+def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_tensor("scaled_dot_product_attention", name, t, like=query)
+        if t.dim() < 3:
+            raise ValueError(f"fasttx.scaled_dot_product_attention: {name} must have at least 3 dims "
+                             f"(..., heads, seq, head_dim), got shape {list(t.shape)}")
+        if t.dtype != query.dtype:
+            raise TypeError(f"fasttx.scaled_dot_product_attention: {name} must have query's dtype "
+                            f"{query.dtype}, got {t.dtype}")
+    op = "fasttx.scaled_dot_product_attention"
+    if not (query.shape[:-3] == key.shape[:-3] == value.shape[:-3]):
+        raise ValueError(f"{op}: query, key and value must have the same batch dims, got shapes "
+                         f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
+    if key.shape[-3] != value.shape[-3] or key.shape[-2] != value.shape[-2]:
+        raise ValueError(f"{op}: key and value must have the same heads and sequence length, got shapes "
+                         f"{list(key.shape)} and {list(value.shape)}")
+    if query.shape[-1] != key.shape[-1]:
+        raise ValueError(f"{op}: query and key must have the same head dim E, got {query.shape[-1]} and {key.shape[-1]}")
+    heads, kv_heads = query.shape[-3], key.shape[-3]
+    if heads != kv_heads and not (enable_gqa and kv_heads > 0 and heads % kv_heads == 0):
+        raise ValueError(f"{op}: query has {heads} heads and key/value {kv_heads}: they must be equal, or "
+                         f"with enable_gqa=True query's a multiple of key/value's")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"{op}: scale must be a float or None, got {type(scale).__name__}")
+    if attn_mask is not None:
+        if is_causal:
+            raise ValueError(f"{op}: attn_mask and is_causal cannot both be given (as in torch); "
+                             f"put the causal structure in attn_mask")
+        if not isinstance(attn_mask, torch.Tensor) or not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+            got = attn_mask.dtype if isinstance(attn_mask, torch.Tensor) else type(attn_mask).__name__
+            raise TypeError(f"{op}: attn_mask must be a bool or floating-point Tensor, got {got}")
+        if attn_mask.device != query.device:
+            raise RuntimeError(f"{op}: attn_mask must be on query's device {query.device}, got {attn_mask.device}")
+        target = (*query.shape[:-1], key.shape[-2])
+        try:
+            ok = torch.broadcast_shapes(attn_mask.shape, target) == target
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{op}: attn_mask of shape {list(attn_mask.shape)} must broadcast to "
+                             f"(..., H, L, S) = {list(target)}")
+
+
+def _kernel_limitation(query, value, attn_mask):
+    """Why the kernels cannot run this call (beyond backend availability), or None."""
+    if max(query.shape[-1], value.shape[-1]) > MAX_HEAD_DIM:
+        return f"head dims above {MAX_HEAD_DIM} are not supported, got E={query.shape[-1]}, Ev={value.shape[-1]}"
+    if attn_mask is not None and attn_mask.requires_grad:
+        return "the kernels give no gradient for attn_mask, which requires grad"
+    return None
+
+
+def _last_dim_contiguous(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, enable_gqa=False, *, backend="auto"):
+    """Attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
+    (bool attn_mask True = takes part, float added; is_causal top-left aligned; enable_gqa), see
+    the module docstring. ``backend``: "auto", "torch", "triton" or "cuda"."""
+    _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    chosen = backends.resolve("attention", backend, query)
+    if chosen != "torch":
+        why_not = _kernel_limitation(query, value, attn_mask)
+        if why_not is not None:
+            if backends.requested(backend) != "auto":
+                raise RuntimeError(f"fasttx.scaled_dot_product_attention: backend={chosen!r} cannot run "
+                                   f"this call: {why_not}")
+            chosen = backends.resolve("attention", "torch", query)
+    if chosen == "torch":
+        return reference.scaled_dot_product_attention(
+            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    *batch, heads, queries, head_dim = query.shape
+    kv_heads, keys, value_dim = key.shape[-3], key.shape[-2], value.shape[-1]
+    rows = math.prod(batch)
+    q = _last_dim_contiguous(query.reshape(rows, heads, queries, head_dim))
+    k = _last_dim_contiguous(key.reshape(rows, kv_heads, keys, head_dim))
+    v = _last_dim_contiguous(value.reshape(rows, kv_heads, keys, value_dim))
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask.reshape((1,) * (query.dim() - attn_mask.dim()) + tuple(attn_mask.shape))
+        _, mask = merge_leading_dims(mask, batch, 1)
+    seed = None
+    if dropout_p > 0:  # from torch's default generator: torch.manual_seed reproduces the draw
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64)
+    scale = 1 / math.sqrt(head_dim) if scale is None else float(scale)
+    out, _lse = _ops.op("attention", "fwd", chosen)(q, k, v, mask, scale, is_causal, float(dropout_p), seed)
+    return out.reshape(*batch, heads, queries, value_dim)

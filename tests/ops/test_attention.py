@@ -1,0 +1,241 @@
+"""scaled_dot_product_attention: output and gradients of q, k, v against the float64 reference
+for every backend that runs here, with FlashAttention's rule: the error may be at most twice that
+of torch's own SDPA math in the input dtype, plus a small absolute term."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fasttx
+from fasttx import reference
+from fasttx.testing import rel_error
+
+from ..conftest import DEVICE, runnable_backends
+
+BACKENDS = runnable_backends(op="attention")
+KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]
+# bf16 dots are wrong in the Triton interpreter: bf16 is tested on the GPU only.
+DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+# The absolute term of the rule, by dtype: a result rounded once to the dtype is this far off.
+ROUNDING = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def attention_inputs(batch, heads, kv_heads, queries, keys, head_dim, value_dim=None, dtype=torch.float16):
+    q = torch.randn(batch, heads, queries, head_dim, device=DEVICE).to(dtype)
+    k = torch.randn(batch, kv_heads, keys, head_dim, device=DEVICE).to(dtype)
+    v = torch.randn(batch, kv_heads, keys, value_dim or head_dim, device=DEVICE).to(dtype)
+    return q, k, v
+
+
+def run_with_grads(fn, tensors, dy, convert=lambda t: t):
+    leaves = [convert(t.detach()).requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(convert(dy))
+    return [out] + [t.grad for t in leaves]
+
+
+def torch_baseline(q, k, v, **kw):
+    """torch's SDPA in the input dtype (math backend on CPU); NaN from fully masked rows -> 0."""
+    kw = {k_: v_ for k_, v_ in kw.items() if k_ != "dropout_mask"}
+    return F.scaled_dot_product_attention(q, k, v, **kw).nan_to_num(0.0)
+
+
+def check(q, k, v, backend, **kw):
+    """Output, dq, dk, dv vs float64; returns the output."""
+    dy = torch.randn(*q.shape[:-1], v.shape[-1], device=DEVICE).to(q.dtype)
+    ours_kw = {k_: v_ for k_, v_ in kw.items() if k_ != "dropout_mask"}
+    ours = run_with_grads(lambda *t: fasttx.scaled_dot_product_attention(*t, **ours_kw, backend=backend), (q, k, v), dy)
+    ref = run_with_grads(lambda *t: reference.scaled_dot_product_attention(*t, **kw), (q, k, v), dy, torch.Tensor.double)
+    base = run_with_grads(lambda *t: torch_baseline(*t, **kw), (q, k, v), dy) if "dropout_mask" not in kw else None
+    for i, name in enumerate(["output", "grad q", "grad k", "grad v"]):
+        assert ours[i].shape == ref[i].shape and ours[i].dtype == q.dtype, name
+        limit = ROUNDING[q.dtype]
+        if base is not None and torch.isfinite(base[i]).all():
+            limit += 2 * rel_error(base[i], ref[i])
+        else:
+            limit += 2 * rel_error(ref[i].to(q.dtype), ref[i])
+        err = rel_error(ours[i], ref[i])
+        assert err <= limit, f"{name}: relative error {err:.3g} > {limit:.3g} ({q.dtype}, {backend})"
+    return ours[0]
+
+
+@pytest.mark.parametrize("queries,keys", [(1, 1), (1, 7), (7, 1), (33, 100), (100, 33)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sequence_lengths(backend, dtype, queries, keys):
+    check(*attention_inputs(2, 2, 2, queries, keys, 64, dtype=dtype), backend)
+
+
+@pytest.mark.parametrize("head_dim,value_dim", [(16, 16), (80, 80), (128, 64), (32, 96)], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_head_dims(backend, head_dim, value_dim):
+    check(*attention_inputs(1, 2, 2, 19, 23, head_dim, value_dim), backend, scale=0.2)
+
+
+@pytest.mark.parametrize("queries,keys", [(5, 40), (40, 5), (33, 33)], ids=["L<S", "L>S", "L=S"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_causal(backend, dtype, queries, keys):
+    check(*attention_inputs(2, 2, 2, queries, keys, 32, dtype=dtype), backend, is_causal=True)
+
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grouped_query_attention(backend, kv_heads):
+    check(*attention_inputs(2, 4, kv_heads, 17, 29, 32), backend, enable_gqa=True, is_causal=kv_heads == 1)
+
+
+MASKS = ["bool_key_padding", "bool_2d", "float_full_with_-inf", "float_1_1_L_S", "float_2d"]
+
+
+def make_mask(kind, batch, heads, queries, keys):
+    if kind == "bool_key_padding":
+        mask = torch.rand(batch, 1, 1, keys, device=DEVICE) > 0.3
+        mask[0] = False  # every key of batch 0 padded: its rows are fully masked
+    elif kind == "bool_2d":
+        mask = torch.rand(queries, keys, device=DEVICE) > 0.4
+    elif kind == "float_full_with_-inf":
+        mask = torch.randn(batch, heads, queries, keys, device=DEVICE)
+        mask[torch.rand_like(mask) > 0.7] = float("-inf")
+        mask[1, 0, 3] = float("-inf")  # one fully masked row
+    elif kind == "float_1_1_L_S":
+        mask = torch.randn(1, 1, queries, keys, device=DEVICE)
+    else:
+        mask = torch.randn(queries, keys, device=DEVICE)
+    return mask
+
+
+@pytest.mark.parametrize("kind", MASKS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masks(backend, dtype, kind):
+    q, k, v = attention_inputs(2, 3, 3, 12, 45, 32, dtype=dtype)
+    mask = make_mask(kind, 2, 3, 12, 45)
+    if mask.is_floating_point():
+        mask = mask.to(dtype)
+    out = check(q, k, v, backend, attn_mask=mask)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fully_masked_rows_give_zero_output_and_gradients(backend):
+    q, k, v = (t.requires_grad_() for t in attention_inputs(2, 2, 2, 6, 9, 16, dtype=torch.float32))
+    mask = torch.ones(2, 1, 6, 9, dtype=torch.bool, device=DEVICE)
+    mask[0, :, 2] = False  # query row 2 of batch 0 sees no key
+    mask[1] = False  # batch 1 sees nothing
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, backend=backend)
+    out.backward(torch.randn_like(out))
+    assert (out[0, :, 2] == 0).all() and (out[1] == 0).all()
+    assert (q.grad[0, :, 2] == 0).all() and (q.grad[1] == 0).all()
+    assert (k.grad[1] == 0).all() and (v.grad[1] == 0).all()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_dims_and_transposed_views(backend):
+    """(B, L, H, E) projections viewed as (B, H, L, E), extra batch dims, a (B, 1, 1, S) mask."""
+    q = torch.randn(2, 3, 11, 4, 32, device=DEVICE).to(torch.float16).transpose(-3, -2)
+    k = torch.randn(2, 3, 13, 4, 32, device=DEVICE).to(torch.float16).transpose(-3, -2)
+    v = torch.randn(2, 3, 13, 4, 32, device=DEVICE).to(torch.float16).transpose(-3, -2)
+    mask = torch.rand(2, 1, 1, 1, 13, device=DEVICE) > 0.2
+    assert not q.is_contiguous()
+    check(q, k, v, backend, attn_mask=mask)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernels_read_transposed_views_in_place(backend, monkeypatch):
+    import fasttx.triton_kernels.attention as kernels
+
+    seen = {}
+    real = kernels.attention_fwd
+
+    def spy(q, k, v, *args):
+        seen["q"], seen["k"] = q.data_ptr(), k.data_ptr()
+        return real(q, k, v, *args)
+
+    monkeypatch.setattr(kernels, "attention_fwd", spy)
+    q = torch.randn(2, 9, 4, 16, device=DEVICE).transpose(1, 2)
+    k = torch.randn(2, 9, 4, 16, device=DEVICE).transpose(1, 2)
+    fasttx.scaled_dot_product_attention(q, k, k, backend=backend)
+    assert seen == {"q": q.data_ptr(), "k": k.data_ptr()}
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_saved_tensors_are_not_quadratic(backend):
+    """Besides inputs and output, the graph keeps O(B * H * L): nothing of size L * S."""
+    q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 64, 96, 16))
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        out = fasttx.scaled_dot_product_attention(q, k, v, is_causal=True, backend=backend)
+    assert sizes and max(sizes) <= max(q.numel(), k.numel(), v.numel(), out.numel())
+    assert 64 * 96 not in sizes and all(s < 2 * 64 * 96 for s in sizes)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_dropout(backend):
+    from fasttx.triton_kernels.attention import dropout_keep_mask
+
+    p = 0.3
+    q, k, v = attention_inputs(2, 2, 2, 40, 50, 16, dtype=torch.float32)
+    torch.manual_seed(7)
+    first = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=p, backend=backend)
+    torch.manual_seed(7)
+    assert torch.equal(first, fasttx.scaled_dot_product_attention(q, k, v, dropout_p=p, backend=backend))
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))  # what the op draws after this seed
+    keep = dropout_keep_mask(seed, 2, 2, 40, 50, p, q.device)
+    n = keep.numel()
+    # keep rate within 5 standard deviations of 1 - p
+    assert abs(keep.float().mean().item() - (1 - p)) < 5 * ((p * (1 - p) / n) ** 0.5)
+    torch.manual_seed(7)
+    check(q, k, v, backend, dropout_p=p, dropout_mask=keep)
+
+
+def test_torch_backend_dropout_is_dropout():
+    q, k, v = attention_inputs(1, 1, 1, 8, 300, 16, dtype=torch.float32)
+    v = torch.ones_like(v)
+    out = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5, backend="torch")
+    assert 0.5 < out.mean().item() < 1.5 and not torch.allclose(out, torch.ones_like(out))
+
+
+def test_matches_torch_sdpa_on_auto():
+    q, k, v = attention_inputs(2, 4, 2, 10, 12, 32, dtype=torch.float32)
+    for kw in ({}, {"is_causal": True}, {"attn_mask": torch.rand(10, 12, device=DEVICE) > 0.2}):
+        torch.testing.assert_close(fasttx.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw),
+                                   F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw))
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernel_limits(backend):
+    q, k, v = attention_inputs(1, 1, 1, 4, 4, 512, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="head dims above 256 are not supported"):
+        fasttx.scaled_dot_product_attention(q, k, v, backend=backend)
+    mask = torch.zeros(4, 4, device=DEVICE, requires_grad=True)
+    q, k, v = attention_inputs(1, 1, 1, 4, 4, 16, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="no gradient for attn_mask"):
+        fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, backend=backend)
+
+
+def test_bad_input_errors():
+    q, k, v = attention_inputs(2, 4, 2, 5, 6, 16, dtype=torch.float32)
+    sdpa = fasttx.scaled_dot_product_attention
+    with pytest.raises(ValueError, match=r"query must have at least 3 dims .*got shape \[5, 16\]"):
+        sdpa(q[0, 0], k, v)
+    with pytest.raises(ValueError, match="the same batch dims"):
+        sdpa(q, k[:1], v[:1], enable_gqa=True)
+    with pytest.raises(ValueError, match="query has 4 heads and key/value 2"):
+        sdpa(q, k, v)
+    with pytest.raises(ValueError, match="query has 4 heads and key/value 3"):
+        sdpa(q, *attention_inputs(2, 3, 3, 5, 6, 16, dtype=torch.float32)[1:], enable_gqa=True)
+    with pytest.raises(ValueError, match="the same head dim E, got 16 and 8"):
+        sdpa(q, k[..., :8], v, enable_gqa=True)
+    with pytest.raises(TypeError, match="value must have query's dtype torch.float32, got torch.float16"):
+        sdpa(q, k, v.half(), enable_gqa=True)
+    with pytest.raises(ValueError, match=r"attn_mask of shape \[5, 7\] must broadcast to \(..., H, L, S\) = \[2, 4, 5, 6\]"):
+        sdpa(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.bool, device=DEVICE), enable_gqa=True)
+    with pytest.raises(ValueError, match="attn_mask and is_causal cannot both be given"):
+        sdpa(q, k, v, attn_mask=torch.ones(5, 6, dtype=torch.bool, device=DEVICE), is_causal=True, enable_gqa=True)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\), got 1.0"):
+        sdpa(q, k, v, dropout_p=1.0, enable_gqa=True)
+    with pytest.raises(TypeError, match="query must have a floating-point dtype"):
+        sdpa(q.long(), k, v)

@@ -16,8 +16,9 @@ from ..conftest import DEVICE, runnable_backends
 BACKENDS = runnable_backends(op="layer_norm")  # rms_norm ships with it in every backend
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 OPS = ["layer_norm", "rms_norm"]
-# (rows, hidden): 1 row / 1 column, odd sizes, a row past the single-block limit, the largest size.
-SHAPES = [(1, 1), (3, 7), (257, 1000), (5, 4097), (2, 20000)]
+# (rows, hidden): 1 row / 1 column, odd sizes, both sides of the kernels' layout thresholds
+# (warp / block per row at 1024, one chunk at 8192), rows past the single-block limits.
+SHAPES = [(1, 1), (3, 7), (257, 1000), (4, 1024), (4, 1025), (5, 4097), (3, 8192), (3, 8193), (2, 20000)]
 
 
 def run(op, x, normalized_shape, weight, bias, backend, eps=1e-5):
@@ -93,11 +94,38 @@ def test_optional_parameters(op, backend, with_weight, with_bias):
     check_against_float64(op, x, (300,), weight, bias, backend, torch.float32)
 
 
+@pytest.mark.parametrize("hidden", [65536, 131072])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
-def test_large_hidden_size(op, backend):
-    x, weight, bias = make_inputs((2, 65536), (65536,), torch.float16, torch.float16, True, True)
-    check_against_float64(op, x, (65536,), weight, bias, backend, torch.float16)
+def test_large_hidden_size(op, backend, hidden):
+    x, weight, bias = make_inputs((2, hidden), (hidden,), torch.float16, torch.float16, True, True)
+    check_against_float64(op, x, (hidden,), weight, bias, backend, torch.float16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_misaligned_storage(op, backend):
+    """Contiguous rows starting 2 bytes past a 16-byte boundary: no vectorized path may assume
+    alignment."""
+    rows, hidden = 9, 1000
+    storage = torch.randn(rows * hidden + 1, device=DEVICE).to(torch.float16)
+    x = storage[1:].view(rows, hidden)
+    _, weight, bias = make_inputs((1,), (hidden,), torch.float16, torch.float16, True, True)
+    weight = torch.cat([weight.new_ones(1), weight])[1:]
+    check_against_float64(op, x, (hidden,), weight, bias, backend, torch.float16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", OPS)
+def test_parameter_gradients_are_deterministic(op, backend):
+    x, weight, bias = make_inputs((300, 520), (520,), torch.float32, torch.float32, True, True)
+    dy = torch.randn_like(x)
+    grads = []
+    for _ in range(2):
+        leaves = [t.detach().requires_grad_() for t in (x, weight, bias)]
+        run(op, leaves[0], (520,), *leaves[1:], backend=backend).backward(dy)
+        grads.append([t.grad for t in leaves if t.grad is not None])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
 @pytest.mark.parametrize("with_weight", [True, False])

@@ -1,15 +1,13 @@
 """Timing and reporting shared by the per-op benchmarks.
 
 GPU times come from triton.testing.do_bench (CUDA events, median of repeats after warm-up);
-CPU times from a host clock (median of repeats), good only to exercise the path.
+CPU times from torch.utils.benchmark (median of blocked repeats), good only to exercise the path.
 """
 
 import csv
 import dataclasses
 import json
 import os
-import statistics
-import time
 
 import torch
 
@@ -23,26 +21,30 @@ def bench_ms(fn, device_type, grad_to_none=None):
         from triton.testing import do_bench
 
         return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
-    fn()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out
-    times = []
-    for _ in range(5):
+    from torch.utils.benchmark import Timer
+
+    def call():
         for t in grad_to_none or ():
             t.grad = None
-        start = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+
+    call()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out
+    return Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=0.1).median * 1e3
 
 
-def copy_bandwidth_gbs(device_type):
-    """The device's measured copy bandwidth (bytes read + written per second), in GB/s: the
-    ceiling memory-bound kernels are compared with. Measured on GPU only."""
+def measured_peaks(device_type):
+    """The device's ceilings, measured once per run on GPU (None on CPU): copy bandwidth in GB/s
+    (bytes read + written) for memory-bound kernels, a large bf16 matrix product in TFLOP/s
+    for attention. Random data: zeros run faster than real inputs."""
     if device_type != "cuda":
-        return None
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")  # 1 GiB: far beyond L2
+        return {"GB/s": None, "TFLOP/s": None}
+    src = torch.randint(0, 255, (1 << 30,), dtype=torch.uint8, device="cuda")  # 1 GiB: far beyond L2
     dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), device_type)
-    return 2 * src.numel() / ms / 1e6
+    copy_ms = bench_ms(lambda: dst.copy_(src), device_type)
+    n = 8192
+    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device="cuda") for _ in range(2))
+    gemm_ms = bench_ms(lambda: a @ b, device_type)
+    return {"GB/s": 2 * src.numel() / copy_ms / 1e6, "TFLOP/s": 2 * n**3 / gemm_ms / 1e9}
 
 
 def peak_memory_mb(fn, device_type):
@@ -102,9 +104,10 @@ class Case:
 
     label: dict  # what identifies the case in the report: shape, mask kind, ...
     inputs: list  # tensors; those with requires_grad get gradients in the fwd+bwd timing
-    providers: dict  # name -> fn(*inputs) -> output; the torch eager baseline first
+    providers: dict  # name -> fn(*inputs) -> output; the torch baseline first
     reference: object  # fn(*inputs in float64) -> output: the correctness oracle
-    bytes: tuple  # (forward, forward+backward): the fewest bytes any implementation must move
+    work: tuple  # (forward, forward+backward): the fewest bytes moved, or the FLOPs, by formula
+    unit: str = "GB/s"  # "GB/s" (work in bytes) or "TFLOP/s" (work in FLOPs)
 
 
 def _leaves(inputs, convert=lambda t: t):
@@ -124,8 +127,9 @@ def _max_error(case, fn, dy):
     return max(rel_error(a, b) for a, b in zip(results, expected))
 
 
-def run_case(op, case, device_type, dtype, copy_gbs):
-    """Check, then time forward and forward+backward of every provider; one report row each."""
+def run_case(op, case, device_type, dtype, peaks):
+    """Check, then time forward and forward+backward of every provider; one report row each.
+    ``peaks``: the measured ceilings by unit (measured_peaks)."""
     rows, baseline = [], {}
     first = next(iter(case.providers.values()))
     dy = torch.randn_like(first(*case.inputs), dtype=torch.float32).to(dtype)
@@ -133,18 +137,19 @@ def run_case(op, case, device_type, dtype, copy_gbs):
         error = _max_error(case, fn, dy)
         leaves = _leaves(case.inputs)
         timed = {
-            "fwd": (lambda: fn(*case.inputs), case.bytes[0]),
-            "fwd+bwd": (lambda: fn(*leaves).backward(dy), case.bytes[1]),
+            "fwd": (lambda: fn(*case.inputs), case.work[0]),
+            "fwd+bwd": (lambda: fn(*leaves).backward(dy), case.work[1]),
         }
-        for direction, (call, nbytes) in timed.items():
+        peak = peaks.get(case.unit)
+        for direction, (call, work) in timed.items():
             ms = bench_ms(call, device_type, grad_to_none=[t for t in leaves if t.requires_grad])
-            baseline.setdefault(direction, ms)  # torch eager comes first
-            gbs = nbytes / ms / 1e6
+            baseline.setdefault(direction, ms)  # the torch baseline comes first
+            rate = work / ms / (1e6 if case.unit == "GB/s" else 1e9)
             rows.append({
                 "op": op, **case.label, "dtype": str(dtype).replace("torch.", ""),
-                "provider": name, "pass": direction, "ms": ms, "GB/s": gbs,
-                "% of copy BW": 100 * gbs / copy_gbs if copy_gbs else None,
-                "speed-up vs eager": baseline[direction] / ms,
+                "provider": name, "pass": direction, "ms": ms, "rate": rate, "unit": case.unit,
+                "% of peak": 100 * rate / peak if peak else None,
+                "speed-up": baseline[direction] / ms,
                 "peak MB": peak_memory_mb(call, device_type),
                 "max rel err": error, "correct": error <= TOLERANCE[dtype],
             })

@@ -9,7 +9,7 @@ import torch
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-BENCH_OPS = ("layer_norm", "rms_norm", "softmax")
+BENCH_OPS = ("layer_norm", "rms_norm", "softmax", "attention")
 
 
 def _parse_shapes(text):
@@ -17,8 +17,9 @@ def _parse_shapes(text):
         shapes = [tuple(int(n) for n in shape.lower().split("x")) for shape in text.split(",")]
     except ValueError:
         shapes = []
-    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
-        raise argparse.ArgumentTypeError(f"--shapes takes ROWSxCOLS[,ROWSxCOLS...], got {text!r}")
+    if not shapes or any(len(s) not in (2, 3) or min(s) < 1 for s in shapes):
+        raise argparse.ArgumentTypeError(
+            f"--shapes takes ROWSxCOLS[,...] (attention: SEQxHEADSxHEAD_DIM[,...]), got {text!r}")
     return shapes
 
 
@@ -29,26 +30,24 @@ def _info(_args):
 
 
 def _bench(args):
-    from .benchmarks import common, norms, softmax
+    from .benchmarks import attention, common, norms, softmax
 
-    modules = {op: module for module in (norms, softmax) for op in module.OPS}
+    modules = {op: module for module in (norms, softmax, attention) for op in module.OPS}
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    copy_gbs = common.copy_bandwidth_gbs(device_type)
-    meta = dict(common.environment(), command=" ".join(["python -m fasttx"] + sys.argv[1:]),
-                copy_bandwidth_GBps=copy_gbs)
-    columns = {"rows": "rows", "cols": "cols", "mask": "mask", "provider": "provider", "pass": "pass", "ms": "ms",
-               "GB/s": "GB/s", "%copyBW": "% of copy BW", "speed-up": "speed-up vs eager",
-               "peakMB": "peak MB", "max err": "max rel err", "ok": "correct"}
+    peaks = common.measured_peaks(device_type)
+    meta = dict(common.environment(), command=" ".join(["python -m fasttx"] + sys.argv[1:]), measured_peaks=peaks)
     failed = False
     for op in BENCH_OPS if args.op == "all" else (args.op,):
         module, dtype = modules[op], DTYPES[args.dtype]
         shapes = args.shapes or (module.GPU_SHAPES if device_type == "cuda" else module.CPU_SHAPES)
+        if any(len(shape) != len(module.CPU_SHAPES[0]) for shape in shapes):
+            sys.exit(f"fasttx bench: --op {op} takes shapes of {len(module.CPU_SHAPES[0])} numbers")
         rows = [row for case in module.cases(op, dtype, device_type, shapes)
-                for row in common.run_case(op, case, device_type, dtype, copy_gbs)]
+                for row in common.run_case(op, case, device_type, dtype, peaks)]
         name = f"{op}_{args.dtype}_{device_type}"
         paths = common.write_reports(rows, args.out, name, meta)
-        print(f"\n{op} ({args.dtype}, {meta['gpu']}, copy bandwidth {copy_gbs and round(copy_gbs)} GB/s)")
-        print(common.format_table(rows, columns))
+        print(f"\n{op} ({args.dtype}, {meta['gpu']}, measured peaks {peaks}); speed-up vs the first provider")
+        print(common.format_table(rows, {k: k for k in rows[0] if k not in ("op", "dtype")}))
         print("wrote " + ", ".join(paths))
         failed |= not all(r["correct"] for r in rows)
     if failed:
@@ -62,7 +61,7 @@ def main(argv=None):
     bench = commands.add_parser("bench", help="time fasttx kernels against PyTorch")
     bench.add_argument("--op", choices=BENCH_OPS + ("all",), default="all")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32")
-    bench.add_argument("--shapes", type=_parse_shapes, help="ROWSxCOLS,... (default: per op and device)")
+    bench.add_argument("--shapes", type=_parse_shapes, help="ROWSxCOLS,... or for attention SEQxHEADSxHEAD_DIM,... (default: per op and device)")
     bench.add_argument("--out", default=os.path.join("bench-out"), help="folder for the JSON and CSV")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)

@@ -13,6 +13,15 @@ KERNEL_BACKENDS = [b for b in runnable_backends(op="softmax") if b != "torch"]  
 
 
 def _samples(op, requires_grad):
+    if op == "attention":
+        q = torch.randn(2, 2, 5, 16, device=DEVICE, requires_grad=requires_grad)
+        k = torch.randn(2, 1, 7, 16, device=DEVICE, requires_grad=requires_grad)
+        v = torch.randn(2, 1, 7, 8, device=DEVICE, requires_grad=requires_grad)
+        key_padding = torch.rand(2, 1, 1, 7, device=DEVICE) > 0.3
+        bias = torch.randn(1, 1, 5, 7, device=DEVICE)
+        seed = torch.tensor(1234, dtype=torch.int64)
+        return [(q, k, v, None, 0.25, False, 0.0, None), (q, k, v, key_padding, 0.25, False, 0.0, None),
+                (q, k, v, bias, 0.5, False, 0.2, seed), (q, k, v, None, 0.25, True, 0.0, None)]
     if op == "softmax":
         x = torch.randn(2, 3, 4, 33, device=DEVICE, requires_grad=requires_grad)
         key_padding = (torch.rand(2, 1, 1, 33, device=DEVICE) > 0.3).expand(2, 3, 4, 33)
@@ -28,7 +37,7 @@ def _samples(op, requires_grad):
 
 
 @pytest.mark.parametrize("op,backend", [
-    (op, b) for op in ("layer_norm", "rms_norm", "softmax") for b in runnable_backends(op=op) if b != "torch"
+    (op, b) for op in ("layer_norm", "rms_norm", "softmax", "attention") for b in runnable_backends(op=op) if b != "torch"
 ])
 def test_opcheck(op, backend):
     fwd, bwd = _ops.op(op, "fwd", backend), _ops.op(op, "bwd", backend)
@@ -39,7 +48,10 @@ def test_opcheck(op, backend):
         x, weight = args[0], args[1]
         outputs = fwd(*args)
         dy = torch.randn_like(x)
-        if op == "softmax":
+        if op == "attention":
+            out, lse = outputs
+            torch.library.opcheck(bwd, (torch.randn_like(out), *args[:3], out, lse, *args[3:]))
+        elif op == "softmax":
             torch.library.opcheck(bwd, (outputs, dy, args[2], x.dtype))
         elif op == "layer_norm":
             torch.library.opcheck(bwd, (dy, x, weight, outputs[1], outputs[2], args[2] is not None))
@@ -77,6 +89,29 @@ def test_compile_fullgraph(backend, compiler):
     out.sum().backward()
     assert_close(out, expected, torch.float32, "compiled output")
     for got, want in zip([x.grad] + [p.grad for p in model.parameters()], expected_grads):
+        assert_close(got, want, torch.float32, "compiled gradient")
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend", [b for b in runnable_backends(op="attention") if b != "torch"])
+def test_compile_fullgraph_attention(backend, compiler):
+    torch._dynamo.reset()
+
+    def attend(q, k, v, key_padding):
+        q = q.view(2, 9, 4, 16).transpose(1, 2)  # (B, L, H*E) projections as a module makes them
+        k, v = (t.view(2, 11, 2, 16).transpose(1, 2) for t in (k, v))
+        out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=key_padding, enable_gqa=True, backend=backend)
+        return out.transpose(1, 2).reshape(2, 9, 64)
+
+    q = torch.randn(2, 9, 64, device=DEVICE, requires_grad=True)
+    k, v = (torch.randn(2, 11, 32, device=DEVICE, requires_grad=True) for _ in range(2))
+    key_padding = torch.rand(2, 1, 1, 11, device=DEVICE) > 0.2
+    expected = attend(q, k, v, key_padding)
+    expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
+    out = torch.compile(attend, fullgraph=True, backend=compiler)(q, k, v, key_padding)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert_close(out, expected, torch.float32, "compiled output")
+    for got, want in zip(grads, expected_grads):
         assert_close(got, want, torch.float32, "compiled gradient")
 
 

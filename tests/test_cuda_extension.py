@@ -14,7 +14,8 @@ from fasttx import _extension
 HAVE_NVCC = torch.version.cuda is not None and shutil.which("nvcc") is not None
 needs_nvcc = pytest.mark.skipif(not HAVE_NVCC, reason="no nvcc / CUDA build of torch: the extension cannot be built")
 
-CUDA_OPS = ["layer_norm_fwd_cuda", "layer_norm_bwd_cuda", "rms_norm_fwd_cuda", "rms_norm_bwd_cuda"]
+CUDA_OPS = ["layer_norm_fwd_cuda", "layer_norm_bwd_cuda", "rms_norm_fwd_cuda", "rms_norm_bwd_cuda",
+            "softmax_fwd_cuda", "softmax_bwd_cuda"]
 
 
 @needs_nvcc
@@ -64,6 +65,8 @@ def test_cpu_tensors_get_a_clear_error(name):
         "layer_norm_bwd_cuda": (x, x, w, stats, stats, False),
         "rms_norm_fwd_cuda": (x, w, 1e-5),
         "rms_norm_bwd_cuda": (x, x, w, stats),
+        "softmax_fwd_cuda": (x.view(1, 1, 4, 8), None, 1.0, False, torch.float32),
+        "softmax_bwd_cuda": (x, x, 1.0, torch.float32),
     }[name]
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
         getattr(torch.ops.fasttx, name)(*args)

@@ -78,7 +78,7 @@ def test_sequence_lengths(backend, dtype, queries, keys):
     check(*attention_inputs(2, 2, 2, queries, keys, 64, dtype=dtype), backend)
 
 
-@pytest.mark.parametrize("head_dim,value_dim", [(16, 16), (80, 80), (128, 64), (32, 96)], ids=str)
+@pytest.mark.parametrize("head_dim,value_dim", [(16, 16), (80, 80), (128, 64), (32, 96), (192, 192), (256, 128)], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_head_dims(backend, head_dim, value_dim):
     check(*attention_inputs(1, 2, 2, 19, 23, head_dim, value_dim), backend, scale=0.2)

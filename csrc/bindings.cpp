@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "layer_norm/layer_norm_api.h"
+#include "softmax/softmax_api.h"
 
 // `import fasttx._C` loads this library and with it the registrations below; the module is empty.
 extern "C" PyObject* PyInit__C(void) {
@@ -19,6 +20,8 @@ TORCH_LIBRARY(fasttx, m) {
       " -> (Tensor, Tensor, Tensor)");
   m.def("rms_norm_fwd_cuda(Tensor input, Tensor? weight, float eps) -> (Tensor, Tensor)");
   m.def("rms_norm_bwd_cuda(Tensor grad_out, Tensor input, Tensor? weight, Tensor rstd) -> (Tensor, Tensor)");
+  m.def("softmax_fwd_cuda(Tensor input, Tensor? mask, float scale, bool is_causal, ScalarType out_dtype) -> Tensor");
+  m.def("softmax_bwd_cuda(Tensor out, Tensor grad_out, float scale, ScalarType in_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fasttx, CUDA, m) {
@@ -26,6 +29,8 @@ TORCH_LIBRARY_IMPL(fasttx, CUDA, m) {
   m.impl("layer_norm_bwd_cuda", &fasttx::layer_norm_bwd_cuda);
   m.impl("rms_norm_fwd_cuda", &fasttx::rms_norm_fwd_cuda);
   m.impl("rms_norm_bwd_cuda", &fasttx::rms_norm_bwd_cuda);
+  m.impl("softmax_fwd_cuda", &fasttx::softmax_fwd_cuda);
+  m.impl("softmax_bwd_cuda", &fasttx::softmax_bwd_cuda);
 }
 
 // CPU tensors reach the same functions, whose input checks then say what is wrong (a CUDA tensor
@@ -35,4 +40,6 @@ TORCH_LIBRARY_IMPL(fasttx, CPU, m) {
   m.impl("layer_norm_bwd_cuda", &fasttx::layer_norm_bwd_cuda);
   m.impl("rms_norm_fwd_cuda", &fasttx::rms_norm_fwd_cuda);
   m.impl("rms_norm_bwd_cuda", &fasttx::rms_norm_bwd_cuda);
+  m.impl("softmax_fwd_cuda", &fasttx::softmax_fwd_cuda);
+  m.impl("softmax_bwd_cuda", &fasttx::softmax_bwd_cuda);
 }

@@ -19,7 +19,7 @@
     }                                       \
   }()
 
-// Activation dtype (x, y, dy, dx).
+// A kernel dtype: activations (x, y, dy, dx), or any tensor of the three dtypes.
 #define FASTTX_DTYPE_SWITCH(DTYPE, NAME, ...) \
   [&] {                                       \
     switch (DTYPE) {                          \
@@ -41,15 +41,16 @@
     }                                         \
   }()
 
-// Parameter dtype: the activation dtype INPUT_T, or fp32 (AMP keeps fp32 parameters next to half
-// activations). For fp32 activations both branches name the same type, hence the same instances.
-#define FASTTX_PARAM_TYPE_SWITCH(IS_FP32, INPUT_T, NAME, ...) \
-  [&] {                                                       \
-    if (IS_FP32) {                                            \
-      using NAME = float;                                     \
-      __VA_ARGS__();                                          \
-    } else {                                                  \
-      using NAME = INPUT_T;                                   \
-      __VA_ARGS__();                                          \
-    }                                                         \
+// fp32 or the activation dtype INPUT_T: LayerNorm parameters (AMP keeps fp32 parameters next to
+// half activations), softmax outputs and float masks. For fp32 activations both branches name the
+// same type, hence the same instances.
+#define FASTTX_FP32_OR_SWITCH(IS_FP32, INPUT_T, NAME, ...) \
+  [&] {                                                    \
+    if (IS_FP32) {                                         \
+      using NAME = float;                                  \
+      __VA_ARGS__();                                       \
+    } else {                                               \
+      using NAME = INPUT_T;                                \
+      __VA_ARGS__();                                       \
+    }                                                      \
   }()

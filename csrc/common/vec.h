@@ -1,5 +1,5 @@
 #pragma once
-// Conversions to and from fp32 and 128-bit vectorized global loads/stores.
+// Conversions to and from fp32 and vectorized (up to 128-bit) global loads/stores.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -35,33 +35,47 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-// Loads the kVec elements at ptr (kVec * sizeof(T) a multiple of 16 bytes) into fp32.
-// kAligned: ptr is 16-byte aligned and all kVec elements exist; loaded 16 bytes at a time.
-// Otherwise only the first n elements exist (n <= 0 allowed): they are loaded one by one and the
-// rest are set to 0 (rows whose length is not a multiple of kVec, or misaligned tensors).
-template <int kVec, bool kAligned, typename T>
-__device__ __forceinline__ void load_vec(const T* ptr, float (&out)[kVec], int n) {
-  constexpr int kPer = kVecBytes / static_cast<int>(sizeof(T));
-  static_assert(kVec % kPer == 0, "vectors are whole 16-byte accesses");
+// Elements of T that one access of a kVec-element vector moves: 16 bytes' worth, or the whole
+// vector when it is smaller (a bool mask's 4 or 8 bytes next to 16-bit activations).
+template <typename T, int kVec>
+constexpr int access_elems() {
+  return kVec * static_cast<int>(sizeof(T)) < kVecBytes ? kVec : kVecBytes / static_cast<int>(sizeof(T));
+}
+
+// Loads the kVec elements at ptr and converts each with `convert` (T -> U).
+// kAligned: ptr is aligned to the access size (access_elems * sizeof(T) bytes) and all kVec
+// elements exist; they are loaded with the widest accesses. Otherwise only the first n elements
+// exist (n <= 0 allowed): they are loaded one by one and the rest are set to `fill` (rows whose
+// length is not a multiple of kVec, or misaligned tensors).
+template <int kVec, bool kAligned, typename T, typename U, typename Convert>
+__device__ __forceinline__ void load_vec(const T* ptr, U (&out)[kVec], int n, U fill, Convert convert) {
+  constexpr int kPer = access_elems<T, kVec>();
+  static_assert(kVec % kPer == 0, "vectors are whole accesses");
   if constexpr (kAligned) {
 #pragma unroll
     for (int a = 0; a < kVec / kPer; ++a) {
       const Pack<T, kPer> pack = reinterpret_cast<const Pack<T, kPer>*>(ptr)[a];
 #pragma unroll
-      for (int e = 0; e < kPer; ++e) out[a * kPer + e] = to_float(pack.v[e]);
+      for (int e = 0; e < kPer; ++e) out[a * kPer + e] = convert(pack.v[e]);
     }
   } else {
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) out[e] = e < n ? to_float(ptr[e]) : 0.f;
+    for (int e = 0; e < kVec; ++e) out[e] = e < n ? convert(ptr[e]) : fill;
   }
+}
+
+// load_vec into fp32, padding with 0.
+template <int kVec, bool kAligned, typename T>
+__device__ __forceinline__ void load_vec(const T* ptr, float (&out)[kVec], int n) {
+  load_vec<kVec, kAligned>(ptr, out, n, 0.f, [](T v) { return to_float(v); });
 }
 
 // Stores kVec fp32 values to ptr as T; same conventions as load_vec (only the first n are
 // written unless kAligned).
 template <int kVec, bool kAligned, typename T>
 __device__ __forceinline__ void store_vec(T* ptr, const float (&in)[kVec], int n) {
-  constexpr int kPer = kVecBytes / static_cast<int>(sizeof(T));
-  static_assert(kVec % kPer == 0, "vectors are whole 16-byte accesses");
+  constexpr int kPer = access_elems<T, kVec>();
+  static_assert(kVec % kPer == 0, "vectors are whole accesses");
   if constexpr (kAligned) {
 #pragma unroll
     for (int a = 0; a < kVec / kPer; ++a) {
@@ -78,7 +92,8 @@ __device__ __forceinline__ void store_vec(T* ptr, const float (&in)[kVec], int n
   }
 }
 
-// Host side: may a kernel use 16-byte accesses at p? (nullptr, an absent tensor, passes.)
-inline bool is_vec_aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVecBytes == 0; }
+// Host side: may a kernel use `bytes`-wide accesses at p? (nullptr, an absent tensor, passes.)
+inline bool is_aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+inline bool is_vec_aligned(const void* p) { return is_aligned(p, kVecBytes); }
 
 }  // namespace fasttx

@@ -9,55 +9,21 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <limits>
-
+#include "common/checks.h"
 #include "layer_norm/layer_norm.h"
 
 namespace fasttx {
 namespace {
 
-// Longest row supported; keeps every column index of the kernels within int.
-constexpr int64_t kMaxCols = int64_t{1} << 30;
-
-std::string dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return "float32";
-    case at::kHalf:
-      return "float16";
-    case at::kBFloat16:
-      return "bfloat16";
-    case at::kDouble:
-      return "float64";
-    default:
-      return c10::toString(t);
-  }
-}
-
-DType to_dtype(at::ScalarType t) {
-  return t == at::kFloat ? DType::kFloat32 : t == at::kHalf ? DType::kFloat16 : DType::kBFloat16;
-}
-
-const at::Tensor* present(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? &*t : nullptr;
-}
-
 void check_input(const char* op, const at::Tensor& input) {
-  TORCH_CHECK(input.is_cuda(), "fasttx::", op, ": input must be a CUDA tensor, got device ", input.device());
-  const auto dt = input.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16, "fasttx::", op,
-              ": input must be float32, float16 or bfloat16, got ", dtype_name(dt));
+  check_cuda(op, "input", input);
+  check_kernel_dtype(op, "input", input.scalar_type());
   TORCH_CHECK(input.dim() == 2, "fasttx::", op, ": input must be 2-D (M, N), got shape ", input.sizes());
   TORCH_CHECK(input.size(1) >= 1 && input.size(1) <= kMaxCols, "fasttx::", op, ": input must have 1 <= N <= ",
               kMaxCols, " columns, got shape ", input.sizes());
-  TORCH_CHECK(input.size(0) <= std::numeric_limits<int32_t>::max(), "fasttx::", op, ": input must have M <= ",
-              std::numeric_limits<int32_t>::max(), " rows, got shape ", input.sizes());
-  TORCH_CHECK(input.is_contiguous(), "fasttx::", op, ": input must be contiguous, got strides ", input.strides());
-}
-
-void check_same_device(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input) {
-  TORCH_CHECK(t.device() == input.device(), "fasttx::", op, ": ", name, " must be on the input's device ",
-              input.device(), ", got ", t.device());
+  TORCH_CHECK(input.size(0) <= kMaxRows, "fasttx::", op, ": input must have M <= ", kMaxRows, " rows, got shape ",
+              input.sizes());
+  check_contiguous(op, "input", input);
 }
 
 // weight or bias: (N,), contiguous, the input's dtype or float32.
@@ -68,7 +34,7 @@ void check_param(const char* op, const char* name, const at::Tensor& t, const at
               dtype_name(t.scalar_type()));
   TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(1), "fasttx::", op, ": ", name, " must have shape (",
               input.size(1), ",), got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "fasttx::", op, ": ", name, " must be contiguous, got strides ", t.strides());
+  check_contiguous(op, name, t);
 }
 
 // grad_out: like input.
@@ -78,8 +44,7 @@ void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor
               dtype_name(input.scalar_type()), "), got ", dtype_name(grad_out.scalar_type()));
   TORCH_CHECK(grad_out.sizes() == input.sizes(), "fasttx::", op, ": grad_out must have the input's shape ",
               input.sizes(), ", got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.is_contiguous(), "fasttx::", op, ": grad_out must be contiguous, got strides ",
-              grad_out.strides());
+  check_contiguous(op, "grad_out", grad_out);
 }
 
 // mean or rstd saved by the forward: float32 (M,), contiguous.
@@ -89,7 +54,7 @@ void check_row_stat(const char* op, const char* name, const at::Tensor& t, const
               dtype_name(t.scalar_type()));
   TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(0), "fasttx::", op, ": ", name, " must have shape (",
               input.size(0), ",), got ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "fasttx::", op, ": ", name, " must be contiguous, got strides ", t.strides());
+  check_contiguous(op, name, t);
 }
 
 // Checks weight and bias; returns the parameter dtype (the input's when there is neither).
@@ -102,6 +67,12 @@ at::ScalarType check_params(const char* op, const at::Tensor& input, const at::T
                 dtype_name(bias->scalar_type()));
   }
   return weight != nullptr ? weight->scalar_type() : bias != nullptr ? bias->scalar_type() : input.scalar_type();
+}
+
+// The fields the forward and the backward share, for a checked input.
+NormParamsBase base_params(bool is_rms, const at::Tensor& input, at::ScalarType param_dtype) {
+  return {is_rms, to_dtype(input.scalar_type()), to_dtype(param_dtype), input.size(0),
+          static_cast<int>(input.size(1))};
 }
 
 // (out, mean or undefined for RMSNorm, rstd)
@@ -118,12 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_fwd(const char* op, bool is_
   if (rows == 0) return {out, mean, rstd};
 
   const c10::cuda::CUDAGuard guard(input.device());
-  NormFwdParams p{};
-  p.is_rms = is_rms;
-  p.input_dtype = to_dtype(input.scalar_type());
-  p.param_dtype = to_dtype(param_dtype);
-  p.rows = rows;
-  p.cols = static_cast<int>(input.size(1));
+  NormFwdParams p{base_params(is_rms, input, param_dtype)};
   p.x = input.data_ptr();
   p.weight = weight != nullptr ? weight->data_ptr() : nullptr;
   p.bias = bias != nullptr ? bias->data_ptr() : nullptr;
@@ -160,12 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_bwd(const char* op, bool is_
   at::Tensor grad_bias = has_bias ? at::empty({cols}, param_options) : no_grad();
 
   const c10::cuda::CUDAGuard guard(input.device());
-  NormBwdParams p{};
-  p.is_rms = is_rms;
-  p.input_dtype = to_dtype(input.scalar_type());
-  p.param_dtype = to_dtype(param_dtype);
-  p.rows = rows;
-  p.cols = static_cast<int>(cols);
+  NormBwdParams p{base_params(is_rms, input, param_dtype)};
   p.dy = grad_out.data_ptr();
   p.x = input.data_ptr();
   p.weight = weight != nullptr ? weight->data_ptr() : nullptr;

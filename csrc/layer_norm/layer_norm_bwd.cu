@@ -47,7 +47,7 @@ constexpr int kFinalSlices = 32;
 // single-chunk row) as row blockIdx.x of partials (G, N). Called by every thread of the block.
 template <bool kAligned, int kIters, int kVec>
 __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restrict__ partials, float* fold,
-                               const RowGroup& grp, int cols) {
+                               const NormRowGroup& grp, int cols) {
   float* out = partials + static_cast<int64_t>(blockIdx.x) * cols;  // (N,)
   const int nvec = ceil_div(cols, kVec);
   if (grp.per_block == 1) {
@@ -103,7 +103,7 @@ __global__ void __maxnreg__(168)
   __shared__ float scratch[kSums][kMaxWarps];
   __shared__ float fold[kFoldFloats];
 
-  const RowGroup grp(warps_per_row);
+  const NormRowGroup grp(warps_per_row * kWarpSize);
   const W* __restrict__ w = static_cast<const W*>(p.weight);  // (N,) or nullptr
   const int nvec = ceil_div(p.cols, kVec);
   const int chunk = grp.size * kIters;  // vectors per chunk
@@ -273,7 +273,7 @@ BwdKernels select_bwd_kernels(const NormBwdParams& p) {
   BwdKernels k{};
   FASTTX_BOOL_SWITCH(p.is_rms, kIsRMS, [&] {
     FASTTX_DTYPE_SWITCH(p.input_dtype, T, [&] {
-      FASTTX_PARAM_TYPE_SWITCH(p.param_dtype == DType::kFloat32, T, W, [&] {
+      FASTTX_FP32_OR_SWITCH(p.param_dtype == DType::kFloat32, T, W, [&] {
         constexpr int kVec = kVecBytes / sizeof(T);
         // Rows start 16-byte aligned only when N is a multiple of the vector width.
         const bool aligned = p.cols % kVec == 0 && is_vec_aligned(p.x) && is_vec_aligned(p.dy) &&
@@ -319,7 +319,8 @@ void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
   const bool param_grads = p.dweight_partials != nullptr || p.dbias_partials != nullptr;
   // Fused: the G persistent blocks own the workspace rows. Otherwise one row group per row.
   const int64_t blocks = fused ? p.num_partials : ceil_div<int64_t>(p.rows, cfg.rows_per_block);
-  k.rows<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, cfg.warps_per_row, fused && param_grads);
+  const int warps_per_row = cfg.threads_per_row / kWarpSize;
+  k.rows<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, warps_per_row, fused && param_grads);
   if (!param_grads) return;
   if (!fused) {
     const dim3 grid(ceil_div(ceil_div(p.cols, k.vec), kParamThreads), p.num_partials);

@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kMaxThreads) norm_fwd_kernel(const NormFwdPara
   constexpr int kIters = kCacheElems / kVec;  // vectors a thread caches
   __shared__ float scratch[1][kMaxWarps];
 
-  const RowGroup grp(warps_per_row);
+  const NormRowGroup grp(warps_per_row * kWarpSize);
   const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
   // Rows past M (last block only) still take part in the block-wide reductions.
   const bool valid = row < p.rows;
@@ -145,7 +145,7 @@ FwdKernel select_fwd_kernel(const NormFwdParams& p) {
   FwdKernel kernel = nullptr;
   FASTTX_BOOL_SWITCH(p.is_rms, kIsRMS, [&] {
     FASTTX_DTYPE_SWITCH(p.input_dtype, T, [&] {
-      FASTTX_PARAM_TYPE_SWITCH(p.param_dtype == DType::kFloat32, T, W, [&] {
+      FASTTX_FP32_OR_SWITCH(p.param_dtype == DType::kFloat32, T, W, [&] {
         constexpr int kVec = kVecBytes / sizeof(T);
         // Rows start 16-byte aligned only when N is a multiple of the vector width.
         const bool aligned = p.cols % kVec == 0 && is_vec_aligned(p.x) && is_vec_aligned(p.y) &&
@@ -163,7 +163,7 @@ void norm_fwd_launch(const NormFwdParams& p, cudaStream_t stream) {
   const RowConfig cfg = row_config(p.cols);
   const int64_t blocks = ceil_div<int64_t>(p.rows, cfg.rows_per_block);
   const FwdKernel kernel = select_fwd_kernel(p);
-  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, cfg.warps_per_row);
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, cfg.threads_per_row / kWarpSize);
 }
 
 }  // namespace fasttx

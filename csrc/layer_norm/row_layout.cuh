@@ -1,5 +1,6 @@
 #pragma once
-// How the normalization kernels map threads to rows, shared by the forward and the backward.
+// The normalization kernels' row layout (common/row_layout.cuh), shared by the forward and the
+// backward.
 //
 // A row is handled by a group of 1, 2, 4 or 8 consecutive warps (N <= 1024: one warp per row and
 // four rows per block; larger N: up to one 256-thread block per row). Each thread keeps up to
@@ -10,9 +11,7 @@
 // beyond that it costs a second HBM read, which is simpler than caching rows in shared memory
 // that could not hold them anyway (a 128K-element fp16 row is 256 KB).
 
-#include <algorithm>
-
-#include "common/reduce.h"
+#include "common/row_layout.cuh"
 
 namespace fasttx {
 
@@ -27,36 +26,12 @@ constexpr int kMinThreads = 128;
 // accumulators for the same columns (4 x 32 floats) and is capped at 168 (layer_norm_bwd.cu).
 constexpr int kCacheElems = 32;
 
-struct RowConfig {
-  int warps_per_row;
-  int threads;         // per block
-  int rows_per_block;
-  int chunk_cols;      // elements a row group caches: rows up to this long are read once
-};
+// At least a warp per row: norm rows are hidden sizes, rarely shorter than a few hundred.
+constexpr int kMinThreadsPerRow = kWarpSize;
+using NormRowGroup = RowGroup<kMinThreadsPerRow>;
 
 inline RowConfig row_config(int cols) {
-  int warps = 1;
-  while (warps < kMaxWarps && warps * kWarpSize * kCacheElems < cols) warps *= 2;
-  const int threads = std::max(warps * kWarpSize, kMinThreads);
-  return {warps, threads, threads / (warps * kWarpSize), warps * kWarpSize * kCacheElems};
+  return row_config(cols, RowLimits{kCacheElems, kMinThreadsPerRow, kMaxThreads, kMinThreads});
 }
-
-// This thread's place in the row-group layout of a 1-D block.
-struct RowGroup {
-  int warps;       // warps per row
-  int size;        // threads per row
-  int rank;        // this thread's index within its row group
-  int index;       // the row group's index within the block
-  int first_warp;  // the row group's first warp within the block
-  int per_block;   // row groups per block
-
-  __device__ explicit RowGroup(int warps_per_row)
-      : warps(warps_per_row),
-        size(warps_per_row * kWarpSize),
-        rank(static_cast<int>(threadIdx.x) % size),
-        index(static_cast<int>(threadIdx.x) / size),
-        first_warp(index * warps_per_row),
-        per_block(static_cast<int>(blockDim.x) / size) {}
-};
 
 }  // namespace fasttx

@@ -1,0 +1,71 @@
+#pragma once
+// How the row-wise kernels (norms, softmax) map threads to rows of a contiguous (rows, cols) tensor.
+//
+// A row is handled by a row group: a power-of-2 number of consecutive threads of a 1-D block, a
+// few lanes of a warp for short rows up to several warps for long ones. Each thread caches up to
+// cache_elems values of the row per tensor in registers, so rows up to threads * cache_elems
+// elements (a "chunk") are read from global memory once; longer rows are walked chunk by chunk.
+// Vector j of a chunk lives in thread j % threads of the group: consecutive threads touch
+// consecutive 16-byte pieces, so accesses are coalesced.
+
+#include <algorithm>
+
+#include "common/reduce.h"
+
+namespace fasttx {
+
+// The layout's limits, fixed per kernel family.
+struct RowLimits {
+  int cache_elems;          // row values a thread caches per tensor
+  int min_threads_per_row;  // power of 2
+  int max_threads_per_row;  // power of 2, the kernels' __launch_bounds__
+  int min_block_threads;    // blocks hold several row groups when rows need fewer threads
+};
+
+struct RowConfig {
+  int threads_per_row;
+  int threads;         // per block
+  int rows_per_block;
+  int chunk_cols;      // elements a row group caches: rows up to this long are read once
+};
+
+// The fewest threads per row whose caches hold the whole row, within the limits.
+inline RowConfig row_config(int cols, const RowLimits& limits) {
+  int per_row = limits.min_threads_per_row;
+  while (per_row < limits.max_threads_per_row && per_row * limits.cache_elems < cols) per_row *= 2;
+  const int threads = std::max(per_row, limits.min_block_threads);
+  return {per_row, threads, threads / per_row, per_row * limits.cache_elems};
+}
+
+// This thread's place in the row-group layout of a 1-D block. kMinThreadsPerRow is the layout's
+// RowLimits::min_threads_per_row. When groups are whole warps the compiler knows it (no sub-warp
+// arithmetic): the norm backward, at its 168-register cap, spills without that.
+template <int kMinThreadsPerRow>
+struct RowGroup {
+  static constexpr bool kWholeWarps = kMinThreadsPerRow >= kWarpSize;
+
+  int warps;       // warps spanned: 1 for groups within a warp
+  int size;        // threads per row
+  int lanes;       // lanes of a warp in the group: min(size, 32)
+  int rank;        // this thread's index within its row group
+  int index;       // the row group's index within the block
+  int first_warp;  // the warp holding the row group's first thread
+  int per_block;   // row groups per block
+
+  __device__ explicit RowGroup(int threads_per_row)
+      : warps(kWholeWarps || threads_per_row >= kWarpSize ? threads_per_row / kWarpSize : 1),
+        size(kWholeWarps ? warps * kWarpSize : threads_per_row),
+        lanes(kWholeWarps || size >= kWarpSize ? kWarpSize : size),
+        rank(static_cast<int>(threadIdx.x) % size),
+        index(static_cast<int>(threadIdx.x) / size),
+        first_warp(kWholeWarps ? index * warps : index * size / kWarpSize),
+        per_block(static_cast<int>(blockDim.x) / size) {}
+
+  // group_allreduce over this row group.
+  template <int K, int kMaxWarps, typename Combine>
+  __device__ __forceinline__ void allreduce(float (&v)[K], float (&scratch)[K][kMaxWarps], Combine combine) const {
+    group_allreduce(v, scratch, lanes, warps, first_warp, combine);
+  }
+};
+
+}  // namespace fasttx

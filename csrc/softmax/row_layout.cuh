@@ -1,0 +1,40 @@
+#pragma once
+// The softmax kernels' row layout (common/row_layout.cuh), shared by the forward and the backward.
+//
+// Each thread caches 32 values of a row per tensor (x and the float mask in the forward, y and dy
+// in the backward), so a row group of up to 512 threads reads rows of up to 16384 elements once.
+// Short rows get fewer threads, down to one per row (C <= 32), so that each thread's cache is at
+// least half full (C >= 16): attention rows of 128-256 keys fill whole warps, several rows each,
+// instead of leaving most lanes of a warp-per-row layout idle. Longer rows get one 512-thread
+// block each and are walked in 16384-element chunks: the first pass reads them all, the second
+// reads all but the last again. That re-read hits L2 while the rows in flight fit in it (H100:
+// 132 SMs x 1 block x 4C bytes < 50 MB for fp32 C <= ~95K, 16-bit C <= ~190K); beyond that it
+// costs a second HBM read of the row.
+
+#include "common/row_layout.cuh"
+
+namespace fasttx {
+namespace softmax {
+
+// Row values each thread caches per tensor: two cached tensors of 32 fp32 values are 64 registers;
+// with the rest the kernels take 63-128, within the 128 a 512-thread block may use (64 values would
+// not fit).
+constexpr int kCacheElems = 32;
+// Largest row group and block, the kernels' __launch_bounds__: 16 warps cache 16384 elements, the
+// single-pass limit of the Triton kernels too.
+constexpr int kMaxThreads = 512;
+constexpr int kMaxWarps = kMaxThreads / kWarpSize;
+// Smallest block: 4 warps, so that kernels with short rows still reach full occupancy within the
+// 32-resident-blocks-per-SM limit.
+constexpr int kMinBlockThreads = 128;
+
+// Down to one thread per row (see above).
+constexpr int kMinThreadsPerRow = 1;
+using SoftmaxRowGroup = RowGroup<kMinThreadsPerRow>;
+
+inline RowConfig row_config(int cols) {
+  return ::fasttx::row_config(cols, RowLimits{kCacheElems, kMinThreadsPerRow, kMaxThreads, kMinBlockThreads});
+}
+
+}  // namespace softmax
+}  // namespace fasttx

@@ -1,0 +1,134 @@
+// Backward of the masked softmax y = softmax(z), z = scale * x + mask, over the last dim of
+// contiguous (M, C) rows. The softmax Jacobian is
+//
+//   d y_i / d z_k = y_i (delta_ik - y_k),
+//
+// so with dy the gradient w.r.t. y, summing over i,
+//
+//   dz_k = sum_i dy_i y_i (delta_ik - y_k) = y_k (dy_k - sum_i y_i dy_i),   dx_k = scale * dz_k.
+//
+// It needs only y, not x or the mask: masked entries have y = 0 and get dx = 0, and a fully masked
+// row (y = 0 throughout) gets 0. The mask is a constant here (a float mask's gradient is dz, the
+// caller's kernel call with scale 1). One row sum (the dot product y . dy), then a second sweep:
+// rows up to a chunk (softmax/row_layout.cuh) stay in registers for it, longer ones are read
+// again. All arithmetic is fp32.
+
+#include <type_traits>
+
+#include "common/launch.h"
+#include "common/static_switch.h"
+#include "common/vec.h"
+#include "softmax/row_layout.cuh"
+#include "softmax/softmax.h"
+
+namespace fasttx {
+namespace {
+
+using softmax::kCacheElems;
+using softmax::kMaxThreads;
+using softmax::kMaxWarps;
+using softmax::SoftmaxRowGroup;
+
+// Y: y and dy, D: dx. A thread handles vectors of kVec consecutive elements, 16 bytes of the
+// narrower type (the fp32 side then takes two 128-bit accesses); kAligned (C a multiple of kVec,
+// 16-byte aligned tensors) moves them with 128-bit accesses, otherwise element by element with the
+// row's tail masked. One row group per row; the grid covers all rows. One 512-thread block per SM:
+// the two cached tensors alone take 64 registers; the kernel takes 91-96, without spilling.
+template <typename Y, typename D, bool kAligned>
+__global__ void __launch_bounds__(kMaxThreads, 1)
+    softmax_bwd_kernel(const SoftmaxBwdParams p, const int threads_per_row) {
+  constexpr int kVec = kVecBytes / (sizeof(Y) < sizeof(D) ? sizeof(Y) : sizeof(D));
+  static_assert(kCacheElems % kVec == 0, "a thread caches whole vectors");
+  constexpr int kIters = kCacheElems / kVec;  // vectors a thread caches per tensor
+  __shared__ float scratch[1][kMaxWarps];
+
+  const SoftmaxRowGroup grp(threads_per_row);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
+  // Rows past M (last block only) still take part in the block-wide reduction.
+  const bool valid = row < p.rows;
+  const int64_t offset = (valid ? row : 0) * p.cols;
+  const Y* __restrict__ y = static_cast<const Y*>(p.y) + offset;    // (C,) this row
+  const Y* __restrict__ dy = static_cast<const Y*>(p.dy) + offset;  // (C,) this row
+  D* __restrict__ dx = static_cast<D*>(p.dx) + offset;              // (C,) this row
+  const int nvec = valid ? ceil_div(p.cols, kVec) : 0;
+  const int chunk = grp.size * kIters;  // vectors per chunk
+
+  float yv[kIters][kVec];
+  float gv[kIters][kVec];  // dy
+  const auto load_chunk = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      const int j = c0 + i * grp.size + grp.rank;
+      if (j < nvec) {
+        load_vec<kVec, kAligned>(y + j * kVec, yv[i], p.cols - j * kVec);
+        load_vec<kVec, kAligned>(dy + j * kVec, gv[i], p.cols - j * kVec);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) yv[i][e] = gv[i][e] = 0.f;
+      }
+    }
+  };
+
+  float dot[1] = {0.f};
+  for (int c0 = 0; c0 < nvec; c0 += chunk) {
+    load_chunk(c0);
+#pragma unroll
+    for (int i = 0; i < kIters; ++i)
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) dot[0] += yv[i][e] * gv[i][e];
+  }
+  grp.allreduce(dot, scratch, SumOp{});
+
+  const auto store_chunk = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      const int j = c0 + i * grp.size + grp.rank;
+      if (j >= nvec) continue;
+      float out[kVec];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) out[e] = p.scale * (yv[i][e] * (gv[i][e] - dot[0]));
+      store_vec<kVec, kAligned>(dx + j * kVec, out, p.cols - j * kVec);
+    }
+  };
+  // The last chunk is still in registers; earlier ones (rows longer than a chunk) are read again.
+  const int last = nvec == 0 ? 0 : (nvec - 1) / chunk * chunk;
+  store_chunk(last);
+  for (int c0 = 0; c0 < last; c0 += chunk) {
+    load_chunk(c0);
+    store_chunk(c0);
+  }
+}
+
+using BwdKernel = void (*)(SoftmaxBwdParams, int);
+
+template <typename Y, typename D>
+BwdKernel select_alignment(const SoftmaxBwdParams& p) {
+  constexpr int kVec = kVecBytes / (sizeof(Y) < sizeof(D) ? sizeof(Y) : sizeof(D));
+  // Rows start 16-byte aligned only when C is a multiple of the vector width.
+  const bool aligned = p.cols % kVec == 0 && is_vec_aligned(p.y) && is_vec_aligned(p.dy) && is_vec_aligned(p.dx);
+  return aligned ? softmax_bwd_kernel<Y, D, true> : softmax_bwd_kernel<Y, D, false>;
+}
+
+// dx in y's dtype or fp32, or any dtype from fp32 y (autocast: fp32 softmax of half logits).
+BwdKernel select_bwd_kernel(const SoftmaxBwdParams& p) {
+  BwdKernel kernel = nullptr;
+  FASTTX_DTYPE_SWITCH(p.out_dtype, Y, [&] {
+    if constexpr (std::is_same_v<Y, float>) {
+      FASTTX_DTYPE_SWITCH(p.grad_dtype, D, [&] { kernel = select_alignment<Y, D>(p); });
+    } else {
+      FASTTX_FP32_OR_SWITCH(p.grad_dtype == DType::kFloat32, Y, D, [&] { kernel = select_alignment<Y, D>(p); });
+    }
+  });
+  return kernel;
+}
+
+}  // namespace
+
+void softmax_bwd_launch(const SoftmaxBwdParams& p, cudaStream_t stream) {
+  const RowConfig cfg = softmax::row_config(p.cols);
+  const int64_t blocks = ceil_div<int64_t>(p.rows, cfg.rows_per_block);
+  const BwdKernel kernel = select_bwd_kernel(p);
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, cfg.threads_per_row);
+}
+
+}  // namespace fasttx

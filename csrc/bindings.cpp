@@ -24,7 +24,9 @@ TORCH_LIBRARY(fasttx, m) {
   m.def("softmax_bwd_cuda(Tensor out, Tensor grad_out, float scale, ScalarType in_dtype) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(fasttx, CUDA, m) {
+namespace {
+
+void impl_all(torch::Library& m) {
   m.impl("layer_norm_fwd_cuda", &fasttx::layer_norm_fwd_cuda);
   m.impl("layer_norm_bwd_cuda", &fasttx::layer_norm_bwd_cuda);
   m.impl("rms_norm_fwd_cuda", &fasttx::rms_norm_fwd_cuda);
@@ -33,13 +35,10 @@ TORCH_LIBRARY_IMPL(fasttx, CUDA, m) {
   m.impl("softmax_bwd_cuda", &fasttx::softmax_bwd_cuda);
 }
 
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fasttx, CUDA, m) { impl_all(m); }
+
 // CPU tensors reach the same functions, whose input checks then say what is wrong (a CUDA tensor
 // is required) instead of the dispatcher's "no kernel registered for CPU".
-TORCH_LIBRARY_IMPL(fasttx, CPU, m) {
-  m.impl("layer_norm_fwd_cuda", &fasttx::layer_norm_fwd_cuda);
-  m.impl("layer_norm_bwd_cuda", &fasttx::layer_norm_bwd_cuda);
-  m.impl("rms_norm_fwd_cuda", &fasttx::rms_norm_fwd_cuda);
-  m.impl("rms_norm_bwd_cuda", &fasttx::rms_norm_bwd_cuda);
-  m.impl("softmax_fwd_cuda", &fasttx::softmax_fwd_cuda);
-  m.impl("softmax_bwd_cuda", &fasttx::softmax_bwd_cuda);
-}
+TORCH_LIBRARY_IMPL(fasttx, CPU, m) { impl_all(m); }

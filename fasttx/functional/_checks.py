@@ -22,6 +22,22 @@ def check_shape(op, name, value, expected):
         raise ValueError(f"fasttx.{op}: {name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
+def check_mask(op, name, mask, like, like_name, target, target_name):
+    """A mask is a bool or floating-point Tensor on ``like``'s device that broadcasts to
+    ``target`` (described in errors as ``target_name``)."""
+    if not isinstance(mask, torch.Tensor) or not (mask.dtype == torch.bool or mask.is_floating_point()):
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"fasttx.{op}: {name} must be a bool or floating-point Tensor, got {got}")
+    if mask.device != like.device:
+        raise RuntimeError(f"fasttx.{op}: {name} must be on {like_name} device {like.device}, got {mask.device}")
+    try:
+        broadcasts = torch.broadcast_shapes(mask.shape, target) == tuple(target)
+    except RuntimeError:
+        broadcasts = False
+    if not broadcasts:
+        raise ValueError(f"fasttx.{op}: {name} of shape {list(mask.shape)} must broadcast to {target_name} {list(target)}")
+
+
 def merge_leading_dims(mask, sizes, groups):
     """Merge the leading dims ``sizes`` of a tensor, and the matching dims of ``mask`` (each 1 or
     equal: the mask broadcasts), into exactly ``groups`` dims, without expanding the mask.

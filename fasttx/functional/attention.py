@@ -16,7 +16,7 @@ import math
 import torch
 
 from .. import _ops, backends, reference
-from ._checks import check_tensor, merge_leading_dims
+from ._checks import check_mask, check_tensor, merge_leading_dims
 
 MAX_HEAD_DIM = 256  # the kernels hold a head's row of q, k and v in registers
 
@@ -51,19 +51,9 @@ def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
         if is_causal:
             raise ValueError(f"{op}: attn_mask and is_causal cannot both be given (as in torch); "
                              f"put the causal structure in attn_mask")
-        if not isinstance(attn_mask, torch.Tensor) or not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
-            got = attn_mask.dtype if isinstance(attn_mask, torch.Tensor) else type(attn_mask).__name__
-            raise TypeError(f"{op}: attn_mask must be a bool or floating-point Tensor, got {got}")
-        if attn_mask.device != query.device:
-            raise RuntimeError(f"{op}: attn_mask must be on query's device {query.device}, got {attn_mask.device}")
         target = (*query.shape[:-1], key.shape[-2])
-        try:
-            ok = torch.broadcast_shapes(attn_mask.shape, target) == target
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"{op}: attn_mask of shape {list(attn_mask.shape)} must broadcast to "
-                             f"(..., H, L, S) = {list(target)}")
+        check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, "query's", target,
+                   "(..., H, L, S) =")
 
 
 def _kernel_limitation(query, value, attn_mask):

@@ -17,7 +17,7 @@ autocast leaves softmax in the input's dtype, as torch does.
 import torch
 
 from .. import _ops, backends, reference
-from ._checks import check_tensor, merge_leading_dims
+from ._checks import check_mask, check_tensor, merge_leading_dims
 
 
 # Device types whose autocast runs softmax in fp32 (torch's "fp32_set_opt_dtype" policy).
@@ -32,19 +32,7 @@ def _check_args(input, dim, scale, mask, is_causal, dtype):
     if scale is not None and not isinstance(scale, (int, float)):
         raise TypeError(f"fasttx.softmax: scale must be a float or None, got {type(scale).__name__}")
     if mask is not None:
-        if not isinstance(mask, torch.Tensor) or not (mask.dtype == torch.bool or mask.is_floating_point()):
-            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise TypeError(f"fasttx.softmax: mask must be a bool or floating-point Tensor, got {got}")
-        if mask.device != input.device:
-            raise RuntimeError(f"fasttx.softmax: mask must be on the input's device {input.device}, got {mask.device}")
-        try:
-            broadcast = torch.broadcast_shapes(mask.shape, input.shape)
-        except RuntimeError:
-            broadcast = None
-        if broadcast != input.shape:
-            raise ValueError(
-                f"fasttx.softmax: mask of shape {list(mask.shape)} must broadcast to input of shape {list(input.shape)}"
-            )
+        check_mask("softmax", "mask", mask, input, "the input's", input.shape, "input of shape")
     if is_causal and (input.dim() < 2 or dim % input.dim() != input.dim() - 1):
         raise ValueError(
             f"fasttx.softmax: is_causal masks the last two dims and needs softmax over the last one: "

@@ -87,6 +87,7 @@ setup(
     packages=[
         "fasttx",
         "fasttx.reference",
+        "fasttx.cli",
         "fasttx.functional",
         "fasttx.nn",
         "fasttx.benchmarks",

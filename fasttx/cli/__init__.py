@@ -1,10 +1,10 @@
-"""``python -m fasttx info | bench``: one module per command, each adding its own subparser."""
+"""``python -m fasttx info | bench | profile | train``: one module per command, each adding its own subparser."""
 
 import argparse
 
-from . import bench, info
+from . import bench, info, profile, train
 
-COMMANDS = (info, bench)
+COMMANDS = (info, bench, profile, train)
 
 
 def main(argv=None):

@@ -1,0 +1,138 @@
+"""Small Transformer models built from plain torch.nn layers, for ``python -m fasttx profile | train``.
+
+Every model is what a user writes with torch.nn (pre-norm nn.TransformerEncoderLayer with
+batch_first=True, nn.LayerNorm, nn.Embedding); the fasttx variant is the same model after
+``fasttx.patch`` (see ``patched_copy``), so the commands measure exactly what a user gets.
+Each model's ``forward(inputs, targets)`` returns the training loss, and ``example_batch``
+draws a synthetic batch of the right kind for profiling.
+"""
+
+import collections
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+MODELS = ("gpt", "encoder", "vit-like")
+VIT_PATCH = 16  # pixels per patch side, as ViT-B/16
+VIT_CLASSES = 1000
+MASK_FRACTION = 0.15  # encoder: share of tokens to predict, as BERT
+
+
+class Body(nn.Module):
+    """Learned positions, pre-norm Transformer layers, final LayerNorm: (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, d_model, n_layers, n_heads, seq_len, causal, dropout=0.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({n_heads})")
+        self.pos = nn.Embedding(seq_len, d_model)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout, activation="gelu",
+                                       batch_first=True, norm_first=True)
+            for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.causal = causal
+        # torch wants the mask itself alongside is_causal=True (it then runs SDPA's causal path).
+        mask = nn.Transformer.generate_square_subsequent_mask(seq_len) if causal else None
+        self.register_buffer("mask", mask, persistent=False)
+        self.activation_checkpointing = False
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, x):
+        length = x.shape[1]
+        x = x + self.pos.weight[:length]
+        mask = self.mask[:length, :length] if self.causal else None
+        for layer in self.layers:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, mask, None, self.causal, use_reentrant=False)
+            else:
+                x = layer(x, src_mask=mask, is_causal=self.causal)
+        return self.norm(x)
+
+
+class LanguageModel(nn.Module):
+    """Token embeddings -> Body -> head tied to the embeddings. causal=True: a GPT trained on the
+    next token; causal=False: a bidirectional encoder trained on masked tokens."""
+
+    def __init__(self, vocab_size, d_model, n_layers, n_heads, seq_len, causal, dropout=0.0):
+        super().__init__()
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)  # N(0, 1) would give huge logits through the tied head
+        self.body = Body(d_model, n_layers, n_heads, seq_len, causal, dropout)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, tokens, targets):
+        logits = self.head(self.body(self.embed(tokens)))
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+    def example_batch(self, batch_size, generator):
+        device = self.embed.weight.device
+        tokens = torch.randint(0, self.vocab_size, (batch_size, self.seq_len + 1), generator=generator)
+        if self.body.causal:
+            return tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+        tokens = tokens[:, :-1]
+        masked = torch.rand(tokens.shape, generator=generator) < MASK_FRACTION
+        inputs = tokens.masked_fill(masked, 0)  # token 0 stands for [MASK]
+        return inputs.to(device), tokens.masked_fill(~masked, -100).to(device)
+
+
+class VisionModel(nn.Module):
+    """ViT-like classifier: 16x16 patches -> Body (bidirectional) -> mean pool -> class logits."""
+
+    def __init__(self, d_model, n_layers, n_heads, seq_len, dropout=0.0):
+        super().__init__()
+        side = math.isqrt(seq_len)
+        if side * side != seq_len:
+            raise ValueError(f"vit-like needs seq (the number of patches) to be a square, got {seq_len}")
+        self.image_size = side * VIT_PATCH
+        self.patch = nn.Conv2d(3, d_model, VIT_PATCH, stride=VIT_PATCH)
+        self.body = Body(d_model, n_layers, n_heads, seq_len, causal=False, dropout=dropout)
+        self.head = nn.Linear(d_model, VIT_CLASSES)
+
+    def forward(self, images, labels):
+        x = self.patch(images).flatten(2).transpose(1, 2)
+        return F.cross_entropy(self.head(self.body(x).mean(1)).float(), labels)
+
+    def example_batch(self, batch_size, generator):
+        device = self.head.weight.device
+        images = torch.randn(batch_size, 3, self.image_size, self.image_size, generator=generator)
+        labels = torch.randint(0, VIT_CLASSES, (batch_size,), generator=generator)
+        return images.to(device), labels.to(device)
+
+
+def build(name, d_model, n_layers, n_heads, seq_len, vocab_size=256, dropout=0.0):
+    """One of MODELS with torch.nn layers."""
+    if name == "vit-like":
+        return VisionModel(d_model, n_layers, n_heads, seq_len, dropout)
+    if name not in ("gpt", "encoder"):
+        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+    return LanguageModel(vocab_size, d_model, n_layers, n_heads, seq_len, name == "gpt", dropout)
+
+
+def _type_name(cls):
+    package = cls.__module__.split(".")[0]
+    return f"{package}.nn.{cls.__name__}" if package in ("torch", "fasttx") else f"{cls.__module__}.{cls.__name__}"
+
+
+def patch_in_place(model, backend):
+    """``fasttx.patch(model, backend)``; returns (model, {"torch.nn.X -> fasttx.nn.Y": count}), the
+    count of modules whose type it changed, found by comparing the types before and after."""
+    import fasttx
+
+    before = {name: type(module) for name, module in model.named_modules()}
+    model = fasttx.patch(model, backend=backend)
+    swaps = collections.Counter(
+        f"{_type_name(before[name])} -> {_type_name(type(module))}"
+        for name, module in model.named_modules() if name in before and type(module) is not before[name])
+    return model, dict(sorted(swaps.items()))
+
+
+def patched_copy(model, backend):
+    """The fasttx variant of ``model``: a copy with the same weights, patched (see patch_in_place)."""
+    return patch_in_place(copy.deepcopy(model), backend)

@@ -8,6 +8,7 @@ steps give the kernel breakdown, whose shares are of the profiled step time.
 """
 
 import collections
+import copy
 import csv
 import json
 import os
@@ -21,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 from .. import models
 from ..backends import CHOICES
 from .bench import DTYPES
-from .train import autocast, make_optimizer
+from .train import cell, autocast, make_optimizer
 
 
 def _synchronize(device):
@@ -69,8 +70,8 @@ def _write_table(rows, totals, step_ms, variant, out_dir):
         writer.writerows(rows)
     md_path = os.path.join(out_dir, f"kernels_{variant}.md")
     lines = [f"# {variant}: top kernels per training step", "",
-             f"Profiled step {step_ms:.3f} ms; total device time {_ms(totals['device ms'])}, total host (CPU op) "
-             f"time {_ms(totals['host ms'])} per step.", "",
+             f"Profiled step {step_ms:.3f} ms; total device time {cell(totals['device ms'], '.3f')} ms, total host "
+             f"(CPU op) time {totals['host ms']:.3f} ms per step.", "",
              "| # | kernel (CPU: op) | calls/step | self ms/step | % of step |", "| --- | --- | --- | --- | --- |"]
     lines += [f"| {r['rank']} | `{r['name'][:100]}` | {r['calls per step']:g} | {r['self ms per step']:.4f} | "
               f"{r['share of step %']:.1f} |" for r in rows]
@@ -79,12 +80,11 @@ def _write_table(rows, totals, step_ms, variant, out_dir):
     return csv_path, md_path
 
 
-def _ms(value):
-    return "-" if value is None else f"{value:.3f} ms"
-
-
-def profile_variant(name, model, batch, args, device, dtype):
-    """Warm up, time ``args.steps`` steps, then profile ``args.profile_steps``; one summary dict."""
+def profile_variant(name, model, args, device, dtype):
+    """Move ``model`` to ``device`` (one variant resident at a time, so peak memory is its own),
+    warm up, time ``args.steps`` steps, then profile ``args.profile_steps``; one summary dict."""
+    model.to(device)
+    batch = model.example_batch(args.batch, torch.Generator().manual_seed(args.seed))  # the same for all
     optimizer = make_optimizer(model, 1e-4, 0.0, device)
     for _ in range(args.warmup):
         _train_step(model, optimizer, batch, device, dtype)
@@ -96,6 +96,7 @@ def profile_variant(name, model, batch, args, device, dtype):
         _train_step(model, optimizer, batch, device, dtype)
     _synchronize(device)
     step_ms = 1e3 * (time.perf_counter() - begin) / args.steps
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         begin = time.perf_counter()
@@ -107,39 +108,48 @@ def profile_variant(name, model, batch, args, device, dtype):
     prof.export_chrome_trace(trace)
     rows, totals = kernel_table(prof, device, args.profile_steps, profiled_ms, args.top)
     paths = _write_table(rows, totals, profiled_ms, name, args.out)
-    tokens = args.batch * args.seq
-    return {"step_ms": step_ms, "tokens_per_s": tokens / step_ms * 1e3,
-            "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    del optimizer, batch
+    model.to("cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"step_ms": step_ms, "tokens_per_s": args.batch * args.seq / step_ms * 1e3, "peak_memory_mb": peak_mb,
             "profiled_step_ms": profiled_ms, **totals, "files": [trace, *paths]}
+
+
+def variants(args):
+    """name -> (label, model): torch.nn as built, its fasttx-patched copy (same weights) and, with
+    --compile, both under torch.compile; and what fasttx.patch swapped."""
+    torch.manual_seed(args.seed)
+    base = models.build(args.model, args.d_model, args.layers, args.heads, args.seq)
+    fast, swaps = models.patched_copy(base, args.backend)
+    chosen = {"torch": ("torch.nn", base), "fasttx": (f"fasttx ({args.backend})", fast)}
+    if args.compile:
+        chosen["torch_compile"] = ("torch.nn + torch.compile", torch.compile(copy.deepcopy(base)))
+        chosen["fasttx_compile"] = (f"fasttx ({args.backend}) + torch.compile", torch.compile(copy.deepcopy(fast)))
+    return chosen, swaps
 
 
 def run(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = DTYPES[args.dtype]
     os.makedirs(args.out, exist_ok=True)
-    torch.manual_seed(args.seed)
-    base = models.build(args.model, args.d_model, args.layers, args.heads, args.seq).to(device)
-    fast, swaps = models.patched_copy(base, args.backend)
-    batch = base.example_batch(args.batch, torch.Generator().manual_seed(args.seed))
+    chosen, swaps = variants(args)
     print(f"fasttx.patch(backend={args.backend!r}) replaced: {swaps or 'nothing'}", file=sys.stderr)
-    results = {name: profile_variant(name, model, batch, args, device, dtype)
-               for name, model in (("torch", base), ("fasttx", fast))}
-    speed_up = results["torch"]["step_ms"] / results["fasttx"]["step_ms"]
+    results = {name: profile_variant(name, model, args, device, dtype) for name, (_, model) in chosen.items()}
+    for r in results.values():
+        r["speed_up_vs_torch"] = results["torch"]["step_ms"] / r["step_ms"]
     summary = {"config": {k: v for k, v in vars(args).items() if k != "func"}, "device": _device_name(device),
-               "swapped": swaps, "speed_up": speed_up, "variants": results}
+               "swapped": swaps, "speed_up": results["fasttx"]["speed_up_vs_torch"], "variants": results}
     with open(os.path.join(args.out, "profile.json"), "w") as f:
         json.dump(summary, f, indent=2)
     lines = [f"# fasttx profile: {args.model}, d_model {args.d_model}, {args.layers} layers, {args.heads} heads, "
              f"seq {args.seq}, batch {args.batch}, {args.dtype}, {summary['device']}", "",
-             "| variant | step ms | tokens/s | peak memory MB | device ms/step | host ms/step |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| variant | step ms | tokens/s | speed-up vs torch.nn | peak memory MB | device ms/step | host ms/step |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
-        label = "torch.nn" if name == "torch" else f"fasttx ({args.backend})"
-        memory = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:,.0f}"
-        device_ms = "-" if r["device ms"] is None else f"{r['device ms']:.3f}"
-        lines.append(f"| {label} | {r['step_ms']:.3f} | {r['tokens_per_s']:,.0f} | {memory} | {device_ms} | "
-                     f"{r['host ms']:.3f} |")
-    lines += ["", f"Speed-up (torch.nn step time / fasttx step time): {speed_up:.3f}",
+        lines.append(f"| {chosen[name][0]} | {r['step_ms']:.3f} | {r['tokens_per_s']:,.0f} | {r['speed_up_vs_torch']:.3f} | "
+                     f"{cell(r['peak_memory_mb'], ',.0f')} | {cell(r['device ms'], '.3f')} | {r['host ms']:.3f} |")
+    lines += ["", "Speed-up: torch.nn step time / the variant's step time (same weights, batch and optimizer).",
               f"Modules swapped by fasttx.patch: {swaps or 'none'}"]
     with open(os.path.join(args.out, "profile.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -170,6 +180,8 @@ def add_parser(commands):
                         help="autocast dtype (float32: no autocast)")
     parser.add_argument("--backend", default="auto", choices=CHOICES,
                         help="fasttx.patch(model, backend=...)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also profile both variants under torch.compile")
     parser.add_argument("--device", help="default: cuda if there is a GPU, else cpu")
     parser.add_argument("--top", type=int, default=25, help="rows of the kernel table")
     parser.add_argument("--seed", type=int, default=0)

@@ -311,7 +311,8 @@ def agreement(reference, other, window=10):
 
 
 def plot_curves(records, path):
-    """Loss curves (train, and validation as markers) per variant as a PNG; False without matplotlib."""
+    """Loss curves (train, validation as markers) per variant and their difference as a PNG;
+    False, with a notice, without matplotlib."""
     try:
         import matplotlib
 
@@ -321,23 +322,28 @@ def plot_curves(records, path):
         print("fasttx train: matplotlib is not installed, skipping the PNG plot "
               "(pip install 'fasttx[train]')", file=sys.stderr)
         return False
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, (axes, below) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 1))
     for name, record in records.items():
         line, = axes.plot(list(record["losses"]), list(record["losses"].values()), label=f"{name} train", lw=1)
         if record["val_losses"]:
             axes.plot(list(record["val_losses"]), list(record["val_losses"].values()), "o--",
                       color=line.get_color(), label=f"{name} validation")
-    axes.set_xlabel("step")
+    base, other = (records[v]["losses"] for v in VARIANTS)
+    below.plot(list(base), [other[s] - base[s] for s in base], lw=1, color="black")
+    below.set_ylabel("fasttx - torch.nn")
+    below.set_xlabel("step")
     axes.set_ylabel("loss (nats per byte)")
     axes.legend()
-    axes.grid(alpha=0.3)
+    for panel in (axes, below):
+        panel.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
 
 
-def _cell(value, fmt):
+def cell(value, fmt):
+    """``value`` formatted for a report, "-" when there is none (CPU memory, say)."""
     return "-" if value is None else format(value, fmt)
 
 
@@ -369,9 +375,9 @@ def compare(args, ctx):
     for v, row in summary["variants"].items():
         swapped = ", ".join(f"{k}: {n}" for k, n in row["swapped"].items()) or "-"
         lines.append(f"| {'torch.nn' if v == 'torch' else f'fasttx ({args.backend})'} | {row['final_train_loss']:.4f} | "
-                     f"{row['final_val_loss']:.4f} | {_cell(row['tokens_per_s'], ',.0f')} | {_cell(row['step_ms'], '.1f')} | "
-                     f"{_cell(row['peak_memory_mb'], ',.0f')} | {swapped} |")
-    lines += ["", f"Speed-up (tokens/s, fasttx / torch.nn): {_cell(summary['speed_up'], '.3f')}", "",
+                     f"{row['final_val_loss']:.4f} | {cell(row['tokens_per_s'], ',.0f')} | {cell(row['step_ms'], '.1f')} | "
+                     f"{cell(row['peak_memory_mb'], ',.0f')} | {swapped} |")
+    lines += ["", f"Speed-up (tokens/s, fasttx / torch.nn): {cell(summary['speed_up'], '.3f')}", "",
               f"Curves {'agree' if verdict['agree'] else 'DISAGREE'}: largest gap of the {verdict['window']}-step "
               f"moving means {verdict['max_gap']:.3g} (final validation losses differ by "
               f"{verdict['val_difference']:.3g}) against a tolerance of {verdict['tolerance']:.3g} "
@@ -393,8 +399,8 @@ def run(args):
             record = train_one(args, args.variant, ctx, args.out)
             if ctx.rank == 0 and not args.quiet:
                 print(f"{args.variant}: final loss {record['losses'][args.steps]:.4f}, val loss "
-                      f"{record['val_losses'][args.steps]:.4f}, {_cell(record['tokens_per_s'], ',.0f')} tokens/s, "
-                      f"peak memory {_cell(record['peak_memory_mb'], ',.0f')} MB; wrote {args.out}")
+                      f"{record['val_losses'][args.steps]:.4f}, {cell(record['tokens_per_s'], ',.0f')} tokens/s, "
+                      f"peak memory {cell(record['peak_memory_mb'], ',.0f')} MB; wrote {args.out}")
             return record
         verdict = compare(args, ctx)
         if not verdict["agree"]:

@@ -16,8 +16,8 @@ TINY = ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq", "16", "--ba
 
 
 def test_profile_gpt_writes_traces_and_tables(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "fasttx", "profile", "--model", "gpt", *TINY, "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "fasttx", "profile", "--model", "gpt", *TINY, "--out", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Speed-up" in result.stdout and "tokens/s" in result.stdout
     summary = json.load(open(tmp_path / "profile.json"))

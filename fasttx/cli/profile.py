@@ -147,8 +147,9 @@ def run(args):
              "| variant | step ms | tokens/s | speed-up vs torch.nn | peak memory MB | device ms/step | host ms/step |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
-        lines.append(f"| {chosen[name][0]} | {r['step_ms']:.3f} | {r['tokens_per_s']:,.0f} | {r['speed_up_vs_torch']:.3f} | "
-                     f"{cell(r['peak_memory_mb'], ',.0f')} | {cell(r['device ms'], '.3f')} | {r['host ms']:.3f} |")
+        lines.append(f"| {chosen[name][0]} | {r['step_ms']:.3f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['speed_up_vs_torch']:.3f} | {cell(r['peak_memory_mb'], ',.0f')} | "
+                     f"{cell(r['device ms'], '.3f')} | {r['host ms']:.3f} |")
     lines += ["", "Speed-up: torch.nn step time / the variant's step time (same weights, batch and optimizer).",
               f"Modules swapped by fasttx.patch: {swaps or 'none'}"]
     with open(os.path.join(args.out, "profile.md"), "w") as f:

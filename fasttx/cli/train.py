@@ -374,8 +374,9 @@ def compare(args, ctx):
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for v, row in summary["variants"].items():
         swapped = ", ".join(f"{k}: {n}" for k, n in row["swapped"].items()) or "-"
-        lines.append(f"| {'torch.nn' if v == 'torch' else f'fasttx ({args.backend})'} | {row['final_train_loss']:.4f} | "
-                     f"{row['final_val_loss']:.4f} | {cell(row['tokens_per_s'], ',.0f')} | {cell(row['step_ms'], '.1f')} | "
+        label = "torch.nn" if v == "torch" else f"fasttx ({args.backend})"
+        lines.append(f"| {label} | {row['final_train_loss']:.4f} | {row['final_val_loss']:.4f} | "
+                     f"{cell(row['tokens_per_s'], ',.0f')} | {cell(row['step_ms'], '.1f')} | "
                      f"{cell(row['peak_memory_mb'], ',.0f')} | {swapped} |")
     lines += ["", f"Speed-up (tokens/s, fasttx / torch.nn): {cell(summary['speed_up'], '.3f')}", "",
               f"Curves {'agree' if verdict['agree'] else 'DISAGREE'}: largest gap of the {verdict['window']}-step "
@@ -459,6 +460,7 @@ def parse_args(argv=None):
 
 
 def add_parser(commands):
-    parser = commands.add_parser("train", help="train a small GPT on the standard library's source", description=__doc__)
+    parser = commands.add_parser("train", help="train a small GPT on the standard library's source",
+                                 description=__doc__)
     add_arguments(parser)
     parser.set_defaults(func=run)

@@ -176,7 +176,9 @@ def _check_batch(args, world):
 
 
 def evaluate(model, val, args, ctx, dtype):
-    """Mean loss over ``--eval-batches`` fixed batches of validation windows, over all processes."""
+    """Mean loss over ``--eval-batches`` fixed batches of validation windows, over all processes.
+    (In eval mode without autocast, an unswapped nn.TransformerEncoderLayer runs torch's fused
+    fast path, which reads its norms' parameters directly: patched norms inside it do not run here.)"""
     model.eval()
     share = args.batch_size // ctx.world
     total = 0.0

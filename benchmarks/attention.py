@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional, reference
-from .common import Case, External, external_providers, fasttx_providers
+from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("attention",)
 SHAPE = "SEQxHEADSxHEAD_DIM"
@@ -79,7 +79,7 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
         for is_causal in (False, True):
             providers = _sdpa_providers((q, k, v), is_causal)
             if device_type == "cuda":
-                providers["torch.compile math"] = torch.compile(lambda q, k, v, c=is_causal: _math(q, k, v, c))
+                providers["torch.compile math"] = compiled(lambda q, k, v, c=is_causal: _math(q, k, v, c))
             providers.update(external_providers([_flash_attn(is_causal)], device_type, dtype))
             providers.update(fasttx_providers(op, device_type, dtype, fasttx_backends, lambda b, c=is_causal: (
                 lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend=b))))

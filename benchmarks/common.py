@@ -104,6 +104,17 @@ def environment():
     return env
 
 
+def compiled(fn):
+    """``torch.compile(fn)`` specialised to each shape, as a fixed-shape training run would be.
+    A sweep recompiles once per shape; dynamo's default limit (8 per function) would make the
+    later shapes silently run eager, so the limit is raised to cover any sweep."""
+    import torch._dynamo.config as config
+
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # before torch 2.7
+    setattr(config, name, max(getattr(config, name), 256))
+    return torch.compile(fn, dynamic=False)
+
+
 def fasttx_providers(op, device_type, dtype, wanted, make):
     """``{"fasttx <b>": make(b)}`` for each backend in ``wanted`` that can run ``op`` here."""
     return {f"fasttx {b}": make(b) for b in wanted

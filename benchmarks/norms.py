@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional, reference
-from .common import Case, External, external_providers, fasttx_providers
+from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("layer_norm", "rms_norm")
 SHAPE = "ROWSxHIDDEN"
@@ -69,7 +69,7 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
         ref = lambda x, w: reference.rms_norm(x, x.shape[-1:], w, EPS)  # noqa: E731
     providers = {"torch eager": eager}
     if device_type == "cuda":  # torch.compile on CPU costs minutes of C++ builds for no insight
-        providers["torch.compile"] = torch.compile(eager, dynamic=False)
+        providers["torch.compile"] = compiled(eager)
     providers.update(external_providers(EXTERNALS[op], device_type, dtype))
     providers.update(fasttx_providers(op, device_type, dtype, fasttx_backends, ours))
     for rows, hidden in shapes:

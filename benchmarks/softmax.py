@@ -14,7 +14,7 @@ GB/s = bytes / time.
 import torch
 
 from .. import functional, reference
-from .common import Case, fasttx_providers
+from .common import Case, compiled, fasttx_providers
 
 OPS = ("softmax",)
 SHAPE = "ROWSxCOLS"
@@ -40,7 +40,7 @@ def _bytes(rows, cols, dtype, with_mask):
 def cases(op, dtype, device_type, shapes, fasttx_backends):
     providers = {"torch eager": _eager}
     if device_type == "cuda":
-        providers["torch.compile"] = torch.compile(_eager, dynamic=False)
+        providers["torch.compile"] = compiled(_eager)
     providers.update(fasttx_providers(op, device_type, dtype, fasttx_backends, lambda b: lambda x, mask=None: (
         functional.softmax(x, -1, scale=SCALE, mask=mask, backend=b))))
     ref = lambda x, mask=None: reference.softmax(x, -1, SCALE, mask)  # noqa: E731

@@ -24,6 +24,7 @@ fastest correct PyTorch baseline of the same case and pass, measured in the same
 import dataclasses
 import importlib
 import math
+import time
 
 import numpy as np
 import torch
@@ -57,9 +58,10 @@ def bench_ms(fn, device_type, grad_to_none=None):
             t.grad = None
         fn()
 
-    call()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out
+    start = time.perf_counter()
+    call()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out of the samples
+    once = time.perf_counter() - start  # an over-estimate at worst: only sizes the blocks
     timer = Timer("call()", globals={"call": call})
-    once = timer.timeit(1).median
     # Blocks of calls filling CPU_MIN_TIME_S; at least 3 blocks for a spread, fewer calls when slow.
     blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), 3), CPU_BLOCKS)
     number = max(1, math.ceil(CPU_MIN_TIME_S / blocks / once))

@@ -178,14 +178,21 @@ def compare(rows, old, threshold):
             f"{geomean:.3f}, {regressions} regression(s) slower by more than {threshold:.0%}.")
 
 
+def can_plot():
+    """Whether matplotlib, an optional dependency, is installed."""
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot(rows, spec, path):
     """Rate (GB/s or TFLOP/s) against spec's x key, one line per implementation, one panel per
-    group of cases sharing spec's other keys, forward and forward+backward. Returns ``path``, or
-    None when matplotlib is not installed."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
+    group of cases sharing spec's other keys, forward and forward+backward (needs matplotlib).
+    Returns ``path``, or None when no correct row was timed."""
+    from matplotlib.figure import Figure
+
     x_key, group_keys = spec
     ok = [r for r in rows if r["correct"] and r["rate"] and r["pass"] in PLOTTED_PASSES]
     groups = list(dict.fromkeys(tuple(r[k] for k in group_keys) for r in ok))

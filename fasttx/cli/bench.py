@@ -53,9 +53,7 @@ def _fail(message):
 
 def run(args):
     from .. import backends
-    from ..testing import TOLERANCE
     from ..benchmarks import REGISTRY, common, report
-    from ..benchmarks.progress import Progress
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = DTYPES[args.dtype]
@@ -71,66 +69,76 @@ def run(args):
     except ValueError as e:
         _fail(e)
     # The reference backend is slow and memory-hungry on GPU: timed there only when asked for.
-    wanted = args.backends or (backends.BACKENDS if device_type == "cpu" else ("triton", "cuda"))
-    for name in wanted:
-        reason = backends.unavailable_reason(name, device_type, dtype)
-        if reason is not None and args.backends:
+    reasons = {name: backends.unavailable_reason(name, device_type, dtype)
+               for name in args.backends or (backends.BACKENDS if device_type == "cpu" else ("triton", "cuda"))}
+    for name, reason in reasons.items():
+        if reason is not None and args.backends:  # asked for by name: say why it is missing
             print(f"fasttx bench: backend {name} not timed: {reason}", file=sys.stderr)
-    wanted = [name for name in wanted if backends.unavailable_reason(name, device_type, dtype) is None]
+    wanted = [name for name, reason in reasons.items() if reason is None]
     os.makedirs(args.out, exist_ok=True)
 
     peaks = common.measured_peaks(device_type)
     meta = dict(common.environment(), command=" ".join(["python -m fasttx"] + sys.argv[1:]),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 device=torch.cuda.get_device_name() if device_type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-                preset=None if args.shapes else preset, backends=list(wanted), measured_peaks=peaks)
-    sections, failures, no_plots = [], [], False
+                preset=None if args.shapes else preset, shapes=args.shapes, backends=list(wanted), measured_peaks=peaks)
+    can_plot = report.can_plot()
+    if not can_plot:
+        print("fasttx bench: no PNG plots: matplotlib is not installed (pip install 'fasttx[bench]')", file=sys.stderr)
+    sections, failures = [], []
     for op in ops:
-        module = REGISTRY[op]
-        shapes = args.shapes or module.PRESETS[preset]
-        # All of an op's cases up front, to size the progress bar; the largest sweep holds a few GB.
-        cases = list(module.cases(op, dtype, device_type, shapes, wanted))
-        progress = Progress(op, sum(len(case.providers) for case in cases), quiet=args.no_progress)
-        rows = []
-        for case in cases:
-            progress.case(report.describe(case.label))
-            rows += common.run_case(op, case, device_type, dtype, peaks, step=progress.step)
-        progress.close()
-        del cases
-        comparison = report.compare(rows, old, args.threshold) if old else None
-
-        base = os.path.join(args.out, f"{op}_{dtype_name}_{device_type}")
-        paths = list(report.write_data(rows, base, meta))
-        section = report.markdown_section(op, rows, meta, comparison)
+        section, failed = _bench_op(op, args, device_type, dtype, wanted, meta, old, can_plot)
         sections.append(section)
-        with open(base + ".md", "w") as f:
-            f.write(report.markdown_header(meta) + section)
-        paths.append(base + ".md")
-        png = report.plot(rows, module.PLOT, base + ".png")
-        no_plots |= png is None
-        paths += [png] if png else []
-
-        print(f"\n{op} ({dtype_name}, {meta['device']}, measured peaks {peaks}); "
-              "speed-up vs the fastest correct PyTorch baseline")
-        print(report.format_table(report.display(rows)))
-        best = report.headline(rows)
-        if best:
-            print(f"\n{op}: best fasttx vs best PyTorch\n" + report.format_table(best))
-        if old:
-            print(comparison or "Against the earlier run: no matching rows")
-        labels = report.label_keys(rows)
-        failures += [f"{op} {report.describe({k: r[k] for k in labels})} {r['provider']}: "
-                     + r.get("error", f"max rel err {r['max rel err']:.3g} > {TOLERANCE[dtype]:.3g}")
-                     for r in rows if r["correct"] is False and r["pass"] == "fwd"]
-        print("wrote " + ", ".join(paths))
+        failures += failed
     combined = os.path.join(args.out, f"report_{dtype_name}_{device_type}.md")
     with open(combined, "w") as f:
         f.write(report.markdown_header(meta) + "\n".join(sections))
     print(f"wrote {combined}")
-    if no_plots:
-        print("fasttx bench: no PNG plots: matplotlib is not installed (pip install 'fasttx[bench]')", file=sys.stderr)
     if failures:
         _fail("wrong results (check column FAIL):\n  " + "\n  ".join(failures))
+
+
+def _bench_op(op, args, device_type, dtype, wanted, meta, old, can_plot):
+    """Run, report and write one op; return its Markdown section and its failures (text)."""
+    from ..benchmarks import REGISTRY, common, report
+    from ..benchmarks.progress import Progress
+    from ..testing import TOLERANCE
+
+    module = REGISTRY[op]
+    peaks = meta["measured_peaks"]
+    # All of an op's cases up front, to size the progress bar; the largest sweep holds a few GB.
+    cases = list(module.cases(op, dtype, device_type, args.shapes or module.PRESETS[meta["preset"]], wanted))
+    progress = Progress(op, sum(len(case.providers) for case in cases), quiet=args.no_progress)
+    rows = []
+    for case in cases:
+        progress.case(report.describe(case.label))
+        rows += common.run_case(op, case, device_type, dtype, peaks, step=progress.step)
+    progress.close()
+    del cases
+    comparison = report.compare(rows, old, args.threshold) if old else None
+
+    base = os.path.join(args.out, f"{op}_{rows[0]['dtype']}_{device_type}")
+    paths = list(report.write_data(rows, base, meta))
+    section = report.markdown_section(op, rows, meta, comparison)
+    with open(base + ".md", "w") as f:
+        f.write(report.markdown_header(meta) + section)
+    paths.append(base + ".md")
+    if can_plot and report.plot(rows, module.PLOT, base + ".png"):
+        paths.append(base + ".png")
+
+    print(f"\n{op} ({rows[0]['dtype']}, {meta['device']}, measured peaks {peaks}); "
+          "speed-up vs the fastest correct PyTorch baseline")
+    print(report.format_table(report.display(rows)))
+    best = report.headline(rows)
+    if best:
+        print(f"\n{op}: best fasttx vs best PyTorch\n" + report.format_table(best))
+    if old:
+        print(comparison or "Against the earlier run: no matching rows")
+    print("wrote " + ", ".join(paths))
+    labels = report.label_keys(rows)
+    return section, [f"{op} {report.describe({k: r[k] for k in labels})} {r['provider']}: "
+                     + r.get("error", f"max rel err {r['max rel err']:.3g} > {TOLERANCE[dtype]:.3g}")
+                     for r in rows if r["correct"] is False and r["pass"] == "fwd"]
 
 
 def add_parser(commands):

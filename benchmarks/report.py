@@ -144,19 +144,21 @@ def markdown_section(op, rows, meta, comparison=None):
 
 
 def load_old(path):
-    """Rows of an earlier run, by row_key: ``path`` is a JSON file bench wrote or a folder of them."""
+    """(rows by row_key, the devices they were measured on) of an earlier run: ``path`` is a JSON
+    file bench wrote or a folder of them."""
     paths = sorted(glob.glob(os.path.join(path, "*.json"))) if os.path.isdir(path) else [path]
     if not paths:
         raise ValueError(f"--compare: no JSON files in the folder {path!r}")
-    old = {}
+    old, devices = {}, set()
     for p in paths:
         try:
             with open(p) as f:
-                rows = json.load(f)["rows"]
-            old.update((row_key(r), r) for r in rows)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+                report = json.load(f)
+            old.update((row_key(r), r) for r in report["rows"])
+            devices.add(report["meta"].get("device"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"--compare: {p!r} is not a JSON report written by fasttx bench ({e})") from e
-    return old
+    return old, devices
 
 
 def compare(rows, old, threshold):

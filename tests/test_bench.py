@@ -100,13 +100,19 @@ def test_compare_flags_regressions_and_backends_filter(tmp_path, capsys):
     json.dump(first, open(tmp_path / "old" / "rms_norm_float32_cpu.json", "w"))
     capsys.readouterr()
     new = _bench(tmp_path / "new", "--compare", str(tmp_path / "old"), "--threshold", "0.2")
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "the earlier run was on" not in err  # same device
     assert "12 matching rows" in out and "6 regression(s) slower by more than 20%" in out
     flagged = {(r["provider"], r["regression"]) for r in new["rows"]}
     assert flagged == {("fasttx torch", True), ("torch eager", False)}
     assert all(r["new/old"] == pytest.approx(r["ms"] / r["old ms"]) for r in new["rows"])
     md = open(tmp_path / "new" / "rms_norm_float32_cpu.md").read()
     assert md.count(" REGRESSION |") == 6 and "6 regression(s)" in md
+
+    first["meta"]["device"] = "NVIDIA H100 80GB HBM3"
+    json.dump(first, open(tmp_path / "old" / "rms_norm_float32_cpu.json", "w"))
+    _bench(tmp_path / "new", "--compare", str(tmp_path / "old" / "rms_norm_float32_cpu.json"))
+    assert "the earlier run was on NVIDIA H100 80GB HBM3, this one on cpu" in capsys.readouterr().err
 
 
 def test_reports_without_matplotlib(tmp_path, monkeypatch, capsys):

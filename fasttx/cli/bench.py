@@ -65,7 +65,7 @@ def run(args):
         if args.shapes and any(len(shape) != arity for shape in args.shapes):
             _fail(f"--op {op} takes shapes of {arity} numbers, {REGISTRY[op].SHAPE}[,...]; got {args.shapes}")
     try:
-        old = report.load_old(args.compare) if args.compare else None
+        old, old_devices = report.load_old(args.compare) if args.compare else (None, set())
     except ValueError as e:
         _fail(e)
     # The reference backend is slow and memory-hungry on GPU: timed there only when asked for.
@@ -82,6 +82,9 @@ def run(args):
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 device=torch.cuda.get_device_name() if device_type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
                 preset=None if args.shapes else preset, shapes=args.shapes, backends=list(wanted), measured_peaks=peaks)
+    if old_devices - {meta["device"]}:
+        print(f"fasttx bench: --compare: the earlier run was on {', '.join(map(str, old_devices))}, "
+              f"this one on {meta['device']}: the ratios compare devices, not code", file=sys.stderr)
     can_plot = report.can_plot()
     if not can_plot:
         print("fasttx bench: no PNG plots: matplotlib is not installed (pip install 'fasttx[bench]')", file=sys.stderr)

@@ -36,6 +36,7 @@ PASSES = ("fwd", "bwd", "fwd+bwd")
 QUANTILES = (0.5, 0.2, 0.8)  # median, then the spread reported beside it
 CPU_BLOCKS = 7
 CPU_MIN_TIME_S = 0.03  # per measurement; CPU figures only exercise the path
+REFERENCE_CHUNKS = 16
 
 
 def kind(provider):
@@ -159,7 +160,7 @@ class Case:
     reference: object  # fn(*inputs in float64) -> output: the correctness oracle
     work: tuple  # (forward, backward): the fewest bytes moved, or the FLOPs, by formula
     unit: str = "GB/s"  # "GB/s" (work in bytes) or "TFLOP/s" (work in FLOPs)
-    chunk_dim: int = None  # a dim the reference may be computed one slice at a time along
+    chunk_dim: int = None  # an output dim whose slices are independent: the reference runs by slices
 
 
 def _leaves(inputs, convert=lambda t: t):
@@ -167,9 +168,11 @@ def _leaves(inputs, convert=lambda t: t):
 
 
 def _reference_results(case, dy):
-    """The float64 reference's output and input gradients. With ``case.chunk_dim`` set, computed
-    one slice of that dim at a time (every input and the output have it and the slices are
-    independent, as attention's heads are), which bounds the float64 scores' memory."""
+    """The float64 reference's output and input gradients, computed in up to REFERENCE_CHUNKS
+    slices along ``case.chunk_dim`` of the output, which bounds the float64 copies' memory on the
+    full sweeps. The slices must be independent (rows of a norm or softmax, attention's heads).
+    An input with the output's rank and size there is sliced with it; any other input (a norm's
+    weight, a broadcast mask) is passed whole, its gradient summed over the slices."""
     def convert(t):
         return t.double() if t.is_floating_point() else t
 
@@ -181,9 +184,12 @@ def _reference_results(case, dy):
     dim = case.chunk_dim
     if dim is None:
         return results(case.inputs, dy)
-    pieces = [results([t.narrow(dim, i, 1) for t in case.inputs], dy.narrow(dim, i, 1))
-              for i in range(dy.shape[dim])]
-    return [torch.cat(parts, dim) for parts in zip(*pieces)]
+    n = min(REFERENCE_CHUNKS, dy.shape[dim])
+    sliced = [t.dim() == dy.dim() and t.shape[dim] == dy.shape[dim] for t in case.inputs]
+    split = [t.tensor_split(n, dim) if s else [t] * n for t, s in zip(case.inputs, sliced)]
+    pieces = [results([parts[i] for parts in split], grad_out) for i, grad_out in enumerate(dy.tensor_split(n, dim))]
+    grad_sliced = [s for t, s in zip(case.inputs, sliced) if t.requires_grad]
+    return [torch.cat(parts, dim) if s else sum(parts) for s, parts in zip([True] + grad_sliced, zip(*pieces))]
 
 
 def _max_error(case, fn, dy):

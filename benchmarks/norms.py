@@ -77,4 +77,5 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
         weight = (1 + 0.1 * torch.randn(hidden, device=device_type)).to(dtype).requires_grad_()
         bias = (0.1 * torch.randn(hidden, device=device_type)).to(dtype).requires_grad_()
         inputs = [x, weight, bias] if op == "layer_norm" else [x, weight]
-        yield Case({"rows": rows, "hidden": hidden}, inputs, providers, ref, _bytes(op, rows, hidden, dtype))
+        yield Case({"rows": rows, "hidden": hidden}, inputs, providers, ref, _bytes(op, rows, hidden, dtype),
+                   chunk_dim=0)

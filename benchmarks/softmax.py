@@ -51,4 +51,4 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
         for with_mask in (False, True):
             inputs = [x, mask] if with_mask else [x]
             label = {"rows": rows, "cols": cols, "mask": "(1, C) float" if with_mask else "none"}
-            yield Case(label, inputs, providers, ref, _bytes(rows, cols, dtype, with_mask))
+            yield Case(label, inputs, providers, ref, _bytes(rows, cols, dtype, with_mask), chunk_dim=0)

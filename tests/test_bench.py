@@ -153,3 +153,20 @@ def test_a_wrong_fasttx_kernel_fails_the_run(tmp_path, monkeypatch):
     rows = json.load(open(tmp_path / "rms_norm_float32_cpu.json"))["rows"]
     assert {r["provider"] for r in rows if r["correct"] is False} == {"fasttx torch"}
     assert "| FAIL |" in open(tmp_path / "rms_norm_float32_cpu.md").read()
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "softmax", "attention"])
+def test_reference_by_slices_equals_whole(op):
+    """The float64 oracle computed in slices (rows, heads) gives the whole computation's output and
+    gradients, including those of inputs passed whole (a norm's weight and bias: summed)."""
+    from fasttx.benchmarks import REGISTRY
+
+    shape = {"layer_norm": (37, 24), "softmax": (37, 24), "attention": (8, 19, 4)}[op]
+    case = list(REGISTRY[op].cases(op, torch.float32, "cpu", [shape], ("torch",)))[-1]  # softmax: with its mask
+    assert case.chunk_dim is not None
+    dy = torch.randn_like(case.reference(*case.inputs)).detach()
+    sliced = common._reference_results(case, dy)
+    whole = common._reference_results(common.dataclasses.replace(case, chunk_dim=None), dy)
+    assert len(sliced) == len(whole) == 1 + sum(t.requires_grad for t in case.inputs)
+    for a, b in zip(sliced, whole):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -93,8 +93,8 @@ def headline(rows):
         if "fasttx" not in best or "pytorch" not in best:
             continue
         cell = {k: _fmt(v) for k, v in zip(labels + ["pass"], key)}
-        cell.update({"best PyTorch": best["pytorch"]["provider"], "its ms": _fmt(best["pytorch"]["ms"]),
-                     "best fasttx": best["fasttx"]["provider"], "ms": _fmt(best["fasttx"]["ms"]),
+        cell.update({"best PyTorch": best["pytorch"]["provider"], "PyTorch ms": _fmt(best["pytorch"]["ms"]),
+                     "best fasttx": best["fasttx"]["provider"], "fasttx ms": _fmt(best["fasttx"]["ms"]),
                      "speed-up": _fmt(best["pytorch"]["ms"] / best["fasttx"]["ms"], 3)})
         if any(kind(r["provider"]) == "other" for r in rows):
             other = best.get("other")

@@ -9,7 +9,7 @@ One module per op family, each with:
 A new op is a new module listed in MODULES.
 """
 
-from . import attention, norms, softmax
+from . import attention, modules, norms, softmax
 
-MODULES = (norms, softmax, attention)
+MODULES = (norms, softmax, attention, modules)
 REGISTRY = {op: module for module in MODULES for op in module.OPS}

@@ -12,6 +12,7 @@ FLOPs, matrix products only, for batch N, query length L, key length S, width E,
   attention    A = 4 * N * L * S * E             (halved when causal)
   feed-forward  F' = 4 * N * L * E * F           (encoder layer only)
   forward = P + A (+ F'); backward = 2 (P + F') + 2.5 A (attention recomputes QK^T).
+Peak memory is reported per row (GPU); the issue's target compares it with torch.nn's.
 Shapes keep N * L = 16384 tokens on GPU (seq 2048: batch 8, the issue's target shape).
 """
 
@@ -19,14 +20,13 @@ import copy
 
 import torch
 
-from .. import backends
 from .._patch import patch
-from .common import Case
+from .common import Case, compiled, fasttx_providers
 
 OPS = ("mha", "encoder_layer")
-# (seq, d_model, heads); batch = TOKENS // seq
-GPU_SHAPES = [(seq, 1024, 16) for seq in (512, 1024, 2048, 4096)]
-CPU_SHAPES = [(16, 32, 4)]
+SHAPE = "SEQxD_MODELxHEADS"  # batch = TOKENS // seq on GPU
+PRESETS = {"quick": [(16, 32, 4)], "full": [(seq, 1024, 16) for seq in (512, 1024, 2048, 4096, 8192)]}
+PLOT = ("seq", ("d_model", "heads", "attention", "need_weights"))
 TOKENS = 16384
 
 
@@ -34,25 +34,22 @@ def _flops(batch, queries, keys, width, ff_width=0, causal=False):
     projections = 2 * batch * width**2 * (2 * queries + 2 * keys)
     attention = 4 * batch * queries * keys * width / (2 if causal else 1)
     feed_forward = 4 * batch * queries * width * ff_width
-    forward = projections + attention + feed_forward
-    return forward, forward + 2 * (projections + feed_forward) + 2.5 * attention
+    return projections + attention + feed_forward, 2 * (projections + feed_forward) + 2.5 * attention
 
 
-def _variants(op, dtype, device_type, torch_module, call):
-    """Providers (torch.nn first) with torch_module's parameters, and the float64 reference."""
+def _variants(dtype, device_type, fasttx_backends, torch_module, call):
+    """Providers with torch_module's parameters: torch.nn eager and compiled (GPU), and each fasttx
+    backend through fasttx.patch of a copy (what a user does); and the float64 reference."""
     providers = {"torch.nn": lambda x: call(torch_module, x)}
-    if device_type == "cuda":
-        compiled = torch.compile(torch_module)
-        providers["torch.nn + torch.compile"] = lambda x: call(compiled, x)
-    for backend in backends.BACKENDS:
-        if backends.unavailable_reason(backend, device_type, dtype, "attention") is None:
-            module = patch(copy.deepcopy(torch_module), backend)  # what a user does
-            providers[f"fasttx {backend}"] = lambda x, m=module: call(m, x)
+    if device_type == "cuda":  # torch.compile on CPU costs minutes of C++ builds for no insight
+        providers["torch.nn + torch.compile"] = compiled(lambda x: call(torch_module, x))
+    providers.update(fasttx_providers("attention", device_type, dtype, fasttx_backends,
+                                      lambda b: lambda x, m=patch(copy.deepcopy(torch_module), b): call(m, x)))
     reference = copy.deepcopy(torch_module).double()
-    return providers, lambda x: call(reference, x)
+    return providers, lambda x: call(reference, x.double())
 
 
-def cases(op, dtype, device_type, shapes):
+def cases(op, dtype, device_type, shapes, fasttx_backends):
     for seq, width, heads in shapes:
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 2
         factory = dict(device=device_type, dtype=dtype)
@@ -67,9 +64,9 @@ def cases(op, dtype, device_type, shapes):
                     return module(x, kv, kv, need_weights=need_weights)[0]
 
                 keys = seq // 2 if inputs == "cross" else seq
-                providers, reference = _variants(op, dtype, device_type, mha, call)
+                providers, reference = _variants(dtype, device_type, fasttx_backends, mha, call)
                 yield Case({**label, "attention": inputs, "need_weights": need_weights}, [x], providers, reference,
-                           _flops(batch, seq, keys, width), unit="TFLOP/s")
+                           _flops(batch, seq, keys, width), unit="TFLOP/s", chunk_dim=0)
         else:
             layer = torch.nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
                                                      batch_first=True, norm_first=True, **factory)
@@ -78,6 +75,6 @@ def cases(op, dtype, device_type, shapes):
             def call(module, x):
                 return module(x, src_mask=causal, is_causal=True)
 
-            providers, reference = _variants(op, dtype, device_type, layer, call)
-            yield Case({**label, "causal": True}, [x], providers, reference,
-                       _flops(batch, seq, seq, width, 4 * width, causal=True), unit="TFLOP/s")
+            providers, reference = _variants(dtype, device_type, fasttx_backends, layer, call)
+            yield Case({**label, "attention": "causal self", "need_weights": False}, [x], providers, reference,
+                       _flops(batch, seq, seq, width, 4 * width, causal=True), unit="TFLOP/s", chunk_dim=0)

@@ -155,13 +155,14 @@ def test_a_wrong_fasttx_kernel_fails_the_run(tmp_path, monkeypatch):
     assert "| FAIL |" in open(tmp_path / "rms_norm_float32_cpu.md").read()
 
 
-@pytest.mark.parametrize("op", ["layer_norm", "softmax", "attention"])
+@pytest.mark.parametrize("op", ["layer_norm", "softmax", "attention", "mha", "encoder_layer"])
 def test_reference_by_slices_equals_whole(op):
     """The float64 oracle computed in slices (rows, heads) gives the whole computation's output and
     gradients, including those of inputs passed whole (a norm's weight and bias: summed)."""
     from fasttx.benchmarks import REGISTRY
 
-    shape = {"layer_norm": (37, 24), "softmax": (37, 24), "attention": (8, 19, 4)}[op]
+    shape = {"layer_norm": (37, 24), "softmax": (37, 24), "attention": (8, 19, 4), "mha": (9, 16, 4),
+             "encoder_layer": (9, 16, 4)}[op]
     case = list(REGISTRY[op].cases(op, torch.float32, "cpu", [shape], ("torch",)))[-1]  # softmax: with its mask
     assert case.chunk_dim is not None
     dy = torch.randn_like(case.reference(*case.inputs)).detach()

@@ -1,14 +1,15 @@
-"""Attention: fasttx vs torch's SDPA with each backend it has here, forward and forward+backward.
+"""Attention: fasttx vs torch's SDPA with each backend it has here, and flash-attn when installed.
 
-Baselines, measured in the same run: torch SDPA letting torch choose (first: speed-ups are
-against it), each of its backends forced (flash, efficient, cudnn, math; those that cannot run a
-case are left out), and torch.compile of the math formula.
+Baselines, measured in the same run: torch SDPA letting torch choose, each of its backends forced
+(flash, efficient, cudnn, math; those that cannot run a case are left out), torch.compile of the
+math formula, and flash-attn's flash_attn_func (fp16/bf16 on CUDA). flash-attn takes (B, L, H, E):
+it gets transposed views of the same (B, H, L, E) tensors, last dim contiguous, so no copy is timed.
 
 FLOPs, the standard count for B batches, H heads, L = S tokens, head dim E:
   forward  4 * B * H * L * S * E            (two matrix products of 2 * L * S * E each)
   backward 2.5 x forward                    (five matrix products; recomputing QK^T included)
 both halved when causal. TFLOP/s = FLOPs / time; % of peak against a bf16 GEMM measured in the
-same run. Shapes keep B * L = 16384 tokens.
+same run. On GPU shapes keep B * L = 16384 tokens.
 """
 
 import math
@@ -16,13 +17,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import backends, functional, reference
-from .common import Case
+from .. import functional, reference
+from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("attention",)
-# (seq, heads, head dim); batch = 16384 // seq
-GPU_SHAPES = [(seq, heads, dim) for seq in (512, 1024, 2048, 4096, 8192, 16384) for heads, dim in ((16, 128), (32, 64))]
-CPU_SHAPES = [(64, 2, 32)]
+SHAPE = "SEQxHEADSxHEAD_DIM"
+PRESETS = {
+    "quick": [(16, 1, 16), (48, 1, 16)],
+    "full": [(seq, heads, dim) for heads, dim in ((16, 128), (32, 64)) for seq in (512, 1024, 2048, 4096, 8192, 16384)],
+}
+PLOT = ("seq", ("heads", "head_dim", "causal"))  # x axis; the label keys shared by a line's points
 TOKENS = 16384
 
 
@@ -34,7 +38,7 @@ def _math(q, k, v, is_causal):
     return torch.softmax(scores.float(), -1).to(q.dtype) @ v
 
 
-def _sdpa_providers(device_type, sample, is_causal):
+def _sdpa_providers(sample, is_causal):
     """torch SDPA, auto and each backend forced, keeping those that run ``sample`` here."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -49,27 +53,37 @@ def _sdpa_providers(device_type, sample, is_causal):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
 
         try:
-            forced(*sample)
-        except RuntimeError:  # this backend cannot run this case (dtype, head dim, device)
+            out = forced(*sample)
+            torch.autograd.grad(out, sample, torch.ones_like(out))
+        except RuntimeError:  # this backend cannot run this case, forward or backward (dtype, head dim, device)
             continue
         providers[f"torch sdpa {name.split('_')[0].lower()}"] = forced
     return providers
 
 
-def cases(op, dtype, device_type, shapes):
+def _flash_attn(is_causal):
+    def adapt(f):
+        def run(q, k, v):
+            t = lambda x: x.transpose(1, 2)  # noqa: E731
+            return t(f(t(q), t(k), t(v), causal=is_causal))
+        return run
+
+    return External("flash-attn", "flash_attn", "flash_attn_func", adapt, (torch.float16, torch.bfloat16))
+
+
+def cases(op, dtype, device_type, shapes, fasttx_backends):
     for seq, heads, head_dim in shapes:
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 1
         q, k, v = (torch.randn(batch, heads, seq, head_dim, dtype=dtype, device=device_type, requires_grad=True)
                    for _ in range(3))
         for is_causal in (False, True):
-            providers = _sdpa_providers(device_type, (q, k, v), is_causal)
+            providers = _sdpa_providers((q, k, v), is_causal)
             if device_type == "cuda":
-                providers["torch.compile math"] = torch.compile(lambda q, k, v, c=is_causal: _math(q, k, v, c))
-            for b in backends.BACKENDS:
-                if backends.unavailable_reason(b, device_type, dtype, op) is None:
-                    providers[f"fasttx {b}"] = lambda q, k, v, b=b, c=is_causal: functional.scaled_dot_product_attention(
-                        q, k, v, is_causal=c, backend=b)
+                providers["torch.compile math"] = compiled(lambda q, k, v, c=is_causal: _math(q, k, v, c))
+            providers.update(external_providers([_flash_attn(is_causal)], device_type, dtype))
+            providers.update(fasttx_providers(op, device_type, dtype, fasttx_backends, lambda b, c=is_causal: (
+                lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend=b))))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
             label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal}
             ref = lambda q, k, v, c=is_causal: reference.scaled_dot_product_attention(q, k, v, is_causal=c)  # noqa: E731
-            yield Case(label, [q, k, v], providers, ref, (fwd_flops, 3.5 * fwd_flops), unit="TFLOP/s")
+            yield Case(label, [q, k, v], providers, ref, (fwd_flops, 2.5 * fwd_flops), unit="TFLOP/s", chunk_dim=1)

@@ -1,26 +1,57 @@
-"""Timing and reporting shared by the per-op benchmarks.
+"""Checking and timing shared by the per-op benchmarks.
 
-GPU times come from triton.testing.do_bench (CUDA events, median of repeats after warm-up);
-CPU times from torch.utils.benchmark (median of blocked repeats), good only to exercise the path.
+Each op module (norms, softmax, attention, ...) yields ``Case``s: inputs, the implementations to
+time (``providers``) and a float64 reference. ``run_case`` checks every provider against the
+reference on the case's own inputs, then times three passes:
+
+- ``fwd``: the forward call, inputs requiring grad (so the autograd graph is built, as in training);
+- ``bwd``: the backward alone. The graph is built once and backward is timed with
+  ``retain_graph=True``, gradients reset to None before each call. We time it directly rather
+  than as (fwd+bwd) - fwd: a difference of two noisy medians is noisier than either and goes
+  negative for small kernels. The one thing retain_graph changes is that the saved tensors are
+  not freed at the end, which costs no kernel time;
+- ``fwd+bwd``: both, as one training step runs them.
+
+GPU times come from triton.testing.do_bench (CUDA events, L2 flushed between calls, warm-up, then
+the median and the 20th/80th percentiles of the repeats); CPU times from torch.utils.benchmark
+(the same quantiles over blocks of calls), good only to exercise the path.
+
+Providers are told apart by name: ``fasttx <backend>`` are ours, ``torch...`` the PyTorch
+baselines, anything else another library (Liger, apex, flash-attn). Speed-ups are against the
+fastest correct PyTorch baseline of the same case and pass, measured in the same run.
 """
 
-import csv
 import dataclasses
-import json
-import os
+import importlib
+import math
+import time
 
+import numpy as np
 import torch
 
-from .. import info
+from .. import backends, info
 from ..testing import TOLERANCE, rel_error
+
+PASSES = ("fwd", "bwd", "fwd+bwd")
+QUANTILES = (0.5, 0.2, 0.8)  # median, then the spread reported beside it
+CPU_BLOCKS = 7
+CPU_MIN_TIME_S = 0.03  # per measurement; CPU figures only exercise the path
+REFERENCE_CHUNKS = 16
+
+
+def kind(provider):
+    """"fasttx", "pytorch" or "other", from the provider's name."""
+    if provider.startswith("fasttx "):
+        return "fasttx"
+    return "pytorch" if provider.startswith("torch") else "other"
 
 
 def bench_ms(fn, device_type, grad_to_none=None):
-    """Median milliseconds of ``fn()``."""
+    """(median, p20, p80) milliseconds of ``fn()``."""
     if device_type == "cuda":
         from triton.testing import do_bench
 
-        return do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
+        return tuple(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, quantiles=list(QUANTILES)))
     from torch.utils.benchmark import Timer
 
     def call():
@@ -28,8 +59,15 @@ def bench_ms(fn, device_type, grad_to_none=None):
             t.grad = None
         fn()
 
-    call()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out
-    return Timer("call()", globals={"call": call}).blocked_autorange(min_run_time=0.1).median * 1e3
+    start = time.perf_counter()
+    call()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out of the samples
+    once = time.perf_counter() - start  # an over-estimate at worst: only sizes the blocks
+    timer = Timer("call()", globals={"call": call})
+    # Blocks of calls filling CPU_MIN_TIME_S; at least 3 blocks for a spread, fewer calls when slow.
+    blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), 3), CPU_BLOCKS)
+    number = max(1, math.ceil(CPU_MIN_TIME_S / blocks / once))
+    times = [timer.timeit(number).median * 1e3 for _ in range(blocks)]
+    return tuple(float(np.quantile(times, q)) for q in QUANTILES)
 
 
 def measured_peaks(device_type):
@@ -40,16 +78,19 @@ def measured_peaks(device_type):
         return {"GB/s": None, "TFLOP/s": None}
     src = torch.randint(0, 255, (1 << 30,), dtype=torch.uint8, device="cuda")  # 1 GiB: far beyond L2
     dst = torch.empty_like(src)
-    copy_ms = bench_ms(lambda: dst.copy_(src), device_type)
+    copy_ms = bench_ms(lambda: dst.copy_(src), device_type)[0]
     n = 8192
     a, b = (torch.randn(n, n, dtype=torch.bfloat16, device="cuda") for _ in range(2))
-    gemm_ms = bench_ms(lambda: a @ b, device_type)
+    gemm_ms = bench_ms(lambda: a @ b, device_type)[0]
     return {"GB/s": 2 * src.numel() / copy_ms / 1e6, "TFLOP/s": 2 * n**3 / gemm_ms / 1e9}
 
 
-def peak_memory_mb(fn, device_type):
+def peak_memory_mb(fn, device_type, grad_to_none=()):
+    """MiB allocated by ``fn()`` beyond what was allocated before it (GPU only)."""
     if device_type != "cuda":
         return None
+    for t in grad_to_none:
+        t.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -66,36 +107,47 @@ def environment():
     return env
 
 
-def write_reports(rows, out_dir, name, meta):
-    """Write ``rows`` (list of flat dicts) as JSON (with ``meta``) and CSV; return the paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, f"{name}.json")
-    csv_path = os.path.join(out_dir, f"{name}.csv")
-    with open(json_path, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2, default=str)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return json_path, csv_path
+def compiled(fn):
+    """``torch.compile(fn)`` specialised to each shape, as a fixed-shape training run would be.
+    A sweep recompiles once per shape; dynamo's default limit (8 per function) would make the
+    later shapes silently run eager, so the limit is raised to cover any sweep."""
+    import torch._dynamo.config as config
+
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # before torch 2.7
+    setattr(config, name, max(getattr(config, name), 256))
+    return torch.compile(fn, dynamic=False)
 
 
-def format_table(rows, columns):
-    """A fixed-width text table of ``columns`` (header -> key) over ``rows``."""
+def fasttx_providers(op, device_type, dtype, wanted, make):
+    """``{"fasttx <b>": make(b)}`` for each backend in ``wanted`` that can run ``op`` here."""
+    return {f"fasttx {b}": make(b) for b in wanted
+            if backends.unavailable_reason(b, device_type, dtype, op) is None}
 
-    def cell(value):
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
 
-    cells = [[cell(row.get(key)) for key in columns.values()] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(columns)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(columns, widths))]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+@dataclasses.dataclass
+class External:
+    """Another library's implementation, timed when it is installed (never required)."""
+
+    name: str  # provider name in the report
+    module: str
+    attr: str
+    adapt: object  # the library's function -> fn(*case inputs) -> output
+    dtypes: tuple = backends.KERNEL_DTYPES
+
+
+def external_providers(externals, device_type, dtype):
+    """Providers of the installed ``externals`` that run on this device and dtype. Each of these
+    libraries (Liger-Kernel, apex, flash-attn) runs CUDA tensors only."""
+    providers = {}
+    for ext in externals:
+        if device_type != "cuda" or dtype not in ext.dtypes:
+            continue
+        try:
+            fn = getattr(importlib.import_module(ext.module), ext.attr)
+        except (ImportError, AttributeError):  # not installed, or a version without this function
+            continue
+        providers[ext.name] = ext.adapt(fn)
+    return providers
 
 
 @dataclasses.dataclass
@@ -103,54 +155,110 @@ class Case:
     """One benchmark case: its inputs, the implementations to time and how to judge them."""
 
     label: dict  # what identifies the case in the report: shape, mask kind, ...
-    inputs: list  # tensors; those with requires_grad get gradients in the fwd+bwd timing
-    providers: dict  # name -> fn(*inputs) -> output; the torch baseline first
+    inputs: list  # tensors; those with requires_grad get gradients in the backward passes
+    providers: dict  # name -> fn(*inputs) -> output
     reference: object  # fn(*inputs in float64) -> output: the correctness oracle
-    work: tuple  # (forward, forward+backward): the fewest bytes moved, or the FLOPs, by formula
+    work: tuple  # (forward, backward): the fewest bytes moved, or the FLOPs, by formula
     unit: str = "GB/s"  # "GB/s" (work in bytes) or "TFLOP/s" (work in FLOPs)
+    chunk_dim: int = None  # an output dim whose slices are independent: the reference runs by slices
 
 
 def _leaves(inputs, convert=lambda t: t):
     return [convert(t.detach()).requires_grad_(t.requires_grad) for t in inputs]
 
 
+def _reference_results(case, dy):
+    """The float64 reference's output and input gradients, computed in up to REFERENCE_CHUNKS
+    slices along ``case.chunk_dim`` of the output, which bounds the float64 copies' memory on the
+    full sweeps. The slices must be independent (rows of a norm or softmax, attention's heads).
+    An input with the output's rank and size there is sliced with it; any other input (a norm's
+    weight, a broadcast mask) is passed whole, its gradient summed over the slices."""
+    def convert(t):
+        return t.double() if t.is_floating_point() else t
+
+    def results(inputs, grad_out):
+        leaves = _leaves(inputs, convert)
+        out = case.reference(*leaves)
+        return [out, *torch.autograd.grad(out, [t for t in leaves if t.requires_grad], grad_out.double())]
+
+    dim = case.chunk_dim
+    if dim is None:
+        return results(case.inputs, dy)
+    n = min(REFERENCE_CHUNKS, dy.shape[dim])
+    sliced = [t.dim() == dy.dim() and t.shape[dim] == dy.shape[dim] for t in case.inputs]
+    split = [t.tensor_split(n, dim) if s else [t] * n for t, s in zip(case.inputs, sliced)]
+    pieces = [results([parts[i] for parts in split], grad_out) for i, grad_out in enumerate(dy.tensor_split(n, dim))]
+    grad_sliced = [s for t, s in zip(case.inputs, sliced) if t.requires_grad]
+    return [torch.cat(parts, dim) if s else sum(parts) for s, parts in zip([True] + grad_sliced, zip(*pieces))]
+
+
 def _max_error(case, fn, dy):
     """Largest relative error of the output and every gradient vs the float64 reference."""
     leaves = _leaves(case.inputs)
     out = fn(*leaves)
-    wanted = [t for t in leaves if t.requires_grad]
-    results = [out, *torch.autograd.grad(out, wanted, dy)]
-    leaves64 = _leaves(case.inputs, lambda t: t.double() if t.is_floating_point() else t)
-    out64 = case.reference(*leaves64)
-    wanted64 = [t for t in leaves64 if t.requires_grad]
-    expected = [out64, *torch.autograd.grad(out64, wanted64, dy.double())]
-    return max(rel_error(a, b) for a, b in zip(results, expected))
+    # a clone: some libraries' backward writes into the upstream gradient
+    results = [out, *torch.autograd.grad(out, [t for t in leaves if t.requires_grad], dy.clone())]
+    return max(rel_error(a, b) for a, b in zip(results, _reference_results(case, dy)))
 
 
-def run_case(op, case, device_type, dtype, peaks):
-    """Check, then time forward and forward+backward of every provider; one report row each.
-    ``peaks``: the measured ceilings by unit (measured_peaks)."""
-    rows, baseline = [], {}
-    first = next(iter(case.providers.values()))
-    dy = torch.randn_like(first(*case.inputs), dtype=torch.float32).to(dtype)
+def _time_passes(case, fn, dy, device_type):
+    """{pass: ((median, p20, p80) ms, peak MiB)} of one provider."""
+    leaves = _leaves(case.inputs)
+    grads = [t for t in leaves if t.requires_grad]
+    measured = {}
+
+    def measure(name, call):
+        measured[name] = (bench_ms(call, device_type, grad_to_none=grads),
+                          peak_memory_mb(call, device_type, grads))
+
+    measure("fwd", lambda: fn(*leaves))
+    out = fn(*leaves)
+    measure("bwd", lambda: out.backward(dy, retain_graph=True))
+    del out
+    measure("fwd+bwd", lambda: fn(*leaves).backward(dy))
+    return measured
+
+
+def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
+    """Check, then time every provider's passes; one report row per provider and pass, with the
+    speed-up vs the fastest correct PyTorch baseline. ``peaks``: the measured ceilings by unit
+    (measured_peaks); ``step(text)`` is called before each provider is timed (progress)."""
+    rows = []
+    with torch.no_grad():  # the output's shape and dtype, for the upstream gradient
+        sample = next(iter(case.providers.values()))(*case.inputs)
+    dy = torch.randn_like(sample, dtype=torch.float32).to(dtype)
+    del sample
+    works = dict(zip(PASSES, (case.work[0], case.work[1], sum(case.work))))
+    peak = peaks.get(case.unit)
+    base = {"op": op, **case.label, "dtype": str(dtype).replace("torch.", "")}
     for name, fn in case.providers.items():
-        error = _max_error(case, fn, dy)
-        leaves = _leaves(case.inputs)
-        timed = {
-            "fwd": (lambda: fn(*case.inputs), case.work[0]),
-            "fwd+bwd": (lambda: fn(*leaves).backward(dy), case.work[1]),
-        }
-        peak = peaks.get(case.unit)
-        for direction, (call, work) in timed.items():
-            ms = bench_ms(call, device_type, grad_to_none=[t for t in leaves if t.requires_grad])
-            baseline.setdefault(direction, ms)  # the torch baseline comes first
-            rate = work / ms / (1e6 if case.unit == "GB/s" else 1e9)
+        step(name)
+        measured, failure, error = {}, None, None
+        try:
+            error = _max_error(case, fn, dy)
+            correct = error <= TOLERANCE[dtype]
+            measured = _time_passes(case, fn, dy, device_type)
+        except torch.cuda.OutOfMemoryError:  # too large for this implementation here: not a wrong result
+            correct, failure = None, "out of memory"
+            torch.cuda.empty_cache()
+        except Exception as e:  # a provider that cannot run this case is reported as failing
+            correct, failure = False, f"{type(e).__name__}: {e}"
+        for direction in PASSES:
+            (ms, p20, p80), mib = measured.get(direction, ((None,) * 3, None))
+            rate = works[direction] / ms / (1e6 if case.unit == "GB/s" else 1e9) if ms else None
             rows.append({
-                "op": op, **case.label, "dtype": str(dtype).replace("torch.", ""),
-                "provider": name, "pass": direction, "ms": ms, "rate": rate, "unit": case.unit,
-                "% of peak": 100 * rate / peak if peak else None,
-                "speed-up": baseline[direction] / ms,
-                "peak MB": peak_memory_mb(call, device_type),
-                "max rel err": error, "correct": error <= TOLERANCE[dtype],
+                **base, "provider": name, "pass": direction, "ms": ms, "ms p20": p20, "ms p80": p80,
+                "rate": rate, "unit": case.unit, "% of peak": 100 * rate / peak if peak and rate else None,
+                "speed-up": None, "vs": None, "peak MB": mib, "max rel err": error, "correct": correct,
+                **({"error": failure} if failure else {}),
             })
+    for direction in PASSES:
+        mine = [r for r in rows if r["pass"] == direction]
+        baselines = [r for r in mine if kind(r["provider"]) == "pytorch" and r["correct"] and r["ms"]]
+        if not baselines:
+            continue
+        best = min(baselines, key=lambda r: r["ms"])
+        for r in mine:
+            if r["correct"] and r["ms"]:  # a wrong result never shows a speed-up
+                r["speed-up"], r["vs"] = best["ms"] / r["ms"], best["provider"]
     return rows

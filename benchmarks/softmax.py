@@ -8,17 +8,21 @@ Bytes moved, the least any implementation must move, for R rows of C columns, el
 (input and output in the same dtype) and a (1, C) mask of element size e:
   forward:  read x, read mask, write y                  = 2*R*C*e + C*e
   backward: read y and dy, write dx                     = 3*R*C*e
-GB/s = bytes / time; speed-up = torch eager time / time.
+GB/s = bytes / time.
 """
 
 import torch
 
-from .. import backends, functional, reference
-from .common import Case
+from .. import functional, reference
+from .common import Case, compiled, fasttx_providers
 
 OPS = ("softmax",)
-GPU_SHAPES = [(4096, 1024), (4096, 8192), (1024, 32768), (64, 262144)]
-CPU_SHAPES = [(64, 1000), (4, 4097)]
+SHAPE = "ROWSxCOLS"
+PRESETS = {
+    "quick": [(8, 256), (8, 1000), (8, 4097)],
+    "full": [(4096, cols) for cols in (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)],
+}
+PLOT = ("cols", ("rows", "mask"))  # x axis; the label keys shared by a line's points
 SCALE = 0.125
 
 
@@ -30,17 +34,15 @@ def _eager(x, mask=None):
 def _bytes(rows, cols, dtype, with_mask):
     e = torch.finfo(dtype).bits // 8
     fwd = 2 * rows * cols * e + (cols * e if with_mask else 0)
-    return fwd, fwd + 3 * rows * cols * e
+    return fwd, 3 * rows * cols * e
 
 
-def cases(op, dtype, device_type, shapes):
+def cases(op, dtype, device_type, shapes, fasttx_backends):
     providers = {"torch eager": _eager}
     if device_type == "cuda":
-        providers["torch.compile"] = torch.compile(_eager, dynamic=False)
-    for b in backends.BACKENDS:
-        if backends.unavailable_reason(b, device_type, dtype, op) is None:
-            providers[f"fasttx {b}"] = lambda x, mask=None, b=b: functional.softmax(
-                x, -1, scale=SCALE, mask=mask, backend=b)
+        providers["torch.compile"] = compiled(_eager)
+    providers.update(fasttx_providers(op, device_type, dtype, fasttx_backends, lambda b: lambda x, mask=None: (
+        functional.softmax(x, -1, scale=SCALE, mask=mask, backend=b))))
     ref = lambda x, mask=None: reference.softmax(x, -1, SCALE, mask)  # noqa: E731
     for rows, cols in shapes:
         x = torch.randn(rows, cols, dtype=dtype, device=device_type, requires_grad=True)
@@ -49,4 +51,4 @@ def cases(op, dtype, device_type, shapes):
         for with_mask in (False, True):
             inputs = [x, mask] if with_mask else [x]
             label = {"rows": rows, "cols": cols, "mask": "(1, C) float" if with_mask else "none"}
-            yield Case(label, inputs, providers, ref, _bytes(rows, cols, dtype, with_mask))
+            yield Case(label, inputs, providers, ref, _bytes(rows, cols, dtype, with_mask), chunk_dim=0)

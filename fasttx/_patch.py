@@ -1,30 +1,25 @@
-"""fasttx.patch(model): swap torch.nn modules for their fasttx drop-ins, in place."""
+"""fasttx.patch(model): turn torch.nn modules into their fasttx drop-ins, in place."""
 
-import torch
+import logging
 
-from . import nn as fnn
+from .nn._backend import convert
 
-# torch.nn type -> fasttx type; exact types only, so user subclasses with their own forward stay.
-_SWAPS = {torch.nn.LayerNorm: fnn.LayerNorm, torch.nn.RMSNorm: fnn.RMSNorm, torch.nn.Softmax: fnn.Softmax}
-
-
-def _swap(module, backend):
-    swapped = _SWAPS[type(module)].__new__(_SWAPS[type(module)])
-    swapped.__dict__.update(module.__dict__)  # the same parameter tensors, buffers, hooks, mode
-    swapped.backend = backend
-    return swapped
+logger = logging.getLogger("fasttx")
 
 
 def patch(model, backend="auto"):
-    """Replace every torch.nn LayerNorm, RMSNorm and Softmax inside ``model`` (or ``model`` itself) by the
-    fasttx module holding the same parameters; returns the model."""
-    from .backends import _check_choice
+    """Turn every torch.nn MultiheadAttention, LayerNorm, RMSNorm, Softmax, Transformer,
+    TransformerEncoder/Decoder and TransformerEncoderLayer/DecoderLayer inside ``model`` (``model``
+    itself included) into the fasttx module, in place: the same objects holding the same parameter
+    tensors (device, dtype, requires_grad, train/eval mode kept; optimizers need no change), running
+    the fasttx kernels with ``backend``. Whole Transformer layers are converted, not only their
+    attention, since torch's encoder-layer fast path would otherwise bypass it in eval mode.
+    Subclasses of those torch.nn types keep their own class (and forward).
 
-    _check_choice(backend)
-    if type(model) in _SWAPS:
-        return _swap(model, backend)
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) in _SWAPS:
-                setattr(parent, name, _swap(child, backend))
+    Returns ``model``; what was converted, {torch.nn class name: count}, is logged (logger
+    "fasttx", INFO) and kept as ``model.fasttx_patched``."""
+    converted = convert(model, backend)
+    logger.info("fasttx.patch: converted %s", ", ".join(f"{n} {name}" for name, n in sorted(converted.items()))
+                or "nothing")
+    model.fasttx_patched = converted
     return model

@@ -1,17 +1,173 @@
-"""The benchmark checks correctness on its own inputs: a fast wrong kernel shows as FAIL."""
+"""The benchmark's own logic, in process: correctness before speed, the speed-up's baseline,
+optional libraries, --compare, --backends, progress, and the reports without matplotlib."""
 
+import io
+import json
+import sys
+import time
+import types
+
+import pytest
 import torch
 
-from fasttx.benchmarks.common import Case, run_case
+from fasttx import cli
+from fasttx.benchmarks import common, norms, progress, report
+
+
+def _softmax_case(providers):
+    x = torch.randn(16, 50, requires_grad=True)
+    return common.Case({"rows": 16, "cols": 50}, [x], providers, lambda x: torch.softmax(x, -1), (1, 2))
 
 
 def test_wrong_implementation_is_flagged():
     right = lambda x: torch.softmax(x, -1)  # noqa: E731
     wrong = lambda x: torch.softmax(x * 1.01, -1)  # noqa: E731
-    x = torch.randn(16, 50, requires_grad=True)
-    case = Case({"rows": 16, "cols": 50}, [x], {"torch eager": right, "wrong": wrong}, right, (1, 2))
-    rows = run_case("softmax", case, "cpu", torch.float32, {"GB/s": None})
+    rows = common.run_case("softmax", _softmax_case({"torch eager": right, "fasttx wrong": wrong}),
+                           "cpu", torch.float32, {"GB/s": None})
     verdicts = {(r["provider"], r["pass"]): r["correct"] for r in rows}
-    assert verdicts == {("torch eager", "fwd"): True, ("torch eager", "fwd+bwd"): True,
-                        ("wrong", "fwd"): False, ("wrong", "fwd+bwd"): False}
-    assert all(r["ms"] > 0 and r["speed-up"] > 0 for r in rows)
+    assert verdicts == {("torch eager", p): True for p in common.PASSES} | {("fasttx wrong", p): False for p in common.PASSES}
+    assert all(r["ms"] > 0 for r in rows)
+    # timed, but a wrong result never shows a speed-up nor enters the headline
+    assert [r["speed-up"] for r in rows if r["provider"] == "fasttx wrong"] == [None] * 3
+    assert report.headline(rows) == []
+    assert [report.verdict(r) for r in rows].count("FAIL") == 3
+
+
+def test_speed_up_is_against_the_fastest_correct_baseline():
+    fast = lambda x: torch.softmax(x, -1)  # noqa: E731
+
+    def slow(x):
+        time.sleep(0.002)
+        return torch.softmax(x, -1)
+
+    providers = {"torch slow": slow, "torch wrong": lambda x: x, "torch eager": fast, "fasttx torch": fast}
+    rows = common.run_case("softmax", _softmax_case(providers), "cpu", torch.float32, {"GB/s": None})
+    by = {(r["provider"], r["pass"]): r for r in rows}
+    for direction in ("fwd", "fwd+bwd"):  # the slow baseline sleeps in its forward only
+        eager = by["torch eager", direction]
+        assert all(r["vs"] == "torch eager" for r in rows if r["pass"] == direction and r["correct"])
+        assert by["fasttx torch", direction]["speed-up"] == pytest.approx(eager["ms"] / by["fasttx torch", direction]["ms"])
+        assert by["torch slow", direction]["speed-up"] < 0.5
+    assert by["torch wrong", "fwd"]["speed-up"] is None
+    best = {c["pass"]: c for c in report.headline(rows)}
+    assert best["fwd"]["best PyTorch"] == "torch eager" and best["fwd"]["best fasttx"] == "fasttx torch"
+
+
+def test_a_provider_that_raises_is_a_failure_not_a_crash():
+    def broken(x):
+        raise RuntimeError("no kernel for this shape")
+
+    rows = common.run_case("softmax", _softmax_case({"torch eager": lambda x: torch.softmax(x, -1), "flash-attn": broken}),
+                           "cpu", torch.float32, {"GB/s": None})
+    failed = [r for r in rows if r["provider"] == "flash-attn"]
+    assert all(r["correct"] is False and r["ms"] is None and "no kernel" in r["error"] for r in failed)
+
+
+def test_optional_libraries_are_guarded(monkeypatch):
+    for name in ("liger_kernel", "apex", "flash_attn"):
+        monkeypatch.setitem(sys.modules, name, None)  # absent, even where installed
+    assert common.external_providers(norms.EXTERNALS["layer_norm"], "cuda", torch.bfloat16) == {}
+    cpu = lambda: set(next(norms.cases("layer_norm", torch.float32, "cpu", [(2, 8)], ("torch",))).providers)  # noqa: E731
+    assert cpu() == {"torch eager", "fasttx torch"}
+
+    fake = types.ModuleType("liger_kernel.transformers.functional")
+    fake.liger_layer_norm = lambda x, w, b, eps: ("liger", eps)
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", fake)
+    found = common.external_providers(norms.EXTERNALS["layer_norm"], "cuda", torch.bfloat16)
+    assert list(found) == ["liger"] and found["liger"](1, 2, 3) == ("liger", norms.EPS)
+    assert cpu() == {"torch eager", "fasttx torch"}  # these libraries run CUDA tensors only
+    flash = types.ModuleType("flash_attn")
+    flash.flash_attn_func = lambda *a, **k: None
+    monkeypatch.setitem(sys.modules, "flash_attn", flash)
+    from fasttx.benchmarks import attention
+
+    assert list(common.external_providers([attention._flash_attn(True)], "cuda", torch.float16)) == ["flash-attn"]
+    assert common.external_providers([attention._flash_attn(True)], "cuda", torch.float32) == {}  # fp16/bf16 only
+
+
+def _bench(tmp_path, *args):
+    cli.main(["bench", "--op", "rms_norm", "--shapes", "8x64,4x96", "--backends", "torch",
+              "--out", str(tmp_path), "--no-progress", *args])
+    return json.load(open(tmp_path / "rms_norm_float32_cpu.json"))
+
+
+def test_compare_flags_regressions_and_backends_filter(tmp_path, capsys):
+    first = _bench(tmp_path / "old")
+    assert {r["provider"] for r in first["rows"]} == {"torch eager", "fasttx torch"}  # no triton: --backends torch
+    old = first["rows"]
+    for r in old:  # fasttx 100x faster before (a regression now), torch eager 100x slower before
+        r["ms"] *= 0.01 if r["provider"] == "fasttx torch" else 100
+    json.dump(first, open(tmp_path / "old" / "rms_norm_float32_cpu.json", "w"))
+    capsys.readouterr()
+    new = _bench(tmp_path / "new", "--compare", str(tmp_path / "old"), "--threshold", "0.2")
+    out, err = capsys.readouterr()
+    assert "the earlier run was on" not in err  # same device
+    assert "12 matching rows" in out and "6 regression(s) slower by more than 20%" in out
+    flagged = {(r["provider"], r["regression"]) for r in new["rows"]}
+    assert flagged == {("fasttx torch", True), ("torch eager", False)}
+    assert all(r["new/old"] == pytest.approx(r["ms"] / r["old ms"]) for r in new["rows"])
+    md = open(tmp_path / "new" / "rms_norm_float32_cpu.md").read()
+    assert md.count(" REGRESSION |") == 6 and "6 regression(s)" in md
+
+    first["meta"]["device"] = "NVIDIA H100 80GB HBM3"
+    json.dump(first, open(tmp_path / "old" / "rms_norm_float32_cpu.json", "w"))
+    _bench(tmp_path / "new", "--compare", str(tmp_path / "old" / "rms_norm_float32_cpu.json"))
+    assert "the earlier run was on NVIDIA H100 80GB HBM3, this one on cpu" in capsys.readouterr().err
+
+
+def test_reports_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    _bench(tmp_path)
+    assert "no PNG plots: matplotlib is not installed" in capsys.readouterr().err
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".csv", ".json", ".md", ".md"]
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stream, quiet, expected", [
+    (_Tty(), False, "\rsoftmax [############............] 1/2"),
+    (io.StringIO(), False, "bench softmax case 1: rows=8\n"),
+    (_Tty(), True, ""),
+])
+def test_progress(stream, quiet, expected):
+    bar = progress.Progress("softmax", 2, quiet=quiet, stream=stream)
+    bar.case("rows=8")
+    bar.step("torch eager")
+    bar.step("fasttx triton")
+    bar.close()
+    text = stream.getvalue()
+    assert (expected in text) if expected else text == ""
+
+
+def test_a_wrong_fasttx_kernel_fails_the_run(tmp_path, monkeypatch):
+    from fasttx import functional
+
+    real = functional.rms_norm
+    monkeypatch.setattr(functional, "rms_norm", lambda x, shape, w, eps, backend: 1.01 * real(x, shape, w, eps, backend=backend))
+    with pytest.raises(SystemExit) as exit_:
+        _bench(tmp_path)
+    assert "wrong results" in str(exit_.value.code) and "rows=8 hidden=64 fasttx torch: max rel err" in str(exit_.value.code)
+    rows = json.load(open(tmp_path / "rms_norm_float32_cpu.json"))["rows"]
+    assert {r["provider"] for r in rows if r["correct"] is False} == {"fasttx torch"}
+    assert "| FAIL |" in open(tmp_path / "rms_norm_float32_cpu.md").read()
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "softmax", "attention", "mha", "encoder_layer"])
+def test_reference_by_slices_equals_whole(op):
+    """The float64 oracle computed in slices (rows, heads) gives the whole computation's output and
+    gradients, including those of inputs passed whole (a norm's weight and bias: summed)."""
+    from fasttx.benchmarks import REGISTRY
+
+    shape = {"layer_norm": (37, 24), "softmax": (37, 24), "attention": (8, 19, 4), "mha": (9, 16, 4),
+             "encoder_layer": (9, 16, 4)}[op]
+    case = list(REGISTRY[op].cases(op, torch.float32, "cpu", [shape], ("torch",)))[-1]  # softmax: with its mask
+    assert case.chunk_dim is not None
+    dy = torch.randn_like(case.reference(*case.inputs)).detach()
+    sliced = common._reference_results(case, dy)
+    whole = common._reference_results(common.dataclasses.replace(case, chunk_dim=None), dy)
+    assert len(sliced) == len(whole) == 1 + sum(t.requires_grad for t in case.inputs)
+    for a, b in zip(sliced, whole):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

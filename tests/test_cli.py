@@ -6,7 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import fasttx
+from fasttx import cli
+from fasttx.benchmarks import REGISTRY, common, report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _run(*args, cwd):
@@ -18,40 +24,54 @@ def _run(*args, cwd):
 def test_info(tmp_path):
     result = _run("info", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["torch"] == fasttx.info()["torch"]
+    info = json.loads(result.stdout)
+    assert info["torch"] == fasttx.info()["torch"]
 
 
-def test_bench_writes_checked_figures(tmp_path):
-    for op in ("layer_norm", "rms_norm", "softmax"):
-        result = _run("bench", "--op", op, "--shapes", "8x64,3x129", "--dtype", "float32",
-                      "--out", str(tmp_path / "out"), cwd=tmp_path)
-        assert result.returncode == 0, result.stderr + result.stdout
-        assert "speed-up" in result.stdout
-        (json_name,) = [f for f in os.listdir(tmp_path / "out") if f.startswith(op) and f.endswith(".json")]
-        report = json.load(open(tmp_path / "out" / json_name))
-        rows = report["rows"]
-        assert "command" in report["meta"] and "torch" in report["meta"]
-        assert {(r["rows"], r["cols"]) for r in rows} == {(8, 64), (3, 129)}
-        assert {r["pass"] for r in rows} == {"fwd", "fwd+bwd"}
-        assert {"torch eager", "fasttx torch", "fasttx triton"} <= {r["provider"] for r in rows}
-        assert all(r["correct"] and r["ms"] > 0 and r["rate"] > 0 and r["unit"] == "GB/s" for r in rows)
-        with open(tmp_path / "out" / json_name.replace(".json", ".csv")) as f:
-            assert len(list(csv.DictReader(f))) == len(rows)
-
-
-def test_bench_attention_reports_tflops(tmp_path):
-    result = _run("bench", "--op", "attention", "--shapes", "40x2x16", "--dtype", "float16",
-                  "--out", str(tmp_path), cwd=tmp_path)
+def test_bench_quick_writes_every_report(tmp_path):
+    result = _run("bench", "--op", "all", "--preset", "quick", "--out", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr + result.stdout
-    rows = json.load(open(tmp_path / "attention_float16_cpu.json"))["rows"]
-    assert {r["causal"] for r in rows} == {False, True} and {r["unit"] for r in rows} == {"TFLOP/s"}
-    assert {"torch sdpa", "fasttx torch", "fasttx triton"} <= {r["provider"] for r in rows}
-    assert all(r["correct"] and r["rate"] > 0 for r in rows)
-    result = _run("bench", "--op", "attention", "--shapes", "8x64", cwd=tmp_path)
-    assert result.returncode != 0 and "takes shapes of 3 numbers" in result.stderr
+    out = tmp_path / "out"
+    assert "best fasttx vs best PyTorch" in result.stdout
+    combined = open(out / "report_float32_cpu.md").read()
+    for op, module in REGISTRY.items():
+        assert f"bench {op} case 1: " in result.stderr  # progress, one line per case off a terminal
+        data = json.load(open(out / f"{op}_float32_cpu.json"))
+        meta, rows = data["meta"], data["rows"]
+        assert {"command", "date", "device", "torch", "triton", "measured_peaks"} <= set(meta)
+        assert meta["preset"] == "quick" and "--preset quick" in meta["command"]
+        assert {r["pass"] for r in rows} == set(common.PASSES)
+        baseline = {"attention": "torch sdpa", "mha": "torch.nn", "encoder_layer": "torch.nn"}.get(op, "torch eager")
+        assert {baseline, "fasttx torch", "fasttx triton"} <= {r["provider"] for r in rows}
+        assert all(r["correct"] and r["ms"] > 0 and r["ms p20"] <= r["ms"] <= r["ms p80"] and r["rate"] > 0
+                   and r["speed-up"] > 0 for r in rows)
+        shape_keys = module.SHAPE.lower().split("x")  # "ROWSxHIDDEN" names the label's shape keys
+        assert {tuple(r[k] for k in shape_keys) for r in rows} == set(module.PRESETS["quick"])
+        with open(out / f"{op}_float32_cpu.csv") as f:
+            assert len(list(csv.DictReader(f))) == len(rows)
+        md = open(out / f"{op}_float32_cpu.md").read()
+        best, table = md[md.index("Best fasttx vs best PyTorch"):].split("All rows:")
+        assert table.count("| ok |") == len(rows) and "FAIL" not in md
+        cases = {tuple(r[k] for k in report.label_keys(rows)) + (r["pass"],) for r in rows}
+        assert len([line for line in best.splitlines() if line.startswith("| ")]) == 1 + len(cases)  # header
+        assert f"## {op} (float32" in combined
+        assert open(out / f"{op}_float32_cpu.png", "rb").read(8) == PNG_MAGIC
 
 
-def test_bench_rejects_bad_shapes(tmp_path):
-    result = _run("bench", "--shapes", "8by64", cwd=tmp_path)
-    assert result.returncode != 0 and "--shapes takes ROWSxCOLS" in result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--shapes", "8by64"], "--shapes takes ROWSxCOLS"),
+    (["--shapes", "8x0"], "of positive integers"),
+    (["--op", "attention", "--shapes", "8x64"], "--op attention takes shapes of 3 numbers"),
+    (["--op", "all", "--shapes", "8x64"], "--op attention takes shapes of 3 numbers"),
+    (["--preset", "quick", "--shapes", "8x64"], "not allowed with argument"),
+    (["--backends", "triton,cdua"], "--backends takes a comma-separated subset of torch,triton,cuda, got 'triton,cdua'"),
+    (["--threshold", "-0.1"], "--threshold takes a fraction >= 0"),
+    (["--op", "layer-norm"], "invalid choice: 'layer-norm'"),
+    (["--compare", "missing.json"], "'missing.json' is not a JSON report written by fasttx bench"),
+])
+def test_bench_rejects_bad_arguments(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--no-progress", *args])
+    assert message in str(exit_.value.code) + capsys.readouterr().err
+    assert not os.listdir(tmp_path)  # rejected before anything ran or was written

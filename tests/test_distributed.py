@@ -1,5 +1,5 @@
-"""A 2-process gloo DDP training step with fasttx norms gives the gradients of one process
-running the whole batch."""
+"""A 2-process gloo DDP training step with fasttx modules (norms; a Transformer encoder with
+fasttx attention) gives the gradients of one process running the whole batch."""
 
 import os
 
@@ -15,28 +15,43 @@ from .conftest import runnable_backends
 WORLD = 2
 
 
-def _model(backend):
+class _Encoder(torch.nn.Module):
+    def __init__(self, backend):
+        super().__init__()
+        layer = fasttx.nn.TransformerEncoderLayer(24, 4, 48, dropout=0.0, batch_first=True, backend=backend)
+        self.encoder = fasttx.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(24, 40)
+
+    def forward(self, x):
+        causal = torch.nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        return self.head(self.encoder(x, mask=causal, is_causal=True))
+
+
+def _model(kind, backend):
     torch.manual_seed(0)
+    if kind == "encoder":
+        return _Encoder(backend)
     return torch.nn.Sequential(
         torch.nn.Linear(24, 40), fasttx.nn.LayerNorm(40, backend=backend),
         torch.nn.GELU(), torch.nn.Linear(40, 40), fasttx.nn.RMSNorm(40, backend=backend),
     )
 
 
-def _batch():
+def _batch(kind):
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(8, 24, generator=generator), torch.randn(8, 40, generator=generator)
+    tokens = (8, 5) if kind == "encoder" else (8,)
+    return torch.randn(*tokens, 24, generator=generator), torch.randn(*tokens, 40, generator=generator)
 
 
 def _loss(model, x, target):
     return torch.nn.functional.mse_loss(model(x), target)
 
 
-def _ddp_worker(rank, backend, init_file, out_file):
+def _ddp_worker(rank, kind, backend, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        model = torch.nn.parallel.DistributedDataParallel(_model(backend))
-        x, target = (t.chunk(WORLD)[rank] for t in _batch())
+        model = torch.nn.parallel.DistributedDataParallel(_model(kind, backend))
+        x, target = (t.chunk(WORLD)[rank] for t in _batch(kind))
         _loss(model, x, target).backward()
         if rank == 0:
             torch.save([p.grad for p in model.module.parameters()], out_file)
@@ -44,13 +59,14 @@ def _ddp_worker(rank, backend, init_file, out_file):
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("kind", ["norms", "encoder"])
 @pytest.mark.parametrize("backend", runnable_backends("cpu"))  # gloo: CPU tensors
-def test_ddp_gradients_equal_single_process(backend, tmp_path):
+def test_ddp_gradients_equal_single_process(kind, backend, tmp_path):
     out_file = str(tmp_path / "grads.pt")
-    mp.spawn(_ddp_worker, args=(backend, str(tmp_path / "init"), out_file), nprocs=WORLD)
+    mp.spawn(_ddp_worker, args=(kind, backend, str(tmp_path / "init"), out_file), nprocs=WORLD)
     ddp_grads = torch.load(out_file)
-    model = _model(backend)
-    _loss(model, *_batch()).backward()
+    model = _model(kind, backend)
+    _loss(model, *_batch(kind)).backward()
     assert len(ddp_grads) == len(list(model.parameters()))
     for got, param in zip(ddp_grads, model.parameters()):
         assert got.abs().sum() > 0  # a gradient that is all zeros would hide a broken sync

@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import LOG2E, attention_autotune, dropout_keep, key_blocks, launch_args, masked_logits
+from .attention_fwd import (LOG2E, attention_autotune, dropout_keep, key_blocks, launch_args, masked_logits,
+                            query_block)
 
 # See attention_fwd.py's launch configurations; lists checked the same way (spills noted).
 # The dK/dV kernel holds BLOCK_N keys and two accumulators, and streams BLOCK_M queries.
@@ -278,34 +279,21 @@ def _attn_bwd_q_kernel(
     PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    # int64 (batch, head, block start) offsets, as in the forward.
-    b64, h64, kv64, m64 = b.to(tl.int64), h.to(tl.int64), (h // group).to(tl.int64), start_m.to(tl.int64)
-    Q += b64 * stride_qb + h64 * stride_qh + m64 * stride_ql
-    DO += b64 * stride_dob + h64 * stride_doh + m64 * stride_dol
-    K += b64 * stride_kb + kv64 * stride_kh
-    V += b64 * stride_vb + kv64 * stride_vh
+    start_m, bh, K, V, mask_off, rows, offs_m, q, k_offs, v_offs, rng_base = query_block(
+        Q, K, V, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+        stride_mb, stride_mh, stride_ml, H, group, L, S, E, EV, BLOCK_E, BLOCK_EV, BLOCK_M, BLOCK_N,
+    )
     if MASK_KIND != "none":
-        Mask += b64 * stride_mb + h64 * stride_mh + m64 * stride_ml
-    rows = tl.arange(0, BLOCK_M)
-    offs_m = start_m + rows
+        Mask += mask_off
+    DO += (bh // H).to(tl.int64) * stride_dob + (bh % H).to(tl.int64) * stride_doh + start_m.to(tl.int64) * stride_dol
     m_ok = offs_m < L
-    offs_n = tl.arange(0, BLOCK_N)
     offs_e = tl.arange(0, BLOCK_E)
     offs_ev = tl.arange(0, BLOCK_EV)
-    q = tl.load(Q + rows[:, None] * stride_ql + offs_e[None, :], mask=m_ok[:, None] & (offs_e[None, :] < E),
-                other=0.0)
     do = tl.load(DO + rows[:, None] * stride_dol + offs_ev[None, :],
                  mask=m_ok[:, None] & (offs_ev[None, :] < EV), other=0.0)
     # Padding rows get lse = +inf, hence P = 0.
     lse2 = tl.load(LSE + bh.to(tl.int64) * L + offs_m, mask=m_ok, other=float("inf")) * LOG2E
     delta = tl.load(Delta + bh.to(tl.int64) * L + offs_m, mask=m_ok, other=0.0)
-    k_offs = offs_n[:, None] * stride_kn + offs_e[None, :]
-    v_offs = offs_n[:, None] * stride_vn + offs_ev[None, :]
-    rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)
     inv_keep = 1.0 / (1.0 - dropout_p)
 
     dq = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)

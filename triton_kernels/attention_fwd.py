@@ -153,6 +153,42 @@ def key_blocks(start_m, S, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK
     return S // BLOCK_N * BLOCK_N, S
 
 
+@triton.jit
+def query_block(
+    Q, K, V, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    stride_mb, stride_mh, stride_ml, H, group, L, S,
+    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """What a program over one (batch, head, query block) starts from, in the forward and the dQ
+    kernel: its block start and flat batch-head index; Q, K, V advanced to its batch and (kv) head and
+    Q to its first row; the int64 offset of the block's mask row and batch-head base of (B, H, L)
+    tensors; the in-block rows, their global indices, the q tile, the k / v tile offsets and the
+    block's Philox base counter."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    # int64 for every (batch, head, block start) offset: B * H * L * E and the rows of a transposed
+    # (B, L, H, E) view overflow int32; the offsets within a tile stay int32.
+    b64, h64, kv64, m64 = b.to(tl.int64), h.to(tl.int64), (h // group).to(tl.int64), start_m.to(tl.int64)
+    Q += b64 * stride_qb + h64 * stride_qh + m64 * stride_ql
+    K += b64 * stride_kb + kv64 * stride_kh
+    V += b64 * stride_vb + kv64 * stride_vh
+    mask_off = b64 * stride_mb + h64 * stride_mh + m64 * stride_ml
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_e = tl.arange(0, BLOCK_E)
+    offs_ev = tl.arange(0, BLOCK_EV)
+    q = tl.load(Q + rows[:, None] * stride_ql + offs_e[None, :],
+                mask=(offs_m[:, None] < L) & (offs_e[None, :] < E), other=0.0)
+    k_offs = offs_n[:, None] * stride_kn + offs_e[None, :]
+    v_offs = offs_n[:, None] * stride_vn + offs_ev[None, :]
+    rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)
+    return start_m, bh, K, V, mask_off, rows, offs_m, q, k_offs, v_offs, rng_base
+
+
 # ---- forward -----------------------------------------------------------------------------------
 
 
@@ -228,28 +264,13 @@ def _attn_fwd_kernel(
     PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    # int64 for every (batch, head, block start) offset: B * H * L * E and the rows of a transposed
-    # (B, L, H, E) view overflow int32; the offsets within a tile stay int32.
-    b64, h64, kv64, m64 = b.to(tl.int64), h.to(tl.int64), (h // group).to(tl.int64), start_m.to(tl.int64)
-    Q += b64 * stride_qb + h64 * stride_qh + m64 * stride_ql
-    K += b64 * stride_kb + kv64 * stride_kh
-    V += b64 * stride_vb + kv64 * stride_vh
+    start_m, bh, K, V, mask_off, rows, offs_m, q, k_offs, v_offs, rng_base = query_block(
+        Q, K, V, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+        stride_mb, stride_mh, stride_ml, H, group, L, S, E, EV, BLOCK_E, BLOCK_EV, BLOCK_M, BLOCK_N,
+    )
     if MASK_KIND != "none":
-        Mask += b64 * stride_mb + h64 * stride_mh + m64 * stride_ml
-    rows = tl.arange(0, BLOCK_M)
-    offs_m = start_m + rows
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_e = tl.arange(0, BLOCK_E)
+        Mask += mask_off
     offs_ev = tl.arange(0, BLOCK_EV)
-    q = tl.load(Q + rows[:, None] * stride_ql + offs_e[None, :],
-                mask=(offs_m[:, None] < L) & (offs_e[None, :] < E), other=0.0)
-    k_offs = offs_n[:, None] * stride_kn + offs_e[None, :]
-    v_offs = offs_n[:, None] * stride_vn + offs_ev[None, :]
-    rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)

@@ -1,0 +1,80 @@
+"""Whole modules: fasttx.nn.MultiheadAttention and TransformerEncoderLayer vs torch.nn's, forward
+and forward+backward, with the same parameters.
+
+Cases: self-attention with need_weights=False (the fused path, what Transformer layers use) and
+need_weights=True (weights materialised by both), and cross-attention (S = L / 2) for ``mha``;
+a pre-norm GELU encoder layer (dim_feedforward = 4 d_model) with causal self-attention for
+``encoder_layer``. Baselines: torch.nn eager (first: speed-ups are against it) and, on GPU,
+torch.compile of it.
+
+FLOPs, matrix products only, for batch N, query length L, key length S, width E, FF width F:
+  projections  P = 2 * N * E^2 * (2 L + 2 S)     (q and output from L tokens, k and v from S)
+  attention    A = 4 * N * L * S * E             (halved when causal)
+  feed-forward  F' = 4 * N * L * E * F           (encoder layer only)
+  forward = P + A (+ F'); backward = 2 (P + F') + 2.5 A (attention recomputes QK^T).
+Peak memory is reported per row (GPU); the issue's target compares it with torch.nn's.
+Shapes keep N * L = 16384 tokens on GPU (seq 2048: batch 8, the issue's target shape).
+"""
+
+import copy
+
+import torch
+
+from .._patch import patch
+from .common import Case, compiled, fasttx_providers
+
+OPS = ("mha", "encoder_layer")
+SHAPE = "SEQxD_MODELxHEADS"  # batch = TOKENS // seq on GPU
+PRESETS = {"quick": [(16, 32, 4)], "full": [(seq, 1024, 16) for seq in (512, 1024, 2048, 4096, 8192)]}
+PLOT = ("seq", ("d_model", "heads", "attention", "need_weights"))
+TOKENS = 16384
+
+
+def _flops(batch, queries, keys, width, ff_width=0, causal=False):
+    projections = 2 * batch * width**2 * (2 * queries + 2 * keys)
+    attention = 4 * batch * queries * keys * width / (2 if causal else 1)
+    feed_forward = 4 * batch * queries * width * ff_width
+    return projections + attention + feed_forward, 2 * (projections + feed_forward) + 2.5 * attention
+
+
+def _variants(dtype, device_type, fasttx_backends, torch_module, call):
+    """Providers with torch_module's parameters: torch.nn eager and compiled (GPU), and each fasttx
+    backend through fasttx.patch of a copy (what a user does); and the float64 reference."""
+    providers = {"torch.nn": lambda x: call(torch_module, x)}
+    if device_type == "cuda":  # torch.compile on CPU costs minutes of C++ builds for no insight
+        providers["torch.nn + torch.compile"] = compiled(lambda x: call(torch_module, x))
+    providers.update(fasttx_providers("attention", device_type, dtype, fasttx_backends,
+                                      lambda b: lambda x, m=patch(copy.deepcopy(torch_module), b): call(m, x)))
+    reference = copy.deepcopy(torch_module).double()
+    return providers, lambda x: call(reference, x.double())
+
+
+def cases(op, dtype, device_type, shapes, fasttx_backends):
+    for seq, width, heads in shapes:
+        batch = max(TOKENS // seq, 1) if device_type == "cuda" else 2
+        factory = dict(device=device_type, dtype=dtype)
+        x = torch.randn(batch, seq, width, requires_grad=True, **factory)
+        label = {"batch": batch, "seq": seq, "d_model": width, "heads": heads}
+        if op == "mha":
+            mha = torch.nn.MultiheadAttention(width, heads, batch_first=True, **factory)
+            settings = [("self", False), ("self", True), ("cross", False)]
+            for inputs, need_weights in settings:
+                def call(module, x, cross=inputs == "cross", need_weights=need_weights):
+                    kv = x[:, : x.shape[1] // 2] if cross else x
+                    return module(x, kv, kv, need_weights=need_weights)[0]
+
+                keys = seq // 2 if inputs == "cross" else seq
+                providers, reference = _variants(dtype, device_type, fasttx_backends, mha, call)
+                yield Case({**label, "attention": inputs, "need_weights": need_weights}, [x], providers, reference,
+                           _flops(batch, seq, keys, width), unit="TFLOP/s", chunk_dim=0)
+        else:
+            layer = torch.nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu",
+                                                     batch_first=True, norm_first=True, **factory)
+            causal = torch.ones(seq, seq, dtype=torch.bool, device=device_type).triu(1)
+
+            def call(module, x):
+                return module(x, src_mask=causal, is_causal=True)
+
+            providers, reference = _variants(dtype, device_type, fasttx_backends, layer, call)
+            yield Case({**label, "attention": "causal self", "need_weights": False}, [x], providers, reference,
+                       _flops(batch, seq, seq, width, 4 * width, causal=True), unit="TFLOP/s", chunk_dim=0)

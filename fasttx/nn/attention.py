@@ -1,0 +1,194 @@
+"""fasttx.nn.MultiheadAttention: torch.nn.MultiheadAttention on fasttx's fused attention.
+
+It subclasses torch's module, so the constructor, parameters (packed ``in_proj_weight`` or
+``q/k/v_proj_weight`` when kdim / vdim differ, ``in_proj_bias``, ``bias_k`` / ``bias_v``,
+``out_proj``), their initialisation and the state_dict are torch's own; forward keeps torch's
+signature, shapes, mask conventions (True = masked out, float = added) and return values.
+
+How forward maps onto the kernels:
+- Self-attention (``query is key is value``) makes one packed projection; the heads of q, k and v
+  are strided views of its output, read in place by the kernel (batch_first either way).
+- ``need_weights=False`` runs ``fasttx.scaled_dot_product_attention``: nothing of size L x S is
+  stored. ``need_weights=True`` has to return the L x S weights, so it computes them with
+  ``fasttx.softmax`` (scale, mask and softmax in one pass) and multiplies them by V: this costs
+  the (N, H, L, S) weights in memory, as torch's module does.
+- Masks turn into fasttx's convention once (bool: True = takes part; float: added) and combine
+  by broadcasting: a key-padding mask alone stays (N, 1, 1, S); with a 2-D attn_mask the merged
+  mask is (N, 1, L, S); only a 3-D (N * H, L, S) attn_mask is per head.
+- ``is_causal`` is torch's hint: with no key-padding mask and ``need_weights=False`` the given
+  causal attn_mask is replaced by the kernel's causal masking, which skips masked key blocks.
+
+Deliberate difference: a query row whose keys are all masked out gives output 0 (and zero
+weights), never NaN.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from .. import functional
+from ..functional._checks import check_mask
+from ._backend import BackendMixin
+
+
+def _mask_to_fasttx(mask):
+    """torch's convention (bool True = masked out, float added) -> fasttx's (bool True = takes part)."""
+    return None if mask is None else (~mask if mask.dtype == torch.bool else mask)
+
+
+def _as_bias(mask, dtype):
+    """A fasttx-convention mask as an additive float mask: kept 0, masked out -inf."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def _combine(first, second, dtype):
+    """Both masks at once: bool masks intersect; otherwise their additive forms add up (torch adds
+    its canonical float masks)."""
+    if first is None or second is None:
+        return first if second is None else second
+    if first.dtype == second.dtype == torch.bool:
+        return first & second
+    return _as_bias(first, dtype) + _as_bias(second, dtype)
+
+
+def _append_allowed_key(mask):
+    """One more key column that every query may attend (the bias_kv / zero-attention key)."""
+    if mask is None:
+        return None
+    column = (torch.ones if mask.dtype == torch.bool else torch.zeros)(
+        (*mask.shape[:-1], 1), dtype=mask.dtype, device=mask.device)
+    return torch.cat([mask, column], -1)
+
+
+class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
+    """Drop-in ``torch.nn.MultiheadAttention`` (same arguments, parameters and state_dict; see the
+    module docstring), plus ``backend``: "auto", "torch", "triton" or "cuda"."""
+
+    _fasttx_op = "attention"
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                 kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, backend="auto"):
+        if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
+            raise ValueError(f"fasttx.nn.MultiheadAttention: embed_dim must be a positive multiple of num_heads, "
+                             f"got embed_dim={embed_dim}, num_heads={num_heads}")
+        super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim, batch_first,
+                         device, dtype, backend=backend)
+
+    # ---- argument checks ---------------------------------------------------------------------
+
+    def _check(self, query, key, value, key_padding_mask, attn_mask, is_causal):
+        name = "fasttx.nn.MultiheadAttention"
+        for arg, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: {arg} must be a Tensor, got {type(t).__name__}")
+        if query.dim() not in (2, 3):
+            raise ValueError(f"{name}: query must be 3-D (batched) or 2-D (unbatched), got shape {list(query.shape)}")
+        batched = query.dim() == 3
+        if key.dim() != query.dim() or value.dim() != query.dim():
+            raise ValueError(f"{name}: key and value must be {query.dim()}-D like query, got shapes "
+                             f"{list(key.shape)} and {list(value.shape)}")
+        for arg, t, size in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
+            if t.shape[-1] != size:
+                raise ValueError(f"{name}: {arg} must have {size} features in its last dim, got shape {list(t.shape)}")
+            if t.dtype != query.dtype:
+                raise TypeError(f"{name}: {arg} must have query's dtype {query.dtype}, got {t.dtype}")
+            if t.device != query.device:
+                raise RuntimeError(f"{name}: {arg} must be on query's device {query.device}, got {t.device}")
+        seq_dim = 1 if batched and self.batch_first else 0
+        if key.shape[:-1] != value.shape[:-1]:
+            raise ValueError(f"{name}: key and value must have the same batch and sequence sizes, got shapes "
+                             f"{list(key.shape)} and {list(value.shape)}")
+        if batched and query.shape[1 - seq_dim] != key.shape[1 - seq_dim]:
+            raise ValueError(f"{name}: query and key must have the same batch size, got shapes "
+                             f"{list(query.shape)} and {list(key.shape)} (batch_first={self.batch_first})")
+        batch = query.shape[1 - seq_dim] if batched else 1
+        queries, keys = query.shape[seq_dim], key.shape[seq_dim]
+        masks = (("key_padding_mask", key_padding_mask, [(batch, keys) if batched else (keys,)], "(N, S)"),
+                 ("attn_mask", attn_mask, [(queries, keys), (batch * self.num_heads, queries, keys)],
+                  "(L, S) or (N * num_heads, L, S)"))
+        for arg, mask, shapes, described in masks:
+            if mask is None:
+                continue
+            check_mask("nn.MultiheadAttention", arg, mask, query, "query's", mask.shape, "itself")  # dtype, device
+            if tuple(mask.shape) not in shapes:
+                raise ValueError(f"{name}: {arg} must have shape {' or '.join(str(list(s)) for s in shapes)} "
+                                 f"{described}, got {list(mask.shape)}")
+        if is_causal and attn_mask is None:
+            raise ValueError(f"{name}: is_causal=True is a hint that attn_mask is the causal mask and needs that "
+                             f"attn_mask (as in torch); see torch.nn.Transformer.generate_square_subsequent_mask")
+        return batched
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def _split_heads(self, x):
+        """(N, T, H * D) or, batch_first=False, (T, N, H * D) -> a (N, H, T, D) view."""
+        x = x.unflatten(-1, (self.num_heads, -1))
+        return x.transpose(1, 2) if self.batch_first else x.permute(1, 2, 0, 3)
+
+    def _project(self, query, key, value, shared_kv, self_attention):
+        """The q, k, v projections in the input layout, packed into one matmul where they share inputs."""
+        if self._qkv_same_embed_dim:
+            weight, bias = self.in_proj_weight, self.in_proj_bias
+            if self_attention:
+                return F.linear(query, weight, bias).chunk(3, -1)
+            if shared_kv:
+                sizes = [self.embed_dim, 2 * self.embed_dim]
+                (w_q, w_kv), (b_q, b_kv) = weight.split(sizes), bias.split(sizes) if bias is not None else (None, None)
+                return (F.linear(query, w_q, b_q), *F.linear(key, w_kv, b_kv).chunk(2, -1))
+            weights = weight.chunk(3)
+        else:
+            weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
+        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        batched = self._check(query, key, value, key_padding_mask, attn_mask, is_causal)
+        shared_kv, self_attention = key is value, query is key and key is value
+        batch_dim, seq_dim = (0, 1) if self.batch_first else (1, 0)
+        if not batched:  # one sequence: a batch of 1
+            query, key, value = (t.unsqueeze(batch_dim) for t in (query, key, value))
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        batch, queries = query.shape[batch_dim], query.shape[seq_dim]
+
+        q, k, v = self._project(query, key, value, shared_kv, self_attention)
+        # torch's is_causal hint: the kernel's causal masking replaces the given causal attn_mask.
+        use_causal = is_causal and key_padding_mask is None and not need_weights
+        attn_mask = None if use_causal else _mask_to_fasttx(attn_mask)
+        key_padding_mask = _mask_to_fasttx(key_padding_mask)
+        if self.bias_k is not None:  # one learnt key / value appended to every sequence
+            k = torch.cat([k, self.bias_k.expand_as(k.narrow(seq_dim, 0, 1))], seq_dim)
+            v = torch.cat([v, self.bias_v.expand_as(v.narrow(seq_dim, 0, 1))], seq_dim)
+            attn_mask, key_padding_mask = _append_allowed_key(attn_mask), _append_allowed_key(key_padding_mask)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        if self.add_zero_attn:  # and one zero key / value, after the projection
+            k, v = (torch.cat([t, t.new_zeros(*t.shape[:2], 1, t.shape[3])], 2) for t in (k, v))
+            attn_mask, key_padding_mask = _append_allowed_key(attn_mask), _append_allowed_key(key_padding_mask)
+        keys = k.shape[2]
+        if attn_mask is not None:
+            attn_mask = attn_mask.view(-1, self.num_heads, queries, keys) if attn_mask.dim() == 3 else attn_mask
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.view(batch, 1, 1, keys)
+        mask = _combine(attn_mask, key_padding_mask, q.dtype)
+        dropout_p = self.dropout if self.training else 0.0
+
+        weights = None
+        if need_weights:
+            weights = functional.softmax(q @ k.transpose(-2, -1), -1, scale=self.head_dim**-0.5, mask=mask,
+                                         backend=self.backend)
+            if dropout_p > 0:
+                weights = F.dropout(weights, dropout_p)
+            out = weights @ v
+        else:
+            out = functional.scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal, backend=self.backend)
+
+        # (N, H, L, D) -> the input layout with heads merged, for the output projection.
+        out = out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)
+        out = F.linear(out.flatten(-2), self.out_proj.weight, self.out_proj.bias)
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(1)
+        if not batched:
+            out = out.squeeze(batch_dim)
+            weights = None if weights is None else weights.squeeze(0)
+        return out, weights

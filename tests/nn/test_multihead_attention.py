@@ -1,0 +1,297 @@
+"""fasttx.nn.MultiheadAttention against torch.nn.MultiheadAttention: a randomized sweep (fixed seed)
+over the constructor x forward argument space, outputs, returned weights and every gradient."""
+
+import copy
+import pickle
+import random
+
+import pytest
+import torch
+
+import fasttx
+
+from ..conftest import DEVICE, runnable_backends
+
+KERNEL_BACKENDS = [b for b in runnable_backends(op="attention") if b != "torch"]
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def _mask(kind, shape, dtype):
+    """A torch-convention mask (bool True = masked out, float added) that never masks key 0, so no
+    row is fully masked (where torch gives NaN and fasttx 0)."""
+    if kind is None:
+        return None
+    masked = torch.rand(shape, device=DEVICE) < 0.3
+    masked[..., 0] = False
+    if kind == "bool":
+        return masked
+    return torch.randn(shape, device=DEVICE, dtype=dtype).masked_fill(masked, float("-inf"))
+
+
+def _config(rng):
+    """One random point of the constructor x forward argument space."""
+    embed_dim, heads = rng.choice([(8, 2), (12, 3), (16, 4), (6, 1)])
+    kv_dims = rng.random() < 0.25
+    inputs = "cross" if kv_dims else rng.choice(["self", "shared_kv", "cross"])
+    queries = rng.choice([1, 4, 7])
+    cfg = dict(
+        ctor=dict(embed_dim=embed_dim, num_heads=heads, bias=rng.random() < 0.8, add_bias_kv=rng.random() < 0.3,
+                  add_zero_attn=rng.random() < 0.3, batch_first=rng.random() < 0.5,
+                  kdim=5 if kv_dims else None, vdim=7 if kv_dims else None),
+        inputs=inputs, batched=rng.random() < 0.8, batch=rng.choice([1, 3]), queries=queries,
+        keys=queries if inputs == "self" else rng.choice([1, 5, 9]),
+        key_padding_mask=rng.choice([None, None, "bool", "float"]),
+        attn_mask=rng.choice([None, "2d bool", "2d float", "3d bool", "3d float"]),
+        need_weights=rng.random() < 0.5, average_attn_weights=rng.random() < 0.5,
+        is_causal=rng.random() < 0.2, training=rng.random() < 0.6,
+    )
+    if cfg["is_causal"]:  # the hint comes with the causal mask, top-left aligned
+        cfg["attn_mask"] = rng.choice(["causal bool", "causal float"])
+    if cfg["key_padding_mask"] is not None and cfg["attn_mask"] is not None:
+        # torch turns masks of mixed types into float (with a deprecation warning): keep one type
+        cfg["key_padding_mask"] = "bool" if "bool" in cfg["attn_mask"] else "float"
+    return cfg
+
+
+def _inputs(cfg, dtype, embed_dim, kdim, vdim):
+    batch_first, batch = cfg["ctor"]["batch_first"], cfg["batch"]
+
+    def tensor(seq, features):
+        shape = ((batch, seq) if batch_first else (seq, batch)) if cfg["batched"] else (seq,)
+        return torch.randn(*shape, features, device=DEVICE, dtype=dtype)
+
+    query = tensor(cfg["queries"], embed_dim)
+    if cfg["inputs"] == "self":
+        return query, query, query
+    key = tensor(cfg["keys"], kdim)
+    return query, key, key if cfg["inputs"] == "shared_kv" else tensor(cfg["keys"], vdim)
+
+
+def _masks(cfg, dtype, heads):
+    batch, queries, keys = cfg["batch"] if cfg["batched"] else 1, cfg["queries"], cfg["keys"]
+    kind = cfg["attn_mask"]
+    if kind is None:
+        attn_mask = None
+    elif kind.startswith("causal"):
+        attn_mask = torch.ones(queries, keys, dtype=torch.bool, device=DEVICE).triu(1)
+        if kind.endswith("float"):
+            attn_mask = torch.zeros(queries, keys, dtype=dtype, device=DEVICE).masked_fill(attn_mask, float("-inf"))
+    else:
+        dims, mask_kind = kind.split()
+        attn_mask = _mask(mask_kind, (queries, keys) if dims == "2d" else (batch * heads, queries, keys), dtype)
+    key_padding_mask = _mask(cfg["key_padding_mask"], (batch, keys) if cfg["batched"] else (keys,), dtype)
+    return key_padding_mask, attn_mask
+
+
+def _same_random_like(t):
+    """The same random tensor on every call with a tensor of this shape: the output gradient."""
+    generator = torch.Generator(device=t.device).manual_seed(1234)
+    return torch.randn(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+
+
+def _run(module, inputs, masks, cfg, train):
+    """Output, weights and, in training, the gradients of the inputs and of every parameter."""
+    key_padding_mask, attn_mask = masks
+    leaves = []
+    for t in inputs:  # keep the identities (self-attention, shared key/value) the module sees
+        if not any(t is u for u, _ in leaves):
+            leaves.append((t, t.detach().clone().requires_grad_(train)))
+    lookup = [next(leaf for u, leaf in leaves if u is t) for t in inputs]
+    module.train(train)
+    with torch.set_grad_enabled(train):
+        out, weights = module(*lookup, key_padding_mask=key_padding_mask, need_weights=cfg["need_weights"],
+                              attn_mask=attn_mask, average_attn_weights=cfg["average_attn_weights"],
+                              is_causal=cfg["is_causal"])
+    results = {"out": out, "weights": weights}
+    if train:
+        grads = torch.autograd.grad(out, [leaf for _, leaf in leaves] + list(module.parameters()),
+                                    _same_random_like(out), allow_unused=True)
+        names = [f"input {i}" for i in range(len(leaves))] + [n for n, _ in module.named_parameters()]
+        results.update({f"grad {n}": g for n, g in zip(names, grads)})
+    return results
+
+
+def _compare(cfg, dtype, backend):
+    ctor = cfg["ctor"]
+    theirs = torch.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=dtype)
+    ours = fasttx.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=dtype, backend=backend)
+    with torch.no_grad():  # biases start at 0 in torch: random ones make the comparison bite
+        for p in theirs.parameters():
+            p.normal_(0, 0.5)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    inputs = _inputs(cfg, dtype, ctor["embed_dim"], ctor["kdim"] or ctor["embed_dim"], ctor["vdim"] or ctor["embed_dim"])
+    masks = _masks(cfg, dtype, ctor["num_heads"])
+    expected = _run(theirs, inputs, masks, cfg, cfg["training"])
+    got = _run(ours, inputs, masks, cfg, cfg["training"])
+    assert expected.keys() == got.keys()
+    for name, want in expected.items():
+        have = got[name]
+        if want is None:
+            assert have is None, name
+            continue
+        assert have.shape == want.shape and have.dtype == want.dtype, (name, have.shape, want.shape)
+        torch.testing.assert_close(have, want, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype], msg=f"{name}: {cfg}")
+
+
+SWEEP = [_config(random.Random(i)) for i in range(80)]
+
+
+@pytest.mark.parametrize("cfg", SWEEP, ids=[str(i) for i in range(len(SWEEP))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_parity_with_torch(cfg, dtype):
+    _compare(cfg, dtype, "torch")
+
+
+@pytest.mark.parametrize("cfg", SWEEP[:12], ids=[str(i) for i in range(12)])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_parity_with_torch_on_the_kernels(cfg, backend):
+    _compare(cfg, torch.float32, backend)
+
+
+def test_sweep_covers_the_argument_space():
+    # The sweep is random: make sure it reaches every value of every argument.
+    seen = {key: {str(c[key]) for c in SWEEP} for key in SWEEP[0] if key != "ctor"}
+    seen.update({key: {str(c["ctor"][key]) for c in SWEEP} for key in SWEEP[0]["ctor"]})
+    for key in ("key_padding_mask", "need_weights", "is_causal", "training", "batched", "inputs", "average_attn_weights",
+                "bias", "add_bias_kv", "add_zero_attn", "batch_first", "kdim"):
+        assert len(seen[key]) >= 2, key
+    assert seen["attn_mask"] >= {"None", "2d bool", "2d float", "3d bool", "3d float", "causal bool", "causal float"}
+
+
+def test_self_attention_reads_strided_heads_without_copies(monkeypatch):
+    """One packed projection; the kernel gets (N, H, L, D) views of it (no transposing copy)."""
+    seen = []
+    real = fasttx.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q, k, v))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(fasttx.nn.attention.functional, "scaled_dot_product_attention", spy)
+    for batch_first in (True, False):
+        mha = fasttx.nn.MultiheadAttention(16, 4, batch_first=batch_first, device=DEVICE)
+        x = torch.randn(2, 5, 16, device=DEVICE)
+        mha(x, x, x, need_weights=False)
+        q, k, v = seen.pop()
+        batch, seq = (2, 5) if batch_first else (5, 2)
+        assert q.shape == (batch, 4, seq, 4) and not q.is_contiguous() and q.stride(-1) == 1
+        assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+
+
+def test_key_padding_mask_is_not_expanded(monkeypatch):
+    seen = []
+    real = fasttx.functional.scaled_dot_product_attention
+    monkeypatch.setattr(fasttx.nn.attention.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, mask, *a, **kw: seen.append(mask) or real(q, k, v, mask, *a, **kw))
+    mha = fasttx.nn.MultiheadAttention(16, 4, batch_first=True, device=DEVICE)
+    x = torch.randn(3, 6, 16, device=DEVICE)
+    padding = torch.zeros(3, 6, dtype=torch.bool, device=DEVICE)
+    padding[0, 4:] = True
+    mha(x, x, x, key_padding_mask=padding, need_weights=False)
+    assert seen[-1].shape == (3, 1, 1, 6)
+    mha(x, x, x, key_padding_mask=padding, attn_mask=torch.ones(6, 6, dtype=torch.bool, device=DEVICE).triu(1),
+        need_weights=False)
+    assert seen[-1].shape == (3, 1, 6, 6)  # merged with a 2-D attn_mask: no head dim
+
+
+def test_causal_hint_uses_the_kernel_causal_masking(monkeypatch):
+    seen = []
+    real = fasttx.functional.scaled_dot_product_attention
+    monkeypatch.setattr(fasttx.nn.attention.functional, "scaled_dot_product_attention",
+                        lambda q, k, v, mask, p, causal, **kw: seen.append((mask, causal)) or real(q, k, v, mask, p, causal, **kw))
+    mha = fasttx.nn.MultiheadAttention(8, 2, device=DEVICE)
+    x = torch.randn(5, 2, 8, device=DEVICE)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(5, device=DEVICE)
+    out, weights = mha(x, x, x, attn_mask=causal, is_causal=True, need_weights=False)
+    assert seen[-1] == (None, True) and weights is None
+    torch.testing.assert_close(out, mha(x, x, x, attn_mask=causal, need_weights=False)[0])
+
+
+def test_fully_masked_rows_give_zero_not_nan():
+    mha = fasttx.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE)
+    x = torch.randn(2, 4, 8, device=DEVICE, requires_grad=True)
+    attn_mask = torch.zeros(4, 4, dtype=torch.bool, device=DEVICE)
+    attn_mask[1] = True  # query 1 may attend nothing
+    for need_weights in (False, True):
+        out, weights = mha(x, x, x, attn_mask=attn_mask, need_weights=need_weights)
+        assert torch.isfinite(out).all()
+        # no attention: the output is the output projection's bias alone
+        torch.testing.assert_close(out[:, 1], mha.out_proj.bias.expand(2, -1))
+        if need_weights:
+            assert (weights[:, 1] == 0).all()
+        out.sum().backward()
+        assert torch.isfinite(x.grad).all()
+
+
+def test_dropout_in_training_only():
+    mha = fasttx.nn.MultiheadAttention(8, 2, dropout=0.5, device=DEVICE)
+    x = torch.randn(6, 2, 8, device=DEVICE)
+    mha.eval()
+    first, _ = mha(x, x, x, need_weights=False)
+    torch.testing.assert_close(first, mha(x, x, x, need_weights=False)[0], rtol=0, atol=0)
+    mha.train()
+    torch.manual_seed(0)
+    a = mha(x, x, x, need_weights=False)[0]
+    torch.manual_seed(1)
+    b = mha(x, x, x, need_weights=False)[0]
+    assert not torch.allclose(a, b) and not torch.allclose(a, first)
+    _, weights = mha(x, x, x)  # the returned weights are the dropped-out ones, as torch's
+    assert (weights == 0).any()
+
+
+def test_state_dict_both_ways_and_default_initialisation():
+    for kwargs in ({}, {"kdim": 5, "vdim": 3}, {"add_bias_kv": True, "bias": False}):
+        torch.manual_seed(0)
+        theirs = torch.nn.MultiheadAttention(12, 3, **kwargs)
+        torch.manual_seed(0)
+        ours = fasttx.nn.MultiheadAttention(12, 3, **kwargs)
+        assert isinstance(ours, torch.nn.MultiheadAttention)
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        for (name, p), q in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(p, q), name  # the same seed draws the same initial parameters
+        ours.load_state_dict(theirs.state_dict(), strict=True)
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+
+
+def test_deepcopy_pickle_and_repr():
+    mha = fasttx.nn.MultiheadAttention(8, 2, backend="torch")
+    x = torch.randn(3, 1, 8)
+    for clone in (copy.deepcopy(mha), pickle.loads(pickle.dumps(mha))):
+        assert type(clone) is fasttx.nn.MultiheadAttention and clone.backend == "torch"
+        torch.testing.assert_close(clone(x, x, x)[0], mha(x, x, x)[0], rtol=0, atol=0)
+    assert "backend=torch" in repr(mha)
+
+
+def test_autocast_bf16_on_cpu():
+    mha = fasttx.nn.MultiheadAttention(16, 4, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, weights = mha(x, x, x)
+        out_fast, _ = mha(x, x, x, need_weights=False)
+    assert out.dtype == out_fast.dtype == torch.bfloat16
+    reference, _ = torch.nn.MultiheadAttention(16, 4, batch_first=True).requires_grad_(False), None
+    reference.load_state_dict(mha.state_dict())
+    torch.testing.assert_close(out_fast.float(), reference(x, x, x)[0], rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda m, x: m(x, x[:1], x[:1]), ValueError, "same batch size"),
+    (lambda m, x: m(x, x, x[..., :4]), ValueError, "value must have 8 features"),
+    (lambda m, x: m(x[0, 0], x, x), ValueError, "query must be 3-D"),
+    (lambda m, x: m(x, x, x, key_padding_mask=torch.zeros(2, 3, dtype=torch.bool)), ValueError, r"key_padding_mask must have shape \[2, 5\]"),
+    (lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 4)), ValueError, r"attn_mask must have shape \[5, 5\] or \[4, 5, 5\]"),
+    (lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.int64)), TypeError, "attn_mask must be a bool or floating-point"),
+    (lambda m, x: m(x, x, x, is_causal=True), ValueError, "is_causal=True is a hint"),
+    (lambda m, x: m(x, x.double(), x), TypeError, "key must have query's dtype"),
+])
+def test_bad_input_is_refused_clearly(call, error, match):
+    mha = fasttx.nn.MultiheadAttention(8, 2, batch_first=True)
+    with pytest.raises(error, match=match):
+        call(mha, torch.randn(2, 5, 8))
+
+
+def test_bad_construction_is_refused_clearly():
+    with pytest.raises(ValueError, match="embed_dim must be a positive multiple of num_heads, got embed_dim=10, num_heads=3"):
+        fasttx.nn.MultiheadAttention(10, 3)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fasttx.nn.MultiheadAttention(8, 2, backend="tpu")

@@ -1,0 +1,273 @@
+"""fasttx.nn Transformer layers and stacks against torch.nn's, and fasttx.patch on whole models."""
+
+import copy
+import itertools
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fasttx
+
+from ..conftest import DEVICE, runnable_backends
+
+D_MODEL, HEADS, FF = 16, 4, 24
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "callable": lambda x: F.silu(x) * 2}
+
+
+def _randomize(module):
+    with torch.no_grad():  # biases start at 0 and LayerNorm at 1 in torch: random values make comparisons bite
+        for p in module.parameters():
+            p.normal_(0, 0.3)
+    return module
+
+
+def _pair(torch_cls, fasttx_cls, *args, **kwargs):
+    """(torch module, fasttx module holding equal parameters)."""
+    theirs = _randomize(torch_cls(*args, **kwargs))
+    ours = fasttx_cls(*args, **kwargs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs, ours
+
+
+def _causal(size, kind):
+    mask = torch.ones(size, size, dtype=torch.bool, device=DEVICE).triu(1)
+    return mask if kind == "bool" else torch.zeros(size, size, dtype=torch.float64, device=DEVICE).masked_fill(mask, float("-inf"))
+
+
+def _padding(batch, seq, kind):
+    mask = torch.zeros(batch, seq, dtype=torch.bool, device=DEVICE)
+    mask[0, seq // 2 + 1:] = True  # one padded sequence; key 0 never padded
+    return mask if kind == "bool" else torch.zeros(batch, seq, dtype=torch.float64, device=DEVICE).masked_fill(mask, float("-inf"))
+
+
+def _seq_first(x, batch_first):
+    return x if batch_first else x.transpose(0, 1).contiguous()
+
+
+def _outputs_and_grads(module, inputs, call, train, dy_seed=7):
+    leaves = [t.detach().clone().requires_grad_(train) for t in inputs]
+    module.train(train)
+    with torch.set_grad_enabled(train):
+        out = call(module, *leaves)
+    if not train:
+        return [out]
+    dy = torch.randn(out.shape, generator=torch.Generator(device=DEVICE).manual_seed(dy_seed), dtype=out.dtype, device=DEVICE)
+    return [out, *torch.autograd.grad(out, leaves + list(module.parameters()), dy)]
+
+
+def _assert_all_close(got, expected, tolerance=1e-10):
+    assert len(got) == len(expected)
+    for i, (a, b) in enumerate(zip(got, expected)):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance, msg=f"output/gradient {i}")
+
+
+LAYER_CASES = list(itertools.product([False, True], ["relu", "gelu", "callable"], [False, True],
+                                     [None, "bool", "float", "causal"], [True, False]))
+
+
+@pytest.mark.parametrize("norm_first,activation,batch_first,masks,train", LAYER_CASES)
+def test_encoder_layer_parity(norm_first, activation, batch_first, masks, train):
+    kwargs = dict(d_model=D_MODEL, nhead=HEADS, dim_feedforward=FF, dropout=0.0, activation=ACTIVATIONS[activation],
+                  batch_first=batch_first, norm_first=norm_first, device=DEVICE, dtype=torch.float64)
+    theirs, ours = _pair(torch.nn.TransformerEncoderLayer, fasttx.nn.TransformerEncoderLayer, **kwargs)
+    x = _seq_first(torch.randn(3, 6, D_MODEL, device=DEVICE, dtype=torch.float64), batch_first)
+    mask_kw = {}
+    if masks == "causal":
+        mask_kw = dict(src_mask=_causal(6, "float"), is_causal=True)
+    elif masks is not None:
+        mask_kw = dict(src_mask=_causal(6, masks), src_key_padding_mask=_padding(3, 6, masks))
+
+    def call(module, src):
+        return module(src, **mask_kw)
+
+    _assert_all_close(_outputs_and_grads(ours, [x], call, train), _outputs_and_grads(theirs, [x], call, train))
+
+
+@pytest.mark.parametrize("norm_first,batch_first,masks,train", list(itertools.product(
+    [False, True], [False, True], [None, "bool", "float"], [True, False])))
+def test_decoder_layer_parity(norm_first, batch_first, masks, train):
+    kwargs = dict(d_model=D_MODEL, nhead=HEADS, dim_feedforward=FF, dropout=0.0, batch_first=batch_first,
+                  norm_first=norm_first, device=DEVICE, dtype=torch.float64)
+    theirs, ours = _pair(torch.nn.TransformerDecoderLayer, fasttx.nn.TransformerDecoderLayer, **kwargs)
+    tgt = _seq_first(torch.randn(2, 5, D_MODEL, device=DEVICE, dtype=torch.float64), batch_first)
+    memory = _seq_first(torch.randn(2, 7, D_MODEL, device=DEVICE, dtype=torch.float64), batch_first)
+    mask_kw = {} if masks is None else dict(
+        tgt_mask=_causal(5, masks), tgt_key_padding_mask=_padding(2, 5, masks),
+        memory_key_padding_mask=_padding(2, 7, masks))
+
+    def call(module, tgt, memory):
+        return module(tgt, memory, **mask_kw)
+
+    _assert_all_close(_outputs_and_grads(ours, [tgt, memory], call, train),
+                      _outputs_and_grads(theirs, [tgt, memory], call, train))
+
+
+@pytest.mark.parametrize("norm_first,batch_first,train", list(itertools.product([False, True], [False, True], [True, False])))
+def test_transformer_parity(norm_first, batch_first, train):
+    kwargs = dict(d_model=D_MODEL, nhead=HEADS, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=FF,
+                  dropout=0.0, activation="gelu", batch_first=batch_first, norm_first=norm_first, device=DEVICE,
+                  dtype=torch.float64)
+    theirs, ours = _pair(torch.nn.Transformer, fasttx.nn.Transformer, **kwargs)
+    src = _seq_first(torch.randn(2, 7, D_MODEL, device=DEVICE, dtype=torch.float64), batch_first)
+    tgt = _seq_first(torch.randn(2, 5, D_MODEL, device=DEVICE, dtype=torch.float64), batch_first)
+    padding = _padding(2, 7, "bool")
+
+    def call(module, src, tgt):
+        # tgt_mask: the causal mask, detected as such (tgt_is_causal=None)
+        return module(src, tgt, tgt_mask=_causal(5, "float"), src_key_padding_mask=padding,
+                      memory_key_padding_mask=padding)
+
+    got = _outputs_and_grads(ours, [src, tgt], call, train)
+    _assert_all_close(got, _outputs_and_grads(theirs, [src, tgt], call, train))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_encoder_stack_parity_with_padding(train):
+    layer = torch.nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, batch_first=True, dtype=torch.float64,
+                                             device=DEVICE)
+    norm = torch.nn.LayerNorm(D_MODEL, dtype=torch.float64, device=DEVICE)
+    theirs, ours = _pair(torch.nn.TransformerEncoder, fasttx.nn.TransformerEncoder, layer, 3, norm)
+    assert all(type(m) is fasttx.nn.TransformerEncoderLayer for m in ours.layers)
+    x = torch.randn(3, 6, D_MODEL, device=DEVICE, dtype=torch.float64)
+    padding = _padding(3, 6, "bool")
+
+    def call(module, src):
+        return module(src, src_key_padding_mask=padding)
+
+    got, expected = (_outputs_and_grads(m, [x], call, train) for m in (ours, theirs))
+    if not train:  # torch's eval path runs nested tensors and writes 0 at padded positions
+        keep = ~padding[..., None]
+        got, expected = [got[0] * keep], [expected[0] * keep]
+    _assert_all_close(got, expected)
+
+
+def test_same_seed_same_initialisation():
+    for torch_cls, fasttx_cls, args in [
+        (torch.nn.TransformerEncoderLayer, fasttx.nn.TransformerEncoderLayer, (D_MODEL, HEADS)),
+        (torch.nn.TransformerDecoderLayer, fasttx.nn.TransformerDecoderLayer, (D_MODEL, HEADS)),
+        (torch.nn.Transformer, fasttx.nn.Transformer, (D_MODEL, HEADS, 2, 2, FF)),
+    ]:
+        torch.manual_seed(0)
+        theirs = torch_cls(*args)
+        torch.manual_seed(0)
+        ours = fasttx_cls(*args)
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        for (name, p), q in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(p, q), name
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+        fasttx_types = {type(m) for m in ours.modules()}
+        assert not fasttx_types & {torch.nn.MultiheadAttention, torch.nn.LayerNorm, torch.nn.TransformerEncoderLayer}
+
+
+def test_backend_reaches_every_submodule():
+    model = fasttx.nn.Transformer(D_MODEL, HEADS, 1, 1, FF, backend="torch")
+    assert {m.backend for m in model.modules() if hasattr(m, "backend")} == {"torch"}
+    model.backend = "auto"
+    assert model.decoder.layers[0].multihead_attn.backend == "auto"
+    assert "backend=auto" in repr(model.encoder.layers[0].norm1)
+
+
+def test_deepcopy_and_pickle():
+    layer = fasttx.nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, backend="torch")
+    x = torch.randn(4, 2, D_MODEL)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert type(clone.self_attn) is fasttx.nn.MultiheadAttention and clone.self_attn.backend == "torch"
+        torch.testing.assert_close(clone(x), layer(x), rtol=0, atol=0)
+
+
+# ---- fasttx.patch ----------------------------------------------------------------------------
+
+
+class _Model(torch.nn.Module):
+    """A user model built from torch.nn layers, with a user subclass that must stay as it is."""
+
+    class OwnNorm(torch.nn.LayerNorm):
+        pass
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Linear(8, D_MODEL)
+        layer = torch.nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.cross = torch.nn.MultiheadAttention(D_MODEL, HEADS, batch_first=True)
+        self.norm = torch.nn.LayerNorm(D_MODEL)
+        self.own = self.OwnNorm(D_MODEL)
+        self.head = torch.nn.Sequential(torch.nn.Linear(D_MODEL, 8), torch.nn.Softmax(-1))
+
+    def forward(self, x, padding):
+        h = self.encoder(self.embed(x), src_key_padding_mask=padding)
+        h = h + self.cross(h, h[:, :3], h[:, :3], need_weights=False)[0]
+        return self.head(self.own(self.norm(h)))
+
+
+@pytest.mark.parametrize("backend", runnable_backends(op="attention"))
+def test_patch_converts_every_layer_in_place(backend):
+    torch.manual_seed(0)
+    model = _Model().to(DEVICE)
+    reference = copy.deepcopy(model)
+    params = {name: p for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, padding = torch.randn(2, 6, 8, device=DEVICE), _padding(2, 6, "bool")
+
+    assert fasttx.patch(model, backend=backend) is model
+    assert model.fasttx_patched == {"TransformerEncoder": 1, "TransformerEncoderLayer": 2, "MultiheadAttention": 3,
+                                    "LayerNorm": 5, "Softmax": 1}
+    assert type(model.own) is _Model.OwnNorm  # a user subclass keeps its own class
+    assert type(model.encoder.layers[1].self_attn) is fasttx.nn.MultiheadAttention
+    assert all(m.backend == backend for m in model.modules() if isinstance(m, fasttx.nn.MultiheadAttention))
+    assert {name: p for name, p in model.named_parameters()} == params  # the same tensors
+
+    tolerance = 1e-5 if backend == "torch" else 2e-4
+    for train in (True, False):  # eval + no_grad is where torch's fast path would bypass a swapped self_attn
+        model.train(train), reference.train(train)
+        with torch.set_grad_enabled(train):
+            torch.testing.assert_close(model(x, padding), reference(x, padding), rtol=tolerance, atol=tolerance)
+    model(x, padding).square().sum().backward()
+    reference(x, padding).square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=tolerance, atol=tolerance, msg=name)
+    before = {name: p.detach().clone() for name, p in params.items()}
+    optimizer.step()  # the optimizer built before patching still steps the model's parameters
+    assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
+def test_patch_logs_what_it_converted(caplog):
+    with caplog.at_level("INFO", logger="fasttx"):
+        fasttx.patch(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)))
+        fasttx.patch(torch.nn.Linear(4, 4))
+    assert "fasttx.patch: converted 1 LayerNorm" in caplog.text and "converted nothing" in caplog.text
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fasttx.patch(torch.nn.LayerNorm(4), backend="tpu")
+
+
+# ---- torch integration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_compile_fullgraph_encoder_layer(compiler):
+    torch._dynamo.reset()
+    layer = fasttx.nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, batch_first=True, norm_first=True)
+    x = torch.randn(2, 6, D_MODEL, requires_grad=True)
+    padding = _padding(2, 6, "bool").cpu()
+    compiled = torch.compile(layer, fullgraph=True, backend=compiler)
+    out = compiled(x, src_key_padding_mask=padding)
+    torch.testing.assert_close(out, layer(x, src_key_padding_mask=padding))
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    encoder = fasttx.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(6)
+    torch.testing.assert_close(torch.compile(encoder, fullgraph=True, backend=compiler)(x, mask=causal),
+                               encoder(x, mask=causal))
+
+
+def test_autocast_bf16_on_cpu():
+    torch.manual_seed(0)
+    model = fasttx.nn.Transformer(D_MODEL, HEADS, 1, 1, FF, dropout=0.0, batch_first=True)
+    src, tgt = torch.randn(2, 7, D_MODEL), torch.randn(2, 5, D_MODEL)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(src, tgt, tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(5))
+    out.float().sum().backward()
+    expected = model(src, tgt, tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(5))
+    torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.1)

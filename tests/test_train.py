@@ -93,3 +93,11 @@ def test_plot_is_skipped_with_a_notice_without_matplotlib(tmp_path, monkeypatch,
     records = {v: {"losses": {1: 2.0, 2: 1.5}, "val_losses": {}} for v in train.VARIANTS}
     assert not train.plot_curves(records, str(tmp_path / "curves.png"))
     assert "matplotlib is not installed" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])  # float16 adds the GradScaler
+def test_autocast_runs(dtype, tmp_path):
+    record = train.run(train.parse_args([*TINY, "--steps", "3", "--dtype", dtype, "--out", str(tmp_path)]))
+    assert all(math.isfinite(x) for x in record["losses"].values())
+    scaler = torch.load(tmp_path / "step_000003.pt")["scaler"]
+    assert bool(scaler) == (dtype == "float16")  # a GradScaler's state, saved for resume, only for fp16

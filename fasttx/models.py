@@ -7,7 +7,6 @@ Each model's ``forward(inputs, targets)`` returns the training loss, and ``examp
 draws a synthetic batch of the right kind for profiling.
 """
 
-import collections
 import copy
 import math
 
@@ -115,22 +114,12 @@ def build(name, d_model, n_layers, n_heads, seq_len, vocab_size=256, dropout=0.0
     return LanguageModel(vocab_size, d_model, n_layers, n_heads, seq_len, name == "gpt", dropout)
 
 
-def _type_name(cls):
-    package = cls.__module__.split(".")[0]
-    return f"{package}.nn.{cls.__name__}" if package in ("torch", "fasttx") else f"{cls.__module__}.{cls.__name__}"
-
-
 def patch_in_place(model, backend):
-    """``fasttx.patch(model, backend)``; returns (model, {"torch.nn.X -> fasttx.nn.Y": count}), the
-    count of modules whose type it changed, found by comparing the types before and after."""
+    """``fasttx.patch(model, backend)``; returns (model, {torch.nn class name: count converted})."""
     import fasttx
 
-    before = {name: type(module) for name, module in model.named_modules()}
     model = fasttx.patch(model, backend=backend)
-    swaps = collections.Counter(
-        f"{_type_name(before[name])} -> {_type_name(type(module))}"
-        for name, module in model.named_modules() if name in before and type(module) is not before[name])
-    return model, dict(sorted(swaps.items()))
+    return model, model.fasttx_patched
 
 
 def patched_copy(model, backend):

@@ -21,7 +21,7 @@ def test_profile_gpt_writes_traces_and_tables(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Speed-up" in result.stdout and "tokens/s" in result.stdout
     summary = json.load(open(tmp_path / "profile.json"))
-    assert "torch.nn.LayerNorm -> fasttx.nn.LayerNorm" in summary["swapped"]
+    assert {"LayerNorm", "MultiheadAttention", "TransformerEncoderLayer"} <= set(summary["swapped"])
     for variant in ("torch", "fasttx"):
         figures = summary["variants"][variant]
         assert figures["step_ms"] > 0 and figures["tokens_per_s"] > 0 and figures["host ms"] > 0

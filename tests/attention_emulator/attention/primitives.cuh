@@ -213,7 +213,7 @@ inline float shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xfffffff
 
 inline float exp2_approx(float x) { return std::exp2(x); }
 
-// Runs the grid one CTA after another, each CTA as `threads` host threads.
+// Runs the grid one CTA after another on `threads` host threads, one per GPU thread.
 template <typename Kernel, typename Params>
 void launch(Kernel kernel, dim3 grid, int threads, int smem_size, cudaStream_t, const Params& params) {
   if (smem_size > kMaxSmem) fail("more dynamic shared memory than an H100 has", nullptr);
@@ -222,23 +222,27 @@ void launch(Kernel kernel, dim3 grid, int threads, int smem_size, cudaStream_t, 
   std::deque<std::barrier<>> warp_bars;  // barriers cannot move: no vector
   for (int w = 0; w < threads / 32; ++w) warps[w].bar = &warp_bars.emplace_back(32);
   block_barrier = &block;
-  for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
-        blockIdx = {x, y, z};
-        std::memset(smem, 0xff, sizeof(smem));  // NaN in fp16 and bf16: unfilled tiles poison results
-        std::vector<std::thread> pool;
-        for (int tid = 0; tid < threads; ++tid) {
-          pool.emplace_back([&, tid] {
-            threadIdx = {static_cast<unsigned>(tid), 0, 0};
+  std::vector<std::thread> pool;
+  for (int tid = 0; tid < threads; ++tid) {
+    pool.emplace_back([&, tid] {
+      threadIdx = {static_cast<unsigned>(tid), 0, 0};
+      for (unsigned z = 0; z < grid.z; ++z) {
+        for (unsigned y = 0; y < grid.y; ++y) {
+          for (unsigned x = 0; x < grid.x; ++x) {
+            if (tid == 0) {
+              blockIdx = {x, y, z};
+              std::memset(smem, 0xff, smem_bytes);  // NaN in fp16 and bf16: unfilled tiles poison results
+            }
+            block.arrive_and_wait();
             kernel(params);
             if (!open_group.empty() || !committed.empty()) fail("thread exited with cp.async copies pending", nullptr);
-          });
+            block.arrive_and_wait();  // the CTA is done before the next one's setup
+          }
         }
-        for (auto& t : pool) t.join();
       }
-    }
+    });
   }
+  for (auto& t : pool) t.join();
 }
 
 }  // namespace attn

@@ -209,28 +209,17 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
-  const int kvh = h / (p.heads / p.kv_heads);
-  const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + kvh * p.k_strides[1];
-  const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + kvh * p.v_strides[1];
   const MaskRows mask = mask_rows(p, b, h);
   const bool dropout = p.dropout_p > 0.f;
   const float inv_keep = 1.f / (1.f - p.dropout_p);
 
-  int full = 0, end = 0;
-  key_blocks<kBlockN, kCausal>(p, m0, full, end);
-  auto copy_kv = [&](int block, int stage) {
-    const int n0 = block * kBlockN;
-    copy_tile<kBlockN, kHeadDim>(sK + stage * kBlockN * kPitch, k + n0 * p.k_strides[2], p.k_strides[2],
-                                 p.keys - n0, tid);
-    copy_tile<kBlockN, kHeadDim>(sV + stage * kBlockN * kPitch, v + n0 * p.v_strides[2], p.v_strides[2],
-                                 p.keys - n0, tid);
-  };
+  const KvStream<T, kHeadDim, kCausal> kv(p, b, h, m0, sK, sV);
   copy_tile<kBlockM, kHeadDim>(sQ, static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1] + m0 * p.q_strides[2],
                                p.q_strides[2], p.queries - m0, tid);
   copy_tile<kBlockM, kHeadDim>(sdO,
                                static_cast<const T*>(p.dout) + b * p.dout_strides[0] + h * p.dout_strides[1] + m0 * p.dout_strides[2],
                                p.dout_strides[2], p.queries - m0, tid);
-  if (end > 0) copy_kv(0, 0);
+  if (kv.end > 0) kv.copy(0, 0, tid);
   cp_async_commit();
 
   const int row0 = m0 + warp * 16 + g;
@@ -245,22 +234,16 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
   T* sQw = sQ + warp * 16 * kPitch;
   const T* sdOw = sdO + warp * 16 * kPitch;
 
-  for (int block = 0; block < end; ++block) {
-    const int stage = block & 1;
-    if (block + 1 < end) copy_kv(block + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncthreads();
-    const T* sKs = sK + stage * kBlockN * kPitch;
-
+  for (int block = 0; block < kv.end; ++block) {
+    const int stage = kv.acquire(block, tid);
     float s[kNTiles][4] = {};
-    gemm_nt<T, kHeadDim, kNTiles, kPitch>(s, sQw, sKs, lane);
+    gemm_nt<T, kHeadDim, kNTiles, kPitch>(s, sQw, kv.k_tile(stage), lane);
     float dp[kNTiles][4] = {};
-    gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, sV + stage * kBlockN * kPitch, lane);
+    gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, kv.v_tile(stage), lane);
     // Element checks on the diagonal and last blocks only, as the forward: a padding key, loaded
     // as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
     const int n0 = block * kBlockN;
-    const bool check = block >= full;
+    const bool check = block >= kv.full;
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
@@ -272,7 +255,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
         s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
       }
     }
-    gemm_rn<T, kNTiles, kDTiles, kPitch>(dq, s, sKs, lane);
+    gemm_rn<T, kNTiles, kDTiles, kPitch>(dq, s, kv.k_tile(stage), lane);
     __syncthreads();
   }
   cp_async_wait<0>();

@@ -103,6 +103,50 @@ __device__ __forceinline__ void key_blocks(const AttentionParams& p, int m0, int
   end = (last_key + kBlockN - 1) / kBlockN;
 }
 
+// The key / value tiles that a CTA owning the 64 queries from m0 streams (forward, dQ): key blocks
+// [0, end), the first `full` of them free of element checks, through two shared stages each of K
+// and V (sK, sV: [2][kBlockN][kPitch]) so that the next block's copy is in flight during this one's math.
+template <typename T, int kHeadDim, bool kCausal>
+struct KvStream {
+  static constexpr int kBlockN = Tile<kHeadDim>::kBlockN;
+  static constexpr int kPitch = Tile<kHeadDim>::kPitch;
+  const AttentionParams& p;
+  const T* k;
+  const T* v;
+  T* sK;
+  T* sV;
+  int full, end;
+
+  __device__ __forceinline__ KvStream(const AttentionParams& params, int b, int h, int m0, T* sk, T* sv)
+      : p(params), sK(sk), sV(sv) {
+    const int kvh = h / (p.heads / p.kv_heads);
+    k = static_cast<const T*>(p.k) + b * p.k_strides[0] + kvh * p.k_strides[1];
+    v = static_cast<const T*>(p.v) + b * p.v_strides[0] + kvh * p.v_strides[1];
+    key_blocks<kBlockN, kCausal>(p, m0, full, end);
+  }
+
+  // Starts copying `block` into `stage` (not committed).
+  __device__ __forceinline__ void copy(int block, int stage, int tid) const {
+    const int n0 = block * kBlockN;
+    copy_tile<kBlockN, kHeadDim>(k_tile(stage), k + n0 * p.k_strides[2], p.k_strides[2], p.keys - n0, tid);
+    copy_tile<kBlockN, kHeadDim>(v_tile(stage), v + n0 * p.v_strides[2], p.v_strides[2], p.keys - n0, tid);
+  }
+
+  // Starts the next block's copy, then waits until `block`'s tiles (and whatever was committed with
+  // the first) are in shared memory for every thread; returns their stage.
+  __device__ __forceinline__ int acquire(int block, int tid) const {
+    const int stage = block & 1;
+    if (block + 1 < end) copy(block + 1, stage ^ 1, tid);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    return stage;
+  }
+
+  __device__ __forceinline__ T* k_tile(int stage) const { return sK + stage * kBlockN * kPitch; }
+  __device__ __forceinline__ T* v_tile(int stage) const { return sV + stage * kBlockN * kPitch; }
+};
+
 // C (16 x 8 kNTiles, this warp's) += A B^T, A: the warp's 16 rows of a shared tile, B: kNTiles * 8
 // rows of another (both kK columns, row-major, pitch kPitch): S = Q K^T and dP = dO V^T, or their
 // transposes K Q^T and V dO^T in the backward. B's rows are the mma's B columns: plain ldmatrix.

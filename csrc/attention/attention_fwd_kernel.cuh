@@ -46,25 +46,13 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   const int bh = b * p.heads + h;
-  const int kvh = h / (p.heads / p.kv_heads);
-
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1] + m0 * p.q_strides[2];
-  const T* k = static_cast<const T*>(p.k) + b * p.k_strides[0] + kvh * p.k_strides[1];
-  const T* v = static_cast<const T*>(p.v) + b * p.v_strides[0] + kvh * p.v_strides[1];
   const MaskRows mask = mask_rows(p, b, h);
   const bool dropout = p.dropout_p > 0.f;
 
-  int full = 0, end = 0;
-  key_blocks<kBlockN, kCausal>(p, m0, full, end);
-  auto copy_kv = [&](int block, int stage) {
-    const int n0 = block * kBlockN;
-    copy_tile<kBlockN, kHeadDim>(sK + stage * kBlockN * kPitch, k + n0 * p.k_strides[2], p.k_strides[2],
-                                 p.keys - n0, tid);
-    copy_tile<kBlockN, kHeadDim>(sV + stage * kBlockN * kPitch, v + n0 * p.v_strides[2], p.v_strides[2],
-                                 p.keys - n0, tid);
-  };
+  const KvStream<T, kHeadDim, kCausal> kv(p, b, h, m0, sK, sV);
   copy_tile<kBlockM, kHeadDim>(sQ, q, p.q_strides[2], p.queries - m0, tid);
-  if (end > 0) copy_kv(0, 0);
+  if (kv.end > 0) kv.copy(0, 0, tid);
   cp_async_commit();
 
   float acc[kDTiles][4] = {};
@@ -73,19 +61,14 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
   const int row0 = m0 + warp * 16 + g;      // global query index of row g
   T* sQw = sQ + warp * 16 * kPitch;         // this warp's rows
 
-  for (int block = 0; block < end; ++block) {
-    const int stage = block & 1;
-    if (block + 1 < end) copy_kv(block + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();  // this block's tiles (and Q) have landed, the next block's may be in flight
-    __syncthreads();
-
+  for (int block = 0; block < kv.end; ++block) {
+    const int stage = kv.acquire(block, tid);  // this block's K, V (and Q) have landed
     float s[kNTiles][4] = {};
-    gemm_nt<T, kHeadDim, kNTiles, kPitch>(s, sQw, sK + stage * kBlockN * kPitch, lane);
+    gemm_nt<T, kHeadDim, kNTiles, kPitch>(s, sQw, kv.k_tile(stage), lane);
 
     // Online softmax: base-2 logits, new running max (a row is spread over the 4 lanes of a quad).
     const int n0 = block * kBlockN;
-    const bool check = block >= full;
+    const bool check = block >= kv.full;
     float m_new[2] = {m_run[0], m_run[1]};
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
@@ -119,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
         s[nt][e] = dropout && !dropout_keep(p, bh, row0 + (e >> 1) * 8, n0 + nt * 8 + 2 * t + (e & 1)) ? 0.f : pe;
       }
     }
-    gemm_rn<T, kNTiles, kDTiles, kPitch>(acc, s, sV + stage * kBlockN * kPitch, lane);
+    gemm_rn<T, kNTiles, kDTiles, kPitch>(acc, s, kv.v_tile(stage), lane);
     __syncthreads();  // every warp is done with this stage before it is refilled
   }
   cp_async_wait<0>();

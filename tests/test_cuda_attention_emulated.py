@@ -172,3 +172,13 @@ def test_masks(emulator, kind):
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_dropout_draws_triton_keep_mask(emulator, is_causal):
     check(emulator, 1, 2, 1, 70, 100, 32, is_causal=is_causal, dropout_p=0.3)
+
+
+def test_no_keys_gives_zero_output_and_infinite_lse(emulator):
+    """S = 0: the forward visits no key block (the binding launches it; the backward it does not:
+    dq = 0 there)."""
+    q, k = torch.randn(1, 2, 70, 64).half(), torch.randn(1, 2, 0, 64).half()
+    o = torch.full((1, 2, 70, 64), float("nan"), dtype=torch.float16)
+    lse = torch.full((1, 2, 70), float("nan"))
+    _run(emulator, False, q, k, k, None, 0.125, False, 0.0, 0, o, lse)
+    assert (o == 0).all() and (lse == float("inf")).all()

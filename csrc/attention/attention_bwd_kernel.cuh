@@ -133,20 +133,26 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
         pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
       }
     }
-    bool keep[kQTiles][4];
+    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16.
+    uint32_t keep = ~0u;
+    if (dropout) {
 #pragma unroll
-    for (int qt = 0; qt < kQTiles; ++qt) {
+      for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        keep[qt][e] = !dropout || dropout_keep(p, static_cast<int>(bh), m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8);
+        for (int e = 0; e < 4; ++e) {
+          if (!dropout_keep(p, static_cast<int>(bh), m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8)) {
+            keep &= ~(1u << (4 * qt + e));
+          }
+        }
       }
     }
+    auto kept = [&](int qt, int e) { return ((keep >> (4 * qt + e)) & 1u) != 0; };
     if constexpr ((kGrads & kGradV) != 0) {
       float pz[kQTiles][4];  // dV's 1 / (1 - p) is applied once, at the store
 #pragma unroll
       for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) pz[qt][e] = keep[qt][e] ? pt[qt][e] : 0.f;
+        for (int e = 0; e < 4; ++e) pz[qt][e] = kept(qt, e) ? pt[qt][e] : 0.f;
       }
       gemm_rn<T, kQTiles, kDTiles, kPitch>(dv, pz, sdOs, lane);
     }
@@ -157,7 +163,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
       for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float dp = keep[qt][e] ? (dropout ? dpt[qt][e] * inv_keep : dpt[qt][e]) : 0.f;
+          const float dp = kept(qt, e) ? (dropout ? dpt[qt][e] * inv_keep : dpt[qt][e]) : 0.f;
           pt[qt][e] *= dp - delta[qt][e & 1];  // dS^T
         }
       }

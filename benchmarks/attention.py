@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends, functional, reference
+from ..functional import attention
 from .common import Case
 
 OPS = ("attention",)
@@ -66,7 +67,9 @@ def cases(op, dtype, device_type, shapes):
             if device_type == "cuda":
                 providers["torch.compile math"] = torch.compile(lambda q, k, v, c=is_causal: _math(q, k, v, c))
             for b in backends.BACKENDS:
-                if backends.unavailable_reason(b, device_type, dtype, op) is None:
+                # Also skips what a backend's kernels reject (CUDA attention: fp32, other head dims).
+                if (backends.unavailable_reason(b, device_type, dtype, op) is None
+                        and attention._kernel_limitation(b, q, v, None) is None):
                     providers[f"fasttx {b}"] = lambda q, k, v, b=b, c=is_causal: functional.scaled_dot_product_attention(
                         q, k, v, is_causal=c, backend=b)
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)

@@ -4,6 +4,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "attention/attention_api.h"
 #include "layer_norm/layer_norm_api.h"
 #include "softmax/softmax_api.h"
 
@@ -22,6 +23,12 @@ TORCH_LIBRARY(fasttx, m) {
   m.def("rms_norm_bwd_cuda(Tensor grad_out, Tensor input, Tensor? weight, Tensor rstd) -> (Tensor, Tensor)");
   m.def("softmax_fwd_cuda(Tensor input, Tensor? mask, float scale, bool is_causal, ScalarType out_dtype) -> Tensor");
   m.def("softmax_bwd_cuda(Tensor out, Tensor grad_out, float scale, ScalarType in_dtype) -> Tensor");
+  m.def(
+      "attention_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, bool is_causal, float dropout_p,"
+      " Tensor? seed) -> (Tensor, Tensor)");
+  m.def(
+      "attention_bwd_cuda(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask,"
+      " float scale, bool is_causal, float dropout_p, Tensor? seed) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {
@@ -33,6 +40,8 @@ void impl_all(torch::Library& m) {
   m.impl("rms_norm_bwd_cuda", &fasttx::rms_norm_bwd_cuda);
   m.impl("softmax_fwd_cuda", &fasttx::softmax_fwd_cuda);
   m.impl("softmax_bwd_cuda", &fasttx::softmax_bwd_cuda);
+  m.impl("attention_fwd_cuda", &fasttx::attention_fwd_cuda);
+  m.impl("attention_bwd_cuda", &fasttx::attention_bwd_cuda);
 }
 
 }  // namespace

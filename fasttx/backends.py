@@ -5,7 +5,8 @@
 - ``"cuda"``: the CUDA C++ extension fasttx._C; CUDA tensors.
 
 ``"auto"`` picks, per call, the fastest backend that can run the op on the tensors' device and
-dtype (cuda, then triton, then torch) and records the choice (``last_used``, shown by
+dtype (cuda, then triton, then torch; AUTO_KERNELS narrows this per op) and records the choice
+(``last_used``, shown by
 ``fasttx.info()`` and the modules' repr). A backend named explicitly never falls back: if it
 cannot run, a RuntimeError says why.
 """
@@ -20,6 +21,13 @@ import torch
 BACKENDS = ("torch", "triton", "cuda")
 CHOICES = ("auto",) + BACKENDS
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# The kernel backends "auto" may pick for CUDA tensors, fastest first, per op (others: _AUTO_DEFAULT).
+# A kernel joins its op's list once it has passed the GPU test suite and benchmarked faster than the
+# one before it on that device. The CUDA C++ attention (csrc/attention) has been compiled but not yet
+# run on a GPU, so "auto" keeps the Triton kernel for attention; backend="cuda" still selects it.
+_AUTO_DEFAULT = ("cuda", "triton")
+AUTO_KERNELS = {"attention": ("triton",)}
 
 # op -> backend that ran it last; read by fasttx.info() and the modules' extra_repr.
 last_used = {}
@@ -106,7 +114,7 @@ def resolve(op, backend, tensor):
     wanted = requested(backend)
     device_type, dtype = tensor.device.type, tensor.dtype
     if wanted == "auto":
-        candidates = ("cuda", "triton") if device_type == "cuda" else ()
+        candidates = AUTO_KERNELS.get(op, _AUTO_DEFAULT) if device_type == "cuda" else ()
         chosen = next((b for b in candidates if unavailable_reason(b, device_type, dtype, op) is None), "torch")
     else:
         reason = unavailable_reason(wanted, device_type, dtype, op)

@@ -76,3 +76,16 @@ def test_info_reports_versions_and_backends():
     assert table["torch"] == "available"
     assert set(table) == {"torch", "triton", "cuda"}
     assert all(v == "available" or v.startswith("unavailable: ") for v in table.values())
+
+
+def test_auto_keeps_triton_attention_until_cuda_is_validated(monkeypatch):
+    """On CUDA tensors with every backend available, auto takes the CUDA extension for ops whose
+    CUDA kernel is validated, but Triton for attention (backends.AUTO_KERNELS); explicit cuda works."""
+    import types
+
+    monkeypatch.setattr(backends, "unavailable_reason", lambda *args, **kwargs: None)
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16)
+    assert backends.resolve("attention", "auto", on_gpu) == "triton"
+    assert backends.resolve("softmax", "auto", on_gpu) == "cuda"
+    assert backends.resolve("layer_norm", "auto", on_gpu) == "cuda"
+    assert backends.resolve("attention", "cuda", on_gpu) == "cuda"

@@ -15,7 +15,8 @@ HAVE_NVCC = torch.version.cuda is not None and shutil.which("nvcc") is not None
 needs_nvcc = pytest.mark.skipif(not HAVE_NVCC, reason="no nvcc / CUDA build of torch: the extension cannot be built")
 
 CUDA_OPS = ["layer_norm_fwd_cuda", "layer_norm_bwd_cuda", "rms_norm_fwd_cuda", "rms_norm_bwd_cuda",
-            "softmax_fwd_cuda", "softmax_bwd_cuda"]
+            "softmax_fwd_cuda", "softmax_bwd_cuda", "attention_fwd_cuda", "attention_bwd_cuda"]
+ATTENTION_HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
 @needs_nvcc
@@ -51,8 +52,21 @@ def test_extension_holds_the_requested_architectures():
     listing = subprocess.run([_cuobjdump(), "--list-elf", fasttx._C.__file__], capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
     # lines like "ELF file    1: layer_norm_bwd.sm_90a.cubin"
-    found = {name.split(".")[-2] for name in listing.stdout.split() if name.endswith(".cubin")}
-    assert expected <= found, listing.stdout
+    cubins = {tuple(name.split(".")[-3:-1]) for name in listing.stdout.split() if name.endswith(".cubin")}
+    assert expected <= {arch for _, arch in cubins}, listing.stdout
+    # Every attention kernel file (one per direction and head dim) for every architecture.
+    for direction in ("fwd", "bwd"):
+        for d in ATTENTION_HEAD_DIMS:
+            for arch in expected:
+                assert (f"attention_{direction}_hdim{d}", arch) in cubins, listing.stdout
+
+
+def _attention_args(q=None, k=None, v=None, mask=None, dropout_p=0.0, seed=None, dtype=torch.float16, d=64):
+    """Well-formed attention_fwd_cuda arguments (on CPU), some replaced."""
+    q = torch.randn(2, 4, 5, d, dtype=dtype) if q is None else q
+    k = torch.randn(2, 2, 7, d, dtype=dtype) if k is None else k
+    v = torch.randn(2, 2, 7, d, dtype=dtype) if v is None else v
+    return q, k, v, mask, 0.125, False, dropout_p, seed
 
 
 @needs_nvcc
@@ -60,6 +74,8 @@ def test_extension_holds_the_requested_architectures():
 def test_cpu_tensors_get_a_clear_error(name):
     x = torch.randn(4, 8)
     w, stats = torch.randn(8), torch.randn(4)
+    q, k, v, *rest = _attention_args()
+    out, lse = torch.randn(2, 4, 5, 64, dtype=torch.float16), torch.randn(2, 4, 5)
     args = {
         "layer_norm_fwd_cuda": (x, w, None, 1e-5),
         "layer_norm_bwd_cuda": (x, x, w, stats, stats, False),
@@ -67,9 +83,54 @@ def test_cpu_tensors_get_a_clear_error(name):
         "rms_norm_bwd_cuda": (x, x, w, stats),
         "softmax_fwd_cuda": (x.view(1, 1, 4, 8), None, 1.0, False, torch.float32),
         "softmax_bwd_cuda": (x, x, 1.0, torch.float32),
+        "attention_fwd_cuda": (q, k, v, *rest),
+        "attention_bwd_cuda": (out, q, k, v, out, lse, *rest),
     }[name]
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
         getattr(torch.ops.fasttx, name)(*args)
+
+
+BAD_ATTENTION_INPUTS = {
+    "float32": (_attention_args(dtype=torch.float32), "q must be float16 or bfloat16 .* got float32"),
+    "3-D q": (_attention_args(q=torch.randn(4, 5, 64, dtype=torch.float16)), r"q must be 4-D \(B, H, L, E\)"),
+    "k dtype": (_attention_args(k=torch.randn(2, 2, 7, 64, dtype=torch.bfloat16)), "k must have q's dtype float16"),
+    "k batch": (_attention_args(k=torch.randn(1, 2, 7, 64, dtype=torch.float16)), r"k must be \(B, Hkv, S, E\)"),
+    "v keys": (_attention_args(v=torch.randn(2, 2, 6, 64, dtype=torch.float16)), "v must be .* with k's B, Hkv, S"),
+    "heads": (_attention_args(k=torch.randn(2, 3, 7, 64, dtype=torch.float16),
+                              v=torch.randn(2, 3, 7, 64, dtype=torch.float16)), "H = 4 must be a multiple of .* Hkv = 3"),
+    "head dim 80": (_attention_args(d=80), r"head dims E == Ev in \(32, 64, 96, 128, 256\), got E = 80, Ev = 80"),
+    "E != Ev": (_attention_args(v=torch.randn(2, 2, 7, 32, dtype=torch.float16)), "got E = 64, Ev = 32"),
+    "strided last dim": (_attention_args(q=torch.randn(2, 4, 5, 128, dtype=torch.float16)[..., ::2]),
+                         "q needs a contiguous last dim"),
+    "mask shape": (_attention_args(mask=torch.ones(2, 1, 5, 6, dtype=torch.bool)),
+                   r"mask must be 4-D and broadcastable to \(B, H, L, S\) = \[2, 4, 5, 7\]"),
+    "mask dtype": (_attention_args(mask=torch.ones(1, 1, 5, 7, dtype=torch.int32)), "mask must be bool or floating"),
+    "dropout_p": (_attention_args(dropout_p=1.0), r"dropout_p must be in \[0, 1\), got 1"),
+    "no seed": (_attention_args(dropout_p=0.1), "seed .* is required when dropout_p > 0"),
+    "seed dtype": (_attention_args(dropout_p=0.1, seed=torch.tensor(3)[None].float()), "seed must be an int64 tensor"),
+}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("case", BAD_ATTENTION_INPUTS)
+def test_attention_binding_rejects_bad_inputs(case):
+    """The binding's checks, which run before its device check: testable on CPU tensors."""
+    args, message = BAD_ATTENTION_INPUTS[case]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fasttx.attention_fwd_cuda(*args)
+
+
+@needs_nvcc
+def test_attention_backward_binding_checks_its_extra_inputs():
+    q, k, v, *rest = _attention_args()
+    out, lse = torch.randn(2, 4, 5, 64, dtype=torch.float16), torch.randn(2, 4, 5)
+    bwd = torch.ops.fasttx.attention_bwd_cuda
+    with pytest.raises(RuntimeError, match=r"grad_out must be \(B, H, L, Ev\) = \[2, 4, 5, 64\], got \[2, 4, 5, 32\]"):
+        bwd(out[..., :32], q, k, v, out, lse, *rest)
+    with pytest.raises(RuntimeError, match="out must have q's dtype float16, got bfloat16"):
+        bwd(out, q, k, v, out.bfloat16(), lse, *rest)
+    with pytest.raises(RuntimeError, match=r"lse must be a contiguous float32 \(B, H, L\)"):
+        bwd(out, q, k, v, out, lse.double(), *rest)
 
 
 def test_info_names_the_extension_state():

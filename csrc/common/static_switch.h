@@ -41,6 +41,18 @@
     }                                         \
   }()
 
+// A 16-bit kernel dtype (the tensor-core attention kernels).
+#define FASTTX_HALF_SWITCH(DTYPE, NAME, ...)       \
+  [&] {                                            \
+    if ((DTYPE) == ::fasttx::DType::kBFloat16) {   \
+      using NAME = __nv_bfloat16;                  \
+      __VA_ARGS__();                               \
+    } else {                                       \
+      using NAME = __half;                         \
+      __VA_ARGS__();                               \
+    }                                              \
+  }()
+
 // fp32 or the activation dtype INPUT_T: LayerNorm parameters (AMP keeps fp32 parameters next to
 // half activations), softmax outputs and float masks. For fp32 activations both branches name the
 // same type, hence the same instances.

@@ -19,6 +19,9 @@ from .. import _ops, backends, reference
 from ._checks import check_mask, check_tensor, merge_leading_dims
 
 MAX_HEAD_DIM = 256  # the kernels hold a head's row of q, k and v in registers
+# The CUDA C++ kernels (csrc/attention): fp16 / bf16 tensor cores, compiled per head dim.
+CUDA_DTYPES = (torch.float16, torch.bfloat16)
+CUDA_HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
 def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
@@ -56,10 +59,16 @@ def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
                    "(..., H, L, S) =")
 
 
-def _kernel_limitation(query, value, attn_mask):
-    """Why the kernels cannot run this call (beyond backend availability), or None."""
+def _kernel_limitation(backend, query, value, attn_mask):
+    """Why ``backend``'s kernels cannot run this call (beyond backend availability), or None."""
     if max(query.shape[-1], value.shape[-1]) > MAX_HEAD_DIM:
         return f"head dims above {MAX_HEAD_DIM} are not supported, got E={query.shape[-1]}, Ev={value.shape[-1]}"
+    if backend == "cuda":
+        if query.dtype not in CUDA_DTYPES:
+            return f"the CUDA attention kernels take float16 or bfloat16 input, got {query.dtype}"
+        if query.shape[-1] != value.shape[-1] or query.shape[-1] not in CUDA_HEAD_DIMS:
+            return (f"the CUDA attention kernels take head dims E == Ev in {CUDA_HEAD_DIMS}, "
+                    f"got E={query.shape[-1]}, Ev={value.shape[-1]}")
     if attn_mask is not None and attn_mask.requires_grad:
         return "the kernels give no gradient for attn_mask, which requires grad"
     return None
@@ -77,7 +86,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     chosen = backends.resolve("attention", backend, query)
     if chosen != "torch":
-        why_not = _kernel_limitation(query, value, attn_mask)
+        why_not = _kernel_limitation(chosen, query, value, attn_mask)
         if why_not is not None:
             if backends.requested(backend) != "auto":
                 raise RuntimeError(f"fasttx.scaled_dot_product_attention: backend={chosen!r} cannot run "

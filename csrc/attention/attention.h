@@ -1,0 +1,71 @@
+#pragma once
+// Flash attention (FlashAttention-2 scheme, tensor cores through mma.sync): parameters and
+// launchers. Plain C++ (no torch, no device code) so that the bindings and the kernel files share it.
+// The kernels, the tile shapes and the choice of hand-written PTX over CuTe: README.md here.
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "common/dtype.h"
+
+namespace fasttx {
+
+enum class AttnMaskKind : int {
+  kNone,
+  kBool,   // keep where true; bytes, 0 or 1 as torch stores bool
+  kFloat,  // added to the scaled scores; may hold -inf
+};
+
+// Head dims E (== Ev) with kernels.
+constexpr int kAttentionHeadDims[] = {32, 64, 96, 128, 256};
+
+struct AttentionParams {
+  DType dtype;  // q, k, v, o, do, dq, dk, dv: kFloat16 or kBFloat16
+  int head_dim;  // E == Ev, one of kAttentionHeadDims
+  int batch, heads, kv_heads;  // B, H, Hkv; H % Hkv == 0, query head h reads kv head h / (H / Hkv)
+  int queries, keys;           // L, S >= 0
+  bool is_causal;              // key j is seen by query i iff j <= i (top-left aligned)
+  float scale_log2;            // scale * log2(e): the kernels work in base 2
+  float scale;                 // the softmax scale itself (backward)
+  // Dropout: element (b, h, i, j) of P is kept iff philox::uniform(seed, ((b H + h) L + i) S + j) >= p.
+  float dropout_p;  // in [0, 1); 0 = no dropout
+  uint64_t seed;
+
+  // Inputs, element strides of (batch, head, row); the last dim is contiguous, every base pointer is
+  // 16-byte aligned and every stride a multiple of 8 elements (16 bytes), as cp.async needs.
+  const void* q;  // (B, H, L, E)
+  const void* k;  // (B, Hkv, S, E)
+  const void* v;  // (B, Hkv, S, E)
+  int64_t q_strides[3], k_strides[3], v_strides[3];
+  // Mask: element (b, h, i, j) at mask + b s[0] + h s[1] + i s[2] + j s[3]; 0 strides broadcast.
+  AttnMaskKind mask_kind;
+  DType mask_dtype;  // kFloat masks
+  const void* mask;
+  int64_t mask_strides[4];
+
+  // Forward outputs, backward inputs: contiguous.
+  void* o;     // (B, H, L, E), dtype
+  float* lse;  // (B, H, L): natural-log log-sum-exp of the scaled, masked scores; +inf on fully masked rows
+
+  // Backward only.
+  const void* dout;  // (B, H, L, E), strides below, same alignment rules as q
+  int64_t dout_strides[3];
+  int64_t o_strides[3];  // of o, read by the preprocessing
+  float* delta;          // (B, H, L) fp32 workspace: rowsum(dO * O)
+  void* dq;              // (B, H, L, E) contiguous
+  void* dk;              // (B, Hkv, S, E) contiguous
+  void* dv;              // (B, Hkv, S, E) contiguous
+};
+
+// Launch on `stream`; launch errors are left for cudaGetLastError. Every size may be 0 but B * H.
+void attention_fwd_launch(const AttentionParams& p, cudaStream_t stream);
+void attention_bwd_launch(const AttentionParams& p, cudaStream_t stream);
+
+// One per head dim (attention_{fwd,bwd}_hdim*.cu), so that the instantiations compile in parallel.
+template <int kHeadDim>
+void attention_fwd_hdim(const AttentionParams& p, cudaStream_t stream);
+template <int kHeadDim>
+void attention_bwd_hdim(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace fasttx

@@ -1,0 +1,23 @@
+#pragma once
+// Torch-facing entry points of the attention kernels (schemas in bindings.cpp; contract in
+// fasttx/_ops.py and triton_kernels/attention_fwd.py).
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace fasttx {
+
+// (out (B, H, L, E) contiguous in q's dtype, lse (B, H, L) fp32).
+std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                      const std::optional<at::Tensor>& mask, double scale,
+                                                      bool is_causal, double dropout_p,
+                                                      const std::optional<at::Tensor>& seed);
+// (dq, dk, dv), contiguous, in the inputs' shapes and dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& mask, double scale, bool is_causal, double dropout_p,
+    const std::optional<at::Tensor>& seed);
+
+}  // namespace fasttx

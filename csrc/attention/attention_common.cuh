@@ -1,0 +1,235 @@
+#pragma once
+// Pieces shared by the forward and backward kernels: tile shapes, global -> shared tile copies,
+// the masked base-2 logits and the dropout draw.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "attention/attention.h"
+#include "attention/philox.h"
+#include "attention/primitives.cuh"
+
+namespace fasttx {
+namespace attn {
+
+constexpr int kWarps = 4;  // each owns 16 rows of a 64-row tile
+constexpr int kThreads = 32 * kWarps;
+constexpr int kBlockM = 16 * kWarps;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <int kHeadDim>
+struct Tile {
+  // Keys per streamed tile: the score tile (16 x kBlockN per warp) and the fp32 accumulators
+  // (16 x kHeadDim per warp) share a thread's 255 registers.
+  static constexpr int kBlockN = kHeadDim <= 128 ? 64 : 32;
+  // Shared-memory row pitch in elements: 16 bytes of padding put the 8 rows an ldmatrix reads at
+  // one column in 8 different 16-byte bank groups (pitch / 8 is odd in 16-byte units for every head
+  // dim), without an XOR swizzle, which 96 (12 chunks a row) would not allow.
+  static constexpr int kPitch = kHeadDim + 8;
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks per row
+  static_assert(kHeadDim % 32 == 0, "head dims are multiples of 32");
+};
+
+// Rows [0, kRows) of a (rows x kHeadDim) tile at `src` (row stride in elements) -> smem (pitch
+// kPitch), one cp.async per 16 bytes; rows >= `valid` are zero-filled. Not committed.
+template <int kRows, int kHeadDim, typename T>
+__device__ __forceinline__ void copy_tile(T* smem, const T* src, int64_t row_stride, int valid, int tid) {
+  using S = Tile<kHeadDim>;
+#pragma unroll
+  for (int i = tid; i < kRows * S::kChunks; i += kThreads) {
+    const int row = i / S::kChunks;
+    const int col = (i % S::kChunks) * 8;
+    const bool ok = row < valid;
+    cp_async_16(smem + row * S::kPitch + col, ok ? src + row * row_stride + col : src, ok);
+  }
+}
+
+// The mask of one (batch, query head), element (i, j) at ptr + i * row_stride + j * col_stride.
+struct MaskRows {
+  const void* ptr;
+  int64_t row_stride, col_stride;
+  AttnMaskKind kind;
+  DType dtype;
+};
+
+__device__ __forceinline__ MaskRows mask_rows(const AttentionParams& p, int b, int h) {
+  MaskRows m{p.mask, p.mask_strides[2], p.mask_strides[3], p.mask_kind, p.mask_dtype};
+  if (p.mask_kind != AttnMaskKind::kNone) {
+    const int64_t off = b * p.mask_strides[0] + h * p.mask_strides[1];
+    const int bytes = p.mask_kind == AttnMaskKind::kBool ? 1 : p.mask_dtype == DType::kFloat32 ? 4 : 2;
+    m.ptr = static_cast<const char*>(p.mask) + off * bytes;
+  }
+  return m;
+}
+
+// Base-2 logit of score s = q_i . k_j: s * scale * log2(e), plus the float mask * log2(e), -inf where
+// masked out. `check` applies the key bound and the causal test (diagonal and last blocks only);
+// rows >= L read no mask (their storage may not exist).
+template <bool kCausal>
+__device__ __forceinline__ float masked_logit(float s, int i, int j, const AttentionParams& p, const MaskRows& m,
+                                              bool check) {
+  float z = s * p.scale_log2;
+  if (m.kind != AttnMaskKind::kNone && i < p.queries && j < p.keys) {
+    const int64_t off = i * m.row_stride + j * m.col_stride;
+    if (m.kind == AttnMaskKind::kBool) {
+      if (!static_cast<const bool*>(m.ptr)[off]) z = -INFINITY;
+    } else {
+      const float add = m.dtype == DType::kFloat32   ? static_cast<const float*>(m.ptr)[off]
+                        : m.dtype == DType::kFloat16 ? __half2float(static_cast<const __half*>(m.ptr)[off])
+                                                     : __bfloat162float(static_cast<const __nv_bfloat16*>(m.ptr)[off]);
+      z += add * kLog2e;
+    }
+  }
+  if (check && (j >= p.keys || (kCausal && j > i))) z = -INFINITY;
+  return z;
+}
+
+// Whether dropout keeps element (i, j) of the score matrix of (batch, query head) bh = b H + h.
+__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, int bh, int i, int j) {
+  const uint64_t flat = (static_cast<uint64_t>(bh) * p.queries + i) * p.keys + j;
+  return philox::uniform(p.seed, flat) >= p.dropout_p;
+}
+
+// Key blocks [0, full) need no element checks: all their keys < S and, causal, <= every query of the
+// 64-row tile starting at m0. Blocks [full, end) do.
+template <int kBlockN, bool kCausal>
+__device__ __forceinline__ void key_blocks(const AttentionParams& p, int m0, int& full, int& end) {
+  const int last_key = kCausal ? min(p.keys, m0 + kBlockM) : p.keys;
+  const int full_keys = kCausal ? min(p.keys, m0 + 1) : p.keys;
+  full = full_keys / kBlockN;
+  end = (last_key + kBlockN - 1) / kBlockN;
+}
+
+// The key / value tiles that a CTA owning the 64 queries from m0 streams (forward, dQ): key blocks
+// [0, end), the first `full` of them free of element checks, through two shared stages each of K
+// and V (sK, sV: [2][kBlockN][kPitch]) so that the next block's copy is in flight during this one's math.
+template <typename T, int kHeadDim, bool kCausal>
+struct KvStream {
+  static constexpr int kBlockN = Tile<kHeadDim>::kBlockN;
+  static constexpr int kPitch = Tile<kHeadDim>::kPitch;
+  const AttentionParams& p;
+  const T* k;
+  const T* v;
+  T* sK;
+  T* sV;
+  int full, end;
+
+  __device__ __forceinline__ KvStream(const AttentionParams& params, int b, int h, int m0, T* sk, T* sv)
+      : p(params), sK(sk), sV(sv) {
+    const int kvh = h / (p.heads / p.kv_heads);
+    k = static_cast<const T*>(p.k) + b * p.k_strides[0] + kvh * p.k_strides[1];
+    v = static_cast<const T*>(p.v) + b * p.v_strides[0] + kvh * p.v_strides[1];
+    key_blocks<kBlockN, kCausal>(p, m0, full, end);
+  }
+
+  // Starts copying `block` into `stage` (not committed).
+  __device__ __forceinline__ void copy(int block, int stage, int tid) const {
+    const int n0 = block * kBlockN;
+    copy_tile<kBlockN, kHeadDim>(k_tile(stage), k + n0 * p.k_strides[2], p.k_strides[2], p.keys - n0, tid);
+    copy_tile<kBlockN, kHeadDim>(v_tile(stage), v + n0 * p.v_strides[2], p.v_strides[2], p.keys - n0, tid);
+  }
+
+  // Starts the next block's copy, then waits until `block`'s tiles (and whatever was committed with
+  // the first) are in shared memory for every thread; returns their stage.
+  __device__ __forceinline__ int acquire(int block, int tid) const {
+    const int stage = block & 1;
+    if (block + 1 < end) copy(block + 1, stage ^ 1, tid);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    return stage;
+  }
+
+  __device__ __forceinline__ T* k_tile(int stage) const { return sK + stage * kBlockN * kPitch; }
+  __device__ __forceinline__ T* v_tile(int stage) const { return sV + stage * kBlockN * kPitch; }
+};
+
+// C (16 x 8 kNTiles, this warp's) += A B^T, A: the warp's 16 rows of a shared tile, B: kNTiles * 8
+// rows of another (both kK columns, row-major, pitch kPitch): S = Q K^T and dP = dO V^T, or their
+// transposes K Q^T and V dO^T in the backward. B's rows are the mma's B columns: plain ldmatrix.
+template <typename T, int kK, int kNTiles, int kPitch>
+__device__ __forceinline__ void gemm_nt(float (&c)[kNTiles][4], const T* a_rows, const T* b_rows, int lane) {
+  static_assert(kNTiles % 2 == 0, "B fragments come in pairs of 8-row tiles");
+  const T* a_lane = a_rows + (lane & 15) * kPitch + (lane >> 4) * 8;
+  const T* b_lane = b_rows + ((lane & 7) + ((lane >> 4) << 3)) * kPitch + ((lane >> 3) & 1) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kK / 16; ++kk) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_lane + kk * 16);
+#pragma unroll
+    for (int np = 0; np < kNTiles / 2; ++np) {
+      uint32_t bf[4];
+      ldmatrix_x4(bf, b_lane + np * 16 * kPitch + kk * 16);
+      mma_16816<T>(c[2 * np], a, bf[0], bf[1]);
+      mma_16816<T>(c[2 * np + 1], a, bf[2], bf[3]);
+    }
+  }
+}
+
+// C (16 x 8 kDTiles) += A B, A: a 16 x 8 kATiles fp32 tile in C layout (P, dS or their transposes),
+// rounded to T, B: the kATiles * 8 rows of a shared tile (row-major, pitch kPitch): O += P V,
+// dQ += dS K, dV += P^T dO, dK += dS^T Q. A's C-layout accumulators of column tiles 2kk, 2kk + 1 are
+// exactly the A fragment of columns 16kk .. 16kk + 15; B's fragments come by ldmatrix.trans.
+template <typename T, int kATiles, int kDTiles, int kPitch>
+__device__ __forceinline__ void gemm_rn(float (&c)[kDTiles][4], const float (&a_acc)[kATiles][4], const T* b_rows,
+                                        int lane) {
+  static_assert(kATiles % 2 == 0 && kDTiles % 2 == 0, "tiles come in pairs");
+  const T* b_lane = b_rows + ((lane & 7) + ((lane >> 3) & 1) * 8) * kPitch + (lane >> 4) * 8;
+#pragma unroll
+  for (int kk = 0; kk < kATiles / 2; ++kk) {
+    const uint32_t a[4] = {pack2<T>(a_acc[2 * kk][0], a_acc[2 * kk][1]), pack2<T>(a_acc[2 * kk][2], a_acc[2 * kk][3]),
+                           pack2<T>(a_acc[2 * kk + 1][0], a_acc[2 * kk + 1][1]),
+                           pack2<T>(a_acc[2 * kk + 1][2], a_acc[2 * kk + 1][3])};
+#pragma unroll
+    for (int dp = 0; dp < kDTiles / 2; ++dp) {
+      uint32_t bf[4];
+      ldmatrix_x4_trans(bf, b_lane + kk * 16 * kPitch + dp * 16);
+      mma_16816<T>(c[2 * dp], a, bf[0], bf[1]);
+      mma_16816<T>(c[2 * dp + 1], a, bf[2], bf[3]);
+    }
+  }
+}
+
+// Writes a warp's 16 x kHeadDim fp32 accumulator, row g scaled by scale[0] and row g + 8 by scale[1],
+// to `dst` (contiguous rows of kHeadDim, the first `rows` of the 16 exist): staged through the warp's
+// 16 rows of shared memory at `stage` (pitch kPitch, free for this warp) so that each lane stores 16
+// bytes at a time.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void store_rows(T* dst, int rows, const float (&acc)[kHeadDim / 8][4], const float (&scale)[2],
+                                           T* stage, int lane) {
+  using S = Tile<kHeadDim>;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int dt = 0; dt < kHeadDim / 8; ++dt) {
+    *reinterpret_cast<uint32_t*>(stage + g * S::kPitch + dt * 8 + 2 * t) =
+        pack2<T>(acc[dt][0] * scale[0], acc[dt][1] * scale[0]);
+    *reinterpret_cast<uint32_t*>(stage + (g + 8) * S::kPitch + dt * 8 + 2 * t) =
+        pack2<T>(acc[dt][2] * scale[1], acc[dt][3] * scale[1]);
+  }
+  __syncwarp();
+#pragma unroll
+  for (int i = lane; i < 16 * S::kChunks; i += 32) {
+    const int row = i / S::kChunks;
+    const int col = (i % S::kChunks) * 8;
+    if (row < rows) {
+      *reinterpret_cast<uint4*>(dst + row * kHeadDim + col) =
+          *reinterpret_cast<const uint4*>(stage + row * S::kPitch + col);
+    }
+  }
+}
+
+// Max (or sum) over the 4 lanes of a quad, which share the rows of a C fragment.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, shfl_xor(v, 1));
+  return fmaxf(v, shfl_xor(v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += shfl_xor(v, 1);
+  return v + shfl_xor(v, 2);
+}
+
+}  // namespace attn
+}  // namespace fasttx

@@ -1,0 +1,249 @@
+#pragma once
+// Host emulation of csrc/attention/primitives.cuh: found first on the emulator's include path, it
+// replaces the real header, so the real kernels run on CPU threads, one per GPU thread. Warp-collective
+// instructions exchange operands through a per-warp buffer between two warp barriers; cp.async
+// copies are deferred until the cp.async.wait_group that would make them visible, so a missing wait
+// reads stale shared memory (poisoned with NaN before every CTA). Out-of-range or misaligned shared
+// or global addresses abort with a message.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <thread>
+#include <vector>
+
+// Host compilers know no launch bounds (the CUDA headers turn the other keywords into attributes).
+#define __launch_bounds__(...)
+
+namespace fasttx {
+namespace attn {
+
+// ---- the emulated machine --------------------------------------------------------------------
+
+constexpr int kMaxSmem = 228 * 1024;
+alignas(128) inline unsigned char smem[kMaxSmem];  // the running CTA's dynamic shared memory
+inline int smem_bytes = 0;
+inline thread_local uint3 threadIdx;
+inline uint3 blockIdx;
+
+struct Range {
+  const char* begin;
+  size_t bytes;
+};
+inline std::vector<Range> global_ranges;  // the tensors kernels may read with cp.async
+
+[[noreturn]] inline void fail(const char* what, const void* p) {
+  std::fprintf(stderr, "emulator: %s at %p (block %u,%u,%u thread %u)\n", what, p, blockIdx.x, blockIdx.y, blockIdx.z,
+               threadIdx.x);
+  std::abort();
+}
+
+inline void check_smem(const void* p, size_t bytes, size_t align) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if (c < smem || c + bytes > smem + smem_bytes) fail("shared access out of the dynamic shared memory", p);
+  if (reinterpret_cast<uintptr_t>(p) % align != 0) fail("misaligned shared access", p);
+}
+
+inline void check_global(const void* p, size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (const Range& r : global_ranges) {
+    if (c >= r.begin && c + bytes <= r.begin + r.bytes) return;
+  }
+  fail("global read outside every input tensor", p);
+}
+
+struct Warp {
+  std::barrier<>* bar;
+  const void* ptr[32];
+  uint32_t a[32][4];
+  uint32_t b[32][2];
+  float f[32];
+};
+inline std::barrier<>* block_barrier = nullptr;
+inline Warp warps[32];
+
+inline int lane_id() { return threadIdx.x % 32; }
+inline Warp& my_warp() { return warps[threadIdx.x / 32]; }
+
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline void __syncwarp() { my_warp().bar->arrive_and_wait(); }
+
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+  Warp& w = my_warp();
+  w.f[lane_id()] = v;
+  __syncwarp();
+  const float r = w.f[lane_id() ^ lane_mask];
+  __syncwarp();
+  return r;
+}
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+// ---- primitives ------------------------------------------------------------------------------
+
+inline uint16_t ld16(const void* row, int col) {
+  uint16_t v;
+  std::memcpy(&v, static_cast<const char*>(row) + 2 * col, 2);
+  return v;
+}
+
+template <bool kTrans>
+inline void ldmatrix(uint32_t (&r)[4], const void* row) {
+  check_smem(row, 16, 16);
+  Warp& w = my_warp();
+  const int lane = lane_id(), g = lane / 4, t = lane % 4;
+  w.ptr[lane] = row;
+  __syncwarp();
+  for (int i = 0; i < 4; ++i) {
+    if (kTrans) {
+      r[i] = ld16(w.ptr[8 * i + 2 * t], g) | (uint32_t{ld16(w.ptr[8 * i + 2 * t + 1], g)} << 16);
+    } else {
+      r[i] = ld16(w.ptr[8 * i + g], 2 * t) | (uint32_t{ld16(w.ptr[8 * i + g], 2 * t + 1)} << 16);
+    }
+  }
+  __syncwarp();
+}
+
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) { ldmatrix<false>(r, row); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) { ldmatrix<true>(r, row); }
+
+template <typename T>
+inline float half_to_float(uint16_t bits) {
+  T v;
+  std::memcpy(&v, &bits, 2);
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(v);
+  } else {
+    return __bfloat162float(v);
+  }
+}
+
+template <typename T>
+inline void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  Warp& w = my_warp();
+  const int lane = lane_id();
+  for (int i = 0; i < 4; ++i) w.a[lane][i] = a[i];
+  w.b[lane][0] = b0;
+  w.b[lane][1] = b1;
+  __syncwarp();
+  float A[16][16], B[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int h = 0; h < 2; ++h) {
+      A[g][2 * t + h] = half_to_float<T>(w.a[l][0] >> (16 * h));
+      A[g + 8][2 * t + h] = half_to_float<T>(w.a[l][1] >> (16 * h));
+      A[g][2 * t + 8 + h] = half_to_float<T>(w.a[l][2] >> (16 * h));
+      A[g + 8][2 * t + 8 + h] = half_to_float<T>(w.a[l][3] >> (16 * h));
+      B[2 * t + h][g] = half_to_float<T>(w.b[l][0] >> (16 * h));
+      B[2 * t + 8 + h][g] = half_to_float<T>(w.b[l][1] >> (16 * h));
+    }
+  }
+  __syncwarp();
+  const int g = lane / 4, t = lane % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    double sum = c[e];
+    for (int k = 0; k < 16; ++k) sum += double{A[row][k]} * B[k][col];
+    c[e] = static_cast<float>(sum);
+  }
+}
+
+template <typename T>
+inline uint32_t pack2(float lo, float hi) {
+  T l, h;
+  if constexpr (std::is_same_v<T, __half>) {
+    l = __float2half_rn(lo);
+    h = __float2half_rn(hi);
+  } else {
+    l = __float2bfloat16_rn(lo);
+    h = __float2bfloat16_rn(hi);
+  }
+  uint16_t lb, hb;
+  std::memcpy(&lb, &l, 2);
+  std::memcpy(&hb, &h, 2);
+  return lb | (uint32_t{hb} << 16);
+}
+
+struct Copy {
+  void* dst;
+  const void* src;
+  bool valid;
+};
+inline thread_local std::vector<Copy> open_group;
+inline thread_local std::deque<std::vector<Copy>> committed;
+
+inline void cp_async_16(void* dst, const void* src, bool valid) {
+  check_smem(dst, 16, 16);
+  if (valid) {
+    check_global(src, 16);
+    if (reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("misaligned cp.async source", src);
+  }
+  open_group.push_back({dst, src, valid});
+}
+
+inline void cp_async_commit() {
+  committed.push_back(std::move(open_group));
+  open_group.clear();
+}
+
+template <int kPending>
+inline void cp_async_wait() {
+  while (committed.size() > kPending) {
+    for (const Copy& c : committed.front()) {
+      if (c.valid) {
+        std::memcpy(c.dst, c.src, 16);
+      } else {
+        std::memset(c.dst, 0, 16);
+      }
+    }
+    committed.pop_front();
+  }
+}
+
+inline float shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
+
+inline float exp2_approx(float x) { return std::exp2(x); }
+
+// Runs the grid one CTA after another on `threads` host threads, one per GPU thread.
+template <typename Kernel, typename Params>
+void launch(Kernel kernel, dim3 grid, int threads, int smem_size, cudaStream_t, const Params& params) {
+  if (smem_size > kMaxSmem) fail("more dynamic shared memory than an H100 has", nullptr);
+  smem_bytes = smem_size;
+  std::barrier<> block(threads);
+  std::deque<std::barrier<>> warp_bars;  // barriers cannot move: no vector
+  for (int w = 0; w < threads / 32; ++w) warps[w].bar = &warp_bars.emplace_back(32);
+  block_barrier = &block;
+  std::vector<std::thread> pool;
+  for (int tid = 0; tid < threads; ++tid) {
+    pool.emplace_back([&, tid] {
+      threadIdx = {static_cast<unsigned>(tid), 0, 0};
+      for (unsigned z = 0; z < grid.z; ++z) {
+        for (unsigned y = 0; y < grid.y; ++y) {
+          for (unsigned x = 0; x < grid.x; ++x) {
+            if (tid == 0) {
+              blockIdx = {x, y, z};
+              std::memset(smem, 0xff, smem_bytes);  // NaN in fp16 and bf16: unfilled tiles poison results
+            }
+            block.arrive_and_wait();
+            kernel(params);
+            if (!open_group.empty() || !committed.empty()) fail("thread exited with cp.async copies pending", nullptr);
+            block.arrive_and_wait();  // the CTA is done before the next one's setup
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+}
+
+}  // namespace attn
+}  // namespace fasttx

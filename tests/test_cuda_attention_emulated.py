@@ -1,0 +1,184 @@
+"""The CUDA attention kernels (csrc/attention), run on the CPU: tests/attention_emulator compiles the
+real kernel source for the host, with one host thread per GPU thread, real barriers, and mma.sync,
+ldmatrix, shuffles and (deferred) cp.async emulated (see its primitives.cuh). Forward and backward
+are compared with the float64 reference on small odd shapes, every mask kind, causal, GQA, dropout
+(whose keep mask must be Triton's), all head dims and both dtypes. This checks the fragment layouts,
+indexing, tiling, pipelining and numerics of the kernels without a GPU; it cannot check what only
+hardware shows (timing, bank conflicts, register spills, real races beyond the deferred copies)."""
+
+import ctypes
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from fasttx import reference
+from fasttx.testing import rel_error
+
+from .ops.test_attention import gradient_scales
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMULATOR = os.path.join(ROOT, "tests", "attention_emulator")
+CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/dtype.h
+TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _cuda_include():
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    for home in (CUDA_HOME, "/usr/local/cuda"):
+        if home and os.path.isfile(os.path.join(home, "include", "cuda_fp16.h")):
+            return os.path.join(home, "include")
+    return None
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    include = _cuda_include()
+    if CXX is None or include is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers (cuda_fp16.h)")
+    lib = tmp_path_factory.mktemp("emulator") / "attention_emulator.so"
+    # The emulator's directory first: its attention/primitives.cuh replaces the real one.
+    subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-I", EMULATOR,
+                    "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, "emulator.cpp"),
+                    "-o", str(lib)], check=True)
+    return ctypes.CDLL(str(lib))
+
+
+def _run(emulator, backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout=None, outs=()):
+    """Launch the emulated kernels as the binding (csrc/attention/attention_api.cpp) would."""
+    B, H, L, E = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    mask_kind, mask_dtype, mask_strides = 0, 0, (0, 0, 0, 0)
+    if mask is not None:
+        mask = mask.expand(B, H, L, S)
+        mask_kind = 1 if mask.dtype == torch.bool else 2
+        mask_dtype = DTYPE_CODE.get(mask.dtype, 0)
+        mask_strides = mask.stride()
+    delta = torch.empty(B, H, L) if backward else None
+    dout_strides = dout.stride()[:3] if backward else (0, 0, 0)
+    ints = [DTYPE_CODE[q.dtype], E, B, H, Hkv, L, S, int(is_causal), seed, mask_kind, mask_dtype,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, *dout_strides, *o.stride()[:3]]
+    tensors = [q, k, v, mask, o, lse, dout, delta, *outs] + [None] * (3 - len(outs))
+    ptrs = [0 if t is None else t.data_ptr() for t in tensors]
+    inputs = [t for t in (q, k, v, mask, dout, o, lse, delta) if t is not None and (backward or t is not o and t is not lse)]
+    ranges = [x for t in inputs for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * t.element_size())]
+    emulator.emu_attention(
+        int(backward), (ctypes.c_int64 * len(ints))(*ints), (ctypes.c_double * 2)(scale, dropout_p),
+        (ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(ranges))(*ranges), len(inputs))
+
+
+def emulated_attention(emulator, q, k, v, dout, mask=None, scale=None, is_causal=False, dropout_p=0.0, seed=0):
+    B, H, L, E = q.shape
+    scale = 1 / math.sqrt(E) if scale is None else scale
+    o = torch.full((B, H, L, E), float("nan"), dtype=q.dtype)
+    lse = torch.full((B, H, L), float("nan"))
+    _run(emulator, False, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse)
+    grads = [torch.full_like(t, float("nan"), memory_format=torch.contiguous_format) for t in (q, k, v)]
+    _run(emulator, True, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout, grads)
+    return o, lse, grads
+
+
+def reference_lse(q, k, mask, scale, is_causal):
+    group = q.shape[1] // k.shape[1]
+    s = scale * q.double() @ k.double().repeat_interleave(group, 1).transpose(-2, -1)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.double()
+    if is_causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    lse = s.logsumexp(-1)
+    return torch.where(lse == float("-inf"), float("inf"), lse)
+
+
+def check(emulator, B, H, Hkv, L, S, E, dtype=torch.float16, mask=None, is_causal=False, dropout_p=0.0,
+          transposed=False):
+    shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
+    tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
+    q, k, v = (tr(torch.randn(shape(h, n)).to(dtype)) for h, n in ((H, L), (Hkv, S), (Hkv, S)))
+    dout = torch.randn(B, H, L, E).to(dtype)
+    scale = 1 / math.sqrt(E)
+    seed, keep = 0, None
+    if dropout_p > 0:
+        from fasttx.triton_kernels.attention import dropout_keep_mask
+
+        seed = 1234567890123
+        keep = dropout_keep_mask(seed, B, H, L, S, dropout_p, "cpu")
+    o, lse, grads = emulated_attention(emulator, q, k, v, dout, mask, scale, is_causal, dropout_p, seed)
+
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
+    ref = reference.scaled_dot_product_attention(*leaves, ref_mask, dropout_p, is_causal, scale, enable_gqa=True,
+                                                 dropout_mask=keep)
+    ref.backward(dout.double())
+    kw = dict(scale=scale, attn_mask=ref_mask, is_causal=is_causal, enable_gqa=True)
+    scales = (0.0, *gradient_scales(q, k, v, dout, **kw))
+    tol = TOLERANCE[dtype]
+    for name, ours, theirs, sc in zip(("output", "dq", "dk", "dv"), (o, *grads), (ref, *(t.grad for t in leaves)),
+                                      scales):
+        err = rel_error(ours, theirs, sc)
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g}"
+    ref_lse = reference_lse(q, k, mask, scale, is_causal)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isinf(lse), ~finite), "lse must be +inf exactly on fully masked rows"
+    assert (lse[finite].double() - ref_lse[finite]).abs().max() <= 1e-4 * (1 + ref_lse[finite].abs().max())
+
+
+SIZES = [1, 7, 33, 100, 130]
+
+
+@pytest.mark.parametrize("L,S", [(1, 1), (7, 130), (130, 7), (33, 100), (100, 33)], ids=str)
+@pytest.mark.parametrize("E", [32, 64])
+def test_sequence_lengths(emulator, L, S, E):
+    check(emulator, 1, 2, 2, L, S, E)
+
+
+@pytest.mark.parametrize("E", [96, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_head_dims_and_dtypes(emulator, E, dtype):
+    check(emulator, 1, 1, 1, 70, 75, E, dtype)
+
+
+@pytest.mark.parametrize("L,S", [(33, 100), (100, 33), (130, 130)], ids=str)
+def test_causal(emulator, L, S):
+    check(emulator, 1, 2, 1, L, S, 64, is_causal=True)
+
+
+def test_grouped_query_attention_and_transposed_views(emulator):
+    check(emulator, 2, 4, 2, 33, 70, 32, transposed=True)
+
+
+@pytest.mark.parametrize("kind", ["bool_key_padding", "bool_full", "float_full_with_-inf", "float32_2d"])
+def test_masks(emulator, kind):
+    B, H, L, S = 2, 2, 40, 70
+    if kind == "bool_key_padding":
+        mask = torch.rand(B, 1, 1, S) > 0.3
+        mask[0] = False  # batch 0: every row fully masked
+    elif kind == "bool_full":
+        mask = torch.rand(B, H, L, S) > 0.5
+        mask[1, 1, 5] = False
+    elif kind == "float_full_with_-inf":
+        mask = torch.randn(B, H, L, S).half()
+        mask[torch.rand(mask.shape) > 0.7] = float("-inf")
+        mask[1, 0, 3] = float("-inf")
+    else:
+        mask = torch.randn(1, 1, L, S)
+    check(emulator, B, H, H, L, S, 32, mask=mask)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_dropout_draws_triton_keep_mask(emulator, is_causal):
+    check(emulator, 1, 2, 1, 70, 100, 32, is_causal=is_causal, dropout_p=0.3)
+
+
+def test_no_keys_gives_zero_output_and_infinite_lse(emulator):
+    """S = 0: the forward visits no key block (the binding launches it; the backward it does not:
+    dq = 0 there)."""
+    q, k = torch.randn(1, 2, 70, 64).half(), torch.randn(1, 2, 0, 64).half()
+    o = torch.full((1, 2, 70, 64), float("nan"), dtype=torch.float16)
+    lse = torch.full((1, 2, 70), float("nan"))
+    _run(emulator, False, q, k, k, None, 0.125, False, 0.0, 0, o, lse)
+    assert (o == 0).all() and (lse == float("inf")).all()

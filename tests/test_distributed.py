@@ -1,5 +1,6 @@
-"""A 2-process gloo DDP training step with fasttx modules (norms; a Transformer encoder with
-fasttx attention) gives the gradients of one process running the whole batch."""
+"""A 2-process gloo training step with fasttx modules (norms; a Transformer encoder with fasttx
+attention), under DDP and under FSDP2 (fully_shard), gives the gradients of one process running
+the whole batch."""
 
 import os
 
@@ -47,27 +48,48 @@ def _loss(model, x, target):
     return torch.nn.functional.mse_loss(model(x), target)
 
 
-def _ddp_worker(rank, kind, backend, init_file, out_file):
+def _shard(model):
+    """FSDP2: each encoder layer its own unit, then the whole model; gradients gathered back whole."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for layer in model.encoder.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model, lambda: [p.grad.full_tensor() for p in model.parameters()]
+
+
+def _replicate(model):
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    return ddp, lambda: [p.grad for p in ddp.module.parameters()]
+
+
+WRAPPERS = {"ddp": _replicate, "fsdp": _shard}
+
+
+def _worker(rank, wrapper, kind, backend, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        model = torch.nn.parallel.DistributedDataParallel(_model(kind, backend))
+        model, gradients = WRAPPERS[wrapper](_model(kind, backend))
         x, target = (t.chunk(WORLD)[rank] for t in _batch(kind))
         _loss(model, x, target).backward()
+        grads = gradients()  # every rank takes part in FSDP's all-gather
         if rank == 0:
-            torch.save([p.grad for p in model.module.parameters()], out_file)
+            torch.save(grads, out_file)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind", ["norms", "encoder"])
+@pytest.mark.parametrize("wrapper,kind", [("ddp", "norms"), ("ddp", "encoder"), ("fsdp", "encoder")])
 @pytest.mark.parametrize("backend", runnable_backends("cpu"))  # gloo: CPU tensors
-def test_ddp_gradients_equal_single_process(kind, backend, tmp_path):
+def test_distributed_gradients_equal_single_process(wrapper, kind, backend, tmp_path):
     out_file = str(tmp_path / "grads.pt")
-    mp.spawn(_ddp_worker, args=(kind, backend, str(tmp_path / "init"), out_file), nprocs=WORLD)
-    ddp_grads = torch.load(out_file)
+    mp.spawn(_worker, args=(wrapper, kind, backend, str(tmp_path / "init"), out_file), nprocs=WORLD)
+    grads = torch.load(out_file)
     model = _model(kind, backend)
     _loss(model, *_batch(kind)).backward()
-    assert len(ddp_grads) == len(list(model.parameters()))
-    for got, param in zip(ddp_grads, model.parameters()):
+    assert len(grads) == len(list(model.parameters()))
+    for got, param in zip(grads, model.parameters()):
         assert got.abs().sum() > 0  # a gradient that is all zeros would hide a broken sync
         torch.testing.assert_close(got, param.grad, rtol=1e-5, atol=1e-6)

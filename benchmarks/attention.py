@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional, reference
-from ..functional.attention import _kernel_limitation
+from ..functional.attention import kernel_limitation
 from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("attention",)
@@ -83,7 +83,7 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                 providers["torch.compile math"] = compiled(lambda q, k, v, c=is_causal: _math(q, k, v, c))
             providers.update(external_providers([_flash_attn(is_causal)], device_type, dtype))
             # Leaves out what a backend's kernels reject (CUDA attention: fp32, other head dims).
-            runnable = [b for b in fasttx_backends if _kernel_limitation(b, q, v, None) is None]
+            runnable = [b for b in fasttx_backends if kernel_limitation(b, q, v, None) is None]
             providers.update(fasttx_providers(op, device_type, dtype, runnable, lambda b, c=is_causal: (
                 lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend=b))))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)

@@ -6,9 +6,8 @@
 
 ``"auto"`` picks, per call, the fastest backend that can run the op on the tensors' device and
 dtype (cuda, then triton, then torch; AUTO_KERNELS narrows this per op) and records the choice
-(``last_used``, shown by
-``fasttx.info()`` and the modules' repr). A backend named explicitly never falls back: if it
-cannot run, a RuntimeError says why.
+(``last_used``, shown by ``fasttx.info()`` and the modules' repr). A backend named explicitly
+never falls back: if it cannot run, a RuntimeError says why.
 """
 
 import contextlib

@@ -59,7 +59,7 @@ def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
                    "(..., H, L, S) =")
 
 
-def _kernel_limitation(backend, query, value, attn_mask):
+def kernel_limitation(backend, query, value, attn_mask):
     """Why ``backend``'s kernels cannot run this call (beyond backend availability), or None."""
     if max(query.shape[-1], value.shape[-1]) > MAX_HEAD_DIM:
         return f"head dims above {MAX_HEAD_DIM} are not supported, got E={query.shape[-1]}, Ev={value.shape[-1]}"
@@ -86,7 +86,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     chosen = backends.resolve("attention", backend, query)
     if chosen != "torch":
-        why_not = _kernel_limitation(chosen, query, value, attn_mask)
+        why_not = kernel_limitation(chosen, query, value, attn_mask)
         if why_not is not None:
             if backends.requested(backend) != "auto":
                 raise RuntimeError(f"fasttx.scaled_dot_product_attention: backend={chosen!r} cannot run "

@@ -271,17 +271,17 @@ def test_kernel_limits(backend):
 def test_cuda_limits_are_checked_before_the_op():
     """What explicit backend="cuda" rejects, with the message the tests above expect (checked here on
     any machine; on a GPU the tests above also run the rejected cases)."""
-    from fasttx.functional.attention import _kernel_limitation
+    from fasttx.functional.attention import kernel_limitation
 
     q, k, v = attention_inputs(1, 1, 1, 4, 4, 64, dtype=torch.float32)
-    assert "float16 or bfloat16 input, got torch.float32" in _kernel_limitation("cuda", q, v, None)
-    assert _kernel_limitation("triton", q, v, None) is None
+    assert "float16 or bfloat16 input, got torch.float32" in kernel_limitation("cuda", q, v, None)
+    assert kernel_limitation("triton", q, v, None) is None
     for e, ev in ((64, 64), (32, 32), (96, 96), (128, 128), (256, 256)):
         q, k, v = attention_inputs(1, 1, 1, 4, 4, e, ev, dtype=torch.bfloat16)
-        assert _kernel_limitation("cuda", q, v, None) is None
+        assert kernel_limitation("cuda", q, v, None) is None
     for e, ev in ((16, 16), (80, 80), (128, 64)):
         q, k, v = attention_inputs(1, 1, 1, 4, 4, e, ev, dtype=torch.float16)
-        assert f"head dims E == Ev in (32, 64, 96, 128, 256), got E={e}, Ev={ev}" in _kernel_limitation("cuda", q, v, None)
+        assert f"head dims E == Ev in (32, 64, 96, 128, 256), got E={e}, Ev={ev}" in kernel_limitation("cuda", q, v, None)
 
 
 def test_bad_input_errors():

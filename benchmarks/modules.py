@@ -21,6 +21,7 @@ import copy
 import torch
 
 from .._patch import patch
+from ..functional.attention import kernel_limitation
 from .common import Case, compiled, fasttx_providers
 
 OPS = ("mha", "encoder_layer")
@@ -37,13 +38,16 @@ def _flops(batch, queries, keys, width, ff_width=0, causal=False):
     return projections + attention + feed_forward, 2 * (projections + feed_forward) + 2.5 * attention
 
 
-def _variants(dtype, device_type, fasttx_backends, torch_module, call):
+def _variants(dtype, device_type, fasttx_backends, head_dim, torch_module, call):
     """Providers with torch_module's parameters: torch.nn eager and compiled (GPU), and each fasttx
-    backend through fasttx.patch of a copy (what a user does); and the float64 reference."""
+    backend whose attention kernels take this head dim and dtype, through fasttx.patch of a copy
+    (what a user does); and the float64 reference."""
     providers = {"torch.nn": lambda x: call(torch_module, x)}
     if device_type == "cuda":  # torch.compile on CPU costs minutes of C++ builds for no insight
         providers["torch.nn + torch.compile"] = compiled(lambda x: call(torch_module, x))
-    providers.update(fasttx_providers("attention", device_type, dtype, fasttx_backends,
+    heads_like = torch.empty((1, head_dim), dtype=dtype, device="meta")
+    runnable = [b for b in fasttx_backends if kernel_limitation(b, heads_like, heads_like, None) is None]
+    providers.update(fasttx_providers("attention", device_type, dtype, runnable,
                                       lambda b: lambda x, m=patch(copy.deepcopy(torch_module), b): call(m, x)))
     reference = copy.deepcopy(torch_module).double()
     return providers, lambda x: call(reference, x.double())
@@ -64,7 +68,7 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                     return module(x, kv, kv, need_weights=need_weights)[0]
 
                 keys = seq // 2 if inputs == "cross" else seq
-                providers, reference = _variants(dtype, device_type, fasttx_backends, mha, call)
+                providers, reference = _variants(dtype, device_type, fasttx_backends, width // heads, mha, call)
                 yield Case({**label, "attention": inputs, "need_weights": need_weights}, [x], providers, reference,
                            _flops(batch, seq, keys, width), unit="TFLOP/s", chunk_dim=0)
         else:
@@ -75,6 +79,6 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
             def call(module, x):
                 return module(x, src_mask=causal, is_causal=True)
 
-            providers, reference = _variants(dtype, device_type, fasttx_backends, layer, call)
+            providers, reference = _variants(dtype, device_type, fasttx_backends, width // heads, layer, call)
             yield Case({**label, "attention": "causal self", "need_weights": False}, [x], providers, reference,
                        _flops(batch, seq, seq, width, 4 * width, causal=True), unit="TFLOP/s", chunk_dim=0)

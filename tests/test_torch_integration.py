@@ -12,13 +12,20 @@ from .conftest import DEVICE, runnable_backends
 KERNEL_BACKENDS = [b for b in runnable_backends(op="softmax") if b != "torch"]  # Block uses every op
 
 
-def _samples(op, requires_grad):
+def _attention_kind(backend):
+    """(dtype, E, Ev) of the attention samples: the CUDA kernels take fp16 / bf16 with E == Ev in
+    32, 64, 96, 128, 256; the others get fp32 and unequal head dims."""
+    return (torch.float16, 32, 32) if backend == "cuda" else (torch.float32, 16, 8)
+
+
+def _samples(op, requires_grad, backend):
     if op == "attention":
-        q = torch.randn(2, 2, 5, 16, device=DEVICE, requires_grad=requires_grad)
-        k = torch.randn(2, 1, 7, 16, device=DEVICE, requires_grad=requires_grad)
-        v = torch.randn(2, 1, 7, 8, device=DEVICE, requires_grad=requires_grad)
+        dtype, e, ev = _attention_kind(backend)
+        q = torch.randn(2, 2, 5, e, device=DEVICE, dtype=dtype, requires_grad=requires_grad)
+        k = torch.randn(2, 1, 7, e, device=DEVICE, dtype=dtype, requires_grad=requires_grad)
+        v = torch.randn(2, 1, 7, ev, device=DEVICE, dtype=dtype, requires_grad=requires_grad)
         key_padding = torch.rand(2, 1, 1, 7, device=DEVICE) > 0.3
-        bias = torch.randn(1, 1, 5, 7, device=DEVICE)
+        bias = torch.randn(1, 1, 5, 7, device=DEVICE, dtype=dtype)
         seed = torch.tensor(1234, dtype=torch.int64)
         return [(q, k, v, None, 0.25, False, 0.0, None), (q, k, v, key_padding, 0.25, False, 0.0, None),
                 (q, k, v, bias, 0.5, False, 0.2, seed), (q, k, v, None, 0.25, True, 0.0, None)]
@@ -42,9 +49,9 @@ def _samples(op, requires_grad):
 def test_opcheck(op, backend):
     fwd, bwd = _ops.op(op, "fwd", backend), _ops.op(op, "bwd", backend)
     for requires_grad in (False, True):
-        for args in _samples(op, requires_grad):
+        for args in _samples(op, requires_grad, backend):
             torch.library.opcheck(fwd, args)
-    for args in _samples(op, False):
+    for args in _samples(op, False, backend):
         x, weight = args[0], args[1]
         outputs = fwd(*args)
         dy = torch.randn_like(x)
@@ -96,23 +103,24 @@ def test_compile_fullgraph(backend, compiler):
 @pytest.mark.parametrize("backend", [b for b in runnable_backends(op="attention") if b != "torch"])
 def test_compile_fullgraph_attention(backend, compiler):
     torch._dynamo.reset()
+    dtype, e, _ = _attention_kind(backend)
 
     def attend(q, k, v, key_padding):
-        q = q.view(2, 9, 4, 16).transpose(1, 2)  # (B, L, H*E) projections as a module makes them
-        k, v = (t.view(2, 11, 2, 16).transpose(1, 2) for t in (k, v))
+        q = q.view(2, 9, 4, e).transpose(1, 2)  # (B, L, H*E) projections as a module makes them
+        k, v = (t.view(2, 11, 2, e).transpose(1, 2) for t in (k, v))
         out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=key_padding, enable_gqa=True, backend=backend)
-        return out.transpose(1, 2).reshape(2, 9, 64)
+        return out.transpose(1, 2).reshape(2, 9, 4 * e)
 
-    q = torch.randn(2, 9, 64, device=DEVICE, requires_grad=True)
-    k, v = (torch.randn(2, 11, 32, device=DEVICE, requires_grad=True) for _ in range(2))
+    q = torch.randn(2, 9, 4 * e, device=DEVICE, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(2, 11, 2 * e, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(2))
     key_padding = torch.rand(2, 1, 1, 11, device=DEVICE) > 0.2
     expected = attend(q, k, v, key_padding)
     expected_grads = torch.autograd.grad(expected.sum(), (q, k, v))
     out = torch.compile(attend, fullgraph=True, backend=compiler)(q, k, v, key_padding)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
-    assert_close(out, expected, torch.float32, "compiled output")
+    assert_close(out, expected, dtype, "compiled output")
     for got, want in zip(grads, expected_grads):
-        assert_close(got, want, torch.float32, "compiled gradient")
+        assert_close(got, want, dtype, "compiled gradient")
 
 
 @pytest.mark.parametrize("backend", runnable_backends(op="layer_norm"))

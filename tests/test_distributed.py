@@ -79,6 +79,11 @@ def _worker(rank, wrapper, kind, backend, init_file, out_file):
             torch.save(grads, out_file)
     finally:
         dist.destroy_process_group()
+    # The work is done and saved. Leave without interpreter finalization: about 1 run in 10 on the
+    # 2-core CI machine, a C++ thread torn down there at exit (after destroy_process_group returned,
+    # in Triton-interpreter runs) aborted the worker with "terminate called without an active
+    # exception", which mp.spawn reports as a failure.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("wrapper,kind", [("ddp", "norms"), ("ddp", "encoder"), ("fsdp", "encoder")])

@@ -11,6 +11,7 @@ import torch
 import fasttx
 from fasttx.testing import rel_error
 
+from . import randomize_parameters
 from ..conftest import DEVICE, runnable_backends
 
 KERNEL_BACKENDS = [b for b in runnable_backends(op="attention") if b != "torch"]
@@ -115,16 +116,9 @@ def _run(module, inputs, masks, cfg, train):
     return results
 
 
-def _randomize(module):
-    with torch.no_grad():  # biases start at 0 in torch: random ones make the comparison bite
-        for p in module.parameters():
-            p.normal_(0, 0.5)
-    return module
-
-
 def _compare(cfg, dtype, backend):
     ctor = cfg["ctor"]
-    theirs = _randomize(torch.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=dtype))
+    theirs = randomize_parameters(torch.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=dtype), 0.5)
     ours = fasttx.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=dtype, backend=backend)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     inputs = _inputs(cfg, dtype, ctor["embed_dim"], ctor["kdim"] or ctor["embed_dim"], ctor["vdim"] or ctor["embed_dim"])
@@ -169,7 +163,7 @@ def test_half_precision_on_the_kernels(i, backend):
     gradient at most twice as far from float64 as torch.nn's own fp16 module, plus one rounding."""
     cfg = _half_config(i)
     ctor = cfg["ctor"]
-    exact = _randomize(torch.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=torch.float64))
+    exact = randomize_parameters(torch.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=torch.float64), 0.5)
     theirs = copy.deepcopy(exact).half()
     ours = fasttx.nn.MultiheadAttention(**ctor, device=DEVICE, dtype=torch.float16, backend=backend)
     ours.load_state_dict(theirs.state_dict(), strict=True)
@@ -200,52 +194,51 @@ def test_sweep_covers_the_argument_space():
     assert seen["attn_mask"] >= {"None", "2d bool", "2d float", "3d bool", "3d float", "causal bool", "causal float"}
 
 
-def test_self_attention_reads_strided_heads_without_copies(monkeypatch):
-    """One packed projection; the kernel gets (N, H, L, D) views of it (no transposing copy)."""
-    seen = []
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """The (q, k, v, mask, dropout_p, is_causal) each MultiheadAttention call hands the fused attention."""
+    calls = []
     real = fasttx.functional.scaled_dot_product_attention
 
-    def spy(q, k, v, *args, **kwargs):
-        seen.append((q, k, v))
-        return real(q, k, v, *args, **kwargs)
+    def spy(q, k, v, mask, dropout_p, is_causal, **kwargs):
+        calls.append((q, k, v, mask, dropout_p, is_causal))
+        return real(q, k, v, mask, dropout_p, is_causal, **kwargs)
 
     monkeypatch.setattr(fasttx.nn.attention.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
+def test_self_attention_reads_strided_heads_without_copies(attention_calls):
+    """One packed projection; the kernel gets (N, H, L, D) views of it (no transposing copy)."""
     for batch_first in (True, False):
         mha = fasttx.nn.MultiheadAttention(16, 4, batch_first=batch_first, device=DEVICE)
         x = torch.randn(2, 5, 16, device=DEVICE)
         mha(x, x, x, need_weights=False)
-        q, k, v = seen.pop()
+        q, k, v = attention_calls[-1][:3]
         batch, seq = (2, 5) if batch_first else (5, 2)
         assert q.shape == (batch, 4, seq, 4) and not q.is_contiguous() and q.stride(-1) == 1
         assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
 
 
-def test_key_padding_mask_is_not_expanded(monkeypatch):
-    seen = []
-    real = fasttx.functional.scaled_dot_product_attention
-    monkeypatch.setattr(fasttx.nn.attention.functional, "scaled_dot_product_attention",
-                        lambda q, k, v, mask, *a, **kw: seen.append(mask) or real(q, k, v, mask, *a, **kw))
+def test_key_padding_mask_is_not_expanded(attention_calls):
     mha = fasttx.nn.MultiheadAttention(16, 4, batch_first=True, device=DEVICE)
     x = torch.randn(3, 6, 16, device=DEVICE)
     padding = torch.zeros(3, 6, dtype=torch.bool, device=DEVICE)
     padding[0, 4:] = True
     mha(x, x, x, key_padding_mask=padding, need_weights=False)
-    assert seen[-1].shape == (3, 1, 1, 6)
+    assert attention_calls[-1][3].shape == (3, 1, 1, 6)
     mha(x, x, x, key_padding_mask=padding, attn_mask=torch.ones(6, 6, dtype=torch.bool, device=DEVICE).triu(1),
         need_weights=False)
-    assert seen[-1].shape == (3, 1, 6, 6)  # merged with a 2-D attn_mask: no head dim
+    assert attention_calls[-1][3].shape == (3, 1, 6, 6)  # merged with a 2-D attn_mask: no head dim
 
 
-def test_causal_hint_uses_the_kernel_causal_masking(monkeypatch):
-    seen = []
-    real = fasttx.functional.scaled_dot_product_attention
-    monkeypatch.setattr(fasttx.nn.attention.functional, "scaled_dot_product_attention",
-                        lambda q, k, v, mask, p, causal, **kw: seen.append((mask, causal)) or real(q, k, v, mask, p, causal, **kw))
+def test_causal_hint_uses_the_kernel_causal_masking(attention_calls):
     mha = fasttx.nn.MultiheadAttention(8, 2, device=DEVICE)
     x = torch.randn(5, 2, 8, device=DEVICE)
     causal = torch.nn.Transformer.generate_square_subsequent_mask(5, device=DEVICE)
     out, weights = mha(x, x, x, attn_mask=causal, is_causal=True, need_weights=False)
-    assert seen[-1] == (None, True) and weights is None
+    mask, _, is_causal = attention_calls[-1][3:]
+    assert mask is None and is_causal is True and weights is None
     torch.testing.assert_close(out, mha(x, x, x, attn_mask=causal, need_weights=False)[0])
 
 

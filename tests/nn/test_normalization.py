@@ -6,6 +6,7 @@ import torch
 import fasttx
 from fasttx import backends
 
+from . import randomize_parameters
 from ..conftest import DEVICE, runnable_backends
 
 MODULES = [(torch.nn.LayerNorm, fasttx.nn.LayerNorm), (torch.nn.RMSNorm, fasttx.nn.RMSNorm)]
@@ -27,9 +28,7 @@ def test_drop_in(torch_cls, fasttx_cls, args, kwargs, backend):
     ours = fasttx_cls(*args, **kwargs, device=DEVICE, backend=backend)
     assert isinstance(ours, torch_cls)
     assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in theirs.named_parameters()]
-    with torch.no_grad():  # non-trivial parameters, so that the comparison can fail
-        for p in theirs.parameters():
-            p.copy_(torch.randn_like(p))
+    randomize_parameters(theirs, 1.0)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(3, 5, *theirs.normalized_shape, device=DEVICE)

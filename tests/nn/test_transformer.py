@@ -10,22 +10,16 @@ import torch.nn.functional as F
 
 import fasttx
 
+from . import randomize_parameters
 from ..conftest import DEVICE, runnable_backends
 
 D_MODEL, HEADS, FF = 16, 4, 24
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "callable": lambda x: F.silu(x) * 2}
 
 
-def _randomize(module):
-    with torch.no_grad():  # biases start at 0 and LayerNorm at 1 in torch: random values make comparisons bite
-        for p in module.parameters():
-            p.normal_(0, 0.3)
-    return module
-
-
 def _pair(torch_cls, fasttx_cls, *args, **kwargs):
     """(torch module, fasttx module holding equal parameters)."""
-    theirs = _randomize(torch_cls(*args, **kwargs))
+    theirs = randomize_parameters(torch_cls(*args, **kwargs), 0.3)
     ours = fasttx_cls(*args, **kwargs)
     ours.load_state_dict(theirs.state_dict(), strict=True)
     return theirs, ours

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fasttx.cli import gpu_autotune, gpu_check, gpu_sanitize, gpu_status
+from fasttx.cli import gpu_autotune, gpu_check, gpu_sanitize, gpu_status, gpu_targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,3 +129,43 @@ def test_junit_counts_per_kernel_backend_and_dtype(tmp_path):
     assert parsed["by kernel"]["attention"]["cuda"]["float16"]["failed"] == 1
     assert parsed["by kernel"]["softmax"]["cuda"]["any dtype"]["skipped"] == 1
     assert parsed["failures"] == ["tests.ops.test_attention::test_x[33-100-torch.float16-cuda]"]
+
+
+def _row(op, provider, direction, ms, correct=True, percent=None, **label):
+    return {"op": op, "provider": provider, "pass": direction, "ms": ms, "correct": correct, "% of peak": percent,
+            **label}
+
+
+def test_targets_are_judged_on_the_qualifying_rows_against_same_run_baselines():
+    norm = dict(rows=16384, hidden=4096)
+    attention = dict(batch=4, seq=4096, heads=16, head_dim=128, causal=False)
+    mha = dict(batch=8, seq=2048, d_model=1024, heads=16, attention="self", need_weights=False)
+    rows = [
+        _row("layer_norm", "torch eager", "fwd+bwd", 3.0, **norm),
+        _row("layer_norm", "fasttx triton", "fwd+bwd", 1.5, **norm),  # 2.0x: meets 1.5x
+        _row("layer_norm", "torch eager", "bwd", 2.0, **norm),
+        _row("layer_norm", "fasttx triton", "bwd", 2.5, **norm),  # slower than eager: fails
+        _row("layer_norm", "fasttx triton", "fwd", 0.5, percent=93.0, **norm),
+        _row("layer_norm", "fasttx triton", "fwd", 0.1, percent=50.0, rows=16384, hidden=1024),  # hidden < 4096
+        _row("attention", "torch sdpa flash", "fwd", 1.2, **attention),
+        _row("attention", "fasttx triton", "fwd", 1.0, **attention),  # 1.2x: meets it exactly
+        _row("attention", "torch sdpa flash", "fwd+bwd", 4.0, **attention),
+        _row("attention", "fasttx triton", "fwd+bwd", 3.0, correct=False, **attention),  # wrong: no figure
+        _row("mha", "torch.nn", "fwd+bwd", 13.0, **mha),
+        _row("mha", "fasttx triton", "fwd+bwd", 10.0, **mha),
+    ]
+    profile = {"config": {"d_model": 1024, "layers": 16, "seq": 2048, "batch": 8, "dtype": "bfloat16", "backend": "auto"},
+               "variants": {"torch": {"tokens_per_s": 100.0, "peak_memory_mb": 1000.0},
+                            "fasttx": {"tokens_per_s": 130.0, "peak_memory_mb": 900.0}}}
+    found = {(t["check"], t["backend"]): t for t in gpu_targets.evaluate(rows, profile)}
+    triton = {check: t for (check, backend), t in found.items() if backend in ("triton", "auto")}
+    assert triton["layer_norm fwd, share of copy bandwidth"]["status"] == "pass"  # 0.93 / 0.9
+    assert triton["layer_norm fwd+bwd vs torch eager"]["ratio"] == pytest.approx(2.0 / 1.5, abs=1e-3)
+    assert triton["layer_norm bwd vs torch eager"]["status"] == "fail"
+    assert triton["softmax fwd+bwd vs torch eager"]["status"] == "no data"
+    assert triton["attention fwd vs torch sdpa flash (E=128, seq>=4096)"]["status"] == "pass"
+    assert triton["attention fwd+bwd vs torch sdpa flash (E=128, seq>=4096)"]["status"] == "no data"
+    mha_check = next(c for c in triton if c.startswith("MHA"))
+    assert triton[mha_check]["figure"] == pytest.approx(1.3) and triton[mha_check]["status"] == "pass"
+    assert triton["GPT step tokens/s vs torch eager (1024, 16 layers, seq 2048)"]["status"] == "pass"
+    assert triton["GPT step peak memory vs torch eager"]["ratio"] == pytest.approx(1000 / 900, abs=1e-3)

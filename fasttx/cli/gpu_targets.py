@@ -19,9 +19,9 @@ the target, ratio = value / target (>= 1 meets it; for peak memory target / valu
 BACKENDS = ("triton", "cuda")
 
 
-def _rows(rows, op, provider, direction, **label):
+def _rows(rows, op, provider, direction, label=None):
     return [r for r in rows if r["op"] == op and r["provider"] == provider and r["pass"] == direction
-            and all(r.get(k) == v for k, v in label.items())]
+            and all(r.get(k) == v for k, v in (label or {}).items())]
 
 
 def _speedups(rows, op, backend, direction, baseline, qualifies):
@@ -31,7 +31,7 @@ def _speedups(rows, op, backend, direction, baseline, qualifies):
         if not qualifies(mine) or not mine["correct"] or not mine["ms"]:
             continue
         label = {k: mine[k] for k in mine if k in _LABEL_KEYS}
-        theirs = [r for r in _rows(rows, op, baseline, direction, **label) if r["correct"] and r["ms"]]
+        theirs = [r for r in _rows(rows, op, baseline, direction, label) if r["correct"] and r["ms"]]
         if theirs:
             found.append((theirs[0]["ms"] / mine["ms"], _describe(label)))
     return found

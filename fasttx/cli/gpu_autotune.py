@@ -21,6 +21,7 @@ Shards split the cases between processes (compiling is per process and single-th
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import sys
 import time
@@ -123,11 +124,14 @@ def _attempt(case, run, expected):
     return ("pass" if err <= TOLERANCE[case.dtype] else "fail"), err, None
 
 
-def run_cases(selected, device_type):
+def run_cases(selected, device_type, after_case=lambda result: None):
     """Force every admitted config of every autotuner the ``selected`` cases reach; the results as a
-    JSON-able dict: {"autotuners": {name: [config keys]}, "records": [...], "cases": [...]}."""
+    JSON-able dict: {"autotuners": {name: [config keys]}, "records": [...], "cases": [...]}, also
+    passed to ``after_case`` after each case (so that a stopped run keeps what it did)."""
     tuners = autotuners()
     records, ran = [], []
+    result = {"autotuners": {name: [config_key(c) for c in t.configs] for name, t in tuners.items()},
+              "records": records, "cases": ran}
 
     def record(case, kernel, config, outcome):
         status, err, message = outcome
@@ -152,8 +156,8 @@ def run_cases(selected, device_type):
             seconds = time.perf_counter() - begin
             ran.append(dict(case=case.name, seconds=seconds, reached=sorted(first)))
             print(f"{case.name}: {seconds:.1f} s, kernels reached: {sorted(first) or 'none'}", flush=True)
-    return {"autotuners": {name: [config_key(c) for c in t.configs] for name, t in tuners.items()},
-            "records": records, "cases": ran}
+            after_case(result)
+    return result
 
 
 def summarize(results):
@@ -187,13 +191,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     index, count = (int(n) for n in args.shard.split("/"))
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    result = run_cases(cases(device_type)[index::count], device_type)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    else:
-        print(text)
+
+    def write(result):
+        if args.out:
+            with open(args.out + ".tmp", "w") as f:
+                json.dump(result, f, indent=1)
+            os.replace(args.out + ".tmp", args.out)
+
+    result = run_cases(cases(device_type)[index::count], device_type, write)
+    if not args.out:
+        print(json.dumps(result, indent=1))
     return 1 if any(r["status"] != "pass" for r in result["records"]) else 0
 
 

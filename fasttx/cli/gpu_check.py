@@ -300,13 +300,14 @@ def stage_autotune(ctx, timeout):
     codes = [ctx.finish(p, end - time.monotonic()) for p in procs]
     results = [json.load(open(p)) for p in paths if os.path.exists(p)]
     if not results:
-        return _result("fail", f"no shard finished (exits {codes}): {_tail(ctx.log('autotune'), 300)}")
+        return _result("fail", f"no shard finished a case (exits {codes}): {_tail(ctx.log('autotune'), 300)}")
     summary = gpu_autotune.summarize(results)
     c = summary["counts"]
     text = (f"{c['pass']}/{sum(c.values())} configs of {len(summary['kernels'])} autotuned kernels pass"
             + (f", {c['fail']} fail" if c["fail"] else "") + (f", {c['not covered']} not covered" if c["not covered"] else "")
-            + (f"; {len(results)}/{shards} shards finished" if len(results) < shards else ""))
-    status = summary.pop("status") if len(results) == shards else "fail"
+            + (f"; shard exits {codes} (None: timed out)" if any(code != 0 for code in codes) else ""))
+    status = summary.pop("status")
+    status = status if all(code == 0 for code in codes) else "fail"
     return _result(status, text, **summary)
 
 
@@ -326,7 +327,8 @@ def parse_sanitizer(text, rc):
     errors = sum(totals) if totals else None
     failed_cases = re.findall(r"^(?:FAIL|ERROR) .*$", text, re.M)
     if rc is None:
-        return "fail", errors, "timed out"
+        done = len(re.findall(r"^(?:ok|FAIL|ERROR) ", text, re.M))
+        return "fail", errors, f"timed out after {done} cases, {len(failed_cases)} failed, {errors or 0} errors so far"
     if errors is None:
         return "fail", None, f"no sanitizer summary (exit {rc})"
     if errors or failed_cases or rc != 0:

@@ -129,7 +129,8 @@ def status_markdown(report):
     if dry:
         lines += ["**No kernel of fasttx has run on a GPU yet.** This page was generated from a CPU dry run of",
                   "`make gpu-check` (no GPU: the Triton kernels ran in the interpreter on tiny shapes, the CUDA C++",
-                  "kernels did not run, no figure below is a GPU figure). The first GPU run is still owed.", ""]
+                  "kernels did not run, no figure below is a GPU figure; the tests column counts that CPU run).",
+                  "The first GPU run is still owed.", ""]
     lines += [f"Run: {_provenance(report)}.", "",
               "| kernel | backend | ran on a GPU | tests | autotune configs | compute-sanitizer | headline vs targets |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -142,6 +143,10 @@ def status_markdown(report):
     lines += ["", "GPT training step: " + ("; ".join(f"{t['check']}: {_fmt(t['figure'])} (target {t['target']}, "
                                                       f"{t['status']})" for t in gpt) or "not run") + ".",
               "", "Stages: " + "; ".join(f"{n} {_stage(report, n)['status']}" for n in report["stages_selected"]) + "."]
+    failures = [f for name in ("tests", "hazards") for f in _stage(report, name).get("failures") or []]
+    if failures:
+        lines += ["", f"Failed tests ({len(failures)}): " + ", ".join(f"`{f}`" for f in failures[:10])
+                  + (", ..." if len(failures) > 10 else "") + "."]
     return "\n".join(lines) + "\n"
 
 

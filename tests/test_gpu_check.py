@@ -169,3 +169,30 @@ def test_targets_are_judged_on_the_qualifying_rows_against_same_run_baselines():
     assert triton[mha_check]["figure"] == pytest.approx(1.3) and triton[mha_check]["status"] == "pass"
     assert triton["GPT step tokens/s vs torch eager (1024, 16 layers, seq 2048)"]["status"] == "pass"
     assert triton["GPT step peak memory vs torch eager"]["ratio"] == pytest.approx(1000 / 900, abs=1e-3)
+
+
+def test_status_page_from_a_gpu_report_names_the_device_per_kernel():
+    counts = {"passed": 12, "failed": 0, "error": 0, "skipped": 0}
+    report = {
+        "dry_run": False, "date": "2026-12-01T00:00:00+00:00", "git": {"commit": "0" * 40, "dirty": False},
+        "device": {"name": "NVIDIA H200", "gpu": True, "capability": "9.0", "sm_count": 132, "memory_gib": 139.8},
+        "versions": {"python": "3.12.3", "torch": "2.11.0+cu130", "triton": "3.6.0"},
+        "stages_selected": ["tests", "sanitize", "bench"],
+        "stages": {
+            "tests": {"status": "pass", "summary": "", "failures": [],
+                      "by kernel": {"norms": {"triton": {"bfloat16": counts}, "cuda": {"bfloat16": counts}},
+                                    "attention": {"triton": {"bfloat16": counts}}}},
+            "sanitize": {"status": "fail", "summary": "", "tools": {
+                "memcheck": {"status": "fail", "errors": 2, "summary": "2 errors",
+                             "kernels with errors": ["attention_fwd_kernel"]},
+                "racecheck": {"status": "refused", "errors": None, "summary": "", "kernels with errors": []}}},
+            "bench": {"status": "pass", "summary": "", "targets": [
+                {"check": "layer_norm fwd+bwd vs torch eager", "backend": "cuda", "figure": 1.8, "target": 1.5,
+                 "ratio": 1.2, "status": "pass", "where": "hidden=4096", "unit": "x"}]},
+        },
+    }
+    page = gpu_status.status_markdown(report)
+    assert "No kernel of fasttx has run on a GPU yet" not in page
+    assert "| norms | cuda | NVIDIA H200 | 12 passed, 0 failed (bfloat16) |" in page
+    assert "memcheck pass, racecheck refused | layer_norm fwd+bwd vs torch eager: 1.8 (ratio 1.2, pass) |" in page
+    assert "| attention | cuda | no | not run |" in page and "memcheck fail" in page

@@ -359,7 +359,7 @@ def stage_sanitize(ctx, timeout):
             rc = ctx.run(command(name, filtered=False), f"sanitize_{name}", end - time.monotonic(), env)
             text = _tail(ctx.log(f"sanitize_{name}"), 200_000)
         status, errors, summary = parse_sanitizer(text, rc)
-        kernels = sorted(set(re.findall(r"fasttx::(\w+)", text))) if errors else []
+        kernels = sorted(set(re.findall(r"fasttx::(?:\w+::)*(\w+_kernel)", text))) if errors else []
         tools[name] = {"status": status, "errors": errors, "summary": summary, "kernels with errors": kernels}
     statuses = {t["status"] for t in tools.values()}
     status = "fail" if "fail" in statuses else "pass" if statuses == {"pass"} else "refused"

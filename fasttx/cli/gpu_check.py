@@ -6,7 +6,8 @@ Stages, in order (``--only`` picks some; the names below):
   build     install fasttx editable into this python3 (pip --no-index --no-deps --no-build-isolation,
             nothing downloaded) and build fasttx._C for the visible GPU only (TORCH_CUDA_ARCH_LIST from
             its compute capability, "9.0a" on Hopper; MAX_JOBS = all cores), or reuse a build that
-            loads; prints the build time
+            loads; prints the build time. Added to --only on a GPU machine where fasttx is not
+            installed from this tree: every other stage imports it
   ceilings  device-to-device copy GB/s (read + write) and an 8192^3 bf16 GEMM TFLOP/s, random data
   tests     the test suite on CUDA tensors (every kernel backend and dtype; pytest-xdist and a
             per-test timeout when installed); pass/fail counts per kernel, backend and dtype
@@ -472,6 +473,12 @@ def run(args):
     ctx = Context(args)
     ctx.results = results = {}
     selected = [s for s in STAGES if s in args.only]
+    if ctx.gpu and "build" not in selected and not all(_probe_install(ctx)[:2]):
+        # Every other stage imports the installed fasttx: a fresh machine needs the build first.
+        print("gpu-check: fasttx is not installed from this tree with a loadable fasttx._C: adding stage build",
+              flush=True)
+        selected.insert(0, "build")
+        args.only = [*args.only, "build"]
     for name in ("build", "ceilings"):
         if name in selected:
             if name != "build" and results.get("build", {}).get("status") == "fail":

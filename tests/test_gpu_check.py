@@ -196,3 +196,13 @@ def test_status_page_from_a_gpu_report_names_the_device_per_kernel():
     assert "| norms | cuda | NVIDIA H200 | 12 passed, 0 failed (bfloat16) |" in page
     assert "memcheck pass, racecheck refused | layer_norm fwd+bwd vs torch eager: 1.8 (ratio 1.2, pass) |" in page
     assert "| attention | cuda | no | not run |" in page and "memcheck fail" in page
+
+
+def test_gpu_coverage_names_each_kernel_backend_dtype_without_a_passing_test():
+    passed = {"passed": 1}
+    full = {k: {b: {d: passed for d in ("float32", "float16", "bfloat16")} for b in ("triton", "cuda")}
+            for k in ("norms", "softmax", "attention")}
+    assert gpu_check.coverage_gaps(full) == []
+    del full["attention"]["triton"]["bfloat16"], full["attention"]["cuda"]["float32"]
+    full["norms"]["cuda"]["float16"] = {"passed": 0, "failed": 3}
+    assert gpu_check.coverage_gaps(full) == ["norms/cuda/float16", "attention/triton/bfloat16"]

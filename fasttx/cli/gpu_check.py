@@ -275,11 +275,30 @@ def _tests_result(parsed, rc, name):
     return _result("pass" if ok else "fail", text + ("" if rc in (0, 1) else f" (pytest exit {rc})"), **parsed)
 
 
+# (kernel, backend, dtype) that a GPU run of the whole suite must pass tests in: every kernel on both
+# kernel backends in every dtype, bf16 attention included; CUDA attention has no fp32 kernel.
+GPU_COVERAGE = [(kernel, backend, dtype) for kernel in ("norms", "softmax", "attention") for backend in ("triton", "cuda")
+                for dtype in ("float32", "float16", "bfloat16")
+                if not (kernel, backend, dtype) == ("attention", "cuda", "float32")]
+
+
+def coverage_gaps(by_kernel):
+    """The GPU_COVERAGE entries, as "kernel/backend/dtype", with no passing test in ``by_kernel``."""
+    return [f"{k}/{b}/{d}" for k, b, d in GPU_COVERAGE if not by_kernel.get(k, {}).get(b, {}).get(d, {}).get("passed")]
+
+
 def stage_tests(ctx, timeout):
     workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if ctx.gpu else 1
     targets = ctx.args.tests.split() + ["--ignore", HAZARD_TESTS]
     rc = ctx.run(_pytest_command(ctx, "tests", targets, workers), "tests", timeout)
-    return _tests_result(parse_junit(os.path.join(ctx.work, "tests.xml")), rc, "tests")
+    parsed = parse_junit(os.path.join(ctx.work, "tests.xml"))
+    result = _tests_result(parsed, rc, "tests")
+    if ctx.gpu and ctx.args.tests == "tests":
+        result["not covered"] = missing = coverage_gaps(parsed["by kernel"])
+        if missing:
+            result["status"] = "fail"
+            result["summary"] += f"; no passing test for {', '.join(missing)}"
+    return result
 
 
 def stage_hazards(ctx, timeout):

@@ -109,7 +109,12 @@ def plot(rows, targets, path):
             and r["speed-up"]]
     if not mine:
         return False
-    labels = sorted({(r["op"], _describe({k: r[k] for k in r if k in _LABEL_KEYS})) for r in mine})
+    def varying(op):  # the label keys that tell this op's bars apart
+        values = [{k: r[k] for k in r if k in _LABEL_KEYS} for r in mine if r["op"] == op]
+        return [k for k in values[0] if len({str(v.get(k)) for v in values}) > 1]
+
+    shown = {op: varying(op) for op in {r["op"] for r in mine}}
+    labels = sorted({(r["op"], _describe({k: r[k] for k in shown[r["op"]]})) for r in mine})
     series = sorted({(r["provider"], r["pass"]) for r in mine})
     fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(labels) * len(series) / 2), 6))
     width = 0.8 / len(series)
@@ -117,15 +122,16 @@ def plot(rows, targets, path):
         heights = []
         for op, text in labels:
             match = [r["speed-up"] for r in mine if r["op"] == op and r["provider"] == provider
-                     and r["pass"] == direction and _describe({k: r[k] for k in r if k in _LABEL_KEYS}) == text]
+                     and r["pass"] == direction and _describe({k: r[k] for k in shown[op]}) == text]
             heights.append(match[0] if match else 0)
         ax.bar([j + i * width for j in range(len(labels))], heights, width, label=f"{provider} {direction}")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
-    ax.set_xticklabels([f"{op}\n{text}" for op, text in labels], rotation=60, ha="right", fontsize=6)
+    ax.set_xticklabels([f"{op}\n{text}" for op, text in labels], rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("speed-up vs fastest correct PyTorch baseline")
     met = sum(t["status"] == "pass" for t in targets)
-    ax.set_title(f"fasttx gpu-check headline ({met}/{len(targets)} targets met)")
+    judged = sum(t["status"] != "no data" for t in targets)
+    ax.set_title(f"fasttx gpu-check headline: {met} of {judged} targets with data met ({len(targets)} in all)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

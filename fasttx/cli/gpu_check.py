@@ -266,7 +266,7 @@ def parse_junit(path):
     return {"counts": counts, "by kernel": by_kernel, "failures": failures}
 
 
-def _tests_result(parsed, rc, name):
+def _tests_result(parsed, rc):
     c = parsed["counts"]
     text = f"{c['passed']} passed, {c['failed'] + c['error']} failed, {c['skipped']} skipped"
     if rc is None:
@@ -292,7 +292,7 @@ def stage_tests(ctx, timeout):
     targets = ctx.args.tests.split() + ["--ignore", HAZARD_TESTS]
     rc = ctx.run(_pytest_command(ctx, "tests", targets, workers), "tests", timeout)
     parsed = parse_junit(os.path.join(ctx.work, "tests.xml"))
-    result = _tests_result(parsed, rc, "tests")
+    result = _tests_result(parsed, rc)
     if ctx.gpu and ctx.args.tests == "tests":
         result["not covered"] = missing = coverage_gaps(parsed["by kernel"])
         if missing:
@@ -306,7 +306,7 @@ def stage_hazards(ctx, timeout):
     parsed = parse_junit(os.path.join(ctx.work, "hazards.xml"))
     if not ctx.gpu:
         return _result("skipped", f"skipped: no GPU ({parsed['counts']['skipped']} GPU-only tests)", **parsed)
-    return _tests_result(parsed, rc, "hazards")
+    return _tests_result(parsed, rc)
 
 
 def stage_autotune(ctx, timeout):

@@ -33,3 +33,16 @@ bench: install
 
 clean:
 	rm -rf build *.egg-info fasttx/_C*.so $(BENCH_OUT)
+
+# make gpu-check: the one-call validation on a lent GPU (README, "GPU validation"). It uses the
+# python of .venv when there is one, else this machine's python3, with its torch as it is: nothing
+# is downloaded; fasttx is installed editable into it and fasttx._C built for the visible GPU only,
+# within GPU_CHECK_BUDGET seconds of wall time. Without a GPU it is the CPU dry run.
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+GPU_CHECK_OUT ?= gpu-check-out
+GPU_CHECK_BUDGET ?= 480
+GPU_CHECK_ARGS ?=
+
+.PHONY: gpu-check
+gpu-check:
+	$(GPU_CHECK_PYTHON) -m fasttx.cli.gpu_check --out $(GPU_CHECK_OUT) --budget $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)

@@ -1,0 +1,208 @@
+"""`make gpu-check` on the CPU: its plumbing end to end (the dry run: tiny shapes, the Triton
+interpreter, GPU-only stages reported as skipped), the parts that judge results, and the committed
+docs/gpu-status.md, so that the one-call GPU validation cannot rot between GPU loans."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fasttx.cli import gpu_autotune, gpu_check, gpu_sanitize, gpu_status, gpu_targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-check-out")
+    proc = subprocess.run([sys.executable, "-m", "fasttx.cli.gpu_check", "--dry-run", "--out", str(out),
+                           "--tests", "tests/test_backends.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return proc, out
+
+
+def test_dry_run_writes_at_most_8_plain_files_and_prints_the_table_last(dry_run):
+    proc, out = dry_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(os.listdir(out))
+    assert set(files) == set(gpu_check.OUTPUT_FILES) and len(files) <= 8, files
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) and os.path.isfile(out / f) for f in files)
+    last = proc.stdout.strip().splitlines()
+    table_start = next(i for i, line in enumerate(last) if line.startswith("fasttx gpu-check on"))
+    assert all(not line.startswith("gpu-check:") for line in last[table_start:]), "the summary table is not last"
+
+
+def test_dry_run_reports_every_stage(dry_run):
+    _, out = dry_run
+    report = json.loads((out / "gpu_check.json").read_text())
+    stages = report["stages"]
+    assert report["dry_run"] and report["stages_selected"] == list(gpu_check.STAGES)
+    for name in ("build", "ceilings", "sanitize"):
+        assert stages[name]["status"] == "skipped" and "no GPU" in stages[name]["summary"]
+    assert stages["hazards"]["status"] == "skipped"
+    assert stages["tests"]["status"] == "pass" and stages["tests"]["counts"]["passed"] > 0
+    # Every autotuner of fasttx.triton_kernels reached and its (interpreter) config checked.
+    assert stages["autotune"]["status"] == "pass", stages["autotune"]
+    assert set(stages["autotune"]["kernels"]) == set(gpu_autotune.autotuners())
+    assert stages["bench"]["status"] == "pass", stages["bench"]["summary"]
+    assert {t["status"] for t in stages["bench"]["targets"]} == {"no data"}  # no target shape on the CPU
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["op"] for r in bench["rows"]} == set(gpu_check.HEADLINE) and bench["profile"]["variants"]
+    summary = (out / "summary.md").read_text()
+    assert "CPU dry run" in summary and all(f"| {name} |" in summary for name in gpu_check.STAGES)
+
+
+def test_status_page_from_a_dry_run_says_nothing_ran_on_a_gpu(dry_run, tmp_path):
+    _, out = dry_run
+    page = tmp_path / "gpu-status.md"
+    assert gpu_status.main([str(out / "gpu_check.json"), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "No kernel of fasttx has run on a GPU yet" in text
+    assert text.count("| no |") == len(gpu_status.KERNELS) * len(gpu_status.BACKENDS)
+
+
+def test_committed_status_page_is_generated():
+    with open(os.path.join(ROOT, "docs", "gpu-status.md")) as f:
+        text = f.read()
+    assert text.startswith("# GPU status") and "python -m fasttx.cli.gpu_status" in text
+
+
+def test_budget_too_short_skips_stages_and_says_which(tmp_path, capsys):
+    code = gpu_check.main(["--dry-run", "--budget", "20", "--only", "tests,autotune,bench", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert code == 0 and report["stages_skipped"] == ["tests", "autotune", "bench"]
+    assert all("budget" in report["stages"][name]["summary"] for name in report["stages_skipped"])
+    assert "skipped: budget" in capsys.readouterr().out
+
+
+def test_only_takes_known_stages():
+    assert gpu_check._parse_only("bench,tests") == ["bench", "tests"]
+    with pytest.raises(Exception, match="subset of build,ceilings"):
+        gpu_check._parse_only("tests,benchmark")
+
+
+def test_autotune_summary_fails_on_an_autotuner_no_case_reaches():
+    reached = {"autotuners": {"attention_fwd._attn_fwd": ["A", "B"]},
+               "records": [dict(case="c", kernel="attention_fwd._attn_fwd", config=c, status="pass", error=0.0,
+                                message=None) for c in ("A", "B")], "cases": []}
+    assert gpu_autotune.summarize([reached])["status"] == "pass"
+    new_kernel = {"autotuners": {"norms._new_kernel": ["C"]}, "records": [], "cases": []}
+    summary = gpu_autotune.summarize([reached, new_kernel])
+    assert summary["status"] == "fail" and summary["counts"]["not covered"] == 1
+    failing = dict(reached, records=reached["records"][:1] + [dict(reached["records"][1], status="error",
+                                                                    message="OutOfResources")])
+    assert gpu_autotune.summarize([failing])["configs"]["attention_fwd._attn_fwd [B]"]["status"] == "fail"
+
+
+@pytest.mark.parametrize("text,rc,status", [
+    ("========= COMPUTE-SANITIZER\n========= Error: Device not supported\n", 1, "refused"),
+    ("ok    layer_norm\n========= ERROR SUMMARY: 0 errors\n", 0, "pass"),
+    ("========= Invalid __global__ read of size 16 bytes\n========= ERROR SUMMARY: 3 errors\n", 99, "fail"),
+    ("========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n", 0, "pass"),
+    ("FAIL  softmax 2x5x7 bf16: max rel err 1.00e+00\n========= ERROR SUMMARY: 0 errors\n", 1, "fail"),
+    ("partial output", None, "fail"),
+])
+def test_sanitizer_output_is_judged(text, rc, status):
+    assert gpu_check.parse_sanitizer(text, rc)[0] == status
+
+
+def test_sanitize_driver_cases_run_on_the_reference_backend(capsys):
+    # The program compute-sanitizer runs: its cases and checks, on the CPU through backend torch.
+    assert gpu_sanitize.main(["--backend", "torch", "--only", "1024"]) == 0
+    assert capsys.readouterr().out.count("ok ") >= 4
+    names = [case.name for case in gpu_sanitize.cases()]
+    assert all(any(f"E={d} " in n for n in names) for d in gpu_sanitize.HEAD_DIMS)
+
+
+def test_junit_counts_per_kernel_backend_and_dtype(tmp_path):
+    xml = tmp_path / "r.xml"
+    xml.write_text("""<testsuites><testsuite>
+      <testcase classname="tests.ops.test_attention" name="test_x[33-100-torch.bfloat16-triton]"/>
+      <testcase classname="tests.ops.test_attention" name="test_x[33-100-torch.float16-cuda]"><failure/></testcase>
+      <testcase classname="tests.ops.test_softmax" name="test_y[cuda]"><skipped/></testcase>
+      <testcase classname="tests.test_cli" name="test_z"/></testsuite></testsuites>""")
+    parsed = gpu_check.parse_junit(str(xml))
+    assert parsed["counts"] == {"passed": 2, "failed": 1, "error": 0, "skipped": 1}
+    assert parsed["by kernel"]["attention"]["triton"]["bfloat16"]["passed"] == 1
+    assert parsed["by kernel"]["attention"]["cuda"]["float16"]["failed"] == 1
+    assert parsed["by kernel"]["softmax"]["cuda"]["any dtype"]["skipped"] == 1
+    assert parsed["failures"] == ["tests.ops.test_attention::test_x[33-100-torch.float16-cuda]"]
+
+
+def _row(op, provider, direction, ms, correct=True, percent=None, **label):
+    return {"op": op, "provider": provider, "pass": direction, "ms": ms, "correct": correct, "% of peak": percent,
+            **label}
+
+
+def test_targets_are_judged_on_the_qualifying_rows_against_same_run_baselines():
+    norm = dict(rows=16384, hidden=4096)
+    attention = dict(batch=4, seq=4096, heads=16, head_dim=128, causal=False)
+    mha = dict(batch=8, seq=2048, d_model=1024, heads=16, attention="self", need_weights=False)
+    rows = [
+        _row("layer_norm", "torch eager", "fwd+bwd", 3.0, **norm),
+        _row("layer_norm", "fasttx triton", "fwd+bwd", 1.5, **norm),  # 2.0x: meets 1.5x
+        _row("layer_norm", "torch eager", "bwd", 2.0, **norm),
+        _row("layer_norm", "fasttx triton", "bwd", 2.5, **norm),  # slower than eager: fails
+        _row("layer_norm", "fasttx triton", "fwd", 0.5, percent=93.0, **norm),
+        _row("layer_norm", "fasttx triton", "fwd", 0.1, percent=50.0, rows=16384, hidden=1024),  # hidden < 4096
+        _row("attention", "torch sdpa flash", "fwd", 1.2, **attention),
+        _row("attention", "fasttx triton", "fwd", 1.0, **attention),  # 1.2x: meets it exactly
+        _row("attention", "torch sdpa flash", "fwd+bwd", 4.0, **attention),
+        _row("attention", "fasttx triton", "fwd+bwd", 3.0, correct=False, **attention),  # wrong: no figure
+        _row("mha", "torch.nn", "fwd+bwd", 13.0, **mha),
+        _row("mha", "fasttx triton", "fwd+bwd", 10.0, **mha),
+    ]
+    profile = {"config": {"d_model": 1024, "layers": 16, "seq": 2048, "batch": 8, "dtype": "bfloat16", "backend": "auto"},
+               "variants": {"torch": {"tokens_per_s": 100.0, "peak_memory_mb": 1000.0},
+                            "fasttx": {"tokens_per_s": 130.0, "peak_memory_mb": 900.0}}}
+    found = {(t["check"], t["backend"]): t for t in gpu_targets.evaluate(rows, profile)}
+    triton = {check: t for (check, backend), t in found.items() if backend in ("triton", "auto")}
+    assert triton["layer_norm fwd, share of copy bandwidth"]["status"] == "pass"  # 0.93 / 0.9
+    assert triton["layer_norm fwd+bwd vs torch eager"]["ratio"] == pytest.approx(2.0 / 1.5, abs=1e-3)
+    assert triton["layer_norm bwd vs torch eager"]["status"] == "fail"
+    assert triton["softmax fwd+bwd vs torch eager"]["status"] == "no data"
+    assert triton["attention fwd vs torch sdpa flash (E=128, seq>=4096)"]["status"] == "pass"
+    assert triton["attention fwd+bwd vs torch sdpa flash (E=128, seq>=4096)"]["status"] == "no data"
+    mha_check = next(c for c in triton if c.startswith("MHA"))
+    assert triton[mha_check]["figure"] == pytest.approx(1.3) and triton[mha_check]["status"] == "pass"
+    assert triton["GPT step tokens/s vs torch eager (1024, 16 layers, seq 2048)"]["status"] == "pass"
+    assert triton["GPT step peak memory vs torch eager"]["ratio"] == pytest.approx(1000 / 900, abs=1e-3)
+
+
+def test_status_page_from_a_gpu_report_names_the_device_per_kernel():
+    counts = {"passed": 12, "failed": 0, "error": 0, "skipped": 0}
+    report = {
+        "dry_run": False, "date": "2026-12-01T00:00:00+00:00", "git": {"commit": "0" * 40, "dirty": False},
+        "device": {"name": "NVIDIA H200", "gpu": True, "capability": "9.0", "sm_count": 132, "memory_gib": 139.8},
+        "versions": {"python": "3.12.3", "torch": "2.11.0+cu130", "triton": "3.6.0"},
+        "stages_selected": ["tests", "sanitize", "bench"],
+        "stages": {
+            "tests": {"status": "pass", "summary": "", "failures": [],
+                      "by kernel": {"norms": {"triton": {"bfloat16": counts}, "cuda": {"bfloat16": counts}},
+                                    "attention": {"triton": {"bfloat16": counts}}}},
+            "sanitize": {"status": "fail", "summary": "", "tools": {
+                "memcheck": {"status": "fail", "errors": 2, "summary": "2 errors",
+                             "kernels with errors": ["attention_fwd_kernel"]},
+                "racecheck": {"status": "refused", "errors": None, "summary": "", "kernels with errors": []}}},
+            "bench": {"status": "pass", "summary": "", "targets": [
+                {"check": "layer_norm fwd+bwd vs torch eager", "backend": "cuda", "figure": 1.8, "target": 1.5,
+                 "ratio": 1.2, "status": "pass", "where": "hidden=4096", "unit": "x"}]},
+        },
+    }
+    page = gpu_status.status_markdown(report)
+    assert "No kernel of fasttx has run on a GPU yet" not in page
+    assert "| norms | cuda | NVIDIA H200 | 12 passed, 0 failed (bfloat16) |" in page
+    assert "memcheck pass, racecheck refused | layer_norm fwd+bwd vs torch eager: 1.8 (ratio 1.2, pass) |" in page
+    assert "| attention | cuda | no | not run |" in page and "memcheck fail" in page
+
+
+def test_gpu_coverage_names_each_kernel_backend_dtype_without_a_passing_test():
+    passed = {"passed": 1}
+    full = {k: {b: {d: passed for d in ("float32", "float16", "bfloat16")} for b in ("triton", "cuda")}
+            for k in ("norms", "softmax", "attention")}
+    assert gpu_check.coverage_gaps(full) == []
+    del full["attention"]["triton"]["bfloat16"], full["attention"]["cuda"]["float32"]
+    full["norms"]["cuda"]["float16"] = {"passed": 0, "failed": 3}
+    assert gpu_check.coverage_gaps(full) == ["norms/cuda/float16", "attention/triton/bfloat16"]

@@ -70,7 +70,11 @@ class _AfterImportFinder(importlib.abc.MetaPathFinder):
 
 
 def install_import_hooks():
-    """Register fasttx with the libraries already imported, and with the others when they are."""
+    """Register fasttx with the libraries already imported, and with the others when they are; offer
+    it to torch's flash-attention registry (not activated)."""
+    from . import torch_flash
+
+    torch_flash.register()
     for module_name in _AFTER_IMPORT:
         if module_name in sys.modules:
             _run_hook(module_name)

@@ -19,6 +19,7 @@ model's own eager attention for those layers instead and says so once.
 import logging
 import sys
 
+import torch
 from .. import backends, functional
 
 logger = logging.getLogger("fasttx")
@@ -68,6 +69,17 @@ def _eager_fallback(module, feature):
     return eager
 
 
+def _additive_mask(query, key, attention_mask, is_causal):
+    """The float mask transformers' eager attention adds to the scores (it builds no causal mask
+    itself), from the SDPA-style bool mask (True = attend) or the causal flag."""
+    if is_causal:  # no mask and as many queries as keys (else transformers gives a mask)
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
+    if attention_mask is None or attention_mask.dtype != torch.bool:
+        return attention_mask
+    return torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~attention_mask,
+                                                                              torch.finfo(query.dtype).min)
+
+
 def attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                       **kwargs):
     """transformers' attention-function signature on fasttx.scaled_dot_product_attention; see the
@@ -80,13 +92,14 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
                              f"attention (backend={backends.requested(backend)!r}) does not support; use "
                              f"backend 'auto' (falls back to the model's eager attention) or another "
                              f"attn_implementation")
-        return _eager_fallback(module, feature)(module, query, key, value, attention_mask, dropout=dropout,
-                                                scaling=scaling, is_causal=is_causal, **kwargs)
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     # As transformers' SDPA path: causal only without a mask (the mask then holds it) and for more than
     # one query (one decoding query sees every cached key). The shape test first keeps compile happy.
     is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    if feature is not None:
+        return _eager_fallback(module, feature)(module, query, key, value, _additive_mask(query, key, attention_mask,
+                                                is_causal), dropout=dropout, scaling=scaling, **kwargs)
     out = functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=bool(is_causal), scale=scaling,
         enable_gqa=key.shape[1] != query.shape[1], backend=backend)

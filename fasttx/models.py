@@ -151,10 +151,12 @@ class HFCausalLM(nn.Module):
 def set_activation_checkpointing(model, enabled):
     """Recompute each Transformer layer in the backward (training only)."""
     if isinstance(model, HFCausalLM):
+        # activation_* in newer transformers, gradient_* (deprecated there) before
+        prefix = "activation" if hasattr(model.model, "activation_checkpointing_enable") else "gradient"
         if enabled:
-            model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            getattr(model.model, f"{prefix}_checkpointing_enable")({"use_reentrant": False})
         else:
-            model.model.gradient_checkpointing_disable()
+            getattr(model.model, f"{prefix}_checkpointing_disable")()
     else:
         model.body.activation_checkpointing = enabled
 

@@ -20,6 +20,7 @@ dropout stay timm's.
 """
 
 import collections
+import importlib
 import sys
 
 import torch
@@ -105,6 +106,18 @@ def _fasttx_subclass(cls, behaviour):
     if cls not in _subclasses:
         _subclasses[cls] = type(f"Fasttx{cls.__name__}", (behaviour, cls), {"__module__": __name__})
     return _subclasses[cls]
+
+
+def __getattr__(name):
+    """The converted classes by name (``FasttxLlamaRMSNorm``): how pickle finds them, so that a
+    patched model saves and loads whole (torch.save(model))."""
+    for (module_name, class_name), behaviour in LIBRARY_MODULES.items():
+        if name == f"Fasttx{class_name}":
+            try:
+                return _fasttx_subclass(getattr(importlib.import_module(module_name), class_name), behaviour)
+            except (ImportError, AttributeError):  # e.g. timm's Attention in its other home
+                continue
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def listed_classes():

@@ -5,6 +5,7 @@ torch.compile, generate(), and the lazy registration."""
 
 import copy
 import logging
+import pickle
 import subprocess
 import sys
 
@@ -155,6 +156,8 @@ def test_patch_switches_a_built_model_and_converts_its_norms():
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     inputs, valid = _inputs("qwen2")
     _assert_same_logits_and_grads(stock, model, inputs, valid)
+    reloaded = pickle.loads(pickle.dumps(model))  # torch.save(model) pickles the converted classes by name
+    assert type(reloaded.model.norm) is type(norm) and reloaded.fasttx_patched == model.fasttx_patched
 
 
 def test_optimizer_steps_give_the_same_losses():

@@ -11,7 +11,7 @@ import torch
 import fasttx
 from fasttx import functional
 from fasttx.integrations import library_modules
-from fasttx.testing import TOLERANCE
+from fasttx.testing import TOLERANCE, rel_error
 
 pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
@@ -24,9 +24,6 @@ def _norm_class(key):
     module_name, class_name = key
     return getattr(importlib.import_module(module_name), class_name)
 
-
-def _rel_error(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32),
@@ -58,7 +55,7 @@ def test_listed_norm_matches_the_stock_class(key, input_dtype, weight_dtype):
     pairs = [(out_fast, out_stock), (x_fast.grad, x_stock.grad)]
     pairs += [(a.grad, b.grad) for a, b in zip(converted.parameters(), stock.parameters())]
     for fast, expected in pairs:
-        assert fast.dtype == expected.dtype and _rel_error(fast, expected) <= tolerance
+        assert fast.dtype == expected.dtype and rel_error(fast, expected) <= tolerance
 
 
 def test_the_listed_classes_exist_in_the_installed_libraries():
@@ -128,15 +125,20 @@ def test_timm_unfused_attention_is_switched_to_the_fused_path(sdpa_calls):
 
 
 def test_timm_vit_fp16_triton_kernels():
+    """Logits and every parameter gradient in fp16 on the Triton kernels: error against the fp32
+    model at most twice the stock fp16 model's, plus one rounding."""
     reference = _vit(depth=1)
     stock_half = copy.deepcopy(reference).half()
     fast = fasttx.patch(copy.deepcopy(reference).half(), backend="triton")
     images = torch.randn(2, 3, 16, 16)
-    expected = reference(images)
-    errors = {label: _rel_error(model(images.half()), expected) for label, model in
-              (("stock", stock_half), ("fasttx", fast))}
-    assert errors["fasttx"] <= 2 * errors["stock"] + 1e-3, errors
+    results = {}
+    for label, model in (("reference", reference), ("stock", stock_half), ("fasttx", fast)):
+        logits, grads = _logits_and_grads(model, images if label == "reference" else images.half())
+        results[label] = {"logits": logits, **grads}
     assert fasttx.backends.last_used["attention"] == "triton"
+    for what, expected in results["reference"].items():
+        errors = {label: rel_error(results[label][what], expected) for label in ("stock", "fasttx")}
+        assert errors["fasttx"] <= 2 * errors["stock"] + TOLERANCE[torch.float16], (what, errors)
 
 
 def test_timm_vit_torch_compile_fullgraph():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import fasttx
 from fasttx.integrations import torch_flash
-from fasttx.testing import TOLERANCE
+from fasttx.testing import TOLERANCE, rel_error
 
 from ..conftest import DEVICE, runnable_backends
 
@@ -58,9 +58,6 @@ def _reference(q, k, v, grad, is_causal, scale):
     return out, q64.grad, k64.grad, v64.grad
 
 
-def _rel_error(a, b):
-    return ((a.double() - b).norm() / b.norm()).item()
-
 
 @pytest.mark.skipif("triton" not in runnable_backends(op="attention"), reason="no Triton attention here")
 @pytest.mark.parametrize("is_causal, kv_heads, scale", [(False, 4, None), (True, 2, 0.3)])
@@ -76,7 +73,7 @@ def test_registered_kernels_compute_torch_flash_attention(is_causal, kv_heads, s
     assert lse.shape == (2, 4, 13) and lse.dtype == torch.float32 and (max_q, max_k) == (13, 13)
     assert rng.shape == (2,) and rng.dtype == torch.uint64 and debug.numel() == 0
     for fast, expected in zip((out, *grads), _reference(q, k, v, grad, is_causal, scale)):
-        assert _rel_error(fast, expected) <= 2 * TOLERANCE[torch.float16]
+        assert rel_error(fast, expected) <= 2 * TOLERANCE[torch.float16]
 
 
 def test_needs_a_kernel_backend():
@@ -99,4 +96,4 @@ def test_sdpa_flash_route_runs_fasttx_on_cuda(activated, monkeypatch):
     out.backward(grad)
     assert ran == ["flash_forward", "flash_backward"]
     for fast, expected in zip((out, q.grad, k.grad, v.grad), _reference(q, k, v, grad, True, None)):
-        assert _rel_error(fast, expected) <= 2 * TOLERANCE[torch.bfloat16]
+        assert rel_error(fast, expected) <= 2 * TOLERANCE[torch.bfloat16]

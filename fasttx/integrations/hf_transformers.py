@@ -12,8 +12,9 @@ is_causal then skips masked blocks) or no mask. Without that registration transf
 mask at all for an unknown implementation and padding would be silently ignored.
 
 Features the kernels do not have (``softcap``, attention sinks ``s_aux``, T5's ``position_bias``,
-``output_attentions``): an explicit backend raises a ValueError naming the feature; "auto" runs the
-model's own eager attention for those layers instead and says so once.
+``output_attentions``), and any call from a model whose class declines transformers' own SDPA path
+(``_supports_sdpa = False``): an explicit backend raises a ValueError naming the feature; "auto" runs
+the model's own eager attention for those layers instead and says so once.
 """
 
 import logging
@@ -39,6 +40,22 @@ def register_mask():
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
+_declines = {}  # attention module class -> whether its modeling file has a model with _supports_sdpa False
+
+
+def _declines_sdpa(attention_class):
+    """fasttx serves the calls transformers' SDPA path serves; a model class that turns that path
+    down (``_supports_sdpa = False``: soft-capping, sinks, other score tricks) is not served either."""
+    if attention_class not in _declines:
+        namespace = vars(sys.modules.get(attention_class.__module__, sys))
+        pretrained = _pretrained_model_class()
+        _declines[attention_class] = any(
+            isinstance(value, type) and pretrained is not None and issubclass(value, pretrained)
+            and value.__module__ == attention_class.__module__ and value.__dict__.get("_supports_sdpa") is False
+            for value in list(namespace.values()))
+    return _declines[attention_class]
+
+
 def _unsupported_feature(module, query, key, attention_mask, kwargs):
     """The feature this call asks for that fasttx's attention does not have, or None."""
     for name, what in (("softcap", "logit soft-capping (softcap)"), ("s_aux", "attention sinks (s_aux)"),
@@ -47,6 +64,9 @@ def _unsupported_feature(module, query, key, attention_mask, kwargs):
             return what
     if kwargs.get("output_attentions"):
         return "returning the attention weights (output_attentions=True)"
+    if _declines_sdpa(type(module)):
+        return (f"attention its model declines for transformers' SDPA path (_supports_sdpa = False in "
+                f"{type(module).__module__})")
     window = kwargs.get("sliding_window")
     if window is not None and attention_mask is None and key.shape[-2] > window:
         # transformers puts the window in the mask; without one it would be silently ignored here.

@@ -216,21 +216,23 @@ def test_fp16_triton_kernels(name):
 
 
 
-def test_unsupported_feature_errors_or_falls_back_once(caplog):
-    """Gemma2 asks for logit soft-capping: an explicit backend names it; auto runs the model's eager
-    attention and says so once."""
+@pytest.mark.parametrize("softcap, feature", [(20.0, "soft-capping"), (None, "_supports_sdpa = False")])
+def test_unsupported_feature_errors_or_falls_back_once(softcap, feature, caplog):
+    """Gemma2 asks for logit soft-capping, and its model class declines transformers' SDPA path even
+    without it: an explicit backend names the reason; auto runs the model's eager attention and says
+    so once."""
     config = transformers.Gemma2Config(**SIZES, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
-                                       attn_logit_softcapping=20.0)
+                                       attn_logit_softcapping=softcap)
     stock = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")
     fast = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="fasttx")
     fast.load_state_dict(stock.state_dict())
     inputs, valid = _inputs("gemma2")
-    with fasttx.use_backend("torch"), pytest.raises(ValueError, match="soft-capping"):
+    with fasttx.use_backend("torch"), pytest.raises(ValueError, match=feature):
         fast(**inputs)
     with caplog.at_level(logging.WARNING, logger="fasttx"):
         torch.testing.assert_close(fast(**inputs).logits[valid], stock(**inputs).logits[valid])
         fast(**inputs)
-    assert sum("softcap" in r.getMessage() for r in caplog.records) == 1
+    assert sum(feature in r.getMessage() for r in caplog.records) == 1
 
 
 def test_output_attentions_is_refused():

@@ -21,6 +21,7 @@ import logging
 import sys
 
 import torch
+
 from .. import backends, functional
 
 logger = logging.getLogger("fasttx")
@@ -47,12 +48,11 @@ def _declines_sdpa(attention_class):
     """fasttx serves the calls transformers' SDPA path serves; a model class that turns that path
     down (``_supports_sdpa = False``: soft-capping, sinks, other score tricks) is not served either."""
     if attention_class not in _declines:
-        namespace = vars(sys.modules.get(attention_class.__module__, sys))
+        namespace = getattr(sys.modules.get(attention_class.__module__), "__dict__", {})
         pretrained = _pretrained_model_class()
-        _declines[attention_class] = any(
-            isinstance(value, type) and pretrained is not None and issubclass(value, pretrained)
-            and value.__module__ == attention_class.__module__ and value.__dict__.get("_supports_sdpa") is False
-            for value in list(namespace.values()))
+        _declines[attention_class] = pretrained is not None and any(
+            isinstance(value, type) and issubclass(value, pretrained) and value.__module__ == attention_class.__module__
+            and value.__dict__.get("_supports_sdpa") is False for value in list(namespace.values()))
     return _declines[attention_class]
 
 
@@ -65,8 +65,8 @@ def _unsupported_feature(module, query, key, attention_mask, kwargs):
     if kwargs.get("output_attentions"):
         return "returning the attention weights (output_attentions=True)"
     if _declines_sdpa(type(module)):
-        return (f"attention its model declines for transformers' SDPA path (_supports_sdpa = False in "
-                f"{type(module).__module__})")
+        return (f"attention that its model turns down for transformers' SDPA path (_supports_sdpa = False "
+                f"in {type(module).__module__})")
     window = kwargs.get("sliding_window")
     if window is not None and attention_mask is None and key.shape[-2] > window:
         # transformers puts the window in the mask; without one it would be silently ignored here.
@@ -93,7 +93,8 @@ def _additive_mask(query, key, attention_mask, is_causal):
     """The float mask transformers' eager attention adds to the scores (it builds no causal mask
     itself), from the SDPA-style bool mask (True = attend) or the causal flag."""
     if is_causal:  # no mask and as many queries as keys (else transformers gives a mask)
-        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()[None, None]
+        attention_mask = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+        attention_mask = attention_mask[None, None]  # (B, H, L, S) as the eager attention slices it
     if attention_mask is None or attention_mask.dtype != torch.bool:
         return attention_mask
     return torch.zeros((), dtype=query.dtype, device=query.device).masked_fill(~attention_mask,
@@ -105,6 +106,11 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     """transformers' attention-function signature on fasttx.scaled_dot_product_attention; see the
     module docstring. The backend is the one ``fasttx.patch`` gave the module, else the default."""
     backend = module.__dict__.get("_fasttx_backend", "auto")
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    # As transformers' SDPA path: causal only without a mask (the mask then holds it) and for more than
+    # one query (one decoding query sees every cached key). The shape test first keeps compile happy.
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
     feature = _unsupported_feature(module, query, key, attention_mask, kwargs)
     if feature is not None:
         if backends.requested(backend) != "auto":
@@ -112,14 +118,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
                              f"attention (backend={backends.requested(backend)!r}) does not support; use "
                              f"backend 'auto' (falls back to the model's eager attention) or another "
                              f"attn_implementation")
-    if is_causal is None:
-        is_causal = getattr(module, "is_causal", True)
-    # As transformers' SDPA path: causal only without a mask (the mask then holds it) and for more than
-    # one query (one decoding query sees every cached key). The shape test first keeps compile happy.
-    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
-    if feature is not None:
-        return _eager_fallback(module, feature)(module, query, key, value, _additive_mask(query, key, attention_mask,
-                                                is_causal), dropout=dropout, scaling=scaling, **kwargs)
+        eager = _eager_fallback(module, feature)
+        return eager(module, query, key, value, _additive_mask(query, key, attention_mask, is_causal),
+                     dropout=dropout, scaling=scaling, **kwargs)
     out = functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=bool(is_causal), scale=scaling,
         enable_gqa=key.shape[1] != query.shape[1], backend=backend)

@@ -16,7 +16,8 @@ from fasttx.testing import TOLERANCE, rel_error
 pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
-NORMS = [key for key, behaviour in library_modules.LIBRARY_MODULES.items() if behaviour is not library_modules.SDPAOnFasttx]
+NORMS = [key for key, behaviour in library_modules.LIBRARY_MODULES.items()
+         if behaviour is not library_modules.SDPAOnFasttx]
 HIDDEN = 48
 
 

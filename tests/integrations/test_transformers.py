@@ -150,7 +150,8 @@ def test_patch_switches_a_built_model_and_converts_its_norms():
     fasttx.patch(model, backend="torch")
     assert model.config._attn_implementation == "fasttx"
     assert model.fasttx_patched == {"Qwen2Attention": 2, "Qwen2RMSNorm": 5}
-    assert all(a.__dict__["_fasttx_backend"] == "torch" for a in model.modules() if type(a).__name__ == "Qwen2Attention")
+    attentions = [m for m in model.modules() if type(m).__name__ == "Qwen2Attention"]
+    assert all(a.__dict__["_fasttx_backend"] == "torch" for a in attentions)
     norm = model.model.norm
     assert isinstance(norm, transformers.models.qwen2.modeling_qwen2.Qwen2RMSNorm) and "backend=torch" in repr(norm)
     assert model.state_dict().keys() == before.keys()
@@ -247,7 +248,8 @@ def test_registration_is_lazy_and_follows_either_import_order(monkeypatch):
     code = ("import sys, fasttx; assert 'transformers' not in sys.modules\n"
             "from transformers.modeling_utils import AttentionInterface\n"
             "from transformers.masking_utils import AttentionMaskInterface\n"
-            "assert 'fasttx' in AttentionInterface._global_mapping and 'fasttx' in AttentionMaskInterface._global_mapping\n")
+            "assert 'fasttx' in AttentionInterface._global_mapping\n"
+            "assert 'fasttx' in AttentionMaskInterface._global_mapping\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     from transformers.masking_utils import AttentionMaskInterface

@@ -16,5 +16,6 @@ __all__ = ["backends", "info", "layer_norm", "nn", "patch", "reference", "rms_no
 # without it) waits for the first use of backend "cuda".
 _extension.load(allow_jit_build=False)
 
-# "fasttx" in transformers' attention registries, now or when transformers is imported (lazily).
+# "fasttx" in transformers' attention registries, now or when transformers is imported (lazily), and
+# offered to torch's flash-attention registry (never activated by fasttx).
 integrations.install_import_hooks()

@@ -88,6 +88,7 @@ setup(
         "fasttx",
         "fasttx.reference",
         "fasttx.cli",
+        "fasttx.integrations",
         "fasttx.functional",
         "fasttx.nn",
         "fasttx.benchmarks",

@@ -2,6 +2,7 @@
 
 import logging
 
+from .integrations import convert_library_modules
 from .nn._backend import convert
 
 logger = logging.getLogger("fasttx")
@@ -16,9 +17,15 @@ def patch(model, backend="auto"):
     attention, since torch's encoder-layer fast path would otherwise bypass it in eval mode.
     Subclasses of those torch.nn types keep their own class (and forward).
 
-    Returns ``model``; what was converted, {torch.nn class name: count}, is logged (logger
+    Library models too (see fasttx.integrations): a transformers model switches to
+    attn_implementation "fasttx"; listed norm classes (transformers' Llama-style RMSNorms,
+    T5LayerNorm, timm's LayerNorm) and timm's ViT Attention run on fasttx, keeping their class as a
+    base, their parameters and state_dict.
+
+    Returns ``model``; what was converted, {class name: count}, is logged (logger
     "fasttx", INFO) and kept as ``model.fasttx_patched``."""
     converted = convert(model, backend)
+    converted.update(convert_library_modules(model, backend))
     logger.info("fasttx.patch: converted %s", ", ".join(f"{n} {name}" for name, n in sorted(converted.items()))
                 or "nothing")
     model.fasttx_patched = converted

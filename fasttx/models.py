@@ -5,6 +5,10 @@ batch_first=True, nn.LayerNorm, nn.Embedding); the fasttx variant is the same mo
 ``fasttx.patch`` (see ``patched_copy``), so the commands measure exactly what a user gets.
 Each model's ``forward(inputs, targets)`` returns the training loss, and ``example_batch``
 draws a synthetic batch of the right kind for profiling.
+
+``hf:llama``, ``hf:qwen2`` and ``hf:gpt2`` are Hugging Face transformers causal LMs built from a
+config with random weights (no download), stock attention "sdpa"; their fasttx variant is again
+``fasttx.patch``, which switches them to attn_implementation "fasttx" and converts their RMSNorms.
 """
 
 import copy
@@ -15,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-MODELS = ("gpt", "encoder", "vit-like")
+HF_MODELS = ("hf:llama", "hf:qwen2", "hf:gpt2")
+MODELS = ("gpt", "encoder", "vit-like", *HF_MODELS)
 VIT_PATCH = 16  # pixels per patch side, as ViT-B/16
 VIT_CLASSES = 1000
 MASK_FRACTION = 0.15  # encoder: share of tokens to predict, as BERT
@@ -105,8 +110,61 @@ class VisionModel(nn.Module):
         return images.to(device), labels.to(device)
 
 
+class HFCausalLM(nn.Module):
+    """A transformers causal LM from a config (random weights): next-token loss on its logits.
+    llama and qwen2: SwiGLU FFN of 4 * d_model, RoPE, RMSNorm; qwen2 with half as many key/value
+    heads as query heads (grouped-query attention) when heads is even; gpt2: GELU FFN 4 * d_model,
+    learned positions, LayerNorm."""
+
+    def __init__(self, kind, vocab_size, d_model, n_layers, n_heads, seq_len, dropout=0.0):
+        super().__init__()
+        try:
+            import transformers
+        except ImportError as error:
+            raise ImportError(f"model hf:{kind} needs transformers: pip install 'fasttx[hf]'") from error
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({n_heads})")
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        if kind == "gpt2":
+            config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=d_model,
+                                             n_layer=n_layers, n_head=n_heads, resid_pdrop=dropout,
+                                             embd_pdrop=dropout, attn_pdrop=dropout)
+        else:
+            config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[kind]
+            kv_heads = n_heads // 2 if kind == "qwen2" and n_heads % 2 == 0 else n_heads
+            config = config_class(vocab_size=vocab_size, hidden_size=d_model, intermediate_size=4 * d_model,
+                                  num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                                  num_key_value_heads=kv_heads, max_position_embeddings=seq_len,
+                                  attention_dropout=dropout)
+        self.model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+    def forward(self, tokens, targets):
+        logits = self.model(input_ids=tokens).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+    def example_batch(self, batch_size, generator):
+        tokens = torch.randint(0, self.vocab_size, (batch_size, self.seq_len + 1), generator=generator)
+        device = self.model.device
+        return tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+
+
+def set_activation_checkpointing(model, enabled):
+    """Recompute each Transformer layer in the backward (training only)."""
+    if isinstance(model, HFCausalLM):
+        # activation_* in newer transformers, gradient_* (deprecated there) before
+        prefix = "activation" if hasattr(model.model, "activation_checkpointing_enable") else "gradient"
+        if enabled:
+            getattr(model.model, f"{prefix}_checkpointing_enable")({"use_reentrant": False})
+        else:
+            getattr(model.model, f"{prefix}_checkpointing_disable")()
+    else:
+        model.body.activation_checkpointing = enabled
+
+
 def build(name, d_model, n_layers, n_heads, seq_len, vocab_size=256, dropout=0.0):
-    """One of MODELS with torch.nn layers."""
+    """One of MODELS: torch.nn layers, or (hf:...) a transformers model."""
+    if name in HF_MODELS:
+        return HFCausalLM(name.removeprefix("hf:"), vocab_size, d_model, n_layers, n_heads, seq_len, dropout)
     if name == "vit-like":
         return VisionModel(d_model, n_layers, n_heads, seq_len, dropout)
     if name not in ("gpt", "encoder"):

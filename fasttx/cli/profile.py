@@ -122,9 +122,10 @@ def variants(args):
     torch.manual_seed(args.seed)
     base = models.build(args.model, args.d_model, args.layers, args.heads, args.seq)
     fast, swaps = models.patched_copy(base, args.backend)
-    chosen = {"torch": ("torch.nn", base), "fasttx": (f"fasttx ({args.backend})", fast)}
+    stock = "transformers (sdpa)" if args.model in models.HF_MODELS else "torch.nn"
+    chosen = {"torch": (stock, base), "fasttx": (f"fasttx ({args.backend})", fast)}
     if args.compile:
-        chosen["torch_compile"] = ("torch.nn + torch.compile", torch.compile(copy.deepcopy(base)))
+        chosen["torch_compile"] = (f"{stock} + torch.compile", torch.compile(copy.deepcopy(base)))
         chosen["fasttx_compile"] = (f"fasttx ({args.backend}) + torch.compile", torch.compile(copy.deepcopy(fast)))
     return chosen, swaps
 

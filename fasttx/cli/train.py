@@ -1,5 +1,6 @@
-"""``python -m fasttx train``: train a small byte-level GPT (fasttx.models, patched by fasttx.patch)
-on text that needs no download: by default the Python standard library's source files.
+"""``python -m fasttx train``: train a small byte-level GPT (fasttx.models, patched by fasttx.patch; or with
+``--model hf:llama|hf:qwen2|hf:gpt2`` a transformers causal LM from a config) on text that needs no
+download: by default the Python standard library's source files.
 
 Runs alone or under torchrun (DDP: gloo on CPU, NCCL on GPU). ``--batch-size`` is the global
 batch per optimizer step, split over the processes and then into ``--grad-accum`` micro-batches,
@@ -165,7 +166,7 @@ class Progress:
 
 
 def _model_config(args):
-    return {k: getattr(args, k) for k in ("d_model", "layers", "heads", "seq")}
+    return {k: getattr(args, k) for k in ("model", "d_model", "layers", "heads", "seq")}
 
 
 def _check_batch(args, world):
@@ -203,11 +204,11 @@ def train_one(args, variant, ctx, out_dir):
     micro = _check_batch(args, ctx.world)
     train_tokens, val_tokens = load_splits(args)
     torch.manual_seed(args.seed)  # the same initial weights for every variant and process
-    model = models.build("gpt", args.d_model, args.layers, args.heads, args.seq, VOCAB, args.dropout).to(device)
+    model = models.build(args.model, args.d_model, args.layers, args.heads, args.seq, VOCAB, args.dropout).to(device)
     swaps = {}
     if variant == "fasttx":
         model, swaps = models.patch_in_place(model, args.backend)
-    model.body.activation_checkpointing = args.activation_checkpointing
+    models.set_activation_checkpointing(model, args.activation_checkpointing)
     optimizer = make_optimizer(model, args.lr, args.weight_decay, device)
     scheduler = cosine_schedule(optimizer, args.warmup, args.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -215,7 +216,7 @@ def train_one(args, variant, ctx, out_dir):
     start = 0
     if args.resume:
         state = torch.load(args.resume, map_location=device)
-        if state["model_config"] != _model_config(args):
+        if {"model": "gpt", **state["model_config"]} != _model_config(args):  # older checkpoints: the GPT
             raise ValueError(f"--resume {args.resume}: the checkpoint's model {state['model_config']} "
                              f"differs from this run's {_model_config(args)}")
         model.load_state_dict(state["model"])
@@ -416,6 +417,9 @@ def run(args):
 def add_arguments(parser):
     cuda = torch.cuda.is_available()
     model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=("gpt", *models.HF_MODELS), default="gpt",
+                       help="gpt: the byte-level GPT of fasttx.models; hf:...: a transformers causal LM "
+                            "from a config with random weights (needs fasttx[hf])")
     model.add_argument("--d-model", type=int, default=512 if cuda else 128)
     model.add_argument("--layers", type=int, default=8 if cuda else 2)
     model.add_argument("--heads", type=int, default=8 if cuda else 4)

@@ -1,0 +1,146 @@
+"""The library modules ``fasttx.patch`` converts, listed by exact class (never guessed from attribute
+names), and how: each converted module's class becomes a subclass of its own class (isinstance,
+parameters, buffers, state_dict and hooks stay) whose forward runs fasttx.
+
+Norms, each checked against the stock class in tests/integrations/test_library_modules.py:
+- Llama-style RMSNorm (Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Phi3): the stock class
+  normalises in fp32, rounds to the input dtype, then multiplies by the weight; fasttx.rms_norm
+  applies the weight in fp32 and rounds once. Identical math in fp32; in half precision the results
+  differ by that one rounding (within the fp16/bf16 tolerances of fasttx.testing). The output keeps
+  the stock dtype (the promotion of input and weight dtypes).
+- T5LayerNorm: RMSNorm whose output is in the weight's dtype when that is half precision, else fp32
+  (as the stock class); the same one-rounding difference.
+- timm's LayerNorm (timm.layers.LayerNorm, what timm's ViTs use): F.layer_norm with its arguments.
+Gemma-style RMSNorm (weight + 1, multiplied before the cast) is not LlamaRMSNorm math and is not listed.
+
+Attention: timm's ViT ``Attention`` calls ``F.scaled_dot_product_attention`` when ``fused_attn``; the
+converted module sets ``fused_attn`` and runs its own forward under a TorchFunctionMode that sends
+exactly that call to ``fasttx.scaled_dot_product_attention`` (same arguments), so q/k norms, masks and
+dropout stay timm's.
+"""
+
+import collections
+import importlib
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .. import functional, nn
+from ..nn._backend import BackendMixin
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _kernel_weight(weight, input):
+    # fasttx's norms take parameters in the input's dtype or fp32.
+    return weight if weight.dtype in (input.dtype, torch.float32) else weight.float()
+
+
+class LlamaStyleRMSNorm(BackendMixin):
+    """rms_norm(x) then the weight, in the stock output dtype promote(x, weight)."""
+
+    _fasttx_op = "rms_norm"
+
+    def forward(self, hidden_states):
+        out = functional.rms_norm(hidden_states, self.weight.shape, _kernel_weight(self.weight, hidden_states),
+                                  self.variance_epsilon, backend=self.backend)
+        return out.to(torch.promote_types(hidden_states.dtype, self.weight.dtype))
+
+
+class T5StyleRMSNorm(BackendMixin):
+    """rms_norm(x) then the weight; output in the weight's dtype if half, else promote(x, fp32, weight)."""
+
+    _fasttx_op = "rms_norm"
+
+    def forward(self, hidden_states):
+        weight = self.weight
+        out = functional.rms_norm(hidden_states, weight.shape, _kernel_weight(weight, hidden_states),
+                                  self.variance_epsilon, backend=self.backend)
+        dtype = weight.dtype if weight.dtype in _HALF else torch.promote_types(
+            torch.promote_types(hidden_states.dtype, torch.float32), weight.dtype)
+        return out.to(dtype)
+
+
+class _SDPAToFasttx(TorchFunctionMode):
+    """Sends F.scaled_dot_product_attention calls to fasttx's (other torch functions run as they are)."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return functional.scaled_dot_product_attention(*args, **kwargs, backend=self.backend)
+        return func(*args, **kwargs)
+
+
+class SDPAOnFasttx(BackendMixin):
+    """The module's own forward, its F.scaled_dot_product_attention calls running fasttx's."""
+
+    _fasttx_op = "attention"
+
+    def forward(self, *args, **kwargs):
+        with _SDPAToFasttx(self.backend):
+            return super().forward(*args, **kwargs)
+
+
+# (module, class name) -> the fasttx behaviour its converted instances get. Only classes whose
+# module is already imported are looked up: a model holding one has imported it.
+LIBRARY_MODULES = {
+    **{(f"transformers.models.{model}.modeling_{model}", f"{prefix}RMSNorm"): LlamaStyleRMSNorm
+       for model, prefix in (("llama", "Llama"), ("mistral", "Mistral"), ("mixtral", "Mixtral"), ("qwen2", "Qwen2"),
+                             ("qwen2_moe", "Qwen2Moe"), ("qwen3", "Qwen3"), ("phi3", "Phi3"))},
+    ("transformers.models.t5.modeling_t5", "T5LayerNorm"): T5StyleRMSNorm,
+    ("timm.layers.norm", "LayerNorm"): nn.LayerNorm,
+    ("timm.layers.attention", "Attention"): SDPAOnFasttx,
+    ("timm.models.vision_transformer", "Attention"): SDPAOnFasttx,  # where older timm defines it
+}
+
+_subclasses = {}  # stock class -> its fasttx subclass
+
+
+def _fasttx_subclass(cls, behaviour):
+    if cls not in _subclasses:
+        _subclasses[cls] = type(f"Fasttx{cls.__name__}", (behaviour, cls), {"__module__": __name__})
+    return _subclasses[cls]
+
+
+def __getattr__(name):
+    """The converted classes by name (``FasttxLlamaRMSNorm``): how pickle finds them, so that a
+    patched model saves and loads whole (torch.save(model))."""
+    for (module_name, class_name), behaviour in LIBRARY_MODULES.items():
+        if name == f"Fasttx{class_name}":
+            try:
+                return _fasttx_subclass(getattr(importlib.import_module(module_name), class_name), behaviour)
+            except (ImportError, AttributeError):  # e.g. timm's Attention in its other home
+                continue
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def listed_classes():
+    """{stock class: fasttx behaviour} for the listed classes of the libraries imported now."""
+    found = {}
+    for (module_name, class_name), behaviour in LIBRARY_MODULES.items():
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type):
+            found[cls] = behaviour
+    return found
+
+
+def convert(model, backend):
+    """Convert, in place, every module of ``model`` whose exact class is listed; {class name: count}."""
+    classes = listed_classes()
+    converted = collections.Counter()
+    for module in model.modules():
+        behaviour = classes.get(type(module))
+        if behaviour is None:
+            continue
+        converted[type(module).__name__] += 1
+        module.__class__ = _fasttx_subclass(type(module), behaviour)
+        module.__dict__["_fasttx_backend"] = backend
+        if behaviour is SDPAOnFasttx and hasattr(module, "fused_attn"):
+            module.fused_attn = True  # timm's other path computes the same attention without SDPA
+    return dict(converted)

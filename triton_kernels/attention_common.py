@@ -239,9 +239,12 @@ def masked_logits(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2,
 @triton.jit
 def load_seed(Seed, HAS_DROPOUT: tl.constexpr):
     """The Philox seed (0 without dropout, when Seed is None)."""
+    # One return: compiled, code after a constexpr branch's return is still typed against it.
     if HAS_DROPOUT:
-        return tl.load(Seed)
-    return 0
+        seed = tl.load(Seed)
+    else:
+        seed = 0
+    return seed
 
 
 @triton.jit

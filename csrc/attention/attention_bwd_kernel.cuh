@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
       for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (!dropout_keep(p, seed, static_cast<int>(bh), m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8)) {
+          if (!dropout_keep(p, seed, bh, m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8)) {
             keep &= ~(1u << (4 * qt + e));
           }
         }
@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
         const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
         const float pe = exp2_approx(masked_logit<kCausal>(s[nt][e], i, j, p, mask, check) - lse2[e >> 1]);
         float dpe = dp[nt][e];
-        if (dropout) dpe = dropout_keep(p, seed, static_cast<int>(bh), i, j) ? dpe * inv_keep : 0.f;
+        if (dropout) dpe = dropout_keep(p, seed, bh, i, j) ? dpe * inv_keep : 0.f;
         s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
       }
     }

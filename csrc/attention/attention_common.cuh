@@ -93,7 +93,7 @@ __device__ __forceinline__ uint64_t load_seed(const AttentionParams& p) {
 }
 
 // Whether dropout keeps element (i, j) of the score matrix of (batch, query head) bh = b H + h.
-__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, uint64_t seed, int bh, int i, int j) {
+__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, uint64_t seed, int64_t bh, int i, int j) {
   const uint64_t flat = (static_cast<uint64_t>(bh) * p.queries + i) * p.keys + j;
   return philox::uniform(seed, flat) >= p.dropout_p;
 }

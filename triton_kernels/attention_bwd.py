@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (LOG2E, attention_autotune, dropout_keep, kernel_args, key_blocks, kv_bases,
+from .attention_common import (LOG2E, attention_autotune, dropout_keep, held_copies, kernel_args, key_blocks, kv_bases,
                                launch_grid, load_seed, masked_logits, program_block, query_block, score_block,
                                tile_offsets_fit)
 
@@ -58,14 +58,14 @@ def bwd_kv_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_
     """Bytes of shared memory of the dK/dV kernel, modelled as fwd_shared_memory's: the k and v tiles it
     holds, num_stages copies of the q and dO tiles it streams (and their fp32 lse, delta), num_stages - 1
     of the mask tile."""
-    dots = block_n * (block_e + block_ev) + num_stages * block_m * (block_e + block_ev)
+    dots = (held_copies(dtype_bytes) * block_n + num_stages * block_m) * (block_e + block_ev)
     return dots * dtype_bytes + num_stages * block_m * 8 + (num_stages - 1) * block_m * block_n * mask_bytes
 
 
 def bwd_q_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
     """Bytes of shared memory of the dQ kernel, modelled as fwd_shared_memory's: the q and dO tiles it
     holds, num_stages copies of the k and v tiles it streams, num_stages - 1 of the mask tile."""
-    dots = block_m * (block_e + block_ev) + num_stages * block_n * (block_e + block_ev)
+    dots = (held_copies(dtype_bytes) * block_m + num_stages * block_n) * (block_e + block_ev)
     return dots * dtype_bytes + (num_stages - 1) * block_m * block_n * mask_bytes
 
 

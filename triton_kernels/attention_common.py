@@ -77,6 +77,12 @@ TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "
 DEFAULT_SHARED_MEMORY = 227 * 1024
 
 
+def held_copies(dtype_bytes):
+    """Copies in shared memory of a tile a kernel holds across its loop: fp32 operands (tf32x3) keep
+    two, fp16 / bf16 one (measured; tf32 needs one, so this is an upper bound there)."""
+    return 2 if dtype_bytes == 4 else 1
+
+
 def seq_bucket(n: int) -> int:
     """The autotuning bucket of a sequence length: its next power of 2, within [16, 16384]. The best tile
     changes with the length (few long loops against many short programs) in steps of about 2x; beyond
@@ -198,7 +204,7 @@ def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p):
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
     mask, mask_strides, mask_kind = _mask_args(mask, (B, H, L, S))
     strides = (q.stride()[:3], k.stride()[:3], v.stride()[:3], mask_strides)
-    assert tile_offsets_fit([t[2] for t in strides], S, mask_strides[3]), "strides or S too large for int32 tile offsets"
+    assert tile_offsets_fit([t[2] for t in strides], S, mask_strides[3]), "strides or S too large for int32 offsets"
     # torch's fp32 matmul policy (see attention_fwd.py's docstring); 16-bit operands ignore it.
     precision = "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return dict(

@@ -50,8 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (LN2, attention_autotune, dropout_keep, kernel_args, key_blocks, launch_grid,
-                               load_seed, query_block, score_block)
+from .attention_common import (LN2, attention_autotune, dropout_keep, held_copies, kernel_args, key_blocks,
+                               launch_grid, load_seed, query_block, score_block)
 
 # ---- launch configurations ---------------------------------------------------------------------
 #
@@ -77,10 +77,10 @@ FWD_SPACE = {
 
 def fwd_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
     """Bytes of shared memory the forward kernel takes, as Triton 3.8 allocates it for sm_90a (checked by
-    compiling the configs): the q tile, num_stages copies of the k and v tiles the dots stream, and
-    num_stages - 1 of the mask tile (at E = 128, fp16: (128, 128, 8, 3) takes 224 KB without a mask,
-    352 KB with an fp32 one)."""
-    dots = block_m * block_e + num_stages * block_n * (block_e + block_ev)
+    compiling the configs, tests/ops/compile_attention.py): the q tile, num_stages copies of the k and v
+    tiles the dots stream, and num_stages - 1 of the mask tile (at E = 128, fp16: (128, 128, 8, 3)
+    takes 224 KB without a mask, 352 KB with an fp32 one)."""
+    dots = held_copies(dtype_bytes) * block_m * block_e + num_stages * block_n * (block_e + block_ev)
     return dots * dtype_bytes + (num_stages - 1) * block_m * block_n * mask_bytes
 
 

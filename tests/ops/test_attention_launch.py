@@ -3,6 +3,12 @@ launch grid (CUDA caps grid dims 1 and 2 at 65535), Triton's specialization key 
 the autotuning key, the shared-memory pruning of the configs, the dropout seed under CUDA graphs and
 int64 offsets of views past 2^31 elements. The few tests that need the GPU itself skip elsewhere."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import pytest
 import torch
 import triton
@@ -56,18 +62,11 @@ def test_more_batch_heads_than_grid_dim_1_takes(backend):
 
 
 def specialization(kernel, **kwargs):
-    """Triton's specialization of a call to ``kernel`` when compiled for sm_90 (the key of its
-    compiled-kernel cache, with the signature): equal ones run the same compiled kernel."""
     try:
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import make_backend
-        from triton.runtime.jit import JITFunction, create_function_from_signature
-
-        jit = JITFunction(kernel.fn)  # also in the interpreter, whose kernels wrap the same function
-        binder = create_function_from_signature(jit.signature, jit.params, make_backend(GPUTarget("cuda", 90, 32)))
-    except (ImportError, TypeError) as e:
-        pytest.skip(f"triton {triton.__version__} binds arguments otherwise: {e}")
-    return binder(**kwargs)[1]
+        from .compile_attention import specialization as triton_specialization
+    except ImportError as e:
+        pytest.skip(f"triton {triton.__version__} lacks what compile_attention uses: {e}")
+    return triton_specialization(kernel, **kwargs)
 
 
 def fwd_call(seed, L=48, S=40, dropout_p=0.1):
@@ -102,6 +101,26 @@ def test_seed_never_specialises_the_kernels(seeds):
     kernel = attention_bwd._attn_bwd_q_kernel
     dq = [specialization(kernel, DQ=call["Q"], **call) for call in bwd]
     assert kv[0] == kv[1] and dq[0] == dq[1]
+
+
+def test_kernels_compile_for_sm90_within_their_shared_memory_model():
+    """Compiled, not interpreted (Triton's compiler and ptxas run without a GPU): every kernel in each
+    mask kind, causal and dropout, at its largest tiles; the shared memory each takes is at most what
+    its model, which prunes the configs, says."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "tests.ops.compile_attention"], capture_output=True, text=True,
+                          env=env, cwd=pathlib.Path(__file__).parents[2], timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == len(compile_attention_variants())
+    for r in results:
+        assert 0 < r["shared"] <= r["model"], r
+
+
+def compile_attention_variants():
+    from .compile_attention import VARIANTS
+
+    return VARIANTS
 
 
 # ---- autotuning key ---------------------------------------------------------------------------------

@@ -252,10 +252,8 @@ def _attn_bwd_q_kernel(
     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m, bh, mask_off, rows, offs_m, tile = query_block(Q, K, V, strides, sizes, E, BLOCK_E, BLOCK_EV,
-                                                            BLOCK_M, BLOCK_N)
-    if MASK_KIND != "none":
-        Mask += mask_off
+    start_m, bh, Mask, rows, offs_m, seed, tile = query_block(Q, K, V, Mask, Seed, strides, sizes, E, BLOCK_E,
+                                                              BLOCK_EV, MASK_KIND, HAS_DROPOUT, BLOCK_M, BLOCK_N)
     H, L, S = sizes[0], sizes[2], sizes[3]
     DO += (bh // H).to(tl.int64) * do_strides[0] + (bh % H).to(tl.int64) * do_strides[1] \
         + start_m.to(tl.int64) * do_strides[2]
@@ -268,7 +266,6 @@ def _attn_bwd_q_kernel(
     lse2 = tl.load(LSE + bh.to(tl.int64) * L + offs_m, mask=m_ok, other=float("inf")) * LOG2E
     delta = tl.load(Delta + bh.to(tl.int64) * L + offs_m, mask=m_ok, other=0.0)
     inv_keep = 1.0 / (1.0 - dropout_p)
-    seed = load_seed(Seed, HAS_DROPOUT)
 
     dq = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)

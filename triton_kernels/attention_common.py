@@ -307,12 +307,13 @@ def score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2, E
 
 
 @triton.jit
-def query_block(Q, K, V, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def query_block(Q, K, V, Mask, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr,
+                BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr):
     """What a program over one (batch-head, query block) starts from, in the forward and the dQ kernel:
-    its block start and flat batch-head index; the int64 offset of the block's mask row; the in-block
-    rows and their global indices; and ``tile``: the q tile, K and V advanced to its batch and kv head,
-    the k / v tile offsets and the block's Philox base counter."""
+    its block start and flat batch-head index; Mask advanced to the block's first row; the in-block
+    rows and their global indices; the Philox seed; and ``tile``: the q tile, K and V advanced to its
+    batch and kv head, the k / v tile offsets and the block's Philox base counter."""
     H, group, L, S = sizes
     start_m, bh = program_block(L, BLOCK_M)
     b = bh // H
@@ -322,7 +323,8 @@ def query_block(Q, K, V, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr,
     b64, h64, kv64, m64 = b.to(tl.int64), h.to(tl.int64), (h // group).to(tl.int64), start_m.to(tl.int64)
     Q += b64 * strides[0][0] + h64 * strides[0][1] + m64 * strides[0][2]
     K, V = kv_bases(K, V, strides, b64, kv64)
-    mask_off = b64 * strides[3][0] + h64 * strides[3][1] + m64 * strides[3][2]
+    if MASK_KIND != "none":
+        Mask += b64 * strides[3][0] + h64 * strides[3][1] + m64 * strides[3][2]
     rows = tl.arange(0, BLOCK_M)
     offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
@@ -333,4 +335,4 @@ def query_block(Q, K, V, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr,
     k_offs = offs_n[:, None] * strides[1][2] + offs_e[None, :]
     v_offs = offs_n[:, None] * strides[2][2] + offs_ev[None, :]
     rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)
-    return start_m, bh, mask_off, rows, offs_m, (q, K, V, k_offs, v_offs, rng_base)
+    return start_m, bh, Mask, rows, offs_m, load_seed(Seed, HAS_DROPOUT), (q, K, V, k_offs, v_offs, rng_base)

@@ -91,13 +91,19 @@ def seq_bucket(n: int) -> int:
     return min(max(triton.next_power_of_2(n), 16), 16384)
 
 
+# Pipeline stages a config is given at the least: with one, Triton pipelines nothing and stages the
+# dot operands and mask through other shared buffers, which the models do not count (measured: more
+# than two stages take, e.g. 160 KB against 96 KB for (128, 128, 8, 1) at E = 128 with an fp64 mask).
+MIN_STAGES = 2
+
+
 def fitting_configs(configs, shared_memory, limit):
     """The configs (BLOCK_M, BLOCK_N, num_warps, num_stages) that fit in ``limit`` bytes of shared
     memory, where ``shared_memory(BLOCK_M, BLOCK_N, num_stages)`` models their use: each with the most
-    pipeline stages, at most its own, that fit; none of those that do not fit with one stage."""
+    pipeline stages, at most its own, that fit; none of those that do not fit with MIN_STAGES."""
     fitting = []
     for block_m, block_n, num_warps, num_stages in configs:
-        while num_stages > 1 and shared_memory(block_m, block_n, num_stages) > limit:
+        while num_stages > MIN_STAGES and shared_memory(block_m, block_n, num_stages) > limit:
             num_stages -= 1
         config = (block_m, block_n, num_warps, num_stages)
         if shared_memory(block_m, block_n, num_stages) <= limit and config not in fitting:

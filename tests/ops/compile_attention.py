@@ -7,12 +7,21 @@ compile, and the shared memory of the configs.
 """
 
 import json
+import sys
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource, make_backend
-from triton.runtime.jit import JITFunction, create_function_from_signature, find_paths_if, get_iterable_path
+
+UNSUPPORTED = 3  # exit status: this Triton binds or compiles otherwise (its internals, used here, change)
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature, find_paths_if, get_iterable_path
+except ImportError as e:
+    if __name__ == "__main__":
+        print(f"triton {triton.__version__}: {e}", file=sys.stderr)
+        sys.exit(UNSUPPORTED)
+    raise
 
 from fasttx.triton_kernels import attention_bwd, attention_fwd
 from fasttx.triton_kernels.attention_common import kernel_args

@@ -241,7 +241,7 @@ def attention_fwd_triton(
 ) -> tuple[Tensor, Tensor]:
     from .triton_kernels.attention import attention_fwd
 
-    return attention_fwd(q, k, v, mask, scale, is_causal, dropout_p, 0 if seed is None else int(seed))
+    return attention_fwd(q, k, v, mask, scale, is_causal, dropout_p, seed)
 
 
 @torch.library.custom_op("fasttx::attention_bwd_triton", mutates_args=())
@@ -251,7 +251,6 @@ def attention_bwd_triton(
 ) -> tuple[Tensor, Tensor, Tensor]:
     from .triton_kernels.attention import attention_bwd
 
-    seed = 0 if seed is None else int(seed)
     return attention_bwd(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed)
 
 

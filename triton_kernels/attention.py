@@ -6,8 +6,10 @@ with any strides but a contiguous last dim, grouped-query heads, bool / float ma
     attention_fwd(q, k, v, mask, scale, is_causal, dropout_p, seed) -> (o, lse)
     attention_bwd(do, q, k, v, o, lse, mask, scale, is_causal, dropout_p, seed) -> (dq, dk, dv)
     dropout_keep_mask(seed, B, H, L, S, dropout_p, device) -> the (B, H, L, S) keep mask both draw
-The forward, the conventions (fully masked rows: o = 0, lse = +inf) and the launch configurations are
-in attention_fwd.py, the backward in attention_bwd.py.
+``seed`` is an int64 tensor of one element, read by the kernels from device memory (None without
+dropout). The forward, the conventions (fully masked rows: o = 0, lse = +inf) and the launch
+configurations are in attention_fwd.py, the backward in attention_bwd.py, what both share (kernel
+arguments, grid, autotuning) in attention_common.py.
 """
 
 from .attention_bwd import attention_bwd

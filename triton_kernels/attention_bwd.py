@@ -1,6 +1,7 @@
 """Attention backward, FlashAttention-2 style: gradients of O = dropout(softmax(scale * Q K^T + mask)) V.
 
-Layout, masking, dropout draw and precision as in attention_fwd.py, whose docstring has the forward.
+Layout, masking, dropout draw and precision as in attention_fwd.py, whose docstring has the forward; the
+kernel arguments, grid and autotuning are attention_common.py's.
 
 Math. P_ij = exp(scale q_i . k_j + mask_ij - lse_i) is recomputed from the forward's lse (P = 0 on fully
 masked rows, whose lse is +inf). With dP = dO V^T the gradient w.r.t. P and z_i = scale q_i . K^T + mask_i
@@ -28,8 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_fwd import (LOG2E, attention_autotune, dropout_keep, key_blocks, launch_args, masked_logits,
-                            query_block)
+from .attention_common import (LOG2E, attention_autotune, dropout_keep, held_copies, kernel_args, key_blocks, kv_bases,
+                               launch_grid, load_seed, masked_logits, program_block, query_block, score_block,
+                               tile_offsets_fit)
 
 # See attention_fwd.py's launch configurations; lists checked the same way (spills noted).
 # The dK/dV kernel holds BLOCK_N keys and two accumulators, and streams BLOCK_M queries.
@@ -50,6 +52,23 @@ BWD_Q_SPACE = {
     (128, True): [(16, 32, 4, 2), (32, 64, 8, 2), (128, 16, 8, 2)],  # the last two spill 96 / 176 B
     (256, True): [(16, 16, 4, 2), (16, 32, 4, 2)],  # spill 684 / 1040 B
 }
+
+
+def bwd_kv_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
+    """Bytes of shared memory of the dK/dV kernel, modelled as fwd_shared_memory's: the k and v tiles it
+    holds, num_stages copies of the q and dO tiles it streams (and their fp32 lse, delta), num_stages - 1
+    of the mask tile."""
+    dots = (held_copies(dtype_bytes) * block_n + num_stages * block_m) * (block_e + block_ev)
+    return dots * dtype_bytes + num_stages * block_m * 8 + (num_stages - 1) * block_m * block_n * mask_bytes
+
+
+def bwd_q_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
+    """Bytes of shared memory of the dQ kernel, modelled as fwd_shared_memory's: the q and dO tiles it
+    holds, num_stages copies of the k and v tiles it streams, num_stages - 1 of the mask tile."""
+    dots = (held_copies(dtype_bytes) * block_m + num_stages * block_n) * (block_e + block_ev)
+    return dots * dtype_bytes + (num_stages - 1) * block_m * block_n * mask_bytes
+
+
 # Elements of o (and of dO) per program of the memory-bound rowsum(dO * O) kernel: whole rows up to
 # Ev = 256, 32 per thread at its 4 warps. ptxas (sm_90a) then uses <= 108 registers, so that several
 # programs share an SM and keep loads in flight; at 8192 elements it uses up to 250.
@@ -61,22 +80,20 @@ def _attn_bwd_delta_kernel(
     O,  # (B, H, L, Ev) forward output, last dim contiguous
     DO,  # (B, H, L, Ev) output gradient, last dim contiguous
     Delta,  # (B, H, L) fp32 rowsum(dO * O), contiguous
-    stride_ob, stride_oh, stride_ol,
-    stride_dob, stride_doh, stride_dol,
+    o_strides, do_strides,  # (b, h, l) of O and DO
     H, L,
     EV: tl.constexpr, BLOCK_EV: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
+    start_m, bh = program_block(L, BLOCK_M)
     b64, h64, m64 = (bh // H).to(tl.int64), (bh % H).to(tl.int64), start_m.to(tl.int64)
-    O += b64 * stride_ob + h64 * stride_oh + m64 * stride_ol
-    DO += b64 * stride_dob + h64 * stride_doh + m64 * stride_dol
+    O += b64 * o_strides[0] + h64 * o_strides[1] + m64 * o_strides[2]
+    DO += b64 * do_strides[0] + h64 * do_strides[1] + m64 * do_strides[2]
     rows = tl.arange(0, BLOCK_M)
     offs_m = start_m + rows
     cols = tl.arange(0, BLOCK_EV)
     mask = (offs_m[:, None] < L) & (cols[None, :] < EV)
-    o = tl.load(O + rows[:, None] * stride_ol + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + rows[:, None] * stride_dol + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    o = tl.load(O + rows[:, None] * o_strides[2] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + rows[:, None] * do_strides[2] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     tl.store(Delta + bh.to(tl.int64) * L + offs_m, tl.sum(o * do, axis=1), mask=offs_m < L)
 
 
@@ -134,40 +151,26 @@ def _bwd_kv_blocks(
 
 @triton.jit
 def _attn_bwd_kv_kernel(
-    Q,  # (B, H, L, E) queries, last dim contiguous
-    K,  # (B, Hkv, S, E) keys, last dim contiguous
-    V,  # (B, Hkv, S, Ev) values, last dim contiguous
-    Mask,  # (B, H, L, S) bool or float mask with any strides (0 for broadcast dims), or None
-    DO,  # (B, H, L, Ev) output gradient, last dim contiguous
-    LSE,  # (B, H, L) fp32 forward log-sum-exp, contiguous
-    Delta,  # (B, H, L) fp32 rowsum(dO * O), contiguous
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets,  # see attention_common.py
+    DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DK,  # (B, Hkv, S, E) key gradient, contiguous, dtype of K
     DV,  # (B, Hkv, S, Ev) value gradient, contiguous, dtype of V
-    stride_qb, stride_qh, stride_ql,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_mb, stride_mh, stride_ml, stride_ms,
-    stride_dob, stride_doh, stride_dol,
-    H, group, L, S,  # group = H // Hkv
-    scale,
-    scale_log2,  # scale * log2(e)
-    dropout_p,
-    seed,
-    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-    MASK_KIND: tl.constexpr,  # "none", "bool" or "float"
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands
+    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    bkv = tl.program_id(1)
+    H, group, L, S = sizes
+    stride_ql, stride_kn, stride_vn = strides[0][2], strides[1][2], strides[2][2]
+    stride_ml, stride_ms = strides[3][2], strides[3][3]
+    start_n, bkv = program_block(S, BLOCK_N)
     h_kv = H // group
     b = bkv // h_kv
     kv = bkv % h_kv
     # int64 (batch, head, block start) offsets, as in the forward.
     b64, kv64, n64 = b.to(tl.int64), kv.to(tl.int64), start_n.to(tl.int64)
-    K += b64 * stride_kb + kv64 * stride_kh + n64 * stride_kn
-    V += b64 * stride_vb + kv64 * stride_vh + n64 * stride_vn
+    K, V = kv_bases(K, V, strides, b64, kv64)
+    K += n64 * stride_kn
+    V += n64 * stride_vn
     cols = tl.arange(0, BLOCK_N)
     offs_n = start_n + cols
     rows = tl.arange(0, BLOCK_M)
@@ -179,10 +182,11 @@ def _attn_bwd_kv_kernel(
     v = tl.load(V + cols[:, None] * stride_vn + offs_ev[None, :], mask=n_ok & (offs_ev[None, :] < EV),
                 other=0.0)
     q_offs = rows[:, None] * stride_ql + offs_e[None, :]
-    do_offs = rows[:, None] * stride_dol + offs_ev[None, :]
+    do_offs = rows[:, None] * do_strides[2] + offs_ev[None, :]
     mask_offs = rows[None, :] * stride_ml + cols[:, None] * stride_ms
     rng_offs = rows[None, :] * S + cols[:, None]
     inv_keep = 1.0 / (1.0 - dropout_p)
+    seed = load_seed(Seed, HAS_DROPOUT)
 
     dk = tl.zeros((BLOCK_N, BLOCK_E), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_EV), dtype=tl.float32)
@@ -192,15 +196,15 @@ def _attn_bwd_kv_kernel(
     for h in range(kv * group, (kv + 1) * group):
         h64 = tl.cast(h, tl.int64)
         bh64 = b64 * H + h64
-        Q_h = Q + b64 * stride_qb + h64 * stride_qh
-        DO_h = DO + b64 * stride_dob + h64 * stride_doh
+        Q_h = Q + b64 * strides[0][0] + h64 * strides[0][1]
+        DO_h = DO + b64 * do_strides[0] + h64 * do_strides[1]
         Mask_h = Mask
         if MASK_KIND != "none":
-            Mask_h += b64 * stride_mb + h64 * stride_mh + n64 * stride_ms
+            Mask_h += b64 * strides[3][0] + h64 * strides[3][1] + n64 * stride_ms
         rng_base = bh64 * L * S + start_n
         dk, dv = _bwd_kv_blocks(
             dk, dv, k, v, Q_h, DO_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, offs_n,
-            q_offs, do_offs, mask_offs, rng_base, rng_offs, stride_ql, stride_dol, stride_ml, L, S,
+            q_offs, do_offs, mask_offs, rng_base, rng_offs, stride_ql, do_strides[2], stride_ml, L, S,
             scale_log2, dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
             HAS_DROPOUT, PRECISION, BLOCK_M,
         )
@@ -217,32 +221,18 @@ def _attn_bwd_kv_kernel(
 
 @triton.jit
 def _bwd_q_blocks(
-    dq, q, do, lse2, delta, K, V, Mask, lo, hi, rows, offs_m, k_offs, v_offs, rng_base,
-    stride_kn, stride_vn, stride_ml, stride_ms, L, S, scale_log2, dropout_p, inv_keep, seed,
-    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
+    dq, do, lse2, delta, tile, Mask, lo, hi, rows, offs_m, strides, sizes, scale_log2, dropout_p, inv_keep,
+    seed, E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, CHECK: tl.constexpr,
 ):
-    """Add the unscaled dQ = dS K of the key blocks starting in [lo, hi). As in the forward's loop, the
-    mask and Philox offsets are formed from the key indices in the loop, not held across it."""
-    offs_n = tl.arange(0, BLOCK_N)
-    e_ok = tl.arange(0, BLOCK_E) < E
-    ev_ok = tl.arange(0, BLOCK_EV) < EV
+    """Add the unscaled dQ = dS K of the key blocks starting in [lo, hi)."""
+    rng_base, S = tile[5], sizes[3]
     for start_n in range(lo, hi, BLOCK_N):
-        cols = start_n + offs_n
-        n = tl.cast(start_n, tl.int64)  # not .to(): the interpreter's loop variables are Python ints
-        if CHECK:
-            k_mask = (cols[:, None] < S) & e_ok[None, :]
-            v_mask = (cols[:, None] < S) & ev_ok[None, :]
-        else:
-            k_mask = e_ok[None, :]
-            v_mask = ev_ok[None, :]
-        k = tl.load(K + n * stride_kn + k_offs, mask=k_mask, other=0.0)
-        v = tl.load(V + n * stride_vn + v_offs, mask=v_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        mask_offs = rows[:, None] * stride_ml + cols[None, :] * stride_ms
-        s = masked_logits(qk, offs_m[:, None], cols[None, :], L, S, Mask, 0, mask_offs, scale_log2,
-                          MASK_KIND, IS_CAUSAL, CHECK)
+        s, cols, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2,
+                                                 E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION,
+                                                 BLOCK_N, CHECK)
+        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
@@ -255,41 +245,22 @@ def _bwd_q_blocks(
 
 @triton.jit
 def _attn_bwd_q_kernel(
-    Q,  # (B, H, L, E) queries, last dim contiguous
-    K,  # (B, Hkv, S, E) keys, last dim contiguous
-    V,  # (B, Hkv, S, Ev) values, last dim contiguous
-    Mask,  # (B, H, L, S) bool or float mask with any strides (0 for broadcast dims), or None
-    DO,  # (B, H, L, Ev) output gradient, last dim contiguous
-    LSE,  # (B, H, L) fp32 forward log-sum-exp, contiguous
-    Delta,  # (B, H, L) fp32 rowsum(dO * O), contiguous
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets,  # see attention_common.py
+    DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DQ,  # (B, H, L, E) query gradient, contiguous, dtype of Q
-    stride_qb, stride_qh, stride_ql,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_mb, stride_mh, stride_ml, stride_ms,
-    stride_dob, stride_doh, stride_dol,
-    H, group, L, S,  # group = H // Hkv
-    scale,
-    scale_log2,  # scale * log2(e)
-    dropout_p,
-    seed,
-    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-    MASK_KIND: tl.constexpr,  # "none", "bool" or "float"
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands
+    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m, bh, K, V, mask_off, rows, offs_m, q, k_offs, v_offs, rng_base = query_block(
-        Q, K, V, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-        stride_mb, stride_mh, stride_ml, H, group, L, S, E, EV, BLOCK_E, BLOCK_EV, BLOCK_M, BLOCK_N,
-    )
-    if MASK_KIND != "none":
-        Mask += mask_off
-    DO += (bh // H).to(tl.int64) * stride_dob + (bh % H).to(tl.int64) * stride_doh + start_m.to(tl.int64) * stride_dol
+    start_m, bh, Mask, rows, offs_m, seed, tile = query_block(Q, K, V, Mask, Seed, strides, sizes, E, BLOCK_E,
+                                                              BLOCK_EV, MASK_KIND, HAS_DROPOUT, BLOCK_M, BLOCK_N)
+    H, L, S = sizes[0], sizes[2], sizes[3]
+    DO += (bh // H).to(tl.int64) * do_strides[0] + (bh % H).to(tl.int64) * do_strides[1] \
+        + start_m.to(tl.int64) * do_strides[2]
     m_ok = offs_m < L
     offs_e = tl.arange(0, BLOCK_E)
     offs_ev = tl.arange(0, BLOCK_EV)
-    do = tl.load(DO + rows[:, None] * stride_dol + offs_ev[None, :],
+    do = tl.load(DO + rows[:, None] * do_strides[2] + offs_ev[None, :],
                  mask=m_ok[:, None] & (offs_ev[None, :] < EV), other=0.0)
     # Padding rows get lse = +inf, hence P = 0.
     lse2 = tl.load(LSE + bh.to(tl.int64) * L + offs_m, mask=m_ok, other=float("inf")) * LOG2E
@@ -298,36 +269,33 @@ def _attn_bwd_q_kernel(
 
     dq = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
-    dq = _bwd_q_blocks(
-        dq, q, do, lse2, delta, K, V, Mask, 0, full_end, rows, offs_m, k_offs, v_offs, rng_base,
-        stride_kn, stride_vn, stride_ml, stride_ms, L, S, scale_log2, dropout_p, inv_keep, seed,
-        E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT, PRECISION, BLOCK_N, CHECK=False,
-    )
-    dq = _bwd_q_blocks(
-        dq, q, do, lse2, delta, K, V, Mask, full_end, end, rows, offs_m, k_offs, v_offs, rng_base,
-        stride_kn, stride_vn, stride_ml, stride_ms, L, S, scale_log2, dropout_p, inv_keep, seed,
-        E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT, PRECISION, BLOCK_N, CHECK=True,
-    )
+    dq = _bwd_q_blocks(dq, do, lse2, delta, tile, Mask, 0, full_end, rows, offs_m, strides, sizes, scale_log2,
+                       dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
+                       PRECISION, BLOCK_N, CHECK=False)
+    dq = _bwd_q_blocks(dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2,
+                       dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
+                       PRECISION, BLOCK_N, CHECK=True)
     DQ += (bh.to(tl.int64) * L + start_m) * E
     tl.store(DQ + rows[:, None] * E + offs_e[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=m_ok[:, None] & (offs_e[None, :] < E))
 
 
-_attn_bwd_kv = attention_autotune(BWD_KV_SPACE)(_attn_bwd_kv_kernel)
-_attn_bwd_q = attention_autotune(BWD_Q_SPACE)(_attn_bwd_q_kernel)
+_attn_bwd_kv = attention_autotune(BWD_KV_SPACE, bwd_kv_shared_memory)(_attn_bwd_kv_kernel)
+_attn_bwd_q = attention_autotune(BWD_Q_SPACE, bwd_q_shared_memory)(_attn_bwd_q_kernel)
 
 
-def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, dropout_p: float, seed: int):
+def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, dropout_p: float, seed):
     """Gradients (dq, dk, dv) of attention_fwd, contiguous in the inputs' dtype.
 
     ``do`` and ``o`` (B, H, L, Ev) may have any strides with a contiguous last dim; ``lse`` is the
     forward's. The same ``dropout_p`` and ``seed`` regenerate the forward's dropout mask.
     """
-    mask, strides, sizes, consts = launch_args(q, k, v, mask, is_causal, dropout_p)
+    args = kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p)
     B, H, L, _ = q.shape
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
     assert do.shape == o.shape == (B, H, L, Ev), "do and o must be (B, H, L, Ev)"
     assert do.stride(-1) == o.stride(-1) == 1, "do and o need a contiguous last dim"
+    assert tile_offsets_fit([do.stride(2), o.stride(2)], S, 0), "do or o: row stride too large for int32 offsets"
     assert lse.shape == (B, H, L) and lse.dtype == torch.float32 and lse.is_contiguous(), "lse: fp32 (B,H,L)"
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
@@ -335,15 +303,12 @@ def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, drop
     if B * H == 0:
         return dq, dk.zero_(), dv.zero_()
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
-    block_m = min(_DELTA_ELEMENTS // consts["BLOCK_EV"], triton.next_power_of_2(L))
-    _attn_bwd_delta_kernel[(triton.cdiv(L, block_m), B * H)](
-        o, do, delta, *o.stride()[:3], *do.stride()[:3], H, L,
-        EV=Ev, BLOCK_EV=consts["BLOCK_EV"], BLOCK_M=block_m, num_warps=4,
+    block_m = min(_DELTA_ELEMENTS // args["BLOCK_EV"], triton.next_power_of_2(L))
+    _attn_bwd_delta_kernel[launch_grid(L, block_m, B * H)](
+        o, do, delta, o.stride()[:3], do.stride()[:3], H, L,
+        EV=Ev, BLOCK_EV=args["BLOCK_EV"], BLOCK_M=block_m, num_warps=4,
     )
-    args = (q, k, v, mask, do, lse, delta)
-    scalars = (*strides, *do.stride()[:3], *sizes, scale, scale * LOG2E.value, dropout_p, seed)
-    grid_kv = lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * Hkv)  # noqa: E731
-    _attn_bwd_kv[grid_kv](*args, dk, dv, *scalars, **consts)
-    grid_q = lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _attn_bwd_q[grid_q](*args, dq, *scalars, **consts)
+    grads = dict(DO=do, LSE=lse, Delta=delta, do_strides=do.stride()[:3], scale=scale)
+    _attn_bwd_kv[lambda meta: launch_grid(S, meta["BLOCK_N"], B * Hkv)](DK=dk, DV=dv, **grads, **args)
+    _attn_bwd_q[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](DQ=dq, **grads, **args)
     return dq, dk, dv

@@ -30,7 +30,9 @@ struct AttentionParams {
   float scale;                 // the softmax scale itself (backward)
   // Dropout: element (b, h, i, j) of P is kept iff philox::uniform(seed, ((b H + h) L + i) S + j) >= p.
   float dropout_p;  // in [0, 1); 0 = no dropout
-  uint64_t seed;
+  // The seed in device memory, read by every CTA when dropout_p > 0: a CUDA graph replays the launch
+  // with these parameters, and the seed tensor its captured random draw rewrites at each replay.
+  const int64_t* seed;
 
   // Inputs, element strides of (batch, head, row); the last dim is contiguous, every base pointer is
   // 16-byte aligned and every stride a multiple of 8 elements (16 bytes), as cp.async needs.

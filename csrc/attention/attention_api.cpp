@@ -92,21 +92,28 @@ at::Tensor kernel_mask(const char* op, const at::Tensor& mask, const at::Tensor&
   return (convert ? mask.to(at::kFloat) : mask).expand(target);
 }
 
-// The Philox seed: an int64 tensor of one element (on any device), required when dropout_p > 0.
-uint64_t read_seed(const char* op, const std::optional<at::Tensor>& seed, double dropout_p) {
+// The Philox seed: an int64 tensor of one element, required when dropout_p > 0 (undefined otherwise).
+// The kernels read it from device memory, never here: no host sync, and a CUDA graph replaying the
+// launch reads the value that its captured random draw wrote (fasttx.functional draws it on q's
+// device). One on another device (the CPU) is copied to q's by device_seed.
+at::Tensor checked_seed(const char* op, const std::optional<at::Tensor>& seed, double dropout_p) {
   TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fasttx::", op, ": dropout_p must be in [0, 1), got ", dropout_p);
-  if (dropout_p == 0.0) return 0;
+  if (dropout_p == 0.0) return at::Tensor();
   const at::Tensor* s = present(seed);
   TORCH_CHECK(s != nullptr, "fasttx::", op, ": seed (an int64 scalar tensor) is required when dropout_p > 0");
   TORCH_CHECK(s->scalar_type() == at::kLong && s->numel() == 1, "fasttx::", op,
               ": seed must be an int64 tensor of one element, got ", dtype_name(s->scalar_type()), " of shape ",
               s->sizes());
-  return static_cast<uint64_t>(s->item<int64_t>());
+  return *s;
+}
+
+at::Tensor device_seed(const at::Tensor& seed, const at::Tensor& q) {
+  return seed.defined() ? seed.to(q.device()).contiguous() : seed;
 }
 
 // Shapes, scale, causal, dropout and mask into p; the pointers of q, k, v and the mask.
 void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                 const at::Tensor& mask4, double scale, bool is_causal, double dropout_p, uint64_t seed) {
+                 const at::Tensor& mask4, double scale, bool is_causal, double dropout_p, const at::Tensor& seed) {
   p.dtype = to_dtype(q.scalar_type());
   p.head_dim = static_cast<int>(q.size(3));
   p.batch = static_cast<int>(q.size(0));
@@ -118,7 +125,7 @@ void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, c
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * kLog2e);
   p.dropout_p = static_cast<float>(dropout_p);
-  p.seed = seed;
+  p.seed = seed.defined() ? seed.data_ptr<int64_t>() : nullptr;
   p.q = q.data_ptr();
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -143,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, co
                                                       const std::optional<at::Tensor>& seed) {
   const char* op = kFwdOp;
   check_qkv(op, q_in, k_in, v_in);
-  const uint64_t seed_value = read_seed(op, seed, dropout_p);
+  const at::Tensor seed_checked = checked_seed(op, seed, dropout_p);
   const at::Tensor* given_mask = present(mask);
   const at::Tensor mask4 = given_mask != nullptr ? kernel_mask(op, *given_mask, q_in, k_in.size(2)) : at::Tensor();
   check_cuda(op, "q", q_in);
@@ -154,7 +161,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, co
     const c10::cuda::CUDAGuard guard(q_in.device());
     const at::Tensor q = readable(q_in), k = readable(k_in), v = readable(v_in);
     AttentionParams p{};
-    fill_common(p, q, k, v, mask4, scale, is_causal, dropout_p, seed_value);
+    const at::Tensor seed_on_device = device_seed(seed_checked, q);
+    fill_common(p, q, k, v, mask4, scale, is_causal, dropout_p, seed_on_device);
     p.o = out.data_ptr();
     p.lse = lse.data_ptr<float>();
     attention_fwd_launch(p, c10::cuda::getCurrentCUDAStream());
@@ -184,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == at::IntArrayRef({B, H, L}) && lse.is_contiguous(),
               "fasttx::", op, ": lse must be a contiguous float32 (B, H, L) = (", B, ", ", H, ", ", L,
               ") tensor, got ", dtype_name(lse.scalar_type()), " of shape ", lse.sizes());
-  const uint64_t seed_value = read_seed(op, seed, dropout_p);
+  const at::Tensor seed_checked = checked_seed(op, seed, dropout_p);
   const at::Tensor* given_mask = present(mask);
   const at::Tensor mask4 = given_mask != nullptr ? kernel_mask(op, *given_mask, q_in, k_in.size(2)) : at::Tensor();
   check_cuda(op, "q", q_in);
@@ -197,7 +205,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     const at::Tensor out = readable(out_in), dout = readable(grad_out);
     at::Tensor delta = at::empty({B, H, L}, q_in.options().dtype(at::kFloat));
     AttentionParams p{};
-    fill_common(p, q, k, v, mask4, scale, is_causal, dropout_p, seed_value);
+    const at::Tensor seed_on_device = device_seed(seed_checked, q);
+    fill_common(p, q, k, v, mask4, scale, is_causal, dropout_p, seed_on_device);
     p.o = const_cast<void*>(out.data_ptr());
     p.lse = const_cast<float*>(lse.data_ptr<float>());
     p.dout = dout.data_ptr();

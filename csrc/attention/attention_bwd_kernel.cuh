@@ -67,6 +67,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
   const int b = blockIdx.z;
   const int group = p.heads / p.kv_heads;
   const bool dropout = p.dropout_p > 0.f;
+  const uint64_t seed = load_seed(p);
   const float inv_keep = 1.f / (1.f - p.dropout_p);
 
   copy_tile<kBwdKeys, kHeadDim>(sK, static_cast<const T*>(p.k) + b * p.k_strides[0] + kvh * p.k_strides[1] + n0 * p.k_strides[2],
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
       for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          if (!dropout_keep(p, static_cast<int>(bh), m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8)) {
+          if (!dropout_keep(p, seed, bh, m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8)) {
             keep &= ~(1u << (4 * qt + e));
           }
         }
@@ -217,6 +218,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
   const MaskRows mask = mask_rows(p, b, h);
   const bool dropout = p.dropout_p > 0.f;
+  const uint64_t seed = load_seed(p);
   const float inv_keep = 1.f / (1.f - p.dropout_p);
 
   const KvStream<T, kHeadDim, kCausal> kv(p, b, h, m0, sK, sV);
@@ -257,7 +259,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
         const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
         const float pe = exp2_approx(masked_logit<kCausal>(s[nt][e], i, j, p, mask, check) - lse2[e >> 1]);
         float dpe = dp[nt][e];
-        if (dropout) dpe = dropout_keep(p, static_cast<int>(bh), i, j) ? dpe * inv_keep : 0.f;
+        if (dropout) dpe = dropout_keep(p, seed, bh, i, j) ? dpe * inv_keep : 0.f;
         s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
       }
     }

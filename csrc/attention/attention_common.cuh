@@ -87,10 +87,15 @@ __device__ __forceinline__ float masked_logit(float s, int i, int j, const Atten
   return z;
 }
 
+// The Philox seed, read once per CTA (0 without dropout: p.seed may be null then).
+__device__ __forceinline__ uint64_t load_seed(const AttentionParams& p) {
+  return p.dropout_p > 0.f ? static_cast<uint64_t>(*p.seed) : 0;
+}
+
 // Whether dropout keeps element (i, j) of the score matrix of (batch, query head) bh = b H + h.
-__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, int bh, int i, int j) {
+__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, uint64_t seed, int64_t bh, int i, int j) {
   const uint64_t flat = (static_cast<uint64_t>(bh) * p.queries + i) * p.keys + j;
-  return philox::uniform(p.seed, flat) >= p.dropout_p;
+  return philox::uniform(seed, flat) >= p.dropout_p;
 }
 
 // Key blocks [0, full) need no element checks: all their keys < S and, causal, <= every query of the

@@ -45,10 +45,11 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
   const int m0 = blockIdx.x * kBlockM;
   const int h = blockIdx.y;
   const int b = blockIdx.z;
-  const int bh = b * p.heads + h;
+  const int64_t bh = static_cast<int64_t>(b) * p.heads + h;  // B * H may pass INT32_MAX
   const T* q = static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1] + m0 * p.q_strides[2];
   const MaskRows mask = mask_rows(p, b, h);
   const bool dropout = p.dropout_p > 0.f;
+  const uint64_t seed = load_seed(p);
 
   const KvStream<T, kHeadDim, kCausal> kv(p, b, h, m0, sK, sV);
   copy_tile<kBlockM, kHeadDim>(sQ, q, p.q_strides[2], p.queries - m0, tid);
@@ -99,7 +100,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
       for (int e = 0; e < 4; ++e) {
         const float pe = exp2_approx(s[nt][e] - shift[e >> 1]);
         l_run[e >> 1] += pe;  // before dropout: lse is that of the undropped probabilities
-        s[nt][e] = dropout && !dropout_keep(p, bh, row0 + (e >> 1) * 8, n0 + nt * 8 + 2 * t + (e & 1)) ? 0.f : pe;
+        s[nt][e] = dropout && !dropout_keep(p, seed, bh, row0 + (e >> 1) * 8, n0 + nt * 8 + 2 * t + (e & 1)) ? 0.f : pe;
       }
     }
     gemm_rn<T, kNTiles, kDTiles, kPitch>(acc, s, kv.v_tile(stage), lane);
@@ -117,12 +118,12 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
     if (dropout) inv[r] /= 1.f - p.dropout_p;  // the kept probabilities' 1 / (1 - p)
     lse[r] = l > 0.f ? (m_run[r] + log2f(l)) * kLn2 : INFINITY;
   }
-  T* o = static_cast<T*>(p.o) + (static_cast<int64_t>(bh) * p.queries + m0 + warp * 16) * kHeadDim;
+  T* o = static_cast<T*>(p.o) + (bh * p.queries + m0 + warp * 16) * kHeadDim;
   store_rows<T, kHeadDim>(o, p.queries - (m0 + warp * 16), acc, inv, sQw, lane);
   if (t == 0) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      if (row0 + 8 * r < p.queries) p.lse[static_cast<int64_t>(bh) * p.queries + row0 + 8 * r] = lse[r];
+      if (row0 + 8 * r < p.queries) p.lse[bh * p.queries + row0 + 8 * r] = lse[r];
     }
   }
 }

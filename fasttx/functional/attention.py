@@ -7,7 +7,7 @@ broadcastable to (B, H, L, S), read through 0 strides (a key-padding mask (B, 1,
 O(B * S)). Only the output and the fp32 log-sum-exp (B, H, L) are saved for the backward.
 
 One documented difference from torch: a query row whose keys are all masked out gives output 0
-and zero gradients, never NaN. Dropout draws its Philox seed from torch's default generator, so
+and zero gradients, never NaN. Dropout draws its Philox seed from the inputs' device generator, so
 torch.manual_seed makes it reproducible; forward and backward regenerate the same keep mask.
 """
 
@@ -106,8 +106,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         mask = attn_mask.reshape((1,) * (query.dim() - attn_mask.dim()) + tuple(attn_mask.shape))
         _, mask = merge_leading_dims(mask, batch, 1)
     seed = None
-    if dropout_p > 0:  # from torch's default generator: torch.manual_seed reproduces the draw
-        seed = torch.randint(0, 2**62, (), dtype=torch.int64)
+    if dropout_p > 0:
+        # Drawn by the inputs' device generator (torch.manual_seed reproduces it) into device memory,
+        # where the kernels read it: a CUDA graph replays this draw with a new Philox offset each time
+        # (as torch's own dropout), so every replay drops anew; and no host sync, no recompile.
+        seed = torch.randint(0, 2**62, (), dtype=torch.int64, device=q.device)
     scale = 1 / math.sqrt(head_dim) if scale is None else float(scale)
     out, _lse = _ops.op("attention", "fwd", chosen)(q, k, v, mask, scale, is_causal, float(dropout_p), seed)
     return out.reshape(*batch, heads, queries, value_dim)

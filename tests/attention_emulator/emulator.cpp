@@ -31,7 +31,7 @@ extern "C" void emu_attention(int backward, const int64_t* ints, const double* f
   p.queries = static_cast<int>(ints[5]);
   p.keys = static_cast<int>(ints[6]);
   p.is_causal = ints[7] != 0;
-  p.seed = static_cast<uint64_t>(ints[8]);
+  p.seed = ints + 8;  // the emulated device reads host memory
   p.mask_kind = static_cast<AttnMaskKind>(ints[9]);
   p.mask_dtype = static_cast<DType>(ints[10]);
   for (int d = 0; d < 3; ++d) {

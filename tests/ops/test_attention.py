@@ -233,7 +233,7 @@ def test_dropout(backend):
     torch.manual_seed(7)
     assert torch.equal(first, fasttx.scaled_dot_product_attention(q, k, v, dropout_p=p, backend=backend))
     torch.manual_seed(7)
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))  # what the op draws after this seed
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE))  # what the op draws after this seed
     keep = dropout_keep_mask(seed, 2, 2, 40, 50, p, q.device)
     n = keep.numel()
     # keep rate within 5 standard deviations of 1 - p

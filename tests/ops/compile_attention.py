@@ -1,0 +1,96 @@
+"""Compile the Triton attention kernels for sm_90a without a GPU (Triton's own compiler and ptxas) and
+print, one JSON line per kernel variant, the shared memory it takes and the kernel's model of it.
+
+Run in a process without TRITON_INTERPRET (the interpreter replaces the kernels), by
+tests/ops/test_attention_launch.py. What the interpreter never shows shows here: code that does not
+compile, and the shared memory of the configs.
+"""
+
+import json
+import sys
+
+import torch
+import triton
+
+UNSUPPORTED = 3  # exit status: this Triton binds or compiles otherwise (its internals, used here, change)
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature, find_paths_if, get_iterable_path
+except ImportError as e:
+    if __name__ == "__main__":
+        print(f"triton {triton.__version__}: {e}", file=sys.stderr)
+        sys.exit(UNSUPPORTED)
+    raise
+
+from fasttx.triton_kernels import attention_bwd, attention_fwd
+from fasttx.triton_kernels.attention_common import kernel_args
+
+TARGET = GPUTarget("cuda", 90, 32)
+KERNELS = {
+    "fwd": (attention_fwd._attn_fwd_kernel, attention_fwd.fwd_shared_memory),
+    "bwd_kv": (attention_bwd._attn_bwd_kv_kernel, attention_bwd.bwd_kv_shared_memory),
+    "bwd_q": (attention_bwd._attn_bwd_q_kernel, attention_bwd.bwd_q_shared_memory),
+}
+# (kernel, (BLOCK_M, BLOCK_N, num_warps, num_stages), head dim, dtype, mask dtype, causal, dropout_p):
+# each kernel's largest tiles, and every mask kind, causal and dropout once.
+VARIANTS = [
+    ("fwd", (128, 128, 8, 3), 128, torch.float16, None, False, 0.0),
+    ("fwd", (128, 128, 8, 2), 128, torch.float16, torch.float32, False, 0.1),
+    ("fwd", (64, 32, 4, 3), 64, torch.float32, torch.bool, True, 0.0),
+    ("bwd_kv", (32, 128, 8, 3), 128, torch.float16, None, True, 0.1),
+    ("bwd_kv", (32, 64, 4, 4), 64, torch.float16, torch.float16, False, 0.0),
+    ("bwd_q", (128, 64, 8, 2), 128, torch.float16, torch.bool, True, 0.1),
+    ("bwd_q", (64, 32, 4, 3), 64, torch.float32, torch.float32, False, 0.0),
+]
+
+
+def specialization(kernel, **kwargs):
+    """Triton's specialization of a launch of ``kernel`` with ``kwargs`` for TARGET: the signature and
+    the properties (divisibility by 16, value 1, ...) its compiled-kernel cache is keyed by. Launches
+    with equal ones run the same compiled kernel. Also for the interpreter's kernels (same function)."""
+    fn = JITFunction(kernel.fn)
+    return create_function_from_signature(fn.signature, fn.params, make_backend(TARGET))(**kwargs)[1]
+
+
+def compile_kernel(fn, num_warps, num_stages, **kwargs):
+    """Compile ``fn`` for TARGET as a launch with ``kwargs`` would specialise it."""
+    backend = make_backend(TARGET)
+    spec = specialization(fn, **kwargs)
+    signature = {p.name: s[0] for p, s in zip(fn.params, spec)}
+    values = [s[1] for s in spec]
+    constexprs = {path: get_iterable_path(values, path)
+                  for path in find_paths_if(list(signature.values()), lambda _, v: v == "constexpr")}
+    attrs = {path: backend.parse_attr(get_iterable_path(values, path))
+             for path in find_paths_if(values, lambda _, v: isinstance(v, str))}
+    options = backend.parse_options(dict(num_warps=num_warps, num_stages=num_stages)).__dict__
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options)
+
+
+def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dropout_p):
+    B, H, L = 2, 4, 1024
+    q = torch.empty(B, H, L, head_dim, dtype=dtype)
+    mask = None if mask_dtype is None else torch.empty(B, 1, L, L, dtype=mask_dtype)
+    lse = torch.empty(B, H, L)
+    args = dict(kernel_args(q, q, q, mask, torch.tensor(1), 0.125, causal, dropout_p), BLOCK_M=block_m,
+                BLOCK_N=block_n)
+    if name == "fwd":
+        return dict(args, O=q, LSE=lse)
+    grads = dict(args, DO=q, LSE=lse, Delta=lse, do_strides=q.stride()[:3], scale=0.125)
+    return dict(grads, DK=q, DV=q) if name == "bwd_kv" else dict(grads, DQ=q)
+
+
+def main():
+    for name, (block_m, block_n, num_warps, num_stages), head_dim, dtype, mask_dtype, causal, p in VARIANTS:
+        fn, model = KERNELS[name]
+        kernel = compile_kernel(fn, num_warps, num_stages,
+                                **variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p))
+        mask_bytes = 0 if mask_dtype is None else mask_dtype.itemsize
+        modelled = model(block_m, block_n, num_stages, head_dim, head_dim, dtype.itemsize, mask_bytes)
+        print(json.dumps(dict(kernel=name, config=[block_m, block_n, num_warps, num_stages], head_dim=head_dim,
+                              dtype=str(dtype), mask=str(mask_dtype), causal=causal, dropout_p=p,
+                              shared=kernel.metadata.shared, model=modelled)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

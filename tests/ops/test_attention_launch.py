@@ -1,0 +1,284 @@
+"""Attention hazards that only a compiled GPU run would show, tested here on what decides them: the
+launch grid (CUDA caps grid dims 1 and 2 at 65535), Triton's specialization key (a recompile per key),
+the autotuning key, the shared-memory pruning of the configs, the dropout seed under CUDA graphs and
+int64 offsets of views past 2^31 elements. The few tests that need the GPU itself skip elsewhere."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import triton
+
+import fasttx
+from fasttx import _ops
+from fasttx.triton_kernels import attention_bwd, attention_common, attention_fwd
+
+from ..conftest import DEVICE
+from .test_attention import KERNEL_BACKENDS, attention_inputs, check
+
+SPACES = {
+    "fwd": (attention_fwd.FWD_SPACE, attention_fwd.fwd_shared_memory),
+    "bwd_kv": (attention_bwd.BWD_KV_SPACE, attention_bwd.bwd_kv_shared_memory),
+    "bwd_q": (attention_bwd.BWD_Q_SPACE, attention_bwd.bwd_q_shared_memory),
+}
+H100_SHARED_MEMORY = 227 * 1024
+needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU: checks a limit of real launches")
+
+
+# ---- grid -----------------------------------------------------------------------------------------
+
+
+def test_grid_puts_batch_heads_on_dim_0():
+    # B = 4097, H = 16: 65552 batch-heads, past the 65535 of grid dims 1 and 2.
+    grid = attention_common.launch_grid(100, 16, 4097 * 16)
+    assert grid == (7 * 4097 * 16,)
+    assert attention_common.launch_grid(0, 16, 8) == (0,)
+
+
+def test_grid_past_cuda_limit_is_an_error():
+    with pytest.raises(ValueError, match="more than CUDA's 2147483647"):
+        attention_common.launch_grid(2**20, 16, 2**18)
+
+
+def test_programs_find_their_batch_head_and_block():
+    """Many batch-heads of several query and key blocks (the interpreter runs 16-row blocks): every
+    program reads and writes its own rows, forward, dK/dV (per kv head) and dQ."""
+    q, k, v = attention_inputs(7, 4, 2, 37, 21, 16, dtype=torch.float32)
+    check(q, k, v, "triton", enable_gqa=True)
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_more_batch_heads_than_grid_dim_1_takes(backend):
+    q, k, v = attention_inputs(4097, 16, 16, 16, 16, 32, dtype=torch.float16)
+    check(q, k, v, backend)
+
+
+# ---- specialization: one compiled kernel whatever the seed -----------------------------------------
+
+
+def compile_tools():
+    """tests/ops/compile_attention.py, which uses Triton internals (they change between versions)."""
+    try:
+        from . import compile_attention
+    except ImportError as e:
+        pytest.skip(f"triton {triton.__version__} lacks what compile_attention uses: {e}")
+    return compile_attention
+
+
+def specialization(kernel, **kwargs):
+    return compile_tools().specialization(kernel, **kwargs)
+
+
+def fwd_call(seed, L=48, S=40, dropout_p=0.1):
+    q, k, v = attention_inputs(1, 2, 2, L, S, 16)
+    args = attention_common.kernel_args(q, k, v, None, seed, 0.25, False, dropout_p)
+    return dict(O=torch.empty_like(q), LSE=torch.empty(q.shape[:3]), BLOCK_M=16, BLOCK_N=16, **args)
+
+
+def test_specialization_detects_an_int_seed():
+    """What the next test relies on: Triton specialises an int argument on its divisibility by 16 and
+    on the value 1."""
+    @triton.jit
+    def int_seed(X, seed):
+        pass
+
+    keys = [specialization(int_seed, X=torch.empty(1), seed=s) for s in (17, 16, 1)]
+    assert keys[0] != keys[1] and keys[0] != keys[2]
+
+
+@pytest.mark.parametrize("seeds", [(17, 16), (17, 1), (2**40 + 1, 2**40)], ids=str)
+def test_seed_never_specialises_the_kernels(seeds):
+    """The seed is read from a tensor: seeds of any divisibility launch the same compiled kernels."""
+    first, second = (fwd_call(torch.tensor(s)) for s in seeds)
+    kernel = attention_fwd._attn_fwd_kernel
+    assert specialization(kernel, **first) == specialization(kernel, **second)
+    bwd = []
+    for call in (first, second):
+        grads = dict(DO=call.pop("O"), Delta=call["LSE"], do_strides=call["Q"].stride()[:3], scale=0.25)
+        bwd.append(dict(call, **grads))
+    kernel = attention_bwd._attn_bwd_kv_kernel
+    kv = [specialization(kernel, DK=call["K"], DV=call["V"], **call) for call in bwd]
+    kernel = attention_bwd._attn_bwd_q_kernel
+    dq = [specialization(kernel, DQ=call["Q"], **call) for call in bwd]
+    assert kv[0] == kv[1] and dq[0] == dq[1]
+
+
+def test_kernels_compile_for_sm90_within_their_shared_memory_model():
+    """Compiled, not interpreted (Triton's compiler and ptxas run without a GPU): every kernel in each
+    mask kind, causal and dropout, at its largest tiles; the shared memory each takes is at most what
+    its model, which prunes the configs, says."""
+    compile_attention = compile_tools()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "tests.ops.compile_attention"], capture_output=True, text=True,
+                          env=env, cwd=pathlib.Path(__file__).parents[2], timeout=1200)
+    if done.returncode == compile_attention.UNSUPPORTED:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(results) == len(compile_attention.VARIANTS)
+    for r in results:
+        assert 0 < r["shared"] <= r["model"], r
+
+
+# ---- autotuning key ---------------------------------------------------------------------------------
+
+
+def test_autotune_key_buckets_sequence_lengths():
+    bucket = attention_common.seq_bucket
+    assert [bucket(n) for n in (1, 16, 17, 100, 128, 129, 4096, 10**6)] == [16, 16, 32, 128, 128, 256, 4096, 16384]
+    for tuner in (attention_fwd._attn_fwd, attention_bwd._attn_bwd_kv, attention_bwd._attn_bwd_q):
+        assert "seq_buckets" in tuner.keys
+    assert fwd_call(None, L=100, S=3000, dropout_p=0.0)["seq_buckets"] == (128, 4096)
+
+
+def test_sequence_buckets_never_specialise_the_kernels():
+    """Only the autotuner reads the buckets: lengths of other buckets (but the same divisibility) run
+    the same compiled kernel."""
+    short, long = fwd_call(None, L=32, S=32, dropout_p=0.0), fwd_call(None, L=2048, S=4096, dropout_p=0.0)
+    assert short["seq_buckets"] != long["seq_buckets"]
+    long["sizes"] = short["sizes"]
+    long["strides"] = short["strides"]
+    keys = [specialization(attention_fwd._attn_fwd_kernel, **call) for call in (short, long)]
+    assert keys[0] == keys[1]
+
+
+# ---- shared memory ------------------------------------------------------------------------------
+
+
+def test_shared_memory_models_match_compiled_kernels():
+    """Figures of Triton 3.8 compiling for sm_90a (fp16, E = 128, a (B, 1, L, S) mask, its last
+    stride 1): the models count exactly what it allocated (dK/dV: 256 B more)."""
+    fwd, kv, q = (SPACES[name][1] for name in ("fwd", "bwd_kv", "bwd_q"))
+    assert fwd(128, 128, 3, 128, 128, 2, 0) == 229376  # 3 KB below the 227 KB of H100
+    assert fwd(128, 128, 3, 128, 128, 2, 4) == 360448
+    assert fwd(128, 64, 3, 128, 128, 2, 4) == 196608
+    assert kv(32, 128, 3, 128, 128, 2, 0) - 256 == 115200
+    assert kv(32, 128, 3, 128, 128, 2, 4) - 256 == 147968
+    assert q(128, 64, 2, 128, 128, 2, 4) == 163840
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_configs_fit_shared_memory_with_any_mask(name):
+    """Without a mask every listed config is kept as it is (they were compiled); with any mask some
+    fit, with fewer stages where the mask's pipeline buffers need it."""
+    space, model = SPACES[name]
+    for (head_dim, fp32), configs in space.items():
+        dtype_bytes = 4 if fp32 else 2
+        for mask_bytes in (0, 1, 2, 4, 8):
+            kept = attention_common.space_configs(space, model, head_dim, head_dim, dtype_bytes, mask_bytes,
+                                                  H100_SHARED_MEMORY)
+            assert kept, (head_dim, fp32, mask_bytes)
+            if mask_bytes == 0:
+                assert kept == configs, (head_dim, fp32)
+            for block_m, block_n, _, stages in kept if mask_bytes else ():
+                use = model(block_m, block_n, stages, head_dim, head_dim, dtype_bytes, mask_bytes)
+                assert use <= H100_SHARED_MEMORY, (head_dim, fp32, mask_bytes)
+
+
+def test_float_mask_takes_stages_off_the_largest_forward_tile():
+    model = SPACES["fwd"][1]
+    kept = attention_common.space_configs(attention_fwd.FWD_SPACE, model, 128, 128, 2, 4, H100_SHARED_MEMORY)
+    assert kept == [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4)]
+    assert attention_common.space_configs(attention_fwd.FWD_SPACE, model, 80, 128, 2, 0, 10) == \
+        attention_fwd.FWD_SPACE[(128, False)]  # no mask: the compiled lists, whatever the model says
+    nothing_fits = attention_common.fitting_configs([(128, 128, 8, 3)], lambda m, n, s: 10**6, H100_SHARED_MEMORY)
+    assert nothing_fits == []
+
+
+# ---- dropout seed ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_seed_is_drawn_on_the_inputs_device(backend, monkeypatch):
+    """The op gets the seed as a device tensor from the device's generator (a CUDA graph replays that
+    draw with a new Philox offset), never as a host value."""
+    seeds = []
+    real_op = _ops.op
+
+    def op_spy(name, direction, backend_):
+        fn = real_op(name, direction, backend_)
+
+        def spy(*args):
+            seeds.append(args[-1])
+            return fn(*args)
+
+        return spy
+
+    monkeypatch.setattr(_ops, "op", op_spy)
+    q, k, v = attention_inputs(1, 2, 2, 16, 16, 32)
+    torch.manual_seed(3)
+    fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5, backend=backend)
+    fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5, backend=backend)
+    torch.manual_seed(3)
+    expected = torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE)
+    assert [(s.dtype, s.shape, s.device) for s in seeds] == [(torch.int64, (), q.device)] * 2
+    assert torch.equal(seeds[0], expected) and not torch.equal(seeds[0], seeds[1])
+
+
+def test_seed_on_another_device_is_read_the_same():
+    """The launchers take the seed wherever it is (the op's schema allows any device)."""
+    q, k, v = attention_inputs(1, 2, 2, 16, 24, 16, dtype=torch.float32)
+    seed = torch.tensor(2**40 + 17)
+    o, _ = attention_fwd.attention_fwd(q, k, v, None, 0.25, False, 0.5, seed.to(DEVICE))
+    assert torch.equal(o, attention_fwd.attention_fwd(q, k, v, None, 0.25, False, 0.5, seed)[0])
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_dropout_draws_anew_at_each_cuda_graph_replay(backend):
+    q, k, v = (t.requires_grad_() for t in attention_inputs(2, 4, 4, 128, 128, 64))
+
+    def step():
+        out = fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5, backend=backend)
+        out.sum().backward()
+        return out
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (autotuning) off the capture
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    q.grad = k.grad = v.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    results = []
+    for _ in range(2):
+        graph.replay()
+        results.append((out.clone(), q.grad.clone()))
+    assert all(o.isfinite().all() and dq.isfinite().all() for o, dq in results)
+    assert not torch.equal(results[0][0], results[1][0]) and not torch.equal(results[0][1], results[1][1])
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_dropout_draws_anew_under_reduce_overhead_compile(backend):
+    q, k, v = attention_inputs(2, 4, 4, 128, 128, 64)
+    attend = torch.compile(lambda q, k, v: fasttx.scaled_dot_product_attention(q, k, v, dropout_p=0.5, backend=backend),
+                           mode="reduce-overhead", fullgraph=True)
+    outs = [attend(q, k, v).clone() for _ in range(4)]  # warm-up, recording, then replays
+    assert all(o.isfinite().all() for o in outs)
+    assert not torch.equal(outs[-1], outs[-2])
+
+
+# ---- int64 offsets --------------------------------------------------------------------------------
+
+
+def test_views_past_2_31_elements():
+    """A (B, L, H, E) view transposed to (B, H, L, E) whose batch stride L * H * E times the batch index
+    passes 2^31: the kernels' batch offsets are int64 (the interpreter wraps int32 as the GPU does).
+    The storage is reserved, not touched: only the view's own pages are written."""
+    B, L, H, E = 3, 8, 2, 16
+    batch_stride = 2**30 + 2**12  # batch 2 starts past 2^31
+    storage = torch.empty(B * batch_stride, dtype=torch.float16)
+    views = []
+    for i in range(3):  # q, k, v side by side in each batch's slot
+        view = storage.as_strided((B, H, L, E), (batch_stride, E, H * E, 1), storage_offset=i * L * H * E)
+        view.copy_(torch.randn(B, H, L, E))
+        views.append(view)
+    check(*views, "triton", is_causal=True)

@@ -1,0 +1,344 @@
+"""What the Triton attention forward (attention_fwd.py) and backward (attention_bwd.py) share: the kernel
+arguments, the launch grid, autotuning, and the jit pieces both compute with (masked logits, dropout draw,
+key-block ranges, a query block's start). Conventions and math: attention_fwd.py's docstring.
+
+Kernel arguments. Every kernel takes the keyword arguments of :func:`kernel_args`, grouped so that a
+signature is written once:
+    Q (B, H, L, E), K (B, Hkv, S, E), V (B, Hkv, S, Ev): inputs, any strides, last dim contiguous;
+    Mask: (B, H, L, S) bool or float view with any strides (0 on broadcast dims), or None;
+    Seed: int64 tensor of one element on the inputs' device, the Philox seed, or None without dropout;
+    strides: ((q b, h, l), (k b, h, n), (v b, h, n), (mask b, h, l, s)) in elements;
+    sizes: (H, group, L, S) with group = H // Hkv: query head h reads kv head h // group;
+    scale_log2 = scale * log2(e); dropout_p;
+    seq_buckets: (seq_bucket(L), seq_bucket(S)), which only the autotuner's key reads;
+    constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), MASK_KIND ("none", "bool",
+    "float"), IS_CAUSAL, HAS_DROPOUT, PRECISION (tl.dot input_precision of fp32 operands), and the
+    autotuned BLOCK_M, BLOCK_N.
+
+The seed is read from device memory, never passed by value: Triton specialises an int argument on its
+value (== 1, divisible by 16), which would recompile the kernels for one training step in 16, and a CUDA
+graph replays its kernels with the arguments of the capture, while a seed tensor drawn by torch's CUDA
+generator inside the graph holds a new value at each replay.
+
+Grid. Programs run over (batch-head, block) on grid dim 0 alone, the blocks of one head consecutive:
+CUDA caps dims 1 and 2 at 65535, which B * H exceeds (B = 4097, H = 16), and dim 0 at 2^31 - 1.
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(math.log2(math.e))
+LN2 = tl.constexpr(math.log(2.0))
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_HEAD_DIM = 256  # the largest head-dim tile the launch configurations were checked for
+MAX_PROGRAMS = 2**31 - 1  # CUDA's limit on grid dim 0
+# The tile offsets within a block are int32 (the bases of batches, heads and blocks are int64): a block
+# has at most this many rows (any BLOCK_M or BLOCK_N of the configurations).
+MAX_BLOCK = 128
+
+
+# ---- launch grid -------------------------------------------------------------------------------
+
+
+def launch_grid(n: int, block: int, heads: int) -> tuple[int]:
+    """The grid of a kernel whose programs own ``block`` of ``n`` rows (queries or keys) of each of
+    ``heads`` (batch, head) pairs: everything on dim 0 (see the module docstring)."""
+    programs = triton.cdiv(n, block) * heads
+    if programs > MAX_PROGRAMS:
+        raise ValueError(f"attention: {heads} batch-heads x {triton.cdiv(n, block)} blocks of {block} rows "
+                         f"need {programs} programs, more than CUDA's {MAX_PROGRAMS}")
+    return (programs,)
+
+
+@triton.jit
+def program_block(n, BLOCK: tl.constexpr):
+    """(first row, batch-head index) of this program in launch_grid(n, BLOCK, heads)."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(n, BLOCK)
+    return (pid % blocks) * BLOCK, pid // blocks
+
+
+# ---- autotuning --------------------------------------------------------------------------------
+#
+# A space maps (max head dim, fp32) to [(BLOCK_M, BLOCK_N, num_warps, num_stages)]; the first key that
+# fits the call's head dims and dtype class is used. Each kernel file documents how its lists were chosen.
+# The autotuner times each config kept for the call once per key: head dims, causal, mask kind, dropout,
+# precision, the sequence-length buckets and (added by the autotuner) the dtypes of the tensors, mask
+# included. The interpreter runs one fixed config: 16 is tl.dot's smallest size, and small blocks give
+# short test sequences several blocks, exercising the loop boundaries.
+
+TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "seq_buckets"]
+# Shared memory per block where the device cannot be asked (the interpreter, prune tests): H100 / H200.
+DEFAULT_SHARED_MEMORY = 227 * 1024
+
+
+def held_copies(dtype_bytes):
+    """Copies in shared memory of a tile a kernel holds across its loop: fp32 operands (tf32x3) keep
+    two, fp16 / bf16 one (measured; tf32 needs one, so this is an upper bound there)."""
+    return 2 if dtype_bytes == 4 else 1
+
+
+def seq_bucket(n: int) -> int:
+    """The autotuning bucket of a sequence length: its next power of 2, within [16, 16384]. The best tile
+    changes with the length (few long loops against many short programs) in steps of about 2x; beyond
+    16K every program's loop is long. Never 1 nor a non-multiple of 16, so the bucket never makes
+    Triton specialise the kernel anew."""
+    return min(max(triton.next_power_of_2(n), 16), 16384)
+
+
+# Pipeline stages a config is given at the least: with one, Triton pipelines nothing and stages the
+# dot operands and mask through other shared buffers, which the models do not count (measured: more
+# than two stages take, e.g. 160 KB against 96 KB for (128, 128, 8, 1) at E = 128 with an fp64 mask).
+MIN_STAGES = 2
+
+
+def fitting_configs(configs, shared_memory, limit):
+    """The configs (BLOCK_M, BLOCK_N, num_warps, num_stages) that fit in ``limit`` bytes of shared
+    memory, where ``shared_memory(BLOCK_M, BLOCK_N, num_stages)`` models their use: each with the most
+    pipeline stages, at most its own, that fit; none of those that do not fit with MIN_STAGES."""
+    fitting = []
+    for block_m, block_n, num_warps, num_stages in configs:
+        while num_stages > MIN_STAGES and shared_memory(block_m, block_n, num_stages) > limit:
+            num_stages -= 1
+        config = (block_m, block_n, num_warps, num_stages)
+        if shared_memory(block_m, block_n, num_stages) <= limit and config not in fitting:
+            fitting.append(config)
+    return fitting
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    if device.type != "cuda":
+        return DEFAULT_SHARED_MEMORY
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+def _config(block_m, block_n, num_warps, num_stages):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
+
+
+def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit):
+    """The configs (BLOCK_M, BLOCK_N, num_warps, num_stages) of ``space`` for a call: those of the first
+    key that fits its head dims and dtype class (fp32 when dtype_bytes is 4). They were compiled without
+    a mask, and are kept as they are then; a mask's tiles take num_stages - 1 more buffers, so with one
+    they are fitted to ``limit`` bytes by ``shared_memory(BLOCK_M, BLOCK_N, num_stages, block_e, block_ev,
+    dtype_bytes, mask_bytes)``, the kernel's model of its use (see fitting_configs)."""
+    key = next(k for k in space if k[1] == (dtype_bytes == 4) and max(block_e, block_ev) <= k[0])
+    if mask_bytes == 0:
+        return space[key]
+
+    def model(block_m, block_n, num_stages):
+        return shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
+
+    return fitting_configs(space[key], model, limit)
+
+
+def attention_autotune(space, shared_memory):
+    """triton.autotune over the configs of ``space`` that space_configs keeps for the call."""
+    if _INTERPRET:  # one config: the key is never read
+        return triton.autotune(configs=[_config(16, 16, 1, 1)], key=TUNING_KEY)
+    configs = {c: _config(*c) for shapes in space.values() for c in shapes}
+
+    def prune(_configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}  # positional and keyword arguments
+        q, mask = args["Q"], args["Mask"]
+        kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
+                             0 if mask is None else mask.element_size(), shared_memory_limit(q.device))
+        return [configs[c] if c in configs else _config(*c) for c in kept]
+
+    return triton.autotune(configs=list(configs.values()), key=TUNING_KEY,
+                           prune_configs_by={"early_config_prune": prune})
+
+
+# ---- kernel arguments --------------------------------------------------------------------------
+
+
+def _check_qkv(q, k, v):
+    assert q.dim() == k.dim() == v.dim() == 4, "q, k, v: 4-D (B, H, L, E), (B, Hkv, S, E), (B, Hkv, S, Ev)"
+    B, H, _, E = q.shape
+    _, Hkv, S, _ = k.shape
+    assert k.shape[0] == v.shape[0] == B and v.shape[1] == Hkv and v.shape[2] == S and k.shape[3] == E, (
+        f"mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    assert Hkv > 0 and H % Hkv == 0, f"H = {H} must be a multiple of Hkv = {Hkv}"
+    assert q.dtype in _DTYPES and k.dtype == v.dtype == q.dtype, "q, k, v: one dtype, fp32, fp16 or bf16"
+    assert q.device == k.device == v.device, "q, k, v must be on one device"
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "q, k, v need a contiguous last dim"
+    assert max(E, v.shape[3]) <= MAX_HEAD_DIM, f"head dims above {MAX_HEAD_DIM} are not supported"
+
+
+def _mask_args(mask, shape):
+    """(mask broadcast to ``shape`` = (B, H, L, S) without copying, its 4 strides, MASK_KIND)."""
+    if mask is None:
+        return None, (0, 0, 0, 0), "none"
+    assert mask.dim() == 4, "mask must be 4-D, broadcastable to (B, H, L, S)"
+    assert mask.dtype == torch.bool or mask.is_floating_point(), f"mask has unsupported dtype {mask.dtype}"
+    mask = mask.expand(shape)  # broadcast dims get stride 0
+    return mask, mask.stride(), "bool" if mask.dtype == torch.bool else "float"
+
+
+def _seed_arg(seed, dropout_p, device):
+    """The seed tensor the kernels read, on their device; None without dropout."""
+    if dropout_p == 0.0:
+        return None
+    assert seed is not None and seed.dtype == torch.int64 and seed.numel() == 1, (
+        "dropout needs the seed as an int64 tensor of one element")
+    # A seed on another device (the CPU) is copied; the functional API draws it on the inputs' device,
+    # which CUDA graphs need (see the module docstring).
+    return seed.to(device)
+
+
+def _head_block(d: int) -> int:
+    # tl.dot needs every dimension >= 16; other head dims are padded to a power of 2 with masked loads.
+    return max(16, triton.next_power_of_2(d))
+
+
+def tile_offsets_fit(row_strides, S, mask_col_stride):
+    """Whether the int32 offsets within a tile cannot overflow: MAX_BLOCK rows of each row stride, the
+    Philox counters rows * S + keys, and the mask's keys * its column stride."""
+    return MAX_BLOCK * max(max(abs(s) for s in row_strides), S) + S * (abs(mask_col_stride) + 1) < 2**31
+
+
+def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p):
+    """Checks, then the keyword arguments shared by every attention kernel (see the module docstring)."""
+    _check_qkv(q, k, v)
+    assert 0.0 <= dropout_p < 1.0, f"dropout_p must be in [0, 1), got {dropout_p}"
+    B, H, L, E = q.shape
+    Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
+    mask, mask_strides, mask_kind = _mask_args(mask, (B, H, L, S))
+    strides = (q.stride()[:3], k.stride()[:3], v.stride()[:3], mask_strides)
+    assert tile_offsets_fit([t[2] for t in strides], S, mask_strides[3]), "strides or S too large for int32 offsets"
+    # torch's fp32 matmul policy (see attention_fwd.py's docstring); 16-bit operands ignore it.
+    precision = "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return dict(
+        Q=q, K=k, V=v, Mask=mask, Seed=_seed_arg(seed, dropout_p, q.device), strides=strides,
+        sizes=(H, H // Hkv, L, S), scale_log2=scale * LOG2E.value, dropout_p=dropout_p,
+        seq_buckets=(seq_bucket(L), seq_bucket(S)), E=E, EV=Ev, BLOCK_E=_head_block(E), BLOCK_EV=_head_block(Ev),
+        MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), HAS_DROPOUT=dropout_p > 0.0,
+        PRECISION=precision if q.dtype == torch.float32 else "tf32",
+    )
+
+
+# ---- jit pieces --------------------------------------------------------------------------------
+
+
+@triton.jit
+def masked_logits(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2,
+                  MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK: tl.constexpr):
+    """Base-2 logits of a score tile ``qk`` = q . k (either orientation): qk * scale * log2(e), plus the
+    float mask * log2(e), -inf where masked out. ``rows``, ``cols``: global query and key indices,
+    broadcastable to qk; ``Mask + mask_off + mask_offs``: the tile's mask entries (int64 offset of its
+    corner, int32 ones within it). CHECK applies the causal and key-bound checks."""
+    s = qk * scale_log2
+    if MASK_KIND != "none":
+        # Padding rows / columns may lie past the mask's storage: never load them.
+        m = tl.load(Mask + mask_off + mask_offs, mask=(rows < L) & (cols < S), other=0)
+        if MASK_KIND == "bool":
+            s = tl.where(m != 0, s, float("-inf"))
+        else:
+            s += m.to(tl.float32) * LOG2E
+    if CHECK:
+        keep = cols < S
+        if IS_CAUSAL:
+            keep = keep & (cols <= rows)
+        s = tl.where(keep, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def load_seed(Seed, HAS_DROPOUT: tl.constexpr):
+    """The Philox seed (0 without dropout, when Seed is None)."""
+    # One return: compiled, code after a constexpr branch's return is still typed against it.
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+    else:
+        seed = 0
+    return seed
+
+
+@triton.jit
+def dropout_keep(seed, rng_base, rng_offs, dropout_p):
+    """Keep mask of a tile whose Philox counters, the flat (B, H, L, S) indices, are rng_base (int64
+    scalar) + rng_offs (int32 tile)."""
+    return tl.rand(seed, rng_base + rng_offs) >= dropout_p
+
+
+@triton.jit
+def key_blocks(start_m, S, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(full_end, end) for the query block at start_m: key blocks starting before full_end need no checks
+    (all their keys < S and, causal, <= every query of the block); those in [full_end, end) do."""
+    if IS_CAUSAL:
+        # Block [n, n + BLOCK_N) is below the diagonal of queries >= start_m iff n + BLOCK_N <= start_m + 1.
+        return tl.minimum(S, start_m + 1) // BLOCK_N * BLOCK_N, tl.minimum(S, start_m + BLOCK_M)
+    return S // BLOCK_N * BLOCK_N, S
+
+
+@triton.jit
+def kv_bases(K, V, strides, b64, kv64):
+    """K and V advanced to batch b64 and kv head kv64 (int64 offsets)."""
+    return K + b64 * strides[1][0] + kv64 * strides[1][1], V + b64 * strides[2][0] + kv64 * strides[2][1]
+
+
+@triton.jit
+def score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2, E: tl.constexpr, EV: tl.constexpr,
+                BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, CHECK: tl.constexpr):
+    """One step of the forward's and the dQ kernel's loops over key blocks: the masked base-2 logits of
+    the query block (``tile`` of query_block; Mask advanced to its first row) against the keys from
+    start_n, their indices, the k tile, and the v tile's pointers and load mask (each loop loads it
+    where it needs it). CHECK: the block needs the key-bound and causal checks."""
+    q, K, V, k_offs, v_offs, _ = tile
+    L, S = sizes[2], sizes[3]
+    cols = start_n + tl.arange(0, BLOCK_N)
+    n = tl.cast(start_n, tl.int64)  # not .to(): the interpreter's loop variables are Python ints
+    e_ok = tl.arange(0, BLOCK_E) < E
+    ev_ok = tl.arange(0, BLOCK_EV) < EV
+    if CHECK:
+        k_mask = (cols[:, None] < S) & e_ok[None, :]
+        v_mask = (cols[:, None] < S) & ev_ok[None, :]
+    else:
+        k_mask = e_ok[None, :]
+        v_mask = ev_ok[None, :]
+    k = tl.load(K + n * strides[1][2] + k_offs, mask=k_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    # The mask and Philox offsets within a tile are formed from the key indices here, not held in
+    # registers across the loop: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
+    mask_offs = rows[:, None] * strides[3][2] + cols[None, :] * strides[3][3]
+    s = masked_logits(qk, offs_m[:, None], cols[None, :], L, S, Mask, 0, mask_offs, scale_log2,
+                      MASK_KIND, IS_CAUSAL, CHECK)
+    return s, cols, k, V + n * strides[2][2] + v_offs, v_mask
+
+
+@triton.jit
+def query_block(Q, K, V, Mask, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr,
+                BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """What a program over one (batch-head, query block) starts from, in the forward and the dQ kernel:
+    its block start and flat batch-head index; Mask advanced to the block's first row; the in-block
+    rows and their global indices; the Philox seed; and ``tile``: the q tile, K and V advanced to its
+    batch and kv head, the k / v tile offsets and the block's Philox base counter."""
+    H, group, L, S = sizes
+    start_m, bh = program_block(L, BLOCK_M)
+    b = bh // H
+    h = bh % H
+    # int64 for every (batch, head, block start) offset: B * H * L * E and the rows of a transposed
+    # (B, L, H, E) view overflow int32; the offsets within a tile stay int32.
+    b64, h64, kv64, m64 = b.to(tl.int64), h.to(tl.int64), (h // group).to(tl.int64), start_m.to(tl.int64)
+    Q += b64 * strides[0][0] + h64 * strides[0][1] + m64 * strides[0][2]
+    K, V = kv_bases(K, V, strides, b64, kv64)
+    if MASK_KIND != "none":
+        Mask += b64 * strides[3][0] + h64 * strides[3][1] + m64 * strides[3][2]
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_e = tl.arange(0, BLOCK_E)
+    offs_ev = tl.arange(0, BLOCK_EV)
+    q = tl.load(Q + rows[:, None] * strides[0][2] + offs_e[None, :],
+                mask=(offs_m[:, None] < L) & (offs_e[None, :] < E), other=0.0)
+    k_offs = offs_n[:, None] * strides[1][2] + offs_e[None, :]
+    v_offs = offs_n[:, None] * strides[2][2] + offs_ev[None, :]
+    rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)
+    return start_m, bh, Mask, rows, offs_m, load_seed(Seed, HAS_DROPOUT), (q, K, V, k_offs, v_offs, rng_base)

@@ -1,5 +1,7 @@
 # make test: create .venv when missing, install fasttx (building the CUDA extension when nvcc is
 # here) with its test extras, run the whole test suite. make bench: run the benchmarks.
+# make test-compat TORCH=2.11.0: the same suite on another torch and the Triton it pins (README,
+# "Supported versions").
 PYTHON ?= python3
 VENV ?= .venv
 # Only installed when the venv cannot already import torch (the venv sees the system's packages,
@@ -9,13 +11,14 @@ TORCH_SPEC ?= torch==2.14.1
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0a
 MAX_JOBS ?= $(shell nproc)
 BENCH_OUT ?= bench-out
+TORCH ?= 2.11.0
 
 export TORCH_CUDA_ARCH_LIST MAX_JOBS
 
 PY := $(VENV)/bin/python
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: test bench install clean
+.PHONY: test bench install clean test-compat
 
 install: $(VENV)/.installed
 
@@ -27,6 +30,36 @@ $(VENV)/.installed: $(SOURCES)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The other torch goes into its own venv without its dependencies: everything else (the CUDA 13
+# libraries torch loads, numpy, pytest, pip, setuptools, ...) comes from $(VENV), whose
+# site-packages are appended to the compat venv's path as plain .pth lines, so that $(VENV)'s own
+# .pth files (its editable fasttx among them) stay out. fasttx is installed editable from a copy
+# of this working tree under the compat venv, so its CUDA extension is compiled against the other
+# torch's headers without overwriting the one $(VENV) uses; build_ext keeps its objects in
+# $(COMPAT_SRC)/build, so a rerun recompiles only what changed (pip's editable build would start
+# from scratch every time).
+COMPAT_VENV := .venv-torch$(TORCH)
+COMPAT_PY := $(abspath $(COMPAT_VENV))/bin/python
+COMPAT_SRC := $(COMPAT_VENV)/src
+
+$(COMPAT_VENV)/.installed: $(VENV)/.installed
+	test -x $(COMPAT_PY) || $(PYTHON) -m venv --system-site-packages --without-pip $(COMPAT_VENV)
+	$(PY) -c "import sys; print(*(p for p in sys.path if p.endswith('site-packages')), sep='\n')" \
+		> "$$($(COMPAT_PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/zz_main_venv.pth"
+	$(COMPAT_PY) -m pip install --no-deps torch==$(TORCH)
+	$(COMPAT_PY) -m pip install --no-deps "$$($(COMPAT_PY) -c 'from importlib.metadata import requires; \
+		print(next(r.split(";")[0] for r in requires("torch") if r.startswith("triton")))')"
+	touch $@
+
+test-compat: $(COMPAT_VENV)/.installed
+	mkdir -p $(COMPAT_SRC)
+	find $(COMPAT_SRC) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -z --cached --others --exclude-standard \
+		| tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(COMPAT_SRC)
+	cd $(COMPAT_SRC) && FASTTX_BUILD_CUDA=0 $(COMPAT_PY) -m pip install -q --no-build-isolation --no-deps -e .
+	cd $(COMPAT_SRC) && $(COMPAT_PY) setup.py -q build_ext --inplace
+	cd $(COMPAT_SRC) && $(COMPAT_PY) -m pytest -q -p no:cacheprovider
 
 bench: install
 	$(PY) -m fasttx bench --op all --out $(BENCH_OUT)

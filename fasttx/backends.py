@@ -69,10 +69,10 @@ def triton_interpreted():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _triton_missing():
-    if importlib.util.find_spec("triton") is None:
-        return "triton is not installed"
-    return None
+# Resolved once, here: the ops ask on every call, and torch.compile cannot trace the import system
+# (torch 2.11's dynamo refuses importlib.util.find_spec under fullgraph=True). find_spec locates
+# triton without importing it, so importing fasttx still never imports triton.
+_TRITON_MISSING = None if importlib.util.find_spec("triton") is not None else "triton is not installed"
 
 
 def extension_state(allow_jit_build=True):
@@ -89,9 +89,8 @@ def unavailable_reason(backend, device_type=None, dtype=None, op=None):
     if dtype is not None and dtype not in KERNEL_DTYPES:
         return f"the {backend} kernels take float32, float16 or bfloat16 input, got {dtype}"
     if backend == "triton":
-        missing = _triton_missing()
-        if missing is not None:
-            return missing
+        if _TRITON_MISSING is not None:
+            return _TRITON_MISSING
         if device_type == "cpu" and not triton_interpreted():
             return "Triton kernels run on CPU tensors only under TRITON_INTERPRET=1"
         if device_type not in (None, "cpu", "cuda"):

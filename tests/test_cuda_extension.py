@@ -49,10 +49,17 @@ def test_extension_holds_the_requested_architectures():
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
     expected = {"sm_" + a.strip().replace(".", "").replace("+PTX", "") for a in archs if a.strip()}
-    listing = subprocess.run([_cuobjdump(), "--list-elf", fasttx._C.__file__], capture_output=True, text=True)
+    # The fatbin headers ("arch = sm_90a", "identifier = .../layer_norm_bwd.cu" per ELF), not --list-elf's
+    # file names: the cuobjdump of CUDA 12.8 (Triton 3.6 ships it) names sm_90a cubins "....sm_90.cubin".
+    listing = subprocess.run([_cuobjdump(), "--dump-resource-usage", fasttx._C.__file__], capture_output=True, text=True)
     assert listing.returncode == 0, listing.stderr
-    # lines like "ELF file    1: layer_norm_bwd.sm_90a.cubin"
-    cubins = {tuple(name.split(".")[-3:-1]) for name in listing.stdout.split() if name.endswith(".cubin")}
+    cubins, arch = set(), None
+    for line in listing.stdout.splitlines():
+        key, _, value = line.partition(" = ")
+        if key == "arch":
+            arch = value
+        elif key == "identifier":
+            cubins.add((os.path.splitext(os.path.basename(value))[0], arch))
     assert expected <= {arch for _, arch in cubins}, listing.stdout
     # Every attention kernel file (one per direction and head dim) for every architecture.
     for direction in ("fwd", "bwd"):

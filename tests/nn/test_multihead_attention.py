@@ -176,12 +176,19 @@ def test_half_precision_on_the_kernels(i, backend):
     expected = _run(exact, inputs, masks, cfg, cfg["training"])
     baseline = _run(theirs, inputs16, masks16, cfg, cfg["training"])
     got = _run(ours, inputs16, masks16, cfg, cfg["training"])
+    # A gradient can be a difference of nearly equal terms (the query's, when a row keeps one key:
+    # softmax's gradient then cancels exactly), leaving only rounding noise in both fp16 modules;
+    # gradients are judged against the size of the largest one, the size of those terms.
+    grad_scale = max((want.norm().item() for name, want in expected.items() if want is not None and "grad" in name),
+                     default=0.0)
     for name, want in expected.items():
         if want is None:
             assert got[name] is None, name
             continue
-        allowed = 2 * rel_error(baseline[name], want) + 1e-3
-        assert rel_error(got[name], want) <= allowed, (name, rel_error(got[name], want), allowed, cfg)
+        scale = grad_scale if "grad" in name else 0.0
+        allowed = 2 * rel_error(baseline[name], want, scale) + 1e-3
+        error = rel_error(got[name], want, scale)
+        assert error <= allowed, (name, error, allowed, cfg)
 
 
 def test_sweep_covers_the_argument_space():

@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from .. import _ops, backends, reference
+from .. import _ops, backends
+from . import native
 from ._checks import check_mask, check_tensor, merge_leading_dims
 
 MAX_HEAD_DIM = 256  # the kernels hold a head's row of q, k and v in registers
@@ -93,8 +94,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                    f"this call: {why_not}")
             chosen = backends.resolve("attention", "torch", query)
     if chosen == "torch":
-        return reference.scaled_dot_product_attention(
-            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return native.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     *batch, heads, queries, head_dim = query.shape
     kv_heads, keys, value_dim = key.shape[-3], key.shape[-2], value.shape[-1]
     rows = math.prod(batch)

@@ -41,6 +41,17 @@ def input_grad_scale(op, x64, weight64, dy64, eps=1e-5):
     return (g * rstd).norm().item()
 
 
+def weight_grad_scale(op, x64, dy64, eps=1e-5):
+    """||dy * x * rstd||: LayerNorm's weight gradient sums dy * (x - mean) * rstd, and x - mean
+    cancels (to exactly 0 with one column), so its rounding is judged against the uncentred terms
+    (torch's native kernel computes x * rstd - mean * rstd). RMSNorm's has no cancellation: 0."""
+    if op != "layer_norm":
+        return 0.0
+    centered = x64 - x64.mean(-1, keepdim=True)
+    rstd = (centered.square().mean(-1, keepdim=True) + eps).rsqrt()
+    return (dy64 * x64 * rstd).norm().item()
+
+
 def forward_backward(fn, op, tensors, normalized_shape, dy, convert=lambda t: t):
     """Output and input/parameter gradients of ``fn`` on fresh leaves made from ``tensors``."""
     leaves = [None if t is None else convert(t.detach()).requires_grad_() for t in tensors]
@@ -68,7 +79,8 @@ def check_against_float64(op, x, normalized_shape, weight, bias, backend, tol_dt
     assert_close(out, out64, tol_dtype, "output")
     hidden = math.prod(normalized_shape)
     rows = lambda t: t.double().reshape(-1, hidden)  # noqa: E731
-    scales = (input_grad_scale(op, rows(x), None if weight is None else weight.double().reshape(-1), rows(dy)), 0.0, 0.0)
+    scales = (input_grad_scale(op, rows(x), None if weight is None else weight.double().reshape(-1), rows(dy)),
+              weight_grad_scale(op, rows(x), rows(dy)), 0.0)
     for name, tensor, grad, grad64, scale in zip(("input", "weight", "bias"), tensors, grads, grads64, scales):
         if tensor is not None:
             assert grad is not None and grad.dtype == tensor.dtype, f"grad of {name}"

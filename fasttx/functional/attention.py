@@ -62,6 +62,8 @@ def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
 
 def kernel_limitation(backend, query, value, attn_mask):
     """Why ``backend``'s kernels cannot run this call (beyond backend availability), or None."""
+    if value.shape[-2] == 0:
+        return "there are no keys (S = 0)"
     if max(query.shape[-1], value.shape[-1]) > MAX_HEAD_DIM:
         return f"head dims above {MAX_HEAD_DIM} are not supported, got E={query.shape[-1]}, Ev={value.shape[-1]}"
     if backend == "cuda":

@@ -194,3 +194,19 @@ def test_zero_rows(backend):
     assert out.shape == x.shape
     out.sum().backward()
     assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("input_dtype,param_dtype", [(torch.float32, torch.float64), (torch.float32, torch.float16),
+                                                     (torch.float16, torch.bfloat16), (torch.float64, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("param", ["weight", "bias"])
+def test_layer_norm_refuses_parameter_dtypes_torch_refuses(param, input_dtype, param_dtype):
+    """Parameters in the input's dtype, or fp32 with half input (the AMP layout): anything else
+    raises, as F.layer_norm does, on every backend."""
+    x = torch.randn(3, 8, device=DEVICE).to(input_dtype)
+    params = {param: torch.randn(8, device=DEVICE).to(param_dtype)}
+    with pytest.raises(RuntimeError):
+        F.layer_norm(x, (8,), **params)
+    for backend in BACKENDS:
+        with pytest.raises(RuntimeError, match=f"fasttx.layer_norm: {param} must have dtype .*got {param_dtype}"):
+            fasttx.layer_norm(x, (8,), **params, backend=backend)

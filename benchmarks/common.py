@@ -86,17 +86,34 @@ def measured_peaks(device_type):
 
 
 def peak_memory_mb(fn, device_type, grad_to_none=()):
-    """MiB allocated by ``fn()`` beyond what was allocated before it (GPU only)."""
-    if device_type != "cuda":
-        return None
+    """MiB allocated by ``fn()`` beyond what was allocated before it: on GPU torch's CUDA allocator
+    statistics; on CPU, where torch keeps none, the peak of the running total of the allocations
+    and frees that torch's CPU allocator reports to the profiler (profile_memory) during the call.
+    Both count tensor memory, not the allocator's cache nor the process's RSS."""
     for t in grad_to_none:
         t.grad = None
+    if device_type != "cuda":
+        return _cpu_peak_memory_mb(fn)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _cpu_peak_memory_mb(fn):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # The raw allocation records (bytes, + allocated, - freed), every thread, in time order.
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def environment():

@@ -14,7 +14,7 @@ reference on the case's own inputs, then times three passes:
 
 GPU times come from triton.testing.do_bench (CUDA events, L2 flushed between calls, warm-up, then
 the median and the 20th/80th percentiles of the repeats); CPU times from torch.utils.benchmark
-(the same quantiles over blocks of calls), good only to exercise the path.
+(the same quantiles over blocks of calls, in interleaved rounds of the providers: see _interleaved).
 
 Providers are told apart by name: ``fasttx <backend>`` are ours, ``torch...`` the PyTorch
 baselines, anything else another library (Liger, apex, flash-attn). Speed-ups are against the
@@ -35,7 +35,8 @@ from ..testing import TOLERANCE, rel_error
 PASSES = ("fwd", "bwd", "fwd+bwd")
 QUANTILES = (0.5, 0.2, 0.8)  # median, then the spread reported beside it
 CPU_BLOCKS = 7
-CPU_MIN_TIME_S = 0.03  # per measurement; CPU figures only exercise the path
+CPU_MIN_TIME_S = 0.03  # per measurement
+CPU_ROUNDS = 3  # interleaved rounds of every provider (see _interleaved)
 REFERENCE_CHUNKS = 16
 
 
@@ -218,15 +219,15 @@ def _max_error(case, fn, dy):
     return max(rel_error(a, b) for a, b in zip(results, _reference_results(case, dy)))
 
 
-def _time_passes(case, fn, dy, device_type):
-    """{pass: ((median, p20, p80) ms, peak MiB)} of one provider."""
+def _time_passes(case, fn, dy, device_type, with_memory=True):
+    """{pass: ((median, p20, p80) ms, peak MiB or None)} of one provider."""
     leaves = _leaves(case.inputs)
     grads = [t for t in leaves if t.requires_grad]
     measured = {}
 
     def measure(name, call):
         measured[name] = (bench_ms(call, device_type, grad_to_none=grads),
-                          peak_memory_mb(call, device_type, grads))
+                          peak_memory_mb(call, device_type, grads) if with_memory else None)
 
     measure("fwd", lambda: fn(*leaves))
     out = fn(*leaves)
@@ -236,10 +237,47 @@ def _time_passes(case, fn, dy, device_type):
     return measured
 
 
+OUT_OF_MEMORY = "out of memory"  # too large for this implementation here: not a wrong result
+
+
+def _failure(e):
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return OUT_OF_MEMORY
+    return f"{type(e).__name__}: {e}"  # a provider that cannot run this case is reported as failing
+
+
+def _interleaved(case, names, dy, device_type, failures):
+    """{provider: {pass: ((median, p20, p80) ms, peak MiB)}} of the providers ``names``. On CPU,
+    where the machine's load drifts, they are timed in CPU_ROUNDS interleaved rounds (each round
+    times every provider once), so a busy spell hits them alike; the figures are the median and
+    spread of the rounds' medians, the peak memory is the first round's. A provider that raises
+    goes into ``failures`` (name -> message)."""
+    times, memory = {}, {}
+    for round_ in range(1 if device_type == "cuda" else CPU_ROUNDS):
+        for name in [n for n in names if n not in failures]:
+            try:
+                timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0)
+            except Exception as e:
+                failures[name] = _failure(e)
+                continue
+            for direction, (ms, mib) in timed.items():
+                times.setdefault((name, direction), []).append(ms)
+                memory.setdefault((name, direction), mib)
+    measured = {}
+    for (name, direction), samples in times.items():
+        if name not in failures:
+            medians = [ms[0] for ms in samples]
+            spread = samples[0] if len(samples) == 1 else tuple(float(np.quantile(medians, q)) for q in QUANTILES)
+            measured.setdefault(name, {})[direction] = (spread, memory[name, direction])
+    return measured
+
+
 def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
-    """Check, then time every provider's passes; one report row per provider and pass, with the
-    speed-up vs the fastest correct PyTorch baseline. ``peaks``: the measured ceilings by unit
-    (measured_peaks); ``step(text)`` is called before each provider is timed (progress)."""
+    """Check every provider, then time their passes (interleaved on CPU, see _interleaved); one
+    report row per provider and pass, with the speed-up vs the fastest correct PyTorch baseline.
+    ``peaks``: the measured ceilings by unit (measured_peaks); ``step(text)`` is called before each
+    provider is checked (progress)."""
     rows = []
     with torch.no_grad():  # the output's shape and dtype, for the upstream gradient
         sample = next(iter(case.providers.values()))(*case.inputs)
@@ -248,20 +286,19 @@ def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
     works = dict(zip(PASSES, (case.work[0], case.work[1], sum(case.work))))
     peak = peaks.get(case.unit)
     base = {"op": op, **case.label, "dtype": str(dtype).replace("torch.", "")}
+    errors, failures = {}, {}
     for name, fn in case.providers.items():
         step(name)
-        measured, failure, error = {}, None, None
         try:
-            error = _max_error(case, fn, dy)
-            correct = error <= TOLERANCE[dtype]
-            measured = _time_passes(case, fn, dy, device_type)
-        except torch.cuda.OutOfMemoryError:  # too large for this implementation here: not a wrong result
-            correct, failure = None, "out of memory"
-            torch.cuda.empty_cache()
-        except Exception as e:  # a provider that cannot run this case is reported as failing
-            correct, failure = False, f"{type(e).__name__}: {e}"
+            errors[name] = _max_error(case, fn, dy)
+        except Exception as e:
+            failures[name] = _failure(e)
+    measured = _interleaved(case, list(errors), dy, device_type, failures)
+    for name in case.providers:
+        error, failure = errors.get(name), failures.get(name)
+        correct = error <= TOLERANCE[dtype] if failure is None else None if failure == OUT_OF_MEMORY else False
         for direction in PASSES:
-            (ms, p20, p80), mib = measured.get(direction, ((None,) * 3, None))
+            (ms, p20, p80), mib = measured.get(name, {}).get(direction, ((None,) * 3, None))
             rate = works[direction] / ms / (1e6 if case.unit == "GB/s" else 1e9) if ms else None
             rows.append({
                 **base, "provider": name, "pass": direction, "ms": ms, "ms p20": p20, "ms p80": p80,

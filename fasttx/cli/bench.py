@@ -71,7 +71,7 @@ def run(args):
         old, old_devices = report.load_old(args.compare) if args.compare else (None, set())
     except ValueError as e:
         _fail(e)
-    # The reference backend is slow and memory-hungry on GPU: timed there only when asked for.
+    # On GPU the torch backend is torch's own ops, which the PyTorch baselines time: only when asked for.
     reasons = {name: backends.unavailable_reason(name, device_type, dtype)
                for name in args.backends or (backends.BACKENDS if device_type == "cpu" else ("triton", "cuda"))}
     for name, reason in reasons.items():

@@ -62,10 +62,14 @@ def scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_cau
 
 def softmax(input, dim, scale, mask, is_causal, dtype):
     out_dtype = dtype or input.dtype
-    logits = input if scale is None else input * scale
-    if mask is None and not is_causal:
-        return torch.softmax(logits, dim, dtype=torch.promote_types(logits.dtype, out_dtype)).to(out_dtype)
-    # softmax's input is already the size of its mask: here the mask may be expanded.
+    if scale is None and mask is None and not is_causal:  # torch.softmax (which accumulates in fp32)
+        return torch.softmax(input, dim, dtype=torch.promote_types(input.dtype, out_dtype)).to(out_dtype)
+    # Scale and mask in fp32 at least, as the kernels do: a half logit rounded once more would cost
+    # the result its last bits. Softmax's input is already the size of its mask: here the mask may
+    # be expanded.
+    logits = input.to(torch.promote_types(input.dtype, torch.float32))
+    if scale is not None:
+        logits = logits * scale
     if mask is not None:
         logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
     if is_causal:  # keep column j <= row i of the last two dims (top-left aligned)

@@ -47,8 +47,9 @@ def kind(provider):
     return "pytorch" if provider.startswith("torch") else "other"
 
 
-def bench_ms(fn, device_type, grad_to_none=None):
-    """(median, p20, p80) milliseconds of ``fn()``."""
+def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS)):
+    """(median, p20, p80) milliseconds of ``fn()``; on CPU over (at least, at most) ``cpu_blocks``
+    blocks of calls."""
     if device_type == "cuda":
         from triton.testing import do_bench
 
@@ -65,7 +66,7 @@ def bench_ms(fn, device_type, grad_to_none=None):
     once = time.perf_counter() - start  # an over-estimate at worst: only sizes the blocks
     timer = Timer("call()", globals={"call": call})
     # Blocks of calls filling CPU_MIN_TIME_S; at least 3 blocks for a spread, fewer calls when slow.
-    blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), 3), CPU_BLOCKS)
+    blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), cpu_blocks[0]), cpu_blocks[1])
     number = max(1, math.ceil(CPU_MIN_TIME_S / blocks / once))
     times = [timer.timeit(number).median * 1e3 for _ in range(blocks)]
     return tuple(float(np.quantile(times, q)) for q in QUANTILES)
@@ -219,14 +220,14 @@ def _max_error(case, fn, dy):
     return max(rel_error(a, b) for a, b in zip(results, _reference_results(case, dy)))
 
 
-def _time_passes(case, fn, dy, device_type, with_memory=True):
+def _time_passes(case, fn, dy, device_type, with_memory=True, cpu_blocks=(3, CPU_BLOCKS)):
     """{pass: ((median, p20, p80) ms, peak MiB or None)} of one provider."""
     leaves = _leaves(case.inputs)
     grads = [t for t in leaves if t.requires_grad]
     measured = {}
 
     def measure(name, call):
-        measured[name] = (bench_ms(call, device_type, grad_to_none=grads),
+        measured[name] = (bench_ms(call, device_type, grad_to_none=grads, cpu_blocks=cpu_blocks),
                           peak_memory_mb(call, device_type, grads) if with_memory else None)
 
     measure("fwd", lambda: fn(*leaves))
@@ -251,13 +252,15 @@ def _interleaved(case, names, dy, device_type, failures):
     """{provider: {pass: ((median, p20, p80) ms, peak MiB)}} of the providers ``names``. On CPU,
     where the machine's load drifts, they are timed in CPU_ROUNDS interleaved rounds (each round
     times every provider once), so a busy spell hits them alike; the figures are the median and
-    spread of the rounds' medians, the peak memory is the first round's. A provider that raises
-    goes into ``failures`` (name -> message)."""
+    spread of the rounds' medians (each round's from at least 1 block of calls: the rounds give the
+    spread), the peak memory is the first round's. A provider that raises goes into ``failures``
+    (name -> message)."""
     times, memory = {}, {}
     for round_ in range(1 if device_type == "cuda" else CPU_ROUNDS):
         for name in [n for n in names if n not in failures]:
             try:
-                timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0)
+                timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0,
+                                     cpu_blocks=(1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)))
             except Exception as e:
                 failures[name] = _failure(e)
                 continue

@@ -251,13 +251,14 @@ def _failure(e):
 def _interleaved(case, names, dy, device_type, failures):
     """{provider: {pass: ((median, p20, p80) ms, peak MiB)}} of the providers ``names``. On CPU,
     where the machine's load drifts, they are timed in CPU_ROUNDS interleaved rounds (each round
-    times every provider once), so a busy spell hits them alike; the figures are the median and
-    spread of the rounds' medians (each round's from at least 1 block of calls: the rounds give the
-    spread), the peak memory is the first round's. A provider that raises goes into ``failures``
-    (name -> message)."""
+    times every provider once, in alternating order), so a busy spell hits them alike; the figures
+    are the median and spread of the rounds' medians (each round's from at least 1 block of calls:
+    the rounds give the spread), the peak memory is the first round's. A provider that raises goes
+    into ``failures`` (name -> message)."""
     times, memory = {}, {}
     for round_ in range(1 if device_type == "cuda" else CPU_ROUNDS):
-        for name in [n for n in names if n not in failures]:
+        order = names if round_ % 2 == 0 else names[::-1]  # no provider always runs first
+        for name in [n for n in order if n not in failures]:
             try:
                 timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0,
                                      cpu_blocks=(1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)))

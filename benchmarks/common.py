@@ -14,7 +14,7 @@ reference on the case's own inputs, then times three passes:
 
 GPU times come from triton.testing.do_bench (CUDA events, L2 flushed between calls, warm-up, then
 the median and the 20th/80th percentiles of the repeats); CPU times from torch.utils.benchmark
-(the same quantiles over blocks of calls), good only to exercise the path.
+(the same quantiles over blocks of calls, in interleaved rounds of the providers: see _interleaved).
 
 Providers are told apart by name: ``fasttx <backend>`` are ours, ``torch...`` the PyTorch
 baselines, anything else another library (Liger, apex, flash-attn). Speed-ups are against the
@@ -35,7 +35,8 @@ from ..testing import TOLERANCE, rel_error
 PASSES = ("fwd", "bwd", "fwd+bwd")
 QUANTILES = (0.5, 0.2, 0.8)  # median, then the spread reported beside it
 CPU_BLOCKS = 7
-CPU_MIN_TIME_S = 0.03  # per measurement; CPU figures only exercise the path
+CPU_MIN_TIME_S = 0.03  # per measurement
+CPU_ROUNDS = 3  # interleaved rounds of every provider (see _interleaved)
 REFERENCE_CHUNKS = 16
 
 
@@ -46,8 +47,9 @@ def kind(provider):
     return "pytorch" if provider.startswith("torch") else "other"
 
 
-def bench_ms(fn, device_type, grad_to_none=None):
-    """(median, p20, p80) milliseconds of ``fn()``."""
+def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS)):
+    """(median, p20, p80) milliseconds of ``fn()``; on CPU over (at least, at most) ``cpu_blocks``
+    blocks of calls."""
     if device_type == "cuda":
         from triton.testing import do_bench
 
@@ -64,7 +66,7 @@ def bench_ms(fn, device_type, grad_to_none=None):
     once = time.perf_counter() - start  # an over-estimate at worst: only sizes the blocks
     timer = Timer("call()", globals={"call": call})
     # Blocks of calls filling CPU_MIN_TIME_S; at least 3 blocks for a spread, fewer calls when slow.
-    blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), 3), CPU_BLOCKS)
+    blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), cpu_blocks[0]), cpu_blocks[1])
     number = max(1, math.ceil(CPU_MIN_TIME_S / blocks / once))
     times = [timer.timeit(number).median * 1e3 for _ in range(blocks)]
     return tuple(float(np.quantile(times, q)) for q in QUANTILES)
@@ -86,17 +88,34 @@ def measured_peaks(device_type):
 
 
 def peak_memory_mb(fn, device_type, grad_to_none=()):
-    """MiB allocated by ``fn()`` beyond what was allocated before it (GPU only)."""
-    if device_type != "cuda":
-        return None
+    """MiB allocated by ``fn()`` beyond what was allocated before it: on GPU torch's CUDA allocator
+    statistics; on CPU, where torch keeps none, the peak of the running total of the allocations
+    and frees that torch's CPU allocator reports to the profiler (profile_memory) during the call.
+    Both count tensor memory, not the allocator's cache nor the process's RSS."""
     for t in grad_to_none:
         t.grad = None
+    if device_type != "cuda":
+        return _cpu_peak_memory_mb(fn)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _cpu_peak_memory_mb(fn):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # The raw allocation records (bytes, + allocated, - freed), every thread, in time order.
+    records = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in records:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def environment():
@@ -201,15 +220,15 @@ def _max_error(case, fn, dy):
     return max(rel_error(a, b) for a, b in zip(results, _reference_results(case, dy)))
 
 
-def _time_passes(case, fn, dy, device_type):
-    """{pass: ((median, p20, p80) ms, peak MiB)} of one provider."""
+def _time_passes(case, fn, dy, device_type, with_memory=True, cpu_blocks=(3, CPU_BLOCKS)):
+    """{pass: ((median, p20, p80) ms, peak MiB or None)} of one provider."""
     leaves = _leaves(case.inputs)
     grads = [t for t in leaves if t.requires_grad]
     measured = {}
 
     def measure(name, call):
-        measured[name] = (bench_ms(call, device_type, grad_to_none=grads),
-                          peak_memory_mb(call, device_type, grads))
+        measured[name] = (bench_ms(call, device_type, grad_to_none=grads, cpu_blocks=cpu_blocks),
+                          peak_memory_mb(call, device_type, grads) if with_memory else None)
 
     measure("fwd", lambda: fn(*leaves))
     out = fn(*leaves)
@@ -219,10 +238,50 @@ def _time_passes(case, fn, dy, device_type):
     return measured
 
 
+OUT_OF_MEMORY = "out of memory"  # too large for this implementation here: not a wrong result
+
+
+def _failure(e):
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return OUT_OF_MEMORY
+    return f"{type(e).__name__}: {e}"  # a provider that cannot run this case is reported as failing
+
+
+def _interleaved(case, names, dy, device_type, failures):
+    """{provider: {pass: ((median, p20, p80) ms, peak MiB)}} of the providers ``names``. On CPU,
+    where the machine's load drifts, they are timed in CPU_ROUNDS interleaved rounds (each round
+    times every provider once, in alternating order), so a busy spell hits them alike; the figures
+    are the median and spread of the rounds' medians (each round's from at least 1 block of calls:
+    the rounds give the spread), the peak memory is the first round's. A provider that raises goes
+    into ``failures`` (name -> message)."""
+    times, memory = {}, {}
+    for round_ in range(1 if device_type == "cuda" else CPU_ROUNDS):
+        order = names if round_ % 2 == 0 else names[::-1]  # no provider always runs first
+        for name in [n for n in order if n not in failures]:
+            try:
+                timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0,
+                                     cpu_blocks=(1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)))
+            except Exception as e:
+                failures[name] = _failure(e)
+                continue
+            for direction, (ms, mib) in timed.items():
+                times.setdefault((name, direction), []).append(ms)
+                memory.setdefault((name, direction), mib)
+    measured = {}
+    for (name, direction), samples in times.items():
+        if name not in failures:
+            medians = [ms[0] for ms in samples]
+            spread = samples[0] if len(samples) == 1 else tuple(float(np.quantile(medians, q)) for q in QUANTILES)
+            measured.setdefault(name, {})[direction] = (spread, memory[name, direction])
+    return measured
+
+
 def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
-    """Check, then time every provider's passes; one report row per provider and pass, with the
-    speed-up vs the fastest correct PyTorch baseline. ``peaks``: the measured ceilings by unit
-    (measured_peaks); ``step(text)`` is called before each provider is timed (progress)."""
+    """Check every provider, then time their passes (interleaved on CPU, see _interleaved); one
+    report row per provider and pass, with the speed-up vs the fastest correct PyTorch baseline.
+    ``peaks``: the measured ceilings by unit (measured_peaks); ``step(text)`` is called before each
+    provider is checked (progress)."""
     rows = []
     with torch.no_grad():  # the output's shape and dtype, for the upstream gradient
         sample = next(iter(case.providers.values()))(*case.inputs)
@@ -231,20 +290,19 @@ def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
     works = dict(zip(PASSES, (case.work[0], case.work[1], sum(case.work))))
     peak = peaks.get(case.unit)
     base = {"op": op, **case.label, "dtype": str(dtype).replace("torch.", "")}
+    errors, failures = {}, {}
     for name, fn in case.providers.items():
         step(name)
-        measured, failure, error = {}, None, None
         try:
-            error = _max_error(case, fn, dy)
-            correct = error <= TOLERANCE[dtype]
-            measured = _time_passes(case, fn, dy, device_type)
-        except torch.cuda.OutOfMemoryError:  # too large for this implementation here: not a wrong result
-            correct, failure = None, "out of memory"
-            torch.cuda.empty_cache()
-        except Exception as e:  # a provider that cannot run this case is reported as failing
-            correct, failure = False, f"{type(e).__name__}: {e}"
+            errors[name] = _max_error(case, fn, dy)
+        except Exception as e:
+            failures[name] = _failure(e)
+    measured = _interleaved(case, list(errors), dy, device_type, failures)
+    for name in case.providers:
+        error, failure = errors.get(name), failures.get(name)
+        correct = error <= TOLERANCE[dtype] if failure is None else None if failure == OUT_OF_MEMORY else False
         for direction in PASSES:
-            (ms, p20, p80), mib = measured.get(direction, ((None,) * 3, None))
+            (ms, p20, p80), mib = measured.get(name, {}).get(direction, ((None,) * 3, None))
             rate = works[direction] / ms / (1e6 if case.unit == "GB/s" else 1e9) if ms else None
             rows.append({
                 **base, "provider": name, "pass": direction, "ms": ms, "ms p20": p20, "ms p80": p80,

@@ -2,6 +2,8 @@
 
 import logging
 
+import torch
+
 from .integrations import convert_library_modules
 from .nn._backend import convert
 
@@ -24,6 +26,8 @@ def patch(model, backend="auto"):
 
     Returns ``model``; what was converted, {class name: count}, is logged (logger
     "fasttx", INFO) and kept as ``model.fasttx_patched``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"fasttx.patch: model must be a torch.nn.Module, got {type(model).__name__}")
     converted = convert(model, backend)
     converted.update(convert_library_modules(model, backend))
     logger.info("fasttx.patch: converted %s", ", ".join(f"{n} {name}" for name, n in sorted(converted.items()))

@@ -1,6 +1,6 @@
 """Which backends exist here, and which one runs an op.
 
-- ``"torch"``: the eager reference in fasttx.reference; runs anywhere.
+- ``"torch"``: torch's fused ops plus fasttx's semantics (fasttx.functional.native); runs anywhere.
 - ``"triton"``: fasttx.triton_kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
 - ``"cuda"``: the CUDA C++ extension fasttx._C; CUDA tensors.
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fasttx import cli
-from fasttx.benchmarks import common, norms, progress, report
+from fasttx.benchmarks import common, modules, norms, progress, report
 
 
 def _softmax_case(providers):
@@ -171,3 +171,27 @@ def test_reference_by_slices_equals_whole(op):
     assert len(sliced) == len(whole) == 1 + sum(t.requires_grad for t in case.inputs)
     for a, b in zip(sliced, whole):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_peak_memory_counts_tensor_allocations():
+    """On CPU the peak is the running total of the allocations torch reports to the profiler:
+    a 4 MiB temporary freed before an 8 MiB one peaks at 8 MiB (plus the output), not 12."""
+    def temporaries():
+        a = torch.ones(1 << 20)  # 4 MiB
+        del a
+        b = torch.ones(2 << 20)  # 8 MiB
+        return b.sum()
+
+    assert 8 <= common.peak_memory_mb(temporaries, "cpu") < 8.1
+
+
+def test_cpu_module_workloads_are_checked_and_measured():
+    """--preset cpu: each module op has its workload, (seq, d_model, heads, batch); a small one runs
+    through the whole path: torch.nn vs fasttx.patch, correct, timed, peak memory on CPU."""
+    assert set(modules.PRESETS["cpu"]) == set(modules.OPS)
+    for op in modules.OPS:
+        (case,) = [c for c in modules.cases(op, torch.float32, "cpu", [(16, 32, 4, 3)], ("torch",))
+                   if c.label["need_weights"] is False and c.label["attention"] != "cross"]
+        assert case.label["batch"] == 3 and set(case.providers) == {"torch.nn", "fasttx torch"}
+        rows = common.run_case(op, case, "cpu", torch.float32, {"GB/s": None, "TFLOP/s": None})
+        assert all(r["correct"] and r["ms"] > 0 and r["peak MB"] > 0 for r in rows)

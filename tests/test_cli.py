@@ -41,7 +41,8 @@ def test_bench_quick_writes_every_report(tmp_path):
         assert {"command", "date", "device", "torch", "triton", "measured_peaks"} <= set(meta)
         assert meta["preset"] == "quick" and "--preset quick" in meta["command"]
         assert {r["pass"] for r in rows} == set(common.PASSES)
-        baseline = {"attention": "torch sdpa", "mha": "torch.nn", "encoder_layer": "torch.nn"}.get(op, "torch eager")
+        baseline = {"attention": "torch sdpa", "mha": "torch.nn", "encoder_layer": "torch.nn",
+                    "layer_norm_module": "torch.nn"}.get(op, "torch eager")
         assert {baseline, "fasttx torch", "fasttx triton"} <= {r["provider"] for r in rows}
         assert all(r["correct"] and r["ms"] > 0 and r["ms p20"] <= r["ms"] <= r["ms p80"] and r["rate"] > 0
                    and r["speed-up"] > 0 for r in rows)

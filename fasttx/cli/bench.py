@@ -58,8 +58,11 @@ def run(args):
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = DTYPES[args.dtype]
     dtype_name = str(dtype).replace("torch.", "")
-    ops = list(REGISTRY) if args.op == "all" else [args.op]
     preset = args.preset or ("full" if device_type == "cuda" else "quick")
+    # --preset cpu: the ops that define it (the module workloads the CPU path is held to)
+    ops = [op for op in REGISTRY if args.shapes or preset in REGISTRY[op].PRESETS] if args.op == "all" else [args.op]
+    if not args.shapes and preset not in REGISTRY[ops[0]].PRESETS:
+        _fail(f"--op {args.op} has no --preset {preset}")
     for op in ops:  # every argument is checked before the (long) run starts
         arity = len(REGISTRY[op].SHAPE.split("x"))
         if args.shapes and any(len(shape) != arity for shape in args.shapes):
@@ -68,7 +71,7 @@ def run(args):
         old, old_devices = report.load_old(args.compare) if args.compare else (None, set())
     except ValueError as e:
         _fail(e)
-    # The reference backend is slow and memory-hungry on GPU: timed there only when asked for.
+    # On GPU the torch backend is torch's own ops, which the PyTorch baselines time: only when asked for.
     reasons = {name: backends.unavailable_reason(name, device_type, dtype)
                for name in args.backends or (backends.BACKENDS if device_type == "cpu" else ("triton", "cuda"))}
     for name, reason in reasons.items():
@@ -110,7 +113,9 @@ def _bench_op(op, args, device_type, dtype, wanted, meta, old, can_plot):
     module = REGISTRY[op]
     peaks = meta["measured_peaks"]
     # All of an op's cases up front, to size the progress bar; the largest sweep holds a few GB.
-    cases = list(module.cases(op, dtype, device_type, args.shapes or module.PRESETS[meta["preset"]], wanted))
+    shapes = args.shapes or module.PRESETS[meta["preset"]]
+    shapes = shapes[op] if isinstance(shapes, dict) else shapes  # a preset may be per op
+    cases = list(module.cases(op, dtype, device_type, shapes, wanted))
     progress = Progress(op, sum(len(case.providers) for case in cases), quiet=args.no_progress)
     rows = []
     for case in cases:
@@ -153,8 +158,9 @@ def add_parser(commands):
     bench.add_argument("--op", choices=list(REGISTRY) + ["all"], default="all")
     bench.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16" if torch.cuda.is_available() else "float32")
     sizes = bench.add_mutually_exclusive_group()
-    sizes.add_argument("--preset", choices=("quick", "full"),
-                       help="quick: a few small shapes; full: the GPU sweep (default: full on GPU, quick on CPU)")
+    sizes.add_argument("--preset", choices=("quick", "full", "cpu"),
+                       help="quick: a few small shapes; full: the GPU sweep (default: full on GPU, quick on CPU); "
+                            "cpu: the module workloads (mha, encoder_layer, layer_norm_module) the CPU path is held to")
     sizes.add_argument("--shapes", type=_parse_shapes,
                        help="explicit shapes: ROWSxCOLS,... (norms: ROWSxHIDDEN; attention: SEQxHEADSxHEAD_DIM)")
     bench.add_argument("--backends", type=_parse_backends,

@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from .. import _ops, backends, reference
+from .. import _ops, backends
+from . import native
 from ._checks import check_mask, check_tensor, merge_leading_dims
 
 MAX_HEAD_DIM = 256  # the kernels hold a head's row of q, k and v in registers
@@ -61,6 +62,8 @@ def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enabl
 
 def kernel_limitation(backend, query, value, attn_mask):
     """Why ``backend``'s kernels cannot run this call (beyond backend availability), or None."""
+    if value.shape[-2] == 0:
+        return "there are no keys (S = 0)"
     if max(query.shape[-1], value.shape[-1]) > MAX_HEAD_DIM:
         return f"head dims above {MAX_HEAD_DIM} are not supported, got E={query.shape[-1]}, Ev={value.shape[-1]}"
     if backend == "cuda":
@@ -93,8 +96,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                    f"this call: {why_not}")
             chosen = backends.resolve("attention", "torch", query)
     if chosen == "torch":
-        return reference.scaled_dot_product_attention(
-            query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        return native.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     *batch, heads, queries, head_dim = query.shape
     kv_heads, keys, value_dim = key.shape[-3], key.shape[-2], value.shape[-1]
     rows = math.prod(batch)

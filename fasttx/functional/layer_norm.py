@@ -14,7 +14,8 @@ import numbers
 
 import torch
 
-from .. import _ops, backends, reference
+from .. import _ops, backends
+from . import native
 from ._checks import check_shape, check_tensor
 
 
@@ -56,13 +57,23 @@ def _as_rows(input, hidden):
     return input.reshape(-1, hidden).contiguous()
 
 
+def _check_param_dtypes(input, params):
+    """torch's rule for layer_norm: parameters in the input's dtype, or fp32 with half input."""
+    allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
+    for name, value in params.items():
+        if value is not None and value.dtype not in allowed:
+            raise RuntimeError(f"fasttx.layer_norm: {name} must have dtype "
+                               f"{' or '.join(map(str, allowed))} for {input.dtype} input, got {value.dtype}")
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """LayerNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.layer_norm``."""
     normalized_shape = _check_args("layer_norm", input, normalized_shape, {"weight": weight, "bias": bias})
+    _check_param_dtypes(input, {"weight": weight, "bias": bias})
     chosen = backends.resolve("layer_norm", backend, input)
     hidden = math.prod(normalized_shape)
     if chosen == "torch" or hidden == 0:
-        return reference.layer_norm(input, normalized_shape, weight, bias, eps)
+        return native.layer_norm(input, normalized_shape, weight, bias, eps)
     weight, bias = _kernel_params(input, weight, bias)
     out, _mean, _rstd = _ops.op("layer_norm", "fwd", chosen)(_as_rows(input, hidden), weight, bias, float(eps))
     return out.view(input.shape)
@@ -79,7 +90,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
     if eps is None:
         eps = torch.finfo(input.dtype).eps
     if chosen == "torch" or hidden == 0:
-        return reference.rms_norm(input, normalized_shape, weight, eps)
+        return native.rms_norm(input, normalized_shape, weight, eps)
     weight, _ = _kernel_params(input, weight)
     out, _rstd = _ops.op("rms_norm", "fwd", chosen)(_as_rows(input, hidden), weight, float(eps))
     return out.view(input.shape)

@@ -16,7 +16,8 @@ autocast leaves softmax in the input's dtype, as torch does.
 
 import torch
 
-from .. import _ops, backends, reference
+from .. import _ops, backends
+from . import native
 from ._checks import check_mask, check_tensor, merge_leading_dims
 
 
@@ -66,7 +67,7 @@ def softmax(input, dim=-1, *, scale=None, mask=None, is_causal=False, dtype=None
         dtype = torch.float32
     chosen = backends.resolve("softmax", backend, input)
     if chosen == "torch" or input.numel() == 0:
-        return reference.softmax(input, dim, scale, mask, is_causal, dtype)
+        return native.softmax(input, dim, scale, mask, is_causal, dtype)
     scale = 1.0 if scale is None else float(scale)
     x = input.reshape(1) if input.dim() == 0 else input
     mask = None if mask is None else mask.reshape((1,) * (x.dim() - mask.dim()) + tuple(mask.shape))

@@ -61,6 +61,15 @@ def _append_allowed_key(mask):
     return torch.cat([mask, column], -1)
 
 
+class ArgumentError(ValueError, AssertionError, RuntimeError):
+    """A bad argument to fasttx.nn.MultiheadAttention.forward: a ValueError, also catchable as the
+    AssertionError or RuntimeError torch.nn.MultiheadAttention raises for the same call."""
+
+
+class ArgumentTypeError(TypeError, AssertionError, RuntimeError):
+    """An argument of the wrong type or dtype: a TypeError, also catchable as what torch raises."""
+
+
 class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
     """Drop-in ``torch.nn.MultiheadAttention`` (same arguments, parameters and state_dict; see the
     module docstring), plus ``backend``: "auto", "torch", "triton" or "cuda"."""
@@ -81,27 +90,29 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         name = "fasttx.nn.MultiheadAttention"
         for arg, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name}: {arg} must be a Tensor, got {type(t).__name__}")
+                raise ArgumentTypeError(f"{name}: {arg} must be a Tensor, got {type(t).__name__}")
         if query.dim() not in (2, 3):
-            raise ValueError(f"{name}: query must be 3-D (batched) or 2-D (unbatched), got shape {list(query.shape)}")
+            raise ArgumentError(f"{name}: query must be 3-D (batched) or 2-D (unbatched), "
+                                f"got shape {list(query.shape)}")
         batched = query.dim() == 3
         if key.dim() != query.dim() or value.dim() != query.dim():
-            raise ValueError(f"{name}: key and value must be {query.dim()}-D like query, got shapes "
-                             f"{list(key.shape)} and {list(value.shape)}")
+            raise ArgumentError(f"{name}: key and value must be {query.dim()}-D like query, got shapes "
+                                f"{list(key.shape)} and {list(value.shape)}")
         for arg, t, size in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if t.shape[-1] != size:
-                raise ValueError(f"{name}: {arg} must have {size} features in its last dim, got shape {list(t.shape)}")
+                raise ArgumentError(f"{name}: {arg} must have {size} features in its last dim, "
+                                    f"got shape {list(t.shape)}")
             if t.dtype != query.dtype:
-                raise TypeError(f"{name}: {arg} must have query's dtype {query.dtype}, got {t.dtype}")
+                raise ArgumentTypeError(f"{name}: {arg} must have query's dtype {query.dtype}, got {t.dtype}")
             if t.device != query.device:
                 raise RuntimeError(f"{name}: {arg} must be on query's device {query.device}, got {t.device}")
         seq_dim = 1 if batched and self.batch_first else 0
         if key.shape[:-1] != value.shape[:-1]:
-            raise ValueError(f"{name}: key and value must have the same batch and sequence sizes, got shapes "
-                             f"{list(key.shape)} and {list(value.shape)}")
+            raise ArgumentError(f"{name}: key and value must have the same batch and sequence sizes, "
+                                f"got shapes {list(key.shape)} and {list(value.shape)}")
         if batched and query.shape[1 - seq_dim] != key.shape[1 - seq_dim]:
-            raise ValueError(f"{name}: query and key must have the same batch size, got shapes "
-                             f"{list(query.shape)} and {list(key.shape)} (batch_first={self.batch_first})")
+            raise ArgumentError(f"{name}: query and key must have the same batch size, got shapes "
+                                f"{list(query.shape)} and {list(key.shape)} (batch_first={self.batch_first})")
         batch = query.shape[1 - seq_dim] if batched else 1
         queries, keys = query.shape[seq_dim], key.shape[seq_dim]
         masks = (("key_padding_mask", key_padding_mask, [(batch, keys) if batched else (keys,)], "(N, S)"),
@@ -110,13 +121,16 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         for arg, mask, shapes, described in masks:
             if mask is None:
                 continue
-            check_mask("nn.MultiheadAttention", arg, mask, query, "query's", mask.shape, "itself")  # dtype, device
+            try:  # dtype and device
+                check_mask("nn.MultiheadAttention", arg, mask, query, "query's", mask.shape, "itself")
+            except TypeError as e:
+                raise ArgumentTypeError(str(e)) from None
             if tuple(mask.shape) not in shapes:
-                raise ValueError(f"{name}: {arg} must have shape {' or '.join(str(list(s)) for s in shapes)} "
-                                 f"{described}, got {list(mask.shape)}")
+                expected = " or ".join(str(list(s)) for s in shapes)
+                raise ArgumentError(f"{name}: {arg} must have shape {expected} {described}, got {list(mask.shape)}")
         if is_causal and attn_mask is None:
-            raise ValueError(f"{name}: is_causal=True is a hint that attn_mask is the causal mask and needs that "
-                             f"attn_mask (as in torch); see torch.nn.Transformer.generate_square_subsequent_mask")
+            raise ArgumentError(f"{name}: is_causal=True is a hint that attn_mask is the causal mask and needs "
+                                f"that attn_mask (as in torch); see torch.nn.Transformer.generate_square_subsequent_mask")
         return batched
 
     # ---- forward -----------------------------------------------------------------------------
@@ -130,6 +144,8 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         """The q, k, v projections in the input layout, packed into one matmul where they share inputs."""
         if self._qkv_same_embed_dim:
             weight, bias = self.in_proj_weight, self.in_proj_bias
+            if bias is not None and bias.dtype != weight.dtype:  # torch accepts it (and adds it in weight's dtype)
+                bias = bias.to(weight.dtype)
             if self_attention:
                 return F.linear(query, weight, bias).chunk(3, -1)
             if shared_kv:

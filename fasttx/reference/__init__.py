@@ -1,4 +1,5 @@
-"""Eager PyTorch implementations: the correctness oracle and the CPU fallback ("torch" backend)."""
+"""Eager PyTorch implementations, float64 included: the correctness oracle the tests compare every
+backend with. Not what users run: the "torch" backend is fasttx.functional.native (torch's fused ops)."""
 
 from .attention import scaled_dot_product_attention
 from .layer_norm import layer_norm, rms_norm

@@ -332,6 +332,86 @@ def test_bad_input_is_refused_clearly(call, error, match):
         call(mha, torch.randn(2, 5, 8))
 
 
+@pytest.mark.parametrize("call", [
+    lambda m, x: m(x, x[:, :, 0], x[:, :, 0]),  # key / value of the wrong rank
+    lambda m, x: m(x, x, x[:, :, 0]),
+    lambda m, x: m(x[None], x, x),  # query of the wrong rank
+    lambda m, x: m(x, x, x, key_padding_mask=torch.zeros(2, 1, 5, dtype=torch.bool)),
+    lambda m, x: m(x, x, x, key_padding_mask=torch.zeros(2, 6, dtype=torch.bool)),
+    lambda m, x: m(x, x, x, attn_mask=torch.zeros(1, 1, 5, 5, dtype=torch.bool)),
+    lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, dtype=torch.bool)),
+    lambda m, x: m(x, x, x, attn_mask=torch.zeros(6, 5)),
+    lambda m, x: m(x, x, x, attn_mask=torch.zeros(2, 5, 5)),
+    lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.int64)),
+    lambda m, x: m(x[..., :4], x, x),
+    lambda m, x: m(x, x, x[:, :4]),
+    lambda m, x: m(x, x, x, is_causal=True),
+    lambda m, x: m(x, x.double(), x.double()),
+], ids=["key rank", "value rank", "query rank", "key_padding_mask rank", "key_padding_mask shape", "attn_mask 4-D",
+        "attn_mask 1-D", "attn_mask 2-D shape", "attn_mask 3-D shape", "attn_mask dtype", "query features",
+        "key/value lengths", "is_causal without mask", "key dtype"])
+def test_errors_are_catchable_as_what_torch_raises(call):
+    """Code written against torch.nn.MultiheadAttention catches torch's exception types
+    (AssertionError for most argument errors): fasttx's errors are those too."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(Exception) as raised_by_torch:
+        call(torch.nn.MultiheadAttention(8, 2, batch_first=True), x)
+    with pytest.raises(raised_by_torch.type, match="fasttx.nn.MultiheadAttention"):
+        call(fasttx.nn.MultiheadAttention(8, 2, batch_first=True), x)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("bias_dtype", [torch.float64, torch.bfloat16])
+def test_in_proj_bias_of_another_dtype_is_accepted_like_torch(bias_dtype, train):
+    """torch's module runs batch-first self-attention with an in_proj_bias in another dtype than
+    its weights (the bias is added to the weights' dtype result); so does fasttx's."""
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(8, 2, batch_first=True).train(train)
+    randomize_parameters(theirs, 0.3)
+    theirs.in_proj_bias.data = theirs.in_proj_bias.data.to(bias_dtype)
+    ours = fasttx.patch(copy.deepcopy(theirs))
+    x = torch.randn(2, 5, 8)
+    for need_weights in (True, False):
+        expected, _ = theirs(x, x, x, need_weights=need_weights)
+        out, _ = ours(x, x, x, need_weights=need_weights)
+        assert out.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("queries,keys", [(0, 4), (4, 0), (0, 0)])
+def test_empty_sequences_like_torch(queries, keys, need_weights):
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(8, 2)
+    ours = fasttx.patch(copy.deepcopy(theirs))
+    q, kv = torch.randn(queries, 3, 8, requires_grad=True), torch.randn(keys, 3, 8)
+    expected, expected_weights = theirs(q, kv, kv, need_weights=need_weights)
+    out, weights = ours(q, kv, kv, need_weights=need_weights)
+    torch.testing.assert_close(out, expected)
+    assert (weights is None) == (expected_weights is None)
+    if weights is not None:
+        torch.testing.assert_close(weights, expected_weights)
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
+def test_need_weights_false_allocates_nothing_quadratic():
+    """MultiheadAttention(need_weights=False) with a key-padding mask on the default (CPU: "torch")
+    backend: no tensor of L x S elements is allocated, forward or backward."""
+    from ..ops.test_attention import _LargestAllocation
+
+    batch, seq, embed_dim = 2, 256, 32
+    mha = fasttx.nn.MultiheadAttention(embed_dim, 4, batch_first=True, device=DEVICE)
+    x = torch.randn(batch, seq, embed_dim, device=DEVICE, requires_grad=True)
+    padding = torch.zeros(batch, seq, dtype=torch.bool, device=DEVICE)
+    padding[0, 200:] = True
+    with _LargestAllocation() as allocations:
+        out, _ = mha(x, x, x, key_padding_mask=padding, need_weights=False)
+        out.sum().backward()
+    assert allocations.largest <= 3 * batch * seq * embed_dim < seq * seq
+
+
 def test_bad_construction_is_refused_clearly():
     with pytest.raises(ValueError, match="embed_dim must be a positive multiple of num_heads, got embed_dim=10, num_heads=3"):
         fasttx.nn.MultiheadAttention(10, 3)

@@ -267,3 +267,9 @@ def test_autocast_bf16_on_cpu():
     out.float().sum().backward()
     expected = model(src, tgt, tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(5))
     torch.testing.assert_close(out.float(), expected, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize("model", [42, "model", None, torch.randn(2)], ids=["int", "str", "None", "Tensor"])
+def test_patch_refuses_what_is_not_a_module(model):
+    with pytest.raises(TypeError, match=f"fasttx.patch: model must be a torch.nn.Module, got {type(model).__name__}"):
+        fasttx.patch(model)

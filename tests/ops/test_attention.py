@@ -209,15 +209,69 @@ def test_kernels_read_transposed_views_in_place(backend, monkeypatch):
     assert seen == {"q": q.data_ptr(), "k": k.data_ptr()}
 
 
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_saved_tensors_are_not_quadratic(backend):
+@pytest.mark.parametrize("mask", [None, "causal", "key padding"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_tensors_are_not_quadratic(backend, mask):
     """Besides inputs and output, the graph keeps O(B * H * L): nothing of size L * S."""
     q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 64, 96, smallest_case(backend)[1]))
+    kw = {"is_causal": True} if mask == "causal" else {}
+    if mask == "key padding":
+        kw["attn_mask"] = (torch.arange(96, device=DEVICE) < 70).view(1, 1, 1, 96)
     sizes = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-        out = fasttx.scaled_dot_product_attention(q, k, v, is_causal=True, backend=backend)
+        out = fasttx.scaled_dot_product_attention(q, k, v, backend=backend, **kw)
     assert sizes and max(sizes) <= max(q.numel(), k.numel(), v.numel(), out.numel())
     assert 64 * 96 not in sizes and all(s < 2 * 64 * 96 for s in sizes)
+
+
+class _LargestAllocation(torch.utils._python_dispatch.TorchDispatchMode):
+    """The most elements of any tensor an aten op returns while active (what torch allocates for
+    the op's results; a fused kernel's internal blocks are not seen, and are O(block))."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("mask", [None, "causal", "key padding", "fully masked batch"])
+def test_torch_backend_allocates_nothing_quadratic(mask):
+    """The "torch" backend (torch's fused SDPA plus fasttx's empty-row rule): no tensor of L x S
+    elements (or more) is allocated, forward or backward, with no mask, causal or a key-padding
+    mask (B, 1, 1, S), even where a whole sequence is padded."""
+    batch, heads, queries, keys, head_dim = 2, 2, 128, 160, 8
+    q, k, v = (t.requires_grad_() for t in attention_inputs(batch, heads, heads, queries, keys, head_dim,
+                                                             dtype=torch.float32))
+    kw = {"is_causal": True} if mask == "causal" else {}
+    if mask is not None and mask != "causal":
+        padding = torch.arange(keys, device=DEVICE).expand(batch, keys) < torch.tensor([[100], [keys]], device=DEVICE)
+        if mask == "fully masked batch":
+            padding[0] = False
+        kw["attn_mask"] = padding.view(batch, 1, 1, keys)
+    with _LargestAllocation() as allocations:
+        out = fasttx.scaled_dot_product_attention(q, k, v, backend="torch", **kw)
+        out.backward(torch.randn_like(out))
+    assert allocations.largest <= batch * heads * queries * max(head_dim, keys // 8) < queries * keys
+    assert torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    if mask == "fully masked batch":
+        assert (out[0] == 0).all() and (q.grad[0] == 0).all() and (k.grad[0] == 0).all()
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_zero_keys_give_zeros_like_torch(mask):
+    q, k, v = attention_inputs(2, 3, 3, 5, 0, 8, dtype=torch.float32)
+    q.requires_grad_()
+    attn_mask = {None: None, "bool": torch.ones(5, 0, dtype=torch.bool, device=DEVICE),
+                 "float": torch.zeros(5, 0, device=DEVICE)}[mask]
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask), rtol=0, atol=0)
+    assert out.shape == (2, 3, 5, 8) and (out == 0).all()
+    out.sum().backward()
+    assert (q.grad == 0).all()
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

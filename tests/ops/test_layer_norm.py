@@ -41,6 +41,17 @@ def input_grad_scale(op, x64, weight64, dy64, eps=1e-5):
     return (g * rstd).norm().item()
 
 
+def weight_grad_scale(op, x64, dy64, eps=1e-5):
+    """||dy * x * rstd||: LayerNorm's weight gradient sums dy * (x - mean) * rstd, and x - mean
+    cancels (to exactly 0 with one column), so its rounding is judged against the uncentred terms
+    (torch's native kernel computes x * rstd - mean * rstd). RMSNorm's has no cancellation: 0."""
+    if op != "layer_norm":
+        return 0.0
+    centered = x64 - x64.mean(-1, keepdim=True)
+    rstd = (centered.square().mean(-1, keepdim=True) + eps).rsqrt()
+    return (dy64 * x64 * rstd).norm().item()
+
+
 def forward_backward(fn, op, tensors, normalized_shape, dy, convert=lambda t: t):
     """Output and input/parameter gradients of ``fn`` on fresh leaves made from ``tensors``."""
     leaves = [None if t is None else convert(t.detach()).requires_grad_() for t in tensors]
@@ -68,7 +79,8 @@ def check_against_float64(op, x, normalized_shape, weight, bias, backend, tol_dt
     assert_close(out, out64, tol_dtype, "output")
     hidden = math.prod(normalized_shape)
     rows = lambda t: t.double().reshape(-1, hidden)  # noqa: E731
-    scales = (input_grad_scale(op, rows(x), None if weight is None else weight.double().reshape(-1), rows(dy)), 0.0, 0.0)
+    scales = (input_grad_scale(op, rows(x), None if weight is None else weight.double().reshape(-1), rows(dy)),
+              weight_grad_scale(op, rows(x), rows(dy)), 0.0)
     for name, tensor, grad, grad64, scale in zip(("input", "weight", "bias"), tensors, grads, grads64, scales):
         if tensor is not None:
             assert grad is not None and grad.dtype == tensor.dtype, f"grad of {name}"
@@ -182,3 +194,19 @@ def test_zero_rows(backend):
     assert out.shape == x.shape
     out.sum().backward()
     assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("input_dtype,param_dtype", [(torch.float32, torch.float64), (torch.float32, torch.float16),
+                                                     (torch.float16, torch.bfloat16), (torch.float64, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("param", ["weight", "bias"])
+def test_layer_norm_refuses_parameter_dtypes_torch_refuses(param, input_dtype, param_dtype):
+    """Parameters in the input's dtype, or fp32 with half input (the AMP layout): anything else
+    raises, as F.layer_norm does, on every backend."""
+    x = torch.randn(3, 8, device=DEVICE).to(input_dtype)
+    params = {param: torch.randn(8, device=DEVICE).to(param_dtype)}
+    with pytest.raises(RuntimeError):
+        F.layer_norm(x, (8,), **params)
+    for backend in BACKENDS:
+        with pytest.raises(RuntimeError, match=f"fasttx.layer_norm: {param} must have dtype .*got {param_dtype}"):
+            fasttx.layer_norm(x, (8,), **params, backend=backend)

@@ -1,0 +1,81 @@
+"""The "torch" backend: torch's own fused ops (native LayerNorm / RMSNorm, softmax, SDPA with its
+flash CPU kernel), plus only what fasttx promises beyond them. It runs on any device; on CPU it is
+what "auto" runs, so it must never be slower or larger than the torch.nn module it replaces.
+
+What fasttx adds:
+- a query row whose keys are all masked out gives output 0 and zero gradients, never NaN. The
+  rows are found from the mask as given, never expanded: ``has_key`` is the mask reduced over its
+  last dim, (..., L or 1, 1). Those rows' masks are reopened (so torch's kernels see no empty row
+  and stay finite) and their output set to 0, which also zeroes every gradient through them.
+  With no mask nothing is added: the attention memory stays O(L), as torch's.
+- autocast casts nothing here (as the kernel backends): the output keeps the input's dtype.
+
+fasttx.reference is not this: it is the readable, float64-capable oracle the tests compare with.
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+
+def _no_autocast(tensor):
+    """torch's autocast would run layer_norm / rms_norm in fp32 and attention in the low dtype;
+    fasttx's ops keep their input's dtype under autocast, whatever the backend."""
+    if torch.is_autocast_enabled(tensor.device.type):
+        return torch.autocast(tensor.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def layer_norm(input, normalized_shape, weight, bias, eps):
+    with _no_autocast(input):
+        if weight is None and bias is not None and bias.dtype != input.dtype:
+            # torch's native backward fails on this one mixed-dtype case (half input, fp32 bias)
+            return (F.layer_norm(input, normalized_shape, None, None, eps) + bias).to(input.dtype)
+        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+
+
+def rms_norm(input, normalized_shape, weight, eps):
+    with _no_autocast(input):
+        return F.rms_norm(input, normalized_shape, weight, eps).to(input.dtype)
+
+
+def _reopen_empty_rows(mask, dim=-1):
+    """(mask with every row that keeps nothing made to keep everything, has_key: the rows that keep
+    something, reduced over ``dim``). Bool masks keep True; float masks keep what is not -inf."""
+    if mask.dtype == torch.bool:
+        has_key = mask.any(dim, keepdim=True)
+        return mask | ~has_key, has_key
+    has_key = (mask != float("-inf")).any(dim, keepdim=True)
+    return mask.masked_fill(~has_key, 0.0), has_key
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    has_key = None
+    if attn_mask is not None:
+        attn_mask, has_key = _reopen_empty_rows(attn_mask)
+    with _no_autocast(query):
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
+                                             scale=None if scale is None else float(scale), enable_gqa=enable_gqa)
+    return out if has_key is None else out.masked_fill(~has_key, 0.0)
+
+
+def softmax(input, dim, scale, mask, is_causal, dtype):
+    out_dtype = dtype or input.dtype
+    if scale is None and mask is None and not is_causal:  # torch.softmax (which accumulates in fp32)
+        return torch.softmax(input, dim, dtype=torch.promote_types(input.dtype, out_dtype)).to(out_dtype)
+    # Scale and mask in fp32 at least, as the kernels do: a half logit rounded once more would cost
+    # the result its last bits. Softmax's input is already the size of its mask: here the mask may
+    # be expanded.
+    logits = input.to(torch.promote_types(input.dtype, torch.float32))
+    if scale is not None:
+        logits = logits * scale
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    if is_causal:  # keep column j <= row i of the last two dims (top-left aligned)
+        rows, cols = logits.shape[-2:]
+        logits = logits.masked_fill(torch.ones(rows, cols, dtype=torch.bool, device=logits.device).triu(1),
+                                    float("-inf"))
+    logits, has_key = _reopen_empty_rows(logits, dim)
+    out = torch.softmax(logits, dim, dtype=torch.promote_types(logits.dtype, out_dtype))
+    return out.masked_fill(~has_key, 0.0).to(out_dtype)

@@ -35,6 +35,11 @@ LOG2E = tl.constexpr(math.log2(math.e))
 LN2 = tl.constexpr(math.log(2.0))
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# FASTTX_TRITON_AUTOTUNE=0 runs the first config the pruning keeps instead of timing them all: for
+# runs whose timings mean nothing (the test suite, many processes sharing one GPU), where timing every
+# config of every new key would cost most of the time. make gpu-check's tests stage sets it; its
+# autotune stage runs every config on its own.
+_AUTOTUNE = os.environ.get("FASTTX_TRITON_AUTOTUNE", "1") != "0"
 MAX_HEAD_DIM = 256  # the largest head-dim tile the launch configurations were checked for
 MAX_PROGRAMS = 2**31 - 1  # CUDA's limit on grid dim 0
 # The tile offsets within a block are int32 (the bases of batches, heads and blocks are int64): a block
@@ -148,7 +153,7 @@ def attention_autotune(space, shared_memory):
         q, mask = args["Q"], args["Mask"]
         kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
                              0 if mask is None else mask.element_size(), shared_memory_limit(q.device))
-        return [configs[c] if c in configs else _config(*c) for c in kept]
+        return [configs[c] if c in configs else _config(*c) for c in (kept if _AUTOTUNE else kept[:1])]
 
     return triton.autotune(configs=list(configs.values()), key=TUNING_KEY,
                            prune_configs_by={"early_config_prune": prune})

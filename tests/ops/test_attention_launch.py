@@ -190,6 +190,26 @@ def test_float_mask_takes_stages_off_the_largest_forward_tile():
     assert nothing_fits == []
 
 
+def test_autotune_off_runs_the_first_kept_config(monkeypatch):
+    """FASTTX_TRITON_AUTOTUNE=0 (make gpu-check's test stage) narrows the pruned configs to the first:
+    one compile per key instead of one per config; by default every kept config is timed."""
+    monkeypatch.setattr(attention_common, "_INTERPRET", False)  # the interpreter's tuner has no pruning
+    kernel = attention_fwd._attn_fwd_kernel  # an Autotuner, or under the interpreter the bare kernel
+    tuner = attention_common.attention_autotune(*SPACES["fwd"])(
+        kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel)
+    q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
+    args = {"Q": q, "Mask": None, "BLOCK_E": 128, "BLOCK_EV": 128}
+    expected = attention_fwd.FWD_SPACE[(128, False)]
+
+    def kept():
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in tuner.early_config_prune(tuner.configs, args)]
+
+    assert kept() == expected
+    monkeypatch.setattr(attention_common, "_AUTOTUNE", False)
+    assert kept() == expected[:1]
+
+
 # ---- dropout seed ---------------------------------------------------------------------------------
 
 

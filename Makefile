@@ -50,6 +50,9 @@ $(COMPAT_VENV)/.installed: $(VENV)/.installed
 	$(COMPAT_PY) -m pip install --no-deps torch==$(TORCH)
 	$(COMPAT_PY) -m pip install --no-deps "$$($(COMPAT_PY) -c 'from importlib.metadata import requires; \
 		print(next(r.split(";")[0] for r in requires("torch") if r.startswith("triton")))')"
+	# timm (tests/integrations) imports torchvision, whose compiled ops fit one torch release only:
+	# torchvision 0.(minor + 15) goes with torch 2.minor.
+	$(COMPAT_PY) -m pip install --no-deps "torchvision==0.$$(( $$(echo $(TORCH) | cut -d. -f2) + 15 )).*"
 	touch $@
 
 test-compat: $(COMPAT_VENV)/.installed

@@ -252,8 +252,8 @@ def _attn_bwd_q_kernel(
     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m, bh, Mask, rows, offs_m, seed, tile = query_block(Q, K, V, Mask, Seed, strides, sizes, E, BLOCK_E,
-                                                              BLOCK_EV, MASK_KIND, HAS_DROPOUT, BLOCK_M, BLOCK_N)
+    start_m, bh, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
+                                                        HAS_DROPOUT, BLOCK_M, BLOCK_N)
     H, L, S = sizes[0], sizes[2], sizes[3]
     DO += (bh // H).to(tl.int64) * do_strides[0] + (bh % H).to(tl.int64) * do_strides[1] \
         + start_m.to(tl.int64) * do_strides[2]

@@ -292,10 +292,10 @@ def score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2, E
                 BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
                 PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, CHECK: tl.constexpr):
     """One step of the forward's and the dQ kernel's loops over key blocks: the masked base-2 logits of
-    the query block (``tile`` of query_block; Mask advanced to its first row) against the keys from
+    the query block (``tile`` of query_block, which holds the offset of its first row in Mask) against the keys from
     start_n, their indices, the k tile, and the v tile's pointers and load mask (each loop loads it
     where it needs it). CHECK: the block needs the key-bound and causal checks."""
-    q, K, V, k_offs, v_offs, _ = tile
+    q, K, V, k_offs, v_offs, _, mask_base = tile
     L, S = sizes[2], sizes[3]
     cols = start_n + tl.arange(0, BLOCK_N)
     n = tl.cast(start_n, tl.int64)  # not .to(): the interpreter's loop variables are Python ints
@@ -312,19 +312,19 @@ def score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2, E
     # The mask and Philox offsets within a tile are formed from the key indices here, not held in
     # registers across the loop: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
     mask_offs = rows[:, None] * strides[3][2] + cols[None, :] * strides[3][3]
-    s = masked_logits(qk, offs_m[:, None], cols[None, :], L, S, Mask, 0, mask_offs, scale_log2,
+    s = masked_logits(qk, offs_m[:, None], cols[None, :], L, S, Mask, mask_base, mask_offs, scale_log2,
                       MASK_KIND, IS_CAUSAL, CHECK)
     return s, cols, k, V + n * strides[2][2] + v_offs, v_mask
 
 
 @triton.jit
-def query_block(Q, K, V, Mask, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr,
-                BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr):
+def query_block(Q, K, V, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
+                HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """What a program over one (batch-head, query block) starts from, in the forward and the dQ kernel:
-    its block start and flat batch-head index; Mask advanced to the block's first row; the in-block
-    rows and their global indices; the Philox seed; and ``tile``: the q tile, K and V advanced to its
-    batch and kv head, the k / v tile offsets and the block's Philox base counter."""
+    its block start and flat batch-head index; the in-block rows and their global indices; the Philox
+    seed; and ``tile``: the q tile, K and V advanced to its batch and kv head, the k / v tile offsets,
+    the block's Philox base counter and the int64 offset of its first row in the mask (0 strides
+    without one). An offset, not Mask advanced: Triton 3.6 cannot return a None Mask in a tuple."""
     H, group, L, S = sizes
     start_m, bh = program_block(L, BLOCK_M)
     b = bh // H
@@ -334,8 +334,7 @@ def query_block(Q, K, V, Mask, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: t
     b64, h64, kv64, m64 = b.to(tl.int64), h.to(tl.int64), (h // group).to(tl.int64), start_m.to(tl.int64)
     Q += b64 * strides[0][0] + h64 * strides[0][1] + m64 * strides[0][2]
     K, V = kv_bases(K, V, strides, b64, kv64)
-    if MASK_KIND != "none":
-        Mask += b64 * strides[3][0] + h64 * strides[3][1] + m64 * strides[3][2]
+    mask_base = b64 * strides[3][0] + h64 * strides[3][1] + m64 * strides[3][2]
     rows = tl.arange(0, BLOCK_M)
     offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
@@ -346,4 +345,4 @@ def query_block(Q, K, V, Mask, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: t
     k_offs = offs_n[:, None] * strides[1][2] + offs_e[None, :]
     v_offs = offs_n[:, None] * strides[2][2] + offs_ev[None, :]
     rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)
-    return start_m, bh, Mask, rows, offs_m, load_seed(Seed, HAS_DROPOUT), (q, K, V, k_offs, v_offs, rng_base)
+    return start_m, bh, rows, offs_m, load_seed(Seed, HAS_DROPOUT), (q, K, V, k_offs, v_offs, rng_base, mask_base)

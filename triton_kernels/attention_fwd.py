@@ -129,8 +129,8 @@ def _attn_fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m, bh, Mask, rows, offs_m, seed, tile = query_block(Q, K, V, Mask, Seed, strides, sizes, E, BLOCK_E,
-                                                              BLOCK_EV, MASK_KIND, HAS_DROPOUT, BLOCK_M, BLOCK_N)
+    start_m, bh, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
+                                                        HAS_DROPOUT, BLOCK_M, BLOCK_N)
     L, S = sizes[2], sizes[3]
     offs_ev = tl.arange(0, BLOCK_EV)
 

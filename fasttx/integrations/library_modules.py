@@ -33,18 +33,13 @@ from ..nn._backend import BackendMixin
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _kernel_weight(weight, input):
-    # fasttx's norms take parameters in the input's dtype or fp32.
-    return weight if weight.dtype in (input.dtype, torch.float32) else weight.float()
-
-
 class LlamaStyleRMSNorm(BackendMixin):
     """rms_norm(x) then the weight, in the stock output dtype promote(x, weight)."""
 
     _fasttx_op = "rms_norm"
 
     def forward(self, hidden_states):
-        out = functional.rms_norm(hidden_states, self.weight.shape, _kernel_weight(self.weight, hidden_states),
+        out = functional.rms_norm(hidden_states, self.weight.shape, self.weight,
                                   self.variance_epsilon, backend=self.backend)
         return out.to(torch.promote_types(hidden_states.dtype, self.weight.dtype))
 
@@ -56,7 +51,7 @@ class T5StyleRMSNorm(BackendMixin):
 
     def forward(self, hidden_states):
         weight = self.weight
-        out = functional.rms_norm(hidden_states, weight.shape, _kernel_weight(weight, hidden_states),
+        out = functional.rms_norm(hidden_states, weight.shape, weight,
                                   self.variance_epsilon, backend=self.backend)
         dtype = weight.dtype if weight.dtype in _HALF else torch.promote_types(
             torch.promote_types(hidden_states.dtype, torch.float32), weight.dtype)

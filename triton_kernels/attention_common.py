@@ -126,33 +126,38 @@ def _config(block_m, block_n, num_warps, num_stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
-def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit):
+def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit, wrong=()):
     """The configs (BLOCK_M, BLOCK_N, num_warps, num_stages) of ``space`` for a call: those of the first
-    key that fits its head dims and dtype class (fp32 when dtype_bytes is 4). They were compiled without
-    a mask, and are kept as they are then; a mask's tiles take num_stages - 1 more buffers, so with one
-    they are fitted to ``limit`` bytes by ``shared_memory(BLOCK_M, BLOCK_N, num_stages, block_e, block_ev,
-    dtype_bytes, mask_bytes)``, the kernel's model of its use (see fitting_configs)."""
+    key that fits its head dims and dtype class (fp32 when dtype_bytes is 4), less the ``wrong`` ones
+    (measured to compute wrong results for the call's dtype and mask kind), fitted to ``limit`` bytes by
+    ``shared_memory(BLOCK_M, BLOCK_N, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)``, the
+    kernel's model of its use (see fitting_configs). A mask's tiles take num_stages - 1 more buffers, so
+    with one some configs get fewer stages; without one the model applies too: a listed config may not
+    fit every device, nor every head dim of its key (measured on an H200: the dQ kernel's (128, 16, 8, 2)
+    at E = 128 fp32 asked for 294912 bytes, the model's figure, against 232448)."""
     key = next(k for k in space if k[1] == (dtype_bytes == 4) and max(block_e, block_ev) <= k[0])
-    if mask_bytes == 0:
-        return space[key]
 
     def model(block_m, block_n, num_stages):
         return shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
 
-    return fitting_configs(space[key], model, limit)
+    return fitting_configs([c for c in space[key] if c not in wrong], model, limit)
 
 
-def attention_autotune(space, shared_memory):
-    """triton.autotune over the configs of ``space`` that space_configs keeps for the call."""
+def attention_autotune(space, shared_memory, wrong=None):
+    """triton.autotune over the configs of ``space`` that space_configs keeps for the call. ``wrong``:
+    {(MASK_KIND, fp32): configs} that compile and launch but compute wrong results for such calls
+    (each kernel file gives the measurements); they are never kept for them."""
     if _INTERPRET:  # one config: the key is never read
         return triton.autotune(configs=[_config(16, 16, 1, 1)], key=TUNING_KEY)
     configs = {c: _config(*c) for shapes in space.values() for c in shapes}
+    wrong = wrong or {}
 
     def prune(_configs, named_args, **kwargs):
         args = {**named_args, **kwargs}  # positional and keyword arguments
         q, mask = args["Q"], args["Mask"]
         kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
-                             0 if mask is None else mask.element_size(), shared_memory_limit(q.device))
+                             0 if mask is None else mask.element_size(), shared_memory_limit(q.device),
+                             wrong.get((args["MASK_KIND"], q.element_size() == 4), ()))
         return [configs[c] if c in configs else _config(*c) for c in (kept if _AUTOTUNE else kept[:1])]
 
     return triton.autotune(configs=list(configs.values()), key=TUNING_KEY,

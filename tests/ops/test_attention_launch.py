@@ -20,12 +20,13 @@ from fasttx.triton_kernels import attention_bwd, attention_common, attention_fwd
 from ..conftest import DEVICE
 from .test_attention import KERNEL_BACKENDS, attention_inputs, check
 
+# (space, shared-memory model, wrong configs): what each kernel's autotuner is built from.
 SPACES = {
-    "fwd": (attention_fwd.FWD_SPACE, attention_fwd.fwd_shared_memory),
-    "bwd_kv": (attention_bwd.BWD_KV_SPACE, attention_bwd.bwd_kv_shared_memory),
-    "bwd_q": (attention_bwd.BWD_Q_SPACE, attention_bwd.bwd_q_shared_memory),
+    "fwd": attention_fwd.FWD_TUNING,
+    "bwd_kv": attention_bwd.BWD_KV_TUNING,
+    "bwd_q": attention_bwd.BWD_Q_TUNING,
 }
-H100_SHARED_MEMORY = 227 * 1024
+H100_SHARED_MEMORY = 227 * 1024  # also H200's: the limit its OutOfResources errors name (232448)
 needs_cuda = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU: checks a limit of real launches")
 
 
@@ -164,9 +165,9 @@ def test_shared_memory_models_match_compiled_kernels():
 
 @pytest.mark.parametrize("name", SPACES)
 def test_configs_fit_shared_memory_with_any_mask(name):
-    """Without a mask every listed config is kept as it is (they were compiled); with any mask some
-    fit, with fewer stages where the mask's pipeline buffers need it."""
-    space, model = SPACES[name]
+    """Without a mask every listed config fits its model at its key's head dims, so all are kept;
+    with any mask some fit, with fewer stages where the mask's pipeline buffers need it."""
+    space, model, _ = SPACES[name]
     for (head_dim, fp32), configs in space.items():
         dtype_bytes = 4 if fp32 else 2
         for mask_bytes in (0, 1, 2, 4, 8):
@@ -184,30 +185,79 @@ def test_float_mask_takes_stages_off_the_largest_forward_tile():
     model = SPACES["fwd"][1]
     kept = attention_common.space_configs(attention_fwd.FWD_SPACE, model, 128, 128, 2, 4, H100_SHARED_MEMORY)
     assert kept == [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 4)]
-    assert attention_common.space_configs(attention_fwd.FWD_SPACE, model, 80, 128, 2, 0, 10) == \
-        attention_fwd.FWD_SPACE[(128, False)]  # no mask: the compiled lists, whatever the model says
     nothing_fits = attention_common.fitting_configs([(128, 128, 8, 3)], lambda m, n, s: 10**6, H100_SHARED_MEMORY)
     assert nothing_fits == []
 
 
-def test_autotune_off_runs_the_first_kept_config(monkeypatch):
-    """FASTTX_TRITON_AUTOTUNE=0 (make gpu-check's test stage) narrows the pruned configs to the first:
-    one compile per key instead of one per config; by default every kept config is timed."""
-    monkeypatch.setattr(attention_common, "_INTERPRET", False)  # the interpreter's tuner has no pruning
-    kernel = attention_fwd._attn_fwd_kernel  # an Autotuner, or under the interpreter the bare kernel
-    tuner = attention_common.attention_autotune(*SPACES["fwd"])(
-        kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel)
-    q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
-    args = {"Q": q, "Mask": None, "BLOCK_E": 128, "BLOCK_EV": 128}
-    expected = attention_fwd.FWD_SPACE[(128, False)]
+def test_the_model_prunes_without_a_mask_too():
+    """An H200 run of the dQ kernel's (128, 16, 8, 2) at E = 128 fp32, causal without a mask, failed
+    with "OutOfResources: shared memory, Required: 294912, Hardware limit: 232448": its model says as
+    much, and the pruning applies the model without a mask as with one (on any device's limit)."""
+    model = SPACES["bwd_q"][1]
+    assert model(128, 16, 2, 128, 128, 4, 0) == 294912 > H100_SHARED_MEMORY
+    listed = {(128, True): [(128, 16, 8, 2), (16, 32, 4, 2)]}
+    for mask_bytes in (0, 1, 4):
+        assert attention_common.space_configs(listed, model, 128, 128, 4, mask_bytes, H100_SHARED_MEMORY) == \
+            [(16, 32, 4, 2)]
+    # A device with less shared memory (99 KB): stages come off, or configs go, without a mask too.
+    kept = attention_common.space_configs(attention_fwd.FWD_SPACE, SPACES["fwd"][1], 128, 128, 2, 0, 99 * 1024)
+    assert kept == [(128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 4)]
 
-    def kept():
+
+def pruning(name, monkeypatch):
+    """The early_config_prune of the ``name`` kernel's autotuner, built as the module builds it, with
+    the timing on (whatever FASTTX_TRITON_AUTOTUNE the caller has set): (q, mask, E) -> kept configs."""
+    monkeypatch.setattr(attention_common, "_INTERPRET", False)  # the interpreter's tuner has no pruning
+    monkeypatch.setattr(attention_common, "_AUTOTUNE", True)
+    tuner = attention_common.attention_autotune(*SPACES[name])(attention_fwd._attn_fwd_kernel)
+
+    def kept(q, mask, head_dim):
+        block = max(16, triton.next_power_of_2(head_dim))
+        mask_kind = "none" if mask is None else "bool" if mask.dtype == torch.bool else "float"
+        args = {"Q": q, "Mask": mask, "BLOCK_E": block, "BLOCK_EV": block, "MASK_KIND": mask_kind}
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
                 for c in tuner.early_config_prune(tuner.configs, args)]
 
-    assert kept() == expected
+    return kept
+
+
+MASK_DTYPES = [None, torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_pruning_keeps_a_config_for_every_call_and_no_wrong_one(name, monkeypatch):
+    """Every dtype, mask kind and mask dtype, head dim: the pruning keeps some config, never one its
+    kernel lists as wrong for the call; in particular never the forward's (64, 32, 4, 3) for fp32 with
+    a float mask (inf / NaN on an H200, see attention_fwd.FWD_WRONG), kept with no mask or a bool one."""
+    kept = pruning(name, monkeypatch)
+    wrong = SPACES[name][2] or {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        q = torch.empty(1, 1, 1, 1, dtype=dtype)
+        for head_dim in (8, 16, 32, 64, 80, 128, 200, 256):
+            for mask_dtype in MASK_DTYPES:
+                mask = None if mask_dtype is None else torch.empty(1, 1, 1, 1, dtype=mask_dtype)
+                configs = kept(q, mask, head_dim)
+                case = (dtype, head_dim, mask_dtype)
+                assert configs, case
+                kind = "none" if mask is None else "bool" if mask_dtype == torch.bool else "float"
+                assert not set(configs) & set(wrong.get((kind, dtype == torch.float32), ())), case
+                if name == "fwd" and dtype == torch.float32 and head_dim <= 64:
+                    assert ((64, 32, 4, 3) in configs) == (kind != "float"), case
+
+
+def test_autotune_off_runs_the_first_kept_config(monkeypatch):
+    """FASTTX_TRITON_AUTOTUNE=0 (make gpu-check's test stage) narrows the pruned configs to the first:
+    one compile per key instead of one per config; by default every kept config is timed. Both set
+    here, whatever the caller's environment."""
+    kept = pruning("fwd", monkeypatch)
+    q = torch.empty(1, 1, 1, 128, dtype=torch.float16)
+    expected = attention_fwd.FWD_SPACE[(128, False)]
+    assert kept(q, None, 128) == expected
+    fp32_float_mask = (torch.empty(1, 1, 1, 64), torch.empty(1, 1, 1, 1), 64)
+    assert kept(*fp32_float_mask)[0] == (64, 64, 4, 2)  # not the wrong (64, 32, 4, 3)
     monkeypatch.setattr(attention_common, "_AUTOTUNE", False)
-    assert kept() == expected[:1]
+    assert kept(q, None, 128) == expected[:1]
+    assert kept(*fp32_float_mask) == [(64, 64, 4, 2)]
 
 
 # ---- dropout seed ---------------------------------------------------------------------------------
@@ -295,10 +345,11 @@ def test_views_past_2_31_elements():
     The storage is reserved, not touched: only the view's own pages are written."""
     B, L, H, E = 3, 8, 2, 16
     batch_stride = 2**30 + 2**12  # batch 2 starts past 2^31
-    storage = torch.empty(B * batch_stride, dtype=torch.float16)
+    # On CUDA (6 GB, the kernels compiled); on the CPU under the interpreter (only reserved there).
+    storage = torch.empty(B * batch_stride, dtype=torch.float16, device=DEVICE)
     views = []
     for i in range(3):  # q, k, v side by side in each batch's slot
         view = storage.as_strided((B, H, L, E), (batch_stride, E, H * E, 1), storage_offset=i * L * H * E)
-        view.copy_(torch.randn(B, H, L, E))
+        view.copy_(torch.randn(B, H, L, E, device=DEVICE))
         views.append(view)
     check(*views, "triton", is_causal=True)

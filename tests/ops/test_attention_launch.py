@@ -209,6 +209,7 @@ def pruning(name, monkeypatch):
     the timing on (whatever FASTTX_TRITON_AUTOTUNE the caller has set): (q, mask, E) -> kept configs."""
     monkeypatch.setattr(attention_common, "_INTERPRET", False)  # the interpreter's tuner has no pruning
     monkeypatch.setattr(attention_common, "_AUTOTUNE", True)
+    # The pruning reads only the call's arguments: any kernel serves to build the tuner.
     tuner = attention_common.attention_autotune(*SPACES[name])(attention_fwd._attn_fwd_kernel)
 
     def kept(q, mask, head_dim):

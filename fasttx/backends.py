@@ -4,9 +4,9 @@
 - ``"triton"``: fasttx.triton_kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
 - ``"cuda"``: the CUDA C++ extension fasttx._C; CUDA tensors.
 
-``"auto"`` picks, per call, the fastest backend that can run the op on the tensors' device and
-dtype (cuda, then triton, then torch; AUTO_KERNELS narrows this per op) and records the choice
-(``last_used``, shown by ``fasttx.info()`` and the modules' repr). A backend named explicitly
+``"auto"`` picks, per call, the first backend in AUTO_KERNELS[op] that can run the op on CUDA
+tensors of that dtype, else torch (always torch on CPU), and records the choice (``last_used``,
+shown by ``fasttx.info()`` and the modules' repr). A backend named explicitly
 never falls back: if it cannot run, a RuntimeError says why.
 """
 
@@ -21,12 +21,15 @@ BACKENDS = ("torch", "triton", "cuda")
 CHOICES = ("auto",) + BACKENDS
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# The kernel backends "auto" may pick for CUDA tensors, fastest first, per op (others: _AUTO_DEFAULT).
-# A kernel joins its op's list once it has passed the GPU test suite and benchmarked faster than the
-# one before it on that device. The CUDA C++ attention (csrc/attention) has been compiled but not yet
-# run on a GPU, so "auto" keeps the Triton kernel for attention; backend="cuda" still selects it.
-_AUTO_DEFAULT = ("cuda", "triton")
-AUTO_KERNELS = {"attention": ("triton",)}
+# The kernel backends "auto" may pick for CUDA tensors, fastest first, per op; an op with none (or
+# not listed) runs torch's own op. A kernel joins its op's list only once a `make gpu-check` run has
+# shown it passing the GPU test suite and faster than torch on that device (docs/gpu-status.md): a
+# drop-in must never be a regression. The first GPU run (H200, benchmarks/results/2026-12-04-h200)
+# timed the Triton attention at 0.62-0.75x the speed of torch's default SDPA (cuDNN / flash) and the
+# CUDA C++ one at 0.15-0.23x (bf16, head dim 128, seq 4096-8192, fwd and bwd); the norm and softmax
+# kernels passed the tests but their benchmark did not run. Until a run shows one faster, "auto" is
+# torch everywhere; backend="triton" / "cuda" still select the kernels.
+AUTO_KERNELS = {"attention": (), "layer_norm": (), "rms_norm": (), "softmax": ()}
 
 # op -> backend that ran it last; read by fasttx.info() and the modules' extra_repr.
 last_used = {}
@@ -112,7 +115,7 @@ def resolve(op, backend, tensor):
     wanted = requested(backend)
     device_type, dtype = tensor.device.type, tensor.dtype
     if wanted == "auto":
-        candidates = AUTO_KERNELS.get(op, _AUTO_DEFAULT) if device_type == "cuda" else ()
+        candidates = AUTO_KERNELS.get(op, ()) if device_type == "cuda" else ()
         chosen = next((b for b in candidates if unavailable_reason(b, device_type, dtype, op) is None), "torch")
     else:
         reason = unavailable_reason(wanted, device_type, dtype, op)

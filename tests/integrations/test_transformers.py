@@ -17,6 +17,8 @@ from fasttx import functional
 from fasttx.integrations import hf_transformers
 from fasttx.testing import TOLERANCE, rel_error
 
+from ..conftest import DEVICE
+
 transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ, BATCH = 64, 10, 2
@@ -69,7 +71,7 @@ def _inputs(name, padded=True):
 def _loss_and_logits(model, inputs, valid):
     logits = model(**inputs).logits
     kept = logits if valid is None else logits[valid]  # padded positions' outputs are undefined
-    return (kept.float() * torch.linspace(-1, 1, kept.shape[-1])).sum(), kept
+    return (kept.float() * torch.linspace(-1, 1, kept.shape[-1], device=kept.device)).sum(), kept
 
 
 def _assert_same_logits_and_grads(stock, fast, inputs, valid, rtol=1e-4, atol=1e-5, run_fast=None):
@@ -198,16 +200,17 @@ def test_torch_compile_fullgraph():
 
 @pytest.mark.parametrize("name", ["llama", "bert"])
 def test_fp16_triton_kernels(name):
-    """fp16 on the Triton kernels (interpreter on CPU): the error of the logits and of every parameter
-    gradient against the fp32 model is at most about that of the stock model run in fp16
-    (FlashAttention's rule: twice, plus one rounding)."""
+    """fp16 on the Triton kernels (on DEVICE: the interpreter on CPU): the error of the logits and of
+    every parameter gradient against the fp32 model (on CPU) is at most about that of the stock model
+    run in fp16 on DEVICE (FlashAttention's rule: twice, plus one rounding)."""
     reference, fast = _pair(name, num_hidden_layers=1)
-    stock_half = copy.deepcopy(reference).half()
-    fasttx.patch(fast.half(), backend="triton")
+    stock_half = copy.deepcopy(reference).half().to(DEVICE)
+    fasttx.patch(fast.half().to(DEVICE), backend="triton")
     inputs, valid = _inputs(name)
     results = {}
     for label, model in (("reference", reference), ("stock", stock_half), ("fasttx", fast)):
-        loss, logits = _loss_and_logits(model, inputs, valid)
+        device = "cpu" if label == "reference" else DEVICE
+        loss, logits = _loss_and_logits(model, {k: v.to(device) for k, v in inputs.items()}, valid.to(device))
         loss.backward()
         results[label] = {"logits": logits, **{n: p.grad for n, p in model.named_parameters()}}
     assert fasttx.backends.last_used["attention"] == "triton"

@@ -221,10 +221,14 @@ def test_fp16_triton_kernels(name):
 
 
 @pytest.mark.parametrize("softcap, feature", [(20.0, "soft-capping"), (None, "_supports_sdpa = False")])
-def test_unsupported_feature_errors_or_falls_back_once(softcap, feature, caplog):
-    """Gemma2 asks for logit soft-capping, and its model class declines transformers' SDPA path even
-    without it: an explicit backend names the reason; auto runs the model's eager attention and says
-    so once."""
+def test_unsupported_feature_errors_or_falls_back_once(softcap, feature, caplog, monkeypatch):
+    """Gemma2 asks for logit soft-capping; without it, a model class that declines transformers' SDPA
+    path: an explicit backend names the reason; auto runs the model's eager attention and says so once."""
+    if softcap is None:
+        # Gemma2 declines SDPA in transformers 5.24 but takes it in 5.17: make it decline on every
+        # version, and forget the answers _declines_sdpa cached.
+        monkeypatch.setattr(transformers.models.gemma2.modeling_gemma2.Gemma2PreTrainedModel, "_supports_sdpa", False)
+        monkeypatch.setattr(hf_transformers, "_declines", {})
     config = transformers.Gemma2Config(**SIZES, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
                                        attn_logit_softcapping=softcap)
     stock = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")

@@ -243,6 +243,23 @@ def test_unsupported_feature_errors_or_falls_back_once(softcap, feature, caplog,
     assert sum(feature in r.getMessage() for r in caplog.records) == 1
 
 
+def test_autocast_takes_what_sdpa_takes():
+    """Under autocast transformers' rotary embeddings give fp32 queries and keys beside values in the
+    autocast dtype (the Linear's): fasttx casts them as torch's SDPA does, the "sdpa" model's logits
+    and gradients."""
+    results = []
+    inputs, valid = _inputs("llama")
+    for model in _pair("llama", attn="sdpa"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, logits = _loss_and_logits(model, inputs, valid)
+        loss.backward()
+        results.append({"logits": logits, **{n: p.grad for n, p in model.named_parameters()}})
+    stock, fast = results
+    assert fast["logits"].dtype == stock["logits"].dtype == torch.bfloat16
+    for what, expected in stock.items():
+        assert rel_error(fast[what], expected) <= TOLERANCE[torch.bfloat16], what
+
+
 def test_output_attentions_is_refused():
     _, fast = _pair("llama")
     with fasttx.use_backend("torch"), pytest.raises(ValueError, match="output_attentions"):

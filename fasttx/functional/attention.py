@@ -86,9 +86,9 @@ def _autocast(query, key, value, attn_mask):
     Models rely on it: transformers' rotary embeddings give fp32 queries and keys beside values in the
     autocast dtype."""
     tensors = (query, key, value, attn_mask)
-    device_type = query.device.type if isinstance(query, torch.Tensor) else None
-    if not (device_type and torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)):
+    if not (isinstance(query, torch.Tensor) and torch.is_autocast_enabled(query.device.type)):
         return tensors
+    device_type = query.device.type
     dtype = torch.get_autocast_dtype(device_type)
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.device.type == device_type and t.is_floating_point()
                  and t.dtype != torch.float64 else t for t in tensors)

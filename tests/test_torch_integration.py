@@ -1,5 +1,7 @@
 """The custom ops under torch.library.opcheck, torch.compile(fullgraph=True) and autocast."""
 
+import functools
+
 import pytest
 import torch
 
@@ -147,3 +149,33 @@ def test_autocast(backend):
     reference = make("torch")
     with torch.autocast(device_type, dtype=low):
         assert_close(out, reference(x), low, "autocast output")
+
+
+@pytest.mark.parametrize("mask", [None, "float"])
+@pytest.mark.parametrize("backend", runnable_backends(op="attention"))
+def test_attention_under_autocast_casts_as_torch_does(backend, mask):
+    """torch's autocast runs its SDPA in the low dtype (it is on the lower-precision list), casting
+    every floating argument: fp32 queries and keys (as transformers' rotary embeddings make them)
+    beside values already in the low dtype, which outside autocast is a dtype error. fasttx's
+    attention casts the same: output in the low dtype, each gradient in its argument's dtype.
+    float16 on CPU too: the Triton interpreter's bf16 dots are wrong (see tests/ops/test_attention.py)."""
+    device_type, low = ("cuda" if DEVICE == "cuda" else "cpu"), torch.float16
+    q = torch.randn(2, 4, 9, 32, device=DEVICE, requires_grad=True)
+    k = torch.randn(2, 4, 11, 32, device=DEVICE, requires_grad=True)
+    v = torch.randn(2, 4, 11, 32, device=DEVICE, dtype=low, requires_grad=True)
+    attn_mask = None if mask is None else torch.randn(9, 11, device=DEVICE)
+    with pytest.raises(TypeError, match="value must have query's dtype"):
+        fasttx.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, backend=backend)
+    dy = torch.randn(2, 4, 9, 32, device=DEVICE, dtype=low)
+    results = []
+    for attention in (functools.partial(fasttx.scaled_dot_product_attention, backend=backend),
+                      torch.nn.functional.scaled_dot_product_attention):
+        with torch.autocast(device_type, dtype=low):
+            out = attention(q, k, v, attn_mask=attn_mask)
+        results.append((out, torch.autograd.grad(out, (q, k, v), dy)))
+    (out, grads), (expected, expected_grads) = results
+    assert out.dtype == expected.dtype == low
+    assert_close(out, expected, low, "autocast output")
+    for got, want, leaf in zip(grads, expected_grads, (q, k, v)):
+        assert got.dtype == want.dtype == leaf.dtype
+        assert_close(got, want, low, "autocast gradient")

@@ -6,6 +6,8 @@ attention module makes are read in place), all batch dims merged into B; the mas
 broadcastable to (B, H, L, S), read through 0 strides (a key-padding mask (B, 1, 1, S) costs
 O(B * S)). Only the output and the fp32 log-sum-exp (B, H, L) are saved for the backward.
 
+Under autocast it casts its arguments as torch's autocast casts them for torch's SDPA (_autocast).
+
 One documented difference from torch: a query row whose keys are all masked out gives output 0
 and zero gradients, never NaN. Dropout draws its Philox seed from the inputs' device generator, so
 torch.manual_seed makes it reproducible; forward and backward regenerate the same keep mask.
@@ -77,6 +79,21 @@ def kernel_limitation(backend, query, value, attn_mask):
     return None
 
 
+def _autocast(query, key, value, attn_mask):
+    """The arguments as torch's autocast hands them to its own SDPA, which is on autocast's
+    lower-precision list (CPU and CUDA): every floating-point argument on the autocast device but
+    float64, the mask included, in the autocast dtype; their gradients come back in their own dtypes.
+    Models rely on it: transformers' rotary embeddings give fp32 queries and keys beside values in the
+    autocast dtype."""
+    tensors = (query, key, value, attn_mask)
+    if not (isinstance(query, torch.Tensor) and torch.is_autocast_enabled(query.device.type)):
+        return tensors
+    device_type = query.device.type
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.device.type == device_type and t.is_floating_point()
+                 and t.dtype != torch.float64 else t for t in tensors)
+
+
 def _last_dim_contiguous(t):
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -86,6 +103,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     """Attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
     (bool attn_mask True = takes part, float added; is_causal top-left aligned; enable_gqa), see
     the module docstring. ``backend``: "auto", "torch", "triton" or "cuda"."""
+    query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     chosen = backends.resolve("attention", backend, query)
     if chosen != "torch":

@@ -8,7 +8,8 @@ What fasttx adds:
   last dim, (..., L or 1, 1). Those rows' masks are reopened (so torch's kernels see no empty row
   and stay finite) and their output set to 0, which also zeroes every gradient through them.
   With no mask nothing is added: the attention memory stays O(L), as torch's.
-- autocast casts nothing here (as the kernel backends): the output keeps the input's dtype.
+- autocast casts nothing in the norms (as the kernel backends): the output keeps the input's dtype.
+  Attention's arguments arrive already cast as torch's autocast casts them (functional.attention).
 
 fasttx.reference is not this: it is the readable, float64-capable oracle the tests compare with.
 """
@@ -20,19 +21,34 @@ import torch.nn.functional as F
 
 
 def _no_autocast(tensor):
-    """torch's autocast would run layer_norm / rms_norm in fp32 and attention in the low dtype;
-    fasttx's ops keep their input's dtype under autocast, whatever the backend."""
+    """torch's autocast would run layer_norm / rms_norm in fp32; fasttx's norms keep their input's
+    dtype under autocast, whatever the backend."""
     if torch.is_autocast_enabled(tensor.device.type):
         return torch.autocast(tensor.device.type, enabled=False)
     return contextlib.nullcontext()
 
 
+def _native_layer_norm_reads(input, weight, bias):
+    """Whether torch's own layer_norm takes these dtypes: parameters in the input's dtype, or, on
+    CPU only, an fp32 weight (and bias) with half input. Its CUDA kernel wants the input's dtype."""
+    dtypes = {p.dtype for p in (weight, bias) if p is not None}
+    return dtypes <= {input.dtype} or (input.device.type == "cpu" and weight is not None
+                                       and dtypes == {torch.float32})
+
+
 def layer_norm(input, normalized_shape, weight, bias, eps):
     with _no_autocast(input):
-        if weight is None and bias is not None and bias.dtype != input.dtype:
-            # torch's native backward fails on this one mixed-dtype case (half input, fp32 bias)
+        if _native_layer_norm_reads(input, weight, bias):
+            return F.layer_norm(input, normalized_shape, weight, bias, eps)
+        if weight is None:
+            # Half input, fp32 bias: torch's CPU backward fails on it, CUDA refuses it; normalising
+            # then adding keeps the bias in fp32 without copying the input.
             return (F.layer_norm(input, normalized_shape, None, None, eps) + bias).to(input.dtype)
-        return F.layer_norm(input, normalized_shape, weight, bias, eps)
+        # Half input, fp32 parameters on CUDA (the AMP layout), or mixed parameters: normalise in fp32
+        # as torch.nn.LayerNorm does under autocast, reading the parameters unrounded like the kernel
+        # backends, and round the output once to the input's dtype.
+        return F.layer_norm(input.float(), normalized_shape, weight.float(),
+                            None if bias is None else bias.float(), eps).to(input.dtype)
 
 
 def rms_norm(input, normalized_shape, weight, eps):
@@ -54,9 +70,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_cau
     has_key = None
     if attn_mask is not None:
         attn_mask, has_key = _reopen_empty_rows(attn_mask)
-    with _no_autocast(query):
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
-                                             scale=None if scale is None else float(scale), enable_gqa=enable_gqa)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
+                                         scale=None if scale is None else float(scale), enable_gqa=enable_gqa)
     return out if has_key is None else out.masked_fill(~has_key, 0.0)
 
 

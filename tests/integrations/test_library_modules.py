@@ -13,6 +13,8 @@ from fasttx import functional
 from fasttx.integrations import library_modules
 from fasttx.testing import TOLERANCE, rel_error
 
+from ..conftest import DEVICE
+
 pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
@@ -97,7 +99,7 @@ def sdpa_calls(monkeypatch):
 
 def _logits_and_grads(model, images, run=None):
     logits = (model if run is None else run)(images)
-    (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+    (logits * torch.linspace(-1, 1, logits.shape[-1], device=logits.device)).sum().backward()
     return logits, {name: p.grad for name, p in model.named_parameters()}
 
 
@@ -126,15 +128,16 @@ def test_timm_unfused_attention_is_switched_to_the_fused_path(sdpa_calls):
 
 
 def test_timm_vit_fp16_triton_kernels():
-    """Logits and every parameter gradient in fp16 on the Triton kernels: error against the fp32
-    model at most twice the stock fp16 model's, plus one rounding."""
+    """Logits and every parameter gradient in fp16 on the Triton kernels (on DEVICE: the interpreter on
+    CPU): error against the fp32 model (on CPU) at most twice the stock fp16 model's on DEVICE, plus
+    one rounding."""
     reference = _vit(depth=1)
-    stock_half = copy.deepcopy(reference).half()
-    fast = fasttx.patch(copy.deepcopy(reference).half(), backend="triton")
+    stock_half = copy.deepcopy(reference).half().to(DEVICE)
+    fast = fasttx.patch(copy.deepcopy(reference).half().to(DEVICE), backend="triton")
     images = torch.randn(2, 3, 16, 16)
     results = {}
     for label, model in (("reference", reference), ("stock", stock_half), ("fasttx", fast)):
-        logits, grads = _logits_and_grads(model, images if label == "reference" else images.half())
+        logits, grads = _logits_and_grads(model, images if label == "reference" else images.half().to(DEVICE))
         results[label] = {"logits": logits, **grads}
     assert fasttx.backends.last_used["attention"] == "triton"
     for what, expected in results["reference"].items():

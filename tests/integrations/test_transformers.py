@@ -17,6 +17,8 @@ from fasttx import functional
 from fasttx.integrations import hf_transformers
 from fasttx.testing import TOLERANCE, rel_error
 
+from ..conftest import DEVICE
+
 transformers = pytest.importorskip("transformers")
 
 VOCAB, SEQ, BATCH = 64, 10, 2
@@ -69,7 +71,7 @@ def _inputs(name, padded=True):
 def _loss_and_logits(model, inputs, valid):
     logits = model(**inputs).logits
     kept = logits if valid is None else logits[valid]  # padded positions' outputs are undefined
-    return (kept.float() * torch.linspace(-1, 1, kept.shape[-1])).sum(), kept
+    return (kept.float() * torch.linspace(-1, 1, kept.shape[-1], device=kept.device)).sum(), kept
 
 
 def _assert_same_logits_and_grads(stock, fast, inputs, valid, rtol=1e-4, atol=1e-5, run_fast=None):
@@ -198,16 +200,17 @@ def test_torch_compile_fullgraph():
 
 @pytest.mark.parametrize("name", ["llama", "bert"])
 def test_fp16_triton_kernels(name):
-    """fp16 on the Triton kernels (interpreter on CPU): the error of the logits and of every parameter
-    gradient against the fp32 model is at most about that of the stock model run in fp16
-    (FlashAttention's rule: twice, plus one rounding)."""
+    """fp16 on the Triton kernels (on DEVICE: the interpreter on CPU): the error of the logits and of
+    every parameter gradient against the fp32 model (on CPU) is at most about that of the stock model
+    run in fp16 on DEVICE (FlashAttention's rule: twice, plus one rounding)."""
     reference, fast = _pair(name, num_hidden_layers=1)
-    stock_half = copy.deepcopy(reference).half()
-    fasttx.patch(fast.half(), backend="triton")
+    stock_half = copy.deepcopy(reference).half().to(DEVICE)
+    fasttx.patch(fast.half().to(DEVICE), backend="triton")
     inputs, valid = _inputs(name)
     results = {}
     for label, model in (("reference", reference), ("stock", stock_half), ("fasttx", fast)):
-        loss, logits = _loss_and_logits(model, inputs, valid)
+        device = "cpu" if label == "reference" else DEVICE
+        loss, logits = _loss_and_logits(model, {k: v.to(device) for k, v in inputs.items()}, valid.to(device))
         loss.backward()
         results[label] = {"logits": logits, **{n: p.grad for n, p in model.named_parameters()}}
     assert fasttx.backends.last_used["attention"] == "triton"
@@ -218,10 +221,14 @@ def test_fp16_triton_kernels(name):
 
 
 @pytest.mark.parametrize("softcap, feature", [(20.0, "soft-capping"), (None, "_supports_sdpa = False")])
-def test_unsupported_feature_errors_or_falls_back_once(softcap, feature, caplog):
-    """Gemma2 asks for logit soft-capping, and its model class declines transformers' SDPA path even
-    without it: an explicit backend names the reason; auto runs the model's eager attention and says
-    so once."""
+def test_unsupported_feature_errors_or_falls_back_once(softcap, feature, caplog, monkeypatch):
+    """Gemma2 asks for logit soft-capping; without it, a model class that declines transformers' SDPA
+    path: an explicit backend names the reason; auto runs the model's eager attention and says so once."""
+    if softcap is None:
+        # Gemma2 declines SDPA in transformers 5.24 but takes it in 5.17: make it decline on every
+        # version, and forget the answers _declines_sdpa cached.
+        monkeypatch.setattr(transformers.models.gemma2.modeling_gemma2.Gemma2PreTrainedModel, "_supports_sdpa", False)
+        monkeypatch.setattr(hf_transformers, "_declines", {})
     config = transformers.Gemma2Config(**SIZES, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
                                        attn_logit_softcapping=softcap)
     stock = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")
@@ -234,6 +241,23 @@ def test_unsupported_feature_errors_or_falls_back_once(softcap, feature, caplog)
         torch.testing.assert_close(fast(**inputs).logits[valid], stock(**inputs).logits[valid])
         fast(**inputs)
     assert sum(feature in r.getMessage() for r in caplog.records) == 1
+
+
+def test_autocast_takes_what_sdpa_takes():
+    """Under autocast transformers' rotary embeddings give fp32 queries and keys beside values in the
+    autocast dtype (the Linear's): fasttx casts them as torch's SDPA does, the "sdpa" model's logits
+    and gradients."""
+    results = []
+    inputs, valid = _inputs("llama")
+    for model in _pair("llama", attn="sdpa"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, logits = _loss_and_logits(model, inputs, valid)
+        loss.backward()
+        results.append({"logits": logits, **{n: p.grad for n, p in model.named_parameters()}})
+    stock, fast = results
+    assert fast["logits"].dtype == stock["logits"].dtype == torch.bfloat16
+    for what, expected in stock.items():
+        assert rel_error(fast[what], expected) <= TOLERANCE[torch.bfloat16], what
 
 
 def test_output_attentions_is_refused():

@@ -151,6 +151,18 @@ def test_half_input_fp32_parameters(op, backend, with_weight):
     check_against_float64(op, x, (777,), weight, bias, backend, torch.float16)
 
 
+@pytest.mark.parametrize("weight_dtype,bias_dtype", [(torch.float32, torch.float16), (torch.float16, torch.float32)],
+                         ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_input_mixed_parameters(backend, weight_dtype, bias_dtype):
+    """Weight and bias each in the input's dtype or fp32, independently, as fasttx accepts them:
+    torch's own layer_norm refuses these on CPU and CUDA alike, so the torch backend (as on CUDA
+    with fp32 parameters) normalises in fp32 instead."""
+    x, weight, bias = make_inputs((65, 777), (777,), torch.float16, torch.float32, True, True)
+    check_against_float64("layer_norm", x, (777,), weight.to(weight_dtype), bias.to(bias_dtype), backend,
+                          torch.float16)
+
+
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "3d_two_normalized_dims"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)

@@ -18,6 +18,7 @@ import torch
 from fasttx import reference
 from fasttx.testing import rel_error
 
+from .conftest import DEVICE
 from .ops.test_attention import gradient_scales
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +107,8 @@ def check(emulator, B, H, Hkv, L, S, E, dtype=torch.float16, mask=None, is_causa
         from fasttx.triton_kernels.attention import dropout_keep_mask
 
         seed = 1234567890123
-        keep = dropout_keep_mask(seed, B, H, L, S, dropout_p, "cpu")
+        # Triton draws it where Triton runs (CUDA, or the CPU under the interpreter); the emulator reads it on the CPU.
+        keep = dropout_keep_mask(seed, B, H, L, S, dropout_p, DEVICE).cpu()
     o, lse, grads = emulated_attention(emulator, q, k, v, dout, mask, scale, is_causal, dropout_p, seed)
 
     leaves = [t.double().requires_grad_() for t in (q, k, v)]

@@ -4,6 +4,7 @@ architectures asked for, with its ops registered and clear errors for CPU tensor
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -138,6 +139,53 @@ def test_attention_backward_binding_checks_its_extra_inputs():
         bwd(out, q, k, v, out.bfloat16(), lse, *rest)
     with pytest.raises(RuntimeError, match=r"lse must be a contiguous float32 \(B, H, L\)"):
         bwd(out, q, k, v, out, lse.double(), *rest)
+
+
+GROUPED_LOCALE = r"""
+#include <locale>
+#include <string>
+// A locale as iostreams would use it: digits grouped by 3 with "'", "," as the decimal point.
+struct Grouped : std::numpunct<char> {
+  char do_thousands_sep() const override { return '\''; }
+  std::string do_grouping() const override { return "\3"; }
+  char do_decimal_point() const override { return ','; }
+};
+extern "C" void use_grouped_locale() { std::locale::global(std::locale(std::locale::classic(), new Grouped)); }
+"""
+
+CALL_UNDER_GROUPED_LOCALE = """
+import ctypes, sys
+import torch
+from fasttx import _extension
+assert _extension.load(allow_jit_build=False)[0]
+ctypes.CDLL(sys.argv[1]).use_grouped_locale()
+q, k = torch.randn(1, 2, 3, 64, dtype=torch.float16), torch.randn(1, 2, 1000, 64, dtype=torch.float16)
+for mask, dropout_p in [(torch.ones(1, 1, 3, 999, dtype=torch.bool), 0.0), (None, 1.5)]:
+    try:
+        torch.ops.fasttx.attention_fwd_cuda(q, k, k, mask, 0.125, False, dropout_p, None)
+    except RuntimeError as error:
+        print(str(error).splitlines()[0])
+"""
+
+
+@needs_nvcc
+def test_messages_format_numbers_without_the_cpp_locale(tmp_path):
+    """The bindings format the numbers and shapes of their messages without iostreams, whose number
+    formatting reads the process-wide C++ locale: on the first GPU run, every check whose message
+    streamed a number crashed the process. Here a locale that iostreams would honour ("1'000", "1,5")
+    is installed in a fresh process (not this one), and the messages must not change."""
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    (tmp_path / "grouped.cpp").write_text(GROUPED_LOCALE)
+    library = tmp_path / "libgrouped.so"
+    subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(tmp_path / "grouped.cpp"), "-o", str(library)], check=True)
+    result = subprocess.run([sys.executable, "-c", CALL_UNDER_GROUPED_LOCALE, str(library)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first.endswith("mask must be 4-D and broadcastable to (B, H, L, S) = [1, 2, 3, 1000] (each dim 1 or equal), "
+                          "got shape [1, 1, 3, 999]"), first
+    assert first.startswith("fasttx::attention_fwd_cuda: "), first
+    assert second.endswith("dropout_p must be in [0, 1), got 1.5"), second
 
 
 def test_info_names_the_extension_state():

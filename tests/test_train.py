@@ -54,7 +54,9 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
 
 
 def test_torchrun_gloo_matches_single_process(tmp_path):
-    args = [*TINY, "--steps", "4", "--eval-every", "2", "--grad-accum", "2"]
+    # On CPU and in fp32 on any machine: a GPU machine's defaults (cuda:LOCAL_RANK, bfloat16) would need a GPU per
+    # process and make another test.
+    args = [*TINY, "--steps", "4", "--eval-every", "2", "--grad-accum", "2", "--device", "cpu", "--dtype", "float32"]
     _run("--standalone", "--nproc-per-node", "2", "-m", "fasttx", "train", *args, "--out", str(tmp_path / "ddp"),
          launcher=("-m", "torch.distributed.run"))
     log, ddp_losses = _log(tmp_path / "ddp")
@@ -63,6 +65,18 @@ def test_torchrun_gloo_matches_single_process(tmp_path):
     torch.testing.assert_close(ddp_losses, list(single["losses"].values()), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close([log["val_losses"][str(s)] for s in (2, 4)], list(single["val_losses"].values()),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK is 1, but there are only 1 CUDA device\(s\).*--device cpu"):
+        train.Context(None)
+    with pytest.raises(RuntimeError, match="LOCAL_RANK is 1"):
+        train.Context("cuda")
 
 
 def test_compare_writes_reports_and_curves_agree(tmp_path):

@@ -48,32 +48,34 @@ void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const a
   TORCH_CHECK(dt == at::kHalf || dt == at::kBFloat16, "fasttx::", op,
               ": q must be float16 or bfloat16 (the CUDA attention kernels use fp16 / bf16 tensor cores), got ",
               dtype_name(dt));
-  TORCH_CHECK(q.dim() == 4, "fasttx::", op, ": q must be 4-D (B, H, L, E), got shape ", q.sizes());
-  TORCH_CHECK(k.dim() == 4, "fasttx::", op, ": k must be 4-D (B, Hkv, S, E), got shape ", k.sizes());
-  TORCH_CHECK(v.dim() == 4, "fasttx::", op, ": v must be 4-D (B, Hkv, S, Ev), got shape ", v.sizes());
+  TORCH_CHECK(q.dim() == 4, "fasttx::", op, ": q must be 4-D (B, H, L, E), got shape ", shape(q.sizes()));
+  TORCH_CHECK(k.dim() == 4, "fasttx::", op, ": k must be 4-D (B, Hkv, S, E), got shape ", shape(k.sizes()));
+  TORCH_CHECK(v.dim() == 4, "fasttx::", op, ": v must be 4-D (B, Hkv, S, Ev), got shape ", shape(v.sizes()));
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"k", &k}, {"v", &v}}) {
     check_same_device(op, name, *t, q, "q");
     TORCH_CHECK(t->scalar_type() == dt, "fasttx::", op, ": ", name, " must have q's dtype ", dtype_name(dt), ", got ",
                 dtype_name(t->scalar_type()));
   }
   const int64_t B = q.size(0), H = q.size(1), E = q.size(3), Hkv = k.size(1), S = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == E, "fasttx::", op, ": k must be (B, Hkv, S, E) = (", B, ", Hkv, S, ", E,
-              ") for q of shape ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(k.size(0) == B && k.size(3) == E, "fasttx::", op, ": k must be (B, Hkv, S, E) = (", num(B), ", Hkv, S, ",
+              num(E), ") for q of shape ", shape(q.sizes()), ", got ", shape(k.sizes()));
   TORCH_CHECK(v.size(0) == B && v.size(1) == Hkv && v.size(2) == S, "fasttx::", op,
-              ": v must be (B, Hkv, S, Ev) with k's B, Hkv, S, got k ", k.sizes(), " and v ", v.sizes());
-  TORCH_CHECK(Hkv > 0 && H % Hkv == 0, "fasttx::", op, ": q's heads H = ", H, " must be a multiple of k's Hkv = ", Hkv);
+              ": v must be (B, Hkv, S, Ev) with k's B, Hkv, S, got k ", shape(k.sizes()), " and v ",
+              shape(v.sizes()));
+  TORCH_CHECK(Hkv > 0 && H % Hkv == 0, "fasttx::", op, ": q's heads H = ", num(H), " must be a multiple of k's Hkv = ",
+              num(Hkv));
   TORCH_CHECK(v.size(3) == E && supported_head_dim(E), "fasttx::", op,
-              ": the CUDA attention kernels take head dims E == Ev in (32, 64, 96, 128, 256), got E = ", E,
-              ", Ev = ", v.size(3));
+              ": the CUDA attention kernels take head dims E == Ev in (32, 64, 96, 128, 256), got E = ", num(E),
+              ", Ev = ", num(v.size(3)));
   for (const auto& [name, t] :
        {std::pair<const char*, const at::Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
     TORCH_CHECK(t->stride(3) == 1, "fasttx::", op, ": ", name, " needs a contiguous last dim, got strides ",
-                t->strides());
+                shape(t->strides()));
   }
   TORCH_CHECK(q.size(2) <= std::numeric_limits<int32_t>::max() && S <= std::numeric_limits<int32_t>::max(), "fasttx::",
-              op, ": L and S must fit in int32, got L = ", q.size(2), ", S = ", S);
-  TORCH_CHECK(H <= kMaxGridDim && B <= kMaxGridDim, "fasttx::", op, ": B and H must be at most ", kMaxGridDim,
-              ", got B = ", B, ", H = ", H);
+              op, ": L and S must fit in int32, got L = ", num(q.size(2)), ", S = ", num(S));
+  TORCH_CHECK(H <= kMaxGridDim && B <= kMaxGridDim, "fasttx::", op, ": B and H must be at most ", num(kMaxGridDim),
+              ", got B = ", num(B), ", H = ", num(H));
 }
 
 // The mask as the kernels read it: a view broadcast to (B, H, L, S) with 0 strides (nothing copied);
@@ -86,8 +88,8 @@ at::Tensor kernel_mask(const char* op, const at::Tensor& mask, const at::Tensor&
   const std::vector<int64_t> target{q.size(0), q.size(1), q.size(2), keys};
   bool broadcasts = mask.dim() == 4;
   for (int64_t d = 0; broadcasts && d < 4; ++d) broadcasts = mask.size(d) == 1 || mask.size(d) == target[d];
-  TORCH_CHECK(broadcasts, "fasttx::", op, ": mask must be 4-D and broadcastable to (B, H, L, S) = ", at::IntArrayRef(target),
-              " (each dim 1 or equal), got shape ", mask.sizes());
+  TORCH_CHECK(broadcasts, "fasttx::", op, ": mask must be 4-D and broadcastable to (B, H, L, S) = ", shape(target),
+              " (each dim 1 or equal), got shape ", shape(mask.sizes()));
   const bool convert = dt != at::kBool && !is_kernel_dtype(dt);
   return (convert ? mask.to(at::kFloat) : mask).expand(target);
 }
@@ -97,13 +99,14 @@ at::Tensor kernel_mask(const char* op, const at::Tensor& mask, const at::Tensor&
 // launch reads the value that its captured random draw wrote (fasttx.functional draws it on q's
 // device). One on another device (the CPU) is copied to q's by device_seed.
 at::Tensor checked_seed(const char* op, const std::optional<at::Tensor>& seed, double dropout_p) {
-  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fasttx::", op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  TORCH_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, "fasttx::", op, ": dropout_p must be in [0, 1), got ",
+              num(dropout_p));
   if (dropout_p == 0.0) return at::Tensor();
   const at::Tensor* s = present(seed);
   TORCH_CHECK(s != nullptr, "fasttx::", op, ": seed (an int64 scalar tensor) is required when dropout_p > 0");
   TORCH_CHECK(s->scalar_type() == at::kLong && s->numel() == 1, "fasttx::", op,
               ": seed must be an int64 tensor of one element, got ", dtype_name(s->scalar_type()), " of shape ",
-              s->sizes());
+              shape(s->sizes()));
   return *s;
 }
 
@@ -185,13 +188,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     TORCH_CHECK(t->scalar_type() == q_in.scalar_type(), "fasttx::", op, ": ", name, " must have q's dtype ",
                 dtype_name(q_in.scalar_type()), ", got ", dtype_name(t->scalar_type()));
     TORCH_CHECK(t->sizes() == at::IntArrayRef(out_shape), "fasttx::", op, ": ", name, " must be (B, H, L, Ev) = ",
-                at::IntArrayRef(out_shape), ", got ", t->sizes());
-    TORCH_CHECK(t->stride(3) == 1, "fasttx::", op, ": ", name, " needs a contiguous last dim, got strides ", t->strides());
+                shape(out_shape), ", got ", shape(t->sizes()));
+    TORCH_CHECK(t->stride(3) == 1, "fasttx::", op, ": ", name, " needs a contiguous last dim, got strides ",
+                shape(t->strides()));
   }
   check_same_device(op, "lse", lse, q_in, "q");
   TORCH_CHECK(lse.scalar_type() == at::kFloat && lse.sizes() == at::IntArrayRef({B, H, L}) && lse.is_contiguous(),
-              "fasttx::", op, ": lse must be a contiguous float32 (B, H, L) = (", B, ", ", H, ", ", L,
-              ") tensor, got ", dtype_name(lse.scalar_type()), " of shape ", lse.sizes());
+              "fasttx::", op, ": lse must be a contiguous float32 (B, H, L) = (", num(B), ", ", num(H), ", ",
+              num(L), ") tensor, got ", dtype_name(lse.scalar_type()), " of shape ", shape(lse.sizes()));
   const at::Tensor seed_checked = checked_seed(op, seed, dropout_p);
   const at::Tensor* given_mask = present(mask);
   const at::Tensor mask4 = given_mask != nullptr ? kernel_mask(op, *given_mask, q_in, k_in.size(2)) : at::Tensor();

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <charconv>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -18,6 +19,30 @@ namespace fasttx {
 constexpr int64_t kMaxCols = int64_t{1} << 30;
 // Most rows supported: grids are 1-D and index rows with int.
 constexpr int64_t kMaxRows = std::numeric_limits<int32_t>::max();
+
+// Messages pass TORCH_CHECK strings only: numbers and shapes are formatted here by std::to_chars,
+// never streamed into c10::str's std::ostringstream. On the first GPU run (H200, torch 2.11) every
+// check whose message streamed an integer, a double or a shape into it segfaulted, while those with
+// strings only raised their error. iostream number formatting is what those messages add: it goes
+// through the process-wide C++ locale's facets (num_put, numpunct), the likely culprit (another
+// library in the process can install or break them; a user's locale also groups digits, "65,535").
+// to_chars reads no locale. tests/test_cuda_extension.py checks the messages under such a locale.
+inline std::string num(int64_t v) {
+  char buf[24];
+  return std::string(buf, std::to_chars(buf, buf + sizeof(buf), v).ptr);
+}
+
+inline std::string num(double v) {
+  char buf[32];
+  return std::string(buf, std::to_chars(buf, buf + sizeof(buf), v).ptr);
+}
+
+// "[2, 4, 5, 7]", as c10 prints sizes and strides.
+inline std::string shape(at::IntArrayRef dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) out += (i > 0 ? ", " : "") + num(dims[i]);
+  return out + "]";
+}
 
 inline std::string dtype_name(at::ScalarType t) {
   switch (t) {
@@ -64,7 +89,7 @@ inline void check_same_device(const char* op, const char* name, const at::Tensor
 }
 
 inline void check_contiguous(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.is_contiguous(), "fasttx::", op, ": ", name, " must be contiguous, got strides ", t.strides());
+  TORCH_CHECK(t.is_contiguous(), "fasttx::", op, ": ", name, " must be contiguous, got strides ", shape(t.strides()));
 }
 
 }  // namespace fasttx

@@ -18,11 +18,11 @@ namespace {
 void check_input(const char* op, const at::Tensor& input) {
   check_cuda(op, "input", input);
   check_kernel_dtype(op, "input", input.scalar_type());
-  TORCH_CHECK(input.dim() == 2, "fasttx::", op, ": input must be 2-D (M, N), got shape ", input.sizes());
+  TORCH_CHECK(input.dim() == 2, "fasttx::", op, ": input must be 2-D (M, N), got shape ", shape(input.sizes()));
   TORCH_CHECK(input.size(1) >= 1 && input.size(1) <= kMaxCols, "fasttx::", op, ": input must have 1 <= N <= ",
-              kMaxCols, " columns, got shape ", input.sizes());
-  TORCH_CHECK(input.size(0) <= kMaxRows, "fasttx::", op, ": input must have M <= ", kMaxRows, " rows, got shape ",
-              input.sizes());
+              num(kMaxCols), " columns, got shape ", shape(input.sizes()));
+  TORCH_CHECK(input.size(0) <= kMaxRows, "fasttx::", op, ": input must have M <= ", num(kMaxRows),
+              " rows, got shape ", shape(input.sizes()));
   check_contiguous(op, "input", input);
 }
 
@@ -33,7 +33,7 @@ void check_param(const char* op, const char* name, const at::Tensor& t, const at
               " must have the input's dtype (", dtype_name(input.scalar_type()), ") or float32, got ",
               dtype_name(t.scalar_type()));
   TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(1), "fasttx::", op, ": ", name, " must have shape (",
-              input.size(1), ",), got ", t.sizes());
+              num(input.size(1)), ",), got ", shape(t.sizes()));
   check_contiguous(op, name, t);
 }
 
@@ -43,7 +43,7 @@ void check_grad_out(const char* op, const at::Tensor& grad_out, const at::Tensor
   TORCH_CHECK(grad_out.scalar_type() == input.scalar_type(), "fasttx::", op, ": grad_out must have the input's dtype (",
               dtype_name(input.scalar_type()), "), got ", dtype_name(grad_out.scalar_type()));
   TORCH_CHECK(grad_out.sizes() == input.sizes(), "fasttx::", op, ": grad_out must have the input's shape ",
-              input.sizes(), ", got ", grad_out.sizes());
+              shape(input.sizes()), ", got ", shape(grad_out.sizes()));
   check_contiguous(op, "grad_out", grad_out);
 }
 
@@ -53,7 +53,7 @@ void check_row_stat(const char* op, const char* name, const at::Tensor& t, const
   TORCH_CHECK(t.scalar_type() == at::kFloat, "fasttx::", op, ": ", name, " must be float32, got ",
               dtype_name(t.scalar_type()));
   TORCH_CHECK(t.dim() == 1 && t.size(0) == input.size(0), "fasttx::", op, ": ", name, " must have shape (",
-              input.size(0), ",), got ", t.sizes());
+              num(input.size(0)), ",), got ", shape(t.sizes()));
   check_contiguous(op, name, t);
 }
 

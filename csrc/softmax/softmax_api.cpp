@@ -21,10 +21,10 @@ constexpr double kLog2e = 1.4426950408889634;
 // Rows of C columns: C within int, and as many rows as a 1-D grid indexes.
 void check_rows(const char* op, const char* name, const at::Tensor& t) {
   const int64_t cols = t.size(-1);
-  TORCH_CHECK(cols <= kMaxCols, "fasttx::", op, ": ", name, " must have at most ", kMaxCols,
-              " elements in its last dim, got shape ", t.sizes());
-  TORCH_CHECK(cols == 0 || t.numel() / cols <= kMaxRows, "fasttx::", op, ": ", name, " must have at most ", kMaxRows,
-              " rows (elements / last dim), got shape ", t.sizes());
+  TORCH_CHECK(cols <= kMaxCols, "fasttx::", op, ": ", name, " must have at most ", num(kMaxCols),
+              " elements in its last dim, got shape ", shape(t.sizes()));
+  TORCH_CHECK(cols == 0 || t.numel() / cols <= kMaxRows, "fasttx::", op, ": ", name, " must have at most ",
+              num(kMaxRows), " rows (elements / last dim), got shape ", shape(t.sizes()));
 }
 
 // The mask as the kernel reads it: a view broadcast to the input's shape (0 strides, nothing
@@ -39,7 +39,7 @@ at::Tensor kernel_mask(const at::Tensor& mask, const at::Tensor& input) {
   bool broadcasts = mask.dim() == 4;
   for (int64_t d = 0; broadcasts && d < 4; ++d) broadcasts = mask.size(d) == 1 || mask.size(d) == input.size(d);
   TORCH_CHECK(broadcasts, "fasttx::", kFwdOp, ": mask must be 4-D and broadcastable to the input's shape ",
-              input.sizes(), " (each dim 1 or equal), got shape ", mask.sizes());
+              shape(input.sizes()), " (each dim 1 or equal), got shape ", shape(mask.sizes()));
   const bool convert = dt != at::kBool && dt != input.scalar_type() && dt != at::kFloat;
   return (convert ? mask.to(at::kFloat) : mask).expand(input.sizes());
 }
@@ -51,7 +51,7 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& input, const std::optional<at::Ten
   const char* op = kFwdOp;
   check_cuda(op, "input", input);
   check_kernel_dtype(op, "input", input.scalar_type());
-  TORCH_CHECK(input.dim() == 4, "fasttx::", op, ": input must be 4-D (A, B, L, C), got shape ", input.sizes());
+  TORCH_CHECK(input.dim() == 4, "fasttx::", op, ": input must be 4-D (A, B, L, C), got shape ", shape(input.sizes()));
   check_contiguous(op, "input", input);
   check_rows(op, "input", input);
   check_kernel_dtype(op, "out_dtype", out_dtype);
@@ -93,14 +93,14 @@ at::Tensor softmax_bwd_cuda(const at::Tensor& out, const at::Tensor& grad_out, d
   const char* op = kBwdOp;
   check_cuda(op, "out", out);
   check_kernel_dtype(op, "out", out.scalar_type());
-  TORCH_CHECK(out.dim() >= 1, "fasttx::", op, ": out must have at least 1 dim, got shape ", out.sizes());
+  TORCH_CHECK(out.dim() >= 1, "fasttx::", op, ": out must have at least 1 dim, got shape ", shape(out.sizes()));
   check_contiguous(op, "out", out);
   check_rows(op, "out", out);
   check_same_device(op, "grad_out", grad_out, out, "out");
   TORCH_CHECK(at::isFloatingType(grad_out.scalar_type()), "fasttx::", op,
               ": grad_out must be floating-point, got ", dtype_name(grad_out.scalar_type()));
-  TORCH_CHECK(grad_out.sizes() == out.sizes(), "fasttx::", op, ": grad_out must have out's shape ", out.sizes(),
-              ", got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.sizes() == out.sizes(), "fasttx::", op, ": grad_out must have out's shape ",
+              shape(out.sizes()), ", got ", shape(grad_out.sizes()));
   check_contiguous(op, "grad_out", grad_out);
   check_kernel_dtype(op, "in_dtype", in_dtype);
   // The kernels read y and dy in one dtype. grad_out normally has out's; otherwise both are read

@@ -92,6 +92,11 @@ class Context:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and device.index is None:
+            # One GPU per process, by LOCAL_RANK; never a silent fallback to another device.
+            if local_rank >= torch.cuda.device_count():
+                raise RuntimeError(f"fasttx train: this process's LOCAL_RANK is {local_rank}, but there are only "
+                                   f"{torch.cuda.device_count()} CUDA device(s): run at most that many processes per "
+                                   f"node, or choose the device with --device (--device cpu: gloo on CPU)")
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         self.device = device
@@ -460,7 +465,8 @@ def add_arguments(parser):
     optim.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in backward")
     optim.add_argument("--seed", type=int, default=0)
     run_group = parser.add_argument_group("run")
-    run_group.add_argument("--device", help="default: cuda (this process's LOCAL_RANK) if there is a GPU, else cpu")
+    run_group.add_argument("--device", help="default: cuda if there is a GPU (the one numbered by this process's LOCAL_RANK; an "
+                                                "error when there is no such GPU), else cpu")
     run_group.add_argument("--out", default="train-out", help="folder for checkpoints, logs and reports")
     run_group.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     run_group.add_argument("--resume", help="a checkpoint (OUT/step_NNNNNN.pt) to continue from")

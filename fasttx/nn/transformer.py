@@ -8,7 +8,9 @@ modules (fasttx.nn._backend.convert), so the same seed gives the same parameters
 Forward differs from torch's only where torch would bypass the swapped submodules, or break
 torch.compile(fullgraph=True):
 - TransformerEncoderLayer: torch's eval-mode fast path calls a fused native kernel instead of
-  ``self_attn``; ours always runs the submodules (through the fused fasttx kernels).
+  ``self_attn``; ours always runs the submodules (through the fused fasttx kernels). On CUDA that
+  native kernel computes a "gelu" activation as its tanh approximation (torch._addmm_activation);
+  ours computes the exact GELU the module defines, in every mode.
 - TransformerEncoder: torch's turns padded batches into nested tensors in eval mode; ours passes
   the key-padding mask to the kernels, which read it through broadcast strides.
 - TransformerEncoder / TransformerDecoder: torch detects a causal mask (is_causal=None) by

@@ -61,14 +61,15 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # The headline benchmark, in run order: `python -m fasttx bench` shapes per op (GPU, then the CPU dry
 # run), then the GPT step of `python -m fasttx profile`, each with its share of the stage's time. The
 # first H200 run (2026-12-04) had 175 s for the stage and spent them on attention and MHA (their
-# torch.compile baselines, a compile per shape, and cold Triton autotuning; the timing itself took
-# ~20 s and ~4 s) and ran out in the GPT step: the norms and softmax never ran. Hence: the
-# memory-bound ops first (a few seconds of timing each), then attention, whose cases at seq 4096 come
-# first (any of them gives the attention targets their data: the seq 8192 ones are what a short time
-# cuts), the MHA module target, and the GPT step, the costliest, last; no torch.compile baseline (no
-# target is against it; `python -m fasttx bench` times it). Each op runs under --time-limit: its
-# share of the time left, so that what an op leaves unused goes to those after it, and a slow op is
-# cut (what was cut is reported) instead of starving the others.
+# timing itself, estimated from bench.json's times, ~20 s and ~4 s: the rest went to torch.compile,
+# a compile per shape, cold Triton autotuning and startup) and ran out in the GPT step: the norms and
+# softmax never ran. Hence: the memory-bound ops first (a few seconds of timing each), then
+# attention, whose cases at seq 4096 come first (any of them gives the attention targets their data:
+# the seq 8192 ones are what a short time cuts), the MHA module target, and the GPT step, the
+# costliest, last; no torch.compile baseline (no target is against it; `python -m fasttx bench`
+# times it). Each op runs under --time-limit: its share of the time left, so that what an op leaves
+# unused goes to those after it, and a slow op is cut (what was cut is reported) instead of starving
+# the others. The stage's result keeps each op's seconds: the next run's shares can come from them.
 HEADLINE = {
     "layer_norm": ("16384x4096,8192x8192", "4x64", 1.5),
     "rms_norm": ("16384x4096,8192x8192", "4x64", 1.5),

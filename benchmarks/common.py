@@ -5,23 +5,22 @@ time (``providers``) and a float64 reference. ``run_case`` checks every provider
 reference on the case's own inputs, then times three passes:
 
 - ``fwd``: the forward call, inputs requiring grad (so the autograd graph is built, as in training);
-- ``bwd``: the backward alone. The graph is built once and backward is timed with
-  ``retain_graph=True``, gradients reset to None before each call. We time it directly rather
-  than as (fwd+bwd) - fwd: a difference of two noisy medians is noisier than either and goes
-  negative for small kernels. The one thing retain_graph changes is that the saved tensors are
-  not freed at the end, which costs no kernel time;
+- ``bwd``: the backward alone, each timed call on a graph of its own: an untimed forward builds it
+  before the call (``setup`` of bench_ms), as each training step does. Not a graph built once and
+  run with ``retain_graph=True``: torch.compile frees saved intermediates into its backward
+  ("donated buffers", a real saving of the compiled baseline, kept on here), and a backward
+  compiled that way refuses a retained graph (a RuntimeError on torch 2.11 and 2.14). Not (fwd+bwd) - fwd either: a
+  difference of two noisy medians is noisier than either and goes negative for small kernels;
 - ``fwd+bwd``: both, as one training step runs them.
 
-GPU times come from triton.testing.do_bench (CUDA events, L2 flushed between calls, warm-up, then
-the median and the 20th/80th percentiles of the repeats); CPU times from torch.utils.benchmark
-(the same quantiles over blocks of calls, in interleaved rounds of the providers: see _interleaved).
-
-Providers are told apart by name: ``fasttx <backend>`` are ours, ``torch...`` the PyTorch
-baselines, anything else another library (Liger, apex, flash-attn). Speed-ups are against the
-fastest correct PyTorch baseline of the same case and pass, measured in the same run.
+GPU times come from CUDA events around each call (as triton.testing.do_bench: L2 flushed before
+every call, warm-up, then the median and the 20th/80th percentiles of the repeats), CPU times from
+perf_counter around each call (the same quantiles over blocks of calls, in interleaved rounds of the
+providers: see _interleaved); ``setup`` runs outside the timed span on both.
 """
 
 import dataclasses
+import gc
 import importlib
 import math
 import time
@@ -47,28 +46,92 @@ def kind(provider):
     return "pytorch" if provider.startswith("torch") else "other"
 
 
-def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS)):
+def is_compiled(provider):
+    """Whether ``provider`` is a torch.compile baseline ("torch.compile", "torch.nn + torch.compile", ...)."""
+    return "torch.compile" in provider
+
+
+def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS), setup=None):
     """(median, p20, p80) milliseconds of ``fn()``; on CPU over (at least, at most) ``cpu_blocks``
-    blocks of calls."""
-    if device_type == "cuda":
-        from triton.testing import do_bench
-
-        return tuple(do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, quantiles=list(QUANTILES)))
-    from torch.utils.benchmark import Timer
-
-    def call():
+    blocks of calls. Before each call, untimed: the gradients of ``grad_to_none`` are reset to None
+    (no accumulation into earlier ones) and ``setup()`` runs (the bwd pass: the forward whose graph
+    the call consumes). The number of calls is sized by the wall time of a whole iteration, setup
+    included, so that a measurement takes about the same time whatever setup costs."""
+    def prepare():
         for t in grad_to_none or ():
             t.grad = None
-        fn()
+        if setup is not None:
+            setup()
 
-    start = time.perf_counter()
-    call()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out of the samples
-    once = time.perf_counter() - start  # an over-estimate at worst: only sizes the blocks
-    timer = Timer("call()", globals={"call": call})
+    def iteration_s():
+        start = time.perf_counter()
+        prepare()
+        fn()
+        return time.perf_counter() - start
+
+    if device_type == "cuda":
+        return _cuda_ms(fn, prepare)
+    iteration_s()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out of the samples
+    once = iteration_s()  # only sizes the blocks
     # Blocks of calls filling CPU_MIN_TIME_S; at least 3 blocks for a spread, fewer calls when slow.
     blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), cpu_blocks[0]), cpu_blocks[1])
     number = max(1, math.ceil(CPU_MIN_TIME_S / blocks / once))
-    times = [timer.timeit(number).median * 1e3 for _ in range(blocks)]
+    times = [_cpu_block_ms(fn, prepare, number) for _ in range(blocks)]
+    return tuple(float(np.quantile(times, q)) for q in QUANTILES)
+
+
+def _cpu_block_ms(fn, prepare, number):
+    """Mean ms of ``number`` calls of ``fn``, each timed alone after an untimed ``prepare()``; the
+    garbage collector off, as timeit does, so that no call pays for another's garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        total = 0.0
+        for _ in range(number):
+            prepare()
+            start = time.perf_counter()
+            fn()
+            total += time.perf_counter() - start
+    finally:
+        if enabled:
+            gc.enable()
+    return total * 1e3 / number
+
+
+GPU_WARMUP_MS, GPU_REPEAT_MS = 25, 100  # triton.testing.do_bench's defaults
+L2_FLUSH_BYTES = 256 << 20  # zeroed before each call, as do_bench does: beyond any GPU's L2
+
+
+def _cuda_ms(fn, prepare):
+    """do_bench's measurement with an untimed ``prepare()`` before each call: CUDA events around
+    each call of ``fn``, the L2 flushed before it; warm-up and repeats sized by the wall time of
+    whole iterations (prepare and flush included)."""
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+
+    def iteration():
+        prepare()
+        flush.zero_()
+        fn()
+
+    iteration()  # first-call costs (compiles, autotuning, allocator) stay out of the estimate
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        iteration()
+    torch.cuda.synchronize()
+    per_call_ms = 1e3 * (time.perf_counter() - start) / 5
+    for _ in range(max(1, int(GPU_WARMUP_MS / per_call_ms))):
+        iteration()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(max(1, int(GPU_REPEAT_MS / per_call_ms)))]
+    for start, end in events:
+        prepare()
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = [start.elapsed_time(end) for start, end in events]
     return tuple(float(np.quantile(times, q)) for q in QUANTILES)
 
 
@@ -87,13 +150,15 @@ def measured_peaks(device_type):
     return {"GB/s": 2 * src.numel() / copy_ms / 1e6, "TFLOP/s": 2 * n**3 / gemm_ms / 1e9}
 
 
-def peak_memory_mb(fn, device_type, grad_to_none=()):
-    """MiB allocated by ``fn()`` beyond what was allocated before it: on GPU torch's CUDA allocator
-    statistics; on CPU, where torch keeps none, the peak of the running total of the allocations
-    and frees that torch's CPU allocator reports to the profiler (profile_memory) during the call.
-    Both count tensor memory, not the allocator's cache nor the process's RSS."""
+def peak_memory_mb(fn, device_type, grad_to_none=(), setup=None):
+    """MiB allocated by ``fn()`` beyond what was allocated before it, ``setup()`` (bench_ms's) run
+    first: on GPU torch's CUDA allocator statistics; on CPU, where torch keeps none, the peak of
+    the running total of the allocations and frees that torch's CPU allocator reports to the
+    profiler (profile_memory) during the call. Both count tensor memory, not the allocator's cache nor the process's RSS."""
     for t in grad_to_none:
         t.grad = None
+    if setup is not None:
+        setup()
     if device_type != "cuda":
         return _cpu_peak_memory_mb(fn)
     torch.cuda.synchronize()
@@ -224,17 +289,20 @@ def _time_passes(case, fn, dy, device_type, with_memory=True, cpu_blocks=(3, CPU
     """{pass: ((median, p20, p80) ms, peak MiB or None)} of one provider."""
     leaves = _leaves(case.inputs)
     grads = [t for t in leaves if t.requires_grad]
+    graphs = []  # the outputs of the forwards run (untimed) for the bwd pass, one per backward
+
+    def forward():
+        graphs.append(fn(*leaves))
+
+    def backward():
+        graphs.pop().backward(dy)  # the graph is freed by its backward, as in training
+
+    calls = {"fwd": (lambda: fn(*leaves), None), "bwd": (backward, forward),
+             "fwd+bwd": (lambda: fn(*leaves).backward(dy), None)}
     measured = {}
-
-    def measure(name, call):
-        measured[name] = (bench_ms(call, device_type, grad_to_none=grads, cpu_blocks=cpu_blocks),
-                          peak_memory_mb(call, device_type, grads) if with_memory else None)
-
-    measure("fwd", lambda: fn(*leaves))
-    out = fn(*leaves)
-    measure("bwd", lambda: out.backward(dy, retain_graph=True))
-    del out
-    measure("fwd+bwd", lambda: fn(*leaves).backward(dy))
+    for name, (call, setup) in calls.items():
+        measured[name] = (bench_ms(call, device_type, grad_to_none=grads, cpu_blocks=cpu_blocks, setup=setup),
+                          peak_memory_mb(call, device_type, grads, setup) if with_memory else None)
     return measured
 
 

@@ -134,6 +134,9 @@ def markdown_section(op, rows, meta, comparison=None):
     lines = [f"## {op} ({rows[0]['dtype']}, {meta['device']})", "",
              f"Measured peak: {_fmt(peak)} {rows[0]['unit']}. Speed-up: the fastest correct PyTorch "
              "baseline's time / this time, same run. ms: median; p20-p80: its spread.", ""]
+    if meta.get("cut"):
+        lines += [f"Cut by --time-limit {meta['time_limit_s']:g} s (not run or not finished): "
+                  + "; ".join(meta["cut"]) + ".", ""]
     best = headline(rows)
     if best:
         lines += ["Best fasttx vs best PyTorch:", "", markdown_table(best), ""]

@@ -9,9 +9,12 @@ import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fasttx import cli
 from fasttx.benchmarks import common, modules, norms, progress, report
+
+from .conftest import DEVICE
 
 
 def _softmax_case(providers):
@@ -86,33 +89,34 @@ def test_optional_libraries_are_guarded(monkeypatch):
 
 
 def _bench(tmp_path, *args):
-    cli.main(["bench", "--op", "rms_norm", "--shapes", "8x64,4x96", "--backends", "torch",
+    cli.main(["bench", "--op", "rms_norm", "--shapes", "8x64,4x96", "--backends", "torch", "--dtype", "float32",
               "--out", str(tmp_path), "--no-progress", *args])
-    return json.load(open(tmp_path / "rms_norm_float32_cpu.json"))
+    return json.load(open(tmp_path / f"rms_norm_float32_{DEVICE}.json"))
 
 
 def test_compare_flags_regressions_and_backends_filter(tmp_path, capsys):
     first = _bench(tmp_path / "old")
-    assert {r["provider"] for r in first["rows"]} == {"torch eager", "fasttx torch"}  # no triton: --backends torch
+    # no triton: --backends torch (on GPU torch.compile is a baseline too)
+    assert {r["provider"] for r in first["rows"] if common.kind(r["provider"]) == "fasttx"} == {"fasttx torch"}
     old = first["rows"]
     for r in old:  # fasttx 100x faster before (a regression now), torch eager 100x slower before
         r["ms"] *= 0.01 if r["provider"] == "fasttx torch" else 100
-    json.dump(first, open(tmp_path / "old" / "rms_norm_float32_cpu.json", "w"))
+    json.dump(first, open(tmp_path / "old" / f"rms_norm_float32_{DEVICE}.json", "w"))
     capsys.readouterr()
     new = _bench(tmp_path / "new", "--compare", str(tmp_path / "old"), "--threshold", "0.2")
     out, err = capsys.readouterr()
     assert "the earlier run was on" not in err  # same device
-    assert "12 matching rows" in out and "6 regression(s) slower by more than 20%" in out
+    assert f"{len(old)} matching rows" in out and "6 regression(s) slower by more than 20%" in out
     flagged = {(r["provider"], r["regression"]) for r in new["rows"]}
     assert flagged == {("fasttx torch", True), ("torch eager", False)}
     assert all(r["new/old"] == pytest.approx(r["ms"] / r["old ms"]) for r in new["rows"])
-    md = open(tmp_path / "new" / "rms_norm_float32_cpu.md").read()
+    md = open(tmp_path / "new" / f"rms_norm_float32_{DEVICE}.md").read()
     assert md.count(" REGRESSION |") == 6 and "6 regression(s)" in md
 
     first["meta"]["device"] = "NVIDIA H100 80GB HBM3"
-    json.dump(first, open(tmp_path / "old" / "rms_norm_float32_cpu.json", "w"))
-    _bench(tmp_path / "new", "--compare", str(tmp_path / "old" / "rms_norm_float32_cpu.json"))
-    assert "the earlier run was on NVIDIA H100 80GB HBM3, this one on cpu" in capsys.readouterr().err
+    json.dump(first, open(tmp_path / "old" / f"rms_norm_float32_{DEVICE}.json", "w"))
+    now = _bench(tmp_path / "new", "--compare", str(tmp_path / "old" / f"rms_norm_float32_{DEVICE}.json"))
+    assert f"the earlier run was on NVIDIA H100 80GB HBM3, this one on {now['meta']['device']}" in capsys.readouterr().err
 
 
 def test_reports_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -150,9 +154,9 @@ def test_a_wrong_fasttx_kernel_fails_the_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         _bench(tmp_path)
     assert "wrong results" in str(exit_.value.code) and "rows=8 hidden=64 fasttx torch: max rel err" in str(exit_.value.code)
-    rows = json.load(open(tmp_path / "rms_norm_float32_cpu.json"))["rows"]
+    rows = json.load(open(tmp_path / f"rms_norm_float32_{DEVICE}.json"))["rows"]
     assert {r["provider"] for r in rows if r["correct"] is False} == {"fasttx torch"}
-    assert "| FAIL |" in open(tmp_path / "rms_norm_float32_cpu.md").read()
+    assert "| FAIL |" in open(tmp_path / f"rms_norm_float32_{DEVICE}.md").read()
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "softmax", "attention", "mha", "encoder_layer"])
@@ -195,3 +199,61 @@ def test_cpu_module_workloads_are_checked_and_measured():
         assert case.label["batch"] == 3 and set(case.providers) == {"torch.nn", "fasttx torch"}
         rows = common.run_case(op, case, "cpu", torch.float32, {"GB/s": None, "TFLOP/s": None})
         assert all(r["correct"] and r["ms"] > 0 and r["peak MB"] > 0 for r in rows)
+
+
+def test_compiled_baseline_is_timed_with_its_donated_buffers(monkeypatch):
+    """torch.compile frees a norm's saved statistics into its backward (donated buffers); a backward
+    compiled that way refuses a retained graph, which failed every torch.compile baseline on the
+    H200 (torch 2.11). The bwd pass times each backward on a fresh graph instead: the compiled
+    baseline is checked and timed, donated buffers on, as a training step runs it."""
+    import torch._inductor.config as inductor_config
+
+    # A cached compile may have been made by a retained-graph backward, which compiles without
+    # donated buffers: compile afresh, so the mechanism is the one a first run meets.
+    monkeypatch.setattr(inductor_config, "force_disable_caches", True)
+    case = next(norms.cases("layer_norm", torch.float32, DEVICE, [(8, 64)], ()))
+    eager = case.providers["torch eager"]
+    compiled = common.compiled(lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b, norms.EPS))
+    leaves = common._leaves(case.inputs)
+    compiled(*leaves).sum().backward()  # compiles the backward, as the correctness check does
+    with pytest.raises(RuntimeError, match="donated buffers"):  # the mechanism is there
+        compiled(*leaves).sum().backward(retain_graph=True)
+    case = common.dataclasses.replace(case, providers={"torch eager": eager, "torch.compile": compiled})
+    rows = common.run_case("layer_norm", case, DEVICE, torch.float32, {"GB/s": None})
+    assert {(r["provider"], r["pass"]) for r in rows} == {(p, d) for p in case.providers for d in common.PASSES}
+    assert all(r["correct"] and r["ms"] > 0 and "error" not in r for r in rows), [r.get("error") for r in rows]
+
+
+def _slow_cases(monkeypatch, before_s=0.0, after_s=0.0):
+    real = common.run_case
+
+    def slow(*args, **kwargs):
+        time.sleep(before_s)
+        rows = real(*args, **kwargs)
+        time.sleep(after_s)
+        return rows
+
+    monkeypatch.setattr(common, "run_case", slow)
+
+
+def test_time_limit_does_not_start_a_case_that_would_not_fit(tmp_path, monkeypatch, capsys):
+    _slow_cases(monkeypatch, after_s=3.0)  # each case takes 3 s and more: after the first, < 3 s is left
+    cli.main(["bench", "--op", "rms_norm", "--shapes", "8x64,4x96,2x32", "--backends", "torch", "--dtype", "float32",
+              "--out", str(tmp_path), "--no-progress", "--no-compile", "--time-limit", "6"])
+    data = json.load(open(tmp_path / f"rms_norm_float32_{DEVICE}.json"))
+    assert {(r["rows"], r["hidden"]) for r in data["rows"]} == {(8, 64)}
+    assert data["meta"]["cut"] == ["rows=4 hidden=96", "rows=2 hidden=32"] and data["meta"]["time_limit_s"] == 6
+    assert not any(common.is_compiled(r["provider"]) for r in data["rows"])
+    assert "rms_norm rows=2 hidden=32: cut by --time-limit" in capsys.readouterr().err
+    assert "Cut by --time-limit 6 s" in open(tmp_path / f"rms_norm_float32_{DEVICE}.md").read()
+
+
+def test_time_limit_interrupts_a_running_case(tmp_path, monkeypatch, capsys):
+    _slow_cases(monkeypatch, before_s=30.0)
+    begin = time.monotonic()
+    cli.main(["bench", "--op", "rms_norm", "--shapes", "8x64,4x96", "--backends", "torch", "--dtype", "float32",
+              "--out", str(tmp_path), "--no-progress", "--time-limit", "0.5"])
+    assert time.monotonic() - begin < 10
+    assert "rms_norm rows=8 hidden=64: cut by --time-limit" in capsys.readouterr().err
+    assert not (tmp_path / f"rms_norm_float32_{DEVICE}.json").exists()  # no case finished: no table
+    assert "No case finished within --time-limit" in open(tmp_path / f"report_float32_{DEVICE}.md").read()

@@ -50,8 +50,41 @@ def test_dry_run_reports_every_stage(dry_run):
     assert {t["status"] for t in stages["bench"]["targets"]} == {"no data"}  # no target shape on the CPU
     bench = json.loads((out / "bench.json").read_text())
     assert {r["op"] for r in bench["rows"]} == set(gpu_check.HEADLINE) and bench["profile"]["variants"]
+    # every op of the plan ran under its cap, and nothing was cut on these tiny shapes
+    assert list(stages["bench"]["seconds per op"]) == [name for name, _, _ in gpu_check.bench_plan(gpu=False)]
+    assert all(0 < op["took"] for op in stages["bench"]["seconds per op"].values()) and stages["bench"]["cut"] == {}
     summary = (out / "summary.md").read_text()
     assert "CPU dry run" in summary and all(f"| {name} |" in summary for name in gpu_check.STAGES)
+
+
+def test_bench_plan_covers_every_target_memory_bound_ops_first_gpt_step_last():
+    """The GPU plan of the bench stage: run in order, a shape for every target of gpu_targets (rows
+    made from the plan's shapes as the bench labels them, every baseline a target names), the
+    memory-bound ops first and the GPT step at the target's configuration last."""
+    from fasttx.benchmarks import REGISTRY, common, modules
+    from fasttx.cli.bench import _parse_shapes
+
+    plan = gpu_check.bench_plan(gpu=True)
+    names = [name for name, _, _ in plan]
+    assert set(names[:3]) == {"layer_norm", "rms_norm", "softmax"} and names[-1] == "gpt step"
+    assert set(names[:-1]) == set(gpu_check.HEADLINE) and all(share > 0 for _, _, share in plan)
+    rows = []
+    for name, argv, _ in plan[:-1]:
+        assert "--time-limit" not in argv  # the worker adds each op's cap when it starts it
+        keys = REGISTRY[name].SHAPE.lower().split("x")
+        for shape in _parse_shapes(argv[argv.index("--shapes") + 1]):
+            label = dict(zip(keys, shape))
+            if name == "mha":  # on a GPU: batch = TOKENS // seq; the first case is self-attention without weights
+                label.update(batch=modules.TOKENS // label["seq"], attention="self", need_weights=False)
+            rows += [{"op": name, "provider": provider, "pass": direction, "ms": 1.0, "correct": True,
+                      "% of peak": 95.0, **label}
+                     for provider in ("torch eager", "torch sdpa flash", "torch.nn", "fasttx triton", "fasttx cuda")
+                     for direction in common.PASSES]
+    gpt = plan[-1][1]
+    config = {key.replace("-", "_"): int(gpt[gpt.index(f"--{key}") + 1]) for key in ("d-model", "layers", "seq", "batch")}
+    variant = {"tokens_per_s": 1.0, "peak_memory_mb": 1.0}
+    targets = gpu_targets.evaluate(rows, {"config": config, "variants": {"torch": variant, "fasttx": variant}})
+    assert [t["check"] for t in targets if t["status"] == "no data"] == []
 
 
 def test_status_page_from_a_dry_run_says_nothing_ran_on_a_gpu(dry_run, tmp_path):

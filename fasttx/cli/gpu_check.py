@@ -18,7 +18,8 @@ Stages, in order (``--only`` picks some; the names below):
   sanitize  compute-sanitizer memcheck, racecheck and synccheck (in parallel) over
             fasttx.cli.gpu_sanitize, every CUDA kernel once per layout branch
   bench     headline shapes of `python -m fasttx bench` (norms, softmax, attention, the MHA module
-            target) and `python -m fasttx profile` of the GPT training-step target, vs the targets
+            target, in this order) and `python -m fasttx profile` of the GPT training-step target,
+            vs the targets; each op under a time limit, its share of the time left (see HEADLINE)
 tests, hazards, autotune and sanitize check correctness and run at the same time; ceilings and bench
 time things and run alone. A stage that would start with less than its minimum time left in
 --budget (default 480 s of wall time) is skipped and the summary says which; running stages get the
@@ -57,19 +58,31 @@ LOG_TAIL_BYTES = 1_000_000  # per stage log in stages.log
 OUTPUT_FILES = ("summary.md", "gpu_check.json", "bench.md", "bench.json", "bench.png", "tests.log", "stages.log")
 HAZARD_TESTS = "tests/test_gpu_hazards.py"
 
-# The headline benchmark: `python -m fasttx bench` shapes per op (GPU, then the CPU dry run), run in
-# this order, the GPT step of `python -m fasttx profile` after "mha": what a short budget cuts is last.
+# The headline benchmark, in run order: `python -m fasttx bench` shapes per op (GPU, then the CPU dry
+# run), then the GPT step of `python -m fasttx profile`, each with its share of the stage's time. The
+# first H200 run (2026-12-04) had 175 s for the stage and spent them on attention and MHA (their
+# timing itself, estimated from bench.json's times, ~20 s and ~4 s: the rest went to torch.compile,
+# a compile per shape, cold Triton autotuning and startup) and ran out in the GPT step: the norms and
+# softmax never ran. Hence: the memory-bound ops first (a few seconds of timing each), then
+# attention, whose cases at seq 4096 come first (any of them gives the attention targets their data:
+# the seq 8192 ones are what a short time cuts), the MHA module target, and the GPT step, the
+# costliest, last; no torch.compile baseline (no target is against it; `python -m fasttx bench`
+# times it). Each op runs under --time-limit: its share of the time left, so that what an op leaves
+# unused goes to those after it, and a slow op is cut (what was cut is reported) instead of starving
+# the others. The stage's result keeps each op's seconds: the next run's shares can come from them.
 HEADLINE = {
-    "attention": ("4096x16x128,8192x16x128", "16x1x16"),
-    "mha": ("2048x1024x16", "16x32x4"),
-    "layer_norm": ("16384x4096,8192x8192", "4x64"),
-    "softmax": ("16384x4096,4096x16384", "4x64"),
-    "rms_norm": ("16384x4096,8192x8192", "4x64"),
+    "layer_norm": ("16384x4096,8192x8192", "4x64", 1.5),
+    "rms_norm": ("16384x4096,8192x8192", "4x64", 1.5),
+    "softmax": ("16384x4096,4096x16384", "4x64", 2),
+    "attention": ("4096x16x128,8192x16x128", "16x1x16", 4),
+    "mha": ("2048x1024x16", "16x32x4", 2),
 }
 GPT = {"gpu": ["--d-model", "1024", "--layers", "16", "--heads", "16", "--seq", "2048", "--batch", "8",
                "--steps", "10", "--warmup", "3", "--profile-steps", "1"],
        "cpu": ["--d-model", "32", "--layers", "1", "--heads", "2", "--seq", "16", "--batch", "2",
                "--steps", "1", "--warmup", "1", "--profile-steps", "1"]}
+GPT_SHARE = 4
+BENCH_MARGIN_S = 10  # of the stage's time, what reading, judging and plotting the results take
 
 
 # Process groups of the stage processes still running: ended with the driver (see _stop_children).
@@ -389,38 +402,55 @@ def stage_sanitize(ctx, timeout):
     return _result(status, "; ".join(f"{n} {t['summary']}" for n, t in tools.items()), tools=tools)
 
 
-BENCH_WORKER = """
-import sys
-from fasttx.cli import main
-for argv in {commands!r}:
-    print("$ python -m fasttx " + " ".join(argv), flush=True)
-    try:
-        main(argv)
-    except SystemExit as e:  # the bench exits non-zero on a wrong result: report it and go on
-        print(f"exit: {{e.code}}", flush=True)
-    except Exception as e:
-        print(f"error: {{type(e).__name__}}: {{e}}", flush=True)
-"""
+def bench_plan(gpu, bench_dir="bench", profile_dir="profile"):
+    """[(name, argv of `python -m fasttx`, share of the stage's time)], in run order (see HEADLINE)."""
+    plan = [(op, ["bench", "--op", op, "--shapes", shapes[0 if gpu else 1], "--out", bench_dir, "--no-progress",
+                  "--no-compile"] + ([] if gpu else ["--dtype", "float32", "--backends", "torch"]), shapes[2])
+            for op, shapes in HEADLINE.items()]
+    profile = ["profile", "--model", "gpt", *GPT["gpu" if gpu else "cpu"], "--out", profile_dir]
+    return plan + [("gpt step", profile + ([] if gpu else ["--dtype", "float32"]), GPT_SHARE)]
+
+
+def bench_worker(plan, seconds):
+    """The bench stage's process: the commands of ``plan`` (bench_plan) in order within ``seconds``,
+    each bench under --time-limit its share of the time left; prints what each took."""
+    end = time.monotonic() + seconds  # from the process's start: imports included
+    from fasttx.cli import main
+
+    for i, (name, argv, share) in enumerate(plan):
+        cap = max(1.0, (end - time.monotonic()) * share / sum(later for _, _, later in plan[i:]))
+        argv = argv + (["--time-limit", f"{cap:.0f}"] if argv[0] == "bench" else [])
+        print("$ python -m fasttx " + " ".join(argv), flush=True)
+        begin = time.monotonic()
+        try:
+            main(argv)
+        except SystemExit as e:  # the bench exits non-zero on a wrong result: report it and go on
+            print(f"exit: {e.code}", flush=True)
+        except Exception as e:
+            print(f"error: {type(e).__name__}: {e}", flush=True)
+        print(f"gpu-check bench: {name} took {time.monotonic() - begin:.1f} s of its {cap:.0f} s", flush=True)
 
 
 def stage_bench(ctx, timeout):
     from . import gpu_targets
 
     bench_dir, profile_dir = os.path.join(ctx.work, "bench"), os.path.join(ctx.work, "profile")
-    which = 0 if ctx.gpu else 1
-    commands = [["bench", "--op", op, "--shapes", shapes[which], "--out", bench_dir, "--no-progress"]
-                + ([] if ctx.gpu else ["--dtype", "float32", "--backends", "torch"]) for op, shapes in HEADLINE.items()]
-    commands.insert(2, ["profile", "--model", "gpt", *GPT["gpu" if ctx.gpu else "cpu"], "--out", profile_dir]
-                    + ([] if ctx.gpu else ["--dtype", "float32"]))
-    rc = ctx.run([ctx.python, "-c", BENCH_WORKER.format(commands=commands)], "bench", timeout)
-    rows = []
+    plan = bench_plan(ctx.gpu, bench_dir, profile_dir)
+    code = f"from fasttx.cli.gpu_check import bench_worker; bench_worker({plan!r}, {timeout - BENCH_MARGIN_S!r})"
+    rc = ctx.run([ctx.python, "-c", code], "bench", timeout)
+    rows, cut = [], {}
     for path in sorted(glob.glob(os.path.join(bench_dir, "*.json"))):
         with open(path) as f:
-            rows += json.load(f)["rows"]
+            data = json.load(f)
+        rows += data["rows"]
+        if data["meta"].get("cut"):
+            cut[data["rows"][0]["op"]] = data["meta"]["cut"]
     profile = None
     if os.path.exists(os.path.join(profile_dir, "profile.json")):
         with open(os.path.join(profile_dir, "profile.json")) as f:
             profile = json.load(f)
+    seconds = {name: {"took": float(took), "cap": float(cap)} for name, took, cap in re.findall(
+        r"^gpu-check bench: (.+) took ([\d.]+) s of its ([\d.]+) s$", _tail(ctx.log("bench"), LOG_TAIL_BYTES), re.M)}
     targets = gpu_targets.evaluate(rows, profile)
     wrong = sorted({f"{r['op']} {r['provider']}" for r in rows if r["correct"] is False})
     reports = [p for op in HEADLINE for p in sorted(glob.glob(os.path.join(bench_dir, f"{op}_*.md")))]
@@ -429,13 +459,17 @@ def stage_bench(ctx, timeout):
         for path in reports:
             out.write(open(path).read() + "\n")
     with open(os.path.join(ctx.work, "bench.json"), "w") as f:
-        json.dump({"rows": rows, "profile": profile, "targets": targets}, f, indent=1, default=str)
+        json.dump({"rows": rows, "profile": profile, "targets": targets, "cut": cut, "seconds per op": seconds},
+                  f, indent=1, default=str)
     gpu_targets.plot(rows, targets, os.path.join(ctx.work, "bench.png"))
     missing = [op for op in HEADLINE if not any(r["op"] == op for r in rows)] + ([] if profile else ["gpt step"])
     met = sum(t["status"] == "pass" for t in targets)
     text = (f"{len(rows)} rows, {met}/{len(targets)} targets met" + (f"; wrong: {', '.join(wrong)}" if wrong else "")
-            + (f"; missing: {', '.join(missing)}" if missing else "") + ("" if rc == 0 else f" (exit {rc})"))
-    return _result("fail" if wrong or missing or rc != 0 else "pass", text, targets=targets)
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; cut by its time limit: {', '.join(f'{op} {len(cases)} of its cases' for op, cases in cut.items())}"
+               if cut else "") + ("" if rc == 0 else f" (exit {rc})"))
+    return _result("fail" if wrong or missing or rc != 0 else "pass", text, targets=targets, cut=cut,
+                   **{"seconds per op": seconds})
 
 
 # ---- driver ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fasttx import reference
-from fasttx.testing import rel_error
+from fasttx.testing import TOLERANCE, rel_error
 
 from .conftest import DEVICE
 from .ops.test_attention import gradient_scales
@@ -25,7 +25,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMULATOR = os.path.join(ROOT, "tests", "attention_emulator")
 CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/dtype.h
-TOLERANCE = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 def _cuda_include():

@@ -31,9 +31,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends import KERNEL_DTYPES
+
 LOG2E = tl.constexpr(math.log2(math.e))
 LN2 = tl.constexpr(math.log(2.0))
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # FASTTX_TRITON_AUTOTUNE=0 runs the first config the pruning keeps instead of timing them all: for
 # runs whose timings mean nothing (the test suite, many processes sharing one GPU), where timing every
@@ -174,7 +175,7 @@ def _check_qkv(q, k, v):
     assert k.shape[0] == v.shape[0] == B and v.shape[1] == Hkv and v.shape[2] == S and k.shape[3] == E, (
         f"mismatched shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     assert Hkv > 0 and H % Hkv == 0, f"H = {H} must be a multiple of Hkv = {Hkv}"
-    assert q.dtype in _DTYPES and k.dtype == v.dtype == q.dtype, "q, k, v: one dtype, fp32, fp16 or bf16"
+    assert q.dtype in KERNEL_DTYPES and k.dtype == v.dtype == q.dtype, "q, k, v: one dtype, fp32, fp16 or bf16"
     assert q.device == k.device == v.device, "q, k, v must be on one device"
     assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1, "q, k, v need a contiguous last dim"
     assert max(E, v.shape[3]) <= MAX_HEAD_DIM, f"head dims above {MAX_HEAD_DIM} are not supported"

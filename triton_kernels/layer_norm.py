@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends import KERNEL_DTYPES
 from .utils import persistent_split, row_block
 
 # Rows up to these lengths are held in registers in one block; longer rows loop over column blocks and
@@ -36,7 +37,6 @@ from .utils import persistent_split, row_block
 # dw, db accumulators): at 8192 it uses <= 128 without spilling, at 16384 it spills up to 720 bytes.
 FWD_MAX_BLOCK = 16384
 BWD_MAX_BLOCK = 8192
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @triton.jit
@@ -205,7 +205,7 @@ def _norm_bwd_kernel(
 
 def _check_rows(x: torch.Tensor, name: str = "x") -> None:
     assert x.dim() == 2 and x.is_contiguous(), f"{name} must be a contiguous (M, N) tensor"
-    assert x.dtype in _DTYPES, f"{name} has unsupported dtype {x.dtype}"
+    assert x.dtype in KERNEL_DTYPES, f"{name} has unsupported dtype {x.dtype}"
 
 
 def _check_param(p, n: int) -> None:

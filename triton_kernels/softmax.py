@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends import KERNEL_DTYPES
 from .utils import row_block
 
 # Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
@@ -43,7 +44,6 @@ from .utils import row_block
 # two programs share an SM and one's reductions overlap the other's loads (at 16384 some spill).
 MAX_BLOCK = 16384
 LOOP_BLOCK = 4096
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = tl.constexpr(math.log2(math.e))
 
 
@@ -186,7 +186,7 @@ def _mask_kind(mask, x) -> str:
     if mask is None:
         return "none"
     assert mask.shape == x.shape and mask.device == x.device, "mask must have x's shape and device"
-    assert mask.dtype == torch.bool or mask.dtype in _DTYPES, f"mask has unsupported dtype {mask.dtype}"
+    assert mask.dtype == torch.bool or mask.dtype in KERNEL_DTYPES, f"mask has unsupported dtype {mask.dtype}"
     # Column offsets are int32 in the kernel: only a mask spanning 2**31 elements along a row overflows.
     assert (x.shape[3] - 1) * mask.stride(3) < 2**31, "mask column stride too large"
     return "bool" if mask.dtype == torch.bool else "float"
@@ -199,7 +199,7 @@ def softmax_fwd(x, mask, scale: float, is_causal: bool, out_dtype: torch.dtype):
     keeps column c <= l of the last two dims. Rows with nothing kept are 0.
     """
     assert x.dim() == 4 and x.is_contiguous(), "x must be a contiguous (A, B, L, C) tensor"
-    assert x.dtype in _DTYPES and out_dtype in _DTYPES, f"unsupported dtypes {x.dtype} -> {out_dtype}"
+    assert x.dtype in KERNEL_DTYPES and out_dtype in KERNEL_DTYPES, f"unsupported dtypes {x.dtype} -> {out_dtype}"
     _, B, L, C = x.shape
     kind = _mask_kind(mask, x)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
@@ -216,7 +216,7 @@ def softmax_bwd(y, dy, scale: float, in_dtype: torch.dtype):
     """Gradient w.r.t. x of :func:`softmax_fwd`, in ``in_dtype``, from its output ``y`` and ``dy``."""
     assert y.shape == dy.shape and y.dim() > 0, "y and dy must have the same shape, at least 1-D"
     assert y.is_contiguous() and dy.is_contiguous(), "y and dy must be contiguous"
-    assert y.dtype in _DTYPES and dy.dtype in _DTYPES and in_dtype in _DTYPES, "unsupported dtypes"
+    assert y.dtype in KERNEL_DTYPES and dy.dtype in KERNEL_DTYPES and in_dtype in KERNEL_DTYPES, "unsupported dtypes"
     dx = torch.empty(y.shape, dtype=in_dtype, device=y.device)
     if dx.numel() > 0:
         C = y.shape[-1]

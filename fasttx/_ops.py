@@ -203,7 +203,7 @@ def layer_norm_bwd_triton(
 
 @torch.library.custom_op("fasttx::rms_norm_fwd_triton", mutates_args=())
 def rms_norm_fwd_triton(input: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
-    from .triton_kernels.layer_norm import rms_norm_fwd
+    from .triton_kernels.rms_norm import rms_norm_fwd
 
     return rms_norm_fwd(input, weight, eps)
 
@@ -212,7 +212,7 @@ def rms_norm_fwd_triton(input: Tensor, weight: Optional[Tensor], eps: float) -> 
 def rms_norm_bwd_triton(
     grad_out: Tensor, input: Tensor, weight: Optional[Tensor], rstd: Tensor
 ) -> tuple[Tensor, Tensor]:
-    from .triton_kernels.layer_norm import rms_norm_bwd
+    from .triton_kernels.rms_norm import rms_norm_bwd
 
     return rms_norm_bwd(grad_out, input, weight, rstd)
 

@@ -1,5 +1,6 @@
 // The fasttx operator library: schemas and their CUDA implementations. Python adds fake (meta)
-// implementations and autograd on top (fasttx/_ops.py).
+// implementations and autograd on top (fasttx/_ops.py). Each schema is the one declared for the op
+// in fasttx/_declarations.py, which tests/test_cuda_extension.py checks.
 
 #include <Python.h>
 #include <torch/library.h>

@@ -11,12 +11,13 @@ import torch
 
 import fasttx
 from fasttx import _extension
+from fasttx._declarations import DECLARATIONS
 
 HAVE_NVCC = torch.version.cuda is not None and shutil.which("nvcc") is not None
 needs_nvcc = pytest.mark.skipif(not HAVE_NVCC, reason="no nvcc / CUDA build of torch: the extension cannot be built")
 
-CUDA_OPS = ["layer_norm_fwd_cuda", "layer_norm_bwd_cuda", "rms_norm_fwd_cuda", "rms_norm_bwd_cuda",
-            "softmax_fwd_cuda", "softmax_bwd_cuda", "attention_fwd_cuda", "attention_bwd_cuda"]
+# (op, direction) of every C++ op the declarations (fasttx/_declarations.py) say csrc/bindings.cpp defines.
+CUDA_OPS = [(name, direction) for name, d in DECLARATIONS.items() if "cuda" in d.backends for direction in ("fwd", "bwd")]
 ATTENTION_HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
@@ -24,8 +25,18 @@ ATTENTION_HEAD_DIMS = (32, 64, 96, 128, 256)
 def test_extension_is_built_and_registers_its_ops():
     loaded, reason = _extension.load(allow_jit_build=False)
     assert loaded, reason
-    for name in CUDA_OPS:
-        assert hasattr(torch.ops.fasttx, name), name
+    for name, direction in CUDA_OPS:
+        assert hasattr(torch.ops.fasttx, f"{name}_{direction}_cuda"), name
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name,direction", CUDA_OPS)
+def test_cpp_schema_matches_the_declaration(name, direction):
+    """The schema strings of csrc/bindings.cpp are the declared ones, which the Triton ops are defined with."""
+    assert _extension.load(allow_jit_build=False)[0]
+    op = f"{name}_{direction}_cuda"
+    declared = torch._C.parse_schema(f"fasttx::{op}{getattr(DECLARATIONS[name], direction + '_schema')}")
+    assert str(getattr(torch.ops.fasttx, op).default._schema) == str(declared)
 
 
 def _cuobjdump():
@@ -78,24 +89,15 @@ def _attention_args(q=None, k=None, v=None, mask=None, dropout_p=0.0, seed=None,
 
 
 @needs_nvcc
-@pytest.mark.parametrize("name", CUDA_OPS)
-def test_cpu_tensors_get_a_clear_error(name):
-    x = torch.randn(4, 8)
-    w, stats = torch.randn(8), torch.randn(4)
-    q, k, v, *rest = _attention_args()
-    out, lse = torch.randn(2, 4, 5, 64, dtype=torch.float16), torch.randn(2, 4, 5)
-    args = {
-        "layer_norm_fwd_cuda": (x, w, None, 1e-5),
-        "layer_norm_bwd_cuda": (x, x, w, stats, stats, False),
-        "rms_norm_fwd_cuda": (x, w, 1e-5),
-        "rms_norm_bwd_cuda": (x, x, w, stats),
-        "softmax_fwd_cuda": (x.view(1, 1, 4, 8), None, 1.0, False, torch.float32),
-        "softmax_bwd_cuda": (x, x, 1.0, torch.float32),
-        "attention_fwd_cuda": (q, k, v, *rest),
-        "attention_bwd_cuda": (out, q, k, v, out, lse, *rest),
-    }[name]
+@pytest.mark.parametrize("name,direction", CUDA_OPS)
+def test_cpu_tensors_get_a_clear_error(name, direction):
+    """Each op's first declared sample, on CPU; the backward's from the forward's fake outputs."""
+    declaration = DECLARATIONS[name]
+    args = declaration.samples(False, "cuda", "cpu")[0]
+    if direction == "bwd":
+        args = declaration.bwd_sample(args, declaration.fwd_fake(*args))
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
-        getattr(torch.ops.fasttx, name)(*args)
+        getattr(torch.ops.fasttx, f"{name}_{direction}_cuda")(*args)
 
 
 BAD_ATTENTION_INPUTS = {

@@ -1,6 +1,6 @@
-"""A 2-process gloo training step with fasttx modules (norms; a Transformer encoder with fasttx
-attention), under DDP and under FSDP2 (fully_shard), gives the gradients of one process running
-the whole batch."""
+"""A 2-process gloo training step with fasttx modules (every declared op's example model, from
+fasttx/_declarations.py; a Transformer encoder with fasttx attention), under DDP and under FSDP2
+(fully_shard), gives the gradients of one process running the whole batch."""
 
 import os
 
@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fasttx
+from fasttx._declarations import DECLARATIONS
 
 from .conftest import runnable_backends
 
@@ -28,24 +29,36 @@ class _Encoder(torch.nn.Module):
         return self.head(self.encoder(x, mask=causal, is_causal=True))
 
 
+class _Examples(torch.nn.Module):
+    """Every declared op's example model, each on its own input: DDP covers every op."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.examples = torch.nn.ModuleList(d.example.model(backend) for d in DECLARATIONS.values())
+
+    def forward(self, *inputs):
+        return [example(x) for example, x in zip(self.examples, inputs)]
+
+
 def _model(kind, backend):
     torch.manual_seed(0)
-    if kind == "encoder":
-        return _Encoder(backend)
-    return torch.nn.Sequential(
-        torch.nn.Linear(24, 40), fasttx.nn.LayerNorm(40, backend=backend),
-        torch.nn.GELU(), torch.nn.Linear(40, 40), fasttx.nn.RMSNorm(40, backend=backend),
-    )
+    return _Encoder(backend) if kind == "encoder" else _Examples(backend)
 
 
 def _batch(kind):
+    """[(input, target)], one pair per model input; dim 0 is the batch, split between the processes."""
     generator = torch.Generator().manual_seed(1)
-    tokens = (8, 5) if kind == "encoder" else (8,)
-    return torch.randn(*tokens, 24, generator=generator), torch.randn(*tokens, 40, generator=generator)
+    if kind == "encoder":
+        shapes = [((8, 5, 24), (8, 5, 40))]  # its head maps 24 features to 40
+    else:
+        shapes = [(d.example.input_shape,) * 2 for d in DECLARATIONS.values()]  # examples keep their input's shape
+    return [(torch.randn(x, generator=generator), torch.randn(t, generator=generator)) for x, t in shapes]
 
 
-def _loss(model, x, target):
-    return torch.nn.functional.mse_loss(model(x), target)
+def _loss(model, batch):
+    outputs = model(*(x for x, _ in batch))
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return sum(torch.nn.functional.mse_loss(out, target) for out, (_, target) in zip(outputs, batch))
 
 
 def _shard(model):
@@ -72,8 +85,8 @@ def _worker(rank, wrapper, kind, backend, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         model, gradients = WRAPPERS[wrapper](_model(kind, backend))
-        x, target = (t.chunk(WORLD)[rank] for t in _batch(kind))
-        _loss(model, x, target).backward()
+        batch = [(x.chunk(WORLD)[rank], target.chunk(WORLD)[rank]) for x, target in _batch(kind)]
+        _loss(model, batch).backward()
         grads = gradients()  # every rank takes part in FSDP's all-gather
         if rank == 0:
             torch.save(grads, out_file)
@@ -86,14 +99,14 @@ def _worker(rank, wrapper, kind, backend, init_file, out_file):
     os._exit(0)
 
 
-@pytest.mark.parametrize("wrapper,kind", [("ddp", "norms"), ("ddp", "encoder"), ("fsdp", "encoder")])
+@pytest.mark.parametrize("wrapper,kind", [("ddp", "examples"), ("ddp", "encoder"), ("fsdp", "encoder")])
 @pytest.mark.parametrize("backend", runnable_backends("cpu"))  # gloo: CPU tensors
 def test_distributed_gradients_equal_single_process(wrapper, kind, backend, tmp_path):
     out_file = str(tmp_path / "grads.pt")
     mp.spawn(_worker, args=(wrapper, kind, backend, str(tmp_path / "init"), out_file), nprocs=WORLD)
     grads = torch.load(out_file)
     model = _model(kind, backend)
-    _loss(model, *_batch(kind)).backward()
+    _loss(model, _batch(kind)).backward()
     assert len(grads) == len(list(model.parameters()))
     for got, param in zip(grads, model.parameters()):
         assert got.abs().sum() > 0  # a gradient that is all zeros would hide a broken sync

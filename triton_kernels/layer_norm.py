@@ -1,4 +1,5 @@
-"""LayerNorm and RMSNorm over the last dimension of a contiguous (M, N) tensor.
+"""LayerNorm and RMSNorm over the last dimension of a contiguous (M, N) tensor: the kernels, and
+LayerNorm's launchers (RMSNorm's are in rms_norm.py).
 
 RMSNorm is LayerNorm with the mean fixed at 0 and no bias, so one forward and one backward kernel
 serve both, switched by the ``IS_RMS`` constexpr. Statistics always accumulate in fp32.
@@ -263,18 +264,7 @@ def layer_norm_fwd(x, weight, bias, eps: float):
     return _norm_fwd(x, weight, bias, eps, is_rms=False)
 
 
-def rms_norm_fwd(x, weight, eps: float):
-    """RMSNorm over the last dim of ``x`` (M, N). Returns (y, rstd); rstd is fp32 (M,)."""
-    y, _, rstd = _norm_fwd(x, weight, None, eps, is_rms=True)
-    return y, rstd
-
-
 def layer_norm_bwd(dy, x, weight, mean, rstd, has_bias: bool):
     """Gradients of :func:`layer_norm_fwd`: (dx, dweight, dbias); absent parameters get empty (0,) ones."""
     return _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms=False)
 
-
-def rms_norm_bwd(dy, x, weight, rstd):
-    """Gradients of :func:`rms_norm_fwd`: (dx, dweight); dweight is empty (0,) when weight is None."""
-    dx, dweight, _ = _norm_bwd(dy, x, weight, None, rstd, False, is_rms=True)
-    return dx, dweight

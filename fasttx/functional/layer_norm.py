@@ -1,4 +1,4 @@
-"""fasttx.layer_norm and fasttx.rms_norm: the semantics of F.layer_norm and F.rms_norm.
+"""fasttx.layer_norm: the semantics of F.layer_norm (fasttx.rms_norm, in rms_norm.py, shares the helpers).
 
 The kernel backends see the input as a contiguous (rows, hidden) matrix, hidden being the product
 of normalized_shape; the input is copied only when it cannot be viewed that way. The output has
@@ -78,19 +78,3 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     out, _mean, _rstd = _ops.op("layer_norm", "fwd", chosen)(_as_rows(input, hidden), weight, bias, float(eps))
     return out.view(input.shape)
 
-
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
-    """RMSNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.rms_norm``.
-
-    ``eps=None`` means ``torch.finfo(input.dtype).eps``, as in torch.
-    """
-    normalized_shape = _check_args("rms_norm", input, normalized_shape, {"weight": weight})
-    chosen = backends.resolve("rms_norm", backend, input)
-    hidden = math.prod(normalized_shape)
-    if eps is None:
-        eps = torch.finfo(input.dtype).eps
-    if chosen == "torch" or hidden == 0:
-        return native.rms_norm(input, normalized_shape, weight, eps)
-    weight, _ = _kernel_params(input, weight)
-    out, _rstd = _ops.op("rms_norm", "fwd", chosen)(_as_rows(input, hidden), weight, float(eps))
-    return out.view(input.shape)

@@ -1,7 +1,7 @@
-"""LayerNorm and RMSNorm over the trailing ``len(normalized_shape)`` dims, accumulated in fp32.
+"""LayerNorm over the trailing ``len(normalized_shape)`` dims, accumulated in fp32.
 
 The result has the input's dtype whatever the parameters' dtype (fp32 parameters with half
-activations is the usual AMP setup). Autograd goes through these eager ops.
+activations is the usual AMP setup). Autograd goes through these eager ops. RMSNorm is in rms_norm.py.
 """
 
 import torch
@@ -27,13 +27,3 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         y = y + bias
     return y.to(x.dtype)
 
-
-def rms_norm(x, normalized_shape, weight=None, eps=None):
-    if eps is None:
-        eps = torch.finfo(x.dtype).eps
-    dims = _normalized_dims(x, normalized_shape)
-    xf = x.to(_accumulation_dtype(x))
-    y = xf * torch.rsqrt(xf.square().mean(dim=dims, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight
-    return y.to(x.dtype)

@@ -115,6 +115,8 @@ def ptx_facts(ptx, ttgir):
         load_bytes=sorted(widths["ld"]), store_bytes=sorted(widths["st"]),
         cp_async=dict(collections.Counter(f"{int(n, 0)}B" for n in _CP_ASYNC.findall(ptx))),
         tma=tma, wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)), mma_sync=len(re.findall(r"\bmma\.sync\b", ptx)),
+        # Tile shapes of the MMAs (m64nNk16 for wgmma): a narrow N means short MMAs, more overhead a FLOP.
+        mma_shapes=dict(collections.Counter(re.findall(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
         wait_groups=wait_groups, smem_buffers=buffers,
         # A loop is pipelined when its loads go to multi-buffered shared memory through async copies
         # (cp.async or TMA) and it waits on them a group at a time.
@@ -265,6 +267,8 @@ def _row(r):
     if not r["ptxas_rerun_reproduces"]:
         spills += " (rerun differs)"
     mma = "wgmma" if r["wgmma"] else "mma.sync" if r["mma_sync"] else "-"
+    if r["mma_shapes"]:
+        mma += " " + ", ".join(f"{n}x {shape}" for shape, n in r["mma_shapes"].items())
     copies = ", ".join(f"{n}x {size}" for size, n in r["cp_async"].items()) or "-"
     if r["pipelined"]:
         pipe = f"yes ({', '.join(map(str, r['smem_buffers']))}-deep)"

@@ -59,6 +59,7 @@ def test_ptx_reading():
     assert facts["global_loads"] == {"v4.b32": 1, "b16": 1} and facts["load_bytes"] == [2, 16]
     assert facts["global_stores"] == {"v2.b32": 1} and facts["store_bytes"] == [8]
     assert facts["cp_async"] == {"16B": 1} and facts["wgmma"] == 1 and facts["mma_sync"] == 0
+    assert facts["mma_shapes"] == {"m64n64k16": 1}
     assert facts["smem_buffers"] == [3] and facts["pipelined"]
 
 

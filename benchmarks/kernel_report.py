@@ -11,7 +11,7 @@ launchers choose at the benchmark shapes (benchmarks/norms.py, softmax.py, atten
              dK/dV and dQ kernels; and the rowsum(dO * O) kernel.
 For each it reports, from the cubin Triton built: registers, the stack frame and the local-memory
 instructions (STL / LDL: spill traffic) of its SASS; from ptxas -v rerun on Triton's PTX with the flags
-Triton 3.8 passes: spill bytes and ptxas's performance warnings (the rerun's register count is checked
+this Triton passes: spill bytes and ptxas's performance warnings (the rerun's register count is checked
 against the cubin's, so a rerun that does not reproduce the build says so); the shared memory Triton
 allocates; and from the PTX: the global loads and stores by access width (ld.global.v4.b32 = 16 bytes a
 thread), cp.async copies by size, TMA (cp.async.bulk.tensor), tensor-core MMAs (wgmma / mma.sync) and
@@ -29,6 +29,7 @@ cannot compile for sm_90a here (its internals moved, or its ptxas / cuobjdump is
 import argparse
 import collections
 import datetime
+import inspect
 import json
 import os
 import re
@@ -44,7 +45,9 @@ import triton
 UNSUPPORTED = 3
 try:
     from tests.ops.compile_attention import TARGET, compile_kernel, variant_args
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+    from triton import knobs
+    from triton.backends.nvidia.compiler import CUDABackend, sm_arch_from_capability
+    from triton.compiler import make_backend
 except ImportError as e:  # tests/ not on the path (run from elsewhere), or Triton's internals moved
     if __name__ == "__main__":
         print(f"triton {triton.__version__}: {e} (run from the repository root)", file=sys.stderr)
@@ -53,9 +56,12 @@ except ImportError as e:  # tests/ not on the path (run from elsewhere), or Trit
 
 from fasttx.triton_kernels import attention_bwd, attention_common, attention_fwd, layer_norm, softmax, utils
 
+from . import norms as bench_norms
+from . import softmax as bench_softmax
+
 H200_SMS = 132  # the persistent norm backward sizes its grid by the SM count
-NORM_ROWS = 16384  # benchmarks/norms.py's "full" preset
-SOFTMAX_ROWS = 4096  # benchmarks/softmax.py's "full" preset
+NORM_ROWS = bench_norms.PRESETS["full"][0][0]  # 16384 rows at every hidden size
+SOFTMAX_ROWS = bench_softmax.PRESETS["full"][0][0]  # 4096 rows at every width
 # quick keeps 16384: its two-pass backward is where ptxas spills (a case the test cross-checks).
 NORM_HIDDEN = {"quick": (4096, 16384), "full": (1024, 4096, 16384)}
 # (columns, mask kind, causal): the bench's none and (1, C) float at each width, the loop path beyond
@@ -81,7 +87,9 @@ DTYPE = torch.bfloat16  # the benchmarks' default dtype for the norms and softma
 # ---- reading the compiled code -----------------------------------------------------------------------
 
 _GLOBAL = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)+)")
-_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
+# cp.async.cg.shared.global [dst], [src], 0x10, src_size: the copy's bytes (hex in Triton's PTX).
+_CP_ASYNC = re.compile(
+    r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
 _PIPELINE_ALLOC = re.compile(r"ttg\.local_alloc\s*:.*!ttg\.memdesc<(\d+)x[^>]*mutable")
 _SASS_LOCAL = re.compile(r"\b(STL|LDL)(?:\.[\w]+)*\s")
 _PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -108,7 +116,7 @@ def ptx_facts(ptx, ttgir):
         accesses[op][name] += 1
         widths[op].add(nbytes)
     buffers = sorted({int(n) for n in _PIPELINE_ALLOC.findall(ttgir)})
-    wait_groups = len(re.findall(r"\bcp\.async\.wait_group\b", ptx)) + len(re.findall(r"\bcp\.async\.bulk\.wait_group\b", ptx))
+    wait_groups = len(re.findall(r"\bcp\.async(?:\.bulk)?\.wait_group\b", ptx))
     tma = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
     return dict(
         global_loads=dict(accesses["ld"]), global_stores=dict(accesses["st"]),
@@ -116,7 +124,8 @@ def ptx_facts(ptx, ttgir):
         cp_async=dict(collections.Counter(f"{int(n, 0)}B" for n in _CP_ASYNC.findall(ptx))),
         tma=tma, wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)), mma_sync=len(re.findall(r"\bmma\.sync\b", ptx)),
         # Tile shapes of the MMAs (m64nNk16 for wgmma): a narrow N means short MMAs, more overhead a FLOP.
-        mma_shapes=dict(collections.Counter(re.findall(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
+        mma_shapes=dict(collections.Counter(
+            re.findall(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
         wait_groups=wait_groups, smem_buffers=buffers,
         # A loop is pipelined when its loads go to multi-buffered shared memory through async copies
         # (cp.async or TMA) and it waits on them a group at a time.
@@ -124,9 +133,21 @@ def ptx_facts(ptx, ttgir):
     )
 
 
+def _ptxas():
+    # What Triton runs for sm_90 in every version with knobs (3.4 on); get_ptxas's signature changed.
+    return knobs.nvidia.ptxas.path
+
+
+def _ptxas_flags():
+    """The flag that changes register allocation, when this Triton's make_cubin passes it to ptxas (3.8
+    does, to work around a ptxas 13 bug): the rerun must allocate registers as the build did."""
+    flag = "--regAllocOptLevel=2"
+    return [flag] if flag in inspect.getsource(CUDABackend.make_cubin) else []
+
+
 def _tool(name):
     """A CUDA tool shipped beside the ptxas Triton uses."""
-    path = os.path.join(os.path.dirname(get_ptxas(TARGET.arch).path), name)
+    path = os.path.join(os.path.dirname(_ptxas()), name)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{name} not found beside Triton's ptxas ({path})")
     return path
@@ -144,8 +165,9 @@ def binary_facts(kernel):
                                capture_output=True, text=True).stdout
         sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], check=True, capture_output=True, text=True).stdout
         fmad = [] if kernel.metadata.enable_fp_fusion else ["--fmad=false"]
-        log = subprocess.run([get_ptxas(TARGET.arch).path, "-lineinfo", *fmad, "-v", "--regAllocOptLevel=2",
-                              f"--gpu-name={sm_arch_from_capability(TARGET.arch)}", ptx, "-o", os.path.join(tmp, "rerun.cubin")],
+        log = subprocess.run([_ptxas(), "-lineinfo", *fmad, "-v", *_ptxas_flags(),
+                              f"--gpu-name={sm_arch_from_capability(TARGET.arch)}", ptx,
+                              "-o", os.path.join(tmp, "rerun.cubin")],
                              check=True, capture_output=True, text=True).stderr
     regs, stack, _, _ = (int(v) for v in _RESOURCES.search(usage).groups())
     local = collections.Counter(_SASS_LOCAL.findall(sass))
@@ -170,7 +192,6 @@ def inspect_kernel(family, kernel_name, case, config, fn, num_warps, num_stages,
 
 def _default_stages(num_warps):
     # The row-wise launchers pass no num_stages: Triton's default for the target applies.
-    from triton.compiler import make_backend
     return make_backend(TARGET).parse_options(dict(num_warps=num_warps)).num_stages
 
 
@@ -185,8 +206,9 @@ def norm_entries(preset):
             case = dict(op=op, rows=NORM_ROWS, hidden=hidden, dtype=str(DTYPE).replace("torch.", ""))
             block, warps = utils.row_block(hidden, layer_norm.FWD_MAX_BLOCK)
             fwd = dict(X=x, Y=x, W=w, B=None if rms else w, Mean=None if rms else stats, Rstd=stats, N=hidden,
-                       eps=1e-5, BLOCK_N=block, SINGLE_BLOCK=hidden <= block, **flags)
-            yield ("norm", f"{op}_fwd", case, dict(BLOCK_N=block), layer_norm._norm_fwd_kernel, warps, fwd)
+                       eps=bench_norms.EPS, BLOCK_N=block, SINGLE_BLOCK=hidden <= block, **flags)
+            yield ("norm", f"{op}_fwd", case, dict(BLOCK_N=block), layer_norm._norm_fwd_kernel, warps,
+                   _default_stages(warps), fwd)
             block, warps = utils.row_block(hidden, layer_norm.BWD_MAX_BLOCK)
             with mock.patch.object(utils, "_cuda_sm_count", lambda index: H200_SMS):
                 programs, rows = utils.persistent_split(NORM_ROWS, warps, torch.device("cuda", 0))
@@ -195,7 +217,7 @@ def norm_entries(preset):
                        DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=rows, BLOCK_N=block,
                        SINGLE_BLOCK=hidden <= block, **flags)
             config = dict(BLOCK_N=block, programs=programs, rows_per_program=rows)
-            yield ("norm", f"{op}_bwd", case, config, layer_norm._norm_bwd_kernel, warps, bwd)
+            yield ("norm", f"{op}_bwd", case, config, layer_norm._norm_bwd_kernel, warps, _default_stages(warps), bwd)
 
 
 def softmax_entries(preset):
@@ -210,13 +232,15 @@ def softmax_entries(preset):
         fwd = dict(X=x, Mask=mask, Y=x, B=1, L=SOFTMAX_ROWS, C=cols,
                    **dict(zip(("stride_ma", "stride_mb", "stride_ml", "stride_mc"), (0, 0, 0, 0) if mask is None
                               else mask.stride())),
-                   scale_log2=0.125 * 1.4426950408889634, MASK_KIND=kind, IS_CAUSAL=causal, **launch)
+                   scale_log2=bench_softmax.SCALE * softmax._LOG2E.value, MASK_KIND=kind, IS_CAUSAL=causal, **launch)
         config = dict(BLOCK_C=launch["BLOCK_C"])
-        yield ("softmax", "softmax_fwd", case, config, softmax._softmax_fwd_kernel, warps, fwd)
+        stages = _default_stages(warps)
+        yield ("softmax", "softmax_fwd", case, config, softmax._softmax_fwd_kernel, warps, stages, fwd)
         if kind == "none" and not causal:  # the backward reads y and dy only: one per width
             y = x.reshape(-1, cols)
-            bwd = dict(Y=y, DY=y, DX=y, C=cols, scale=0.125, **launch)
-            yield ("softmax", "softmax_bwd", dict(case, mask="-"), config, softmax._softmax_bwd_kernel, warps, bwd)
+            bwd = dict(Y=y, DY=y, DX=y, C=cols, scale=bench_softmax.SCALE, **launch)
+            yield ("softmax", "softmax_bwd", dict(case, mask="-"), config, softmax._softmax_bwd_kernel, warps, stages,
+                   bwd)
 
 
 def attention_entries(preset):
@@ -232,7 +256,7 @@ def attention_entries(preset):
             args = variant_args(name.removeprefix("attn_"), block_m, block_n, head_dim, dtype, mask_dtype, causal,
                                 0.0)
             config = dict(BLOCK_M=block_m, BLOCK_N=block_n)
-            yield ("attention", name, case, config, fn, warps, args, stages)
+            yield ("attention", name, case, config, fn, warps, stages, args)
         if mask_dtype is None and not causal:  # rowsum(dO * O): one per head dim and dtype
             o = torch.empty(2, 4, 1024, head_dim, dtype=dtype)
             block_ev = attention_common._head_block(head_dim)
@@ -240,15 +264,17 @@ def attention_entries(preset):
             args = dict(O=o, DO=o, Delta=torch.empty(2, 4, 1024), o_strides=o.stride()[:3], do_strides=o.stride()[:3],
                         H=4, L=1024, EV=head_dim, BLOCK_EV=block_ev, BLOCK_M=block_m)
             yield ("attention", "attn_bwd_delta", dict(case, mask="-", causal="-"), dict(BLOCK_M=block_m),
-                   attention_bwd._attn_bwd_delta_kernel, 4, args, _default_stages(4))
+                   attention_bwd._attn_bwd_delta_kernel, 4, _default_stages(4), args)
+
+
+FAMILIES = {"norm": norm_entries, "softmax": softmax_entries, "attention": attention_entries}
 
 
 def entries(preset, families):
-    for family, generate in (("norm", norm_entries), ("softmax", softmax_entries), ("attention", attention_entries)):
+    """(family, kernel name, case, config, jit function, num_warps, num_stages, launch kwargs) of each kernel."""
+    for family, generate in FAMILIES.items():
         if family in families:
-            for entry in generate(preset):
-                family, name, case, config, fn, warps, args, *stages = entry
-                yield family, name, case, config, fn, warps, stages[0] if stages else _default_stages(warps), args
+            yield from generate(preset)
 
 
 # ---- output --------------------------------------------------------------------------------------------
@@ -257,7 +283,8 @@ def entries(preset, families):
 def _histogram(counts):
     def nbytes(name):
         return _access("." + name)[1]
-    return ", ".join(f"{n}x {name} ({nbytes(name)}B)" for name, n in sorted(counts.items(), key=lambda kv: -nbytes(kv[0])))
+    widest_first = sorted(counts.items(), key=lambda kv: -nbytes(kv[0]))
+    return ", ".join(f"{n}x {name} ({nbytes(name)}B)" for name, n in widest_first)
 
 
 def _row(r):
@@ -275,7 +302,8 @@ def _row(r):
     else:  # async copies into one buffer overlap nothing across iterations
         pipe = "no (async, 1 buffer)" if r["wait_groups"] else "no"
     warnings = "; ".join(w.split(":")[0] for w in r["ptxas_warnings"]) or ""
-    return (f"| {r['kernel']} | {r['case'].get('dtype', '')} | {case} | {config}, w={r['num_warps']}, s={r['num_stages']} "
+    return (f"| {r['kernel']} | {r['case'].get('dtype', '')} | {case} "
+            f"| {config}, w={r['num_warps']}, s={r['num_stages']} "
             f"| {r['registers']} | {spills} | {r['shared']} | {_histogram(r['global_loads'])} "
             f"| {_histogram(r['global_stores'])} | {copies} | {r['tma'] or '-'} | {mma} | {pipe} | {warnings} |")
 
@@ -284,16 +312,18 @@ def markdown(results, meta):
     lines = [
         "# Triton kernels compiled for sm_90a: what the code shows",
         "",
-        f"`python -m fasttx.benchmarks.kernel_report{' --quick' if meta['preset'] == 'quick' else ''}`, {meta['date']}; "
+        f"`python -m fasttx.benchmarks.kernel_report{' --quick' if meta['preset'] == 'quick' else ''}`, "
+        f"{meta['date']}; "
         f"triton {meta['triton']}, {meta['ptxas']}; target {meta['target']}. No GPU: Triton's compiler and ptxas only.",
         "",
         "Columns: registers per thread (cubin); ptxas spill stores/loads (bytes, ptxas -v on Triton's PTX); shared "
         "memory Triton allocates (bytes); global loads and stores as static PTX instructions by access width "
-        "(v4.b32 = 16 bytes a thread, the widest); cp.async copies to shared memory by size; TMA (cp.async.bulk.tensor) "
-        "instructions; tensor-core MMA kind; pipelined: async copies into multi-buffered shared memory, waited on by "
+        "(v4.b32 = 16 bytes a thread, the widest); cp.async copies to shared memory by size; "
+        "TMA (cp.async.bulk.tensor) "
+        "instructions; tensor-core MMA kind and tile shapes; pipelined: async copies into multi-buffered shared memory, waited on by "
         "group; ptxas performance warnings by code (text in the JSON). Configs: w = num_warps, s = num_stages.",
     ]
-    for family in ("norm", "softmax", "attention"):
+    for family in FAMILIES:
         rows = [r for r in results if r["family"] == family]
         if not rows:
             continue
@@ -309,17 +339,19 @@ def markdown(results, meta):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fasttx.benchmarks.kernel_report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m fasttx.benchmarks.kernel_report",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few kernels (one per family and pass): for the test")
-    parser.add_argument("--family", action="append", choices=("norm", "softmax", "attention"),
+    parser.add_argument("--family", action="append", choices=tuple(FAMILIES),
                         help="only these kernel families (repeatable); all by default")
-    parser.add_argument("--out", default=os.path.join("bench-out", "kernel-report"), help="folder for kernel_report.md and .json")
+    parser.add_argument("--out", default=os.path.join("bench-out", "kernel-report"),
+                        help="folder for kernel_report.md and .json")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("TRITON_INTERPRET=1 replaces the kernels by the interpreter: unset it")
     preset = "quick" if args.quick else "full"
     try:
-        ptxas = subprocess.run([get_ptxas(TARGET.arch).path, "--version"], check=True, capture_output=True,
+        ptxas = subprocess.run([_ptxas(), "--version"], check=True, capture_output=True,
                                text=True).stdout.strip().splitlines()[-1]
         _tool("cuobjdump")
     except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
@@ -329,7 +361,8 @@ def main(argv=None):
                 target=f"cuda sm_{TARGET.arch}a, warp {TARGET.warp_size}",
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     results = []
-    for family, name, case, config, fn, warps, stages, kwargs in entries(preset, set(args.family or ("norm", "softmax", "attention"))):
+    families = set(args.family or FAMILIES)
+    for family, name, case, config, fn, warps, stages, kwargs in entries(preset, families):
         results.append(inspect_kernel(family, name, case, config, fn, warps, stages, kwargs))
         print(f"{name} {case} {config}: {results[-1]['registers']} regs", file=sys.stderr, flush=True)
     os.makedirs(args.out, exist_ok=True)

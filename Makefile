@@ -82,3 +82,14 @@ GPU_CHECK_ARGS ?=
 .PHONY: gpu-check
 gpu-check:
 	$(GPU_CHECK_PYTHON) -m fasttx.cli.gpu_check --out $(GPU_CHECK_OUT) --budget $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)
+
+# make kernel-report: the Triton kernels compiled for sm_90a without a GPU, and what their code shows
+# (registers, spills, shared memory, load/store widths, cp.async / TMA, MMAs, pipelining) at the
+# launchers' configurations for the benchmark shapes; README, "Benchmarks". KERNEL_REPORT_ARGS=--quick
+# for the few kernels the test compiles.
+KERNEL_REPORT_OUT ?= $(BENCH_OUT)/kernel-report
+KERNEL_REPORT_ARGS ?=
+
+.PHONY: kernel-report
+kernel-report: install
+	env -u TRITON_INTERPRET $(PY) -m fasttx.benchmarks.kernel_report --out $(KERNEL_REPORT_OUT) $(KERNEL_REPORT_ARGS)

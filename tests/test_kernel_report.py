@@ -1,0 +1,107 @@
+"""benchmarks/kernel_report.py: the Triton kernels compiled for sm_90a without a GPU, and what their code
+shows (registers, spills, shared memory, global access widths, async copies, MMAs, pipelining).
+
+Its --quick subset runs in a subprocess without TRITON_INTERPRET (the interpreter replaces the kernels);
+the figures are checked against each other and against what the launch configurations imply, so a
+report that invents or misreads them fails here."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import triton
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def report_module():
+    try:
+        from fasttx.benchmarks import kernel_report
+    except ImportError as e:  # Triton internals that tests/ops/compile_attention.py uses moved
+        pytest.skip(f"triton {triton.__version__} lacks what kernel_report uses: {e}")
+    return kernel_report
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    kernel_report = report_module()
+    out = tmp_path_factory.mktemp("kernel-report")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "fasttx.benchmarks.kernel_report", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
+    if done.returncode == kernel_report.UNSUPPORTED:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads((out / "kernel_report.json").read_text())
+    return data, (out / "kernel_report.md").read_text()
+
+
+def entry(kernels, name, **case):
+    found = [k for k in kernels if k["kernel"] == name and all(k["case"].get(c) == v for c, v in case.items())]
+    assert len(found) == 1, (name, case, [k["case"] for k in kernels if k["kernel"] == name])
+    return found[0]
+
+
+def test_ptx_reading():
+    """The PTX forms Triton emits: predicated, cache-hinted, vector loads; hex cp.async sizes; TTGIR buffers."""
+    facts = report_module().ptx_facts(
+        "@%p1 ld.global.L1::evict_last.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];\n"
+        "ld.global.nc.b16 %rs1, [ %rd2 + 0 ];\n"
+        "st.global.v2.b32 [ %rd3 + 0 ], { %r1, %r2 };\n"
+        "cp.async.cg.shared.global [ %r5 + 0 ], [ %rd4 + 0 ], 0x10, %r6;\n"
+        "cp.async.commit_group;\ncp.async.wait_group 2;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {...};\n",
+        "%k = ttg.local_alloc : () -> !ttg.memdesc<3x64x128xbf16, #shared, #smem, mutable> loc(#loc1)\n"
+        "%q = ttg.local_alloc %q0 : (tensor<128x128xbf16, #blocked>) -> !ttg.memdesc<128x128xbf16, #shared, #smem>\n")
+    assert facts["global_loads"] == {"v4.b32": 1, "b16": 1} and facts["load_bytes"] == [2, 16]
+    assert facts["global_stores"] == {"v2.b32": 1} and facts["store_bytes"] == [8]
+    assert facts["cp_async"] == {"16B": 1} and facts["wgmma"] == 1 and facts["mma_sync"] == 0
+    assert facts["mma_shapes"] == {"m64n64k16": 1}
+    assert facts["smem_buffers"] == [3] and facts["pipelined"]
+
+
+def test_quick_report_compiles_every_family(report):
+    data, md = report
+    kernels = data["kernels"]
+    assert {k["kernel"] for k in kernels} >= {"layer_norm_fwd", "layer_norm_bwd", "rms_norm_fwd", "rms_norm_bwd",
+                                              "softmax_fwd", "softmax_bwd", "attn_fwd", "attn_bwd_kv", "attn_bwd_q"}
+    # One table row per kernel: the rows start with the kernel's name.
+    assert sum(line.startswith(("| layer_norm", "| rms_norm", "| softmax", "| attn")) for line in md.splitlines()) \
+        == len(kernels)
+    assert data["meta"]["triton"] == triton.__version__
+
+
+def test_registers_and_spills_agree_with_the_cubin(report):
+    """Registers come from the cubin Triton built; spill bytes from ptxas -v rerun on its PTX. Where the
+    rerun reproduces the cubin, ptxas's spill stores and the SASS's local stores (STL) agree; and no
+    local-memory traffic without a stack frame."""
+    for k in report[0]["kernels"]:
+        assert 0 < k["registers"] <= 255, k
+        assert k["stack_bytes"] > 0 or k["local_stores"] == k["local_loads"] == 0, k
+        if k["ptxas_rerun_reproduces"]:
+            assert (k["spill_store_bytes"] > 0) == (k["local_stores"] > 0), k
+            assert (k["spill_load_bytes"] > 0) == (k["local_loads"] > 0), k
+
+
+def test_attention_uses_tensor_cores_and_pipelines(report):
+    fwd = entry(report[0]["kernels"], "attn_fwd", head_dim=128, dtype="bfloat16", mask="none", causal=False)
+    assert fwd["wgmma"] + fwd["mma_sync"] > 0
+    assert fwd["pipelined"] and (fwd["cp_async"] or fwd["tma"])
+    # The q tile and the streamed k / v stages live in shared memory.
+    assert fwd["shared"] >= 128 * 128 * 2
+
+
+def test_row_kernels_load_16_bytes_a_thread(report):
+    """At hidden / columns 4096 in bf16, row_block gives 16 warps 8 elements a thread: one 16-byte access."""
+    kernels = report[0]["kernels"]
+    for name in ("layer_norm_fwd", "rms_norm_fwd", "layer_norm_bwd"):
+        k = entry(kernels, name, hidden=4096)
+        assert k["num_warps"] == 16 and 16 in k["load_bytes"] and 16 in k["store_bytes"], k
+    k = entry(kernels, "softmax_fwd", cols=4096, mask="none", causal=False)
+    assert k["load_bytes"] == [16] and k["store_bytes"] == [16], k
+    # Causal rows: whatever width the compiler chose, the report gives it as it is.
+    causal = entry(kernels, "softmax_fwd", cols=4096, mask="none", causal=True)
+    assert causal["load_bytes"] and all(b in (1, 2, 4, 8, 16) for b in causal["load_bytes"]), causal

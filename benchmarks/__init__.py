@@ -6,10 +6,14 @@ One module per op family, each with:
   PRESETS  {"quick": shapes, "full": shapes}: a few small shapes (CPU), the GPU sweep
   PLOT     (x-axis label key, label keys shared by the points of one line)
   cases(op, dtype, device_type, shapes, fasttx_backends) -> iterable of common.Case
-A new op is a new module listed in MODULES.
+An op's module is named by its declaration (``bench`` in fasttx/_declarations.py); ``modules`` times
+the nn modules built on the ops.
 """
 
-from . import attention, modules, norms, softmax
+import importlib
 
-MODULES = (norms, softmax, attention, modules)
+from .._declarations import DECLARATIONS
+
+MODULES = tuple(importlib.import_module(f"{__name__}.{name}")
+                for name in dict.fromkeys([d.bench for d in DECLARATIONS.values()] + ["modules"]))
 REGISTRY = {op: module for module in MODULES for op in module.OPS}

@@ -52,6 +52,7 @@ class OpDeclaration:
     samples: Callable  # (requires_grad, backend, device) -> forward argument tuples for opcheck
     bwd_sample: Callable  # (forward arguments, forward outputs) -> backward arguments for opcheck
     example: Example
+    bench: str  # the module of fasttx.benchmarks that times it (its OPS lists ``name``)
     backends: tuple = ("triton", "cuda")  # the kernel backends; "torch" is fasttx.functional.native
 
 
@@ -146,6 +147,7 @@ LAYER_NORM = OpDeclaration(
     bwd_sample=lambda args, outputs: (torch.randn_like(args[0]), args[0], args[1], outputs[1], outputs[2],
                                       args[2] is not None),
     example=Example(_layer_norm_example, (8, 5, 48)),
+    bench="norms",
 )
 
 
@@ -214,6 +216,7 @@ RMS_NORM = OpDeclaration(
     samples=_rms_norm_samples,
     bwd_sample=lambda args, outputs: (torch.randn_like(args[0]), args[0], args[1], outputs[1]),
     example=Example(_rms_norm_example, (8, 5, 48)),
+    bench="norms",
 )
 
 
@@ -301,6 +304,7 @@ SOFTMAX = OpDeclaration(
     samples=_softmax_samples,
     bwd_sample=lambda args, out: (out, torch.randn_like(args[0]), args[2], args[0].dtype),
     example=Example(_MaskedSoftmax, (8, 5, 48)),
+    bench="softmax",
 )
 
 
@@ -410,6 +414,7 @@ ATTENTION = OpDeclaration(
     samples=_attention_samples,
     bwd_sample=lambda args, outputs: (torch.randn_like(outputs[0]), *args[:3], *outputs, *args[3:]),
     example=Example(_CrossAttention, (8, 11, 24), dtype=_attention_dtype),
+    bench="attention",
 )
 
 

@@ -267,3 +267,13 @@ def test_time_limit_interrupts_a_running_case(tmp_path, monkeypatch, capsys):
     assert "rms_norm rows=8 hidden=64: cut by --time-limit" in capsys.readouterr().err
     assert not (tmp_path / f"rms_norm_float32_{DEVICE}.json").exists()  # no case finished: no table
     assert "No case finished within --time-limit" in open(tmp_path / f"report_float32_{DEVICE}.md").read()
+
+
+def test_every_declared_op_is_benchmarked_by_its_declared_module():
+    """The bench registry derives from the op declarations: a declared op whose ``bench`` module does
+    not list it in OPS would silently drop out of `python -m fasttx bench --op all`."""
+    from fasttx._declarations import DECLARATIONS
+    from fasttx.benchmarks import REGISTRY
+
+    for name, declaration in DECLARATIONS.items():
+        assert REGISTRY[name].__name__ == f"fasttx.benchmarks.{declaration.bench}", name

@@ -37,30 +37,40 @@ from .utils import row_block
 # Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
 # blocks and re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever
 # the dtypes, so the limits are in elements. Each kernel keeps 2 row-sized tensors live across its
-# reductions (forward: x and the float mask, until the exp2; backward: y and dy). ptxas for sm_90a
-# (Triton 3.6 and 3.8, every dtype and mask kind) fits one block of 16384 (32 per thread at 16 warps) in
-# at most the 128 registers per thread that 16 warps may use, without spilling; at 32768 every one spills.
-# The loop's blocks get row_block's 8 elements per thread at 16 warps: at most 64 registers, so that
-# two programs share an SM and one's reductions overlap the other's loads (at 16384 some spill).
+# reductions (forward: x and the float mask, until the exp2; backward: y and dy). A block of MAX_BLOCK is
+# 32 elements per thread at 16 warps, sized to the 128 registers per thread that 16 warps may use; the
+# loop's blocks get row_block's 8 per thread, small enough for two programs to share an SM so that one's
+# reductions overlap the other's loads. What ptxas makes of each (registers, spills, access widths, for
+# sm_90a with Triton 3.6 and 3.8): benchmarks/notes/kernel_report.md (`make kernel-report`).
 MAX_BLOCK = 16384
 LOOP_BLOCK = 4096
 _LOG2E = tl.constexpr(math.log2(math.e))
 
 
 @triton.jit
-def _load_logits(X, Mask, cols, n_valid, stride_mc, MASK_KIND: tl.constexpr):
+def _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr):
     """x (fp32) and the additive term b of columns ``cols`` of one row, in base-2 units.
 
-    The base-2 logits are x * scale * log2(e) + b: b is -inf at columns >= n_valid (padding lanes and
-    causally masked columns, never loaded) and at bool-masked ones, the float mask * log2(e) elsewhere.
+    The base-2 logits are x * scale * log2(e) + b. Columns >= n_read are not read (padding lanes, and
+    causal columns far enough past the row index). A column is kept if it is < n_keep (the causal
+    limit, <= n_read) and true in a bool mask; elsewhere x = 0 and b = -inf, whatever was read there:
+    masked-out logits are ignored even when they are inf or NaN, as torch's masked_fill does.
+    Kept columns have b = 0, or the float mask * log2(e).
     """
-    valid = cols < n_valid
-    x = tl.load(X + cols, mask=valid, other=0.0).to(tl.float32)
+    in_read = cols < n_read
+    x = tl.load(X + cols, mask=in_read, other=0.0).to(tl.float32)
+    keep = in_read
+    if IS_CAUSAL:
+        keep = cols < n_keep
     if MASK_KIND == "bool":
-        valid = valid & (tl.load(Mask + cols * stride_mc, mask=valid, other=0) != 0)
-    b = tl.where(valid, 0.0, float("-inf"))
+        keep = keep & (tl.load(Mask + cols * stride_mc, mask=in_read, other=0) != 0)
     if MASK_KIND == "float":
-        b += tl.load(Mask + cols * stride_mc, mask=valid, other=0.0).to(tl.float32) * _LOG2E
+        b = tl.where(keep, tl.load(Mask + cols * stride_mc, mask=in_read, other=0.0).to(tl.float32) * _LOG2E,
+                     float("-inf"))
+    else:
+        b = tl.where(keep, 0.0, float("-inf"))
+    if IS_CAUSAL or MASK_KIND == "bool":
+        x = tl.where(keep, x, 0.0)  # an inf x would give inf - inf = NaN with b = -inf
     return x, b
 
 
@@ -112,13 +122,20 @@ def _softmax_fwd_kernel(
         i_b = (row // L) % B
         i_a = row // (L * B)
         Mask += i_a.to(tl.int64) * stride_ma + i_b.to(tl.int64) * stride_mb + i_l.to(tl.int64) * stride_ml
-    n_valid = C
+    n_keep = C
+    n_read = C
     if IS_CAUSAL:
-        # Columns past the row index are never loaded, and the online pass stops at the last kept one.
-        n_valid = tl.minimum(C, i_l + 1)
+        # Columns past the row index are kept out, and the online pass stops at the block of the last kept one.
+        n_keep = tl.minimum(C, i_l + 1)
+        # The loads stop at the kept columns rounded up to a multiple of 16 (<= 15 columns more, all in
+        # the row). With a bound of no known alignment, as n_keep, the compiler cannot prove that a
+        # thread's consecutive elements are all read or all not, and splits every load into scalar ones
+        # (2 bytes for bf16); a multiple of 16 is as aligned as Triton specialises C to, so the loads are
+        # 16-byte vectors wherever C's are (benchmarks/notes/kernel_report.md, the causal rows).
+        n_read = tl.minimum(C, tl.cdiv(i_l + 1, 16) * 16)
     cols = tl.arange(0, BLOCK_C)
     if SINGLE_BLOCK:
-        x, b = _load_logits(X, Mask, cols, n_valid, stride_mc, MASK_KIND)
+        x, b = _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
         m = _shift(tl.max(x * scale_log2 + b, axis=0))
         e = _exp2_shifted(x, b, scale_log2, m)
         y = e * _reciprocal(tl.sum(e, axis=0))
@@ -126,8 +143,8 @@ def _softmax_fwd_kernel(
     else:
         m = float("-inf")
         s = 0.0
-        for off in range(0, n_valid, BLOCK_C):
-            x, b = _load_logits(X, Mask, off + cols, n_valid, stride_mc, MASK_KIND)
+        for off in range(0, n_keep, BLOCK_C):
+            x, b = _load_logits(X, Mask, off + cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
             m_new = tl.maximum(m, tl.max(x * scale_log2 + b, axis=0))
             shift = _shift(m_new)
             # m = -inf (nothing kept yet) has s = 0 and factor exp2(-inf) = 0.
@@ -136,7 +153,7 @@ def _softmax_fwd_kernel(
         shift = _shift(m)
         inv = _reciprocal(s)
         for off in range(0, C, BLOCK_C):
-            x, b = _load_logits(X, Mask, off + cols, n_valid, stride_mc, MASK_KIND)
+            x, b = _load_logits(X, Mask, off + cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
             y = _exp2_shifted(x, b, scale_log2, shift) * inv
             tl.store(Y + off + cols, y.to(Y.dtype.element_ty), mask=off + cols < C)
 

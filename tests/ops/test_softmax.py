@@ -117,6 +117,27 @@ def test_masked_out_logits_are_ignored_even_if_not_finite(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_many_short_rows(backend):
+    # Triton gives rows this short 64 to a program (a power of two dividing the 256 rows): a program's
+    # rows span queries, heads and batch elements, each with its own mask row and causal limit.
+    x = logits(2, 4, 32, 16)
+    mask = torch.rand(2, 1, 32, 16, device=DEVICE) > 0.3
+    check(x, backend, scale=0.5, mask=mask, is_causal=True)
+    check(x, backend, mask=torch.randn(32, 16, device=DEVICE))
+
+
+def test_triton_short_rows_share_programs():
+    from fasttx.triton_kernels import softmax as kernels
+
+    # 1024 elements a program at 4 warps, in rows of a power of two dividing the row count.
+    assert kernels._launch_config(16, 256) == dict(BLOCK_C=16, SINGLE_BLOCK=True, ROWS=64, num_warps=4)
+    assert kernels._launch_config(37, 80) == dict(BLOCK_C=64, SINGLE_BLOCK=True, ROWS=16, num_warps=4)
+    assert kernels._launch_config(16, 255)["ROWS"] == 1
+    assert kernels._launch_config(1024, 256) == dict(BLOCK_C=1024, SINGLE_BLOCK=True, ROWS=1, num_warps=4)
+    assert kernels._launch_config(32768, 256)["ROWS"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_causal_with_key_padding_fully_masking_rows(backend):
     x = logits(2, 2, 6, 8)
     mask = torch.ones(2, 1, 1, 8, dtype=torch.bool, device=DEVICE)

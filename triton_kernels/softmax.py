@@ -1,6 +1,7 @@
 """Masked softmax over the last dimension: y = softmax(scale * x + mask), forward and backward.
 
-The forward reads a contiguous (A, B, L, C) ``x`` as A*B*L rows of C columns. The mask is a view of
+The forward reads a contiguous (A, B, L, C) ``x`` as A*B*L rows of C columns (rows shorter than
+SHORT_ROWS_TILE, several to a program). The mask is a view of
 that shape read through its own strides, so broadcast masks (a (B, 1, 1, C) key-padding mask or an
 (L, C) mask, expanded) cost no memory. Bool masks keep True entries; float masks are added; causal
 masking keeps column c <= l of row l of the last two dims (top-left aligned, as torch's SDPA).
@@ -37,30 +38,41 @@ from .utils import row_block
 # Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
 # blocks and re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever
 # the dtypes, so the limits are in elements. Each kernel keeps 2 row-sized tensors live across its
-# reductions (forward: x and the float mask, until the exp2; backward: y and dy). ptxas for sm_90a
-# (Triton 3.6 and 3.8, every dtype and mask kind) fits one block of 16384 (32 per thread at 16 warps) in
-# at most the 128 registers per thread that 16 warps may use, without spilling; at 32768 every one spills.
-# The loop's blocks get row_block's 8 elements per thread at 16 warps: at most 64 registers, so that
-# two programs share an SM and one's reductions overlap the other's loads (at 16384 some spill).
+# reductions (forward: x and the float mask, until the exp2; backward: y and dy). A block of MAX_BLOCK is
+# 32 elements per thread at 16 warps, sized to the 128 registers per thread that 16 warps may use; the
+# loop's blocks get row_block's 8 per thread, small enough for two programs to share an SM so that one's
+# reductions overlap the other's loads. What ptxas makes of each (registers, spills, access widths, for
+# sm_90a with Triton 3.6 and 3.8): benchmarks/notes/kernel_report.md (`make kernel-report`).
 MAX_BLOCK = 16384
 LOOP_BLOCK = 4096
+SHORT_ROWS_TILE = 1024  # the elements a program gets at least, when rows are shorter (see _launch_config)
 _LOG2E = tl.constexpr(math.log2(math.e))
 
 
 @triton.jit
-def _load_logits(X, Mask, cols, n_valid, stride_mc, MASK_KIND: tl.constexpr):
+def _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr):
     """x (fp32) and the additive term b of columns ``cols`` of one row, in base-2 units.
 
-    The base-2 logits are x * scale * log2(e) + b: b is -inf at columns >= n_valid (padding lanes and
-    causally masked columns, never loaded) and at bool-masked ones, the float mask * log2(e) elsewhere.
+    The base-2 logits are x * scale * log2(e) + b. Columns >= n_read are not read (padding lanes, and
+    causal columns far enough past the row index). A column is kept if it is < n_keep (the causal
+    limit, <= n_read) and true in a bool mask; elsewhere x = 0 and b = -inf, whatever was read there:
+    masked-out logits are ignored even when they are inf or NaN, as torch's masked_fill does.
+    Kept columns have b = 0, or the float mask * log2(e).
     """
-    valid = cols < n_valid
-    x = tl.load(X + cols, mask=valid, other=0.0).to(tl.float32)
+    in_read = cols < n_read
+    x = tl.load(X + cols, mask=in_read, other=0.0).to(tl.float32)
+    keep = in_read
+    if IS_CAUSAL:
+        keep = cols < n_keep
     if MASK_KIND == "bool":
-        valid = valid & (tl.load(Mask + cols * stride_mc, mask=valid, other=0) != 0)
-    b = tl.where(valid, 0.0, float("-inf"))
+        keep = keep & (tl.load(Mask + cols * stride_mc, mask=in_read, other=0) != 0)
     if MASK_KIND == "float":
-        b += tl.load(Mask + cols * stride_mc, mask=valid, other=0.0).to(tl.float32) * _LOG2E
+        b = tl.where(keep, tl.load(Mask + cols * stride_mc, mask=in_read, other=0.0).to(tl.float32) * _LOG2E,
+                     float("-inf"))
+    else:
+        b = tl.where(keep, 0.0, float("-inf"))
+    if IS_CAUSAL or MASK_KIND == "bool":
+        x = tl.where(keep, x, 0.0)  # an inf x would give inf - inf = NaN with b = -inf
     return x, b
 
 
@@ -86,6 +98,22 @@ def _reciprocal(s):
 
 
 @triton.jit
+def _rows_and_cols(BLOCK_C: tl.constexpr, SINGLE_BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """This program's row index and its blocks' column offsets.
+
+    A single-block program takes a [ROWS, BLOCK_C] tile, a row in each of its rows: the row index is a
+    [ROWS, 1] tensor, and the kernels' row arithmetic is elementwise. A looping one takes one row.
+    """
+    if SINGLE_BLOCK:
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, BLOCK_C)[None, :]
+    else:
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_C)
+    return row, cols
+
+
+@triton.jit
 def _softmax_fwd_kernel(
     X,  # (A, B, L, C) logits, contiguous
     Mask,  # (A, B, L, C) bool or float mask with any strides (0 for broadcast dims), or None
@@ -102,8 +130,9 @@ def _softmax_fwd_kernel(
     IS_CAUSAL: tl.constexpr,
     BLOCK_C: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C
+    ROWS: tl.constexpr,  # rows a program, a divisor of the row count; 1 unless SINGLE_BLOCK
 ):
-    row = tl.program_id(0)
+    row, cols = _rows_and_cols(BLOCK_C, SINGLE_BLOCK, ROWS)
     i_l = row % L
     # int64: row * C overflows int32 for tensors beyond 2**31 elements, and so may the mask's row offsets.
     X += row.to(tl.int64) * C
@@ -112,22 +141,28 @@ def _softmax_fwd_kernel(
         i_b = (row // L) % B
         i_a = row // (L * B)
         Mask += i_a.to(tl.int64) * stride_ma + i_b.to(tl.int64) * stride_mb + i_l.to(tl.int64) * stride_ml
-    n_valid = C
+    n_keep = C
+    n_read = C
     if IS_CAUSAL:
-        # Columns past the row index are never loaded, and the online pass stops at the last kept one.
-        n_valid = tl.minimum(C, i_l + 1)
-    cols = tl.arange(0, BLOCK_C)
+        # Columns past the row index are kept out, and the online pass stops at the block of the last kept one.
+        n_keep = tl.minimum(C, i_l + 1)
+        # The loads stop at the kept columns rounded up to a multiple of 16 (<= 15 columns more, all in
+        # the row). With a bound of no known alignment, as n_keep, the compiler cannot prove that a
+        # thread's consecutive elements are all read or all not, and splits every load into scalar ones
+        # (2 bytes for bf16); a multiple of 16 is as aligned as Triton specialises C to, so the loads are
+        # 16-byte vectors wherever C's are (benchmarks/notes/kernel_report.md, the causal rows).
+        n_read = tl.minimum(C, tl.cdiv(i_l + 1, 16) * 16)
     if SINGLE_BLOCK:
-        x, b = _load_logits(X, Mask, cols, n_valid, stride_mc, MASK_KIND)
-        m = _shift(tl.max(x * scale_log2 + b, axis=0))
+        x, b = _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
+        m = _shift(tl.max(x * scale_log2 + b, axis=1, keep_dims=True))
         e = _exp2_shifted(x, b, scale_log2, m)
-        y = e * _reciprocal(tl.sum(e, axis=0))
+        y = e * _reciprocal(tl.sum(e, axis=1, keep_dims=True))
         tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=cols < C)
     else:
         m = float("-inf")
         s = 0.0
-        for off in range(0, n_valid, BLOCK_C):
-            x, b = _load_logits(X, Mask, off + cols, n_valid, stride_mc, MASK_KIND)
+        for off in range(0, n_keep, BLOCK_C):
+            x, b = _load_logits(X, Mask, off + cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
             m_new = tl.maximum(m, tl.max(x * scale_log2 + b, axis=0))
             shift = _shift(m_new)
             # m = -inf (nothing kept yet) has s = 0 and factor exp2(-inf) = 0.
@@ -136,7 +171,7 @@ def _softmax_fwd_kernel(
         shift = _shift(m)
         inv = _reciprocal(s)
         for off in range(0, C, BLOCK_C):
-            x, b = _load_logits(X, Mask, off + cols, n_valid, stride_mc, MASK_KIND)
+            x, b = _load_logits(X, Mask, off + cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
             y = _exp2_shifted(x, b, scale_log2, shift) * inv
             tl.store(Y + off + cols, y.to(Y.dtype.element_ty), mask=off + cols < C)
 
@@ -150,18 +185,18 @@ def _softmax_bwd_kernel(
     scale,
     BLOCK_C: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C
+    ROWS: tl.constexpr,  # rows a program, a divisor of M; 1 unless SINGLE_BLOCK
 ):
-    row = tl.program_id(0)
+    row, cols = _rows_and_cols(BLOCK_C, SINGLE_BLOCK, ROWS)
     # int64: row * C overflows int32 for tensors beyond 2**31 elements.
     Y += row.to(tl.int64) * C
     DY += row.to(tl.int64) * C
     DX += row.to(tl.int64) * C
-    cols = tl.arange(0, BLOCK_C)
     if SINGLE_BLOCK:
         mask = cols < C
         y = tl.load(Y + cols, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + cols, mask=mask, other=0.0).to(tl.float32)
-        dx = y * (dy - tl.sum(y * dy, axis=0)) * scale
+        dx = y * (dy - tl.sum(y * dy, axis=1, keep_dims=True)) * scale
         tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=mask)
     else:
         dot = 0.0
@@ -177,9 +212,19 @@ def _softmax_bwd_kernel(
             tl.store(DX + off + cols, (y * (dy - dot) * scale).to(DX.dtype.element_ty), mask=mask)
 
 
-def _launch_config(n_cols: int) -> dict:
-    block, num_warps = row_block(n_cols, MAX_BLOCK if n_cols <= MAX_BLOCK else LOOP_BLOCK)
-    return dict(BLOCK_C=block, SINGLE_BLOCK=n_cols <= block, num_warps=num_warps)
+def _launch_config(n_cols: int, n_rows: int = 1) -> dict:
+    """Block, rows a program and warps for ``n_rows`` rows of ``n_cols`` (the default: one row's)."""
+    max_block = MAX_BLOCK if n_cols <= MAX_BLOCK else LOOP_BLOCK
+    block, _ = row_block(n_cols, max_block)
+    single = n_cols <= block
+    # Short rows share a program, up to SHORT_ROWS_TILE elements: one row of < 256 columns alone would be
+    # a single warp with idle lanes, and SMs run too few programs at once (32 on Hopper) to keep enough
+    # loads in flight with such small ones. ROWS is a power of two dividing n_rows (the gcd of both), so
+    # that no program runs past the last row; an odd row count keeps one row a program.
+    rows = math.gcd(max(SHORT_ROWS_TILE // block, 1), n_rows) if single else 1
+    # The warps of a row of rows * block elements: 8 elements a thread, as for the long rows.
+    _, num_warps = row_block(rows * block, max_block)
+    return dict(BLOCK_C=block, SINGLE_BLOCK=single, ROWS=rows, num_warps=num_warps)
 
 
 def _mask_kind(mask, x) -> str:
@@ -205,9 +250,9 @@ def softmax_fwd(x, mask, scale: float, is_causal: bool, out_dtype: torch.dtype):
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     if y.numel() > 0:
         strides = (0, 0, 0, 0) if mask is None else mask.stride()
-        _softmax_fwd_kernel[(x.numel() // C,)](
-            x, mask, y, B, L, C, *strides, scale * _LOG2E.value,
-            MASK_KIND=kind, IS_CAUSAL=is_causal, **_launch_config(C),
+        config = _launch_config(C, x.numel() // C)
+        _softmax_fwd_kernel[(x.numel() // C // config["ROWS"],)](
+            x, mask, y, B, L, C, *strides, scale * _LOG2E.value, MASK_KIND=kind, IS_CAUSAL=is_causal, **config,
         )
     return y
 
@@ -220,5 +265,6 @@ def softmax_bwd(y, dy, scale: float, in_dtype: torch.dtype):
     dx = torch.empty(y.shape, dtype=in_dtype, device=y.device)
     if dx.numel() > 0:
         C = y.shape[-1]
-        _softmax_bwd_kernel[(y.numel() // C,)](y, dy, dx, C, scale, **_launch_config(C))
+        config = _launch_config(C, y.numel() // C)
+        _softmax_bwd_kernel[(y.numel() // C // config["ROWS"],)](y, dy, dx, C, scale, **config)
     return dx

@@ -91,6 +91,53 @@ def test_causal(backend, queries, keys):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_causal_long_rows_online_kernel(backend):
+    # Rows beyond every backend's single-pass limit whose kept columns end in the first block: the
+    # causal limit ends both the online pass and the loads (rounded up to a vector, not to the block).
+    queries, keys = 20, 16400
+    out = check(logits(1, 1, queries, keys), backend, scale=0.5, is_causal=True)
+    assert (out[..., queries:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_out_logits_are_ignored_even_if_not_finite(backend, dtype):
+    # The reference masks with masked_fill: whatever the logit under a masked-out entry, inf or NaN,
+    # it does not reach the output. Kernels may read such entries (whole vectors across the causal
+    # limit, the bool mask's False entries) but must not use them.
+    queries, keys = 20, 37
+    x = logits(2, 2, queries, keys, dtype=dtype)
+    mask = torch.rand(2, 1, 1, keys, device=DEVICE) > 0.3
+    cols = torch.arange(keys, device=DEVICE)
+    above = (cols[None, :] > torch.arange(queries, device=DEVICE)[:, None]).expand(x.shape)
+    x[above] = torch.where(torch.rand(int(above.sum()), device=DEVICE) > 0.5, float("inf"), float("nan")).to(dtype)
+    x[(~mask).expand(x.shape)] = float("nan")
+    out = check(x, backend, scale=0.5, mask=mask, is_causal=True)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_short_rows(backend):
+    # Triton gives rows this short 64 to a program (a power of two dividing the 256 rows): a program's
+    # rows span queries, heads and batch elements, each with its own mask row and causal limit.
+    x = logits(2, 4, 32, 16)
+    mask = torch.rand(2, 1, 32, 16, device=DEVICE) > 0.3
+    check(x, backend, scale=0.5, mask=mask, is_causal=True)
+    check(x, backend, mask=torch.randn(32, 16, device=DEVICE))
+
+
+def test_triton_short_rows_share_programs():
+    from fasttx.triton_kernels import softmax as kernels
+
+    # 1024 elements a program at 4 warps, in rows of a power of two dividing the row count.
+    assert kernels._launch_config(16, 256) == dict(BLOCK_C=16, SINGLE_BLOCK=True, ROWS=64, num_warps=4)
+    assert kernels._launch_config(37, 80) == dict(BLOCK_C=64, SINGLE_BLOCK=True, ROWS=16, num_warps=4)
+    assert kernels._launch_config(16, 255)["ROWS"] == 1
+    assert kernels._launch_config(1024, 256) == dict(BLOCK_C=1024, SINGLE_BLOCK=True, ROWS=1, num_warps=4)
+    assert kernels._launch_config(32768, 256)["ROWS"] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_causal_with_key_padding_fully_masking_rows(backend):
     x = logits(2, 2, 6, 8)
     mask = torch.ones(2, 1, 1, 8, dtype=torch.bool, device=DEVICE)

@@ -192,3 +192,74 @@ def test_messages_format_numbers_without_the_cpp_locale(tmp_path):
 
 def test_info_names_the_extension_state():
     assert "cuda extension" in fasttx.info()
+
+
+def _ptxas_table():
+    """tools/ptxas_table.py, which writes the register tables of csrc/README.md and csrc/attention/README.md."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "ptxas_table.py")
+    spec = importlib.util.spec_from_file_location("ptxas_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Captured from nvcc 13.0 -Xptxas -v (attention_bwd_hdim128.cu, softmax_fwd.cu), plus a non-entry
+# function's properties (a device function ptxas did not inline), which belong to no kernel.
+PTXAS_SAMPLE = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_ZN6fasttx4attn23attention_bwd_kv_kernelI6__halfLi128ELb1ELi3EEEvNS_15AttentionParamsE' for 'sm_80'
+ptxas info    : Function properties for _ZN6fasttx4attn23attention_bwd_kv_kernelI6__halfLi128ELb1ELi3EEEvNS_15AttentionParamsE
+    24 bytes stack frame, 20 bytes spill stores, 40 bytes spill loads
+ptxas info    : Used 255 registers, used 1 barriers, 24 bytes cumulative stack size, 656 bytes cmem[0]
+ptxas info    : Compile time = 932.027 ms
+ptxas info    : Compiling entry function '_ZN6fasttx4attn23attention_bwd_kv_kernelI6__halfLi128ELb0ELi3EEEvNS_15AttentionParamsE' for 'sm_90a'
+ptxas info    : Function properties for _ZN6fasttx4attn23attention_bwd_kv_kernelI6__halfLi128ELb0ELi3EEEvNS_15AttentionParamsE
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Function properties for _Z6helperf
+    16 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads
+ptxas info    : Used 254 registers, used 1 barriers, 656 bytes cmem[0]
+ptxas info    : Compiling entry function '_ZN6fasttx47_GLOBAL__N__4aaf383c_14_softmax_fwd_cu_9b2707f918softmax_fwd_kernelI13__nv_bfloat16S2_S2_Lb0EEEvNS_16SoftmaxFwdParamsEi' for 'sm_80'
+ptxas info    : Function properties for _ZN6fasttx47_GLOBAL__N__4aaf383c_14_softmax_fwd_cu_9b2707f918softmax_fwd_kernelI13__nv_bfloat16S2_S2_Lb0EEEvNS_16SoftmaxFwdParamsEi
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 106 registers, used 1 barriers, 128 bytes smem, 468 bytes cmem[0]
+ptxas info    : Compile time = 70.908 ms
+"""
+PTXAS_SAMPLE_NAMES = {  # c++filt of the sample's names
+    "_ZN6fasttx4attn23attention_bwd_kv_kernelI6__halfLi128ELb1ELi3EEEvNS_15AttentionParamsE":
+        "void fasttx::attn::attention_bwd_kv_kernel<__half, 128, true, 3>(fasttx::AttentionParams)",
+    "_ZN6fasttx4attn23attention_bwd_kv_kernelI6__halfLi128ELb0ELi3EEEvNS_15AttentionParamsE":
+        "void fasttx::attn::attention_bwd_kv_kernel<__half, 128, false, 3>(fasttx::AttentionParams)",
+    "_ZN6fasttx47_GLOBAL__N__4aaf383c_14_softmax_fwd_cu_9b2707f918softmax_fwd_kernelI13__nv_bfloat16S2_S2_Lb0EEEvNS_16SoftmaxFwdParamsEi":
+        "void fasttx::(anonymous namespace)::softmax_fwd_kernel<__nv_bfloat16, __nv_bfloat16, __nv_bfloat16, false>"
+        "(fasttx::SoftmaxFwdParams, int)",
+}
+
+
+def test_ptxas_table_parses_and_groups_ptxas_output():
+    """The parser of tools/ptxas_table.py on captured ptxas -v text (no compile: that takes minutes),
+    and the grouping into the README tables."""
+    table = _ptxas_table()
+    kernels = table.parse_ptxas(PTXAS_SAMPLE)
+    kv_causal, kv, softmax = PTXAS_SAMPLE_NAMES
+    assert kernels == [
+        table.Kernel(kv_causal, "sm_80", registers=255, spill_stores=20, spill_loads=40, smem=0),
+        table.Kernel(kv, "sm_90a", registers=254, spill_stores=0, spill_loads=0, smem=0),
+        table.Kernel(softmax, "sm_80", registers=106, spill_stores=0, spill_loads=0, smem=128),
+    ]
+    attention = table.render(table.FAMILIES["attention"], kernels[:2], PTXAS_SAMPLE_NAMES).splitlines()
+    assert attention[0] == "| kernel | E = 128 |"
+    assert attention[3] == "| dK/dV | 254-255; spills 20/40 B in 1 of 1 (sm_80) |"
+    assert attention[2] == "| forward | - |"
+    softmax_rows = table.render(table.FAMILIES["softmax"], kernels[2:], PTXAS_SAMPLE_NAMES).splitlines()
+    assert softmax_rows[0] == "| kernel | sm_80 | sm_90a |"
+    assert softmax_rows[4] == "| forward, float mask | 106, smem 128 B | - |"
+
+    readme = "intro\n<!-- ptxas-table softmax -->\nstale\n<!-- /ptxas-table -->\nrest\n"
+    text, families = table.replace_sections(readme, {"softmax": "fresh\n"})
+    assert text == "intro\n<!-- ptxas-table softmax -->\nfresh\n<!-- /ptxas-table -->\nrest\n"
+    assert families == {"softmax"}
+    with pytest.raises(SystemExit, match="unknown kernel family 'softmax'"):
+        table.replace_sections(readme, {"attention": "fresh\n"})
+    assert "--expt-relaxed-constexpr" in table.setup_nvcc_flags()

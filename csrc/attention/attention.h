@@ -8,14 +8,9 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/mask_kind.h"
 
 namespace fasttx {
-
-enum class AttnMaskKind : int {
-  kNone,
-  kBool,   // keep where true; bytes, 0 or 1 as torch stores bool
-  kFloat,  // added to the scaled scores; may hold -inf
-};
 
 // Head dims E (== Ev) with kernels.
 constexpr int kAttentionHeadDims[] = {32, 64, 96, 128, 256};
@@ -41,7 +36,7 @@ struct AttentionParams {
   const void* v;  // (B, Hkv, S, E)
   int64_t q_strides[3], k_strides[3], v_strides[3];
   // Mask: element (b, h, i, j) at mask + b s[0] + h s[1] + i s[2] + j s[3]; 0 strides broadcast.
-  AttnMaskKind mask_kind;
+  MaskKind mask_kind;
   DType mask_dtype;  // kFloat masks
   const void* mask;
   int64_t mask_strides[4];

@@ -17,13 +17,13 @@
 
 #include "attention/attention.h"
 #include "common/checks.h"
+#include "common/constants.h"
 
 namespace fasttx {
 namespace {
 
 constexpr const char* kFwdOp = "attention_fwd_cuda";
 constexpr const char* kBwdOp = "attention_bwd_cuda";
-constexpr double kLog2e = 1.4426950408889634;
 constexpr int64_t kMaxGridDim = 65535;  // grid y (heads) and z (batch)
 
 bool supported_head_dim(int64_t d) {
@@ -126,7 +126,7 @@ void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, c
   p.keys = static_cast<int>(k.size(2));
   p.is_causal = is_causal;
   p.scale = static_cast<float>(scale);
-  p.scale_log2 = static_cast<float>(scale * kLog2e);
+  p.scale_log2 = static_cast<float>(scale * kLog2e<double>);
   p.dropout_p = static_cast<float>(dropout_p);
   p.seed = seed.defined() ? seed.data_ptr<int64_t>() : nullptr;
   p.q = q.data_ptr();
@@ -137,10 +137,10 @@ void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, c
     p.k_strides[d] = k.stride(d);
     p.v_strides[d] = v.stride(d);
   }
-  p.mask_kind = !mask4.defined()                     ? AttnMaskKind::kNone
-                : mask4.scalar_type() == at::kBool ? AttnMaskKind::kBool
-                                                     : AttnMaskKind::kFloat;
-  p.mask_dtype = p.mask_kind == AttnMaskKind::kFloat ? to_dtype(mask4.scalar_type()) : DType::kFloat32;
+  p.mask_kind = !mask4.defined()                     ? MaskKind::kNone
+                : mask4.scalar_type() == at::kBool ? MaskKind::kBool
+                                                     : MaskKind::kFloat;
+  p.mask_dtype = p.mask_kind == MaskKind::kFloat ? to_dtype(mask4.scalar_type()) : DType::kFloat32;
   p.mask = mask4.defined() ? mask4.data_ptr() : nullptr;
   for (int d = 0; d < 4; ++d) p.mask_strides[d] = mask4.defined() ? mask4.stride(d) : 0;
 }

@@ -10,6 +10,7 @@
 #include "attention/attention.h"
 #include "attention/philox.h"
 #include "attention/primitives.cuh"
+#include "common/constants.h"
 
 namespace fasttx {
 namespace attn {
@@ -17,7 +18,6 @@ namespace attn {
 constexpr int kWarps = 4;  // each owns 16 rows of a 64-row tile
 constexpr int kThreads = 32 * kWarps;
 constexpr int kBlockM = 16 * kWarps;
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
 template <int kHeadDim>
@@ -51,15 +51,15 @@ __device__ __forceinline__ void copy_tile(T* smem, const T* src, int64_t row_str
 struct MaskRows {
   const void* ptr;
   int64_t row_stride, col_stride;
-  AttnMaskKind kind;
+  MaskKind kind;
   DType dtype;
 };
 
 __device__ __forceinline__ MaskRows mask_rows(const AttentionParams& p, int b, int h) {
   MaskRows m{p.mask, p.mask_strides[2], p.mask_strides[3], p.mask_kind, p.mask_dtype};
-  if (p.mask_kind != AttnMaskKind::kNone) {
+  if (p.mask_kind != MaskKind::kNone) {
     const int64_t off = b * p.mask_strides[0] + h * p.mask_strides[1];
-    const int bytes = p.mask_kind == AttnMaskKind::kBool ? 1 : p.mask_dtype == DType::kFloat32 ? 4 : 2;
+    const int bytes = p.mask_kind == MaskKind::kBool ? 1 : p.mask_dtype == DType::kFloat32 ? 4 : 2;
     m.ptr = static_cast<const char*>(p.mask) + off * bytes;
   }
   return m;
@@ -72,15 +72,15 @@ template <bool kCausal>
 __device__ __forceinline__ float masked_logit(float s, int i, int j, const AttentionParams& p, const MaskRows& m,
                                               bool check) {
   float z = s * p.scale_log2;
-  if (m.kind != AttnMaskKind::kNone && i < p.queries && j < p.keys) {
+  if (m.kind != MaskKind::kNone && i < p.queries && j < p.keys) {
     const int64_t off = i * m.row_stride + j * m.col_stride;
-    if (m.kind == AttnMaskKind::kBool) {
+    if (m.kind == MaskKind::kBool) {
       if (!static_cast<const bool*>(m.ptr)[off]) z = -INFINITY;
     } else {
       const float add = m.dtype == DType::kFloat32   ? static_cast<const float*>(m.ptr)[off]
                         : m.dtype == DType::kFloat16 ? __half2float(static_cast<const __half*>(m.ptr)[off])
                                                      : __bfloat162float(static_cast<const __nv_bfloat16*>(m.ptr)[off]);
-      z += add * kLog2e;
+      z += add * kLog2e<float>;
     }
   }
   if (check && (j >= p.keys || (kCausal && j > i))) z = -INFINITY;

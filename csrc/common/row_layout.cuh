@@ -9,7 +9,9 @@
 // consecutive 16-byte pieces, so accesses are coalesced.
 
 #include <algorithm>
+#include <cstdint>
 
+#include "common/launch.h"
 #include "common/reduce.h"
 
 namespace fasttx {
@@ -65,6 +67,30 @@ struct RowGroup {
   template <int K, int kMaxWarps, typename Combine>
   __device__ __forceinline__ void allreduce(float (&v)[K], float (&scratch)[K][kMaxWarps], Combine combine) const {
     group_allreduce(v, scratch, lanes, warps, first_warp, combine);
+  }
+};
+
+// Launches a row-wise kernel with one row group per row: enough blocks of cfg.threads for `rows`.
+template <typename Kernel, typename... Args>
+void launch_row_groups(Kernel kernel, const RowConfig& cfg, int64_t rows, cudaStream_t stream, const Args&... args) {
+  const int64_t blocks = ceil_div<int64_t>(rows, cfg.rows_per_block);
+  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(args...);
+}
+
+// A kernel family's layout, its RowLimits fixed at compile time for the kernels'
+// __launch_bounds__, register caches and scratch sizes. Each op declares its own in its namespace
+// (layer_norm::Layout, softmax::Layout) with the reasons for its numbers.
+template <int kCacheElems_, int kMinThreadsPerRow_, int kMaxThreads_, int kMinBlockThreads_>
+struct RowLayout {
+  static constexpr int kCacheElems = kCacheElems_;
+  static constexpr int kMinThreadsPerRow = kMinThreadsPerRow_;
+  static constexpr int kMaxThreads = kMaxThreads_;
+  static constexpr int kMaxWarps = kMaxThreads / kWarpSize;
+  static constexpr int kMinBlockThreads = kMinBlockThreads_;
+  using Group = RowGroup<kMinThreadsPerRow>;
+
+  static RowConfig config(int cols) {
+    return row_config(cols, RowLimits{kCacheElems, kMinThreadsPerRow, kMaxThreads, kMinBlockThreads});
   }
 };
 

@@ -10,7 +10,7 @@
 //   dw = sum over rows of dy * xhat,   db = sum over rows of dy.
 //
 // dx needs two row sums and then a second sweep over the row; the row stays in registers for it
-// (row_layout.cuh). dw and db are reduced over rows without atomics, so they are bitwise
+// (layer_norm_layout.cuh). dw and db are reduced over rows without atomics, so they are bitwise
 // reproducible: the grid has a fixed number G of blocks, each owns a row of a (G, N) fp32
 // workspace and writes its column sums there once, and reduce_partials_kernel adds the G rows per
 // column in a fixed order and rounds to the parameter dtype.
@@ -25,17 +25,20 @@
 #include "common/static_switch.h"
 #include "common/vec.h"
 #include "layer_norm/layer_norm.h"
-#include "layer_norm/row_layout.cuh"
+#include "layer_norm/layer_norm_layout.cuh"
 
 namespace fasttx {
+
+using layer_norm::Layout;
+
 namespace {
 
 // Each row group folds at least this many rows into its partial sums (when M allows), so that the
 // (G, N) workspace stays a fraction of the activations even for small M.
 constexpr int kMinRowsPerGroup = 4;
-// Shared memory for folding the row groups of a block: groups 1.. of a kMinThreads block, each
-// with its chunk of cached columns (blocks hold several row groups only when they are kMinThreads).
-constexpr int kFoldFloats = (kMinThreads - kWarpSize) * kCacheElems;
+// Shared memory for folding the row groups of a block: groups 1.. of a smallest block, each with
+// its chunk of cached columns (blocks hold several row groups only when they are the smallest).
+constexpr int kFoldFloats = (Layout::kMinBlockThreads - kWarpSize) * Layout::kCacheElems;
 // Column-parallel dw/db kernel (rows longer than a chunk): one thread per vector of columns.
 constexpr int kParamThreads = 256;
 // Partial-sum reduction: a warp reads 32 consecutive columns (128 bytes) of one workspace row, and
@@ -47,7 +50,7 @@ constexpr int kFinalSlices = 32;
 // single-chunk row) as row blockIdx.x of partials (G, N). Called by every thread of the block.
 template <bool kAligned, int kIters, int kVec>
 __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restrict__ partials, float* fold,
-                               const NormRowGroup& grp, int cols) {
+                               const Layout::Group& grp, int cols) {
   float* out = partials + static_cast<int64_t>(blockIdx.x) * cols;  // (N,)
   const int nvec = ceil_div(cols, kVec);
   if (grp.per_block == 1) {
@@ -59,7 +62,7 @@ __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restri
     return;
   }
   // Group g > 0 parks its sums in slot g - 1; group 0 adds the slots in order and stores.
-  const int slot = grp.size * kCacheElems;
+  const int slot = grp.size * Layout::kCacheElems;
   if (grp.index > 0) {
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
@@ -90,20 +93,21 @@ __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restri
 // dx for every row; with accumulate_params (single-chunk rows only) also this block's dw/db partial
 // sums. Block b handles rows b * per_block + group index, stepping by gridDim.x * per_block.
 // Vectors and kAligned as in the forward (layer_norm_fwd.cu).
-// 168 registers (instead of the ~190 the compiler picks for LayerNorm) let three 128-thread blocks,
-// 12 warps, share an SM rather than two, with no spills on sm_90 and a few bytes on sm_80's
-// unaligned variant. (__maxnreg__ excludes __launch_bounds__; 256 x 168 fits an SM's 64K registers.)
+// 168 registers (fewer than the compiler picks for LayerNorm unbounded) let three 128-thread blocks,
+// 12 warps, share an SM rather than two; what each instance takes and spills at that cap is in
+// csrc/README.md, "Registers". (__maxnreg__ excludes __launch_bounds__; 256 x 168 fits an SM's 64K
+// registers.)
 template <bool kIsRMS, typename T, typename W, bool kAligned>
 __global__ void __maxnreg__(168)
     norm_bwd_kernel(const NormBwdParams p, const int warps_per_row, const bool accumulate_params) {
   constexpr int kVec = kVecBytes / sizeof(T);
-  static_assert(kCacheElems % kVec == 0, "a thread caches whole vectors");
-  constexpr int kIters = kCacheElems / kVec;  // vectors a thread caches per tensor
+  static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
+  constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches per tensor
   constexpr int kSums = kIsRMS ? 1 : 2;       // row sums of g * xhat and (LayerNorm) g
-  __shared__ float scratch[kSums][kMaxWarps];
+  __shared__ float scratch[kSums][Layout::kMaxWarps];
   __shared__ float fold[kFoldFloats];
 
-  const NormRowGroup grp(warps_per_row * kWarpSize);
+  const Layout::Group grp(warps_per_row * kWarpSize);
   const W* __restrict__ w = static_cast<const W*>(p.weight);  // (N,) or nullptr
   const int nvec = ceil_div(p.cols, kVec);
   const int chunk = grp.size * kIters;  // vectors per chunk
@@ -293,7 +297,7 @@ bool fuses_param_grads(const RowConfig& cfg, int cols) { return cols <= cfg.chun
 }  // namespace
 
 cudaError_t norm_bwd_num_partials(const NormBwdParams& p, int* num_partials) {
-  const RowConfig cfg = row_config(p.cols);
+  const RowConfig cfg = Layout::config(p.cols);
   const BwdKernels k = select_bwd_kernels(p);
   int resident = 0;
   cudaError_t err;
@@ -313,7 +317,7 @@ cudaError_t norm_bwd_num_partials(const NormBwdParams& p, int* num_partials) {
 }
 
 void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
-  const RowConfig cfg = row_config(p.cols);
+  const RowConfig cfg = Layout::config(p.cols);
   const BwdKernels k = select_bwd_kernels(p);
   const bool fused = fuses_param_grads(cfg, p.cols);
   const bool param_grads = p.dweight_partials != nullptr || p.dbias_partials != nullptr;

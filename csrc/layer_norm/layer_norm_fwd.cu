@@ -4,7 +4,7 @@
 //   RMSNorm:   y = x * rstd * w,               rstd = 1 / sqrt(mean(x^2) + eps)
 // All arithmetic is fp32 whatever the storage types; y is rounded once, at the store.
 //
-// Variance: within a chunk (see row_layout.cuh) the values sit in registers, so it is computed in
+// Variance: within a chunk (see layer_norm_layout.cuh) the values sit in registers, so it is computed in
 // two passes (mean, then sum of squared deviations) instead of E[x^2] - E[x]^2, which cancels
 // catastrophically when |mean| >> std. Chunks of long rows are merged with Chan et al.'s pairwise
 // update, which is just as stable.
@@ -13,9 +13,12 @@
 #include "common/static_switch.h"
 #include "common/vec.h"
 #include "layer_norm/layer_norm.h"
-#include "layer_norm/row_layout.cuh"
+#include "layer_norm/layer_norm_layout.cuh"
 
 namespace fasttx {
+
+using layer_norm::Layout;
+
 namespace {
 
 // T: activation type, W: parameter type. A thread handles vectors of kVec = 16 bytes of T
@@ -23,13 +26,13 @@ namespace {
 // 128-bit accesses, otherwise element by element with the row's tail masked. One row group per
 // row; the grid covers all rows.
 template <bool kIsRMS, typename T, typename W, bool kAligned>
-__global__ void __launch_bounds__(kMaxThreads) norm_fwd_kernel(const NormFwdParams p, const int warps_per_row) {
+__global__ void __launch_bounds__(Layout::kMaxThreads) norm_fwd_kernel(const NormFwdParams p, const int warps_per_row) {
   constexpr int kVec = kVecBytes / sizeof(T);
-  static_assert(kCacheElems % kVec == 0, "a thread caches whole vectors");
-  constexpr int kIters = kCacheElems / kVec;  // vectors a thread caches
-  __shared__ float scratch[1][kMaxWarps];
+  static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
+  constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches
+  __shared__ float scratch[1][Layout::kMaxWarps];
 
-  const NormRowGroup grp(warps_per_row * kWarpSize);
+  const Layout::Group grp(warps_per_row * kWarpSize);
   const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
   // Rows past M (last block only) still take part in the block-wide reductions.
   const bool valid = row < p.rows;
@@ -160,10 +163,8 @@ FwdKernel select_fwd_kernel(const NormFwdParams& p) {
 }  // namespace
 
 void norm_fwd_launch(const NormFwdParams& p, cudaStream_t stream) {
-  const RowConfig cfg = row_config(p.cols);
-  const int64_t blocks = ceil_div<int64_t>(p.rows, cfg.rows_per_block);
-  const FwdKernel kernel = select_fwd_kernel(p);
-  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, cfg.threads_per_row / kWarpSize);
+  const RowConfig cfg = Layout::config(p.cols);
+  launch_row_groups(select_fwd_kernel(p), cfg, p.rows, stream, p, cfg.threads_per_row / kWarpSize);
 }
 
 }  // namespace fasttx

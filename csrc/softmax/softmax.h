@@ -8,14 +8,9 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/mask_kind.h"
 
 namespace fasttx {
-
-enum class MaskKind : int {
-  kNone,
-  kBool,   // keep where true; bytes, 0 or 1 as torch stores bool
-  kFloat,  // added to the scaled logits; may hold -inf
-};
 
 struct SoftmaxFwdParams {
   DType input_dtype;   // x

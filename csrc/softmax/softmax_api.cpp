@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "common/checks.h"
+#include "common/constants.h"
 #include "softmax/softmax.h"
 
 namespace fasttx {
@@ -16,7 +17,6 @@ namespace {
 
 constexpr const char* kFwdOp = "softmax_fwd_cuda";
 constexpr const char* kBwdOp = "softmax_bwd_cuda";
-constexpr double kLog2e = 1.4426950408889634;
 
 // Rows of C columns: C within int, and as many rows as a 1-D grid indexes.
 void check_rows(const char* op, const char* name, const at::Tensor& t) {
@@ -82,7 +82,7 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& input, const std::optional<at::Ten
       p.mask_strides[d] = mask4.defined() && input.size(d) > 1 ? mask4.stride(d) : 0;
     }
     p.y = out.data_ptr();
-    p.scale_log2 = static_cast<float>(scale * kLog2e);
+    p.scale_log2 = static_cast<float>(scale * kLog2e<double>);
     softmax_fwd_launch(p, c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }

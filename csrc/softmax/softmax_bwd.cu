@@ -10,7 +10,7 @@
 // It needs only y, not x or the mask: masked entries have y = 0 and get dx = 0, and a fully masked
 // row (y = 0 throughout) gets 0. The mask is a constant here (a float mask's gradient is dz, the
 // caller's kernel call with scale 1). One row sum (the dot product y . dy), then a second sweep:
-// rows up to a chunk (softmax/row_layout.cuh) stay in registers for it, longer ones are read
+// rows up to a chunk (softmax/softmax_layout.cuh) stay in registers for it, longer ones are read
 // again. All arithmetic is fp32.
 
 #include <type_traits>
@@ -18,31 +18,28 @@
 #include "common/launch.h"
 #include "common/static_switch.h"
 #include "common/vec.h"
-#include "softmax/row_layout.cuh"
+#include "softmax/softmax_layout.cuh"
 #include "softmax/softmax.h"
 
 namespace fasttx {
 namespace {
 
-using softmax::kCacheElems;
-using softmax::kMaxThreads;
-using softmax::kMaxWarps;
-using softmax::SoftmaxRowGroup;
+using softmax::Layout;
 
 // Y: y and dy, D: dx. A thread handles vectors of kVec consecutive elements, 16 bytes of the
 // narrower type (the fp32 side then takes two 128-bit accesses); kAligned (C a multiple of kVec,
 // 16-byte aligned tensors) moves them with 128-bit accesses, otherwise element by element with the
 // row's tail masked. One row group per row; the grid covers all rows. One 512-thread block per SM:
-// the two cached tensors alone take 64 registers; the kernel takes 91-96, without spilling.
+// the two cached tensors alone take 64 registers (the kernel's count: csrc/README.md, "Registers").
 template <typename Y, typename D, bool kAligned>
-__global__ void __launch_bounds__(kMaxThreads, 1)
+__global__ void __launch_bounds__(Layout::kMaxThreads, 1)
     softmax_bwd_kernel(const SoftmaxBwdParams p, const int threads_per_row) {
   constexpr int kVec = kVecBytes / (sizeof(Y) < sizeof(D) ? sizeof(Y) : sizeof(D));
-  static_assert(kCacheElems % kVec == 0, "a thread caches whole vectors");
-  constexpr int kIters = kCacheElems / kVec;  // vectors a thread caches per tensor
-  __shared__ float scratch[1][kMaxWarps];
+  static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
+  constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches per tensor
+  __shared__ float scratch[1][Layout::kMaxWarps];
 
-  const SoftmaxRowGroup grp(threads_per_row);
+  const Layout::Group grp(threads_per_row);
   const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
   // Rows past M (last block only) still take part in the block-wide reduction.
   const bool valid = row < p.rows;
@@ -125,10 +122,8 @@ BwdKernel select_bwd_kernel(const SoftmaxBwdParams& p) {
 }  // namespace
 
 void softmax_bwd_launch(const SoftmaxBwdParams& p, cudaStream_t stream) {
-  const RowConfig cfg = softmax::row_config(p.cols);
-  const int64_t blocks = ceil_div<int64_t>(p.rows, cfg.rows_per_block);
-  const BwdKernel kernel = select_bwd_kernel(p);
-  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, cfg.threads_per_row);
+  const RowConfig cfg = Layout::config(p.cols);
+  launch_row_groups(select_bwd_kernel(p), cfg, p.rows, stream, p, cfg.threads_per_row);
 }
 
 }  // namespace fasttx

@@ -3,7 +3,7 @@
 // read through its own strides (broadcast dims have stride 0), and optionally causal (column
 // c <= l kept in row l of the last two dims, top-left aligned as torch's SDPA). All arithmetic is
 // fp32 and y is rounded once, at the store. Rows up to 16384 elements read x and the mask once;
-// longer ones read them twice, the second time mostly from L2 (softmax/row_layout.cuh).
+// longer ones read them twice, the second time mostly from L2 (softmax/softmax_layout.cuh).
 //
 // With z = scale * x + mask over the kept columns and m = max z, y = exp(z - m) / sum exp(z - m):
 // every exponent is <= 0, so huge logits cannot overflow. The kernel works in base 2,
@@ -26,21 +26,17 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/constants.h"
 #include "common/launch.h"
 #include "common/static_switch.h"
 #include "common/vec.h"
-#include "softmax/row_layout.cuh"
+#include "softmax/softmax_layout.cuh"
 #include "softmax/softmax.h"
 
 namespace fasttx {
 namespace {
 
-using softmax::kCacheElems;
-using softmax::kMaxThreads;
-using softmax::kMaxWarps;
-using softmax::SoftmaxRowGroup;
-
-constexpr float kLog2e = 1.4426950408889634f;
+using softmax::Layout;
 
 // The exponent offset for a running max m: m itself, or 0 while nothing is kept (m = -inf).
 __device__ __forceinline__ float shift_for(float m) { return m == -INFINITY ? 0.f : m; }
@@ -61,7 +57,7 @@ struct MergeOp {
 // 1). The no-mask 16-bit instances, plain attention softmax, fit 64 registers without spilling, so
 // two long rows overlap one's reduction with the other's loads. The others get 1, said explicitly:
 // told nothing, ptxas squeezes the aligned fp32 ones into 64 registers and spills, and 2 would
-// spill in the unaligned bool-mask ones. With 1 they take 69-80 registers (float masks 103-128).
+// spill in the unaligned bool-mask ones. What each instance takes: csrc/README.md, "Registers".
 template <typename T, typename M>
 constexpr int min_blocks_per_sm() {
   return sizeof(T) == 2 && std::is_void_v<M> ? 2 : 1;
@@ -87,17 +83,17 @@ __device__ __forceinline__ void load_mask(const M* mask, int col, int64_t stride
 // them with 128-bit accesses (the mask's vector is kVec elements of M: 4 to 32 bytes), otherwise
 // element by element with the row's tail masked. One row group per row; the grid covers all rows.
 template <typename T, typename O, typename M, bool kAligned>
-__global__ void __launch_bounds__(kMaxThreads, min_blocks_per_sm<T, M>())
+__global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M>())
     softmax_fwd_kernel(const SoftmaxFwdParams p, const int threads_per_row) {
   constexpr int kVec = kVecBytes / sizeof(T);
-  static_assert(kCacheElems % kVec == 0, "a thread caches whole vectors");
-  constexpr int kIters = kCacheElems / kVec;  // vectors a thread caches
-  static_assert(kCacheElems <= 32, "a thread's keep flags fit one word");
+  static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
+  constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches
+  static_assert(Layout::kCacheElems <= 32, "a thread's keep flags fit one word");
   constexpr bool kBoolMask = std::is_same_v<M, uint8_t>;
   constexpr bool kFloatMask = !kBoolMask && !std::is_void_v<M>;
-  __shared__ float scratch[2][kMaxWarps];
+  __shared__ float scratch[2][Layout::kMaxWarps];
 
-  const SoftmaxRowGroup grp(threads_per_row);
+  const Layout::Group grp(threads_per_row);
   const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
   // Rows past A * B * L (last block only) still take part in the block-wide reduction.
   const bool valid = row < p.rows;
@@ -144,7 +140,7 @@ __global__ void __launch_bounds__(kMaxThreads, min_blocks_per_sm<T, M>())
         }
         if constexpr (kFloatMask) {
           load_mask<kVec, kAligned>(mask, col, p.mask_strides[3], n, bv[i], 0.f,
-                                    [](M v) { return to_float(v) * kLog2e; });
+                                    [](M v) { return to_float(v) * kLog2e<float>; });
         }
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
@@ -262,10 +258,8 @@ FwdKernel select_fwd_kernel(const SoftmaxFwdParams& p) {
 }  // namespace
 
 void softmax_fwd_launch(const SoftmaxFwdParams& p, cudaStream_t stream) {
-  const RowConfig cfg = softmax::row_config(p.cols);
-  const int64_t blocks = ceil_div<int64_t>(p.rows, cfg.rows_per_block);
-  const FwdKernel kernel = select_fwd_kernel(p);
-  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, cfg.threads_per_row);
+  const RowConfig cfg = Layout::config(p.cols);
+  launch_row_groups(select_fwd_kernel(p), cfg, p.rows, stream, p, cfg.threads_per_row);
 }
 
 }  // namespace fasttx

@@ -32,7 +32,7 @@ extern "C" void emu_attention(int backward, const int64_t* ints, const double* f
   p.keys = static_cast<int>(ints[6]);
   p.is_causal = ints[7] != 0;
   p.seed = ints + 8;  // the emulated device reads host memory
-  p.mask_kind = static_cast<AttnMaskKind>(ints[9]);
+  p.mask_kind = static_cast<MaskKind>(ints[9]);
   p.mask_dtype = static_cast<DType>(ints[10]);
   for (int d = 0; d < 3; ++d) {
     p.q_strides[d] = ints[11 + d];

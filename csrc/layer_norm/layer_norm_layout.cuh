@@ -14,24 +14,21 @@
 #include "common/row_layout.cuh"
 
 namespace fasttx {
+namespace layer_norm {
 
-// Largest block (the forward kernel's __launch_bounds__).
-constexpr int kMaxThreads = 256;
-constexpr int kMaxWarps = kMaxThreads / kWarpSize;
-// Smallest block: 4 warps, so that warp-per-row kernels still reach full occupancy within the
-// 32-resident-blocks-per-SM limit.
-constexpr int kMinThreads = 128;
-// Row values each thread caches per tensor: one warp covers N = 1024 and 8 warps N = 8192 in a
-// single chunk. The forward then needs ~64 registers; the backward holds xhat, g and its dw, db
-// accumulators for the same columns (4 x 32 floats) and is capped at 168 (layer_norm_bwd.cu).
-constexpr int kCacheElems = 32;
+using Layout = RowLayout<
+    // kCacheElems, row values each thread caches per tensor: one warp covers N = 1024 and 8 warps
+    // N = 8192 in a single chunk. The backward holds xhat, g and its dw, db accumulators for the
+    // same columns (4 x 32 floats), hence its register cap (layer_norm_bwd.cu).
+    32,
+    // kMinThreadsPerRow, at least a warp: norm rows are hidden sizes, rarely shorter than a few
+    // hundred.
+    kWarpSize,
+    // kMaxThreads, the largest block (the forward kernel's __launch_bounds__).
+    256,
+    // kMinBlockThreads, the smallest block: 4 warps, so that warp-per-row kernels still reach full
+    // occupancy within the 32-resident-blocks-per-SM limit.
+    128>;
 
-// At least a warp per row: norm rows are hidden sizes, rarely shorter than a few hundred.
-constexpr int kMinThreadsPerRow = kWarpSize;
-using NormRowGroup = RowGroup<kMinThreadsPerRow>;
-
-inline RowConfig row_config(int cols) {
-  return row_config(cols, RowLimits{kCacheElems, kMinThreadsPerRow, kMaxThreads, kMinThreads});
-}
-
+}  // namespace layer_norm
 }  // namespace fasttx

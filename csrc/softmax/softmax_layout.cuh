@@ -16,25 +16,18 @@
 namespace fasttx {
 namespace softmax {
 
-// Row values each thread caches per tensor: two cached tensors of 32 fp32 values are 64 registers;
-// with the rest the kernels take 63-128, within the 128 a 512-thread block may use (64 values would
-// not fit).
-constexpr int kCacheElems = 32;
-// Largest row group and block, the kernels' __launch_bounds__: 16 warps cache 16384 elements, the
-// single-pass limit of the Triton kernels too.
-constexpr int kMaxThreads = 512;
-constexpr int kMaxWarps = kMaxThreads / kWarpSize;
-// Smallest block: 4 warps, so that kernels with short rows still reach full occupancy within the
-// 32-resident-blocks-per-SM limit.
-constexpr int kMinBlockThreads = 128;
-
-// Down to one thread per row (see above).
-constexpr int kMinThreadsPerRow = 1;
-using SoftmaxRowGroup = RowGroup<kMinThreadsPerRow>;
-
-inline RowConfig row_config(int cols) {
-  return ::fasttx::row_config(cols, RowLimits{kCacheElems, kMinThreadsPerRow, kMaxThreads, kMinBlockThreads});
-}
+using Layout = RowLayout<
+    // kCacheElems, row values each thread caches per tensor: two cached tensors of 32 fp32 values
+    // are 64 registers, within the 128 a 512-thread block may use (64 values would not fit).
+    32,
+    // kMinThreadsPerRow: down to one thread per row (see above).
+    1,
+    // kMaxThreads, the largest row group and block, the kernels' __launch_bounds__: 16 warps cache
+    // 16384 elements, the single-pass limit of the Triton kernels too.
+    512,
+    // kMinBlockThreads, the smallest block: 4 warps, so that kernels with short rows still reach
+    // full occupancy within the 32-resident-blocks-per-SM limit.
+    128>;
 
 }  // namespace softmax
 }  // namespace fasttx

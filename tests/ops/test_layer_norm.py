@@ -222,3 +222,29 @@ def test_layer_norm_refuses_parameter_dtypes_torch_refuses(param, input_dtype, p
     for backend in BACKENDS:
         with pytest.raises(RuntimeError, match=f"fasttx.layer_norm: {param} must have dtype .*got {param_dtype}"):
             fasttx.layer_norm(x, (8,), **params, backend=backend)
+
+
+@pytest.mark.parametrize("regs, warps, shared, expected", [
+    (64, 16, 32856, 2),  # the bf16 backward at 4096: registers allow two (64 x 512 x 2 = 64K)
+    (90, 16, 16384, 1),  # the two-pass backward at 16384 on Triton 3.8: one, hence a one-wave grid of one an SM
+    (63, 4, 8232, 8),  # 63 registers round up to 64 a thread (256 a warp): eight 4-warp programs
+    (32, 4, 120000, 1),  # shared memory the limit
+    (16, 1, 0, 32),  # the hardware's cap on resident programs
+])
+def test_programs_per_sm(regs, warps, shared, expected):
+    """The persistent backward's grid is one wave: the programs an SM holds, from the compiled kernel's
+    registers and shared memory (H100 / H200's limits here; the GPU run uses the real kernel's)."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from fasttx.triton_kernels import utils
+
+    kernel = SimpleNamespace(_init_handles=lambda: None, n_regs=regs,
+                             metadata=SimpleNamespace(num_warps=warps, shared=shared))
+    sm90 = SimpleNamespace(warp_size=32, max_threads_per_multi_processor=2048, regs_per_multiprocessor=65536,
+                           shared_memory_per_multiprocessor=233472)
+    with mock.patch.object(torch.cuda, "get_device_properties", lambda device: sm90):
+        assert utils.programs_per_sm(kernel, torch.device("cuda", 0)) == expected
+    with mock.patch.object(utils, "_cuda_sm_count", lambda index: 132):
+        assert utils.persistent_split(16384, warps, torch.device("cuda", 0), expected) == (
+            math.ceil(16384 / math.ceil(16384 / (132 * expected))), math.ceil(16384 / (132 * expected)))

@@ -256,6 +256,26 @@ def _norm_fwd(x, weight, bias, eps, is_rms):
     return y, mean, rstd
 
 
+def _bwd_consts(x, dy, weight, has_bias, is_rms):
+    """The backward's compile-time arguments and num_warps for rows like ``x``."""
+    N = x.shape[1]
+    block, num_warps = row_block(N, BWD_MAX_BLOCK)
+    row_bytes = block * (x.element_size() + dy.element_size())  # a row's x and dy in shared memory
+    stages = BWD_STAGES.value if (BWD_STAGES.value - 1) * row_bytes <= BWD_BUFFER_BYTES else 2
+    return dict(IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=has_bias, BLOCK_N=block, SINGLE_BLOCK=N <= block,
+                STAGES=stages, num_warps=num_warps)
+
+
+def _bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts):
+    """The compiled backward that the launch with these arguments runs, compiled (or found in Triton's
+    cache) before its grid, and so its partial buffers and rows_per_program, are known: stand-ins lend
+    the buffers' dtype, and rows_per_program is not specialised."""
+    stand_in = torch.empty(1, dtype=torch.float32, device=x.device)
+    return _norm_bwd_kernel.warmup(
+        dy, x, weight, mean, rstd, dx, stand_in if weight is not None else None, stand_in if has_bias else None,
+        x.shape[0], x.shape[1], 1, grid=(1,), **consts)
+
+
 def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
     _check_rows(x)
     _check_rows(dy, "dy")
@@ -263,22 +283,12 @@ def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
     assert dy.shape == x.shape and rstd.shape == (M,) and (mean is None or mean.shape == (M,))
     _check_param(weight, N)
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    block, num_warps = row_block(N, BWD_MAX_BLOCK)
-    row_bytes = block * (x.element_size() + dy.element_size())  # a row's x and dy in shared memory
-    stages = BWD_STAGES.value if (BWD_STAGES.value - 1) * row_bytes <= BWD_BUFFER_BYTES else 2
-    consts = dict(IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=has_bias, BLOCK_N=block, SINGLE_BLOCK=N <= block,
-                  STAGES=stages, num_warps=num_warps)
+    consts = _bwd_consts(x, dy, weight, has_bias, is_rms)
     per_sm = None
     if M > 0 and x.device.type == "cuda":
-        # The kernel this launch runs, compiled (or found in the cache) before the grid is known: its
-        # registers and shared memory say how many programs an SM holds, so that the grid is one full
-        # wave. The partial buffers only lend their dtype here (rows_per_program is not specialised).
-        stand_in = torch.empty(1, dtype=torch.float32, device=x.device)
-        kernel = _norm_bwd_kernel.warmup(
-            dy, x, weight, mean, rstd, dx, stand_in if weight is not None else None, stand_in if has_bias else None,
-            M, N, 1, grid=(1,), **consts)
-        per_sm = programs_per_sm(kernel, x.device)
-    programs, rows_per_program = persistent_split(M, num_warps, x.device, per_sm)
+        # Its registers and shared memory say how many programs an SM holds: the grid is one full wave.
+        per_sm = programs_per_sm(_bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts), x.device)
+    programs, rows_per_program = persistent_split(M, consts["num_warps"], x.device, per_sm)
     # With M == 0 the (0, N) buffers still reduce to the correct all-zero gradients.
     dw = torch.empty((programs, N), dtype=torch.float32, device=x.device) if weight is not None else None
     db = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else None

@@ -2,6 +2,10 @@
 saved statistics against the float64 reference, for every backend that runs here."""
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -248,3 +252,44 @@ def test_programs_per_sm(regs, warps, shared, expected):
     with mock.patch.object(utils, "_cuda_sm_count", lambda index: 132):
         assert utils.persistent_split(16384, warps, torch.device("cuda", 0), expected) == (
             math.ceil(16384 / math.ceil(16384 / (132 * expected))), math.ceil(16384 / (132 * expected)))
+
+
+# Without TRITON_INTERPRET and without a GPU: Triton's driver replaced by one that names sm_90 as the
+# target, all that warmup needs to bind and compile (exit status 3: this Triton's internals moved).
+_WARMUP_RETURNS_THE_LAUNCHED_KERNEL = r"""
+import sys, torch
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+except ImportError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+from fasttx.triton_kernels import layer_norm as ln
+
+class Sm90:
+    def get_current_target(self): return GPUTarget("cuda", 90, 32)
+    def get_current_device(self): return 0
+    def get_current_stream(self, device=None): return 0
+
+driver.set_active(Sm90())
+M, N = 1000, 1024
+x, w, stats = torch.empty(M, N, dtype=torch.bfloat16), torch.empty(N, dtype=torch.bfloat16), torch.empty(M)
+consts = ln._bwd_consts(x, x, w, True, False)
+before = ln._bwd_kernel_for(x, x, w, stats, stats, x, True, consts)
+partial = torch.empty(264, N)
+for rows in (1, 16, 63):  # what Triton specialises ints on: == 1, divisible by 16, neither
+    launched = ln._norm_bwd_kernel.warmup(x, x, w, stats, stats, x, partial, partial, M, N, rows, grid=(1,), **consts)
+    assert launched is before, f"rows_per_program={rows} runs another kernel than the grid was sized for"
+"""
+
+
+def test_backward_grid_is_sized_by_the_kernel_it_launches():
+    """The launcher sizes the backward's grid by a kernel compiled before the grid is known (stand-in
+    partial buffers, rows_per_program 1): it must be the kernel the launch then runs, whatever its
+    rows_per_program. Compiles for sm_90 with Triton's own compiler: no GPU needed."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _WARMUP_RETURNS_THE_LAUNCHED_KERNEL], capture_output=True, text=True,
+                          env=env, cwd=pathlib.Path(__file__).parents[2], timeout=600)
+    if done.returncode == 3:
+        pytest.skip(f"this Triton lacks what the check uses: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr[-4000:]

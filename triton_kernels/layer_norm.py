@@ -19,8 +19,16 @@ by setting mean = 0 and mean(g) = 0.
     dw = sum_rows(dy * xhat),  db = sum_rows(dy)
 
 dw/db are reduced deterministically without atomics: each of G persistent programs owns a contiguous
-range of rows and writes its partial sums to row ``pid`` of a (G, N) fp32 buffer, which the launcher
-then reduces with ``sum(0)``.
+range of rows, walks it in order and writes its partial sums to row ``pid`` of a (G, N) fp32 buffer,
+which the launcher then reduces with ``sum(0)``. G is what the GPU holds at once: one full wave.
+
+When a row fits one block, the backward's row loop is software-pipelined (``tl.range(num_stages=...)``):
+Triton copies the x and dy of the next rows into shared memory (cp.async) while the current row reduces,
+so a program keeps loads in flight through its reductions and stores. Pipelining changes when bytes
+arrive, not the arithmetic or its order.
+
+Registers, spills, shared memory and whether the loop is pipelined, for the configurations the
+launchers choose: benchmarks/notes/kernel_report.md (``python -m fasttx.benchmarks.kernel_report``).
 """
 
 import torch
@@ -28,16 +36,23 @@ import triton
 import triton.language as tl
 
 from ..backends import KERNEL_DTYPES
-from .utils import persistent_split, row_block
+from .utils import persistent_split, programs_per_sm, row_block
 
 # Rows up to these lengths are held in registers in one block; longer rows loop over column blocks and
 # re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever the input
 # dtype, so the limits are in elements. At 16 warps ptxas may give each thread 128 registers (64K file).
-# The forward keeps ~2 row-sized tensors live: at 16384 elements (32 per thread) ptxas for sm_90 uses
-# <= 95 registers, at 32768 it hits the 128 cap and spills. The backward keeps ~5 live (x, dy, g and the
-# dw, db accumulators): at 8192 it uses <= 128 without spilling, at 16384 it spills up to 720 bytes.
+# The forward keeps ~2 row-sized tensors live, the backward ~5 (x, dy, g and the dw, db accumulators),
+# hence its smaller limit: past these ptxas spills (registers and spills of each configuration:
+# benchmarks/notes/kernel_report.md).
 FWD_MAX_BLOCK = 16384
 BWD_MAX_BLOCK = 8192
+# Row-loop stages of the one-block backward: 3 keeps the next two rows' x and dy in flight (two
+# shared-memory buffers) while a row reduces, in <= 64 registers at 16 warps up to 4096, i.e. two
+# programs an SM on sm_90 (kernel_report.md). Where two buffers would pass BWD_BUFFER_BYTES (fp32 rows of
+# 8192: 128 KB), 2 stages (one buffer, the next row in flight), so that a program still fits the ~100 KB
+# of shared memory a block gets on sm_86 / sm_89.
+BWD_STAGES = tl.constexpr(3)
+BWD_BUFFER_BYTES = 64 * 1024
 
 
 @triton.jit
@@ -116,19 +131,17 @@ def _norm_fwd_kernel(
 
 
 @triton.jit
-def _xhat_dy_g(X, DY, W, offs, cols, mask, mean, rstd, HAS_W: tl.constexpr):
+def _xhat_dy(X, DY, offs, mask, mean, rstd):
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
     # Padding lanes would give xhat = -mean * rstd: zero them so they drop out of the row sums.
     xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-    g = dy
-    if HAS_W:
-        # Re-read per row rather than held across rows: it hits L1, and holding it costs a row of registers.
-        g = dy * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    return xhat, dy, g
+    return xhat, dy
 
 
-@triton.jit
+# rows_per_program is not specialised (e.g. on divisibility by 16): the launcher compiles the kernel
+# before it knows the grid, to size the grid by the compiled kernel's registers and shared memory.
+@triton.jit(do_not_specialize=["rows_per_program"])
 def _norm_bwd_kernel(
     DY,  # (M, N) upstream gradient, row-major
     X,  # (M, N) forward input, row-major
@@ -146,6 +159,7 @@ def _norm_bwd_kernel(
     HAS_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # N <= BLOCK_N
+    STAGES: tl.constexpr = BWD_STAGES,  # software-pipelining depth of the one-block row loop
 ):
     pid = tl.program_id(0)
     # int64 rows, so that row * N cannot overflow for tensors beyond 2**31 elements.
@@ -157,11 +171,16 @@ def _norm_bwd_kernel(
         mask = cols < N
         dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
         db = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for row in range(row_start, row_end):
+        # Loaded once, as stored (half the registers of fp32 for 16-bit weights), and held across rows:
+        # inside the pipelined loop it would be copied to shared memory again for every row.
+        w = tl.load(W + cols, mask=mask, other=0.0) if HAS_W else 0.0
+        # num_stages on the loop itself: Triton pipelines loads that feed no tl.dot only when asked.
+        for row in tl.range(row_start, row_end, num_stages=STAGES):
             mean = 0.0 if IS_RMS else tl.load(Mean + row)
             rstd = tl.load(Rstd + row)
             offs = row * N + cols
-            xhat, dy, g = _xhat_dy_g(X, DY, W, offs, cols, mask, mean, rstd, HAS_W)
+            xhat, dy = _xhat_dy(X, DY, offs, mask, mean, rstd)
+            g = dy * w.to(tl.float32) if HAS_W else dy  # the gradient w.r.t. xhat
             c1 = tl.sum(xhat * g, axis=0) / N
             c2 = 0.0 if IS_RMS else tl.sum(g, axis=0) / N
             tl.store(DX + offs, ((g - (xhat * c1 + c2)) * rstd).to(DX.dtype.element_ty), mask=mask)
@@ -174,6 +193,8 @@ def _norm_bwd_kernel(
         if HAS_B:
             tl.store(DB + part + cols, db, mask=mask)
     else:
+        # Not pipelined: the row loop holds two column loops (Triton pipelines innermost loops only), and
+        # pipelining those instead takes more registers than two programs an SM allow (layer_norm.md).
         for row in range(row_start, row_end):
             mean = 0.0 if IS_RMS else tl.load(Mean + row)
             rstd = tl.load(Rstd + row)
@@ -182,7 +203,9 @@ def _norm_bwd_kernel(
             c2 = 0.0
             for off in range(0, N, BLOCK_N):
                 mask = off + cols < N
-                xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
+                xhat, dy = _xhat_dy(X, DY, base + off + cols, mask, mean, rstd)
+                # Re-read per block: it hits L1, and holding it across rows costs a row of registers.
+                g = dy * tl.load(W + (off + cols), mask=mask, other=0.0).to(tl.float32) if HAS_W else dy
                 c1 += tl.sum(xhat * g, axis=0)
                 if not IS_RMS:
                     c2 += tl.sum(g, axis=0)
@@ -193,7 +216,9 @@ def _norm_bwd_kernel(
             accumulate = row > row_start
             for off in range(0, N, BLOCK_N):
                 mask = off + cols < N
-                xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
+                xhat, dy = _xhat_dy(X, DY, base + off + cols, mask, mean, rstd)
+                # Re-read per block: it hits L1, and holding it across rows costs a row of registers.
+                g = dy * tl.load(W + (off + cols), mask=mask, other=0.0).to(tl.float32) if HAS_W else dy
                 dx = (g - (xhat * c1 + c2)) * rstd
                 tl.store(DX + base + off + cols, dx.to(DX.dtype.element_ty), mask=mask)
                 if HAS_W:
@@ -231,6 +256,26 @@ def _norm_fwd(x, weight, bias, eps, is_rms):
     return y, mean, rstd
 
 
+def _bwd_consts(x, dy, weight, has_bias, is_rms):
+    """The backward's compile-time arguments and num_warps for rows like ``x``."""
+    N = x.shape[1]
+    block, num_warps = row_block(N, BWD_MAX_BLOCK)
+    row_bytes = block * (x.element_size() + dy.element_size())  # a row's x and dy in shared memory
+    stages = BWD_STAGES.value if (BWD_STAGES.value - 1) * row_bytes <= BWD_BUFFER_BYTES else 2
+    return dict(IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=has_bias, BLOCK_N=block, SINGLE_BLOCK=N <= block,
+                STAGES=stages, num_warps=num_warps)
+
+
+def _bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts):
+    """The compiled backward that the launch with these arguments runs, compiled (or found in Triton's
+    cache) before its grid, and so its partial buffers and rows_per_program, are known: stand-ins lend
+    the buffers' dtype, and rows_per_program is not specialised."""
+    stand_in = torch.empty(1, dtype=torch.float32, device=x.device)
+    return _norm_bwd_kernel.warmup(
+        dy, x, weight, mean, rstd, dx, stand_in if weight is not None else None, stand_in if has_bias else None,
+        x.shape[0], x.shape[1], 1, grid=(1,), **consts)
+
+
 def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
     _check_rows(x)
     _check_rows(dy, "dy")
@@ -238,17 +283,17 @@ def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
     assert dy.shape == x.shape and rstd.shape == (M,) and (mean is None or mean.shape == (M,))
     _check_param(weight, N)
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    block, num_warps = row_block(N, BWD_MAX_BLOCK)
-    programs, rows_per_program = persistent_split(M, num_warps, x.device)
+    consts = _bwd_consts(x, dy, weight, has_bias, is_rms)
+    per_sm = None
+    if M > 0 and x.device.type == "cuda":
+        # Its registers and shared memory say how many programs an SM holds: the grid is one full wave.
+        per_sm = programs_per_sm(_bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts), x.device)
+    programs, rows_per_program = persistent_split(M, consts["num_warps"], x.device, per_sm)
     # With M == 0 the (0, N) buffers still reduce to the correct all-zero gradients.
     dw = torch.empty((programs, N), dtype=torch.float32, device=x.device) if weight is not None else None
     db = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else None
     if M > 0:
-        _norm_bwd_kernel[(programs,)](
-            dy, x, weight, mean, rstd, dx, dw, db, M, N, rows_per_program,
-            IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=has_bias,
-            BLOCK_N=block, SINGLE_BLOCK=N <= block, num_warps=num_warps,
-        )
+        _norm_bwd_kernel[(programs,)](dy, x, weight, mean, rstd, dx, dw, db, M, N, rows_per_program, **consts)
     param_dtype = x.dtype if weight is None else weight.dtype
 
     def reduce(partial):

@@ -2,6 +2,10 @@
 saved statistics against the float64 reference, for every backend that runs here."""
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -222,3 +226,70 @@ def test_layer_norm_refuses_parameter_dtypes_torch_refuses(param, input_dtype, p
     for backend in BACKENDS:
         with pytest.raises(RuntimeError, match=f"fasttx.layer_norm: {param} must have dtype .*got {param_dtype}"):
             fasttx.layer_norm(x, (8,), **params, backend=backend)
+
+
+@pytest.mark.parametrize("regs, warps, shared, expected", [
+    (64, 16, 32856, 2),  # the bf16 backward at 4096: registers allow two (64 x 512 x 2 = 64K)
+    (90, 16, 16384, 1),  # the two-pass backward at 16384 on Triton 3.8: one, hence a one-wave grid of one an SM
+    (63, 4, 8232, 8),  # 63 registers round up to 64 a thread (256 a warp): eight 4-warp programs
+    (32, 4, 120000, 1),  # shared memory the limit
+    (16, 1, 0, 32),  # the hardware's cap on resident programs
+])
+def test_programs_per_sm(regs, warps, shared, expected):
+    """The persistent backward's grid is one wave: the programs an SM holds, from the compiled kernel's
+    registers and shared memory (H100 / H200's limits here; the GPU run uses the real kernel's)."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from fasttx.triton_kernels import utils
+
+    kernel = SimpleNamespace(_init_handles=lambda: None, n_regs=regs,
+                             metadata=SimpleNamespace(num_warps=warps, shared=shared))
+    sm90 = SimpleNamespace(warp_size=32, max_threads_per_multi_processor=2048, regs_per_multiprocessor=65536,
+                           shared_memory_per_multiprocessor=233472)
+    with mock.patch.object(torch.cuda, "get_device_properties", lambda device: sm90):
+        assert utils.programs_per_sm(kernel, torch.device("cuda", 0)) == expected
+    with mock.patch.object(utils, "_cuda_sm_count", lambda index: 132):
+        assert utils.persistent_split(16384, warps, torch.device("cuda", 0), expected) == (
+            math.ceil(16384 / math.ceil(16384 / (132 * expected))), math.ceil(16384 / (132 * expected)))
+
+
+# Without TRITON_INTERPRET and without a GPU: Triton's driver replaced by one that names sm_90 as the
+# target, all that warmup needs to bind and compile (exit status 3: this Triton's internals moved).
+_WARMUP_RETURNS_THE_LAUNCHED_KERNEL = r"""
+import sys, torch
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.driver import driver
+except ImportError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+from fasttx.triton_kernels import layer_norm as ln
+
+class Sm90:
+    def get_current_target(self): return GPUTarget("cuda", 90, 32)
+    def get_current_device(self): return 0
+    def get_current_stream(self, device=None): return 0
+
+driver.set_active(Sm90())
+M, N = 1000, 1024
+x, w, stats = torch.empty(M, N, dtype=torch.bfloat16), torch.empty(N, dtype=torch.bfloat16), torch.empty(M)
+consts = ln._bwd_consts(x, x, w, True, False)
+before = ln._bwd_kernel_for(x, x, w, stats, stats, x, True, consts)
+partial = torch.empty(264, N)
+for rows in (1, 16, 63):  # what Triton specialises ints on: == 1, divisible by 16, neither
+    launched = ln._norm_bwd_kernel.warmup(x, x, w, stats, stats, x, partial, partial, M, N, rows, grid=(1,), **consts)
+    assert launched is before, f"rows_per_program={rows} runs another kernel than the grid was sized for"
+"""
+
+
+def test_backward_grid_is_sized_by_the_kernel_it_launches():
+    """The launcher sizes the backward's grid by a kernel compiled before the grid is known (stand-in
+    partial buffers, rows_per_program 1): it must be the kernel the launch then runs, whatever its
+    rows_per_program. Compiles for sm_90 with Triton's own compiler: no GPU needed."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _WARMUP_RETURNS_THE_LAUNCHED_KERNEL], capture_output=True, text=True,
+                          env=env, cwd=pathlib.Path(__file__).parents[2], timeout=600)
+    if done.returncode == 3:
+        pytest.skip(f"this Triton lacks what the check uses: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr[-4000:]

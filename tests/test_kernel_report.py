@@ -100,6 +100,8 @@ def test_row_kernels_load_16_bytes_a_thread(report):
     for name in ("layer_norm_fwd", "rms_norm_fwd", "layer_norm_bwd"):
         k = entry(kernels, name, hidden=4096)
         assert k["num_warps"] == 16 and 16 in k["load_bytes"] and 16 in k["store_bytes"], k
+    # The backward's row loop is software-pipelined (the next rows' x, dy copied while one reduces).
+    assert entry(kernels, "layer_norm_bwd", hidden=4096)["pipelined"]
     k = entry(kernels, "softmax_fwd", cols=4096, mask="none", causal=False)
     assert k["load_bytes"] == [16] and k["store_bytes"] == [16], k
     # Causal rows too: their loads stop at a multiple of 16 columns, so Triton can prove 16-byte

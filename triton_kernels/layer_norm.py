@@ -276,6 +276,12 @@ def _bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts):
         x.shape[0], x.shape[1], 1, grid=(1,), **consts)
 
 
+# programs_per_sm of the backward by what selects its compiled kernel (device, dtypes, N, constants):
+# one warm-up, a second JIT dispatch, per model shape instead of per call, where host time is what
+# small rows pay.
+_BWD_PER_SM = {}
+
+
 def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
     _check_rows(x)
     _check_rows(dy, "dy")
@@ -287,7 +293,11 @@ def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
     per_sm = None
     if M > 0 and x.device.type == "cuda":
         # Its registers and shared memory say how many programs an SM holds: the grid is one full wave.
-        per_sm = programs_per_sm(_bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts), x.device)
+        key = (x.device, x.dtype, dy.dtype, None if weight is None else weight.dtype, N, tuple(consts.items()))
+        per_sm = _BWD_PER_SM.get(key)
+        if per_sm is None:
+            kernel = _bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts)
+            per_sm = _BWD_PER_SM[key] = programs_per_sm(kernel, x.device)
     programs, rows_per_program = persistent_split(M, consts["num_warps"], x.device, per_sm)
     # With M == 0 the (0, N) buffers still reduce to the correct all-zero gradients.
     dw = torch.empty((programs, N), dtype=torch.float32, device=x.device) if weight is not None else None

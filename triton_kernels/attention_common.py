@@ -319,8 +319,9 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
     with two loops, the accumulator that the first one hands the second reaches it also through the
     path where the first runs no iteration (its initial value copied into the registers of the
     first's in-flight wgmma), and ptxas (sm_90a, Triton 3.6 and 3.8) then serializes every wgmma of
-    the kernel (warning C7515), so the softmax never overlaps the matrix products. The loads are
-    bounded by S on every block instead: a predicate per row of the tile."""
+    the kernel (warning C7515): each waits for the one before, the k-steps of one product included
+    (benchmarks/notes/attention.md). The loads are bounded by S on every block instead: a predicate
+    per row of the tile."""
     q, K, V, k_offs, v_offs, _, mask_base = tile
     L, S = sizes[2], sizes[3]
     cols = start_n + tl.arange(0, BLOCK_N)

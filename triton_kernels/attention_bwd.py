@@ -118,9 +118,9 @@ def _bwd_kv_blocks(
 ):
     """Add the unscaled dK = dS^T Q and dV = P^T dO of one query head's blocks from row lo on.
 
-    Causal applies its check on every block: split off an unchecked loop as the forward does, and the
-    pipeliner keeps both loops' prefetched tiles live across them, spilling registers (Triton 3.6,
-    sm_90a: e.g. 104 B at E = 128, BLOCK_M = 32, BLOCK_N = 64, 8 warps; none with the one loop).
+    Causal applies its check on every block: split off into a loop of its own, the unchecked blocks
+    made the pipeliner keep both loops' prefetched tiles live across them, spilling registers (Triton
+    3.6, sm_90a: e.g. 104 B at E = 128, BLOCK_M = 32, BLOCK_N = 64, 8 warps; none with the one loop).
     """
     rows = tl.arange(0, BLOCK_M)
     e_ok = tl.arange(0, BLOCK_E) < E
@@ -224,17 +224,18 @@ def _attn_bwd_kv_kernel(
 
 @triton.jit
 def _bwd_q_blocks(
-    dq, do, lse2, delta, tile, Mask, lo, hi, rows, offs_m, strides, sizes, scale_log2, dropout_p, inv_keep,
+    dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, inv_keep,
     seed, E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, CHECK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    """Add the unscaled dQ = dS K of the key blocks starting in [lo, hi)."""
+    """Add the unscaled dQ = dS K of the key blocks starting before ``end``; those from ``full_end`` on
+    are checked (one loop: see score_block)."""
     rng_base, S = tile[5], sizes[3]
-    for start_n in range(lo, hi, BLOCK_N):
-        s, cols, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2,
-                                                 E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION,
-                                                 BLOCK_N, CHECK)
+    for start_n in range(0, end, BLOCK_N):
+        s, cols, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
+                                                 scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
+                                                 PRECISION, BLOCK_N)
         v = tl.load(v_ptrs, mask=v_mask, other=0.0)
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -272,12 +273,9 @@ def _attn_bwd_q_kernel(
 
     dq = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
-    dq = _bwd_q_blocks(dq, do, lse2, delta, tile, Mask, 0, full_end, rows, offs_m, strides, sizes, scale_log2,
-                       dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
-                       PRECISION, BLOCK_N, CHECK=False)
     dq = _bwd_q_blocks(dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2,
                        dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
-                       PRECISION, BLOCK_N, CHECK=True)
+                       PRECISION, BLOCK_N)
     DQ += (bh.to(tl.int64) * L + start_m) * E
     tl.store(DQ + rows[:, None] * E + offs_e[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=m_ok[:, None] & (offs_e[None, :] < E))

@@ -252,11 +252,17 @@ def masked_logits(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2,
         else:
             s += m.to(tl.float32) * LOG2E
     if CHECK:
-        keep = cols < S
-        if IS_CAUSAL:
-            keep = keep & (cols <= rows)
-        s = tl.where(keep, s, float("-inf"))
+        s = bound_checks(s, rows, cols, S, IS_CAUSAL)
     return s
+
+
+@triton.jit
+def bound_checks(s, rows, cols, S, IS_CAUSAL: tl.constexpr):
+    """``s`` with -inf at keys past S and, causal, at keys after their query."""
+    keep = cols < S
+    if IS_CAUSAL:
+        keep = keep & (cols <= rows)
+    return tl.where(keep, s, float("-inf"))
 
 
 @triton.jit
@@ -280,11 +286,17 @@ def dropout_keep(seed, rng_base, rng_offs, dropout_p):
 @triton.jit
 def key_blocks(start_m, S, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """(full_end, end) for the query block at start_m: key blocks starting before full_end need no checks
-    (all their keys < S and, causal, <= every query of the block); those in [full_end, end) do."""
+    (all their keys < S and, causal, <= every query of the block); those in [full_end, end) do.
+
+    end is at least 1, so the loop over the blocks visibly runs at least once: where the compiler must
+    allow for none, it copies the accumulator's initial value into the registers of the loop's last
+    wgmma on that path, before the wait that ends it, and ptxas then serializes every wgmma of the
+    kernel (warning C7515; seen with mask tiles, Triton 3.6 and 3.8). For S = 0 the one block is all
+    keys past S: checked, loaded as 0, scored -inf, it adds nothing."""
     if IS_CAUSAL:
         # Block [n, n + BLOCK_N) is below the diagonal of queries >= start_m iff n + BLOCK_N <= start_m + 1.
-        return tl.minimum(S, start_m + 1) // BLOCK_N * BLOCK_N, tl.minimum(S, start_m + BLOCK_M)
-    return S // BLOCK_N * BLOCK_N, S
+        return tl.minimum(S, start_m + 1) // BLOCK_N * BLOCK_N, tl.maximum(tl.minimum(S, start_m + BLOCK_M), 1)
+    return S // BLOCK_N * BLOCK_N, tl.maximum(S, 1)
 
 
 @triton.jit
@@ -294,32 +306,38 @@ def kv_bases(K, V, strides, b64, kv64):
 
 
 @triton.jit
-def score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2, E: tl.constexpr, EV: tl.constexpr,
-                BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, CHECK: tl.constexpr):
+def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E: tl.constexpr,
+                EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
+                IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     """One step of the forward's and the dQ kernel's loops over key blocks: the masked base-2 logits of
     the query block (``tile`` of query_block, which holds the offset of its first row in Mask) against the keys from
     start_n, their indices, the k tile, and the v tile's pointers and load mask (each loop loads it
-    where it needs it). CHECK: the block needs the key-bound and causal checks."""
+    where it needs it). Blocks from ``full_end`` on (key_blocks) get the key-bound and causal checks.
+
+    One loop walks every block and branches on start_n for the checks (as Triton's fused-attention
+    tutorial does), rather than a loop over the unchecked blocks and another over the checked ones:
+    with two loops, the accumulator that the first one hands the second reaches it also through the
+    path where the first runs no iteration (its initial value copied into the registers of the
+    first's in-flight wgmma), and ptxas (sm_90a, Triton 3.6 and 3.8) then serializes every wgmma of
+    the kernel (warning C7515): each waits for the one before, the k-steps of one product included
+    (benchmarks/notes/attention.md). The loads are bounded by S on every block instead: a predicate
+    per row of the tile."""
     q, K, V, k_offs, v_offs, _, mask_base = tile
     L, S = sizes[2], sizes[3]
     cols = start_n + tl.arange(0, BLOCK_N)
     n = tl.cast(start_n, tl.int64)  # not .to(): the interpreter's loop variables are Python ints
-    e_ok = tl.arange(0, BLOCK_E) < E
-    ev_ok = tl.arange(0, BLOCK_EV) < EV
-    if CHECK:
-        k_mask = (cols[:, None] < S) & e_ok[None, :]
-        v_mask = (cols[:, None] < S) & ev_ok[None, :]
-    else:
-        k_mask = e_ok[None, :]
-        v_mask = ev_ok[None, :]
+    n_ok = cols[:, None] < S
+    k_mask = n_ok & (tl.arange(0, BLOCK_E) < E)[None, :]
+    v_mask = n_ok & (tl.arange(0, BLOCK_EV) < EV)[None, :]
     k = tl.load(K + n * strides[1][2] + k_offs, mask=k_mask, other=0.0)
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     # The mask and Philox offsets within a tile are formed from the key indices here, not held in
     # registers across the loop: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
     mask_offs = rows[:, None] * strides[3][2] + cols[None, :] * strides[3][3]
     s = masked_logits(qk, offs_m[:, None], cols[None, :], L, S, Mask, mask_base, mask_offs, scale_log2,
-                      MASK_KIND, IS_CAUSAL, CHECK)
+                      MASK_KIND, IS_CAUSAL, CHECK=False)
+    if start_n >= full_end:
+        s = bound_checks(s, offs_m[:, None], cols[None, :], S, IS_CAUSAL)
     return s, cols, k, V + n * strides[2][2] + v_offs, v_mask
 
 

@@ -35,8 +35,9 @@ counted by the flat index into (B, H, L, S) (int64, as Triton's rand splits it i
 words), so forward, backward and :func:`dropout_keep_mask` draw the same Z whatever their block shapes.
 
 Blocks visited. Causal skips every key block past a query block's last query. Only the diagonal blocks
-and the last, partial key block apply element-wise causal and key-bound checks; the others are loaded
-and scored unmasked. The key bound matters here: a padding key, loaded as 0, would score 0 and count in l.
+and the last, partial key block apply element-wise causal and key-bound checks (a branch in the one loop
+over the key blocks, see attention_common.score_block); the others are scored unmasked. The key bound
+matters here: a padding key, loaded as 0, would score 0 and count in l.
 
 Precision. Scores, softmax statistics and accumulators are fp32; P is rounded to the input dtype for the
 P V product (as FlashAttention). fp32 inputs follow torch's float32 matmul precision: at its default,
@@ -104,17 +105,17 @@ def _reciprocal(s):
 
 @triton.jit
 def _fwd_blocks(
-    acc, l_i, m_i, tile, Mask, lo, hi, rows, offs_m, strides, sizes, scale_log2, dropout_p, seed,
+    acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-    CHECK: tl.constexpr,
 ):
-    """Online-softmax update of (acc, l_i, m_i) with the key blocks starting in [lo, hi)."""
+    """Online-softmax update of (acc, l_i, m_i) with the key blocks starting before ``end``; those from
+    ``full_end`` on are checked (key_blocks, score_block)."""
     rng_base, S = tile[5], sizes[3]
-    for start_n in range(lo, hi, BLOCK_N):
-        s, cols, _, v_ptrs, v_mask = score_block(tile, Mask, start_n, rows, offs_m, strides, sizes, scale_log2,
-                                                 E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION,
-                                                 BLOCK_N, CHECK)
+    for start_n in range(0, end, BLOCK_N):
+        s, cols, _, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
+                                                 scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
+                                                 PRECISION, BLOCK_N)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         # 0 while the row has nothing kept: -inf logits then give 2^-inf = 0, not NaN.
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -147,12 +148,9 @@ def _attn_fwd_kernel(
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_EV), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, tile, Mask, 0, full_end, rows, offs_m, strides, sizes, scale_log2,
-                                dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
-                                PRECISION, BLOCK_N, CHECK=False)
-    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2,
-                                dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
-                                PRECISION, BLOCK_N, CHECK=True)
+    acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes,
+                                scale_log2, dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
+                                HAS_DROPOUT, PRECISION, BLOCK_N)
 
     inv_l = _reciprocal(l_i)
     if HAS_DROPOUT:

@@ -1,12 +1,16 @@
 """Compile the Triton attention kernels for sm_90a without a GPU (Triton's own compiler and ptxas) and
-print, one JSON line per kernel variant, the shared memory it takes and the kernel's model of it.
+print, one JSON line per kernel variant, the shared memory it takes and the kernel's model of it; with
+--ptxas, the warnings ptxas gives on the kernels the benchmarks run (PTXAS_CHECKS).
 
 Run in a process without TRITON_INTERPRET (the interpreter replaces the kernels), by
 tests/ops/test_attention_launch.py. What the interpreter never shows shows here: code that does not
 compile, and the shared memory of the configs.
 """
 
+import contextlib
+import io
 import json
+import re
 import sys
 
 import torch
@@ -14,6 +18,7 @@ import triton
 
 UNSUPPORTED = 3  # exit status: this Triton binds or compiles otherwise (its internals, used here, change)
 try:
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature, find_paths_if, get_iterable_path
@@ -24,7 +29,7 @@ except ImportError as e:
     raise
 
 from fasttx.triton_kernels import attention_bwd, attention_fwd
-from fasttx.triton_kernels.attention_common import kernel_args
+from fasttx.triton_kernels.attention_common import DEFAULT_SHARED_MEMORY, kernel_args, space_configs
 
 TARGET = GPUTarget("cuda", 90, 32)
 KERNELS = {
@@ -43,6 +48,12 @@ VARIANTS = [
     ("bwd_q", (128, 64, 8, 2), 128, torch.float16, torch.bool, True, 0.1),
     ("bwd_q", (64, 32, 4, 3), 64, torch.float32, torch.float32, False, 0.0),
 ]
+
+# (kernel, head dim, dtype, causal) of the benchmarks (no mask, no dropout), compiled in the first config
+# the pruning admits (what FASTTX_TRITON_AUTOTUNE=0 runs): ptxas must not serialize their wgmma (C7515,
+# see attention_common.score_block).
+PTXAS_CHECKS = [(name, 128, torch.bfloat16, causal) for name in ("fwd", "bwd_q") for causal in (False, True)]
+TUNING = {"fwd": attention_fwd.FWD_TUNING, "bwd_q": attention_bwd.BWD_Q_TUNING}
 
 
 def specialization(kernel, **kwargs):
@@ -80,7 +91,36 @@ def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dr
     return dict(grads, DK=q, DV=q) if name == "bwd_kv" else dict(grads, DQ=q)
 
 
+def first_config(name, head_dim, dtype):
+    """The first config the pruning admits for a call without a mask, as on an H100 / H200."""
+    space, model, _ = TUNING[name]
+    return space_configs(space, model, head_dim, head_dim, dtype.itemsize, 0, DEFAULT_SHARED_MEMORY)[0]
+
+
+def ptxas_log(fn, num_warps, num_stages, **kwargs):
+    """What ptxas reports (ptxas -v) when Triton builds ``fn`` as compile_kernel does: this Triton prints
+    the log of a build when asked, so the build is forced past the cache."""
+    log = io.StringIO()
+    with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
+        knobs.nvidia.dump_ptxas_log = True
+        knobs.compilation.always_compile = True
+        compile_kernel(fn, num_warps, num_stages, **kwargs)
+    return log.getvalue()
+
+
+def check_ptxas():
+    for name, head_dim, dtype, causal in PTXAS_CHECKS:
+        block_m, block_n, num_warps, num_stages = first_config(name, head_dim, dtype)
+        log = ptxas_log(KERNELS[name][0], num_warps, num_stages,
+                        **variant_args(name, block_m, block_n, head_dim, dtype, None, causal, 0.0))
+        print(json.dumps(dict(kernel=name, config=[block_m, block_n, num_warps, num_stages], head_dim=head_dim,
+                              dtype=str(dtype), causal=causal, registers=re.findall(r"Used (\d+) registers", log),
+                              warnings=sorted(set(re.findall(r"\((C\d+)\)", log))))), flush=True)
+
+
 def main():
+    if sys.argv[1:] == ["--ptxas"]:
+        return check_ptxas()
     for name, (block_m, block_n, num_warps, num_stages), head_dim, dtype, mask_dtype, causal, p in VARIANTS:
         fn, model = KERNELS[name]
         kernel = compile_kernel(fn, num_warps, num_stages,

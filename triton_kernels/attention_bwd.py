@@ -33,17 +33,17 @@ from .attention_common import (LOG2E, attention_autotune, dropout_keep, held_cop
                                launch_grid, load_seed, masked_logits, program_block, query_block, score_block,
                                tile_offsets_fit)
 
-# See attention_fwd.py's launch configurations; lists checked the same way (spills noted).
+# See attention_fwd.py's launch configurations; lists chosen the same way.
 # The dK/dV kernel holds BLOCK_N keys and two accumulators, and streams BLOCK_M queries.
 BWD_KV_SPACE = {
     (64, False): [(32, 128, 8, 3), (64, 128, 8, 3), (32, 64, 4, 4), (16, 128, 8, 4)],
     (128, False): [(32, 64, 8, 3), (16, 128, 8, 3), (32, 128, 8, 3), (16, 64, 4, 3)],
     # (128, 16, 8, 2) left out: its model says 280 KB at E = 256, so the pruning would never keep it
     # (it did run on an H200: the model over-counts it there).
-    (256, False): [(32, 64, 8, 2), (16, 32, 4, 2)],  # the first spills 40 B
+    (256, False): [(32, 64, 8, 2), (16, 32, 4, 2)],
     (64, True): [(32, 64, 8, 2), (16, 128, 8, 2), (32, 128, 8, 2), (32, 16, 4, 3)],
-    (128, True): [(16, 16, 4, 2), (32, 16, 4, 2)],  # spill 40 / 64 B
-    (256, True): [(16, 16, 4, 2)],  # spills 952 B
+    (128, True): [(16, 16, 4, 2), (32, 16, 4, 2)],
+    (256, True): [(16, 16, 4, 2)],
 }
 # The dQ kernel holds BLOCK_M queries and streams BLOCK_N keys.
 BWD_Q_SPACE = {
@@ -52,8 +52,8 @@ BWD_Q_SPACE = {
     (256, False): [(64, 32, 8, 2), (128, 16, 8, 2), (32, 32, 4, 2)],
     (64, True): [(64, 32, 4, 2), (128, 32, 8, 2), (64, 16, 4, 3), (128, 16, 8, 2)],
     # (128, 16, 8, 2) left out: 294912 B at E = 128 (H200, Triton 3.6: OutOfResources; its model's figure).
-    (128, True): [(16, 32, 4, 2), (32, 64, 8, 2)],  # the last spills 96 B
-    (256, True): [(16, 16, 4, 2), (16, 32, 4, 2)],  # spill 684 / 1040 B
+    (128, True): [(16, 32, 4, 2), (32, 64, 8, 2)],
+    (256, True): [(16, 16, 4, 2), (16, 32, 4, 2)],
 }
 
 
@@ -73,8 +73,8 @@ def bwd_q_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_b
 
 
 # Elements of o (and of dO) per program of the memory-bound rowsum(dO * O) kernel: whole rows up to
-# Ev = 256, 32 per thread at its 4 warps. ptxas (sm_90a) then uses <= 108 registers, so that several
-# programs share an SM and keep loads in flight; at 8192 elements it uses up to 250.
+# Ev = 256, 32 per thread at its 4 warps: few enough registers that several programs share an SM and
+# keep loads in flight (8192 elements take about twice as many, one program per SM).
 _DELTA_ELEMENTS = 4096
 
 

@@ -59,20 +59,21 @@ from .attention_common import (LN2, attention_autotune, dropout_keep, held_copie
 # Registers bound the tiles: fp32 accumulators of BLOCK x head dim (forward: acc, BLOCK_M x Ev; dK/dV:
 # two of BLOCK_N x E; dQ: BLOCK_M x E) and a BLOCK_M x BLOCK_N fp32 score tile or two share the 255
 # registers of each of 32 * num_warps threads; shared memory (227 KB on H100) holds num_stages copies of
-# the streamed tiles (see fwd_shared_memory). The lists were chosen by compiling for sm_90a with Triton
-# 3.6 (ptxas -v): every config listed spills no registers without mask or dropout, unless noted, for head
-# dims up to its key and its dtype class (fp32 measured with tf32x3, whose hi/lo operand splits make it
-# the worst case). A mask tile (bool ones most) or the Philox state adds registers, so each list also
-# holds a config with few score elements per thread (BLOCK_M * BLOCK_N / (32 * num_warps) <= 16) that
-# spills at most ~50 B with either. fp32 beyond head dim 64 has nothing spill-free with 64-row tiles;
-# its lists keep the least-spilling ones and a 16-row one. See attention_common.py for the space's key.
+# the streamed tiles (see fwd_shared_memory). The lists were chosen by compiling for sm_90a (ptxas -v)
+# for configs that spill nothing without mask or dropout for head dims up to its key and its dtype
+# class (fp32 with tf32x3, whose hi/lo operand splits make it the worst case); a mask tile (bool ones
+# most) or the Philox state adds registers, so each list also holds a config with few score elements
+# per thread (BLOCK_M * BLOCK_N / (32 * num_warps) <= 16). fp32 beyond head dim 64 has nothing
+# spill-free with 64-row tiles; its lists keep the least-spilling ones and a 16-row one. Registers and
+# spills as compiled today: `make kernel-report` (benchmarks/notes/kernel_report.md), not figures
+# here. See attention_common.py for the space's key.
 FWD_SPACE = {
     (64, False): [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4)],
     (128, False): [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 8, 4)],
     (256, False): [(64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 3)],
     (64, True): [(64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 8, 2), (128, 16, 8, 3)],
-    (128, True): [(64, 16, 4, 2), (128, 32, 8, 2), (16, 32, 4, 3)],  # the first two spill ~120 B
-    (256, True): [(16, 16, 4, 2), (16, 32, 4, 2)],  # spill 136 / 260 B
+    (128, True): [(64, 16, 4, 2), (128, 32, 8, 2), (16, 32, 4, 3)],
+    (256, True): [(16, 16, 4, 2), (16, 32, 4, 2)],
 }
 # Configs that compile and launch but compute wrong results, by (MASK_KIND, fp32). (64, 32, 4, 3), fp32
 # with a float mask: on an H200 (Triton 3.6, sm_90a) it returned inf / NaN / relative errors ~1 (at

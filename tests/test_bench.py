@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fasttx import cli
 from fasttx.benchmarks import common, modules, norms, progress, report
 
-from .conftest import DEVICE
+from .conftest import DEVICE, runnable_backends
 
 
 def _softmax_case(providers):
@@ -277,3 +277,22 @@ def test_every_declared_op_is_benchmarked_by_its_declared_module():
 
     for name, declaration in DECLARATIONS.items():
         assert REGISTRY[name].__name__ == f"fasttx.benchmarks.{declaration.bench}", name
+
+
+def test_softmax_causal_and_short_row_cases():
+    """A shape whose rows are whole heads (rows a multiple of the columns) gets a causal case, with the
+    bytes of the kept triangle; the fasttx softmax checked against the reference on it."""
+    from fasttx.benchmarks import softmax
+
+    assert [kind for kind in softmax.mask_kinds(64, 16)] == ["none", softmax.FLOAT_MASK, "causal"]
+    assert "causal" not in softmax.mask_kinds(37, 24)
+    here = runnable_backends("cpu", "softmax")  # triton under the interpreter on the CPU machine
+    cases = list(softmax.cases("softmax", torch.float32, "cpu", [(64, 16)], here))
+    causal = cases[-1]
+    assert causal.label == {"rows": 64, "cols": 16, "mask": "causal"} and causal.inputs[0].shape == (4, 16, 16)
+    kept = 4 * 16 * 17 // 2
+    assert causal.work == (kept * 4 + 64 * 16 * 4, 2 * kept * 4 + 64 * 16 * 4)
+    assert cases[0].work == (2 * 64 * 16 * 4, 3 * 64 * 16 * 4)  # without causal: unchanged
+    rows = common.run_case("softmax", causal, "cpu", torch.float32, {"GB/s": None})
+    assert {r["provider"] for r in rows} == {"torch eager"} | {f"fasttx {b}" for b in here}
+    assert all(r["correct"] for r in rows), rows

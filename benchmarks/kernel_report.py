@@ -3,7 +3,9 @@
 Every Triton kernel is compiled by Triton's own compiler and ptxas, for the launch configurations the
 launchers choose at the benchmark shapes (benchmarks/norms.py, softmax.py, attention.py):
   norms      the forward's and the backward's (BLOCK_N, num_warps) of utils.row_block at hidden 1024,
-             4096, 16384 (16384 rows), the backward's persistent split as on an H200's 132 SMs;
+             4096, 16384 (16384 rows), the backward's persistent grid as its launcher sizes it on an
+             H200: the programs an SM holds with the compiled kernel's registers, shared memory and
+             warps (utils.resident_programs), times 132 SMs;
   softmax    _launch_config's block at a few column counts (4096 rows), no mask, the bench's (1, C)
              float mask broadcast over rows, a bool mask, causal;
   attention  the first config the pruning admits (what FASTTX_TRITON_AUTOTUNE=0 runs) for each head dim
@@ -59,7 +61,11 @@ from fasttx.triton_kernels import attention_bwd, attention_common, attention_fwd
 from . import norms as bench_norms
 from . import softmax as bench_softmax
 
-H200_SMS = 132  # the persistent norm backward sizes its grid by the SM count
+# The persistent norm backward sizes its grid by the SM count and what one SM holds (an H200's limits,
+# as torch.cuda.get_device_properties reports them on sm_90).
+H200_SMS = 132
+H200 = utils.SmLimits(warp_size=32, max_threads_per_multi_processor=2048, regs_per_multiprocessor=65536,
+                      shared_memory_per_multiprocessor=233472)
 NORM_ROWS = bench_norms.PRESETS["full"][0][0]  # 16384 rows at every hidden size
 SOFTMAX_ROWS = bench_softmax.PRESETS["full"][0][0]  # 4096 rows at every width
 # quick keeps 16384: its two-pass backward is where ptxas spills (a case the test cross-checks).
@@ -210,14 +216,28 @@ def norm_entries(preset):
             yield ("norm", f"{op}_fwd", case, dict(BLOCK_N=block), layer_norm._norm_fwd_kernel, warps,
                    _default_stages(warps), fwd)
             block, warps = utils.row_block(hidden, layer_norm.BWD_MAX_BLOCK)
-            with mock.patch.object(utils, "_cuda_sm_count", lambda index: H200_SMS):
-                programs, rows = utils.persistent_split(NORM_ROWS, warps, torch.device("cuda", 0))
-            partial = torch.empty(programs, hidden)
+            # As the launcher compiles it before its grid is known (the grid: persistent_grid, from the
+            # compiled kernel): stand-in partial buffers, rows_per_program not specialised.
+            partial = torch.empty(1, hidden)
             bwd = dict(DY=x, X=x, W=w, Mean=None if rms else stats, Rstd=stats, DX=x, DW=partial,
-                       DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=rows, BLOCK_N=block,
+                       DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=1, BLOCK_N=block,
                        SINGLE_BLOCK=hidden <= block, **flags)
-            config = dict(BLOCK_N=block, programs=programs, rows_per_program=rows)
+            config = dict(BLOCK_N=block)
             yield ("norm", f"{op}_bwd", case, config, layer_norm._norm_bwd_kernel, warps, _default_stages(warps), bwd)
+
+
+def persistent_grid(result):
+    """The grid the norm backward's launcher gives NORM_ROWS rows on an H200: one wave of the programs an
+    SM holds (utils.resident_programs, as programs_per_sm computes it on the GPU) with the compiled
+    kernel's registers, shared memory and warps."""
+    per_sm = utils.resident_programs(result["registers"], result["shared"], result["num_warps"], H200)
+    with mock.patch.object(utils, "_cuda_sm_count", lambda index: H200_SMS):
+        programs, rows = utils.persistent_split(NORM_ROWS, torch.device("cuda", 0), per_sm)
+    return dict(programs_per_sm=per_sm, programs=programs, rows_per_program=rows)
+
+
+# Kernels whose grid depends on their compiled code: their config gains it once compiled.
+GRIDS = {"layer_norm_bwd": persistent_grid, "rms_norm_bwd": persistent_grid}
 
 
 def softmax_entries(preset):
@@ -364,6 +384,8 @@ def main(argv=None):
     families = set(args.family or FAMILIES)
     for family, name, case, config, fn, warps, stages, kwargs in entries(preset, families):
         results.append(inspect_kernel(family, name, case, config, fn, warps, stages, kwargs))
+        if name in GRIDS:
+            results[-1]["config"].update(GRIDS[name](results[-1]))
         print(f"{name} {case} {config}: {results[-1]['registers']} regs", file=sys.stderr, flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "kernel_report.json"), "w") as f:

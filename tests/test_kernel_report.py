@@ -108,3 +108,37 @@ def test_row_kernels_load_16_bytes_a_thread(report):
     # alignment (they were scalar 2-byte loads while they stopped at the row's last kept column).
     causal = entry(kernels, "softmax_fwd", cols=4096, mask="none", causal=True)
     assert causal["load_bytes"] == [16], causal
+
+
+@pytest.mark.parametrize("regs, warps, shared, expected", [
+    (64, 16, 32856, 2),  # registers allow two 512-thread programs (64 x 512 x 2 = 64K)
+    (90, 16, 16384, 1),  # 90 registers: one
+    (63, 4, 8232, 8),  # 63 round up to 64 a thread (256 a warp): eight 4-warp programs
+    (255, 1, 0, 8),  # 255 round up to 256: 8192 a warp, eight of them in 64K
+    (32, 4, 120000, 1),  # shared memory the limit: 2 x (120000 + 1024 reserved) > 228 KiB
+    (16, 1, 0, 32),  # the hardware's cap on resident programs
+])
+def test_resident_programs_with_h200_limits(regs, warps, shared, expected):
+    """The arithmetic the norm backward's launcher (programs_per_sm, on the GPU) and the report (from the
+    cubin's registers) share, with the H200 limits the report uses."""
+    from fasttx.triton_kernels import utils
+
+    assert utils.resident_programs(regs, shared, warps, report_module().H200) == expected
+
+
+def test_norm_backward_grid_is_one_wave_of_its_compiled_kernel(report):
+    """The report's programs for the persistent norm backward: 132 SMs times the programs one holds with
+    the compiled kernel's registers, shared memory and warps, each program a contiguous share of the rows."""
+    from fasttx.triton_kernels import utils
+
+    kernel_report = report_module()
+    backwards = [k for k in report[0]["kernels"] if k["kernel"] in ("layer_norm_bwd", "rms_norm_bwd")]
+    assert len(backwards) == 2 * len(kernel_report.NORM_HIDDEN["quick"])
+    for k in backwards:
+        config = k["config"]
+        assert config["programs_per_sm"] == utils.resident_programs(k["registers"], k["shared"], k["num_warps"],
+                                                                    kernel_report.H200), k
+        rows = config["rows_per_program"]
+        assert config["programs"] <= kernel_report.H200_SMS * config["programs_per_sm"], k
+        assert (config["programs"] - 1) * rows < kernel_report.NORM_ROWS <= config["programs"] * rows, k
+    assert "programs_per_sm=" in report[1]

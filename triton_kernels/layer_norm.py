@@ -298,7 +298,7 @@ def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
         if per_sm is None:
             kernel = _bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts)
             per_sm = _BWD_PER_SM[key] = programs_per_sm(kernel, x.device)
-    programs, rows_per_program = persistent_split(M, consts["num_warps"], x.device, per_sm)
+    programs, rows_per_program = persistent_split(M, x.device, per_sm)
     # With M == 0 the (0, N) buffers still reduce to the correct all-zero gradients.
     dw = torch.empty((programs, N), dtype=torch.float32, device=x.device) if weight is not None else None
     db = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else None

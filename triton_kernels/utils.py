@@ -1,13 +1,11 @@
 """Launch-configuration helpers shared by the row-wise Triton kernels (norms, softmax, ...)."""
 
 import functools
+import typing
 
 import torch
 import triton
 
-# Resident warps to aim for per SM in persistent kernels: half of H100's 64 keeps enough loads in
-# flight to saturate HBM, while more programs would only grow the per-program partial-sum buffers.
-_WARPS_PER_SM = 32
 # The interpreter runs programs one after another, so extra programs buy nothing; a few still
 # exercise the cross-program reduction.
 _INTERPRETER_PROGRAMS = 4
@@ -42,33 +40,51 @@ _MAX_PROGRAMS_PER_SM = 32
 _RESERVED_SHARED_PER_PROGRAM = 1024
 
 
-def programs_per_sm(kernel, device: torch.device) -> int:
-    """How many programs of ``kernel`` (a compiled Triton kernel, e.g. from ``JITFunction.warmup``) one SM
-    of the CUDA ``device`` holds at once: the least that its threads, registers and shared memory allow.
+class SmLimits(typing.NamedTuple):
+    """What one SM holds, named as ``torch.cuda.get_device_properties`` names it (whose result
+    :func:`resident_programs` takes as well)."""
+
+    warp_size: int
+    max_threads_per_multi_processor: int
+    regs_per_multiprocessor: int
+    shared_memory_per_multiprocessor: int
+
+
+def resident_programs(n_regs: int, shared: int, num_warps: int, limits) -> int:
+    """How many programs of a kernel using ``n_regs`` registers a thread, ``shared`` bytes of shared
+    memory and ``num_warps`` warps one SM with ``limits`` (:class:`SmLimits` or a device's properties)
+    holds at once: the least that its threads, registers and shared memory allow.
 
     Registers are allocated per warp in units of 256 (sm_80 / sm_90).
     """
-    kernel._init_handles()  # loads the binary, which sets n_regs (Triton's own tutorials do the same)
-    props = torch.cuda.get_device_properties(device)
-    warps = kernel.metadata.num_warps
-    regs_per_warp = triton.cdiv(kernel.n_regs * props.warp_size, 256) * 256
-    by_threads = props.max_threads_per_multi_processor // (warps * props.warp_size)
-    by_regs = props.regs_per_multiprocessor // (regs_per_warp * warps)
-    by_shared = props.shared_memory_per_multiprocessor // (kernel.metadata.shared + _RESERVED_SHARED_PER_PROGRAM)
+    regs_per_warp = triton.cdiv(n_regs * limits.warp_size, 256) * 256
+    by_threads = limits.max_threads_per_multi_processor // (num_warps * limits.warp_size)
+    by_regs = limits.regs_per_multiprocessor // (regs_per_warp * num_warps)
+    by_shared = limits.shared_memory_per_multiprocessor // (shared + _RESERVED_SHARED_PER_PROGRAM)
     return max(1, min(by_threads, by_regs, by_shared, _MAX_PROGRAMS_PER_SM))
 
 
-def persistent_split(n_rows: int, num_warps: int, device: torch.device, per_sm: int | None = None) -> tuple[int, int]:
+def programs_per_sm(kernel, device: torch.device) -> int:
+    """:func:`resident_programs` of ``kernel`` (a compiled Triton kernel, e.g. from ``JITFunction.warmup``)
+    on the CUDA ``device``."""
+    kernel._init_handles()  # loads the binary, which sets n_regs (Triton's own tutorials do the same)
+    return resident_programs(kernel.n_regs, kernel.metadata.shared, kernel.metadata.num_warps,
+                             torch.cuda.get_device_properties(device))
+
+
+def persistent_split(n_rows: int, device: torch.device, per_sm: int | None = None) -> tuple[int, int]:
     """(programs, rows_per_program) for a kernel whose programs each loop over a contiguous row range.
 
-    ``per_sm``: the programs an SM holds at once (:func:`programs_per_sm`), so that the grid is one full
-    wave; without it, as many as fill half of an SM's warps with ``num_warps``-warp programs.
-    Every program gets at least one row, so kernels may initialise per-program buffers on their first row.
+    ``per_sm``, required on CUDA: the programs an SM holds at once (:func:`programs_per_sm`), so that
+    the grid is one full wave. Every program gets at least one row, so kernels may initialise
+    per-program buffers on their first row.
     """
     if n_rows == 0:
         return 0, 0
     if device.type == "cuda":
-        target = sm_count(device) * (per_sm or max(1, _WARPS_PER_SM // num_warps))
+        if per_sm is None:
+            raise ValueError("persistent_split: per_sm (programs_per_sm of the compiled kernel) is required on CUDA")
+        target = sm_count(device) * per_sm
     else:
         target = _INTERPRETER_PROGRAMS
     rows = triton.cdiv(n_rows, min(n_rows, target))

@@ -250,7 +250,7 @@ def test_programs_per_sm(regs, warps, shared, expected):
     with mock.patch.object(torch.cuda, "get_device_properties", lambda device: sm90):
         assert utils.programs_per_sm(kernel, torch.device("cuda", 0)) == expected
     with mock.patch.object(utils, "_cuda_sm_count", lambda index: 132):
-        assert utils.persistent_split(16384, warps, torch.device("cuda", 0), expected) == (
+        assert utils.persistent_split(16384, torch.device("cuda", 0), expected) == (
             math.ceil(16384 / math.ceil(16384 / (132 * expected))), math.ceil(16384 / (132 * expected)))
 
 

@@ -217,10 +217,12 @@ def norm_entries(preset):
                    _default_stages(warps), fwd)
             block, warps = utils.row_block(hidden, layer_norm.BWD_MAX_BLOCK)
             # As the launcher compiles it before its grid is known (the grid: persistent_grid, from the
-            # compiled kernel): stand-in partial buffers, rows_per_program not specialised.
+            # compiled kernel): stand-in partial buffers. rows_per_program is do_not_specialize there,
+            # which compile_kernel does not read: a value Triton specialises nothing on (not 1, not a
+            # multiple of 16) compiles the launched kernel (1 would compile a one-row loop).
             partial = torch.empty(1, hidden)
             bwd = dict(DY=x, X=x, W=w, Mean=None if rms else stats, Rstd=stats, DX=x, DW=partial,
-                       DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=1, BLOCK_N=block,
+                       DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=3, BLOCK_N=block,
                        SINGLE_BLOCK=hidden <= block, **flags)
             config = dict(BLOCK_N=block)
             yield ("norm", f"{op}_bwd", case, config, layer_norm._norm_bwd_kernel, warps, _default_stages(warps), bwd)

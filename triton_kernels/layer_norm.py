@@ -139,6 +139,15 @@ def _xhat_dy(X, DY, offs, mask, mean, rstd):
     return xhat, dy
 
 
+@triton.jit
+def _xhat_dy_g(X, DY, W, offs, cols, mask, mean, rstd, HAS_W: tl.constexpr):
+    """_xhat_dy and g = dy * w, the gradient w.r.t. xhat, of a column block of a long row. The weight
+    is re-read per block: it hits L1, and holding it across rows costs a row of registers."""
+    xhat, dy = _xhat_dy(X, DY, offs, mask, mean, rstd)
+    g = dy * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32) if HAS_W else dy
+    return xhat, dy, g
+
+
 # rows_per_program is not specialised (e.g. on divisibility by 16): the launcher compiles the kernel
 # before it knows the grid, to size the grid by the compiled kernel's registers and shared memory.
 @triton.jit(do_not_specialize=["rows_per_program"])
@@ -203,9 +212,7 @@ def _norm_bwd_kernel(
             c2 = 0.0
             for off in range(0, N, BLOCK_N):
                 mask = off + cols < N
-                xhat, dy = _xhat_dy(X, DY, base + off + cols, mask, mean, rstd)
-                # Re-read per block: it hits L1, and holding it across rows costs a row of registers.
-                g = dy * tl.load(W + (off + cols), mask=mask, other=0.0).to(tl.float32) if HAS_W else dy
+                xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
                 c1 += tl.sum(xhat * g, axis=0)
                 if not IS_RMS:
                     c2 += tl.sum(g, axis=0)
@@ -216,9 +223,7 @@ def _norm_bwd_kernel(
             accumulate = row > row_start
             for off in range(0, N, BLOCK_N):
                 mask = off + cols < N
-                xhat, dy = _xhat_dy(X, DY, base + off + cols, mask, mean, rstd)
-                # Re-read per block: it hits L1, and holding it across rows costs a row of registers.
-                g = dy * tl.load(W + (off + cols), mask=mask, other=0.0).to(tl.float32) if HAS_W else dy
+                xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
                 dx = (g - (xhat * c1 + c2)) * rstd
                 tl.store(DX + base + off + cols, dx.to(DX.dtype.element_ty), mask=mask)
                 if HAS_W:

@@ -51,17 +51,23 @@ def is_compiled(provider):
     return "torch.compile" in provider
 
 
+def _prepare(grad_to_none, setup):
+    """What runs untimed before each measured call: the gradients of ``grad_to_none`` reset to None
+    (no accumulation into earlier ones), then ``setup()`` (the bwd pass: the forward whose graph the
+    call consumes)."""
+    for t in grad_to_none or ():
+        t.grad = None
+    if setup is not None:
+        setup()
+
+
 def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS), setup=None):
     """(median, p20, p80) milliseconds of ``fn()``; on CPU over (at least, at most) ``cpu_blocks``
-    blocks of calls. Before each call, untimed: the gradients of ``grad_to_none`` are reset to None
-    (no accumulation into earlier ones) and ``setup()`` runs (the bwd pass: the forward whose graph
-    the call consumes). The number of calls is sized by the wall time of a whole iteration, setup
-    included, so that a measurement takes about the same time whatever setup costs."""
+    blocks of calls, each call after an untimed _prepare(grad_to_none, setup). The number of calls is
+    sized by the wall time of a whole iteration, setup included, so that a measurement takes about
+    the same time whatever setup costs."""
     def prepare():
-        for t in grad_to_none or ():
-            t.grad = None
-        if setup is not None:
-            setup()
+        _prepare(grad_to_none, setup)
 
     def iteration_s():
         start = time.perf_counter()
@@ -155,10 +161,7 @@ def peak_memory_mb(fn, device_type, grad_to_none=(), setup=None):
     first: on GPU torch's CUDA allocator statistics; on CPU, where torch keeps none, the peak of
     the running total of the allocations and frees that torch's CPU allocator reports to the
     profiler (profile_memory) during the call. Both count tensor memory, not the allocator's cache nor the process's RSS."""
-    for t in grad_to_none:
-        t.grad = None
-    if setup is not None:
-        setup()
+    _prepare(grad_to_none, setup)
     if device_type != "cuda":
         return _cpu_peak_memory_mb(fn)
     torch.cuda.synchronize()

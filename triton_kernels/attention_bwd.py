@@ -4,7 +4,9 @@ Layout, masking, dropout draw and precision as in attention_fwd.py, whose docstr
 kernel arguments, grid and autotuning are attention_common.py's.
 
 Math. P_ij = exp(scale q_i . k_j + mask_ij - lse_i) is recomputed from the forward's lse (P = 0 on fully
-masked rows, whose lse is +inf). With dP = dO V^T the gradient w.r.t. P and z_i = scale q_i . K^T + mask_i
+masked rows, whose lse is +inf), in base 2 with the scale folded in as in the forward: one FMA a score,
+2^(x_ij c - lse_i log2 e) (attention_common.masked_scores; the held operand, k in the dK/dV kernel, is
+signed as the forward's q). With dP = dO V^T the gradient w.r.t. P and z_i = scale q_i . K^T + mask_i
 the natural-log logits of row i, the softmax Jacobian d P_ij / d z_ik = P_ij (delta_jk - P_ik) gives the
 gradient w.r.t. z:
     dS_ik = sum_j dP_ij P_ij (delta_jk - P_ik) = P_ik (dP_ik - D_i),
@@ -29,9 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (LOG2E, attention_autotune, dropout_keep, held_copies, kernel_args, key_blocks, kv_bases,
-                               launch_grid, load_seed, masked_logits, program_block, query_block, score_block,
-                               tile_offsets_fit)
+from .attention_common import (LOG2E, attention_autotune, dropout_keep, held_copies, held_signed, kernel_args,
+                               key_blocks, kv_bases, launch_grid, load_seed, masked_scores, program_block,
+                               query_block, score_block, tile_offsets_fit)
 
 # See attention_fwd.py's launch configurations; lists chosen the same way.
 # The dK/dV kernel holds BLOCK_N keys and two accumulators, and streams BLOCK_M queries.
@@ -134,9 +136,9 @@ def _bwd_kv_blocks(
         lse2 = tl.load(LSE + offs_m, mask=m_ok, other=float("inf")) * LOG2E
         qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
         # Padding keys need no check (non-causal skips it): they reach only their own dK / dV rows.
-        s_t = masked_logits(qk_t, offs_m[None, :], offs_n[:, None], L, S, Mask, m * stride_ml, mask_offs,
-                            scale_log2, MASK_KIND, IS_CAUSAL, CHECK=IS_CAUSAL)
-        p_t = tl.exp2(s_t - lse2[None, :])
+        x_t, x_scale = masked_scores(qk_t, offs_m[None, :], offs_n[:, None], L, S, Mask, m * stride_ml, mask_offs,
+                                     scale_log2, MASK_KIND, IS_CAUSAL, CHECK=IS_CAUSAL)
+        p_t = tl.exp2(tl.fma(x_t, x_scale, -lse2[None, :]))
         do = tl.load(DO + m * stride_dol + do_offs, mask=m_ok[:, None] & ev_ok[None, :], other=0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         if HAS_DROPOUT:
@@ -158,8 +160,8 @@ def _attn_bwd_kv_kernel(
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DK,  # (B, Hkv, S, E) key gradient, contiguous, dtype of K
     DV,  # (B, Hkv, S, Ev) value gradient, contiguous, dtype of V
-    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     H, group, L, S = sizes
@@ -182,6 +184,7 @@ def _attn_bwd_kv_kernel(
     n_ok = offs_n[:, None] < S
     k = tl.load(K + cols[:, None] * stride_kn + offs_e[None, :], mask=n_ok & (offs_e[None, :] < E),
                 other=0.0)
+    k = held_signed(k, SCALE_SIGN)  # k is held here, q streamed: see masked_scores
     v = tl.load(V + cols[:, None] * stride_vn + offs_ev[None, :], mask=n_ok & (offs_ev[None, :] < EV),
                 other=0.0)
     q_offs = rows[:, None] * stride_ql + offs_e[None, :]
@@ -233,11 +236,11 @@ def _bwd_q_blocks(
     are checked (one loop: see score_block)."""
     rng_base, S = tile[5], sizes[3]
     for start_n in range(0, end, BLOCK_N):
-        s, cols, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
-                                                 scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-                                                 PRECISION, BLOCK_N)
+        x, x_scale, cols, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides,
+                                                          sizes, scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND,
+                                                          IS_CAUSAL, PRECISION, BLOCK_N)
         v = tl.load(v_ptrs, mask=v_mask, other=0.0)
-        p = tl.exp2(s - lse2[:, None])
+        p = tl.exp2(tl.fma(x, x_scale, -lse2[:, None]))
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
             keep = dropout_keep(seed, rng_base, rows[:, None] * S + cols[None, :], dropout_p)
@@ -252,12 +255,12 @@ def _attn_bwd_q_kernel(
     Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets,  # see attention_common.py
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DQ,  # (B, H, L, E) query gradient, contiguous, dtype of Q
-    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m, bh, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
-                                                        HAS_DROPOUT, BLOCK_M, BLOCK_N)
+                                                        SCALE_SIGN, HAS_DROPOUT, BLOCK_M, BLOCK_N)
     H, L, S = sizes[0], sizes[2], sizes[3]
     DO += (bh // H).to(tl.int64) * do_strides[0] + (bh % H).to(tl.int64) * do_strides[1] \
         + start_m.to(tl.int64) * do_strides[2]

@@ -11,8 +11,8 @@ signature is written once:
     sizes: (H, group, L, S) with group = H // Hkv: query head h reads kv head h // group;
     scale_log2 = scale * log2(e); dropout_p;
     seq_buckets: (seq_bucket(L), seq_bucket(S)), which only the autotuner's key reads;
-    constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), MASK_KIND ("none", "bool",
-    "float"), IS_CAUSAL, HAS_DROPOUT, PRECISION (tl.dot input_precision of fp32 operands), and the
+    constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), SCALE_SIGN (1, -1 or 0:
+    the sign of scale, see masked_scores), MASK_KIND ("none", "bool", "float"), IS_CAUSAL, HAS_DROPOUT, PRECISION (tl.dot input_precision of fp32 operands), and the
     autotuned BLOCK_M, BLOCK_N.
 
 The seed is read from device memory, never passed by value: Triton specialises an int argument on its
@@ -228,7 +228,8 @@ def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p):
         Q=q, K=k, V=v, Mask=mask, Seed=_seed_arg(seed, dropout_p, q.device), strides=strides,
         sizes=(H, H // Hkv, L, S), scale_log2=scale * LOG2E.value, dropout_p=dropout_p,
         seq_buckets=(seq_bucket(L), seq_bucket(S)), E=E, EV=Ev, BLOCK_E=_head_block(E), BLOCK_EV=_head_block(Ev),
-        MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), HAS_DROPOUT=dropout_p > 0.0,
+        SCALE_SIGN=(scale > 0) - (scale < 0), MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal),
+        HAS_DROPOUT=dropout_p > 0.0,
         PRECISION=precision if q.dtype == torch.float32 else "tf32",
     )
 
@@ -237,23 +238,55 @@ def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p):
 
 
 @triton.jit
-def masked_logits(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2,
+def held_signed(t, SCALE_SIGN: tl.constexpr):
+    """A tile a program holds across its loop (q, or k in the dK/dV kernels) times sign(scale), once per
+    program, exact in any dtype: its scores x = q . k then have the sign of scale * q . k, and their
+    base-2 logits are x * logit_scale(scale_log2) with a factor > 0 (see masked_scores). A constexpr,
+    not a multiply by a runtime sign: compiled for sm_90a, the multiplied q tile stayed in registers as
+    the wgmma operand instead of going to shared memory (forward, bf16, head dim 128: 182 -> 221
+    registers a thread; dQ 140 -> 170; dK/dV 157 -> 180)."""
+    if SCALE_SIGN == 1:
+        signed = t
+    elif SCALE_SIGN == -1:
+        signed = -t
+    else:
+        signed = tl.zeros_like(t)
+    return signed
+
+
+@triton.jit
+def logit_scale(scale_log2):
+    """|scale| log2(e) > 0: the factor of the signed scores (held_signed) in their logits; log2(e), any
+    positive factor, at scale 0, whose scores are 0."""
+    return tl.where(scale_log2 == 0, LOG2E, tl.abs(scale_log2))
+
+
+@triton.jit
+def masked_scores(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2,
                   MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK: tl.constexpr):
-    """Base-2 logits of a score tile ``qk`` = q . k (either orientation): qk * scale * log2(e), plus the
-    float mask * log2(e), -inf where masked out. ``rows``, ``cols``: global query and key indices,
-    broadcastable to qk; ``Mask + mask_off + mask_offs``: the tile's mask entries (int64 offset of its
-    corner, int32 ones within it). CHECK applies the causal and key-bound checks."""
-    s = qk * scale_log2
+    """(x, x_scale) of a score tile ``qk`` = q . k (either orientation, held operand signed by held_signed)
+    whose base-2 logits, (scale q . k + mask) log2(e), are z = x * x_scale, -inf where masked out.
+
+    Without a float mask, x is qk itself with -inf where masked out (bool mask; CHECK: the causal and
+    key-bound checks) and x_scale = logit_scale > 0, which keeps -inf as -inf: the forward takes its
+    row max on x and scales it once per row, and each exponent x * x_scale - shift is one FMA, where
+    scaling every score first costs a multiply and a subtraction. A float mask must be in the row max,
+    so x is then z itself (qk x_scale + mask log2(e), one FMA) and x_scale 1. ``rows``, ``cols``:
+    global query and key indices, broadcastable to qk; ``Mask + mask_off + mask_offs``: the tile's mask
+    entries (int64 offset of its corner, int32 ones within it)."""
+    x = qk
+    x_scale = logit_scale(scale_log2)
     if MASK_KIND != "none":
         # Padding rows / columns may lie past the mask's storage: never load them.
         m = tl.load(Mask + mask_off + mask_offs, mask=(rows < L) & (cols < S), other=0)
         if MASK_KIND == "bool":
-            s = tl.where(m != 0, s, float("-inf"))
+            x = tl.where(m != 0, x, float("-inf"))
         else:
-            s += m.to(tl.float32) * LOG2E
+            x = x * x_scale + m.to(tl.float32) * LOG2E
+            x_scale = 1.0
     if CHECK:
-        s = bound_checks(s, rows, cols, S, IS_CAUSAL)
-    return s
+        x = bound_checks(x, rows, cols, S, IS_CAUSAL)
+    return x, x_scale
 
 
 @triton.jit
@@ -309,10 +342,10 @@ def kv_bases(K, V, strides, b64, kv64):
 def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E: tl.constexpr,
                 EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
                 IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One step of the forward's and the dQ kernel's loops over key blocks: the masked base-2 logits of
-    the query block (``tile`` of query_block, which holds the offset of its first row in Mask) against the keys from
-    start_n, their indices, the k tile, and the v tile's pointers and load mask (each loop loads it
-    where it needs it). Blocks from ``full_end`` on (key_blocks) get the key-bound and causal checks.
+    """One step of the forward's and the dQ kernel's loops over key blocks: the masked scores (x, x_scale
+    of masked_scores) of the query block (``tile`` of query_block, which holds the offset of its first
+    row in Mask) against the keys from start_n, their indices, the k tile, and the v tile's pointers
+    and load mask (each loop loads it where it needs it). Blocks from ``full_end`` on (key_blocks) get the key-bound and causal checks.
 
     One loop walks every block and branches on start_n for the checks (as Triton's fused-attention
     tutorial does), rather than a loop over the unchecked blocks and another over the checked ones:
@@ -334,21 +367,22 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
     # The mask and Philox offsets within a tile are formed from the key indices here, not held in
     # registers across the loop: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
     mask_offs = rows[:, None] * strides[3][2] + cols[None, :] * strides[3][3]
-    s = masked_logits(qk, offs_m[:, None], cols[None, :], L, S, Mask, mask_base, mask_offs, scale_log2,
-                      MASK_KIND, IS_CAUSAL, CHECK=False)
+    x, x_scale = masked_scores(qk, offs_m[:, None], cols[None, :], L, S, Mask, mask_base, mask_offs, scale_log2,
+                               MASK_KIND, IS_CAUSAL, CHECK=False)
     if start_n >= full_end:
-        s = bound_checks(s, offs_m[:, None], cols[None, :], S, IS_CAUSAL)
-    return s, cols, k, V + n * strides[2][2] + v_offs, v_mask
+        x = bound_checks(x, offs_m[:, None], cols[None, :], S, IS_CAUSAL)
+    return x, x_scale, cols, k, V + n * strides[2][2] + v_offs, v_mask
 
 
 @triton.jit
 def query_block(Q, K, V, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-                HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                SCALE_SIGN: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr):
     """What a program over one (batch-head, query block) starts from, in the forward and the dQ kernel:
     its block start and flat batch-head index; the in-block rows and their global indices; the Philox
-    seed; and ``tile``: the q tile, K and V advanced to its batch and kv head, the k / v tile offsets,
-    the block's Philox base counter and the int64 offset of its first row in the mask (0 strides
-    without one). An offset, not Mask advanced: Triton 3.6 cannot return a None Mask in a tuple."""
+    seed; and ``tile``: the q tile (held_signed), K and V advanced to its batch and kv head, the k / v
+    tile offsets, the block's Philox base counter and the int64 offset of its first row in the mask (0
+    strides without one). An offset, not Mask advanced: Triton 3.6 cannot return a None Mask in a tuple."""
     H, group, L, S = sizes
     start_m, bh = program_block(L, BLOCK_M)
     b = bh // H
@@ -366,6 +400,7 @@ def query_block(Q, K, V, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.cons
     offs_ev = tl.arange(0, BLOCK_EV)
     q = tl.load(Q + rows[:, None] * strides[0][2] + offs_e[None, :],
                 mask=(offs_m[:, None] < L) & (offs_e[None, :] < E), other=0.0)
+    q = held_signed(q, SCALE_SIGN)
     k_offs = offs_n[:, None] * strides[1][2] + offs_e[None, :]
     v_offs = offs_n[:, None] * strides[2][2] + offs_ev[None, :]
     rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)

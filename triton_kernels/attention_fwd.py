@@ -15,7 +15,17 @@ owns BLOCK_M query rows and walks the key blocks with the online softmax (Milako
 Dao, 2023), keeping per row the running max m, sum l and unnormalised output acc:
     m' = max(m, max_j z_j),  p_j = 2^(z_j - m'),  l' = l 2^(m - m') + sum_j p_j,
     acc' = acc 2^(m - m') + sum_j p_j v_j,
-and at the end O = acc / l. The row's log-sum-exp (natural log) is stored for the backward:
+and at the end O = acc / l. The scale is folded into the exponent: without a float mask z_ij = x_ij c
+with x_ij = q_i . k_j (-inf where masked out) and c = |scale| log2 e > 0, so max_j z_j = c max_j x_j
+(rounding is monotone) is one multiply per row and 2^(z_j - m') one FMA per score, x_j c - m', where
+scaling each score first took a multiply and a subtraction (attention_common.masked_scores). c > 0 for
+any scale, which torch accepts of any sign: the program negates its q tile once where scale < 0 and
+zeroes it where scale = 0 (then c = log2 e; compiled per sign, constexpr SCALE_SIGN), and -inf stays
+-inf, never -inf x 0 = NaN. A float mask
+must be in the row max: its logits are formed first (one FMA, x c + mask log2 e) and used as they are.
+Compiled for sm_90a (Triton 3.8, bf16, head dim 128, (128, 64, 8, 3)), the loop's FP32 instructions
+for its 32 scores a thread went from 96 mul + 34 sub + 2 fma to 66 mul + 2 sub + 34 fma (the backward
+kernels, which subtract the lse in their exponent, likewise: benchmarks/notes/attention.md). The row's log-sum-exp (natural log) is stored for the backward:
     lse = (m + log2 l) ln 2,   so that  P_ij = exp(scale q_i . k_j + mask_ij - lse) = 2^(z_ij - lse log2 e).
 While a row has nothing kept (m = -inf) its shift is 0 instead of m, so -inf logits give 2^-inf = 0,
 not 2^(-inf + inf) = NaN. A fully masked row ends with l = 0: its O is 0 (the reciprocal of a zero sum
@@ -114,13 +124,14 @@ def _fwd_blocks(
     ``full_end`` on are checked (key_blocks, score_block)."""
     rng_base, S = tile[5], sizes[3]
     for start_n in range(0, end, BLOCK_N):
-        s, cols, _, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
-                                                 scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-                                                 PRECISION, BLOCK_N)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        x, x_scale, cols, _, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides,
+                                                          sizes, scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND,
+                                                          IS_CAUSAL, PRECISION, BLOCK_N)
+        # The logits are x * x_scale with x_scale > 0: their row max is x's, scaled once per row.
+        m_new = tl.maximum(m_i, tl.max(x, axis=1) * x_scale)
         # 0 while the row has nothing kept: -inf logits then give 2^-inf = 0, not NaN.
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - shift[:, None])
+        p = tl.exp2(tl.fma(x, x_scale, -shift[:, None]))  # one FMA a score
         alpha = tl.exp2(m_i - shift)  # 0 while m_i = -inf: acc and l_i are still 0 then
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if HAS_DROPOUT:  # after the sum: lse is that of the undropped probabilities
@@ -136,12 +147,12 @@ def _attn_fwd_kernel(
     Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets,  # see attention_common.py
     O,  # (B, H, L, Ev) output, contiguous, dtype of Q
     LSE,  # (B, H, L) fp32 log-sum-exp of the masked scores (natural log; +inf for fully masked rows)
-    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m, bh, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
-                                                        HAS_DROPOUT, BLOCK_M, BLOCK_N)
+                                                        SCALE_SIGN, HAS_DROPOUT, BLOCK_M, BLOCK_N)
     L, S = sizes[2], sizes[3]
     offs_ev = tl.arange(0, BLOCK_EV)
 

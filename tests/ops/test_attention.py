@@ -147,6 +147,23 @@ def test_masks(backend, dtype, kind):
     assert out is None or torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("kind", ["causal", "bool_key_padding", "float_full_with_-inf"])
+@pytest.mark.parametrize("scale", [-0.3, 0.0], ids=["negative", "zero"])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_scale_of_any_sign(backend, scale, kind):
+    """torch takes any float scale. The Triton kernels take the row max on the unscaled scores, signed
+    by the scale (attention_common.masked_scores): a negative scale turns the max into the min, and 0
+    must neither give -inf * 0 = NaN on masked scores nor lose a float mask. (Not the torch backend:
+    torch 2.14's CPU SDPA itself returns NaN for causal with a scale <= 0, its math backend does not.)"""
+    dtype, head_dim = smallest_case(backend)
+    q, k, v = attention_inputs(2, 3, 3, 12, 21, head_dim, dtype=dtype)
+    kw = {"is_causal": True} if kind == "causal" else {"attn_mask": make_mask(kind, 2, 3, 12, 21)}
+    if kind.startswith("float"):
+        kw["attn_mask"] = kw["attn_mask"].to(dtype)
+    out = check(q, k, v, backend, scale=scale, **kw)
+    assert out is None or torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fully_masked_rows_give_zero_output_and_gradients(backend):
     dtype, head_dim = smallest_case(backend)

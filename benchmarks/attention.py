@@ -10,6 +10,11 @@ FLOPs, the standard count for B batches, H heads, L = S tokens, head dim E:
   backward 2.5 x forward                    (five matrix products; recomputing QK^T included)
 both halved when causal. TFLOP/s = FLOPs / time; % of peak against a bf16 GEMM measured in the
 same run. On GPU shapes keep B * L = 16384 tokens.
+
+"fasttx triton (deterministic=False)" is the Triton kernels with the opt-in backward (atomic dQ: five
+matrix products where the default runs seven, not bitwise reproducible); its forward is the default's.
+Its FLOPs are the same standard count, so its TFLOP/s compare with every other provider's directly.
+gpu-check's targets judge "fasttx triton", the deterministic default.
 """
 
 import math
@@ -86,6 +91,10 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
             runnable = [b for b in fasttx_backends if kernel_limitation(b, q, v, None) is None]
             providers.update(fasttx_providers(op, device_type, dtype, runnable, lambda b, c=is_causal: (
                 lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend=b))))
+            if "fasttx triton" in providers:
+                providers["fasttx triton (deterministic=False)"] = lambda q, k, v, c=is_causal: (
+                    functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend="triton",
+                                                            deterministic=False))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
             label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal}
             ref = lambda q, k, v, c=is_causal: reference.scaled_dot_product_attention(q, k, v, is_causal=c)  # noqa: E731

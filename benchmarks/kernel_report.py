@@ -86,6 +86,7 @@ ATTENTION_KERNELS = {  # name: (jit function, (space, shared-memory model, wrong
     "attn_fwd": (attention_fwd._attn_fwd_kernel, attention_fwd.FWD_TUNING),
     "attn_bwd_kv": (attention_bwd._attn_bwd_kv_kernel, attention_bwd.BWD_KV_TUNING),
     "attn_bwd_q": (attention_bwd._attn_bwd_q_kernel, attention_bwd.BWD_Q_TUNING),
+    "attn_bwd_atomic": (attention_bwd._attn_bwd_kv_kernel, attention_bwd.BWD_ATOMIC_TUNING),  # ATOMIC_DQ
 }
 DTYPE = torch.bfloat16  # the benchmarks' default dtype for the norms and softmax
 

@@ -26,13 +26,30 @@ TORCH_LIBRARY(fasttx, m) {
   m.def("softmax_bwd_cuda(Tensor out, Tensor grad_out, float scale, ScalarType in_dtype) -> Tensor");
   m.def(
       "attention_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, bool is_causal, float dropout_p,"
-      " Tensor? seed) -> (Tensor, Tensor)");
+      " Tensor? seed, bool deterministic=True) -> (Tensor, Tensor)");
   m.def(
       "attention_bwd_cuda(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask,"
-      " float scale, bool is_causal, float dropout_p, Tensor? seed) -> (Tensor, Tensor, Tensor)");
+      " float scale, bool is_causal, float dropout_p, Tensor? seed, bool deterministic=True)"
+      " -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {
+
+// `deterministic` lets the Triton backward add dQ with atomics; the C++ kernels are deterministic
+// whatever it says, so the schema takes it (one schema per op, fasttx/_declarations.py) and these drop it.
+std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                 const std::optional<at::Tensor>& mask, double scale, bool is_causal,
+                                                 double dropout_p, const std::optional<at::Tensor>& seed,
+                                                 bool /*deterministic*/) {
+  return fasttx::attention_fwd_cuda(q, k, v, mask, scale, is_causal, dropout_p, seed);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+    const at::Tensor& lse, const std::optional<at::Tensor>& mask, double scale, bool is_causal, double dropout_p,
+    const std::optional<at::Tensor>& seed, bool /*deterministic*/) {
+  return fasttx::attention_bwd_cuda(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed);
+}
 
 void impl_all(torch::Library& m) {
   m.impl("layer_norm_fwd_cuda", &fasttx::layer_norm_fwd_cuda);
@@ -41,8 +58,8 @@ void impl_all(torch::Library& m) {
   m.impl("rms_norm_bwd_cuda", &fasttx::rms_norm_bwd_cuda);
   m.impl("softmax_fwd_cuda", &fasttx::softmax_fwd_cuda);
   m.impl("softmax_bwd_cuda", &fasttx::softmax_bwd_cuda);
-  m.impl("attention_fwd_cuda", &fasttx::attention_fwd_cuda);
-  m.impl("attention_bwd_cuda", &fasttx::attention_bwd_cuda);
+  m.impl("attention_fwd_cuda", &attention_fwd);
+  m.impl("attention_bwd_cuda", &attention_bwd);
 }
 
 }  // namespace

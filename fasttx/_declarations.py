@@ -311,44 +311,49 @@ SOFTMAX = OpDeclaration(
 # ---- attention -----------------------------------------------------------------------------
 
 
-def _attention_fwd_fake(q, k, v, mask, scale, is_causal, dropout_p, seed):
+# deterministic=True in the signatures as in the schemas: the dispatcher calls the implementations and
+# fakes without an argument whose value is the schema's default.
+def _attention_fwd_fake(q, k, v, mask, scale, is_causal, dropout_p, seed, deterministic=True):
     batch, heads, queries, _ = q.shape
     return (q.new_empty((batch, heads, queries, v.shape[-1])),
             q.new_empty((batch, heads, queries), dtype=torch.float32))
 
 
-def _attention_bwd_fake(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed):
+def _attention_bwd_fake(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed,
+                        deterministic=True):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _attention_setup_context(ctx, inputs, output):
-    q, k, v, mask, scale, is_causal, dropout_p, seed = inputs
+    q, k, v, mask, scale, is_causal, dropout_p, seed, deterministic = inputs
     out, lse = output
     # O(B * H * L) beyond the inputs and the output: nothing of size L * S is kept.
     ctx.save_for_backward(q, k, v, out, lse, mask, seed)
-    ctx.scale, ctx.is_causal, ctx.dropout_p = scale, is_causal, dropout_p
+    ctx.scale, ctx.is_causal, ctx.dropout_p, ctx.deterministic = scale, is_causal, dropout_p, deterministic
 
 
 def _attention_autograd(bwd_op):
     def backward(ctx, grad_out, _grad_lse):
         q, k, v, out, lse, mask, seed = ctx.saved_tensors
         grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
-        dq, dk, dv = bwd_op(grad_out, q, k, v, out, lse, mask, ctx.scale, ctx.is_causal, ctx.dropout_p, seed)
-        return dq, dk, dv, None, None, None, None, None
+        dq, dk, dv = bwd_op(grad_out, q, k, v, out, lse, mask, ctx.scale, ctx.is_causal, ctx.dropout_p, seed,
+                            ctx.deterministic)
+        return dq, dk, dv, None, None, None, None, None, None
 
     return backward
 
 
-def _attention_fwd_triton(q, k, v, mask, scale, is_causal, dropout_p, seed):
+def _attention_fwd_triton(q, k, v, mask, scale, is_causal, dropout_p, seed, deterministic=True):
     from .triton_kernels.attention import attention_fwd
 
-    return attention_fwd(q, k, v, mask, scale, is_causal, dropout_p, seed)
+    return attention_fwd(q, k, v, mask, scale, is_causal, dropout_p, seed)  # deterministic: the backward's
 
 
-def _attention_bwd_triton(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed):
+def _attention_bwd_triton(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed,
+                          deterministic=True):
     from .triton_kernels.attention import attention_bwd
 
-    return attention_bwd(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed)
+    return attention_bwd(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed, deterministic)
 
 
 def _attention_dtype(backend):
@@ -366,8 +371,9 @@ def _attention_samples(requires_grad, backend, device):
     key_padding = torch.rand(2, 1, 1, 7, device=device) > 0.3
     bias = torch.randn(1, 1, 5, 7, device=device, dtype=dtype)
     seed = torch.tensor(1234, dtype=torch.int64)
-    return [(q, k, v, None, 0.25, False, 0.0, None), (q, k, v, key_padding, 0.25, False, 0.0, None),
-            (q, k, v, bias, 0.5, False, 0.2, seed), (q, k, v, None, 0.25, True, 0.0, None)]
+    # deterministic=False: the Triton backward's atomic dQ (the C++ backward ignores it).
+    return [(q, k, v, None, 0.25, False, 0.0, None, True), (q, k, v, key_padding, 0.25, False, 0.0, None, False),
+            (q, k, v, bias, 0.5, False, 0.2, seed, False), (q, k, v, None, 0.25, True, 0.0, None, True)]
 
 
 class _CrossAttention(torch.nn.Module):
@@ -401,10 +407,13 @@ class _CrossAttention(torch.nn.Module):
 ATTENTION = OpDeclaration(
     name="attention",
     functional="scaled_dot_product_attention",
+    # deterministic: whether the backward may use atomic adds (the Triton one's dQ; False lets it, see
+    # fasttx.scaled_dot_product_attention); in the forward's schema so that the autograd formula has it.
     fwd_schema="(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, bool is_causal, float dropout_p,"
-               " Tensor? seed) -> (Tensor, Tensor)",
+               " Tensor? seed, bool deterministic=True) -> (Tensor, Tensor)",
     bwd_schema="(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask,"
-               " float scale, bool is_causal, float dropout_p, Tensor? seed) -> (Tensor, Tensor, Tensor)",
+               " float scale, bool is_causal, float dropout_p, Tensor? seed, bool deterministic=True)"
+               " -> (Tensor, Tensor, Tensor)",
     fwd_fake=_attention_fwd_fake,
     bwd_fake=_attention_bwd_fake,
     setup_context=_attention_setup_context,

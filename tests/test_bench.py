@@ -296,3 +296,16 @@ def test_softmax_causal_and_short_row_cases():
     rows = common.run_case("softmax", causal, "cpu", torch.float32, {"GB/s": None})
     assert {r["provider"] for r in rows} == {"torch eager"} | {f"fasttx {b}" for b in here}
     assert all(r["correct"] for r in rows), rows
+
+
+@pytest.mark.skipif("triton" not in runnable_backends("cpu", "attention"), reason="Triton does not run here")
+def test_attention_times_the_opt_in_backward_beside_the_default():
+    """Where Triton runs, each attention case has "fasttx triton (deterministic=False)" (the atomic-dQ
+    backward) beside "fasttx triton", with the case's one FLOP count; both correct against the reference."""
+    from fasttx.benchmarks import attention
+
+    case = list(attention.cases("attention", torch.float32, "cpu", [(16, 1, 16)], ("triton",)))[-1]  # causal
+    assert {"fasttx triton", "fasttx triton (deterministic=False)"} <= set(case.providers)
+    rows = common.run_case("attention", case, "cpu", torch.float32, {"TFLOP/s": None})
+    opt_in = [r for r in rows if r["provider"] == "fasttx triton (deterministic=False)"]
+    assert {r["pass"] for r in opt_in} == set(common.PASSES) and all(r["correct"] for r in opt_in), opt_in

@@ -4,7 +4,7 @@ Launchers without autograd, for (B, H, L, E) queries and (B, Hkv, S, E) / (B, Hk
 with any strides but a contiguous last dim, grouped-query heads, bool / float masks broadcast to
 (B, H, L, S) through 0 strides, top-left causal masking and Philox dropout:
     attention_fwd(q, k, v, mask, scale, is_causal, dropout_p, seed) -> (o, lse)
-    attention_bwd(do, q, k, v, o, lse, mask, scale, is_causal, dropout_p, seed) -> (dq, dk, dv)
+    attention_bwd(do, q, k, v, o, lse, mask, scale, is_causal, dropout_p, seed, deterministic=True) -> (dq, dk, dv)
     dropout_keep_mask(seed, B, H, L, S, dropout_p, device) -> the (B, H, L, S) keep mask both draw
 ``seed`` is an int64 tensor of one element, read by the kernels from device memory (None without
 dropout). The forward, the conventions (fully masked rows: o = 0, lse = +inf) and the launch

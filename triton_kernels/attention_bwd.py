@@ -25,6 +25,16 @@ key blocks only, as the forward: a padding key, loaded as 0, scores 0, and 2^(0 
 row whose real scores sit far below 0 (a mask of -1e30). dK/dV apply the causal check on every block
 they visit (see _bwd_kv_blocks) and need no key bound: their padding rows reach only themselves and are
 never stored. Padding query rows load lse = +inf, so P = 0 on them.
+
+Both kernels recompute Q K^T and dO V^T: 7 matrix products where the math needs 5, the price of a dQ
+written once. deterministic=False (fasttx.scaled_dot_product_attention; ignored while
+torch.are_deterministic_algorithms_enabled()) runs the dK/dV kernel alone with ATOMIC_DQ: each of its
+query blocks also computes dS K, the block's share of dQ for its BLOCK_N keys, and adds it with fp32
+atomic adds into a zeroed (B, H, L, E) buffer, which one torch op then scales and casts (5 products;
+the dQ kernel is not launched). The fp32 sums then run in whatever order the programs reach them, so
+dQ may differ in its last bits from run to run (dK and dV do not). It costs an fp32 buffer of B H L E
+elements and one atomic add per dQ element and key block. This kernel checks the key bound on every
+block: dQ sums over keys, and a padding key's P = 2^(0 - lse) can overflow (see above).
 """
 
 import torch
@@ -74,6 +84,37 @@ def bwd_q_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_b
     return dots * dtype_bytes + (num_stages - 1) * block_m * block_n * mask_bytes
 
 
+# The dK/dV kernel with ATOMIC_DQ (deterministic=False) adds the dQ product dS K and its fp32
+# BLOCK_M x E tile, added to memory with atomics. Chosen as the others (no spills without mask or
+# dropout; sm_90a, Triton 3.8). Unlike dK/dV's, BLOCK_M is 64 where it can be: the dQ product's M is
+# BLOCK_M, and below 64 rows Triton gives it mma.sync m16n8k16 instead of wgmma (bf16, E = 128:
+# (32, 64, 8, 3) and (32, 128, 8, 3) do, 190 / 234 registers; (64, 64, 8, 2) is all wgmma at 250.
+# With an fp32 mask (64, 64, 8, 2) spills 20 B, (32, 64, 8, 3) nothing; with a bool mask, causal and
+# dropout 20 B and 40 B).
+# Left out for spills: E = 64 (128, 128, 8, 2) 92 B; E = 128 (64, 64, 4, 2) 204 B, (128, 64, 8, 2) 232 B;
+# E = 256 (32, 64, 8, 2) 88 B, (64, 32, 8, 2) 4 B: nothing there uses wgmma without spilling. fp32
+# (tf32x3): the dK/dV lists' spill-free configs; at E = 256 the least spilling, (16, 16, 8, 2) 320 B
+# ((16, 16, 4, 2) 896 B, (16, 32, 8, 2) 3568 B).
+BWD_ATOMIC_SPACE = {
+    (64, False): [(64, 128, 8, 2), (64, 64, 4, 3), (64, 128, 8, 3)],
+    (128, False): [(64, 64, 8, 2), (64, 64, 8, 3), (32, 64, 8, 3), (32, 128, 8, 3)],
+    (256, False): [(32, 32, 4, 2), (16, 32, 4, 2)],
+    (64, True): [(32, 64, 8, 2), (32, 16, 4, 3)],
+    (128, True): [(16, 16, 4, 2), (32, 16, 4, 2)],
+    (256, True): [(16, 16, 8, 2)],
+}
+
+
+def bwd_atomic_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
+    """Bytes of shared memory of the dK/dV kernel with ATOMIC_DQ: bwd_kv_shared_memory's, plus the
+    larger of the fp32 dQ tile (the atomic adds' layout conversion) and another copy of k (dS K's
+    operand) with two of the dS tile. An upper bound fitted to Triton 3.8's allocations for sm_90a
+    (exact at (32, 64, 8, 3) and (64, 64, 8, 2), E = 128, bf16; above at the others compiled)."""
+    kv = bwd_kv_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
+    operands = (held_copies(dtype_bytes) * block_n * block_e + 2 * block_m * block_n) * dtype_bytes
+    return kv + max(block_m * block_e * 4, operands)
+
+
 # Elements of o (and of dO) per program of the memory-bound rowsum(dO * O) kernel: whole rows up to
 # Ev = 256, 32 per thread at its 4 warps: few enough registers that several programs share an SM and
 # keep loads in flight (8192 elements take about twice as many, one program per SM).
@@ -112,13 +153,14 @@ def _first_query_block(start_n, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _bwd_kv_blocks(
-    dk, dv, k, v, Q, DO, LSE, Delta, Mask, lo, offs_n, q_offs, do_offs, mask_offs, rng_base, rng_offs,
+    dk, dv, k, v, Q, DO, DQ, LSE, Delta, Mask, lo, offs_n, q_offs, do_offs, mask_offs, rng_base, rng_offs,
     stride_ql, stride_dol, stride_ml, L, S, scale_log2, dropout_p, inv_keep, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Add the unscaled dK = dS^T Q and dV = P^T dO of one query head's blocks from row lo on.
+    """Add the unscaled dK = dS^T Q and dV = P^T dO of one query head's blocks from row lo on; with
+    ATOMIC_DQ, also dS K into the head's fp32 (L, E) rows at DQ, by atomic adds.
 
     Causal applies its check on every block: split off into a loop of its own, the unchecked blocks
     made the pipeliner keep both loops' prefetched tiles live across them, spilling registers (Triton
@@ -127,6 +169,7 @@ def _bwd_kv_blocks(
     rows = tl.arange(0, BLOCK_M)
     e_ok = tl.arange(0, BLOCK_E) < E
     ev_ok = tl.arange(0, BLOCK_EV) < EV
+    dq_offs = rows[:, None] * E + tl.arange(0, BLOCK_E)[None, :]
     for start_m in range(lo, L, BLOCK_M):
         offs_m = start_m + rows
         m_ok = offs_m < L
@@ -135,9 +178,11 @@ def _bwd_kv_blocks(
         # Padding rows get lse = +inf, hence P = 0: no other row check is needed.
         lse2 = tl.load(LSE + offs_m, mask=m_ok, other=float("inf")) * LOG2E
         qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
-        # Padding keys need no check (non-causal skips it): they reach only their own dK / dV rows.
+        # Padding keys need no check for dK / dV (non-causal skips it): they reach only their own rows.
+        # dQ sums over the keys: a padding key, loaded as 0, scores 0, and 2^(0 - lse) overflows for a
+        # row whose real scores sit far below 0 (a mask of -1e30), so inf * 0 = NaN would reach it.
         x_t, x_scale = masked_scores(qk_t, offs_m[None, :], offs_n[:, None], L, S, Mask, m * stride_ml, mask_offs,
-                                     scale_log2, MASK_KIND, IS_CAUSAL, CHECK=IS_CAUSAL)
+                                     scale_log2, MASK_KIND, IS_CAUSAL, CHECK=IS_CAUSAL or ATOMIC_DQ)
         p_t = tl.exp2(tl.fma(x_t, x_scale, -lse2[None, :]))
         do = tl.load(DO + m * stride_dol + do_offs, mask=m_ok[:, None] & ev_ok[None, :], other=0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
@@ -151,6 +196,10 @@ def _bwd_kv_blocks(
         delta = tl.load(Delta + offs_m, mask=m_ok, other=0.0)
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=PRECISION)
+            # relaxed: the adds need no ordering among themselves, only the kernel's end.
+            tl.atomic_add(DQ + m * E + dq_offs, dq, mask=m_ok[:, None] & e_ok[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -160,9 +209,12 @@ def _attn_bwd_kv_kernel(
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DK,  # (B, Hkv, S, E) key gradient, contiguous, dtype of K
     DV,  # (B, Hkv, S, Ev) value gradient, contiguous, dtype of V
+    # ATOMIC_DQ: (B, H, L, E) fp32, contiguous, zeroed: gets sign(scale) dS K (k is held signed), which
+    # |scale| turns into dQ. None otherwise.
+    DQ,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     H, group, L, S = sizes
     stride_ql, stride_kn, stride_vn = strides[0][2], strides[1][2], strides[2][2]
@@ -208,11 +260,14 @@ def _attn_bwd_kv_kernel(
         if MASK_KIND != "none":
             Mask_h += b64 * strides[3][0] + h64 * strides[3][1] + n64 * stride_ms
         rng_base = bh64 * L * S + start_n
+        DQ_h = DQ
+        if ATOMIC_DQ:
+            DQ_h += bh64 * L * E
         dk, dv = _bwd_kv_blocks(
-            dk, dv, k, v, Q_h, DO_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, offs_n,
+            dk, dv, k, v, Q_h, DO_h, DQ_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, offs_n,
             q_offs, do_offs, mask_offs, rng_base, rng_offs, stride_ql, do_strides[2], stride_ml, L, S,
             scale_log2, dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-            HAS_DROPOUT, PRECISION, BLOCK_M,
+            HAS_DROPOUT, ATOMIC_DQ, PRECISION, BLOCK_M,
         )
 
     if HAS_DROPOUT:
@@ -287,15 +342,21 @@ def _attn_bwd_q_kernel(
 # attention_autotune's arguments (no config is known to compute wrong results: see FWD_WRONG).
 BWD_KV_TUNING = (BWD_KV_SPACE, bwd_kv_shared_memory, None)
 BWD_Q_TUNING = (BWD_Q_SPACE, bwd_q_shared_memory, None)
+BWD_ATOMIC_TUNING = (BWD_ATOMIC_SPACE, bwd_atomic_shared_memory, None)
 _attn_bwd_kv = attention_autotune(*BWD_KV_TUNING)(_attn_bwd_kv_kernel)
 _attn_bwd_q = attention_autotune(*BWD_Q_TUNING)(_attn_bwd_q_kernel)
+# The same kernel with ATOMIC_DQ: its own configs, tuned apart.
+_attn_bwd_atomic = attention_autotune(*BWD_ATOMIC_TUNING)(_attn_bwd_kv_kernel)
 
 
-def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, dropout_p: float, seed):
+def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, dropout_p: float, seed,
+                  deterministic: bool = True):
     """Gradients (dq, dk, dv) of attention_fwd, contiguous in the inputs' dtype.
 
     ``do`` and ``o`` (B, H, L, Ev) may have any strides with a contiguous last dim; ``lse`` is the
     forward's. The same ``dropout_p`` and ``seed`` regenerate the forward's dropout mask.
+    ``deterministic=False`` runs the 5-product kernel with atomic dQ (see the module docstring), unless
+    torch.are_deterministic_algorithms_enabled(), checked here, at the backward, as torch's own ops do.
     """
     args = kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p)
     B, H, L, _ = q.shape
@@ -316,6 +377,12 @@ def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, drop
         EV=Ev, BLOCK_EV=args["BLOCK_EV"], BLOCK_M=block_m, num_warps=4,
     )
     grads = dict(DO=do, LSE=lse, Delta=delta, do_strides=do.stride()[:3], scale=scale)
-    _attn_bwd_kv[lambda meta: launch_grid(S, meta["BLOCK_N"], B * Hkv)](DK=dk, DV=dv, **grads, **args)
-    _attn_bwd_q[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](DQ=dq, **grads, **args)
+    kv_grid = lambda meta: launch_grid(S, meta["BLOCK_N"], B * Hkv)  # noqa: E731
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        _attn_bwd_kv[kv_grid](DK=dk, DV=dv, DQ=None, ATOMIC_DQ=False, **grads, **args)
+        _attn_bwd_q[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](DQ=dq, **grads, **args)
+    else:
+        dq_sum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        _attn_bwd_atomic[kv_grid](DK=dk, DV=dv, DQ=dq_sum, ATOMIC_DQ=True, **grads, **args)
+        torch.mul(dq_sum, abs(scale), out=dq)  # |scale|: dq_sum holds sign(scale) dS K; one rounding
     return dq, dk, dv

@@ -74,7 +74,9 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # kernel changes (benchmarks/notes/softmax.md): causal at 4096 columns (16384x4096: 4 heads) and
 # short rows, which share programs (65536x256, also causal); 8 cases where there were 4 (32-128 MB
 # each, memory-bound: short timings), hence a share of 3 instead of 2, the stage's time unchanged.
-# The CPU dry run's 64x16 is the same mix: short rows, causal.
+# The CPU dry run's 64x16 is the same mix: short rows, causal. Attention's cases hold, beside "fasttx
+# triton", "fasttx triton (deterministic=False)": the opt-in 5-product backward (atomic dQ), measured
+# at the same shapes against the default (benchmarks/attention.py; one provider more of ~8).
 HEADLINE = {
     "layer_norm": ("16384x4096,8192x8192", "4x64", 1.5),
     "rms_norm": ("16384x4096,8192x8192", "4x64", 1.5),

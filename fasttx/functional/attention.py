@@ -99,12 +99,18 @@ def _last_dim_contiguous(t):
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                 scale=None, enable_gqa=False, *, backend="auto"):
+                                 scale=None, enable_gqa=False, *, backend="auto", deterministic=True):
     """Attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
     (bool attn_mask True = takes part, float added; is_causal top-left aligned; enable_gqa), see
-    the module docstring. ``backend``: "auto", "torch", "triton" or "cuda"."""
+    the module docstring. ``backend``: "auto", "torch", "triton" or "cuda". ``deterministic=False``
+    lets the Triton backward add dQ with atomics (5 matrix products instead of 7, fp32 sums in a
+    varying order: not bitwise reproducible); torch.use_deterministic_algorithms(True) overrides it.
+    The CUDA C++ and torch backends are deterministic either way."""
     query, key, value, attn_mask = _autocast(query, key, value, attn_mask)
     _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"fasttx.scaled_dot_product_attention: deterministic must be a bool, got "
+                        f"{type(deterministic).__name__}")
     chosen = backends.resolve("attention", backend, query)
     if chosen != "torch":
         why_not = kernel_limitation(chosen, query, value, attn_mask)
@@ -132,5 +138,6 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         # (as torch's own dropout), so every replay drops anew; and no host sync, no recompile.
         seed = torch.randint(0, 2**62, (), dtype=torch.int64, device=q.device)
     scale = 1 / math.sqrt(head_dim) if scale is None else float(scale)
-    out, _lse = _ops.op("attention", "fwd", chosen)(q, k, v, mask, scale, is_causal, float(dropout_p), seed)
+    out, _lse = _ops.op("attention", "fwd", chosen)(q, k, v, mask, scale, is_causal, float(dropout_p), seed,
+                                                    deterministic)
     return out.reshape(*batch, heads, queries, value_dim)

@@ -36,6 +36,7 @@ KERNELS = {
     "fwd": (attention_fwd._attn_fwd_kernel, attention_fwd.fwd_shared_memory),
     "bwd_kv": (attention_bwd._attn_bwd_kv_kernel, attention_bwd.bwd_kv_shared_memory),
     "bwd_q": (attention_bwd._attn_bwd_q_kernel, attention_bwd.bwd_q_shared_memory),
+    "bwd_atomic": (attention_bwd._attn_bwd_kv_kernel, attention_bwd.bwd_atomic_shared_memory),
 }
 # (kernel, (BLOCK_M, BLOCK_N, num_warps, num_stages), head dim, dtype, mask dtype, causal, dropout_p):
 # each kernel's largest tiles, and every mask kind, causal and dropout once.
@@ -47,6 +48,8 @@ VARIANTS = [
     ("bwd_kv", (32, 64, 4, 4), 64, torch.float16, torch.float16, False, 0.0),
     ("bwd_q", (128, 64, 8, 2), 128, torch.float16, torch.bool, True, 0.1),
     ("bwd_q", (64, 32, 4, 3), 64, torch.float32, torch.float32, False, 0.0),
+    ("bwd_atomic", (64, 64, 8, 3), 128, torch.float16, torch.bool, True, 0.1),
+    ("bwd_atomic", (32, 16, 4, 3), 64, torch.float32, torch.float32, False, 0.0),
 ]
 
 # (kernel, head dim, dtype, causal) of the benchmarks (no mask, no dropout), compiled in the first config
@@ -88,7 +91,11 @@ def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dr
     if name == "fwd":
         return dict(args, O=q, LSE=lse)
     grads = dict(args, DO=q, LSE=lse, Delta=lse, do_strides=q.stride()[:3], scale=0.125)
-    return dict(grads, DK=q, DV=q) if name == "bwd_kv" else dict(grads, DQ=q)
+    if name == "bwd_kv":
+        return dict(grads, DK=q, DV=q, DQ=None, ATOMIC_DQ=False)
+    if name == "bwd_atomic":
+        return dict(grads, DK=q, DV=q, DQ=torch.empty(q.shape), ATOMIC_DQ=True)
+    return dict(grads, DQ=q)
 
 
 def first_config(name, head_dim, dtype):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import fasttx
 from fasttx import reference
-from fasttx.testing import rel_error
+from fasttx.testing import assert_close, rel_error
 
 from ..conftest import DEVICE, runnable_backends
 
@@ -67,10 +67,12 @@ def gradient_scales(q, k, v, dy, scale=None, attn_mask=None, is_causal=False, en
 
 
 def check(q, k, v, backend, dy=None, **kw):
-    """Output, dq, dk, dv vs float64; returns the output (None for a case the backend rejects)."""
+    """Output, dq, dk, dv vs float64; returns the output (None for a case the backend rejects).
+    ``deterministic`` goes to fasttx only, ``dropout_mask`` to the reference only."""
     if dy is None:
         dy = torch.randn(*q.shape[:-1], v.shape[-1], device=DEVICE).to(q.dtype)
     ours_kw = {k_: v_ for k_, v_ in kw.items() if k_ != "dropout_mask"}
+    kw.pop("deterministic", None)
     if cuda_unsupported(backend, q, v):
         with pytest.raises(RuntimeError, match="backend='cuda' cannot run this call: the CUDA attention kernels take"):
             fasttx.scaled_dot_product_attention(q, k, v, **ours_kw, backend=backend)
@@ -327,6 +329,133 @@ def test_dropout(backend):
     assert abs(keep.float().mean().item() - (1 - p)) < 5 * ((p * (1 - p) / n) ** 0.5)
     torch.manual_seed(7)  # the op draws the same seed again
     check(q, k, v, backend, dy=dy, dropout_p=p, dropout_mask=keep)
+
+
+# ---- the 5-product backward with atomic dQ (deterministic=False) -------------------------------------------
+
+TRITON = [b for b in BACKENDS if b == "triton"]  # the one backend whose backward the flag changes
+
+
+def spy_backward_launches(monkeypatch):
+    """The names of the Triton backward's autotuned kernels launched from now on, in order."""
+    from fasttx.triton_kernels import attention_bwd
+
+    launched = []
+
+    class Spy:
+        def __init__(self, name, tuner):
+            self.name, self.tuner = name, tuner
+
+        def __getitem__(self, grid):
+            launched.append(self.name)
+            return self.tuner[grid]
+
+    for name in ("_attn_bwd_kv", "_attn_bwd_q", "_attn_bwd_atomic"):
+        monkeypatch.setattr(attention_bwd, name, Spy(name, getattr(attention_bwd, name)))
+    return launched
+
+
+def transposed(batch, heads, length, head_dim, dtype):
+    """A (B, H, L, E) view of (B, L, H, E) storage, as a module's projections give."""
+    return torch.randn(batch, length, heads, head_dim, device=DEVICE).to(dtype).transpose(1, 2)
+
+
+ATOMIC_CASES = {  # (B, H, Hkv, L, S, E), keyword arguments
+    "L=S=1": ((2, 2, 2, 1, 1, 16), {}),
+    "L=1,S=7": ((2, 2, 2, 1, 7, 16), {}),
+    "33x100": ((1, 2, 2, 33, 100, 16), {}),
+    "100x33,causal": ((1, 2, 2, 100, 33, 16), {"is_causal": True}),
+    "5x40,causal": ((2, 2, 2, 5, 40, 16), {"is_causal": True}),
+    "gqa,causal": ((2, 4, 1, 17, 29, 32), {"enable_gqa": True, "is_causal": True}),
+    "bool_key_padding": ((2, 3, 3, 12, 45, 16), {"attn_mask": "bool_key_padding"}),
+    "float_full_with_-inf": ((2, 3, 3, 12, 45, 16), {"attn_mask": "float_full_with_-inf"}),
+    "dropout": ((2, 2, 2, 40, 50, 16), {"dropout_p": 0.3}),
+    "negative scale": ((2, 2, 2, 12, 21, 16), {"scale": -0.3, "is_causal": True}),  # k is held negated
+    "transposed views": ((2, 4, 2, 11, 13, 16), {"enable_gqa": True}),
+}
+
+
+@pytest.mark.parametrize("case", ATOMIC_CASES)
+@pytest.mark.parametrize("backend", TRITON)
+def test_atomic_dq_backward(backend, case, monkeypatch):
+    """deterministic=False: dq, dk, dv of the 5-product kernel (atomic dQ) against float64, in the
+    cases of the deterministic kernels' tests; dropout with the forward's keep mask."""
+    from fasttx.triton_kernels.attention import dropout_keep_mask
+
+    (batch, heads, kv_heads, queries, keys, head_dim), kw = ATOMIC_CASES[case]
+    dtype = torch.float32
+    if case == "transposed views":
+        q, k, v = (transposed(batch, h, n, head_dim, dtype) for h, n in ((heads, queries), (kv_heads, keys), (kv_heads, keys)))
+        assert not q.is_contiguous()
+    else:
+        q, k, v = attention_inputs(batch, heads, kv_heads, queries, keys, head_dim, dtype=dtype)
+    if isinstance(kw.get("attn_mask"), str):
+        kw = dict(kw, attn_mask=make_mask(kw["attn_mask"], batch, heads, queries, keys))
+    dy = torch.randn(batch, heads, queries, head_dim, device=DEVICE)  # before the seed: check draws none then
+    if "dropout_p" in kw:
+        torch.manual_seed(7)
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE))  # what the op draws after this seed
+        kw = dict(kw, dropout_mask=dropout_keep_mask(seed, batch, heads, queries, keys, kw["dropout_p"], q.device))
+        torch.manual_seed(7)
+    launched = spy_backward_launches(monkeypatch)
+    check(q, k, v, backend, dy=dy, deterministic=False, **kw)
+    assert launched == ["_attn_bwd_atomic"]
+
+
+# The interpreter's numpy warns on the dK/dV kernel's inf P of padding keys, which reach only their own
+# rows, never stored (attention_bwd.py's docstring).
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
+@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("backend", TRITON)
+def test_padding_keys_never_reach_dq(backend, deterministic):
+    """A row masked by -1e30 (finite) has lse ~ -1e30: a padding key of the last block (S = 5 of 16),
+    loaded as 0, would get P = 2^(0 - lse) = inf and dQ inf * 0 = NaN; both backwards check the key
+    bound where dQ sums over keys (the documented price: that row's gradients are not exact)."""
+    q, k, v = (t.requires_grad_() for t in attention_inputs(1, 1, 1, 4, 5, 16, dtype=torch.float32))
+    mask = torch.zeros(1, 1, 4, 5, device=DEVICE)
+    mask[0, 0, 1] = -1e30
+    out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, backend=backend, deterministic=deterministic)
+    assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.sum(), (q, k, v)))
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_atomic_and_deterministic_backwards_agree(backend):
+    """Both backwards of one forward, fp16, GQA with a key-padding mask: within the dtype's tolerance
+    (fp32 sums of dQ in another order; dK and dV the same math)."""
+    q, k, v = (t.requires_grad_() for t in attention_inputs(2, 4, 2, 37, 53, 32, dtype=torch.float16))
+    mask = make_mask("bool_key_padding", 2, 4, 37, 53)
+    dy = torch.randn(2, 4, 37, 32, device=DEVICE).to(torch.float16)
+    grads = []
+    for deterministic in (True, False):
+        out = fasttx.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True, backend=backend,
+                                                  deterministic=deterministic)
+        grads.append(torch.autograd.grad(out, (q, k, v), dy))
+    for name, ours, theirs in zip(("dq", "dk", "dv"), *grads):
+        assert_close(ours, theirs, torch.float16, name)
+
+
+@pytest.mark.parametrize("backend", TRITON)
+def test_deterministic_algorithms_force_the_deterministic_backward(backend, monkeypatch):
+    """torch.use_deterministic_algorithms(True) at the backward: deterministic=False runs the dK/dV and
+    dQ kernels, not the atomic one; switched off again, the atomic one."""
+    q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 9, 11, 16, dtype=torch.float32))
+    launched = spy_backward_launches(monkeypatch)
+    was = torch.are_deterministic_algorithms_enabled()
+    for enabled, expected in ((True, ["_attn_bwd_kv", "_attn_bwd_q"]), (False, ["_attn_bwd_atomic"])):
+        out = fasttx.scaled_dot_product_attention(q, k, v, backend=backend, deterministic=False)
+        launched.clear()
+        try:
+            torch.use_deterministic_algorithms(enabled)
+            out.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(was)
+        assert launched == expected, enabled
+
+
+def test_deterministic_must_be_a_bool():
+    q, k, v = attention_inputs(1, 1, 1, 4, 4, 16, dtype=torch.float32)
+    with pytest.raises(TypeError, match="deterministic must be a bool, got str"):
+        fasttx.scaled_dot_product_attention(q, k, v, deterministic="no")
 
 
 def test_torch_backend_dropout_is_dropout():

@@ -12,8 +12,8 @@ signature is written once:
     scale_log2 = scale * log2(e); dropout_p;
     seq_buckets: (seq_bucket(L), seq_bucket(S)), which only the autotuner's key reads;
     constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), SCALE_SIGN (1, -1 or 0:
-    the sign of scale, see masked_scores), MASK_KIND ("none", "bool", "float"), IS_CAUSAL, HAS_DROPOUT, PRECISION (tl.dot input_precision of fp32 operands), and the
-    autotuned BLOCK_M, BLOCK_N.
+    the sign of scale, see masked_scores), MASK_KIND ("none", "bool", "float"), IS_CAUSAL, HAS_DROPOUT,
+    PRECISION (tl.dot input_precision of fp32 operands), and the autotuned BLOCK_M, BLOCK_N.
 
 The seed is read from device memory, never passed by value: Triton specialises an int argument on its
 value (== 1, divisible by 16), which would recompile the kernels for one training step in 16, and a CUDA
@@ -345,7 +345,8 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
     """One step of the forward's and the dQ kernel's loops over key blocks: the masked scores (x, x_scale
     of masked_scores) of the query block (``tile`` of query_block, which holds the offset of its first
     row in Mask) against the keys from start_n, their indices, the k tile, and the v tile's pointers
-    and load mask (each loop loads it where it needs it). Blocks from ``full_end`` on (key_blocks) get the key-bound and causal checks.
+    and load mask (each loop loads it where it needs it). Blocks from ``full_end`` on (key_blocks) get
+    the key-bound and causal checks.
 
     One loop walks every block and branches on start_n for the checks (as Triton's fused-attention
     tutorial does), rather than a loop over the unchecked blocks and another over the checked ones:

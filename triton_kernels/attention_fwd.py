@@ -21,11 +21,12 @@ with x_ij = q_i . k_j (-inf where masked out) and c = |scale| log2 e > 0, so max
 scaling each score first took a multiply and a subtraction (attention_common.masked_scores). c > 0 for
 any scale, which torch accepts of any sign: the program negates its q tile once where scale < 0 and
 zeroes it where scale = 0 (then c = log2 e; compiled per sign, constexpr SCALE_SIGN), and -inf stays
--inf, never -inf x 0 = NaN. A float mask
-must be in the row max: its logits are formed first (one FMA, x c + mask log2 e) and used as they are.
-Compiled for sm_90a (Triton 3.8, bf16, head dim 128, (128, 64, 8, 3)), the loop's FP32 instructions
-for its 32 scores a thread went from 96 mul + 34 sub + 2 fma to 66 mul + 2 sub + 34 fma (the backward
-kernels, which subtract the lse in their exponent, likewise: benchmarks/notes/attention.md). The row's log-sum-exp (natural log) is stored for the backward:
+-inf, never -inf x 0 = NaN. A float mask must be in the row max: its logits are formed first (one
+FMA, x c + mask log2 e) and used as they are. Compiled for sm_90a (Triton 3.8, bf16, head dim 128,
+(128, 64, 8, 3)), the loop's FP32 instructions for its 32 scores a thread went from 96 mul + 34 sub +
+2 fma to 66 mul + 2 sub + 34 fma (the backward kernels, which subtract the lse in their exponent,
+likewise: benchmarks/notes/attention.md). The row's log-sum-exp (natural log) is stored for the
+backward:
     lse = (m + log2 l) ln 2,   so that  P_ij = exp(scale q_i . k_j + mask_ij - lse) = 2^(z_ij - lse log2 e).
 While a row has nothing kept (m = -inf) its shift is 0 instead of m, so -inf logits give 2^-inf = 0,
 not 2^(-inf + inf) = NaN. A fully masked row ends with l = 0: its O is 0 (the reciprocal of a zero sum

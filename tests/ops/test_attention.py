@@ -385,7 +385,8 @@ def test_atomic_dq_backward(backend, case, monkeypatch):
     (batch, heads, kv_heads, queries, keys, head_dim), kw = ATOMIC_CASES[case]
     dtype = torch.float32
     if case == "transposed views":
-        q, k, v = (transposed(batch, h, n, head_dim, dtype) for h, n in ((heads, queries), (kv_heads, keys), (kv_heads, keys)))
+        q, k, v = (transposed(batch, h, n, head_dim, dtype)
+                   for h, n in ((heads, queries), (kv_heads, keys), (kv_heads, keys)))
         assert not q.is_contiguous()
     else:
         q, k, v = attention_inputs(batch, heads, kv_heads, queries, keys, head_dim, dtype=dtype)

@@ -4,10 +4,11 @@
 // leaves what it models:
 // - Shared addresses: the dynamic shared memory starts at shared address kDynamicSmemAddress (16),
 //   not on a 1024-byte boundary, so a kernel that does not align its swizzled tiles reads garbage.
-// - TMA (cp.async.bulk.tensor.4d, 128B swizzle): the box lands, with out-of-bounds elements zero,
-//   only when a thread waiting on its mbarrier finds every arrival in: a consumer that reads a tile
-//   without waiting reads the NaN poison or the previous tile. The box's bytes count against the
-//   barrier's expected transaction bytes; a mismatch fails.
+// - TMA (cp.async.bulk.tensor.4d, 128B swizzle): issuing a box fills its destination with NaN; the
+//   box lands, with out-of-bounds elements zero, only when a thread waiting on its mbarrier finds
+//   every arrival in: a consumer that reads a tile without waiting reads NaN, one that releases a
+//   stage before its last wgmma on it retires usually does (when the producer refills it first).
+//   The box's bytes count against the barrier's expected transaction bytes; a mismatch fails.
 // - mbarriers: arrival count, transaction bytes, phase; a wait passes while the current phase's
 //   parity differs from the one asked (as try_wait.parity); a wait that sees no mbarrier activity
 //   anywhere for kDeadlockSeconds fails (wrong parity, missing arrival, bytes never delivered).
@@ -175,7 +176,9 @@ inline void tma_load_4d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0
   const uint32_t addr = smem_addr(dst);
   if (addr % kSwizzleAtomBytes != 0) fail("128B-swizzled TMA destination not 1024-byte aligned", dst);
   TmaCopy cp{m, addr, {c0, c1, c2, c3}};
-  smem_at(addr, cp.bytes(), 16);
+  // Until it lands, the destination holds nothing usable: NaN, which a consumer still reading the
+  // stage (released too early) then multiplies.
+  std::memset(smem_at(addr, cp.bytes(), 16), 0xff, cp.bytes());
   std::lock_guard lock(mbar_mutex);
   mbar_state(bar).copies.push_back(cp);
   ++mbar_events;

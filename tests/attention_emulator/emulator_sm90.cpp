@@ -62,7 +62,7 @@ extern "C" void emu_tma_box(const void* base, const int64_t* dims, const int64_t
   CUtensorMap map;
   const int64_t d[4] = {dims[0], dims[1], dims[2], dims[3]};
   const int64_t s[3] = {strides[0], strides[1], strides[2]};
-  encode_tma_4d(&map, base, true, d, s, box0, box1);
+  if (!encode_tma_4d(&map, base, true, d, s, box0, box1)) fail("tensor map refused", base);
   global_ranges = {{static_cast<const char*>(base), static_cast<size_t>(strides[2] * dims[3])}};
   smem_bytes = kMaxSmem;
   std::memset(smem, 0xff, kMaxSmem);

@@ -19,7 +19,7 @@ bool encode_bhle(CUtensorMap* map, const void* base, bool bf16, int batch, int h
 
 template <typename T, bool kCausal>
 bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
-  constexpr auto kernel = attention_fwd_sm90_kernel<T, kCausal>;
+  constexpr auto kernel = attention_fwd_sm90_kernel<T, Sm90Fwd::kHeadDim, kCausal>;
   if (!runs_sm90a(kernel)) return false;
   Sm90FwdParams params{};
   params.p = p;

@@ -210,8 +210,9 @@ __device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned 
   }
 }
 
-template <typename T, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal>
 __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1) attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
+  static_assert(kHeadDim == Sm90Fwd::kHeadDim, "the sm_90a forward's tiles are for head dim 128");
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = Sm90Fwd;

@@ -37,7 +37,8 @@ extern "C" int emu_attention_fwd_sm90(const int64_t* ints, const double* floats,
   p.lse = static_cast<float*>(ptrs[4]);
   attn::global_ranges.clear();
   for (int i = 0; i < n_ranges; ++i) {
-    attn::global_ranges.push_back({reinterpret_cast<const char*>(ranges[2 * i]), static_cast<size_t>(ranges[2 * i + 1])});
+    attn::global_ranges.push_back(
+        {reinterpret_cast<const char*>(ranges[2 * i]), static_cast<size_t>(ranges[2 * i + 1])});
   }
   attn::emulate_sm90 = true;
   const bool launched = attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, nullptr);

@@ -119,7 +119,8 @@ __device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], ui
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
-    const uint64_t bd = smem_desc_128b(v_tile + kk * 2 * kSwizzleAtomBytes, C::kBlockN * kSwizzleBytes, kSwizzleAtomBytes);
+    const uint64_t bd =
+        smem_desc_128b(v_tile + kk * 2 * kSwizzleAtomBytes, C::kBlockN * kSwizzleBytes, kSwizzleAtomBytes);
     wgmma_m64n128k16_rs_tn<T>(o, pf[kk], bd);
   }
   wgmma_commit();
@@ -211,7 +212,8 @@ __device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned 
 }
 
 template <typename T, int kHeadDim, bool kCausal>
-__global__ void __launch_bounds__(Sm90Fwd::kThreads, 1) attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
+__global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
+    attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
   static_assert(kHeadDim == Sm90Fwd::kHeadDim, "the sm_90a forward's tiles are for head dim 128");
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)

@@ -80,6 +80,39 @@ def test_extension_holds_the_requested_architectures():
                 assert (f"attention_{direction}_hdim{d}", arch) in cubins, listing.stdout
 
 
+@needs_nvcc
+def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
+    """The sm_90a attention forward (csrc/attention/sm90): on sm_90a its matrix products are HGMMA, its
+    loads TMA, no local memory; the sm_80 objects hold only its trapping stub."""
+    import fasttx._C
+
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
+    if "9.0a" not in {a.strip() for a in archs}:
+        pytest.skip("built without 9.0a: no sm_90a attention forward")
+    names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90FwdParamsE"
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+    dump = subprocess.run([_cuobjdump(), "-sass", "-fun", ",".join(names), fasttx._C.__file__],
+                          capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    sass, arch, name = {}, None, None  # (arch, name) -> its SASS lines
+    for line in dump.stdout.splitlines():
+        key, _, value = line.strip().partition(" = ")
+        if key == "arch":
+            arch, name = value, None
+        elif line.strip().startswith("Function : "):
+            name = line.split(":", 1)[1].strip()
+            sass[(arch, name)] = []
+        elif name is not None:
+            sass[(arch, name)].append(line)
+    for name in names:
+        code = "\n".join(sass[("sm_90a", name)])
+        assert code.count("HGMMA.64x128x16.F32") == 16, name  # 8 for S = Q K^T, 8 for O += P V
+        assert code.count("UTMALDG.4D") == 6, name  # Q, K, V: two 64-column boxes each
+        assert "LDL" not in code and "STL" not in code, name
+        stub = "\n".join(sass.get(("sm_80", name), []))
+        assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
+
+
 def _attention_args(q=None, k=None, v=None, mask=None, dropout_p=0.0, seed=None, dtype=torch.float16, d=64):
     """Well-formed attention_fwd_cuda arguments (on CPU), some replaced."""
     q = torch.randn(2, 4, 5, d, dtype=dtype) if q is None else q
@@ -263,3 +296,12 @@ def test_ptxas_table_parses_and_groups_ptxas_output():
     with pytest.raises(SystemExit, match="unknown kernel family 'softmax'"):
         table.replace_sections(readme, {"attention": "fresh\n"})
     assert "--expt-relaxed-constexpr" in table.setup_nvcc_flags()
+
+
+def test_ptxas_table_leaves_out_the_sm90_forward_stub():
+    """The sm_90a attention forward's sm_80 instance is a trapping stub: not a row entry."""
+    table = _ptxas_table()
+    name = "fasttx::attn::attention_fwd_sm90_kernel<__nv_bfloat16, 128, true>(fasttx::attn::Sm90FwdParams)"
+    kernels = [table.Kernel("stub", "sm_80", 4, 0, 0, 0), table.Kernel("real", "sm_90a", 168, 0, 0, 0)]
+    rows = table.render(table.FAMILIES["attention"], kernels, {"stub": name, "real": name}).splitlines()
+    assert rows[-1] == "| forward, sm_90a (FlashAttention-3 scheme) | 168 |"

@@ -110,6 +110,8 @@ class Family:
     row: Callable[[str, list[str]], str]
     rows: tuple[str, ...]  # the row labels, in table order
     column: tuple[int, str] | None = None  # (template arg index, its name) giving the columns; None: one per arch
+    # Kernel names whose instances exist on one architecture only (elsewhere a stub, left out).
+    only_on: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _by_kernel(labels: dict[str, str]) -> dict:
@@ -122,14 +124,17 @@ _SOFTMAX_MASK = {"void": "no mask", "unsigned char": "bool mask"}
 FAMILIES = {
     "attention": Family(
         intro="both dtypes, causal or not, sm_80 and sm_90a, at E = 256 the dV and the dK launches; 255 is "
-              "the limit at 128 threads",
+              "the limit at 128 threads; the sm_90a forward: sm_90a only, 384 threads, 168 at launch, then "
+              "setmaxnreg gives its consumers 240",
         **_by_kernel({
             "attention_fwd_kernel": "forward",
             "attention_bwd_kv_kernel": "dK/dV",
             "attention_bwd_q_kernel": "dQ",
             "attention_bwd_delta_kernel": "D = rowsum(dO O)",
+            "attention_fwd_sm90_kernel": "forward, sm_90a (FlashAttention-3 scheme)",
         }),
         column=(1, "E"),
+        only_on={"attention_fwd_sm90_kernel": "sm_90a"},
     ),
     "layer_norm": Family(
         intro="LayerNorm and RMSNorm, the three activation dtypes, 16-bit or fp32 parameters, "
@@ -183,6 +188,8 @@ def render(family: Family, kernels: list[Kernel], names: dict[str, str]) -> str:
     columns = set()
     for k in kernels:
         base, args = split_signature(names[k.name])
+        if family.only_on.get(base, k.arch) != k.arch:
+            continue
         column = k.arch if family.column is None else args[family.column[0]]
         columns.add(column)
         cells.setdefault((family.row(base, args), column), []).append(k)

@@ -3,6 +3,7 @@
 #include <type_traits>
 
 #include "attention/attention.h"
+#include "attention/sm90/attention_sm90.h"
 
 namespace fasttx {
 namespace {
@@ -26,6 +27,8 @@ void head_dim_switch(int head_dim, Run run) {
 }  // namespace
 
 void attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) {
+  // The sm_90a kernel where the device (sm_90), the build (9.0a) and the call allow; else sm_80's.
+  if (attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, stream)) return;
   head_dim_switch(p.head_dim, [&](auto d) { attention_fwd_hdim<decltype(d)::value>(p, stream); });
 }
 

@@ -3,8 +3,10 @@
 // configurations and head-dim dispatch included. Called from tests/test_cuda_attention_emulated.py.
 
 #include "attention/primitives.cuh"  // the emulation (first on the include path)
+#include "attention/sm90/primitives_sm90.cuh"  // emulated as sm_80 here (runs_sm90a false): emulator_sm90.cpp runs sm_90a
 
 #include "attention/attention_launch.cpp"
+#include "attention/sm90/attention_fwd_sm90.cu"
 #include "attention/attention_bwd_hdim128.cu"
 #include "attention/attention_bwd_hdim256.cu"
 #include "attention/attention_bwd_hdim32.cu"

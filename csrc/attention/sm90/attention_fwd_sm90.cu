@@ -1,0 +1,53 @@
+// Host side of the sm_90a attention forward: the TMA tensor maps and the launch (attention_sm90.h).
+#include "attention/sm90/attention_fwd_sm90.cuh"
+#include "attention/sm90/attention_sm90.h"
+#include "common/static_switch.h"
+
+namespace fasttx {
+namespace attn {
+namespace {
+
+// A (B, heads, rows, E) tensor with element strides (batch, head, row) as a TMA map over (E, rows,
+// heads, B), boxes of 64 columns x box_rows rows. A map needs every dim >= 1: rows = 0 (S = 0) maps one
+// row that no CTA reads.
+bool encode_bhle(CUtensorMap* map, const void* base, bool bf16, int batch, int heads, int rows,
+                 const int64_t (&strides)[3], int box_rows) {
+  const int64_t dims[4] = {Sm90Fwd::kHeadDim, rows > 0 ? rows : 1, heads, batch};
+  const int64_t bytes[3] = {2 * strides[2], 2 * strides[1], 2 * strides[0]};
+  return encode_tma_4d(map, base, bf16, dims, bytes, Sm90Fwd::kBoxCols, box_rows);
+}
+
+template <typename T, bool kCausal>
+bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
+  constexpr auto kernel = attention_fwd_sm90_kernel<T, Sm90Fwd::kHeadDim, kCausal>;
+  if (!runs_sm90a(kernel)) return false;
+  Sm90FwdParams params{};
+  params.p = p;
+  const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  if (!encode_bhle(&params.q_map, p.q, bf16, p.batch, p.heads, p.queries, p.q_strides, Sm90Fwd::kBlockM) ||
+      !encode_bhle(&params.k_map, p.k, bf16, p.batch, p.kv_heads, p.keys, p.k_strides, Sm90Fwd::kBlockN) ||
+      !encode_bhle(&params.v_map, p.v, bf16, p.batch, p.kv_heads, p.keys, p.v_strides, Sm90Fwd::kBlockN)) {
+    return false;
+  }
+  launch(kernel, dim3((p.queries + Sm90Fwd::kBlockM - 1) / Sm90Fwd::kBlockM, p.heads, p.batch), Sm90Fwd::kThreads,
+         Sm90Fwd::kSmemBytes, stream, params);
+  return true;
+}
+
+}  // namespace
+}  // namespace attn
+
+bool attention_fwd_sm90_supports(const AttentionParams& p) {
+  return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.head_dim == attn::Sm90Fwd::kHeadDim &&
+         p.mask_kind == MaskKind::kNone && p.dropout_p == 0.f && p.scale > 0.f && p.queries > 0;
+}
+
+bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
+  bool launched = false;
+  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
+    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] { launched = attn::attention_fwd_sm90_run<T, kCausal>(p, stream); });
+  });
+  return launched;
+}
+
+}  // namespace fasttx

@@ -1,0 +1,255 @@
+#pragma once
+// Attention forward for sm_90a, FlashAttention-3 scheme (first step): head dim 128, fp16 / bf16, no
+// mask, no dropout, causal or not; same results and conventions as attention_fwd_kernel.cuh (base-2
+// online softmax, O = 0 and lse = +inf on a row with no key).
+//
+// A CTA of three warpgroups owns 128 query rows of one (batch, head):
+// - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
+//   Q once, then K and V tiles of 128 keys into a 2-stage ring, each tile completing its own
+//   mbarrier ("full"); it refills a stage once both consumers have released it ("empty").
+// - warpgroups 1 and 2, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands in
+//   shared memory, the online softmax on the S accumulators in registers, then O += P V by wgmma with
+//   P from registers and V read N-major through its descriptor; they release the stage after O's wgmma.
+// Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks
+// of R rows x 64 columns (128 bytes), each loaded by one TMA box. Rows past L or S are zero-filled by
+// the TMA; keys past S get -inf logits.
+// Not yet: ping-pong of the two consumers, softmax overlapped with the next Q K^T, TMA store of O.
+
+#include "attention/attention_common.cuh"
+#include "attention/sm90/primitives_sm90.cuh"
+
+namespace fasttx {
+namespace attn {
+
+struct Sm90Fwd {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
+  static constexpr int kBlockN = 128;
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 3 * 128;
+  static constexpr int kConsumerThreads = 2 * 128;
+  static constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled row
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
+  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // one K or V tile
+  // Offsets from the 1024-byte aligned base: Q, K[kStages], V[kStages], then the mbarriers.
+  static constexpr int kKOffset = kQBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
+  static constexpr int kBarOffset = kVOffset + kStages * kKvBytes;
+  static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; K full, V full, empty per stage
+  // Dynamic shared memory asked for: the layout plus the slack to align its base.
+  static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
+  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+};
+
+// The kernel's parameters: TMA maps of q (E, L, H, B), k (E, S, Hkv, B), v (E, S, Hkv, B) with boxes of
+// 64 x 128 (Sm90Fwd::kBoxCols x kBlockM / kBlockN), and the rest of the call.
+struct Sm90FwdParams {
+  CUtensorMap q_map, k_map, v_map;
+  AttentionParams p;
+};
+
+struct Sm90Barriers {
+  uint64_t* q_full;
+  uint64_t* k_full;  // [kStages]
+  uint64_t* v_full;  // [kStages]
+  uint64_t* empty;   // [kStages]
+};
+
+// Key blocks [0, full) need no element checks (all keys < S and, causal, <= every query of the tile);
+// blocks [full, end) do.
+template <bool kCausal>
+__device__ __forceinline__ void sm90_key_blocks(const AttentionParams& p, int m0, int& full, int& end) {
+  const int last_key = kCausal ? min(p.keys, m0 + Sm90Fwd::kBlockM) : p.keys;
+  full = (kCausal ? min(p.keys, m0 + 1) : p.keys) / Sm90Fwd::kBlockN;
+  end = (last_key + Sm90Fwd::kBlockN - 1) / Sm90Fwd::kBlockN;
+}
+
+// The producer thread: Q, then K and V of key blocks [0, end) through the ring.
+__device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
+                                             int m0, int h, int b, int end) {
+  using C = Sm90Fwd;
+  const AttentionParams& p = params.p;
+  const int kvh = h / (p.heads / p.kv_heads);
+  mbar_arrive_expect_tx(bar.q_full, C::kQBytes);
+  for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+    tma_load_4d(base + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
+  }
+  for (int block = 0; block < end; ++block) {
+    const int stage = block % C::kStages;
+    mbar_wait(bar.empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
+    unsigned char* k_tile = base + C::kKOffset + stage * C::kKvBytes;
+    unsigned char* v_tile = base + C::kVOffset + stage * C::kKvBytes;
+    mbar_arrive_expect_tx(bar.k_full + stage, C::kKvBytes);
+    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+      tma_load_4d(k_tile + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.k_full + stage, cb * C::kBoxCols,
+                  block * C::kBlockN, kvh, b);
+    }
+    mbar_arrive_expect_tx(bar.v_full + stage, C::kKvBytes);
+    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+      tma_load_4d(v_tile + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.v_full + stage, cb * C::kBoxCols,
+                  block * C::kBlockN, kvh, b);
+    }
+  }
+}
+
+// s (64 x 128 scores of this warpgroup, wgmma D layout) = Q K^T over the head dim, k16 step kk reading
+// columns 16 kk .. of column block kk / 4, i.e. 32 (kk % 4) bytes into each swizzled row.
+template <typename T>
+__device__ __forceinline__ void sm90_scores(float (&s)[64], uint32_t q_rows, uint32_t k_tile) {
+  using C = Sm90Fwd;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
+    const uint32_t col = (kk % 4) * 32;
+    const uint64_t a = smem_desc_128b(q_rows + (kk / 4) * C::kBlockM * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
+    const uint64_t bd = smem_desc_128b(k_tile + (kk / 4) * C::kBlockN * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
+    wgmma_m64n128k16_ss<T>(s, a, bd, kk > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>(s);
+}
+
+// o += P V: P (64 x 128 keys) from registers, k16 step kk on keys 16 kk ..: V rows 16 kk .. start
+// 2 atoms (16 rows) further each step; its 128 columns are the two column blocks, LBO apart.
+template <typename T>
+__device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], uint32_t v_tile) {
+  using C = Sm90Fwd;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
+    const uint64_t bd =
+        smem_desc_128b(v_tile + kk * 2 * kSwizzleAtomBytes, C::kBlockN * kSwizzleBytes, kSwizzleAtomBytes);
+    wgmma_m64n128k16_rs_tn<T>(o, pf[kk], bd);
+  }
+  wgmma_commit();
+  wgmma_wait<0>(o, pf);
+}
+
+// A consumer warpgroup (wg = 0, 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
+// holds rows r0 = 16 w + g and r0 + 8 of them, columns 8 i + 2 t, 8 i + 2 t + 1 (wgmma D layout).
+template <typename T, bool kCausal>
+__device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned char* base, const Sm90Barriers& bar,
+                                             int wg, int m0, int h, int b, int full, int end) {
+  using C = Sm90Fwd;
+  const int tid = threadIdx.x % 128;
+  const int g = (tid % 32) / 4;
+  const int t = tid % 4;
+  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + g;  // query of row g; row g + 8 is row0 + 8
+  const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
+
+  float o[64] = {};
+  float m_run[2] = {-INFINITY, -INFINITY};  // raw score maxima of rows g, g + 8
+  float l_run[2] = {0.f, 0.f};              // this thread's part of the row sums
+  if (end > 0) mbar_wait(bar.q_full, 0);
+  for (int block = 0; block < end; ++block) {
+    const int stage = block % C::kStages;
+    const uint32_t parity = (block / C::kStages) & 1;
+    float s[64];
+    mbar_wait(bar.k_full + stage, parity);
+    sm90_scores<T>(s, q_rows, smem_addr(base + C::kKOffset + stage * C::kKvBytes));
+
+    // Online softmax in base 2 on raw scores (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA.
+    const int n0 = block * C::kBlockN;
+    float m_new[2] = {m_run[0], m_run[1]};
+#pragma unroll
+    for (int e = 0; e < 64; ++e) {
+      const int r = (e >> 1) & 1;
+      if (block >= full) {
+        const int key = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
+        if (key >= p.keys || (kCausal && key > row0 + 8 * r)) s[e] = -INFINITY;
+      }
+      m_new[r] = fmaxf(m_new[r], s[e]);
+    }
+    float shift[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      m_new[r] = quad_max(m_new[r]);
+      // 0 while the row has no key yet: its -inf scores then give 2^-inf = 0, not NaN.
+      shift[r] = m_new[r] == -INFINITY ? 0.f : m_new[r] * p.scale_log2;
+      const float alpha = exp2_approx(m_run[r] * p.scale_log2 - shift[r]);  // 0 while m_run = -inf
+      m_run[r] = m_new[r];
+      l_run[r] *= alpha;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        o[4 * i + 2 * r] *= alpha;
+        o[4 * i + 2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 64; ++e) {
+      s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -shift[(e >> 1) & 1]));
+      l_run[(e >> 1) & 1] += s[e];
+    }
+    // D columns 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) are the A fragment of k-step kk.
+    uint32_t pf[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) pf[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+    }
+    mbar_wait(bar.v_full + stage, parity);
+    sm90_pv<T>(o, pf, smem_addr(base + C::kVOffset + stage * C::kKvBytes));
+    mbar_arrive(bar.empty + stage);  // both wgmma groups reading this stage have completed
+  }
+
+  // O = o / l (0 for a row with no key); lse = (m scale_log2 + log2 l) ln 2, +inf for those rows.
+  const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float l = quad_sum(l_run[r]);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int row = row0 + 8 * r;
+    if (row >= p.queries) continue;
+    T* out = static_cast<T*>(p.o) + (bh * p.queries + row) * C::kHeadDim + 2 * t;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      *reinterpret_cast<uint32_t*>(out + 8 * i) = pack2<T>(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+    }
+    if (t == 0) p.lse[bh * p.queries + row] = l > 0.f ? (m_run[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
+  }
+}
+
+template <typename T, int kHeadDim, bool kCausal>
+__global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
+    attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
+  static_assert(kHeadDim == Sm90Fwd::kHeadDim, "the sm_90a forward's tiles are for head dim 128");
+  // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = Sm90Fwd;
+  extern __shared__ __align__(16) unsigned char smem[];
+  // The swizzle pattern is a function of the shared address: tiles start on 1024-byte boundaries.
+  unsigned char* base = smem + (kSwizzleAtomBytes - smem_addr(smem) % kSwizzleAtomBytes) % kSwizzleAtomBytes;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
+  const Sm90Barriers bar{bars, bars + 1, bars + 1 + C::kStages, bars + 1 + 2 * C::kStages};
+  const int m0 = blockIdx.x * C::kBlockM;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  int full, end;
+  sm90_key_blocks<kCausal>(params.p, m0, full, end);
+
+  if (threadIdx.x == 0) {
+    mbar_init(bar.q_full, 1);
+    for (int s = 0; s < C::kStages; ++s) {
+      mbar_init(bar.k_full + s, 1);
+      mbar_init(bar.v_full + s, 1);
+      mbar_init(bar.empty + s, C::kConsumerThreads);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    warpgroup_reg_dealloc<C::kProducerRegs>();
+    if (threadIdx.x == 0 && end > 0) sm90_produce(params, base, bar, m0, h, b, end);
+  } else {
+    warpgroup_reg_alloc<C::kConsumerRegs>();
+    sm90_consume<T, kCausal>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace attn
+}  // namespace fasttx

@@ -1,0 +1,17 @@
+#pragma once
+// The sm_90a attention forward (attention_fwd_sm90.cuh): which calls it serves, and its launch.
+// Plain C++, for the dispatch in attention_launch.cpp.
+
+#include "attention/attention.h"
+
+namespace fasttx {
+
+// Whether the call is one the sm_90a forward implements: fp16 / bf16, E == 128, no mask, no
+// dropout, scale > 0 (its softmax takes row maxima of the raw scores), L > 0.
+bool attention_fwd_sm90_supports(const AttentionParams& p);
+
+// Launches it on `stream` when the device is sm_90 and the build has its sm_90a code; false (nothing
+// launched) otherwise or if the driver refuses a tensor map, for the caller to use the sm_80 kernel.
+bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream);
+
+}  // namespace fasttx

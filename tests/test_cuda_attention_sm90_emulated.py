@@ -1,0 +1,176 @@
+"""The sm_90a attention forward (csrc/attention/sm90), run on the CPU: tests/attention_emulator/emulator_sm90.cpp
+compiles the real kernel source and launch code for the host with emulated TMA, mbarriers and wgmma
+(tests/attention_emulator/attention/sm90/primitives_sm90.cuh), one host thread per GPU thread.
+
+The emulator and the kernel agreeing on a wrong layout is the main risk, so the emulated TMA box
+placement and wgmma descriptor decoding are first checked against this file's own statement of the
+layouts (the PTX ISA's 128B swizzle: 16-byte chunk c of row r of a 1024-byte aligned tile at chunk
+c ^ (r % 8); the canonical K-major and MN-major descriptor layouts), then the kernel is compared with
+the float64 reference. What only a GPU shows (that the hardware reads the ISA as this file does,
+timing, races beyond the emulated deferral) is out of reach here."""
+
+import ctypes
+import math
+import os
+import subprocess
+
+import pytest
+import torch
+
+from fasttx import reference
+from fasttx.testing import TOLERANCE, rel_error
+
+from .test_cuda_attention_emulated import CXX, DTYPE_CODE, EMULATOR, ROOT, _cuda_include, reference_lse
+
+E = 128  # the one head dim of the sm_90a kernel
+SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    include = _cuda_include()
+    if CXX is None or include is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers (cuda.h, cuda_fp16.h)")
+    lib = tmp_path_factory.mktemp("emulator_sm90") / "attention_emulator_sm90.so"
+    # The emulator's directory first: its attention/{,sm90/}primitives*.cuh replace the real ones.
+    subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-I", EMULATOR,
+                    "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, "emulator_sm90.cpp"),
+                    "-o", str(lib)], check=True)
+    lib = ctypes.CDLL(str(lib))
+    lib.emu_smem_desc_128b.restype = ctypes.c_uint64
+    lib.emu_smem_desc_128b.argtypes = [ctypes.c_uint32] * 3
+    lib.emu_wgmma_ss.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
+                                 ctypes.c_void_p]
+    return lib
+
+
+# ---- the layouts, stated independently of csrc/attention/sm90/smem_layout_sm90.h ------------------
+
+def desc_128b(addr, lbo, sbo):
+    """PTX "Matrix Descriptor Format": start >> 4 in bits 0-13, LBO >> 4 in 16-29, SBO >> 4 in 32-45,
+    base offset 0 in 49-51, swizzle mode 1 (128B) in 62-63."""
+    return (addr >> 4) | (lbo >> 4) << 16 | (sbo >> 4) << 32 | 1 << 62
+
+
+def swizzled_offset(row, col):
+    """Byte offset of 16-bit element (row, col < 64) in a 1024-byte aligned tile of 128-byte rows."""
+    chunk, within = divmod(2 * col, 16)
+    return row * 128 + (chunk ^ (row % 8)) * 16 + within
+
+
+def place(image, offset, rows, values):
+    """Writes values[r][c] (c < 64, 16-bit) at image[offset + swizzled_offset(rows[0] + r, c)]."""
+    raw = values.view(torch.int16)
+    for r in range(raw.shape[0]):
+        for c in range(raw.shape[1]):
+            o = offset + swizzled_offset(rows + r, c)
+            image[o:o + 2] = torch.tensor([int(raw[r, c])], dtype=torch.int16).view(torch.uint8)
+
+
+def test_descriptor_encoding_is_the_ptx_format(emulator):
+    for addr, lbo, sbo in [(1024, 16, 1024), (1024 + 96, 16, 1024), (200704, 16384, 1024), (2048, 4096, 1024)]:
+        assert emulator.emu_smem_desc_128b(addr, lbo, sbo) == desc_128b(addr, lbo, sbo)
+
+
+def test_tma_box_swizzles_and_zero_fills(emulator):
+    """A 64-column x 128-row box of a (B, L, H, E) tensor seen as (B, H, L, E) (the row stride larger
+    than the head stride), starting at row 10 of L = 70: rows past L land as zeros."""
+    B, L, H = 2, 70, 3
+    data = torch.randint(-30000, 30000, (B, L, H, E), dtype=torch.int16)
+    dims = (ctypes.c_int64 * 4)(E, L, H, B)
+    strides = (ctypes.c_int64 * 3)(2 * H * E, 2 * E, 2 * L * H * E)  # bytes of dims L, H, B
+    coords = (ctypes.c_int * 4)(64, 10, 1, 1)
+    out = torch.zeros(2 * 64 * 128, dtype=torch.uint8)
+    emulator.emu_tma_box(ctypes.c_void_p(data.data_ptr()), dims, strides, 64, 128, coords,
+                         ctypes.c_void_p(out.data_ptr()))
+    expected = torch.zeros_like(out)
+    rows = data[1, 10:, 1, 64:]  # the in-bounds rows 10 .. 69
+    place(expected, 0, 0, rows)
+    assert torch.equal(out, expected)
+
+
+def _decode_case(emulator, trans_b):
+    """D = A B with A (64 x 16) K-major at columns 16 .. 31 of a 64-row tile (start 32 bytes into the
+    rows) and B (16 x 128) either K-major (B^T: 128 rows, columns 48 .. 63) or N-major (rows 16 .. 31 of
+    a 32-row tile of two 64-column blocks, LBO = the block size apart): small integers, exact in bf16."""
+    a = torch.randint(-4, 5, (64, 16)).to(torch.bfloat16)
+    b = torch.randint(-4, 5, (16, 128)).to(torch.bfloat16)
+    image = torch.zeros(8192 + 16384, dtype=torch.uint8)
+    place(image, 0, 0, torch.cat([torch.zeros(64, 16, dtype=torch.bfloat16), a], 1))
+    desc_a = desc_128b(SHARED_BASE + 32, 16, 1024)
+    if trans_b:
+        block = 32 * 128
+        for half in range(2):
+            place(image, 8192 + half * block, 16, b[:, 64 * half:64 * half + 64])
+        desc_b = desc_128b(SHARED_BASE + 8192 + 2 * 1024, block, 1024)
+    else:
+        place(image, 8192, 0, torch.cat([torch.zeros(128, 48, dtype=torch.bfloat16), b.t()], 1))
+        desc_b = desc_128b(SHARED_BASE + 8192 + 96, 16, 1024)
+    out = torch.empty(64, 128)
+    emulator.emu_wgmma_ss(ctypes.c_void_p(image.data_ptr()), image.numel(), desc_a, desc_b, int(trans_b),
+                          ctypes.c_void_p(out.data_ptr()))
+    assert torch.equal(out, a.float() @ b.float())
+
+
+@pytest.mark.parametrize("trans_b", [False, True], ids=["k_major_b", "n_major_b"])
+def test_wgmma_descriptor_decoding(emulator, trans_b):
+    _decode_case(emulator, trans_b)
+
+
+# ---- the kernel -------------------------------------------------------------------------------------
+
+def run_sm90(emulator, q, k, v, scale, is_causal):
+    """O, lse and whether the sm_90a kernel ran, launched as attention_fwd_launch would."""
+    B, H, L, _ = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    o = torch.full((B, H, L, E), float("nan"), dtype=q.dtype)
+    lse = torch.full((B, H, L), float("nan"))
+    ints = [DTYPE_CODE[q.dtype], B, H, Hkv, L, S, int(is_causal), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3]]
+    ptrs = [t.data_ptr() for t in (q, k, v, o, lse)]
+    ranges = [x for t in (q, k, v) for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * 2)]
+    launched = emulator.emu_attention_fwd_sm90(
+        (ctypes.c_int64 * len(ints))(*ints), (ctypes.c_double * 1)(scale), (ctypes.c_void_p * 5)(*ptrs),
+        (ctypes.c_int64 * len(ranges))(*ranges), 3)
+    return o, lse, bool(launched)
+
+
+def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False):
+    shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
+    tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
+    q, k, v = (tr(torch.randn(shape(h, n)).to(dtype)) for h, n in ((H, L), (Hkv, S), (Hkv, S)))
+    scale = 1 / math.sqrt(E)
+    o, lse, launched = run_sm90(emulator, q, k, v, scale, is_causal)
+    assert launched
+    ref = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), None, 0.0, is_causal, scale,
+                                                 enable_gqa=True)
+    err = rel_error(o, ref)
+    assert err <= TOLERANCE[dtype], f"output: relative error {err:.3g} > {TOLERANCE[dtype]:.3g}"
+    ref_lse = reference_lse(q, k, None, scale, is_causal)
+    assert torch.isfinite(lse).all()
+    assert (lse.double() - ref_lse).abs().max() <= 1e-4 * (1 + ref_lse.abs().max())
+
+
+@pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_sequence_lengths(emulator, L, S, dtype):
+    check(emulator, 1, 1, 1, L, S, dtype)
+
+
+@pytest.mark.parametrize("L,S", [(200, 200), (130, 260), (260, 130)], ids=str)
+def test_causal(emulator, L, S):
+    check(emulator, 1, 1, 1, L, S, is_causal=True)
+
+
+def test_grouped_query_attention_and_transposed_views(emulator):
+    check(emulator, 2, 4, 2, 33, 150, torch.float16, transposed=True)
+
+
+def test_no_keys_gives_zero_output_and_infinite_lse(emulator):
+    q, k = torch.randn(1, 2, 70, E).bfloat16(), torch.randn(1, 2, 0, E).bfloat16()
+    o, lse, launched = run_sm90(emulator, q, k, k, 0.125, False)
+    assert launched and (o == 0).all() and (lse == float("inf")).all()
+
+
+def test_negative_scale_is_left_to_the_sm80_kernel(emulator):
+    q = torch.randn(1, 1, 8, E).bfloat16()
+    assert not run_sm90(emulator, q, q, q, -0.125, False)[2]

@@ -29,10 +29,13 @@ every logit is a huge finite negative (say -1e30) has an lse whose fp32 rounding
 is right but its recomputed P, hence its gradients, are not. Use bool masks or -inf for padding.
 
 Dropout (training). Keep mask Z_ij with P(Z_ij = 1) = 1 - p, and O = ((P * Z) V) / (1 - p); the lse stays
-that of the undropped P. Z_ij = tl.rand(seed, ((b H + h) L + i) S + j) >= p: Philox keyed by the seed
-(read from the Seed tensor by each program; see attention_common.py for why not passed by value),
-counted by the flat index into (B, H, L, S) (int64, as Triton's rand splits it into two 32-bit counter
-words), so forward, backward and :func:`dropout_keep_mask` draw the same Z whatever their block shapes.
+that of the undropped P. Z_ij = (u_w >= p) for word w = j % 4 of (u_0, .., u_3) = tl.rand4x(seed, c),
+c = ((b H + h) L + i) ceil(S / 4) + j // 4: Philox-4x32-10 keyed by the seed (read from the Seed tensor
+by each program; see attention_common.py for why not passed by value), counted by the group of 4 keys
+in the flat (B H L, S) scores (int64, as Triton splits it into two 32-bit counter words). One call
+serves 4 consecutive keys of a row, a quarter of the Philox work of a call per score (dropout_keep);
+forward, backward, :func:`dropout_keep_mask` and the CUDA kernels (csrc/attention/philox.h) draw the
+same Z whatever their block shapes.
 
 Blocks visited. Causal skips every key block past a query block's last query. Only the diagonal blocks
 and the last, partial key block apply element-wise causal and key-bound checks (a branch in the one loop

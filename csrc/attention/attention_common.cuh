@@ -117,9 +117,9 @@ __device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint6
   const int g = lane / 4, t = lane % 4, odd = t & 1;
   uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + g + 8 * odd, k0 + 4 * (t >> 1))
                << (4 * odd);
-  v |= shfl_xor(v, 1);
-  const int w = 2 * odd;  // columns 2t, 2t + 1 are words 2 (t & 1), + 1 of the group
-  return ((v >> w) & 3u) | (((v >> (4 + w)) & 3u) << 2);
+  // Columns 2t, 2t + 1 are keys 2 (t & 1), + 1 of the group: bits 0-1 row g's, bits 4-5 row g + 8's.
+  v = (shfl_xor(v, 1) | v) >> (2 * odd);
+  return (v & 3u) | ((v >> 2) & 12u);
 }
 
 // Keys along rows (from key k0, a multiple of 4), queries along columns (from query q0): dK / dV.
@@ -135,11 +135,8 @@ __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint6
                           k0 + 4 * (g >> 2) + 8 * (r >> 1))
                << (4 * r);
   v |= shfl_xor(v, 4);
-  v |= shfl_xor(v, 8);
-  uint32_t bits = 0;
-#pragma unroll
-  for (int e = 0; e < 4; ++e) bits |= ((v >> (4 * e + r)) & 1u) << e;
-  return bits;
+  v = (shfl_xor(v, 8) | v) >> r;  // bit 4e: key r of group e, this lane's element c[e]
+  return (v & 1u) | ((v >> 3) & 2u) | ((v >> 6) & 4u) | ((v >> 9) & 8u);
 }
 
 // Key blocks [0, full) need no element checks: all their keys < S and, causal, <= every query of the

@@ -128,9 +128,9 @@ def _config(block_m, block_n, num_warps, num_stages):
 
 
 def keep_tile_bytes(block_m, block_n, has_dropout):
-    """Shared memory the dropout keep tile passes through, 1 byte an element (Triton 3.8, sm_90a, seen
-    compiling the configs): dropout_keep draws it in a layout of 4-key groups whose rows lie in other
-    warps than the scores' layout's, so the conversion goes through shared memory."""
+    """Shared memory the dropout keep tile passes through, 1 byte an element (Triton 3.6 and 3.8, sm_90a,
+    seen compiling the configs): dropout_keep draws it in a layout of 4-key groups whose rows lie in
+    other warps than in the scores' layout, so the conversion goes through shared memory."""
     return block_m * block_n if has_dropout else 0
 
 
@@ -366,7 +366,8 @@ def query_block(Q, K, V, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.cons
     its block start and flat batch-head index; the in-block rows and their global indices; the Philox
     seed; and ``tile``: the q tile, K and V advanced to its batch and kv head, the k / v tile offsets,
     the block's first row in the flat (B H L, S) scores (dropout_keep's first_row) and the int64
-    offset of its first row in the mask (0 strides without one). An offset, not Mask advanced: Triton 3.6 cannot return a None Mask in a tuple."""
+    offset of its first row in the mask (0 strides without one). An offset, not Mask advanced: Triton
+    3.6 cannot return a None Mask in a tuple."""
     H, group, L, S = sizes
     start_m, bh = program_block(L, BLOCK_M)
     b = bh // H

@@ -153,11 +153,11 @@ def _first_query_block(start_n, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _bwd_kv_blocks(
-    dk, dv, k, v, Q, DO, DQ, LSE, Delta, Mask, lo, offs_n, q_offs, do_offs, mask_offs, rng_base, rng_offs,
+    dk, dv, k, v, Q, DO, DQ, LSE, Delta, Mask, lo, start_n, offs_n, q_offs, do_offs, mask_offs, rng_row,
     stride_ql, stride_dol, stride_ml, L, S, scale_log2, dropout_p, inv_keep, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Add the unscaled dK = dS^T Q and dV = P^T dO of one query head's blocks from row lo on; with
     ATOMIC_DQ, also dS K into the head's fp32 (L, E) rows at DQ, by atomic adds.
@@ -187,7 +187,7 @@ def _bwd_kv_blocks(
         do = tl.load(DO + m * stride_dol + do_offs, mask=m_ok[:, None] & ev_ok[None, :], other=0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         if HAS_DROPOUT:
-            keep = dropout_keep(seed, rng_base + m * S, rng_offs, dropout_p)
+            keep = tl.trans(dropout_keep(seed, rng_row + m, rows, start_n, S, dropout_p, BLOCK_N))
             # dV's 1 / (1 - p) is applied once, at the store.
             dv = tl.dot(tl.where(keep, p_t, 0.0).to(do.dtype), do, dv, input_precision=PRECISION)
             dp_t = tl.where(keep, dp_t * inv_keep, 0.0)
@@ -242,7 +242,6 @@ def _attn_bwd_kv_kernel(
     q_offs = rows[:, None] * stride_ql + offs_e[None, :]
     do_offs = rows[:, None] * do_strides[2] + offs_ev[None, :]
     mask_offs = rows[None, :] * stride_ml + cols[:, None] * stride_ms
-    rng_offs = rows[None, :] * S + cols[:, None]
     inv_keep = 1.0 / (1.0 - dropout_p)
     seed = load_seed(Seed, HAS_DROPOUT)
 
@@ -259,15 +258,14 @@ def _attn_bwd_kv_kernel(
         Mask_h = Mask
         if MASK_KIND != "none":
             Mask_h += b64 * strides[3][0] + h64 * strides[3][1] + n64 * stride_ms
-        rng_base = bh64 * L * S + start_n
         DQ_h = DQ
         if ATOMIC_DQ:
             DQ_h += bh64 * L * E
         dk, dv = _bwd_kv_blocks(
-            dk, dv, k, v, Q_h, DO_h, DQ_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, offs_n,
-            q_offs, do_offs, mask_offs, rng_base, rng_offs, stride_ql, do_strides[2], stride_ml, L, S,
+            dk, dv, k, v, Q_h, DO_h, DQ_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, start_n, offs_n,
+            q_offs, do_offs, mask_offs, bh64 * L, stride_ql, do_strides[2], stride_ml, L, S,
             scale_log2, dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-            HAS_DROPOUT, ATOMIC_DQ, PRECISION, BLOCK_M,
+            HAS_DROPOUT, ATOMIC_DQ, PRECISION, BLOCK_M, BLOCK_N,
         )
 
     if HAS_DROPOUT:
@@ -289,16 +287,16 @@ def _bwd_q_blocks(
 ):
     """Add the unscaled dQ = dS K of the key blocks starting before ``end``; those from ``full_end`` on
     are checked (one loop: see score_block)."""
-    rng_base, S = tile[5], sizes[3]
+    rng_row, S = tile[5], sizes[3]
     for start_n in range(0, end, BLOCK_N):
-        x, x_scale, cols, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides,
-                                                          sizes, scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND,
-                                                          IS_CAUSAL, PRECISION, BLOCK_N)
+        x, x_scale, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
+                                                    scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
+                                                    PRECISION, BLOCK_N)
         v = tl.load(v_ptrs, mask=v_mask, other=0.0)
         p = tl.exp2(tl.fma(x, x_scale, -lse2[:, None]))
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            keep = dropout_keep(seed, rng_base, rows[:, None] * S + cols[None, :], dropout_p)
+            keep = dropout_keep(seed, rng_row, rows, start_n, S, dropout_p, BLOCK_N)
             dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)

@@ -127,7 +127,15 @@ def _config(block_m, block_n, num_warps, num_stages):
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
 
 
-def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit, wrong=()):
+def keep_tile_bytes(block_m, block_n, has_dropout):
+    """Shared memory the dropout keep tile passes through, 1 byte an element (Triton 3.6 and 3.8, sm_90a,
+    seen compiling the configs): dropout_keep draws it in a layout of 4-key groups whose rows lie in
+    other warps than in the scores' layout, so the conversion goes through shared memory."""
+    return block_m * block_n if has_dropout else 0
+
+
+def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit, wrong=(),
+                  has_dropout=False):
     """The configs (BLOCK_M, BLOCK_N, num_warps, num_stages) of ``space`` for a call: those of the first
     key that fits its head dims and dtype class (fp32 when dtype_bytes is 4), less the ``wrong`` ones
     (measured to compute wrong results for the call's dtype and mask kind), fitted to ``limit`` bytes by
@@ -135,11 +143,13 @@ def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_byt
     kernel's model of its use (see fitting_configs). A mask's tiles take num_stages - 1 more buffers, so
     with one some configs get fewer stages; without one the model applies too: a listed config may not
     fit every device, nor every head dim of its key (measured on an H200: the dQ kernel's (128, 16, 8, 2)
-    at E = 128 fp32 asked for 294912 bytes, the model's figure, against 232448)."""
+    at E = 128 fp32 asked for 294912 bytes, the model's figure, against 232448). Dropout adds its keep
+    tile (keep_tile_bytes)."""
     key = next(k for k in space if k[1] == (dtype_bytes == 4) and max(block_e, block_ev) <= k[0])
 
     def model(block_m, block_n, num_stages):
-        return shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
+        return (shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
+                + keep_tile_bytes(block_m, block_n, has_dropout))
 
     return fitting_configs([c for c in space[key] if c not in wrong], model, limit)
 
@@ -158,7 +168,7 @@ def attention_autotune(space, shared_memory, wrong=None):
         q, mask = args["Q"], args["Mask"]
         kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
                              0 if mask is None else mask.element_size(), shared_memory_limit(q.device),
-                             wrong.get((args["MASK_KIND"], q.element_size() == 4), ()))
+                             wrong.get((args["MASK_KIND"], q.element_size() == 4), ()), args["HAS_DROPOUT"])
         return [configs[c] if c in configs else _config(*c) for c in (kept if _AUTOTUNE else kept[:1])]
 
     return triton.autotune(configs=list(configs.values()), key=TUNING_KEY,
@@ -209,7 +219,8 @@ def _head_block(d: int) -> int:
 
 def tile_offsets_fit(row_strides, S, mask_col_stride):
     """Whether the int32 offsets within a tile cannot overflow: MAX_BLOCK rows of each row stride, the
-    Philox counters rows * S + keys, and the mask's keys * its column stride."""
+    Philox counters' rows * ceil(S / 4) + key groups (dropout_keep), and the mask's keys * its column
+    stride."""
     return MAX_BLOCK * max(max(abs(s) for s in row_strides), S) + S * (abs(mask_col_stride) + 1) < 2**31
 
 
@@ -310,10 +321,17 @@ def load_seed(Seed, HAS_DROPOUT: tl.constexpr):
 
 
 @triton.jit
-def dropout_keep(seed, rng_base, rng_offs, dropout_p):
-    """Keep mask of a tile whose Philox counters, the flat (B, H, L, S) indices, are rng_base (int64
-    scalar) + rng_offs (int32 tile)."""
-    return tl.rand(seed, rng_base + rng_offs) >= dropout_p
+def dropout_keep(seed, first_row, rows, start_n, S, dropout_p, BLOCK_N: tl.constexpr):
+    """Keep mask (len(rows), BLOCK_N) of the rows first_row + rows (first_row: int64 scalar, rows: the
+    int32 range 0, 1, ...) of the flat (B H L, S) score matrix and its keys start_n + [0, BLOCK_N)
+    (start_n and BLOCK_N multiples of 4). Element (r, j) is kept iff word j % 4 of Philox counter
+    r * ceil(S / 4) + j // 4, as a uniform, is >= dropout_p: one tl.rand4x serves 4 keys of a row."""
+    S4 = (S + 3) // 4
+    groups = tl.arange(0, BLOCK_N // 4)
+    u0, u1, u2, u3 = tl.rand4x(seed, (first_row * S4 + start_n // 4) + (rows[:, None] * S4 + groups[None, :]))
+    # join(join(u0, u2), join(u1, u3))[r, k, a, b] = u_{2a + b}, which row-major is key 4k + 2a + b.
+    u = tl.join(tl.join(u0, u2), tl.join(u1, u3))
+    return tl.reshape(u, (rows.shape[0], BLOCK_N)) >= dropout_p
 
 
 @triton.jit
@@ -344,8 +362,7 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
                 IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
     """One step of the forward's and the dQ kernel's loops over key blocks: the masked scores (x, x_scale
     of masked_scores) of the query block (``tile`` of query_block, which holds the offset of its first
-    row in Mask) against the keys from start_n, their indices, the k tile, and the v tile's pointers
-    and load mask (each loop loads it where it needs it). Blocks from ``full_end`` on (key_blocks) get
+    row in Mask) against the keys from start_n, the k tile, and the v tile's pointers and load mask (each loop loads it where it needs it). Blocks from ``full_end`` on (key_blocks) get
     the key-bound and causal checks.
 
     One loop walks every block and branches on start_n for the checks (as Triton's fused-attention
@@ -365,14 +382,14 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
     v_mask = n_ok & (tl.arange(0, BLOCK_EV) < EV)[None, :]
     k = tl.load(K + n * strides[1][2] + k_offs, mask=k_mask, other=0.0)
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    # The mask and Philox offsets within a tile are formed from the key indices here, not held in
-    # registers across the loop: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
+    # The mask offsets (and dropout_keep's Philox counters) within a tile are formed in the loop, not
+    # held in registers across it: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
     mask_offs = rows[:, None] * strides[3][2] + cols[None, :] * strides[3][3]
     x, x_scale = masked_scores(qk, offs_m[:, None], cols[None, :], L, S, Mask, mask_base, mask_offs, scale_log2,
                                MASK_KIND, IS_CAUSAL, CHECK=False)
     if start_n >= full_end:
         x = bound_checks(x, offs_m[:, None], cols[None, :], S, IS_CAUSAL)
-    return x, x_scale, cols, k, V + n * strides[2][2] + v_offs, v_mask
+    return x, x_scale, k, V + n * strides[2][2] + v_offs, v_mask
 
 
 @triton.jit
@@ -382,8 +399,9 @@ def query_block(Q, K, V, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.cons
     """What a program over one (batch-head, query block) starts from, in the forward and the dQ kernel:
     its block start and flat batch-head index; the in-block rows and their global indices; the Philox
     seed; and ``tile``: the q tile (held_signed), K and V advanced to its batch and kv head, the k / v
-    tile offsets, the block's Philox base counter and the int64 offset of its first row in the mask (0
-    strides without one). An offset, not Mask advanced: Triton 3.6 cannot return a None Mask in a tuple."""
+    tile offsets, the block's first row in the flat (B H L, S) scores (dropout_keep's first_row) and
+    the int64 offset of its first row in the mask (0 strides without one). An offset, not Mask
+    advanced: Triton 3.6 cannot return a None Mask in a tuple."""
     H, group, L, S = sizes
     start_m, bh = program_block(L, BLOCK_M)
     b = bh // H
@@ -404,5 +422,5 @@ def query_block(Q, K, V, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.cons
     q = held_signed(q, SCALE_SIGN)
     k_offs = offs_n[:, None] * strides[1][2] + offs_e[None, :]
     v_offs = offs_n[:, None] * strides[2][2] + offs_ev[None, :]
-    rng_base = (bh.to(tl.int64) * L + start_m) * S  # Philox counter of the block's (start_m, 0)
-    return start_m, bh, rows, offs_m, load_seed(Seed, HAS_DROPOUT), (q, K, V, k_offs, v_offs, rng_base, mask_base)
+    rng_row = bh.to(tl.int64) * L + start_m  # the block's first row in the flat (B H L, S) scores
+    return start_m, bh, rows, offs_m, load_seed(Seed, HAS_DROPOUT), (q, K, V, k_offs, v_offs, rng_row, mask_base)

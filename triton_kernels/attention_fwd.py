@@ -40,10 +40,13 @@ every logit is a huge finite negative (say -1e30) has an lse whose fp32 rounding
 is right but its recomputed P, hence its gradients, are not. Use bool masks or -inf for padding.
 
 Dropout (training). Keep mask Z_ij with P(Z_ij = 1) = 1 - p, and O = ((P * Z) V) / (1 - p); the lse stays
-that of the undropped P. Z_ij = tl.rand(seed, ((b H + h) L + i) S + j) >= p: Philox keyed by the seed
-(read from the Seed tensor by each program; see attention_common.py for why not passed by value),
-counted by the flat index into (B, H, L, S) (int64, as Triton's rand splits it into two 32-bit counter
-words), so forward, backward and :func:`dropout_keep_mask` draw the same Z whatever their block shapes.
+that of the undropped P. Z_ij = (u_w >= p) for word w = j % 4 of (u_0, .., u_3) = tl.rand4x(seed, c),
+c = ((b H + h) L + i) ceil(S / 4) + j // 4: Philox-4x32-10 keyed by the seed (read from the Seed tensor
+by each program; see attention_common.py for why not passed by value), counted by the group of 4 keys
+in the flat (B H L, S) scores (int64, as Triton splits it into two 32-bit counter words). One call
+serves 4 consecutive keys of a row, a quarter of the Philox work of a call per score (dropout_keep);
+forward, backward, :func:`dropout_keep_mask` and the CUDA kernels (csrc/attention/philox.h) draw the
+same Z whatever their block shapes.
 
 Blocks visited. Causal skips every key block past a query block's last query. Only the diagonal blocks
 and the last, partial key block apply element-wise causal and key-bound checks (a branch in the one loop
@@ -123,11 +126,11 @@ def _fwd_blocks(
 ):
     """Online-softmax update of (acc, l_i, m_i) with the key blocks starting before ``end``; those from
     ``full_end`` on are checked (key_blocks, score_block)."""
-    rng_base, S = tile[5], sizes[3]
+    rng_row, S = tile[5], sizes[3]
     for start_n in range(0, end, BLOCK_N):
-        x, x_scale, cols, _, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides,
-                                                          sizes, scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND,
-                                                          IS_CAUSAL, PRECISION, BLOCK_N)
+        x, x_scale, _, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
+                                                    scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
+                                                    PRECISION, BLOCK_N)
         # The logits are x * x_scale with x_scale > 0: their row max is x's, scaled once per row.
         m_new = tl.maximum(m_i, tl.max(x, axis=1) * x_scale)
         # 0 while the row has nothing kept: -inf logits then give 2^-inf = 0, not NaN.
@@ -136,7 +139,7 @@ def _fwd_blocks(
         alpha = tl.exp2(m_i - shift)  # 0 while m_i = -inf: acc and l_i are still 0 then
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if HAS_DROPOUT:  # after the sum: lse is that of the undropped probabilities
-            p = tl.where(dropout_keep(seed, rng_base, rows[:, None] * S + cols[None, :], dropout_p), p, 0.0)
+            p = tl.where(dropout_keep(seed, rng_row, rows, start_n, S, dropout_p, BLOCK_N), p, 0.0)
         v = tl.load(v_ptrs, mask=v_mask, other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
@@ -180,23 +183,28 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _dropout_keep_kernel(
-    Keep,  # (N,) bool, N = B * H * L * S: the flat (B, H, L, S) keep mask
-    N,
+    Keep,  # (R, S) bool, contiguous, R = B * H * L: the (B, H, L, S) keep mask
+    R,
+    S,
     Seed,
     dropout_p,
-    BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    start = tl.program_id(0).to(tl.int64) * BLOCK
-    offs = tl.arange(0, BLOCK)
-    keep = dropout_keep(load_seed(Seed, True), start, offs, dropout_p)
-    tl.store(Keep + start + offs, keep, mask=start + offs < N)
+    start_m = tl.program_id(0).to(tl.int64) * BLOCK_M
+    start_n = tl.program_id(1) * BLOCK_N
+    rows = tl.arange(0, BLOCK_M)
+    cols = start_n + tl.arange(0, BLOCK_N)
+    keep = dropout_keep(load_seed(Seed, True), start_m, rows, start_n, S, dropout_p, BLOCK_N)
+    tl.store(Keep + (start_m + rows[:, None]) * S + cols[None, :], keep,
+             mask=(start_m + rows[:, None] < R) & (cols[None, :] < S))
 
 
 # ---- launchers ---------------------------------------------------------------------------------
 
 FWD_TUNING = (FWD_SPACE, fwd_shared_memory, FWD_WRONG)  # attention_autotune's arguments
 _attn_fwd = attention_autotune(*FWD_TUNING)(_attn_fwd_kernel)
-_DROPOUT_BLOCK = 1024  # keep-mask entries per program of the test helper
+_DROPOUT_BLOCK = (16, 64)  # keep-mask rows and keys per program of the test helper
 
 
 def attention_fwd(q, k, v, mask, scale: float, is_causal: bool, dropout_p: float, seed):
@@ -222,6 +230,7 @@ def dropout_keep_mask(seed: int, B: int, H: int, L: int, S: int, dropout_p: floa
     keep = torch.empty((B, H, L, S), dtype=torch.bool, device=device)
     if keep.numel() > 0:
         seed = torch.tensor(seed, dtype=torch.int64, device=device)
-        _dropout_keep_kernel[(triton.cdiv(keep.numel(), _DROPOUT_BLOCK),)](
-            keep, keep.numel(), seed, dropout_p, BLOCK=_DROPOUT_BLOCK)
+        block_m, block_n = _DROPOUT_BLOCK
+        _dropout_keep_kernel[(triton.cdiv(B * H * L, block_m), triton.cdiv(S, block_n))](
+            keep, B * H * L, S, seed, dropout_p, BLOCK_M=block_m, BLOCK_N=block_n)
     return keep

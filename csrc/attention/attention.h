@@ -23,7 +23,8 @@ struct AttentionParams {
   bool is_causal;              // key j is seen by query i iff j <= i (top-left aligned)
   float scale_log2;            // scale * log2(e): the kernels work in base 2
   float scale;                 // the softmax scale itself (backward)
-  // Dropout: element (b, h, i, j) of P is kept iff philox::uniform(seed, ((b H + h) L + i) S + j) >= p.
+  // Dropout: element (b, h, i, j) of P is kept iff word j % 4 of Philox counter ((b H + h) L + i) ceil(S / 4)
+  // + j / 4, as a uniform, is >= p (philox.h).
   float dropout_p;  // in [0, 1); 0 = no dropout
   // The seed in device memory, read by every CTA when dropout_p > 0: a CUDA graph replays the launch
   // with these parameters, and the seed tensor its captured random draw rewrites at each replay.

@@ -137,14 +137,10 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16.
     uint32_t keep = ~0u;
     if (dropout) {
+      keep = 0;
 #pragma unroll
       for (int qt = 0; qt < kQTiles; ++qt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (!dropout_keep(p, seed, bh, m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8)) {
-            keep &= ~(1u << (4 * qt + e));
-          }
-        }
+        keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
       }
     }
     auto kept = [&](int qt, int e) { return ((keep >> (4 * qt + e)) & 1u) != 0; };
@@ -254,12 +250,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     const bool check = block >= kv.full;
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
+      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
         const float pe = exp2_approx(masked_logit<kCausal>(s[nt][e], i, j, p, mask, check) - lse2[e >> 1]);
         float dpe = dp[nt][e];
-        if (dropout) dpe = dropout_keep(p, seed, bh, i, j) ? dpe * inv_keep : 0.f;
+        if (dropout) dpe = (keep >> e) & 1u ? dpe * inv_keep : 0.f;
         s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
       }
     }

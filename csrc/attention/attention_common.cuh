@@ -92,10 +92,51 @@ __device__ __forceinline__ uint64_t load_seed(const AttentionParams& p) {
   return p.dropout_p > 0.f ? static_cast<uint64_t>(*p.seed) : 0;
 }
 
-// Whether dropout keeps element (i, j) of the score matrix of (batch, query head) bh = b H + h.
-__device__ __forceinline__ bool dropout_keep(const AttentionParams& p, uint64_t seed, int64_t bh, int i, int j) {
-  const uint64_t flat = (static_cast<uint64_t>(bh) * p.queries + i) * p.keys + j;
-  return philox::uniform(seed, flat) >= p.dropout_p;
+// Dropout keep bits of one 16 x 8 C-fragment tile of the scores of (batch, query head) bh = b H + h
+// (philox.h has the draw): bit e is this lane's element c[e], at tile row g + 8 (e >> 1) and column
+// 2t + (e & 1) (g = lane / 4, t = lane % 4). One Philox call gives a row's 4 consecutive keys 4k ..
+// 4k + 3; a lane holds 2 of them in each of 2 rows (keys along columns) or 1 of them for each of 2
+// queries in each of 2 rows (keys along rows), so lanes draw one 4-key group each and trade keep bits
+// with shuffles: every word drawn is used, and no group is drawn twice. Called by all 32 lanes (the
+// shuffles); rows past L and keys past S draw counters that nothing reads back.
+
+// Bit k: whether key `key` + k (`key` a multiple of 4) of score row `row` is kept.
+__device__ __forceinline__ uint32_t keep_group(const AttentionParams& p, uint64_t seed, uint64_t row, int key) {
+  const philox::Words w = philox::words(seed, philox::dropout_counter(row, p.keys, key));
+  uint32_t bits = 0;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) bits |= static_cast<uint32_t>(philox::uniform(w.w[k]) >= p.dropout_p) << k;
+  return bits;
+}
+
+// Queries along rows (from query q0), keys along columns (from key k0, a multiple of 4): forward, dQ.
+// Lanes t and t ^ 1 hold columns 4 (t >> 1) .. + 3 of rows g and g + 8: the even one draws row g's
+// group, the odd one row g + 8's, and one shuffle gives each both (row g at bits 0-3, g + 8 at 4-7).
+__device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint64_t seed, int64_t bh, int q0, int k0,
+                                                 int lane) {
+  const int g = lane / 4, t = lane % 4, odd = t & 1;
+  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + g + 8 * odd, k0 + 4 * (t >> 1))
+               << (4 * odd);
+  // Columns 2t, 2t + 1 are keys 2 (t & 1), + 1 of the group: bits 0-1 row g's, bits 4-5 row g + 8's.
+  v = (shfl_xor(v, 1) | v) >> (2 * odd);
+  return (v & 3u) | ((v >> 2) & 12u);
+}
+
+// Keys along rows (from key k0, a multiple of 4), queries along columns (from query q0): dK / dV.
+// Rows 4a .. 4a + 3 (a = g >> 2, and the same 8 rows on) are one key group, spread over the lanes
+// g & 3 = 0 .. 3 (lane stride 4) which all hold queries 2t, 2t + 1: those 4 lanes need the groups of
+// 2 queries x 2 row halves, one each: lane r = g & 3 draws group r = query 2t + (r & 1), rows
+// 4a + 8 (r >> 1) .., which is its own element c[r]'s group. Two xor shuffles (lane strides 4, 8)
+// gather the 4 x 4 bits (group r at bits 4r .. 4r + 3); lane r takes key r of each group.
+__device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint64_t seed, int64_t bh, int k0, int q0,
+                                                 int lane) {
+  const int g = lane / 4, t = lane % 4, r = g & 3;
+  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + 2 * t + (r & 1),
+                          k0 + 4 * (g >> 2) + 8 * (r >> 1))
+               << (4 * r);
+  v |= shfl_xor(v, 4);
+  v = (shfl_xor(v, 8) | v) >> r;  // bit 4e: key r of group e, this lane's element c[e]
+  return (v & 1u) | ((v >> 3) & 2u) | ((v >> 6) & 4u) | ((v >> 9) & 8u);
 }
 
 // Key blocks [0, full) need no element checks: all their keys < S and, causal, <= every query of the

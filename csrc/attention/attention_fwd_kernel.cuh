@@ -96,11 +96,12 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
     }
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
+      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float pe = exp2_approx(s[nt][e] - shift[e >> 1]);
         l_run[e >> 1] += pe;  // before dropout: lse is that of the undropped probabilities
-        s[nt][e] = dropout && !dropout_keep(p, seed, bh, row0 + (e >> 1) * 8, n0 + nt * 8 + 2 * t + (e & 1)) ? 0.f : pe;
+        s[nt][e] = (keep >> e) & 1u ? pe : 0.f;
       }
     }
     gemm_rn<T, kNTiles, kDTiles, kPitch>(acc, s, kv.v_tile(stage), lane);

@@ -97,6 +97,9 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
+__device__ __forceinline__ uint32_t shfl_xor(uint32_t v, int lane_mask) {
+  return __shfl_xor_sync(0xffffffffu, v, lane_mask);
+}
 
 // 2^x, one MUFU.EX2 (2 ulp); 2^-inf = 0.
 __device__ __forceinline__ float exp2_approx(float x) {

@@ -29,7 +29,7 @@ except ImportError as e:
     raise
 
 from fasttx.triton_kernels import attention_bwd, attention_fwd
-from fasttx.triton_kernels.attention_common import DEFAULT_SHARED_MEMORY, kernel_args, space_configs
+from fasttx.triton_kernels.attention_common import DEFAULT_SHARED_MEMORY, keep_tile_bytes, kernel_args, space_configs
 
 TARGET = GPUTarget("cuda", 90, 32)
 KERNELS = {
@@ -133,7 +133,8 @@ def main():
         kernel = compile_kernel(fn, num_warps, num_stages,
                                 **variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p))
         mask_bytes = 0 if mask_dtype is None else mask_dtype.itemsize
-        modelled = model(block_m, block_n, num_stages, head_dim, head_dim, dtype.itemsize, mask_bytes)
+        modelled = (model(block_m, block_n, num_stages, head_dim, head_dim, dtype.itemsize, mask_bytes)
+                    + keep_tile_bytes(block_m, block_n, p > 0))
         print(json.dumps(dict(kernel=name, config=[block_m, block_n, num_warps, num_stages], head_dim=head_dim,
                               dtype=str(dtype), mask=str(mask_dtype), causal=causal, dropout_p=p,
                               shared=kernel.metadata.shared, model=modelled)), flush=True)

@@ -3,6 +3,7 @@ launch grid (CUDA caps grid dims 1 and 2 at 65535), Triton's specialization key 
 the autotuning key, the shared-memory pruning of the configs, the dropout seed under CUDA graphs and
 int64 offsets of views past 2^31 elements. The few tests that need the GPU itself skip elsewhere."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -249,16 +250,18 @@ def test_the_model_prunes_without_a_mask_too():
 
 def pruning(name, monkeypatch):
     """The early_config_prune of the ``name`` kernel's autotuner, built as the module builds it, with
-    the timing on (whatever FASTTX_TRITON_AUTOTUNE the caller has set): (q, mask, E) -> kept configs."""
+    the timing on (whatever FASTTX_TRITON_AUTOTUNE the caller has set): (q, mask, E, dropout) -> kept
+    configs."""
     monkeypatch.setattr(attention_common, "_INTERPRET", False)  # the interpreter's tuner has no pruning
     monkeypatch.setattr(attention_common, "_AUTOTUNE", True)
     # The pruning reads only the call's arguments: any kernel serves to build the tuner.
     tuner = attention_common.attention_autotune(*SPACES[name])(attention_fwd._attn_fwd_kernel)
 
-    def kept(q, mask, head_dim):
+    def kept(q, mask, head_dim, has_dropout=False):
         block = max(16, triton.next_power_of_2(head_dim))
         mask_kind = "none" if mask is None else "bool" if mask.dtype == torch.bool else "float"
-        args = {"Q": q, "Mask": mask, "BLOCK_E": block, "BLOCK_EV": block, "MASK_KIND": mask_kind}
+        args = {"Q": q, "Mask": mask, "BLOCK_E": block, "BLOCK_EV": block, "MASK_KIND": mask_kind,
+                "HAS_DROPOUT": has_dropout}
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
                 for c in tuner.early_config_prune(tuner.configs, args)]
 
@@ -270,7 +273,8 @@ MASK_DTYPES = [None, torch.bool, torch.float16, torch.bfloat16, torch.float32, t
 
 @pytest.mark.parametrize("name", SPACES)
 def test_pruning_keeps_a_config_for_every_call_and_no_wrong_one(name, monkeypatch):
-    """Every dtype, mask kind and mask dtype, head dim: the pruning keeps some config, never one its
+    """Every dtype, mask kind and mask dtype, head dim, with and without dropout (whose keep tile takes
+    shared memory too): the pruning keeps some config, never one its
     kernel lists as wrong for the call; in particular never the forward's (64, 32, 4, 3) for fp32 with
     a float mask (inf / NaN on an H200, see attention_fwd.FWD_WRONG), kept with no mask or a bool one."""
     kept = pruning(name, monkeypatch)
@@ -278,10 +282,10 @@ def test_pruning_keeps_a_config_for_every_call_and_no_wrong_one(name, monkeypatc
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         q = torch.empty(1, 1, 1, 1, dtype=dtype)
         for head_dim in (8, 16, 32, 64, 80, 128, 200, 256):
-            for mask_dtype in MASK_DTYPES:
+            for mask_dtype, has_dropout in itertools.product(MASK_DTYPES, (False, True)):
                 mask = None if mask_dtype is None else torch.empty(1, 1, 1, 1, dtype=mask_dtype)
-                configs = kept(q, mask, head_dim)
-                case = (dtype, head_dim, mask_dtype)
+                configs = kept(q, mask, head_dim, has_dropout)
+                case = (dtype, head_dim, mask_dtype, has_dropout)
                 assert configs, case
                 kind = "none" if mask is None else "bool" if mask_dtype == torch.bool else "float"
                 assert not set(configs) & set(wrong.get((kind, dtype == torch.float32), ())), case

@@ -66,6 +66,7 @@ struct Warp {
   uint32_t a[32][4];
   uint32_t b[32][2];
   float f[32];
+  uint32_t u[32];
 };
 inline std::barrier<>* block_barrier = nullptr;
 inline Warp warps[32];
@@ -76,14 +77,16 @@ inline Warp& my_warp() { return warps[threadIdx.x / 32]; }
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline void __syncwarp() { my_warp().bar->arrive_and_wait(); }
 
-inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  Warp& w = my_warp();
-  w.f[lane_id()] = v;
+template <typename T>
+inline T shuffle_xor(T (&slots)[32], T v, int lane_mask) {
+  slots[lane_id()] = v;
   __syncwarp();
-  const float r = w.f[lane_id() ^ lane_mask];
+  const T r = slots[lane_id() ^ lane_mask];
   __syncwarp();
   return r;
 }
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) { return shuffle_xor(my_warp().f, v, lane_mask); }
+inline uint32_t __shfl_xor_sync(unsigned, uint32_t v, int lane_mask) { return shuffle_xor(my_warp().u, v, lane_mask); }
 
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
@@ -210,6 +213,7 @@ inline void cp_async_wait() {
 }
 
 inline float shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
+inline uint32_t shfl_xor(uint32_t v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
 
 inline float exp2_approx(float x) { return std::exp2(x); }
 

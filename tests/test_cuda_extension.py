@@ -148,21 +148,20 @@ def test_attention_binding_rejects_bad_inputs(case):
 
 
 @needs_nvcc
-def test_attention_binding_rejects_head_dims_left_out_of_the_build():
-    """A build with FASTTX_ATTENTION_HEAD_DIMS=64,128 (say) raises, for another head dim of the list, an
-    error saying how to build it, in both ops (fasttx/functional/attention.py's own check of the same
-    case is tested against a faked list in tests/ops/test_attention.py)."""
+@pytest.mark.parametrize("head_dim", _attention_kernels.HEAD_DIMS)
+def test_attention_binding_takes_built_head_dims_and_names_those_left_out(head_dim):
+    """Every head dim of the list passes the binding's head-dim check (on CPU tensors, the device check
+    is the next to fail) if the build has it; one left out of the build (FASTTX_ATTENTION_HEAD_DIMS=64,128,
+    say) gets an error saying how to build it, from both ops. fasttx/functional/attention.py's own check
+    of that case is tested against a faked list in tests/ops/test_attention.py."""
     built = _built_head_dims()
-    left_out = [d for d in _attention_kernels.HEAD_DIMS if d not in built]
-    if not left_out:
-        pytest.skip("this build has every head dim (FASTTX_ATTENTION_HEAD_DIMS unset)")
-    message = (f"head dim E = {left_out[0]} was left out of this build of fasttx._C (it has "
-               f"({', '.join(map(str, built))})): rebuild it with FASTTX_ATTENTION_HEAD_DIMS unset (all head dims) "
-               f"or listing {left_out[0]}")
-    q, k, v, *rest = _attention_args(d=left_out[0])
-    with pytest.raises(RuntimeError, match=re.escape(message)):
+    message = "must be a CUDA tensor" if head_dim in built else re.escape(
+        f"head dim E = {head_dim} was left out of this build of fasttx._C (it has ({', '.join(map(str, built))})): "
+        f"rebuild it with FASTTX_ATTENTION_HEAD_DIMS unset (all head dims) or listing {head_dim}")
+    q, k, v, *rest = _attention_args(d=head_dim)
+    with pytest.raises(RuntimeError, match=message):
         torch.ops.fasttx.attention_fwd_cuda(q, k, v, *rest)
-    with pytest.raises(RuntimeError, match=re.escape(message)):
+    with pytest.raises(RuntimeError, match=message):
         torch.ops.fasttx.attention_bwd_cuda(q, q, k, v, q, torch.zeros(q.shape[:3]), *rest)
 
 

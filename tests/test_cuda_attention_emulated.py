@@ -74,14 +74,14 @@ def _fields(backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, 
         mask_strides = mask.stride()
     address = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     fields = dict(dtype=DTYPE_CODE[q.dtype], head_dim=E, batch=B, heads=H, kv_heads=Hkv, queries=L, keys=S,
-                  is_causal=int(is_causal), scale_log2=scale * math.log2(math.e), dropout_p=dropout_p,
+                  is_causal=int(is_causal), scale_log2=scale * math.log2(math.e), scale=scale, dropout_p=dropout_p,
                   seed=seed.data_ptr(),  # the emulated device reads host memory
                   q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), q_strides=q.stride()[:3], k_strides=k.stride()[:3],
                   v_strides=v.stride()[:3], mask_kind=mask_kind, mask_dtype=mask_dtype, mask=address(mask),
                   mask_strides=mask_strides, o=o.data_ptr(), lse=lse.data_ptr())
     if backward:
         dq, dk, dv = grads
-        fields.update(scale=scale, dout=dout.data_ptr(), dout_strides=dout.stride()[:3], o_strides=o.stride()[:3],
+        fields.update(dout=dout.data_ptr(), dout_strides=dout.stride()[:3], o_strides=o.stride()[:3],
                       delta=delta.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr())
     return fields
 

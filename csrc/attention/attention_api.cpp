@@ -130,7 +130,7 @@ at::Tensor device_seed(const at::Tensor& seed, const at::Tensor& q) {
   return seed.defined() ? seed.to(q.device()).contiguous() : seed;
 }
 
-// Shapes, scale_log2, causal, dropout and mask into p; the pointers of q, k, v and the mask.
+// Shapes, scale, causal, dropout and mask into p; the pointers of q, k, v and the mask.
 void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                  const at::Tensor& mask4, double scale, bool is_causal, double dropout_p, const at::Tensor& seed) {
   p.dtype = to_dtype(q.scalar_type());
@@ -141,6 +141,7 @@ void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, c
   p.queries = static_cast<int>(q.size(2));
   p.keys = static_cast<int>(k.size(2));
   p.is_causal = is_causal;
+  p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * kLog2e<double>);
   p.dropout_p = static_cast<float>(dropout_p);
   p.seed = seed.defined() ? seed.data_ptr<int64_t>() : nullptr;
@@ -235,7 +236,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     AttentionBwdParams p{};
     const at::Tensor seed_on_device = device_seed(seed_checked, q);
     fill_common(p, q, k, v, mask4, scale, is_causal, dropout_p, seed_on_device);
-    p.scale = static_cast<float>(scale);
     p.o = const_cast<void*>(out.data_ptr());
     p.lse = const_cast<float*>(lse.data_ptr<float>());
     p.dout = dout.data_ptr();

@@ -3,11 +3,15 @@
 The CUDA extension ``fasttx._C`` is built when nvcc and a CUDA build of torch are present.
 FASTTX_BUILD_CUDA=0 skips it, =1 forces it (and fails loudly when it cannot be built).
 Architectures come from TORCH_CUDA_ARCH_LIST, default "8.0;9.0a": with no GPU visible torch
-cannot guess them, so we always set them explicitly.
+cannot guess them, so we always set them explicitly. FASTTX_ATTENTION_HEAD_DIMS=64,128 compiles the
+CUDA attention kernels of those head dims only (default: all of fasttx/_attention_kernels.py), to
+cut build time; the extension then rejects the others with an error saying how to build them.
 """
 
 import glob
+import importlib.util
 import os
+import re
 import shutil
 import sys
 
@@ -45,22 +49,45 @@ def _cuda_build_reason_to_skip():
     return None
 
 
+def _attention_head_dims_left_out(root):
+    """Head dims of the CUDA attention kernels that FASTTX_ATTENTION_HEAD_DIMS leaves out of the build
+    (the list is fasttx/_attention_kernels.py, loaded by path: fasttx is not installed yet)."""
+    path = os.path.join(root, "fasttx", "_attention_kernels.py")
+    spec = importlib.util.spec_from_file_location("_attention_kernels", path)
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    built = config.build_head_dims(os.environ.get(config.BUILD_ENV))
+    left_out = [d for d in config.HEAD_DIMS if d not in built]
+    if left_out:
+        print(f"fasttx: {config.BUILD_ENV}: building the attention kernels of head dims {built} only", file=sys.stderr)
+    return left_out
+
+
 def _cuda_extension():
     from torch.utils.cpp_extension import CUDAExtension
 
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     root = os.path.dirname(os.path.abspath(__file__))
+    left_out = _attention_head_dims_left_out(root)
+    # A head dim left out: its two generated files are not compiled, and every file sees
+    # FASTTX_ATTENTION_SKIP_HDIM<E> (csrc/attention/attention_kernels.h), so nothing refers to them.
+    skipped = re.compile(r"attention_(fwd|bwd)_hdim(%s)\.cu" % "|".join(map(str, left_out))) if left_out else None
     sources = sorted(
         os.path.relpath(p, root)
         for pattern in ("csrc/**/*.cu", "csrc/**/*.cpp")
         for p in glob.glob(os.path.join(root, pattern), recursive=True)
+        if skipped is None or not skipped.fullmatch(os.path.basename(p))
     )
+    # No -std: torch adds the standard its headers need (C++20 for torch >= 2.10). tools/ptxas_table.py
+    # reads the "nvcc" list as written here.
+    flags = {"cxx": ["-O3"], "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]}
+    for compiler_flags in flags.values():
+        compiler_flags += [f"-DFASTTX_ATTENTION_SKIP_HDIM{d}" for d in left_out]
     return CUDAExtension(
         name="fasttx._C",
         sources=sources,
         include_dirs=[os.path.join(root, "csrc")],
-        # No -std: torch adds the standard its headers need (C++20 for torch >= 2.10).
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]},
+        extra_compile_args=flags,
         py_limited_api=False,
     )
 

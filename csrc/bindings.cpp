@@ -9,10 +9,24 @@
 #include "layer_norm/layer_norm_api.h"
 #include "softmax/softmax_api.h"
 
-// `import fasttx._C` loads this library and with it the registrations below; the module is empty.
+// `import fasttx._C` loads this library and with it the registrations below. The module holds one
+// attribute, ATTENTION_HEAD_DIMS: the head dims this build has attention kernels for (a build can
+// leave some out, FASTTX_ATTENTION_HEAD_DIMS), a tuple of ints that fasttx/functional/attention.py checks.
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  const std::vector<int64_t> dims = fasttx::attention_built_head_dims();
+  PyObject* tuple = PyTuple_New(static_cast<Py_ssize_t>(dims.size()));
+  for (size_t i = 0; tuple != nullptr && i < dims.size(); ++i) {
+    PyTuple_SET_ITEM(tuple, static_cast<Py_ssize_t>(i), PyLong_FromLongLong(dims[i]));
+  }
+  if (tuple == nullptr || PyModule_AddObject(module, "ATTENTION_HEAD_DIMS", tuple) < 0) {
+    Py_XDECREF(tuple);
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 
 TORCH_LIBRARY(fasttx, m) {

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from fasttx import reference
+from fasttx._attention_kernels import HEAD_DIMS
 from fasttx.testing import TOLERANCE, rel_error
 
 from .conftest import DEVICE
@@ -46,30 +47,55 @@ def emulator(tmp_path_factory):
     subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-I", EMULATOR,
                     "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, "emulator.cpp"),
                     "-o", str(lib)], check=True)
-    return ctypes.CDLL(str(lib))
+    library = ctypes.CDLL(str(lib))
+    library.emu_attention.restype = ctypes.c_char_p
+    return library
 
 
-def _run(emulator, backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout=None, outs=()):
-    """Launch the emulated kernels as the binding (csrc/attention/attention_api.cpp) would."""
+def _launch(emulator, backward, fields, inputs):
+    """emu_attention with the params' fields by name: {name: int, float, address or tuple of ints};
+    inputs: the tensors the kernels may read."""
+    entries = [f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}".encode() for name, v in fields.items()]
+    ranges = [x for t in inputs for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * t.element_size())]
+    error = emulator.emu_attention(int(backward), (ctypes.c_char_p * len(entries))(*entries), len(entries),
+                                   (ctypes.c_int64 * len(ranges))(*ranges), len(inputs))
+    if error is not None:
+        raise ValueError(f"emu_attention: {error.decode()}")
+
+
+def _fields(backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout=None, delta=None, grads=()):
+    """The params as the binding (csrc/attention/attention_api.cpp) fills them."""
     B, H, L, E = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     mask_kind, mask_dtype, mask_strides = 0, 0, (0, 0, 0, 0)
     if mask is not None:
-        mask = mask.expand(B, H, L, S)
         mask_kind = 1 if mask.dtype == torch.bool else 2
         mask_dtype = DTYPE_CODE.get(mask.dtype, 0)
         mask_strides = mask.stride()
+    address = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    fields = dict(dtype=DTYPE_CODE[q.dtype], head_dim=E, batch=B, heads=H, kv_heads=Hkv, queries=L, keys=S,
+                  is_causal=int(is_causal), scale_log2=scale * math.log2(math.e), scale=scale, dropout_p=dropout_p,
+                  seed=seed.data_ptr(),  # the emulated device reads host memory
+                  q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), q_strides=q.stride()[:3], k_strides=k.stride()[:3],
+                  v_strides=v.stride()[:3], mask_kind=mask_kind, mask_dtype=mask_dtype, mask=address(mask),
+                  mask_strides=mask_strides, o=o.data_ptr(), lse=lse.data_ptr())
+    if backward:
+        dq, dk, dv = grads
+        fields.update(dout=dout.data_ptr(), dout_strides=dout.stride()[:3], o_strides=o.stride()[:3],
+                      delta=delta.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr())
+    return fields
+
+
+def _run(emulator, backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout=None, grads=()):
+    """Launch the emulated kernels as the binding would."""
+    B, H, L, _ = q.shape
+    if mask is not None:
+        mask = mask.expand(B, H, L, k.shape[2])
+    seed = torch.tensor([seed], dtype=torch.int64)
     delta = torch.empty(B, H, L) if backward else None
-    dout_strides = dout.stride()[:3] if backward else (0, 0, 0)
-    ints = [DTYPE_CODE[q.dtype], E, B, H, Hkv, L, S, int(is_causal), seed, mask_kind, mask_dtype,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *mask_strides, *dout_strides, *o.stride()[:3]]
-    tensors = [q, k, v, mask, o, lse, dout, delta, *outs] + [None] * (3 - len(outs))
-    ptrs = [0 if t is None else t.data_ptr() for t in tensors]
-    inputs = [t for t in (q, k, v, mask, dout, o, lse, delta) if t is not None and (backward or t is not o and t is not lse)]
-    ranges = [x for t in inputs for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * t.element_size())]
-    emulator.emu_attention(
-        int(backward), (ctypes.c_int64 * len(ints))(*ints), (ctypes.c_double * 2)(scale, dropout_p),
-        (ctypes.c_void_p * len(ptrs))(*ptrs), (ctypes.c_int64 * len(ranges))(*ranges), len(inputs))
+    fields = _fields(backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout, delta, grads)
+    inputs = [t for t in (q, k, v, mask) if t is not None] + ([dout, o, lse, delta] if backward else [])
+    _launch(emulator, backward, fields, inputs)
 
 
 def emulated_attention(emulator, q, k, v, dout, mask=None, scale=None, is_causal=False, dropout_p=0.0, seed=0):
@@ -131,13 +157,15 @@ def check(emulator, B, H, Hkv, L, S, E, dtype=torch.float16, mask=None, is_causa
 SIZES = [1, 7, 33, 100, 130]
 
 
+# Every head dim of the list runs: the two smallest (cheapest) over the sequence lengths, the others
+# in both dtypes.
 @pytest.mark.parametrize("L,S", [(1, 1), (7, 130), (130, 7), (33, 100), (100, 33)], ids=str)
-@pytest.mark.parametrize("E", [32, 64])
+@pytest.mark.parametrize("E", HEAD_DIMS[:2])
 def test_sequence_lengths(emulator, L, S, E):
     check(emulator, 1, 2, 2, L, S, E)
 
 
-@pytest.mark.parametrize("E", [96, 128, 256])
+@pytest.mark.parametrize("E", HEAD_DIMS[2:])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_head_dims_and_dtypes(emulator, E, dtype):
     check(emulator, 1, 1, 1, 70, 75, E, dtype)
@@ -186,3 +214,31 @@ def test_no_keys_gives_zero_output_and_infinite_lse(emulator):
     lse = torch.full((1, 2, 70), float("nan"))
     _run(emulator, False, q, k, k, None, 0.125, False, 0.0, 0, o, lse)
     assert (o == 0).all() and (lse == float("inf")).all()
+
+
+def test_params_are_set_by_field_name(emulator):
+    """The emulator sets each field of AttentionParams / AttentionBwdParams by name: a misspelt, missing,
+    repeated or unknown field, a wrong number of values or a head dim without kernels fails loudly,
+    launching nothing."""
+    q = torch.zeros(1, 1, 3, 32).half()
+    o, lse = torch.full_like(q, float("nan")), torch.full((1, 1, 3), float("nan"))
+    fields = _fields(False, q, q, q, None, 0.5, False, 0.0, torch.zeros(1, dtype=torch.int64), o, lse)
+    _launch(emulator, False, fields, [q])
+    assert (o == 0).all() and torch.allclose(lse, torch.full_like(lse, math.log(3)))
+    o.fill_(float("nan"))
+    misspelt = {("quries" if name == "queries" else name): value for name, value in fields.items()}
+    missing = {name: value for name, value in fields.items() if name != "keys"}
+    bad = {
+        "unknown field 'quries'": misspelt,
+        "field 'keys' not given": missing,
+        "unknown field 'dq'": {**fields, "dq": 0},  # a backward field given to the forward
+        r"field 'q_strides': 3 value\(s\) expected, got 2": {**fields, "q_strides": (96, 32)},
+        "field 'dropout_p': 'x' is not a number": {**fields, "dropout_p": "x"},
+        "no kernels for this head_dim": {**fields, "head_dim": 80},
+    }
+    for message, given in bad.items():
+        with pytest.raises(ValueError, match=message):
+            _launch(emulator, False, given, [q])
+    entries = [f"{n}={v}".encode() for n, v in (("batch", 1), ("batch", 1))]
+    assert emulator.emu_attention(0, (ctypes.c_char_p * 2)(*entries), 2, None, 0) == b"field 'batch' given twice"
+    assert o.isnan().all(), "a rejected call launched a kernel"

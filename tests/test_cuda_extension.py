@@ -2,6 +2,7 @@
 architectures asked for, with its ops registered and clear errors for CPU tensors."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import fasttx
-from fasttx import _extension
+from fasttx import _attention_kernels, _extension
 from fasttx._declarations import DECLARATIONS
 
 HAVE_NVCC = torch.version.cuda is not None and shutil.which("nvcc") is not None
@@ -18,7 +19,17 @@ needs_nvcc = pytest.mark.skipif(not HAVE_NVCC, reason="no nvcc / CUDA build of t
 
 # (op, direction) of every C++ op the declarations (fasttx/_declarations.py) say csrc/bindings.cpp defines.
 CUDA_OPS = [(name, direction) for name, d in DECLARATIONS.items() if "cuda" in d.backends for direction in ("fwd", "bwd")]
-ATTENTION_HEAD_DIMS = (32, 64, 96, 128, 256)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _built_head_dims():
+    """The attention head dims fasttx._C reports, which must be those its build asked for (a build with
+    FASTTX_ATTENTION_HEAD_DIMS set is tested with the same value set)."""
+    import fasttx._C
+
+    built = fasttx._C.ATTENTION_HEAD_DIMS
+    assert built == _attention_kernels.build_head_dims(os.environ.get(_attention_kernels.BUILD_ENV))
+    return built
 
 
 @needs_nvcc
@@ -73,11 +84,13 @@ def test_extension_holds_the_requested_architectures():
         elif key == "identifier":
             cubins.add((os.path.splitext(os.path.basename(value))[0], arch))
     assert expected <= {arch for _, arch in cubins}, listing.stdout
-    # Every attention kernel file (one per direction and head dim) for every architecture.
+    # Every attention kernel file (one per direction and built head dim) for every architecture, and
+    # none of a head dim left out.
+    built = _built_head_dims()
     for direction in ("fwd", "bwd"):
-        for d in ATTENTION_HEAD_DIMS:
+        for d in _attention_kernels.HEAD_DIMS:
             for arch in expected:
-                assert (f"attention_{direction}_hdim{d}", arch) in cubins, listing.stdout
+                assert ((f"attention_{direction}_hdim{d}", arch) in cubins) == (d in built), listing.stdout
 
 
 @needs_nvcc
@@ -129,7 +142,10 @@ def test_cpu_tensors_get_a_clear_error(name, direction):
     args = declaration.samples(False, "cuda", "cpu")[0]
     if direction == "bwd":
         args = declaration.bwd_sample(args, declaration.fwd_fake(*args))
-    with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
+    message = "must be a CUDA tensor"
+    if name == "attention" and args[0].shape[-1] not in _built_head_dims():
+        message = "was left out of this build"  # FASTTX_ATTENTION_HEAD_DIMS: checked before the device
+    with pytest.raises(RuntimeError, match=message):
         getattr(torch.ops.fasttx, f"{name}_{direction}_cuda")(*args)
 
 
@@ -141,7 +157,8 @@ BAD_ATTENTION_INPUTS = {
     "v keys": (_attention_args(v=torch.randn(2, 2, 6, 64, dtype=torch.float16)), "v must be .* with k's B, Hkv, S"),
     "heads": (_attention_args(k=torch.randn(2, 3, 7, 64, dtype=torch.float16),
                               v=torch.randn(2, 3, 7, 64, dtype=torch.float16)), "H = 4 must be a multiple of .* Hkv = 3"),
-    "head dim 80": (_attention_args(d=80), r"head dims E == Ev in \(32, 64, 96, 128, 256\), got E = 80, Ev = 80"),
+    "head dim 80": (_attention_args(d=80),
+                    re.escape(f"head dims E == Ev in {_attention_kernels.HEAD_DIMS}, got E = 80, Ev = 80")),
     "E != Ev": (_attention_args(v=torch.randn(2, 2, 7, 32, dtype=torch.float16)), "got E = 64, Ev = 32"),
     "strided last dim": (_attention_args(q=torch.randn(2, 4, 5, 128, dtype=torch.float16)[..., ::2]),
                          "q needs a contiguous last dim"),
@@ -161,6 +178,24 @@ def test_attention_binding_rejects_bad_inputs(case):
     args, message = BAD_ATTENTION_INPUTS[case]
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fasttx.attention_fwd_cuda(*args)
+
+
+@needs_nvcc
+@pytest.mark.parametrize("head_dim", _attention_kernels.HEAD_DIMS)
+def test_attention_binding_takes_built_head_dims_and_names_those_left_out(head_dim):
+    """Every head dim of the list passes the binding's head-dim check (on CPU tensors, the device check
+    is the next to fail) if the build has it; one left out of the build (FASTTX_ATTENTION_HEAD_DIMS=64,128,
+    say) gets an error saying how to build it, from both ops. fasttx/functional/attention.py's own check
+    of that case is tested against a faked list in tests/ops/test_attention.py."""
+    built = _built_head_dims()
+    message = "must be a CUDA tensor" if head_dim in built else re.escape(
+        f"head dim E = {head_dim} was left out of this build of fasttx._C (it has ({', '.join(map(str, built))})): "
+        f"rebuild it with FASTTX_ATTENTION_HEAD_DIMS unset (all head dims) or listing {head_dim}")
+    q, k, v, *rest = _attention_args(d=head_dim)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fasttx.attention_fwd_cuda(q, k, v, *rest)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fasttx.attention_bwd_cuda(q, q, k, v, q, torch.zeros(q.shape[:3]), *rest)
 
 
 @needs_nvcc
@@ -231,8 +266,7 @@ def _ptxas_table():
     """tools/ptxas_table.py, which writes the register tables of csrc/README.md and csrc/attention/README.md."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "ptxas_table.py")
-    spec = importlib.util.spec_from_file_location("ptxas_table", path)
+    spec = importlib.util.spec_from_file_location("ptxas_table", os.path.join(ROOT, "tools", "ptxas_table.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -305,3 +339,61 @@ def test_ptxas_table_leaves_out_the_sm90_forward_stub():
     kernels = [table.Kernel("stub", "sm_80", 4, 0, 0, 0), table.Kernel("real", "sm_90a", 168, 0, 0, 0)]
     rows = table.render(table.FAMILIES["attention"], kernels, {"stub": name, "real": name}).splitlines()
     assert rows[-1] == "| forward, sm_90a (FlashAttention-3 scheme) | 168 |"
+
+
+def _generator():
+    """csrc/attention/generate_kernels.py, which writes the per-head-dim files from fasttx/_attention_kernels.py."""
+    import importlib.util
+
+    path = os.path.join(ROOT, "csrc", "attention", "generate_kernels.py")
+    spec = importlib.util.spec_from_file_location("generate_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_attention_files_are_current():
+    generator = _generator()
+    assert generator.problems(ROOT, generator.generate(_attention_kernels.HEAD_DIMS)) == []
+    script = os.path.join(ROOT, "csrc", "attention", "generate_kernels.py")
+    result = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_generator_check_fails_when_the_list_changes_without_regenerating():
+    generator = _generator()
+    added = generator.problems(ROOT, generator.generate((*_attention_kernels.HEAD_DIMS, 80)))
+    assert added == ["csrc/attention/attention_bwd_hdim80.cu: missing",
+                     "csrc/attention/attention_fwd_hdim80.cu: missing",
+                     "csrc/attention/attention_kernels.h: differs from what the list generates",
+                     "tests/attention_emulator/attention_kernels.inc: differs from what the list generates"]
+    last = _attention_kernels.HEAD_DIMS[-1]
+    dropped = generator.problems(ROOT, generator.generate(_attention_kernels.HEAD_DIMS[:-1]))
+    assert f"csrc/attention/attention_fwd_hdim{last}.cu: its head dim is not in the list" in dropped
+    assert f"csrc/attention/attention_bwd_hdim{last}.cu: its head dim is not in the list" in dropped
+
+
+def test_generator_writes_the_list_and_removes_dropped_head_dims(tmp_path):
+    generator = _generator()
+    (tmp_path / "csrc" / "attention").mkdir(parents=True)
+    (tmp_path / "tests" / "attention_emulator").mkdir(parents=True)
+    generator.write(str(tmp_path), generator.generate((32, 64)))
+    generator.write(str(tmp_path), generator.generate((64,)))
+    assert generator.problems(str(tmp_path), generator.generate((64,))) == []
+    assert sorted(os.listdir(tmp_path / "csrc" / "attention")) == [
+        "attention_bwd_hdim64.cu", "attention_fwd_hdim64.cu", "attention_kernels.h"]
+    text = (tmp_path / "csrc" / "attention" / "attention_bwd_hdim64.cu").read_text()
+    assert "template void attention_bwd_hdim<64>(const AttentionBwdParams& p, cudaStream_t stream);" in text
+    header = (tmp_path / "csrc" / "attention" / "attention_kernels.h").read_text()
+    assert "#ifdef FASTTX_ATTENTION_SKIP_HDIM64\n    {64, false},\n#else\n    {64, true},\n#endif" in header
+
+
+def test_build_flag_selects_head_dims():
+    """FASTTX_ATTENTION_HEAD_DIMS as setup.py reads it."""
+    build = _attention_kernels.build_head_dims
+    assert build(None) == build(" ") == _attention_kernels.HEAD_DIMS
+    assert build("128, 64") == (64, 128)
+    with pytest.raises(ValueError, match=r"FASTTX_ATTENTION_HEAD_DIMS='64,80': no kernels for head dims \[80\]"):
+        build("64,80")
+    with pytest.raises(ValueError, match="expected comma-separated head dims"):
+        build("64;128")

@@ -7,22 +7,24 @@
 
 #include <cstdint>
 
+#include "attention/attention_kernels.h"
 #include "common/dtype.h"
 #include "common/mask_kind.h"
 
 namespace fasttx {
 
-// Head dims E (== Ev) with kernels.
-constexpr int kAttentionHeadDims[] = {32, 64, 96, 128, 256};
-
+// The forward's parameters; the backward's extend them (AttentionBwdParams).
 struct AttentionParams {
   DType dtype;  // q, k, v, o, do, dq, dk, dv: kFloat16 or kBFloat16
-  int head_dim;  // E == Ev, one of kAttentionHeadDims
+  int head_dim;  // E == Ev, a built one of kAttentionHeadDims (attention_kernels.h)
   int batch, heads, kv_heads;  // B, H, Hkv; H % Hkv == 0, query head h reads kv head h / (H / Hkv)
   int queries, keys;           // L, S >= 0
   bool is_causal;              // key j is seen by query i iff j <= i (top-left aligned)
   float scale_log2;            // scale * log2(e): the kernels work in base 2
-  float scale;                 // the softmax scale itself (backward)
+  // The softmax scale itself, read by the backward (dK = scale dS^T Q, dQ = scale dS K). Here rather
+  // than in AttentionBwdParams: there, the changed parameter layout cost the causal dK/dV kernel at
+  // E = 32 on sm_90a 12/20 B of spills (ptxas -v).
+  float scale;
   // Dropout: element (b, h, i, j) of P is kept iff word j % 4 of Philox counter ((b H + h) L + i) ceil(S / 4)
   // + j / 4, as a uniform, is >= p (philox.h).
   float dropout_p;  // in [0, 1); 0 = no dropout
@@ -45,8 +47,9 @@ struct AttentionParams {
   // Forward outputs, backward inputs: contiguous.
   void* o;     // (B, H, L, E), dtype
   float* lse;  // (B, H, L): natural-log log-sum-exp of the scaled, masked scores; +inf on fully masked rows
+};
 
-  // Backward only.
+struct AttentionBwdParams : AttentionParams {
   const void* dout;  // (B, H, L, E), strides below, same alignment rules as q
   int64_t dout_strides[3];
   int64_t o_strides[3];  // of o, read by the preprocessing
@@ -57,13 +60,16 @@ struct AttentionParams {
 };
 
 // Launch on `stream`; launch errors are left for cudaGetLastError. Every size may be 0 but B * H.
-void attention_fwd_launch(const AttentionParams& p, cudaStream_t stream);
-void attention_bwd_launch(const AttentionParams& p, cudaStream_t stream);
+// False, launching nothing, when p.head_dim is not a built one of kAttentionHeadDims (the binding
+// rejects those first).
+bool attention_fwd_launch(const AttentionParams& p, cudaStream_t stream);
+bool attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream);
 
-// One per head dim (attention_{fwd,bwd}_hdim*.cu), so that the instantiations compile in parallel.
+// One per head dim (the generated attention_{fwd,bwd}_hdim*.cu), so that the instantiations compile
+// in parallel.
 template <int kHeadDim>
 void attention_fwd_hdim(const AttentionParams& p, cudaStream_t stream);
 template <int kHeadDim>
-void attention_bwd_hdim(const AttentionParams& p, cudaStream_t stream);
+void attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream);
 
 }  // namespace fasttx

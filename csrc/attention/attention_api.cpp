@@ -14,6 +14,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "attention/attention.h"
 #include "common/checks.h"
@@ -26,8 +28,24 @@ constexpr const char* kFwdOp = "attention_fwd_cuda";
 constexpr const char* kBwdOp = "attention_bwd_cuda";
 constexpr int64_t kMaxGridDim = 65535;  // grid y (heads) and z (batch)
 
-bool supported_head_dim(int64_t d) {
-  return std::find(std::begin(kAttentionHeadDims), std::end(kAttentionHeadDims), d) != std::end(kAttentionHeadDims);
+// "(32, 64, 96)"
+std::string head_dims_text(const std::vector<int64_t>& dims) {
+  std::string out = "(";
+  for (size_t i = 0; i < dims.size(); ++i) out += (i > 0 ? ", " : "") + num(dims[i]);
+  return out + ")";
+}
+
+// E == Ev must be a head dim with kernels, and one this build compiled.
+void check_head_dim(const char* op, int64_t e, int64_t ev) {
+  std::vector<int64_t> all;
+  for (const AttentionHeadDim& d : kAttentionHeadDims) all.push_back(d.value);
+  TORCH_CHECK(ev == e && std::find(all.begin(), all.end(), e) != all.end(), "fasttx::", op,
+              ": the CUDA attention kernels take head dims E == Ev in ", head_dims_text(all), ", got E = ", num(e),
+              ", Ev = ", num(ev));
+  const std::vector<int64_t> built = attention_built_head_dims();
+  TORCH_CHECK(std::find(built.begin(), built.end(), e) != built.end(), "fasttx::", op, ": head dim E = ", num(e),
+              " was left out of this build of fasttx._C (it has ", head_dims_text(built),
+              "): rebuild it with FASTTX_ATTENTION_HEAD_DIMS unset (all head dims) or listing ", num(e));
 }
 
 // cp.async copies 16 bytes: base and every row start must be 16-byte aligned.
@@ -64,9 +82,7 @@ void check_qkv(const char* op, const at::Tensor& q, const at::Tensor& k, const a
               shape(v.sizes()));
   TORCH_CHECK(Hkv > 0 && H % Hkv == 0, "fasttx::", op, ": q's heads H = ", num(H), " must be a multiple of k's Hkv = ",
               num(Hkv));
-  TORCH_CHECK(v.size(3) == E && supported_head_dim(E), "fasttx::", op,
-              ": the CUDA attention kernels take head dims E == Ev in (32, 64, 96, 128, 256), got E = ", num(E),
-              ", Ev = ", num(v.size(3)));
+  check_head_dim(op, E, v.size(3));
   for (const auto& [name, t] :
        {std::pair<const char*, const at::Tensor*>{"q", &q}, {"k", &k}, {"v", &v}}) {
     TORCH_CHECK(t->stride(3) == 1, "fasttx::", op, ": ", name, " needs a contiguous last dim, got strides ",
@@ -147,6 +163,14 @@ void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, c
 
 }  // namespace
 
+std::vector<int64_t> attention_built_head_dims() {
+  std::vector<int64_t> out;
+  for (const AttentionHeadDim& d : kAttentionHeadDims) {
+    if (d.built) out.push_back(d.value);
+  }
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                       const at::Tensor& v_in, const std::optional<at::Tensor>& mask,
                                                       double scale, bool is_causal, double dropout_p,
@@ -168,7 +192,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, co
     fill_common(p, q, k, v, mask4, scale, is_causal, dropout_p, seed_on_device);
     p.o = out.data_ptr();
     p.lse = lse.data_ptr<float>();
-    attention_fwd_launch(p, c10::cuda::getCurrentCUDAStream());
+    TORCH_INTERNAL_ASSERT(attention_fwd_launch(p, c10::cuda::getCurrentCUDAStream()), "no kernels for E = ",
+                          num(int64_t{p.head_dim}), " past check_head_dim");
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return {out, lse};
@@ -208,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     const at::Tensor q = readable(q_in), k = readable(k_in), v = readable(v_in);
     const at::Tensor out = readable(out_in), dout = readable(grad_out);
     at::Tensor delta = at::empty({B, H, L}, q_in.options().dtype(at::kFloat));
-    AttentionParams p{};
+    AttentionBwdParams p{};
     const at::Tensor seed_on_device = device_seed(seed_checked, q);
     fill_common(p, q, k, v, mask4, scale, is_causal, dropout_p, seed_on_device);
     p.o = const_cast<void*>(out.data_ptr());
@@ -222,7 +247,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
-    attention_bwd_launch(p, c10::cuda::getCurrentCUDAStream());
+    TORCH_INTERNAL_ASSERT(attention_bwd_launch(p, c10::cuda::getCurrentCUDAStream()), "no kernels for E = ",
+                          num(int64_t{p.head_dim}), " past check_head_dim");
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else if (dq.numel() > 0) {
     dq.zero_();  // no keys: every row is fully masked

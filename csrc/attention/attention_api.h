@@ -4,10 +4,16 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace fasttx {
+
+// The head dims E (== Ev) this build has kernels for (FASTTX_ATTENTION_HEAD_DIMS at build time;
+// default all of csrc/attention/attention_kernels.h), as fasttx._C.ATTENTION_HEAD_DIMS shows them.
+std::vector<int64_t> attention_built_head_dims();
 
 // (out (B, H, L, E) contiguous in q's dtype, lse (B, H, L) fp32).
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

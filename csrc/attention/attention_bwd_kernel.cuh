@@ -24,7 +24,7 @@ enum KvGrads : int { kGradV = 1, kGradK = 2, kGradKV = 3 };
 
 // D = rowsum(dO * O) in fp32, a warp per row.
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kThreads) attention_bwd_delta_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(kThreads) attention_bwd_delta_kernel(const AttentionBwdParams p) {
   const int row = blockIdx.x * kWarps + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int h = blockIdx.y;
@@ -46,7 +46,7 @@ constexpr int bwd_kv_smem_bytes() {
 }
 
 template <typename T, int kHeadDim, bool kCausal, int kGrads>
-__global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const AttentionBwdParams p) {
   constexpr int kPitch = Tile<kHeadDim>::kPitch;
   constexpr int kQTiles = kBwdQueries / 8;
   constexpr int kDTiles = kHeadDim / 8;
@@ -190,7 +190,7 @@ constexpr int bwd_q_smem_bytes() {
 }
 
 template <typename T, int kHeadDim, bool kCausal>
-__global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const AttentionBwdParams p) {
   using S = Tile<kHeadDim>;
   constexpr int kBlockN = S::kBlockN;
   constexpr int kPitch = S::kPitch;

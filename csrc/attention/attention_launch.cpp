@@ -1,6 +1,9 @@
-// Head-dim dispatch of the attention launchers (attention.h); the instances live in
-// attention_{fwd,bwd}_hdim*.cu.
+// Head-dim dispatch of the attention launchers (attention.h) over the built head dims of
+// kAttentionHeadDims; the instances live in the generated attention_{fwd,bwd}_hdim*.cu.
+#include <cstddef>
+#include <iterator>
 #include <type_traits>
+#include <utility>
 
 #include "attention/attention.h"
 #include "attention/sm90/attention_sm90.h"
@@ -8,32 +11,37 @@
 namespace fasttx {
 namespace {
 
-template <typename Run>
-void head_dim_switch(int head_dim, Run run) {
-  switch (head_dim) {
-    case 32:
-      return run(std::integral_constant<int, 32>{});
-    case 64:
-      return run(std::integral_constant<int, 64>{});
-    case 96:
-      return run(std::integral_constant<int, 96>{});
-    case 128:
-      return run(std::integral_constant<int, 128>{});
-    default:  // 256: the bindings admit only kAttentionHeadDims
-      return run(std::integral_constant<int, 256>{});
+// run(std::integral_constant<int, E>) when head_dim is entry I's E and that head dim was built;
+// an unbuilt one names no instance, so that its missing .cu leaves no undefined symbol.
+template <size_t I, typename Run>
+bool run_if_head_dim(int head_dim, Run& run) {
+  constexpr AttentionHeadDim kEntry = kAttentionHeadDims[I];
+  if constexpr (kEntry.built) {
+    if (head_dim == kEntry.value) {
+      run(std::integral_constant<int, kEntry.value>{});
+      return true;
+    }
   }
+  return false;
 }
+
+template <typename Run, size_t... I>
+bool head_dim_switch(int head_dim, Run run, std::index_sequence<I...>) {
+  return (run_if_head_dim<I>(head_dim, run) || ...);
+}
+
+constexpr auto kEntries = std::make_index_sequence<std::size(kAttentionHeadDims)>{};
 
 }  // namespace
 
-void attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) {
+bool attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) {
   // The sm_90a kernel where the device (sm_90), the build (9.0a) and the call allow; else sm_80's.
-  if (attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, stream)) return;
-  head_dim_switch(p.head_dim, [&](auto d) { attention_fwd_hdim<decltype(d)::value>(p, stream); });
+  if (attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, stream)) return true;
+  return head_dim_switch(p.head_dim, [&](auto d) { attention_fwd_hdim<decltype(d)::value>(p, stream); }, kEntries);
 }
 
-void attention_bwd_launch(const AttentionParams& p, cudaStream_t stream) {
-  head_dim_switch(p.head_dim, [&](auto d) { attention_bwd_hdim<decltype(d)::value>(p, stream); });
+bool attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
+  return head_dim_switch(p.head_dim, [&](auto d) { attention_bwd_hdim<decltype(d)::value>(p, stream); }, kEntries);
 }
 
 }  // namespace fasttx

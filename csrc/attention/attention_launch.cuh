@@ -17,7 +17,7 @@ void attention_fwd_run(const AttentionParams& p, cudaStream_t stream) {
 }
 
 template <typename T, int kHeadDim, bool kCausal>
-void attention_bwd_run(const AttentionParams& p, cudaStream_t stream) {
+void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
   launch(attention_bwd_delta_kernel<T, kHeadDim>, dim3((p.queries + kWarps - 1) / kWarps, p.heads, p.batch), kThreads,
          0, stream, p);
   const dim3 kv_grid((p.keys + kBwdKeys - 1) / kBwdKeys, p.kv_heads, p.batch);
@@ -42,7 +42,7 @@ void attention_fwd_hdim(const AttentionParams& p, cudaStream_t stream) {
 }
 
 template <int kHeadDim>
-void attention_bwd_hdim(const AttentionParams& p, cudaStream_t stream) {
+void attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
   FASTTX_HALF_SWITCH(p.dtype, T, [&] {
     FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] { attn::attention_bwd_run<T, kHeadDim, kCausal>(p, stream); });
   });

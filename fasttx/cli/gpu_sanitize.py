@@ -25,11 +25,11 @@ import time
 
 import torch
 
+from .._attention_kernels import HEAD_DIMS
 from . import gpu_cases
 
 NORM_HIDDEN = (1, 100, 1024, 1025, 4096, 8192, 8193, 20000)
 SOFTMAX_COLS = (7, 33, 300, 1024, 2000, 16384, 16385, 40000)
-HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
 def cases():

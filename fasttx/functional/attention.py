@@ -14,17 +14,25 @@ torch.manual_seed makes it reproducible; forward and backward regenerate the sam
 """
 
 import math
+import sys
 
 import torch
 
-from .. import _ops, backends
+from .. import _attention_kernels, _ops, backends
 from . import native
 from ._checks import check_mask, check_tensor, merge_leading_dims
 
 MAX_HEAD_DIM = 256  # the kernels hold a head's row of q, k and v in registers
 # The CUDA C++ kernels (csrc/attention): fp16 / bf16 tensor cores, compiled per head dim.
-CUDA_DTYPES = (torch.float16, torch.bfloat16)
-CUDA_HEAD_DIMS = (32, 64, 96, 128, 256)
+CUDA_DTYPES = tuple(getattr(torch, name) for name in _attention_kernels.DTYPES)
+
+
+def cuda_head_dims():
+    """The head dims the CUDA attention kernels of this install take: those fasttx._C was built with
+    (FASTTX_ATTENTION_HEAD_DIMS can leave some out), or all of them where it is not imported (a JIT
+    build of fasttx._extension compiles all)."""
+    built = getattr(sys.modules.get("fasttx._C"), "ATTENTION_HEAD_DIMS", None)
+    return _attention_kernels.HEAD_DIMS if built is None else built
 
 
 def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
@@ -71,9 +79,14 @@ def kernel_limitation(backend, query, value, attn_mask):
     if backend == "cuda":
         if query.dtype not in CUDA_DTYPES:
             return f"the CUDA attention kernels take float16 or bfloat16 input, got {query.dtype}"
-        if query.shape[-1] != value.shape[-1] or query.shape[-1] not in CUDA_HEAD_DIMS:
-            return (f"the CUDA attention kernels take head dims E == Ev in {CUDA_HEAD_DIMS}, "
-                    f"got E={query.shape[-1]}, Ev={value.shape[-1]}")
+        e, ev = query.shape[-1], value.shape[-1]
+        if e != ev or e not in _attention_kernels.HEAD_DIMS:
+            return (f"the CUDA attention kernels take head dims E == Ev in {_attention_kernels.HEAD_DIMS}, "
+                    f"got E={e}, Ev={ev}")
+        built = cuda_head_dims()
+        if e not in built:
+            return (f"head dim E={e} was left out of this build of fasttx._C (it has ({', '.join(map(str, built))})): "
+                    f"rebuild it with {_attention_kernels.BUILD_ENV} unset (all head dims) or listing {e}")
     if attn_mask is not None and attn_mask.requires_grad:
         return "the kernels give no gradient for attn_mask, which requires grad"
     return None

@@ -2,12 +2,15 @@
 for every backend that runs here, with FlashAttention's rule: the error may be at most twice that
 of torch's own SDPA math in the input dtype, plus a small absolute term."""
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fasttx
-from fasttx import reference
+from fasttx import _attention_kernels, reference
+from fasttx.functional.attention import CUDA_DTYPES, cuda_head_dims
 from fasttx.testing import assert_close, rel_error
 
 from ..conftest import DEVICE, runnable_backends
@@ -18,14 +21,13 @@ KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]
 DTYPES = [torch.float16, torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 # The absolute term of the rule, by dtype: a result rounded once to the dtype is this far off.
 ROUNDING = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
-# The CUDA C++ kernels' cases (csrc/attention): other dtypes and head dims must raise, not fall back.
-CUDA_DTYPES = (torch.float16, torch.bfloat16)
-CUDA_HEAD_DIMS = (32, 64, 96, 128, 256)
 
 
 def cuda_unsupported(backend, q, v):
+    """The CUDA C++ kernels' cases (csrc/attention; head dims: those this build has): other dtypes and
+    head dims must raise, not fall back."""
     return backend == "cuda" and (q.dtype not in CUDA_DTYPES or q.shape[-1] != v.shape[-1]
-                                  or q.shape[-1] not in CUDA_HEAD_DIMS)
+                                  or q.shape[-1] not in cuda_head_dims())
 
 
 def smallest_case(backend):
@@ -510,12 +512,33 @@ def test_cuda_limits_are_checked_before_the_op():
     q, k, v = attention_inputs(1, 1, 1, 4, 4, 64, dtype=torch.float32)
     assert "float16 or bfloat16 input, got torch.float32" in kernel_limitation("cuda", q, v, None)
     assert kernel_limitation("triton", q, v, None) is None
-    for e, ev in ((64, 64), (32, 32), (96, 96), (128, 128), (256, 256)):
-        q, k, v = attention_inputs(1, 1, 1, 4, 4, e, ev, dtype=torch.bfloat16)
+    for e in cuda_head_dims():
+        q, k, v = attention_inputs(1, 1, 1, 4, 4, e, dtype=torch.bfloat16)
         assert kernel_limitation("cuda", q, v, None) is None
     for e, ev in ((16, 16), (80, 80), (128, 64)):
         q, k, v = attention_inputs(1, 1, 1, 4, 4, e, ev, dtype=torch.float16)
-        assert f"head dims E == Ev in (32, 64, 96, 128, 256), got E={e}, Ev={ev}" in kernel_limitation("cuda", q, v, None)
+        expected = f"head dims E == Ev in {_attention_kernels.HEAD_DIMS}, got E={e}, Ev={ev}"
+        assert expected in kernel_limitation("cuda", q, v, None)
+
+
+def test_cuda_head_dims_left_out_of_the_build_are_named(monkeypatch):
+    """A fasttx._C built with FASTTX_ATTENTION_HEAD_DIMS=64,128 (its ATTENTION_HEAD_DIMS, faked here):
+    backend="cuda" on another head dim of the list raises, saying how to build it."""
+    import types
+
+    from fasttx.functional.attention import kernel_limitation
+
+    monkeypatch.setitem(sys.modules, "fasttx._C", types.SimpleNamespace(ATTENTION_HEAD_DIMS=(64, 128)))
+    assert cuda_head_dims() == (64, 128)
+    q, k, v = attention_inputs(1, 1, 1, 4, 4, 64, dtype=torch.float16)
+    assert kernel_limitation("cuda", q, v, None) is None
+    q, k, v = attention_inputs(1, 1, 1, 4, 4, 96, dtype=torch.float16)
+    assert kernel_limitation("cuda", q, v, None) == (
+        "head dim E=96 was left out of this build of fasttx._C (it has (64, 128)): rebuild it with "
+        "FASTTX_ATTENTION_HEAD_DIMS unset (all head dims) or listing 96")
+    monkeypatch.setattr(fasttx.backends, "resolve", lambda op, backend, t: backend)  # cuda, as on a GPU
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run this call: head dim E=96 was left out"):
+        fasttx.scaled_dot_product_attention(q, k, v, backend="cuda")
 
 
 def test_bad_input_errors():

@@ -1,0 +1,31 @@
+"""The one list of the CUDA attention kernels' compile-time configurations (csrc/attention).
+
+Read by csrc/attention/generate_kernels.py (which writes the per-head-dim .cu files, the C++ header
+attention_kernels.h and the emulator's list from it), setup.py (FASTTX_ATTENTION_HEAD_DIMS builds a
+subset), fasttx/functional/attention.py and the tests. Plain Python with no imports, so that
+setup.py can load it before fasttx is installed. Adding a head dim: docs/contributing.md.
+"""
+
+# Head dims E (== Ev) with kernels: one attention_fwd_hdim<E>.cu and one attention_bwd_hdim<E>.cu each.
+HEAD_DIMS = (32, 64, 96, 128, 256)
+# Input dtypes: every head-dim file instantiates both (and causal or not) behind a runtime switch.
+DTYPES = ("float16", "bfloat16")
+
+# setup.py's build flag: a comma-separated subset of HEAD_DIMS to compile (unset or empty: all).
+BUILD_ENV = "FASTTX_ATTENTION_HEAD_DIMS"
+
+
+def build_head_dims(value):
+    """The head dims a build compiles, from the value of BUILD_ENV (None or blank: all)."""
+    if value is None or not value.strip():
+        return HEAD_DIMS
+    chosen = set()
+    for item in value.split(","):
+        try:
+            chosen.add(int(item))
+        except ValueError:
+            raise ValueError(f"{BUILD_ENV}={value!r}: expected comma-separated head dims out of {HEAD_DIMS}") from None
+    unknown = sorted(chosen.difference(HEAD_DIMS))
+    if unknown:
+        raise ValueError(f"{BUILD_ENV}={value!r}: no kernels for head dims {unknown}; the head dims are {HEAD_DIMS}")
+    return tuple(d for d in HEAD_DIMS if d in chosen)

@@ -15,9 +15,14 @@ same run. On GPU shapes keep B * L = 16384 tokens.
 matrix products where the default runs seven, not bitwise reproducible); its forward is the default's.
 Its FLOPs are the same standard count, so its TFLOP/s compare with every other provider's directly.
 gpu-check's targets judge "fasttx triton", the deterministic default.
+
+"fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
+forward (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 one, which
+stays the default until a GPU run has validated the new kernel. Its backward is the sm_80 one.
 """
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +82,22 @@ def _flash_attn(is_causal):
     return External("flash-attn", "flash_attn", "flash_attn_func", adapt, (torch.float16, torch.bfloat16))
 
 
+def _sm90_switched_on(fn):
+    """fn with FASTTX_ATTENTION_SM90=1 while it runs (csrc/attention/sm90/attention_sm90.h: the switch
+    is read at each call); a putenv per call, microseconds against the milliseconds timed."""
+    def run(*args):
+        before = os.environ.get("FASTTX_ATTENTION_SM90")
+        os.environ["FASTTX_ATTENTION_SM90"] = "1"
+        try:
+            return fn(*args)
+        finally:
+            if before is None:
+                del os.environ["FASTTX_ATTENTION_SM90"]
+            else:
+                os.environ["FASTTX_ATTENTION_SM90"] = before
+    return run
+
+
 def cases(op, dtype, device_type, shapes, fasttx_backends):
     for seq, heads, head_dim in shapes:
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 1
@@ -95,6 +116,8 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                 providers["fasttx triton (deterministic=False)"] = lambda q, k, v, c=is_causal: (
                     functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend="triton",
                                                             deterministic=False))
+            if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
+                providers["fasttx cuda (sm_90a)"] = _sm90_switched_on(providers["fasttx cuda"])
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
             label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal}
             ref = lambda q, k, v, c=is_causal: reference.scaled_dot_product_attention(q, k, v, is_causal=c)  # noqa: E731

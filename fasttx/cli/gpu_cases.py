@@ -9,6 +9,7 @@ of every input gradient.
 """
 
 import dataclasses
+import os
 import zlib
 
 import torch
@@ -80,10 +81,11 @@ def softmax_case(rows, cols, dtype, mask=None, is_causal=False, scale=0.7):
 
 
 def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_causal=False, kv_heads=None,
-                   dropout_p=0.0):
+                   dropout_p=0.0, sm90=False):
     """scaled_dot_product_attention on (batch, heads, queries|keys, head_dim); mask None, "bool" or
     "float" of shape (batch, 1, queries, keys). With dropout the kernels' keep mask is not the
-    reference's, so such a case is run (forward and backward) but not compared."""
+    reference's, so such a case is run (forward and backward) but not compared. ``sm90``: called with
+    FASTTX_ATTENTION_SM90=1, the switch of the CUDA sm_90a forward (csrc/attention/sm90/attention_sm90.h)."""
     kv_heads = kv_heads or heads
 
     def make(device):
@@ -96,12 +98,20 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
             m = torch.randn(batch, 1, queries, keys, device=device, dtype=dtype)
 
         def call(impl, q, k, v):
-            return impl.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal, dropout_p=dropout_p,
-                                                     enable_gqa=kv_heads != heads)
+            before = os.environ.pop("FASTTX_ATTENTION_SM90", None)
+            if sm90:
+                os.environ["FASTTX_ATTENTION_SM90"] = "1"
+            try:
+                return impl.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal,
+                                                         dropout_p=dropout_p, enable_gqa=kv_heads != heads)
+            finally:
+                os.environ.pop("FASTTX_ATTENTION_SM90", None)
+                if before is not None:
+                    os.environ["FASTTX_ATTENTION_SM90"] = before
         return [q, k, v], call
 
     flags = " ".join(f for f in (mask and f"{mask}-mask", is_causal and "causal", kv_heads != heads and "gqa",
-                                 dropout_p and f"dropout {dropout_p}") if f)
+                                 dropout_p and f"dropout {dropout_p}", sm90 and "sm_90a") if f)
     return OpCase(f"attention {batch}x{heads}x{queries}x{keys} E={head_dim} {_short(dtype)} {flags}".rstrip(),
                   dtype, make, checked=dropout_p == 0)
 

@@ -1,4 +1,7 @@
 // Host side of the sm_90a attention forward: the TMA tensor maps and the launch (attention_sm90.h).
+#include <cstdlib>
+#include <cstring>
+
 #include "attention/sm90/attention_fwd_sm90.cuh"
 #include "attention/sm90/attention_sm90.h"
 #include "common/static_switch.h"
@@ -36,6 +39,11 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
 
 }  // namespace
 }  // namespace attn
+
+bool attention_fwd_sm90_enabled() {
+  const char* value = std::getenv("FASTTX_ATTENTION_SM90");
+  return value != nullptr && std::strcmp(value, "1") == 0;
+}
 
 bool attention_fwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.head_dim == attn::Sm90Fwd::kHeadDim &&

@@ -6,6 +6,13 @@
 
 namespace fasttx {
 
+// Whether the dispatch may use the sm_90a forward at all: only with FASTTX_ATTENTION_SM90=1 in the
+// environment (read at each call, so a process can switch it), until a GPU run has validated the
+// kernel (docs/gpu-status.md). It has passed the host emulator only, and on sm_90 it would replace,
+// for the commonest calls, the sm_80 forward that passed the GPU suite. make gpu-check's tests and
+// bench turn it on where they exercise it (tests/test_cuda_attention_sm90.py, benchmarks/attention.py).
+bool attention_fwd_sm90_enabled();
+
 // Whether the call is one the sm_90a forward implements: fp16 / bf16, E == 128, no mask, no
 // dropout, scale > 0 (its softmax takes row maxima of the raw scores), L > 0.
 bool attention_fwd_sm90_supports(const AttentionParams& p);

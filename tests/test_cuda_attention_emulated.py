@@ -52,13 +52,18 @@ def emulator(tmp_path_factory):
     return library
 
 
-def _launch(emulator, backward, fields, inputs):
-    """emu_attention with the params' fields by name: {name: int, float, address or tuple of ints};
-    inputs: the tensors the kernels may read."""
+def _marshal(fields, inputs):
+    """An entry point's (fields, n_fields, ranges, n_ranges) (tests/attention_emulator/params_by_name.h):
+    fields {name: int, float, address or tuple of ints} as "name=value" entries; inputs: the tensors
+    the kernels may read, as (address, bytes) ranges."""
     entries = [f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}".encode() for name, v in fields.items()]
     ranges = [x for t in inputs for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * t.element_size())]
-    error = emulator.emu_attention(int(backward), (ctypes.c_char_p * len(entries))(*entries), len(entries),
-                                   (ctypes.c_int64 * len(ranges))(*ranges), len(inputs))
+    return (ctypes.c_char_p * len(entries))(*entries), len(entries), (ctypes.c_int64 * len(ranges))(*ranges), len(inputs)
+
+
+def _launch(emulator, backward, fields, inputs):
+    """emu_attention with the params' fields by name (_marshal)."""
+    error = emulator.emu_attention(int(backward), *_marshal(fields, inputs))
     if error is not None:
         raise ValueError(f"emu_attention: {error.decode()}")
 

@@ -20,7 +20,7 @@ import torch
 from fasttx import reference
 from fasttx.testing import TOLERANCE, rel_error
 
-from .test_cuda_attention_emulated import CXX, DTYPE_CODE, EMULATOR, ROOT, _cuda_include, reference_lse
+from .test_cuda_attention_emulated import CXX, EMULATOR, ROOT, _cuda_include, _fields, _marshal, reference_lse
 
 E = 128  # the one head dim of the sm_90a kernel
 SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
@@ -37,6 +37,7 @@ def emulator(tmp_path_factory):
                     "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, "emulator_sm90.cpp"),
                     "-o", str(lib)], check=True)
     lib = ctypes.CDLL(str(lib))
+    lib.emu_attention_fwd_sm90.restype = ctypes.c_char_p
     lib.emu_smem_desc_128b.restype = ctypes.c_uint64
     lib.emu_smem_desc_128b.argtypes = [ctypes.c_uint32] * 3
     lib.emu_wgmma_ss.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
@@ -119,19 +120,23 @@ def test_wgmma_descriptor_decoding(emulator, trans_b):
 
 # ---- the kernel -------------------------------------------------------------------------------------
 
+def launch_sm90(emulator, fields, inputs):
+    """emu_attention_fwd_sm90 with the params' fields by name (as emu_attention's): whether the sm_90a
+    kernel ran."""
+    launched = ctypes.c_int(-1)
+    error = emulator.emu_attention_fwd_sm90(*_marshal(fields, inputs), ctypes.byref(launched))
+    if error is not None:
+        raise ValueError(f"emu_attention_fwd_sm90: {error.decode()}")
+    return bool(launched.value)
+
+
 def run_sm90(emulator, q, k, v, scale, is_causal):
     """O, lse and whether the sm_90a kernel ran, launched as attention_fwd_launch would."""
     B, H, L, _ = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
     o = torch.full((B, H, L, E), float("nan"), dtype=q.dtype)
     lse = torch.full((B, H, L), float("nan"))
-    ints = [DTYPE_CODE[q.dtype], B, H, Hkv, L, S, int(is_causal), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3]]
-    ptrs = [t.data_ptr() for t in (q, k, v, o, lse)]
-    ranges = [x for t in (q, k, v) for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * 2)]
-    launched = emulator.emu_attention_fwd_sm90(
-        (ctypes.c_int64 * len(ints))(*ints), (ctypes.c_double * 1)(scale), (ctypes.c_void_p * 5)(*ptrs),
-        (ctypes.c_int64 * len(ranges))(*ranges), 3)
-    return o, lse, bool(launched)
+    fields = _fields(False, q, k, v, None, scale, is_causal, 0.0, torch.zeros(1, dtype=torch.int64), o, lse)
+    return o, lse, launch_sm90(emulator, fields, [q, k, v])
 
 
 def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False):
@@ -174,3 +179,25 @@ def test_no_keys_gives_zero_output_and_infinite_lse(emulator):
 def test_negative_scale_is_left_to_the_sm80_kernel(emulator):
     q = torch.randn(1, 1, 8, E).bfloat16()
     assert not run_sm90(emulator, q, q, q, -0.125, False)[2]
+
+
+def test_params_are_set_by_field_name(emulator):
+    """As emu_attention's: a misspelt, missing or backward field, or a wrong number of values, fails
+    loudly and launches nothing."""
+    q = torch.zeros(1, 1, 3, E).bfloat16()
+    o, lse = torch.full_like(q, float("nan")), torch.full((1, 1, 3), float("nan"))
+    fields = _fields(False, q, q, q, None, 0.5, False, 0.0, torch.zeros(1, dtype=torch.int64), o, lse)
+    misspelt = {("quries" if name == "queries" else name): value for name, value in fields.items()}
+    missing = {name: value for name, value in fields.items() if name != "keys"}
+    bad = {
+        "unknown field 'quries'": misspelt,
+        "field 'keys' not given": missing,
+        "unknown field 'dq'": {**fields, "dq": 0},
+        r"field 'k_strides': 3 value\(s\) expected, got 4": {**fields, "k_strides": (1, 2, 3, 4)},
+    }
+    for message, given in bad.items():
+        with pytest.raises(ValueError, match=message):
+            launch_sm90(emulator, given, [q])
+    assert o.isnan().all(), "a rejected call launched a kernel"
+    assert launch_sm90(emulator, fields, [q])
+    assert (o == 0).all() and torch.allclose(lse, torch.full_like(lse, math.log(3)))

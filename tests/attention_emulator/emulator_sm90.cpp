@@ -7,45 +7,24 @@
 #include "attention/sm90/primitives_sm90.cuh"
 
 #include "attention/sm90/attention_fwd_sm90.cu"
+#include "params_by_name.h"
 
 using namespace fasttx;
 
-// ints: dtype, B, H, Hkv, L, S, is_causal, strides of q, k, v (3 each); floats: scale; ptrs: q, k, v, o,
-// lse; ranges: (address, bytes) of q, k, v. Returns whether the sm_90a kernel was launched.
-extern "C" int emu_attention_fwd_sm90(const int64_t* ints, const double* floats, void* const* ptrs,
-                                      const int64_t* ranges, int n_ranges) {
-  AttentionParams p{};
-  p.dtype = static_cast<DType>(ints[0]);
-  p.head_dim = 128;
-  p.batch = static_cast<int>(ints[1]);
-  p.heads = static_cast<int>(ints[2]);
-  p.kv_heads = static_cast<int>(ints[3]);
-  p.queries = static_cast<int>(ints[4]);
-  p.keys = static_cast<int>(ints[5]);
-  p.is_causal = ints[6] != 0;
-  for (int d = 0; d < 3; ++d) {
-    p.q_strides[d] = ints[7 + d];
-    p.k_strides[d] = ints[10 + d];
-    p.v_strides[d] = ints[13 + d];
-  }
-  p.scale = static_cast<float>(floats[0]);
-  p.scale_log2 = static_cast<float>(floats[0] * 1.4426950408889634);
-  p.q = ptrs[0];
-  p.k = ptrs[1];
-  p.v = ptrs[2];
-  p.o = ptrs[3];
-  p.lse = static_cast<float*>(ptrs[4]);
-  attn::global_ranges.clear();
-  for (int i = 0; i < n_ranges; ++i) {
-    attn::global_ranges.push_back(
-        {reinterpret_cast<const char*>(ranges[2 * i]), static_cast<size_t>(ranges[2 * i + 1])});
-  }
-  attn::emulate_sm90 = true;
-  const bool launched = attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, nullptr);
-  attn::emulate_sm90 = false;
-  attn::mbar_check_quiescent();
-  attn::wgmma_check_quiescent();
-  return launched;
+// fields, ranges and the result as emu_attention's (emulator.cpp, params_by_name.h), for the forward;
+// *launched: whether the sm_90a kernel ran (attention_fwd_launch would otherwise launch the sm_80 one).
+extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
+                                              int n_ranges, int* launched) {
+  *launched = 0;
+  return emu::error_or_null([&] {
+    const AttentionParams p = emu::params(emu::fwd_fields<AttentionParams>(), fields, n_fields);
+    emu::set_ranges(ranges, n_ranges);
+    attn::emulate_sm90 = true;
+    *launched = attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, nullptr);
+    attn::emulate_sm90 = false;
+    attn::mbar_check_quiescent();
+    attn::wgmma_check_quiescent();
+  });
 }
 
 // ---- layout entry points: the emulated TMA and wgmma against the test's own statement of the layout

@@ -97,17 +97,22 @@ class Forcer:
 def cases(device_type):
     """The op cases run through the Triton backend: attention in each head-dim class of the configs
     (64, 128, 256) and dtype class (fp32, 16-bit), causal and with a float mask (the largest tiles'
-    shared memory), a bool mask with grouped heads; one case per norm and softmax, so that an
-    autotuner added to them is reached. Under the interpreter: a few tiny ones."""
+    shared memory), a bool mask with grouped heads, and the opt-in backward (deterministic=False, its
+    own autotuned kernel) in each class; one case per norm and softmax, so that an autotuner added to
+    them is reached. Under the interpreter: a few tiny ones."""
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     att = gpu_cases.attention_case
     if device_type != "cuda":
         return [att(1, 2, 20, 20, 16, fp32, is_causal=True), att(1, 2, 17, 23, 16, fp16, mask="float"),
+                att(1, 2, 19, 21, 16, fp32, mask="bool", deterministic=False),
                 gpu_cases.norm_case("layer_norm", 3, 40, fp32), gpu_cases.norm_case("rms_norm", 3, 40, fp16),
                 gpu_cases.softmax_case(3, 40, fp32, mask="bool", is_causal=True)]
     return ([att(2, 3, 300, 300, dim, dtype, is_causal=True) for dtype in (bf16, fp32) for dim in (64, 128, 256)]
             + [att(2, 3, 200, 333, dim, dtype, mask="float") for dtype in (bf16, fp32) for dim in (64, 128, 256)]
             + [att(2, 4, 257, 190, 128, fp16, mask="bool", kv_heads=2), att(1, 2, 129, 129, 96, bf16, is_causal=True)]
+            + [att(2, 3, 300, 300, dim, dtype, is_causal=True, deterministic=False)
+               for dtype in (bf16, fp32) for dim in (64, 128, 256)]
+            + [att(2, 3, 200, 333, 128, bf16, mask="float", deterministic=False)]
             + [gpu_cases.norm_case("layer_norm", 33, 4096, bf16), gpu_cases.norm_case("rms_norm", 33, 20000, bf16),
                gpu_cases.softmax_case(33, 5000, bf16, mask="bool", is_causal=True)])
 

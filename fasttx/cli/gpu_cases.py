@@ -81,11 +81,12 @@ def softmax_case(rows, cols, dtype, mask=None, is_causal=False, scale=0.7):
 
 
 def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_causal=False, kv_heads=None,
-                   dropout_p=0.0, sm90=False):
+                   dropout_p=0.0, sm90=False, deterministic=True):
     """scaled_dot_product_attention on (batch, heads, queries|keys, head_dim); mask None, "bool" or
     "float" of shape (batch, 1, queries, keys). With dropout the kernels' keep mask is not the
     reference's, so such a case is run (forward and backward) but not compared. ``sm90``: called with
-    FASTTX_ATTENTION_SM90=1, the switch of the CUDA sm_90a forward (csrc/attention/sm90/attention_sm90.h)."""
+    FASTTX_ATTENTION_SM90=1, the switch of the CUDA sm_90a forward (csrc/attention/sm90/attention_sm90.h).
+    ``deterministic=False``: fasttx's opt-in backward (Triton: atomic dQ); the reference takes no such flag."""
     kv_heads = kv_heads or heads
 
     def make(device):
@@ -101,9 +102,10 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
             before = os.environ.pop("FASTTX_ATTENTION_SM90", None)
             if sm90:
                 os.environ["FASTTX_ATTENTION_SM90"] = "1"
+            flag = {} if deterministic or impl is reference else {"deterministic": False}
             try:
                 return impl.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal,
-                                                         dropout_p=dropout_p, enable_gqa=kv_heads != heads)
+                                                         dropout_p=dropout_p, enable_gqa=kv_heads != heads, **flag)
             finally:
                 os.environ.pop("FASTTX_ATTENTION_SM90", None)
                 if before is not None:
@@ -111,7 +113,8 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
         return [q, k, v], call
 
     flags = " ".join(f for f in (mask and f"{mask}-mask", is_causal and "causal", kv_heads != heads and "gqa",
-                                 dropout_p and f"dropout {dropout_p}", sm90 and "sm_90a") if f)
+                                 dropout_p and f"dropout {dropout_p}", sm90 and "sm_90a",
+                                 not deterministic and "atomic dQ") if f)
     return OpCase(f"attention {batch}x{heads}x{queries}x{keys} E={head_dim} {_short(dtype)} {flags}".rstrip(),
                   dtype, make, checked=dropout_p == 0)
 

@@ -42,6 +42,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_delta_kernel(const Att
   if (lane == 0) p.delta[(static_cast<int64_t>(b) * p.heads + h) * p.queries + row] = sum;
 }
 
+// Whether a dropout variant draws: always, since only p > 0 launches it, but tested at run time, a
+// uniform branch per score block: as a branch it keeps ptxas from interleaving a block's Philox draws
+// with each other and with the score math (compile-time, the backward spilled 20-128 B at E = 128).
+__device__ __forceinline__ bool dropout_draws(const AttentionParams& p) { return p.dropout_p > 0.f; }
+
 template <typename T, int kHeadDim>
 constexpr int bwd_kv_smem_bytes() {
   return (2 * kBwdKeys + 4 * kBwdQueries) * Tile<kHeadDim>::kPitch * static_cast<int>(sizeof(T));  // K, V, 2 x (Q, dO)
@@ -68,6 +73,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
   const int kvh = blockIdx.y;
   const int b = blockIdx.z;
   const int group = p.heads / p.kv_heads;
+  const bool dropout = kDropout && dropout_draws(p);
   const uint64_t seed = load_seed(p);
   const float inv_keep = 1.f / (1.f - p.dropout_p);
 
@@ -138,7 +144,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     }
     // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16.
     uint32_t keep = ~0u;
-    if constexpr (kDropout) {
+    if (dropout) {
 #pragma unroll
       for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
@@ -219,6 +225,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
   const int b = blockIdx.z;
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
   const MaskRows mask = mask_rows(p, b, h);
+  const bool dropout = kDropout && dropout_draws(p);
   const uint64_t seed = load_seed(p);
   const float inv_keep = 1.f / (1.f - p.dropout_p);
 
@@ -261,7 +268,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
           const float z = logit<kMask, kCausal, decltype(check)::value>(s[nt][e], i, j, p.scale_log2, p, mask);
           const float pe = exp2_approx(z - lse2[e >> 1]);
           float dpe = dp[nt][e];
-          if constexpr (kDropout) dpe = dropout_keep(p, seed, bh, i, j) ? dpe * inv_keep : 0.f;
+          if (dropout) dpe = dropout_keep(p, seed, bh, i, j) ? dpe * inv_keep : 0.f;
           s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
         }
       }

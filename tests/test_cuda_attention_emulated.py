@@ -126,12 +126,12 @@ def reference_lse(q, k, mask, scale, is_causal):
 
 
 def check(emulator, B, H, Hkv, L, S, E, dtype=torch.float16, mask=None, is_causal=False, dropout_p=0.0,
-          transposed=False):
+          transposed=False, scale=None):
     shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr(torch.randn(shape(h, n)).to(dtype)) for h, n in ((H, L), (Hkv, S), (Hkv, S)))
     dout = torch.randn(B, H, L, E).to(dtype)
-    scale = 1 / math.sqrt(E)
+    scale = 1 / math.sqrt(E) if scale is None else scale
     seed, keep = 0, None
     if dropout_p > 0:
         from fasttx.triton_kernels.attention import dropout_keep_mask
@@ -209,6 +209,42 @@ def test_masks(emulator, kind):
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_dropout_draws_triton_keep_mask(emulator, is_causal, B, L, S):
     check(emulator, B, 2, 1, L, S, 32, is_causal=is_causal, dropout_p=0.3)
+
+
+@pytest.mark.parametrize("L,S", [(129, 200), (257, 70), (1, 257)], ids=str)
+@pytest.mark.parametrize("E", [32, 64, 96, 128])
+def test_forward_128_row_tiles(emulator, L, S, E):
+    """The forward's 128-row CTAs (two 16-row tiles a warp; 32-key blocks from E = 96, Q in registers
+    up to 64): L crossing a tile by one row, two tiles and a bit, one row against many keys."""
+    check(emulator, 1, 1, 1, L, S, E)
+
+
+@pytest.mark.parametrize("E", [64, 128])
+def test_forward_128_row_tiles_causal(emulator, E):
+    check(emulator, 1, 1, 1, 257, 257, E, is_causal=True)
+
+
+def test_forward_128_row_tiles_float_mask(emulator):
+    """E = 96 with a mask: two row tiles, 32-key blocks, the masked variant."""
+    mask = torch.randn(1, 1, 129, 100)
+    mask[..., 7, :] = float("-inf")
+    check(emulator, 1, 2, 2, 129, 100, 96, mask=mask)
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+@pytest.mark.parametrize("variant", ["plain", "causal_float_mask", "dropout"])
+def test_non_positive_scale(emulator, scale, variant):
+    """The forward maximizes raw scores and scales inside the exp2 FMA: a negative scale is moved
+    into Q, a zero one must not turn masked scores into NaN. Two row tiles (plain, masked) and one
+    (dropout)."""
+    if variant == "plain":
+        check(emulator, 1, 2, 2, 129, 100, 64, scale=scale)
+    elif variant == "causal_float_mask":
+        mask = torch.randn(1, 2, 100, 129)
+        mask[0, 1, 4] = float("-inf")
+        check(emulator, 1, 2, 2, 100, 129, 32, mask=mask, is_causal=True, scale=scale)
+    else:
+        check(emulator, 1, 2, 1, 70, 100, 32, dropout_p=0.3, scale=scale)
 
 
 def test_no_keys_gives_zero_output_and_infinite_lse(emulator):

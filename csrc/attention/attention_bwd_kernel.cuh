@@ -7,7 +7,9 @@
 // same bits): the rowsum D; dK/dV, a CTA per 64 keys of one (batch, kv head) streaming 32-query tiles
 // of every query head of its group (so GQA sums in registers); dQ, a CTA per 64 queries streaming
 // key tiles as the forward does. Each warp owns 16 rows (keys, resp. queries) in the mma C layout;
-// the transposed products (S^T = K Q^T, dP^T = V dO^T) let dK/dV's warps own keys.
+// the transposed products (S^T = K Q^T, dP^T = V dO^T) let dK/dV's warps own keys. Mask (none / some)
+// and dropout (off / on) are compile-time switches as in the forward: P = 2^(s scale log2(e) - lse2),
+// one FMA per score without a mask, and no per-score branch on that path.
 
 #include "attention/attention_common.cuh"
 #include "common/vec.h"
@@ -40,12 +42,17 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_delta_kernel(const Att
   if (lane == 0) p.delta[(static_cast<int64_t>(b) * p.heads + h) * p.queries + row] = sum;
 }
 
+// Whether a dropout variant draws: always, since only p > 0 launches it, but tested at run time, a
+// uniform branch per score block: as a branch it keeps ptxas from interleaving a block's Philox draws
+// with each other and with the score math (compile-time, the backward spilled 20-128 B at E = 128).
+__device__ __forceinline__ bool dropout_draws(const AttentionParams& p) { return p.dropout_p > 0.f; }
+
 template <typename T, int kHeadDim>
 constexpr int bwd_kv_smem_bytes() {
   return (2 * kBwdKeys + 4 * kBwdQueries) * Tile<kHeadDim>::kPitch * static_cast<int>(sizeof(T));  // K, V, 2 x (Q, dO)
 }
 
-template <typename T, int kHeadDim, bool kCausal, int kGrads>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, int kGrads>
 __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const AttentionBwdParams p) {
   constexpr int kPitch = Tile<kHeadDim>::kPitch;
   constexpr int kQTiles = kBwdQueries / 8;
@@ -66,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
   const int kvh = blockIdx.y;
   const int b = blockIdx.z;
   const int group = p.heads / p.kv_heads;
-  const bool dropout = p.dropout_p > 0.f;
+  const bool dropout = kDropout && dropout_draws(p);
   const uint64_t seed = load_seed(p);
   const float inv_keep = 1.f / (1.f - p.dropout_p);
 
@@ -130,7 +137,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
       }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float z = masked_logit<kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8, p, mask, kCausal);
+        const float z = logit<kMask, kCausal, kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8,
+                                                       p.scale_log2, p, mask);
         pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
       }
     }
@@ -160,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
       for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float dp = kept(qt, e) ? (dropout ? dpt[qt][e] * inv_keep : dpt[qt][e]) : 0.f;
+          const float dp = kept(qt, e) ? (kDropout ? dpt[qt][e] * inv_keep : dpt[qt][e]) : 0.f;
           pt[qt][e] *= dp - delta[qt][e & 1];  // dS^T
         }
       }
@@ -178,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     store_rows<T, kHeadDim>(static_cast<T*>(p.dk) + out_row * kHeadDim, rows, dk, scale, sKw, lane);
   }
   if constexpr ((kGrads & kGradV) != 0) {
-    const float scale[2] = {dropout ? inv_keep : 1.f, dropout ? inv_keep : 1.f};
+    const float scale[2] = {kDropout ? inv_keep : 1.f, kDropout ? inv_keep : 1.f};
     store_rows<T, kHeadDim>(static_cast<T*>(p.dv) + out_row * kHeadDim, rows, dv, scale, sVw, lane);
   }
 }
@@ -189,7 +197,7 @@ constexpr int bwd_q_smem_bytes() {
   return (2 * kBlockM + 4 * S::kBlockN) * S::kPitch * static_cast<int>(sizeof(T));  // Q, dO, 2 x (K, V)
 }
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const AttentionBwdParams p) {
   using S = Tile<kHeadDim>;
   constexpr int kBlockN = S::kBlockN;
@@ -213,11 +221,11 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
   const int b = blockIdx.z;
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
   const MaskRows mask = mask_rows(p, b, h);
-  const bool dropout = p.dropout_p > 0.f;
+  const bool dropout = kDropout && dropout_draws(p);
   const uint64_t seed = load_seed(p);
   const float inv_keep = 1.f / (1.f - p.dropout_p);
 
-  const KvStream<T, kHeadDim, kCausal> kv(p, b, h, m0, sK, sV);
+  const KvStream<T, kHeadDim, kCausal, kBlockM> kv(p, b, h, m0, sK, sV);
   copy_tile<kBlockM, kHeadDim>(sQ, static_cast<const T*>(p.q) + b * p.q_strides[0] + h * p.q_strides[1] + m0 * p.q_strides[2],
                                p.q_strides[2], p.queries - m0, tid);
   copy_tile<kBlockM, kHeadDim>(sdO,
@@ -247,19 +255,21 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     // Element checks on the diagonal and last blocks only, as the forward: a padding key, loaded
     // as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
     const int n0 = block * kBlockN;
-    const bool check = block >= kv.full;
+    with_checks(block >= kv.full, [&](auto check) {
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
-        const float pe = exp2_approx(masked_logit<kCausal>(s[nt][e], i, j, p, mask, check) - lse2[e >> 1]);
-        float dpe = dp[nt][e];
-        if (dropout) dpe = (keep >> e) & 1u ? dpe * inv_keep : 0.f;
-        s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
+        for (int e = 0; e < 4; ++e) {
+          const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
+          const float z = logit<kMask, kCausal, decltype(check)::value>(s[nt][e], i, j, p.scale_log2, p, mask);
+          const float pe = exp2_approx(z - lse2[e >> 1]);
+          float dpe = dp[nt][e];
+          if (dropout) dpe = (keep >> e) & 1u ? dpe * inv_keep : 0.f;
+          s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
+        }
       }
-    }
+    });
     gemm_rn<T, kNTiles, kDTiles, kPitch>(dq, s, kv.k_tile(stage), lane);
     __syncthreads();
   }

@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "attention/attention.h"
 #include "attention/philox.h"
@@ -15,9 +16,9 @@
 namespace fasttx {
 namespace attn {
 
-constexpr int kWarps = 4;  // each owns 16 rows of a 64-row tile
+constexpr int kWarps = 4;  // each owns 16 rows of a 64-row tile (32 of 128 in the forward at E <= 128)
 constexpr int kThreads = 32 * kWarps;
-constexpr int kBlockM = 16 * kWarps;
+constexpr int kBlockM = 16 * kWarps;  // query rows of a CTA of 16-row warps (dQ; the forward at E = 256)
 constexpr float kLn2 = 0.6931471805599453f;
 
 template <int kHeadDim>
@@ -65,26 +66,43 @@ __device__ __forceinline__ MaskRows mask_rows(const AttentionParams& p, int b, i
   return m;
 }
 
-// Base-2 logit of score s = q_i . k_j: s * scale * log2(e), plus the float mask * log2(e), -inf where
-// masked out. `check` applies the key bound and the causal test (diagonal and last blocks only);
-// rows >= L read no mask (their storage may not exist).
-template <bool kCausal>
-__device__ __forceinline__ float masked_logit(float s, int i, int j, const AttentionParams& p, const MaskRows& m,
-                                              bool check) {
-  float z = s * p.scale_log2;
-  if (m.kind != MaskKind::kNone && i < p.queries && j < p.keys) {
-    const int64_t off = i * m.row_stride + j * m.col_stride;
-    if (m.kind == MaskKind::kBool) {
-      if (!static_cast<const bool*>(m.ptr)[off]) z = -INFINITY;
-    } else {
-      const float add = m.dtype == DType::kFloat32   ? static_cast<const float*>(m.ptr)[off]
-                        : m.dtype == DType::kFloat16 ? __half2float(static_cast<const __half*>(m.ptr)[off])
-                                                     : __bfloat162float(static_cast<const __nv_bfloat16*>(m.ptr)[off]);
-      z += add * kLog2e<float>;
+// Base-2 logit of score s = q_i . k_j: s * unit (unit = scale * log2(e), or 1 where the caller applies
+// the scale later, inside its exp2 FMA), plus the float mask * log2(e) or -inf where a bool mask drops
+// it (kMask; its kind and dtype stay uniform run-time branches, see README "Kernels"), and -inf where
+// kCheck finds j past the keys or, causal, above the diagonal (diagonal and last blocks only). Rows
+// >= L read no mask (their storage may not exist). Everything else is resolved at compile time: the
+// unmasked, unchecked logit is s * unit.
+template <bool kMask, bool kCausal, bool kCheck>
+__device__ __forceinline__ float logit(float s, int i, int j, float unit, const AttentionParams& p, const MaskRows& m) {
+  float z = s * unit;
+  if constexpr (kMask) {
+    if (i < p.queries && j < p.keys) {
+      const int64_t off = i * m.row_stride + j * m.col_stride;
+      if (m.kind == MaskKind::kBool) {
+        if (!static_cast<const bool*>(m.ptr)[off]) z = -INFINITY;
+      } else {
+        const float add = m.dtype == DType::kFloat32   ? static_cast<const float*>(m.ptr)[off]
+                          : m.dtype == DType::kFloat16 ? __half2float(static_cast<const __half*>(m.ptr)[off])
+                                                       : __bfloat162float(static_cast<const __nv_bfloat16*>(m.ptr)[off]);
+        z += add * kLog2e<float>;
+      }
     }
   }
-  if (check && (j >= p.keys || (kCausal && j > i))) z = -INFINITY;
+  if constexpr (kCheck) {
+    if (j >= p.keys || (kCausal && j > i)) z = -INFINITY;
+  }
   return z;
+}
+
+// f(std::bool_constant<check>{}): the element checks of key blocks [full, end) become a compile-time
+// argument, so the blocks that need none run code without them.
+template <typename F>
+__device__ __forceinline__ void with_checks(bool check, F&& f) {
+  if (check) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
 }
 
 // The Philox seed, read once per CTA (0 without dropout: p.seed may be null then).
@@ -140,21 +158,20 @@ __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint6
 }
 
 // Key blocks [0, full) need no element checks: all their keys < S and, causal, <= every query of the
-// 64-row tile starting at m0. Blocks [full, end) do.
-template <int kBlockN, bool kCausal>
+// kRows-row tile starting at m0. Blocks [full, end) do.
+template <int kRows, int kBlockN, bool kCausal>
 __device__ __forceinline__ void key_blocks(const AttentionParams& p, int m0, int& full, int& end) {
-  const int last_key = kCausal ? min(p.keys, m0 + kBlockM) : p.keys;
+  const int last_key = kCausal ? min(p.keys, m0 + kRows) : p.keys;
   const int full_keys = kCausal ? min(p.keys, m0 + 1) : p.keys;
   full = full_keys / kBlockN;
   end = (last_key + kBlockN - 1) / kBlockN;
 }
 
-// The key / value tiles that a CTA owning the 64 queries from m0 streams (forward, dQ): key blocks
+// The key / value tiles that a CTA owning the kRows queries from m0 streams (forward, dQ): key blocks
 // [0, end), the first `full` of them free of element checks, through two shared stages each of K
 // and V (sK, sV: [2][kBlockN][kPitch]) so that the next block's copy is in flight during this one's math.
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal, int kRows, int kBlockN = Tile<kHeadDim>::kBlockN>
 struct KvStream {
-  static constexpr int kBlockN = Tile<kHeadDim>::kBlockN;
   static constexpr int kPitch = Tile<kHeadDim>::kPitch;
   const AttentionParams& p;
   const T* k;
@@ -168,7 +185,7 @@ struct KvStream {
     const int kvh = h / (p.heads / p.kv_heads);
     k = static_cast<const T*>(p.k) + b * p.k_strides[0] + kvh * p.k_strides[1];
     v = static_cast<const T*>(p.v) + b * p.v_strides[0] + kvh * p.v_strides[1];
-    key_blocks<kBlockN, kCausal>(p, m0, full, end);
+    key_blocks<kRows, kBlockN, kCausal>(p, m0, full, end);
   }
 
   // Starts copying `block` into `stage` (not committed).
@@ -193,50 +210,90 @@ struct KvStream {
   __device__ __forceinline__ T* v_tile(int stage) const { return sV + stage * kBlockN * kPitch; }
 };
 
-// C (16 x 8 kNTiles, this warp's) += A B^T, A: the warp's 16 rows of a shared tile, B: kNTiles * 8
-// rows of another (both kK columns, row-major, pitch kPitch): S = Q K^T and dP = dO V^T, or their
-// transposes K Q^T and V dO^T in the backward. B's rows are the mma's B columns: plain ldmatrix.
-template <typename T, int kK, int kNTiles, int kPitch>
-__device__ __forceinline__ void gemm_nt(float (&c)[kNTiles][4], const T* a_rows, const T* b_rows, int lane) {
+// A fragment (mma layout) of rows [16 mt, 16 mt + 16), columns [16 kk, 16 kk + 16) of a row-major
+// shared tile `rows` (pitch kPitch), by ldmatrix.
+template <int kPitch, typename T>
+__device__ __forceinline__ void ldmatrix_a(uint32_t (&a)[4], const T* rows, int mt, int kk, int lane) {
+  ldmatrix_x4(a, rows + (16 * mt + (lane & 15)) * kPitch + kk * 16 + (lane >> 4) * 8);
+}
+
+// C (16 kMTiles x 8 kNTiles, this warp's) += A B^T over kK columns, A's fragments from
+// a_frag(mt, kk, a) (shared memory or registers), B: kNTiles * 8 rows of a shared tile (row-major,
+// pitch kPitch): S = Q K^T and dP = dO V^T, or their transposes K Q^T and V dO^T in the backward. B's
+// rows are the mma's B columns: plain ldmatrix. Each B fragment serves all kMTiles row tiles, so two
+// row tiles halve the shared-memory loads per mma.
+template <typename T, int kK, int kMTiles, int kNTiles, int kPitch, typename AFrag>
+__device__ __forceinline__ void warp_gemm_nt(float (&c)[kMTiles][kNTiles][4], AFrag&& a_frag, const T* b_rows,
+                                             int lane) {
   static_assert(kNTiles % 2 == 0, "B fragments come in pairs of 8-row tiles");
-  const T* a_lane = a_rows + (lane & 15) * kPitch + (lane >> 4) * 8;
   const T* b_lane = b_rows + ((lane & 7) + ((lane >> 4) << 3)) * kPitch + ((lane >> 3) & 1) * 8;
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
-    uint32_t a[4];
-    ldmatrix_x4(a, a_lane + kk * 16);
+    uint32_t a[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) a_frag(mt, kk, a[mt]);
 #pragma unroll
     for (int np = 0; np < kNTiles / 2; ++np) {
       uint32_t bf[4];
       ldmatrix_x4(bf, b_lane + np * 16 * kPitch + kk * 16);
-      mma_16816<T>(c[2 * np], a, bf[0], bf[1]);
-      mma_16816<T>(c[2 * np + 1], a, bf[2], bf[3]);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_16816<T>(c[mt][2 * np], a[mt], bf[0], bf[1]);
+        mma_16816<T>(c[mt][2 * np + 1], a[mt], bf[2], bf[3]);
+      }
     }
   }
 }
 
-// C (16 x 8 kDTiles) += A B, A: a 16 x 8 kATiles fp32 tile in C layout (P, dS or their transposes),
-// rounded to T, B: the kATiles * 8 rows of a shared tile (row-major, pitch kPitch): O += P V,
-// dQ += dS K, dV += P^T dO, dK += dS^T Q. A's C-layout accumulators of column tiles 2kk, 2kk + 1 are
-// exactly the A fragment of columns 16kk .. 16kk + 15; B's fragments come by ldmatrix.trans.
-template <typename T, int kATiles, int kDTiles, int kPitch>
-__device__ __forceinline__ void gemm_rn(float (&c)[kDTiles][4], const float (&a_acc)[kATiles][4], const T* b_rows,
-                                        int lane) {
+// warp_gemm_nt for one row tile, A: the warp's 16 rows of a shared tile (the backward's products).
+template <typename T, int kK, int kNTiles, int kPitch>
+__device__ __forceinline__ void gemm_nt(float (&c)[kNTiles][4], const T* a_rows, const T* b_rows, int lane) {
+  warp_gemm_nt<T, kK, 1, kNTiles, kPitch>(
+      reinterpret_cast<float (&)[1][kNTiles][4]>(c),
+      [&](int mt, int kk, uint32_t (&a)[4]) { ldmatrix_a<kPitch>(a, a_rows, mt, kk, lane); }, b_rows, lane);
+}
+
+// C (16 kMTiles x 8 kDTiles) += A B, A: a 16 kMTiles x 8 kATiles fp32 tile in C layout (P, dS or their
+// transposes), rounded to T, B: the kATiles * 8 rows of a shared tile (row-major, pitch kPitch):
+// O += P V, dQ += dS K, dV += P^T dO, dK += dS^T Q. A's C-layout accumulators of column tiles 2kk,
+// 2kk + 1 are exactly the A fragment of columns 16kk .. 16kk + 15; B's fragments come by
+// ldmatrix.trans, each serving all kMTiles row tiles.
+template <typename T, int kMTiles, int kATiles, int kDTiles, int kPitch>
+__device__ __forceinline__ void warp_gemm_rn(float (&c)[kMTiles][kDTiles][4], const float (&a_acc)[kMTiles][kATiles][4],
+                                             const T* b_rows, int lane) {
   static_assert(kATiles % 2 == 0 && kDTiles % 2 == 0, "tiles come in pairs");
   const T* b_lane = b_rows + ((lane & 7) + ((lane >> 3) & 1) * 8) * kPitch + (lane >> 4) * 8;
 #pragma unroll
   for (int kk = 0; kk < kATiles / 2; ++kk) {
-    const uint32_t a[4] = {pack2<T>(a_acc[2 * kk][0], a_acc[2 * kk][1]), pack2<T>(a_acc[2 * kk][2], a_acc[2 * kk][3]),
-                           pack2<T>(a_acc[2 * kk + 1][0], a_acc[2 * kk + 1][1]),
-                           pack2<T>(a_acc[2 * kk + 1][2], a_acc[2 * kk + 1][3])};
+    uint32_t a[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      const float(&lo)[4] = a_acc[mt][2 * kk];
+      const float(&hi)[4] = a_acc[mt][2 * kk + 1];
+      a[mt][0] = pack2<T>(lo[0], lo[1]);
+      a[mt][1] = pack2<T>(lo[2], lo[3]);
+      a[mt][2] = pack2<T>(hi[0], hi[1]);
+      a[mt][3] = pack2<T>(hi[2], hi[3]);
+    }
 #pragma unroll
     for (int dp = 0; dp < kDTiles / 2; ++dp) {
       uint32_t bf[4];
       ldmatrix_x4_trans(bf, b_lane + kk * 16 * kPitch + dp * 16);
-      mma_16816<T>(c[2 * dp], a, bf[0], bf[1]);
-      mma_16816<T>(c[2 * dp + 1], a, bf[2], bf[3]);
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_16816<T>(c[mt][2 * dp], a[mt], bf[0], bf[1]);
+        mma_16816<T>(c[mt][2 * dp + 1], a[mt], bf[2], bf[3]);
+      }
     }
   }
+}
+
+// warp_gemm_rn for one row tile (the backward's products).
+template <typename T, int kATiles, int kDTiles, int kPitch>
+__device__ __forceinline__ void gemm_rn(float (&c)[kDTiles][4], const float (&a_acc)[kATiles][4], const T* b_rows,
+                                        int lane) {
+  warp_gemm_rn<T, 1, kATiles, kDTiles, kPitch>(reinterpret_cast<float (&)[1][kDTiles][4]>(c),
+                                               reinterpret_cast<const float (&)[1][kATiles][4]>(a_acc), b_rows, lane);
 }
 
 // Writes a warp's 16 x kHeadDim fp32 accumulator, row g scaled by scale[0] and row g + 8 by scale[1],

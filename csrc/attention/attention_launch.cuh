@@ -1,7 +1,7 @@
 #pragma once
 // Launch configurations of the attention kernels: grids, shared memory, the dK/dV split at head dim
-// 256, and the dtype / causal instances of one head dim (attention_{fwd,bwd}_hdim*.cu instantiate
-// them).
+// 256, and the dtype / causal / mask / dropout instances of one head dim (attention_{fwd,bwd}_hdim*.cu
+// instantiate them: 16 forward kernels, 16 (32 at E = 256) dK/dV and 16 dQ kernels per head dim).
 
 #include "attention/attention_bwd_kernel.cuh"
 #include "attention/attention_fwd_kernel.cuh"
@@ -10,41 +10,59 @@
 namespace fasttx {
 namespace attn {
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 void attention_fwd_run(const AttentionParams& p, cudaStream_t stream) {
-  launch(attention_fwd_kernel<T, kHeadDim, kCausal>, dim3((p.queries + kBlockM - 1) / kBlockM, p.heads, p.batch),
-         kThreads, fwd_smem_bytes<T, kHeadDim>(), stream, p);
+  constexpr int rows = FwdTile<kHeadDim, kMask, kDropout>::kRows;
+  launch(attention_fwd_kernel<T, kHeadDim, kCausal, kMask, kDropout>, dim3((p.queries + rows - 1) / rows, p.heads, p.batch),
+         kThreads, fwd_smem_bytes<T, kHeadDim, kMask, kDropout>(), stream, p);
 }
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
   launch(attention_bwd_delta_kernel<T, kHeadDim>, dim3((p.queries + kWarps - 1) / kWarps, p.heads, p.batch), kThreads,
          0, stream, p);
   const dim3 kv_grid((p.keys + kBwdKeys - 1) / kBwdKeys, p.kv_heads, p.batch);
   constexpr int kv_smem = bwd_kv_smem_bytes<T, kHeadDim>();
   if constexpr (kHeadDim <= 128) {
-    launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kGradKV>, kv_grid, kThreads, kv_smem, stream, p);
+    launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradKV>, kv_grid, kThreads, kv_smem, stream, p);
   } else {
-    launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kGradV>, kv_grid, kThreads, kv_smem, stream, p);
-    launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kGradK>, kv_grid, kThreads, kv_smem, stream, p);
+    launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradV>, kv_grid, kThreads, kv_smem, stream, p);
+    launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradK>, kv_grid, kThreads, kv_smem, stream, p);
   }
-  launch(attention_bwd_q_kernel<T, kHeadDim, kCausal>, dim3((p.queries + kBlockM - 1) / kBlockM, p.heads, p.batch),
+  launch(attention_bwd_q_kernel<T, kHeadDim, kCausal, kMask, kDropout>, dim3((p.queries + kBlockM - 1) / kBlockM, p.heads, p.batch),
          kThreads, bwd_q_smem_bytes<T, kHeadDim>(), stream, p);
+}
+
+}  // namespace attn
+
+namespace attn {
+
+// run.template operator()<T, kCausal, kMask, kDropout>() for the dtype, causal flag, mask presence
+// and dropout of p.
+template <typename Run>
+void kernel_switch(const AttentionParams& p, Run run) {
+  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
+    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] {
+      FASTTX_BOOL_SWITCH(p.mask_kind != MaskKind::kNone, kMask, [&] {
+        FASTTX_BOOL_SWITCH(p.dropout_p > 0.f, kDropout, [&] { run.template operator()<T, kCausal, kMask, kDropout>(); });
+      });
+    });
+  });
 }
 
 }  // namespace attn
 
 template <int kHeadDim>
 void attention_fwd_hdim(const AttentionParams& p, cudaStream_t stream) {
-  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
-    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] { attn::attention_fwd_run<T, kHeadDim, kCausal>(p, stream); });
+  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    attn::attention_fwd_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
   });
 }
 
 template <int kHeadDim>
 void attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
-  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
-    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] { attn::attention_bwd_run<T, kHeadDim, kCausal>(p, stream); });
+  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    attn::attention_bwd_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
   });
 }
 

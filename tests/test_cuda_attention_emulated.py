@@ -37,17 +37,23 @@ def _cuda_include():
     return None
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
+def compile_emulator(tmp_path_factory, source):
+    """tests/attention_emulator/``source`` built as a shared library and loaded (skips without a C++
+    compiler or the CUDA headers). The emulator's directory comes first on the include path: its
+    attention/{,sm90/}primitives*.cuh replace the real ones."""
     include = _cuda_include()
     if CXX is None or include is None:
-        pytest.skip("needs a C++ compiler and the CUDA headers (cuda_fp16.h)")
-    lib = tmp_path_factory.mktemp("emulator") / "attention_emulator.so"
-    # The emulator's directory first: its attention/primitives.cuh replaces the real one.
+        pytest.skip("needs a C++ compiler and the CUDA headers (cuda.h, cuda_fp16.h)")
+    lib = tmp_path_factory.mktemp("emulator") / (os.path.splitext(source)[0] + ".so")
     subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-I", EMULATOR,
-                    "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, "emulator.cpp"),
+                    "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, source),
                     "-o", str(lib)], check=True)
-    library = ctypes.CDLL(str(lib))
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    library = compile_emulator(tmp_path_factory, "emulator.cpp")
     library.emu_attention.restype = ctypes.c_char_p
     return library
 

@@ -11,8 +11,6 @@ timing, races beyond the emulated deferral) is out of reach here."""
 
 import ctypes
 import math
-import os
-import subprocess
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ import torch
 from fasttx import reference
 from fasttx.testing import TOLERANCE, rel_error
 
-from .test_cuda_attention_emulated import CXX, EMULATOR, ROOT, _cuda_include, _fields, _marshal, reference_lse
+from .test_cuda_attention_emulated import _fields, _marshal, compile_emulator, reference_lse
 
 E = 128  # the one head dim of the sm_90a kernel
 SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
@@ -28,15 +26,7 @@ SHARED_BASE = 1024  # where the layout entry points put their shared-memory imag
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    include = _cuda_include()
-    if CXX is None or include is None:
-        pytest.skip("needs a C++ compiler and the CUDA headers (cuda.h, cuda_fp16.h)")
-    lib = tmp_path_factory.mktemp("emulator_sm90") / "attention_emulator_sm90.so"
-    # The emulator's directory first: its attention/{,sm90/}primitives*.cuh replace the real ones.
-    subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-I", EMULATOR,
-                    "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, "emulator_sm90.cpp"),
-                    "-o", str(lib)], check=True)
-    lib = ctypes.CDLL(str(lib))
+    lib = compile_emulator(tmp_path_factory, "emulator_sm90.cpp")
     lib.emu_attention_fwd_sm90.restype = ctypes.c_char_p
     lib.emu_smem_desc_128b.restype = ctypes.c_uint64
     lib.emu_smem_desc_128b.argtypes = [ctypes.c_uint32] * 3

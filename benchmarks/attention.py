@@ -22,13 +22,12 @@ stays the default until a GPU run has validated the new kernel. Its backward is 
 """
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from .. import functional, reference
-from ..functional.attention import kernel_limitation
+from ..functional.attention import cuda_sm90_forward, kernel_limitation
 from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("attention",)
@@ -83,18 +82,11 @@ def _flash_attn(is_causal):
 
 
 def _sm90_switched_on(fn):
-    """fn with FASTTX_ATTENTION_SM90=1 while it runs (csrc/attention/sm90/attention_sm90.h: the switch
-    is read at each call); a putenv per call, microseconds against the milliseconds timed."""
+    """fn run with the sm_90a forward switched on (read by the extension at each call); a putenv per
+    call, microseconds against the milliseconds timed."""
     def run(*args):
-        before = os.environ.get("FASTTX_ATTENTION_SM90")
-        os.environ["FASTTX_ATTENTION_SM90"] = "1"
-        try:
+        with cuda_sm90_forward(True):
             return fn(*args)
-        finally:
-            if before is None:
-                del os.environ["FASTTX_ATTENTION_SM90"]
-            else:
-                os.environ["FASTTX_ATTENTION_SM90"] = before
     return run
 
 

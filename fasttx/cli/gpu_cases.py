@@ -9,12 +9,12 @@ of every input gradient.
 """
 
 import dataclasses
-import os
 import zlib
 
 import torch
 
 from .. import functional, reference
+from ..functional.attention import cuda_sm90_forward
 from ..testing import rel_error
 
 
@@ -99,17 +99,10 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
             m = torch.randn(batch, 1, queries, keys, device=device, dtype=dtype)
 
         def call(impl, q, k, v):
-            before = os.environ.pop("FASTTX_ATTENTION_SM90", None)
-            if sm90:
-                os.environ["FASTTX_ATTENTION_SM90"] = "1"
             flag = {} if deterministic or impl is reference else {"deterministic": False}
-            try:
+            with cuda_sm90_forward(sm90):
                 return impl.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal,
                                                          dropout_p=dropout_p, enable_gqa=kv_heads != heads, **flag)
-            finally:
-                os.environ.pop("FASTTX_ATTENTION_SM90", None)
-                if before is not None:
-                    os.environ["FASTTX_ATTENTION_SM90"] = before
         return [q, k, v], call
 
     flags = " ".join(f for f in (mask and f"{mask}-mask", is_causal and "causal", kv_heads != heads and "gqa",

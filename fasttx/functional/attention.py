@@ -13,7 +13,9 @@ and zero gradients, never NaN. Dropout draws its Philox seed from the inputs' de
 torch.manual_seed makes it reproducible; forward and backward regenerate the same keep mask.
 """
 
+import contextlib
 import math
+import os
 import sys
 
 import torch
@@ -33,6 +35,26 @@ def cuda_head_dims():
     build of fasttx._extension compiles all)."""
     built = getattr(sys.modules.get("fasttx._C"), "ATTENTION_HEAD_DIMS", None)
     return _attention_kernels.HEAD_DIMS if built is None else built
+
+
+# The switch of the CUDA sm_90a forward (csrc/attention/sm90/attention_sm90.h), read by the extension
+# at each call: off until a GPU run has validated that kernel.
+SM90_SWITCH = "FASTTX_ATTENTION_SM90"
+
+
+@contextlib.contextmanager
+def cuda_sm90_forward(enabled: bool):
+    """Runs the block with the CUDA sm_90a forward switched on or off (the environment variable
+    SM90_SWITCH set to "1" or unset), restoring what was there before."""
+    before = os.environ.pop(SM90_SWITCH, None)
+    if enabled:
+        os.environ[SM90_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(SM90_SWITCH, None)
+        if before is not None:
+            os.environ[SM90_SWITCH] = before
 
 
 def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):

@@ -358,13 +358,17 @@ def test_ptxas_table_parses_and_groups_ptxas_output():
     assert "--expt-relaxed-constexpr" in table.setup_nvcc_flags()
 
 
-def test_ptxas_table_leaves_out_the_sm90_forward_stub():
-    """The sm_90a attention forward's sm_80 instance is a trapping stub: not a row entry."""
+@pytest.mark.parametrize("name,row", [
+    ("attention_fwd_sm90_kernel<__nv_bfloat16, 128, true>(fasttx::attn::Sm90FwdParams)", "forward"),
+    ("attention_bwd_kv_sm90_kernel<__half, 128, false>(fasttx::attn::Sm90BwdParams)", "dK/dV"),
+])
+def test_ptxas_table_leaves_out_the_sm90_stubs(name, row):
+    """The sm_90a attention kernels' sm_80 instances are trapping stubs: not a row entry."""
     table = _ptxas_table()
-    name = "fasttx::attn::attention_fwd_sm90_kernel<__nv_bfloat16, 128, true>(fasttx::attn::Sm90FwdParams)"
+    name = "fasttx::attn::" + name
     kernels = [table.Kernel("stub", "sm_80", 4, 0, 0, 0), table.Kernel("real", "sm_90a", 168, 0, 0, 0)]
     rows = table.render(table.FAMILIES["attention"], kernels, {"stub": name, "real": name}).splitlines()
-    assert rows[-1] == "| forward, sm_90a (FlashAttention-3 scheme) | 168 |"
+    assert f"| {row}, sm_90a (FlashAttention-3 scheme) | 168 |" in rows
 
 
 def _generator():

@@ -247,8 +247,8 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
       }
     }
     wgmma_wait<0>(dp);
-    // dS^T = P^T (dP^T - D); D columns 16 kk .. 16 kk + 15 (d[8 kk .. 8 kk + 7]) are the A fragment of
-    // k-step kk.
+    // dS^T = P^T (dP^T - D), D per query (column). Accumulator columns 16 kk .. 16 kk + 15
+    // (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk.
     uint32_t pf[4][4], dsf[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {

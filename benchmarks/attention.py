@@ -18,7 +18,9 @@ gpu-check's targets judge "fasttx triton", the deterministic default.
 
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
 forward (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 one, which
-stays the default until a GPU run has validated the new kernel. Its backward is the sm_80 one.
+stays the default until a GPU run has validated the new kernel. Its backward is the sm_80 one: the
+switch is set around the forward call only and autograd runs the backward after it, so the sm_90a
+dK/dV kernel the switch also selects is not timed here yet.
 """
 
 import math

@@ -93,17 +93,14 @@ def test_extension_holds_the_requested_architectures():
                 assert ((f"attention_{direction}_hdim{d}", arch) in cubins) == (d in built), listing.stdout
 
 
-@needs_nvcc
-def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
-    """The sm_90a attention forward (csrc/attention/sm90): on sm_90a its matrix products are HGMMA, its
-    loads TMA, no local memory; the sm_80 objects hold only its trapping stub."""
+def _sm90a_kernels_sass(names):
+    """{(arch, mangled name): its SASS lines} of the sm_90a attention kernels `names` in fasttx._C, or a
+    skip where the build has no 9.0a."""
     import fasttx._C
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
     if "9.0a" not in {a.strip() for a in archs}:
-        pytest.skip("built without 9.0a: no sm_90a attention forward")
-    names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90FwdParamsE"
-             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+        pytest.skip("built without 9.0a: no sm_90a attention kernels")
     dump = subprocess.run([_cuobjdump(), "-sass", "-fun", ",".join(names), fasttx._C.__file__],
                           capture_output=True, text=True)
     assert dump.returncode == 0, dump.stderr
@@ -117,10 +114,39 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
             sass[(arch, name)] = []
         elif name is not None:
             sass[(arch, name)].append(line)
+    return sass
+
+
+@needs_nvcc
+def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
+    """The sm_90a attention forward (csrc/attention/sm90): on sm_90a its matrix products are HGMMA, its
+    loads TMA, no local memory; the sm_80 objects hold only its trapping stub."""
+    names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90FwdParamsE"
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+    sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
         assert code.count("HGMMA.64x128x16.F32") == 16, name  # 8 for S = Q K^T, 8 for O += P V
         assert code.count("UTMALDG.4D") == 6, name  # Q, K, V: two 64-column boxes each
+        assert "LDL" not in code and "STL" not in code, name
+        stub = "\n".join(sass.get(("sm_80", name), []))
+        assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
+
+
+@needs_nvcc
+def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory():
+    """The sm_90a dK/dV kernel (csrc/attention/sm90/attention_bwd_sm90.cuh): on sm_90a its matrix
+    products are HGMMA, its tile loads TMA, no local memory, setmaxnreg 24 / 240; the sm_80 objects hold
+    only its trapping stub."""
+    names = [f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90BwdParamsE"
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+    sass = _sm90a_kernels_sass(names)
+    for name in names:
+        code = "\n".join(sass[("sm_90a", name)])
+        assert code.count("HGMMA.64x64x16.F32") == 16, name  # 8 for S^T = K Q^T, 8 for dP^T = V dO^T
+        assert code.count("HGMMA.64x128x16.F32") == 8, name  # 4 for dV += P^T dO, 4 for dK += dS^T Q
+        assert code.count("UTMALDG.4D") == 8, name  # K, V, Q, dO: two 64-column boxes each
+        assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
@@ -332,13 +358,17 @@ def test_ptxas_table_parses_and_groups_ptxas_output():
     assert "--expt-relaxed-constexpr" in table.setup_nvcc_flags()
 
 
-def test_ptxas_table_leaves_out_the_sm90_forward_stub():
-    """The sm_90a attention forward's sm_80 instance is a trapping stub: not a row entry."""
+@pytest.mark.parametrize("name,row", [
+    ("attention_fwd_sm90_kernel<__nv_bfloat16, 128, true>(fasttx::attn::Sm90FwdParams)", "forward"),
+    ("attention_bwd_kv_sm90_kernel<__half, 128, false>(fasttx::attn::Sm90BwdParams)", "dK/dV"),
+])
+def test_ptxas_table_leaves_out_the_sm90_stubs(name, row):
+    """The sm_90a attention kernels' sm_80 instances are trapping stubs: not a row entry."""
     table = _ptxas_table()
-    name = "fasttx::attn::attention_fwd_sm90_kernel<__nv_bfloat16, 128, true>(fasttx::attn::Sm90FwdParams)"
+    name = "fasttx::attn::" + name
     kernels = [table.Kernel("stub", "sm_80", 4, 0, 0, 0), table.Kernel("real", "sm_90a", 168, 0, 0, 0)]
     rows = table.render(table.FAMILIES["attention"], kernels, {"stub": name, "real": name}).splitlines()
-    assert rows[-1] == "| forward, sm_90a (FlashAttention-3 scheme) | 168 |"
+    assert f"| {row}, sm_90a (FlashAttention-3 scheme) | 168 |" in rows
 
 
 def _generator():

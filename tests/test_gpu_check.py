@@ -149,6 +149,44 @@ def test_sanitize_driver_cases_run_on_the_reference_backend(capsys):
     assert all(any(f"E={d} " in n for n in names) for d in gpu_sanitize.HEAD_DIMS)
 
 
+def test_sm90_cases_run_forward_and_backward_switched_on():
+    """The sm_90a switch is read by the extension at each call, the backward's included (its dK/dV
+    kernel): a case's forward and backward both run inside its ``around`` context, and the sm_90a
+    attention cases' context sets the switch."""
+    import contextlib
+
+    import torch
+
+    from fasttx.cli import gpu_cases
+    from fasttx.functional.attention import SM90_SWITCH
+
+    inside, seen = [False], []
+
+    @contextlib.contextmanager
+    def around():
+        inside[0] = True
+        yield
+        inside[0] = False
+
+    def make(device):
+        def call(impl, x):
+            seen.append(("forward", inside[0]))
+            out = impl.softmax(x, -1)
+            out.register_hook(lambda grad: seen.append(("backward", inside[0])))
+            return out
+        return [torch.randn(3, 5, device=device, requires_grad=True)], call
+
+    run, _ = gpu_cases.prepare(gpu_cases.OpCase("spy", torch.float32, make, around=around), "cpu")
+    seen.clear()  # the reference's run
+    run("torch")
+    assert seen == [("forward", True), ("backward", True)]
+    sm90 = [c for c in gpu_sanitize.cases() if "sm_90a" in c.name]
+    assert len(sm90) == 3 and any("causal gqa" in c.name for c in sm90)
+    for case in sm90:
+        with case.around():
+            assert os.environ.get(SM90_SWITCH) == "1"
+
+
 def test_junit_counts_per_kernel_backend_and_dtype(tmp_path):
     xml = tmp_path / "r.xml"
     xml.write_text("""<testsuites><testsuite>

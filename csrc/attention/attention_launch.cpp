@@ -37,7 +37,7 @@ constexpr auto kEntries = std::make_index_sequence<std::size(kAttentionHeadDims)
 bool attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) {
   // The sm_90a kernel where it is switched on (attention_sm90.h) and the device (sm_90), the build
   // (9.0a) and the call allow; else sm_80's.
-  if (attention_fwd_sm90_enabled() && attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, stream)) return true;
+  if (attention_sm90_enabled() && attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, stream)) return true;
   return head_dim_switch(p.head_dim, [&](auto d) { attention_fwd_hdim<decltype(d)::value>(p, stream); }, kEntries);
 }
 

@@ -5,6 +5,7 @@
 
 #include "attention/attention_bwd_kernel.cuh"
 #include "attention/attention_fwd_kernel.cuh"
+#include "attention/sm90/attention_sm90.h"
 #include "common/static_switch.h"
 
 namespace fasttx {
@@ -21,9 +22,13 @@ template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
   launch(attention_bwd_delta_kernel<T, kHeadDim>, dim3((p.queries + kWarps - 1) / kWarps, p.heads, p.batch), kThreads,
          0, stream, p);
+  // dK/dV: the sm_90a kernel where it is switched on and the device, the build and the call allow
+  // (attention_sm90.h); else sm_80's.
   const dim3 kv_grid((p.keys + kBwdKeys - 1) / kBwdKeys, p.kv_heads, p.batch);
   constexpr int kv_smem = bwd_kv_smem_bytes<T, kHeadDim>();
-  if constexpr (kHeadDim <= 128) {
+  if (attention_sm90_enabled() && attention_bwd_sm90_supports(p) && attention_bwd_kv_sm90(p, stream)) {
+    // the sm_90a kernel has it
+  } else if constexpr (kHeadDim <= 128) {
     launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradKV>, kv_grid, kThreads, kv_smem, stream, p);
   } else {
     launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradV>, kv_grid, kThreads, kv_smem, stream, p);

@@ -8,6 +8,7 @@ reference on float64 copies of the inputs, and returns the largest relative erro
 of every input gradient.
 """
 
+import contextlib
 import dataclasses
 import zlib
 
@@ -27,6 +28,9 @@ class OpCase:
     # (float64 inputs, float64 grad_out) -> per result (output, then each input gradient) the size of
     # the terms it is a difference of (fasttx.testing.rel_error's scale); None: 0 for all
     scales: object = None
+    # () -> the context a backend's forward and backward both run in (the attention cases: the sm_90a
+    # switch, read by the extension at each call, so the backward must see it too)
+    around: object = contextlib.nullcontext
 
 
 EPS = 1e-5
@@ -84,8 +88,9 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
                    dropout_p=0.0, sm90=False, deterministic=True):
     """scaled_dot_product_attention on (batch, heads, queries|keys, head_dim); mask None, "bool" or
     "float" of shape (batch, 1, queries, keys). With dropout the kernels' keep mask is not the
-    reference's, so such a case is run (forward and backward) but not compared. ``sm90``: called with
-    FASTTX_ATTENTION_SM90=1, the switch of the CUDA sm_90a forward (csrc/attention/sm90/attention_sm90.h).
+    reference's, so such a case is run (forward and backward) but not compared. ``sm90``: forward and
+    backward run with FASTTX_ATTENTION_SM90=1, the switch of the CUDA sm_90a forward and dK/dV kernels
+    (csrc/attention/sm90/attention_sm90.h).
     ``deterministic=False``: fasttx's opt-in backward (Triton: atomic dQ); the reference takes no such flag."""
     kv_heads = kv_heads or heads
 
@@ -100,16 +105,15 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
 
         def call(impl, q, k, v):
             flag = {} if deterministic or impl is reference else {"deterministic": False}
-            with cuda_sm90_forward(sm90):
-                return impl.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal,
-                                                         dropout_p=dropout_p, enable_gqa=kv_heads != heads, **flag)
+            return impl.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=is_causal, dropout_p=dropout_p,
+                                                     enable_gqa=kv_heads != heads, **flag)
         return [q, k, v], call
 
     flags = " ".join(f for f in (mask and f"{mask}-mask", is_causal and "causal", kv_heads != heads and "gqa",
                                  dropout_p and f"dropout {dropout_p}", sm90 and "sm_90a",
                                  not deterministic and "atomic dQ") if f)
     return OpCase(f"attention {batch}x{heads}x{queries}x{keys} E={head_dim} {_short(dtype)} {flags}".rstrip(),
-                  dtype, make, checked=dropout_p == 0)
+                  dtype, make, checked=dropout_p == 0, around=lambda: cuda_sm90_forward(sm90))
 
 
 def _short(dtype):
@@ -152,7 +156,11 @@ def prepare(case, device):
     inputs64 = [as_reference(t) for t in inputs]
     expected = results(reference, inputs64)
     scales = case.scales(*[t.detach() for t in inputs64], grad_out=grad_out.double()) if case.scales else None
-    return (lambda backend: results(_Backend(backend), inputs)), (expected, scales)
+
+    def run(backend):
+        with case.around():
+            return results(_Backend(backend), inputs)
+    return run, (expected, scales)
 
 
 def max_error(got, expected):

@@ -37,15 +37,16 @@ def cuda_head_dims():
     return _attention_kernels.HEAD_DIMS if built is None else built
 
 
-# The switch of the CUDA sm_90a forward (csrc/attention/sm90/attention_sm90.h), read by the extension
-# at each call: off until a GPU run has validated that kernel.
+# The switch of the CUDA sm_90a kernels, the forward and the backward's dK/dV kernel
+# (csrc/attention/sm90/attention_sm90.h), read by the extension at each call: off until a GPU run has
+# validated them. The context manager keeps its first name, cuda_sm90_forward, though it switches both.
 SM90_SWITCH = "FASTTX_ATTENTION_SM90"
 
 
 @contextlib.contextmanager
 def cuda_sm90_forward(enabled: bool):
-    """Runs the block with the CUDA sm_90a forward switched on or off (the environment variable
-    SM90_SWITCH set to "1" or unset), restoring what was there before."""
+    """Runs the block with the CUDA sm_90a kernels (forward, backward dK/dV) switched on or off (the
+    environment variable SM90_SWITCH set to "1" or unset), restoring what was there before."""
     before = os.environ.pop(SM90_SWITCH, None)
     if enabled:
         os.environ[SM90_SWITCH] = "1"

@@ -10,6 +10,7 @@
 #include "attention/attention_launch.cpp"
 #include "attention_kernels.inc"  // every generated attention_{fwd,bwd}_hdim*.cu
 #include "attention/sm90/attention_fwd_sm90.cu"  // the dispatch names it; never launched here
+#include "attention/sm90/attention_bwd_sm90.cu"  // likewise (emulator_sm90_bwd.cpp runs it)
 
 #include "params_by_name.h"
 

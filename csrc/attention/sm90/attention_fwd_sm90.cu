@@ -4,21 +4,12 @@
 
 #include "attention/sm90/attention_fwd_sm90.cuh"
 #include "attention/sm90/attention_sm90.h"
+#include "attention/sm90/tensor_map_sm90.cuh"
 #include "common/static_switch.h"
 
 namespace fasttx {
 namespace attn {
 namespace {
-
-// A (B, heads, rows, E) tensor with element strides (batch, head, row) as a TMA map over (E, rows,
-// heads, B), boxes of 64 columns x box_rows rows. A map needs every dim >= 1: rows = 0 (S = 0) maps one
-// row that no CTA reads.
-bool encode_bhle(CUtensorMap* map, const void* base, bool bf16, int batch, int heads, int rows,
-                 const int64_t (&strides)[3], int box_rows) {
-  const int64_t dims[4] = {Sm90Fwd::kHeadDim, rows > 0 ? rows : 1, heads, batch};
-  const int64_t bytes[3] = {2 * strides[2], 2 * strides[1], 2 * strides[0]};
-  return encode_tma_4d(map, base, bf16, dims, bytes, Sm90Fwd::kBoxCols, box_rows);
-}
 
 template <typename T, bool kCausal>
 bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
@@ -27,9 +18,10 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
   Sm90FwdParams params{};
   params.p = p;
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  if (!encode_bhle(&params.q_map, p.q, bf16, p.batch, p.heads, p.queries, p.q_strides, Sm90Fwd::kBlockM) ||
-      !encode_bhle(&params.k_map, p.k, bf16, p.batch, p.kv_heads, p.keys, p.k_strides, Sm90Fwd::kBlockN) ||
-      !encode_bhle(&params.v_map, p.v, bf16, p.batch, p.kv_heads, p.keys, p.v_strides, Sm90Fwd::kBlockN)) {
+  constexpr int E = Sm90Fwd::kHeadDim;
+  if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, Sm90Fwd::kBlockM) ||
+      !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, Sm90Fwd::kBlockN) ||
+      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, Sm90Fwd::kBlockN)) {
     return false;
   }
   launch(kernel, dim3((p.queries + Sm90Fwd::kBlockM - 1) / Sm90Fwd::kBlockM, p.heads, p.batch), Sm90Fwd::kThreads,
@@ -40,7 +32,7 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
 }  // namespace
 }  // namespace attn
 
-bool attention_fwd_sm90_enabled() {
+bool attention_sm90_enabled() {
   const char* value = std::getenv("FASTTX_ATTENTION_SM90");
   return value != nullptr && std::strcmp(value, "1") == 0;
 }

@@ -1,17 +1,18 @@
 #pragma once
-// The sm_90a attention forward (attention_fwd_sm90.cuh): which calls it serves, and its launch.
-// Plain C++, for the dispatch in attention_launch.cpp.
+// The sm_90a attention kernels (attention_fwd_sm90.cuh, attention_bwd_sm90.cuh): which calls they
+// serve, and their launch. Plain C++, for the dispatch in attention_launch.cpp / attention_launch.cuh.
 
 #include "attention/attention.h"
 
 namespace fasttx {
 
-// Whether the dispatch may use the sm_90a forward at all: only with FASTTX_ATTENTION_SM90=1 in the
-// environment (read at each call, so a process can switch it), until a GPU run has validated the
-// kernel (docs/gpu-status.md). It has passed the host emulator only, and on sm_90 it would replace,
-// for the commonest calls, the sm_80 forward that passed the GPU suite. make gpu-check's tests and
-// bench turn it on where they exercise it (tests/test_cuda_attention_sm90.py, benchmarks/attention.py).
-bool attention_fwd_sm90_enabled();
+// Whether the dispatch may use the sm_90a kernels at all (the forward, and the backward's dK/dV
+// kernel): only with FASTTX_ATTENTION_SM90=1 in the environment (read at each call, so a process can
+// switch it), until a GPU run has validated them (docs/gpu-status.md). They have passed the host
+// emulator only, and on sm_90 they would replace, for the commonest calls, the sm_80 kernels that
+// passed the GPU suite. make gpu-check's tests and bench turn it on where they exercise it
+// (tests/test_cuda_attention_sm90.py, fasttx/cli/gpu_sanitize.py, benchmarks/attention.py).
+bool attention_sm90_enabled();
 
 // Whether the call is one the sm_90a forward implements: fp16 / bf16, E == 128, no mask, no
 // dropout, scale > 0 (its softmax takes row maxima of the raw scores), L > 0.
@@ -20,5 +21,13 @@ bool attention_fwd_sm90_supports(const AttentionParams& p);
 // Launches it on `stream` when the device is sm_90 and the build has its sm_90a code; false (nothing
 // launched) otherwise or if the driver refuses a tensor map, for the caller to use the sm_80 kernel.
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream);
+
+// Whether the call is one the sm_90a dK/dV kernel implements: fp16 / bf16, E == 128, no mask, no
+// dropout, L > 0, S > 0 (any scale).
+bool attention_bwd_sm90_supports(const AttentionParams& p);
+
+// Launches the sm_90a dK/dV kernel on `stream`, which reads p.delta: after the D kernel, as the sm_80
+// dK/dV kernel it replaces (attention_launch.cuh). False (nothing launched) as attention_fwd_sm90.
+bool attention_bwd_kv_sm90(const AttentionBwdParams& p, cudaStream_t stream);
 
 }  // namespace fasttx

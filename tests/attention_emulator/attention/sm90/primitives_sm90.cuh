@@ -12,7 +12,7 @@
 // - mbarriers: arrival count, transaction bytes, phase; a wait passes while the current phase's
 //   parity differs from the one asked (as try_wait.parity); a wait that sees no mbarrier activity
 //   anywhere for kDeadlockSeconds fails (wrong parity, missing arrival, bytes never delivered).
-// - wgmma (m64n128k16, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
+// - wgmma (m64n128k16 and m64n64k16, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
 //   canonical 128B-swizzled layouts (K-major and MN-major, written here independently of
 //   smem_layout_sm90.h), operands read and D written only at the wgmma_wait that retires the group;
 //   a wgmma without a wgmma_fence since the thread's last wait fails; descriptors must agree across
@@ -268,7 +268,8 @@ struct WgmmaOp {
   bool bf16, a_regs, trans_b, accumulate;
   uint64_t desc_a, desc_b;
   const uint32_t* a[128];  // register A of each thread (4 registers)
-  float* d[128];           // D of each thread (64 registers)
+  float* d[128];           // D of each thread (n / 2 registers)
+  int n = 128;             // N of wgmma.m64nNk16
 };
 struct Warpgroup {
   WgmmaOp staging;
@@ -301,10 +302,11 @@ inline float operand(const WgmmaOp& op, bool is_a, int mn, int k) {
   return op.bf16 ? half_to_float<__nv_bfloat16>(bits) : half_to_float<__half>(bits);
 }
 
-// This thread's D fragment of one retired wgmma: d[4 i + 2 h + j] = D[16 w + g + 8 h][8 i + 2 t + j].
+// This thread's D fragment of one retired wgmma: d[4 i + 2 h + j] = D[16 w + g + 8 h][8 i + 2 t + j],
+// i < N / 8.
 inline void wgmma_retire(const WgmmaOp& op, int i) {
   const int w = i / 32, g = (i % 32) / 4, t = i % 4;
-  for (int e = 0; e < 64; ++e) {
+  for (int e = 0; e < op.n / 2; ++e) {
     const int m = 16 * w + g + 8 * ((e >> 1) & 1), n = 8 * (e >> 2) + 2 * t + (e & 1);
     double sum = op.accumulate ? op.d[i][e] : 0.0;
     for (int k = 0; k < 16; ++k) sum += double{operand(op, true, m, k)} * operand(op, false, n, k);
@@ -319,6 +321,7 @@ inline void wgmma_issue(const WgmmaOp& mine, const uint32_t* a, float* d) {
   if (i == 0) {
     const WgmmaOp head = mine;
     std::memcpy(&wg.staging, &head, offsetof(WgmmaOp, a));
+    wg.staging.n = mine.n;
   }
   wg.staging.a[i] = a;
   wg.staging.d[i] = d;
@@ -371,6 +374,12 @@ template <typename T>
 inline void wgmma_m64n128k16_rs_tn(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
   WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, true, true, true, 0, desc_b, {}, {}};
   wgmma_issue(op, a, d);
+}
+
+template <typename T>
+inline void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, false, false, accumulate, desc_a, desc_b, {}, {}, 64};
+  wgmma_issue(op, nullptr, d);
 }
 
 // After a launch: no wgmma left unretired.

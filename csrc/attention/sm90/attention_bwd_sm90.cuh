@@ -1,0 +1,316 @@
+#pragma once
+// Attention backward for sm_90a, FlashAttention-3 scheme (first step): the dK/dV kernel, head dim
+// 128, fp16 / bf16, no mask, no dropout, causal or not. It replaces attention_bwd_kv_kernel
+// (attention_bwd_kernel.cuh) with the same math and conventions: P^T = 2^(S^T scale log2(e) - lse
+// log2(e)) from the forward's lse, dS^T = P^T (dP^T - D) with D = rowsum(dO O) from the D kernel, which
+// runs first, dV = P^T dO, dK = scale dS^T Q; a CTA owns a block of keys of one (batch, kv head) and
+// walks every query head of its GQA group, summing them in registers; each dK / dV row is written once
+// (deterministic). dQ stays the sm_80 kernel's.
+//
+// A CTA of three warpgroups owns 128 keys:
+// - warpgroup 0, the producer, gives its registers away (setmaxnreg). Its thread 0 issues the TMA
+//   loads: K and V once, then the Q and dO tiles of 64 queries into a 2-stage ring ("q_full",
+//   "do_full" per stage); its warp 1 copies the tile's 64 lse (in base 2; +inf past L, so P = 0
+//   there) and D values into the stage with ordinary loads, arriving on "q_full" too. A stage is
+//   refilled once both consumers have released it ("empty").
+// - warpgroups 1 and 2, the consumers, own 64 keys each and hold dK and dV (64 x 128 fp32 each, 128
+//   registers a thread) in wgmma D fragments. Per tile: S^T = K Q^T and dP^T = V dO^T by wgmma
+//   m64n64k16 from shared memory (K-major), P^T and dS^T on the fp32 fragments, then dV += P^T dO
+//   and dK += dS^T Q by wgmma m64n128k16 with P^T / dS^T from registers (the D fragment of 16
+//   query columns is the A fragment of a k16 step) and dO / Q read N-major through the descriptor.
+// Why these tiles: the two accumulators take 128 of a consumer's 240 registers; a 64-query tile adds
+// S^T and dP^T (32 registers each) and their packed fragments (16 each, short-lived), so 128-query
+// tiles (64 registers each) would not fit. 64 keys per warpgroup is wgmma's M, and two consumers are
+// what 24 + 2 x 240 <= 512 registers a thread-slot allow. Shared memory: K, V 64 KB, 2 stages of Q,
+// dO 64 KB, lse / D 1 KB: 130 KB of the 227 KB with the alignment slack.
+// Tiles are 128B-swizzled as the forward's (smem_layout_sm90.h). Rows past L or S arrive as zeros:
+// padding queries then add nothing (Q = dO = 0, P = 0); padding keys reach only their own dK / dV
+// rows, never stored.
+// Not yet: overlap of a tile's S^T with the previous tile's dV / dK wgmma, dQ in the same kernel
+// (FlashAttention-3 accumulates it with atomics: not deterministic), a TMA store of dK / dV.
+
+#include "attention/attention_common.cuh"
+#include "attention/sm90/primitives_sm90.cuh"
+
+namespace fasttx {
+namespace attn {
+
+struct Sm90Bwd {
+  static constexpr int kHeadDim = 128;
+  static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
+  static constexpr int kBlockM = 64;   // queries per streamed tile
+  static constexpr int kStages = 2;
+  static constexpr int kThreads = 3 * 128;
+  static constexpr int kConsumerThreads = 2 * 128;
+  static constexpr int kRowLoaders = 32;  // warp 1 of the producer: lse and D of a tile
+  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;    // K or V
+  static constexpr int kTileBytes = kBlockM * kHeadDim * 2;  // one Q or dO tile
+  static constexpr int kRowBytes = kBlockM * 4;              // lse (base 2) or D of a tile
+  // Offsets from the 1024-byte aligned base: K, V, Q[kStages], dO[kStages], lse[kStages], D[kStages],
+  // then the mbarriers.
+  static constexpr int kVOffset = kKvBytes;
+  static constexpr int kQOffset = 2 * kKvBytes;
+  static constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
+  static constexpr int kLseOffset = kDoOffset + kStages * kTileBytes;
+  static constexpr int kDeltaOffset = kLseOffset + kStages * kRowBytes;
+  static constexpr int kBarOffset = kDeltaOffset + kStages * kRowBytes;
+  static constexpr int kBarriers = 1 + 3 * kStages;  // K and V full; Q full, dO full, empty per stage
+  // Dynamic shared memory asked for: the layout plus the slack to align its base.
+  static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
+  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+};
+
+// The kernel's parameters: TMA maps of q, dout (E, L, H, B) with boxes of 64 x 64 and k, v (E, S, Hkv,
+// B) with boxes of 64 x 128 (encode_bhle), and the rest of the call.
+struct Sm90BwdParams {
+  CUtensorMap q_map, do_map, k_map, v_map;
+  AttentionBwdParams p;
+};
+
+struct Sm90BwdBarriers {
+  uint64_t* kv_full;
+  uint64_t* q_full;   // [kStages]: Q by TMA, lse and D by the row loaders
+  uint64_t* do_full;  // [kStages]
+  uint64_t* empty;    // [kStages]
+};
+
+// The query tiles a CTA streams, as steps: every query head of the kv head's group, each from the
+// first tile that sees one of the CTA's keys (causal: the tile holding query n0) to the last.
+struct Sm90BwdWalk {
+  int first, per_head, steps, head0;
+
+  template <bool kCausal>
+  __device__ __forceinline__ static Sm90BwdWalk make(const AttentionParams& p, int n0, int kvh) {
+    const int group = p.heads / p.kv_heads;
+    const int first = kCausal ? n0 / Sm90Bwd::kBlockM : 0;
+    const int per_head = max(0, (p.queries + Sm90Bwd::kBlockM - 1) / Sm90Bwd::kBlockM - first);
+    return {first, per_head, group * per_head, kvh * group};
+  }
+  __device__ __forceinline__ int head(int step) const { return head0 + step / per_head; }
+  __device__ __forceinline__ int row(int step) const { return (first + step % per_head) * Sm90Bwd::kBlockM; }
+};
+
+// The producer's TMA thread: K and V of keys n0 .., then Q and dO of every step through the ring.
+__device__ __forceinline__ void sm90_bwd_produce_tiles(const Sm90BwdParams& params, unsigned char* base,
+                                                       const Sm90BwdBarriers& bar, const Sm90BwdWalk& walk, int n0,
+                                                       int kvh, int b) {
+  using C = Sm90Bwd;
+  constexpr int kBoxCols = kSwizzleBytes / 2;
+  mbar_arrive_expect_tx(bar.kv_full, 2 * C::kKvBytes);
+  for (int cb = 0; cb < C::kHeadDim / kBoxCols; ++cb) {
+    tma_load_4d(base + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.kv_full, cb * kBoxCols, n0, kvh, b);
+    tma_load_4d(base + C::kVOffset + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.kv_full, cb * kBoxCols, n0,
+                kvh, b);
+  }
+  for (int step = 0; step < walk.steps; ++step) {
+    const int stage = step % C::kStages;
+    mbar_wait(bar.empty + stage, ((step / C::kStages) & 1) ^ 1);  // passes at once on the first round
+    const int h = walk.head(step), m0 = walk.row(step);
+    unsigned char* q_tile = base + C::kQOffset + stage * C::kTileBytes;
+    unsigned char* do_tile = base + C::kDoOffset + stage * C::kTileBytes;
+    mbar_arrive_expect_tx(bar.q_full + stage, C::kTileBytes);
+    for (int cb = 0; cb < C::kHeadDim / kBoxCols; ++cb) {
+      tma_load_4d(q_tile + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full + stage, cb * kBoxCols, m0, h, b);
+    }
+    mbar_arrive_expect_tx(bar.do_full + stage, C::kTileBytes);
+    for (int cb = 0; cb < C::kHeadDim / kBoxCols; ++cb) {
+      tma_load_4d(do_tile + cb * C::kBlockM * kSwizzleBytes, &params.do_map, bar.do_full + stage, cb * kBoxCols, m0,
+                  h, b);
+    }
+  }
+}
+
+// The producer's row loaders (lane `lane` of warp 1): each step's lse, in base 2, and D into the
+// stage, queries m0 + lane and m0 + lane + 32; past L lse = +inf (P = 0) and D = 0.
+__device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& p, unsigned char* base,
+                                                      const Sm90BwdBarriers& bar, const Sm90BwdWalk& walk, int b,
+                                                      int lane) {
+  using C = Sm90Bwd;
+  for (int step = 0; step < walk.steps; ++step) {
+    const int stage = step % C::kStages;
+    mbar_wait(bar.empty + stage, ((step / C::kStages) & 1) ^ 1);
+    const int64_t bh = static_cast<int64_t>(b) * p.heads + walk.head(step);
+    float* lse2 = reinterpret_cast<float*>(base + C::kLseOffset + stage * C::kRowBytes);
+    float* delta = reinterpret_cast<float*>(base + C::kDeltaOffset + stage * C::kRowBytes);
+    for (int r = lane; r < C::kBlockM; r += C::kRowLoaders) {
+      const int i = walk.row(step) + r;
+      lse2[r] = i < p.queries ? p.lse[bh * p.queries + i] * kLog2e<float> : INFINITY;
+      delta[r] = i < p.queries ? p.delta[bh * p.queries + i] : 0.f;
+    }
+    mbar_arrive(bar.q_full + stage);  // releases the stores above to the consumers' wait
+  }
+}
+
+// d (64 x 64, this warpgroup's 64 rows of `a_rows` against the 64 rows of `b_tile`) = A B^T over the
+// head dim, issued and committed as one wgmma group, not awaited. Both tiles are K-major: k16 step kk
+// reads columns 16 kk .. of column block kk / 4, 32 (kk % 4) bytes into each swizzled row; a_rows
+// lies in a tile of kBlockN rows, b_tile has kBlockM.
+template <typename T>
+__device__ __forceinline__ void sm90_bwd_transposed(float (&d)[32], uint32_t a_rows, uint32_t b_tile) {
+  using C = Sm90Bwd;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
+    const uint32_t col = (kk % 4) * 32;
+    const uint64_t a = smem_desc_128b(a_rows + (kk / 4) * C::kBlockN * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
+    const uint64_t bd = smem_desc_128b(b_tile + (kk / 4) * C::kBlockM * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
+    wgmma_m64n64k16_ss<T>(d, a, bd, kk > 0);
+  }
+  wgmma_commit();
+}
+
+// dv += P^T dO and dk += dS^T Q, P^T / dS^T (64 keys x 64 queries) from registers: k16 step kk on
+// queries 16 kk ..: the dO / Q rows 16 kk .. start 2 atoms (16 rows) further each step, their 128
+// columns are the two column blocks, LBO apart. Awaited before returning (the stage is then free).
+template <typename T>
+__device__ __forceinline__ void sm90_bwd_gradients(float (&dv)[64], float (&dk)[64], uint32_t (&pf)[4][4],
+                                                   uint32_t (&dsf)[4][4], uint32_t do_tile, uint32_t q_tile) {
+  using C = Sm90Bwd;
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < C::kBlockM / 16; ++kk) {
+    const uint32_t step = kk * 2 * kSwizzleAtomBytes;
+    constexpr uint32_t kLbo = C::kBlockM * kSwizzleBytes;  // from column block 0 to 1
+    wgmma_m64n128k16_rs_tn<T>(dv, pf[kk], smem_desc_128b(do_tile + step, kLbo, kSwizzleAtomBytes));
+    wgmma_m64n128k16_rs_tn<T>(dk, dsf[kk], smem_desc_128b(q_tile + step, kLbo, kSwizzleAtomBytes));
+  }
+  wgmma_commit();
+  wgmma_wait<0>(dv, dk, pf, dsf);
+}
+
+// dK (scaled) and dV rows of keys < S, straight from the fragments (4-byte stores); rows of a CTA
+// that saw no query are zeros.
+template <typename T>
+__device__ __forceinline__ void sm90_bwd_store(const AttentionBwdParams& p, const float (&dk)[64],
+                                               const float (&dv)[64], int key0, int kvh, int b) {
+  const int t = threadIdx.x % 4;
+  const int64_t rows = (static_cast<int64_t>(b) * p.kv_heads + kvh) * p.keys;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int key = key0 + 8 * h;
+    if (key >= p.keys) continue;
+    T* dk_row = static_cast<T*>(p.dk) + (rows + key) * Sm90Bwd::kHeadDim + 2 * t;
+    T* dv_row = static_cast<T*>(p.dv) + (rows + key) * Sm90Bwd::kHeadDim + 2 * t;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      *reinterpret_cast<uint32_t*>(dk_row + 8 * i) =
+          pack2<T>(dk[4 * i + 2 * h] * p.scale, dk[4 * i + 2 * h + 1] * p.scale);
+      *reinterpret_cast<uint32_t*>(dv_row + 8 * i) = pack2<T>(dv[4 * i + 2 * h], dv[4 * i + 2 * h + 1]);
+    }
+  }
+}
+
+// A consumer warpgroup (wg = 0, 1): keys n0 + 64 wg .. n0 + 64 wg + 63. Thread 32 w + 4 g + t holds
+// keys key0 = n0 + 64 wg + 16 w + g and key0 + 8 of them; in S^T / dP^T, queries m0 + 8 i + 2 t and
+// m0 + 8 i + 2 t + 1 (wgmma D layout).
+template <typename T, bool kCausal>
+__device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, unsigned char* base,
+                                                 const Sm90BwdBarriers& bar, const Sm90BwdWalk& walk, int wg, int n0,
+                                                 int kvh, int b) {
+  using C = Sm90Bwd;
+  const int tid = threadIdx.x % 128;
+  const int t = tid % 4;
+  const int key0 = n0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;
+  const uint32_t k_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
+  const uint32_t v_rows = smem_addr(base + C::kVOffset) + 64 * wg * kSwizzleBytes;
+
+  float dk[64] = {};
+  float dv[64] = {};
+  if (walk.steps > 0) mbar_wait(bar.kv_full, 0);
+  for (int step = 0; step < walk.steps; ++step) {
+    const int stage = step % C::kStages;
+    const uint32_t parity = (step / C::kStages) & 1;
+    const int m0 = walk.row(step);
+    const uint32_t q_tile = smem_addr(base + C::kQOffset + stage * C::kTileBytes);
+    const uint32_t do_tile = smem_addr(base + C::kDoOffset + stage * C::kTileBytes);
+    float s[32], dp[32];
+    mbar_wait(bar.q_full + stage, parity);
+    sm90_bwd_transposed<T>(s, k_rows, q_tile);
+    mbar_wait(bar.do_full + stage, parity);
+    sm90_bwd_transposed<T>(dp, v_rows, do_tile);
+
+    // P^T while dP^T is in flight. Causal: only tiles reaching above the diagonal (a key after a
+    // query) check; the others are wholly at or below it.
+    wgmma_wait<1>(s);
+    const float* lse2 = reinterpret_cast<const float*>(base + C::kLseOffset + stage * C::kRowBytes);
+    const float* delta = reinterpret_cast<const float*>(base + C::kDeltaOffset + stage * C::kRowBytes);
+    const bool check = kCausal && m0 < n0 + C::kBlockN - 1;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * i + 2 * t);
+#pragma unroll
+      for (int e = 4 * i; e < 4 * i + 4; ++e) {
+        s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -(e & 1 ? l.y : l.x)));
+        if (check && key0 + 8 * ((e >> 1) & 1) > m0 + 8 * i + 2 * t + (e & 1)) s[e] = 0.f;
+      }
+    }
+    wgmma_wait<0>(dp);
+    // dS^T = P^T (dP^T - D), D per query (column). Accumulator columns 16 kk .. 16 kk + 15
+    // (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk.
+    uint32_t pf[4][4], dsf[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float2 d = *reinterpret_cast<const float2*>(delta + 16 * kk + 8 * half + 2 * t);
+#pragma unroll
+        for (int r = 2 * half; r < 2 * half + 2; ++r) {
+          const int e = 8 * kk + 2 * r;
+          pf[kk][r] = pack2<T>(s[e], s[e + 1]);
+          dsf[kk][r] = pack2<T>(s[e] * (dp[e] - d.x), s[e + 1] * (dp[e + 1] - d.y));
+        }
+      }
+    }
+    sm90_bwd_gradients<T>(dv, dk, pf, dsf, do_tile, q_tile);
+    mbar_arrive(bar.empty + stage);  // every wgmma reading this stage has completed
+  }
+  sm90_bwd_store<T>(p, dk, dv, key0, kvh, b);
+}
+
+template <typename T, int kHeadDim, bool kCausal>
+__global__ void __launch_bounds__(Sm90Bwd::kThreads, 1)
+    attention_bwd_kv_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
+  static_assert(kHeadDim == Sm90Bwd::kHeadDim, "the sm_90a dK/dV kernel's tiles are for head dim 128");
+  // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = Sm90Bwd;
+  extern __shared__ __align__(16) unsigned char smem[];
+  // The swizzle pattern is a function of the shared address: tiles start on 1024-byte boundaries.
+  unsigned char* base = smem + (kSwizzleAtomBytes - smem_addr(smem) % kSwizzleAtomBytes) % kSwizzleAtomBytes;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
+  const Sm90BwdBarriers bar{bars, bars + 1, bars + 1 + C::kStages, bars + 1 + 2 * C::kStages};
+  const int n0 = blockIdx.x * C::kBlockN;
+  const int kvh = blockIdx.y;
+  const int b = blockIdx.z;
+  const Sm90BwdWalk walk = Sm90BwdWalk::make<kCausal>(params.p, n0, kvh);
+
+  if (threadIdx.x == 0) {
+    mbar_init(bar.kv_full, 1);
+    for (int s = 0; s < C::kStages; ++s) {
+      mbar_init(bar.q_full + s, 1 + C::kRowLoaders);
+      mbar_init(bar.do_full + s, 1);
+      mbar_init(bar.empty + s, C::kConsumerThreads);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    warpgroup_reg_dealloc<C::kProducerRegs>();
+    if (threadIdx.x == 0 && walk.steps > 0) {
+      sm90_bwd_produce_tiles(params, base, bar, walk, n0, kvh, b);
+    } else if (threadIdx.x / 32 == 1) {
+      sm90_bwd_produce_rows(params.p, base, bar, walk, b, threadIdx.x % 32);
+    }
+  } else {
+    warpgroup_reg_alloc<C::kConsumerRegs>();
+    sm90_bwd_consume<T, kCausal>(params.p, base, bar, walk, threadIdx.x / 128 - 1, n0, kvh, b);
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace attn
+}  // namespace fasttx

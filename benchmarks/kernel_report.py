@@ -103,7 +103,9 @@ _GLOBAL = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)+)")
 # cp.async.cg.shared.global [dst], [src], 0x10, src_size: the copy's bytes (hex in Triton's PTX).
 _CP_ASYNC = re.compile(
     r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
-_PIPELINE_ALLOC = re.compile(r"ttg\.local_alloc\s*:.*!ttg\.memdesc<(\d+)x[^>]*mutable")
+# Multi-buffered shared memory: a (stages)x(tile) buffer, its stage count one digit (num_stages <= 8); not a
+# tile of 16 rows or more held in one buffer (TMA's q), nor TMA's mbarriers (stages x 1 x i64).
+_PIPELINE_ALLOC = re.compile(r"ttg\.local_alloc\s*:.*!ttg\.memdesc<(?![^>]*xi64)(\d)x[^>]*mutable")
 _SASS_LOCAL = re.compile(r"\b(STL|LDL)(?:\.[\w]+)*\s")
 _PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
@@ -354,7 +356,8 @@ def markdown(results, meta):
         "(v4.b32 = 16 bytes a thread, the widest); cp.async copies to shared memory by size; "
         "TMA (cp.async.bulk.tensor) "
         "instructions; tensor-core MMA kind and tile shapes; pipelined: async copies into multi-buffered shared memory, waited on by "
-        "group; ptxas performance warnings by code (text in the JSON). Configs: w = num_warps, s = num_stages.",
+        "group (cp.async) or mbarrier (TMA); ptxas performance warnings by code (text in the JSON). Attention's path: tma (TMA "
+        "descriptors, what sm_90 runs for 16-bit dtypes) or pointers. Configs: w = num_warps, s = num_stages.",
     ]
     for family in FAMILIES:
         rows = [r for r in results if r["family"] == family]

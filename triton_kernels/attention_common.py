@@ -229,10 +229,12 @@ def set_tma_mode(mode: str) -> str:
 def tma_fits(t: torch.Tensor) -> bool:
     """Whether TMA can address the 4-D tensor ``t`` as it is: base 16-byte aligned, every dim non-empty and
     below 2^32, last stride 1, the others positive multiples of 16 bytes below 2^40, except on dims of size
-    1, whose stride is never used (descriptor_strides replaces it). A 0 stride (a broadcast) is refused."""
+    1, whose stride is never used (descriptor_strides replaces it). A 0 stride (a broadcast) is refused, and
+    so are rows (head dims) that are not a multiple of 16 bytes, which only a tensor of one row could have
+    passed the stride rule with."""
     size = t.element_size()
     return (t.dim() == 4 and t.data_ptr() % TMA_ALIGN == 0 and t.stride(-1) == 1
-            and all(0 < n < TMA_MAX_DIM for n in t.shape)
+            and t.shape[-1] * size % TMA_ALIGN == 0 and all(0 < n < TMA_MAX_DIM for n in t.shape)
             and all(n == 1 or (0 < s * size < TMA_MAX_STRIDE and s * size % TMA_ALIGN == 0)
                     for n, s in zip(t.shape[:-1], t.stride()[:-1])))
 

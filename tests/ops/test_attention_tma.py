@@ -151,6 +151,7 @@ def test_tma_rules():
     assert attention_common.descriptor_strides(odd) == [80, 8, 16, 1]
     assert not attention_common.tma_fits(torch.empty(2, 0, 5, 16, device=DEVICE))  # empty: no descriptor
     assert not attention_common.tma_fits(aligned.transpose(2, 3))  # last stride not 1
+    assert not attention_common.tma_fits(storage((1, 1, 1, 20), torch.float16))  # a row of 40 bytes
 
 
 def test_auto_uses_tma_on_hopper_only(monkeypatch):

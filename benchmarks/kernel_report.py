@@ -356,8 +356,8 @@ def markdown(results, meta):
         "(v4.b32 = 16 bytes a thread, the widest); cp.async copies to shared memory by size; "
         "TMA (cp.async.bulk.tensor) "
         "instructions; tensor-core MMA kind and tile shapes; pipelined: async copies into multi-buffered shared memory, waited on by "
-        "group (cp.async) or mbarrier (TMA); ptxas performance warnings by code (text in the JSON). Attention's path: tma (TMA "
-        "descriptors, what sm_90 runs for 16-bit dtypes) or pointers. Configs: w = num_warps, s = num_stages.",
+        "group (cp.async) or mbarrier (TMA); ptxas performance warnings by code (text in the JSON). Attention's path: "
+        "tma (TMA descriptors, what sm_90 runs for 16-bit dtypes) or pointers. Configs: w = num_warps, s = num_stages.",
     ]
     for family in FAMILIES:
         rows = [r for r in results if r["family"] == family]

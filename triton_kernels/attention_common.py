@@ -29,8 +29,7 @@ descriptor is a kernel parameter, its block shape set per config by the autotune
 (set_block_shapes). use_tma decides for a launch, in one place, from the device, the dtype (fp16 and bf16:
 fp32 spills on this path) and every such tensor's strides (TMA's rules); everything else (other GPUs, fp32,
 strides TMA cannot take, FASTTX_TRITON_TMA=0) runs the pointer path, the same kernels with the constexpr
-TMA off. The mask, LSE, Delta, the dropout seed and the
-atomic dQ buffer are always read and written through pointers.
+TMA off. The mask, LSE, Delta, the dropout seed and the atomic dQ buffer always go through pointers.
 
 The seed is read from device memory, never passed by value: Triton specialises an int argument on its
 value (== 1, divisible by 16), which would recompile the kernels for one training step in 16, and a CUDA
@@ -96,11 +95,13 @@ def program_block(n, BLOCK: tl.constexpr):
 # A space maps (max head dim, fp32) to [(BLOCK_M, BLOCK_N, num_warps, num_stages)]; the first key that
 # fits the call's head dims and dtype class is used. Each kernel file documents how its lists were chosen.
 # The autotuner times each config kept for the call once per key: head dims, causal, mask kind, dropout,
-# precision, the sequence-length buckets and (added by the autotuner) the dtypes of the tensors, mask
-# included. The interpreter runs one fixed config: 16 is tl.dot's smallest size, and small blocks give
-# short test sequences several blocks, exercising the loop boundaries.
+# precision, TMA or pointers, the sequence-length buckets, q's element size and (added by the autotuner)
+# the dtypes of the tensors passed as such, mask included. The interpreter runs one fixed config: 16 is
+# tl.dot's smallest size, and small blocks give short test sequences several blocks, exercising the loop
+# boundaries.
 
-TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "TMA", "seq_buckets", "dtype_bytes"]
+TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "TMA", "seq_buckets",
+              "dtype_bytes"]
 # Shared memory per block where the device cannot be asked (the interpreter, prune tests): H100 / H200.
 DEFAULT_SHARED_MEMORY = 227 * 1024
 
@@ -241,7 +242,7 @@ def tma_fits(t: torch.Tensor) -> bool:
 
 # The dtypes read through descriptors. Not fp32: compiled for sm_90a (Triton 3.8), its tf32x3 products
 # spill 550-1160 bytes a thread in every kernel on the TMA path (the dot operands stay in registers for
-# their hi / lo split instead of shared memory), where the pointer path spills 0-68 (kernel_report.md).
+# their hi / lo split instead of shared memory), where the pointer path spills 0-76 (kernel_report.md).
 TMA_DTYPES = (torch.float16, torch.bfloat16)
 
 

@@ -16,6 +16,10 @@ matrix products where the default runs seven, not bitwise reproducible); its for
 Its FLOPs are the same standard count, so its TFLOP/s compare with every other provider's directly.
 gpu-check's targets judge "fasttx triton", the deterministic default.
 
+"fasttx triton (pointers)", on sm_90 devices, is the Triton kernels on their pointer path (FASTTX_TRITON_TMA=0,
+forward and backward): what they ran before TMA descriptors, and still run elsewhere, beside "fasttx
+triton" (TMA on sm_90) in the same run, to measure what the descriptors change.
+
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
 forward (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 one, which
 stays the default until a GPU run has validated the new kernel. Its backward is the sm_80 one: the
@@ -92,6 +96,37 @@ def _sm90_switched_on(fn):
     return run
 
 
+class _TmaMode(torch.autograd.Function):
+    """Identity whose backward sets the Triton attention's TMA mode: on the output, it sets it before the
+    attention's backward runs; on the inputs, after (their gradients come from that backward)."""
+
+    @staticmethod
+    def forward(ctx, x, mode):
+        ctx.mode = mode
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from ..triton_kernels import attention_common  # Triton only where its kernels run
+
+        attention_common.set_tma_mode(ctx.mode)
+        return grad, None
+
+
+def _pointer_path(fn):
+    """fn run on the Triton attention's pointer path, forward and backward (the mode in between as before)."""
+    from ..triton_kernels import attention_common
+
+    def run(q, k, v):
+        before = attention_common.set_tma_mode("0")
+        try:
+            out = fn(*(_TmaMode.apply(t, before) for t in (q, k, v)))
+        finally:
+            attention_common.set_tma_mode(before)
+        return _TmaMode.apply(out, "0")
+    return run
+
+
 def cases(op, dtype, device_type, shapes, fasttx_backends):
     for seq, heads, head_dim in shapes:
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 1
@@ -110,6 +145,9 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                 providers["fasttx triton (deterministic=False)"] = lambda q, k, v, c=is_causal: (
                     functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend="triton",
                                                             deterministic=False))
+            if "fasttx triton" in providers and device_type == "cuda" and \
+                    torch.cuda.get_device_capability(q.device)[0] == 9:
+                providers["fasttx triton (pointers)"] = _pointer_path(providers["fasttx triton"])
             if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
                 providers["fasttx cuda (sm_90a)"] = _sm90_switched_on(providers["fasttx cuda"])
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)

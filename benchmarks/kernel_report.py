@@ -10,7 +10,8 @@ launchers choose at the benchmark shapes (benchmarks/norms.py, softmax.py, atten
              float mask broadcast over rows, a bool mask, causal;
   attention  the first config the pruning admits (what FASTTX_TRITON_AUTOTUNE=0 runs) for each head dim
              64 / 128, dtype bf16 / fp32, mask none / bool / float and causal or not, for the forward,
-             dK/dV and dQ kernels; and the rowsum(dO * O) kernel.
+             dK/dV and dQ kernels, on the path sm_90 runs (bf16: TMA descriptors, fp32: pointers); bf16
+             without a mask also on the pointer path; and the rowsum(dO * O) kernel.
 For each it reports, from the cubin Triton built: registers, the stack frame and the local-memory
 instructions (STL / LDL: spill traffic) of its SASS; from ptxas -v rerun on Triton's PTX with the flags
 this Triton passes: spill bytes and ptxas's performance warnings (the rerun's register count is checked
@@ -77,10 +78,15 @@ SOFTMAX_CASES = {
     "full": [(c, kind, False) for c in (1024, 4096, 16384, 32768) for kind in ("none", "float")]
     + [(4096, "bool", False), (4096, "none", True), (32768, "none", True)],
 }
-ATTENTION_CASES = {  # (head dim, dtype, mask dtype or None, causal)
-    "quick": [(128, torch.bfloat16, None, False)],
-    "full": [(e, dtype, mask, causal) for e in (64, 128) for dtype in (torch.bfloat16, torch.float32)
-             for mask in (None, torch.bool, dtype) for causal in (False, True)],
+# (head dim, dtype, mask dtype or None, causal, TMA): every case on the path sm_90 runs (TMA for bf16, pointers
+# for fp32: attention_common.TMA_DTYPES), and the benchmarks' (bf16, no mask) on the pointer path too (other
+# GPUs, strides TMA cannot take), to compare.
+ATTENTION_CASES = {
+    "quick": [(128, torch.bfloat16, None, False, True)],
+    "full": [(e, dtype, mask, causal, dtype in attention_common.TMA_DTYPES) for e in (64, 128)
+             for dtype in (torch.bfloat16, torch.float32) for mask in (None, torch.bool, dtype)
+             for causal in (False, True)]
+    + [(e, torch.bfloat16, None, causal, False) for e in (64, 128) for causal in (False, True)],
 }
 ATTENTION_KERNELS = {  # name: (jit function, (space, shared-memory model, wrong configs))
     "attn_fwd": (attention_fwd._attn_fwd_kernel, attention_fwd.FWD_TUNING),
@@ -97,7 +103,9 @@ _GLOBAL = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)+)")
 # cp.async.cg.shared.global [dst], [src], 0x10, src_size: the copy's bytes (hex in Triton's PTX).
 _CP_ASYNC = re.compile(
     r"\bcp\.async\.c[ag]\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(0x[0-9a-fA-F]+|\d+)")
-_PIPELINE_ALLOC = re.compile(r"ttg\.local_alloc\s*:.*!ttg\.memdesc<(\d+)x[^>]*mutable")
+# Multi-buffered shared memory: a (stages)x(tile) buffer, its stage count one digit (num_stages <= 8); not a
+# tile of 16 rows or more held in one buffer (TMA's q), nor TMA's mbarriers (stages x 1 x i64).
+_PIPELINE_ALLOC = re.compile(r"ttg\.local_alloc\s*:.*!ttg\.memdesc<(?![^>]*xi64)(\d)x[^>]*mutable")
 _SASS_LOCAL = re.compile(r"\b(STL|LDL)(?:\.[\w]+)*\s")
 _PTXAS_SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
@@ -124,6 +132,7 @@ def ptx_facts(ptx, ttgir):
         widths[op].add(nbytes)
     buffers = sorted({int(n) for n in _PIPELINE_ALLOC.findall(ttgir)})
     wait_groups = len(re.findall(r"\bcp\.async(?:\.bulk)?\.wait_group\b", ptx))
+    barrier_waits = len(re.findall(r"\bmbarrier\.try_wait\b", ptx))  # TMA loads complete on an mbarrier
     tma = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
     return dict(
         global_loads=dict(accesses["ld"]), global_stores=dict(accesses["st"]),
@@ -133,10 +142,10 @@ def ptx_facts(ptx, ttgir):
         # Tile shapes of the MMAs (m64nNk16 for wgmma): a narrow N means short MMAs, more overhead a FLOP.
         mma_shapes=dict(collections.Counter(
             re.findall(r"\b(?:wgmma\.mma_async|mma)\.sync\.aligned\.(m\d+n\d+k\d+)", ptx))),
-        wait_groups=wait_groups, smem_buffers=buffers,
+        wait_groups=wait_groups, barrier_waits=barrier_waits, smem_buffers=buffers,
         # A loop is pipelined when its loads go to multi-buffered shared memory through async copies
-        # (cp.async or TMA) and it waits on them a group at a time.
-        pipelined=bool(wait_groups and any(n > 1 for n in buffers)),
+        # and it waits on them a stage at a time: cp.async by group, TMA by mbarrier.
+        pipelined=bool((wait_groups or barrier_waits) and any(n > 1 for n in buffers)),
     )
 
 
@@ -267,26 +276,29 @@ def softmax_entries(preset):
 
 
 def attention_entries(preset):
-    for head_dim, dtype, mask_dtype, causal in ATTENTION_CASES[preset]:
+    for head_dim, dtype, mask_dtype, causal, tma in ATTENTION_CASES[preset]:
         kind = "none" if mask_dtype is None else "bool" if mask_dtype == torch.bool else "float"
         mask_bytes = 0 if mask_dtype is None else mask_dtype.itemsize
-        case = dict(head_dim=head_dim, dtype=str(dtype).replace("torch.", ""), mask=kind, causal=causal)
+        case = dict(head_dim=head_dim, dtype=str(dtype).replace("torch.", ""), mask=kind, causal=causal,
+                    path="tma" if tma else "pointers")
         for name, (fn, (space, model, wrong)) in ATTENTION_KERNELS.items():
             admitted = attention_common.space_configs(
                 space, model, head_dim, head_dim, dtype.itemsize, mask_bytes, attention_common.DEFAULT_SHARED_MEMORY,
                 (wrong or {}).get((kind, dtype.itemsize == 4), ()))
             block_m, block_n, warps, stages = admitted[0]
             args = variant_args(name.removeprefix("attn_"), block_m, block_n, head_dim, dtype, mask_dtype, causal,
-                                0.0)
+                                0.0, tma)
             config = dict(BLOCK_M=block_m, BLOCK_N=block_n)
             yield ("attention", name, case, config, fn, warps, stages, args)
-        if mask_dtype is None and not causal:  # rowsum(dO * O): one per head dim and dtype
+        sm90_path = tma == (dtype in attention_common.TMA_DTYPES)  # not the pointer-path comparison
+        if mask_dtype is None and not causal and sm90_path:  # rowsum(dO * O): one per head dim and dtype
             o = torch.empty(2, 4, 1024, head_dim, dtype=dtype)
             block_ev = attention_common._head_block(head_dim)
             block_m = min(attention_bwd._DELTA_ELEMENTS // block_ev, 1024)
             args = dict(O=o, DO=o, Delta=torch.empty(2, 4, 1024), o_strides=o.stride()[:3], do_strides=o.stride()[:3],
                         H=4, L=1024, EV=head_dim, BLOCK_EV=block_ev, BLOCK_M=block_m)
-            yield ("attention", "attn_bwd_delta", dict(case, mask="-", causal="-"), dict(BLOCK_M=block_m),
+            yield ("attention", "attn_bwd_delta", dict(case, mask="-", causal="-", path="pointers"),
+                   dict(BLOCK_M=block_m),
                    attention_bwd._attn_bwd_delta_kernel, 4, _default_stages(4), args)
 
 
@@ -323,7 +335,7 @@ def _row(r):
     if r["pipelined"]:
         pipe = f"yes ({', '.join(map(str, r['smem_buffers']))}-deep)"
     else:  # async copies into one buffer overlap nothing across iterations
-        pipe = "no (async, 1 buffer)" if r["wait_groups"] else "no"
+        pipe = "no (async, 1 buffer)" if r["wait_groups"] or r["barrier_waits"] else "no"
     warnings = "; ".join(w.split(":")[0] for w in r["ptxas_warnings"]) or ""
     return (f"| {r['kernel']} | {r['case'].get('dtype', '')} | {case} "
             f"| {config}, w={r['num_warps']}, s={r['num_stages']} "
@@ -344,7 +356,8 @@ def markdown(results, meta):
         "(v4.b32 = 16 bytes a thread, the widest); cp.async copies to shared memory by size; "
         "TMA (cp.async.bulk.tensor) "
         "instructions; tensor-core MMA kind and tile shapes; pipelined: async copies into multi-buffered shared memory, waited on by "
-        "group; ptxas performance warnings by code (text in the JSON). Configs: w = num_warps, s = num_stages.",
+        "group (cp.async) or mbarrier (TMA); ptxas performance warnings by code (text in the JSON). Attention's path: "
+        "tma (TMA descriptors, what sm_90 runs for 16-bit dtypes) or pointers. Configs: w = num_warps, s = num_stages.",
     ]
     for family in FAMILIES:
         rows = [r for r in results if r["family"] == family]

@@ -61,6 +61,15 @@ def test_ptx_reading():
     assert facts["cp_async"] == {"16B": 1} and facts["wgmma"] == 1 and facts["mma_sync"] == 0
     assert facts["mma_shapes"] == {"m64n64k16": 1}
     assert facts["smem_buffers"] == [3] and facts["pipelined"]
+    # TMA's forms: a tile held in one buffer and the mbarriers are no pipeline stages; the mbarrier wait is.
+    facts = report_module().ptx_facts(
+        "cp.async.bulk.tensor.4d.shared::cta.global.mbarrier::complete_tx::bytes [%r1], [%rd1, {%r2, %r3, %r4, %r5}],"
+        " [%r6];\nmbarrier.try_wait.parity.shared::cta.b64 %p1, [%r6], %r7;\n",
+        "%q = ttg.local_alloc : () -> !ttg.memdesc<128x128xbf16, #shared1, #smem, mutable>\n"
+        "%b = ttg.local_alloc : () -> !ttg.memdesc<3x1xi64, #shared2, #smem, mutable>\n"
+        "%k = ttg.local_alloc : () -> !ttg.memdesc<3x64x128xbf16, #shared1, #smem, mutable>\n")
+    assert facts["tma"] == 1 and facts["barrier_waits"] == 1 and facts["wait_groups"] == 0
+    assert facts["smem_buffers"] == [3] and facts["pipelined"]
 
 
 def test_quick_report_compiles_every_family(report):
@@ -87,9 +96,11 @@ def test_registers_and_spills_agree_with_the_cubin(report):
 
 
 def test_attention_uses_tensor_cores_and_pipelines(report):
-    fwd = entry(report[0]["kernels"], "attn_fwd", head_dim=128, dtype="bfloat16", mask="none", causal=False)
+    fwd = entry(report[0]["kernels"], "attn_fwd", head_dim=128, dtype="bfloat16", mask="none", causal=False,
+                path="tma")
     assert fwd["wgmma"] + fwd["mma_sync"] > 0
-    assert fwd["pipelined"] and (fwd["cp_async"] or fwd["tma"])
+    # On sm_90 TMA moves q, k, v (and o): no cp.async is left, and the loop waits on mbarriers.
+    assert fwd["pipelined"] and fwd["tma"] and not fwd["cp_async"] and fwd["barrier_waits"]
     # The q tile and the streamed k / v stages live in shared memory.
     assert fwd["shared"] >= 128 * 128 * 2
 

@@ -41,9 +41,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (LOG2E, attention_autotune, dropout_keep, held_copies, held_signed, kernel_args,
-                               key_blocks, kv_bases, launch_grid, load_seed, masked_scores, program_block,
-                               query_block, score_block, tile_offsets_fit)
+from .attention_common import (LOG2E, attention_autotune, dropout_keep, head_rows, held_copies, held_signed,
+                               kernel_args, key_blocks, kv_heads, launch_grid, load_rows, load_seed, load_v,
+                               masked_scores, program_block, query_block, score_block, store_rows,
+                               tile_offsets_fit)
 
 # See attention_fwd.py's launch configurations; lists chosen the same way.
 # The dK/dV kernel holds BLOCK_N keys and two accumulators, and streams BLOCK_M queries.
@@ -153,14 +154,15 @@ def _first_query_block(start_n, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _bwd_kv_blocks(
-    dk, dv, k, v, Q, DO, DQ, LSE, Delta, Mask, lo, start_n, offs_n, q_offs, do_offs, mask_offs, rng_row,
+    dk, dv, k, v, q_head, do_head, DQ, LSE, Delta, Mask, lo, start_n, offs_n, q_offs, do_offs, mask_offs, rng_row,
     stride_ql, stride_dol, stride_ml, L, S, scale_log2, dropout_p, inv_keep, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Add the unscaled dK = dS^T Q and dV = P^T dO of one query head's blocks from row lo on; with
-    ATOMIC_DQ, also dS K into the head's fp32 (L, E) rows at DQ, by atomic adds.
+    """Add the unscaled dK = dS^T Q and dV = P^T dO of one query head's blocks from row lo on (q_head and
+    do_head: that head of Q and dO, head_rows); with ATOMIC_DQ, also dS K into the head's fp32 (L, E) rows
+    at DQ, by atomic adds.
 
     Causal applies its check on every block: split off into a loop of its own, the unchecked blocks
     made the pipeliner keep both loops' prefetched tiles live across them, spilling registers (Triton
@@ -168,13 +170,12 @@ def _bwd_kv_blocks(
     """
     rows = tl.arange(0, BLOCK_M)
     e_ok = tl.arange(0, BLOCK_E) < E
-    ev_ok = tl.arange(0, BLOCK_EV) < EV
     dq_offs = rows[:, None] * E + tl.arange(0, BLOCK_E)[None, :]
     for start_m in range(lo, L, BLOCK_M):
         offs_m = start_m + rows
         m_ok = offs_m < L
         m = tl.cast(start_m, tl.int64)  # not .to(): the interpreter's loop variables are Python ints
-        q = tl.load(Q + m * stride_ql + q_offs, mask=m_ok[:, None] & e_ok[None, :], other=0.0)
+        q = load_rows(q_head, start_m, L, stride_ql, q_offs, E, TMA, BLOCK_M, BLOCK_E)
         # Padding rows get lse = +inf, hence P = 0: no other row check is needed.
         lse2 = tl.load(LSE + offs_m, mask=m_ok, other=float("inf")) * LOG2E
         qk_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
@@ -184,7 +185,7 @@ def _bwd_kv_blocks(
         x_t, x_scale = masked_scores(qk_t, offs_m[None, :], offs_n[:, None], L, S, Mask, m * stride_ml, mask_offs,
                                      scale_log2, MASK_KIND, IS_CAUSAL, CHECK=IS_CAUSAL or ATOMIC_DQ)
         p_t = tl.exp2(tl.fma(x_t, x_scale, -lse2[None, :]))
-        do = tl.load(DO + m * stride_dol + do_offs, mask=m_ok[:, None] & ev_ok[None, :], other=0.0)
+        do = load_rows(do_head, start_m, L, stride_dol, do_offs, EV, TMA, BLOCK_M, BLOCK_EV)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         if HAS_DROPOUT:
             keep = tl.trans(dropout_keep(seed, rng_row + m, rows, start_n, S, dropout_p, BLOCK_N))
@@ -205,16 +206,16 @@ def _bwd_kv_blocks(
 
 @triton.jit
 def _attn_bwd_kv_kernel(
-    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets,  # see attention_common.py
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets, dtype_bytes,  # attention_common.py
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
-    DK,  # (B, Hkv, S, E) key gradient, contiguous, dtype of K
+    DK,  # (B, Hkv, S, E) key gradient, contiguous, dtype of K (or its descriptor, as DV, DO, DQ)
     DV,  # (B, Hkv, S, Ev) value gradient, contiguous, dtype of V
     # ATOMIC_DQ: (B, H, L, E) fp32, contiguous, zeroed: gets sign(scale) dS K (k is held signed), which
     # |scale| turns into dQ. None otherwise.
     DQ,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     H, group, L, S = sizes
     stride_ql, stride_kn, stride_vn = strides[0][2], strides[1][2], strides[2][2]
@@ -224,21 +225,18 @@ def _attn_bwd_kv_kernel(
     b = bkv // h_kv
     kv = bkv % h_kv
     # int64 (batch, head, block start) offsets, as in the forward.
-    b64, kv64, n64 = b.to(tl.int64), kv.to(tl.int64), start_n.to(tl.int64)
-    K, V = kv_bases(K, V, strides, b64, kv64)
-    K += n64 * stride_kn
-    V += n64 * stride_vn
+    b64, n64 = b.to(tl.int64), start_n.to(tl.int64)
+    k_head, v_head = kv_heads(K, V, strides, b, kv, TMA)
     cols = tl.arange(0, BLOCK_N)
     offs_n = start_n + cols
     rows = tl.arange(0, BLOCK_M)
     offs_e = tl.arange(0, BLOCK_E)
     offs_ev = tl.arange(0, BLOCK_EV)
-    n_ok = offs_n[:, None] < S
-    k = tl.load(K + cols[:, None] * stride_kn + offs_e[None, :], mask=n_ok & (offs_e[None, :] < E),
-                other=0.0)
+    k = load_rows(k_head, start_n, S, stride_kn, cols[:, None] * stride_kn + offs_e[None, :], E, TMA, BLOCK_N,
+                  BLOCK_E)
     k = held_signed(k, SCALE_SIGN)  # k is held here, q streamed: see masked_scores
-    v = tl.load(V + cols[:, None] * stride_vn + offs_ev[None, :], mask=n_ok & (offs_ev[None, :] < EV),
-                other=0.0)
+    v = load_rows(v_head, start_n, S, stride_vn, cols[:, None] * stride_vn + offs_ev[None, :], EV, TMA, BLOCK_N,
+                  BLOCK_EV)
     q_offs = rows[:, None] * stride_ql + offs_e[None, :]
     do_offs = rows[:, None] * do_strides[2] + offs_ev[None, :]
     mask_offs = rows[None, :] * stride_ml + cols[:, None] * stride_ms
@@ -253,8 +251,8 @@ def _attn_bwd_kv_kernel(
     for h in range(kv * group, (kv + 1) * group):
         h64 = tl.cast(h, tl.int64)
         bh64 = b64 * H + h64
-        Q_h = Q + b64 * strides[0][0] + h64 * strides[0][1]
-        DO_h = DO + b64 * do_strides[0] + h64 * do_strides[1]
+        q_head = head_rows(Q, b64 * strides[0][0] + h64 * strides[0][1], b, h, TMA)
+        do_head = head_rows(DO, b64 * do_strides[0] + h64 * do_strides[1], b, h, TMA)
         Mask_h = Mask
         if MASK_KIND != "none":
             Mask_h += b64 * strides[3][0] + h64 * strides[3][1] + n64 * stride_ms
@@ -262,20 +260,18 @@ def _attn_bwd_kv_kernel(
         if ATOMIC_DQ:
             DQ_h += bh64 * L * E
         dk, dv = _bwd_kv_blocks(
-            dk, dv, k, v, Q_h, DO_h, DQ_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, start_n, offs_n,
+            dk, dv, k, v, q_head, do_head, DQ_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, start_n, offs_n,
             q_offs, do_offs, mask_offs, bh64 * L, stride_ql, do_strides[2], stride_ml, L, S,
             scale_log2, dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-            HAS_DROPOUT, ATOMIC_DQ, PRECISION, BLOCK_M, BLOCK_N,
+            HAS_DROPOUT, ATOMIC_DQ, PRECISION, TMA, BLOCK_M, BLOCK_N,
         )
 
     if HAS_DROPOUT:
         dv *= inv_keep
-    DK += (bkv.to(tl.int64) * S + start_n) * E
-    DV += (bkv.to(tl.int64) * S + start_n) * EV
-    tl.store(DK + cols[:, None] * E + offs_e[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=n_ok & (offs_e[None, :] < E))
-    tl.store(DV + cols[:, None] * EV + offs_ev[None, :], dv.to(DV.dtype.element_ty),
-             mask=n_ok & (offs_ev[None, :] < EV))
+    store_rows(head_rows(DK, bkv.to(tl.int64) * S * E, b, kv, TMA), start_n, S, E, cols[:, None] * E + offs_e[None, :],
+               dk * scale, E, TMA, BLOCK_N, BLOCK_E)
+    store_rows(head_rows(DV, bkv.to(tl.int64) * S * EV, b, kv, TMA), start_n, S, EV,
+               cols[:, None] * EV + offs_ev[None, :], dv, EV, TMA, BLOCK_N, BLOCK_EV)
 
 
 @triton.jit
@@ -283,16 +279,15 @@ def _bwd_q_blocks(
     dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, inv_keep,
     seed, E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Add the unscaled dQ = dS K of the key blocks starting before ``end``; those from ``full_end`` on
     are checked (one loop: see score_block)."""
     rng_row, S = tile[5], sizes[3]
     for start_n in range(0, end, BLOCK_N):
-        x, x_scale, k, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
-                                                    scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-                                                    PRECISION, BLOCK_N)
-        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        x, x_scale, k = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E, EV,
+                                    BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION, TMA, BLOCK_N)
+        v = load_v(tile, start_n, strides, sizes, EV, TMA, BLOCK_N, BLOCK_EV)
         p = tl.exp2(tl.fma(x, x_scale, -lse2[:, None]))
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
@@ -305,23 +300,23 @@ def _bwd_q_blocks(
 
 @triton.jit
 def _attn_bwd_q_kernel(
-    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets,  # see attention_common.py
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets, dtype_bytes,  # attention_common.py
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
-    DQ,  # (B, H, L, E) query gradient, contiguous, dtype of Q
+    DQ,  # (B, H, L, E) query gradient, contiguous, dtype of Q (or its descriptor, as DO)
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m, bh, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
-                                                        SCALE_SIGN, HAS_DROPOUT, BLOCK_M, BLOCK_N)
-    H, L, S = sizes[0], sizes[2], sizes[3]
-    DO += (bh // H).to(tl.int64) * do_strides[0] + (bh % H).to(tl.int64) * do_strides[1] \
-        + start_m.to(tl.int64) * do_strides[2]
+    start_m, head, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
+                                                          SCALE_SIGN, HAS_DROPOUT, TMA, BLOCK_M, BLOCK_N)
+    b, h, bh = head  # not unpacked in the line above: Triton 3.6's cache key cannot hash nested targets
+    L, S = sizes[2], sizes[3]
     m_ok = offs_m < L
     offs_e = tl.arange(0, BLOCK_E)
     offs_ev = tl.arange(0, BLOCK_EV)
-    do = tl.load(DO + rows[:, None] * do_strides[2] + offs_ev[None, :],
-                 mask=m_ok[:, None] & (offs_ev[None, :] < EV), other=0.0)
+    do = load_rows(head_rows(DO, b.to(tl.int64) * do_strides[0] + h.to(tl.int64) * do_strides[1], b, h, TMA),
+                   start_m, L, do_strides[2], rows[:, None] * do_strides[2] + offs_ev[None, :], EV, TMA, BLOCK_M,
+                   BLOCK_EV)
     # Padding rows get lse = +inf, hence P = 0.
     lse2 = tl.load(LSE + bh.to(tl.int64) * L + offs_m, mask=m_ok, other=float("inf")) * LOG2E
     delta = tl.load(Delta + bh.to(tl.int64) * L + offs_m, mask=m_ok, other=0.0)
@@ -331,10 +326,9 @@ def _attn_bwd_q_kernel(
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
     dq = _bwd_q_blocks(dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2,
                        dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
-                       PRECISION, BLOCK_N)
-    DQ += (bh.to(tl.int64) * L + start_m) * E
-    tl.store(DQ + rows[:, None] * E + offs_e[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=m_ok[:, None] & (offs_e[None, :] < E))
+                       PRECISION, TMA, BLOCK_N)
+    store_rows(head_rows(DQ, bh.to(tl.int64) * L * E, b, h, TMA), start_m, L, E, rows[:, None] * E + offs_e[None, :],
+               dq * scale, E, TMA, BLOCK_M, BLOCK_E)
 
 
 # attention_autotune's arguments (no config is known to compute wrong results: see FWD_WRONG).
@@ -356,16 +350,17 @@ def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, drop
     ``deterministic=False`` runs the 5-product kernel with atomic dQ (see the module docstring), unless
     torch.are_deterministic_algorithms_enabled(), checked here, at the backward, as torch's own ops do.
     """
-    args = kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p)
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+    atomic = not deterministic and not torch.are_deterministic_algorithms_enabled()
+    # The atomic kernel adds dQ into an fp32 buffer through pointers: dq is no kernel argument there.
+    args = kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p, DO=do, DK=dk, DV=dv,
+                       **({} if atomic else dict(DQ=dq)))
     B, H, L, _ = q.shape
     Hkv, S, Ev = k.shape[1], k.shape[2], v.shape[3]
     assert do.shape == o.shape == (B, H, L, Ev), "do and o must be (B, H, L, Ev)"
     assert do.stride(-1) == o.stride(-1) == 1, "do and o need a contiguous last dim"
     assert tile_offsets_fit([do.stride(2), o.stride(2)], S, 0), "do or o: row stride too large for int32 offsets"
     assert lse.shape == (B, H, L) and lse.dtype == torch.float32 and lse.is_contiguous(), "lse: fp32 (B,H,L)"
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if B * H == 0:
         return dq, dk.zero_(), dv.zero_()
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
@@ -374,13 +369,13 @@ def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, drop
         o, do, delta, o.stride()[:3], do.stride()[:3], H, L,
         EV=Ev, BLOCK_EV=args["BLOCK_EV"], BLOCK_M=block_m, num_warps=4,
     )
-    grads = dict(DO=do, LSE=lse, Delta=delta, do_strides=do.stride()[:3], scale=scale)
+    grads = dict(LSE=lse, Delta=delta, do_strides=do.stride()[:3], scale=scale)
     kv_grid = lambda meta: launch_grid(S, meta["BLOCK_N"], B * Hkv)  # noqa: E731
-    if deterministic or torch.are_deterministic_algorithms_enabled():
-        _attn_bwd_kv[kv_grid](DK=dk, DV=dv, DQ=None, ATOMIC_DQ=False, **grads, **args)
-        _attn_bwd_q[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](DQ=dq, **grads, **args)
-    else:
+    if atomic:
         dq_sum = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        _attn_bwd_atomic[kv_grid](DK=dk, DV=dv, DQ=dq_sum, ATOMIC_DQ=True, **grads, **args)
+        _attn_bwd_atomic[kv_grid](DQ=dq_sum, ATOMIC_DQ=True, **grads, **args)
         torch.mul(dq_sum, abs(scale), out=dq)  # |scale|: dq_sum holds sign(scale) dS K; one rounding
+    else:
+        _attn_bwd_kv[kv_grid](ATOMIC_DQ=False, **grads, **dict(args, DQ=None))
+        _attn_bwd_q[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](**grads, **args)
     return dq, dk, dv

@@ -4,16 +4,32 @@ key-block ranges, a query block's start). Conventions and math: attention_fwd.py
 
 Kernel arguments. Every kernel takes the keyword arguments of :func:`kernel_args`, grouped so that a
 signature is written once:
-    Q (B, H, L, E), K (B, Hkv, S, E), V (B, Hkv, S, Ev): inputs, any strides, last dim contiguous;
+    Q (B, H, L, E), K (B, Hkv, S, E), V (B, Hkv, S, Ev): inputs, any strides, last dim contiguous, or
+    (TMA) their TMA descriptors, as are the launchers' other (B, heads, rows, head dim) tensors then;
     Mask: (B, H, L, S) bool or float view with any strides (0 on broadcast dims), or None;
     Seed: int64 tensor of one element on the inputs' device, the Philox seed, or None without dropout;
     strides: ((q b, h, l), (k b, h, n), (v b, h, n), (mask b, h, l, s)) in elements;
     sizes: (H, group, L, S) with group = H // Hkv: query head h reads kv head h // group;
     scale_log2 = scale * log2(e); dropout_p;
-    seq_buckets: (seq_bucket(L), seq_bucket(S)), which only the autotuner's key reads;
+    seq_buckets: (seq_bucket(L), seq_bucket(S)), and dtype_bytes: q's element size, which only the
+    autotuner's key reads (it adds the dtypes of tensor arguments itself, but descriptors have none);
     constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), SCALE_SIGN (1, -1 or 0:
     the sign of scale, see masked_scores), MASK_KIND ("none", "bool", "float"), IS_CAUSAL, HAS_DROPOUT,
-    PRECISION (tl.dot input_precision of fp32 operands), and the autotuned BLOCK_M, BLOCK_N.
+    PRECISION (tl.dot input_precision of fp32 operands), TMA (see below), and the autotuned BLOCK_M, BLOCK_N.
+
+TMA tensor descriptors (Hopper's bulk tensor copies). On sm_90 the kernels read q, k, v, dO and write o,
+dQ, dK, dV through host-side descriptors (triton.tools.tensor_descriptor.TensorDescriptor), 4-D over each
+tensor's own (B, heads, rows, head dim) shape and strides: one TMA copy moves a tile into shared memory,
+instead of 16-byte cp.async instructions of every thread with their addresses and predicates. Rows past
+the head's end and columns past the head dim are zero-filled on loads and dropped on stores by TMA itself,
+per dimension, which is what the pointer path's masks do (a 2-D (B H L, E) descriptor would read the next
+head's rows instead). Host-side, not device-side (tl.make_tensor_descriptor): the same API in Triton 3.6
+and 3.8, no global allocator to install (triton.set_allocator), no descriptor built by every program; the
+descriptor is a kernel parameter, its block shape set per config by the autotuner's pre_hook
+(set_block_shapes). use_tma decides for a launch, in one place, from the device, the dtype (fp16 and bf16:
+fp32 spills on this path) and every such tensor's strides (TMA's rules); everything else (other GPUs, fp32,
+strides TMA cannot take, FASTTX_TRITON_TMA=0) runs the pointer path, the same kernels with the constexpr
+TMA off. The mask, LSE, Delta, the dropout seed and the atomic dQ buffer always go through pointers.
 
 The seed is read from device memory, never passed by value: Triton specialises an int argument on its
 value (== 1, divisible by 16), which would recompile the kernels for one training step in 16, and a CUDA
@@ -30,6 +46,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..backends import KERNEL_DTYPES
 
@@ -41,6 +58,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # config of every new key would cost most of the time. make gpu-check's tests stage sets it; its
 # autotune stage runs every config on its own.
 _AUTOTUNE = os.environ.get("FASTTX_TRITON_AUTOTUNE", "1") != "0"
+# FASTTX_TRITON_TMA: "auto" (the default) uses TMA descriptors on sm_90 where the strides allow (use_tma);
+# "0" never (the pointer path everywhere: to compare the two on one GPU); "1" wherever the dtype and strides
+# allow, on any device, the interpreter's CPU tensors included (the tests force it so).
+_TMA = os.environ.get("FASTTX_TRITON_TMA", "auto")
 MAX_HEAD_DIM = 256  # the largest head-dim tile the launch configurations were checked for
 MAX_PROGRAMS = 2**31 - 1  # CUDA's limit on grid dim 0
 # The tile offsets within a block are int32 (the bases of batches, heads and blocks are int64): a block
@@ -74,11 +95,13 @@ def program_block(n, BLOCK: tl.constexpr):
 # A space maps (max head dim, fp32) to [(BLOCK_M, BLOCK_N, num_warps, num_stages)]; the first key that
 # fits the call's head dims and dtype class is used. Each kernel file documents how its lists were chosen.
 # The autotuner times each config kept for the call once per key: head dims, causal, mask kind, dropout,
-# precision, the sequence-length buckets and (added by the autotuner) the dtypes of the tensors, mask
-# included. The interpreter runs one fixed config: 16 is tl.dot's smallest size, and small blocks give
-# short test sequences several blocks, exercising the loop boundaries.
+# precision, TMA or pointers, the sequence-length buckets, q's element size and (added by the autotuner)
+# the dtypes of the tensors passed as such, mask included. The interpreter runs one fixed config: 16 is
+# tl.dot's smallest size, and small blocks give short test sequences several blocks, exercising the loop
+# boundaries.
 
-TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "seq_buckets"]
+TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "TMA", "seq_buckets",
+              "dtype_bytes"]
 # Shared memory per block where the device cannot be asked (the interpreter, prune tests): H100 / H200.
 DEFAULT_SHARED_MEMORY = 227 * 1024
 
@@ -124,7 +147,8 @@ def shared_memory_limit(device: torch.device) -> int:
 
 
 def _config(block_m, block_n, num_warps, num_stages):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages)
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages,
+                         pre_hook=set_block_shapes)
 
 
 def keep_tile_bytes(block_m, block_n, has_dropout):
@@ -132,6 +156,13 @@ def keep_tile_bytes(block_m, block_n, has_dropout):
     seen compiling the configs): dropout_keep draws it in a layout of 4-key groups whose rows lie in
     other warps than in the scores' layout, so the conversion goes through shared memory."""
     return block_m * block_n if has_dropout else 0
+
+
+def tma_barrier_bytes(num_stages):
+    """Shared memory of the TMA path's mbarriers, 8 bytes each: one per pipeline stage of each of the two
+    tiles a loop streams, and one for the held tiles (Triton 3.6 and 3.8, sm_90a: 56 B at 3 stages, 32 at
+    2). The pointer path has none: counted for both, an upper bound there."""
+    return 8 * (2 * num_stages + 1)
 
 
 def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit, wrong=(),
@@ -144,12 +175,12 @@ def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_byt
     with one some configs get fewer stages; without one the model applies too: a listed config may not
     fit every device, nor every head dim of its key (measured on an H200: the dQ kernel's (128, 16, 8, 2)
     at E = 128 fp32 asked for 294912 bytes, the model's figure, against 232448). Dropout adds its keep
-    tile (keep_tile_bytes)."""
+    tile (keep_tile_bytes), the TMA path its barriers (tma_barrier_bytes)."""
     key = next(k for k in space if k[1] == (dtype_bytes == 4) and max(block_e, block_ev) <= k[0])
 
     def model(block_m, block_n, num_stages):
         return (shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
-                + keep_tile_bytes(block_m, block_n, has_dropout))
+                + keep_tile_bytes(block_m, block_n, has_dropout) + tma_barrier_bytes(num_stages))
 
     return fitting_configs([c for c in space[key] if c not in wrong], model, limit)
 
@@ -165,7 +196,7 @@ def attention_autotune(space, shared_memory, wrong=None):
 
     def prune(_configs, named_args, **kwargs):
         args = {**named_args, **kwargs}  # positional and keyword arguments
-        q, mask = args["Q"], args["Mask"]
+        q, mask = tensor_of(args["Q"]), args["Mask"]
         kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
                              0 if mask is None else mask.element_size(), shared_memory_limit(q.device),
                              wrong.get((args["MASK_KIND"], q.element_size() == 4), ()), args["HAS_DROPOUT"])
@@ -173,6 +204,86 @@ def attention_autotune(space, shared_memory, wrong=None):
 
     return triton.autotune(configs=list(configs.values()), key=TUNING_KEY,
                            prune_configs_by={"early_config_prune": prune})
+
+
+# ---- TMA descriptors ---------------------------------------------------------------------------
+
+# The rows and columns of a descriptor's block, by kernel argument: query-side tensors move BLOCK_M rows,
+# key-side ones BLOCK_N, in every kernel; the head dim is padded to its power-of-2 tile.
+_DESCRIPTOR_BLOCKS = {"Q": ("BLOCK_M", "BLOCK_E"), "O": ("BLOCK_M", "BLOCK_EV"), "DO": ("BLOCK_M", "BLOCK_EV"),
+                      "DQ": ("BLOCK_M", "BLOCK_E"), "K": ("BLOCK_N", "BLOCK_E"), "V": ("BLOCK_N", "BLOCK_EV"),
+                      "DK": ("BLOCK_N", "BLOCK_E"), "DV": ("BLOCK_N", "BLOCK_EV")}
+TMA_ALIGN = 16  # bytes: TMA's alignment of the base address and of every stride but the last
+TMA_MAX_STRIDE = 2**40  # bytes: TMA's bound on a stride
+TMA_MAX_DIM = 2**32  # TMA's bound on a dimension
+
+
+def set_tma_mode(mode: str) -> str:
+    """Set FASTTX_TRITON_TMA's setting ("auto", "0" or "1") for the launches from now on; returns the one
+    it replaces (the bench's pointer-path provider switches it around its forward and backward)."""
+    global _TMA
+    assert mode in ("auto", "0", "1"), f"FASTTX_TRITON_TMA must be auto, 0 or 1, got {mode!r}"
+    previous, _TMA = _TMA, mode
+    return previous
+
+
+def tma_fits(t: torch.Tensor) -> bool:
+    """Whether TMA can address the 4-D tensor ``t`` as it is: base 16-byte aligned, every dim non-empty and
+    below 2^32, last stride 1, the others positive multiples of 16 bytes below 2^40, except on dims of size
+    1, whose stride is never used (descriptor_strides replaces it). A 0 stride (a broadcast) is refused, and
+    so are rows (head dims) that are not a multiple of 16 bytes, which only a tensor of one row could have
+    passed the stride rule with."""
+    size = t.element_size()
+    return (t.dim() == 4 and t.data_ptr() % TMA_ALIGN == 0 and t.stride(-1) == 1
+            and t.shape[-1] * size % TMA_ALIGN == 0 and all(0 < n < TMA_MAX_DIM for n in t.shape)
+            and all(n == 1 or (0 < s * size < TMA_MAX_STRIDE and s * size % TMA_ALIGN == 0)
+                    for n, s in zip(t.shape[:-1], t.stride()[:-1])))
+
+
+# The dtypes read through descriptors. Not fp32: compiled for sm_90a (Triton 3.8), its tf32x3 products
+# spill 550-1160 bytes a thread in every kernel on the TMA path (the dot operands stay in registers for
+# their hi / lo split instead of shared memory), where the pointer path spills 0-76 (kernel_report.md).
+TMA_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def use_tma(*tensors: torch.Tensor) -> bool:
+    """The one decision between the TMA and the pointer path of a launch, from the (B, heads, rows, head
+    dim) tensors its kernels read and write: TMA where the device is a Hopper (sm_90) GPU, their dtype 16
+    bits (TMA_DTYPES) and TMA can address every one of them (tma_fits); FASTTX_TRITON_TMA overrides the
+    device test (see its comment)."""
+    if _TMA == "0":
+        return False
+    device = tensors[0].device
+    on_hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+    return ((_TMA == "1" or on_hopper) and all(t.dtype in TMA_DTYPES for t in tensors)
+            and all(tma_fits(t) for t in tensors))
+
+
+def descriptor_strides(t: torch.Tensor) -> list[int]:
+    """``t``'s strides, with 16 bytes' worth on its dims of size 1 (never stepped along, but TMA checks
+    every stride's alignment)."""
+    return [s if n > 1 else TMA_ALIGN // t.element_size() for n, s in zip(t.shape[:-1], t.stride()[:-1])] + [1]
+
+
+def descriptor(t: torch.Tensor) -> TensorDescriptor:
+    """A TMA descriptor over the 4-D tensor ``t``'s own shape and strides (tma_fits(t) holds); its block
+    shape is a placeholder until set_block_shapes sets the launch config's."""
+    return TensorDescriptor(t, list(t.shape), descriptor_strides(t), [1, 1, 16, 16])
+
+
+def tensor_of(arg):
+    """The tensor of a kernel argument, whether passed as itself or as its TMA descriptor."""
+    return arg.base if isinstance(arg, TensorDescriptor) else arg
+
+
+def set_block_shapes(args):
+    """Give the TMA descriptors among a launch's arguments (``args``: name -> value, the config's BLOCK_M
+    and BLOCK_N included) the block shapes of its tiles: (1, 1, rows, head-dim tile). Every config's
+    pre_hook, so the autotuner calls it before each launch; a descriptor's block shape is part of the
+    compiled kernel's signature."""
+    for name, (rows, cols) in _DESCRIPTOR_BLOCKS.items():
+        if isinstance(args.get(name), TensorDescriptor):
+            args[name].block_shape = [1, 1, args[rows], args[cols]]
 
 
 # ---- kernel arguments --------------------------------------------------------------------------
@@ -224,8 +335,10 @@ def tile_offsets_fit(row_strides, S, mask_col_stride):
     return MAX_BLOCK * max(max(abs(s) for s in row_strides), S) + S * (abs(mask_col_stride) + 1) < 2**31
 
 
-def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p):
-    """Checks, then the keyword arguments shared by every attention kernel (see the module docstring)."""
+def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p, tma=None, **tensors):
+    """Checks, then the keyword arguments shared by every attention kernel (see the module docstring), with
+    ``tensors``, the launch's other (B, heads, rows, head dim) tensors by argument name (O; DO, DQ, DK,
+    DV). These and q, k, v are passed as TMA descriptors where ``tma`` (default: use_tma of them all)."""
     _check_qkv(q, k, v)
     assert 0.0 <= dropout_p < 1.0, f"dropout_p must be in [0, 1), got {dropout_p}"
     B, H, L, E = q.shape
@@ -235,10 +348,16 @@ def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p):
     assert tile_offsets_fit([t[2] for t in strides], S, mask_strides[3]), "strides or S too large for int32 offsets"
     # torch's fp32 matmul policy (see attention_fwd.py's docstring); 16-bit operands ignore it.
     precision = "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    tensors = dict(Q=q, K=k, V=v, **tensors)
+    if tma is None:
+        tma = use_tma(*tensors.values())
+    if tma:
+        tensors = {name: descriptor(t) for name, t in tensors.items()}
     return dict(
-        Q=q, K=k, V=v, Mask=mask, Seed=_seed_arg(seed, dropout_p, q.device), strides=strides,
+        tensors, Mask=mask, Seed=_seed_arg(seed, dropout_p, q.device), strides=strides,
         sizes=(H, H // Hkv, L, S), scale_log2=scale * LOG2E.value, dropout_p=dropout_p,
-        seq_buckets=(seq_bucket(L), seq_bucket(S)), E=E, EV=Ev, BLOCK_E=_head_block(E), BLOCK_EV=_head_block(Ev),
+        seq_buckets=(seq_bucket(L), seq_bucket(S)), dtype_bytes=q.element_size(), TMA=tma,
+        E=E, EV=Ev, BLOCK_E=_head_block(E), BLOCK_EV=_head_block(Ev),
         SCALE_SIGN=(scale > 0) - (scale < 0), MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal),
         HAS_DROPOUT=dropout_p > 0.0,
         PRECISION=precision if q.dtype == torch.float32 else "tf32",
@@ -351,19 +470,61 @@ def key_blocks(start_m, S, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK
 
 
 @triton.jit
-def kv_bases(K, V, strides, b64, kv64):
-    """K and V advanced to batch b64 and kv head kv64 (int64 offsets)."""
-    return K + b64 * strides[1][0] + kv64 * strides[1][1], V + b64 * strides[2][0] + kv64 * strides[2][1]
+def head_rows(T, offset, b, h, TMA: tl.constexpr):
+    """Head ``h`` of batch ``b`` of a (B, heads, rows, head dim) tensor, as load_rows and store_rows take
+    it: (T's descriptor, b, h) with TMA, else (T advanced by ``offset``, the head's int64 offset, b, h)."""
+    if TMA:
+        rows = (T, b, h)
+    else:
+        rows = (T + offset, b, h)
+    return rows
+
+
+@triton.jit
+def load_rows(head, start, n, row_stride, offs, D: tl.constexpr, TMA: tl.constexpr, BLOCK: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    """The (BLOCK, BLOCK_D) tile of rows start + [0, BLOCK) of ``head`` (head_rows), 0 at rows >= n and
+    columns >= D: one TMA copy, or a masked load at the int32 offsets ``offs`` (rows x row_stride + columns)
+    from the row start (int64)."""
+    T, b, h = head
+    if TMA:
+        tile = T.load([b, h, start, 0]).reshape(BLOCK, BLOCK_D)
+    else:
+        ok = ((start + tl.arange(0, BLOCK)) < n)[:, None] & (tl.arange(0, BLOCK_D) < D)[None, :]
+        # tl.cast, not .to(): the interpreter's loop variables are Python ints
+        tile = tl.load(T + tl.cast(start, tl.int64) * row_stride + offs, mask=ok, other=0.0)
+    return tile
+
+
+@triton.jit
+def store_rows(head, start, n, row_stride, offs, tile, D: tl.constexpr, TMA: tl.constexpr, BLOCK: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Store ``tile`` in the rows start + [0, BLOCK) of ``head``, converted to its dtype, as load_rows
+    loads them: rows >= n and columns >= D are left out."""
+    T, b, h = head
+    if TMA:
+        T.store([b, h, start, 0], tile.to(T.dtype).reshape(1, 1, BLOCK, BLOCK_D))
+    else:
+        ok = ((start + tl.arange(0, BLOCK)) < n)[:, None] & (tl.arange(0, BLOCK_D) < D)[None, :]
+        tl.store(T + tl.cast(start, tl.int64) * row_stride + offs, tile.to(T.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def kv_heads(K, V, strides, b, kv, TMA: tl.constexpr):
+    """Head kv of batch b of K and V (head_rows)."""
+    b64, kv64 = b.to(tl.int64), kv.to(tl.int64)
+    return (head_rows(K, b64 * strides[1][0] + kv64 * strides[1][1], b, kv, TMA),
+            head_rows(V, b64 * strides[2][0] + kv64 * strides[2][1], b, kv, TMA))
 
 
 @triton.jit
 def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E: tl.constexpr,
                 EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
-                IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+                IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr):
     """One step of the forward's and the dQ kernel's loops over key blocks: the masked scores (x, x_scale
     of masked_scores) of the query block (``tile`` of query_block, which holds the offset of its first
-    row in Mask) against the keys from start_n, the k tile, and the v tile's pointers and load mask (each loop loads it where it needs it). Blocks from ``full_end`` on (key_blocks) get
-    the key-bound and causal checks.
+    row in Mask) against the keys from start_n, and the k tile (each loop loads the v tile, load_v, where
+    it needs it). Blocks from ``full_end`` on (key_blocks) get the key-bound and causal checks.
 
     One loop walks every block and branches on start_n for the checks (as Triton's fused-attention
     tutorial does), rather than a loop over the unchecked blocks and another over the checked ones:
@@ -372,15 +533,11 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
     first's in-flight wgmma), and ptxas (sm_90a, Triton 3.6 and 3.8) then serializes every wgmma of
     the kernel (warning C7515): each waits for the one before, the k-steps of one product included
     (benchmarks/notes/attention.md). The loads are bounded by S on every block instead: a predicate
-    per row of the tile."""
-    q, K, V, k_offs, v_offs, _, mask_base = tile
+    per row of the tile (TMA: its own bound)."""
+    q, k_head, _, k_offs, _, _, mask_base = tile
     L, S = sizes[2], sizes[3]
     cols = start_n + tl.arange(0, BLOCK_N)
-    n = tl.cast(start_n, tl.int64)  # not .to(): the interpreter's loop variables are Python ints
-    n_ok = cols[:, None] < S
-    k_mask = n_ok & (tl.arange(0, BLOCK_E) < E)[None, :]
-    v_mask = n_ok & (tl.arange(0, BLOCK_EV) < EV)[None, :]
-    k = tl.load(K + n * strides[1][2] + k_offs, mask=k_mask, other=0.0)
+    k = load_rows(k_head, start_n, S, strides[1][2], k_offs, E, TMA, BLOCK_N, BLOCK_E)
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     # The mask offsets (and dropout_keep's Philox counters) within a tile are formed in the loop, not
     # held in registers across it: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
@@ -389,38 +546,45 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
                                MASK_KIND, IS_CAUSAL, CHECK=False)
     if start_n >= full_end:
         x = bound_checks(x, offs_m[:, None], cols[None, :], S, IS_CAUSAL)
-    return x, x_scale, k, V + n * strides[2][2] + v_offs, v_mask
+    return x, x_scale, k
+
+
+@triton.jit
+def load_v(tile, start_n, strides, sizes, EV: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+           BLOCK_EV: tl.constexpr):
+    """The v tile of the keys from start_n of a query block's loop (score_block)."""
+    return load_rows(tile[2], start_n, sizes[3], strides[2][2], tile[4], EV, TMA, BLOCK_N, BLOCK_EV)
 
 
 @triton.jit
 def query_block(Q, K, V, Seed, strides, sizes, E: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-                SCALE_SIGN: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr,
+                SCALE_SIGN: tl.constexpr, HAS_DROPOUT: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr):
     """What a program over one (batch-head, query block) starts from, in the forward and the dQ kernel:
-    its block start and flat batch-head index; the in-block rows and their global indices; the Philox
-    seed; and ``tile``: the q tile (held_signed), K and V advanced to its batch and kv head, the k / v
-    tile offsets, the block's first row in the flat (B H L, S) scores (dropout_keep's first_row) and
-    the int64 offset of its first row in the mask (0 strides without one). An offset, not Mask
-    advanced: Triton 3.6 cannot return a None Mask in a tuple."""
+    its block start, its (batch, head) and their flat index; the in-block rows and their global indices;
+    the Philox seed; and ``tile``: the q tile (held_signed), the kv head's K and V (kv_heads), the k / v
+    tile offsets, the block's first row in the flat (B H L, S) scores (dropout_keep's first_row) and the
+    int64 offset of its first row in the mask (0 strides without one). An offset, not Mask advanced:
+    Triton 3.6 cannot return a None Mask in a tuple."""
     H, group, L, S = sizes
     start_m, bh = program_block(L, BLOCK_M)
     b = bh // H
     h = bh % H
     # int64 for every (batch, head, block start) offset: B * H * L * E and the rows of a transposed
     # (B, L, H, E) view overflow int32; the offsets within a tile stay int32.
-    b64, h64, kv64, m64 = b.to(tl.int64), h.to(tl.int64), (h // group).to(tl.int64), start_m.to(tl.int64)
-    Q += b64 * strides[0][0] + h64 * strides[0][1] + m64 * strides[0][2]
-    K, V = kv_bases(K, V, strides, b64, kv64)
+    b64, h64, m64 = b.to(tl.int64), h.to(tl.int64), start_m.to(tl.int64)
+    k_head, v_head = kv_heads(K, V, strides, b, h // group, TMA)
     mask_base = b64 * strides[3][0] + h64 * strides[3][1] + m64 * strides[3][2]
     rows = tl.arange(0, BLOCK_M)
     offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_e = tl.arange(0, BLOCK_E)
     offs_ev = tl.arange(0, BLOCK_EV)
-    q = tl.load(Q + rows[:, None] * strides[0][2] + offs_e[None, :],
-                mask=(offs_m[:, None] < L) & (offs_e[None, :] < E), other=0.0)
+    q = load_rows(head_rows(Q, b64 * strides[0][0] + h64 * strides[0][1], b, h, TMA), start_m, L, strides[0][2],
+                  rows[:, None] * strides[0][2] + offs_e[None, :], E, TMA, BLOCK_M, BLOCK_E)
     q = held_signed(q, SCALE_SIGN)
     k_offs = offs_n[:, None] * strides[1][2] + offs_e[None, :]
     v_offs = offs_n[:, None] * strides[2][2] + offs_ev[None, :]
     rng_row = bh.to(tl.int64) * L + start_m  # the block's first row in the flat (B H L, S) scores
-    return start_m, bh, rows, offs_m, load_seed(Seed, HAS_DROPOUT), (q, K, V, k_offs, v_offs, rng_row, mask_base)
+    tile = (q, k_head, v_head, k_offs, v_offs, rng_row, mask_base)
+    return start_m, (b, h, bh), rows, offs_m, load_seed(Seed, HAS_DROPOUT), tile

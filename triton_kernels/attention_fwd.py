@@ -65,8 +65,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (LN2, attention_autotune, dropout_keep, held_copies, kernel_args, key_blocks,
-                               launch_grid, load_seed, query_block, score_block)
+from .attention_common import (LN2, attention_autotune, dropout_keep, head_rows, held_copies, kernel_args,
+                               key_blocks, launch_grid, load_seed, load_v, query_block, score_block, store_rows)
 
 # ---- launch configurations ---------------------------------------------------------------------
 #
@@ -122,15 +122,15 @@ def _reciprocal(s):
 def _fwd_blocks(
     acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Online-softmax update of (acc, l_i, m_i) with the key blocks starting before ``end``; those from
     ``full_end`` on are checked (key_blocks, score_block)."""
     rng_row, S = tile[5], sizes[3]
     for start_n in range(0, end, BLOCK_N):
-        x, x_scale, _, v_ptrs, v_mask = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes,
-                                                    scale_log2, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-                                                    PRECISION, BLOCK_N)
+        x, x_scale, _ = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E, EV,
+                                    BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION, TMA, BLOCK_N)
         # The logits are x * x_scale with x_scale > 0: their row max is x's, scaled once per row.
         m_new = tl.maximum(m_i, tl.max(x, axis=1) * x_scale)
         # 0 while the row has nothing kept: -inf logits then give 2^-inf = 0, not NaN.
@@ -140,7 +140,7 @@ def _fwd_blocks(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if HAS_DROPOUT:  # after the sum: lse is that of the undropped probabilities
             p = tl.where(dropout_keep(seed, rng_row, rows, start_n, S, dropout_p, BLOCK_N), p, 0.0)
-        v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+        v = load_v(tile, start_n, strides, sizes, EV, TMA, BLOCK_N, BLOCK_EV)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -148,15 +148,16 @@ def _fwd_blocks(
 
 @triton.jit
 def _attn_fwd_kernel(
-    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets,  # see attention_common.py
-    O,  # (B, H, L, Ev) output, contiguous, dtype of Q
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets, dtype_bytes,  # attention_common.py
+    O,  # (B, H, L, Ev) output, contiguous, dtype of Q (or its descriptor)
     LSE,  # (B, H, L) fp32 log-sum-exp of the masked scores (natural log; +inf for fully masked rows)
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    start_m, bh, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
-                                                        SCALE_SIGN, HAS_DROPOUT, BLOCK_M, BLOCK_N)
+    start_m, head, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
+                                                          SCALE_SIGN, HAS_DROPOUT, TMA, BLOCK_M, BLOCK_N)
+    b, h, bh = head  # not unpacked in the line above: Triton 3.6's cache key cannot hash nested targets
     L, S = sizes[2], sizes[3]
     offs_ev = tl.arange(0, BLOCK_EV)
 
@@ -166,14 +167,13 @@ def _attn_fwd_kernel(
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes,
                                 scale_log2, dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-                                HAS_DROPOUT, PRECISION, BLOCK_N)
+                                HAS_DROPOUT, PRECISION, TMA, BLOCK_N)
 
     inv_l = _reciprocal(l_i)
     if HAS_DROPOUT:
         inv_l = inv_l / (1.0 - dropout_p)  # the kept probabilities' 1 / (1 - p), once per row
-    O += (bh.to(tl.int64) * L + start_m) * EV
-    tl.store(O + rows[:, None] * EV + offs_ev[None, :], (acc * inv_l[:, None]).to(O.dtype.element_ty),
-             mask=(offs_m[:, None] < L) & (offs_ev[None, :] < EV))
+    store_rows(head_rows(O, bh.to(tl.int64) * L * EV, b, h, TMA), start_m, L, EV,
+               rows[:, None] * EV + offs_ev[None, :], acc * inv_l[:, None], EV, TMA, BLOCK_M, BLOCK_EV)
     # +inf where nothing is kept (l = 0), so that the backward's P = 2^(z - inf) = 0. log2 gets 1 there,
     # not 0: the same result, without the interpreter's numpy warning about log2(0).
     has_l = l_i > 0.0
@@ -216,12 +216,12 @@ def attention_fwd(q, k, v, mask, scale: float, is_causal: bool, dropout_p: float
     scaled, masked scores (without dropout), +inf on fully masked rows. ``seed``, an int64 tensor of one
     element (on q's device for CUDA graphs), keys the dropout draw; None without dropout.
     """
-    args = kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p)
+    o = q.new_empty((*q.shape[:-1], v.shape[-1]))  # before the checks: O is a kernel argument like q, k, v
+    args = kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p, O=o)
     B, H, L, _ = q.shape
-    o = torch.empty((B, H, L, v.shape[3]), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     if o.numel() > 0:
-        _attn_fwd[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](O=o, LSE=lse, **args)
+        _attn_fwd[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](LSE=lse, **args)
     return o, lse
 
 

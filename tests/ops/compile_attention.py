@@ -29,7 +29,8 @@ except ImportError as e:
     raise
 
 from fasttx.triton_kernels import attention_bwd, attention_fwd
-from fasttx.triton_kernels.attention_common import DEFAULT_SHARED_MEMORY, keep_tile_bytes, kernel_args, space_configs
+from fasttx.triton_kernels.attention_common import (DEFAULT_SHARED_MEMORY, keep_tile_bytes, kernel_args,
+                                                   set_block_shapes, space_configs, tma_barrier_bytes)
 
 TARGET = GPUTarget("cuda", 90, 32)
 KERNELS = {
@@ -38,24 +39,30 @@ KERNELS = {
     "bwd_q": (attention_bwd._attn_bwd_q_kernel, attention_bwd.bwd_q_shared_memory),
     "bwd_atomic": (attention_bwd._attn_bwd_kv_kernel, attention_bwd.bwd_atomic_shared_memory),
 }
-# (kernel, (BLOCK_M, BLOCK_N, num_warps, num_stages), head dim, dtype, mask dtype, causal, dropout_p):
-# each kernel's largest tiles, and every mask kind, causal and dropout once.
+# (kernel, (BLOCK_M, BLOCK_N, num_warps, num_stages), head dim, dtype, mask dtype, causal, dropout_p, TMA):
+# each kernel's largest tiles, and every mask kind, causal and dropout once, on the TMA path (what sm_90
+# runs); the pointer path (other GPUs, strides TMA cannot take) of the largest ones.
 VARIANTS = [
-    ("fwd", (128, 128, 8, 3), 128, torch.float16, None, False, 0.0),
-    ("fwd", (128, 128, 8, 2), 128, torch.float16, torch.float32, False, 0.1),
-    ("fwd", (64, 32, 4, 3), 64, torch.float32, torch.bool, True, 0.0),
-    ("bwd_kv", (32, 128, 8, 3), 128, torch.float16, None, True, 0.1),
-    ("bwd_kv", (32, 64, 4, 4), 64, torch.float16, torch.float16, False, 0.0),
-    ("bwd_q", (128, 64, 8, 2), 128, torch.float16, torch.bool, True, 0.1),
-    ("bwd_q", (64, 32, 4, 3), 64, torch.float32, torch.float32, False, 0.0),
-    ("bwd_atomic", (64, 64, 8, 3), 128, torch.float16, torch.bool, True, 0.1),
-    ("bwd_atomic", (32, 16, 4, 3), 64, torch.float32, torch.float32, False, 0.0),
+    ("fwd", (128, 128, 8, 3), 128, torch.float16, None, False, 0.0, True),
+    ("fwd", (128, 128, 8, 3), 128, torch.float16, None, False, 0.0, False),
+    ("fwd", (128, 128, 8, 2), 128, torch.float16, torch.float32, False, 0.1, True),
+    ("fwd", (64, 32, 4, 3), 64, torch.float32, torch.bool, True, 0.0, True),
+    ("bwd_kv", (32, 128, 8, 3), 128, torch.float16, None, True, 0.1, True),
+    ("bwd_kv", (32, 128, 8, 3), 128, torch.float16, None, True, 0.1, False),
+    ("bwd_kv", (32, 64, 4, 4), 64, torch.float16, torch.float16, False, 0.0, True),
+    ("bwd_q", (128, 64, 8, 2), 128, torch.float16, torch.bool, True, 0.1, True),
+    ("bwd_q", (128, 64, 8, 2), 128, torch.float16, torch.bool, True, 0.1, False),
+    ("bwd_q", (64, 32, 4, 3), 64, torch.float32, torch.float32, False, 0.0, True),
+    ("bwd_atomic", (64, 64, 8, 3), 128, torch.float16, torch.bool, True, 0.1, True),
+    ("bwd_atomic", (64, 64, 8, 3), 128, torch.float16, torch.bool, True, 0.1, False),
+    ("bwd_atomic", (32, 16, 4, 3), 64, torch.float32, torch.float32, False, 0.0, True),
 ]
 
-# (kernel, head dim, dtype, causal) of the benchmarks (no mask, no dropout), compiled in the first config
-# the pruning admits (what FASTTX_TRITON_AUTOTUNE=0 runs): ptxas must not serialize their wgmma (C7515,
-# see attention_common.score_block).
-PTXAS_CHECKS = [(name, 128, torch.bfloat16, causal) for name in ("fwd", "bwd_q") for causal in (False, True)]
+# (kernel, head dim, dtype, causal, TMA) of the benchmarks (no mask, no dropout), compiled in the first
+# config the pruning admits (what FASTTX_TRITON_AUTOTUNE=0 runs), on both paths: ptxas must not
+# serialize their wgmma (C7515, see attention_common.score_block).
+PTXAS_CHECKS = [(name, 128, torch.bfloat16, causal, tma) for name in ("fwd", "bwd_q") for causal in (False, True)
+                for tma in (True, False)]
 TUNING = {"fwd": attention_fwd.FWD_TUNING, "bwd_q": attention_bwd.BWD_Q_TUNING}
 
 
@@ -81,21 +88,26 @@ def compile_kernel(fn, num_warps, num_stages, **kwargs):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options)
 
 
-def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dropout_p):
+def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dropout_p, tma=False):
+    """A launch's arguments of kernel ``name`` at B, H, L = 2, 4, 1024, its tensors passed as TMA descriptors
+    where ``tma`` (the launchers' choice on sm_90), with the block shapes of the config."""
     B, H, L = 2, 4, 1024
     q = torch.empty(B, H, L, head_dim, dtype=dtype)
     mask = None if mask_dtype is None else torch.empty(B, 1, L, L, dtype=mask_dtype)
     lse = torch.empty(B, H, L)
-    args = dict(kernel_args(q, q, q, mask, torch.tensor(1), 0.125, causal, dropout_p), BLOCK_M=block_m,
-                BLOCK_N=block_n)
+    tensors = dict(fwd=dict(O=q), bwd_kv=dict(DO=q, DK=q, DV=q, DQ=q), bwd_atomic=dict(DO=q, DK=q, DV=q),
+                   bwd_q=dict(DO=q, DQ=q))[name]
+    args = dict(kernel_args(q, q, q, mask, torch.tensor(1), 0.125, causal, dropout_p, tma=tma, **tensors),
+                BLOCK_M=block_m, BLOCK_N=block_n)
+    set_block_shapes(args)
     if name == "fwd":
-        return dict(args, O=q, LSE=lse)
-    grads = dict(args, DO=q, LSE=lse, Delta=lse, do_strides=q.stride()[:3], scale=0.125)
+        return dict(args, LSE=lse)
+    grads = dict(args, LSE=lse, Delta=lse, do_strides=q.stride()[:3], scale=0.125)
     if name == "bwd_kv":
-        return dict(grads, DK=q, DV=q, DQ=None, ATOMIC_DQ=False)
+        return dict(grads, DQ=None, ATOMIC_DQ=False)
     if name == "bwd_atomic":
-        return dict(grads, DK=q, DV=q, DQ=torch.empty(q.shape), ATOMIC_DQ=True)
-    return dict(grads, DQ=q)
+        return dict(grads, DQ=torch.empty(q.shape), ATOMIC_DQ=True)
+    return grads
 
 
 def first_config(name, head_dim, dtype):
@@ -116,27 +128,28 @@ def ptxas_log(fn, num_warps, num_stages, **kwargs):
 
 
 def check_ptxas():
-    for name, head_dim, dtype, causal in PTXAS_CHECKS:
+    for name, head_dim, dtype, causal, tma in PTXAS_CHECKS:
         block_m, block_n, num_warps, num_stages = first_config(name, head_dim, dtype)
         log = ptxas_log(KERNELS[name][0], num_warps, num_stages,
-                        **variant_args(name, block_m, block_n, head_dim, dtype, None, causal, 0.0))
+                        **variant_args(name, block_m, block_n, head_dim, dtype, None, causal, 0.0, tma))
         print(json.dumps(dict(kernel=name, config=[block_m, block_n, num_warps, num_stages], head_dim=head_dim,
-                              dtype=str(dtype), causal=causal, registers=re.findall(r"Used (\d+) registers", log),
+                              dtype=str(dtype), causal=causal, tma=tma,
+                              registers=re.findall(r"Used (\d+) registers", log),
                               warnings=sorted(set(re.findall(r"\((C\d+)\)", log))))), flush=True)
 
 
 def main():
     if sys.argv[1:] == ["--ptxas"]:
         return check_ptxas()
-    for name, (block_m, block_n, num_warps, num_stages), head_dim, dtype, mask_dtype, causal, p in VARIANTS:
+    for name, (block_m, block_n, num_warps, num_stages), head_dim, dtype, mask_dtype, causal, p, tma in VARIANTS:
         fn, model = KERNELS[name]
         kernel = compile_kernel(fn, num_warps, num_stages,
-                                **variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p))
+                                **variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p, tma))
         mask_bytes = 0 if mask_dtype is None else mask_dtype.itemsize
         modelled = (model(block_m, block_n, num_stages, head_dim, head_dim, dtype.itemsize, mask_bytes)
-                    + keep_tile_bytes(block_m, block_n, p > 0))
+                    + keep_tile_bytes(block_m, block_n, p > 0) + tma_barrier_bytes(num_stages))
         print(json.dumps(dict(kernel=name, config=[block_m, block_n, num_warps, num_stages], head_dim=head_dim,
-                              dtype=str(dtype), mask=str(mask_dtype), causal=causal, dropout_p=p,
+                              dtype=str(dtype), mask=str(mask_dtype), causal=causal, dropout_p=p, tma=tma,
                               shared=kernel.metadata.shared, model=modelled)), flush=True)
 
 

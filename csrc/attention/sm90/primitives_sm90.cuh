@@ -1,6 +1,6 @@
 #pragma once
 // The sm_90a instructions of the Hopper attention forward (attention_fwd_sm90.cuh), as inline PTX:
-// TMA tile loads (cp.async.bulk.tensor), mbarriers, wgmma, setmaxnreg, and the host-side tensor-map
+// TMA tile loads (cp.async.bulk.tensor), mbarriers, wgmma, setmaxnreg, named barriers, and the host-side tensor-map
 // encoding. As with primitives.cuh, nothing else in the kernel is hardware-specific, so the host
 // emulator (tests/attention_emulator/attention/sm90/primitives_sm90.cuh) substitutes this header
 // as a whole and runs every other line of the real source.
@@ -225,6 +225,19 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_tn(float (&d)[64], const uin
 
 #undef FASTTX_WGMMA_D64
 #undef FASTTX_WGMMA_D64_OPERANDS
+
+// ---- named barriers (bar.sync / bar.arrive) ------------------------------------------------------
+
+// The CTA's 16 hardware barriers, id 0 being __syncthreads'. A phase completes when `count` threads
+// (a multiple of 32, the same in every arrival of the phase) have arrived; bar.sync waits for that,
+// bar.arrive does not. Both are .aligned: every thread of the warp executes the same one, so the
+// ids and counts are warp-uniform. The "memory" clobber keeps shared-memory accesses on their side.
+__device__ __forceinline__ void named_barrier_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
 
 }  // namespace attn
 }  // namespace fasttx

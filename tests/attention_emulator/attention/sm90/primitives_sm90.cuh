@@ -17,6 +17,7 @@
 //   smem_layout_sm90.h), operands read and D written only at the wgmma_wait that retires the group;
 //   a wgmma without a wgmma_fence since the thread's last wait fails; descriptors must agree across
 //   the warpgroup.
+// - Named barriers (bar.sync / bar.arrive): ids, thread counts and phases, below.
 // What it cannot prove: that the hardware's layout is this reading of the ISA (only a GPU can), timing,
 // async-proxy ordering beyond the above, register allocation under setmaxnreg (a no-op here).
 
@@ -377,6 +378,87 @@ inline void wgmma_m64n128k16_rs_tn(float (&d)[64], const uint32_t (&a)[4], uint6
 inline void wgmma_check_quiescent() {
   for (const Warpgroup& wg : warpgroups) {
     if (!wg.open.empty() || !wg.groups.empty()) fail("a CTA exited with wgmma groups never awaited", nullptr);
+  }
+}
+
+// ---- named barriers (bar.sync / bar.arrive) ------------------------------------------------------
+
+// The hardware's 16 per-CTA barriers: a phase completes when `count` threads have arrived, releasing
+// the bar.sync-ers of the phase (bar.arrive-ers never wait). Fails on what the PTX ISA leaves
+// undefined or reserves: an id outside 1..15 (0 is __syncthreads'), a count that is not a positive
+// multiple of 32, different counts within a phase, a phase completed with a warp partly arrived (the
+// instructions are .aligned: a warp arrives whole, so more warps arrived than the count covers), a
+// CTA exiting (or the next CTA arriving) with a phase partly arrived; and a bar.sync that sees no
+// barrier activity (mbarrier or named) anywhere for named_barrier_deadlock_seconds (a missing
+// arrival, a count too large, an order that waits on itself).
+struct NamedBarrier {
+  int count = 0, arrived = 0;  // of the current phase
+  uint64_t phase = 0;
+  int warp_arrivals[32] = {};
+  uint3 cta{};  // of the current phase's arrivals
+};
+inline NamedBarrier named_barriers[16];
+inline int named_barrier_deadlock_seconds = kDeadlockSeconds;
+
+inline bool same_cta(uint3 a, uint3 b) { return a.x == b.x && a.y == b.y && a.z == b.z; }
+
+// This thread's arrival; the phase it arrived in.
+inline uint64_t named_barrier_arrive_locked(int id, int count) {
+  if (id < 1 || id > 15) fail("named barrier id outside 1..15 (0 is __syncthreads')", nullptr);
+  if (count <= 0 || count % 32 != 0 || count > 1024) {
+    fail("named barrier thread count not a positive multiple of 32 up to 1024", nullptr);
+  }
+  NamedBarrier& b = named_barriers[id];
+  if (b.arrived == 0) {
+    b.count = count;
+    b.cta = blockIdx;
+  } else if (!same_cta(b.cta, blockIdx)) {
+    fail("a CTA exited with a named barrier phase partly arrived", nullptr);
+  } else if (b.count != count) {
+    fail("named barrier arrivals with different thread counts in one phase", nullptr);
+  }
+  ++b.warp_arrivals[threadIdx.x / 32];
+  const uint64_t phase = b.phase;
+  if (++b.arrived == b.count) {
+    for (int& w : b.warp_arrivals) {
+      if (w != 0 && w != 32) fail("named barrier phase completed with a warp partly arrived (count too small)", nullptr);
+      w = 0;
+    }
+    b.arrived = 0;
+    ++b.phase;
+  }
+  ++mbar_events;
+  mbar_cv.notify_all();
+  return phase;
+}
+
+inline void named_barrier_arrive(int id, int count) {
+  std::lock_guard lock(mbar_mutex);
+  named_barrier_arrive_locked(id, count);
+}
+
+inline void named_barrier_sync(int id, int count) {
+  std::unique_lock lock(mbar_mutex);
+  const uint64_t phase = named_barrier_arrive_locked(id, count);
+  uint64_t seen = mbar_events;
+  auto since = std::chrono::steady_clock::now();
+  while (named_barriers[id].phase == phase) {
+    mbar_cv.wait_for(lock, std::chrono::milliseconds(100));
+    if (mbar_events != seen) {
+      seen = mbar_events;
+      since = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - since > std::chrono::seconds(named_barrier_deadlock_seconds)) {
+      fail("named barrier sync never completes (missing arrival, count too large, or a cyclic wait)", nullptr);
+    }
+  }
+}
+
+// After a launch: no named barrier phase partly arrived (the last CTA's; earlier CTAs' are caught by
+// the next CTA's first arrival).
+inline void named_barrier_check_quiescent() {
+  for (NamedBarrier& b : named_barriers) {
+    if (b.arrived != 0) fail("a CTA exited with a named barrier phase partly arrived", nullptr);
+    b = NamedBarrier{};
   }
 }
 

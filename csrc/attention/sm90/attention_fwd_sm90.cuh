@@ -6,14 +6,17 @@
 // A CTA of three warpgroups owns 128 query rows of one (batch, head):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
 //   Q once, then K and V tiles of 128 keys into a 2-stage ring, each tile completing its own
-//   mbarrier ("full"); it refills a stage once both consumers have released it ("empty").
+//   mbarrier ("full"); it refills a K (V) slot once both consumers have released it ("empty").
 // - warpgroups 1 and 2, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands in
 //   shared memory, the online softmax on the S accumulators in registers, then O += P V by wgmma with
-//   P from registers and V read N-major through its descriptor; they release the stage after O's wgmma.
+//   P from registers and V read N-major through its descriptor. They take turns issuing their wgmma
+//   (FlashAttention-3's ping-pong, Sm90Turns): turn j issues P V of block j - 1 and Q K^T of block j,
+//   then passes the turn, so one warpgroup's softmax runs while the other's products keep the tensor
+//   cores busy.
 // Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks
 // of R rows x 64 columns (128 bytes), each loaded by one TMA box. Rows past L or S are zero-filled by
 // the TMA; keys past S get -inf logits.
-// Not yet: ping-pong of the two consumers, softmax overlapped with the next Q K^T, TMA store of O.
+// Not yet: softmax overlapped with the same warpgroup's next Q K^T, TMA store of O.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
@@ -35,12 +38,13 @@ struct Sm90Fwd {
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
   static constexpr int kBarOffset = kVOffset + kStages * kKvBytes;
-  static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; K full, V full, empty per stage
+  static constexpr int kBarriers = 1 + 4 * kStages;  // Q full; K full, V full, K empty, V empty per stage
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
   // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
+  static constexpr int kTurnBarrier = 1;  // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
 };
 
 // The kernel's parameters: TMA maps of q (E, L, H, B), k (E, S, Hkv, B), v (E, S, Hkv, B) with boxes of
@@ -52,9 +56,10 @@ struct Sm90FwdParams {
 
 struct Sm90Barriers {
   uint64_t* q_full;
-  uint64_t* k_full;  // [kStages]
-  uint64_t* v_full;  // [kStages]
-  uint64_t* empty;   // [kStages]
+  uint64_t* k_full;   // [kStages]
+  uint64_t* v_full;   // [kStages]
+  uint64_t* k_empty;  // [kStages]
+  uint64_t* v_empty;  // [kStages]
 };
 
 // Key blocks [0, full) need no element checks (all keys < S and, causal, <= every query of the tile);
@@ -78,14 +83,16 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
   }
   for (int block = 0; block < end; ++block) {
     const int stage = block % C::kStages;
-    mbar_wait(bar.empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
+    const uint32_t parity = ((block / C::kStages) & 1) ^ 1;  // passes at once on the first round
     unsigned char* k_tile = base + C::kKOffset + stage * C::kKvBytes;
     unsigned char* v_tile = base + C::kVOffset + stage * C::kKvBytes;
+    mbar_wait(bar.k_empty + stage, parity);
     mbar_arrive_expect_tx(bar.k_full + stage, C::kKvBytes);
     for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
       tma_load_4d(k_tile + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.k_full + stage, cb * C::kBoxCols,
                   block * C::kBlockN, kvh, b);
     }
+    mbar_wait(bar.v_empty + stage, parity);
     mbar_arrive_expect_tx(bar.v_full + stage, C::kKvBytes);
     for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
       tma_load_4d(v_tile + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.v_full + stage, cb * C::kBoxCols,
@@ -94,8 +101,9 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
   }
 }
 
-// s (64 x 128 scores of this warpgroup, wgmma D layout) = Q K^T over the head dim, k16 step kk reading
-// columns 16 kk .. of column block kk / 4, i.e. 32 (kk % 4) bytes into each swizzled row.
+// Issues s (64 x 128 scores of this warpgroup, wgmma D layout) = Q K^T over the head dim as one wgmma
+// group, k16 step kk reading columns 16 kk .. of column block kk / 4, i.e. 32 (kk % 4) bytes into each
+// swizzled row.
 template <typename T>
 __device__ __forceinline__ void sm90_scores(float (&s)[64], uint32_t q_rows, uint32_t k_tile) {
   using C = Sm90Fwd;
@@ -108,11 +116,11 @@ __device__ __forceinline__ void sm90_scores(float (&s)[64], uint32_t q_rows, uin
     wgmma_m64n128k16_ss<T>(s, a, bd, kk > 0);
   }
   wgmma_commit();
-  wgmma_wait<0>(s);
 }
 
-// o += P V: P (64 x 128 keys) from registers, k16 step kk on keys 16 kk ..: V rows 16 kk .. start
-// 2 atoms (16 rows) further each step; its 128 columns are the two column blocks, LBO apart.
+// Issues o += P V as one wgmma group: P (64 x 128 keys) from registers, k16 step kk on keys 16 kk ..:
+// V rows 16 kk .. start 2 atoms (16 rows) further each step; its 128 columns are the two column
+// blocks, LBO apart.
 template <typename T>
 __device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], uint32_t v_tile) {
   using C = Sm90Fwd;
@@ -124,39 +132,41 @@ __device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], ui
     wgmma_m64n128k16_rs_tn<T>(o, pf[kk], bd);
   }
   wgmma_commit();
-  wgmma_wait<0>(o, pf);
 }
 
-// A consumer warpgroup (wg = 0, 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
-// holds rows r0 = 16 w + g and r0 + 8 of them, columns 8 i + 2 t, 8 i + 2 t + 1 (wgmma D layout).
-template <typename T, bool kCausal>
-__device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned char* base, const Sm90Barriers& bar,
-                                             int wg, int m0, int h, int b, int full, int end) {
-  using C = Sm90Fwd;
-  const int tid = threadIdx.x % 128;
-  const int g = (tid % 32) / 4;
-  const int t = tid % 4;
-  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + g;  // query of row g; row g + 8 is row0 + 8
-  const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
+// The consumers' turns at issuing wgmma (FlashAttention-3's ping-pong): warpgroup 0's turn 0, then
+// warpgroup 1's turn 0, warpgroup 0's turn 1, ..., each warpgroup `turns` turns. Named barrier
+// kTurnBarrier + wg opens wg's turn: its own 128 threads wait there (bar.sync) for the other's 128
+// passing the turn (bar.arrive), 256 a phase. The first turn has nobody to wait for, the last pass
+// nobody to take it, so every phase is complete when the CTA exits.
+struct Sm90Turns {
+  int wg, turns;
+  __device__ __forceinline__ void begin(int turn) const {
+    if (2 * turn + wg > 0) named_barrier_sync(Sm90Fwd::kTurnBarrier + wg, Sm90Fwd::kConsumerThreads);
+  }
+  __device__ __forceinline__ void pass(int turn) const {
+    if (2 * turn + wg < 2 * turns - 1) named_barrier_arrive(Sm90Fwd::kTurnBarrier + 1 - wg, Sm90Fwd::kConsumerThreads);
+  }
+};
 
-  float o[64] = {};
-  float m_run[2] = {-INFINITY, -INFINITY};  // raw score maxima of rows g, g + 8
-  float l_run[2] = {0.f, 0.f};              // this thread's part of the row sums
-  if (end > 0) mbar_wait(bar.q_full, 0);
-  for (int block = 0; block < end; ++block) {
-    const int stage = block % C::kStages;
-    const uint32_t parity = (block / C::kStages) & 1;
-    float s[64];
-    mbar_wait(bar.k_full + stage, parity);
-    sm90_scores<T>(s, q_rows, smem_addr(base + C::kKOffset + stage * C::kKvBytes));
+// The online softmax of this thread's rows g, g + 8 of a consumer warpgroup, in base 2 on raw scores
+// (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA. m: the raw score maxima; l: this thread's
+// part of the row sums.
+struct Sm90Softmax {
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.f, 0.f};
 
-    // Online softmax in base 2 on raw scores (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA.
-    const int n0 = block * C::kBlockN;
-    float m_new[2] = {m_run[0], m_run[1]};
+  // s (key block `block`, scores in the wgmma D layout) -> p, the running maxima and sums updated;
+  // alpha: the factors the rows' earlier output (o) takes. check: the block needs bound / causal checks.
+  template <bool kCausal>
+  __device__ __forceinline__ void exponentiate(float (&s)[64], float (&alpha)[2], const AttentionParams& p, int block,
+                                               bool check, int row0, int t) {
+    const int n0 = block * Sm90Fwd::kBlockN;
+    float m_new[2] = {m[0], m[1]};
 #pragma unroll
     for (int e = 0; e < 64; ++e) {
       const int r = (e >> 1) & 1;
-      if (block >= full) {
+      if (check) {
         const int key = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
         if (key >= p.keys || (kCausal && key > row0 + 8 * r)) s[e] = -INFINITY;
       }
@@ -168,47 +178,93 @@ __device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned 
       m_new[r] = quad_max(m_new[r]);
       // 0 while the row has no key yet: its -inf scores then give 2^-inf = 0, not NaN.
       shift[r] = m_new[r] == -INFINITY ? 0.f : m_new[r] * p.scale_log2;
-      const float alpha = exp2_approx(m_run[r] * p.scale_log2 - shift[r]);  // 0 while m_run = -inf
-      m_run[r] = m_new[r];
-      l_run[r] *= alpha;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        o[4 * i + 2 * r] *= alpha;
-        o[4 * i + 2 * r + 1] *= alpha;
-      }
+      alpha[r] = exp2_approx(m[r] * p.scale_log2 - shift[r]);  // 0 while m = -inf
+      m[r] = m_new[r];
+      l[r] *= alpha[r];
     }
 #pragma unroll
     for (int e = 0; e < 64; ++e) {
       s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -shift[(e >> 1) & 1]));
-      l_run[(e >> 1) & 1] += s[e];
+      l[(e >> 1) & 1] += s[e];
     }
-    // D columns 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) are the A fragment of k-step kk.
-    uint32_t pf[8][4];
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) pf[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-    }
-    mbar_wait(bar.v_full + stage, parity);
-    sm90_pv<T>(o, pf, smem_addr(base + C::kVOffset + stage * C::kKvBytes));
-    mbar_arrive(bar.empty + stage);  // both wgmma groups reading this stage have completed
   }
 
-  // O = o / l (0 for a row with no key); lse = (m scale_log2 + log2 l) ln 2, +inf for those rows.
+  __device__ __forceinline__ static void rescale(float (&o)[64], const float (&alpha)[2]) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] *= alpha[(i >> 1) & 1];
+  }
+};
+
+// P (the D fragment of the scores after exponentiate) as the A fragments of P V: D columns 16 kk ..
+// 16 kk + 15 (s[8 kk .. 8 kk + 7]) are the A fragment of k-step kk.
+template <typename T>
+__device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[8][4], const float (&s)[64]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) pf[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+  }
+}
+
+// O = o / l (0 for a row with no key); lse = (m scale_log2 + log2 l) ln 2, +inf for those rows.
+template <typename T>
+__device__ __forceinline__ void sm90_epilogue(const AttentionParams& p, const float (&o)[64], const Sm90Softmax& sm,
+                                              int b, int h, int row0, int t) {
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const float l = quad_sum(l_run[r]);
+    const float l = quad_sum(sm.l[r]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int row = row0 + 8 * r;
     if (row >= p.queries) continue;
-    T* out = static_cast<T*>(p.o) + (bh * p.queries + row) * C::kHeadDim + 2 * t;
+    T* out = static_cast<T*>(p.o) + (bh * p.queries + row) * Sm90Fwd::kHeadDim + 2 * t;
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       *reinterpret_cast<uint32_t*>(out + 8 * i) = pack2<T>(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
     }
-    if (t == 0) p.lse[bh * p.queries + row] = l > 0.f ? (m_run[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
+    if (t == 0) p.lse[bh * p.queries + row] = l > 0.f ? (sm.m[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
   }
+}
+
+// A consumer warpgroup (wg = 0, 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
+// holds rows r0 = 16 w + g and r0 + 8 of them, columns 8 i + 2 t, 8 i + 2 t + 1 (wgmma D layout).
+// Turn j (0 .. end) issues P V of block j - 1 and Q K^T of block j, waits for both, releases their
+// slots and runs the softmax of block j: end + 1 turns.
+template <typename T, bool kCausal>
+__device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned char* base, const Sm90Barriers& bar,
+                                             int wg, int m0, int h, int b, int full, int end) {
+  using C = Sm90Fwd;
+  const int tid = threadIdx.x % 128;
+  const int t = tid % 4;
+  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;  // query of row g; row g + 8 is row0 + 8
+  const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
+  const Sm90Turns turns{wg, end > 0 ? end + 1 : 0};
+
+  float o[64] = {};
+  uint32_t pf[8][4];  // P of the previous block
+  Sm90Softmax sm;
+  if (end > 0) mbar_wait(bar.q_full, 0);
+  for (int block = 0; block < turns.turns; ++block) {
+    const int stage = block % C::kStages, prev = (block + C::kStages - 1) % C::kStages;
+    float s[64];
+    // The data first: a warpgroup waiting for a tile must not hold the turn.
+    if (block > 0) mbar_wait(bar.v_full + prev, ((block - 1) / C::kStages) & 1);
+    if (block < end) mbar_wait(bar.k_full + stage, (block / C::kStages) & 1);
+    turns.begin(block);
+    if (block > 0) sm90_pv<T>(o, pf, smem_addr(base + C::kVOffset + prev * C::kKvBytes));
+    if (block < end) sm90_scores<T>(s, q_rows, smem_addr(base + C::kKOffset + stage * C::kKvBytes));
+    turns.pass(block);
+    wgmma_wait<0>(o, pf, s);
+    if (block > 0) mbar_arrive(bar.v_empty + prev);
+    if (block < end) {
+      mbar_arrive(bar.k_empty + stage);
+      float alpha[2];
+      sm.exponentiate<kCausal>(s, alpha, p, block, block >= full, row0, t);
+      Sm90Softmax::rescale(o, alpha);
+      sm90_pack_p<T>(pf, s);
+    }
+  }
+  sm90_epilogue<T>(p, o, sm, b, h, row0, t);
 }
 
 template <typename T, int kHeadDim, bool kCausal>
@@ -222,7 +278,8 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
   // The swizzle pattern is a function of the shared address: tiles start on 1024-byte boundaries.
   unsigned char* base = smem + (kSwizzleAtomBytes - smem_addr(smem) % kSwizzleAtomBytes) % kSwizzleAtomBytes;
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
-  const Sm90Barriers bar{bars, bars + 1, bars + 1 + C::kStages, bars + 1 + 2 * C::kStages};
+  const Sm90Barriers bar{bars, bars + 1, bars + 1 + C::kStages, bars + 1 + 2 * C::kStages,
+                         bars + 1 + 3 * C::kStages};
   const int m0 = blockIdx.x * C::kBlockM;
   const int h = blockIdx.y;
   const int b = blockIdx.z;
@@ -234,7 +291,8 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar.k_full + s, 1);
       mbar_init(bar.v_full + s, 1);
-      mbar_init(bar.empty + s, C::kConsumerThreads);
+      mbar_init(bar.k_empty + s, C::kConsumerThreads);
+      mbar_init(bar.v_empty + s, C::kConsumerThreads);
     }
     mbar_init_fence();
   }

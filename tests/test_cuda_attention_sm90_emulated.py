@@ -173,7 +173,7 @@ def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, tran
     assert (lse.double() - ref_lse).abs().max() <= 1e-4 * (1 + ref_lse.abs().max())
 
 
-@pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300)], ids=str)
+@pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300), (70, 650)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_sequence_lengths(emulator, L, S, dtype):
     check(emulator, 1, 1, 1, L, S, dtype)

@@ -119,8 +119,10 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
             sass[(arch, name)].append(line)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
-        assert code.count("HGMMA.64x128x16.F32") == 16, name  # 8 for S = Q K^T, 8 for O += P V
-        assert code.count("UTMALDG.4D") == 6, name  # Q, K, V: two 64-column boxes each
+        # 8 k-steps per product: Q K^T in the first turn, Q K^T and P V in the loop, P V in the last turn.
+        assert code.count("HGMMA.64x128x16.F32") == 32, name
+        # Two 64-column boxes per tile: Q; K before the loop (block 0) and in it (K one block ahead); V.
+        assert code.count("UTMALDG.4D") == 8, name
         assert "LDL" not in code and "STL" not in code, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name

@@ -1,22 +1,24 @@
 #pragma once
-// Attention forward for sm_90a, FlashAttention-3 scheme (first step): head dim 128, fp16 / bf16, no
+// Attention forward for sm_90a, FlashAttention-3 scheme: head dim 128, fp16 / bf16, no
 // mask, no dropout, causal or not; same results and conventions as attention_fwd_kernel.cuh (base-2
 // online softmax, O = 0 and lse = +inf on a row with no key).
 //
 // A CTA of three warpgroups owns 128 query rows of one (batch, head):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
-//   Q once, then K and V tiles of 128 keys into a 2-stage ring, each tile completing its own
-//   mbarrier ("full"); it refills a K (V) slot once both consumers have released it ("empty").
+//   Q once, then K and V tiles of 128 keys into a 2-stage ring (K one block ahead of V), each tile
+//   completing its own mbarrier ("full"); it refills a K (V) slot once both consumers have released
+//   it ("empty").
 // - warpgroups 1 and 2, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands in
 //   shared memory, the online softmax on the S accumulators in registers, then O += P V by wgmma with
 //   P from registers and V read N-major through its descriptor. They take turns issuing their wgmma
-//   (FlashAttention-3's ping-pong, Sm90Turns): turn j issues P V of block j - 1 and Q K^T of block j,
+//   (FlashAttention-3's ping-pong, Sm90Turns): turn j issues Q K^T of block j and P V of block j - 1,
 //   then passes the turn, so one warpgroup's softmax runs while the other's products keep the tensor
-//   cores busy.
+//   cores busy; and a warpgroup's softmax of block j runs while its own P V of block j - 1 is in
+//   flight (intra-warpgroup overlap).
 // Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks
 // of R rows x 64 columns (128 bytes), each loaded by one TMA box. Rows past L or S are zero-filled by
 // the TMA; keys past S get -inf logits.
-// Not yet: softmax overlapped with the same warpgroup's next Q K^T, TMA store of O.
+// Not yet: a 3-stage ring, TMA store of O.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
@@ -71,7 +73,9 @@ __device__ __forceinline__ void sm90_key_blocks(const AttentionParams& p, int m0
   end = (last_key + Sm90Fwd::kBlockN - 1) / Sm90Fwd::kBlockN;
 }
 
-// The producer thread: Q, then K and V of key blocks [0, end) through the ring.
+// The producer thread: Q, then K and V of key blocks [0, end) through the ring, K one block ahead of
+// V (K 0, K 1, V 0, K 2, V 1, ...), the order the consumers use them in (Q K^T of block j is issued
+// with P V of block j - 1), so that a K load never queues behind a V slot still being read.
 __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
                                              int m0, int h, int b, int end) {
   using C = Sm90Fwd;
@@ -81,23 +85,20 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
   for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
     tma_load_4d(base + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
   }
-  for (int block = 0; block < end; ++block) {
+  // Block `block`'s tile of `map` into its stage of the ring at `offset`, once that slot is empty.
+  const auto load = [&](const CUtensorMap* map, int offset, uint64_t* full, uint64_t* empty, int block) {
     const int stage = block % C::kStages;
-    const uint32_t parity = ((block / C::kStages) & 1) ^ 1;  // passes at once on the first round
-    unsigned char* k_tile = base + C::kKOffset + stage * C::kKvBytes;
-    unsigned char* v_tile = base + C::kVOffset + stage * C::kKvBytes;
-    mbar_wait(bar.k_empty + stage, parity);
-    mbar_arrive_expect_tx(bar.k_full + stage, C::kKvBytes);
+    mbar_wait(empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
+    mbar_arrive_expect_tx(full + stage, C::kKvBytes);
     for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
-      tma_load_4d(k_tile + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.k_full + stage, cb * C::kBoxCols,
-                  block * C::kBlockN, kvh, b);
+      tma_load_4d(base + offset + stage * C::kKvBytes + cb * C::kBlockN * kSwizzleBytes, map, full + stage,
+                  cb * C::kBoxCols, block * C::kBlockN, kvh, b);
     }
-    mbar_wait(bar.v_empty + stage, parity);
-    mbar_arrive_expect_tx(bar.v_full + stage, C::kKvBytes);
-    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
-      tma_load_4d(v_tile + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.v_full + stage, cb * C::kBoxCols,
-                  block * C::kBlockN, kvh, b);
-    }
+  };
+  load(&params.k_map, C::kKOffset, bar.k_full, bar.k_empty, 0);
+  for (int block = 0; block < end; ++block) {
+    if (block + 1 < end) load(&params.k_map, C::kKOffset, bar.k_full, bar.k_empty, block + 1);
+    load(&params.v_map, C::kVOffset, bar.v_full, bar.v_empty, block);
   }
 }
 
@@ -228,8 +229,11 @@ __device__ __forceinline__ void sm90_epilogue(const AttentionParams& p, const fl
 
 // A consumer warpgroup (wg = 0, 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
 // holds rows r0 = 16 w + g and r0 + 8 of them, columns 8 i + 2 t, 8 i + 2 t + 1 (wgmma D layout).
-// Turn j (0 .. end) issues P V of block j - 1 and Q K^T of block j, waits for both, releases their
-// slots and runs the softmax of block j: end + 1 turns.
+// Turn j (0 .. end) issues Q K^T of block j (j < end) and P V of block j - 1 (j > 0); the softmax of
+// block j then runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap): end + 1
+// turns, the first and last peeled so that the loop's wgmma pipeline has no branch (ptxas then keeps
+// the two groups in flight instead of serializing them, C7514). Live at the peak: o, s and P (64 +
+// 64 fp32 and 32 packed registers).
 template <typename T, bool kCausal>
 __device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned char* base, const Sm90Barriers& bar,
                                              int wg, int m0, int h, int b, int full, int end) {
@@ -240,29 +244,61 @@ __device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned 
   const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
   const Sm90Turns turns{wg, end > 0 ? end + 1 : 0};
 
+  const auto k_tile = [&](int block) { return smem_addr(base + C::kKOffset + block % C::kStages * C::kKvBytes); };
+  const auto v_tile = [&](int block) { return smem_addr(base + C::kVOffset + block % C::kStages * C::kKvBytes); };
+  const auto parity = [](int block) { return static_cast<uint32_t>(block / C::kStages) & 1; };
+
   float o[64] = {};
-  uint32_t pf[8][4];  // P of the previous block
+  uint32_t pf[8][4];  // P of the previous block, the A operand of its P V
+  float s[64];        // scores, then P, of the current block
+  float alpha[2];     // the factors o takes for the current block's maxima
   Sm90Softmax sm;
-  if (end > 0) mbar_wait(bar.q_full, 0);
-  for (int block = 0; block < turns.turns; ++block) {
-    const int stage = block % C::kStages, prev = (block + C::kStages - 1) % C::kStages;
-    float s[64];
-    // The data first: a warpgroup waiting for a tile must not hold the turn.
-    if (block > 0) mbar_wait(bar.v_full + prev, ((block - 1) / C::kStages) & 1);
-    if (block < end) mbar_wait(bar.k_full + stage, (block / C::kStages) & 1);
+  // Once P V of block - 2 has retired: its V slot released, o rescaled for block - 1's maxima and
+  // block - 1's P packed as the next P V's operand.
+  const auto retire_pv = [&](int block) {
+    wgmma_wait<0>(o, pf);
+    if (block >= 2) mbar_arrive(bar.v_empty + (block - 2) % C::kStages);
+    Sm90Softmax::rescale(o, alpha);
+    sm90_pack_p<T>(pf, s);
+  };
+  if (end > 0) {
+    // Turn 0: Q K^T of block 0 alone. The data is waited for before the turn: a warpgroup waiting
+    // for a tile must not hold it.
+    mbar_wait(bar.q_full, 0);
+    mbar_wait(bar.k_full, 0);
+    turns.begin(0);
+    sm90_scores<T>(s, q_rows, k_tile(0));
+    turns.pass(0);
+    wgmma_wait<0>(s);
+    mbar_arrive(bar.k_empty);
+    sm.exponentiate<kCausal>(s, alpha, p, 0, full == 0, row0, t);
+  }
+  for (int block = 1; block < end; ++block) {
+    retire_pv(block);
+    mbar_wait(bar.v_full + (block - 1) % C::kStages, parity(block - 1));
+    mbar_wait(bar.k_full + block % C::kStages, parity(block));
     turns.begin(block);
-    if (block > 0) sm90_pv<T>(o, pf, smem_addr(base + C::kVOffset + prev * C::kKvBytes));
-    if (block < end) sm90_scores<T>(s, q_rows, smem_addr(base + C::kKOffset + stage * C::kKvBytes));
+    sm90_scores<T>(s, q_rows, k_tile(block));
+    sm90_pv<T>(o, pf, v_tile(block - 1));
     turns.pass(block);
-    wgmma_wait<0>(o, pf, s);
-    if (block > 0) mbar_arrive(bar.v_empty + prev);
-    if (block < end) {
-      mbar_arrive(bar.k_empty + stage);
-      float alpha[2];
-      sm.exponentiate<kCausal>(s, alpha, p, block, block >= full, row0, t);
-      Sm90Softmax::rescale(o, alpha);
-      sm90_pack_p<T>(pf, s);
-    }
+    // The softmax of this block under P V of the previous one: the scores' group retires first
+    // (wait<1>); o and P stay untouched until the second does, at the next retire_pv. That wait is
+    // placed past the loop's back edge on purpose: in one basic block ptxas hoists a wgmma wait
+    // above independent arithmetic (it did, above the whole softmax, when the wait followed it here).
+    wgmma_wait<1>(s);
+    mbar_arrive(bar.k_empty + block % C::kStages);
+    sm.exponentiate<kCausal>(s, alpha, p, block, block >= full, row0, t);
+    fence_operand(s);  // and the compiler must not sink the softmax below the back edge
+  }
+  if (end > 0) {
+    // Turn end: P V of the last block alone.
+    retire_pv(end);
+    mbar_wait(bar.v_full + (end - 1) % C::kStages, parity(end - 1));
+    turns.begin(end);
+    sm90_pv<T>(o, pf, v_tile(end - 1));
+    turns.pass(end);
+    wgmma_wait<0>(o, pf);
+    mbar_arrive(bar.v_empty + (end - 1) % C::kStages);
   }
   sm90_epilogue<T>(p, o, sm, b, h, row0, t);
 }

@@ -381,6 +381,11 @@ inline void wgmma_check_quiescent() {
   }
 }
 
+// The real header's compiler-ordering fence on registers (a value computed before this point stays
+// before it): nothing to order in the emulation.
+template <typename Regs>
+inline void fence_operand(Regs&) {}
+
 // ---- named barriers (bar.sync / bar.arrive) ------------------------------------------------------
 
 // The hardware's 16 per-CTA barriers: a phase completes when `count` threads have arrived, releasing

@@ -5,7 +5,7 @@
 //
 // A CTA of three warpgroups owns 128 query rows of one (batch, head):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
-//   Q once, then K and V tiles of 128 keys into a 2-stage ring (K one block ahead of V), each tile
+//   Q once, then K and V tiles of 128 keys into a 3-stage ring (K one block ahead of V), each tile
 //   completing its own mbarrier ("full"); it refills a K (V) slot once both consumers have released
 //   it ("empty").
 // - warpgroups 1 and 2, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands in
@@ -18,7 +18,7 @@
 // Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks
 // of R rows x 64 columns (128 bytes), each loaded by one TMA box. Rows past L or S are zero-filled by
 // the TMA; keys past S get -inf logits.
-// Not yet: a 3-stage ring, TMA store of O.
+// Not yet: TMA store of O.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
@@ -30,7 +30,7 @@ struct Sm90Fwd {
   static constexpr int kHeadDim = 128;
   static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
   static constexpr int kBlockN = 128;
-  static constexpr int kStages = 2;
+  static constexpr int kStages = 3;  // what shared memory holds beside Q: 32 + 3 x 64 KB of 227
   static constexpr int kThreads = 3 * 128;
   static constexpr int kConsumerThreads = 2 * 128;
   static constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled row
@@ -43,6 +43,7 @@ struct Sm90Fwd {
   static constexpr int kBarriers = 1 + 4 * kStages;  // Q full; K full, V full, K empty, V empty per stage
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
   // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;

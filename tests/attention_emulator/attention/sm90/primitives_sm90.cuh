@@ -426,7 +426,9 @@ inline uint64_t named_barrier_arrive_locked(int id, int count) {
   const uint64_t phase = b.phase;
   if (++b.arrived == b.count) {
     for (int& w : b.warp_arrivals) {
-      if (w != 0 && w != 32) fail("named barrier phase completed with a warp partly arrived (count too small)", nullptr);
+      if (w != 0 && w != 32) {
+        fail("named barrier phase completed with a warp partly arrived (count too small)", nullptr);
+      }
       w = 0;
     }
     b.arrived = 0;

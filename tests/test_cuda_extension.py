@@ -124,6 +124,13 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
         # Two 64-column boxes per tile: Q; K before the loop (block 0) and in it (K one block ahead); V.
         assert code.count("UTMALDG.4D") == 8, name
         assert "LDL" not in code and "STL" not in code, name
+        # The consumers' turns (ping-pong), and the softmax of the loop's block (64 + 2 exp2) between the
+        # wait that retires Q K^T with P V still in flight and the one that retires P V (ptxas hoisted the
+        # latter above the softmax when both sat in one basic block).
+        assert "BAR.SYNC" in code and "BAR.ARV" in code, name
+        parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
+        assert len(parts) == 2, name
+        assert parts[1].split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= 64, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

@@ -107,4 +107,5 @@ extern "C" void emu_named_barrier_probe(int defect, int rounds, int deadlock_sec
   int sections = 0;
   launch(named_barrier_probe, dim3(1, 1, 1), 256, 0, nullptr, ProbeParams{defect, rounds, order, &sections});
   named_barrier_check_quiescent();
+  named_barrier_deadlock_seconds = kDeadlockSeconds;
 }

@@ -96,7 +96,7 @@ def test_extension_holds_the_requested_architectures():
 @needs_nvcc
 def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
     """The sm_90a attention forward (csrc/attention/sm90): on sm_90a its matrix products are HGMMA, its
-    loads TMA, no local memory; the sm_80 objects hold only its trapping stub."""
+    loads and its O store TMA, no local memory; the sm_80 objects hold only its trapping stub."""
     import fasttx._C
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
@@ -123,6 +123,7 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
         assert code.count("HGMMA.64x128x16.F32") == 32, name
         # Two 64-column boxes per tile: Q; K before the loop (block 0) and in it (K one block ahead); V.
         assert code.count("UTMALDG.4D") == 8, name
+        assert code.count("UTMASTG.4D") == 2, name  # O: a consumer warpgroup's two 64 x 64 boxes
         assert "LDL" not in code and "STL" not in code, name
         # The consumers' turns (ping-pong), and the softmax of the loop's block (64 + 2 exp2) between the
         # wait that retires Q K^T with P V still in flight and the one that retires P V (ptxas hoisted the

@@ -25,6 +25,7 @@ extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_f
     attn::mbar_check_quiescent();
     attn::wgmma_check_quiescent();
     attn::named_barrier_check_quiescent();
+    attn::tma_store_check_quiescent();
   });
 }
 

@@ -15,10 +15,10 @@
 //   then passes the turn, so one warpgroup's softmax runs while the other's products keep the tensor
 //   cores busy; and a warpgroup's softmax of block j runs while its own P V of block j - 1 is in
 //   flight (intra-warpgroup overlap).
+// The epilogue writes O through shared memory (the warpgroup's own Q rows) with a TMA store.
 // Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks
 // of R rows x 64 columns (128 bytes), each loaded by one TMA box. Rows past L or S are zero-filled by
 // the TMA; keys past S get -inf logits.
-// Not yet: TMA store of O.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
@@ -47,13 +47,15 @@ struct Sm90Fwd {
   // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
-  static constexpr int kTurnBarrier = 1;  // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
+  static constexpr int kTurnBarrier = 1;      // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
+  static constexpr int kEpilogueBarrier = 3;  // 3, 4: a consumer warpgroup's O tile written, before its TMA store
 };
 
 // The kernel's parameters: TMA maps of q (E, L, H, B), k (E, S, Hkv, B), v (E, S, Hkv, B) with boxes of
-// 64 x 128 (Sm90Fwd::kBoxCols x kBlockM / kBlockN), and the rest of the call.
+// 64 x 128 (Sm90Fwd::kBoxCols x kBlockM / kBlockN), of o (E, L, H, B) with boxes of 64 x 64 (a consumer
+// warpgroup's rows), and the rest of the call.
 struct Sm90FwdParams {
-  CUtensorMap q_map, k_map, v_map;
+  CUtensorMap q_map, k_map, v_map, o_map;
   AttentionParams p;
 };
 
@@ -208,23 +210,43 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[8][4], const float (&
   }
 }
 
-// O = o / l (0 for a row with no key); lse = (m scale_log2 + log2 l) ln 2, +inf for those rows.
+// O = o / l (0 for a row with no key), through shared memory and a TMA store: this warpgroup's 64 rows
+// go to its own Q rows (its last Q K^T has retired; the other warpgroup reads only its own), swizzled
+// as a TMA box lands, then one thread stores them as two 64 x 64 boxes; rows past L are not written.
+// lse = (m scale_log2 + log2 l) ln 2, +inf for the rows with no key, straight to global memory.
 template <typename T>
-__device__ __forceinline__ void sm90_epilogue(const AttentionParams& p, const float (&o)[64], const Sm90Softmax& sm,
-                                              int b, int h, int row0, int t) {
-  const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
+__device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsigned char* base, const float (&o)[64],
+                                              const Sm90Softmax& sm, int wg, int m0, int b, int h, int t) {
+  using C = Sm90Fwd;
+  const AttentionParams& p = params.p;
+  const int tid = threadIdx.x % 128;
+  unsigned char* rows = base + 64 * wg * kSwizzleBytes;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(sm.l[r]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int row = row0 + 8 * r;
-    if (row >= p.queries) continue;
-    T* out = static_cast<T*>(p.o) + (bh * p.queries + row) * Sm90Fwd::kHeadDim + 2 * t;
+    const int row = 16 * (tid / 32) + (tid % 32) / 4 + 8 * r;  // of the warpgroup's 64; row % 8 = g
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
-      *reinterpret_cast<uint32_t*>(out + 8 * i) = pack2<T>(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+      // Columns 8 i + 2 t, + 1: column block i / 8, 16-byte chunk i % 8 of the row, swizzled.
+      unsigned char* at = rows + (i / 8) * C::kBlockM * kSwizzleBytes + row * kSwizzleBytes +
+                          ((i % 8) ^ (row % 8)) * 16 + 4 * t;
+      *reinterpret_cast<uint32_t*>(at) = pack2<T>(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
     }
-    if (t == 0) p.lse[bh * p.queries + row] = l > 0.f ? (sm.m[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
+    const int query = m0 + 64 * wg + row;
+    if (t == 0 && query < p.queries) {
+      p.lse[(static_cast<int64_t>(b) * p.heads + h) * p.queries + query] =
+          l > 0.f ? (sm.m[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
+    }
+  }
+  fence_proxy_async_shared();
+  named_barrier_sync(C::kEpilogueBarrier + wg, 128);
+  if (tid == 0) {
+    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+      tma_store_4d(&params.o_map, rows + cb * C::kBlockM * kSwizzleBytes, cb * C::kBoxCols, m0 + 64 * wg, h, b);
+    }
+    tma_store_commit();
+    tma_store_wait_read();
   }
 }
 
@@ -236,9 +258,10 @@ __device__ __forceinline__ void sm90_epilogue(const AttentionParams& p, const fl
 // the two groups in flight instead of serializing them, C7514). Live at the peak: o, s and P (64 +
 // 64 fp32 and 32 packed registers).
 template <typename T, bool kCausal>
-__device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned char* base, const Sm90Barriers& bar,
+__device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
                                              int wg, int m0, int h, int b, int full, int end) {
   using C = Sm90Fwd;
+  const AttentionParams& p = params.p;
   const int tid = threadIdx.x % 128;
   const int t = tid % 4;
   const int row0 = m0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;  // query of row g; row g + 8 is row0 + 8
@@ -301,7 +324,7 @@ __device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned 
     wgmma_wait<0>(o, pf);
     mbar_arrive(bar.v_empty + (end - 1) % C::kStages);
   }
-  sm90_epilogue<T>(p, o, sm, b, h, row0, t);
+  sm90_epilogue<T>(params, base, o, sm, wg, m0, b, h, t);
 }
 
 template <typename T, int kHeadDim, bool kCausal>
@@ -339,7 +362,7 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
     if (threadIdx.x == 0 && end > 0) sm90_produce(params, base, bar, m0, h, b, end);
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_consume<T, kCausal>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+    sm90_consume<T, kCausal>(params, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
   }
 #else
   __trap();

@@ -18,6 +18,7 @@
 //   a wgmma without a wgmma_fence since the thread's last wait fails; descriptors must agree across
 //   the warpgroup.
 // - Named barriers (bar.sync / bar.arrive): ids, thread counts and phases, below.
+// - TMA stores: shared memory read at the wait that covers the store, in-bounds elements written, below.
 // What it cannot prove: that the hardware's layout is this reading of the ISA (only a GPU can), timing,
 // async-proxy ordering beyond the above, register allocation under setmaxnreg (a no-op here).
 
@@ -458,6 +459,71 @@ inline void named_barrier_sync(int id, int count) {
       fail("named barrier sync never completes (missing arrival, count too large, or a cyclic wait)", nullptr);
     }
   }
+}
+
+// ---- TMA store ---------------------------------------------------------------------------------
+
+// A store reads its shared memory at the tma_store_wait_read that covers it (so shared writes after
+// the issue, or a writer the barrier before it missed, show), and writes the in-bounds elements of
+// the box; a store not committed and awaited when the launch ends fails. The async-proxy fence is
+// not modelled (a no-op): that it is there is checked by reading the kernel only.
+struct TmaStore {
+  TmaCopy copy;  // map, shared address, coordinates
+  uint32_t thread;
+  bool committed;
+};
+inline std::vector<TmaStore> tma_stores;  // under mbar_mutex
+
+inline void fence_proxy_async_shared() {}
+
+inline void tma_store_4d(const CUtensorMap* map, const void* src, int c0, int c1, int c2, int c3) {
+  TmaMap m;
+  std::memcpy(&m, map, sizeof(m));
+  if (m.magic != kTmaMagic) fail("TMA through a tensor map that encode_tma_4d did not write", map);
+  const uint32_t addr = smem_addr(src);
+  if (addr % kSwizzleAtomBytes != 0) fail("128B-swizzled TMA source not 1024-byte aligned", src);
+  std::lock_guard lock(mbar_mutex);
+  tma_stores.push_back({TmaCopy{m, addr, {c0, c1, c2, c3}}, threadIdx.x, false});
+}
+
+inline void tma_store_commit() {
+  std::lock_guard lock(mbar_mutex);
+  for (TmaStore& st : tma_stores) st.committed = st.committed || st.thread == threadIdx.x;
+}
+
+// Element (i0, i1) of the box from src + 2 (i1 box0 + i0), 128B-swizzled, to the tensor if in bounds.
+inline void tma_store_land(const TmaCopy& cp) {
+  const TmaMap& m = cp.map;
+  for (int i1 = 0; i1 < m.box[1]; ++i1) {
+    for (int i0 = 0; i0 < m.box[0]; ++i0) {
+      const int64_t at[4] = {int64_t{cp.c[0]} + i0, int64_t{cp.c[1]} + i1, cp.c[2], cp.c[3]};
+      bool in = true;
+      int64_t off = 0;
+      for (int d = 0; d < 4; ++d) {
+        in = in && at[d] >= 0 && at[d] < m.dims[d];
+        off += at[d] * m.strides[d];
+      }
+      const uint32_t addr = swizzle_128b(cp.dst + 2 * (i1 * m.box[0] + i0));
+      if (in) std::memcpy(const_cast<char*>(m.base) + off, smem_at(addr, 2, 2), 2);
+    }
+  }
+}
+
+inline void tma_store_wait_read() {
+  std::lock_guard lock(mbar_mutex);
+  std::vector<TmaStore> left;
+  for (const TmaStore& st : tma_stores) {
+    if (st.thread == threadIdx.x && st.committed) {
+      tma_store_land(st.copy);
+    } else {
+      left.push_back(st);
+    }
+  }
+  tma_stores = std::move(left);
+}
+
+inline void tma_store_check_quiescent() {
+  if (!tma_stores.empty()) fail("a CTA exited with a TMA store not committed and awaited", nullptr);
 }
 
 // After a launch: no named barrier phase partly arrived (the last CTA's; earlier CTAs' are caught by

@@ -11,6 +11,8 @@ timing, races beyond the emulated deferral) is out of reach here."""
 
 import ctypes
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -108,6 +110,32 @@ def test_wgmma_descriptor_decoding(emulator, trans_b):
     _decode_case(emulator, trans_b)
 
 
+# ---- the named-barrier model (bar.sync / bar.arrive) ---------------------------------------------------
+
+def test_named_barriers_pass_the_turn(emulator):
+    """Two warpgroups taking turns through a section on two named barriers (emulator_sm90.cpp's probe,
+    the consumers' schedule): they alternate, starting with warpgroup 0."""
+    order = (ctypes.c_int * 8)()
+    emulator.emu_named_barrier_probe(0, 4, 10, order)
+    assert list(order) == [0, 1] * 4
+
+
+@pytest.mark.parametrize("defect,message", [
+    (1, "named barrier arrivals with different thread counts in one phase"),
+    (2, "named barrier sync never completes"),
+    (3, "a CTA exited with a named barrier phase partly arrived"),
+    (4, "named barrier id outside 1..15"),
+], ids=["wrong_count", "missed_arrive", "extra_arrive", "id_0"])
+def test_named_barrier_model_catches(emulator, defect, message):
+    """The probe with one defect: the model aborts with its message (so in a child process; a missed
+    arrival is a deadlock, reported after 1 s without barrier activity)."""
+    code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); "
+            "lib.emu_named_barrier_probe(int(sys.argv[2]), 3, 1, (ctypes.c_int * 6)())")
+    proc = subprocess.run([sys.executable, "-c", code, emulator._name, str(defect)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
 # ---- the kernel -------------------------------------------------------------------------------------
 
 def launch_sm90(emulator, fields, inputs):
@@ -145,7 +173,7 @@ def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, tran
     assert (lse.double() - ref_lse).abs().max() <= 1e-4 * (1 + ref_lse.abs().max())
 
 
-@pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300)], ids=str)
+@pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300), (70, 650)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_sequence_lengths(emulator, L, S, dtype):
     check(emulator, 1, 1, 1, L, S, dtype)

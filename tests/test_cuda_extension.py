@@ -120,15 +120,25 @@ def _sm90a_kernels_sass(names):
 @needs_nvcc
 def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
     """The sm_90a attention forward (csrc/attention/sm90): on sm_90a its matrix products are HGMMA, its
-    loads TMA, no local memory; the sm_80 objects hold only its trapping stub."""
+    loads and its O store TMA, no local memory; the sm_80 objects hold only its trapping stub."""
     names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90FwdParamsE"
              for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
     sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
-        assert code.count("HGMMA.64x128x16.F32") == 16, name  # 8 for S = Q K^T, 8 for O += P V
-        assert code.count("UTMALDG.4D") == 6, name  # Q, K, V: two 64-column boxes each
+        # 8 k-steps per product: Q K^T in the first turn, Q K^T and P V in the loop, P V in the last turn.
+        assert code.count("HGMMA.64x128x16.F32") == 32, name
+        # Two 64-column boxes per tile: Q; K before the loop (block 0) and in it (K one block ahead); V.
+        assert code.count("UTMALDG.4D") == 8, name
+        assert code.count("UTMASTG.4D") == 2, name  # O: a consumer warpgroup's two 64 x 64 boxes
         assert "LDL" not in code and "STL" not in code, name
+        # The consumers' turns (ping-pong), and the softmax of the loop's block (64 + 2 exp2) between the
+        # wait that retires Q K^T with P V still in flight and the one that retires P V (ptxas hoisted the
+        # latter above the softmax when both sat in one basic block).
+        assert "BAR.SYNC" in code and "BAR.ARV" in code, name
+        parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
+        assert len(parts) == 2, name
+        assert parts[1].split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= 64, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

@@ -24,6 +24,8 @@ extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_f
     attn::emulate_sm90 = false;
     attn::mbar_check_quiescent();
     attn::wgmma_check_quiescent();
+    attn::named_barrier_check_quiescent();
+    attn::tma_store_check_quiescent();
   });
 }
 
@@ -69,4 +71,42 @@ extern "C" void emu_wgmma_ss(const unsigned char* image, int bytes, uint64_t des
       out[m * 128 + n] = static_cast<float>(sum);
     }
   }
+}
+
+// ---- named barrier probe: the model's checks on a schedule of the forward's kind ---------------------
+
+struct ProbeParams {
+  int defect, rounds;
+  int* order;
+  int* sections;
+};
+
+// Two warpgroups take turns through a section `rounds` times each, warpgroup 0 first: each waits for
+// its turn on its own barrier (bar.sync, id 1 + wg) and passes it on the other's (bar.arrive), 256
+// threads a phase, the turn skipping the first wait and the last pass as the forward's consumers do.
+// Thread 0 of the section's warpgroup appends it to `order`. defect: 0 none; 1 warpgroup 1 passes with
+// a count of 128; 2 warpgroup 0 skips its second pass; 3 warpgroup 1 passes after its last section too;
+// 4 barrier id 0.
+void named_barrier_probe(const ProbeParams& p) {
+  using namespace attn;
+  const int wg = threadIdx.x / 128;
+  const int base_id = p.defect == 4 ? 0 : 1;
+  for (int round = 0; round < p.rounds; ++round) {
+    const int section = 2 * round + wg;
+    if (section > 0) named_barrier_sync(base_id + wg, 256);
+    if (threadIdx.x % 128 == 0) p.order[(*p.sections)++] = wg;
+    const bool last = section == 2 * p.rounds - 1;
+    const bool skip = (p.defect == 2 && wg == 0 && round == 1) || (last && p.defect != 3);
+    if (!skip) named_barrier_arrive(base_id + 1 - wg, p.defect == 1 && wg == 1 ? 128 : 256);
+  }
+}
+
+// The sections' order (2 rounds entries) in `order`; aborts with the model's message on a defect.
+extern "C" void emu_named_barrier_probe(int defect, int rounds, int deadlock_seconds, int* order) {
+  using namespace attn;
+  named_barrier_deadlock_seconds = deadlock_seconds;
+  int sections = 0;
+  launch(named_barrier_probe, dim3(1, 1, 1), 256, 0, nullptr, ProbeParams{defect, rounds, order, &sections});
+  named_barrier_check_quiescent();
+  named_barrier_deadlock_seconds = kDeadlockSeconds;
 }

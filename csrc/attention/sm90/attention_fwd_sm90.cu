@@ -19,9 +19,11 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
   params.p = p;
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   constexpr int E = Sm90Fwd::kHeadDim;
+  const int64_t o_strides[3] = {int64_t{p.heads} * p.queries * E, int64_t{p.queries} * E, E};  // o is contiguous
   if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, Sm90Fwd::kBlockM) ||
       !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, Sm90Fwd::kBlockN) ||
-      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, Sm90Fwd::kBlockN)) {
+      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, Sm90Fwd::kBlockN) ||
+      !encode_bhle(&params.o_map, p.o, bf16, E, p.batch, p.heads, p.queries, o_strides, Sm90Fwd::kBlockM / 2)) {
     return false;
   }
   launch(kernel, dim3((p.queries + Sm90Fwd::kBlockM - 1) / Sm90Fwd::kBlockM, p.heads, p.batch), Sm90Fwd::kThreads,

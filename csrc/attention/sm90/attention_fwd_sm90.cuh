@@ -1,19 +1,24 @@
 #pragma once
-// Attention forward for sm_90a, FlashAttention-3 scheme (first step): head dim 128, fp16 / bf16, no
+// Attention forward for sm_90a, FlashAttention-3 scheme: head dim 128, fp16 / bf16, no
 // mask, no dropout, causal or not; same results and conventions as attention_fwd_kernel.cuh (base-2
 // online softmax, O = 0 and lse = +inf on a row with no key).
 //
 // A CTA of three warpgroups owns 128 query rows of one (batch, head):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
-//   Q once, then K and V tiles of 128 keys into a 2-stage ring, each tile completing its own
-//   mbarrier ("full"); it refills a stage once both consumers have released it ("empty").
+//   Q once, then K and V tiles of 128 keys into a 3-stage ring (K one block ahead of V), each tile
+//   completing its own mbarrier ("full"); it refills a K (V) slot once both consumers have released
+//   it ("empty").
 // - warpgroups 1 and 2, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands in
 //   shared memory, the online softmax on the S accumulators in registers, then O += P V by wgmma with
-//   P from registers and V read N-major through its descriptor; they release the stage after O's wgmma.
+//   P from registers and V read N-major through its descriptor. They take turns issuing their wgmma
+//   (FlashAttention-3's ping-pong, Sm90Turns): turn j issues Q K^T of block j and P V of block j - 1,
+//   then passes the turn, so one warpgroup's softmax runs while the other's products keep the tensor
+//   cores busy; and a warpgroup's softmax of block j runs while its own P V of block j - 1 is in
+//   flight (intra-warpgroup overlap).
+// The epilogue writes O through shared memory (the warpgroup's own Q rows) with a TMA store.
 // Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks
 // of R rows x 64 columns (128 bytes), each loaded by one TMA box. Rows past L or S are zero-filled by
 // the TMA; keys past S get -inf logits.
-// Not yet: ping-pong of the two consumers, softmax overlapped with the next Q K^T, TMA store of O.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
@@ -25,7 +30,7 @@ struct Sm90Fwd {
   static constexpr int kHeadDim = 128;
   static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
   static constexpr int kBlockN = 128;
-  static constexpr int kStages = 2;
+  static constexpr int kStages = 3;  // what shared memory holds beside Q: 32 + 3 x 64 KB of 227
   static constexpr int kThreads = 3 * 128;
   static constexpr int kConsumerThreads = 2 * 128;
   static constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled row
@@ -35,26 +40,31 @@ struct Sm90Fwd {
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
   static constexpr int kBarOffset = kVOffset + kStages * kKvBytes;
-  static constexpr int kBarriers = 1 + 3 * kStages;  // Q full; K full, V full, empty per stage
+  static constexpr int kBarriers = 1 + 4 * kStages;  // Q full; K full, V full, K empty, V empty per stage
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
   // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
+  static constexpr int kTurnBarrier = 1;      // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
+  static constexpr int kEpilogueBarrier = 3;  // 3, 4: a consumer warpgroup's O tile written, before its TMA store
 };
 
 // The kernel's parameters: TMA maps of q (E, L, H, B), k (E, S, Hkv, B), v (E, S, Hkv, B) with boxes of
-// 64 x 128 (Sm90Fwd::kBoxCols x kBlockM / kBlockN), and the rest of the call.
+// 64 x 128 (Sm90Fwd::kBoxCols x kBlockM / kBlockN), of o (E, L, H, B) with boxes of 64 x 64 (a consumer
+// warpgroup's rows), and the rest of the call.
 struct Sm90FwdParams {
-  CUtensorMap q_map, k_map, v_map;
+  CUtensorMap q_map, k_map, v_map, o_map;
   AttentionParams p;
 };
 
 struct Sm90Barriers {
   uint64_t* q_full;
-  uint64_t* k_full;  // [kStages]
-  uint64_t* v_full;  // [kStages]
-  uint64_t* empty;   // [kStages]
+  uint64_t* k_full;   // [kStages]
+  uint64_t* v_full;   // [kStages]
+  uint64_t* k_empty;  // [kStages]
+  uint64_t* v_empty;  // [kStages]
 };
 
 // Key blocks [0, full) need no element checks (all keys < S and, causal, <= every query of the tile);
@@ -66,7 +76,9 @@ __device__ __forceinline__ void sm90_key_blocks(const AttentionParams& p, int m0
   end = (last_key + Sm90Fwd::kBlockN - 1) / Sm90Fwd::kBlockN;
 }
 
-// The producer thread: Q, then K and V of key blocks [0, end) through the ring.
+// The producer thread: Q, then K and V of key blocks [0, end) through the ring, K one block ahead of
+// V (K 0, K 1, V 0, K 2, V 1, ...), the order the consumers use them in (Q K^T of block j is issued
+// with P V of block j - 1), so that a K load never queues behind a V slot still being read.
 __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
                                              int m0, int h, int b, int end) {
   using C = Sm90Fwd;
@@ -76,26 +88,26 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
   for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
     tma_load_4d(base + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
   }
-  for (int block = 0; block < end; ++block) {
+  // Block `block`'s tile of `map` into its stage of the ring at `offset`, once that slot is empty.
+  const auto load = [&](const CUtensorMap* map, int offset, uint64_t* full, uint64_t* empty, int block) {
     const int stage = block % C::kStages;
-    mbar_wait(bar.empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
-    unsigned char* k_tile = base + C::kKOffset + stage * C::kKvBytes;
-    unsigned char* v_tile = base + C::kVOffset + stage * C::kKvBytes;
-    mbar_arrive_expect_tx(bar.k_full + stage, C::kKvBytes);
+    mbar_wait(empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
+    mbar_arrive_expect_tx(full + stage, C::kKvBytes);
     for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
-      tma_load_4d(k_tile + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.k_full + stage, cb * C::kBoxCols,
-                  block * C::kBlockN, kvh, b);
+      tma_load_4d(base + offset + stage * C::kKvBytes + cb * C::kBlockN * kSwizzleBytes, map, full + stage,
+                  cb * C::kBoxCols, block * C::kBlockN, kvh, b);
     }
-    mbar_arrive_expect_tx(bar.v_full + stage, C::kKvBytes);
-    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
-      tma_load_4d(v_tile + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.v_full + stage, cb * C::kBoxCols,
-                  block * C::kBlockN, kvh, b);
-    }
+  };
+  load(&params.k_map, C::kKOffset, bar.k_full, bar.k_empty, 0);
+  for (int block = 0; block < end; ++block) {
+    if (block + 1 < end) load(&params.k_map, C::kKOffset, bar.k_full, bar.k_empty, block + 1);
+    load(&params.v_map, C::kVOffset, bar.v_full, bar.v_empty, block);
   }
 }
 
-// s (64 x 128 scores of this warpgroup, wgmma D layout) = Q K^T over the head dim, k16 step kk reading
-// columns 16 kk .. of column block kk / 4, i.e. 32 (kk % 4) bytes into each swizzled row.
+// Issues s (64 x 128 scores of this warpgroup, wgmma D layout) = Q K^T over the head dim as one wgmma
+// group, k16 step kk reading columns 16 kk .. of column block kk / 4, i.e. 32 (kk % 4) bytes into each
+// swizzled row.
 template <typename T>
 __device__ __forceinline__ void sm90_scores(float (&s)[64], uint32_t q_rows, uint32_t k_tile) {
   using C = Sm90Fwd;
@@ -108,11 +120,11 @@ __device__ __forceinline__ void sm90_scores(float (&s)[64], uint32_t q_rows, uin
     wgmma_m64n128k16_ss<T>(s, a, bd, kk > 0);
   }
   wgmma_commit();
-  wgmma_wait<0>(s);
 }
 
-// o += P V: P (64 x 128 keys) from registers, k16 step kk on keys 16 kk ..: V rows 16 kk .. start
-// 2 atoms (16 rows) further each step; its 128 columns are the two column blocks, LBO apart.
+// Issues o += P V as one wgmma group: P (64 x 128 keys) from registers, k16 step kk on keys 16 kk ..:
+// V rows 16 kk .. start 2 atoms (16 rows) further each step; its 128 columns are the two column
+// blocks, LBO apart.
 template <typename T>
 __device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], uint32_t v_tile) {
   using C = Sm90Fwd;
@@ -124,39 +136,41 @@ __device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], ui
     wgmma_m64n128k16_rs_tn<T>(o, pf[kk], bd);
   }
   wgmma_commit();
-  wgmma_wait<0>(o, pf);
 }
 
-// A consumer warpgroup (wg = 0, 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
-// holds rows r0 = 16 w + g and r0 + 8 of them, columns 8 i + 2 t, 8 i + 2 t + 1 (wgmma D layout).
-template <typename T, bool kCausal>
-__device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned char* base, const Sm90Barriers& bar,
-                                             int wg, int m0, int h, int b, int full, int end) {
-  using C = Sm90Fwd;
-  const int tid = threadIdx.x % 128;
-  const int g = (tid % 32) / 4;
-  const int t = tid % 4;
-  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + g;  // query of row g; row g + 8 is row0 + 8
-  const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
+// The consumers' turns at issuing wgmma (FlashAttention-3's ping-pong): warpgroup 0's turn 0, then
+// warpgroup 1's turn 0, warpgroup 0's turn 1, ..., each warpgroup `turns` turns. Named barrier
+// kTurnBarrier + wg opens wg's turn: its own 128 threads wait there (bar.sync) for the other's 128
+// passing the turn (bar.arrive), 256 a phase. The first turn has nobody to wait for, the last pass
+// nobody to take it, so every phase is complete when the CTA exits.
+struct Sm90Turns {
+  int wg, turns;
+  __device__ __forceinline__ void begin(int turn) const {
+    if (2 * turn + wg > 0) named_barrier_sync(Sm90Fwd::kTurnBarrier + wg, Sm90Fwd::kConsumerThreads);
+  }
+  __device__ __forceinline__ void pass(int turn) const {
+    if (2 * turn + wg < 2 * turns - 1) named_barrier_arrive(Sm90Fwd::kTurnBarrier + 1 - wg, Sm90Fwd::kConsumerThreads);
+  }
+};
 
-  float o[64] = {};
-  float m_run[2] = {-INFINITY, -INFINITY};  // raw score maxima of rows g, g + 8
-  float l_run[2] = {0.f, 0.f};              // this thread's part of the row sums
-  if (end > 0) mbar_wait(bar.q_full, 0);
-  for (int block = 0; block < end; ++block) {
-    const int stage = block % C::kStages;
-    const uint32_t parity = (block / C::kStages) & 1;
-    float s[64];
-    mbar_wait(bar.k_full + stage, parity);
-    sm90_scores<T>(s, q_rows, smem_addr(base + C::kKOffset + stage * C::kKvBytes));
+// The online softmax of this thread's rows g, g + 8 of a consumer warpgroup, in base 2 on raw scores
+// (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA. m: the raw score maxima; l: this thread's
+// part of the row sums.
+struct Sm90Softmax {
+  float m[2] = {-INFINITY, -INFINITY};
+  float l[2] = {0.f, 0.f};
 
-    // Online softmax in base 2 on raw scores (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA.
-    const int n0 = block * C::kBlockN;
-    float m_new[2] = {m_run[0], m_run[1]};
+  // s (key block `block`, scores in the wgmma D layout) -> p, the running maxima and sums updated;
+  // alpha: the factors the rows' earlier output (o) takes. check: the block needs bound / causal checks.
+  template <bool kCausal>
+  __device__ __forceinline__ void exponentiate(float (&s)[64], float (&alpha)[2], const AttentionParams& p, int block,
+                                               bool check, int row0, int t) {
+    const int n0 = block * Sm90Fwd::kBlockN;
+    float m_new[2] = {m[0], m[1]};
 #pragma unroll
     for (int e = 0; e < 64; ++e) {
       const int r = (e >> 1) & 1;
-      if (block >= full) {
+      if (check) {
         const int key = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
         if (key >= p.keys || (kCausal && key > row0 + 8 * r)) s[e] = -INFINITY;
       }
@@ -168,47 +182,149 @@ __device__ __forceinline__ void sm90_consume(const AttentionParams& p, unsigned 
       m_new[r] = quad_max(m_new[r]);
       // 0 while the row has no key yet: its -inf scores then give 2^-inf = 0, not NaN.
       shift[r] = m_new[r] == -INFINITY ? 0.f : m_new[r] * p.scale_log2;
-      const float alpha = exp2_approx(m_run[r] * p.scale_log2 - shift[r]);  // 0 while m_run = -inf
-      m_run[r] = m_new[r];
-      l_run[r] *= alpha;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        o[4 * i + 2 * r] *= alpha;
-        o[4 * i + 2 * r + 1] *= alpha;
-      }
+      alpha[r] = exp2_approx(m[r] * p.scale_log2 - shift[r]);  // 0 while m = -inf
+      m[r] = m_new[r];
+      l[r] *= alpha[r];
     }
 #pragma unroll
     for (int e = 0; e < 64; ++e) {
       s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -shift[(e >> 1) & 1]));
-      l_run[(e >> 1) & 1] += s[e];
+      l[(e >> 1) & 1] += s[e];
     }
-    // D columns 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) are the A fragment of k-step kk.
-    uint32_t pf[8][4];
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk) {
-#pragma unroll
-      for (int r = 0; r < 4; ++r) pf[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
-    }
-    mbar_wait(bar.v_full + stage, parity);
-    sm90_pv<T>(o, pf, smem_addr(base + C::kVOffset + stage * C::kKvBytes));
-    mbar_arrive(bar.empty + stage);  // both wgmma groups reading this stage have completed
   }
 
-  // O = o / l (0 for a row with no key); lse = (m scale_log2 + log2 l) ln 2, +inf for those rows.
-  const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
+  __device__ __forceinline__ static void rescale(float (&o)[64], const float (&alpha)[2]) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] *= alpha[(i >> 1) & 1];
+  }
+};
+
+// P (the D fragment of the scores after exponentiate) as the A fragments of P V: D columns 16 kk ..
+// 16 kk + 15 (s[8 kk .. 8 kk + 7]) are the A fragment of k-step kk.
+template <typename T>
+__device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[8][4], const float (&s)[64]) {
+#pragma unroll
+  for (int kk = 0; kk < 8; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) pf[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+  }
+}
+
+// O = o / l (0 for a row with no key), through shared memory and a TMA store: this warpgroup's 64 rows
+// go to its own Q rows (its last Q K^T has retired; the other warpgroup reads only its own), swizzled
+// as a TMA box lands, then one thread stores them as two 64 x 64 boxes; rows past L are not written.
+// lse = (m scale_log2 + log2 l) ln 2, +inf for the rows with no key, straight to global memory.
+template <typename T>
+__device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsigned char* base, const float (&o)[64],
+                                              const Sm90Softmax& sm, int wg, int m0, int b, int h, int t) {
+  using C = Sm90Fwd;
+  const AttentionParams& p = params.p;
+  const int tid = threadIdx.x % 128;
+  unsigned char* rows = base + 64 * wg * kSwizzleBytes;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const float l = quad_sum(l_run[r]);
+    const float l = quad_sum(sm.l[r]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int row = row0 + 8 * r;
-    if (row >= p.queries) continue;
-    T* out = static_cast<T*>(p.o) + (bh * p.queries + row) * C::kHeadDim + 2 * t;
+    const int row = 16 * (tid / 32) + (tid % 32) / 4 + 8 * r;  // of the warpgroup's 64; row % 8 = g
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
-      *reinterpret_cast<uint32_t*>(out + 8 * i) = pack2<T>(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+      // Columns 8 i + 2 t, + 1: column block i / 8, 16-byte chunk i % 8 of the row, swizzled.
+      unsigned char* at = rows + (i / 8) * C::kBlockM * kSwizzleBytes + row * kSwizzleBytes +
+                          ((i % 8) ^ (row % 8)) * 16 + 4 * t;
+      *reinterpret_cast<uint32_t*>(at) = pack2<T>(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
     }
-    if (t == 0) p.lse[bh * p.queries + row] = l > 0.f ? (m_run[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
+    const int query = m0 + 64 * wg + row;
+    if (t == 0 && query < p.queries) {
+      p.lse[(static_cast<int64_t>(b) * p.heads + h) * p.queries + query] =
+          l > 0.f ? (sm.m[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
+    }
   }
+  fence_proxy_async_shared();
+  named_barrier_sync(C::kEpilogueBarrier + wg, 128);
+  if (tid == 0) {
+    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+      tma_store_4d(&params.o_map, rows + cb * C::kBlockM * kSwizzleBytes, cb * C::kBoxCols, m0 + 64 * wg, h, b);
+    }
+    tma_store_commit();
+    tma_store_wait_read();
+  }
+}
+
+// A consumer warpgroup (wg = 0, 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
+// holds rows r0 = 16 w + g and r0 + 8 of them, columns 8 i + 2 t, 8 i + 2 t + 1 (wgmma D layout).
+// Turn j (0 .. end) issues Q K^T of block j (j < end) and P V of block j - 1 (j > 0); the softmax of
+// block j then runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap): end + 1
+// turns, the first and last peeled so that the loop's wgmma pipeline has no branch (ptxas then keeps
+// the two groups in flight instead of serializing them, C7514). Live at the peak: o, s and P (64 +
+// 64 fp32 and 32 packed registers).
+template <typename T, bool kCausal>
+__device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
+                                             int wg, int m0, int h, int b, int full, int end) {
+  using C = Sm90Fwd;
+  const AttentionParams& p = params.p;
+  const int tid = threadIdx.x % 128;
+  const int t = tid % 4;
+  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;  // query of row g; row g + 8 is row0 + 8
+  const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
+  const Sm90Turns turns{wg, end > 0 ? end + 1 : 0};
+
+  const auto k_tile = [&](int block) { return smem_addr(base + C::kKOffset + block % C::kStages * C::kKvBytes); };
+  const auto v_tile = [&](int block) { return smem_addr(base + C::kVOffset + block % C::kStages * C::kKvBytes); };
+  const auto parity = [](int block) { return static_cast<uint32_t>(block / C::kStages) & 1; };
+
+  float o[64] = {};
+  uint32_t pf[8][4];  // P of the previous block, the A operand of its P V
+  float s[64];        // scores, then P, of the current block
+  float alpha[2];     // the factors o takes for the current block's maxima
+  Sm90Softmax sm;
+  // Once P V of block - 2 has retired: its V slot released, o rescaled for block - 1's maxima and
+  // block - 1's P packed as the next P V's operand.
+  const auto retire_pv = [&](int block) {
+    wgmma_wait<0>(o, pf);
+    if (block >= 2) mbar_arrive(bar.v_empty + (block - 2) % C::kStages);
+    Sm90Softmax::rescale(o, alpha);
+    sm90_pack_p<T>(pf, s);
+  };
+  if (end > 0) {
+    // Turn 0: Q K^T of block 0 alone. The data is waited for before the turn: a warpgroup waiting
+    // for a tile must not hold it.
+    mbar_wait(bar.q_full, 0);
+    mbar_wait(bar.k_full, 0);
+    turns.begin(0);
+    sm90_scores<T>(s, q_rows, k_tile(0));
+    turns.pass(0);
+    wgmma_wait<0>(s);
+    mbar_arrive(bar.k_empty);
+    sm.exponentiate<kCausal>(s, alpha, p, 0, full == 0, row0, t);
+  }
+  for (int block = 1; block < end; ++block) {
+    retire_pv(block);
+    mbar_wait(bar.v_full + (block - 1) % C::kStages, parity(block - 1));
+    mbar_wait(bar.k_full + block % C::kStages, parity(block));
+    turns.begin(block);
+    sm90_scores<T>(s, q_rows, k_tile(block));
+    sm90_pv<T>(o, pf, v_tile(block - 1));
+    turns.pass(block);
+    // The softmax of this block under P V of the previous one: the scores' group retires first
+    // (wait<1>); o and P stay untouched until the second does, at the next retire_pv. That wait is
+    // placed past the loop's back edge on purpose: in one basic block ptxas hoists a wgmma wait
+    // above independent arithmetic (it did, above the whole softmax, when the wait followed it here).
+    wgmma_wait<1>(s);
+    mbar_arrive(bar.k_empty + block % C::kStages);
+    sm.exponentiate<kCausal>(s, alpha, p, block, block >= full, row0, t);
+    fence_operand(s);  // and the compiler must not sink the softmax below the back edge
+  }
+  if (end > 0) {
+    // Turn end: P V of the last block alone.
+    retire_pv(end);
+    mbar_wait(bar.v_full + (end - 1) % C::kStages, parity(end - 1));
+    turns.begin(end);
+    sm90_pv<T>(o, pf, v_tile(end - 1));
+    turns.pass(end);
+    wgmma_wait<0>(o, pf);
+    mbar_arrive(bar.v_empty + (end - 1) % C::kStages);
+  }
+  sm90_epilogue<T>(params, base, o, sm, wg, m0, b, h, t);
 }
 
 template <typename T, int kHeadDim, bool kCausal>
@@ -222,7 +338,8 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
   // The swizzle pattern is a function of the shared address: tiles start on 1024-byte boundaries.
   unsigned char* base = smem + (kSwizzleAtomBytes - smem_addr(smem) % kSwizzleAtomBytes) % kSwizzleAtomBytes;
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
-  const Sm90Barriers bar{bars, bars + 1, bars + 1 + C::kStages, bars + 1 + 2 * C::kStages};
+  const Sm90Barriers bar{bars, bars + 1, bars + 1 + C::kStages, bars + 1 + 2 * C::kStages,
+                         bars + 1 + 3 * C::kStages};
   const int m0 = blockIdx.x * C::kBlockM;
   const int h = blockIdx.y;
   const int b = blockIdx.z;
@@ -234,7 +351,8 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar.k_full + s, 1);
       mbar_init(bar.v_full + s, 1);
-      mbar_init(bar.empty + s, C::kConsumerThreads);
+      mbar_init(bar.k_empty + s, C::kConsumerThreads);
+      mbar_init(bar.v_empty + s, C::kConsumerThreads);
     }
     mbar_init_fence();
   }
@@ -244,7 +362,7 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
     if (threadIdx.x == 0 && end > 0) sm90_produce(params, base, bar, m0, h, b, end);
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_consume<T, kCausal>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+    sm90_consume<T, kCausal>(params, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
   }
 #else
   __trap();

@@ -1,9 +1,9 @@
 #pragma once
 // The sm_90a instructions of the Hopper attention kernels (attention_{fwd,bwd}_sm90.cuh), as inline PTX:
-// TMA tile loads (cp.async.bulk.tensor), mbarriers, wgmma, setmaxnreg, and the host-side tensor-map
-// encoding. As with primitives.cuh, nothing else in the kernel is hardware-specific, so the host
-// emulator (tests/attention_emulator/attention/sm90/primitives_sm90.cuh) substitutes this header
-// as a whole and runs every other line of the real source.
+// TMA tile loads and stores (cp.async.bulk.tensor), mbarriers, wgmma, setmaxnreg, named barriers, and
+// the host-side tensor-map encoding. As with primitives.cuh, nothing else in the kernel is
+// hardware-specific, so the host emulator (tests/attention_emulator/attention/sm90/primitives_sm90.cuh)
+// substitutes this header as a whole and runs every other line of the real source.
 //
 // wgmma.m64nNk16 fragments (PTX ISA "Matrix Fragments for wgmma.mma_async.m64nNk16"), thread
 // 32 w + 4 g + t of the warpgroup (warp w owns rows 16 w .. 16 w + 15):
@@ -258,6 +258,45 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc
 
 #undef FASTTX_WGMMA_D32
 #undef FASTTX_WGMMA_D32_OPERANDS
+
+// ---- named barriers (bar.sync / bar.arrive) ------------------------------------------------------
+
+// The CTA's 16 hardware barriers, id 0 being __syncthreads'. A phase completes when `count` threads
+// (a multiple of 32, the same in every arrival of the phase) have arrived; bar.sync waits for that,
+// bar.arrive does not. Both are .aligned: every thread of the warp executes the same one, so the
+// ids and counts are warp-uniform. The "memory" clobber keeps shared-memory accesses on their side.
+__device__ __forceinline__ void named_barrier_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// ---- TMA store (the forward's epilogue) -------------------------------------------------------------
+
+// Makes this thread's ordinary shared-memory writes visible to the async proxy: each writer fences,
+// then a barrier, then one thread's TMA store reads them.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Shared `src` (1024-byte aligned, laid out as tma_load_4d lands a box) -> the box at element
+// coordinates (c0, c1, c2, c3) of `map`; elements out of the tensor are not written. One bulk
+// async-group operation: tma_store_commit closes the group.
+__device__ __forceinline__ void tma_store_4d(const CUtensorMap* map, const void* src, int c0, int c1, int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+          reinterpret_cast<uint64_t>(map)),
+      "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+__device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+
+// Waits until this thread's committed stores have read their shared memory (which may then be
+// reused, or the CTA exit; their global writes complete by the kernel's end).
+__device__ __forceinline__ void tma_store_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
 
 }  // namespace attn
 }  // namespace fasttx

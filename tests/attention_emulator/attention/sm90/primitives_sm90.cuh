@@ -17,6 +17,8 @@
 //   smem_layout_sm90.h), operands read and D written only at the wgmma_wait that retires the group;
 //   a wgmma without a wgmma_fence since the thread's last wait fails; descriptors must agree across
 //   the warpgroup.
+// - Named barriers (bar.sync / bar.arrive): ids, thread counts and phases, below.
+// - TMA stores: shared memory read at the wait that covers the store, in-bounds elements written, below.
 // What it cannot prove: that the hardware's layout is this reading of the ISA (only a GPU can), timing,
 // async-proxy ordering beyond the above, register allocation under setmaxnreg (a no-op here).
 
@@ -386,6 +388,159 @@ inline void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b,
 inline void wgmma_check_quiescent() {
   for (const Warpgroup& wg : warpgroups) {
     if (!wg.open.empty() || !wg.groups.empty()) fail("a CTA exited with wgmma groups never awaited", nullptr);
+  }
+}
+
+// The real header's compiler-ordering fence on registers (a value computed before this point stays
+// before it): nothing to order in the emulation.
+template <typename Regs>
+inline void fence_operand(Regs&) {}
+
+// ---- named barriers (bar.sync / bar.arrive) ------------------------------------------------------
+
+// The hardware's 16 per-CTA barriers: a phase completes when `count` threads have arrived, releasing
+// the bar.sync-ers of the phase (bar.arrive-ers never wait). Fails on what the PTX ISA leaves
+// undefined or reserves: an id outside 1..15 (0 is __syncthreads'), a count that is not a positive
+// multiple of 32, different counts within a phase, a phase completed with a warp partly arrived (the
+// instructions are .aligned: a warp arrives whole, so more warps arrived than the count covers), a
+// CTA exiting (or the next CTA arriving) with a phase partly arrived; and a bar.sync that sees no
+// barrier activity (mbarrier or named) anywhere for named_barrier_deadlock_seconds (a missing
+// arrival, a count too large, an order that waits on itself).
+struct NamedBarrier {
+  int count = 0, arrived = 0;  // of the current phase
+  uint64_t phase = 0;
+  int warp_arrivals[32] = {};
+  uint3 cta{};  // of the current phase's arrivals
+};
+inline NamedBarrier named_barriers[16];
+inline int named_barrier_deadlock_seconds = kDeadlockSeconds;
+
+inline bool same_cta(uint3 a, uint3 b) { return a.x == b.x && a.y == b.y && a.z == b.z; }
+
+// This thread's arrival; the phase it arrived in.
+inline uint64_t named_barrier_arrive_locked(int id, int count) {
+  if (id < 1 || id > 15) fail("named barrier id outside 1..15 (0 is __syncthreads')", nullptr);
+  if (count <= 0 || count % 32 != 0 || count > 1024) {
+    fail("named barrier thread count not a positive multiple of 32 up to 1024", nullptr);
+  }
+  NamedBarrier& b = named_barriers[id];
+  if (b.arrived == 0) {
+    b.count = count;
+    b.cta = blockIdx;
+  } else if (!same_cta(b.cta, blockIdx)) {
+    fail("a CTA exited with a named barrier phase partly arrived", nullptr);
+  } else if (b.count != count) {
+    fail("named barrier arrivals with different thread counts in one phase", nullptr);
+  }
+  ++b.warp_arrivals[threadIdx.x / 32];
+  const uint64_t phase = b.phase;
+  if (++b.arrived == b.count) {
+    for (int& w : b.warp_arrivals) {
+      if (w != 0 && w != 32) {
+        fail("named barrier phase completed with a warp partly arrived (count too small)", nullptr);
+      }
+      w = 0;
+    }
+    b.arrived = 0;
+    ++b.phase;
+  }
+  ++mbar_events;
+  mbar_cv.notify_all();
+  return phase;
+}
+
+inline void named_barrier_arrive(int id, int count) {
+  std::lock_guard lock(mbar_mutex);
+  named_barrier_arrive_locked(id, count);
+}
+
+inline void named_barrier_sync(int id, int count) {
+  std::unique_lock lock(mbar_mutex);
+  const uint64_t phase = named_barrier_arrive_locked(id, count);
+  uint64_t seen = mbar_events;
+  auto since = std::chrono::steady_clock::now();
+  while (named_barriers[id].phase == phase) {
+    mbar_cv.wait_for(lock, std::chrono::milliseconds(100));
+    if (mbar_events != seen) {
+      seen = mbar_events;
+      since = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - since > std::chrono::seconds(named_barrier_deadlock_seconds)) {
+      fail("named barrier sync never completes (missing arrival, count too large, or a cyclic wait)", nullptr);
+    }
+  }
+}
+
+// ---- TMA store ---------------------------------------------------------------------------------
+
+// A store reads its shared memory at the tma_store_wait_read that covers it (so shared writes after
+// the issue, or a writer the barrier before it missed, show), and writes the in-bounds elements of
+// the box; a store not committed and awaited when the launch ends fails. The async-proxy fence is
+// not modelled (a no-op): that it is there is checked by reading the kernel only.
+struct TmaStore {
+  TmaCopy copy;  // map, shared address, coordinates
+  uint32_t thread;
+  bool committed;
+};
+inline std::vector<TmaStore> tma_stores;  // under mbar_mutex
+
+inline void fence_proxy_async_shared() {}
+
+inline void tma_store_4d(const CUtensorMap* map, const void* src, int c0, int c1, int c2, int c3) {
+  TmaMap m;
+  std::memcpy(&m, map, sizeof(m));
+  if (m.magic != kTmaMagic) fail("TMA through a tensor map that encode_tma_4d did not write", map);
+  const uint32_t addr = smem_addr(src);
+  if (addr % kSwizzleAtomBytes != 0) fail("128B-swizzled TMA source not 1024-byte aligned", src);
+  std::lock_guard lock(mbar_mutex);
+  tma_stores.push_back({TmaCopy{m, addr, {c0, c1, c2, c3}}, threadIdx.x, false});
+}
+
+inline void tma_store_commit() {
+  std::lock_guard lock(mbar_mutex);
+  for (TmaStore& st : tma_stores) st.committed = st.committed || st.thread == threadIdx.x;
+}
+
+// Element (i0, i1) of the box from src + 2 (i1 box0 + i0), 128B-swizzled, to the tensor if in bounds.
+inline void tma_store_land(const TmaCopy& cp) {
+  const TmaMap& m = cp.map;
+  for (int i1 = 0; i1 < m.box[1]; ++i1) {
+    for (int i0 = 0; i0 < m.box[0]; ++i0) {
+      const int64_t at[4] = {int64_t{cp.c[0]} + i0, int64_t{cp.c[1]} + i1, cp.c[2], cp.c[3]};
+      bool in = true;
+      int64_t off = 0;
+      for (int d = 0; d < 4; ++d) {
+        in = in && at[d] >= 0 && at[d] < m.dims[d];
+        off += at[d] * m.strides[d];
+      }
+      const uint32_t addr = swizzle_128b(cp.dst + 2 * (i1 * m.box[0] + i0));
+      if (in) std::memcpy(const_cast<char*>(m.base) + off, smem_at(addr, 2, 2), 2);
+    }
+  }
+}
+
+inline void tma_store_wait_read() {
+  std::lock_guard lock(mbar_mutex);
+  std::vector<TmaStore> left;
+  for (const TmaStore& st : tma_stores) {
+    if (st.thread == threadIdx.x && st.committed) {
+      tma_store_land(st.copy);
+    } else {
+      left.push_back(st);
+    }
+  }
+  tma_stores = std::move(left);
+}
+
+inline void tma_store_check_quiescent() {
+  if (!tma_stores.empty()) fail("a CTA exited with a TMA store not committed and awaited", nullptr);
+}
+
+// After a launch: no named barrier phase partly arrived (the last CTA's; earlier CTAs' are caught by
+// the next CTA's first arrival).
+inline void named_barrier_check_quiescent() {
+  for (NamedBarrier& b : named_barriers) {
+    if (b.arrived != 0) fail("a CTA exited with a named barrier phase partly arrived", nullptr);
+    b = NamedBarrier{};
   }
 }
 

@@ -237,12 +237,19 @@ def test_forward_128_row_tiles_float_mask(emulator):
     check(emulator, 1, 2, 2, 129, 100, 96, mask=mask)
 
 
+@pytest.mark.parametrize("E,is_causal", [(64, False), (96, True)])
+def test_forward_128_row_tiles_dropout(emulator, E, is_causal):
+    """Dropout on 128-row CTAs (E < 128; 32-key blocks from E = 64), each key block's keep bits drawn
+    before its scores: L = 129 crosses a tile, S = 37 ends each row with a partial group of 4 keys."""
+    check(emulator, 1, 2, 1, 129, 37, E, is_causal=is_causal, dropout_p=0.3)
+
+
 @pytest.mark.parametrize("scale", [-0.3, 0.0])
 @pytest.mark.parametrize("variant", ["plain", "causal_float_mask", "dropout"])
 def test_non_positive_scale(emulator, scale, variant):
     """The forward maximizes raw scores and scales inside the exp2 FMA: a negative scale is moved
-    into Q, a zero one must not turn masked scores into NaN. Two row tiles (plain, masked) and one
-    (dropout)."""
+    into Q, a zero one must not turn masked scores into NaN. Two row tiles each (plain, masked,
+    dropout)."""
     if variant == "plain":
         check(emulator, 1, 2, 2, 129, 100, 64, scale=scale)
     elif variant == "causal_float_mask":

@@ -250,26 +250,35 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     const int stage = kv.acquire(block, tid);
     float s[kNTiles][4] = {};
     gemm_nt<T, kHeadDim, kNTiles, kPitch>(s, sQw, kv.k_tile(stage), lane);
-    float dp[kNTiles][4] = {};
-    gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, kv.v_tile(stage), lane);
+    // P before dP = dO V^T: the mask's loads, the element checks and the exponentials then run
+    // beside the scores alone, not beside dP too (with dP first, the masked causal variants at E = 32
+    // spilled past the 128 registers ptxas keeps to there, and E = 64, 96 spilled a few bytes).
     // Element checks on the diagonal and last blocks only, as the forward: a padding key, loaded
     // as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
     const int n0 = block * kBlockN;
     with_checks(block >= kv.full, [&](auto check) {
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
-        const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
           const float z = logit<kMask, kCausal, decltype(check)::value>(s[nt][e], i, j, p.scale_log2, p, mask);
-          const float pe = exp2_approx(z - lse2[e >> 1]);
-          float dpe = dp[nt][e];
-          if (dropout) dpe = (keep >> e) & 1u ? dpe * inv_keep : 0.f;
-          s[nt][e] = pe * (dpe - delta[e >> 1]);  // dS
+          s[nt][e] = exp2_approx(z - lse2[e >> 1]);  // P
         }
       }
     });
+    float dp[kNTiles][4] = {};
+    gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, kv.v_tile(stage), lane);
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float dpe = dp[nt][e];
+        if (dropout) dpe = (keep >> e) & 1u ? dpe * inv_keep : 0.f;
+        s[nt][e] *= dpe - delta[e >> 1];  // dS
+      }
+    }
     gemm_rn<T, kNTiles, kDTiles, kPitch>(dq, s, kv.k_tile(stage), lane);
     __syncthreads();
   }

@@ -27,14 +27,14 @@ namespace attn {
 // The forward's tiles, per head dim and variant, where ptxas fits them without spills (README
 // "Registers"). Two 16-row tiles per warp (128 rows a CTA) share every K / V fragment loaded from
 // shared memory, half the loads per mma; they need E <= 128 (at 256 the 32 x 256 fp32 accumulator
-// alone would take a thread's 255 registers), no dropout (Philox's state beside twice the scores
-// spills at every head dim) and at E = 128 no mask, with 32-key blocks from E = 96 (the score tile
-// beside the larger accumulator). Q's A fragments stay in registers through the key loop up to E = 64.
+// alone would take a thread's 255 registers) and at E = 128 neither mask nor dropout, with 32-key
+// blocks from E = 96, from E = 64 with dropout (the score tile beside the larger accumulator, and
+// Philox's state). Q's A fragments stay in registers through the key loop up to E = 64.
 template <int kHeadDim, bool kMask, bool kDropout>
 struct FwdTile {
-  static constexpr int kRowTiles = !kDropout && (kHeadDim < 128 || (kHeadDim == 128 && !kMask)) ? 2 : 1;
+  static constexpr int kRowTiles = kHeadDim < 128 || (kHeadDim == 128 && !kMask && !kDropout) ? 2 : 1;
   static constexpr int kRows = 16 * kWarps * kRowTiles;  // query rows per CTA
-  static constexpr int kBlockN = kRowTiles == 2 && kHeadDim >= 96 ? 32 : Tile<kHeadDim>::kBlockN;  // keys per K / V tile
+  static constexpr int kBlockN = kRowTiles == 2 && kHeadDim >= (kDropout ? 64 : 96) ? 32 : Tile<kHeadDim>::kBlockN;  // keys per K / V tile
   static constexpr bool kQInRegisters = kRowTiles == 2 && kHeadDim <= 64;
 };
 
@@ -139,10 +139,26 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
 
   for (int block = 0; block < kv.end; ++block) {
     const int stage = kv.acquire(block, tid);  // this block's K and V have landed
+    const int n0 = block * kBlockN;
+    // Dropout's keep bits, bit 4 nt + e of keep[mt] for s[mt][nt][e], drawn before the scores exist
+    // so that Philox's state never sits beside them. Every lane reaches keep_bits_qk's shuffle:
+    // kDropout and the loop bounds are uniform.
+    static_assert(kNTiles * 4 <= 32, "a row tile's keep bits fit one register");
+    uint32_t keep[kRowTiles];
+#pragma unroll
+    for (int mt = 0; mt < kRowTiles; ++mt) {
+      keep[mt] = ~0u;
+      if constexpr (kDropout) {
+        keep[mt] = 0;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          keep[mt] |= keep_bits_qk(p, seed, bh, m0 + warp_row + 16 * mt, n0 + nt * 8, lane) << (4 * nt);
+        }
+      }
+    }
     float s[kRowTiles][kNTiles][4] = {};
     warp_gemm_nt<T, kHeadDim, kRowTiles, kNTiles, kPitch>(s, q_frag, kv.k_tile(stage), lane);
 
-    const int n0 = block * kBlockN;
     with_checks(block >= kv.full, [&](auto check) {
 #pragma unroll
       for (int mt = 0; mt < kRowTiles; ++mt) {
@@ -179,14 +195,11 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
       }
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
-        // Every lane reaches keep_bits_qk's shuffle: kDropout and the loop bounds are uniform.
-        uint32_t keep = 0xFu;
-        if constexpr (kDropout) keep = keep_bits_qk(p, seed, bh, m0 + warp_row + 16 * mt, n0 + nt * 8, lane);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const float pe = exp2_approx(fmaf(s[mt][nt][e], unit, -shift[e >> 1]));
           l_run[mt][e >> 1] += pe;  // before dropout: lse is that of the undropped probabilities
-          s[mt][nt][e] = (keep >> e) & 1u ? pe : 0.f;
+          s[mt][nt][e] = (keep[mt] >> (4 * nt + e)) & 1u ? pe : 0.f;
         }
       }
     }

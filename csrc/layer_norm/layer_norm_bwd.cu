@@ -324,11 +324,11 @@ void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
   // Fused: the G persistent blocks own the workspace rows. Otherwise one row group per row.
   const int64_t blocks = fused ? p.num_partials : ceil_div<int64_t>(p.rows, cfg.rows_per_block);
   const int warps_per_row = cfg.threads_per_row / kWarpSize;
-  k.rows<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, warps_per_row, fused && param_grads);
+  launch_kernel(k.rows, static_cast<unsigned>(blocks), cfg.threads, stream, p, warps_per_row, fused && param_grads);
   if (!param_grads) return;
   if (!fused) {
     const dim3 grid(ceil_div(ceil_div(p.cols, k.vec), kParamThreads), p.num_partials);
-    k.params<<<grid, kParamThreads, 0, stream>>>(p);
+    launch_kernel(k.params, grid, kParamThreads, stream, p);
   }
   const float* partials[2] = {p.dweight_partials, p.dbias_partials};
   void* outs[2] = {p.dweight, p.dbias};
@@ -340,8 +340,8 @@ void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
   const dim3 grid(ceil_div(p.cols, kFinalCols), num_outputs);
   const dim3 block(kFinalCols, kFinalSlices);
   FASTTX_DTYPE_SWITCH(p.param_dtype, P, [&] {
-    reduce_partials_kernel<P><<<grid, block, 0, stream>>>(partials[0], static_cast<P*>(outs[0]), partials[1],
-                                                          static_cast<P*>(outs[1]), p.num_partials, p.cols);
+    launch_kernel(reduce_partials_kernel<P>, grid, block, stream, partials[0], static_cast<P*>(outs[0]), partials[1],
+                  static_cast<P*>(outs[1]), p.num_partials, p.cols);
   });
 }
 

@@ -11,10 +11,10 @@
 #include "attention_kernels.inc"  // every generated attention_{fwd,bwd}_hdim*.cu
 #include "attention/sm90/attention_fwd_sm90.cu"  // the dispatch names it; never launched here
 
-#include "params_by_name.h"
+#include "attention_fields.h"
 
 // fields: "name=value" for every field of AttentionParams (AttentionBwdParams when backward), arrays
-// as comma-separated values, pointers as addresses (params_by_name.h); ranges: (address, bytes) of
+// as comma-separated values, pointers as addresses (tests/cuda_emulator/params_by_name.h); ranges: (address, bytes) of
 // every input. Returns nullptr, or why nothing was launched.
 extern "C" const char* emu_attention(int backward, const char* const* fields, int n_fields, const int64_t* ranges,
                                      int n_ranges) {

@@ -104,7 +104,12 @@ __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restri
 // rstd w dy - (c1 (x - mean) + c0), that shares no subexpression with the first pass, so the
 // compiler recomputes it instead of keeping fp32 copies alive across the reduction. The weight,
 // converted once, waits in shared memory: each thread reads back only what it wrote.
-// What each instance takes at the 128 registers 512 threads allow is in csrc/README.md, "Registers".
+// fp32 values take twice the registers: two whole rows and the accumulators (96 of the 128 registers
+// 512 threads allow, LayerNorm) spilled up to 168 B. So in fp32 only the first half of the next row's
+// vectors is loaded at the top; each of the others is loaded in the dx pass right after this row's
+// copy of it is stored, into the registers that copy held (kLate). Half a row is still in flight
+// through the reduction (32 KB at N = 8192, a 512-thread block), the other half from its dx store on.
+// What each instance takes is in csrc/README.md, "Registers".
 template <bool kIsRMS, typename T, typename W, bool kAligned>
 __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
     norm_bwd_kernel(const NormBwdParams p, const int warps_per_row) {
@@ -113,11 +118,16 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
   constexpr int kIters = BwdLayout::kCacheElems / kVec;  // vectors a thread holds per tensor
   constexpr int kPacks = kVec / 4;                       // float4s of the weight per vector
   constexpr int kSums = kIsRMS ? 1 : 2;                  // row sums of g * xhat and (LayerNorm) g
+  // The next row's vectors from kLate on are loaded in the dx pass, not at the top (see above).
+  constexpr int kLate = sizeof(T) == 4 ? kIters / 2 : kIters;
   __shared__ float scratch[kSums][BwdLayout::kMaxWarps];
   __shared__ float fold[kFoldFloats];
   __shared__ Pack<float, 4> weight_cache[kIters * kPacks][BwdLayout::kMaxThreads];  // [pack][thread]: conflict-free
 
   const BwdLayout::Group grp(warps_per_row * kWarpSize);
+  const T* __restrict__ x = static_cast<const T*>(p.x);      // (M, N)
+  const T* __restrict__ dy = static_cast<const T*>(p.dy);    // (M, N)
+  T* __restrict__ dx = static_cast<T*>(p.dx);                // (M, N)
   const W* __restrict__ w = static_cast<const W*>(p.weight);  // (N,) or nullptr
   const int nvec = ceil_div(p.cols, kVec);
   const auto vec = [&](int i) { return i * grp.size + grp.rank; };  // the thread's i-th vector of the row
@@ -151,21 +161,24 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
     float mean;
     float rstd;
   };
-  const auto load_row = [&](int64_t row, Row& r) {
+  // Vector i of a row's x and dy, zero past the row's end or past M.
+  const auto load_vec_of = [&](int64_t row, int i, Row& r) {
+    const int j = vec(i);
+    if (row < p.rows && j < nvec) {
+      const int64_t offset = row * p.cols + j * kVec;
+      r.x[i].template load<kAligned>(x + offset, vec_elems(j));
+      r.dy[i].template load<kAligned>(dy + offset, vec_elems(j));
+    } else {
+      r.x[i].zero();
+      r.dy[i].zero();
+    }
+  };
+  // A row's statistics and its vectors before `late`.
+  const auto load_row = [&](int64_t row, Row& r, int late) {
     const bool valid = row < p.rows;
-    const int64_t offset = (valid ? row : 0) * p.cols;
-    const T* __restrict__ x = static_cast<const T*>(p.x) + offset;    // (N,) this row
-    const T* __restrict__ dy = static_cast<const T*>(p.dy) + offset;  // (N,) this row
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
-      const int j = vec(i);
-      if (valid && j < nvec) {
-        r.x[i].template load<kAligned>(x + j * kVec, vec_elems(j));
-        r.dy[i].template load<kAligned>(dy + j * kVec, vec_elems(j));
-      } else {
-        r.x[i].zero();
-        r.dy[i].zero();
-      }
+      if (i < late) load_vec_of(row, i, r);
     }
     r.mean = (kIsRMS || !valid) ? 0.f : p.mean[row];
     r.rstd = valid ? p.rstd[row] : 0.f;
@@ -179,11 +192,11 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
   const int64_t row_stride = static_cast<int64_t>(gridDim.x) * grp.per_block;
   const int64_t first_row = static_cast<int64_t>(blockIdx.x) * grp.per_block;
   Row cur;
-  load_row(first_row + grp.index, cur);
+  load_row(first_row + grp.index, cur, kIters);
   for (int64_t first = first_row; first < p.rows; first += row_stride) {
     const int64_t row = first + grp.index;
     Row next;
-    load_row(row + row_stride, next);
+    load_row(row + row_stride, next, kLate);
 
     float sums[kSums] = {};
 #pragma unroll
@@ -206,12 +219,10 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
     const float mean_gxhat = sums[0] / static_cast<float>(p.cols);
     const float c1 = cur.rstd * cur.rstd * mean_gxhat;
     const float c0 = kIsRMS ? 0.f : cur.rstd * (sums[kSums - 1] / static_cast<float>(p.cols));
-    if (row < p.rows) {
-      T* __restrict__ dx = static_cast<T*>(p.dx) + row * p.cols;  // (N,) this row
 #pragma unroll
-      for (int i = 0; i < kIters; ++i) {
-        const int j = vec(i);
-        if (j >= nvec) continue;
+    for (int i = 0; i < kIters; ++i) {
+      const int j = vec(i);
+      if (row < p.rows && j < nvec) {
         float wv[kVec];
         weight(i, wv);
         float dxv[kVec];
@@ -219,8 +230,9 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
         for (int e = 0; e < kVec; ++e) {
           dxv[e] = (cur.rstd * wv[e]) * cur.dy[i][e] - (c1 * (cur.x[i][e] - cur.mean) + c0);
         }
-        store_vec<kVec, kAligned>(dx + j * kVec, dxv, vec_elems(j));
+        store_vec<kVec, kAligned>(dx + row * p.cols + j * kVec, dxv, vec_elems(j));
       }
+      if (i >= kLate) load_vec_of(row + row_stride, i, next);  // into the registers cur[i] just freed
     }
     cur = next;
   }

@@ -33,7 +33,8 @@ using Layout = RowLayout<
 // 16 warps N = 8192). Its persistent kernel holds, for each of its columns, the row being reduced
 // and the next one (x and dy as stored, in flight meanwhile) and the dw, db accumulators: at 32
 // columns a thread that took 128 registers in 16-bit types and 192 in fp32, past the cap that keeps
-// two or three blocks an SM; at 16 it fits 128 (__launch_bounds__(512)). The same 8192-column chunk
+// two or three blocks an SM; at 16 it fits 128 (__launch_bounds__(512); fp32 only with half of the
+// next row loaded later in the iteration, layer_norm_bwd.cu). The same 8192-column chunk
 // bounds the rows whose dw, db it accumulates (layer_norm_bwd.cu).
 using BwdLayout = RowLayout<16, kWarpSize, 512, 128>;
 

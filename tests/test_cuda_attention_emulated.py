@@ -8,9 +8,6 @@ hardware shows (timing, bank conflicts, register spills, real races beyond the d
 
 import ctypes
 import math
-import os
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -20,56 +17,19 @@ from fasttx._attention_kernels import HEAD_DIMS
 from fasttx.testing import TOLERANCE, rel_error
 
 from .conftest import DEVICE
+from .cuda_emulator import DTYPE_CODE, compile_emulator, marshal
 from .ops.test_attention import gradient_scales
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMULATOR = os.path.join(ROOT, "tests", "attention_emulator")
-CXX = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # csrc/common/dtype.h
-
-
-def _cuda_include():
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    for home in (CUDA_HOME, "/usr/local/cuda"):
-        if home and os.path.isfile(os.path.join(home, "include", "cuda_fp16.h")):
-            return os.path.join(home, "include")
-    return None
-
-
-def compile_emulator(tmp_path_factory, source):
-    """tests/attention_emulator/``source`` built as a shared library and loaded (skips without a C++
-    compiler or the CUDA headers). The emulator's directory comes first on the include path: its
-    attention/{,sm90/}primitives*.cuh replace the real ones."""
-    include = _cuda_include()
-    if CXX is None or include is None:
-        pytest.skip("needs a C++ compiler and the CUDA headers (cuda.h, cuda_fp16.h)")
-    lib = tmp_path_factory.mktemp("emulator") / (os.path.splitext(source)[0] + ".so")
-    subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-I", EMULATOR,
-                    "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(EMULATOR, source),
-                    "-o", str(lib)], check=True)
-    return ctypes.CDLL(str(lib))
-
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    library = compile_emulator(tmp_path_factory, "emulator.cpp")
+    library = compile_emulator(tmp_path_factory, "attention_emulator", "emulator.cpp")
     library.emu_attention.restype = ctypes.c_char_p
     return library
 
 
-def _marshal(fields, inputs):
-    """An entry point's (fields, n_fields, ranges, n_ranges) (tests/attention_emulator/params_by_name.h):
-    fields {name: int, float, address or tuple of ints} as "name=value" entries; inputs: the tensors
-    the kernels may read, as (address, bytes) ranges."""
-    entries = [f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}".encode() for name, v in fields.items()]
-    ranges = [x for t in inputs for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * t.element_size())]
-    return (ctypes.c_char_p * len(entries))(*entries), len(entries), (ctypes.c_int64 * len(ranges))(*ranges), len(inputs)
-
-
 def _launch(emulator, backward, fields, inputs):
-    """emu_attention with the params' fields by name (_marshal)."""
-    error = emulator.emu_attention(int(backward), *_marshal(fields, inputs))
+    """emu_attention with the params' fields by name (marshal)."""
+    error = emulator.emu_attention(int(backward), *marshal(fields, inputs))
     if error is not None:
         raise ValueError(f"emu_attention: {error.decode()}")
 

@@ -20,7 +20,8 @@ import torch
 from fasttx import reference
 from fasttx.testing import TOLERANCE, rel_error
 
-from .test_cuda_attention_emulated import _fields, _marshal, compile_emulator, reference_lse
+from .cuda_emulator import compile_emulator, marshal
+from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the one head dim of the sm_90a kernel
 SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
@@ -28,7 +29,7 @@ SHARED_BASE = 1024  # where the layout entry points put their shared-memory imag
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    lib = compile_emulator(tmp_path_factory, "emulator_sm90.cpp")
+    lib = compile_emulator(tmp_path_factory, "attention_emulator", "emulator_sm90.cpp")
     lib.emu_attention_fwd_sm90.restype = ctypes.c_char_p
     lib.emu_smem_desc_128b.restype = ctypes.c_uint64
     lib.emu_smem_desc_128b.argtypes = [ctypes.c_uint32] * 3
@@ -142,7 +143,7 @@ def launch_sm90(emulator, fields, inputs):
     """emu_attention_fwd_sm90 with the params' fields by name (as emu_attention's): whether the sm_90a
     kernel ran."""
     launched = ctypes.c_int(-1)
-    error = emulator.emu_attention_fwd_sm90(*_marshal(fields, inputs), ctypes.byref(launched))
+    error = emulator.emu_attention_fwd_sm90(*marshal(fields, inputs), ctypes.byref(launched))
     if error is not None:
         raise ValueError(f"emu_attention_fwd_sm90: {error.decode()}")
     return bool(launched.value)

@@ -57,6 +57,16 @@ def test_dry_run_reports_every_stage(dry_run):
     assert "CPU dry run" in summary and all(f"| {name} |" in summary for name in gpu_check.STAGES)
 
 
+def test_bench_plan_times_the_cuda_norm_kernels():
+    """On a GPU the norm benches leave the fasttx backends to the bench's default there (triton and
+    cuda, fasttx/cli/bench.py), so the CUDA LayerNorm / RMSNorm kernels, backward included, are
+    measured at the shapes benchmarks/notes/layer_norm.md predicts for (its CUDA section)."""
+    plan = {name: argv for name, argv, _ in gpu_check.bench_plan(gpu=True)}
+    for op in ("layer_norm", "rms_norm"):
+        assert "--backends" not in plan[op]
+        assert plan[op][plan[op].index("--shapes") + 1] == "16384x4096,8192x8192"
+
+
 def test_bench_plan_covers_every_target_memory_bound_ops_first_gpt_step_last():
     """The GPU plan of the bench stage: run in order, a shape for every target of gpu_targets (rows
     made from the plan's shapes as the bench labels them, every baseline a target names), the

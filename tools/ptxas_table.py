@@ -142,7 +142,8 @@ FAMILIES = {
               "vector-aligned or not",
         **_by_kernel({
             "norm_fwd_kernel": "forward",
-            "norm_bwd_kernel": "backward: dx (+ dw, db partial sums up to a chunk)",
+            "norm_bwd_kernel": "backward: dx, dw, db partial sums (rows up to a chunk)",
+            "norm_bwd_long_rows_kernel": "backward: dx (longer rows)",
             "norm_bwd_param_kernel": "backward: dw, db partial sums (longer rows)",
             "reduce_partials_kernel": "backward: dw, db from the partial sums",
         }),

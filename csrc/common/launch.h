@@ -1,15 +1,20 @@
 #pragma once
-// Launch helpers.
+// What the row-wise kernels (norms, softmax) ask of the CUDA runtime: launches and occupancy. It is
+// their only such header, so that a host emulator (tests/norm_emulator) can substitute it as a
+// whole and run the real kernels and launch code on the CPU.
 
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
+#include "common/ceil_div.h"
+
 namespace fasttx {
 
-template <typename I>
-__host__ __device__ constexpr I ceil_div(I a, I b) {
-  return (a + b - 1) / b;
+// kernel<<<grid, block, 0, stream>>>(args...); launch errors are left for cudaGetLastError.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
+  kernel<<<grid, block, 0, stream>>>(args...);
 }
 
 // Blocks of `kernel` with `threads` threads each that the current device keeps resident at once:

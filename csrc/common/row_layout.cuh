@@ -74,7 +74,7 @@ struct RowGroup {
 template <typename Kernel, typename... Args>
 void launch_row_groups(Kernel kernel, const RowConfig& cfg, int64_t rows, cudaStream_t stream, const Args&... args) {
   const int64_t blocks = ceil_div<int64_t>(rows, cfg.rows_per_block);
-  kernel<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(args...);
+  launch_kernel(kernel, static_cast<unsigned>(blocks), cfg.threads, stream, args...);
 }
 
 // A kernel family's layout, its RowLimits fixed at compile time for the kernels'

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace fasttx {
 
@@ -91,6 +92,66 @@ __device__ __forceinline__ void store_vec(T* ptr, const float (&in)[kVec], int n
     }
   }
 }
+
+// Bit casts of the 16-bit types, for RawVec.
+template <typename T>
+__device__ __forceinline__ uint16_t to_bits(T v);
+template <>
+__device__ __forceinline__ uint16_t to_bits<__half>(__half v) { return __half_as_ushort(v); }
+template <>
+__device__ __forceinline__ uint16_t to_bits<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+template <typename T>
+__device__ __forceinline__ T from_bits(uint16_t v);
+template <>
+__device__ __forceinline__ __half from_bits<__half>(uint16_t v) { return __ushort_as_half(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_bits<__nv_bfloat16>(uint16_t v) { return __ushort_as_bfloat16(v); }
+
+// kVec elements of T as stored, for a load issued well before its values are used (the next row,
+// prefetched while this one is reduced): 16-bit values stay two to a 32-bit word, so a row held
+// this way takes half the registers of its fp32 values. load() follows load_vec's conventions
+// (kAligned: 16-byte accesses; otherwise the first n elements, the rest 0).
+template <typename T, int kVec>
+struct RawVec {
+  static constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));
+  static_assert(kVec * sizeof(T) % kVecBytes == 0, "vectors are whole 16-byte accesses");
+  using Word = std::conditional_t<sizeof(T) == 4, T, uint32_t>;
+  static constexpr int kWords = kVec / kPerWord;
+  Word words[kWords];
+
+  template <bool kAligned>
+  __device__ __forceinline__ void load(const T* ptr, int n) {
+    if constexpr (kAligned) {
+#pragma unroll
+      for (int a = 0; a < kWords / 4; ++a) {
+        const Pack<Word, 4> pack = reinterpret_cast<const Pack<Word, 4>*>(ptr)[a];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) words[a * 4 + k] = pack.v[k];
+      }
+    } else if constexpr (kPerWord == 1) {
+#pragma unroll
+      for (int k = 0; k < kWords; ++k) words[k] = k < n ? ptr[k] : T(0);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kWords; ++k) {
+        const uint32_t lo = 2 * k < n ? to_bits(ptr[2 * k]) : 0u;
+        const uint32_t hi = 2 * k + 1 < n ? to_bits(ptr[2 * k + 1]) : 0u;
+        words[k] = lo | (hi << 16);
+      }
+    }
+  }
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) words[k] = Word(0);
+  }
+  __device__ __forceinline__ float operator[](int e) const {
+    if constexpr (kPerWord == 1) {
+      return words[e];
+    } else {
+      return to_float(from_bits<T>(static_cast<uint16_t>(words[e / 2] >> (16 * (e % 2)))));
+    }
+  }
+};
 
 // Host side: may a kernel use `bytes`-wide accesses at p? (nullptr, an absent tensor, passes.)
 inline bool is_aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }

@@ -15,10 +15,11 @@
 // workspace and writes its column sums there once, and reduce_partials_kernel adds the G rows per
 // column in a fixed order and rounds to the parameter dtype.
 //  - Rows up to a chunk long (N <= 8192): norm_bwd_kernel is persistent (G blocks, each looping over
-//    rows) and accumulates dw, db in registers next to the cached row, so x and dy are read once.
-//    Several row groups of one block are folded together through shared memory in a fixed order.
-//  - Longer rows: a thread's columns no longer fit in registers, so norm_bwd_kernel computes dx only
-//    and norm_bwd_param_kernel reads x and dy again, column-parallel, for dw and db.
+//    rows, the next row's loads in flight while it works on this one) and accumulates dw, db in
+//    registers next to the cached row, so x and dy are read once. Several row groups of one block
+//    are folded together through shared memory in a fixed order.
+//  - Longer rows: a thread's columns no longer fit in registers, so norm_bwd_long_rows_kernel
+//    computes dx only and norm_bwd_param_kernel reads x and dy again, column-parallel, for dw and db.
 // All arithmetic is fp32.
 
 #include "common/launch.h"
@@ -29,7 +30,7 @@
 
 namespace fasttx {
 
-using layer_norm::Layout;
+using layer_norm::BwdLayout;
 
 namespace {
 
@@ -38,7 +39,7 @@ namespace {
 constexpr int kMinRowsPerGroup = 4;
 // Shared memory for folding the row groups of a block: groups 1.. of a smallest block, each with
 // its chunk of cached columns (blocks hold several row groups only when they are the smallest).
-constexpr int kFoldFloats = (Layout::kMinBlockThreads - kWarpSize) * Layout::kCacheElems;
+constexpr int kFoldFloats = (BwdLayout::kMinBlockThreads - kWarpSize) * BwdLayout::kCacheElems;
 // Column-parallel dw/db kernel (rows longer than a chunk): one thread per vector of columns.
 constexpr int kParamThreads = 256;
 // Partial-sum reduction: a warp reads 32 consecutive columns (128 bytes) of one workspace row, and
@@ -50,7 +51,7 @@ constexpr int kFinalSlices = 32;
 // single-chunk row) as row blockIdx.x of partials (G, N). Called by every thread of the block.
 template <bool kAligned, int kIters, int kVec>
 __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restrict__ partials, float* fold,
-                               const Layout::Group& grp, int cols) {
+                               const BwdLayout::Group& grp, int cols) {
   float* out = partials + static_cast<int64_t>(blockIdx.x) * cols;  // (N,)
   const int nvec = ceil_div(cols, kVec);
   if (grp.per_block == 1) {
@@ -62,7 +63,7 @@ __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restri
     return;
   }
   // Group g > 0 parks its sums in slot g - 1; group 0 adds the slots in order and stores.
-  const int slot = grp.size * Layout::kCacheElems;
+  const int slot = grp.size * BwdLayout::kCacheElems;
   if (grp.index > 0) {
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
@@ -90,123 +91,248 @@ __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restri
   __syncthreads();  // fold is reused by the next call
 }
 
-// dx for every row; with accumulate_params (single-chunk rows only) also this block's dw/db partial
-// sums. Block b handles rows b * per_block + group index, stepping by gridDim.x * per_block.
-// Vectors and kAligned as in the forward (layer_norm_fwd.cu).
-// 168 registers (fewer than the compiler picks for LayerNorm unbounded) let three 128-thread blocks,
-// 12 warps, share an SM rather than two; what each instance takes and spills at that cap is in
-// csrc/README.md, "Registers". (__maxnreg__ excludes __launch_bounds__; 256 x 168 fits an SM's 64K
-// registers.)
+// dx and this block's dw/db partial sums for rows of a single chunk (N <= 8192), persistent: block b
+// handles rows b * per_block + group index, stepping by gridDim.x * per_block, accumulating dw, db
+// in registers (a thread's columns are the same in every row). Vectors and kAligned as in the
+// forward (layer_norm_fwd.cu).
+//
+// Bytes in flight: the next row's x, dy, mean and rstd are loaded, as stored, at the top of each
+// iteration, before this row's arithmetic, reduction and dx stores, so every row group always has a
+// row of loads in flight (a row of x and dy: 16 KB at N = 4096, 32 KB at 8192, in 16-bit types).
+// The two passes over the row (sums, then dx) both read the raw values: packed 16-bit registers hold
+// the current and the next row in what one fp32 row took, and dx is written in a form,
+// rstd w dy - (c1 (x - mean) + c0), that shares no subexpression with the first pass, so the
+// compiler recomputes it instead of keeping fp32 copies alive across the reduction. The weight,
+// converted once, waits in shared memory: each thread reads back only what it wrote.
+// fp32 values take twice the registers: two whole rows and the accumulators (96 of the 128 registers
+// 512 threads allow, LayerNorm) spilled up to 168 B. So in fp32 only the first half of the next row's
+// vectors is loaded at the top; each of the others is loaded in the dx pass right after this row's
+// copy of it is stored, into the registers that copy held (kLate). Half a row is still in flight
+// through the reduction (32 KB at N = 8192, a 512-thread block), the other half from its dx store on.
+// What each instance takes is in csrc/README.md, "Registers".
 template <bool kIsRMS, typename T, typename W, bool kAligned>
-__global__ void __maxnreg__(168)
-    norm_bwd_kernel(const NormBwdParams p, const int warps_per_row, const bool accumulate_params) {
+__global__ void __launch_bounds__(BwdLayout::kMaxThreads)
+    norm_bwd_kernel(const NormBwdParams p, const int warps_per_row) {
   constexpr int kVec = kVecBytes / sizeof(T);
-  static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
-  constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches per tensor
-  constexpr int kSums = kIsRMS ? 1 : 2;       // row sums of g * xhat and (LayerNorm) g
-  __shared__ float scratch[kSums][Layout::kMaxWarps];
+  static_assert(BwdLayout::kCacheElems % kVec == 0 && kVec % 4 == 0, "a thread caches whole vectors");
+  constexpr int kIters = BwdLayout::kCacheElems / kVec;  // vectors a thread holds per tensor
+  constexpr int kPacks = kVec / 4;                       // float4s of the weight per vector
+  constexpr int kSums = kIsRMS ? 1 : 2;                  // row sums of g * xhat and (LayerNorm) g
+  // The next row's vectors from kLate on are loaded in the dx pass, not at the top (see above).
+  constexpr int kLate = sizeof(T) == 4 ? kIters / 2 : kIters;
+  __shared__ float scratch[kSums][BwdLayout::kMaxWarps];
   __shared__ float fold[kFoldFloats];
+  __shared__ Pack<float, 4> weight_cache[kIters * kPacks][BwdLayout::kMaxThreads];  // [pack][thread]: conflict-free
 
-  const Layout::Group grp(warps_per_row * kWarpSize);
+  const BwdLayout::Group grp(warps_per_row * kWarpSize);
+  const T* __restrict__ x = static_cast<const T*>(p.x);      // (M, N)
+  const T* __restrict__ dy = static_cast<const T*>(p.dy);    // (M, N)
+  T* __restrict__ dx = static_cast<T*>(p.dx);                // (M, N)
   const W* __restrict__ w = static_cast<const W*>(p.weight);  // (N,) or nullptr
   const int nvec = ceil_div(p.cols, kVec);
-  const int chunk = grp.size * kIters;  // vectors per chunk
-  const int last = (nvec - 1) / chunk * chunk;
+  const auto vec = [&](int i) { return i * grp.size + grp.rank; };  // the thread's i-th vector of the row
   // Elements of vector j < nvec inside the row (kVec except for an unaligned row's last vector).
   const auto vec_elems = [&](int j) { return kAligned ? kVec : min(kVec, p.cols - j * kVec); };
 
-  // The cached chunk holds xhat and g = dy * w, all dx needs once the row sums are known.
-  float xhat[kIters][kVec];
-  float g[kIters][kVec];
+  if (w != nullptr) {
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      float wv[kVec] = {};
+      if (vec(i) < nvec) load_vec<kVec, kAligned>(w + vec(i) * kVec, wv, vec_elems(vec(i)));
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) weight_cache[i * kPacks + e / 4][threadIdx.x].v[e % 4] = wv[e];
+    }
+  }
+  const auto weight = [&](int i, float (&wv)[kVec]) {
+#pragma unroll
+    for (int a = 0; a < kPacks; ++a) {
+      const Pack<float, 4> pack =
+          w != nullptr ? weight_cache[i * kPacks + a][threadIdx.x] : Pack<float, 4>{{1, 1, 1, 1}};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) wv[a * 4 + e] = pack.v[e];
+    }
+  };
+
+  // A row's x and dy as stored, with its statistics. Padding (past the row's end or past M) is zero
+  // throughout (dy = 0, rstd = 0), so it adds nothing anywhere.
+  struct Row {
+    RawVec<T, kVec> x[kIters];
+    RawVec<T, kVec> dy[kIters];
+    float mean;
+    float rstd;
+  };
+  // Vector i of a row's x and dy, zero past the row's end or past M.
+  const auto load_vec_of = [&](int64_t row, int i, Row& r) {
+    const int j = vec(i);
+    if (row < p.rows && j < nvec) {
+      const int64_t offset = row * p.cols + j * kVec;
+      r.x[i].template load<kAligned>(x + offset, vec_elems(j));
+      r.dy[i].template load<kAligned>(dy + offset, vec_elems(j));
+    } else {
+      r.x[i].zero();
+      r.dy[i].zero();
+    }
+  };
+  // A row's statistics and its vectors before `late`.
+  const auto load_row = [&](int64_t row, Row& r, int late) {
+    const bool valid = row < p.rows;
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      if (i < late) load_vec_of(row, i, r);
+    }
+    r.mean = (kIsRMS || !valid) ? 0.f : p.mean[row];
+    r.rstd = valid ? p.rstd[row] : 0.f;
+  };
+
   float acc_dw[kIters][kVec] = {};  // sum over this group's rows of dy * xhat
   float acc_db[kIters][kVec] = {};  // sum over this group's rows of dy (LayerNorm only)
 
   // The loop bound depends on the block only: row groups without a row (past M) keep going through
   // the block-wide reductions.
   const int64_t row_stride = static_cast<int64_t>(gridDim.x) * grp.per_block;
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * grp.per_block; first < p.rows; first += row_stride) {
+  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * grp.per_block;
+  Row cur;
+  load_row(first_row + grp.index, cur, kIters);
+  for (int64_t first = first_row; first < p.rows; first += row_stride) {
     const int64_t row = first + grp.index;
-    const bool valid = row < p.rows;
-    const int64_t offset = (valid ? row : 0) * p.cols;
-    const T* __restrict__ x = static_cast<const T*>(p.x) + offset;    // (N,) this row
-    const T* __restrict__ dy = static_cast<const T*>(p.dy) + offset;  // (N,) this row
-    T* __restrict__ dx = static_cast<T*>(p.dx) + offset;              // (N,) this row
-    const float mean = (kIsRMS || !valid) ? 0.f : p.mean[row];
-    const float rstd = valid ? p.rstd[row] : 0.f;
+    Row next;
+    load_row(row + row_stride, next, kLate);
 
-    // Fills xhat and g for a chunk; with `accumulate` also adds the chunk's dw, db terms.
-    // Padding (past the row's end or past M) gets xhat = g = 0 and adds nothing anywhere.
-    const auto load_chunk = [&](int c0, bool accumulate) {
-#pragma unroll
-      for (int i = 0; i < kIters; ++i) {
-        const int j = c0 + i * grp.size + grp.rank;
-        if (valid && j < nvec) {
-          const int elems = vec_elems(j);
-          float dyv[kVec];
-          float wv[kVec];
-          load_vec<kVec, kAligned>(x + j * kVec, xhat[i], elems);
-          load_vec<kVec, kAligned>(dy + j * kVec, dyv, elems);
-          if (w != nullptr) {
-            load_vec<kVec, kAligned>(w + j * kVec, wv, elems);
-          } else {
-#pragma unroll
-            for (int e = 0; e < kVec; ++e) wv[e] = 1.f;
-          }
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) {
-            xhat[i][e] = (xhat[i][e] - mean) * rstd;
-            g[i][e] = dyv[e] * wv[e];
-            if (accumulate) {
-              acc_dw[i][e] += dyv[e] * xhat[i][e];
-              if constexpr (!kIsRMS) acc_db[i][e] += dyv[e];
-            }
-          }
-        } else {
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) xhat[i][e] = g[i][e] = 0.f;
-        }
-      }
-    };
-
-    // accumulate_params implies a single chunk, so acc_dw/acc_db always see the same columns.
     float sums[kSums] = {};
-    for (int c0 = 0; c0 < nvec; c0 += chunk) {
-      load_chunk(c0, accumulate_params);
 #pragma unroll
-      for (int i = 0; i < kIters; ++i)
+    for (int i = 0; i < kIters; ++i) {
+      float wv[kVec];
+      weight(i, wv);
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          sums[0] += g[i][e] * xhat[i][e];
-          if constexpr (!kIsRMS) sums[1] += g[i][e];
-        }
+      for (int e = 0; e < kVec; ++e) {
+        const float xhat = (cur.x[i][e] - cur.mean) * cur.rstd;
+        const float dyv = cur.dy[i][e];
+        const float g = dyv * wv[e];
+        sums[0] += g * xhat;
+        if constexpr (!kIsRMS) sums[1] += g;
+        acc_dw[i][e] += dyv * xhat;
+        if constexpr (!kIsRMS) acc_db[i][e] += dyv;
+      }
     }
     group_allreduce_sum(sums, scratch, grp.warps, grp.first_warp);
+    // dx = rstd (g - (xhat mean(g xhat) + mean(g))) = rstd w dy - (c1 (x - mean) + c0)
     const float mean_gxhat = sums[0] / static_cast<float>(p.cols);
-    const float mean_g = kIsRMS ? 0.f : sums[kSums - 1] / static_cast<float>(p.cols);
-
-    const auto store_dx = [&](int c0) {
+    const float c1 = cur.rstd * cur.rstd * mean_gxhat;
+    const float c0 = kIsRMS ? 0.f : cur.rstd * (sums[kSums - 1] / static_cast<float>(p.cols));
 #pragma unroll
-      for (int i = 0; i < kIters; ++i) {
-        const int j = c0 + i * grp.size + grp.rank;
-        if (!valid || j >= nvec) continue;
+    for (int i = 0; i < kIters; ++i) {
+      const int j = vec(i);
+      if (row < p.rows && j < nvec) {
+        float wv[kVec];
+        weight(i, wv);
         float dxv[kVec];
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) dxv[e] = rstd * (g[i][e] - (xhat[i][e] * mean_gxhat + mean_g));
-        store_vec<kVec, kAligned>(dx + j * kVec, dxv, vec_elems(j));
+        for (int e = 0; e < kVec; ++e) {
+          dxv[e] = (cur.rstd * wv[e]) * cur.dy[i][e] - (c1 * (cur.x[i][e] - cur.mean) + c0);
+        }
+        store_vec<kVec, kAligned>(dx + row * p.cols + j * kVec, dxv, vec_elems(j));
       }
-    };
-    // The last chunk is still in registers; earlier ones (rows longer than a chunk) are read again.
-    store_dx(last);
-    for (int c0 = 0; c0 < last; c0 += chunk) {
-      load_chunk(c0, false);
-      store_dx(c0);
+      if (i >= kLate) load_vec_of(row + row_stride, i, next);  // into the registers cur[i] just freed
     }
+    cur = next;
   }
 
-  if (!accumulate_params) return;
   if (p.dweight_partials != nullptr) write_partials<kAligned>(acc_dw, p.dweight_partials, fold, grp, p.cols);
   if constexpr (!kIsRMS) {
     if (p.dbias_partials != nullptr) write_partials<kAligned>(acc_db, p.dbias_partials, fold, grp, p.cols);
+  }
+}
+
+// dx for rows longer than a chunk, one row group per row: walked chunk by chunk, twice (the row
+// sums, then dx), every chunk but the last read again for the second pass (layer_norm_layout.cuh).
+// dw and db come from norm_bwd_param_kernel.
+template <bool kIsRMS, typename T, typename W, bool kAligned>
+__global__ void __launch_bounds__(BwdLayout::kMaxThreads)
+    norm_bwd_long_rows_kernel(const NormBwdParams p, const int warps_per_row) {
+  constexpr int kVec = kVecBytes / sizeof(T);
+  static_assert(BwdLayout::kCacheElems % kVec == 0, "a thread caches whole vectors");
+  constexpr int kIters = BwdLayout::kCacheElems / kVec;  // vectors a thread caches per tensor
+  constexpr int kSums = kIsRMS ? 1 : 2;                  // row sums of g * xhat and (LayerNorm) g
+  __shared__ float scratch[kSums][BwdLayout::kMaxWarps];
+
+  const BwdLayout::Group grp(warps_per_row * kWarpSize);
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
+  // Rows past M (last block only) still take part in the block-wide reductions.
+  const bool valid = row < p.rows;
+  const int64_t offset = (valid ? row : 0) * p.cols;
+  const T* __restrict__ x = static_cast<const T*>(p.x) + offset;    // (N,) this row
+  const T* __restrict__ dy = static_cast<const T*>(p.dy) + offset;  // (N,) this row
+  T* __restrict__ dx = static_cast<T*>(p.dx) + offset;              // (N,) this row
+  const W* __restrict__ w = static_cast<const W*>(p.weight);        // (N,) or nullptr
+  const float mean = (kIsRMS || !valid) ? 0.f : p.mean[row];
+  const float rstd = valid ? p.rstd[row] : 0.f;
+  const int nvec = ceil_div(p.cols, kVec);
+  const int chunk = grp.size * kIters;  // vectors per chunk
+  const int last = (nvec - 1) / chunk * chunk;
+  const auto vec_elems = [&](int j) { return kAligned ? kVec : min(kVec, p.cols - j * kVec); };
+
+  // The cached chunk holds xhat and g = dy * w, all dx needs once the row sums are known.
+  float xhat[kIters][kVec];
+  float g[kIters][kVec];
+  // Padding (past the row's end or past M) gets xhat = g = 0 and adds nothing.
+  const auto load_chunk = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      const int j = c0 + i * grp.size + grp.rank;
+      if (valid && j < nvec) {
+        const int elems = vec_elems(j);
+        float wv[kVec];
+        load_vec<kVec, kAligned>(x + j * kVec, xhat[i], elems);
+        load_vec<kVec, kAligned>(dy + j * kVec, g[i], elems);
+        if (w != nullptr) {
+          load_vec<kVec, kAligned>(w + j * kVec, wv, elems);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) wv[e] = 1.f;
+        }
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          xhat[i][e] = (xhat[i][e] - mean) * rstd;
+          g[i][e] *= wv[e];
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) xhat[i][e] = g[i][e] = 0.f;
+      }
+    }
+  };
+
+  float sums[kSums] = {};
+  for (int c0 = 0; c0 < nvec; c0 += chunk) {
+    load_chunk(c0);
+#pragma unroll
+    for (int i = 0; i < kIters; ++i)
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        sums[0] += g[i][e] * xhat[i][e];
+        if constexpr (!kIsRMS) sums[1] += g[i][e];
+      }
+  }
+  group_allreduce_sum(sums, scratch, grp.warps, grp.first_warp);
+  const float mean_gxhat = sums[0] / static_cast<float>(p.cols);
+  const float mean_g = kIsRMS ? 0.f : sums[kSums - 1] / static_cast<float>(p.cols);
+
+  const auto store_dx = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < kIters; ++i) {
+      const int j = c0 + i * grp.size + grp.rank;
+      if (!valid || j >= nvec) continue;
+      float dxv[kVec];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) dxv[e] = rstd * (g[i][e] - (xhat[i][e] * mean_gxhat + mean_g));
+      store_vec<kVec, kAligned>(dx + j * kVec, dxv, vec_elems(j));
+    }
+  };
+  // The last chunk is still in registers; earlier ones are read again.
+  store_dx(last);
+  for (int c0 = 0; c0 < last; c0 += chunk) {
+    load_chunk(c0);
+    store_dx(c0);
   }
 }
 
@@ -265,9 +391,10 @@ __global__ void __launch_bounds__(kFinalCols* kFinalSlices)
 }
 
 struct BwdKernels {
-  void (*rows)(NormBwdParams, int, bool);
-  void (*params)(NormBwdParams);
-  int vec;  // elements per vector of both
+  void (*rows)(NormBwdParams, int);       // single-chunk rows: dx, dw, db partial sums
+  void (*long_rows)(NormBwdParams, int);  // longer rows: dx
+  void (*params)(NormBwdParams);          // longer rows: dw, db partial sums
+  int vec;                                // elements per vector of all three
 };
 
 // Must pick the same kernels for norm_bwd_num_partials and norm_bwd_launch: it only looks at fields
@@ -283,7 +410,8 @@ BwdKernels select_bwd_kernels(const NormBwdParams& p) {
         const bool aligned = p.cols % kVec == 0 && is_vec_aligned(p.x) && is_vec_aligned(p.dy) &&
                              is_vec_aligned(p.dx) && is_vec_aligned(p.weight);
         FASTTX_BOOL_SWITCH(aligned, kAligned, [&] {
-          k = {norm_bwd_kernel<kIsRMS, T, W, kAligned>, norm_bwd_param_kernel<T, kAligned>, kVec};
+          k = {norm_bwd_kernel<kIsRMS, T, W, kAligned>, norm_bwd_long_rows_kernel<kIsRMS, T, W, kAligned>,
+               norm_bwd_param_kernel<T, kAligned>, kVec};
         });
       });
     });
@@ -291,13 +419,13 @@ BwdKernels select_bwd_kernels(const NormBwdParams& p) {
   return k;
 }
 
-// Whether norm_bwd_kernel accumulates dw/db itself (rows of a single chunk).
+// Whether the rows are a single chunk: norm_bwd_kernel then computes dx, dw and db.
 bool fuses_param_grads(const RowConfig& cfg, int cols) { return cols <= cfg.chunk_cols; }
 
 }  // namespace
 
 cudaError_t norm_bwd_num_partials(const NormBwdParams& p, int* num_partials) {
-  const RowConfig cfg = Layout::config(p.cols);
+  const RowConfig cfg = BwdLayout::config(p.cols);
   const BwdKernels k = select_bwd_kernels(p);
   int resident = 0;
   cudaError_t err;
@@ -317,18 +445,20 @@ cudaError_t norm_bwd_num_partials(const NormBwdParams& p, int* num_partials) {
 }
 
 void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
-  const RowConfig cfg = Layout::config(p.cols);
+  const RowConfig cfg = BwdLayout::config(p.cols);
   const BwdKernels k = select_bwd_kernels(p);
   const bool fused = fuses_param_grads(cfg, p.cols);
   const bool param_grads = p.dweight_partials != nullptr || p.dbias_partials != nullptr;
-  // Fused: the G persistent blocks own the workspace rows. Otherwise one row group per row.
-  const int64_t blocks = fused ? p.num_partials : ceil_div<int64_t>(p.rows, cfg.rows_per_block);
   const int warps_per_row = cfg.threads_per_row / kWarpSize;
-  k.rows<<<static_cast<unsigned>(blocks), cfg.threads, 0, stream>>>(p, warps_per_row, fused && param_grads);
+  if (fused) {  // the G persistent blocks own the workspace rows
+    launch_kernel(k.rows, static_cast<unsigned>(p.num_partials), cfg.threads, stream, p, warps_per_row);
+  } else {
+    launch_row_groups(k.long_rows, cfg, p.rows, stream, p, warps_per_row);
+  }
   if (!param_grads) return;
   if (!fused) {
     const dim3 grid(ceil_div(ceil_div(p.cols, k.vec), kParamThreads), p.num_partials);
-    k.params<<<grid, kParamThreads, 0, stream>>>(p);
+    launch_kernel(k.params, grid, kParamThreads, stream, p);
   }
   const float* partials[2] = {p.dweight_partials, p.dbias_partials};
   void* outs[2] = {p.dweight, p.dbias};
@@ -340,8 +470,8 @@ void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
   const dim3 grid(ceil_div(p.cols, kFinalCols), num_outputs);
   const dim3 block(kFinalCols, kFinalSlices);
   FASTTX_DTYPE_SWITCH(p.param_dtype, P, [&] {
-    reduce_partials_kernel<P><<<grid, block, 0, stream>>>(partials[0], static_cast<P*>(outs[0]), partials[1],
-                                                          static_cast<P*>(outs[1]), p.num_partials, p.cols);
+    launch_kernel(reduce_partials_kernel<P>, grid, block, stream, partials[0], static_cast<P*>(outs[0]), partials[1],
+                  static_cast<P*>(outs[1]), p.num_partials, p.cols);
   });
 }
 

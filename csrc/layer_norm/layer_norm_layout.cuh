@@ -18,8 +18,7 @@ namespace layer_norm {
 
 using Layout = RowLayout<
     // kCacheElems, row values each thread caches per tensor: one warp covers N = 1024 and 8 warps
-    // N = 8192 in a single chunk. The backward holds xhat, g and its dw, db accumulators for the
-    // same columns (4 x 32 floats), hence its register cap (layer_norm_bwd.cu).
+    // N = 8192 in a single chunk.
     32,
     // kMinThreadsPerRow, at least a warp: norm rows are hidden sizes, rarely shorter than a few
     // hundred.
@@ -29,6 +28,15 @@ using Layout = RowLayout<
     // kMinBlockThreads, the smallest block: 4 warps, so that warp-per-row kernels still reach full
     // occupancy within the 32-resident-blocks-per-SM limit.
     128>;
+
+// The backward's: half the forward's cache a thread, twice the threads a row (a warp covers N = 512,
+// 16 warps N = 8192). Its persistent kernel holds, for each of its columns, the row being reduced
+// and the next one (x and dy as stored, in flight meanwhile) and the dw, db accumulators: at 32
+// columns a thread that took 128 registers in 16-bit types and 192 in fp32, past the cap that keeps
+// two or three blocks an SM; at 16 it fits 128 (__launch_bounds__(512); fp32 only with half of the
+// next row loaded later in the iteration, layer_norm_bwd.cu). The same 8192-column chunk
+// bounds the rows whose dw, db it accumulates (layer_norm_bwd.cu).
+using BwdLayout = RowLayout<16, kWarpSize, 512, 128>;
 
 }  // namespace layer_norm
 }  // namespace fasttx

@@ -12,10 +12,10 @@
 #include "attention/sm90/attention_fwd_sm90.cu"  // the dispatch names it; never launched here
 #include "attention/sm90/attention_bwd_sm90.cu"  // likewise (emulator_sm90_bwd.cpp runs it)
 
-#include "params_by_name.h"
+#include "attention_fields.h"
 
 // fields: "name=value" for every field of AttentionParams (AttentionBwdParams when backward), arrays
-// as comma-separated values, pointers as addresses (params_by_name.h); ranges: (address, bytes) of
+// as comma-separated values, pointers as addresses (tests/cuda_emulator/params_by_name.h); ranges: (address, bytes) of
 // every input. Returns nullptr, or why nothing was launched.
 extern "C" const char* emu_attention(int backward, const char* const* fields, int n_fields, const int64_t* ranges,
                                      int n_ranges) {

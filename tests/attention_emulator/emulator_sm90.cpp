@@ -7,11 +7,11 @@
 #include "attention/sm90/primitives_sm90.cuh"
 
 #include "attention/sm90/attention_fwd_sm90.cu"
-#include "params_by_name.h"
+#include "attention_fields.h"
 
 using namespace fasttx;
 
-// fields, ranges and the result as emu_attention's (emulator.cpp, params_by_name.h), for the forward;
+// fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h), for the forward;
 // *launched: whether the sm_90a kernel ran (attention_fwd_launch would otherwise launch the sm_80 one).
 extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
                                               int n_ranges, int* launched) {

@@ -1,27 +1,22 @@
 #pragma once
 // Host emulation of csrc/attention/primitives.cuh: found first on the emulator's include path, it
-// replaces the real header, so the real kernels run on CPU threads, one per GPU thread. Warp-collective
-// instructions exchange operands through a per-warp buffer between two warp barriers; cp.async
-// copies are deferred until the cp.async.wait_group that would make them visible, so a missing wait
-// reads stale shared memory (poisoned with NaN before every CTA). Out-of-range or misaligned shared
-// or global addresses abort with a message.
+// replaces the real header, so the real kernels run on CPU threads, one per GPU thread
+// (tests/cuda_emulator/cta.h). Warp-collective instructions exchange operands through a per-warp
+// buffer between two warp barriers; cp.async copies are deferred until the cp.async.wait_group that
+// would make them visible, so a missing wait reads stale shared memory (poisoned with NaN before
+// every CTA). Out-of-range or misaligned shared or global addresses abort with a message.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
-#include <barrier>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <thread>
 #include <vector>
 
-// Host compilers know no launch bounds (the CUDA headers turn the other keywords into attributes).
-#define __launch_bounds__(...)
+#include "cuda_emulator/cta.h"
 
 namespace fasttx {
 namespace attn {
@@ -31,20 +26,6 @@ namespace attn {
 constexpr int kMaxSmem = 228 * 1024;
 alignas(128) inline unsigned char smem[kMaxSmem];  // the running CTA's dynamic shared memory
 inline int smem_bytes = 0;
-inline thread_local uint3 threadIdx;
-inline uint3 blockIdx;
-
-struct Range {
-  const char* begin;
-  size_t bytes;
-};
-inline std::vector<Range> global_ranges;  // the tensors kernels may read with cp.async
-
-[[noreturn]] inline void fail(const char* what, const void* p) {
-  std::fprintf(stderr, "emulator: %s at %p (block %u,%u,%u thread %u)\n", what, p, blockIdx.x, blockIdx.y, blockIdx.z,
-               threadIdx.x);
-  std::abort();
-}
 
 inline void check_smem(const void* p, size_t bytes, size_t align) {
   const auto* c = static_cast<const unsigned char*>(p);
@@ -52,44 +33,15 @@ inline void check_smem(const void* p, size_t bytes, size_t align) {
   if (reinterpret_cast<uintptr_t>(p) % align != 0) fail("misaligned shared access", p);
 }
 
-inline void check_global(const void* p, size_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (const Range& r : global_ranges) {
-    if (c >= r.begin && c + bytes <= r.begin + r.bytes) return;
-  }
-  fail("global read outside every input tensor", p);
-}
-
+// What ldmatrix and mma.sync exchange between the lanes of a warp.
 struct Warp {
-  std::barrier<>* bar;
   const void* ptr[32];
   uint32_t a[32][4];
   uint32_t b[32][2];
-  float f[32];
-  uint32_t u[32];
 };
-inline std::barrier<>* block_barrier = nullptr;
-inline Warp warps[32];
+inline Warp warps[kMaxWarpsPerCta];
 
-inline int lane_id() { return threadIdx.x % 32; }
-inline Warp& my_warp() { return warps[threadIdx.x / 32]; }
-
-inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-inline void __syncwarp() { my_warp().bar->arrive_and_wait(); }
-
-template <typename T>
-inline T shuffle_xor(T (&slots)[32], T v, int lane_mask) {
-  slots[lane_id()] = v;
-  __syncwarp();
-  const T r = slots[lane_id() ^ lane_mask];
-  __syncwarp();
-  return r;
-}
-inline float __shfl_xor_sync(unsigned, float v, int lane_mask) { return shuffle_xor(my_warp().f, v, lane_mask); }
-inline uint32_t __shfl_xor_sync(unsigned, uint32_t v, int lane_mask) { return shuffle_xor(my_warp().u, v, lane_mask); }
-
-inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
+inline Warp& my_warp() { return warps[warp_id()]; }
 
 // ---- primitives ------------------------------------------------------------------------------
 
@@ -217,36 +169,18 @@ inline uint32_t shfl_xor(uint32_t v, int lane_mask) { return __shfl_xor_sync(0xf
 
 inline float exp2_approx(float x) { return std::exp2(x); }
 
-// Runs the grid one CTA after another on `threads` host threads, one per GPU thread.
+// Runs the grid (cta.h), each CTA with its dynamic shared memory poisoned.
 template <typename Kernel, typename Params>
 void launch(Kernel kernel, dim3 grid, int threads, int smem_size, cudaStream_t, const Params& params) {
   if (smem_size > kMaxSmem) fail("more dynamic shared memory than an H100 has", nullptr);
   smem_bytes = smem_size;
-  std::barrier<> block(threads);
-  std::deque<std::barrier<>> warp_bars;  // barriers cannot move: no vector
-  for (int w = 0; w < threads / 32; ++w) warps[w].bar = &warp_bars.emplace_back(32);
-  block_barrier = &block;
-  std::vector<std::thread> pool;
-  for (int tid = 0; tid < threads; ++tid) {
-    pool.emplace_back([&, tid] {
-      threadIdx = {static_cast<unsigned>(tid), 0, 0};
-      for (unsigned z = 0; z < grid.z; ++z) {
-        for (unsigned y = 0; y < grid.y; ++y) {
-          for (unsigned x = 0; x < grid.x; ++x) {
-            if (tid == 0) {
-              blockIdx = {x, y, z};
-              std::memset(smem, 0xff, smem_bytes);  // NaN in fp16 and bf16: unfilled tiles poison results
-            }
-            block.arrive_and_wait();
-            kernel(params);
-            if (!open_group.empty() || !committed.empty()) fail("thread exited with cp.async copies pending", nullptr);
-            block.arrive_and_wait();  // the CTA is done before the next one's setup
-          }
-        }
-      }
-    });
-  }
-  for (auto& t : pool) t.join();
+  run_grid(
+      grid, threads,
+      [&] { std::memset(smem, 0xff, smem_bytes); },  // NaN in fp16 and bf16: unfilled tiles poison results
+      [&] {
+        kernel(params);
+        if (!open_group.empty() || !committed.empty()) fail("thread exited with cp.async copies pending", nullptr);
+      });
 }
 
 }  // namespace attn

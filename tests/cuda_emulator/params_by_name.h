@@ -1,8 +1,9 @@
 #pragma once
-// The entry points' calling convention, shared by emulator.cpp (sm_80) and emulator_sm90.cpp: the
-// params arrive field by field by name ("name=value[,value...]"), so a field added to, moved in or
-// removed from attention.h cannot be filled by position into the wrong member; the inputs arrive as
-// (address, bytes) ranges, the memory the emulated kernels may read.
+// The emulators' calling convention (tests/cuda_emulator/__init__.py marshals it): a kernel's params
+// arrive field by field by name ("name=value[,value...]"), so a field added to, moved in or removed
+// from a params struct cannot be filled by position into the wrong member; the inputs arrive as
+// (address, bytes) ranges, the memory the emulated kernels may read. Each emulator lists its params'
+// fields with FIELD.
 
 #include <cerrno>
 #include <cstdint>
@@ -12,8 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "attention/primitives.cuh"  // the emulation's, first on the include path (global_ranges)
-#include "attention/attention.h"
+#include "cuda_emulator/cta.h"
 
 namespace emu {
 
@@ -61,27 +61,6 @@ struct Field {
 
 #define FIELD(P, member) Field<P>{#member, [](P& p, const Values& v) { assign(p.member, v); }}
 
-// Every field of the params, by name (a field added to attention.h goes here too, or it stays 0).
-template <typename P>
-std::vector<Field<P>> fwd_fields() {
-  return {FIELD(P, dtype),        FIELD(P, head_dim),  FIELD(P, batch),      FIELD(P, heads),
-          FIELD(P, kv_heads),     FIELD(P, queries),   FIELD(P, keys),       FIELD(P, is_causal),
-          FIELD(P, scale_log2),   FIELD(P, scale),     FIELD(P, dropout_p),  FIELD(P, seed),
-          FIELD(P, q),            FIELD(P, k),         FIELD(P, v),          FIELD(P, q_strides),
-          FIELD(P, k_strides),    FIELD(P, v_strides), FIELD(P, mask_kind),  FIELD(P, mask_dtype),
-          FIELD(P, mask),         FIELD(P, mask_strides), FIELD(P, o),       FIELD(P, lse)};
-}
-
-inline std::vector<Field<fasttx::AttentionBwdParams>> bwd_fields() {
-  using P = fasttx::AttentionBwdParams;
-  std::vector<Field<P>> fields = fwd_fields<P>();
-  fields.insert(fields.end(), {FIELD(P, dout), FIELD(P, dout_strides), FIELD(P, o_strides), FIELD(P, delta),
-                               FIELD(P, dq), FIELD(P, dk), FIELD(P, dv)});
-  return fields;
-}
-
-#undef FIELD
-
 // p from "name=value[,value...]" entries: each field of the table exactly once, no other name.
 template <typename P>
 P params(const std::vector<Field<P>>& table, const char* const* entries, int n) {
@@ -116,9 +95,9 @@ P params(const std::vector<Field<P>>& table, const char* const* entries, int n) 
 
 // The memory the emulated kernels may read: n (address, bytes) pairs.
 inline void set_ranges(const int64_t* ranges, int n) {
-  fasttx::attn::global_ranges.clear();
+  fasttx::global_ranges.clear();
   for (int i = 0; i < n; ++i) {
-    fasttx::attn::global_ranges.push_back(
+    fasttx::global_ranges.push_back(
         {reinterpret_cast<const char*>(ranges[2 * i]), static_cast<size_t>(ranges[2 * i + 1])});
   }
 }

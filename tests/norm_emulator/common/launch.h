@@ -1,0 +1,41 @@
+#pragma once
+// Host emulation of csrc/common/launch.h: found first on the emulator's include path, it replaces
+// the real header, so the real row-wise kernels and their launch code run on CPU threads, one per
+// GPU thread (tests/cuda_emulator/cta.h). It also models the built-ins those kernels use directly:
+// static __shared__ arrays (one per kernel instance, which every thread of the running CTA sees:
+// CTAs run one at a time), warp shuffles and __syncthreads (cta.h), and rsqrtf.
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+
+#include "common/ceil_div.h"
+#include "cuda_emulator/cta.h"
+
+#undef __shared__
+#define __shared__ static
+#undef __maxnreg__
+#define __maxnreg__(n)
+
+namespace fasttx {
+
+// The device's rsqrt is approximate (2 ulp); the emulation rounds 1 / sqrt once more than that.
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+
+// What resident_blocks reports: sms x blocks per SM of the emulated device, set by the caller
+// (emu_set_resident_blocks) so that tests choose how many rows each persistent block walks.
+inline int emulated_resident_blocks = 1;
+
+template <typename Kernel>
+cudaError_t resident_blocks(Kernel, int, int* blocks) {
+  *blocks = emulated_resident_blocks;
+  return cudaSuccess;
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t, const Args&... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("empty grid (an invalid launch on a GPU)", nullptr);
+  run_grid(grid, block, [] {}, [&] { kernel(args...); });
+}
+
+}  // namespace fasttx

@@ -1,0 +1,208 @@
+"""The CUDA LayerNorm / RMSNorm kernels (csrc/layer_norm), run on the CPU: tests/norm_emulator compiles
+the real kernel source for the host, one host thread per GPU thread, with real barriers and emulated
+warp shuffles (tests/cuda_emulator/cta.h). This test plays the binding (layer_norm_api.cpp): it
+allocates the outputs and the dw/db workspace, asks norm_bwd_num_partials for its size and launches
+through norm_fwd_launch / norm_bwd_launch, and compares every output and gradient with the float64
+reference. Every tensor sits between NaN guards, which must survive (no write past a tensor) and
+would poison any result read from past one. It checks indexing, the row layouts, reductions, the
+persistent row loop and the partial-sum reduction; not timing, registers or real races."""
+
+import ctypes
+
+import pytest
+import torch
+
+from fasttx.testing import TOLERANCE, rel_error
+
+from .cuda_emulator import DTYPE_CODE, compile_emulator, marshal
+from .ops.test_layer_norm import input_grad_scale, make_inputs, run_reference, weight_grad_scale
+
+GUARD = 64  # elements of NaN before and after every tensor: 16-byte multiples for every dtype
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    library = compile_emulator(tmp_path_factory, "norm_emulator", "emulator.cpp")
+    for entry in (library.emu_norm_fwd, library.emu_norm_bwd, library.emu_norm_bwd_num_partials):
+        entry.restype = ctypes.c_char_p
+    return library
+
+
+class Guarded:
+    """A (rows, cols) or (cols,) tensor inside a NaN-filled buffer, ``offset`` elements past a
+    16-byte boundary (offset 1: the misaligned path)."""
+
+    def __init__(self, shape, dtype, offset=0, fill=None):
+        numel = 1
+        for n in shape:
+            numel *= n
+        self.buffer = torch.full((GUARD + offset + numel + GUARD,), float("nan"), dtype=dtype)
+        self.start = GUARD + offset
+        self.tensor = self.buffer[self.start:self.start + numel].view(shape)
+        if fill is not None:
+            self.tensor.copy_(fill)
+
+    def check_guards(self, name):
+        outside = torch.cat([self.buffer[:self.start], self.buffer[self.start + self.tensor.numel():]])
+        assert outside.isnan().all(), f"{name}: written past the tensor"
+
+
+def _call(entry, fields, *extra):
+    error = entry(*marshal(fields, [])[:2], *extra)
+    if error is not None:
+        raise ValueError(f"{entry.__name__}: {error.decode()}")
+
+
+def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offset=0):
+    """Forward then backward through the emulated launchers, as layer_norm_api.cpp calls them:
+    (y, mean or None, rstd, dx, dweight or None, dbias or None)."""
+    is_rms = op == "rms_norm"
+    rows, cols = x.shape
+    tensors = []
+
+    def guarded(shape, dtype, fill=None):
+        t = Guarded(shape, dtype, offset, fill)
+        tensors.append(t)
+        return t.tensor
+
+    address = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    x = guarded((rows, cols), x.dtype, x)
+    weight = None if weight is None else guarded((cols,), weight.dtype, weight)
+    bias = None if bias is None else guarded((cols,), bias.dtype, bias)
+    param_dtype = weight.dtype if weight is not None else bias.dtype if bias is not None else x.dtype
+    y = guarded((rows, cols), x.dtype)
+    mean = None if is_rms else guarded((rows,), torch.float32)
+    rstd = guarded((rows,), torch.float32)
+    base = dict(is_rms=int(is_rms), input_dtype=DTYPE_CODE[x.dtype], rows=rows, cols=cols)
+    _call(emulator.emu_norm_fwd, dict(base, param_dtype=DTYPE_CODE[param_dtype], x=x.data_ptr(),
+                                      weight=address(weight), bias=address(bias), y=y.data_ptr(),
+                                      mean=address(mean), rstd=rstd.data_ptr(), eps=eps))
+
+    # The backward's parameter dtype is the weight's (layer_norm_api.cpp), dbias included.
+    param_dtype = weight.dtype if weight is not None else x.dtype
+    dy = guarded((rows, cols), x.dtype, dy)
+    dx = guarded((rows, cols), x.dtype)
+    dweight = None if weight is None else guarded((cols,), param_dtype)
+    dbias = guarded((cols,), param_dtype) if bias is not None else None
+    fields = dict(base, param_dtype=DTYPE_CODE[param_dtype], dy=dy.data_ptr(), x=x.data_ptr(),
+                  weight=address(weight), mean=address(mean), rstd=rstd.data_ptr(), dx=dx.data_ptr(),
+                  dweight=address(dweight), dbias=address(dbias), num_partials=0, dweight_partials=0,
+                  dbias_partials=0)
+    emulator.emu_set_resident_blocks(resident_blocks)
+    num_partials = ctypes.c_int(0)
+    _call(emulator.emu_norm_bwd_num_partials, fields, ctypes.byref(num_partials))
+    g = num_partials.value
+    assert g >= 1
+    # Fresh workspaces, as the binding allocates them: aligned whatever the tensors' offset.
+    partials = {}
+    for name, present in (("dweight_partials", dweight is not None), ("dbias_partials", dbias is not None)):
+        if present:
+            t = Guarded((g, cols), torch.float32)
+            tensors.append(t)
+            partials[name] = t.tensor.data_ptr()
+    _call(emulator.emu_norm_bwd, dict(fields, num_partials=g, **partials))
+    for i, t in enumerate(tensors):
+        t.check_guards(f"tensor {i}")
+    return y, mean, rstd, dx, dweight, dbias
+
+
+def check(emulator, op, rows, cols, dtype, param_dtype=None, with_weight=True, with_bias=True, resident_blocks=3,
+          offset=0):
+    """Emulated forward and backward against the float64 reference (the tolerances and gradient scales
+    of tests/ops/test_layer_norm.py), and the saved statistics against their definitions."""
+    param_dtype = param_dtype or dtype
+    with_bias = with_bias and op == "layer_norm"
+    eps = 1e-5
+    x, weight, bias = make_inputs((rows, cols), (cols,), dtype, param_dtype, with_weight, with_bias)
+    dy = torch.randn_like(x)
+    y, mean, rstd, dx, dw, db = emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offset)
+
+    leaves = [None if t is None else t.double().requires_grad_() for t in (x, weight, bias)]
+    ref = run_reference(op, leaves[0], (cols,), *leaves[1:], eps=eps)
+    ref.backward(dy.double())
+    x64, dy64 = x.double(), dy.double()
+    scales = (0.0, input_grad_scale(op, x64, None if weight is None else weight.double(), dy64, eps),
+              weight_grad_scale(op, x64, dy64, eps), 0.0)
+    tol = TOLERANCE[dtype]
+    refs = (ref, *(None if leaf is None else leaf.grad for leaf in leaves))
+    for name, ours, theirs, scale in zip(("output", "dx", "dweight", "dbias"), (y, dx, dw, db), refs, scales):
+        if theirs is None:
+            assert ours is None, f"{name} computed without its tensor"
+            continue
+        err = rel_error(ours, theirs, scale)
+        assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g}"
+    centered = x64 if op == "rms_norm" else x64 - x64.mean(-1, keepdim=True)
+    rstd64 = (centered.square().mean(-1) + eps).rsqrt()
+    assert rel_error(rstd, rstd64) <= TOLERANCE[torch.float32], "rstd"
+    if mean is not None:
+        assert (mean.double() - x64.mean(-1)).abs().max() <= 1e-5 * (1 + x64.abs().max()), "mean"
+
+
+# (rows, cols): 1 column, odd N, both sides of the backward's layout thresholds (BwdLayout: a warp per
+# row up to 512, four rows a block; two rows of 2 warps a block up to 1024; up to 16 warps a row).
+SHAPES = [(1, 1), (3, 7), (9, 500), (37, 1000), (6, 1025), (3, 4097)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_forward_and_gradients(emulator, op, dtype, shape):
+    check(emulator, op, *shape, dtype)
+
+
+@pytest.mark.parametrize("shape", [(2, 8192), (3, 8193)], ids=str)
+@pytest.mark.parametrize("op,dtype", [("layer_norm", torch.float32), ("rms_norm", torch.bfloat16)], ids=str)
+def test_single_chunk_limit(emulator, op, dtype, shape):
+    """The widest rows the persistent backward takes (16 warps, dw and db in registers), and one column
+    more: the chunked dx kernel and the column-parallel dw, db kernel. (512 host threads a block: the
+    costliest shapes here, hence two of the six dtype and op pairs.)"""
+    check(emulator, op, *shape, dtype)
+
+
+@pytest.mark.parametrize("op,with_weight,with_bias", [
+    ("layer_norm", False, False), ("layer_norm", True, False), ("layer_norm", False, True),
+    ("rms_norm", False, False),
+])
+def test_optional_parameters(emulator, op, with_weight, with_bias):
+    check(emulator, op, 33, 300, torch.float32, with_weight=with_weight, with_bias=with_bias)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_half_input_fp32_parameters(emulator, op):
+    check(emulator, op, 21, 777, torch.bfloat16, param_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(9, 1000), (2, 9000)], ids=str)
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_misaligned_storage(emulator, op, shape):
+    """Every tensor one element past a 16-byte boundary: the element-wise path."""
+    check(emulator, op, *shape, torch.float16, offset=1)
+
+
+@pytest.mark.parametrize("rows,resident_blocks", [(1, 1), (50, 1), (50, 2), (203, 5), (203, 64)])
+def test_persistent_row_loop(emulator, rows, resident_blocks):
+    """The backward's grid is one wave of persistent blocks (norm_bwd_num_partials): one block walking
+    every row, a few walking many, more blocks than row groups; the last row group partly past M."""
+    check(emulator, "layer_norm", rows, 520, torch.float32, resident_blocks=resident_blocks)
+
+
+def test_long_rows(emulator):
+    """Three chunks a row."""
+    check(emulator, "layer_norm", 1, 16500, torch.bfloat16)
+
+
+def test_parameter_gradients_are_deterministic(emulator):
+    x, weight, bias = make_inputs((70, 520), (520,), torch.float32, torch.float32, True, True)
+    dy = torch.randn_like(x)
+    runs = [emulated_norm(emulator, "layer_norm", x, weight, bias, dy, 1e-5, 3) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs) if a is not None)
+
+
+def test_params_are_set_by_field_name(emulator):
+    """A missing or unknown field fails loudly, launching nothing."""
+    fields = dict(is_rms=1, input_dtype=0, param_dtype=0, rows=1, cols=4, x=0, weight=0, bias=0, y=0, mean=0,
+                  rstd=0, eps=1e-5)
+    for message, given in {"field 'eps' not given": {k: v for k, v in fields.items() if k != "eps"},
+                           "unknown field 'dy'": {**fields, "dy": 0}}.items():
+        with pytest.raises(ValueError, match=message):
+            _call(emulator.emu_norm_fwd, given)

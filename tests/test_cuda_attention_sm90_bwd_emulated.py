@@ -19,14 +19,15 @@ from fasttx.functional.attention import cuda_sm90_forward
 from fasttx.testing import TOLERANCE, rel_error
 
 from .ops.test_attention import gradient_scales
-from .test_cuda_attention_emulated import _fields, _marshal, compile_emulator, reference_lse
+from .cuda_emulator import compile_emulator, marshal
+from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the one head dim of the sm_90a kernel
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    lib = compile_emulator(tmp_path_factory, "emulator_sm90_bwd.cpp")
+    lib = compile_emulator(tmp_path_factory, "attention_emulator", "emulator_sm90_bwd.cpp")
     lib.emu_attention_bwd_sm90.restype = ctypes.c_char_p
     return lib
 
@@ -48,7 +49,7 @@ def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True):
                      delta, grads)
     launched = ctypes.c_int(-1)
     with cuda_sm90_forward(sm90):
-        error = emulator.emu_attention_bwd_sm90(*_marshal(fields, [q, k, v, dout, o, lse, delta]),
+        error = emulator.emu_attention_bwd_sm90(*marshal(fields, [q, k, v, dout, o, lse, delta]),
                                                 ctypes.byref(launched))
     if error is not None:
         raise ValueError(f"emu_attention_bwd_sm90: {error.decode()}")

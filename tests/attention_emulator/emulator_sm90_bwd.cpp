@@ -11,11 +11,11 @@
 #include "attention/attention_bwd_hdim128.cu"
 #include "attention/sm90/attention_bwd_sm90.cu"
 #include "attention/sm90/attention_fwd_sm90.cu"  // attention_sm90_enabled
-#include "params_by_name.h"
+#include "attention_fields.h"
 
 using namespace fasttx;
 
-// fields, ranges and the result as emu_attention's (emulator.cpp, params_by_name.h), for the backward
+// fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h), for the backward
 // at head dim 128 on an emulated sm_90a device; *launched: whether an sm_90a kernel ran (initialized
 // mbarriers), i.e. the dK/dV kernel was the sm_90a one rather than the sm_80 one.
 extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,

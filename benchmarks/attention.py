@@ -16,15 +16,16 @@ matrix products where the default runs seven, not bitwise reproducible); its for
 Its FLOPs are the same standard count, so its TFLOP/s compare with every other provider's directly.
 gpu-check's targets judge "fasttx triton", the deterministic default.
 
-"fasttx triton (pointers)", on sm_90 devices, is the Triton kernels on their pointer path (FASTTX_TRITON_TMA=0,
-forward and backward): what they ran before TMA descriptors, and still run elsewhere, beside "fasttx
+"fasttx triton (pointers)", on sm_90 devices, is the Triton kernels on their pointer path
+(FASTTX_TRITON_TMA=0): what they ran before TMA descriptors, and still run elsewhere, beside "fasttx
 triton" (TMA on sm_90) in the same run, to measure what the descriptors change.
 
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
-forward (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 one, which
-stays the default until a GPU run has validated the new kernel. Its backward is the sm_80 one: the
-switch is set around the forward call only and autograd runs the backward after it, so the sm_90a
-dK/dV kernel the switch also selects is not timed here yet.
+kernels (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 ones, which
+stay the default until a GPU run has validated the new kernels.
+
+Both switches are set around the provider's checking and every timed pass (common.around), so its
+backward, which autograd runs outside the forward call, sees them too.
 """
 
 import math
@@ -87,44 +88,18 @@ def _flash_attn(is_causal):
     return External("flash-attn", "flash_attn", "flash_attn_func", adapt, (torch.float16, torch.bfloat16))
 
 
-def _sm90_switched_on(fn):
-    """fn run with the sm_90a forward switched on (read by the extension at each call); a putenv per
-    call, microseconds against the milliseconds timed."""
+def _switched(fn, switch):
+    """fn checked and timed inside ``switch()``, forward and backward (common.around)."""
     def run(*args):
-        with cuda_sm90_forward(True):
-            return fn(*args)
+        return fn(*args)
+    run.around = switch
     return run
 
 
-class _TmaMode(torch.autograd.Function):
-    """Identity whose backward sets the Triton attention's TMA mode: on the output, it sets it before the
-    attention's backward runs; on the inputs, after (their gradients come from that backward)."""
+def _triton_pointer_path():
+    from ..triton_kernels import attention_common  # Triton only where its kernels run
 
-    @staticmethod
-    def forward(ctx, x, mode):
-        ctx.mode = mode
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        from ..triton_kernels import attention_common  # Triton only where its kernels run
-
-        attention_common.set_tma_mode(ctx.mode)
-        return grad, None
-
-
-def _pointer_path(fn):
-    """fn run on the Triton attention's pointer path, forward and backward (the mode in between as before)."""
-    from ..triton_kernels import attention_common
-
-    def run(q, k, v):
-        before = attention_common.set_tma_mode("0")
-        try:
-            out = fn(*(_TmaMode.apply(t, before) for t in (q, k, v)))
-        finally:
-            attention_common.set_tma_mode(before)
-        return _TmaMode.apply(out, "0")
-    return run
+    return attention_common.tma_mode("0")
 
 
 def cases(op, dtype, device_type, shapes, fasttx_backends):
@@ -147,9 +122,10 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                                                             deterministic=False))
             if "fasttx triton" in providers and device_type == "cuda" and \
                     torch.cuda.get_device_capability(q.device)[0] == 9:
-                providers["fasttx triton (pointers)"] = _pointer_path(providers["fasttx triton"])
+                providers["fasttx triton (pointers)"] = _switched(providers["fasttx triton"], _triton_pointer_path)
             if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
-                providers["fasttx cuda (sm_90a)"] = _sm90_switched_on(providers["fasttx cuda"])
+                providers["fasttx cuda (sm_90a)"] = _switched(providers["fasttx cuda"],
+                                                              lambda: cuda_sm90_forward(True))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
             label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal}
             ref = lambda q, k, v, c=is_causal: reference.scaled_dot_product_attention(q, k, v, is_causal=c)  # noqa: E731

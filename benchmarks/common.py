@@ -19,6 +19,8 @@ perf_counter around each call (the same quantiles over blocks of calls, in inter
 providers: see _interleaved); ``setup`` runs outside the timed span on both.
 """
 
+import contextlib
+import contextlib
 import dataclasses
 import gc
 import importlib
@@ -243,11 +245,25 @@ class Case:
 
     label: dict  # what identifies the case in the report: shape, mask kind, ...
     inputs: list  # tensors; those with requires_grad get gradients in the backward passes
-    providers: dict  # name -> fn(*inputs) -> output
+    providers: dict  # name -> fn(*inputs) -> output; see around() for a switch both passes must see
     reference: object  # fn(*inputs in float64) -> output: the correctness oracle
     work: tuple  # (forward, backward): the fewest bytes moved, or the FLOPs, by formula
     unit: str = "GB/s"  # "GB/s" (work in bytes) or "TFLOP/s" (work in FLOPs)
     chunk_dim: int = None  # an output dim whose slices are independent: the reference runs by slices
+
+
+def around(fn):
+    """The context a provider is checked and timed in, every pass: ``fn.around()`` where the provider
+    has one (a switch its backward must see too: autograd runs the backward outside any context set
+    around the forward call alone), else none."""
+    return getattr(fn, "around", contextlib.nullcontext)()
+
+
+def around(fn):
+    """The context a provider is checked and timed in, every pass: ``fn.around()`` where the provider
+    has one (a switch its backward must see too: autograd runs the backward outside any context set
+    around the forward call alone), else none."""
+    return getattr(fn, "around", contextlib.nullcontext)()
 
 
 def _leaves(inputs, convert=lambda t: t):
@@ -331,8 +347,9 @@ def _interleaved(case, names, dy, device_type, failures):
         order = names if round_ % 2 == 0 else names[::-1]  # no provider always runs first
         for name in [n for n in order if n not in failures]:
             try:
-                timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0,
-                                     cpu_blocks=(1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)))
+                with around(case.providers[name]):
+                    timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0,
+                                         cpu_blocks=(1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)))
             except Exception as e:
                 failures[name] = _failure(e)
                 continue
@@ -365,7 +382,8 @@ def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
     for name, fn in case.providers.items():
         step(name)
         try:
-            errors[name] = _max_error(case, fn, dy)
+            with around(fn):
+                errors[name] = _max_error(case, fn, dy)
         except Exception as e:
             failures[name] = _failure(e)
     measured = _interleaved(case, list(errors), dy, device_type, failures)

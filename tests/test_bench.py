@@ -66,6 +66,41 @@ def test_speed_up_is_against_the_fastest_correct_baseline(one_thread):
     assert best["fwd"]["best PyTorch"] == "torch eager" and best["fwd"]["best fasttx"] == "fasttx torch"
 
 
+def test_a_providers_context_covers_its_backward():
+    """A provider's ``around`` (common.around) is entered for its checking and every timed pass, so a
+    switch read by its backward, which autograd runs outside the forward call, is on there too."""
+    state = {"on": False, "backwards": 0}
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            assert state["on"], "forward outside the provider's context"
+            return torch.softmax(x, -1)
+
+        @staticmethod
+        def backward(ctx, grad):
+            assert state["on"], "backward outside the provider's context"
+            state["backwards"] += 1
+            return grad  # not softmax's gradient: only the context is checked here
+
+    class Switch:
+        def __enter__(self):
+            state["on"] = True
+
+        def __exit__(self, *exc):
+            state["on"] = False
+
+    def switched(x):
+        return Probe.apply(x)
+
+    switched.around = Switch
+    rows = common.run_case("softmax", _softmax_case({"torch eager": lambda x: torch.softmax(x, -1), "switched": switched}),
+                           "cpu", torch.float32, {"GB/s": None})
+    mine = [r for r in rows if r["provider"] == "switched"]
+    assert all(r["ms"] > 0 and "error" not in r for r in mine), mine  # no assertion failed inside
+    assert state["backwards"] > 1 and not state["on"]
+
+
 def test_a_provider_that_raises_is_a_failure_not_a_crash():
     def broken(x):
         raise RuntimeError("no kernel for this shape")

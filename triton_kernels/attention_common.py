@@ -40,6 +40,7 @@ Grid. Programs run over (batch-head, block) on grid dim 0 alone, the blocks of o
 CUDA caps dims 1 and 2 at 65535, which B * H exceeds (B = 4097, H = 16), and dim 0 at 2^31 - 1.
 """
 
+import contextlib
 import math
 import os
 
@@ -218,13 +219,25 @@ TMA_MAX_STRIDE = 2**40  # bytes: TMA's bound on a stride
 TMA_MAX_DIM = 2**32  # TMA's bound on a dimension
 
 
-def set_tma_mode(mode: str) -> str:
-    """Set FASTTX_TRITON_TMA's setting ("auto", "0" or "1") for the launches from now on; returns the one
-    it replaces (the bench's pointer-path provider switches it around its forward and backward)."""
+TMA_MODES = ("auto", "0", "1")
+
+
+def _check_tma_mode(mode: str) -> None:
+    if mode not in TMA_MODES:
+        raise ValueError(f"FASTTX_TRITON_TMA must be one of {', '.join(TMA_MODES)}, got {mode!r}")
+
+
+@contextlib.contextmanager
+def tma_mode(mode: str):
+    """Runs the block's launches with FASTTX_TRITON_TMA's setting ``mode`` ("auto", "0" or "1"), then
+    restores the one before (the bench's pointer-path provider, forward and backward)."""
     global _TMA
-    assert mode in ("auto", "0", "1"), f"FASTTX_TRITON_TMA must be auto, 0 or 1, got {mode!r}"
+    _check_tma_mode(mode)
     previous, _TMA = _TMA, mode
-    return previous
+    try:
+        yield
+    finally:
+        _TMA = previous
 
 
 def tma_fits(t: torch.Tensor) -> bool:
@@ -251,6 +264,7 @@ def use_tma(*tensors: torch.Tensor) -> bool:
     dim) tensors its kernels read and write: TMA where the device is a Hopper (sm_90) GPU, their dtype 16
     bits (TMA_DTYPES) and TMA can address every one of them (tma_fits); FASTTX_TRITON_TMA overrides the
     device test (see its comment)."""
+    _check_tma_mode(_TMA)
     if _TMA == "0":
         return False
     device = tensors[0].device

@@ -165,18 +165,33 @@ def test_auto_uses_tma_on_hopper_only(monkeypatch):
 
 
 def test_bench_pointer_path_provider(paths):
-    """The bench's "fasttx triton (pointers)" runs forward and backward on the pointer path, computes what
-    the TMA path does, and leaves the mode as it found it."""
-    from fasttx.benchmarks.attention import _pointer_path
+    """The bench's "fasttx triton (pointers)" runs forward and backward on the pointer path inside its
+    context (benchmarks.common.around, as the bench checks and times it), computes what the TMA path
+    does, and leaves the mode as it found it."""
+    from fasttx.benchmarks import common
+    from fasttx.benchmarks.attention import _switched, _triton_pointer_path
 
     q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 20, 20, 16, dtype=torch.float16))
     dy = torch.randn(1, 2, 20, 16, device=DEVICE).to(torch.float16)
     sdpa = lambda *t: fasttx.scaled_dot_product_attention(*t, is_causal=True, backend="triton")  # noqa: E731
-    out = _pointer_path(sdpa)(q, k, v)
-    assert attention_common._TMA == "1"
-    grads = torch.autograd.grad(out, (q, k, v), dy)
+    pointers = _switched(sdpa, _triton_pointer_path)
+    with common.around(pointers):
+        out = pointers(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), dy)
     assert attention_common._TMA == "1" and paths == ["pointers", "pointers"]
     expected = sdpa(q, k, v)
     for got, want in zip((out, *grads), (expected, *torch.autograd.grad(expected, (q, k, v), dy))):
         torch.testing.assert_close(got, want, rtol=ROUNDING[torch.float16], atol=ROUNDING[torch.float16])
     assert paths == ["pointers", "pointers", "tma", "tma"]
+
+
+def test_a_tma_mode_other_than_auto_0_1_is_refused(monkeypatch):
+    """FASTTX_TRITON_TMA=yes (or any other spelling) is an error naming the variable, not a silent auto."""
+    q = storage((2, 3, 5, 16), torch.float16)
+    monkeypatch.setattr(attention_common, "_TMA", "yes")
+    with pytest.raises(ValueError, match="FASTTX_TRITON_TMA must be one of auto, 0, 1, got 'yes'"):
+        attention_common.use_tma(q)
+    with pytest.raises(ValueError, match="FASTTX_TRITON_TMA"):
+        with attention_common.tma_mode("off"):
+            pass
+    assert attention_common._TMA == "yes"  # a refused mode changes nothing

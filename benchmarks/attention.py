@@ -21,7 +21,7 @@ forward and backward): what they ran before TMA descriptors, and still run elsew
 triton" (TMA on sm_90) in the same run, to measure what the descriptors change.
 
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
-forward (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 one, which
+forward (csrc/attention/sm90; head dim 128, masks and dropout too) where "fasttx cuda" runs the sm_80 one, which
 stays the default until a GPU run has validated the new kernel. Its backward is the sm_80 one: the
 switch is set around the forward call only and autograd runs the backward after it, so the sm_90a
 dK/dV kernel the switch also selects is not timed here yet.

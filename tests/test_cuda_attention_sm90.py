@@ -1,8 +1,9 @@
 """The sm_90a attention kernels (csrc/attention/sm90) on a GPU: with FASTTX_ATTENTION_SM90=1 (their switch
 until a GPU run validates them; every test here sets it), backend="cuda" at head dim 128 without mask or
 dropout takes the sm_90a forward and, in the backward, the sm_90a dK/dV kernel (between the sm_80 D and
-dQ kernels) on sm_90 devices; with a mask or dropout the sm_90a forward and the sm_80 backward (attention_launch.cpp, attention_launch.cuh); output and gradients against
-the float64 reference. Elsewhere the same calls run the sm_80 kernels, so the tests still hold; on an
+dQ kernels) on sm_90 devices; with a mask or dropout, the sm_90a forward and the sm_80 backward
+(attention_launch.cpp, attention_launch.cuh); output and gradients against the float64 reference (with
+dropout, with the Triton kernels' keep mask, which the sm_90a forward must draw bit for bit). Elsewhere the same calls run the sm_80 kernels, so the tests still hold; on an
 sm_90 device the profiler shows which kernels ran. On the CPU machine the CPU checks are
 tests/test_cuda_attention_sm90_emulated.py and tests/test_cuda_attention_sm90_bwd_emulated.py."""
 

@@ -16,7 +16,7 @@ Branches, from csrc/:
   bool and float masks, dropout, grouped-query heads, L != S and lengths that leave partial tiles;
   and the sm_90a forward and dK/dV kernels (attention/sm90, switched on for their cases: head dim 128,
   no mask, GQA, causal with L < S leaving key blocks no query sees; and the forward with a bool mask,
-  causal; on other devices these run the sm_80 kernels).
+  GQA; on other devices these run the sm_80 kernels).
 
     python -m fasttx.cli.gpu_sanitize [--backend cuda] [--only SUBSTRING]
 
@@ -54,7 +54,7 @@ def cases():
     selected += [att(1, 2, 130, 300, 128, bf16, sm90=True),
                  att(2, 4, 200, 200, 128, fp16, is_causal=True, kv_heads=2, sm90=True),
                  att(1, 4, 70, 300, 128, bf16, is_causal=True, kv_heads=1, sm90=True),
-                 att(2, 2, 150, 200, 128, fp16, mask="bool", is_causal=True, sm90=True)]
+                 att(2, 4, 150, 200, 128, fp16, mask="bool", kv_heads=2, sm90=True)]
     return selected
 
 

@@ -21,8 +21,8 @@ gpu-check's targets judge "fasttx triton", the deterministic default.
 triton" (TMA on sm_90) in the same run, to measure what the descriptors change.
 
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
-kernels (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 ones, which
-stay the default until a GPU run has validated the new kernels.
+kernels (csrc/attention/sm90; head dim 128; masks and dropout in the forward only) where "fasttx
+cuda" runs the sm_80 ones, which stay the default until a GPU run has validated the new kernels.
 
 Both switches are set around the provider's checking and every timed pass (common.around), so its
 backward, which autograd runs outside the forward call, sees them too.

@@ -1,8 +1,9 @@
 """The sm_90a attention kernels (csrc/attention/sm90) on a GPU: with FASTTX_ATTENTION_SM90=1 (their switch
 until a GPU run validates them; every test here sets it), backend="cuda" at head dim 128 without mask or
 dropout takes the sm_90a forward and, in the backward, the sm_90a dK/dV kernel (between the sm_80 D and
-dQ kernels) on sm_90 devices (attention_launch.cpp, attention_launch.cuh); output and gradients against
-the float64 reference. Elsewhere the same calls run the sm_80 kernels, so the tests still hold; on an
+dQ kernels) on sm_90 devices; with a mask or dropout, the sm_90a forward and the sm_80 backward
+(attention_launch.cpp, attention_launch.cuh); output and gradients against the float64 reference (with
+dropout, with the Triton kernels' keep mask, which the sm_90a forward must draw bit for bit). Elsewhere the same calls run the sm_80 kernels, so the tests still hold; on an
 sm_90 device the profiler shows which kernels ran. On the CPU machine the CPU checks are
 tests/test_cuda_attention_sm90_emulated.py and tests/test_cuda_attention_sm90_bwd_emulated.py."""
 
@@ -45,11 +46,54 @@ def test_gradients_grouped_query_attention_causal_long():
     check(*attention_inputs(2, 8, 2, 1500, 1700, 128, dtype=torch.bfloat16), "cuda", is_causal=True)
 
 
-def _kernels_run(backward):
+def _mask(kind, batch, heads, queries, keys, dtype):
+    """Masks read through broadcast strides, each with fully masked rows (O = 0, zero gradients)."""
+    if kind == "bool_key_padding":  # (B, 1, 1, S), batch 0 fully masked
+        mask = torch.rand(batch, 1, 1, keys, device=DEVICE) > 0.3
+        mask[0] = False
+    elif kind == "bool_full":
+        mask = torch.rand(batch, heads, queries, keys, device=DEVICE) > 0.5
+        mask[-1, -1, 5] = False
+    else:  # a float bias in the inputs' dtype, (1, 1, L, S): -inf on some elements and on row 3
+        mask = torch.randn(1, 1, queries, keys, device=DEVICE).to(dtype)
+        mask[torch.rand(mask.shape, device=DEVICE) > 0.7] = float("-inf")
+        mask[..., 3, :] = float("-inf")
+    return mask
+
+
+# The API takes a mask or is_causal, not both (as torch): the kernel's causal masked instances are
+# reached through the op only, and checked by the emulator (test_cuda_attention_sm90_emulated.py).
+@pytest.mark.parametrize("kind", ["bool_key_padding", "bool_full", "float_with_-inf"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_masks(dtype, kind):
+    q, k, v = attention_inputs(2, 4, 2, 300, 333, 128, dtype=dtype)
+    check(q, k, v, "cuda", attn_mask=_mask(kind, 2, 4, 300, 333, dtype))
+
+
+@pytest.mark.parametrize("mask,is_causal", [(None, False), (None, True), ("bool_key_padding", False)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_dropout(dtype, mask, is_causal):
+    """The op's keep mask is the Triton kernels' (the seed it draws after manual_seed, as
+    tests/ops/test_attention.py's test_dropout reads it); output and gradients against the reference
+    with that mask."""
+    from fasttx.triton_kernels.attention import dropout_keep_mask
+
+    p = 0.3
+    q, k, v = attention_inputs(2, 4, 2, 200, 333, 128, dtype=dtype)
+    attn_mask = None if mask is None else _mask(mask, 2, 4, 200, 333, dtype)
+    dy = torch.randn(2, 4, 200, 128, device=DEVICE).to(dtype)  # before the seed: no draw between it and the op's
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE))
+    keep = dropout_keep_mask(seed, 2, 4, 200, 333, p, q.device)
+    torch.manual_seed(7)
+    check(q, k, v, "cuda", dy=dy, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p, dropout_mask=keep)
+
+
+def _kernels_run(backward, **kw):
     """The names of the CUDA kernels one head-dim-128 bf16 call (and its backward) runs."""
     q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 256, 256, 128, dtype=torch.bfloat16))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        out = fasttx.scaled_dot_product_attention(q, k, v, backend="cuda")
+        out = fasttx.scaled_dot_product_attention(q, k, v, backend="cuda", **kw)
         if backward:
             out.backward(torch.randn_like(out))
         torch.cuda.synchronize()
@@ -57,11 +101,14 @@ def _kernels_run(backward):
 
 
 @pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")
+@pytest.mark.parametrize("call", [{}, {"attn_mask": "key_padding"}, {"dropout_p": 0.2}], ids=["plain", "mask", "dropout"])
 @pytest.mark.parametrize("switch", ["1", None])
-def test_sm90_device_runs_the_sm90a_kernel_only_when_switched_on(switch, monkeypatch):
+def test_sm90_device_runs_the_sm90a_kernel_only_when_switched_on(switch, call, monkeypatch):
     if switch is None:
         monkeypatch.delenv("FASTTX_ATTENTION_SM90")
-    names = _kernels_run(backward=False)
+    if "attn_mask" in call:
+        call = {"attn_mask": torch.rand(1, 1, 1, 256, device=DEVICE) > 0.3}
+    names = _kernels_run(backward=False, **call)
     assert any("attention_fwd_sm90_kernel" in n for n in names) == (switch == "1"), names
     assert any("attention_fwd_kernel" in n for n in names) == (switch is None), names
 

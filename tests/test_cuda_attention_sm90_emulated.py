@@ -20,6 +20,7 @@ import torch
 from fasttx import reference
 from fasttx.testing import TOLERANCE, rel_error
 
+from .conftest import DEVICE
 from .cuda_emulator import compile_emulator, marshal
 from .test_cuda_attention_emulated import _fields, reference_lse
 
@@ -149,29 +150,49 @@ def launch_sm90(emulator, fields, inputs):
     return bool(launched.value)
 
 
-def run_sm90(emulator, q, k, v, scale, is_causal):
-    """O, lse and whether the sm_90a kernel ran, launched as attention_fwd_launch would."""
+def run_sm90(emulator, q, k, v, scale, is_causal, mask=None, dropout_p=0.0, seed=0):
+    """O, lse and whether the sm_90a kernel ran, launched as attention_fwd_launch would (the mask
+    broadcast to (B, H, L, S) through zero strides, as the binding does)."""
     B, H, L, _ = q.shape
+    if mask is not None:
+        mask = mask.expand(B, H, L, k.shape[2])
     o = torch.full((B, H, L, E), float("nan"), dtype=q.dtype)
     lse = torch.full((B, H, L), float("nan"))
-    fields = _fields(False, q, k, v, None, scale, is_causal, 0.0, torch.zeros(1, dtype=torch.int64), o, lse)
-    return o, lse, launch_sm90(emulator, fields, [q, k, v])
+    seed = torch.tensor([seed], dtype=torch.int64)
+    fields = _fields(False, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse)
+    return o, lse, launch_sm90(emulator, fields, [t for t in (q, k, v, mask, seed) if t is not None])
 
 
-def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False):
+SEED = 1234567890123
+
+
+def triton_keep_mask(B, H, L, S, dropout_p):
+    """The keep mask the Triton kernels draw (and the sm_80 kernel, tests/test_cuda_attention_emulated.py;
+    philox.h's specification, tests/test_cuda_attention_philox.py): Triton draws it where it runs."""
+    from fasttx.triton_kernels.attention import dropout_keep_mask
+
+    return dropout_keep_mask(SEED, B, H, L, S, dropout_p, DEVICE).cpu()
+
+
+def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False, mask=None,
+          dropout_p=0.0):
     shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr(torch.randn(shape(h, n)).to(dtype)) for h, n in ((H, L), (Hkv, S), (Hkv, S)))
     scale = 1 / math.sqrt(E)
-    o, lse, launched = run_sm90(emulator, q, k, v, scale, is_causal)
-    assert launched
-    ref = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), None, 0.0, is_causal, scale,
-                                                 enable_gqa=True)
+    o, lse, launched = run_sm90(emulator, q, k, v, scale, is_causal, mask, dropout_p, SEED)
+    assert launched, "the sm_90a kernel did not run"
+    keep = triton_keep_mask(B, H, L, S, dropout_p) if dropout_p > 0 else None
+    ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
+    ref = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), ref_mask, dropout_p, is_causal,
+                                                 scale, enable_gqa=True, dropout_mask=keep)
     err = rel_error(o, ref)
     assert err <= TOLERANCE[dtype], f"output: relative error {err:.3g} > {TOLERANCE[dtype]:.3g}"
-    ref_lse = reference_lse(q, k, None, scale, is_causal)
-    assert torch.isfinite(lse).all()
-    assert (lse.double() - ref_lse).abs().max() <= 1e-4 * (1 + ref_lse.abs().max())
+    ref_lse = reference_lse(q, k, mask, scale, is_causal)  # dropout leaves it alone
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isinf(lse), ~finite), "lse must be +inf exactly on fully masked rows"
+    assert (lse[~finite] == float("inf")).all() and (o[~finite] == 0).all(), "a fully masked row gives O = 0"
+    assert (lse[finite].double() - ref_lse[finite]).abs().max() <= 1e-4 * (1 + ref_lse[finite].abs().max())
 
 
 @pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300), (70, 650)], ids=str)
@@ -187,6 +208,93 @@ def test_causal(emulator, L, S):
 
 def test_grouped_query_attention_and_transposed_views(emulator):
     check(emulator, 2, 4, 2, 33, 150, torch.float16, transposed=True)
+
+
+# Masks read through broadcast strides (bool and float, fp16 / fp32 / bf16), each with fully masked rows;
+# L = 70 and S = 200: a partial query tile, a second key block, partial.
+def _mask(kind, B, H, L, S):
+    if kind == "bool_key_padding":  # (B, 1, 1, S): broadcast over heads and queries; batch 0 fully masked
+        mask = torch.rand(B, 1, 1, S) > 0.3
+        mask[0] = False
+    elif kind == "bool_per_head_query_broadcast":  # (1, H, 1, S): broadcast over batch and queries
+        mask = torch.rand(1, H, 1, S) > 0.5
+    elif kind == "bool_full":
+        mask = torch.rand(B, H, L, S) > 0.5
+        mask[-1, -1, 5] = False
+        mask[0, 0, 69] = False  # the tile's last row, the second consumer warpgroup's
+    elif kind == "float16_full_with_-inf":
+        mask = torch.randn(B, H, L, S).half()
+        mask[torch.rand(mask.shape) > 0.7] = float("-inf")
+        mask[-1, 0, 3] = float("-inf")
+    elif kind == "bfloat16_rows":  # (B, 1, L, 1): a per-query bias, broadcast over heads and keys
+        mask = torch.randn(B, 1, L, 1).bfloat16()
+        mask[0, 0, 7] = float("-inf")
+    else:  # float32, (L, S): broadcast over batch and heads, second key block all -inf on some rows
+        mask = torch.randn(1, 1, L, S)
+        mask[..., 10:20, 128:] = float("-inf")
+        mask[..., 40, :] = float("-inf")
+    return mask
+
+
+MASKS = ["bool_key_padding", "bool_per_head_query_broadcast", "bool_full", "float16_full_with_-inf",
+         "bfloat16_rows", "float32_2d"]
+
+
+@pytest.mark.parametrize("kind", MASKS)
+def test_masks(emulator, kind):
+    dtype = torch.float16 if MASKS.index(kind) % 2 else torch.bfloat16
+    check(emulator, 2, 2, 1, 70, 200, dtype, mask=_mask(kind, 2, 2, 70, 200))
+
+
+@pytest.mark.parametrize("kind", ["bool_full", "float32_2d"])
+def test_masks_with_causal(emulator, kind):
+    """The mask's logits then the diagonal's -inf on the diagonal blocks; L > 128: two query tiles, the
+    second with blocks free of checks."""
+    check(emulator, 1, 2, 2, 150, 150, torch.float16, is_causal=True, mask=_mask(kind, 1, 2, 150, 150))
+
+
+def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False):
+    """The kernel's keep mask (B, H, L, S), read off its output: with V's row j the unit vector of
+    column j % 128 (keys 128 c .. 128 c + 127 in run c, the others' rows 0), O[i, j % 128] = P_ij / (1 - p)
+    when key j is kept and exactly 0 when it is dropped; P_ij > 0 wherever the mask and causality let
+    key j in (small scores: no probability underflows)."""
+    q = (0.1 * torch.randn(B, H, L, E)).bfloat16()
+    k = (0.1 * torch.randn(B, Hkv, S, E)).bfloat16()
+    keep = torch.zeros(B, H, L, S, dtype=torch.bool)
+    for c in range(0, S, E):
+        v = torch.zeros(B, Hkv, S, E, dtype=torch.bfloat16)
+        n = min(E, S - c)
+        v[:, :, c:c + n] = torch.eye(n, E, dtype=torch.bfloat16)
+        o, _, launched = run_sm90(emulator, q, k, v, 1 / math.sqrt(E), is_causal, None, dropout_p, SEED)
+        assert launched, "the sm_90a kernel did not run"
+        keep[..., c:c + n] = o[..., :n] != 0
+    return keep
+
+
+# GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 4 keys one Philox call
+# serves, S = 200 crosses a key block (the counters' key offset), L = 70 / 150 partial query tiles.
+@pytest.mark.parametrize("B,L,S,is_causal", [(2, 70, 37, False), (1, 150, 200, False), (1, 150, 200, True)], ids=str)
+def test_dropout_keeps_exactly_the_triton_keep_mask(emulator, B, L, S, is_causal):
+    """Bit for bit: the elements the sm_90a kernel keeps are those the Triton and sm_80 kernels keep."""
+    H, p = 2, 0.3
+    ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal)
+    theirs = triton_keep_mask(B, H, L, S, p)
+    allowed = torch.ones(L, S, dtype=torch.bool).tril() if is_causal else torch.ones(L, S, dtype=torch.bool)
+    assert torch.equal(ours & allowed, theirs & allowed)
+    assert 0.6 < ours[..., allowed].float().mean() < 0.8  # p = 0.3 drops about 30 %
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_dropout(emulator, dtype, is_causal):
+    """Output against the float64 reference with the Triton keep mask (scaled by 1 / (1 - p)), lse that
+    of the undropped probabilities."""
+    check(emulator, 2, 2, 1, 70, 200, dtype, is_causal=is_causal, dropout_p=0.25)
+
+
+def test_dropout_with_a_mask(emulator):
+    check(emulator, 2, 2, 2, 33, 150, torch.float16, transposed=True, mask=_mask("bool_key_padding", 2, 2, 33, 150),
+          dropout_p=0.4)
 
 
 def test_no_keys_gives_zero_output_and_infinite_lse(emulator):

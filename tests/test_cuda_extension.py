@@ -119,10 +119,12 @@ def _sm90a_kernels_sass(names):
 
 @needs_nvcc
 def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
-    """The sm_90a attention forward (csrc/attention/sm90): on sm_90a its matrix products are HGMMA, its
-    loads and its O store TMA, no local memory; the sm_80 objects hold only its trapping stub."""
-    names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90FwdParamsE"
-             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+    """The sm_90a attention forward (csrc/attention/sm90), every instance (dtype x causal x mask x
+    dropout): on sm_90a its matrix products are HGMMA, its loads and its O store TMA, no local memory
+    (the mask's loads and Philox's state beside O, S and P fit the consumers' 240 registers); the sm_80
+    objects hold only its trapping stub."""
+    names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li128ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90FwdParamsE"
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
     sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
@@ -139,6 +141,10 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
         parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
         assert len(parts) == 2, name
         assert parts[1].split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= 64, name
+        # Dropout's keep bits (a shuffle per 8-key tile, 16 a block) drawn between passing the turn and
+        # that wait, while the turn's wgmma run (ptxas may hoist a draw or two above the pass).
+        drawn = parts[0].rsplit("BAR.ARV", 1)[1].count("SHFL")
+        assert drawn >= 12 if name.endswith("ELb1EEEvNS0_13Sm90FwdParamsE") else drawn == 0, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

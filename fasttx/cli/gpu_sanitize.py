@@ -15,8 +15,8 @@ Branches, from csrc/:
 - attention (attention/): one kernel per head dim 32, 64, 96, 128, 256 and direction; causal,
   bool and float masks, dropout, grouped-query heads, L != S and lengths that leave partial tiles;
   and the sm_90a forward and dK/dV kernels (attention/sm90, switched on for their cases: head dim 128,
-  no mask, GQA, causal with L < S leaving key blocks no query sees; on other devices these run the
-  sm_80 kernels).
+  no mask, GQA, causal with L < S leaving key blocks no query sees; and the forward with a bool mask,
+  GQA; on other devices these run the sm_80 kernels).
 
     python -m fasttx.cli.gpu_sanitize [--backend cuda] [--only SUBSTRING]
 
@@ -53,7 +53,8 @@ def cases():
                      att(1, 2, 97, 97, dim, fp16, is_causal=True, dropout_p=0.25)]
     selected += [att(1, 2, 130, 300, 128, bf16, sm90=True),
                  att(2, 4, 200, 200, 128, fp16, is_causal=True, kv_heads=2, sm90=True),
-                 att(1, 4, 70, 300, 128, bf16, is_causal=True, kv_heads=1, sm90=True)]
+                 att(1, 4, 70, 300, 128, bf16, is_causal=True, kv_heads=1, sm90=True),
+                 att(2, 4, 150, 200, 128, fp16, mask="bool", kv_heads=2, sm90=True)]
     return selected
 
 

@@ -11,9 +11,9 @@ namespace fasttx {
 namespace attn {
 namespace {
 
-template <typename T, bool kCausal>
+template <typename T, bool kCausal, bool kMask, bool kDropout>
 bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
-  constexpr auto kernel = attention_fwd_sm90_kernel<T, Sm90Fwd::kHeadDim, kCausal>;
+  constexpr auto kernel = attention_fwd_sm90_kernel<T, Sm90Fwd::kHeadDim, kCausal, kMask, kDropout>;
   if (!runs_sm90a(kernel)) return false;
   Sm90FwdParams params{};
   params.p = p;
@@ -41,13 +41,19 @@ bool attention_sm90_enabled() {
 
 bool attention_fwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.head_dim == attn::Sm90Fwd::kHeadDim &&
-         p.mask_kind == MaskKind::kNone && p.dropout_p == 0.f && p.scale > 0.f && p.queries > 0;
+         p.scale > 0.f && p.queries > 0;
 }
 
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
   bool launched = false;
   FASTTX_HALF_SWITCH(p.dtype, T, [&] {
-    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] { launched = attn::attention_fwd_sm90_run<T, kCausal>(p, stream); });
+    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] {
+      FASTTX_BOOL_SWITCH(p.mask_kind != MaskKind::kNone, kMask, [&] {
+        FASTTX_BOOL_SWITCH(p.dropout_p > 0.f, kDropout, [&] {
+          launched = attn::attention_fwd_sm90_run<T, kCausal, kMask, kDropout>(p, stream);
+        });
+      });
+    });
   });
   return launched;
 }

@@ -1,7 +1,9 @@
 #pragma once
-// Attention forward for sm_90a, FlashAttention-3 scheme: head dim 128, fp16 / bf16, no
-// mask, no dropout, causal or not; same results and conventions as attention_fwd_kernel.cuh (base-2
-// online softmax, O = 0 and lse = +inf on a row with no key).
+// Attention forward for sm_90a, FlashAttention-3 scheme: head dim 128, fp16 / bf16, causal or not,
+// bool / float masks and dropout; same results and conventions as attention_fwd_kernel.cuh (base-2
+// online softmax, masks read through broadcast strides, O = 0 and lse = +inf on a row with no key
+// kept, dropout's keep mask bit for bit philox.h's). Causal, mask and dropout are compile-time
+// switches: the unmasked, dropout-free instances carry no code of either.
 //
 // A CTA of three warpgroups owns 128 query rows of one (batch, head):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
@@ -153,25 +155,46 @@ struct Sm90Turns {
   }
 };
 
-// The online softmax of this thread's rows g, g + 8 of a consumer warpgroup, in base 2 on raw scores
-// (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA. m: the raw score maxima; l: this thread's
-// part of the row sums.
+// Dropout's keep bits of key block n0 .. n0 + 127 for this thread's scores (philox.h's draw): bit
+// e % 32 of keep[e / 32] for s[e]. The wgmma D fragment is the mma C fragment repeated over 16
+// column tiles (primitives_sm90.cuh), so keep_bits_qk draws each tile as the sm_80 forward does:
+// 16 Philox calls a thread per block, every word used. q0: the warp's first query row. Called by
+// every lane of the warp (its shuffles).
+__device__ __forceinline__ void sm90_keep_bits(uint32_t (&keep)[2], const AttentionParams& p, uint64_t seed, int64_t bh,
+                                               int q0, int n0, int lane) {
+  keep[0] = keep[1] = 0;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) keep[i / 8] |= keep_bits_qk(p, seed, bh, q0, n0 + 8 * i, lane) << (4 * (i % 8));
+}
+
+// The online softmax of this thread's rows g, g + 8 of a consumer warpgroup, in base 2. Without a mask
+// on raw scores (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA; with one on the logits
+// s scale_log2 + mask log2 e (logit, attention_common.cuh), whose maxima m are then taken. m: the
+// maxima; l: this thread's part of the row sums, before dropout (lse is that of the undropped P).
+template <bool kCausal, bool kMask, bool kDropout>
 struct Sm90Softmax {
+  static constexpr bool kDrops = kDropout;
   float m[2] = {-INFINITY, -INFINITY};
   float l[2] = {0.f, 0.f};
 
-  // s (key block `block`, scores in the wgmma D layout) -> p, the running maxima and sums updated;
-  // alpha: the factors the rows' earlier output (o) takes. check: the block needs bound / causal checks.
-  template <bool kCausal>
-  __device__ __forceinline__ void exponentiate(float (&s)[64], float (&alpha)[2], const AttentionParams& p, int block,
-                                               bool check, int row0, int t) {
+  // What m is in units of: the scale's factor from raw scores to base-2 logits still to apply.
+  __device__ __forceinline__ static float unit(const AttentionParams& p) { return kMask ? 1.f : p.scale_log2; }
+
+  // s (key block `block`, scores in the wgmma D layout) -> p, the running maxima and sums updated,
+  // then dropped where keep (sm90_keep_bits) says; alpha: the factors the rows' earlier output (o)
+  // takes. check: the block needs bound / causal checks.
+  __device__ __forceinline__ void exponentiate(float (&s)[64], float (&alpha)[2], const AttentionParams& p,
+                                               const MaskRows& mask, const uint32_t (&keep)[2], int block, bool check,
+                                               int row0, int t) {
     const int n0 = block * Sm90Fwd::kBlockN;
+    const auto key_of = [&](int e) { return n0 + 8 * (e >> 2) + 2 * t + (e & 1); };
     float m_new[2] = {m[0], m[1]};
 #pragma unroll
     for (int e = 0; e < 64; ++e) {
       const int r = (e >> 1) & 1;
+      if constexpr (kMask) s[e] = logit<true, false, false>(s[e], row0 + 8 * r, key_of(e), p.scale_log2, p, mask);
       if (check) {
-        const int key = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
+        const int key = key_of(e);
         if (key >= p.keys || (kCausal && key > row0 + 8 * r)) s[e] = -INFINITY;
       }
       m_new[r] = fmaxf(m_new[r], s[e]);
@@ -181,15 +204,16 @@ struct Sm90Softmax {
     for (int r = 0; r < 2; ++r) {
       m_new[r] = quad_max(m_new[r]);
       // 0 while the row has no key yet: its -inf scores then give 2^-inf = 0, not NaN.
-      shift[r] = m_new[r] == -INFINITY ? 0.f : m_new[r] * p.scale_log2;
-      alpha[r] = exp2_approx(m[r] * p.scale_log2 - shift[r]);  // 0 while m = -inf
+      shift[r] = m_new[r] == -INFINITY ? 0.f : m_new[r] * unit(p);
+      alpha[r] = exp2_approx(m[r] * unit(p) - shift[r]);  // 0 while m = -inf
       m[r] = m_new[r];
       l[r] *= alpha[r];
     }
 #pragma unroll
     for (int e = 0; e < 64; ++e) {
-      s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -shift[(e >> 1) & 1]));
+      s[e] = exp2_approx(fmaf(s[e], unit(p), -shift[(e >> 1) & 1]));
       l[(e >> 1) & 1] += s[e];
+      if constexpr (kDropout) s[e] = (keep[e / 32] >> (e % 32)) & 1u ? s[e] : 0.f;
     }
   }
 
@@ -210,13 +234,14 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[8][4], const float (&
   }
 }
 
-// O = o / l (0 for a row with no key), through shared memory and a TMA store: this warpgroup's 64 rows
-// go to its own Q rows (its last Q K^T has retired; the other warpgroup reads only its own), swizzled
-// as a TMA box lands, then one thread stores them as two 64 x 64 boxes; rows past L are not written.
-// lse = (m scale_log2 + log2 l) ln 2, +inf for the rows with no key, straight to global memory.
-template <typename T>
+// O = o / l (0 for a row with no key kept; with dropout times 1 / (1 - p)), through shared memory and
+// a TMA store: this warpgroup's 64 rows go to its own Q rows (its last Q K^T has retired; the other
+// warpgroup reads only its own), swizzled as a TMA box lands, then one thread stores them as two 64 x
+// 64 boxes; rows past L are not written. lse = (m unit + log2 l) ln 2, +inf for the rows with no key
+// kept, straight to global memory.
+template <typename T, typename Softmax>
 __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsigned char* base, const float (&o)[64],
-                                              const Sm90Softmax& sm, int wg, int m0, int b, int h, int t) {
+                                              const Softmax& sm, int wg, int m0, int b, int h, int t) {
   using C = Sm90Fwd;
   const AttentionParams& p = params.p;
   const int tid = threadIdx.x % 128;
@@ -224,7 +249,8 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(sm.l[r]);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    float inv = l > 0.f ? 1.f / l : 0.f;
+    if constexpr (Softmax::kDrops) inv /= 1.f - p.dropout_p;  // the kept probabilities' 1 / (1 - p)
     const int row = 16 * (tid / 32) + (tid % 32) / 4 + 8 * r;  // of the warpgroup's 64; row % 8 = g
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
@@ -236,7 +262,7 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
     const int query = m0 + 64 * wg + row;
     if (t == 0 && query < p.queries) {
       p.lse[(static_cast<int64_t>(b) * p.heads + h) * p.queries + query] =
-          l > 0.f ? (sm.m[r] * p.scale_log2 + log2f(l)) * kLn2 : INFINITY;
+          l > 0.f ? (sm.m[r] * Softmax::unit(p) + log2f(l)) * kLn2 : INFINITY;
     }
   }
   fence_proxy_async_shared();
@@ -256,15 +282,17 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
 // block j then runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap): end + 1
 // turns, the first and last peeled so that the loop's wgmma pipeline has no branch (ptxas then keeps
 // the two groups in flight instead of serializing them, C7514). Live at the peak: o, s and P (64 +
-// 64 fp32 and 32 packed registers).
-template <typename T, bool kCausal>
+// 64 fp32 and 32 packed registers). A mask is read in the softmax, for the thread's own scores;
+// dropout's keep bits are drawn while the turn's wgmma run.
+template <typename T, bool kCausal, bool kMask, bool kDropout>
 __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
                                              int wg, int m0, int h, int b, int full, int end) {
   using C = Sm90Fwd;
   const AttentionParams& p = params.p;
   const int tid = threadIdx.x % 128;
   const int t = tid % 4;
-  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;  // query of row g; row g + 8 is row0 + 8
+  const int q0 = m0 + 64 * wg + 16 * (tid / 32);  // the warp's first query
+  const int row0 = q0 + (tid % 32) / 4;           // query of row g; row g + 8 is row0 + 8
   const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
   const Sm90Turns turns{wg, end > 0 ? end + 1 : 0};
 
@@ -276,13 +304,20 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
   uint32_t pf[8][4];  // P of the previous block, the A operand of its P V
   float s[64];        // scores, then P, of the current block
   float alpha[2];     // the factors o takes for the current block's maxima
-  Sm90Softmax sm;
+  Sm90Softmax<kCausal, kMask, kDropout> sm;
+  const MaskRows mask = mask_rows(p, b, h);
+  const uint64_t seed = kDropout ? load_seed(p) : 0;
+  const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
+  uint32_t keep[2] = {~0u, ~0u};  // of the current block, with dropout
+  const auto draw_keep = [&](int block) {
+    if constexpr (kDropout) sm90_keep_bits(keep, p, seed, bh, q0, block * C::kBlockN, tid % 32);
+  };
   // Once P V of block - 2 has retired: its V slot released, o rescaled for block - 1's maxima and
   // block - 1's P packed as the next P V's operand.
   const auto retire_pv = [&](int block) {
     wgmma_wait<0>(o, pf);
     if (block >= 2) mbar_arrive(bar.v_empty + (block - 2) % C::kStages);
-    Sm90Softmax::rescale(o, alpha);
+    decltype(sm)::rescale(o, alpha);
     sm90_pack_p<T>(pf, s);
   };
   if (end > 0) {
@@ -293,9 +328,10 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
     turns.begin(0);
     sm90_scores<T>(s, q_rows, k_tile(0));
     turns.pass(0);
+    draw_keep(0);
     wgmma_wait<0>(s);
     mbar_arrive(bar.k_empty);
-    sm.exponentiate<kCausal>(s, alpha, p, 0, full == 0, row0, t);
+    sm.exponentiate(s, alpha, p, mask, keep, 0, full == 0, row0, t);
   }
   for (int block = 1; block < end; ++block) {
     retire_pv(block);
@@ -309,9 +345,10 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
     // (wait<1>); o and P stay untouched until the second does, at the next retire_pv. That wait is
     // placed past the loop's back edge on purpose: in one basic block ptxas hoists a wgmma wait
     // above independent arithmetic (it did, above the whole softmax, when the wait followed it here).
+    draw_keep(block);
     wgmma_wait<1>(s);
     mbar_arrive(bar.k_empty + block % C::kStages);
-    sm.exponentiate<kCausal>(s, alpha, p, block, block >= full, row0, t);
+    sm.exponentiate(s, alpha, p, mask, keep, block, block >= full, row0, t);
     fence_operand(s);  // and the compiler must not sink the softmax below the back edge
   }
   if (end > 0) {
@@ -327,7 +364,7 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
   sm90_epilogue<T>(params, base, o, sm, wg, m0, b, h, t);
 }
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
     attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
   static_assert(kHeadDim == Sm90Fwd::kHeadDim, "the sm_90a forward's tiles are for head dim 128");
@@ -362,7 +399,7 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
     if (threadIdx.x == 0 && end > 0) sm90_produce(params, base, bar, m0, h, b, end);
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_consume<T, kCausal>(params, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+    sm90_consume<T, kCausal, kMask, kDropout>(params, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
   }
 #else
   __trap();

@@ -172,11 +172,18 @@ def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory():
     sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
-        assert code.count("HGMMA.64x64x16.F32") == 16, name  # 8 for S = Q K^T, 8 for dP = dO V^T
-        assert code.count("HGMMA.64x128x16.F32") == 4, name  # dQ += dS K over a 64-key block
+        # Software-pipelined: S = Q K^T and dP = dO V^T (8 k-steps each) before the loop and in it, dQ += dS K
+        # (4 k-steps over a 64-key block) in it and after it.
+        assert code.count("HGMMA.64x64x16.F32") == 32, name
+        assert code.count("HGMMA.64x128x16.F32") == 8, name
         assert code.count("UTMALDG.4D") == 8, name  # Q, dO, K, V: two 64-column boxes each
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
+        # A block's 32 exponentials between the wait that retires S (dP still in flight) and the one that
+        # retires dP, before the loop and in it (ptxas hoisted the latter above them in one basic block).
+        parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
+        assert len(parts) == 3, name
+        assert all(part.split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= 32 for part in parts[1:]), name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

@@ -27,8 +27,7 @@
 // 227 KB (one CTA an SM either way: 384 threads at 240 registers).
 // Rows past L or S arrive as zeros: padding rows then add nothing (P = 0 from lse = +inf) and are not
 // stored; padding keys get P = 0 by the element checks of the last block.
-// Not yet: overlap of a block's S / dP with the previous block's dQ wgmma (each block's dS K is
-// awaited before the next block's scores), the consumers' ping-pong, a TMA store of dQ.
+// Not yet: the consumers' ping-pong (Sm90Turns), a TMA store of dQ.
 
 #include "attention/sm90/bwd_common_sm90.cuh"
 
@@ -129,24 +128,35 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
   const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
   const uint32_t do_rows = smem_addr(base + C::kDoOffset) + 64 * wg * kSwizzleBytes;
 
+  const auto tile = [&](int offset, int block) {
+    return smem_addr(base + offset + block % C::kStages * C::kKvBytes);
+  };
+
+  // Software-pipelined: block j's S and dP are issued behind block j - 1's dS K, whose wait retires
+  // both dS K and S (wait<1>, dP still in flight), so the tensor cores run dS K, S, dP back to back
+  // and the exponentials run under dP. dP's wait opens the next iteration, past the loop's back edge
+  // on purpose, as the forward's (ptxas hoists a wgmma wait above independent arithmetic in one
+  // basic block: it did, above most of the exponentials, when it followed them here).
   float dq[64] = {};
-  if (end > 0) mbar_wait(bar.q_full, 0);
-  for (int block = 0; block < end; ++block) {
-    const int stage = block % C::kStages;
-    const uint32_t k_tile = smem_addr(base + C::kKOffset + stage * C::kKvBytes);
-    const uint32_t v_tile = smem_addr(base + C::kVOffset + stage * C::kKvBytes);
-    float s[32], dp[32];
-    mbar_wait(bar.kv_full + stage, (block / C::kStages) & 1);
-    sm90_scores64<T, C::kBlockM, C::kBlockN>(s, q_rows, k_tile);
+  float s[32], dp[32];
+  uint32_t dsf[C::kBlockN / 16][4];
+  // S and dP of `block`, P in s; block - 1's dS K retired, its stage released.
+  const auto scores = [&](int block) {
+    mbar_wait(bar.kv_full + block % C::kStages, (block / C::kStages) & 1);
+    sm90_scores64<T, C::kBlockM, C::kBlockN>(s, q_rows, tile(C::kKOffset, block));
     wgmma_commit();
-    sm90_scores64<T, C::kBlockM, C::kBlockN>(dp, do_rows, v_tile);
+    sm90_scores64<T, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
     wgmma_commit();
-    wgmma_wait<1>(s);  // P while dP is in flight
+    wgmma_wait<1>(s, dq, dsf);
+    if (block > 0) mbar_arrive(bar.kv_empty + (block - 1) % C::kStages);  // its wgmma have all completed
     sm90_dq_probabilities<kCausal>(s, p, lse2, block * C::kBlockN, row0, block >= full);
+    fence_operand(s);  // and the compiler must not sink P below the back edge
+  };
+  // dS = P (dP - D) of `block`, D per row, and dQ += dS K issued, not awaited. Accumulator columns
+  // 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk; a[r] holds row
+  // g + 8 (r % 2).
+  const auto gradient = [&](int block) {
     wgmma_wait<0>(dp);
-    // dS = P (dP - D), D per row. Accumulator columns 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack
-    // into the A fragment of k-step kk; a[r] holds row g + 8 (r % 2).
-    uint32_t dsf[C::kBlockN / 16][4];
 #pragma unroll
     for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
 #pragma unroll
@@ -156,10 +166,22 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
       }
     }
     wgmma_fence();
-    sm90_accumulate<T, C::kBlockN, C::kBlockN / 16>(dq, dsf, k_tile);
+    sm90_accumulate<T, C::kBlockN, C::kBlockN / 16>(dq, dsf, tile(C::kKOffset, block));
     wgmma_commit();
+  };
+
+  if (end > 0) {
+    mbar_wait(bar.q_full, 0);
+    scores(0);
+  }
+  for (int block = 1; block < end; ++block) {
+    gradient(block - 1);
+    scores(block);
+  }
+  if (end > 0) {
+    gradient(end - 1);
     wgmma_wait<0>(dq, dsf);
-    mbar_arrive(bar.kv_empty + stage);  // every wgmma reading this stage has completed
+    mbar_arrive(bar.kv_empty + (end - 1) % C::kStages);
   }
   sm90_store_rows<T>(static_cast<T*>(p.dq) + bh * p.queries * C::kHeadDim, row0, p.queries, dq, p.scale);
 }

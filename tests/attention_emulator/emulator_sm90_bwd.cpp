@@ -47,9 +47,9 @@ bool ran() {
 
 }  // namespace
 
-// fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h), for the backward
-// at head dim 128 on an emulated sm_90a device; *launched: which sm_90a kernels ran, 1 the dK/dV
-// kernel, 2 the dQ kernel (or of both), each instead of its sm_80 counterpart.
+// fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h),
+// for the backward at head dim 128 on an emulated sm_90a device; *launched: which sm_90a kernels ran,
+// 1 the dK/dV kernel, 2 the dQ kernel (or of both), each instead of its sm_80 counterpart.
 extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
                                               int n_ranges, int* launched) {
   *launched = 0;

@@ -1,9 +1,10 @@
 """The sm_90a attention kernels (csrc/attention/sm90) on a GPU: with FASTTX_ATTENTION_SM90=1 (their switch
 until a GPU run validates them; every test here sets it), backend="cuda" at head dim 128 without mask or
-dropout takes the sm_90a forward and, in the backward, the sm_90a dK/dV kernel (between the sm_80 D and
-dQ kernels) on sm_90 devices; with a mask or dropout, the sm_90a forward and the sm_80 backward
+dropout takes the sm_90a forward and, in the backward, the sm_90a dK/dV and dQ kernels (after the sm_80
+D kernel) on sm_90 devices; with a mask or dropout, the sm_90a forward and the sm_80 backward
 (attention_launch.cpp, attention_launch.cuh); output and gradients against the float64 reference (with
-dropout, with the Triton kernels' keep mask, which the sm_90a forward must draw bit for bit). Elsewhere the same calls run the sm_80 kernels, so the tests still hold; on an
+dropout, with the Triton kernels' keep mask, which the sm_90a forward must draw bit for bit). Elsewhere
+the same calls run the sm_80 kernels, so the tests still hold; on an
 sm_90 device the profiler shows which kernels ran. On the CPU machine the CPU checks are
 tests/test_cuda_attention_sm90_emulated.py and tests/test_cuda_attention_sm90_bwd_emulated.py."""
 
@@ -42,7 +43,8 @@ def test_transposed_views():
 
 def test_gradients_grouped_query_attention_causal_long():
     """Four query heads a kv head summed in one dK/dV CTA, many 64-query tiles through the 2-stage ring,
-    L < S: key blocks past the last query see none (zero dK, dV)."""
+    L < S: key blocks past the last query see none (zero dK, dV); dQ CTAs of up to 15 causal 64-key
+    blocks through its 3-stage ring."""
     check(*attention_inputs(2, 8, 2, 1500, 1700, 128, dtype=torch.bfloat16), "cuda", is_causal=True)
 
 
@@ -115,10 +117,12 @@ def test_sm90_device_runs_the_sm90a_kernel_only_when_switched_on(switch, call, m
 
 @pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")
 @pytest.mark.parametrize("switch", ["1", None])
-def test_sm90_device_runs_the_sm90a_dkdv_kernel_only_when_switched_on(switch, monkeypatch):
+def test_sm90_device_runs_the_sm90a_backward_kernels_only_when_switched_on(switch, monkeypatch):
     if switch is None:
         monkeypatch.delenv("FASTTX_ATTENTION_SM90")
     names = _kernels_run(backward=True)
     assert any("attention_bwd_kv_sm90_kernel" in n for n in names) == (switch == "1"), names
     assert any("attention_bwd_kv_kernel" in n for n in names) == (switch is None), names
-    assert any("attention_bwd_q_kernel" in n for n in names) and any("attention_bwd_delta_kernel" in n for n in names)
+    assert any("attention_bwd_q_sm90_kernel" in n for n in names) == (switch == "1"), names
+    assert any("attention_bwd_q_kernel" in n for n in names) == (switch is None), names
+    assert any("attention_bwd_delta_kernel" in n for n in names), names

@@ -168,6 +168,32 @@ def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory():
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 
 
+@needs_nvcc
+def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory():
+    """The sm_90a dQ kernel (csrc/attention/sm90/attention_dq_sm90.cuh): on sm_90a its matrix products
+    are HGMMA, its tile loads TMA, no local memory, setmaxnreg 24 / 240; the sm_80 objects hold only its
+    trapping stub."""
+    names = [f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90BwdParamsE"
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+    sass = _sm90a_kernels_sass(names)
+    for name in names:
+        code = "\n".join(sass[("sm_90a", name)])
+        # Software-pipelined: S = Q K^T and dP = dO V^T (8 k-steps each) before the loop and in it, dQ += dS K
+        # (4 k-steps over a 64-key block) in it and after it.
+        assert code.count("HGMMA.64x64x16.F32") == 32, name
+        assert code.count("HGMMA.64x128x16.F32") == 8, name
+        assert code.count("UTMALDG.4D") == 8, name  # Q, dO, K, V: two 64-column boxes each
+        assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
+        assert "LDL" not in code and "STL" not in code, name
+        # A block's 32 exponentials between the wait that retires S (dP still in flight) and the one that
+        # retires dP, before the loop and in it (ptxas hoisted the latter above them in one basic block).
+        parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
+        assert len(parts) == 3, name
+        assert all(part.split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= 32 for part in parts[1:]), name
+        stub = "\n".join(sass.get(("sm_80", name), []))
+        assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
+
+
 def _attention_args(q=None, k=None, v=None, mask=None, dropout_p=0.0, seed=None, dtype=torch.float16, d=64):
     """Well-formed attention_fwd_cuda arguments (on CPU), some replaced."""
     q = torch.randn(2, 4, 5, d, dtype=dtype) if q is None else q

@@ -124,8 +124,8 @@ _SOFTMAX_MASK = {"void": "no mask", "unsigned char": "bool mask"}
 FAMILIES = {
     "attention": Family(
         intro="both dtypes, causal or not, sm_80 and sm_90a, at E = 256 the dV and the dK launches; 255 is "
-              "the limit at 128 threads; the sm_90a forward and dK/dV kernels: sm_90a only, 384 threads, 168 "
-              "at launch, then setmaxnreg gives their consumers 240",
+              "the limit at 128 threads; the sm_90a forward, dK/dV and dQ kernels: sm_90a only, 384 threads, "
+              "168 at launch, then setmaxnreg gives their consumers 240",
         **_by_kernel({
             "attention_fwd_kernel": "forward",
             "attention_bwd_kv_kernel": "dK/dV",
@@ -133,9 +133,11 @@ FAMILIES = {
             "attention_bwd_delta_kernel": "D = rowsum(dO O)",
             "attention_fwd_sm90_kernel": "forward, sm_90a (FlashAttention-3 scheme)",
             "attention_bwd_kv_sm90_kernel": "dK/dV, sm_90a (FlashAttention-3 scheme)",
+            "attention_bwd_q_sm90_kernel": "dQ, sm_90a (FlashAttention-3 scheme)",
         }),
         column=(1, "E"),
-        only_on={"attention_fwd_sm90_kernel": "sm_90a", "attention_bwd_kv_sm90_kernel": "sm_90a"},
+        only_on={name: "sm_90a" for name in
+                 ("attention_fwd_sm90_kernel", "attention_bwd_kv_sm90_kernel", "attention_bwd_q_sm90_kernel")},
     ),
     "layer_norm": Family(
         intro="LayerNorm and RMSNorm, the three activation dtypes, 16-bit or fp32 parameters, "

@@ -22,11 +22,12 @@ template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
   launch(attention_bwd_delta_kernel<T, kHeadDim>, dim3((p.queries + kWarps - 1) / kWarps, p.heads, p.batch), kThreads,
          0, stream, p);
-  // dK/dV: the sm_90a kernel where it is switched on and the device, the build and the call allow
-  // (attention_sm90.h); else sm_80's.
+  // dK/dV and dQ: the sm_90a kernels where they are switched on and the device, the build and the
+  // call allow (attention_sm90.h); else sm_80's.
+  const bool sm90 = attention_sm90_enabled() && attention_bwd_sm90_supports(p);
   const dim3 kv_grid((p.keys + kBwdKeys - 1) / kBwdKeys, p.kv_heads, p.batch);
   constexpr int kv_smem = bwd_kv_smem_bytes<T, kHeadDim>();
-  if (attention_sm90_enabled() && attention_bwd_sm90_supports(p) && attention_bwd_kv_sm90(p, stream)) {
+  if (sm90 && attention_bwd_kv_sm90(p, stream)) {
     // the sm_90a kernel has it
   } else if constexpr (kHeadDim <= 128) {
     launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradKV>, kv_grid, kThreads, kv_smem, stream, p);
@@ -34,8 +35,11 @@ void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
     launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradV>, kv_grid, kThreads, kv_smem, stream, p);
     launch(attention_bwd_kv_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGradK>, kv_grid, kThreads, kv_smem, stream, p);
   }
-  launch(attention_bwd_q_kernel<T, kHeadDim, kCausal, kMask, kDropout>, dim3((p.queries + kBlockM - 1) / kBlockM, p.heads, p.batch),
-         kThreads, bwd_q_smem_bytes<T, kHeadDim>(), stream, p);
+  if (!(sm90 && attention_bwd_q_sm90(p, stream))) {
+    launch(attention_bwd_q_kernel<T, kHeadDim, kCausal, kMask, kDropout>,
+           dim3((p.queries + kBlockM - 1) / kBlockM, p.heads, p.batch), kThreads, bwd_q_smem_bytes<T, kHeadDim>(), stream,
+           p);
+  }
 }
 
 }  // namespace attn

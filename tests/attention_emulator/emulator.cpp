@@ -11,6 +11,7 @@
 #include "attention_kernels.inc"  // every generated attention_{fwd,bwd}_hdim*.cu
 #include "attention/sm90/attention_fwd_sm90.cu"  // the dispatch names it; never launched here
 #include "attention/sm90/attention_bwd_sm90.cu"  // likewise (emulator_sm90_bwd.cpp runs it)
+#include "attention/sm90/attention_dq_sm90.cu"   // likewise
 
 #include "attention_fields.h"
 

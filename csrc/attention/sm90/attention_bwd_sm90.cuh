@@ -5,7 +5,7 @@
 // log2(e)) from the forward's lse, dS^T = P^T (dP^T - D) with D = rowsum(dO O) from the D kernel, which
 // runs first, dV = P^T dO, dK = scale dS^T Q; a CTA owns a block of keys of one (batch, kv head) and
 // walks every query head of its GQA group, summing them in registers; each dK / dV row is written once
-// (deterministic). dQ stays the sm_80 kernel's.
+// (deterministic). dQ is the sm_90a dQ kernel's (attention_dq_sm90.cuh), which runs after it.
 //
 // A CTA of three warpgroups owns 128 keys:
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg). Its thread 0 issues the TMA
@@ -29,14 +29,13 @@
 // Not yet: overlap of a tile's S^T with the previous tile's dV / dK wgmma, dQ in the same kernel
 // (FlashAttention-3 accumulates it with atomics: not deterministic), a TMA store of dK / dV.
 
-#include "attention/attention_common.cuh"
-#include "attention/sm90/primitives_sm90.cuh"
+#include "attention/sm90/bwd_common_sm90.cuh"
 
 namespace fasttx {
 namespace attn {
 
 struct Sm90Bwd {
-  static constexpr int kHeadDim = 128;
+  static constexpr int kHeadDim = kSm90BwdHeadDim;
   static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
   static constexpr int kBlockM = 64;   // queries per streamed tile
   static constexpr int kStages = 2;
@@ -62,12 +61,7 @@ struct Sm90Bwd {
   static constexpr int kConsumerRegs = 240;
 };
 
-// The kernel's parameters: TMA maps of q, dout (E, L, H, B) with boxes of 64 x 64 and k, v (E, S, Hkv,
-// B) with boxes of 64 x 128 (encode_bhle), and the rest of the call.
-struct Sm90BwdParams {
-  CUtensorMap q_map, do_map, k_map, v_map;
-  AttentionBwdParams p;
-};
+// The kernel's parameters (Sm90BwdParams): boxes of 64 x 64 for q, dout, 64 x 128 for k, v.
 
 struct Sm90BwdBarriers {
   uint64_t* kv_full;
@@ -143,65 +137,6 @@ __device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& 
   }
 }
 
-// d (64 x 64, this warpgroup's 64 rows of `a_rows` against the 64 rows of `b_tile`) = A B^T over the
-// head dim, issued and committed as one wgmma group, not awaited. Both tiles are K-major: k16 step kk
-// reads columns 16 kk .. of column block kk / 4, 32 (kk % 4) bytes into each swizzled row; a_rows
-// lies in a tile of kBlockN rows, b_tile has kBlockM.
-template <typename T>
-__device__ __forceinline__ void sm90_bwd_transposed(float (&d)[32], uint32_t a_rows, uint32_t b_tile) {
-  using C = Sm90Bwd;
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
-    const uint32_t col = (kk % 4) * 32;
-    const uint64_t a = smem_desc_128b(a_rows + (kk / 4) * C::kBlockN * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
-    const uint64_t bd = smem_desc_128b(b_tile + (kk / 4) * C::kBlockM * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
-    wgmma_m64n64k16_ss<T>(d, a, bd, kk > 0);
-  }
-  wgmma_commit();
-}
-
-// dv += P^T dO and dk += dS^T Q, P^T / dS^T (64 keys x 64 queries) from registers: k16 step kk on
-// queries 16 kk ..: the dO / Q rows 16 kk .. start 2 atoms (16 rows) further each step, their 128
-// columns are the two column blocks, LBO apart. Awaited before returning (the stage is then free).
-template <typename T>
-__device__ __forceinline__ void sm90_bwd_gradients(float (&dv)[64], float (&dk)[64], uint32_t (&pf)[4][4],
-                                                   uint32_t (&dsf)[4][4], uint32_t do_tile, uint32_t q_tile) {
-  using C = Sm90Bwd;
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < C::kBlockM / 16; ++kk) {
-    const uint32_t step = kk * 2 * kSwizzleAtomBytes;
-    constexpr uint32_t kLbo = C::kBlockM * kSwizzleBytes;  // from column block 0 to 1
-    wgmma_m64n128k16_rs_tn<T>(dv, pf[kk], smem_desc_128b(do_tile + step, kLbo, kSwizzleAtomBytes));
-    wgmma_m64n128k16_rs_tn<T>(dk, dsf[kk], smem_desc_128b(q_tile + step, kLbo, kSwizzleAtomBytes));
-  }
-  wgmma_commit();
-  wgmma_wait<0>(dv, dk, pf, dsf);
-}
-
-// dK (scaled) and dV rows of keys < S, straight from the fragments (4-byte stores); rows of a CTA
-// that saw no query are zeros.
-template <typename T>
-__device__ __forceinline__ void sm90_bwd_store(const AttentionBwdParams& p, const float (&dk)[64],
-                                               const float (&dv)[64], int key0, int kvh, int b) {
-  const int t = threadIdx.x % 4;
-  const int64_t rows = (static_cast<int64_t>(b) * p.kv_heads + kvh) * p.keys;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int key = key0 + 8 * h;
-    if (key >= p.keys) continue;
-    T* dk_row = static_cast<T*>(p.dk) + (rows + key) * Sm90Bwd::kHeadDim + 2 * t;
-    T* dv_row = static_cast<T*>(p.dv) + (rows + key) * Sm90Bwd::kHeadDim + 2 * t;
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      *reinterpret_cast<uint32_t*>(dk_row + 8 * i) =
-          pack2<T>(dk[4 * i + 2 * h] * p.scale, dk[4 * i + 2 * h + 1] * p.scale);
-      *reinterpret_cast<uint32_t*>(dv_row + 8 * i) = pack2<T>(dv[4 * i + 2 * h], dv[4 * i + 2 * h + 1]);
-    }
-  }
-}
-
 // A consumer warpgroup (wg = 0, 1): keys n0 + 64 wg .. n0 + 64 wg + 63. Thread 32 w + 4 g + t holds
 // keys key0 = n0 + 64 wg + 16 w + g and key0 + 8 of them; in S^T / dP^T, queries m0 + 8 i + 2 t and
 // m0 + 8 i + 2 t + 1 (wgmma D layout).
@@ -227,9 +162,11 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     const uint32_t do_tile = smem_addr(base + C::kDoOffset + stage * C::kTileBytes);
     float s[32], dp[32];
     mbar_wait(bar.q_full + stage, parity);
-    sm90_bwd_transposed<T>(s, k_rows, q_tile);
+    sm90_scores64<T, C::kBlockN, C::kBlockM>(s, k_rows, q_tile);
+    wgmma_commit();
     mbar_wait(bar.do_full + stage, parity);
-    sm90_bwd_transposed<T>(dp, v_rows, do_tile);
+    sm90_scores64<T, C::kBlockN, C::kBlockM>(dp, v_rows, do_tile);
+    wgmma_commit();
 
     // P^T while dP^T is in flight. Causal: only tiles reaching above the diagonal (a key after a
     // query) check; the others are wholly at or below it.
@@ -263,10 +200,18 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
         }
       }
     }
-    sm90_bwd_gradients<T>(dv, dk, pf, dsf, do_tile, q_tile);
+    // dV += P^T dO, dK += dS^T Q, awaited (the stage is then free).
+    wgmma_fence();
+    sm90_accumulate<T, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
+    sm90_accumulate<T, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
+    wgmma_commit();
+    wgmma_wait<0>(dv, dk, pf, dsf);
     mbar_arrive(bar.empty + stage);  // every wgmma reading this stage has completed
   }
-  sm90_bwd_store<T>(p, dk, dv, key0, kvh, b);
+  // Keys < S; rows of a CTA that saw no query are zeros.
+  const int64_t rows = (static_cast<int64_t>(b) * p.kv_heads + kvh) * p.keys * C::kHeadDim;
+  sm90_store_rows<T>(static_cast<T*>(p.dk) + rows, key0, p.keys, dk, p.scale);
+  sm90_store_rows<T>(static_cast<T*>(p.dv) + rows, key0, p.keys, dv, 1.f);
 }
 
 template <typename T, int kHeadDim, bool kCausal>

@@ -1,13 +1,13 @@
 #pragma once
-// The sm_90a attention kernels (attention_fwd_sm90.cuh, attention_bwd_sm90.cuh): which calls they
+// The sm_90a attention kernels (attention_fwd_sm90.cuh, attention_bwd_sm90.cuh, attention_dq_sm90.cuh): which calls they
 // serve, and their launch. Plain C++, for the dispatch in attention_launch.cpp / attention_launch.cuh.
 
 #include "attention/attention.h"
 
 namespace fasttx {
 
-// Whether the dispatch may use the sm_90a kernels at all (the forward, and the backward's dK/dV
-// kernel): only with FASTTX_ATTENTION_SM90=1 in the environment (read at each call, so a process can
+// Whether the dispatch may use the sm_90a kernels at all (the forward, and the backward's dK/dV and
+// dQ kernels): only with FASTTX_ATTENTION_SM90=1 in the environment (read at each call, so a process can
 // switch it), until a GPU run has validated them (docs/gpu-status.md). They have passed the host
 // emulator only, and on sm_90 they would replace, for the commonest calls, the sm_80 kernels that
 // passed the GPU suite. make gpu-check's tests and bench turn it on where they exercise it
@@ -22,12 +22,16 @@ bool attention_fwd_sm90_supports(const AttentionParams& p);
 // launched) otherwise or if the driver refuses a tensor map, for the caller to use the sm_80 kernel.
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream);
 
-// Whether the call is one the sm_90a dK/dV kernel implements: fp16 / bf16, E == 128, no mask, no
+// Whether the call is one the sm_90a dK/dV and dQ kernels implement: fp16 / bf16, E == 128, no mask, no
 // dropout, L > 0, S > 0 (any scale).
 bool attention_bwd_sm90_supports(const AttentionParams& p);
 
 // Launches the sm_90a dK/dV kernel on `stream`, which reads p.delta: after the D kernel, as the sm_80
 // dK/dV kernel it replaces (attention_launch.cuh). False (nothing launched) as attention_fwd_sm90.
 bool attention_bwd_kv_sm90(const AttentionBwdParams& p, cudaStream_t stream);
+
+// Launches the sm_90a dQ kernel on `stream`, which reads p.delta: after the D kernel, as the sm_80 dQ
+// kernel it replaces. False (nothing launched) as attention_fwd_sm90.
+bool attention_bwd_q_sm90(const AttentionBwdParams& p, cudaStream_t stream);
 
 }  // namespace fasttx

@@ -169,10 +169,14 @@ inline uint32_t shfl_xor(uint32_t v, int lane_mask) { return __shfl_xor_sync(0xf
 
 inline float exp2_approx(float x) { return std::exp2(x); }
 
+// Every kernel launched, in order, for the tests to ask which ran (emulator_sm90_bwd.cpp); its user clears it.
+inline std::vector<const void*> launched_kernels;
+
 // Runs the grid (cta.h), each CTA with its dynamic shared memory poisoned.
 template <typename Kernel, typename Params>
 void launch(Kernel kernel, dim3 grid, int threads, int smem_size, cudaStream_t, const Params& params) {
   if (smem_size > kMaxSmem) fail("more dynamic shared memory than an H100 has", nullptr);
+  launched_kernels.push_back(reinterpret_cast<const void*>(kernel));
   smem_bytes = smem_size;
   run_grid(
       grid, threads,

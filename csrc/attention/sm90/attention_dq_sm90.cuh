@@ -1,0 +1,229 @@
+#pragma once
+// Attention backward for sm_90a, FlashAttention-3 scheme: the dQ kernel, head dim 128, fp16 / bf16,
+// no mask, no dropout, causal or not. It replaces attention_bwd_q_kernel (attention_bwd_kernel.cuh)
+// with the same math and conventions: P = 2^(S scale log2(e) - lse log2(e)) from the forward's lse
+// (+inf on a row with no key, so P = 0 there), dS = P (dP - D) with D = rowsum(dO O) from the D
+// kernel, which runs first, dQ = scale dS K, the scale applied once in the epilogue. A CTA owns a
+// block of query rows of one (batch, head) and walks the key blocks they see (causal: up to the
+// diagonal), so each dQ row is written once, with no atomics (deterministic), unlike
+// FlashAttention-3, which accumulates dQ from the dK / dV kernel with atomics.
+//
+// A CTA of three warpgroups owns 128 query rows:
+// - warpgroup 0, the producer, gives its registers away (setmaxnreg). Its thread 0 issues the TMA
+//   loads: Q and dO once ("q_full"), then the K and V tiles of 64 keys into a 3-stage ring
+//   ("kv_full" per stage), refilling a stage once both consumers have released it ("kv_empty").
+// - warpgroups 1 and 2, the consumers, own 64 rows each and hold dQ (64 x 128 fp32, 64 registers a
+//   thread) in a wgmma D fragment. Per key block: S = Q K^T and dP = dO V^T by wgmma m64n64k16 from
+//   shared memory (K-major), P and dS on the fp32 fragments, then dQ += dS K by wgmma m64n128k16 with
+//   dS from registers (the D fragment of 16 key columns is the A fragment of a k16 step) and K read
+//   N-major through its descriptor, as the forward reads V in O += P V. Each thread's lse and D
+//   (two rows, fixed for the whole kernel) come straight from global memory, as in the sm_80 kernel:
+//   four loads are not worth a trip through shared memory and a barrier.
+// Why 64-key blocks: dQ takes 64 of a consumer's 240 registers; S and dP of 64 keys take 32 each and
+// the packed dS 16 (short-lived). With 128-key blocks S and dP would take 64 each: 192 with dQ
+// before P, the packed dS (32), addresses and the exponentials' operands, past what ptxas keeps
+// without spilling. 64 rows per warpgroup is wgmma's M; two consumers are what 24 + 2 x 240 <= 512
+// registers a thread-slot allow. Shared memory: Q, dO 64 KB, 3 stages of K, V 96 KB: 160 KB of the
+// 227 KB (one CTA an SM either way: 384 threads at 240 registers).
+// Rows past L or S arrive as zeros: padding rows then add nothing (P = 0 from lse = +inf) and are not
+// stored; padding keys get P = 0 by the element checks of the last block.
+// Not yet: the consumers' ping-pong (Sm90Turns), a TMA store of dQ.
+
+#include "attention/sm90/bwd_common_sm90.cuh"
+
+namespace fasttx {
+namespace attn {
+
+struct Sm90Dq {
+  static constexpr int kHeadDim = kSm90BwdHeadDim;
+  static constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64
+  static constexpr int kBlockN = 64;   // keys per streamed block
+  static constexpr int kStages = 3;
+  static constexpr int kThreads = 3 * 128;
+  static constexpr int kConsumerThreads = 2 * 128;
+  static constexpr int kBoxCols = kSwizzleBytes / 2;         // 64 16-bit columns: one swizzled row
+  static constexpr int kQBytes = kBlockM * kHeadDim * 2;     // Q or dO
+  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;    // one K or V tile
+  // Offsets from the 1024-byte aligned base: Q, dO, K[kStages], V[kStages], then the mbarriers.
+  static constexpr int kDoOffset = kQBytes;
+  static constexpr int kKOffset = 2 * kQBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
+  static constexpr int kBarOffset = kVOffset + kStages * kKvBytes;
+  static constexpr int kBarriers = 1 + 2 * kStages;  // Q and dO full; K and V full, empty per stage
+  // Dynamic shared memory asked for: the layout plus the slack to align its base.
+  static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
+  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+};
+
+// The kernel's parameters (Sm90BwdParams): boxes of 64 x 128 for q, dout, 64 x 64 for k, v.
+
+struct Sm90DqBarriers {
+  uint64_t* q_full;    // Q and dO
+  uint64_t* kv_full;   // [kStages]: K and V of a key block
+  uint64_t* kv_empty;  // [kStages]
+};
+
+// The producer's TMA thread: Q and dO of rows m0 .., then K and V of key blocks [0, end) through the ring.
+__device__ __forceinline__ void sm90_dq_produce(const Sm90BwdParams& params, unsigned char* base,
+                                                const Sm90DqBarriers& bar, int m0, int h, int b, int end) {
+  using C = Sm90Dq;
+  const int kvh = h / (params.p.heads / params.p.kv_heads);
+  mbar_arrive_expect_tx(bar.q_full, 2 * C::kQBytes);
+  for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+    const int col = cb * C::kBlockM * kSwizzleBytes;
+    tma_load_4d(base + col, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
+    tma_load_4d(base + C::kDoOffset + col, &params.do_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
+  }
+  for (int block = 0; block < end; ++block) {
+    const int stage = block % C::kStages;
+    mbar_wait(bar.kv_empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
+    mbar_arrive_expect_tx(bar.kv_full + stage, 2 * C::kKvBytes);
+    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+      const int at = stage * C::kKvBytes + cb * C::kBlockN * kSwizzleBytes;
+      tma_load_4d(base + C::kKOffset + at, &params.k_map, bar.kv_full + stage, cb * C::kBoxCols, block * C::kBlockN,
+                  kvh, b);
+      tma_load_4d(base + C::kVOffset + at, &params.v_map, bar.kv_full + stage, cb * C::kBoxCols, block * C::kBlockN,
+                  kvh, b);
+    }
+  }
+}
+
+// s (this warpgroup's 64 x 64 scores of key block n0 ..) -> P in place. Thread 32 w + 4 g + t holds
+// rows row0 (= 16 w + g of the warpgroup's) and row0 + 8, keys n0 + 8 i + 2 t, + 1 (wgmma D layout).
+// check: the block reaches past S or, causal, past the diagonal of one of the CTA's rows; a padding
+// key, loaded as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
+template <bool kCausal>
+__device__ __forceinline__ void sm90_dq_probabilities(float (&s)[32], const AttentionParams& p, const float (&lse2)[2],
+                                                      int n0, int row0, bool check) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int e = 0; e < 32; ++e) {
+    const int r = (e >> 1) & 1;
+    s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -lse2[r]));
+    const int key = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
+    if (check && (key >= p.keys || (kCausal && key > row0 + 8 * r))) s[e] = 0.f;
+  }
+}
+
+// A consumer warpgroup (wg = 0, 1): rows m0 + 64 wg .. m0 + 64 wg + 63 of head h; key blocks [0,
+// end), those from `full` on with element checks.
+template <typename T, bool kCausal>
+__device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, unsigned char* base,
+                                                const Sm90DqBarriers& bar, int wg, int m0, int h, int b, int full,
+                                                int end) {
+  using C = Sm90Dq;
+  const int tid = threadIdx.x % 128;
+  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;
+  const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row0 + 8 * r;
+    lse2[r] = i < p.queries ? p.lse[bh * p.queries + i] * kLog2e<float> : INFINITY;  // padding rows: P = 0
+    delta[r] = i < p.queries ? p.delta[bh * p.queries + i] : 0.f;
+  }
+  const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
+  const uint32_t do_rows = smem_addr(base + C::kDoOffset) + 64 * wg * kSwizzleBytes;
+
+  const auto tile = [&](int offset, int block) {
+    return smem_addr(base + offset + block % C::kStages * C::kKvBytes);
+  };
+
+  // Software-pipelined: block j's S and dP are issued behind block j - 1's dS K, whose wait retires
+  // both dS K and S (wait<1>, dP still in flight), so the tensor cores run dS K, S, dP back to back
+  // and the exponentials run under dP. dP's wait opens the next iteration, past the loop's back edge
+  // on purpose, as the forward's (ptxas hoists a wgmma wait above independent arithmetic in one
+  // basic block: it did, above most of the exponentials, when it followed them here).
+  float dq[64] = {};
+  float s[32], dp[32];
+  uint32_t dsf[C::kBlockN / 16][4];
+  // S and dP of `block`, P in s; block - 1's dS K retired, its stage released.
+  const auto scores = [&](int block) {
+    mbar_wait(bar.kv_full + block % C::kStages, (block / C::kStages) & 1);
+    sm90_scores64<T, C::kBlockM, C::kBlockN>(s, q_rows, tile(C::kKOffset, block));
+    wgmma_commit();
+    sm90_scores64<T, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
+    wgmma_commit();
+    wgmma_wait<1>(s, dq, dsf);
+    if (block > 0) mbar_arrive(bar.kv_empty + (block - 1) % C::kStages);  // its wgmma have all completed
+    sm90_dq_probabilities<kCausal>(s, p, lse2, block * C::kBlockN, row0, block >= full);
+    fence_operand(s);  // and the compiler must not sink P below the back edge
+  };
+  // dS = P (dP - D) of `block`, D per row, and dQ += dS K issued, not awaited. Accumulator columns
+  // 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk; a[r] holds row
+  // g + 8 (r % 2).
+  const auto gradient = [&](int block) {
+    wgmma_wait<0>(dp);
+#pragma unroll
+    for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        const int e = 8 * kk + 2 * r;
+        dsf[kk][r] = pack2<T>(s[e] * (dp[e] - delta[r & 1]), s[e + 1] * (dp[e + 1] - delta[r & 1]));
+      }
+    }
+    wgmma_fence();
+    sm90_accumulate<T, C::kBlockN, C::kBlockN / 16>(dq, dsf, tile(C::kKOffset, block));
+    wgmma_commit();
+  };
+
+  if (end > 0) {
+    mbar_wait(bar.q_full, 0);
+    scores(0);
+  }
+  for (int block = 1; block < end; ++block) {
+    gradient(block - 1);
+    scores(block);
+  }
+  if (end > 0) {
+    gradient(end - 1);
+    wgmma_wait<0>(dq, dsf);
+    mbar_arrive(bar.kv_empty + (end - 1) % C::kStages);
+  }
+  sm90_store_rows<T>(static_cast<T*>(p.dq) + bh * p.queries * C::kHeadDim, row0, p.queries, dq, p.scale);
+}
+
+template <typename T, int kHeadDim, bool kCausal>
+__global__ void __launch_bounds__(Sm90Dq::kThreads, 1)
+    attention_bwd_q_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
+  static_assert(kHeadDim == Sm90Dq::kHeadDim, "the sm_90a dQ kernel's tiles are for head dim 128");
+  // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
+#if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = Sm90Dq;
+  extern __shared__ __align__(16) unsigned char smem[];
+  // The swizzle pattern is a function of the shared address: tiles start on 1024-byte boundaries.
+  unsigned char* base = smem + (kSwizzleAtomBytes - smem_addr(smem) % kSwizzleAtomBytes) % kSwizzleAtomBytes;
+  uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
+  const Sm90DqBarriers bar{bars, bars + 1, bars + 1 + C::kStages};
+  const int m0 = blockIdx.x * C::kBlockM;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  int full, end;
+  key_blocks<C::kBlockM, C::kBlockN, kCausal>(params.p, m0, full, end);
+
+  if (threadIdx.x == 0) {
+    mbar_init(bar.q_full, 1);
+    for (int s = 0; s < C::kStages; ++s) {
+      mbar_init(bar.kv_full + s, 1);
+      mbar_init(bar.kv_empty + s, C::kConsumerThreads);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    warpgroup_reg_dealloc<C::kProducerRegs>();
+    if (threadIdx.x == 0 && end > 0) sm90_dq_produce(params, base, bar, m0, h, b, end);
+  } else {
+    warpgroup_reg_alloc<C::kConsumerRegs>();
+    sm90_dq_consume<T, kCausal>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace attn
+}  // namespace fasttx

@@ -172,7 +172,7 @@ def test_masks(emulator, dtype, kind, cols):
 
 
 @pytest.mark.parametrize("layout", ["transposed", "padded"])
-@pytest.mark.parametrize("kind", ["bool full", "float32 full"])
+@pytest.mark.parametrize("kind", ["bool full", "float32 full", "float (L, C) with -inf"])
 def test_strided_masks(emulator, kind, layout):
     """Masks the kernels cannot read as vectors: a column stride > 1, row strides that are no multiple
     of a vector (x then element by element too), and a mask broadcast along C (stride 0)."""

@@ -1,4 +1,4 @@
-"""The CUDA LayerNorm / RMSNorm kernels (csrc/layer_norm), run on the CPU: tests/norm_emulator compiles
+"""The CUDA LayerNorm / RMSNorm kernels (csrc/layer_norm), run on the CPU: tests/rowwise_emulator compiles
 the real kernel source for the host, one host thread per GPU thread, with real barriers and emulated
 warp shuffles (tests/cuda_emulator/cta.h). This test plays the binding (layer_norm_api.cpp): it
 allocates the outputs and the dw/db workspace, asks norm_bwd_num_partials for its size and launches
@@ -14,43 +14,13 @@ import torch
 
 from fasttx.testing import TOLERANCE, rel_error
 
-from .cuda_emulator import DTYPE_CODE, compile_emulator, marshal
+from .cuda_emulator import DTYPE_CODE, Guarded, call, compile_emulator
 from .ops.test_layer_norm import input_grad_scale, make_inputs, run_reference, weight_grad_scale
-
-GUARD = 64  # elements of NaN before and after every tensor: 16-byte multiples for every dtype
 
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    library = compile_emulator(tmp_path_factory, "norm_emulator", "emulator.cpp")
-    for entry in (library.emu_norm_fwd, library.emu_norm_bwd, library.emu_norm_bwd_num_partials):
-        entry.restype = ctypes.c_char_p
-    return library
-
-
-class Guarded:
-    """A (rows, cols) or (cols,) tensor inside a NaN-filled buffer, ``offset`` elements past a
-    16-byte boundary (offset 1: the misaligned path)."""
-
-    def __init__(self, shape, dtype, offset=0, fill=None):
-        numel = 1
-        for n in shape:
-            numel *= n
-        self.buffer = torch.full((GUARD + offset + numel + GUARD,), float("nan"), dtype=dtype)
-        self.start = GUARD + offset
-        self.tensor = self.buffer[self.start:self.start + numel].view(shape)
-        if fill is not None:
-            self.tensor.copy_(fill)
-
-    def check_guards(self, name):
-        outside = torch.cat([self.buffer[:self.start], self.buffer[self.start + self.tensor.numel():]])
-        assert outside.isnan().all(), f"{name}: written past the tensor"
-
-
-def _call(entry, fields, *extra):
-    error = entry(*marshal(fields, [])[:2], *extra)
-    if error is not None:
-        raise ValueError(f"{entry.__name__}: {error.decode()}")
+    return compile_emulator(tmp_path_factory, "rowwise_emulator", "norm.cpp")
 
 
 def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offset=0):
@@ -74,9 +44,9 @@ def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offse
     mean = None if is_rms else guarded((rows,), torch.float32)
     rstd = guarded((rows,), torch.float32)
     base = dict(is_rms=int(is_rms), input_dtype=DTYPE_CODE[x.dtype], rows=rows, cols=cols)
-    _call(emulator.emu_norm_fwd, dict(base, param_dtype=DTYPE_CODE[param_dtype], x=x.data_ptr(),
-                                      weight=address(weight), bias=address(bias), y=y.data_ptr(),
-                                      mean=address(mean), rstd=rstd.data_ptr(), eps=eps))
+    call(emulator.emu_norm_fwd, dict(base, param_dtype=DTYPE_CODE[param_dtype], x=x.data_ptr(),
+                                     weight=address(weight), bias=address(bias), y=y.data_ptr(),
+                                     mean=address(mean), rstd=rstd.data_ptr(), eps=eps))
 
     # The backward's parameter dtype is the weight's (layer_norm_api.cpp), dbias included.
     param_dtype = weight.dtype if weight is not None else x.dtype
@@ -90,7 +60,7 @@ def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offse
                   dbias_partials=0)
     emulator.emu_set_resident_blocks(resident_blocks)
     num_partials = ctypes.c_int(0)
-    _call(emulator.emu_norm_bwd_num_partials, fields, ctypes.byref(num_partials))
+    call(emulator.emu_norm_bwd_num_partials, fields, ctypes.byref(num_partials))
     g = num_partials.value
     assert g >= 1
     # Fresh workspaces, as the binding allocates them: aligned whatever the tensors' offset.
@@ -100,7 +70,7 @@ def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offse
             t = Guarded((g, cols), torch.float32)
             tensors.append(t)
             partials[name] = t.tensor.data_ptr()
-    _call(emulator.emu_norm_bwd, dict(fields, num_partials=g, **partials))
+    call(emulator.emu_norm_bwd, dict(fields, num_partials=g, **partials))
     for i, t in enumerate(tensors):
         t.check_guards(f"tensor {i}")
     return y, mean, rstd, dx, dweight, dbias
@@ -205,4 +175,4 @@ def test_params_are_set_by_field_name(emulator):
     for message, given in {"field 'eps' not given": {k: v for k, v in fields.items() if k != "eps"},
                            "unknown field 'dy'": {**fields, "dy": 0}}.items():
         with pytest.raises(ValueError, match=message):
-            _call(emulator.emu_norm_fwd, given)
+            call(emulator.emu_norm_fwd, given)

@@ -1,6 +1,6 @@
 #pragma once
 // What the row-wise kernels (norms, softmax) ask of the CUDA runtime: launches and occupancy. It is
-// their only such header, so that a host emulator (tests/norm_emulator) can substitute it as a
+// their only such header, so that a host emulator (tests/rowwise_emulator) can substitute it as a
 // whole and run the real kernels and launch code on the CPU.
 
 #include <cuda_runtime.h>

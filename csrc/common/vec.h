@@ -108,9 +108,10 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_bits<__nv_bfloat16>(uint16_t v) { return __ushort_as_bfloat16(v); }
 
 // kVec elements of T as stored, for a load issued well before its values are used (the next row,
-// prefetched while this one is reduced): 16-bit values stay two to a 32-bit word, so a row held
-// this way takes half the registers of its fp32 values. load() follows load_vec's conventions
-// (kAligned: 16-byte accesses; otherwise the first n elements, the rest 0).
+// prefetched while this one is reduced, or a cache that must fit few registers): 16-bit values
+// stay two to a 32-bit word, so a row held this way takes half the registers of its fp32 values.
+// load() follows load_vec's conventions (kAligned: 16-byte accesses; otherwise the first n
+// elements, `stride` elements apart, the rest 0).
 template <typename T, int kVec>
 struct RawVec {
   static constexpr int kPerWord = 4 / static_cast<int>(sizeof(T));
@@ -120,7 +121,7 @@ struct RawVec {
   Word words[kWords];
 
   template <bool kAligned>
-  __device__ __forceinline__ void load(const T* ptr, int n) {
+  __device__ __forceinline__ void load(const T* ptr, int n, int64_t stride = 1) {
     if constexpr (kAligned) {
 #pragma unroll
       for (int a = 0; a < kWords / 4; ++a) {
@@ -130,12 +131,12 @@ struct RawVec {
       }
     } else if constexpr (kPerWord == 1) {
 #pragma unroll
-      for (int k = 0; k < kWords; ++k) words[k] = k < n ? ptr[k] : T(0);
+      for (int k = 0; k < kWords; ++k) words[k] = k < n ? ptr[k * stride] : T(0);
     } else {
 #pragma unroll
       for (int k = 0; k < kWords; ++k) {
-        const uint32_t lo = 2 * k < n ? to_bits(ptr[2 * k]) : 0u;
-        const uint32_t hi = 2 * k + 1 < n ? to_bits(ptr[2 * k + 1]) : 0u;
+        const uint32_t lo = 2 * k < n ? to_bits(ptr[2 * k * stride]) : 0u;
+        const uint32_t hi = 2 * k + 1 < n ? to_bits(ptr[(2 * k + 1) * stride]) : 0u;
         words[k] = lo | (hi << 16);
       }
     }

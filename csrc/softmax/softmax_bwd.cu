@@ -26,13 +26,22 @@ namespace {
 
 using softmax::Layout;
 
+// Resident 512-thread blocks per SM the kernel must allow. y and dy are cached as stored
+// (RawVec): 16-bit values two to a register, 32 registers for both, so two blocks fit 64 registers
+// each and one block's loads overlap the other's reduction and stores (rows of 16384 columns and
+// more take a 512-thread block each). fp32 caches take 64 registers alone: one block.
+template <typename Y>
+constexpr int bwd_min_blocks_per_sm() {
+  return sizeof(Y) == 2 ? 2 : 1;
+}
+
 // Y: y and dy, D: dx. A thread handles vectors of kVec consecutive elements, 16 bytes of the
 // narrower type (the fp32 side then takes two 128-bit accesses); kAligned (C a multiple of kVec,
 // 16-byte aligned tensors) moves them with 128-bit accesses, otherwise element by element with the
-// row's tail masked. One row group per row; the grid covers all rows. One 512-thread block per SM:
-// the two cached tensors alone take 64 registers (the kernel's count: csrc/README.md, "Registers").
+// row's tail masked. One row group per row; the grid covers all rows. (Registers per instance:
+// csrc/README.md, "Registers".)
 template <typename Y, typename D, bool kAligned>
-__global__ void __launch_bounds__(Layout::kMaxThreads, 1)
+__global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>())
     softmax_bwd_kernel(const SoftmaxBwdParams p, const int threads_per_row) {
   constexpr int kVec = kVecBytes / (sizeof(Y) < sizeof(D) ? sizeof(Y) : sizeof(D));
   static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
@@ -50,18 +59,18 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, 1)
   const int nvec = valid ? ceil_div(p.cols, kVec) : 0;
   const int chunk = grp.size * kIters;  // vectors per chunk
 
-  float yv[kIters][kVec];
-  float gv[kIters][kVec];  // dy
+  RawVec<Y, kVec> yv[kIters];
+  RawVec<Y, kVec> gv[kIters];  // dy
   const auto load_chunk = [&](int c0) {
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       const int j = c0 + i * grp.size + grp.rank;
       if (j < nvec) {
-        load_vec<kVec, kAligned>(y + j * kVec, yv[i], p.cols - j * kVec);
-        load_vec<kVec, kAligned>(dy + j * kVec, gv[i], p.cols - j * kVec);
+        yv[i].template load<kAligned>(y + j * kVec, p.cols - j * kVec);
+        gv[i].template load<kAligned>(dy + j * kVec, p.cols - j * kVec);
       } else {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) yv[i][e] = gv[i][e] = 0.f;
+        yv[i].zero();
+        gv[i].zero();
       }
     }
   };

@@ -54,13 +54,19 @@ struct MergeOp {
 };
 
 // Resident 512-thread blocks per SM the kernel must allow (its register budget: 64 for 2, 128 for
-// 1). The no-mask 16-bit instances, plain attention softmax, fit 64 registers without spilling, so
-// two long rows overlap one's reduction with the other's loads. The others get 1, said explicitly:
-// told nothing, ptxas squeezes the aligned fp32 ones into 64 registers and spills, and 2 would
-// spill in the unaligned bool-mask ones. What each instance takes: csrc/README.md, "Registers".
-template <typename T, typename M>
+// 1). x and a float mask are cached as stored (RawVec: 16-bit values two to a register), so with
+// 16-bit x and no mask, a bool mask or a vector-aligned 16-bit float mask the cache takes 16-32
+// registers and the kernel fits 64: two long rows a SM, one's loads overlapping the other's
+// reduction and stores. The others get 1, said explicitly: told nothing, ptxas squeezes the aligned
+// fp32 ones into 64 registers and spills, and 2 would spill in the unaligned 16-bit float-mask
+// ones (their strided mask reads). What each instance takes: csrc/README.md, "Registers".
+template <typename T, typename M, bool kAligned>
 constexpr int min_blocks_per_sm() {
-  return sizeof(T) == 2 && std::is_void_v<M> ? 2 : 1;
+  if constexpr (std::is_void_v<M>) {
+    return sizeof(T) == 2 ? 2 : 1;
+  } else {
+    return sizeof(T) == 2 && (sizeof(M) == 1 || (sizeof(M) == 2 && kAligned)) ? 2 : 1;
+  }
 }
 
 // Mask elements col .. col + kVec - 1 of a row, converted: one vector access when kAligned (column
@@ -83,7 +89,7 @@ __device__ __forceinline__ void load_mask(const M* mask, int col, int64_t stride
 // them with 128-bit accesses (the mask's vector is kVec elements of M: 4 to 32 bytes), otherwise
 // element by element with the row's tail masked. One row group per row; the grid covers all rows.
 template <typename T, typename O, typename M, bool kAligned>
-__global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M>())
+__global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M, kAligned>())
     softmax_fwd_kernel(const SoftmaxFwdParams p, const int threads_per_row) {
   constexpr int kVec = kVecBytes / sizeof(T);
   static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
@@ -116,10 +122,10 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M>()
   const int chunk = grp.size * kIters;                  // vectors per chunk
   const float sl2 = p.scale_log2;
 
-  // The cached chunk: x, the float mask times log2 e, and flags: bit i * kVec + e of `keep` says
-  // whether element e of vector i is kept (read, below n_open, and true in a bool mask).
-  float xv[kIters][kVec];
-  float bv[kFloatMask ? kIters : 1][kVec];
+  // The cached chunk: x, the float mask (both as stored), and flags: bit i * kVec + e of `keep`
+  // says whether element e of vector i is kept (read, below n_open, and true in a bool mask).
+  RawVec<T, kVec> xv[kIters];
+  RawVec<std::conditional_t<kFloatMask, M, T>, kVec> bv[kFloatMask ? kIters : 1];
   uint32_t keep = 0;
   const auto load_chunk = [&](int c0) {
     keep = 0;
@@ -130,7 +136,7 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M>()
       const int n = n_open - col;  // elements of the vector that may be kept (can exceed kVec)
       if (j < nvec_read) {
         // An aligned vector is read whole even where the causal limit cuts it: it lies in the row.
-        load_vec<kVec, kAligned>(x + col, xv[i], n);
+        xv[i].template load<kAligned>(x + col, n);
         bool flags[kVec];
         if constexpr (kBoolMask) {
           load_mask<kVec, kAligned>(mask, col, p.mask_strides[3], n, flags, false, [](uint8_t v) { return v != 0; });
@@ -138,26 +144,23 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M>()
 #pragma unroll
           for (int e = 0; e < kVec; ++e) flags[e] = true;
         }
-        if constexpr (kFloatMask) {
-          load_mask<kVec, kAligned>(mask, col, p.mask_strides[3], n, bv[i], 0.f,
-                                    [](M v) { return to_float(v) * kLog2e<float>; });
+        if constexpr (kFloatMask && kAligned) bv[i].template load<true>(mask + col, kVec);
+        if constexpr (kFloatMask && !kAligned) {
+          bv[i].template load<false>(mask + col * p.mask_strides[3], n, p.mask_strides[3]);
         }
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           if (e < n && flags[e]) keep |= 1u << (i * kVec + e);
         }
       } else {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) {
-          xv[i][e] = 0.f;
-          if constexpr (kFloatMask) bv[i][e] = 0.f;
-        }
+        xv[i].zero();
+        if constexpr (kFloatMask) bv[i].zero();
       }
     }
   };
   const auto kept = [&](int i, int e) { return ((keep >> (i * kVec + e)) & 1u) != 0; };
   const auto bias = [&](int i, int e) {
-    if constexpr (kFloatMask) return bv[i][e];
+    if constexpr (kFloatMask) return bv[i][e] * kLog2e<float>;
     return 0.f;
   };
 

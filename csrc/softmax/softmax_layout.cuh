@@ -18,7 +18,9 @@ namespace softmax {
 
 using Layout = RowLayout<
     // kCacheElems, row values each thread caches per tensor: two cached tensors of 32 fp32 values
-    // are 64 registers, within the 128 a 512-thread block may use (64 values would not fit).
+    // are 64 registers, within the 128 a 512-thread block may use (64 values would not fit); 16-bit
+    // tensors are cached as stored, two values a register, so that 16-bit kernels fit the 64 of two
+    // blocks per SM (softmax_fwd.cu, softmax_bwd.cu).
     32,
     // kMinThreadsPerRow: down to one thread per row (see above).
     1,

@@ -1,5 +1,5 @@
 """Building and calling the host emulators of the CUDA kernels (tests/attention_emulator,
-tests/norm_emulator): each compiles the real kernel source as C++ for the host, with this
+tests/rowwise_emulator: the norms and softmax): each compiles the real kernel source as C++ for the host, with this
 directory's cta.h as the emulated GPU and params_by_name.h as the calling convention."""
 
 import ctypes
@@ -39,6 +39,39 @@ def compile_emulator(tmp_path_factory, emulator, source):
                     "-I", TESTS, "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(directory, source),
                     "-o", str(lib)], check=True)
     return ctypes.CDLL(str(lib))
+
+
+class Guarded:
+    """A tensor of ``shape`` inside a buffer filled with ``guard`` (NaN: poisons any result read from
+    past the tensor; bool: False), ``offset`` elements past a 16-byte boundary (offset 1: the
+    misaligned paths), GUARD elements of it on both sides: 16-byte multiples for every dtype."""
+
+    GUARD = 64
+
+    def __init__(self, shape, dtype, offset=0, fill=None):
+        numel = 1
+        for n in shape:
+            numel *= n
+        self.guard = False if dtype == torch.bool else float("nan")
+        self.buffer = torch.full((self.GUARD + offset + numel + self.GUARD,), self.guard, dtype=dtype)
+        self.start = self.GUARD + offset
+        self.tensor = self.buffer[self.start:self.start + numel].view(shape)
+        if fill is not None:
+            self.tensor.copy_(fill)
+
+    def check_guards(self, name):
+        outside = torch.cat([self.buffer[:self.start], self.buffer[self.start + self.tensor.numel():]])
+        intact = outside.isnan().all() if self.buffer.is_floating_point() else (outside == self.guard).all()
+        assert intact, f"{name}: written past the tensor"
+
+
+def call(entry, fields, *extra):
+    """An emulator entry point taking (fields, n_fields, *extra) that returns nullptr or why it
+    launched nothing (params_by_name.h's error_or_null): the latter raised as a ValueError."""
+    entry.restype = ctypes.c_char_p
+    error = entry(*marshal(fields, [])[:2], *extra)
+    if error is not None:
+        raise ValueError(f"{entry.__name__}: {error.decode()}")
 
 
 def marshal(fields, inputs):

@@ -1,6 +1,6 @@
 #pragma once
 // The emulated GPU that the host emulators of the CUDA kernels share (tests/attention_emulator,
-// tests/norm_emulator): a grid runs one CTA after another, each on one host thread per GPU thread,
+// tests/rowwise_emulator): a grid runs one CTA after another, each on one host thread per GPU thread,
 // with real barriers for __syncthreads and __syncwarp. Warp shuffles exchange operands through a
 // per-warp buffer between two warp barriers. Global reads can be checked against the tensors the
 // kernel was given; a violation aborts with a message naming the block and thread.

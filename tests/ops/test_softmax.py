@@ -23,20 +23,30 @@ def check(x, backend, dim=-1, scale=None, mask=None, is_causal=False, dtype=None
     assert out.shape == x.shape and out.dtype == (dtype or x.dtype)
     dy = torch.randn_like(out)
     out.backward(dy)
+    compare_with_reference(x, mask, scale, is_causal, dy, out, leaves[0].grad, leaves[1].grad if mask_needs_grad else None,
+                           dim, tol_dtype)
+    return out
+
+
+def compare_with_reference(x, mask, scale, is_causal, dy, out, grad_x, grad_mask, dim=-1, tol_dtype=None):
+    """The output and the gradients of softmax(scale * x + mask) for the output gradient dy, against
+    the float64 reference: grad_mask for a float mask (None for none or bool)."""
+    mask_needs_grad = mask is not None and mask.is_floating_point()
     leaves64 = [x.detach().double().requires_grad_(),
                 mask.detach().double().requires_grad_() if mask_needs_grad else mask]
     out64 = reference.softmax(leaves64[0], dim, scale, leaves64[1], is_causal)
     out64.backward(dy.double())
-    tol_dtype = tol_dtype or (torch.bfloat16 if torch.bfloat16 in (x.dtype, out.dtype) else
-                              torch.float16 if torch.float16 in (x.dtype, out.dtype) else torch.float32)
+    dtypes = (x.dtype, out.dtype, mask.dtype if mask_needs_grad else x.dtype)
+    tol_dtype = tol_dtype or (torch.bfloat16 if torch.bfloat16 in dtypes else
+                              torch.float16 if torch.float16 in dtypes else torch.float32)
     assert_close(out, out64, tol_dtype, "output")
     # dz = y * (dy - sum(y * dy)) is a difference of terms of size |y * dy|: judged against them.
     grad_scale = (out64 * dy.double()).norm().item()
-    assert_close(leaves[0].grad, leaves64[0].grad, tol_dtype, "grad of input", grad_scale * abs(scale or 1.0))
-    assert leaves[0].grad.dtype == x.dtype
+    assert_close(grad_x, leaves64[0].grad, tol_dtype, "grad of input", grad_scale * abs(scale or 1.0))
+    assert grad_x.dtype == x.dtype
     if mask_needs_grad:
-        assert_close(leaves[1].grad, leaves64[1].grad, tol_dtype, "grad of mask", grad_scale)
-    return out
+        assert_close(grad_mask, leaves64[1].grad, tol_dtype, "grad of mask", grad_scale)
+        assert grad_mask.dtype == mask.dtype
 
 
 def logits(*shape, dtype=torch.float32):

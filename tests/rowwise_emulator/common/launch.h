@@ -1,9 +1,11 @@
 #pragma once
 // Host emulation of csrc/common/launch.h: found first on the emulator's include path, it replaces
-// the real header, so the real row-wise kernels and their launch code run on CPU threads, one per
-// GPU thread (tests/cuda_emulator/cta.h). It also models the built-ins those kernels use directly:
-// static __shared__ arrays (one per kernel instance, which every thread of the running CTA sees:
-// CTAs run one at a time), warp shuffles and __syncthreads (cta.h), and rsqrtf.
+// the real header, so the real row-wise kernels (norms: norm.cpp, softmax: softmax.cpp) and their
+// launch code run on CPU threads, one per GPU thread (tests/cuda_emulator/cta.h). It also models the
+// built-ins those kernels use directly: static __shared__ arrays (one per kernel instance, which
+// every thread of the running CTA sees: CTAs run one at a time), warp shuffles and __syncthreads
+// (cta.h), rsqrtf and __fmul_rn. (exp2f, fmaf and fmaxf are the C library's: exp2f within the
+// device's 2 ulp, fmaf and fmaxf exact on both.)
 
 #include <cuda_runtime_api.h>
 
@@ -21,6 +23,8 @@ namespace fasttx {
 
 // The device's rsqrt is approximate (2 ulp); the emulation rounds 1 / sqrt once more than that.
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// A product rounded on its own, never contracted into an fma (ISO C++ mode: -ffp-contract=off).
+inline float __fmul_rn(float a, float b) { return a * b; }
 
 // What resident_blocks reports: sms x blocks per SM of the emulated device, set by the caller
 // (emu_set_resident_blocks) so that tests choose how many rows each persistent block walks.

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional, reference
-from ..functional.attention import cuda_sm90_forward, kernel_limitation
+from ..functional.attention import cuda_sm90_kernels, kernel_limitation
 from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("attention",)
@@ -125,7 +125,7 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                 providers["fasttx triton (pointers)"] = _switched(providers["fasttx triton"], _triton_pointer_path)
             if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
                 providers["fasttx cuda (sm_90a)"] = _switched(providers["fasttx cuda"],
-                                                              lambda: cuda_sm90_forward(True))
+                                                              lambda: cuda_sm90_kernels(True))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
             label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal}
             ref = lambda q, k, v, c=is_causal: reference.scaled_dot_product_attention(q, k, v, is_causal=c)  # noqa: E731

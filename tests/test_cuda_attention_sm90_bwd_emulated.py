@@ -5,7 +5,7 @@ mbarriers and wgmma of tests/attention_emulator/attention/sm90/primitives_sm90.c
 an independent statement of the layouts by tests/test_cuda_attention_sm90_emulated.py). The backward
 runs from the float64 reference's O and lse; dQ, dK and dV are compared with the float64 reference.
 The sm_90a kernels run where the launch code picks them: FASTTX_ATTENTION_SM90=1 (the switch set by
-cuda_sm90_forward) and a supported call; each test asserts which ran (the emulator reports every
+cuda_sm90_kernels) and a supported call; each test asserts which ran (the emulator reports every
 launch). What only a GPU shows is out of
 reach here (see the forward's emulated tests)."""
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fasttx import reference
-from fasttx.functional.attention import cuda_sm90_forward
+from fasttx.functional.attention import cuda_sm90_kernels
 from fasttx.testing import TOLERANCE, rel_error
 
 from .ops.test_attention import gradient_scales
@@ -50,7 +50,7 @@ def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True):
     fields = _fields(True, q, k, v, None, scale, is_causal, 0.0, torch.zeros(1, dtype=torch.int64), o, lse, dout,
                      delta, grads)
     launched = ctypes.c_int(-1)
-    with cuda_sm90_forward(sm90):
+    with cuda_sm90_kernels(sm90):
         error = emulator.emu_attention_bwd_sm90(*marshal(fields, [q, k, v, dout, o, lse, delta]),
                                                 ctypes.byref(launched))
     if error is not None:

@@ -15,7 +15,7 @@ import zlib
 import torch
 
 from .. import functional, reference
-from ..functional.attention import cuda_sm90_forward
+from ..functional.attention import cuda_sm90_kernels
 from ..testing import rel_error
 
 
@@ -113,7 +113,7 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
                                  dropout_p and f"dropout {dropout_p}", sm90 and "sm_90a",
                                  not deterministic and "atomic dQ") if f)
     return OpCase(f"attention {batch}x{heads}x{queries}x{keys} E={head_dim} {_short(dtype)} {flags}".rstrip(),
-                  dtype, make, checked=dropout_p == 0, around=lambda: cuda_sm90_forward(sm90))
+                  dtype, make, checked=dropout_p == 0, around=lambda: cuda_sm90_kernels(sm90))
 
 
 def _short(dtype):

@@ -37,15 +37,15 @@ def cuda_head_dims():
     return _attention_kernels.HEAD_DIMS if built is None else built
 
 
-# The switch of the CUDA sm_90a kernels, the forward and the backward's dK/dV kernel
+# The switch of the CUDA sm_90a kernels, the forward and the backward's dK/dV and dQ kernels
 # (csrc/attention/sm90/attention_sm90.h), read by the extension at each call: off until a GPU run has
-# validated them. The context manager keeps its first name, cuda_sm90_forward, though it switches both.
+# validated them.
 SM90_SWITCH = "FASTTX_ATTENTION_SM90"
 
 
 @contextlib.contextmanager
-def cuda_sm90_forward(enabled: bool):
-    """Runs the block with the CUDA sm_90a kernels (forward, backward dK/dV) switched on or off (the
+def cuda_sm90_kernels(enabled: bool):
+    """Runs the block with the CUDA sm_90a kernels (forward; backward dK/dV and dQ) switched on or off (the
     environment variable SM90_SWITCH set to "1" or unset), restoring what was there before."""
     before = os.environ.pop(SM90_SWITCH, None)
     if enabled:

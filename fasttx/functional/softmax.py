@@ -74,6 +74,10 @@ def softmax(input, dim=-1, *, scale=None, mask=None, is_causal=False, dtype=None
     dim, last = dim % x.dim(), x.dim() - 1
     x = x.movedim(dim, last)
     mask = None if mask is None else mask.movedim(dim, last)
+    if mask is not None and mask.is_floating_point() and mask.dtype not in backends.KERNEL_DTYPES:
+        # A dtype no kernel reads (float64): converted once, unexpanded; autograd carries its gradient
+        # back through the conversion, in the mask's own dtype.
+        mask = mask.float()
     x4, mask4 = _as_4d(x, mask)
     y = _ops.op("softmax", "fwd", chosen)(x4, mask4, scale, is_causal, dtype or input.dtype)
     return y.reshape(x.shape).movedim(last, dim).reshape(input.shape)

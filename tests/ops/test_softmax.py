@@ -68,7 +68,8 @@ def test_long_row_online_kernel(backend, dtype):
     check(logits(2, LONG_ROW, dtype=dtype), backend, scale=0.125)
 
 
-@pytest.mark.parametrize("kind", ["bool_key_padding", "bool_2d", "float_2d_with_-inf", "float_full", "bool_full"])
+@pytest.mark.parametrize("kind", ["bool_key_padding", "bool_2d", "float_2d_with_-inf", "float_full", "bool_full",
+                                  "float64_2d"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_masks(backend, dtype, kind):
@@ -85,6 +86,8 @@ def test_masks(backend, dtype, kind):
         mask[2] = float("-inf")  # one fully -inf row: 0, not NaN
     elif kind == "float_full":
         mask = torch.randn(batch, heads, queries, keys, device=DEVICE)
+    elif kind == "float64_2d":  # a dtype no kernel reads: converted, and its gradient comes back in float64
+        mask = torch.randn(queries, keys, device=DEVICE, dtype=torch.float64)
     else:
         mask = torch.rand(batch, heads, queries, keys, device=DEVICE) > 0.5
     out = check(x, backend, scale=0.3, mask=mask)

@@ -20,6 +20,11 @@ gpu-check's targets judge "fasttx triton", the deterministic default.
 forward and backward): what they ran before TMA descriptors, and still run elsewhere, beside "fasttx
 triton" (TMA on sm_90) in the same run, to measure what the descriptors change.
 
+"fasttx triton (P V in step)", on sm_90 devices, is the Triton forward with its previous loop schedule
+(FASTTX_TRITON_DEFER_PV=0: each key block's P V after its own softmax, no product in flight under the
+softmax; attention_fwd.py's docstring, "Schedule"), to measure what the deferred P V changes; its
+backward is the default's (the switch is set around the forward call only).
+
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
 forward (csrc/attention/sm90; head dim 128, no mask) where "fasttx cuda" runs the sm_80 one, which
 stays the default until a GPU run has validated the new kernel. Its backward is the sm_80 one: the
@@ -127,6 +132,19 @@ def _pointer_path(fn):
     return run
 
 
+def _pv_in_step(fn):
+    """fn with the Triton attention forward on its previous schedule (DEFER_PV off), the setting restored."""
+    from ..triton_kernels import attention_fwd
+
+    def run(q, k, v):
+        before = attention_fwd.set_defer_pv(False)
+        try:
+            return fn(q, k, v)
+        finally:
+            attention_fwd.set_defer_pv(before)
+    return run
+
+
 def cases(op, dtype, device_type, shapes, fasttx_backends):
     for seq, heads, head_dim in shapes:
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 1
@@ -148,6 +166,7 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
             if "fasttx triton" in providers and device_type == "cuda" and \
                     torch.cuda.get_device_capability(q.device)[0] == 9:
                 providers["fasttx triton (pointers)"] = _pointer_path(providers["fasttx triton"])
+                providers["fasttx triton (P V in step)"] = _pv_in_step(providers["fasttx triton"])
             if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
                 providers["fasttx cuda (sm_90a)"] = _sm90_switched_on(providers["fasttx cuda"])
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)

@@ -20,11 +20,16 @@ gpu-check's targets judge "fasttx triton", the deterministic default.
 (FASTTX_TRITON_TMA=0): what they ran before TMA descriptors, and still run elsewhere, beside "fasttx
 triton" (TMA on sm_90) in the same run, to measure what the descriptors change.
 
+"fasttx triton (P V in step)", on sm_90 devices, is the Triton forward with its previous loop schedule
+(FASTTX_TRITON_DEFER_PV=0: each key block's P V after its own softmax, no product in flight under the
+softmax; attention_fwd.py's docstring, "Schedule"), to measure what the deferred P V changes; its
+backward is the default's (the schedule is the forward's only).
+
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
 kernels (csrc/attention/sm90; head dim 128; masks and dropout in the forward only) where "fasttx
 cuda" runs the sm_80 ones, which stay the default until a GPU run has validated the new kernels.
 
-Both switches are set around the provider's checking and every timed pass (common.around), so its
+These switches are set around the provider's checking and every timed pass (common.around), so its
 backward, which autograd runs outside the forward call, sees them too.
 """
 
@@ -102,6 +107,12 @@ def _triton_pointer_path():
     return attention_common.tma_mode("0")
 
 
+def _triton_pv_in_step():
+    from ..triton_kernels import attention_fwd  # Triton only where its kernels run
+
+    return attention_fwd.defer_pv(False)
+
+
 def cases(op, dtype, device_type, shapes, fasttx_backends):
     for seq, heads, head_dim in shapes:
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 1
@@ -123,6 +134,7 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
             if "fasttx triton" in providers and device_type == "cuda" and \
                     torch.cuda.get_device_capability(q.device)[0] == 9:
                 providers["fasttx triton (pointers)"] = _switched(providers["fasttx triton"], _triton_pointer_path)
+                providers["fasttx triton (P V in step)"] = _switched(providers["fasttx triton"], _triton_pv_in_step)
             if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
                 providers["fasttx cuda (sm_90a)"] = _switched(providers["fasttx cuda"],
                                                               lambda: cuda_sm90_kernels(True))

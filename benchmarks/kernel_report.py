@@ -287,8 +287,10 @@ def attention_entries(preset):
                 (wrong or {}).get((kind, dtype.itemsize == 4), ()))
             block_m, block_n, warps, stages = admitted[0]
             args = variant_args(name.removeprefix("attn_"), block_m, block_n, head_dim, dtype, mask_dtype, causal,
-                                0.0, tma)
+                                0.0, tma, warps)
             config = dict(BLOCK_M=block_m, BLOCK_N=block_n)
+            if "DEFER_FITS" in args:  # the forward's schedule (attention_fwd.defer_pv_fits)
+                config["DEFER_FITS"] = args["DEFER_FITS"]
             yield ("attention", name, case, config, fn, warps, stages, args)
         sm90_path = tma == (dtype in attention_common.TMA_DTYPES)  # not the pointer-path comparison
         if mask_dtype is None and not causal and sm90_path:  # rowsum(dO * O): one per head dim and dtype

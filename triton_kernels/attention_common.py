@@ -96,12 +96,13 @@ def program_block(n, BLOCK: tl.constexpr):
 # A space maps (max head dim, fp32) to [(BLOCK_M, BLOCK_N, num_warps, num_stages)]; the first key that
 # fits the call's head dims and dtype class is used. Each kernel file documents how its lists were chosen.
 # The autotuner times each config kept for the call once per key: head dims, causal, mask kind, dropout,
-# precision, TMA or pointers, the sequence-length buckets, q's element size and (added by the autotuner)
-# the dtypes of the tensors passed as such, mask included. The interpreter runs one fixed config: 16 is
+# precision, TMA or pointers, the forward's schedule (DEFER_PV: the autotuner skips key names a kernel
+# lacks), the sequence-length buckets, q's element size and (added by the autotuner) the dtypes of the
+# tensors passed as such, mask included. The interpreter runs one fixed config: 16 is
 # tl.dot's smallest size, and small blocks give short test sequences several blocks, exercising the loop
 # boundaries.
 
-TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "TMA", "seq_buckets",
+TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "TMA", "DEFER_PV", "seq_buckets",
               "dtype_bytes"]
 # Shared memory per block where the device cannot be asked (the interpreter, prune tests): H100 / H200.
 DEFAULT_SHARED_MEMORY = 227 * 1024
@@ -147,9 +148,9 @@ def shared_memory_limit(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
 
 
-def _config(block_m, block_n, num_warps, num_stages):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=num_warps, num_stages=num_stages,
-                         pre_hook=set_block_shapes)
+def _config(block_m, block_n, num_warps, num_stages, **meta):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, **meta}, num_warps=num_warps,
+                         num_stages=num_stages, pre_hook=set_block_shapes)
 
 
 def keep_tile_bytes(block_m, block_n, has_dropout):
@@ -186,10 +187,11 @@ def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_byt
     return fitting_configs([c for c in space[key] if c not in wrong], model, limit)
 
 
-def attention_autotune(space, shared_memory, wrong=None):
+def attention_autotune(space, shared_memory, wrong=None, meta=None):
     """triton.autotune over the configs of ``space`` that space_configs keeps for the call. ``wrong``:
     {(MASK_KIND, fp32): configs} that compile and launch but compute wrong results for such calls
-    (each kernel file gives the measurements); they are never kept for them."""
+    (each kernel file gives the measurements); they are never kept for them. ``meta(config, args)``: more
+    constexprs of a config for the call (dict; the forward's DEFER_FITS), not under the interpreter."""
     if _INTERPRET:  # one config: the key is never read
         return triton.autotune(configs=[_config(16, 16, 1, 1)], key=TUNING_KEY)
     configs = {c: _config(*c) for shapes in space.values() for c in shapes}
@@ -201,6 +203,8 @@ def attention_autotune(space, shared_memory, wrong=None):
         kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
                              0 if mask is None else mask.element_size(), shared_memory_limit(q.device),
                              wrong.get((args["MASK_KIND"], q.element_size() == 4), ()), args["HAS_DROPOUT"])
+        if meta is not None:
+            return [_config(*c, **meta(c, args)) for c in (kept if _AUTOTUNE else kept[:1])]
         return [configs[c] if c in configs else _config(*c) for c in (kept if _AUTOTUNE else kept[:1])]
 
     return triton.autotune(configs=list(configs.values()), key=TUNING_KEY,

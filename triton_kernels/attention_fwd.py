@@ -53,6 +53,20 @@ and the last, partial key block apply element-wise causal and key-bound checks (
 over the key blocks, see attention_common.score_block); the others are scored unmasked. The key bound
 matters here: a padding key, loaded as 0, would score 0 and count in l.
 
+Schedule (constexpr DEFER_PV; on where defer_pv_fits admits the config). Key block j's step issues
+Q K_j^T, waits for it, then issues the P V of block j - 1 (its P and rescale carried from the step
+before) and computes block j's softmax while that product is in flight; the last block's P V follows
+the loop. On Hopper, Triton keeps
+a wgmma in flight past the loop's back edge only if nothing but another wgmma's accumulator reads its
+result before the first full wait (wait_group 0) of the next step: here that wait is Q K_{j+1}^T's, and
+the P V result is read (rescaled) only after it. Compiled for sm_90a (Triton 3.6 and 3.8), the SASS has
+all of a step's MUFU.EX2 between the P V's HGMMA and the next WARPGROUP.DEPBAR; in the previous schedule
+(DEFER_PV off: P V in its own block's step, after the softmax) the softmax ran with no wgmma in flight.
+The cost is one more fp32 score tile held across the step (registers: benchmarks/notes/attention.md).
+Issuing Q K_{j+1}^T ahead of block j's softmax instead does not overlap: Triton waits for it at once,
+since its result is read by the next step's softmax. FASTTX_TRITON_DEFER_PV=0 (or defer_pv(False)) runs
+the previous schedule, to compare the two on one GPU.
+
 Precision. Scores, softmax statistics and accumulators are fp32; P is rounded to the input dtype for the
 P V product (as FlashAttention). fp32 inputs follow torch's float32 matmul precision: at its default,
 "highest", the products use input_precision="tf32x3" (each operand split into TF32 hi + lo parts, three
@@ -60,6 +74,9 @@ tensor-core MMAs): relative errors ~1e-6, as IEEE fp32; at "high" / "medium", pl
 throughput and ~1e-3 relative errors, as fp16. "ieee" is never used: Triton 3.6 lowers it for sm_90 to
 CUDA-core FMAs (67 TFLOPS on H100 SXM against 495 dense TF32), whose layouts spill beyond 64 x 32 tiles.
 """
+
+import contextlib
+import os
 
 import torch
 import triton
@@ -100,6 +117,19 @@ FWD_SPACE = {
 FWD_WRONG = {("float", True): [(64, 32, 4, 3)]}
 
 
+def defer_pv_fits(config, args):
+    """{"DEFER_FITS": whether the deferred P V (module docstring, "Schedule") is compiled for ``config``
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) in a launch with ``args``}. It holds one more fp32 score
+    tile across the step: compiled for sm_90a (Triton 3.8), it spills where the fp32 elements a thread
+    holds of the two score tiles and the accumulator, BLOCK_M (2 BLOCK_N + BLOCK_EV) / (32 num_warps),
+    exceed 128 (head dim 64, (128, 64, 4, 3), with a mask: 416-572 bytes; without one on the pointer
+    path: 40-48), with dropout (Philox's state beside it: 4-88 bytes at head dims 128, bool or float
+    mask), and in fp32 (tf32x3 operand splits: 550-920 bytes at head dim 128); none of those do."""
+    block_m, block_n, num_warps, _ = config
+    fits = block_m * (2 * block_n + args["BLOCK_EV"]) <= 128 * 32 * num_warps
+    return {"DEFER_FITS": fits and not args["HAS_DROPOUT"] and args["dtype_bytes"] != 4}
+
+
 def fwd_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
     """Bytes of shared memory the forward kernel takes, as Triton 3.8 allocates it for sm_90a (checked by
     compiling the configs, tests/ops/compile_attention.py): the q tile, num_stages copies of the k and v
@@ -119,18 +149,32 @@ def _reciprocal(s):
 
 
 @triton.jit
+def _add_pv(acc, p, alpha, tile, start_n, strides, sizes, EV: tl.constexpr, PRECISION: tl.constexpr,
+            TMA: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_EV: tl.constexpr):
+    """acc * alpha + P V for the fp32 probabilities ``p`` of the keys from start_n (P rounded to V's dtype)."""
+    v = load_v(tile, start_n, strides, sizes, EV, TMA, BLOCK_N, BLOCK_EV)
+    return tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+
+
+@triton.jit
 def _fwd_blocks(
     acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
     IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr,
 ):
     """Online-softmax update of (acc, l_i, m_i) with the key blocks starting before ``end``; those from
-    ``full_end`` on are checked (key_blocks, score_block)."""
+    ``full_end`` on are checked (key_blocks, score_block). DEFER_PV: the module docstring's "Schedule"."""
     rng_row, S = tile[5], sizes[3]
+    # DEFER_PV carries block j - 1's P and rescale to block j; block "-1" adds 0 x block 0's V (loaded twice).
+    p_prev = tl.zeros((rows.shape[0], BLOCK_N), dtype=tl.float32)
+    alpha_prev = tl.full((rows.shape[0],), 1.0, dtype=tl.float32)
     for start_n in range(0, end, BLOCK_N):
         x, x_scale, _ = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E, EV,
                                     BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION, TMA, BLOCK_N)
+        if DEFER_PV:  # issued after Q K^T's wait, in flight through this block's softmax
+            acc = _add_pv(acc, p_prev, alpha_prev, tile, tl.maximum(start_n - BLOCK_N, 0), strides, sizes, EV,
+                          PRECISION, TMA, BLOCK_N, BLOCK_EV)
         # The logits are x * x_scale with x_scale > 0: their row max is x's, scaled once per row.
         m_new = tl.maximum(m_i, tl.max(x, axis=1) * x_scale)
         # 0 while the row has nothing kept: -inf logits then give 2^-inf = 0, not NaN.
@@ -140,9 +184,14 @@ def _fwd_blocks(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if HAS_DROPOUT:  # after the sum: lse is that of the undropped probabilities
             p = tl.where(dropout_keep(seed, rng_row, rows, start_n, S, dropout_p, BLOCK_N), p, 0.0)
-        v = load_v(tile, start_n, strides, sizes, EV, TMA, BLOCK_N, BLOCK_EV)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        if DEFER_PV:
+            p_prev, alpha_prev = p, alpha
+        else:
+            acc = _add_pv(acc, p, alpha, tile, start_n, strides, sizes, EV, PRECISION, TMA, BLOCK_N, BLOCK_EV)
         m_i = m_new
+    if DEFER_PV:  # the last block's P V
+        acc = _add_pv(acc, p_prev, alpha_prev, tile, (end - 1) // BLOCK_N * BLOCK_N, strides, sizes, EV, PRECISION,
+                      TMA, BLOCK_N, BLOCK_EV)
     return acc, l_i, m_i
 
 
@@ -153,7 +202,8 @@ def _attn_fwd_kernel(
     LSE,  # (B, H, L) fp32 log-sum-exp of the masked scores (natural log; +inf for fully masked rows)
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr = True,
+    DEFER_FITS: tl.constexpr = True,
 ):
     start_m, head, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
                                                           SCALE_SIGN, HAS_DROPOUT, TMA, BLOCK_M, BLOCK_N)
@@ -167,7 +217,7 @@ def _attn_fwd_kernel(
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes,
                                 scale_log2, dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-                                HAS_DROPOUT, PRECISION, TMA, BLOCK_N)
+                                HAS_DROPOUT, PRECISION, TMA, BLOCK_N, DEFER_PV and DEFER_FITS)
 
     inv_l = _reciprocal(l_i)
     if HAS_DROPOUT:
@@ -202,8 +252,25 @@ def _dropout_keep_kernel(
 
 # ---- launchers ---------------------------------------------------------------------------------
 
-FWD_TUNING = (FWD_SPACE, fwd_shared_memory, FWD_WRONG)  # attention_autotune's arguments
-_attn_fwd = attention_autotune(*FWD_TUNING)(_attn_fwd_kernel)
+FWD_TUNING = (FWD_SPACE, fwd_shared_memory, FWD_WRONG)  # attention_autotune's arguments (and defer_pv_fits)
+# The loop's schedule (module docstring, "Schedule"): FASTTX_TRITON_DEFER_PV=0 runs the previous one, P V in
+# the step of its own block, to compare the two on one GPU (the bench's "fasttx triton (P V in step)").
+_DEFER_PV = os.environ.get("FASTTX_TRITON_DEFER_PV", "1") != "0"
+
+
+@contextlib.contextmanager
+def defer_pv(on: bool):
+    """Runs the block's forward launches with the schedule DEFER_PV ``on`` or off, then restores the one
+    before (the bench's "fasttx triton (P V in step)")."""
+    global _DEFER_PV
+    previous, _DEFER_PV = _DEFER_PV, bool(on)
+    try:
+        yield
+    finally:
+        _DEFER_PV = previous
+
+
+_attn_fwd = attention_autotune(*FWD_TUNING, meta=defer_pv_fits)(_attn_fwd_kernel)
 _DROPOUT_BLOCK = (16, 64)  # keep-mask rows and keys per program of the test helper
 
 
@@ -221,7 +288,7 @@ def attention_fwd(q, k, v, mask, scale: float, is_causal: bool, dropout_p: float
     B, H, L, _ = q.shape
     lse = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
     if o.numel() > 0:
-        _attn_fwd[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](LSE=lse, **args)
+        _attn_fwd[lambda meta: launch_grid(L, meta["BLOCK_M"], B * H)](LSE=lse, DEFER_PV=_DEFER_PV, **args)
     return o, lse
 
 

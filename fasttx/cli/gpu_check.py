@@ -78,7 +78,9 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # triton", "fasttx triton (deterministic=False)": the opt-in 5-product backward (atomic dQ), measured
 # at the same shapes against the default (benchmarks/attention.py; one provider more of ~8), and on
 # sm_90 "fasttx triton (pointers)": the kernels without TMA descriptors, forward and backward, against
-# the default's TMA path (benchmarks/notes/attention.md, item 3's prediction; one more provider).
+# the default's TMA path (benchmarks/notes/attention.md, item 3's prediction; one more provider), and
+# "fasttx triton (P V in step)": the forward's previous schedule against the default's deferred P V
+# (item 1, step two's prediction; one more provider).
 HEADLINE = {
     "layer_norm": ("16384x4096,8192x8192", "4x64", 1.5),
     "rms_norm": ("16384x4096,8192x8192", "4x64", 1.5),

@@ -88,9 +88,10 @@ def compile_kernel(fn, num_warps, num_stages, **kwargs):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options)
 
 
-def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dropout_p, tma=False):
+def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dropout_p, tma=False, num_warps=None):
     """A launch's arguments of kernel ``name`` at B, H, L = 2, 4, 1024, its tensors passed as TMA descriptors
-    where ``tma`` (the launchers' choice on sm_90), with the block shapes of the config."""
+    where ``tma`` (the launchers' choice on sm_90), with the block shapes of the config; for the forward
+    with ``num_warps``, also the config's DEFER_FITS as the launcher's autotuner sets it (defer_pv_fits)."""
     B, H, L = 2, 4, 1024
     q = torch.empty(B, H, L, head_dim, dtype=dtype)
     mask = None if mask_dtype is None else torch.empty(B, 1, L, L, dtype=mask_dtype)
@@ -101,6 +102,8 @@ def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dr
                 BLOCK_M=block_m, BLOCK_N=block_n)
     set_block_shapes(args)
     if name == "fwd":
+        if num_warps is not None:
+            args.update(attention_fwd.defer_pv_fits((block_m, block_n, num_warps, None), args))
         return dict(args, LSE=lse)
     grads = dict(args, LSE=lse, Delta=lse, do_strides=q.stride()[:3], scale=0.125)
     if name == "bwd_kv":
@@ -131,7 +134,7 @@ def check_ptxas():
     for name, head_dim, dtype, causal, tma in PTXAS_CHECKS:
         block_m, block_n, num_warps, num_stages = first_config(name, head_dim, dtype)
         log = ptxas_log(KERNELS[name][0], num_warps, num_stages,
-                        **variant_args(name, block_m, block_n, head_dim, dtype, None, causal, 0.0, tma))
+                        **variant_args(name, block_m, block_n, head_dim, dtype, None, causal, 0.0, tma, num_warps))
         print(json.dumps(dict(kernel=name, config=[block_m, block_n, num_warps, num_stages], head_dim=head_dim,
                               dtype=str(dtype), causal=causal, tma=tma,
                               registers=re.findall(r"Used (\d+) registers", log),
@@ -144,7 +147,8 @@ def main():
     for name, (block_m, block_n, num_warps, num_stages), head_dim, dtype, mask_dtype, causal, p, tma in VARIANTS:
         fn, model = KERNELS[name]
         kernel = compile_kernel(fn, num_warps, num_stages,
-                                **variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p, tma))
+                                **variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p, tma,
+                                               num_warps))
         mask_bytes = 0 if mask_dtype is None else mask_dtype.itemsize
         modelled = (model(block_m, block_n, num_stages, head_dim, head_dim, dtype.itemsize, mask_bytes)
                     + keep_tile_bytes(block_m, block_n, p > 0) + tma_barrier_bytes(num_stages))

@@ -168,6 +168,49 @@ def test_scale_of_any_sign(backend, scale, kind):
     assert out is None or torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("case", ["one block", "causal", "bool_key_padding", "float_full_with_-inf", "gqa",
+                                  "dropout"])
+@pytest.mark.parametrize("defer_pv", [True, False], ids=["deferred P V", "P V in step"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "triton"])
+def test_forward_schedules(backend, defer_pv, case, monkeypatch):
+    """Both schedules of the Triton forward's loop (attention_fwd.py, "Schedule"; the other tests run the
+    default): the deferred P V carries a block's P to the next step and adds the last one after the loop,
+    so one key block (the loop's first step is its last), partial blocks, masks, GQA and dropout must all
+    agree. (On a GPU, defer_pv_fits keeps dropout on the previous schedule; the interpreter runs both.)"""
+    from fasttx.triton_kernels import attention_fwd
+
+    monkeypatch.setattr(attention_fwd, "_DEFER_PV", defer_pv)
+    keys = 9 if case == "one block" else 45
+    q, k, v = attention_inputs(2, 4, 2 if case == "gqa" else 4, 12, keys, 16, dtype=torch.float32)
+    kw = {"is_causal": True} if case == "causal" else {"enable_gqa": True} if case == "gqa" else {}
+    if case in MASKS:
+        kw["attn_mask"] = make_mask(case, 2, 4, 12, keys)
+    if case == "dropout":  # the keep mask of the seed the op draws after manual_seed(7), as test_dropout
+        from fasttx.triton_kernels.attention import dropout_keep_mask
+
+        kw["dy"] = torch.randn(2, 4, 12, 16, device=DEVICE)  # drawn before the seed
+        torch.manual_seed(7)
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE))
+        kw.update(dropout_p=0.2, dropout_mask=dropout_keep_mask(seed, 2, 4, 12, keys, 0.2, q.device))
+        torch.manual_seed(7)
+    out = check(q, k, v, backend, **kw)
+    assert torch.isfinite(out).all()
+
+
+def test_bench_previous_schedule_provider():
+    """The bench's "fasttx triton (P V in step)" runs the forward with DEFER_PV off and restores it."""
+    pytest.importorskip("triton")
+    from fasttx.benchmarks import common
+    from fasttx.benchmarks.attention import _switched, _triton_pv_in_step
+    from fasttx.triton_kernels import attention_fwd
+
+    before, seen = attention_fwd._DEFER_PV, []
+    provider = _switched(lambda *t: seen.append(attention_fwd._DEFER_PV) or t[0], _triton_pv_in_step)
+    with common.around(provider):
+        out = provider(1, 2, 3)
+    assert out == 1 and seen == [False] and attention_fwd._DEFER_PV == before
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fully_masked_rows_give_zero_output_and_gradients(backend):
     dtype, head_dim = smallest_case(backend)

@@ -132,8 +132,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
       for (int c = 0; c < 2; ++c) {
         const int i = m0 + qt * 8 + 2 * t + c;
         // Padding queries: lse = +inf, hence P = 0.
-        lse2[qt][c] = i < p.queries ? p.lse[bh * p.queries + i] * kLog2e<float> : INFINITY;
-        delta[qt][c] = i < p.queries ? p.delta[bh * p.queries + i] : 0.f;
+        row_stats(p, bh, i, lse2[qt][c], delta[qt][c]);
       }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -239,8 +238,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = row0 + 8 * r;
-    lse2[r] = i < p.queries ? p.lse[bh * p.queries + i] * kLog2e<float> : INFINITY;  // padding rows: P = 0
-    delta[r] = i < p.queries ? p.delta[bh * p.queries + i] : 0.f;
+    row_stats(p, bh, i, lse2[r], delta[r]);
   }
   float dq[kDTiles][4] = {};
   T* sQw = sQ + warp * 16 * kPitch;

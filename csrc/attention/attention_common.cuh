@@ -324,6 +324,13 @@ __device__ __forceinline__ void store_rows(T* dst, int rows, const float (&acc)[
   }
 }
 
+// Query row i's statistics for the backward: the forward's lse in base 2 (+inf past L, so that P = 0
+// there) and D = rowsum(dO O) (0 past L); bh = b H + h.
+__device__ __forceinline__ void row_stats(const AttentionBwdParams& p, int64_t bh, int i, float& lse2, float& delta) {
+  lse2 = i < p.queries ? p.lse[bh * p.queries + i] * kLog2e<float> : INFINITY;
+  delta = i < p.queries ? p.delta[bh * p.queries + i] : 0.f;
+}
+
 // Max (or sum) over the 4 lanes of a quad, which share the rows of a C fragment.
 __device__ __forceinline__ float quad_max(float v) {
   v = fmaxf(v, shfl_xor(v, 1));

@@ -16,11 +16,7 @@ bool attention_bwd_kv_sm90_run(const AttentionBwdParams& p, cudaStream_t stream)
   Sm90BwdParams params{};
   params.p = p;
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  constexpr int E = C::kHeadDim;
-  if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, C::kBlockM) ||
-      !encode_bhle(&params.do_map, p.dout, bf16, E, p.batch, p.heads, p.queries, p.dout_strides, C::kBlockM) ||
-      !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, C::kBlockN) ||
-      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, C::kBlockN)) {
+  if (!encode_bwd_maps(&params, p, bf16, C::kHeadDim, C::kBlockM, C::kBlockN)) {
     return false;
   }
   launch(kernel, dim3((p.keys + C::kBlockN - 1) / C::kBlockN, p.kv_heads, p.batch), C::kThreads, C::kSmemBytes, stream,

@@ -130,8 +130,7 @@ __device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& 
     float* delta = reinterpret_cast<float*>(base + C::kDeltaOffset + stage * C::kRowBytes);
     for (int r = lane; r < C::kBlockM; r += C::kRowLoaders) {
       const int i = walk.row(step) + r;
-      lse2[r] = i < p.queries ? p.lse[bh * p.queries + i] * kLog2e<float> : INFINITY;
-      delta[r] = i < p.queries ? p.delta[bh * p.queries + i] : 0.f;
+      row_stats(p, bh, i, lse2[r], delta[r]);
     }
     mbar_arrive(bar.q_full + stage);  // releases the stores above to the consumers' wait
   }

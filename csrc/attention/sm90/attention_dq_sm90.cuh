@@ -122,8 +122,7 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = row0 + 8 * r;
-    lse2[r] = i < p.queries ? p.lse[bh * p.queries + i] * kLog2e<float> : INFINITY;  // padding rows: P = 0
-    delta[r] = i < p.queries ? p.delta[bh * p.queries + i] : 0.f;
+    row_stats(p, bh, i, lse2[r], delta[r]);
   }
   const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
   const uint32_t do_rows = smem_addr(base + C::kDoOffset) + 64 * wg * kSwizzleBytes;

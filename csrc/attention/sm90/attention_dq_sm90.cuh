@@ -193,8 +193,7 @@ __global__ void __launch_bounds__(Sm90Dq::kThreads, 1)
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using C = Sm90Dq;
   extern __shared__ __align__(16) unsigned char smem[];
-  // The swizzle pattern is a function of the shared address: tiles start on 1024-byte boundaries.
-  unsigned char* base = smem + (kSwizzleAtomBytes - smem_addr(smem) % kSwizzleAtomBytes) % kSwizzleAtomBytes;
+  unsigned char* base = smem + swizzle_pad(smem_addr(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
   const Sm90DqBarriers bar{bars, bars + 1, bars + 1 + C::kStages};
   const int m0 = blockIdx.x * C::kBlockM;

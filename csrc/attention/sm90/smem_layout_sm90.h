@@ -31,6 +31,15 @@ constexpr int kSwizzleBytes = 128;     // one swizzled row
 constexpr int kSwizzleAtomBytes = 1024;  // 8 rows: the period of the XOR pattern
 constexpr uint64_t kDescSwizzle128B = 1;
 
+// Bytes from shared address `addr` to the next 1024-byte boundary (0 on one): the swizzle pattern is a
+// function of the shared address, so each kernel's tiles start there, past this padding.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+constexpr uint32_t swizzle_pad(uint32_t addr) {
+  return (kSwizzleAtomBytes - addr % kSwizzleAtomBytes) % kSwizzleAtomBytes;
+}
+
 // Descriptor of a 128B-swizzled operand at shared address `addr` (16-byte aligned), LBO and SBO in bytes.
 #if defined(__CUDACC__)
 __host__ __device__

@@ -1,11 +1,12 @@
 #pragma once
 // What the two sm_90a backward kernels (attention_bwd_sm90.cuh: dK / dV, attention_dq_sm90.cuh: dQ)
-// share: their parameters, the 64 x 64 score products, the register-A gradient product and the
-// epilogue that stores a wgmma D fragment. Tiles are 128B-swizzled as the forward's
+// share: their parameters and host-side launch, the 64 x 64 score products, the register-A gradient
+// product and the epilogue that stores a wgmma D fragment. Tiles are 128B-swizzled as the forward's
 // (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks of R rows x 64 columns.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
+#include "attention/sm90/tensor_map_sm90.cuh"
 
 namespace fasttx {
 namespace attn {
@@ -18,6 +19,26 @@ struct Sm90BwdParams {
   CUtensorMap q_map, do_map, k_map, v_map;
   AttentionBwdParams p;
 };
+
+// Host side of both backward kernels: `kernel` (of config C, element type T) on `grid`, with q and dout
+// mapped in boxes of C::kBlockM rows, k and v of C::kBlockN. False where this device has no sm_90a
+// code of it or the driver refuses a map: the caller runs the sm_80 kernel instead.
+template <typename C, typename T, typename Kernel>
+bool launch_bwd_sm90(Kernel kernel, const AttentionBwdParams& p, dim3 grid, cudaStream_t stream) {
+  if (!runs_sm90a(kernel)) return false;
+  Sm90BwdParams params{};
+  params.p = p;
+  const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  constexpr int E = C::kHeadDim;
+  if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, C::kBlockM) ||
+      !encode_bhle(&params.do_map, p.dout, bf16, E, p.batch, p.heads, p.queries, p.dout_strides, C::kBlockM) ||
+      !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, C::kBlockN) ||
+      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, C::kBlockN)) {
+    return false;
+  }
+  launch(kernel, grid, C::kThreads, C::kSmemBytes, stream, params);
+  return true;
+}
 
 // d (64 x 64) = A B^T over the head dim, A: this warpgroup's 64 rows at `a_rows` inside a tile of
 // kARows rows, B: the 64 rows at `b_rows` inside a tile of kBRows rows; issued and committed as one

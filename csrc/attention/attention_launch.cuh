@@ -5,8 +5,8 @@
 
 #include "attention/attention_bwd_kernel.cuh"
 #include "attention/attention_fwd_kernel.cuh"
+#include "attention/kernel_switch.h"
 #include "attention/sm90/attention_sm90.h"
-#include "common/static_switch.h"
 
 namespace fasttx {
 namespace attn {
@@ -40,23 +40,6 @@ void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
            dim3((p.queries + kBlockM - 1) / kBlockM, p.heads, p.batch), kThreads, bwd_q_smem_bytes<T, kHeadDim>(), stream,
            p);
   }
-}
-
-}  // namespace attn
-
-namespace attn {
-
-// run.template operator()<T, kCausal, kMask, kDropout>() for the dtype, causal flag, mask presence
-// and dropout of p.
-template <typename Run>
-void kernel_switch(const AttentionParams& p, Run run) {
-  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
-    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] {
-      FASTTX_BOOL_SWITCH(p.mask_kind != MaskKind::kNone, kMask, [&] {
-        FASTTX_BOOL_SWITCH(p.dropout_p > 0.f, kDropout, [&] { run.template operator()<T, kCausal, kMask, kDropout>(); });
-      });
-    });
-  });
 }
 
 }  // namespace attn

@@ -1,9 +1,9 @@
 """The sm_90a attention kernels (csrc/attention/sm90) on a GPU: with FASTTX_ATTENTION_SM90=1 (their switch
-until a GPU run validates them; every test here sets it), backend="cuda" at head dim 128 without mask or
-dropout takes the sm_90a forward and, in the backward, the sm_90a dK/dV and dQ kernels (after the sm_80
-D kernel) on sm_90 devices; with a mask or dropout, the sm_90a forward and the sm_80 backward
-(attention_launch.cpp, attention_launch.cuh); output and gradients against the float64 reference (with
-dropout, with the Triton kernels' keep mask, which the sm_90a forward must draw bit for bit). Elsewhere
+until a GPU run validates them; every test here sets it), backend="cuda" at head dim 128 takes the sm_90a
+forward and, in the backward, the sm_90a dK/dV and dQ kernels (after the sm_80 D kernel) on sm_90
+devices, with or without a mask or dropout (attention_launch.cpp, attention_launch.cuh); output and
+gradients against the float64 reference (with dropout, with the Triton kernels' keep mask, which the
+sm_90a forward and backward must draw bit for bit). Elsewhere
 the same calls run the sm_80 kernels, so the tests still hold; on an
 sm_90 device the profiler shows which kernels ran. On the CPU machine the CPU checks are
 tests/test_cuda_attention_sm90_emulated.py and tests/test_cuda_attention_sm90_bwd_emulated.py."""
@@ -56,6 +56,10 @@ def _mask(kind, batch, heads, queries, keys, dtype):
     elif kind == "bool_full":
         mask = torch.rand(batch, heads, queries, keys, device=DEVICE) > 0.5
         mask[-1, -1, 5] = False
+    elif kind == "float_key_padding":  # (B, 1, 1, S) in the inputs' dtype, batch 0 fully masked
+        mask = torch.randn(batch, 1, 1, keys, device=DEVICE).to(dtype)
+        mask[..., torch.rand(keys, device=DEVICE) > 0.8] = float("-inf")
+        mask[0] = float("-inf")
     else:  # a float bias in the inputs' dtype, (1, 1, L, S): -inf on some elements and on row 3
         mask = torch.randn(1, 1, queries, keys, device=DEVICE).to(dtype)
         mask[torch.rand(mask.shape, device=DEVICE) > 0.7] = float("-inf")
@@ -72,21 +76,33 @@ def test_masks(dtype, kind):
     check(q, k, v, "cuda", attn_mask=_mask(kind, 2, 4, 300, 333, dtype))
 
 
-@pytest.mark.parametrize("mask,is_causal", [(None, False), (None, True), ("bool_key_padding", False)], ids=str)
+@pytest.mark.parametrize("mask,is_causal", [(None, False), (None, True), ("bool_key_padding", False),
+                                             ("float_with_-inf", False)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_dropout(dtype, mask, is_causal):
     """The op's keep mask is the Triton kernels' (the seed it draws after manual_seed, as
-    tests/ops/test_attention.py's test_dropout reads it); output and gradients against the reference
-    with that mask."""
+    tests/ops/test_attention.py's test_dropout reads it); output and gradients (the sm_90a dK/dV
+    kernel draws it keys along rows, the dQ kernel queries along rows) against the reference with that
+    mask."""
+    _check_dropout(2, 4, 2, 200, 333, dtype, mask, is_causal, 0.3)
+
+
+def test_gradients_grouped_query_attention_float_key_padding_dropout_long():
+    """Masked dropout backward on long sequences: four query heads a kv head, a float (B, 1, 1, S)
+    key-padding mask in the inputs' dtype (batch 0 fully masked: zero gradients), many 64-query tiles
+    and 64-key blocks through both rings."""
+    _check_dropout(2, 8, 2, 1100, 1300, torch.bfloat16, "float_key_padding", False, 0.1)
+
+
+def _check_dropout(batch, heads, kv_heads, queries, keys, dtype, mask, is_causal, p):
     from fasttx.triton_kernels.attention import dropout_keep_mask
 
-    p = 0.3
-    q, k, v = attention_inputs(2, 4, 2, 200, 333, 128, dtype=dtype)
-    attn_mask = None if mask is None else _mask(mask, 2, 4, 200, 333, dtype)
-    dy = torch.randn(2, 4, 200, 128, device=DEVICE).to(dtype)  # before the seed: no draw between it and the op's
+    q, k, v = attention_inputs(batch, heads, kv_heads, queries, keys, 128, dtype=dtype)
+    attn_mask = None if mask is None else _mask(mask, batch, heads, queries, keys, dtype)
+    dy = torch.randn(batch, heads, queries, 128, device=DEVICE).to(dtype)  # before the seed: no draw between
     torch.manual_seed(7)
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE))
-    keep = dropout_keep_mask(seed, 2, 4, 200, 333, p, q.device)
+    keep = dropout_keep_mask(seed, batch, heads, queries, keys, p, q.device)
     torch.manual_seed(7)
     check(q, k, v, "cuda", dy=dy, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p, dropout_mask=keep)
 
@@ -116,11 +132,14 @@ def test_sm90_device_runs_the_sm90a_kernel_only_when_switched_on(switch, call, m
 
 
 @pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")
+@pytest.mark.parametrize("call", [{}, {"attn_mask": "key_padding"}, {"dropout_p": 0.2}], ids=["plain", "mask", "dropout"])
 @pytest.mark.parametrize("switch", ["1", None])
-def test_sm90_device_runs_the_sm90a_backward_kernels_only_when_switched_on(switch, monkeypatch):
+def test_sm90_device_runs_the_sm90a_backward_kernels_only_when_switched_on(switch, call, monkeypatch):
     if switch is None:
         monkeypatch.delenv("FASTTX_ATTENTION_SM90")
-    names = _kernels_run(backward=True)
+    if "attn_mask" in call:
+        call = {"attn_mask": torch.rand(1, 1, 1, 256, device=DEVICE) > 0.3}
+    names = _kernels_run(backward=True, **call)
     assert any("attention_bwd_kv_sm90_kernel" in n for n in names) == (switch == "1"), names
     assert any("attention_bwd_kv_kernel" in n for n in names) == (switch is None), names
     assert any("attention_bwd_q_sm90_kernel" in n for n in names) == (switch == "1"), names

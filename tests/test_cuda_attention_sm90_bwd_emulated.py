@@ -3,10 +3,12 @@ the CPU: tests/attention_emulator/emulator_sm90_bwd.cpp compiles the real kernel
 head-dim-128 backward launch code (D kernel, dK/dV, dQ) for the host, with the emulated TMA,
 mbarriers and wgmma of tests/attention_emulator/attention/sm90/primitives_sm90.cuh (checked against
 an independent statement of the layouts by tests/test_cuda_attention_sm90_emulated.py). The backward
-runs from the float64 reference's O and lse; dQ, dK and dV are compared with the float64 reference.
+runs from the float64 reference's O and lse; dQ, dK and dV are compared with the float64 reference,
+with bool and float masks (broadcast and full) and dropout (the reference given the keep mask Triton
+draws, which the kernels must draw bit for bit).
 The sm_90a kernels run where the launch code picks them: FASTTX_ATTENTION_SM90=1 (the switch set by
-cuda_sm90_kernels) and a supported call; each test asserts which ran (the emulator reports every
-launch). What only a GPU shows is out of
+cuda_sm90_kernels) and a supported call; each test asserts which ran, as the instance (mask,
+dropout) the call calls for (the emulator reports every launch). What only a GPU shows is out of
 reach here (see the forward's emulated tests)."""
 
 import ctypes
@@ -20,11 +22,13 @@ from fasttx.functional.attention import cuda_sm90_kernels
 from fasttx.testing import TOLERANCE, rel_error
 
 from .ops.test_attention import gradient_scales
+from .conftest import DEVICE
 from .cuda_emulator import compile_emulator, marshal
 from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the one head dim of the sm_90a kernels
 KV, DQ = 1, 2  # the emulator's report: which sm_90a kernels ran
+SEED = 1234567890123  # dropout's
 
 
 @pytest.fixture(scope="module")
@@ -34,48 +38,62 @@ def emulator(tmp_path_factory):
     return lib
 
 
-def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True):
+def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None, dropout_p=0.0, keep=None):
     """dq, dk, dv from the emulated head-dim-128 backward, launched as attention_bwd_launch would with
-    the sm_90a switch on or off, from the reference's O (rounded to q's dtype) and lse (with no key:
-    O = 0, lse = +inf); and which sm_90a kernels ran (KV | DQ)."""
+    the sm_90a switch on or off, from the reference's O (rounded to q's dtype; with dropout, given the
+    keep mask `keep` the kernels draw from SEED) and lse (with no key: O = 0, lse = +inf); and which
+    sm_90a kernels ran (KV | DQ) as the instances the call's mask and dropout call for."""
     B, H, L, _ = q.shape
+    ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
     if k.shape[2] > 0:
-        o = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), None, 0.0, is_causal, scale,
-                                                   enable_gqa=True).to(q.dtype)
-        lse = reference_lse(q, k, None, scale, is_causal).float()
+        o = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), ref_mask, dropout_p, is_causal,
+                                                   scale, enable_gqa=True, dropout_mask=keep).to(q.dtype)
+        lse = reference_lse(q, k, mask, scale, is_causal).float()
     else:
         o, lse = torch.zeros_like(q), torch.full((B, H, L), float("inf"))
+    if mask is not None:
+        mask = mask.expand(B, H, L, k.shape[2])  # broadcast dims read with stride 0, as the binding passes them
+    seed = torch.tensor([SEED], dtype=torch.int64)
     delta = torch.full((B, H, L), float("nan"))
     grads = [torch.full_like(t, float("nan"), memory_format=torch.contiguous_format) for t in (q, k, v)]
-    fields = _fields(True, q, k, v, None, scale, is_causal, 0.0, torch.zeros(1, dtype=torch.int64), o, lse, dout,
-                     delta, grads)
+    fields = _fields(True, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout, delta, grads)
+    inputs = [q, k, v, dout, o, lse, delta, seed] + ([mask] if mask is not None else [])
     launched = ctypes.c_int(-1)
     with cuda_sm90_kernels(sm90):
-        error = emulator.emu_attention_bwd_sm90(*marshal(fields, [q, k, v, dout, o, lse, delta]),
-                                                ctypes.byref(launched))
+        error = emulator.emu_attention_bwd_sm90(*marshal(fields, inputs), ctypes.byref(launched))
     if error is not None:
         raise ValueError(f"emu_attention_bwd_sm90: {error.decode()}")
     return grads, launched.value
 
 
 def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False, scale=None,
-          sm90=True, bias=0.0):
-    """bias: added to q, subtracted from k (so that every score lies far below 0 when large)."""
+          sm90=True, bias=0.0, mask=None, dropout_p=0.0):
+    """bias: added to q, subtracted from k (so that every score lies far below 0 when large). mask:
+    broadcastable to (B, H, L, S), bool or float. dropout_p > 0: the reference's gradients are given
+    the keep mask Triton draws from SEED, which the kernels must draw bit for bit. Returns the grads."""
     shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr((torch.randn(shape(h, n)) + b).to(dtype)) for h, n, b in ((H, L, bias), (Hkv, S, -bias), (Hkv, S, 0)))
     dout = torch.randn(B, H, L, E).to(dtype)
     scale = 1 / math.sqrt(E) if scale is None else scale
-    grads, launched = run_backward(emulator, q, k, v, dout, scale, is_causal, sm90)
+    keep = None
+    if dropout_p > 0:
+        from fasttx.triton_kernels.attention import dropout_keep_mask
+
+        keep = dropout_keep_mask(SEED, B, H, L, S, dropout_p, DEVICE).cpu()
+    grads, launched = run_backward(emulator, q, k, v, dout, scale, is_causal, sm90, mask, dropout_p, keep)
     assert launched == (KV | DQ if sm90 else 0)
 
     leaves = [t.double().requires_grad_() for t in (q, k, v)]
-    reference.scaled_dot_product_attention(*leaves, None, 0.0, is_causal, scale, enable_gqa=True).backward(
-        dout.double())
-    scales = gradient_scales(q, k, v, dout, scale=scale, is_causal=is_causal, enable_gqa=True)
+    ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
+    reference.scaled_dot_product_attention(*leaves, ref_mask, dropout_p, is_causal, scale, enable_gqa=True,
+                                           dropout_mask=keep).backward(dout.double())
+    scales = gradient_scales(q, k, v, dout, scale=scale, attn_mask=ref_mask, is_causal=is_causal, enable_gqa=True)
     for name, ours, leaf, sc in zip(("dq", "dk", "dv"), grads, leaves, scales):
+        assert torch.isfinite(ours).all(), f"{name}: not finite"
         err = rel_error(ours, leaf.grad, sc)
         assert err <= TOLERANCE[dtype], f"{name}: relative error {err:.3g} > {TOLERANCE[dtype]:.3g}"
+    return grads
 
 
 # L, S not multiples of the tiles (dK/dV: 64-query tiles, 128-key blocks; dQ: 128-row CTAs, 64-key
@@ -130,3 +148,74 @@ def test_no_keys_is_left_to_the_sm80_kernels(emulator):
     q, k = torch.randn(1, 2, 70, E).bfloat16(), torch.randn(1, 2, 0, E).bfloat16()
     (dq, _, _), launched = run_backward(emulator, q, k, k, torch.randn_like(q), 0.125, False)
     assert launched == 0 and (dq == 0).all()
+
+
+# Masks, read through broadcast strides as the sm_80 backward and the sm_90a forward read them: S = 200
+# spans two dK/dV key blocks (the second partial) and four dQ key blocks, L = 150 two dQ CTAs and a
+# partial 64-query tile.
+def _mask(kind, B, H, L, S):
+    if kind == "bool_key_padding":  # (B, 1, 1, S); batch 1's last 70 keys dropped
+        mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+        mask[1, ..., S - 70:] = False
+        mask[0, ..., torch.rand(S) > 0.8] = False
+    elif kind == "bool_full":
+        mask = torch.rand(B, H, L, S) > 0.4
+    elif kind == "float_key_padding":  # (B, 1, 1, S), fp16, -inf on some keys
+        mask = torch.randn(B, 1, 1, S).half()
+        mask[..., torch.rand(S) > 0.7] = float("-inf")
+    elif kind == "float_full":  # (B, H, L, S) float32 with -inf
+        mask = torch.randn(B, H, L, S)
+        mask[torch.rand(mask.shape) > 0.7] = float("-inf")
+    else:  # (L, S) bf16, broadcast over B and H
+        mask = torch.randn(L, S).bfloat16()
+    return mask
+
+
+MASKS = ["bool_key_padding", "bool_full", "float_key_padding", "float_full", "bfloat16_2d"]
+
+
+@pytest.mark.parametrize("kind", MASKS)
+def test_masks(emulator, kind):
+    B, H, L, S = 2, 2, 150, 200
+    check(emulator, B, H, H, L, S, torch.float16, mask=_mask(kind, B, H, L, S))
+
+
+@pytest.mark.parametrize("kind", ["bool_full", "float_key_padding"])
+def test_causal_with_mask(emulator, kind):
+    B, H, L, S = 2, 2, 150, 200
+    check(emulator, B, H, H, L, S, torch.bfloat16, is_causal=True, mask=_mask(kind, B, H, L, S))
+
+
+def test_fully_masked_rows_get_zero_gradients(emulator):
+    """Rows with no key (lse = +inf): batch 0 entirely (a bool key-padding mask of no key), and single
+    rows of a float mask of -inf: zero dQ, no NaN anywhere, and the other rows right (check)."""
+    B, H, L, S = 2, 2, 70, 130
+    bool_mask = torch.rand(B, 1, 1, S) > 0.3
+    bool_mask[0] = False
+    dq, dk, dv = check(emulator, B, H, H, L, S, torch.float16, mask=bool_mask)
+    assert (dq[0] == 0).all() and (dk[0] == 0).all() and (dv[0] == 0).all()
+    float_mask = torch.randn(B, H, L, S)
+    float_mask[1, 0, [0, 37, 69]] = float("-inf")
+    dq, _, _ = check(emulator, B, H, H, L, S, torch.bfloat16, is_causal=True, mask=float_mask)
+    assert (dq[1, 0, [0, 37, 69]] == 0).all()
+
+
+# GQA (2 query heads a kv head: the dK/dV kernel draws each head's keep bits); S = 201 ends each row
+# with a partial group of the 4 keys one Philox call serves; L = 150 a partial query tile and two dQ CTAs.
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_dropout_draws_the_forwards_keep_mask(emulator, is_causal, dtype):
+    check(emulator, 2, 2, 1, 150, 201, dtype, is_causal=is_causal, dropout_p=0.3)
+
+
+@pytest.mark.parametrize("kind", ["bool_key_padding", "float_full"])
+def test_mask_and_dropout(emulator, kind):
+    B, H, L, S = 2, 2, 150, 200
+    check(emulator, B, H, H, L, S, torch.float16, mask=_mask(kind, B, H, L, S), dropout_p=0.2)
+
+
+def test_grouped_query_attention_mask_dropout_causal(emulator):
+    """Every switch at once, GQA with 3 query heads a kv head, (B, L, H, E) views."""
+    B, H, L, S = 1, 3, 100, 140
+    check(emulator, B, H, 1, L, S, torch.bfloat16, is_causal=True, transposed=True,
+          mask=_mask("float_full", B, H, L, S), dropout_p=0.25)

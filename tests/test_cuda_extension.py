@@ -149,13 +149,22 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory():
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 
 
+def _while_wgmma_run(code, op):
+    """How many `op` instructions of the SASS `code` lie between a wgmma issue (WARPGROUP.ARRIVE) and
+    the next wait for every wgmma to complete: run while the tensor cores work (ptxas places them
+    anywhere in that stretch: between the products' HGMMA, before or after a wait<1>)."""
+    segments = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[:-1]
+    return sum(seg.split("WARPGROUP.ARRIVE", 1)[1].count(op) for seg in segments if "WARPGROUP.ARRIVE" in seg)
+
+
 @needs_nvcc
 def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory():
-    """The sm_90a dK/dV kernel (csrc/attention/sm90/attention_bwd_sm90.cuh): on sm_90a its matrix
-    products are HGMMA, its tile loads TMA, no local memory, setmaxnreg 24 / 240; the sm_80 objects hold
-    only its trapping stub."""
-    names = [f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90BwdParamsE"
-             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+    """The sm_90a dK/dV kernel (csrc/attention/sm90/attention_bwd_sm90.cuh), every instance (dtype x
+    causal x mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local
+    memory (the mask's loads and Philox's state beside dK, dV, S^T and dP^T fit the consumers' 240
+    registers), setmaxnreg 24 / 240; the sm_80 objects hold only its trapping stub."""
+    names = [f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li128ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
     sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
@@ -164,17 +173,20 @@ def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory():
         assert code.count("UTMALDG.4D") == 8, name  # K, V, Q, dO: two 64-column boxes each
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
+        # Dropout's keep bits (two shuffles per 8-query tile, 16 a tile), all drawn while S^T and dP^T run.
+        dropout = name.endswith("ELb1EEEvNS0_13Sm90BwdParamsE")
+        assert _while_wgmma_run(code, "SHFL") == code.count("SHFL") == (16 if dropout else 0), name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 
 
 @needs_nvcc
 def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory():
-    """The sm_90a dQ kernel (csrc/attention/sm90/attention_dq_sm90.cuh): on sm_90a its matrix products
-    are HGMMA, its tile loads TMA, no local memory, setmaxnreg 24 / 240; the sm_80 objects hold only its
-    trapping stub."""
-    names = [f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li128ELb{c}EEEvNS0_13Sm90BwdParamsE"
-             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1)]
+    """The sm_90a dQ kernel (csrc/attention/sm90/attention_dq_sm90.cuh), every instance (dtype x causal x
+    mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local memory,
+    setmaxnreg 24 / 240; the sm_80 objects hold only its trapping stub."""
+    names = [f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li128ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
     sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
@@ -190,6 +202,10 @@ def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory():
         parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
         assert len(parts) == 3, name
         assert all(part.split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= 32 for part in parts[1:]), name
+        # Dropout's keep bits (a shuffle per 8-key tile, 8 a block, before the loop and in it), all drawn
+        # while S and dP run.
+        dropout = name.endswith("ELb1EEEvNS0_13Sm90BwdParamsE")
+        assert _while_wgmma_run(code, "SHFL") == code.count("SHFL") == (16 if dropout else 0), name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

@@ -20,36 +20,30 @@ using namespace fasttx;
 
 namespace {
 
-// The instance (dtype, causal) of each sm_90a backward kernel, as launch() records it.
-template <typename T, bool kCausal>
-struct KvInstances {
-  static const void* ptr() {
-    return reinterpret_cast<const void*>(&attn::attention_bwd_kv_sm90_kernel<T, attn::Sm90Bwd::kHeadDim, kCausal>);
-  }
-};
-template <typename T, bool kCausal>
-struct DqInstances {
-  static const void* ptr() {
-    return reinterpret_cast<const void*>(&attn::attention_bwd_q_sm90_kernel<T, attn::Sm90Dq::kHeadDim, kCausal>);
-  }
-};
-
-// Whether one of the four instances of a kernel ran in the last backward.
-template <template <typename, bool> class Instances>
-bool ran() {
-  using attn::launched_kernels;
-  const auto ran_one = [](const void* k) {
-    return std::find(launched_kernels.begin(), launched_kernels.end(), k) != launched_kernels.end();
-  };
-  return ran_one(Instances<__half, false>::ptr()) || ran_one(Instances<__half, true>::ptr()) ||
-         ran_one(Instances<__nv_bfloat16, false>::ptr()) || ran_one(Instances<__nv_bfloat16, true>::ptr());
+// Whether the instance of each sm_90a backward kernel that p calls for (its dtype, causal flag, mask
+// presence and dropout) ran in the last backward, as launch() records it: bit 1 the dK/dV kernel,
+// bit 2 the dQ kernel.
+int ran_sm90(const AttentionParams& p) {
+  int ran = 0;
+  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    const auto ran_one = [](const void* k) {
+      return std::find(attn::launched_kernels.begin(), attn::launched_kernels.end(), k) != attn::launched_kernels.end();
+    };
+    constexpr int E = attn::kSm90BwdHeadDim;
+    ran |= ran_one(reinterpret_cast<const void*>(&attn::attention_bwd_kv_sm90_kernel<T, E, kCausal, kMask, kDropout>))
+               ? 1 : 0;
+    ran |= ran_one(reinterpret_cast<const void*>(&attn::attention_bwd_q_sm90_kernel<T, E, kCausal, kMask, kDropout>))
+               ? 2 : 0;
+  });
+  return ran;
 }
 
 }  // namespace
 
 // fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h),
 // for the backward at head dim 128 on an emulated sm_90a device; *launched: which sm_90a kernels ran,
-// 1 the dK/dV kernel, 2 the dQ kernel (or of both), each instead of its sm_80 counterpart.
+// each instead of its sm_80 counterpart and as the instance the call's mask and dropout call for: 1 the
+// dK/dV kernel, 2 the dQ kernel (or of both).
 extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
                                               int n_ranges, int* launched) {
   *launched = 0;
@@ -61,7 +55,7 @@ extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_f
     attn::emulate_sm90 = true;
     attention_bwd_hdim<attn::Sm90Bwd::kHeadDim>(p, nullptr);
     attn::emulate_sm90 = false;
-    *launched = (ran<KvInstances>() ? 1 : 0) | (ran<DqInstances>() ? 2 : 0);
+    *launched = ran_sm90(p);
     attn::mbar_check_quiescent();
     attn::wgmma_check_quiescent();
   });

@@ -1,9 +1,11 @@
 #pragma once
 // Attention backward for sm_90a, FlashAttention-3 scheme (first step): the dK/dV kernel, head dim
-// 128, fp16 / bf16, no mask, no dropout, causal or not. It replaces attention_bwd_kv_kernel
-// (attention_bwd_kernel.cuh) with the same math and conventions: P^T = 2^(S^T scale log2(e) - lse
-// log2(e)) from the forward's lse, dS^T = P^T (dP^T - D) with D = rowsum(dO O) from the D kernel, which
-// runs first, dV = P^T dO, dK = scale dS^T Q; a CTA owns a block of keys of one (batch, kv head) and
+// 128, fp16 / bf16, causal or not, bool / float masks, dropout (compile-time switches, as the
+// forward's). It replaces attention_bwd_kv_kernel (attention_bwd_kernel.cuh) with the same math and
+// conventions: P^T = 2^(S^T scale log2(e) + mask log2(e) - lse log2(e)) from the forward's lse,
+// dS^T = P^T (dP^T Z / (1 - p) - D) with D = rowsum(dO O) from the D kernel, which runs first,
+// dV = (P Z)^T dO / (1 - p), dK = scale dS^T Q (Sm90BwdMath; Z: dropout's keep mask, drawn as the
+// forward draws it); a CTA owns a block of keys of one (batch, kv head) and
 // walks every query head of its GQA group, summing them in registers; each dK / dV row is written once
 // (deterministic). dQ is the sm_90a dQ kernel's (attention_dq_sm90.cuh), which runs after it.
 //
@@ -20,7 +22,9 @@
 //   query columns is the A fragment of a k16 step) and dO / Q read N-major through the descriptor.
 // Why these tiles: the two accumulators take 128 of a consumer's 240 registers; a 64-query tile adds
 // S^T and dP^T (32 registers each) and their packed fragments (16 each, short-lived), so 128-query
-// tiles (64 registers each) would not fit. 64 keys per warpgroup is wgmma's M, and two consumers are
+// tiles (64 registers each) would not fit. A mask is read per score, for the thread's own scores,
+// through its broadcast strides; dropout's 32 keep bits of a tile (8 Philox calls a thread) are
+// drawn while the tile's S^T and dP^T wgmma run. 64 keys per warpgroup is wgmma's M, and two consumers are
 // what 24 + 2 x 240 <= 512 registers a thread-slot allow. Shared memory: K, V 64 KB, 2 stages of Q,
 // dO 64 KB, lse / D 1 KB: 130 KB of the 227 KB with the alignment slack.
 // Tiles are 128B-swizzled as the forward's (smem_layout_sm90.h). Rows past L or S arrive as zeros:
@@ -139,7 +143,7 @@ __device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& 
 // A consumer warpgroup (wg = 0, 1): keys n0 + 64 wg .. n0 + 64 wg + 63. Thread 32 w + 4 g + t holds
 // keys key0 = n0 + 64 wg + 16 w + g and key0 + 8 of them; in S^T / dP^T, queries m0 + 8 i + 2 t and
 // m0 + 8 i + 2 t + 1 (wgmma D layout).
-template <typename T, bool kCausal>
+template <typename T, bool kCausal, bool kMask, bool kDropout>
 __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, unsigned char* base,
                                                  const Sm90BwdBarriers& bar, const Sm90BwdWalk& walk, int wg, int n0,
                                                  int kvh, int b) {
@@ -149,6 +153,7 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
   const int key0 = n0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;
   const uint32_t k_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
   const uint32_t v_rows = smem_addr(base + C::kVOffset) + 64 * wg * kSwizzleBytes;
+  const Sm90BwdMath<kMask, kDropout> math(p);
 
   float dk[64] = {};
   float dv[64] = {};
@@ -156,7 +161,8 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
   for (int step = 0; step < walk.steps; ++step) {
     const int stage = step % C::kStages;
     const uint32_t parity = (step / C::kStages) & 1;
-    const int m0 = walk.row(step);
+    const int h = walk.head(step), m0 = walk.row(step);
+    const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
     const uint32_t q_tile = smem_addr(base + C::kQOffset + stage * C::kTileBytes);
     const uint32_t do_tile = smem_addr(base + C::kDoOffset + stage * C::kTileBytes);
     float s[32], dp[32];
@@ -166,6 +172,9 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     mbar_wait(bar.do_full + stage, parity);
     sm90_scores64<T, C::kBlockN, C::kBlockM>(dp, v_rows, do_tile);
     wgmma_commit();
+    const uint32_t keep =
+        kDropout ? sm90_bwd_keep_bits<true>(p, math.seed, bh, n0 + 64 * wg + 16 * (tid / 32), m0, tid % 32) : ~0u;
+    const MaskRows mask = mask_rows(p, b, h);
 
     // P^T while dP^T is in flight. Causal: only tiles reaching above the diagonal (a key after a
     // query) check; the others are wholly at or below it.
@@ -178,12 +187,13 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
       const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * i + 2 * t);
 #pragma unroll
       for (int e = 4 * i; e < 4 * i + 4; ++e) {
-        s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -(e & 1 ? l.y : l.x)));
-        if (check && key0 + 8 * ((e >> 1) & 1) > m0 + 8 * i + 2 * t + (e & 1)) s[e] = 0.f;
+        const int key = key0 + 8 * ((e >> 1) & 1), query = m0 + 8 * i + 2 * t + (e & 1);
+        s[e] = math.prob(s[e], query, key, e & 1 ? l.y : l.x, p, mask);
+        if (check && key > query) s[e] = 0.f;
       }
     }
     wgmma_wait<0>(dp);
-    // dS^T = P^T (dP^T - D), D per query (column). Accumulator columns 16 kk .. 16 kk + 15
+    // P^T Z and dS^T, D per query (column). Accumulator columns 16 kk .. 16 kk + 15
     // (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk.
     uint32_t pf[4][4], dsf[4][4];
 #pragma unroll
@@ -194,8 +204,8 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
 #pragma unroll
         for (int r = 2 * half; r < 2 * half + 2; ++r) {
           const int e = 8 * kk + 2 * r;
-          pf[kk][r] = pack2<T>(s[e], s[e + 1]);
-          dsf[kk][r] = pack2<T>(s[e] * (dp[e] - d.x), s[e + 1] * (dp[e + 1] - d.y));
+          pf[kk][r] = pack2<T>(math.dropped(s[e], keep, e), math.dropped(s[e + 1], keep, e + 1));
+          dsf[kk][r] = pack2<T>(math.ds(s[e], dp[e], d.x, keep, e), math.ds(s[e + 1], dp[e + 1], d.y, keep, e + 1));
         }
       }
     }
@@ -210,10 +220,10 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
   // Keys < S; rows of a CTA that saw no query are zeros.
   const int64_t rows = (static_cast<int64_t>(b) * p.kv_heads + kvh) * p.keys * C::kHeadDim;
   sm90_store_rows<T>(static_cast<T*>(p.dk) + rows, key0, p.keys, dk, p.scale);
-  sm90_store_rows<T>(static_cast<T*>(p.dv) + rows, key0, p.keys, dv, 1.f);
+  sm90_store_rows<T>(static_cast<T*>(p.dv) + rows, key0, p.keys, dv, math.dv_scale());
 }
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 __global__ void __launch_bounds__(Sm90Bwd::kThreads, 1)
     attention_bwd_kv_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
   static_assert(kHeadDim == Sm90Bwd::kHeadDim, "the sm_90a dK/dV kernel's tiles are for head dim 128");
@@ -248,7 +258,7 @@ __global__ void __launch_bounds__(Sm90Bwd::kThreads, 1)
     }
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_bwd_consume<T, kCausal>(params.p, base, bar, walk, threadIdx.x / 128 - 1, n0, kvh, b);
+    sm90_bwd_consume<T, kCausal, kMask, kDropout>(params.p, base, bar, walk, threadIdx.x / 128 - 1, n0, kvh, b);
   }
 #else
   __trap();

@@ -1,16 +1,16 @@
 // Host side of the sm_90a attention dQ kernel: its launch (attention_sm90.h) through launch_bwd_sm90.
+#include "attention/kernel_switch.h"
 #include "attention/sm90/attention_dq_sm90.cuh"
 #include "attention/sm90/attention_sm90.h"
-#include "common/static_switch.h"
 
 namespace fasttx {
 namespace attn {
 namespace {
 
-template <typename T, bool kCausal>
+template <typename T, bool kCausal, bool kMask, bool kDropout>
 bool attention_bwd_q_sm90_run(const AttentionBwdParams& p, cudaStream_t stream) {
   using C = Sm90Dq;
-  return launch_bwd_sm90<C, T>(attention_bwd_q_sm90_kernel<T, C::kHeadDim, kCausal>, p,
+  return launch_bwd_sm90<C, T>(attention_bwd_q_sm90_kernel<T, C::kHeadDim, kCausal, kMask, kDropout>, p,
                                dim3((p.queries + C::kBlockM - 1) / C::kBlockM, p.heads, p.batch), stream);
 }
 
@@ -19,8 +19,8 @@ bool attention_bwd_q_sm90_run(const AttentionBwdParams& p, cudaStream_t stream) 
 
 bool attention_bwd_q_sm90(const AttentionBwdParams& p, cudaStream_t stream) {
   bool launched = false;
-  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
-    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] { launched = attn::attention_bwd_q_sm90_run<T, kCausal>(p, stream); });
+  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    launched = attn::attention_bwd_q_sm90_run<T, kCausal, kMask, kDropout>(p, stream);
   });
   return launched;
 }

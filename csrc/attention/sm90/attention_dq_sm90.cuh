@@ -1,9 +1,11 @@
 #pragma once
 // Attention backward for sm_90a, FlashAttention-3 scheme: the dQ kernel, head dim 128, fp16 / bf16,
-// no mask, no dropout, causal or not. It replaces attention_bwd_q_kernel (attention_bwd_kernel.cuh)
-// with the same math and conventions: P = 2^(S scale log2(e) - lse log2(e)) from the forward's lse
-// (+inf on a row with no key, so P = 0 there), dS = P (dP - D) with D = rowsum(dO O) from the D
-// kernel, which runs first, dQ = scale dS K, the scale applied once in the epilogue. A CTA owns a
+// causal or not, bool / float masks, dropout (compile-time switches, as the forward's). It replaces
+// attention_bwd_q_kernel (attention_bwd_kernel.cuh) with the same math and conventions:
+// P = 2^(S scale log2(e) + mask log2(e) - lse log2(e)) from the forward's lse (+inf on a row with no
+// key, so P = 0 there), dS = P (dP Z / (1 - p) - D) with D = rowsum(dO O) from the D kernel, which
+// runs first, Z dropout's keep mask drawn as the forward draws it (Sm90BwdMath), dQ = scale dS K, the
+// scale applied once in the epilogue. A CTA owns a
 // block of query rows of one (batch, head) and walks the key blocks they see (causal: up to the
 // diagonal), so each dQ row is written once, with no atomics (deterministic), unlike
 // FlashAttention-3, which accumulates dQ from the dK / dV kernel with atomics.
@@ -26,7 +28,9 @@
 // registers a thread-slot allow. Shared memory: Q, dO 64 KB, 3 stages of K, V 96 KB: 160 KB of the
 // 227 KB (one CTA an SM either way: 384 threads at 240 registers).
 // Rows past L or S arrive as zeros: padding rows then add nothing (P = 0 from lse = +inf) and are not
-// stored; padding keys get P = 0 by the element checks of the last block.
+// stored; padding keys get P = 0 by the element checks of the last block. A mask is read per score,
+// for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (8 Philox
+// calls a thread) are drawn while its S and dP wgmma run.
 // Not yet: the consumers' ping-pong (Sm90Turns), a TMA store of dQ.
 
 #include "attention/sm90/bwd_common_sm90.cuh"
@@ -95,28 +99,29 @@ __device__ __forceinline__ void sm90_dq_produce(const Sm90BwdParams& params, uns
 // rows row0 (= 16 w + g of the warpgroup's) and row0 + 8, keys n0 + 8 i + 2 t, + 1 (wgmma D layout).
 // check: the block reaches past S or, causal, past the diagonal of one of the CTA's rows; a padding
 // key, loaded as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
-template <bool kCausal>
-__device__ __forceinline__ void sm90_dq_probabilities(float (&s)[32], const AttentionParams& p, const float (&lse2)[2],
-                                                      int n0, int row0, bool check) {
+template <bool kCausal, typename Math>
+__device__ __forceinline__ void sm90_dq_probabilities(float (&s)[32], const AttentionParams& p, const MaskRows& mask,
+                                                      const float (&lse2)[2], int n0, int row0, bool check) {
   const int t = threadIdx.x % 4;
 #pragma unroll
   for (int e = 0; e < 32; ++e) {
     const int r = (e >> 1) & 1;
-    s[e] = exp2_approx(fmaf(s[e], p.scale_log2, -lse2[r]));
     const int key = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
+    s[e] = Math::prob(s[e], row0 + 8 * r, key, lse2[r], p, mask);
     if (check && (key >= p.keys || (kCausal && key > row0 + 8 * r))) s[e] = 0.f;
   }
 }
 
 // A consumer warpgroup (wg = 0, 1): rows m0 + 64 wg .. m0 + 64 wg + 63 of head h; key blocks [0,
 // end), those from `full` on with element checks.
-template <typename T, bool kCausal>
+template <typename T, bool kCausal, bool kMask, bool kDropout>
 __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, unsigned char* base,
                                                 const Sm90DqBarriers& bar, int wg, int m0, int h, int b, int full,
                                                 int end) {
   using C = Sm90Dq;
   const int tid = threadIdx.x % 128;
-  const int row0 = m0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;
+  const int warp_row0 = m0 + 64 * wg + 16 * (tid / 32);
+  const int row0 = warp_row0 + (tid % 32) / 4;
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
   float lse2[2], delta[2];
 #pragma unroll
@@ -126,6 +131,9 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
   }
   const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
   const uint32_t do_rows = smem_addr(base + C::kDoOffset) + 64 * wg * kSwizzleBytes;
+  using Math = Sm90BwdMath<kMask, kDropout>;
+  const Math math(p);
+  const MaskRows mask = mask_rows(p, b, h);
 
   const auto tile = [&](int offset, int block) {
     return smem_addr(base + offset + block % C::kStages * C::kKvBytes);
@@ -139,19 +147,21 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
   float dq[64] = {};
   float s[32], dp[32];
   uint32_t dsf[C::kBlockN / 16][4];
-  // S and dP of `block`, P in s; block - 1's dS K retired, its stage released.
+  uint32_t keep = ~0u;  // of the block in s, with dropout
+  // S and dP of `block`, P in s, its keep bits in keep; block - 1's dS K retired, its stage released.
   const auto scores = [&](int block) {
     mbar_wait(bar.kv_full + block % C::kStages, (block / C::kStages) & 1);
     sm90_scores64<T, C::kBlockM, C::kBlockN>(s, q_rows, tile(C::kKOffset, block));
     wgmma_commit();
     sm90_scores64<T, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
     wgmma_commit();
+    if constexpr (kDropout) keep = sm90_bwd_keep_bits<false>(p, math.seed, bh, warp_row0, block * C::kBlockN, tid % 32);
     wgmma_wait<1>(s, dq, dsf);
     if (block > 0) mbar_arrive(bar.kv_empty + (block - 1) % C::kStages);  // its wgmma have all completed
-    sm90_dq_probabilities<kCausal>(s, p, lse2, block * C::kBlockN, row0, block >= full);
+    sm90_dq_probabilities<kCausal, Math>(s, p, mask, lse2, block * C::kBlockN, row0, block >= full);
     fence_operand(s);  // and the compiler must not sink P below the back edge
   };
-  // dS = P (dP - D) of `block`, D per row, and dQ += dS K issued, not awaited. Accumulator columns
+  // dS of `block` (Sm90BwdMath::ds), D per row, and dQ += dS K issued, not awaited. Accumulator columns
   // 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk; a[r] holds row
   // g + 8 (r % 2).
   const auto gradient = [&](int block) {
@@ -161,7 +171,8 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         const int e = 8 * kk + 2 * r;
-        dsf[kk][r] = pack2<T>(s[e] * (dp[e] - delta[r & 1]), s[e + 1] * (dp[e + 1] - delta[r & 1]));
+        dsf[kk][r] = pack2<T>(math.ds(s[e], dp[e], delta[r & 1], keep, e),
+                              math.ds(s[e + 1], dp[e + 1], delta[r & 1], keep, e + 1));
       }
     }
     wgmma_fence();
@@ -185,7 +196,7 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
   sm90_store_rows<T>(static_cast<T*>(p.dq) + bh * p.queries * C::kHeadDim, row0, p.queries, dq, p.scale);
 }
 
-template <typename T, int kHeadDim, bool kCausal>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 __global__ void __launch_bounds__(Sm90Dq::kThreads, 1)
     attention_bwd_q_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
   static_assert(kHeadDim == Sm90Dq::kHeadDim, "the sm_90a dQ kernel's tiles are for head dim 128");
@@ -216,7 +227,7 @@ __global__ void __launch_bounds__(Sm90Dq::kThreads, 1)
     if (threadIdx.x == 0 && end > 0) sm90_dq_produce(params, base, bar, m0, h, b, end);
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_dq_consume<T, kCausal>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+    sm90_dq_consume<T, kCausal, kMask, kDropout>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
   }
 #else
   __trap();

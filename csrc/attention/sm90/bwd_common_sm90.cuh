@@ -1,7 +1,8 @@
 #pragma once
 // What the two sm_90a backward kernels (attention_bwd_sm90.cuh: dK / dV, attention_dq_sm90.cuh: dQ)
-// share: their parameters and host-side launch, the 64 x 64 score products, the register-A gradient
-// product and the epilogue that stores a wgmma D fragment. Tiles are 128B-swizzled as the forward's
+// share: their parameters and host-side launch, the 64 x 64 score products, P and dS of one score under
+// a mask and dropout, dropout's keep bits of a 64 x 64 fragment, the register-A gradient product and
+// the epilogue that stores a wgmma D fragment. Tiles are 128B-swizzled as the forward's
 // (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks of R rows x 64 columns.
 
 #include "attention/attention_common.cuh"
@@ -55,6 +56,56 @@ __device__ __forceinline__ void sm90_scores64(float (&d)[32], uint32_t a_rows, u
     const uint64_t b = smem_desc_128b(b_rows + (kk / 4) * kBRows * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
     wgmma_m64n64k16_ss<T>(d, a, b, kk > 0);
   }
+}
+
+// P and dS of one score for the mask and dropout that kMask / kDropout switch on at compile time
+// (the sm_80 backward's math, attention_bwd_kernel.cuh): without either, P = 2^(s scale log2 e - lse2)
+// is one FMA and dS = P (dP - D); a mask adds its logit (attention_common.cuh's logit: float mask
+// log2 e or -inf from a bool one, read at query i < L and key j < S only); dropout keeps score e
+// where bit e of the keep bits (sm90_bwd_keep_bits) is set: dV takes P Z, its 1 / (1 - p) applied
+// at the store (dv_scale), and dS = P (dP Z / (1 - p) - D). A row with no key (lse2 = +inf) gets
+// P = 2^-inf = 0, hence dS = 0 (D = 0 there: O = 0).
+template <bool kMask, bool kDropout>
+struct Sm90BwdMath {
+  uint64_t seed;   // 0 without dropout
+  float inv_keep;  // 1 / (1 - p)
+
+  __device__ __forceinline__ explicit Sm90BwdMath(const AttentionParams& p)
+      : seed(kDropout ? load_seed(p) : 0), inv_keep(kDropout ? 1.f / (1.f - p.dropout_p) : 1.f) {}
+
+  __device__ __forceinline__ static float prob(float s, int i, int j, float lse2, const AttentionParams& p,
+                                               const MaskRows& mask) {
+    if constexpr (kMask) {
+      return exp2_approx(logit<true, false, false>(s, i, j, p.scale_log2, p, mask) - lse2);
+    } else {
+      return exp2_approx(fmaf(s, p.scale_log2, -lse2));
+    }
+  }
+  __device__ __forceinline__ static bool kept(uint32_t keep, int e) { return !kDropout || ((keep >> e) & 1u) != 0; }
+  __device__ __forceinline__ static float dropped(float pv, uint32_t keep, int e) { return kept(keep, e) ? pv : 0.f; }
+  __device__ __forceinline__ float ds(float pv, float dp, float delta, uint32_t keep, int e) const {
+    if constexpr (kDropout) dp = kept(keep, e) ? dp * inv_keep : 0.f;
+    return pv * (dp - delta);
+  }
+  __device__ __forceinline__ float dv_scale() const { return inv_keep; }
+};
+
+// Dropout's keep bits (philox.h's draw, bit for bit the forward's) of this thread's part of a 64 x 64
+// score fragment (wgmma D layout: the mma C fragment over 8 column tiles of 8): bit e for element e,
+// at row row0 + g + 8 ((e >> 1) & 1), column col0 + 8 (e >> 2) + 2t + (e & 1) of the warp's 16 rows
+// from row0. Queries along rows (dQ: S) draw as the forward does (keep_bits_qk), keys along rows
+// (dK / dV: S^T) as the sm_80 dK/dV kernel does (keep_bits_kq). Called by every lane of the warp.
+template <bool kKeysAlongRows>
+__device__ __forceinline__ uint32_t sm90_bwd_keep_bits(const AttentionParams& p, uint64_t seed, int64_t bh, int row0,
+                                                       int col0, int lane) {
+  uint32_t keep = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    keep |= (kKeysAlongRows ? keep_bits_kq(p, seed, bh, row0, col0 + 8 * i, lane)
+                            : keep_bits_qk(p, seed, bh, row0, col0 + 8 * i, lane))
+            << (4 * i);
+  }
+  return keep;
 }
 
 // d (64 x 128) += A B issued (not committed), A (64 x 16 kSteps) from registers, one fragment a k16

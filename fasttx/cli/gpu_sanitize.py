@@ -14,9 +14,9 @@ Branches, from csrc/:
   C <= 16384, and the online (chunked) pass beyond; bool and float masks, causal.
 - attention (attention/): one kernel per head dim 32, 64, 96, 128, 256 and direction; causal,
   bool and float masks, dropout, grouped-query heads, L != S and lengths that leave partial tiles;
-  and the sm_90a forward and dK/dV kernels (attention/sm90, switched on for their cases: head dim 128,
-  no mask, GQA, causal with L < S leaving key blocks no query sees; and the forward with a bool mask,
-  GQA; on other devices these run the sm_80 kernels).
+  and the sm_90a forward, dK/dV and dQ kernels (attention/sm90, switched on for their cases: head dim
+  128, no mask, GQA, causal with L < S leaving key blocks no query sees; a bool mask with GQA; a float
+  mask with dropout; on other devices these run the sm_80 kernels).
 
     python -m fasttx.cli.gpu_sanitize [--backend cuda] [--only SUBSTRING]
 
@@ -54,7 +54,8 @@ def cases():
     selected += [att(1, 2, 130, 300, 128, bf16, sm90=True),
                  att(2, 4, 200, 200, 128, fp16, is_causal=True, kv_heads=2, sm90=True),
                  att(1, 4, 70, 300, 128, bf16, is_causal=True, kv_heads=1, sm90=True),
-                 att(2, 4, 150, 200, 128, fp16, mask="bool", kv_heads=2, sm90=True)]
+                 att(2, 4, 150, 200, 128, fp16, mask="bool", kv_heads=2, sm90=True),
+                 att(1, 4, 100, 200, 128, bf16, mask="float", kv_heads=2, dropout_p=0.2, sm90=True)]
     return selected
 
 

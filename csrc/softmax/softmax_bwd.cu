@@ -78,17 +78,21 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
     for (int i = 0; i < kIters; ++i) {
       const int j = c0 + i * grp.size + grp.rank;
       if (j < nvec_read) {
-        yv[i].template load<kAligned>(y + j * kVec, n_keep - j * kVec);
-        gv[i].template load<kAligned>(dy + j * kVec, n_keep - j * kVec);
+        const int n = n_keep - j * kVec;  // elements of the vector below the limit (can exceed kVec)
+        yv[i].template load<kAligned>(y + j * kVec, n);
+        gv[i].template load<kAligned>(dy + j * kVec, n);
+        // An aligned vector is read whole even where the causal limit cuts it (it lies in the row):
+        // what lies past the limit is dropped. (The element-wise loads read only the first n.)
+        if (kAligned && n < kVec) {
+          yv[i].zero_from(n);
+          gv[i].zero_from(n);
+        }
       } else {
         yv[i].zero();
         gv[i].zero();
       }
     }
   };
-  // Element e of cached vector i is kept (below the causal limit). Always true for the elements
-  // of a non-causal row that are stored; an aligned vector read across the limit has the others.
-  const auto kept = [&](int c0, int i, int e) { return (c0 + i * grp.size + grp.rank) * kVec + e < n_keep; };
 
   float dot[1] = {0.f};
   for (int c0 = 0; c0 < nvec_read; c0 += chunk) {
@@ -96,9 +100,7 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
 #pragma unroll
     for (int i = 0; i < kIters; ++i)
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        if (kept(c0, i, e)) dot[0] += yv[i][e] * gv[i][e];
-      }
+      for (int e = 0; e < kVec; ++e) dot[0] += yv[i][e] * gv[i][e];
   }
   grp.allreduce(dot, scratch, SumOp{});
 
@@ -109,7 +111,16 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
       if (j >= nvec) continue;
       float out[kVec];
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) out[e] = kept(c0, i, e) ? p.scale * (yv[i][e] * (gv[i][e] - dot[0])) : 0.f;
+      for (int e = 0; e < kVec; ++e) out[e] = p.scale * (yv[i][e] * (gv[i][e] - dot[0]));
+      // Past the causal limit dx is +0, not the 0 * (0 - dot) of the zeroed cache (-0 for dot > 0,
+      // NaN for an infinite dot). Only the vector across the limit and those past it pay the test.
+      const int n = n_keep - j * kVec;
+      if (n < kVec) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          if (e >= n) out[e] = 0.f;
+        }
+      }
       store_vec<kVec, kAligned>(dx + j * kVec, out, p.cols - j * kVec);
     }
   };

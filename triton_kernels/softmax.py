@@ -26,8 +26,9 @@ It needs only y: masked entries have y = 0 and get dx = 0, and a fully masked ro
 The mask is constant here; a float mask's gradient is dz = dx / scale, left to the caller.
 With the forward's causal flag, y is 0 past column l of row l: only the kept columns of y and dy
 are read (up to the same 16-column rounding as the forward's loads, for 16-byte vectors; what is
-read past the limit is dropped, so no dy there reaches dx) and dx is written 0 past them. On square causal matrices
-that is about 2 row-units of traffic (y and dy over half the row, dx whole) instead of 3.
+read past the limit is dropped, so no dy there reaches dx) and dx is written 0 past them. On
+square causal matrices that is about 2 row-units of traffic (y and dy over half the row, dx whole)
+instead of 3.
 """
 
 import math

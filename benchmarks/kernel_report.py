@@ -268,9 +268,11 @@ def softmax_entries(preset):
         config = dict(BLOCK_C=launch["BLOCK_C"])
         stages = _default_stages(warps)
         yield ("softmax", "softmax_fwd", case, config, softmax._softmax_fwd_kernel, warps, stages, fwd)
-        if kind == "none" and not causal:  # the backward reads y and dy only: one per width
+        if kind == "none":  # the backward reads y and dy only (up to the causal limit): one per width and causal
             y = x.reshape(-1, cols)
-            bwd = dict(Y=y, DY=y, DX=y, C=cols, scale=bench_softmax.SCALE, **launch)
+            # L as the launcher passes it: the rows of a causal (L, C) matrix, else 1.
+            bwd = dict(Y=y, DY=y, DX=y, L=SOFTMAX_ROWS if causal else 1, C=cols, scale=bench_softmax.SCALE,
+                       IS_CAUSAL=causal, **launch)
             yield ("softmax", "softmax_bwd", dict(case, mask="-"), config, softmax._softmax_bwd_kernel, warps, stages,
                    bwd)
 

@@ -37,7 +37,7 @@ TORCH_LIBRARY(fasttx, m) {
   m.def("rms_norm_fwd_cuda(Tensor input, Tensor? weight, float eps) -> (Tensor, Tensor)");
   m.def("rms_norm_bwd_cuda(Tensor grad_out, Tensor input, Tensor? weight, Tensor rstd) -> (Tensor, Tensor)");
   m.def("softmax_fwd_cuda(Tensor input, Tensor? mask, float scale, bool is_causal, ScalarType out_dtype) -> Tensor");
-  m.def("softmax_bwd_cuda(Tensor out, Tensor grad_out, float scale, ScalarType in_dtype) -> Tensor");
+  m.def("softmax_bwd_cuda(Tensor out, Tensor grad_out, float scale, bool is_causal, ScalarType in_dtype) -> Tensor");
   m.def(
       "attention_fwd_cuda(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale, bool is_causal, float dropout_p,"
       " Tensor? seed, bool deterministic=True) -> (Tensor, Tensor)");

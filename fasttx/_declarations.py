@@ -227,14 +227,14 @@ def _softmax_fwd_fake(input, mask, scale, is_causal, out_dtype):
     return input.new_empty(input.shape, dtype=out_dtype)
 
 
-def _softmax_bwd_fake(out, grad_out, scale, in_dtype):
+def _softmax_bwd_fake(out, grad_out, scale, is_causal, in_dtype):
     return out.new_empty(out.shape, dtype=in_dtype)
 
 
 def _softmax_setup_context(ctx, inputs, output):
-    input, mask, scale, _is_causal, _out_dtype = inputs
+    input, mask, scale, is_causal, _out_dtype = inputs
     ctx.save_for_backward(output)
-    ctx.scale, ctx.in_dtype = scale, input.dtype
+    ctx.scale, ctx.is_causal, ctx.in_dtype = scale, is_causal, input.dtype
     ctx.mask_dtype = None if mask is None or mask.dtype == torch.bool else mask.dtype
     ctx.mask_shape = None if mask is None else mask.shape
 
@@ -243,12 +243,13 @@ def _softmax_autograd(bwd_op):
     def backward(ctx, grad_out):
         (out,) = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        dx = bwd_op(out, grad_out, ctx.scale, ctx.in_dtype) if ctx.needs_input_grad[0] else None
+        # is_causal: the backward reads y and dy only up to each row's causal limit (y is 0 past it).
+        dx = bwd_op(out, grad_out, ctx.scale, ctx.is_causal, ctx.in_dtype) if ctx.needs_input_grad[0] else None
         # A float mask is added after the scale: its gradient is the logits' gradient, unscaled,
         # summed over the dims the mask broadcasts along.
         dmask = None
         if ctx.mask_dtype is not None and ctx.needs_input_grad[1]:
-            dmask = bwd_op(out, grad_out, 1.0, ctx.mask_dtype).sum_to_size(ctx.mask_shape)
+            dmask = bwd_op(out, grad_out, 1.0, ctx.is_causal, ctx.mask_dtype).sum_to_size(ctx.mask_shape)
         return dx, dmask, None, None, None
 
     return backward
@@ -261,10 +262,10 @@ def _softmax_fwd_triton(input, mask, scale, is_causal, out_dtype):
     return softmax_fwd(input, None if mask is None else mask.expand(input.shape), scale, is_causal, out_dtype)
 
 
-def _softmax_bwd_triton(out, grad_out, scale, in_dtype):
+def _softmax_bwd_triton(out, grad_out, scale, is_causal, in_dtype):
     from .triton_kernels.softmax import softmax_bwd
 
-    return softmax_bwd(out, grad_out, scale, in_dtype)
+    return softmax_bwd(out, grad_out, scale, is_causal, in_dtype)
 
 
 def _softmax_samples(requires_grad, backend, device):
@@ -294,7 +295,7 @@ SOFTMAX = OpDeclaration(
     name="softmax",
     functional="softmax",
     fwd_schema="(Tensor input, Tensor? mask, float scale, bool is_causal, ScalarType out_dtype) -> Tensor",
-    bwd_schema="(Tensor out, Tensor grad_out, float scale, ScalarType in_dtype) -> Tensor",
+    bwd_schema="(Tensor out, Tensor grad_out, float scale, bool is_causal, ScalarType in_dtype) -> Tensor",
     fwd_fake=_softmax_fwd_fake,
     bwd_fake=_softmax_bwd_fake,
     setup_context=_softmax_setup_context,
@@ -302,7 +303,7 @@ SOFTMAX = OpDeclaration(
     triton_fwd=_softmax_fwd_triton,
     triton_bwd=_softmax_bwd_triton,
     samples=_softmax_samples,
-    bwd_sample=lambda args, out: (out, torch.randn_like(args[0]), args[2], args[0].dtype),
+    bwd_sample=lambda args, out: (out, torch.randn_like(args[0]), args[2], args[3], args[0].dtype),
     example=Example(_MaskedSoftmax, (8, 5, 48)),
     bench="softmax",
 )

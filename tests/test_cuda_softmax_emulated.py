@@ -73,7 +73,7 @@ def _fwd(emulator, memory, x, mask, scale, is_causal, out_dtype):
     return y if direct else y.to(out_dtype)
 
 
-def _bwd(emulator, memory, out, grad_out, scale, in_dtype):
+def _bwd(emulator, memory, out, grad_out, scale, is_causal, in_dtype):
     """softmax_api.cpp's softmax_bwd_cuda on the emulator."""
     same = grad_out.dtype == out.dtype
     y = out if same else memory.new(out.shape, torch.float32, out)
@@ -81,8 +81,9 @@ def _bwd(emulator, memory, out, grad_out, scale, in_dtype):
     direct = in_dtype in (y.dtype, torch.float32) or y.dtype == torch.float32
     dx = memory.new(out.shape, in_dtype if direct else torch.float32)
     call(emulator.emu_softmax_bwd, dict(
-        out_dtype=DTYPE_CODE[y.dtype], grad_dtype=DTYPE_CODE[dx.dtype], rows=out.numel() // out.shape[-1],
-        cols=out.shape[-1], y=y.data_ptr(), dy=dy.data_ptr(), dx=dx.data_ptr(), scale=scale))
+        out_dtype=DTYPE_CODE[y.dtype], grad_dtype=DTYPE_CODE[dx.dtype], is_causal=int(is_causal),
+        rows=out.numel() // out.shape[-1], cols=out.shape[-1], queries=out.shape[-2] if out.dim() >= 2 else 1,
+        y=y.data_ptr(), dy=dy.data_ptr(), dx=dx.data_ptr(), scale=scale))
     return dx if direct else dx.to(in_dtype)
 
 
@@ -98,10 +99,10 @@ def check(emulator, x, scale=1.0, mask=None, is_causal=False, out_dtype=None, gr
     dy = torch.randn(x.shape, dtype=grad_dtype or out_dtype)
     # The autograd passes grad_out as it comes (contiguous); its storage is guarded too.
     dy_dev = memory.new(dy.shape, dy.dtype, dy)
-    dx = _bwd(emulator, memory, out, dy_dev, scale, x.dtype)
+    dx = _bwd(emulator, memory, out, dy_dev, scale, is_causal, x.dtype)
     dmask = None
     if mask is not None and mask.is_floating_point():
-        dmask = _bwd(emulator, memory, out, dy_dev, 1.0, mask.dtype).sum_to_size(mask.shape)
+        dmask = _bwd(emulator, memory, out, dy_dev, 1.0, is_causal, mask.dtype).sum_to_size(mask.shape)
     memory.check_guards()
     compare_with_reference(x, mask, scale, is_causal, dy, out, dx, dmask)
     return out, dx
@@ -203,6 +204,39 @@ def test_causal_long_rows(emulator, dtype):
     assert (out[..., queries:] == 0).all()
 
 
+# (A, B, L, C, dtype, out dtype): L < C, L > C with C odd (element by element), L = C aligned (the
+# vector across the limit read whole), 16-bit y with fp32 dx and fp32 y with 16-bit dx, one row,
+# rows of two chunks whose second is past every limit (never read).
+CAUSAL_BWD_CASES = [(2, 3, 5, 9, torch.float32, None), (1, 2, 40, 37, torch.bfloat16, None),
+                    (1, 2, 64, 64, torch.bfloat16, None), (2, 1, 24, 24, torch.float16, None),
+                    (1, 1, 16, 48, torch.bfloat16, torch.float32), (1, 1, 1, 40, torch.float32, None),
+                    (1, 1, 3, 16400, torch.float32, None)]
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("case", CAUSAL_BWD_CASES, ids=lambda c: f"{c[:4]}-{str(c[4])[6:]}-{str(c[5])[6:]}")
+def test_causal_backward_reads_nothing_past_the_limit(emulator, case, offset):
+    """The causal backward's dx is exactly 0 past the limit, and y and dy there do not reach it: NaN in
+    y, NaN and huge values in dy past the limit (where the forward wrote y = 0) give bit for bit the
+    dx of the clean inputs. A kernel that read them into its dot product or its dx would not."""
+    a, b, queries, keys, dtype, out_dtype = case
+    memory = Memory(offset)
+    x = logits(a, b, queries, keys, dtype=dtype)
+    out = _fwd(emulator, memory, memory.new(x.shape, x.dtype, x), None, 0.5, True, out_dtype or dtype)
+    dy = memory.new(x.shape, out.dtype, torch.randn(x.shape))
+    clean_out, clean_dy = out.clone(), dy.clone()
+    clean = _bwd(emulator, memory, out, dy, 0.5, True, dtype)
+    above = (torch.arange(keys)[None, :] > torch.arange(queries)[:, None]).expand(x.shape)
+    out[above] = float("nan")
+    huge = torch.finfo(out.dtype).max
+    dy[above] = torch.where(torch.rand(int(above.sum())) > 0.5, float("nan"), huge).to(dy.dtype)
+    poisoned = _bwd(emulator, memory, out, dy, 0.5, True, dtype)
+    memory.check_guards()
+    assert (poisoned[above] == 0).all() and not poisoned[above].signbit().any()
+    assert torch.equal(poisoned, clean)
+    compare_with_reference(x, None, 0.5, True, clean_dy, clean_out, clean, None)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("cols", [16, 37], ids=lambda c: f"C{c}")
 def test_causal_with_masks_fully_masking_rows(emulator, dtype, cols):
@@ -265,7 +299,7 @@ def test_misaligned_storage(emulator, dtype, kind):
 
 def test_params_are_set_by_field_name(emulator):
     """A missing or unknown field fails loudly, launching nothing."""
-    fields = dict(out_dtype=0, grad_dtype=0, rows=1, cols=4, y=0, dy=0, dx=0, scale=1.0)
+    fields = dict(out_dtype=0, grad_dtype=0, is_causal=0, rows=1, cols=4, queries=1, y=0, dy=0, dx=0, scale=1.0)
     for message, given in {"field 'scale' not given": {k: v for k, v in fields.items() if k != "scale"},
                            "unknown field 'x'": {**fields, "x": 0}}.items():
         with pytest.raises(ValueError, match=message):

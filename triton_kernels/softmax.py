@@ -24,6 +24,11 @@ summing over i:
     dz_k = sum_i dy_i y_i (delta_ik - y_k) = y_k (dy_k - sum_i y_i dy_i),   dx = scale * dz.
 It needs only y: masked entries have y = 0 and get dx = 0, and a fully masked row (y = 0) gets 0.
 The mask is constant here; a float mask's gradient is dz = dx / scale, left to the caller.
+With the forward's causal flag, y is 0 past column l of row l: only the kept columns of y and dy
+are read (up to the same 16-column rounding as the forward's loads, for 16-byte vectors; what is
+read past the limit is dropped, so no dy there reaches dx) and dx is written 0 past them. On
+square causal matrices that is about 2 row-units of traffic (y and dy over half the row, dx whole)
+instead of 3.
 """
 
 import math
@@ -98,6 +103,25 @@ def _reciprocal(s):
 
 
 @triton.jit
+def _causal_bounds(i_l, C, IS_CAUSAL: tl.constexpr):
+    """(n_keep, n_read) of query row i_l: the columns kept and those loaded, C each without causal.
+
+    Columns past the row index are kept out, and the online pass stops at the block of the last kept one.
+    The loads stop at the kept columns rounded up to a multiple of 16 (<= 15 columns more, all in the
+    row). With a bound of no known alignment, as n_keep, the compiler cannot prove that a thread's
+    consecutive elements are all read or all not, and splits every load into scalar ones (2 bytes for
+    bf16); a multiple of 16 is as aligned as Triton specialises C to, so the loads are 16-byte vectors
+    wherever C's are (benchmarks/notes/kernel_report.md, the causal rows).
+    """
+    n_keep = C
+    n_read = C
+    if IS_CAUSAL:  # one return: Triton's compiler types every return statement, the constexpr-pruned ones too
+        n_keep = tl.minimum(C, i_l + 1)
+        n_read = tl.minimum(C, tl.cdiv(i_l + 1, 16) * 16)
+    return n_keep, n_read
+
+
+@triton.jit
 def _rows_and_cols(BLOCK_C: tl.constexpr, SINGLE_BLOCK: tl.constexpr, ROWS: tl.constexpr):
     """This program's row index and its blocks' column offsets.
 
@@ -141,17 +165,7 @@ def _softmax_fwd_kernel(
         i_b = (row // L) % B
         i_a = row // (L * B)
         Mask += i_a.to(tl.int64) * stride_ma + i_b.to(tl.int64) * stride_mb + i_l.to(tl.int64) * stride_ml
-    n_keep = C
-    n_read = C
-    if IS_CAUSAL:
-        # Columns past the row index are kept out, and the online pass stops at the block of the last kept one.
-        n_keep = tl.minimum(C, i_l + 1)
-        # The loads stop at the kept columns rounded up to a multiple of 16 (<= 15 columns more, all in
-        # the row). With a bound of no known alignment, as n_keep, the compiler cannot prove that a
-        # thread's consecutive elements are all read or all not, and splits every load into scalar ones
-        # (2 bytes for bf16); a multiple of 16 is as aligned as Triton specialises C to, so the loads are
-        # 16-byte vectors wherever C's are (benchmarks/notes/kernel_report.md, the causal rows).
-        n_read = tl.minimum(C, tl.cdiv(i_l + 1, 16) * 16)
+    n_keep, n_read = _causal_bounds(i_l, C, IS_CAUSAL)
     if SINGLE_BLOCK:
         x, b = _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
         m = _shift(tl.max(x * scale_log2 + b, axis=1, keep_dims=True))
@@ -177,12 +191,24 @@ def _softmax_fwd_kernel(
 
 
 @triton.jit
+def _kept(v, cols, n_keep, IS_CAUSAL: tl.constexpr):
+    """v where the column is kept, else +0 whatever v is: past the causal limit the loads may have read
+    (up to the 16-column rounding) y = 0 next to any dy, inf and NaN included, and 0 * (dy - dot) would be
+    -0 for dot > dy, or NaN."""
+    if IS_CAUSAL:
+        v = tl.where(cols < n_keep, v, 0.0)
+    return v
+
+
+@triton.jit
 def _softmax_bwd_kernel(
     Y,  # (M, C) forward output, row-major
     DY,  # (M, C) upstream gradient, row-major
     DX,  # (M, C) input gradient, row-major
+    L,  # rows of a causal (L, C) matrix: row r is query r % L (unused without causal)
     C,
     scale,
+    IS_CAUSAL: tl.constexpr,  # the forward's: y is 0 past column l of query row l
     BLOCK_C: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C
     ROWS: tl.constexpr,  # rows a program, a divisor of M; 1 unless SINGLE_BLOCK
@@ -192,24 +218,25 @@ def _softmax_bwd_kernel(
     Y += row.to(tl.int64) * C
     DY += row.to(tl.int64) * C
     DX += row.to(tl.int64) * C
+    n_keep, n_read = _causal_bounds(row % L, C, IS_CAUSAL)
     if SINGLE_BLOCK:
-        mask = cols < C
-        y = tl.load(Y + cols, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + cols, mask=mask, other=0.0).to(tl.float32)
-        dx = y * (dy - tl.sum(y * dy, axis=1, keep_dims=True)) * scale
-        tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=mask)
+        y = tl.load(Y + cols, mask=cols < n_read, other=0.0).to(tl.float32)
+        dy = tl.load(DY + cols, mask=cols < n_read, other=0.0).to(tl.float32)
+        dot = tl.sum(_kept(y * dy, cols, n_keep, IS_CAUSAL), axis=1, keep_dims=True)
+        dx = _kept(y * (dy - dot) * scale, cols, n_keep, IS_CAUSAL)
+        tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=cols < C)
     else:
         dot = 0.0
+        for off in range(0, n_keep, BLOCK_C):
+            y = tl.load(Y + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+            dy = tl.load(DY + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+            dot += tl.sum(_kept(y * dy, off + cols, n_keep, IS_CAUSAL), axis=0)
+        # Blocks past the limit load nothing (every lane masked) and store zeros.
         for off in range(0, C, BLOCK_C):
-            mask = off + cols < C
-            y = tl.load(Y + off + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + off + cols, mask=mask, other=0.0).to(tl.float32)
-            dot += tl.sum(y * dy, axis=0)
-        for off in range(0, C, BLOCK_C):
-            mask = off + cols < C
-            y = tl.load(Y + off + cols, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + off + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(DX + off + cols, (y * (dy - dot) * scale).to(DX.dtype.element_ty), mask=mask)
+            y = tl.load(Y + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+            dy = tl.load(DY + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+            dx = _kept(y * (dy - dot) * scale, off + cols, n_keep, IS_CAUSAL)
+            tl.store(DX + off + cols, dx.to(DX.dtype.element_ty), mask=off + cols < C)
 
 
 def _launch_config(n_cols: int, n_rows: int = 1) -> dict:
@@ -257,14 +284,20 @@ def softmax_fwd(x, mask, scale: float, is_causal: bool, out_dtype: torch.dtype):
     return y
 
 
-def softmax_bwd(y, dy, scale: float, in_dtype: torch.dtype):
-    """Gradient w.r.t. x of :func:`softmax_fwd`, in ``in_dtype``, from its output ``y`` and ``dy``."""
-    assert y.shape == dy.shape and y.dim() > 0, "y and dy must have the same shape, at least 1-D"
+def softmax_bwd(y, dy, scale: float, is_causal: bool, in_dtype: torch.dtype):
+    """Gradient w.r.t. x of :func:`softmax_fwd`, in ``in_dtype``, from its output ``y`` and ``dy``.
+
+    ``is_causal``: the forward's, over the last two dims of ``y``; y and dy are read only where kept.
+    """
+    assert y.shape == dy.shape and y.dim() > (1 if is_causal else 0), \
+        "y and dy must have the same shape, at least 1-D (2-D with is_causal)"
     assert y.is_contiguous() and dy.is_contiguous(), "y and dy must be contiguous"
     assert y.dtype in KERNEL_DTYPES and dy.dtype in KERNEL_DTYPES and in_dtype in KERNEL_DTYPES, "unsupported dtypes"
     dx = torch.empty(y.shape, dtype=in_dtype, device=y.device)
     if dx.numel() > 0:
         C = y.shape[-1]
         config = _launch_config(C, y.numel() // C)
-        _softmax_bwd_kernel[(y.numel() // C // config["ROWS"],)](y, dy, dx, C, scale, **config)
+        L = y.shape[-2] if is_causal else 1
+        _softmax_bwd_kernel[(y.numel() // C // config["ROWS"],)](y, dy, dx, L, C, scale, IS_CAUSAL=is_causal,
+                                                                 **config)
     return dx

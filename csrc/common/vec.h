@@ -145,6 +145,19 @@ struct RawVec {
 #pragma unroll
     for (int k = 0; k < kWords; ++k) words[k] = Word(0);
   }
+  // Zeroes elements n .. kVec - 1: what a whole-vector load read past a limit inside the row.
+  __device__ __forceinline__ void zero_from(int n) {
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) {
+      if constexpr (kPerWord == 1) {
+        if (k >= n) words[k] = T(0);
+      } else if (2 * k >= n) {
+        words[k] = 0u;
+      } else if (2 * k + 1 >= n) {
+        words[k] &= 0xffffu;  // element 2k + 1 is the high half
+      }
+    }
+  }
   __device__ __forceinline__ float operator[](int e) const {
     if constexpr (kPerWord == 1) {
       return words[e];

@@ -34,8 +34,12 @@ struct SoftmaxFwdParams {
 struct SoftmaxBwdParams {
   DType out_dtype;   // y and dy
   DType grad_dtype;  // dx: any of the three when out_dtype or grad_dtype is kFloat32, else out_dtype
+  // The forward's is_causal: y is 0 past column l of row r (l = r % queries), so only columns
+  // <= l of y and dy are read, and dx is written 0 past them.
+  bool is_causal;
   int64_t rows;      // M >= 1, up to INT32_MAX
   int cols;          // C >= 1
+  int queries;       // L: with is_causal, the rows are M / L (L, C) matrices (unread otherwise)
   const void* y;     // (M, C) out_dtype, the forward's output, contiguous
   const void* dy;    // (M, C) out_dtype, contiguous
   void* dx;          // (M, C) grad_dtype, contiguous

@@ -89,11 +89,13 @@ at::Tensor softmax_fwd_cuda(const at::Tensor& input, const std::optional<at::Ten
   return direct ? out : out.to(out_dtype);
 }
 
-at::Tensor softmax_bwd_cuda(const at::Tensor& out, const at::Tensor& grad_out, double scale, at::ScalarType in_dtype) {
+at::Tensor softmax_bwd_cuda(const at::Tensor& out, const at::Tensor& grad_out, double scale, bool is_causal,
+                            at::ScalarType in_dtype) {
   const char* op = kBwdOp;
   check_cuda(op, "out", out);
   check_kernel_dtype(op, "out", out.scalar_type());
-  TORCH_CHECK(out.dim() >= 1, "fasttx::", op, ": out must have at least 1 dim, got shape ", shape(out.sizes()));
+  TORCH_CHECK(out.dim() >= (is_causal ? 2 : 1), "fasttx::", op, ": out must have at least ",
+              is_causal ? "2 dims (L, C) with is_causal" : "1 dim", ", got shape ", shape(out.sizes()));
   check_contiguous(op, "out", out);
   check_rows(op, "out", out);
   check_same_device(op, "grad_out", grad_out, out, "out");
@@ -117,8 +119,10 @@ at::Tensor softmax_bwd_cuda(const at::Tensor& out, const at::Tensor& grad_out, d
     SoftmaxBwdParams p{};
     p.out_dtype = to_dtype(y.scalar_type());
     p.grad_dtype = to_dtype(grad_input.scalar_type());
+    p.is_causal = is_causal;
     p.rows = out.numel() / out.size(-1);
     p.cols = static_cast<int>(out.size(-1));
+    p.queries = out.dim() >= 2 ? static_cast<int>(out.size(-2)) : 1;  // <= rows <= INT32_MAX
     p.y = y.data_ptr();
     p.dy = dy.data_ptr();
     p.dx = grad_input.data_ptr();

@@ -10,7 +10,9 @@ namespace fasttx {
 // softmax(scale * input + mask) over the last dim of a contiguous (A, B, L, C) input, in out_dtype.
 at::Tensor softmax_fwd_cuda(const at::Tensor& input, const std::optional<at::Tensor>& mask, double scale,
                             bool is_causal, at::ScalarType out_dtype);
-// The input's gradient, in in_dtype, from the forward's output and its gradient.
-at::Tensor softmax_bwd_cuda(const at::Tensor& out, const at::Tensor& grad_out, double scale, at::ScalarType in_dtype);
+// The input's gradient, in in_dtype, from the forward's output and its gradient; is_causal: the
+// forward's, over out's last two dims (its columns past the limit are not read).
+at::Tensor softmax_bwd_cuda(const at::Tensor& out, const at::Tensor& grad_out, double scale, bool is_causal,
+                            at::ScalarType in_dtype);
 
 }  // namespace fasttx

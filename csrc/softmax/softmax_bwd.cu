@@ -12,6 +12,13 @@
 // caller's kernel call with scale 1). One row sum (the dot product y . dy), then a second sweep:
 // rows up to a chunk (softmax/softmax_layout.cuh) stay in registers for it, longer ones are read
 // again. All arithmetic is fp32.
+//
+// Causal rows (p.is_causal): y is 0 past column l of query row l, and so is dx, whatever dy is
+// there. Only the vectors holding columns <= l are read, as in the forward (the one that crosses
+// the limit whole on the aligned path: it lies in the row); what was read past the limit is
+// dropped, so a dy there (inf, NaN, garbage) reaches neither the dot product nor dx, and dx is
+// written 0 past the limit. On a square causal matrix that reads about half of y and dy: 2 row-
+// units of traffic (y, dy where kept; dx whole) instead of 3.
 
 #include <type_traits>
 
@@ -56,8 +63,13 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
   const Y* __restrict__ y = static_cast<const Y*>(p.y) + offset;    // (C,) this row
   const Y* __restrict__ dy = static_cast<const Y*>(p.dy) + offset;  // (C,) this row
   D* __restrict__ dx = static_cast<D*>(p.dx) + offset;              // (C,) this row
-  const int nvec = valid ? ceil_div(p.cols, kVec) : 0;
-  const int chunk = grp.size * kIters;  // vectors per chunk
+  // Columns that may be nonzero in y: up to the causal limit, column l of query row l.
+  const int n_keep = !valid        ? 0
+                     : p.is_causal ? min(p.cols, static_cast<int>(row % p.queries) + 1)
+                                   : p.cols;
+  const int nvec_read = ceil_div(n_keep, kVec);         // vectors read; the rest of dx is 0
+  const int nvec = valid ? ceil_div(p.cols, kVec) : 0;  // vectors written
+  const int chunk = grp.size * kIters;                  // vectors per chunk
 
   RawVec<Y, kVec> yv[kIters];
   RawVec<Y, kVec> gv[kIters];  // dy
@@ -65,9 +77,16 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
 #pragma unroll
     for (int i = 0; i < kIters; ++i) {
       const int j = c0 + i * grp.size + grp.rank;
-      if (j < nvec) {
-        yv[i].template load<kAligned>(y + j * kVec, p.cols - j * kVec);
-        gv[i].template load<kAligned>(dy + j * kVec, p.cols - j * kVec);
+      if (j < nvec_read) {
+        const int n = n_keep - j * kVec;  // elements of the vector below the limit (can exceed kVec)
+        yv[i].template load<kAligned>(y + j * kVec, n);
+        gv[i].template load<kAligned>(dy + j * kVec, n);
+        // An aligned vector is read whole even where the causal limit cuts it (it lies in the row):
+        // what lies past the limit is dropped. (The element-wise loads read only the first n.)
+        if (kAligned && n < kVec) {
+          yv[i].zero_from(n);
+          gv[i].zero_from(n);
+        }
       } else {
         yv[i].zero();
         gv[i].zero();
@@ -76,7 +95,7 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
   };
 
   float dot[1] = {0.f};
-  for (int c0 = 0; c0 < nvec; c0 += chunk) {
+  for (int c0 = 0; c0 < nvec_read; c0 += chunk) {
     load_chunk(c0);
 #pragma unroll
     for (int i = 0; i < kIters; ++i)
@@ -93,13 +112,24 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
       float out[kVec];
 #pragma unroll
       for (int e = 0; e < kVec; ++e) out[e] = p.scale * (yv[i][e] * (gv[i][e] - dot[0]));
+      // Past the causal limit dx is +0, not the 0 * (0 - dot) of the zeroed cache (-0 for dot > 0,
+      // NaN for an infinite dot). Only the vector across the limit and those past it pay the test.
+      const int n = n_keep - j * kVec;
+      if (n < kVec) {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) {
+          if (e >= n) out[e] = 0.f;
+        }
+      }
       store_vec<kVec, kAligned>(dx + j * kVec, out, p.cols - j * kVec);
     }
   };
-  // The last chunk is still in registers; earlier ones (rows longer than a chunk) are read again.
-  const int last = nvec == 0 ? 0 : (nvec - 1) / chunk * chunk;
+  // The last chunk read is still in registers; the others are read again (chunks past the causal
+  // limit are not read at all: load_chunk leaves them 0, written as 0).
+  const int last = nvec_read == 0 ? 0 : (nvec_read - 1) / chunk * chunk;
   store_chunk(last);
-  for (int c0 = 0; c0 < last; c0 += chunk) {
+  for (int c0 = 0; c0 < nvec; c0 += chunk) {
+    if (c0 == last) continue;
     load_chunk(c0);
     store_chunk(c0);
   }

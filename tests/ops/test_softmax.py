@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import fasttx
-from fasttx import reference
+from fasttx import _ops, reference
 from fasttx.testing import assert_close
 
 from ..conftest import DEVICE, runnable_backends
 
 BACKENDS = runnable_backends(op="softmax")
+KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]  # those with fasttx::softmax_{fwd,bwd}_<backend> ops
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LONG_ROW = 262144  # beyond every backend's single-pass limit
 
@@ -94,13 +95,62 @@ def test_masks(backend, dtype, kind):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("queries,keys", [(5, 9), (9, 5), (7, 7)], ids=["L<S", "L>S", "L=S"])
+def _above(queries, keys):
+    """(L, C) True past the causal limit (top-left aligned: column j > row i)."""
+    return torch.arange(keys, device=DEVICE)[None, :] > torch.arange(queries, device=DEVICE)[:, None]
+
+
+# (A, B, L, C): L < C, L > C, L = C, one row, C not a power of 2 (37: rows not vector-aligned; 48:
+# the vector across the limit read whole), several rows a Triton program (16 columns).
+CAUSAL_SHAPES = [(2, 3, 5, 9), (2, 3, 9, 5), (1, 2, 7, 7), (1, 1, 1, 40), (1, 2, 40, 37), (2, 1, 24, 48),
+                 (2, 2, 32, 16)]
+
+
+@pytest.mark.parametrize("shape", CAUSAL_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_causal(backend, queries, keys):
-    out = check(logits(2, 3, queries, keys), backend, scale=0.5, is_causal=True)
-    cols = torch.arange(keys, device=DEVICE)
-    above = cols[None, :] > torch.arange(queries, device=DEVICE)[:, None]
-    assert (out[..., above] == 0).all()
+def test_causal(backend, dtype, shape):
+    """Output and input gradient of causal rows; both exactly 0 past the limit."""
+    x = logits(*shape, dtype=dtype).requires_grad_()
+    out = fasttx.softmax(x, -1, scale=0.5, is_causal=True, backend=backend)
+    dy = torch.randn_like(out)
+    out.backward(dy)
+    compare_with_reference(x, None, 0.5, True, dy, out, x.grad, None)
+    above = _above(*shape[-2:])
+    assert (out[..., above] == 0).all() and (x.grad[..., above] == 0).all()
+
+
+@pytest.mark.parametrize("mask_kind", ["bool key padding", "float (L, C)"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_causal_non_contiguous_with_masks(backend, mask_kind):
+    """Causal over the last two dims of a transposed (non-contiguous) input, with a mask: the float
+    mask's gradient is the backward at scale 1, causal too."""
+    x = logits(2, 3, 37, 20).transpose(-1, -2)  # (2, 3, 20, 37)
+    mask = (torch.rand(2, 1, 1, 37, device=DEVICE) > 0.3 if mask_kind.startswith("bool")
+            else torch.randn(20, 37, device=DEVICE))
+    check(x, backend, scale=0.7, mask=mask, is_causal=True)
+
+
+@pytest.mark.parametrize("shape,dtype", [((2, 3, 9, 5), torch.float32), ((1, 2, 24, 48), torch.bfloat16),
+                                         ((1, 1, 40, 37), torch.float16), ((2, 2, 32, 16), torch.float32),
+                                         ((1, 1, 3, 16400), torch.float32)], ids=str)
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_causal_backward_reads_nothing_past_the_limit(backend, shape, dtype):
+    """The causal backward op (as the autograd calls it, on the forward's output) writes exact zeros
+    past the limit, and y and dy there do not reach dx: NaN in y, NaN and huge values in dy past the
+    limit give bit for bit the dx of the clean inputs. A kernel that read them into its dot product or
+    its dx would not. (That it does not load them at all is in the compiled code: kernel_report.md.)"""
+    fwd, bwd = _ops.op("softmax", "fwd", backend), _ops.op("softmax", "bwd", backend)
+    y = fwd(logits(*shape, dtype=dtype), None, 0.5, True, dtype)
+    dy = torch.randn_like(y)
+    clean = bwd(y, dy, 0.5, True, dtype)
+    above = _above(*shape[-2:]).expand(shape)
+    y[above] = float("nan")
+    dy[above] = torch.where(torch.rand(int(above.sum()), device=DEVICE) > 0.5, float("nan"),
+                            torch.finfo(dtype).max).to(dtype)
+    dx = bwd(y, dy, 0.5, True, dtype)
+    assert (dx[above] == 0).all() and not dx[above].signbit().any()
+    assert torch.equal(dx, clean)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -23,8 +23,8 @@ inline std::vector<Field<fasttx::SoftmaxFwdParams>> fwd_fields() {
 
 inline std::vector<Field<fasttx::SoftmaxBwdParams>> bwd_fields() {
   using P = fasttx::SoftmaxBwdParams;
-  return {FIELD(P, out_dtype), FIELD(P, grad_dtype), FIELD(P, rows), FIELD(P, cols),
-          FIELD(P, y),         FIELD(P, dy),         FIELD(P, dx),   FIELD(P, scale)};
+  return {FIELD(P, out_dtype), FIELD(P, grad_dtype), FIELD(P, is_causal), FIELD(P, rows), FIELD(P, cols),
+          FIELD(P, queries),   FIELD(P, y),          FIELD(P, dy),        FIELD(P, dx),   FIELD(P, scale)};
 }
 
 }  // namespace emu

@@ -289,7 +289,8 @@ def attention_entries(preset):
         for name, (fn, (space, model, wrong)) in ATTENTION_KERNELS.items():
             admitted = attention_common.space_configs(
                 space, model, head_dim, head_dim, dtype.itemsize, mask_bytes, attention_common.DEFAULT_SHARED_MEMORY,
-                (wrong or {}).get((kind, dtype.itemsize == 4), ()), mask_rows_broadcast=key_padding)
+                (wrong or {}).get((kind, dtype.itemsize == 4), ()),
+                mask_vectors=attention_common.mask_vector_buffers(key_padding, tma, False))
             block_m, block_n, warps, stages = admitted[0]
             args = variant_args(name.removeprefix("attn_"), block_m, block_n, head_dim, dtype, mask_dtype, causal,
                                 0.0, tma, warps, key_padding)

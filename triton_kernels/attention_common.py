@@ -169,12 +169,13 @@ def keep_tile_bytes(block_m, block_n, has_dropout):
     return block_m * block_n if has_dropout else 0
 
 
-def mask_buffer_bytes(block_m, block_n, num_stages, mask_bytes, rows_broadcast):
+def mask_buffer_bytes(block_m, block_n, num_stages, mask_bytes, vectors):
     """Shared memory of the mask's pipeline buffers, num_stages - 1 of them (Triton 3.8, sm_90a, seen
     compiling the configs: at E = 128, fp16, the forward's (128, 128, 8, 3) takes 224 KB without a mask,
-    352 KB with an fp32 (B, 1, L, S) one): a (BLOCK_M, BLOCK_N) tile each, or with MASK_ROWS_BROADCAST
-    one BLOCK_N vector (an upper bound: benchmarks/notes/attention.md has what it takes)."""
-    return (num_stages - 1) * (1 if rows_broadcast else block_m) * block_n * mask_bytes
+    352 KB with an fp32 (B, 1, L, S) one): a (BLOCK_M, BLOCK_N) tile each, or (``vectors``, with
+    MASK_ROWS_BROADCAST) one BLOCK_N vector (an upper bound: benchmarks/notes/attention.md has what it takes; the pruning's
+    choice between the two: mask_vector_buffers)."""
+    return (num_stages - 1) * (1 if vectors else block_m) * block_n * mask_bytes
 
 
 def tma_barrier_bytes(num_stages):
@@ -185,37 +186,42 @@ def tma_barrier_bytes(num_stages):
 
 
 def modelled_shared_memory(shared_memory, block_m, block_n, num_stages, block_e, block_ev, dtype_bytes,
-                           mask_bytes=0, mask_rows_broadcast=False, has_dropout=False):
+                           mask_bytes=0, mask_vectors=False, has_dropout=False):
     """Bytes of shared memory a config of a kernel takes by the models: ``shared_memory(BLOCK_M, BLOCK_N,
     num_stages, block_e, block_ev, dtype_bytes)``, the kernel's model of its dot operands and statistics,
     plus the mask's buffers (mask_buffer_bytes; mask_bytes 0 without a mask), dropout's keep tile
     (keep_tile_bytes) and the TMA path's barriers (tma_barrier_bytes)."""
     return (shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes)
-            + mask_buffer_bytes(block_m, block_n, num_stages, mask_bytes, mask_rows_broadcast)
+            + mask_buffer_bytes(block_m, block_n, num_stages, mask_bytes, mask_vectors)
             + keep_tile_bytes(block_m, block_n, has_dropout) + tma_barrier_bytes(num_stages))
 
 
+def mask_vector_buffers(rows_broadcast, tma, has_dropout):
+    """Whether the pruning models a launch's mask buffers as vectors (mask_buffer_bytes), from its
+    MASK_ROWS_BROADCAST, TMA and HAS_DROPOUT. The configs the vectors' smaller model admits were compiled
+    for sm_90a (Triton 3.6 and 3.8, bf16) to check they spill nothing; where some spilled, a row-broadcast
+    mask is counted as a tile all the same: with dropout (the forward's (128, 128, 8, 2) at head dim 128
+    with an fp32 key-padding mask, 8-176 bytes, (128, 64, 8, 2) at 256, 4 bytes; Triton 3.8) and on the
+    pointer path ((128, 128, 8, 3) at head dim 128, causal, bf16 / fp32 mask: 32 / 4 bytes; Triton 3.6).
+    Without either, none does (benchmarks/notes/attention.md)."""
+    return rows_broadcast and tma and not has_dropout
+
+
 def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit, wrong=(),
-                  has_dropout=False, mask_rows_broadcast=False):
+                  has_dropout=False, mask_vectors=False):
     """The configs (BLOCK_M, BLOCK_N, num_warps, num_stages) of ``space`` for a call: those of the first
     key that fits its head dims and dtype class (fp32 when dtype_bytes is 4), less the ``wrong`` ones
     (measured to compute wrong results for the call's dtype and mask kind), fitted to ``limit`` bytes by
     modelled_shared_memory with the kernel's model ``shared_memory`` (see fitting_configs). A mask tile
-    takes num_stages - 1 more buffers, so with one some configs get fewer stages (a row-broadcast mask's
-    vectors hardly any); without one the model applies too: a listed config may not fit every device, nor
-    every head dim of its key (measured on an H200: the dQ kernel's (128, 16, 8, 2) at E = 128 fp32 asked
-    for 294912 bytes, the model's figure, against 232448).
-
-    With dropout a row-broadcast mask is modelled as a tile all the same: the configs its smaller buffers
-    would admit there spill (compiled for sm_90a, Triton 3.8, bf16, fp32 key-padding mask: the forward's
-    (128, 128, 8, 2) at head dim 128, 8-176 bytes, (128, 64, 8, 2) at 256, 4 bytes); without dropout
-    none of those it admits does (benchmarks/notes/attention.md)."""
+    takes num_stages - 1 more buffers, so with one some configs get fewer stages (vectors, ``mask_vectors``
+    from mask_vector_buffers, hardly any); without one the model applies too: a listed config may not fit
+    every device, nor every head dim of its key (measured on an H200: the dQ kernel's (128, 16, 8, 2) at
+    E = 128 fp32 asked for 294912 bytes, the model's figure, against 232448)."""
     key = next(k for k in space if k[1] == (dtype_bytes == 4) and max(block_e, block_ev) <= k[0])
-    vector_mask = mask_rows_broadcast and not has_dropout
 
     def model(block_m, block_n, num_stages):
         return modelled_shared_memory(shared_memory, block_m, block_n, num_stages, block_e, block_ev, dtype_bytes,
-                                      mask_bytes, vector_mask, has_dropout)
+                                      mask_bytes, mask_vectors, has_dropout)
 
     return fitting_configs([c for c in space[key] if c not in wrong], model, limit)
 
@@ -236,7 +242,7 @@ def attention_autotune(space, shared_memory, wrong=None, meta=None):
         kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
                              0 if mask is None else mask.element_size(), shared_memory_limit(q.device),
                              wrong.get((args["MASK_KIND"], q.element_size() == 4), ()), args["HAS_DROPOUT"],
-                             args["MASK_ROWS_BROADCAST"])
+                             mask_vector_buffers(args["MASK_ROWS_BROADCAST"], args["TMA"], args["HAS_DROPOUT"]))
         if meta is not None:
             return [_config(*c, **meta(c, args)) for c in (kept if _AUTOTUNE else kept[:1])]
         return [configs[c] if c in configs else _config(*c) for c in (kept if _AUTOTUNE else kept[:1])]

@@ -268,7 +268,7 @@ def pruning(name, monkeypatch):
         block = max(16, triton.next_power_of_2(head_dim))
         mask_kind = "none" if mask is None else "bool" if mask.dtype == torch.bool else "float"
         args = {"Q": q, "Mask": mask, "BLOCK_E": block, "BLOCK_EV": block, "MASK_KIND": mask_kind,
-                "MASK_ROWS_BROADCAST": rows_broadcast, "HAS_DROPOUT": has_dropout}
+                "MASK_ROWS_BROADCAST": rows_broadcast, "HAS_DROPOUT": has_dropout, "TMA": True}
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
                 for c in tuner.early_config_prune(tuner.configs, args)]
 

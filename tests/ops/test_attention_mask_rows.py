@@ -55,20 +55,22 @@ def test_one_query_row_is_a_row_broadcast():
     assert attention_common.mask_rows_broadcast((S, 0, 0, 1), 7)
 
 
-def test_vector_buffers_admit_more_stages_without_dropout_only():
-    """The pruning models a row-broadcast mask's buffers as vectors: the forward's (128, 128, 8, 3) at
-    head dim 128, bf16, keeps its 3 stages with an fp32 key-padding mask (2 with a tile); with dropout
-    the tile's model applies all the same (what the vectors would admit there spills:
-    attention_common.space_configs)."""
+def test_vector_buffers_admit_more_stages_on_tma_without_dropout_only():
+    """The pruning models a row-broadcast mask's buffers as vectors on the TMA path without dropout: the
+    forward's (128, 128, 8, 3) at head dim 128, bf16, keeps its 3 stages with an fp32 key-padding mask (2
+    with a tile); with dropout or on the pointer path the tile's model applies all the same (what the
+    vectors would admit there spills: attention_common.mask_vector_buffers)."""
     from fasttx.triton_kernels.attention_fwd import FWD_SPACE, fwd_shared_memory
 
-    def kept(rows_broadcast, dropout):
+    def kept(rows_broadcast, tma, dropout):
+        vectors = attention_common.mask_vector_buffers(rows_broadcast, tma, dropout)
         return attention_common.space_configs(FWD_SPACE, fwd_shared_memory, 128, 128, 2, 4,
-                                              attention_common.DEFAULT_SHARED_MEMORY, (), dropout, rows_broadcast)
+                                              attention_common.DEFAULT_SHARED_MEMORY, (), dropout, vectors)
 
-    assert (128, 128, 8, 3) in kept(True, False) and (128, 128, 8, 2) in kept(False, False)
-    assert (128, 128, 8, 3) not in kept(False, False)
-    assert kept(True, True) == kept(False, True)
+    assert (128, 128, 8, 3) in kept(True, True, False) and (128, 128, 8, 3) not in kept(False, True, False)
+    assert (128, 128, 8, 2) in kept(False, True, False)
+    for tma, dropout in ((True, True), (False, False), (False, True)):
+        assert kept(True, tma, dropout) == kept(False, tma, dropout), (tma, dropout)
     assert attention_common.mask_buffer_bytes(128, 128, 3, 4, True) * 128 == \
         attention_common.mask_buffer_bytes(128, 128, 3, 4, False)
 

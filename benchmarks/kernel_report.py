@@ -9,9 +9,11 @@ launchers choose at the benchmark shapes (benchmarks/norms.py, softmax.py, atten
   softmax    _launch_config's block at a few column counts (4096 rows), no mask, the bench's (1, C)
              float mask broadcast over rows, a bool mask, causal;
   attention  the first config the pruning admits (what FASTTX_TRITON_AUTOTUNE=0 runs) for each head dim
-             64 / 128, dtype bf16 / fp32, mask none / bool / float and causal or not, for the forward,
-             dK/dV and dQ kernels, on the path sm_90 runs (bf16: TMA descriptors, fp32: pointers); bf16
-             without a mask also on the pointer path; and the rowsum(dO * O) kernel.
+             64 / 128, dtype bf16 / fp32, mask none / bool / float (a (B, 1, L, S) tile) and causal or
+             not, for the forward, dK/dV and dQ kernels, on the path sm_90 runs (bf16: TMA descriptors,
+             fp32: pointers); bf16 without a mask also on the pointer path; bf16 with a (B, 1, 1, S)
+             key-padding mask, bool / bf16 (the row-broadcast vector path, MASK_ROWS_BROADCAST); and the
+             rowsum(dO * O) kernel.
 For each it reports, from the cubin Triton built: registers, the stack frame and the local-memory
 instructions (STL / LDL: spill traffic) of its SASS; from ptxas -v rerun on Triton's PTX with the flags
 this Triton passes: spill bytes and ptxas's performance warnings (the rerun's register count is checked
@@ -78,15 +80,17 @@ SOFTMAX_CASES = {
     "full": [(c, kind, False) for c in (1024, 4096, 16384, 32768) for kind in ("none", "float")]
     + [(4096, "bool", False), (4096, "none", True), (32768, "none", True)],
 }
-# (head dim, dtype, mask dtype or None, causal, TMA): every case on the path sm_90 runs (TMA for bf16, pointers
-# for fp32: attention_common.TMA_DTYPES), and the benchmarks' (bf16, no mask) on the pointer path too (other
-# GPUs, strides TMA cannot take), to compare.
+# (head dim, dtype, mask dtype or None, causal, TMA, key padding): every case on the path sm_90 runs (TMA for
+# bf16, pointers for fp32: attention_common.TMA_DTYPES) with (B, 1, L, S) masks, the benchmarks' (bf16, no
+# mask) on the pointer path too (other GPUs, strides TMA cannot take), to compare, and bf16 with a (B, 1, 1, S)
+# key-padding mask, bool or bf16, not causal (the row-broadcast path against the (B, 1, L, S) tile above).
 ATTENTION_CASES = {
-    "quick": [(128, torch.bfloat16, None, False, True)],
-    "full": [(e, dtype, mask, causal, dtype in attention_common.TMA_DTYPES) for e in (64, 128)
+    "quick": [(128, torch.bfloat16, None, False, True, False)],
+    "full": [(e, dtype, mask, causal, dtype in attention_common.TMA_DTYPES, False) for e in (64, 128)
              for dtype in (torch.bfloat16, torch.float32) for mask in (None, torch.bool, dtype)
              for causal in (False, True)]
-    + [(e, torch.bfloat16, None, causal, False) for e in (64, 128) for causal in (False, True)],
+    + [(e, torch.bfloat16, None, causal, False, False) for e in (64, 128) for causal in (False, True)]
+    + [(e, torch.bfloat16, mask, False, True, True) for e in (64, 128) for mask in (torch.bool, torch.bfloat16)],
 }
 ATTENTION_KERNELS = {  # name: (jit function, (space, shared-memory model, wrong configs))
     "attn_fwd": (attention_fwd._attn_fwd_kernel, attention_fwd.FWD_TUNING),
@@ -278,18 +282,20 @@ def softmax_entries(preset):
 
 
 def attention_entries(preset):
-    for head_dim, dtype, mask_dtype, causal, tma in ATTENTION_CASES[preset]:
+    for head_dim, dtype, mask_dtype, causal, tma, key_padding in ATTENTION_CASES[preset]:
         kind = "none" if mask_dtype is None else "bool" if mask_dtype == torch.bool else "float"
         mask_bytes = 0 if mask_dtype is None else mask_dtype.itemsize
-        case = dict(head_dim=head_dim, dtype=str(dtype).replace("torch.", ""), mask=kind, causal=causal,
+        case = dict(head_dim=head_dim, dtype=str(dtype).replace("torch.", ""), mask=kind,
+                    mask_shape="-" if mask_dtype is None else "B,1,1,S" if key_padding else "B,1,L,S", causal=causal,
                     path="tma" if tma else "pointers")
         for name, (fn, (space, model, wrong)) in ATTENTION_KERNELS.items():
             admitted = attention_common.space_configs(
                 space, model, head_dim, head_dim, dtype.itemsize, mask_bytes, attention_common.DEFAULT_SHARED_MEMORY,
-                (wrong or {}).get((kind, dtype.itemsize == 4), ()))
+                (wrong or {}).get((kind, dtype.itemsize == 4), ()),
+                mask_vectors=attention_common.mask_vector_buffers(key_padding, tma, False))
             block_m, block_n, warps, stages = admitted[0]
             args = variant_args(name.removeprefix("attn_"), block_m, block_n, head_dim, dtype, mask_dtype, causal,
-                                0.0, tma, warps)
+                                0.0, tma, warps, key_padding)
             config = dict(BLOCK_M=block_m, BLOCK_N=block_n)
             if "DEFER_FITS" in args:  # the forward's schedule (attention_fwd.defer_pv_fits)
                 config["DEFER_FITS"] = args["DEFER_FITS"]
@@ -301,7 +307,7 @@ def attention_entries(preset):
             block_m = min(attention_bwd._DELTA_ELEMENTS // block_ev, 1024)
             args = dict(O=o, DO=o, Delta=torch.empty(2, 4, 1024), o_strides=o.stride()[:3], do_strides=o.stride()[:3],
                         H=4, L=1024, EV=head_dim, BLOCK_EV=block_ev, BLOCK_M=block_m)
-            yield ("attention", "attn_bwd_delta", dict(case, mask="-", causal="-", path="pointers"),
+            yield ("attention", "attn_bwd_delta", dict(case, mask="-", mask_shape="-", causal="-", path="pointers"),
                    dict(BLOCK_M=block_m),
                    attention_bwd._attn_bwd_delta_kernel, 4, _default_stages(4), args)
 

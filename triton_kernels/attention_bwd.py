@@ -24,7 +24,10 @@ blocks past the diagonal. dQ applies element-wise checks, causal and key bound, 
 key blocks only, as the forward: a padding key, loaded as 0, scores 0, and 2^(0 - lse) overflows for a
 row whose real scores sit far below 0 (a mask of -1e30). dK/dV apply the causal check on every block
 they visit (see _bwd_kv_blocks) and need no key bound: their padding rows reach only themselves and are
-never stored. Padding query rows load lse = +inf, so P = 0 on them.
+never stored. Padding query rows load lse = +inf, so P = 0 on them. A row-broadcast (key-padding) mask
+is the same vector of keys for every query block a dK/dV program visits: its address does not depend on
+the block (MASK_ROWS_BROADCAST), so Triton loads it once per query head, before the loop (sm_90a TTGIR,
+Triton 3.8), where a tile is loaded in every step.
 
 Both kernels recompute Q K^T and dO V^T: 7 matrix products where the math needs 5, the price of a dQ
 written once. deterministic=False (fasttx.scaled_dot_product_attention; ignored while
@@ -43,7 +46,7 @@ import triton.language as tl
 
 from .attention_common import (LOG2E, attention_autotune, dropout_keep, head_rows, held_copies, held_signed,
                                kernel_args, key_blocks, kv_heads, launch_grid, load_rows, load_seed, load_v,
-                               masked_scores, program_block, query_block, score_block, store_rows,
+                               mask_offsets, masked_scores, program_block, query_block, score_block, store_rows,
                                tile_offsets_fit)
 
 # See attention_fwd.py's launch configurations; lists chosen the same way.
@@ -70,19 +73,18 @@ BWD_Q_SPACE = {
 }
 
 
-def bwd_kv_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
+def bwd_kv_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes):
     """Bytes of shared memory of the dK/dV kernel, modelled as fwd_shared_memory's: the k and v tiles it
-    holds, num_stages copies of the q and dO tiles it streams (and their fp32 lse, delta), num_stages - 1
-    of the mask tile."""
+    holds, num_stages copies of the q and dO tiles it streams and of their fp32 lse, delta."""
     dots = (held_copies(dtype_bytes) * block_n + num_stages * block_m) * (block_e + block_ev)
-    return dots * dtype_bytes + num_stages * block_m * 8 + (num_stages - 1) * block_m * block_n * mask_bytes
+    return dots * dtype_bytes + num_stages * block_m * 8
 
 
-def bwd_q_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
+def bwd_q_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes):
     """Bytes of shared memory of the dQ kernel, modelled as fwd_shared_memory's: the q and dO tiles it
-    holds, num_stages copies of the k and v tiles it streams, num_stages - 1 of the mask tile."""
+    holds, num_stages copies of the k and v tiles it streams."""
     dots = (held_copies(dtype_bytes) * block_m + num_stages * block_n) * (block_e + block_ev)
-    return dots * dtype_bytes + (num_stages - 1) * block_m * block_n * mask_bytes
+    return dots * dtype_bytes
 
 
 # The dK/dV kernel with ATOMIC_DQ (deterministic=False) adds the dQ product dS K and its fp32
@@ -106,12 +108,12 @@ BWD_ATOMIC_SPACE = {
 }
 
 
-def bwd_atomic_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
+def bwd_atomic_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes):
     """Bytes of shared memory of the dK/dV kernel with ATOMIC_DQ: bwd_kv_shared_memory's, plus the
     larger of the fp32 dQ tile (the atomic adds' layout conversion) and another copy of k (dS K's
     operand) with two of the dS tile. An upper bound fitted to Triton 3.8's allocations for sm_90a
     (exact at (32, 64, 8, 3) and (64, 64, 8, 2), E = 128, bf16; above at the others compiled)."""
-    kv = bwd_kv_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
+    kv = bwd_kv_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes)
     operands = (held_copies(dtype_bytes) * block_n * block_e + 2 * block_m * block_n) * dtype_bytes
     return kv + max(block_m * block_e * 4, operands)
 
@@ -157,8 +159,9 @@ def _bwd_kv_blocks(
     dk, dv, k, v, q_head, do_head, DQ, LSE, Delta, Mask, lo, start_n, offs_n, q_offs, do_offs, mask_offs, rng_row,
     stride_ql, stride_dol, stride_ml, L, S, scale_log2, dropout_p, inv_keep, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Add the unscaled dK = dS^T Q and dV = P^T dO of one query head's blocks from row lo on (q_head and
     do_head: that head of Q and dO, head_rows); with ATOMIC_DQ, also dS K into the head's fp32 (L, E) rows
@@ -182,8 +185,13 @@ def _bwd_kv_blocks(
         # Padding keys need no check for dK / dV (non-causal skips it): they reach only their own rows.
         # dQ sums over the keys: a padding key, loaded as 0, scores 0, and 2^(0 - lse) overflows for a
         # row whose real scores sit far below 0 (a mask of -1e30), so inf * 0 = NaN would reach it.
-        x_t, x_scale = masked_scores(qk_t, offs_m[None, :], offs_n[:, None], L, S, Mask, m * stride_ml, mask_offs,
-                                     scale_log2, MASK_KIND, IS_CAUSAL, CHECK=IS_CAUSAL or ATOMIC_DQ)
+        if MASK_ROWS_BROADCAST:  # every query block reads the keys' one vector
+            mask_row = 0
+        else:
+            mask_row = m * stride_ml
+        x_t, x_scale = masked_scores(qk_t, offs_m[None, :], offs_n[:, None], L, S, Mask, mask_row, mask_offs,
+                                     scale_log2, MASK_KIND, MASK_ROWS_BROADCAST, IS_CAUSAL,
+                                     CHECK=IS_CAUSAL or ATOMIC_DQ)
         p_t = tl.exp2(tl.fma(x_t, x_scale, -lse2[None, :]))
         do = load_rows(do_head, start_m, L, stride_dol, do_offs, EV, TMA, BLOCK_M, BLOCK_EV)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
@@ -214,8 +222,9 @@ def _attn_bwd_kv_kernel(
     # |scale| turns into dQ. None otherwise.
     DQ,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
     H, group, L, S = sizes
     stride_ql, stride_kn, stride_vn = strides[0][2], strides[1][2], strides[2][2]
@@ -239,7 +248,7 @@ def _attn_bwd_kv_kernel(
                   BLOCK_EV)
     q_offs = rows[:, None] * stride_ql + offs_e[None, :]
     do_offs = rows[:, None] * do_strides[2] + offs_ev[None, :]
-    mask_offs = rows[None, :] * stride_ml + cols[:, None] * stride_ms
+    mask_offs = mask_offsets(rows[None, :], cols[:, None], stride_ml, stride_ms, MASK_ROWS_BROADCAST)
     inv_keep = 1.0 / (1.0 - dropout_p)
     seed = load_seed(Seed, HAS_DROPOUT)
 
@@ -262,8 +271,8 @@ def _attn_bwd_kv_kernel(
         dk, dv = _bwd_kv_blocks(
             dk, dv, k, v, q_head, do_head, DQ_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, start_n, offs_n,
             q_offs, do_offs, mask_offs, bh64 * L, stride_ql, do_strides[2], stride_ml, L, S,
-            scale_log2, dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-            HAS_DROPOUT, ATOMIC_DQ, PRECISION, TMA, BLOCK_M, BLOCK_N,
+            scale_log2, dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
+            IS_CAUSAL, HAS_DROPOUT, ATOMIC_DQ, PRECISION, TMA, BLOCK_M, BLOCK_N,
         )
 
     if HAS_DROPOUT:
@@ -278,15 +287,16 @@ def _attn_bwd_kv_kernel(
 def _bwd_q_blocks(
     dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, inv_keep,
     seed, E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Add the unscaled dQ = dS K of the key blocks starting before ``end``; those from ``full_end`` on
     are checked (one loop: see score_block)."""
     rng_row, S = tile[5], sizes[3]
     for start_n in range(0, end, BLOCK_N):
         x, x_scale, k = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E, EV,
-                                    BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION, TMA, BLOCK_N)
+                                    BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST, IS_CAUSAL, PRECISION, TMA,
+                                    BLOCK_N)
         v = load_v(tile, start_n, strides, sizes, EV, TMA, BLOCK_N, BLOCK_EV)
         p = tl.exp2(tl.fma(x, x_scale, -lse2[:, None]))
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -304,8 +314,8 @@ def _attn_bwd_q_kernel(
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DQ,  # (B, H, L, E) query gradient, contiguous, dtype of Q (or its descriptor, as DO)
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_KIND: tl.constexpr, MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     start_m, head, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
                                                           SCALE_SIGN, HAS_DROPOUT, TMA, BLOCK_M, BLOCK_N)
@@ -325,8 +335,8 @@ def _attn_bwd_q_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
     dq = _bwd_q_blocks(dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2,
-                       dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, HAS_DROPOUT,
-                       PRECISION, TMA, BLOCK_N)
+                       dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
+                       IS_CAUSAL, HAS_DROPOUT, PRECISION, TMA, BLOCK_N)
     store_rows(head_rows(DQ, bh.to(tl.int64) * L * E, b, h, TMA), start_m, L, E, rows[:, None] * E + offs_e[None, :],
                dq * scale, E, TMA, BLOCK_M, BLOCK_E)
 

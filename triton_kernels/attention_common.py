@@ -14,8 +14,17 @@ signature is written once:
     seq_buckets: (seq_bucket(L), seq_bucket(S)), and dtype_bytes: q's element size, which only the
     autotuner's key reads (it adds the dtypes of tensor arguments itself, but descriptors have none);
     constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), SCALE_SIGN (1, -1 or 0:
-    the sign of scale, see masked_scores), MASK_KIND ("none", "bool", "float"), IS_CAUSAL, HAS_DROPOUT,
-    PRECISION (tl.dot input_precision of fp32 operands), TMA (see below), and the autotuned BLOCK_M, BLOCK_N.
+    the sign of scale, see masked_scores), MASK_KIND ("none", "bool", "float"), MASK_ROWS_BROADCAST (see
+    below), IS_CAUSAL, HAS_DROPOUT, PRECISION (tl.dot input_precision of fp32 operands), TMA (see below), and
+    the autotuned BLOCK_M, BLOCK_N.
+
+Masks. The mask is read through its broadcast strides, so a broadcast over batches or heads costs nothing
+but the offset of a (batch, head). A broadcast over query rows, the key-padding mask (B, 1, 1, S) of
+training on padded batches (or (B, H, 1, S), or any mask of one query row), is compiled apart:
+MASK_ROWS_BROADCAST (mask_rows_broadcast, decided once per launch) loads one BLOCK_N vector of the keys
+per key block and broadcasts it across the score tile's rows (mask_offsets, masked_scores), where a
+(BLOCK_M, BLOCK_N) tile through a 0 row stride loads the same entries BLOCK_M times, and pipelines
+num_stages - 1 such tiles through shared memory (mask_buffer_bytes). Other masks keep the tile.
 
 TMA tensor descriptors (Hopper's bulk tensor copies). On sm_90 the kernels read q, k, v, dO and write o,
 dQ, dK, dV through host-side descriptors (triton.tools.tensor_descriptor.TensorDescriptor), 4-D over each
@@ -95,15 +104,15 @@ def program_block(n, BLOCK: tl.constexpr):
 #
 # A space maps (max head dim, fp32) to [(BLOCK_M, BLOCK_N, num_warps, num_stages)]; the first key that
 # fits the call's head dims and dtype class is used. Each kernel file documents how its lists were chosen.
-# The autotuner times each config kept for the call once per key: head dims, causal, mask kind, dropout,
-# precision, TMA or pointers, the forward's schedule (DEFER_PV: the autotuner skips key names a kernel
-# lacks), the sequence-length buckets, q's element size and (added by the autotuner) the dtypes of the
-# tensors passed as such, mask included. The interpreter runs one fixed config: 16 is
-# tl.dot's smallest size, and small blocks give short test sequences several blocks, exercising the loop
-# boundaries.
+# The autotuner times each config kept for the call once per key: head dims, causal, mask kind and rows
+# (MASK_ROWS_BROADCAST), dropout, precision, TMA or pointers, the forward's schedule (DEFER_PV: the
+# autotuner skips key names a kernel lacks), the sequence-length buckets, q's element size and (added by
+# the autotuner) the dtypes of the tensors passed as such, mask included. The interpreter runs one fixed
+# config: 16 is tl.dot's smallest size, and small blocks give short test sequences several blocks,
+# exercising the loop boundaries.
 
-TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT", "PRECISION", "TMA", "DEFER_PV", "seq_buckets",
-              "dtype_bytes"]
+TUNING_KEY = ["E", "EV", "IS_CAUSAL", "MASK_KIND", "MASK_ROWS_BROADCAST", "HAS_DROPOUT", "PRECISION", "TMA",
+              "DEFER_PV", "seq_buckets", "dtype_bytes"]
 # Shared memory per block where the device cannot be asked (the interpreter, prune tests): H100 / H200.
 DEFAULT_SHARED_MEMORY = 227 * 1024
 
@@ -160,6 +169,15 @@ def keep_tile_bytes(block_m, block_n, has_dropout):
     return block_m * block_n if has_dropout else 0
 
 
+def mask_buffer_bytes(block_m, block_n, num_stages, mask_bytes, vectors):
+    """Shared memory of the mask's pipeline buffers, num_stages - 1 of them (Triton 3.8, sm_90a, seen
+    compiling the configs: at E = 128, fp16, the forward's (128, 128, 8, 3) takes 224 KB without a mask,
+    352 KB with an fp32 (B, 1, L, S) one): a (BLOCK_M, BLOCK_N) tile each, or (``vectors``, with
+    MASK_ROWS_BROADCAST) one BLOCK_N vector (an upper bound: benchmarks/notes/attention.md has what it takes; the pruning's
+    choice between the two: mask_vector_buffers)."""
+    return (num_stages - 1) * (1 if vectors else block_m) * block_n * mask_bytes
+
+
 def tma_barrier_bytes(num_stages):
     """Shared memory of the TMA path's mbarriers, 8 bytes each: one per pipeline stage of each of the two
     tiles a loop streams, and one for the held tiles (Triton 3.6 and 3.8, sm_90a: 56 B at 3 stages, 32 at
@@ -167,22 +185,43 @@ def tma_barrier_bytes(num_stages):
     return 8 * (2 * num_stages + 1)
 
 
+def modelled_shared_memory(shared_memory, block_m, block_n, num_stages, block_e, block_ev, dtype_bytes,
+                           mask_bytes=0, mask_vectors=False, has_dropout=False):
+    """Bytes of shared memory a config of a kernel takes by the models: ``shared_memory(BLOCK_M, BLOCK_N,
+    num_stages, block_e, block_ev, dtype_bytes)``, the kernel's model of its dot operands and statistics,
+    plus the mask's buffers (mask_buffer_bytes; mask_bytes 0 without a mask), dropout's keep tile
+    (keep_tile_bytes) and the TMA path's barriers (tma_barrier_bytes)."""
+    return (shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes)
+            + mask_buffer_bytes(block_m, block_n, num_stages, mask_bytes, mask_vectors)
+            + keep_tile_bytes(block_m, block_n, has_dropout) + tma_barrier_bytes(num_stages))
+
+
+def mask_vector_buffers(rows_broadcast, tma, has_dropout):
+    """Whether the pruning models a launch's mask buffers as vectors (mask_buffer_bytes), from its
+    MASK_ROWS_BROADCAST, TMA and HAS_DROPOUT. The configs the vectors' smaller model admits were compiled
+    for sm_90a (Triton 3.6 and 3.8, bf16) to check they spill nothing; where some spilled, a row-broadcast
+    mask is counted as a tile all the same: with dropout (the forward's (128, 128, 8, 2) at head dim 128
+    with an fp32 key-padding mask, 8-176 bytes, (128, 64, 8, 2) at 256, 4 bytes; Triton 3.8) and on the
+    pointer path ((128, 128, 8, 3) at head dim 128, causal, bf16 / fp32 mask: 32 / 4 bytes; Triton 3.6).
+    Without either, none does (benchmarks/notes/attention.md)."""
+    return rows_broadcast and tma and not has_dropout
+
+
 def space_configs(space, shared_memory, block_e, block_ev, dtype_bytes, mask_bytes, limit, wrong=(),
-                  has_dropout=False):
+                  has_dropout=False, mask_vectors=False):
     """The configs (BLOCK_M, BLOCK_N, num_warps, num_stages) of ``space`` for a call: those of the first
     key that fits its head dims and dtype class (fp32 when dtype_bytes is 4), less the ``wrong`` ones
     (measured to compute wrong results for the call's dtype and mask kind), fitted to ``limit`` bytes by
-    ``shared_memory(BLOCK_M, BLOCK_N, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)``, the
-    kernel's model of its use (see fitting_configs). A mask's tiles take num_stages - 1 more buffers, so
-    with one some configs get fewer stages; without one the model applies too: a listed config may not
-    fit every device, nor every head dim of its key (measured on an H200: the dQ kernel's (128, 16, 8, 2)
-    at E = 128 fp32 asked for 294912 bytes, the model's figure, against 232448). Dropout adds its keep
-    tile (keep_tile_bytes), the TMA path its barriers (tma_barrier_bytes)."""
+    modelled_shared_memory with the kernel's model ``shared_memory`` (see fitting_configs). A mask tile
+    takes num_stages - 1 more buffers, so with one some configs get fewer stages (vectors, ``mask_vectors``
+    from mask_vector_buffers, hardly any); without one the model applies too: a listed config may not fit
+    every device, nor every head dim of its key (measured on an H200: the dQ kernel's (128, 16, 8, 2) at
+    E = 128 fp32 asked for 294912 bytes, the model's figure, against 232448)."""
     key = next(k for k in space if k[1] == (dtype_bytes == 4) and max(block_e, block_ev) <= k[0])
 
     def model(block_m, block_n, num_stages):
-        return (shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes)
-                + keep_tile_bytes(block_m, block_n, has_dropout) + tma_barrier_bytes(num_stages))
+        return modelled_shared_memory(shared_memory, block_m, block_n, num_stages, block_e, block_ev, dtype_bytes,
+                                      mask_bytes, mask_vectors, has_dropout)
 
     return fitting_configs([c for c in space[key] if c not in wrong], model, limit)
 
@@ -202,7 +241,8 @@ def attention_autotune(space, shared_memory, wrong=None, meta=None):
         q, mask = tensor_of(args["Q"]), args["Mask"]
         kept = space_configs(space, shared_memory, args["BLOCK_E"], args["BLOCK_EV"], q.element_size(),
                              0 if mask is None else mask.element_size(), shared_memory_limit(q.device),
-                             wrong.get((args["MASK_KIND"], q.element_size() == 4), ()), args["HAS_DROPOUT"])
+                             wrong.get((args["MASK_KIND"], q.element_size() == 4), ()), args["HAS_DROPOUT"],
+                             mask_vector_buffers(args["MASK_ROWS_BROADCAST"], args["TMA"], args["HAS_DROPOUT"]))
         if meta is not None:
             return [_config(*c, **meta(c, args)) for c in (kept if _AUTOTUNE else kept[:1])]
         return [configs[c] if c in configs else _config(*c) for c in (kept if _AUTOTUNE else kept[:1])]
@@ -320,6 +360,14 @@ def _check_qkv(q, k, v):
     assert max(E, v.shape[3]) <= MAX_HEAD_DIM, f"head dims above {MAX_HEAD_DIM} are not supported"
 
 
+def mask_rows_broadcast(mask_strides, L: int) -> bool:
+    """MASK_ROWS_BROADCAST of a launch: whether every query row reads the same mask entries, from the
+    strides (b, h, l, s) of the mask broadcast to (B, H, L, S): a 0 row stride (key padding, (B, 1, 1, S)
+    or (B, H, 1, S)), or one row. Then the kernels load a vector of keys instead of a tile (module
+    docstring, "Masks")."""
+    return mask_strides[2] == 0 or L == 1
+
+
 def _mask_args(mask, shape):
     """(mask broadcast to ``shape`` = (B, H, L, S) without copying, its 4 strides, MASK_KIND)."""
     if mask is None:
@@ -376,7 +424,8 @@ def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p, tma=None, **te
         sizes=(H, H // Hkv, L, S), scale_log2=scale * LOG2E.value, dropout_p=dropout_p,
         seq_buckets=(seq_bucket(L), seq_bucket(S)), dtype_bytes=q.element_size(), TMA=tma,
         E=E, EV=Ev, BLOCK_E=_head_block(E), BLOCK_EV=_head_block(Ev),
-        SCALE_SIGN=(scale > 0) - (scale < 0), MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal),
+        SCALE_SIGN=(scale > 0) - (scale < 0), MASK_KIND=mask_kind,
+        MASK_ROWS_BROADCAST=mask is not None and mask_rows_broadcast(mask_strides, L), IS_CAUSAL=bool(is_causal),
         HAS_DROPOUT=dropout_p > 0.0,
         PRECISION=precision if q.dtype == torch.float32 else "tf32",
     )
@@ -410,8 +459,20 @@ def logit_scale(scale_log2):
 
 
 @triton.jit
-def masked_scores(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2,
-                  MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK: tl.constexpr):
+def mask_offsets(rows, cols, stride_ml, stride_ms, MASK_ROWS_BROADCAST: tl.constexpr):
+    """The int32 offsets of a score tile's mask entries from its first row's (masked_scores' mask_offs),
+    from the tile's query rows and keys ``rows``, ``cols`` (indices within the blocks, shaped to
+    broadcast to the tile): with MASK_ROWS_BROADCAST the keys' alone, one vector of the keys' shape."""
+    if MASK_ROWS_BROADCAST:
+        offs = cols * stride_ms
+    else:
+        offs = rows * stride_ml + cols * stride_ms
+    return offs
+
+
+@triton.jit
+def masked_scores(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2, MASK_KIND: tl.constexpr,
+                  MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, CHECK: tl.constexpr):
     """(x, x_scale) of a score tile ``qk`` = q . k (either orientation, held operand signed by held_signed)
     whose base-2 logits, (scale q . k + mask) log2(e), are z = x * x_scale, -inf where masked out.
 
@@ -421,12 +482,18 @@ def masked_scores(qk, rows, cols, L, S, Mask, mask_off, mask_offs, scale_log2,
     scaling every score first costs a multiply and a subtraction. A float mask must be in the row max,
     so x is then z itself (qk x_scale + mask log2(e), one FMA) and x_scale 1. ``rows``, ``cols``:
     global query and key indices, broadcastable to qk; ``Mask + mask_off + mask_offs``: the tile's mask
-    entries (int64 offset of its corner, int32 ones within it)."""
+    entries (int64 offset of its corner, int32 ones within it: mask_offsets), with MASK_ROWS_BROADCAST
+    the vector of its keys, broadcast across the rows as it is used."""
     x = qk
     x_scale = logit_scale(scale_log2)
     if MASK_KIND != "none":
-        # Padding rows / columns may lie past the mask's storage: never load them.
-        m = tl.load(Mask + mask_off + mask_offs, mask=(rows < L) & (cols < S), other=0)
+        # Padding rows / columns may lie past the mask's storage: never load them. A row-broadcast mask
+        # reads no row but the first (mask_off's), which every launched block has.
+        if MASK_ROWS_BROADCAST:
+            ok = cols < S
+        else:
+            ok = (rows < L) & (cols < S)
+        m = tl.load(Mask + mask_off + mask_offs, mask=ok, other=0)
         if MASK_KIND == "bool":
             x = tl.where(m != 0, x, float("-inf"))
         else:
@@ -538,7 +605,8 @@ def kv_heads(K, V, strides, b, kv, TMA: tl.constexpr):
 @triton.jit
 def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E: tl.constexpr,
                 EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
-                IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr):
+                MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, PRECISION: tl.constexpr,
+                TMA: tl.constexpr, BLOCK_N: tl.constexpr):
     """One step of the forward's and the dQ kernel's loops over key blocks: the masked scores (x, x_scale
     of masked_scores) of the query block (``tile`` of query_block, which holds the offset of its first
     row in Mask) against the keys from start_n, and the k tile (each loop loads the v tile, load_v, where
@@ -559,9 +627,9 @@ def score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, sca
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     # The mask offsets (and dropout_keep's Philox counters) within a tile are formed in the loop, not
     # held in registers across it: those (BLOCK_M, BLOCK_N) int32 tiles would cost as much as the scores.
-    mask_offs = rows[:, None] * strides[3][2] + cols[None, :] * strides[3][3]
+    mask_offs = mask_offsets(rows[:, None], cols[None, :], strides[3][2], strides[3][3], MASK_ROWS_BROADCAST)
     x, x_scale = masked_scores(qk, offs_m[:, None], cols[None, :], L, S, Mask, mask_base, mask_offs, scale_log2,
-                               MASK_KIND, IS_CAUSAL, CHECK=False)
+                               MASK_KIND, MASK_ROWS_BROADCAST, IS_CAUSAL, CHECK=False)
     if start_n >= full_end:
         x = bound_checks(x, offs_m[:, None], cols[None, :], S, IS_CAUSAL)
     return x, x_scale, k

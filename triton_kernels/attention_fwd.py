@@ -5,7 +5,9 @@ Layout. q (B, H, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev) are read through the
 dim must be contiguous, so (B, L, H, E) activations transposed to (B, H, L, E) are read in place). With
 grouped-query attention query head h reads kv head h // (H // Hkv); K and V are never repeated. The mask
 is a view broadcast to (B, H, L, S) with 0 strides, so a (B, 1, 1, S) key-padding mask costs O(B * S):
-bool keeps True entries, float is added to the scaled scores. Causal masking keeps key j <= query i
+bool keeps True entries, float is added to the scaled scores. A mask the same for every query row (key
+padding) is read as one vector of keys per key block, other masks as (BLOCK_M, BLOCK_N) tiles
+(attention_common.py, "Masks"). Causal masking keeps key j <= query i
 (top-left aligned, as torch's SDPA when L != S). Nothing of size L * S is stored: the backward recomputes
 the probabilities from q, k and the saved log-sum-exp.
 
@@ -130,13 +132,12 @@ def defer_pv_fits(config, args):
     return {"DEFER_FITS": fits and not args["HAS_DROPOUT"] and args["dtype_bytes"] != 4}
 
 
-def fwd_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes, mask_bytes):
-    """Bytes of shared memory the forward kernel takes, as Triton 3.8 allocates it for sm_90a (checked by
-    compiling the configs, tests/ops/compile_attention.py): the q tile, num_stages copies of the k and v
-    tiles the dots stream, and num_stages - 1 of the mask tile (at E = 128, fp16: (128, 128, 8, 3)
-    takes 224 KB without a mask, 352 KB with an fp32 one)."""
+def fwd_shared_memory(block_m, block_n, num_stages, block_e, block_ev, dtype_bytes):
+    """Bytes of shared memory the forward kernel's dot operands take, as Triton 3.8 allocates them for
+    sm_90a (checked by compiling the configs, tests/ops/compile_attention.py): the q tile and num_stages
+    copies of the k and v tiles the dots stream (the mask's buffers: mask_buffer_bytes)."""
     dots = held_copies(dtype_bytes) * block_m * block_e + num_stages * block_n * (block_e + block_ev)
-    return dots * dtype_bytes + (num_stages - 1) * block_m * block_n * mask_bytes
+    return dots * dtype_bytes
 
 
 # ---- forward -----------------------------------------------------------------------------------
@@ -160,8 +161,8 @@ def _add_pv(acc, p, alpha, tile, start_n, strides, sizes, EV: tl.constexpr, PREC
 def _fwd_blocks(
     acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr,
-    BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr,
+    MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr,
 ):
     """Online-softmax update of (acc, l_i, m_i) with the key blocks starting before ``end``; those from
     ``full_end`` on are checked (key_blocks, score_block). DEFER_PV: the module docstring's "Schedule"."""
@@ -171,7 +172,8 @@ def _fwd_blocks(
     alpha_prev = tl.full((rows.shape[0],), 1.0, dtype=tl.float32)
     for start_n in range(0, end, BLOCK_N):
         x, x_scale, _ = score_block(tile, Mask, start_n, full_end, rows, offs_m, strides, sizes, scale_log2, E, EV,
-                                    BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL, PRECISION, TMA, BLOCK_N)
+                                    BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST, IS_CAUSAL, PRECISION, TMA,
+                                    BLOCK_N)
         if DEFER_PV:  # issued after Q K^T's wait, in flight through this block's softmax
             acc = _add_pv(acc, p_prev, alpha_prev, tile, tl.maximum(start_n - BLOCK_N, 0), strides, sizes, EV,
                           PRECISION, TMA, BLOCK_N, BLOCK_EV)
@@ -201,9 +203,9 @@ def _attn_fwd_kernel(
     O,  # (B, H, L, Ev) output, contiguous, dtype of Q (or its descriptor)
     LSE,  # (B, H, L) fp32 log-sum-exp of the masked scores (natural log; +inf for fully masked rows)
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr = True,
-    DEFER_FITS: tl.constexpr = True,
+    MASK_KIND: tl.constexpr, MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DEFER_PV: tl.constexpr = True, DEFER_FITS: tl.constexpr = True,
 ):
     start_m, head, rows, offs_m, seed, tile = query_block(Q, K, V, Seed, strides, sizes, E, BLOCK_E, BLOCK_EV,
                                                           SCALE_SIGN, HAS_DROPOUT, TMA, BLOCK_M, BLOCK_N)
@@ -216,8 +218,8 @@ def _attn_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_EV), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes,
-                                scale_log2, dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, IS_CAUSAL,
-                                HAS_DROPOUT, PRECISION, TMA, BLOCK_N, DEFER_PV and DEFER_FITS)
+                                scale_log2, dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
+                                IS_CAUSAL, HAS_DROPOUT, PRECISION, TMA, BLOCK_N, DEFER_PV and DEFER_FITS)
 
     inv_l = _reciprocal(l_i)
     if HAS_DROPOUT:

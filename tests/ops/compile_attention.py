@@ -29,8 +29,8 @@ except ImportError as e:
     raise
 
 from fasttx.triton_kernels import attention_bwd, attention_fwd
-from fasttx.triton_kernels.attention_common import (DEFAULT_SHARED_MEMORY, keep_tile_bytes, kernel_args,
-                                                   set_block_shapes, space_configs, tma_barrier_bytes)
+from fasttx.triton_kernels.attention_common import (DEFAULT_SHARED_MEMORY, kernel_args, modelled_shared_memory,
+                                                   set_block_shapes, space_configs)
 
 TARGET = GPUTarget("cuda", 90, 32)
 KERNELS = {
@@ -39,9 +39,10 @@ KERNELS = {
     "bwd_q": (attention_bwd._attn_bwd_q_kernel, attention_bwd.bwd_q_shared_memory),
     "bwd_atomic": (attention_bwd._attn_bwd_kv_kernel, attention_bwd.bwd_atomic_shared_memory),
 }
-# (kernel, (BLOCK_M, BLOCK_N, num_warps, num_stages), head dim, dtype, mask dtype, causal, dropout_p, TMA):
-# each kernel's largest tiles, and every mask kind, causal and dropout once, on the TMA path (what sm_90
-# runs); the pointer path (other GPUs, strides TMA cannot take) of the largest ones.
+# (kernel, (BLOCK_M, BLOCK_N, num_warps, num_stages), head dim, dtype, mask dtype, causal, dropout_p, TMA[,
+# key padding]): each kernel's largest tiles, and every mask kind, causal and dropout once, on the TMA path
+# (what sm_90 runs); the pointer path (other GPUs, strides TMA cannot take) of the largest ones; masks
+# (B, 1, L, S), or with key padding (B, 1, 1, S) (MASK_ROWS_BROADCAST), in each kernel and mask kind.
 VARIANTS = [
     ("fwd", (128, 128, 8, 3), 128, torch.float16, None, False, 0.0, True),
     ("fwd", (128, 128, 8, 3), 128, torch.float16, None, False, 0.0, False),
@@ -56,6 +57,11 @@ VARIANTS = [
     ("bwd_atomic", (64, 64, 8, 3), 128, torch.float16, torch.bool, True, 0.1, True),
     ("bwd_atomic", (64, 64, 8, 3), 128, torch.float16, torch.bool, True, 0.1, False),
     ("bwd_atomic", (32, 16, 4, 3), 64, torch.float32, torch.float32, False, 0.0, True),
+    ("fwd", (128, 128, 8, 3), 128, torch.float16, torch.float32, False, 0.0, True, True),
+    ("fwd", (128, 64, 8, 3), 64, torch.float16, torch.bool, True, 0.1, False, True),
+    ("bwd_kv", (32, 128, 8, 3), 128, torch.float16, torch.bool, False, 0.0, True, True),
+    ("bwd_q", (128, 64, 8, 2), 128, torch.float16, torch.float32, True, 0.1, True, True),
+    ("bwd_atomic", (64, 64, 8, 3), 128, torch.float16, torch.float16, False, 0.0, True, True),
 ]
 
 # (kernel, head dim, dtype, causal, TMA) of the benchmarks (no mask, no dropout), compiled in the first
@@ -88,13 +94,15 @@ def compile_kernel(fn, num_warps, num_stages, **kwargs):
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=TARGET, options=options)
 
 
-def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dropout_p, tma=False, num_warps=None):
+def variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, dropout_p, tma=False, num_warps=None,
+                 key_padding=False):
     """A launch's arguments of kernel ``name`` at B, H, L = 2, 4, 1024, its tensors passed as TMA descriptors
     where ``tma`` (the launchers' choice on sm_90), with the block shapes of the config; for the forward
-    with ``num_warps``, also the config's DEFER_FITS as the launcher's autotuner sets it (defer_pv_fits)."""
+    with ``num_warps``, also the config's DEFER_FITS as the launcher's autotuner sets it (defer_pv_fits).
+    The mask (of ``mask_dtype``, if any) is (B, 1, L, L), or (B, 1, 1, L) with ``key_padding``."""
     B, H, L = 2, 4, 1024
     q = torch.empty(B, H, L, head_dim, dtype=dtype)
-    mask = None if mask_dtype is None else torch.empty(B, 1, L, L, dtype=mask_dtype)
+    mask = None if mask_dtype is None else torch.empty(B, 1, 1 if key_padding else L, L, dtype=mask_dtype)
     lse = torch.empty(B, H, L)
     tensors = dict(fwd=dict(O=q), bwd_kv=dict(DO=q, DK=q, DV=q, DQ=q), bwd_atomic=dict(DO=q, DK=q, DV=q),
                    bwd_q=dict(DO=q, DQ=q))[name]
@@ -144,17 +152,17 @@ def check_ptxas():
 def main():
     if sys.argv[1:] == ["--ptxas"]:
         return check_ptxas()
-    for name, (block_m, block_n, num_warps, num_stages), head_dim, dtype, mask_dtype, causal, p, tma in VARIANTS:
+    for name, (block_m, block_n, num_warps, num_stages), head_dim, dtype, mask_dtype, causal, p, tma, *pad in VARIANTS:
         fn, model = KERNELS[name]
-        kernel = compile_kernel(fn, num_warps, num_stages,
-                                **variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p, tma,
-                                               num_warps))
+        args = variant_args(name, block_m, block_n, head_dim, dtype, mask_dtype, causal, p, tma, num_warps, *pad)
+        kernel = compile_kernel(fn, num_warps, num_stages, **args)
         mask_bytes = 0 if mask_dtype is None else mask_dtype.itemsize
-        modelled = (model(block_m, block_n, num_stages, head_dim, head_dim, dtype.itemsize, mask_bytes)
-                    + keep_tile_bytes(block_m, block_n, p > 0) + tma_barrier_bytes(num_stages))
+        modelled = modelled_shared_memory(model, block_m, block_n, num_stages, head_dim, head_dim, dtype.itemsize,
+                                          mask_bytes, args["MASK_ROWS_BROADCAST"], p > 0)
         print(json.dumps(dict(kernel=name, config=[block_m, block_n, num_warps, num_stages], head_dim=head_dim,
                               dtype=str(dtype), mask=str(mask_dtype), causal=causal, dropout_p=p, tma=tma,
-                              shared=kernel.metadata.shared, model=modelled)), flush=True)
+                              key_padding=args["MASK_ROWS_BROADCAST"], shared=kernel.metadata.shared,
+                              model=modelled)), flush=True)
 
 
 if __name__ == "__main__":

@@ -198,15 +198,19 @@ def test_shared_memory_models_match_compiled_kernels():
     """Figures of Triton 3.8 compiling for sm_90a (fp16, E = 128, a (B, 1, L, S) mask, its last
     stride 1): the models count exactly what it allocated (dK/dV: 256 B more)."""
     fwd, kv, q = (SPACES[name][1] for name in ("fwd", "bwd_kv", "bwd_q"))
-    assert fwd(128, 128, 3, 128, 128, 2, 0) == 229376  # 3 KB below the 227 KB of H100
-    assert fwd(128, 128, 3, 128, 128, 2, 4) == 360448
-    assert fwd(128, 64, 3, 128, 128, 2, 4) == 196608
-    assert kv(32, 128, 3, 128, 128, 2, 0) - 256 == 115200
-    assert kv(32, 128, 3, 128, 128, 2, 4) - 256 == 147968
-    assert q(128, 64, 2, 128, 128, 2, 4) == 163840
+
+    def tile(block_m, block_n, stages, mask_bytes):  # a (B, 1, L, S) mask's buffers
+        return attention_common.mask_buffer_bytes(block_m, block_n, stages, mask_bytes, False)
+
+    assert fwd(128, 128, 3, 128, 128, 2) == 229376  # 3 KB below the 227 KB of H100
+    assert fwd(128, 128, 3, 128, 128, 2) + tile(128, 128, 3, 4) == 360448
+    assert fwd(128, 64, 3, 128, 128, 2) + tile(128, 64, 3, 4) == 196608
+    assert kv(32, 128, 3, 128, 128, 2) - 256 == 115200
+    assert kv(32, 128, 3, 128, 128, 2) + tile(32, 128, 3, 4) - 256 == 147968
+    assert q(128, 64, 2, 128, 128, 2) + tile(128, 64, 2, 4) == 163840
     atomic = SPACES["bwd_atomic"][1]  # an upper bound: exact, less dK/dV's 256 B, where it was fitted
-    assert atomic(32, 64, 3, 128, 128, 2, 0) - 256 == 107008
-    assert atomic(64, 64, 2, 128, 128, 2, 0) - 512 == 131584
+    assert atomic(32, 64, 3, 128, 128, 2) - 256 == 107008
+    assert atomic(64, 64, 2, 128, 128, 2) - 512 == 131584
 
 
 @pytest.mark.parametrize("name", SPACES)
@@ -223,7 +227,8 @@ def test_configs_fit_shared_memory_with_any_mask(name):
             if mask_bytes == 0:
                 assert kept == configs, (head_dim, fp32)
             for block_m, block_n, _, stages in kept if mask_bytes else ():
-                use = model(block_m, block_n, stages, head_dim, head_dim, dtype_bytes, mask_bytes)
+                use = attention_common.modelled_shared_memory(model, block_m, block_n, stages, head_dim, head_dim,
+                                                              dtype_bytes, mask_bytes)
                 assert use <= H100_SHARED_MEMORY, (head_dim, fp32, mask_bytes)
 
 
@@ -240,7 +245,7 @@ def test_the_model_prunes_without_a_mask_too():
     with "OutOfResources: shared memory, Required: 294912, Hardware limit: 232448": its model says as
     much, and the pruning applies the model without a mask as with one (on any device's limit)."""
     model = SPACES["bwd_q"][1]
-    assert model(128, 16, 2, 128, 128, 4, 0) == 294912 > H100_SHARED_MEMORY
+    assert model(128, 16, 2, 128, 128, 4) == 294912 > H100_SHARED_MEMORY
     listed = {(128, True): [(128, 16, 8, 2), (16, 32, 4, 2)]}
     for mask_bytes in (0, 1, 4):
         assert attention_common.space_configs(listed, model, 128, 128, 4, mask_bytes, H100_SHARED_MEMORY) == \
@@ -259,11 +264,11 @@ def pruning(name, monkeypatch):
     # The pruning reads only the call's arguments: any kernel serves to build the tuner.
     tuner = attention_common.attention_autotune(*SPACES[name])(attention_fwd._attn_fwd_kernel)
 
-    def kept(q, mask, head_dim, has_dropout=False):
+    def kept(q, mask, head_dim, has_dropout=False, rows_broadcast=False):
         block = max(16, triton.next_power_of_2(head_dim))
         mask_kind = "none" if mask is None else "bool" if mask.dtype == torch.bool else "float"
         args = {"Q": q, "Mask": mask, "BLOCK_E": block, "BLOCK_EV": block, "MASK_KIND": mask_kind,
-                "HAS_DROPOUT": has_dropout}
+                "MASK_ROWS_BROADCAST": rows_broadcast, "HAS_DROPOUT": has_dropout, "TMA": True}
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
                 for c in tuner.early_config_prune(tuner.configs, args)]
 
@@ -275,8 +280,8 @@ MASK_DTYPES = [None, torch.bool, torch.float16, torch.bfloat16, torch.float32, t
 
 @pytest.mark.parametrize("name", SPACES)
 def test_pruning_keeps_a_config_for_every_call_and_no_wrong_one(name, monkeypatch):
-    """Every dtype, mask kind and mask dtype, head dim, with and without dropout (whose keep tile takes
-    shared memory too): the pruning keeps some config, never one its
+    """Every dtype, mask kind and mask dtype, mask tile or row-broadcast vector, head dim, with and without
+    dropout (whose keep tile takes shared memory too): the pruning keeps some config, never one its
     kernel lists as wrong for the call; in particular never the forward's (64, 32, 4, 3) for fp32 with
     a float mask (inf / NaN on an H200, see attention_fwd.FWD_WRONG), kept with no mask or a bool one."""
     kept = pruning(name, monkeypatch)
@@ -284,10 +289,10 @@ def test_pruning_keeps_a_config_for_every_call_and_no_wrong_one(name, monkeypatc
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         q = torch.empty(1, 1, 1, 1, dtype=dtype)
         for head_dim in (8, 16, 32, 64, 80, 128, 200, 256):
-            for mask_dtype, has_dropout in itertools.product(MASK_DTYPES, (False, True)):
+            for mask_dtype, has_dropout, rows in itertools.product(MASK_DTYPES, (False, True), (False, True)):
                 mask = None if mask_dtype is None else torch.empty(1, 1, 1, 1, dtype=mask_dtype)
-                configs = kept(q, mask, head_dim, has_dropout)
-                case = (dtype, head_dim, mask_dtype, has_dropout)
+                configs = kept(q, mask, head_dim, has_dropout, rows and mask is not None)
+                case = (dtype, head_dim, mask_dtype, has_dropout, rows)
                 assert configs, case
                 kind = "none" if mask is None else "bool" if mask_dtype == torch.bool else "float"
                 assert not set(configs) & set(wrong.get((kind, dtype == torch.float32), ())), case

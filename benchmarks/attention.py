@@ -102,9 +102,9 @@ def _switched(fn, switch):
 
 
 def _triton_pointer_path():
-    from ..triton_kernels import attention_common  # Triton only where its kernels run
+    from ..triton_kernels import attention_tma  # Triton only where its kernels run
 
-    return attention_common.tma_mode("0")
+    return attention_tma.tma_mode("0")
 
 
 def _triton_pv_in_step():

@@ -59,7 +59,7 @@ except ImportError as e:  # tests/ not on the path (run from elsewhere), or Trit
         sys.exit(UNSUPPORTED)
     raise
 
-from fasttx.triton_kernels import attention_bwd, attention_common, attention_fwd, layer_norm, softmax, utils
+from fasttx.triton_kernels import attention_bwd, attention_common, attention_fwd, attention_tma, layer_norm, softmax, utils
 
 from . import norms as bench_norms
 from . import softmax as bench_softmax
@@ -81,12 +81,12 @@ SOFTMAX_CASES = {
     + [(4096, "bool", False), (4096, "none", True), (32768, "none", True)],
 }
 # (head dim, dtype, mask dtype or None, causal, TMA, key padding): every case on the path sm_90 runs (TMA for
-# bf16, pointers for fp32: attention_common.TMA_DTYPES) with (B, 1, L, S) masks, the benchmarks' (bf16, no
+# bf16, pointers for fp32: attention_tma.TMA_DTYPES) with (B, 1, L, S) masks, the benchmarks' (bf16, no
 # mask) on the pointer path too (other GPUs, strides TMA cannot take), to compare, and bf16 with a (B, 1, 1, S)
 # key-padding mask, bool or bf16, not causal (the row-broadcast path against the (B, 1, L, S) tile above).
 ATTENTION_CASES = {
     "quick": [(128, torch.bfloat16, None, False, True, False)],
-    "full": [(e, dtype, mask, causal, dtype in attention_common.TMA_DTYPES, False) for e in (64, 128)
+    "full": [(e, dtype, mask, causal, dtype in attention_tma.TMA_DTYPES, False) for e in (64, 128)
              for dtype in (torch.bfloat16, torch.float32) for mask in (None, torch.bool, dtype)
              for causal in (False, True)]
     + [(e, torch.bfloat16, None, causal, False, False) for e in (64, 128) for causal in (False, True)]
@@ -300,7 +300,7 @@ def attention_entries(preset):
             if "DEFER_FITS" in args:  # the forward's schedule (attention_fwd.defer_pv_fits)
                 config["DEFER_FITS"] = args["DEFER_FITS"]
             yield ("attention", name, case, config, fn, warps, stages, args)
-        sm90_path = tma == (dtype in attention_common.TMA_DTYPES)  # not the pointer-path comparison
+        sm90_path = tma == (dtype in attention_tma.TMA_DTYPES)  # not the pointer-path comparison
         if mask_dtype is None and not causal and sm90_path:  # rowsum(dO * O): one per head dim and dtype
             o = torch.empty(2, 4, 1024, head_dim, dtype=dtype)
             block_ev = attention_common._head_block(head_dim)

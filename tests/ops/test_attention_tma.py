@@ -1,4 +1,4 @@
-"""The Triton attention's TMA path (attention_common: descriptors of q, k, v, o, dO, dQ, dK, dV on sm_90):
+"""The Triton attention's TMA path (attention_tma: descriptors of q, k, v, o, dO, dQ, dK, dV on sm_90):
 forced on, it gives the pointer path's results, forward and every gradient against float64; and the
 launchers choose the pointer path wherever TMA cannot address a tensor.
 
@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import fasttx
-from fasttx.triton_kernels import attention_common
+from fasttx.triton_kernels import attention_common, attention_tma
 
 from ..conftest import DEVICE, runnable_backends
 from .test_attention import ROUNDING, attention_inputs, check, make_mask, transposed
 
 pytestmark = pytest.mark.skipif("triton" not in runnable_backends(op="attention"), reason="Triton cannot run here")
-# The dtypes of the TMA path (attention_common.TMA_DTYPES); bf16 dots are wrong in the Triton interpreter:
+# The dtypes of the TMA path (attention_tma.TMA_DTYPES); bf16 dots are wrong in the Triton interpreter:
 # bf16 is tested on the GPU only (test_attention.py).
 DTYPES = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 
@@ -26,9 +26,9 @@ DTYPES = [torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 @pytest.fixture
 def paths(monkeypatch):
     """TMA forced on wherever the strides allow; returns the paths the launches took (use_tma's results)."""
-    monkeypatch.setattr(attention_common, "_TMA", "1")
+    monkeypatch.setattr(attention_tma, "_TMA", "1")
     taken = []
-    real = attention_common.use_tma
+    real = attention_tma.use_tma
 
     def spy(*tensors):
         taken.append("tma" if real(*tensors) else "pointers")
@@ -103,7 +103,7 @@ def test_tma_and_pointer_paths_agree(monkeypatch, case):
     dy = torch.randn(*q.shape[:-1], v.shape[-1], device=DEVICE)
     results = []
     for mode in ("1", "0"):
-        monkeypatch.setattr(attention_common, "_TMA", mode)
+        monkeypatch.setattr(attention_tma, "_TMA", mode)
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         out = fasttx.scaled_dot_product_attention(*leaves, **kw, backend="triton")
         results.append([out, *torch.autograd.grad(out, leaves, dy)])
@@ -142,26 +142,26 @@ def test_pointer_path_where_tma_cannot_address_a_tensor(paths, case):
 
 def test_tma_rules():
     aligned = storage((2, 3, 5, 16), torch.float16)
-    assert attention_common.tma_fits(aligned)
-    assert not attention_common.tma_fits(storage((2, 3, 5, 16), torch.float16, offset=4))  # 8 bytes in
-    assert attention_common.tma_fits(storage((2, 3, 5, 16), torch.float16, offset=8))  # 16 bytes in
+    assert attention_tma.tma_fits(aligned)
+    assert not attention_tma.tma_fits(storage((2, 3, 5, 16), torch.float16, offset=4))  # 8 bytes in
+    assert attention_tma.tma_fits(storage((2, 3, 5, 16), torch.float16, offset=8))  # 16 bytes in
     # A dim of size 1 may have any stride: it is never stepped along, and the descriptor gets 16 bytes.
     odd = torch.randn(2, 1, 5, 16, device=DEVICE).to(torch.float16).as_strided((2, 1, 5, 16), (80, 3, 16, 1))
-    assert attention_common.tma_fits(odd)
-    assert attention_common.descriptor_strides(odd) == [80, 8, 16, 1]
-    assert not attention_common.tma_fits(torch.empty(2, 0, 5, 16, device=DEVICE))  # empty: no descriptor
-    assert not attention_common.tma_fits(aligned.transpose(2, 3))  # last stride not 1
-    assert not attention_common.tma_fits(storage((1, 1, 1, 20), torch.float16))  # a row of 40 bytes
+    assert attention_tma.tma_fits(odd)
+    assert attention_tma.descriptor_strides(odd) == [80, 8, 16, 1]
+    assert not attention_tma.tma_fits(torch.empty(2, 0, 5, 16, device=DEVICE))  # empty: no descriptor
+    assert not attention_tma.tma_fits(aligned.transpose(2, 3))  # last stride not 1
+    assert not attention_tma.tma_fits(storage((1, 1, 1, 20), torch.float16))  # a row of 40 bytes
 
 
 def test_auto_uses_tma_on_hopper_only(monkeypatch):
     """The default picks TMA on sm_90 GPUs alone; "0" never, whatever the device."""
     q = storage((2, 3, 5, 16), torch.float16)
-    monkeypatch.setattr(attention_common, "_TMA", "auto")
+    monkeypatch.setattr(attention_tma, "_TMA", "auto")
     hopper = DEVICE == "cuda" and torch.cuda.get_device_capability()[0] == 9
-    assert attention_common.use_tma(q) == hopper
-    monkeypatch.setattr(attention_common, "_TMA", "0")
-    assert not attention_common.use_tma(q)
+    assert attention_tma.use_tma(q) == hopper
+    monkeypatch.setattr(attention_tma, "_TMA", "0")
+    assert not attention_tma.use_tma(q)
 
 
 def test_bench_pointer_path_provider(paths):
@@ -178,7 +178,7 @@ def test_bench_pointer_path_provider(paths):
     with common.around(pointers):
         out = pointers(q, k, v)
         grads = torch.autograd.grad(out, (q, k, v), dy)
-    assert attention_common._TMA == "1" and paths == ["pointers", "pointers"]
+    assert attention_tma._TMA == "1" and paths == ["pointers", "pointers"]
     expected = sdpa(q, k, v)
     for got, want in zip((out, *grads), (expected, *torch.autograd.grad(expected, (q, k, v), dy))):
         torch.testing.assert_close(got, want, rtol=ROUNDING[torch.float16], atol=ROUNDING[torch.float16])
@@ -188,10 +188,10 @@ def test_bench_pointer_path_provider(paths):
 def test_a_tma_mode_other_than_auto_0_1_is_refused(monkeypatch):
     """FASTTX_TRITON_TMA=yes (or any other spelling) is an error naming the variable, not a silent auto."""
     q = storage((2, 3, 5, 16), torch.float16)
-    monkeypatch.setattr(attention_common, "_TMA", "yes")
+    monkeypatch.setattr(attention_tma, "_TMA", "yes")
     with pytest.raises(ValueError, match="FASTTX_TRITON_TMA must be one of auto, 0, 1, got 'yes'"):
-        attention_common.use_tma(q)
+        attention_tma.use_tma(q)
     with pytest.raises(ValueError, match="FASTTX_TRITON_TMA"):
-        with attention_common.tma_mode("off"):
+        with attention_tma.tma_mode("off"):
             pass
-    assert attention_common._TMA == "yes"  # a refused mode changes nothing
+    assert attention_tma._TMA == "yes"  # a refused mode changes nothing

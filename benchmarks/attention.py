@@ -11,6 +11,13 @@ FLOPs, the standard count for B batches, H heads, L = S tokens, head dim E:
 both halved when causal. TFLOP/s = FLOPs / time; % of peak against a bf16 GEMM measured in the
 same run. On GPU shapes keep B * L = 16384 tokens.
 
+Per shape three cases: no mask, causal, and a key-padding mask ((B, 1, 1, S) bool, 1/8 to 1/2 of a
+batch's keys padded: key_padding_mask), the commonest mask in training, for which the Triton kernels
+have a specialization (MASK_ROWS_BROADCAST) and the CUDA ones read the mask through its broadcast
+strides. Its FLOPs are the unmasked count, padded keys included: every kernel here computes them,
+so its TFLOP/s against the unmasked case's is what the mask costs. No torch.compile or flash-attn
+baseline there (flash_attn_func takes no mask); torch SDPA's forced backends run it where they can.
+
 "fasttx triton (deterministic=False)" is the Triton kernels with the opt-in backward (atomic dQ: five
 matrix products where the default runs seven, not bitwise reproducible); its forward is the default's.
 Its FLOPs are the same standard count, so its TFLOP/s compare with every other provider's directly.
@@ -26,7 +33,7 @@ softmax; attention_fwd.py's docstring, "Schedule"), to measure what the deferred
 backward is the default's (the schedule is the forward's only).
 
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
-kernels (csrc/attention/sm90; head dim 128; masks and dropout in the forward only) where "fasttx
+kernels (csrc/attention/sm90; head dim 128; masks and dropout included) where "fasttx
 cuda" runs the sm_80 ones, which stay the default until a GPU run has validated the new kernels.
 
 These switches are set around the provider's checking and every timed pass (common.around), so its
@@ -48,7 +55,7 @@ PRESETS = {
     "quick": [(16, 1, 16), (48, 1, 16)],
     "full": [(seq, heads, dim) for heads, dim in ((16, 128), (32, 64)) for seq in (512, 1024, 2048, 4096, 8192, 16384)],
 }
-PLOT = ("seq", ("heads", "head_dim", "causal"))  # x axis; the label keys shared by a line's points
+PLOT = ("seq", ("heads", "head_dim", "causal", "mask"))  # x axis; the label keys shared by a line's points
 TOKENS = 16384
 
 
@@ -60,11 +67,12 @@ def _math(q, k, v, is_causal):
     return torch.softmax(scores.float(), -1).to(q.dtype) @ v
 
 
-def _sdpa_providers(sample, is_causal):
-    """torch SDPA, auto and each backend forced, keeping those that run ``sample`` here."""
+def _sdpa_providers(sample, is_causal, mask=None):
+    """torch SDPA, auto and each backend forced, keeping those that run ``sample`` (with ``mask``) here."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    providers = {"torch sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)}
+    providers = {"torch sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                              is_causal=is_causal)}
     for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
         backend = getattr(SDPBackend, name, None)
         if backend is None:
@@ -72,12 +80,12 @@ def _sdpa_providers(sample, is_causal):
 
         def forced(q, k, v, backend=backend):
             with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
 
         try:
             out = forced(*sample)
             torch.autograd.grad(out, sample, torch.ones_like(out))
-        except RuntimeError:  # this backend cannot run this case, forward or backward (dtype, head dim, device)
+        except RuntimeError:  # this backend cannot run this case, forward or backward (dtype, head dim, mask, device)
             continue
         providers[f"torch sdpa {name.split('_')[0].lower()}"] = forced
     return providers
@@ -113,23 +121,38 @@ def _triton_pv_in_step():
     return attention_fwd.defer_pv(False)
 
 
+def key_padding_mask(batch, seq, device):
+    """(batch, 1, 1, seq) bool, True = keep: batch b's last (b % 4 + 1) * seq / 8 keys padded, so that
+    the batches differ (1/8 to 1/2 of their keys padded) as in a padded training batch."""
+    padded = (torch.arange(batch, device=device) % 4 + 1) * seq // 8
+    return (torch.arange(seq, device=device) < (seq - padded)[:, None]).view(batch, 1, 1, seq)
+
+
+# (causal, masked) per shape, in run order: the unmasked cases first (the targets' data), then a
+# key-padding mask (torch SDPA refuses a mask with is_causal, so masks are not causal).
+VARIANTS = ((False, False), (True, False), (False, True))
+
+
 def cases(op, dtype, device_type, shapes, fasttx_backends):
     for seq, heads, head_dim in shapes:
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 1
         q, k, v = (torch.randn(batch, heads, seq, head_dim, dtype=dtype, device=device_type, requires_grad=True)
                    for _ in range(3))
-        for is_causal in (False, True):
-            providers = _sdpa_providers((q, k, v), is_causal)
-            if device_type == "cuda":
+        for is_causal, masked in VARIANTS:
+            mask = key_padding_mask(batch, seq, device_type) if masked else None
+            providers = _sdpa_providers((q, k, v), is_causal, mask)
+            if device_type == "cuda" and not masked:
                 providers["torch.compile math"] = compiled(lambda q, k, v, c=is_causal: _math(q, k, v, c))
-            providers.update(external_providers([_flash_attn(is_causal)], device_type, dtype))
+            if not masked:  # flash_attn_func takes no mask
+                providers.update(external_providers([_flash_attn(is_causal)], device_type, dtype))
             # Leaves out what a backend's kernels reject (CUDA attention: fp32, other head dims).
-            runnable = [b for b in fasttx_backends if kernel_limitation(b, q, v, None) is None]
-            providers.update(fasttx_providers(op, device_type, dtype, runnable, lambda b, c=is_causal: (
-                lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend=b))))
+            runnable = [b for b in fasttx_backends if kernel_limitation(b, q, v, mask) is None]
+            providers.update(fasttx_providers(op, device_type, dtype, runnable, lambda b, c=is_causal, m=mask: (
+                lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=c,
+                                                                        backend=b))))
             if "fasttx triton" in providers:
-                providers["fasttx triton (deterministic=False)"] = lambda q, k, v, c=is_causal: (
-                    functional.scaled_dot_product_attention(q, k, v, is_causal=c, backend="triton",
+                providers["fasttx triton (deterministic=False)"] = lambda q, k, v, c=is_causal, m=mask: (
+                    functional.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=c, backend="triton",
                                                             deterministic=False))
             if "fasttx triton" in providers and device_type == "cuda" and \
                     torch.cuda.get_device_capability(q.device)[0] == 9:
@@ -139,6 +162,8 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                 providers["fasttx cuda (sm_90a)"] = _switched(providers["fasttx cuda"],
                                                               lambda: cuda_sm90_kernels(True))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
-            label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal}
-            ref = lambda q, k, v, c=is_causal: reference.scaled_dot_product_attention(q, k, v, is_causal=c)  # noqa: E731
+            label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal,
+                     "mask": "key padding" if masked else "none"}
+            ref = lambda q, k, v, c=is_causal, m=mask: reference.scaled_dot_product_attention(  # noqa: E731
+                q, k, v, attn_mask=m, is_causal=c)
             yield Case(label, [q, k, v], providers, ref, (fwd_flops, 2.5 * fwd_flops), unit="TFLOP/s", chunk_dim=1)

@@ -20,7 +20,6 @@ providers: see _interleaved); ``setup`` runs outside the timed span on both.
 """
 
 import contextlib
-import contextlib
 import dataclasses
 import gc
 import importlib
@@ -250,13 +249,6 @@ class Case:
     work: tuple  # (forward, backward): the fewest bytes moved, or the FLOPs, by formula
     unit: str = "GB/s"  # "GB/s" (work in bytes) or "TFLOP/s" (work in FLOPs)
     chunk_dim: int = None  # an output dim whose slices are independent: the reference runs by slices
-
-
-def around(fn):
-    """The context a provider is checked and timed in, every pass: ``fn.around()`` where the provider
-    has one (a switch its backward must see too: autograd runs the backward outside any context set
-    around the forward call alone), else none."""
-    return getattr(fn, "around", contextlib.nullcontext)()
 
 
 def around(fn):

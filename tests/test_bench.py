@@ -212,7 +212,8 @@ def test_reference_by_slices_equals_whole(op):
 
     shape = {"layer_norm": (37, 24), "softmax": (37, 24), "attention": (8, 19, 4), "mha": (9, 16, 4),
              "encoder_layer": (9, 16, 4)}[op]
-    case = list(REGISTRY[op].cases(op, torch.float32, "cpu", [shape], ("torch",)))[-1]  # softmax: with its mask
+    # the last case: softmax's and attention's with their mask
+    case = list(REGISTRY[op].cases(op, torch.float32, "cpu", [shape], ("torch",)))[-1]
     assert case.chunk_dim is not None
     dy = torch.randn_like(case.reference(*case.inputs)).detach()
     sliced = common._reference_results(case, dy)
@@ -339,8 +340,29 @@ def test_attention_times_the_opt_in_backward_beside_the_default():
     backward) beside "fasttx triton", with the case's one FLOP count; both correct against the reference."""
     from fasttx.benchmarks import attention
 
-    case = list(attention.cases("attention", torch.float32, "cpu", [(16, 1, 16)], ("triton",)))[-1]  # causal
+    case = next(c for c in attention.cases("attention", torch.float32, "cpu", [(16, 1, 16)], ("triton",))
+                if c.label["causal"])
     assert {"fasttx triton", "fasttx triton (deterministic=False)"} <= set(case.providers)
     rows = common.run_case("attention", case, "cpu", torch.float32, {"TFLOP/s": None})
     opt_in = [r for r in rows if r["provider"] == "fasttx triton (deterministic=False)"]
     assert {r["pass"] for r in opt_in} == set(common.PASSES) and all(r["correct"] for r in opt_in), opt_in
+
+
+def test_attention_key_padding_case():
+    """Each attention shape has a key-padding case after the unmasked and causal ones: a (B, 1, 1, S)
+    bool mask padding 1/8 to 1/2 of each batch's keys, given to every provider and the reference,
+    labelled so the targets (unmasked) leave it out; its providers are checked against the reference."""
+    from fasttx.benchmarks import attention
+
+    kept = attention.key_padding_mask(5, 16, "cpu")
+    assert kept.shape == (5, 1, 1, 16) and kept.dtype == torch.bool
+    assert kept.sum(-1).flatten().tolist() == [14, 12, 10, 8, 14]  # a prefix of keys kept, per batch
+    assert kept.flatten(1)[:, :8].all()
+    backends = tuple(b for b in ("torch", "triton") if b in runnable_backends("cpu", "attention"))
+    cases = list(attention.cases("attention", torch.float32, "cpu", [(16, 1, 16)], backends))
+    assert [(c.label["causal"], c.label["mask"]) for c in cases] == [(False, "none"), (True, "none"),
+                                                                     (False, "key padding")]
+    case = cases[-1]
+    assert {f"fasttx {b}" for b in backends} <= set(case.providers) and "torch sdpa" in case.providers
+    rows = common.run_case("attention", case, "cpu", torch.float32, {"TFLOP/s": None})
+    assert rows and all(r["correct"] for r in rows), [(r["provider"], r.get("error")) for r in rows if not r["correct"]]

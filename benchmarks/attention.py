@@ -11,12 +11,15 @@ FLOPs, the standard count for B batches, H heads, L = S tokens, head dim E:
 both halved when causal. TFLOP/s = FLOPs / time; % of peak against a bf16 GEMM measured in the
 same run. On GPU shapes keep B * L = 16384 tokens.
 
-Per shape three cases: no mask, causal, and a key-padding mask ((B, 1, 1, S) bool, 1/8 to 1/2 of a
-batch's keys padded: key_padding_mask), the commonest mask in training, for which the Triton kernels
-have a specialization (MASK_ROWS_BROADCAST) and the CUDA ones read the mask through its broadcast
-strides. Its FLOPs are the unmasked count, padded keys included: every kernel here computes them,
-so its TFLOP/s against the unmasked case's is what the mask costs. No torch.compile or flash-attn
-baseline there (flash_attn_func takes no mask); torch SDPA's forced backends run it where they can.
+Per shape four cases (VARIANTS): no mask, causal, a key-padding mask ((B, 1, 1, S) bool, 1/8 to 1/2
+of a batch's keys padded: key_padding_mask), the commonest mask in training, for which the Triton
+kernels have a specialization (MASK_ROWS_BROADCAST) and the CUDA ones read the mask through its
+broadcast strides, and dropout 0.1. The FLOPs are the unmasked count in all four (padded keys and
+dropped scores included: every kernel here computes them), so a variant's TFLOP/s against the
+unmasked case's is what the mask or the dropout costs. No torch.compile baseline in either, no
+flash-attn with the mask (flash_attn_func takes none); torch SDPA's forced backends run them where
+they can. Dropout draws random numbers no two providers share: that case is not compared with the
+reference, only checked finite (common.Case.checked; the kernels' dropout is tested in tests/).
 
 "fasttx triton (deterministic=False)" is the Triton kernels with the opt-in backward (atomic dQ: five
 matrix products where the default runs seven, not bitwise reproducible); its forward is the default's.
@@ -55,7 +58,7 @@ PRESETS = {
     "quick": [(16, 1, 16), (48, 1, 16)],
     "full": [(seq, heads, dim) for heads, dim in ((16, 128), (32, 64)) for seq in (512, 1024, 2048, 4096, 8192, 16384)],
 }
-PLOT = ("seq", ("heads", "head_dim", "causal", "mask"))  # x axis; the label keys shared by a line's points
+PLOT = ("seq", ("heads", "head_dim", "causal", "mask", "dropout"))  # x axis; the label keys shared by a line's points
 TOKENS = 16384
 
 
@@ -67,12 +70,15 @@ def _math(q, k, v, is_causal):
     return torch.softmax(scores.float(), -1).to(q.dtype) @ v
 
 
-def _sdpa_providers(sample, is_causal, mask=None):
-    """torch SDPA, auto and each backend forced, keeping those that run ``sample`` (with ``mask``) here."""
+def _sdpa_providers(sample, is_causal, mask=None, dropout_p=0.0):
+    """torch SDPA, auto and each backend forced, keeping those that run ``sample`` (with ``mask`` and
+    ``dropout_p``) here."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    providers = {"torch sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                                                              is_causal=is_causal)}
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+    providers = {"torch sdpa": sdpa}
     for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
         backend = getattr(SDPBackend, name, None)
         if backend is None:
@@ -80,7 +86,7 @@ def _sdpa_providers(sample, is_causal, mask=None):
 
         def forced(q, k, v, backend=backend):
             with sdpa_kernel(backend):
-                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+                return sdpa(q, k, v)
 
         try:
             out = forced(*sample)
@@ -91,11 +97,11 @@ def _sdpa_providers(sample, is_causal, mask=None):
     return providers
 
 
-def _flash_attn(is_causal):
+def _flash_attn(is_causal, dropout_p=0.0):
     def adapt(f):
         def run(q, k, v):
             t = lambda x: x.transpose(1, 2)  # noqa: E731
-            return t(f(t(q), t(k), t(v), causal=is_causal))
+            return t(f(t(q), t(k), t(v), dropout_p=dropout_p, causal=is_causal))
         return run
 
     return External("flash-attn", "flash_attn", "flash_attn_func", adapt, (torch.float16, torch.bfloat16))
@@ -128,9 +134,10 @@ def key_padding_mask(batch, seq, device):
     return (torch.arange(seq, device=device) < (seq - padded)[:, None]).view(batch, 1, 1, seq)
 
 
-# (causal, masked) per shape, in run order: the unmasked cases first (the targets' data), then a
-# key-padding mask (torch SDPA refuses a mask with is_causal, so masks are not causal).
-VARIANTS = ((False, False), (True, False), (False, True))
+# (causal, masked, dropout_p) per shape, in run order: the unmasked cases first (the targets' data), then
+# a key-padding mask (torch SDPA refuses a mask with is_causal, so masks are not causal), then dropout 0.1
+# (issue 17's target: no more than 15% slower than the case without).
+VARIANTS = ((False, False, 0.0), (True, False, 0.0), (False, True, 0.0), (False, False, 0.1))
 
 
 def cases(op, dtype, device_type, shapes, fasttx_backends):
@@ -138,22 +145,21 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
         batch = max(TOKENS // seq, 1) if device_type == "cuda" else 1
         q, k, v = (torch.randn(batch, heads, seq, head_dim, dtype=dtype, device=device_type, requires_grad=True)
                    for _ in range(3))
-        for is_causal, masked in VARIANTS:
+        for is_causal, masked, dropout_p in VARIANTS:
             mask = key_padding_mask(batch, seq, device_type) if masked else None
-            providers = _sdpa_providers((q, k, v), is_causal, mask)
-            if device_type == "cuda" and not masked:
+            providers = _sdpa_providers((q, k, v), is_causal, mask, dropout_p)
+            if device_type == "cuda" and not masked and not dropout_p:
                 providers["torch.compile math"] = compiled(lambda q, k, v, c=is_causal: _math(q, k, v, c))
             if not masked:  # flash_attn_func takes no mask
-                providers.update(external_providers([_flash_attn(is_causal)], device_type, dtype))
+                providers.update(external_providers([_flash_attn(is_causal, dropout_p)], device_type, dtype))
             # Leaves out what a backend's kernels reject (CUDA attention: fp32, other head dims).
             runnable = [b for b in fasttx_backends if kernel_limitation(b, q, v, mask) is None]
-            providers.update(fasttx_providers(op, device_type, dtype, runnable, lambda b, c=is_causal, m=mask: (
-                lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=c,
-                                                                        backend=b))))
+            call = dict(attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+            providers.update(fasttx_providers(op, device_type, dtype, runnable, lambda b, call=call: (
+                lambda q, k, v: functional.scaled_dot_product_attention(q, k, v, backend=b, **call))))
             if "fasttx triton" in providers:
-                providers["fasttx triton (deterministic=False)"] = lambda q, k, v, c=is_causal, m=mask: (
-                    functional.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=c, backend="triton",
-                                                            deterministic=False))
+                providers["fasttx triton (deterministic=False)"] = lambda q, k, v, call=call: (
+                    functional.scaled_dot_product_attention(q, k, v, backend="triton", deterministic=False, **call))
             if "fasttx triton" in providers and device_type == "cuda" and \
                     torch.cuda.get_device_capability(q.device)[0] == 9:
                 providers["fasttx triton (pointers)"] = _switched(providers["fasttx triton"], _triton_pointer_path)
@@ -163,7 +169,8 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                                                               lambda: cuda_sm90_kernels(True))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
             label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal,
-                     "mask": "key padding" if masked else "none"}
+                     "mask": "key padding" if masked else "none", "dropout": dropout_p}
             ref = lambda q, k, v, c=is_causal, m=mask: reference.scaled_dot_product_attention(  # noqa: E731
                 q, k, v, attn_mask=m, is_causal=c)
-            yield Case(label, [q, k, v], providers, ref, (fwd_flops, 2.5 * fwd_flops), unit="TFLOP/s", chunk_dim=1)
+            yield Case(label, [q, k, v], providers, ref, (fwd_flops, 2.5 * fwd_flops), unit="TFLOP/s", chunk_dim=1,
+                       checked=not dropout_p)

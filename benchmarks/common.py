@@ -2,7 +2,8 @@
 
 Each op module (norms, softmax, attention, ...) yields ``Case``s: inputs, the implementations to
 time (``providers``) and a float64 reference. ``run_case`` checks every provider against the
-reference on the case's own inputs, then times three passes:
+reference on the case's own inputs (a case with random draws, dropout, only that its results are
+finite: ``Case.checked``), then times three passes:
 
 - ``fwd``: the forward call, inputs requiring grad (so the autograd graph is built, as in training);
 - ``bwd``: the backward alone, each timed call on a graph of its own: an untimed forward builds it
@@ -249,6 +250,10 @@ class Case:
     work: tuple  # (forward, backward): the fewest bytes moved, or the FLOPs, by formula
     unit: str = "GB/s"  # "GB/s" (work in bytes) or "TFLOP/s" (work in FLOPs)
     chunk_dim: int = None  # an output dim whose slices are independent: the reference runs by slices
+    # False where the providers draw random numbers (dropout) that neither the reference nor each other
+    # reproduce: each is run, forward and backward, and only its results' finiteness is checked
+    # (_finite_only); its rows have no max rel err. The kernels' dropout is checked in the tests.
+    checked: bool = True
 
 
 def around(fn):
@@ -294,6 +299,17 @@ def _max_error(case, fn, dy):
     # a clone: some libraries' backward writes into the upstream gradient
     results = [out, *torch.autograd.grad(out, [t for t in leaves if t.requires_grad], dy.clone())]
     return max(rel_error(a, b) for a, b in zip(results, _reference_results(case, dy)))
+
+
+def _finite_only(fn, inputs, dy):
+    """None where ``fn``'s output and input gradients are all finite (an unchecked case's verdict);
+    raises otherwise."""
+    leaves = _leaves(inputs)
+    out = fn(*leaves)
+    results = [out, *torch.autograd.grad(out, [t for t in leaves if t.requires_grad], dy.clone())]
+    if not all(torch.isfinite(t).all() for t in results):
+        raise FloatingPointError("non-finite output or gradient")
+    return None
 
 
 def _time_passes(case, fn, dy, device_type, with_memory=True, cpu_blocks=(3, CPU_BLOCKS)):
@@ -375,13 +391,14 @@ def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
         step(name)
         try:
             with around(fn):
-                errors[name] = _max_error(case, fn, dy)
+                errors[name] = _max_error(case, fn, dy) if case.checked else _finite_only(fn, case.inputs, dy)
         except Exception as e:
             failures[name] = _failure(e)
     measured = _interleaved(case, list(errors), dy, device_type, failures)
     for name in case.providers:
         error, failure = errors.get(name), failures.get(name)
-        correct = error <= TOLERANCE[dtype] if failure is None else None if failure == OUT_OF_MEMORY else False
+        correct = ((not case.checked or error <= TOLERANCE[dtype]) if failure is None
+                   else None if failure == OUT_OF_MEMORY else False)
         for direction in PASSES:
             (ms, p20, p80), mib = measured.get(name, {}).get(direction, ((None,) * 3, None))
             rate = works[direction] / ms / (1e6 if case.unit == "GB/s" else 1e9) if ms else None

@@ -348,10 +348,12 @@ def test_attention_times_the_opt_in_backward_beside_the_default():
     assert {r["pass"] for r in opt_in} == set(common.PASSES) and all(r["correct"] for r in opt_in), opt_in
 
 
-def test_attention_key_padding_case():
-    """Each attention shape has a key-padding case after the unmasked and causal ones: a (B, 1, 1, S)
-    bool mask padding 1/8 to 1/2 of each batch's keys, given to every provider and the reference,
-    labelled so the targets (unmasked) leave it out; its providers are checked against the reference."""
+def test_attention_mask_and_dropout_cases():
+    """Each attention shape has, after the unmasked and causal cases, a key-padding case (a (B, 1, 1, S)
+    bool mask padding 1/8 to 1/2 of each batch's keys, given to every provider and the reference) and a
+    dropout case, labelled so the speed targets (unmasked, no dropout) leave them out. The masked case's
+    providers are checked against the reference; the dropout case's are run and checked finite only
+    (random draws no two providers share), their rows without an error figure."""
     from fasttx.benchmarks import attention
 
     kept = attention.key_padding_mask(5, 16, "cpu")
@@ -360,9 +362,24 @@ def test_attention_key_padding_case():
     assert kept.flatten(1)[:, :8].all()
     backends = tuple(b for b in ("torch", "triton") if b in runnable_backends("cpu", "attention"))
     cases = list(attention.cases("attention", torch.float32, "cpu", [(16, 1, 16)], backends))
-    assert [(c.label["causal"], c.label["mask"]) for c in cases] == [(False, "none"), (True, "none"),
-                                                                     (False, "key padding")]
-    case = cases[-1]
-    assert {f"fasttx {b}" for b in backends} <= set(case.providers) and "torch sdpa" in case.providers
-    rows = common.run_case("attention", case, "cpu", torch.float32, {"TFLOP/s": None})
-    assert rows and all(r["correct"] for r in rows), [(r["provider"], r.get("error")) for r in rows if not r["correct"]]
+    assert [(c.label["causal"], c.label["mask"], c.label["dropout"], c.checked) for c in cases] == [
+        (False, "none", 0.0, True), (True, "none", 0.0, True), (False, "key padding", 0.0, True),
+        (False, "none", 0.1, False)]
+    for case in cases[2:]:
+        assert {f"fasttx {b}" for b in backends} <= set(case.providers) and "torch sdpa" in case.providers
+        rows = common.run_case("attention", case, "cpu", torch.float32, {"TFLOP/s": None})
+        assert rows and all(r["correct"] for r in rows), [(r["provider"], r.get("error")) for r in rows
+                                                          if not r["correct"]]
+        assert all((r["max rel err"] is None) == (not case.checked) for r in rows)
+
+
+def test_an_unchecked_case_still_fails_a_provider_with_non_finite_results():
+    """Case.checked=False (dropout) compares nothing, but a provider whose output or gradient is not
+    finite is still wrong."""
+    x = torch.randn(4, 8, requires_grad=True)
+    providers = {"torch eager": lambda t: t * 2, "fasttx torch": lambda t: t * float("nan")}
+    case = common.Case({"rows": 4}, [x], providers, None, (1.0, 1.0), checked=False)
+    rows = common.run_case("softmax", case, "cpu", torch.float32, {})
+    verdicts = {r["provider"]: r["correct"] for r in rows}
+    assert verdicts == {"torch eager": True, "fasttx torch": False}
+    assert report.verdict(next(r for r in rows if r["provider"] == "torch eager")) == "ran"

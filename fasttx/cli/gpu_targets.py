@@ -6,7 +6,8 @@ rows of `python -m fasttx bench` and the summary of `python -m fasttx profile` f
   measured in its run;
   forward+backward >= 1.5x torch eager; backward never slower than eager;
 - Triton attention, head dim 128, seq >= 4096, no mask (causal or not): forward >= 1.2x and
-  forward+backward >= 1.1x torch's flash SDPA backend;
+  forward+backward >= 1.1x torch's flash SDPA backend; with dropout (0.1) forward+backward no more
+  than 15% slower than the same case without (time ratio >= 1 / 1.15 = 0.87);
 - MHA module (d_model 1024, 16 heads, seq 2048, batch 8) forward+backward >= 1.3x nn.MultiheadAttention;
 - GPT training step (d_model 1024, 16 layers, seq 2048) >= 1.25x torch eager tokens/s, peak memory
   <= 1.0x torch's.
@@ -37,8 +38,23 @@ def _speedups(rows, op, backend, direction, baseline, qualifies):
     return found
 
 
-_LABEL_KEYS = ("rows", "hidden", "cols", "mask", "batch", "seq", "heads", "head_dim", "causal", "d_model",
-               "attention", "need_weights")
+_LABEL_KEYS = ("rows", "hidden", "cols", "mask", "batch", "seq", "heads", "head_dim", "causal", "dropout",
+               "d_model", "attention", "need_weights")
+
+
+def _dropout_ratios(rows, backend, qualifies):
+    """[(time without dropout / time with it, shape text)]: fasttx ``backend``'s attention forward+backward
+    with dropout against its own run of the same case without (same label but dropout 0)."""
+    found = []
+    for mine in _rows(rows, "attention", f"fasttx {backend}", "fwd+bwd"):
+        if not mine.get("dropout") or not qualifies(mine) or not mine["correct"] or not mine["ms"]:
+            continue
+        label = {k: mine[k] for k in mine if k in _LABEL_KEYS and k != "dropout"}
+        plain = [r for r in _rows(rows, "attention", mine["provider"], "fwd+bwd", dict(label, dropout=0.0))
+                 if r["correct"] and r["ms"]]
+        if plain:
+            found.append((plain[0]["ms"] / mine["ms"], _describe(dict(label, dropout=mine["dropout"]))))
+    return found
 
 
 def _describe(label):
@@ -74,9 +90,15 @@ def evaluate(rows, profile):
     for backend in BACKENDS:
         def long_128(r):
             return r.get("head_dim") == 128 and r.get("seq", 0) >= 4096 and r.get("mask", "none") == "none"
+
+        def plain_long_128(r):
+            return long_128(r) and not r.get("dropout")
         for direction, goal in (("fwd", 1.2), ("fwd+bwd", 1.1)):
             targets.append(_target(f"attention {direction} vs torch sdpa flash (E=128, seq>=4096)", backend,
-                                   _speedups(rows, "attention", backend, direction, "torch sdpa flash", long_128), goal))
+                                   _speedups(rows, "attention", backend, direction, "torch sdpa flash", plain_long_128),
+                                   goal))
+        targets.append(_target("attention fwd+bwd with dropout vs without (E=128, seq>=4096)", backend,
+                               _dropout_ratios(rows, backend, long_128), round(1 / 1.15, 3)))
 
         def mha_target(r):
             return (r.get("seq"), r.get("d_model"), r.get("heads"), r.get("batch"), r.get("attention"),

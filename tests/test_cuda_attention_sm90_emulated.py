@@ -25,9 +25,10 @@ from .cuda_emulator import compile_emulator, marshal
 from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the head dim of the tests that name none (the layout checks, the E = 128 kernel cases)
-# The head dims of the other tiles (csrc/attention/sm90/attention_fwd_sm90.cuh, Sm90Fwd): E = 64 with
-# 128-key blocks, E = 256 with 80-key blocks, 2 stages, two P V wgmma a k-step.
-OTHER_HEAD_DIMS = [64, 256]
+# The head dims of the other tiles (csrc/attention/sm90/attention_fwd_sm90.cuh, Sm90Fwd): E = 64 and 96 with
+# 128-key blocks (96: a zero-filled half column block), E = 256 with 80-key blocks, 2 stages, two P V
+# wgmma a k-step.
+OTHER_HEAD_DIMS = [64, 96, 256]
 SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
 
 
@@ -369,14 +370,14 @@ def test_other_head_dims_masks_with_causal(emulator, E):
 
 
 # E = 256 causal with dropout has no instance (it spilled): test_e256_causal_dropout_is_left_to_the_sm80_kernel.
-@pytest.mark.parametrize("E,is_causal", [(64, False), (64, True), (256, False)], ids=str)
+@pytest.mark.parametrize("E,is_causal", [(64, False), (64, True), (96, True), (256, False)], ids=str)
 def test_other_head_dims_dropout(emulator, E, is_causal):
     check(emulator, 2, 2, 1, 70, 200, torch.bfloat16, is_causal=is_causal, dropout_p=0.25, E=E)
 
 
 @pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
 def test_other_head_dims_dropout_keeps_exactly_the_triton_keep_mask(emulator, E):
-    """S = 203 crosses key blocks of 128 (E = 64) and of 80 (E = 256), with a partial group of 4 keys
+    """S = 203 crosses key blocks of 128 (E = 64, 96) and of 80 (E = 256), with a partial group of 4 keys
     at the end; GQA, a partial query tile; causal where there is an instance."""
     B, H, L, S, p, is_causal = 1, 2, 150, 203, 0.3, E != 256
     ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal, E=E)
@@ -401,7 +402,7 @@ def test_other_head_dims_dropout_with_a_mask(emulator, E):
           dropout_p=0.4, E=E)
 
 
-@pytest.mark.parametrize("E", [32, 96])
+@pytest.mark.parametrize("E", [32, 192])
 def test_head_dims_without_a_tile_are_left_to_the_sm80_kernel(emulator, E):
     q = torch.randn(1, 1, 8, E).bfloat16()
     assert not run_sm90(emulator, q, q, q, 0.125, False)[2]

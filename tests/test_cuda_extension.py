@@ -123,6 +123,7 @@ def _sm90a_kernels_sass(names):
 # E / 64 a consumer warpgroup), the exp2 of a block's softmax (kBlockN / 2 + 2), its 8-key tiles.
 _SM90_FWD_SASS = {
     64: ({"64x128": 8, "64x64": 16}, 4, 1, 66, 16),
+    96: ({"64x128": 12, "64x96": 16}, 8, 2, 66, 16),
     128: ({"64x128": 32}, 8, 2, 66, 16),
     256: ({"64x80": 32, "64x128": 20}, 16, 4, 42, 10),
 }

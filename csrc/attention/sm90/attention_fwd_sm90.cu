@@ -35,7 +35,7 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
 
 // The head dims with sm_90a forward instances (Sm90Fwd's tiles): one list for the predicate and the
 // dispatch.
-using Sm90FwdHeadDims = std::integer_sequence<int, 64, 128, 256>;
+using Sm90FwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
 
 template <int... kE>
 constexpr bool has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {

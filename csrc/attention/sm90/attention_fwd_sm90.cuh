@@ -1,5 +1,5 @@
 #pragma once
-// Attention forward for sm_90a, FlashAttention-3 scheme: head dims 64, 128 and 256, fp16 / bf16, causal or not,
+// Attention forward for sm_90a, FlashAttention-3 scheme: head dims 64, 96, 128 and 256, fp16 / bf16, causal or not,
 // bool / float masks and dropout; same results and conventions as attention_fwd_kernel.cuh (base-2
 // online softmax, masks read through broadcast strides, O = 0 and lse = +inf on a row with no key
 // kept, dropout's keep mask bit for bit philox.h's). Causal, mask and dropout are compile-time
@@ -18,8 +18,9 @@
 //   cores busy; and a warpgroup's softmax of block j runs while its own P V of block j - 1 is in
 //   flight (intra-warpgroup overlap).
 // The epilogue writes O through shared memory (the warpgroup's own Q rows) with a TMA store.
-// Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x E columns is E / 64 column blocks
-// of R rows x 64 columns (128 bytes), each loaded by one TMA box. The tile shape per head dim
+// Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x E columns is ceil(E / 64) column
+// blocks of R rows x 64 columns (128 bytes), each loaded by one TMA box (E = 96: columns 96 .. 127 of
+// the second are the TMA's zero fill, which no wgmma reads). The tile shape per head dim
 // (Sm90Fwd) follows from the consumers' registers and the CTA's shared memory: csrc/attention/README.md,
 // "sm_90a forward", has the arithmetic. Rows past L or S are zero-filled by
 // the TMA; keys past S get -inf logits.
@@ -46,21 +47,21 @@ struct Sm90FwdCta {
 // The tile of head dim E: keys per block (kBlockN) and ring stages. A consumer thread holds o (E / 2
 // fp32), s (kBlockN / 2 fp32) and P (kBlockN / 4 packed) at once (the intra-warpgroup overlap) within
 // its 240 registers; the CTA's shared memory holds Q (256 E bytes) and kStages K and V tiles
-// (2 kBlockN E bytes each) within 227 KB. README "sm_90a forward" has the table: E <= 128 keeps
-// 128 keys and 3 stages (E = 128: 160 live registers, 224 KB); E = 256 takes FlashAttention-3's 80
+// (2 kBlockN E bytes each, E rounded up to 64 columns) within 227 KB. README "sm_90a forward" has the
+// table: E <= 128 keeps 128 keys and 3 stages (E = 128: 160 live registers, 224 KB); E = 256 takes FlashAttention-3's 80
 // keys and 2 stages (188 live registers, 224 KB): 128 keys would need 224 registers for the
 // fragments alone, and a third stage of 80 keys 304 KB.
 template <int kE>
 struct Sm90Fwd : Sm90FwdCta {
-  static_assert(kE == 64 || kE == 128 || kE == 256, "the sm_90a forward's tiles are for head dims 64, 128, 256");
+  static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a forward tile for this head dim");
   static constexpr int kHeadDim = kE;
   static constexpr int kBlockN = kE <= 128 ? 128 : 80;
   static constexpr int kStages = kE <= 128 ? 3 : 2;
-  static constexpr int kColBlocks = kE / kBoxCols;  // TMA boxes (64-column blocks) per tile row
+  static constexpr int kColBlocks = (kE + kBoxCols - 1) / kBoxCols;  // TMA boxes (64-column blocks) per tile row
   static constexpr int kPvN = kE < 128 ? kE : 128;  // N of one P V wgmma: E = 256 issues two per k-step
   static constexpr int kKeepWords = (kBlockN / 2 + 31) / 32;  // dropout's bits of a thread's scores
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
-  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // one K or V tile
+  static constexpr int kQBytes = kBlockM * kColBlocks * kSwizzleBytes;
+  static constexpr int kKvBytes = kBlockN * kColBlocks * kSwizzleBytes;  // one K or V tile
   // Offsets from the 1024-byte aligned base: Q, K[kStages], V[kStages], then the mbarriers.
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
@@ -139,6 +140,8 @@ template <typename T, int N>
 __device__ __forceinline__ void sm90_wgmma_rs_tn(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
   if constexpr (N == 128) {
     wgmma_m64n128k16_rs_tn<T>(d, a, desc_b);
+  } else if constexpr (N == 96) {
+    wgmma_m64n96k16_rs_tn<T>(d, a, desc_b);
   } else {
     static_assert(N == 64, "no wgmma.m64nNk16 register/shared wrapper for this N");
     wgmma_m64n64k16_rs_tn<T>(d, a, desc_b);
@@ -284,8 +287,8 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[C::kBlockN / 16][4], 
 
 // O = o / l (0 for a row with no key kept; with dropout times 1 / (1 - p)), through shared memory and
 // a TMA store: this warpgroup's 64 rows go to its own Q rows (its last Q K^T has retired; the other
-// warpgroup reads only its own), swizzled as a TMA box lands, then one thread stores them as E / 64
-// boxes of 64 x 64; rows past L are not written. lse = (m unit + log2 l) ln 2, +inf for the rows with no key
+// warpgroup reads only its own), swizzled as a TMA box lands, then one thread stores them as
+// ceil(E / 64) boxes of 64 x 64; rows past L (and columns past E) are not written. lse = (m unit + log2 l) ln 2, +inf for the rows with no key
 // kept, straight to global memory.
 template <typename T, typename C, typename Softmax>
 __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsigned char* base,

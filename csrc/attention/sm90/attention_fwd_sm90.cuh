@@ -1,9 +1,10 @@
 #pragma once
-// Attention forward for sm_90a, FlashAttention-3 scheme: head dims 64, 96, 128 and 256, fp16 / bf16, causal or not,
-// bool / float masks and dropout; same results and conventions as attention_fwd_kernel.cuh (base-2
-// online softmax, masks read through broadcast strides, O = 0 and lse = +inf on a row with no key
-// kept, dropout's keep mask bit for bit philox.h's). Causal, mask and dropout are compile-time
-// switches: the unmasked, dropout-free instances carry no code of either.
+// Attention forward for sm_90a, FlashAttention-3 scheme: head dims 64, 96, 128 and 256, fp16 /
+// bf16, causal or not, bool / float masks and dropout; same results and conventions as
+// attention_fwd_kernel.cuh (base-2 online softmax, masks read through broadcast strides, O = 0 and
+// lse = +inf on a row with no key kept, dropout's keep mask bit for bit philox.h's). Causal, mask
+// and dropout are compile-time switches: the unmasked, dropout-free instances carry no code of
+// either.
 //
 // A CTA of three warpgroups owns 128 query rows of one (batch, head):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
@@ -20,10 +21,9 @@
 // The epilogue writes O through shared memory (the warpgroup's own Q rows) with a TMA store.
 // Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x E columns is ceil(E / 64) column
 // blocks of R rows x 64 columns (128 bytes), each loaded by one TMA box (E = 96: columns 96 .. 127 of
-// the second are the TMA's zero fill, which no wgmma reads). The tile shape per head dim
-// (Sm90Fwd) follows from the consumers' registers and the CTA's shared memory: csrc/attention/README.md,
-// "sm_90a forward", has the arithmetic. Rows past L or S are zero-filled by
-// the TMA; keys past S get -inf logits.
+// the second are the TMA's zero fill, which no wgmma reads). Rows past L or S are zero-filled by the
+// TMA; keys past S get -inf logits. The tile shape per head dim (Sm90Fwd) follows from the consumers'
+// registers and the CTA's shared memory: csrc/attention/README.md, "sm_90a forward", has the table.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
@@ -47,10 +47,10 @@ struct Sm90FwdCta {
 // The tile of head dim E: keys per block (kBlockN) and ring stages. A consumer thread holds o (E / 2
 // fp32), s (kBlockN / 2 fp32) and P (kBlockN / 4 packed) at once (the intra-warpgroup overlap) within
 // its 240 registers; the CTA's shared memory holds Q (256 E bytes) and kStages K and V tiles
-// (2 kBlockN E bytes each, E rounded up to 64 columns) within 227 KB. README "sm_90a forward" has the
-// table: E <= 128 keeps 128 keys and 3 stages (E = 128: 160 live registers, 224 KB); E = 256 takes FlashAttention-3's 80
-// keys and 2 stages (188 live registers, 224 KB): 128 keys would need 224 registers for the
-// fragments alone, and a third stage of 80 keys 304 KB.
+// (2 kBlockN E bytes each, E rounded up to 64 columns) within 227 KB. README "sm_90a forward" has
+// the table: E <= 128 keeps 128 keys and 3 stages (E = 128: 160 live registers, 224 KB); E = 256
+// takes FlashAttention-3's 80 keys and 2 stages (188 live registers, 224 KB): 128 keys would need
+// 224 registers for the fragments alone, and a third stage of 80 keys 304 KB.
 template <int kE>
 struct Sm90Fwd : Sm90FwdCta {
   static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a forward tile for this head dim");
@@ -288,8 +288,8 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[C::kBlockN / 16][4], 
 // O = o / l (0 for a row with no key kept; with dropout times 1 / (1 - p)), through shared memory and
 // a TMA store: this warpgroup's 64 rows go to its own Q rows (its last Q K^T has retired; the other
 // warpgroup reads only its own), swizzled as a TMA box lands, then one thread stores them as
-// ceil(E / 64) boxes of 64 x 64; rows past L (and columns past E) are not written. lse = (m unit + log2 l) ln 2, +inf for the rows with no key
-// kept, straight to global memory.
+// ceil(E / 64) boxes of 64 x 64; rows past L (and columns past E) are not written. lse = (m unit +
+// log2 l) ln 2, +inf for the rows with no key kept, straight to global memory.
 template <typename T, typename C, typename Softmax>
 __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsigned char* base,
                                               const float (&o)[C::kHeadDim / 2], const Softmax& sm, int wg, int m0,

@@ -36,8 +36,9 @@ softmax; attention_fwd.py's docstring, "Schedule"), to measure what the deferred
 backward is the default's (the schedule is the forward's only).
 
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
-kernels (csrc/attention/sm90; head dim 128; masks and dropout included) where "fasttx
-cuda" runs the sm_80 ones, which stay the default until a GPU run has validated the new kernels.
+kernels (csrc/attention/sm90; the forward at head dims 64, 96, 128, 256, the backward at 128; masks
+and dropout included) where "fasttx cuda" runs the sm_80 ones, which stay the default until a GPU
+run has validated the new kernels.
 
 These switches are set around the provider's checking and every timed pass (common.around), so its
 backward, which autograd runs outside the forward call, sees them too.

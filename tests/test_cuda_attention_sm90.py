@@ -107,9 +107,46 @@ def _check_dropout(batch, heads, kv_heads, queries, keys, dtype, mask, is_causal
     check(q, k, v, "cuda", dy=dy, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p, dropout_mask=keep)
 
 
-def _kernels_run(backward, **kw):
-    """The names of the CUDA kernels one head-dim-128 bf16 call (and its backward) runs."""
-    q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 256, 256, 128, dtype=torch.bfloat16))
+# The forward's other tiles (attention_fwd_sm90.cuh, Sm90Fwd): E = 64 and 96 with 128-key blocks, E = 256
+# with 80-key blocks and 2 stages (not causal with dropout: that instance spilled, the call runs the
+# sm_80 kernel). Their backward is the sm_80 kernels' (the sm_90a backward is for E = 128).
+OTHER_HEAD_DIMS = [64, 96, 256]
+
+
+@pytest.mark.parametrize("head_dim", OTHER_HEAD_DIMS)
+@pytest.mark.parametrize("queries,keys", [(1, 1), (130, 7), (1000, 1000)], ids=str)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_other_head_dims_forward_and_gradients(dtype, is_causal, queries, keys, head_dim):
+    check(*attention_inputs(2, 4, 2, queries, keys, head_dim, dtype=dtype), "cuda", is_causal=is_causal)
+
+
+@pytest.mark.parametrize("head_dim", OTHER_HEAD_DIMS)
+@pytest.mark.parametrize("kind", ["bool_key_padding", "bool_full", "float_with_-inf"])
+def test_other_head_dims_masks(kind, head_dim):
+    q, k, v = attention_inputs(2, 4, 2, 300, 333, head_dim, dtype=torch.bfloat16)
+    check(q, k, v, "cuda", attn_mask=_mask(kind, 2, 4, 300, 333, torch.bfloat16))
+
+
+@pytest.mark.parametrize("head_dim", OTHER_HEAD_DIMS)
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_other_head_dims_dropout(is_causal, head_dim):
+    """As test_dropout (the Triton kernels' keep mask); E = 256 causal runs the sm_80 forward."""
+    from fasttx.triton_kernels.attention import dropout_keep_mask
+
+    p = 0.3
+    q, k, v = attention_inputs(2, 4, 2, 200, 333, head_dim, dtype=torch.float16)
+    dy = torch.randn(2, 4, 200, head_dim, device=DEVICE).half()
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE))
+    keep = dropout_keep_mask(seed, 2, 4, 200, 333, p, q.device)
+    torch.manual_seed(7)
+    check(q, k, v, "cuda", dy=dy, is_causal=is_causal, dropout_p=p, dropout_mask=keep)
+
+
+def _kernels_run(backward, head_dim=128, **kw):
+    """The names of the CUDA kernels one bf16 call (and its backward) runs."""
+    q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 256, 256, head_dim, dtype=torch.bfloat16))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         out = fasttx.scaled_dot_product_attention(q, k, v, backend="cuda", **kw)
         if backward:
@@ -119,14 +156,15 @@ def _kernels_run(backward, **kw):
 
 
 @pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")
+@pytest.mark.parametrize("head_dim", OTHER_HEAD_DIMS + [128])
 @pytest.mark.parametrize("call", [{}, {"attn_mask": "key_padding"}, {"dropout_p": 0.2}], ids=["plain", "mask", "dropout"])
 @pytest.mark.parametrize("switch", ["1", None])
-def test_sm90_device_runs_the_sm90a_kernel_only_when_switched_on(switch, call, monkeypatch):
+def test_sm90_device_runs_the_sm90a_kernel_only_when_switched_on(switch, call, head_dim, monkeypatch):
     if switch is None:
         monkeypatch.delenv("FASTTX_ATTENTION_SM90")
     if "attn_mask" in call:
         call = {"attn_mask": torch.rand(1, 1, 1, 256, device=DEVICE) > 0.3}
-    names = _kernels_run(backward=False, **call)
+    names = _kernels_run(backward=False, head_dim=head_dim, **call)
     assert any("attention_fwd_sm90_kernel" in n for n in names) == (switch == "1"), names
     assert any("attention_fwd_kernel" in n for n in names) == (switch is None), names
 

@@ -24,7 +24,11 @@ from .conftest import DEVICE
 from .cuda_emulator import compile_emulator, marshal
 from .test_cuda_attention_emulated import _fields, reference_lse
 
-E = 128  # the one head dim of the sm_90a kernel
+E = 128  # the head dim of the tests that name none (the layout checks, the E = 128 kernel cases)
+# The head dims of the other tiles (csrc/attention/sm90/attention_fwd_sm90.cuh, Sm90Fwd): E = 64 and 96 with
+# 128-key blocks (96: a zero-filled half column block), E = 256 with 80-key blocks, 2 stages, two P V
+# wgmma a k-step.
+OTHER_HEAD_DIMS = [64, 96, 256]
 SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
 
 
@@ -153,10 +157,10 @@ def launch_sm90(emulator, fields, inputs):
 def run_sm90(emulator, q, k, v, scale, is_causal, mask=None, dropout_p=0.0, seed=0):
     """O, lse and whether the sm_90a kernel ran, launched as attention_fwd_launch would (the mask
     broadcast to (B, H, L, S) through zero strides, as the binding does)."""
-    B, H, L, _ = q.shape
+    B, H, L, head_dim = q.shape
     if mask is not None:
         mask = mask.expand(B, H, L, k.shape[2])
-    o = torch.full((B, H, L, E), float("nan"), dtype=q.dtype)
+    o = torch.full((B, H, L, head_dim), float("nan"), dtype=q.dtype)
     lse = torch.full((B, H, L), float("nan"))
     seed = torch.tensor([seed], dtype=torch.int64)
     fields = _fields(False, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse)
@@ -175,7 +179,7 @@ def triton_keep_mask(B, H, L, S, dropout_p):
 
 
 def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False, mask=None,
-          dropout_p=0.0):
+          dropout_p=0.0, E=E):
     shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr(torch.randn(shape(h, n)).to(dtype)) for h, n in ((H, L), (Hkv, S), (Hkv, S)))
@@ -253,9 +257,9 @@ def test_masks_with_causal(emulator, kind):
     check(emulator, 1, 2, 2, 150, 150, torch.float16, is_causal=True, mask=_mask(kind, 1, 2, 150, 150))
 
 
-def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False):
+def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False, E=E):
     """The kernel's keep mask (B, H, L, S), read off its output: with V's row j the unit vector of
-    column j % 128 (keys 128 c .. 128 c + 127 in run c, the others' rows 0), O[i, j % 128] = P_ij / (1 - p)
+    column j % E (keys E c .. E c + E - 1 in run c, the others' rows 0), O[i, j % E] = P_ij / (1 - p)
     when key j is kept and exactly 0 when it is dropped; P_ij > 0 wherever the mask and causality let
     key j in (small scores: no probability underflows)."""
     q = (0.1 * torch.randn(B, H, L, E)).bfloat16()
@@ -328,3 +332,77 @@ def test_params_are_set_by_field_name(emulator):
     assert o.isnan().all(), "a rejected call launched a kernel"
     assert launch_sm90(emulator, fields, [q])
     assert (o == 0).all() and torch.allclose(lse, torch.full_like(lse, math.log(3)))
+
+
+# ---- the other head dims' tiles ------------------------------------------------------------------------
+# L and S multiples of neither 128 nor 80 (partial query tiles and key blocks), several key blocks
+# through the ring (E = 256: 2 stages, each reused), masks with fully masked rows, causal with
+# diagonal blocks of 80 keys across the 128-query tile, GQA through transposed views, dropout.
+
+@pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
+@pytest.mark.parametrize("L,S", [(1, 1), (130, 7), (70, 410)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_other_head_dims_sequence_lengths(emulator, E, L, S, dtype):
+    check(emulator, 1, 1, 1, L, S, dtype, E=E)
+
+
+@pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
+@pytest.mark.parametrize("L,S", [(200, 200), (130, 260), (260, 130)], ids=str)
+def test_other_head_dims_causal(emulator, E, L, S):
+    check(emulator, 1, 1, 1, L, S, is_causal=True, E=E)
+
+
+@pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
+def test_other_head_dims_grouped_query_attention_and_transposed_views(emulator, E):
+    check(emulator, 2, 4, 2, 33, 170, torch.float16, transposed=True, E=E)
+
+
+@pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
+@pytest.mark.parametrize("kind", ["bool_key_padding", "bool_full", "float16_full_with_-inf", "float32_2d"])
+def test_other_head_dims_masks(emulator, E, kind):
+    dtype = torch.float16 if "float16" in kind else torch.bfloat16
+    check(emulator, 2, 2, 1, 70, 200, dtype, mask=_mask(kind, 2, 2, 70, 200), E=E)
+
+
+@pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
+def test_other_head_dims_masks_with_causal(emulator, E):
+    check(emulator, 1, 2, 2, 150, 150, torch.float16, is_causal=True, mask=_mask("bool_full", 1, 2, 150, 150), E=E)
+
+
+# E = 256 causal with dropout has no instance (it spilled): test_e256_causal_dropout_is_left_to_the_sm80_kernel.
+@pytest.mark.parametrize("E,is_causal", [(64, False), (64, True), (96, True), (256, False)], ids=str)
+def test_other_head_dims_dropout(emulator, E, is_causal):
+    check(emulator, 2, 2, 1, 70, 200, torch.bfloat16, is_causal=is_causal, dropout_p=0.25, E=E)
+
+
+@pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
+def test_other_head_dims_dropout_keeps_exactly_the_triton_keep_mask(emulator, E):
+    """S = 203 crosses key blocks of 128 (E = 64, 96) and of 80 (E = 256), with a partial group of 4 keys
+    at the end; GQA, a partial query tile; causal where there is an instance."""
+    B, H, L, S, p, is_causal = 1, 2, 150, 203, 0.3, E != 256
+    ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal, E=E)
+    allowed = torch.ones(L, S, dtype=torch.bool)
+    allowed = allowed.tril() if is_causal else allowed
+    assert torch.equal(ours & allowed, triton_keep_mask(B, H, L, S, p) & allowed)
+    assert 0.6 < ours[..., allowed].float().mean() < 0.8
+
+
+def test_e256_causal_dropout_is_left_to_the_sm80_kernel(emulator):
+    """attention_fwd_sm90_supports refuses it (that instance spilled, csrc/attention/README.md); without
+    dropout, or without causal, the sm_90a kernel runs."""
+    q = torch.randn(1, 1, 8, 256).bfloat16()
+    assert not run_sm90(emulator, q, q, q, 0.0625, True, dropout_p=0.1)[2]
+    assert run_sm90(emulator, q, q, q, 0.0625, True)[2]
+    assert run_sm90(emulator, q, q, q, 0.0625, False, dropout_p=0.1)[2]
+
+
+@pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
+def test_other_head_dims_dropout_with_a_mask(emulator, E):
+    check(emulator, 2, 2, 2, 33, 150, torch.float16, transposed=True, mask=_mask("bool_key_padding", 2, 2, 33, 150),
+          dropout_p=0.4, E=E)
+
+
+@pytest.mark.parametrize("E", [32, 192])
+def test_head_dims_without_a_tile_are_left_to_the_sm80_kernel(emulator, E):
+    q = torch.randn(1, 1, 8, E).bfloat16()
+    assert not run_sm90(emulator, q, q, q, 0.125, False)[2]

@@ -1,6 +1,7 @@
 // Host side of the sm_90a attention forward: the TMA tensor maps and the launch (attention_sm90.h).
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "attention/sm90/attention_fwd_sm90.cuh"
 #include "attention/sm90/attention_sm90.h"
@@ -11,24 +12,62 @@ namespace fasttx {
 namespace attn {
 namespace {
 
-template <typename T, bool kCausal, bool kMask, bool kDropout>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
-  constexpr auto kernel = attention_fwd_sm90_kernel<T, Sm90Fwd::kHeadDim, kCausal, kMask, kDropout>;
+  using C = Sm90Fwd<kHeadDim>;
+  constexpr auto kernel = attention_fwd_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout>;
   if (!runs_sm90a(kernel)) return false;
   Sm90FwdParams params{};
   params.p = p;
   const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
-  constexpr int E = Sm90Fwd::kHeadDim;
+  constexpr int E = kHeadDim;
   const int64_t o_strides[3] = {int64_t{p.heads} * p.queries * E, int64_t{p.queries} * E, E};  // o is contiguous
-  if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, Sm90Fwd::kBlockM) ||
-      !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, Sm90Fwd::kBlockN) ||
-      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, Sm90Fwd::kBlockN) ||
-      !encode_bhle(&params.o_map, p.o, bf16, E, p.batch, p.heads, p.queries, o_strides, Sm90Fwd::kBlockM / 2)) {
+  if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, C::kBlockM) ||
+      !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, C::kBlockN) ||
+      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, C::kBlockN) ||
+      !encode_bhle(&params.o_map, p.o, bf16, E, p.batch, p.heads, p.queries, o_strides, C::kBlockM / 2)) {
     return false;
   }
-  launch(kernel, dim3((p.queries + Sm90Fwd::kBlockM - 1) / Sm90Fwd::kBlockM, p.heads, p.batch), Sm90Fwd::kThreads,
-         Sm90Fwd::kSmemBytes, stream, params);
+  launch(kernel, dim3((p.queries + C::kBlockM - 1) / C::kBlockM, p.heads, p.batch), C::kThreads, C::kSmemBytes,
+         stream, params);
   return true;
+}
+
+// The head dims with sm_90a forward instances (Sm90Fwd's tiles): one list for the predicate and the
+// dispatch.
+using Sm90FwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
+
+template <int... kE>
+constexpr bool has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {
+  return ((head_dim == kE) || ...);
+}
+
+// Whether the instance is compiled: at E = 256 causal with dropout spills (8 / 20 bytes in the
+// unmasked instance, ptxas -v), so E = 256 causal calls with dropout stay with the sm_80 kernel.
+constexpr bool has_instance(int head_dim, bool causal, bool dropout) { return !(head_dim == 256 && causal && dropout); }
+
+template <int kHeadDim>
+bool attention_fwd_sm90_hdim(const AttentionParams& p, cudaStream_t stream) {
+  bool launched = false;
+  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
+    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] {
+      FASTTX_BOOL_SWITCH(p.mask_kind != MaskKind::kNone, kMask, [&] {
+        FASTTX_BOOL_SWITCH(p.dropout_p > 0.f, kDropout, [&] {
+          if constexpr (has_instance(kHeadDim, kCausal, kDropout)) {
+            launched = attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+          }
+        });
+      });
+    });
+  });
+  return launched;
+}
+
+template <int... kE>
+bool attention_fwd_sm90_dispatch(const AttentionParams& p, cudaStream_t stream, std::integer_sequence<int, kE...>) {
+  bool launched = false;
+  ((p.head_dim == kE && (launched = attention_fwd_sm90_hdim<kE>(p, stream), true)) || ...);
+  return launched;
 }
 
 }  // namespace
@@ -40,22 +79,13 @@ bool attention_sm90_enabled() {
 }
 
 bool attention_fwd_sm90_supports(const AttentionParams& p) {
-  return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.head_dim == attn::Sm90Fwd::kHeadDim &&
-         p.scale > 0.f && p.queries > 0;
+  return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&
+         attn::has_head_dim(p.head_dim, attn::Sm90FwdHeadDims{}) &&
+         attn::has_instance(p.head_dim, p.is_causal, p.dropout_p > 0.f) && p.scale > 0.f && p.queries > 0;
 }
 
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
-  bool launched = false;
-  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
-    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] {
-      FASTTX_BOOL_SWITCH(p.mask_kind != MaskKind::kNone, kMask, [&] {
-        FASTTX_BOOL_SWITCH(p.dropout_p > 0.f, kDropout, [&] {
-          launched = attn::attention_fwd_sm90_run<T, kCausal, kMask, kDropout>(p, stream);
-        });
-      });
-    });
-  });
-  return launched;
+  return attn::attention_fwd_sm90_dispatch(p, stream, attn::Sm90FwdHeadDims{});
 }
 
 }  // namespace fasttx

@@ -1,13 +1,14 @@
 #pragma once
-// Attention forward for sm_90a, FlashAttention-3 scheme: head dim 128, fp16 / bf16, causal or not,
-// bool / float masks and dropout; same results and conventions as attention_fwd_kernel.cuh (base-2
-// online softmax, masks read through broadcast strides, O = 0 and lse = +inf on a row with no key
-// kept, dropout's keep mask bit for bit philox.h's). Causal, mask and dropout are compile-time
-// switches: the unmasked, dropout-free instances carry no code of either.
+// Attention forward for sm_90a, FlashAttention-3 scheme: head dims 64, 96, 128 and 256, fp16 /
+// bf16, causal or not, bool / float masks and dropout; same results and conventions as
+// attention_fwd_kernel.cuh (base-2 online softmax, masks read through broadcast strides, O = 0 and
+// lse = +inf on a row with no key kept, dropout's keep mask bit for bit philox.h's). Causal, mask
+// and dropout are compile-time switches: the unmasked, dropout-free instances carry no code of
+// either.
 //
 // A CTA of three warpgroups owns 128 query rows of one (batch, head):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
-//   Q once, then K and V tiles of 128 keys into a 3-stage ring (K one block ahead of V), each tile
+//   Q once, then K and V tiles of kBlockN keys into a kStages ring (K one block ahead of V), each tile
 //   completing its own mbarrier ("full"); it refills a K (V) slot once both consumers have released
 //   it ("empty").
 // - warpgroups 1 and 2, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands in
@@ -18,9 +19,11 @@
 //   cores busy; and a warpgroup's softmax of block j runs while its own P V of block j - 1 is in
 //   flight (intra-warpgroup overlap).
 // The epilogue writes O through shared memory (the warpgroup's own Q rows) with a TMA store.
-// Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks
-// of R rows x 64 columns (128 bytes), each loaded by one TMA box. Rows past L or S are zero-filled by
-// the TMA; keys past S get -inf logits.
+// Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x E columns is ceil(E / 64) column
+// blocks of R rows x 64 columns (128 bytes), each loaded by one TMA box (E = 96: columns 96 .. 127 of
+// the second are the TMA's zero fill, which no wgmma reads). Rows past L or S are zero-filled by the
+// TMA; keys past S get -inf logits. The tile shape per head dim (Sm90Fwd) follows from the consumers'
+// registers and the CTA's shared memory: csrc/attention/README.md, "sm_90a forward", has the table.
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
@@ -28,16 +31,37 @@
 namespace fasttx {
 namespace attn {
 
-struct Sm90Fwd {
-  static constexpr int kHeadDim = 128;
+// What every head dim shares: the CTA's warpgroups, register budgets and named barriers.
+struct Sm90FwdCta {
   static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
-  static constexpr int kBlockN = 128;
-  static constexpr int kStages = 3;  // what shared memory holds beside Q: 32 + 3 x 64 KB of 227
   static constexpr int kThreads = 3 * 128;
   static constexpr int kConsumerThreads = 2 * 128;
   static constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled row
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;
-  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;  // one K or V tile
+  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kConsumerRegs = 240;
+  static constexpr int kTurnBarrier = 1;      // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
+  static constexpr int kEpilogueBarrier = 3;  // 3, 4: a consumer warpgroup's O tile written, before its TMA store
+};
+
+// The tile of head dim E: keys per block (kBlockN) and ring stages. A consumer thread holds o (E / 2
+// fp32), s (kBlockN / 2 fp32) and P (kBlockN / 4 packed) at once (the intra-warpgroup overlap) within
+// its 240 registers; the CTA's shared memory holds Q (256 E bytes) and kStages K and V tiles
+// (2 kBlockN E bytes each, E rounded up to 64 columns) within 227 KB. README "sm_90a forward" has
+// the table: E <= 128 keeps 128 keys and 3 stages (E = 128: 160 live registers, 224 KB); E = 256
+// takes FlashAttention-3's 80 keys and 2 stages (188 live registers, 224 KB): 128 keys would need
+// 224 registers for the fragments alone, and a third stage of 80 keys 304 KB.
+template <int kE>
+struct Sm90Fwd : Sm90FwdCta {
+  static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a forward tile for this head dim");
+  static constexpr int kHeadDim = kE;
+  static constexpr int kBlockN = kE <= 128 ? 128 : 80;
+  static constexpr int kStages = kE <= 128 ? 3 : 2;
+  static constexpr int kColBlocks = (kE + kBoxCols - 1) / kBoxCols;  // TMA boxes (64-column blocks) per tile row
+  static constexpr int kPvN = kE < 128 ? kE : 128;  // N of one P V wgmma: E = 256 issues two per k-step
+  static constexpr int kKeepWords = (kBlockN / 2 + 31) / 32;  // dropout's bits of a thread's scores
+  static constexpr int kQBytes = kBlockM * kColBlocks * kSwizzleBytes;
+  static constexpr int kKvBytes = kBlockN * kColBlocks * kSwizzleBytes;  // one K or V tile
   // Offsets from the 1024-byte aligned base: Q, K[kStages], V[kStages], then the mbarriers.
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
@@ -46,15 +70,10 @@ struct Sm90Fwd {
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
   static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
-  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
-  static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
-  static constexpr int kTurnBarrier = 1;      // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
-  static constexpr int kEpilogueBarrier = 3;  // 3, 4: a consumer warpgroup's O tile written, before its TMA store
 };
 
 // The kernel's parameters: TMA maps of q (E, L, H, B), k (E, S, Hkv, B), v (E, S, Hkv, B) with boxes of
-// 64 x 128 (Sm90Fwd::kBoxCols x kBlockM / kBlockN), of o (E, L, H, B) with boxes of 64 x 64 (a consumer
+// 64 x 128 (q) and 64 x kBlockN (k, v), of o (E, L, H, B) with boxes of 64 x 64 (a consumer
 // warpgroup's rows), and the rest of the call.
 struct Sm90FwdParams {
   CUtensorMap q_map, k_map, v_map, o_map;
@@ -71,23 +90,23 @@ struct Sm90Barriers {
 
 // Key blocks [0, full) need no element checks (all keys < S and, causal, <= every query of the tile);
 // blocks [full, end) do.
-template <bool kCausal>
+template <typename C, bool kCausal>
 __device__ __forceinline__ void sm90_key_blocks(const AttentionParams& p, int m0, int& full, int& end) {
-  const int last_key = kCausal ? min(p.keys, m0 + Sm90Fwd::kBlockM) : p.keys;
-  full = (kCausal ? min(p.keys, m0 + 1) : p.keys) / Sm90Fwd::kBlockN;
-  end = (last_key + Sm90Fwd::kBlockN - 1) / Sm90Fwd::kBlockN;
+  const int last_key = kCausal ? min(p.keys, m0 + C::kBlockM) : p.keys;
+  full = (kCausal ? min(p.keys, m0 + 1) : p.keys) / C::kBlockN;
+  end = (last_key + C::kBlockN - 1) / C::kBlockN;
 }
 
 // The producer thread: Q, then K and V of key blocks [0, end) through the ring, K one block ahead of
 // V (K 0, K 1, V 0, K 2, V 1, ...), the order the consumers use them in (Q K^T of block j is issued
 // with P V of block j - 1), so that a K load never queues behind a V slot still being read.
+template <typename C>
 __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
                                              int m0, int h, int b, int end) {
-  using C = Sm90Fwd;
   const AttentionParams& p = params.p;
   const int kvh = h / (p.heads / p.kv_heads);
   mbar_arrive_expect_tx(bar.q_full, C::kQBytes);
-  for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+  for (int cb = 0; cb < C::kColBlocks; ++cb) {
     tma_load_4d(base + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
   }
   // Block `block`'s tile of `map` into its stage of the ring at `offset`, once that slot is empty.
@@ -95,7 +114,7 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
     const int stage = block % C::kStages;
     mbar_wait(empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
     mbar_arrive_expect_tx(full + stage, C::kKvBytes);
-    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+    for (int cb = 0; cb < C::kColBlocks; ++cb) {
       tma_load_4d(base + offset + stage * C::kKvBytes + cb * C::kBlockN * kSwizzleBytes, map, full + stage,
                   cb * C::kBoxCols, block * C::kBlockN, kvh, b);
     }
@@ -107,35 +126,61 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
   }
 }
 
-// Issues s (64 x 128 scores of this warpgroup, wgmma D layout) = Q K^T over the head dim as one wgmma
-// group, k16 step kk reading columns 16 kk .. of column block kk / 4, i.e. 32 (kk % 4) bytes into each
-// swizzled row.
-template <typename T>
-__device__ __forceinline__ void sm90_scores(float (&s)[64], uint32_t q_rows, uint32_t k_tile) {
-  using C = Sm90Fwd;
+// The wgmma of the tile's N (S = Q K^T: kBlockN; P V: kPvN) under one name.
+template <typename T, int N>
+__device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  if constexpr (N == 128) {
+    wgmma_m64n128k16_ss<T>(d, desc_a, desc_b, accumulate);
+  } else {
+    static_assert(N == 80, "no wgmma.m64nNk16 shared/shared wrapper for this N");
+    wgmma_m64n80k16_ss<T>(d, desc_a, desc_b, accumulate);
+  }
+}
+template <typename T, int N>
+__device__ __forceinline__ void sm90_wgmma_rs_tn(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (N == 128) {
+    wgmma_m64n128k16_rs_tn<T>(d, a, desc_b);
+  } else if constexpr (N == 96) {
+    wgmma_m64n96k16_rs_tn<T>(d, a, desc_b);
+  } else {
+    static_assert(N == 64, "no wgmma.m64nNk16 register/shared wrapper for this N");
+    wgmma_m64n64k16_rs_tn<T>(d, a, desc_b);
+  }
+}
+
+// Issues s (64 x kBlockN scores of this warpgroup, wgmma D layout) = Q K^T over the head dim as one
+// wgmma group, k16 step kk reading columns 16 kk .. of column block kk / 4, i.e. 32 (kk % 4) bytes
+// into each swizzled row.
+template <typename T, typename C>
+__device__ __forceinline__ void sm90_scores(float (&s)[C::kBlockN / 2], uint32_t q_rows, uint32_t k_tile) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < C::kHeadDim / 16; ++kk) {
     const uint32_t col = (kk % 4) * 32;
     const uint64_t a = smem_desc_128b(q_rows + (kk / 4) * C::kBlockM * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
     const uint64_t bd = smem_desc_128b(k_tile + (kk / 4) * C::kBlockN * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
-    wgmma_m64n128k16_ss<T>(s, a, bd, kk > 0);
+    sm90_wgmma_ss<T, C::kBlockN>(s, a, bd, kk > 0);
   }
   wgmma_commit();
 }
 
-// Issues o += P V as one wgmma group: P (64 x 128 keys) from registers, k16 step kk on keys 16 kk ..:
-// V rows 16 kk .. start 2 atoms (16 rows) further each step; its 128 columns are the two column
-// blocks, LBO apart.
-template <typename T>
-__device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], uint32_t v_tile) {
-  using C = Sm90Fwd;
+// Issues o += P V as one wgmma group: P (64 x kBlockN keys) from registers, k16 step kk on keys
+// 16 kk ..: V rows 16 kk .. start 2 atoms (16 rows) further each step; the kPvN columns of one wgmma
+// are column blocks LBO apart, and o's columns 128 c .. (E = 256: c = 0, 1) are o[64 c ..], the wgmma
+// D layout's column tiles 16 c ...
+template <typename T, typename C>
+__device__ __forceinline__ void sm90_pv(float (&o)[C::kHeadDim / 2], uint32_t (&pf)[C::kBlockN / 16][4],
+                                        uint32_t v_tile) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
-    const uint64_t bd =
-        smem_desc_128b(v_tile + kk * 2 * kSwizzleAtomBytes, C::kBlockN * kSwizzleBytes, kSwizzleAtomBytes);
-    wgmma_m64n128k16_rs_tn<T>(o, pf[kk], bd);
+#pragma unroll
+    for (int c = 0; c < C::kHeadDim / C::kPvN; ++c) {
+      const uint64_t bd = smem_desc_128b(v_tile + kk * 2 * kSwizzleAtomBytes + c * (C::kPvN / C::kBoxCols) *
+                                                                                C::kBlockN * kSwizzleBytes,
+                                         C::kBlockN * kSwizzleBytes, kSwizzleAtomBytes);
+      sm90_wgmma_rs_tn<T, C::kPvN>(*reinterpret_cast<float(*)[C::kPvN / 2]>(o + c * C::kPvN / 2), pf[kk], bd);
+    }
   }
   wgmma_commit();
 }
@@ -148,30 +193,36 @@ __device__ __forceinline__ void sm90_pv(float (&o)[64], uint32_t (&pf)[8][4], ui
 struct Sm90Turns {
   int wg, turns;
   __device__ __forceinline__ void begin(int turn) const {
-    if (2 * turn + wg > 0) named_barrier_sync(Sm90Fwd::kTurnBarrier + wg, Sm90Fwd::kConsumerThreads);
+    if (2 * turn + wg > 0) named_barrier_sync(Sm90FwdCta::kTurnBarrier + wg, Sm90FwdCta::kConsumerThreads);
   }
   __device__ __forceinline__ void pass(int turn) const {
-    if (2 * turn + wg < 2 * turns - 1) named_barrier_arrive(Sm90Fwd::kTurnBarrier + 1 - wg, Sm90Fwd::kConsumerThreads);
+    if (2 * turn + wg < 2 * turns - 1) {
+      named_barrier_arrive(Sm90FwdCta::kTurnBarrier + 1 - wg, Sm90FwdCta::kConsumerThreads);
+    }
   }
 };
 
-// Dropout's keep bits of key block n0 .. n0 + 127 for this thread's scores (philox.h's draw): bit
-// e % 32 of keep[e / 32] for s[e]. The wgmma D fragment is the mma C fragment repeated over 16
-// column tiles (primitives_sm90.cuh), so keep_bits_qk draws each tile as the sm_80 forward does:
-// 16 Philox calls a thread per block, every word used. q0: the warp's first query row. Called by
-// every lane of the warp (its shuffles).
-__device__ __forceinline__ void sm90_keep_bits(uint32_t (&keep)[2], const AttentionParams& p, uint64_t seed, int64_t bh,
-                                               int q0, int n0, int lane) {
-  keep[0] = keep[1] = 0;
+// Dropout's keep bits of key block n0 .. n0 + kBlockN - 1 for this thread's scores (philox.h's draw):
+// bit e % 32 of keep[e / 32] for s[e]. The wgmma D fragment is the mma C fragment repeated over
+// kBlockN / 8 column tiles (primitives_sm90.cuh), so keep_bits_qk draws each tile as the sm_80 forward
+// does: one Philox call a thread per tile, every word used. q0: the warp's first query row. Called
+// by every lane of the warp (its shuffles).
+template <typename C>
+__device__ __forceinline__ void sm90_keep_bits(uint32_t (&keep)[C::kKeepWords], const AttentionParams& p,
+                                               uint64_t seed, int64_t bh, int q0, int n0, int lane) {
 #pragma unroll
-  for (int i = 0; i < 16; ++i) keep[i / 8] |= keep_bits_qk(p, seed, bh, q0, n0 + 8 * i, lane) << (4 * (i % 8));
+  for (int w = 0; w < C::kKeepWords; ++w) keep[w] = 0;
+#pragma unroll
+  for (int i = 0; i < C::kBlockN / 8; ++i) {
+    keep[i / 8] |= keep_bits_qk(p, seed, bh, q0, n0 + 8 * i, lane) << (4 * (i % 8));
+  }
 }
 
 // The online softmax of this thread's rows g, g + 8 of a consumer warpgroup, in base 2. Without a mask
 // on raw scores (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA; with one on the logits
 // s scale_log2 + mask log2 e (logit, attention_common.cuh), whose maxima m are then taken. m: the
 // maxima; l: this thread's part of the row sums, before dropout (lse is that of the undropped P).
-template <bool kCausal, bool kMask, bool kDropout>
+template <typename C, bool kCausal, bool kMask, bool kDropout>
 struct Sm90Softmax {
   static constexpr bool kDrops = kDropout;
   float m[2] = {-INFINITY, -INFINITY};
@@ -183,14 +234,14 @@ struct Sm90Softmax {
   // s (key block `block`, scores in the wgmma D layout) -> p, the running maxima and sums updated,
   // then dropped where keep (sm90_keep_bits) says; alpha: the factors the rows' earlier output (o)
   // takes. check: the block needs bound / causal checks.
-  __device__ __forceinline__ void exponentiate(float (&s)[64], float (&alpha)[2], const AttentionParams& p,
-                                               const MaskRows& mask, const uint32_t (&keep)[2], int block, bool check,
-                                               int row0, int t) {
-    const int n0 = block * Sm90Fwd::kBlockN;
+  __device__ __forceinline__ void exponentiate(float (&s)[C::kBlockN / 2], float (&alpha)[2], const AttentionParams& p,
+                                               const MaskRows& mask, const uint32_t (&keep)[C::kKeepWords], int block,
+                                               bool check, int row0, int t) {
+    const int n0 = block * C::kBlockN;
     const auto key_of = [&](int e) { return n0 + 8 * (e >> 2) + 2 * t + (e & 1); };
     float m_new[2] = {m[0], m[1]};
 #pragma unroll
-    for (int e = 0; e < 64; ++e) {
+    for (int e = 0; e < C::kBlockN / 2; ++e) {
       const int r = (e >> 1) & 1;
       if constexpr (kMask) s[e] = logit<true, false, false>(s[e], row0 + 8 * r, key_of(e), p.scale_log2, p, mask);
       if (check) {
@@ -210,25 +261,25 @@ struct Sm90Softmax {
       l[r] *= alpha[r];
     }
 #pragma unroll
-    for (int e = 0; e < 64; ++e) {
+    for (int e = 0; e < C::kBlockN / 2; ++e) {
       s[e] = exp2_approx(fmaf(s[e], unit(p), -shift[(e >> 1) & 1]));
       l[(e >> 1) & 1] += s[e];
       if constexpr (kDropout) s[e] = (keep[e / 32] >> (e % 32)) & 1u ? s[e] : 0.f;
     }
   }
 
-  __device__ __forceinline__ static void rescale(float (&o)[64], const float (&alpha)[2]) {
+  __device__ __forceinline__ static void rescale(float (&o)[C::kHeadDim / 2], const float (&alpha)[2]) {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) o[i] *= alpha[(i >> 1) & 1];
+    for (int i = 0; i < C::kHeadDim / 2; ++i) o[i] *= alpha[(i >> 1) & 1];
   }
 };
 
 // P (the D fragment of the scores after exponentiate) as the A fragments of P V: D columns 16 kk ..
 // 16 kk + 15 (s[8 kk .. 8 kk + 7]) are the A fragment of k-step kk.
-template <typename T>
-__device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[8][4], const float (&s)[64]) {
+template <typename T, typename C>
+__device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[C::kBlockN / 16][4], const float (&s)[C::kBlockN / 2]) {
 #pragma unroll
-  for (int kk = 0; kk < 8; ++kk) {
+  for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
 #pragma unroll
     for (int r = 0; r < 4; ++r) pf[kk][r] = pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
   }
@@ -236,13 +287,13 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[8][4], const float (&
 
 // O = o / l (0 for a row with no key kept; with dropout times 1 / (1 - p)), through shared memory and
 // a TMA store: this warpgroup's 64 rows go to its own Q rows (its last Q K^T has retired; the other
-// warpgroup reads only its own), swizzled as a TMA box lands, then one thread stores them as two 64 x
-// 64 boxes; rows past L are not written. lse = (m unit + log2 l) ln 2, +inf for the rows with no key
-// kept, straight to global memory.
-template <typename T, typename Softmax>
-__device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsigned char* base, const float (&o)[64],
-                                              const Softmax& sm, int wg, int m0, int b, int h, int t) {
-  using C = Sm90Fwd;
+// warpgroup reads only its own), swizzled as a TMA box lands, then one thread stores them as
+// ceil(E / 64) boxes of 64 x 64; rows past L (and columns past E) are not written. lse = (m unit +
+// log2 l) ln 2, +inf for the rows with no key kept, straight to global memory.
+template <typename T, typename C, typename Softmax>
+__device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsigned char* base,
+                                              const float (&o)[C::kHeadDim / 2], const Softmax& sm, int wg, int m0,
+                                              int b, int h, int t) {
   const AttentionParams& p = params.p;
   const int tid = threadIdx.x % 128;
   unsigned char* rows = base + 64 * wg * kSwizzleBytes;
@@ -253,7 +304,7 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
     if constexpr (Softmax::kDrops) inv /= 1.f - p.dropout_p;  // the kept probabilities' 1 / (1 - p)
     const int row = 16 * (tid / 32) + (tid % 32) / 4 + 8 * r;  // of the warpgroup's 64; row % 8 = g
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < C::kHeadDim / 8; ++i) {
       // Columns 8 i + 2 t, + 1: column block i / 8, 16-byte chunk i % 8 of the row, swizzled.
       unsigned char* at = rows + (i / 8) * C::kBlockM * kSwizzleBytes + row * kSwizzleBytes +
                           ((i % 8) ^ (row % 8)) * 16 + 4 * t;
@@ -268,7 +319,7 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
   fence_proxy_async_shared();
   named_barrier_sync(C::kEpilogueBarrier + wg, 128);
   if (tid == 0) {
-    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+    for (int cb = 0; cb < C::kColBlocks; ++cb) {
       tma_store_4d(&params.o_map, rows + cb * C::kBlockM * kSwizzleBytes, cb * C::kBoxCols, m0 + 64 * wg, h, b);
     }
     tma_store_commit();
@@ -281,13 +332,12 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
 // Turn j (0 .. end) issues Q K^T of block j (j < end) and P V of block j - 1 (j > 0); the softmax of
 // block j then runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap): end + 1
 // turns, the first and last peeled so that the loop's wgmma pipeline has no branch (ptxas then keeps
-// the two groups in flight instead of serializing them, C7514). Live at the peak: o, s and P (64 +
-// 64 fp32 and 32 packed registers). A mask is read in the softmax, for the thread's own scores;
+// the two groups in flight instead of serializing them, C7514). Live at the peak: o, s and P (E / 2
+// + kBlockN / 2 fp32 and kBlockN / 4 packed registers). A mask is read in the softmax, for the thread's own scores;
 // dropout's keep bits are drawn while the turn's wgmma run.
-template <typename T, bool kCausal, bool kMask, bool kDropout>
+template <typename T, typename C, bool kCausal, bool kMask, bool kDropout>
 __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,
                                              int wg, int m0, int h, int b, int full, int end) {
-  using C = Sm90Fwd;
   const AttentionParams& p = params.p;
   const int tid = threadIdx.x % 128;
   const int t = tid % 4;
@@ -300,17 +350,17 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
   const auto v_tile = [&](int block) { return smem_addr(base + C::kVOffset + block % C::kStages * C::kKvBytes); };
   const auto parity = [](int block) { return static_cast<uint32_t>(block / C::kStages) & 1; };
 
-  float o[64] = {};
-  uint32_t pf[8][4];  // P of the previous block, the A operand of its P V
-  float s[64];        // scores, then P, of the current block
-  float alpha[2];     // the factors o takes for the current block's maxima
-  Sm90Softmax<kCausal, kMask, kDropout> sm;
+  float o[C::kHeadDim / 2] = {};
+  uint32_t pf[C::kBlockN / 16][4];  // P of the previous block, the A operand of its P V
+  float s[C::kBlockN / 2];          // scores, then P, of the current block
+  float alpha[2];                   // the factors o takes for the current block's maxima
+  Sm90Softmax<C, kCausal, kMask, kDropout> sm;
   const MaskRows mask = mask_rows(p, b, h);
   const uint64_t seed = kDropout ? load_seed(p) : 0;
   const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
-  uint32_t keep[2] = {~0u, ~0u};  // of the current block, with dropout
+  uint32_t keep[C::kKeepWords];  // of the current block, with dropout
   const auto draw_keep = [&](int block) {
-    if constexpr (kDropout) sm90_keep_bits(keep, p, seed, bh, q0, block * C::kBlockN, tid % 32);
+    if constexpr (kDropout) sm90_keep_bits<C>(keep, p, seed, bh, q0, block * C::kBlockN, tid % 32);
   };
   // Once P V of block - 2 has retired: its V slot released, o rescaled for block - 1's maxima and
   // block - 1's P packed as the next P V's operand.
@@ -318,7 +368,7 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
     wgmma_wait<0>(o, pf);
     if (block >= 2) mbar_arrive(bar.v_empty + (block - 2) % C::kStages);
     decltype(sm)::rescale(o, alpha);
-    sm90_pack_p<T>(pf, s);
+    sm90_pack_p<T, C>(pf, s);
   };
   if (end > 0) {
     // Turn 0: Q K^T of block 0 alone. The data is waited for before the turn: a warpgroup waiting
@@ -326,7 +376,7 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
     mbar_wait(bar.q_full, 0);
     mbar_wait(bar.k_full, 0);
     turns.begin(0);
-    sm90_scores<T>(s, q_rows, k_tile(0));
+    sm90_scores<T, C>(s, q_rows, k_tile(0));
     turns.pass(0);
     draw_keep(0);
     wgmma_wait<0>(s);
@@ -338,8 +388,8 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
     mbar_wait(bar.v_full + (block - 1) % C::kStages, parity(block - 1));
     mbar_wait(bar.k_full + block % C::kStages, parity(block));
     turns.begin(block);
-    sm90_scores<T>(s, q_rows, k_tile(block));
-    sm90_pv<T>(o, pf, v_tile(block - 1));
+    sm90_scores<T, C>(s, q_rows, k_tile(block));
+    sm90_pv<T, C>(o, pf, v_tile(block - 1));
     turns.pass(block);
     // The softmax of this block under P V of the previous one: the scores' group retires first
     // (wait<1>); o and P stay untouched until the second does, at the next retire_pv. That wait is
@@ -356,21 +406,20 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
     retire_pv(end);
     mbar_wait(bar.v_full + (end - 1) % C::kStages, parity(end - 1));
     turns.begin(end);
-    sm90_pv<T>(o, pf, v_tile(end - 1));
+    sm90_pv<T, C>(o, pf, v_tile(end - 1));
     turns.pass(end);
     wgmma_wait<0>(o, pf);
     mbar_arrive(bar.v_empty + (end - 1) % C::kStages);
   }
-  sm90_epilogue<T>(params, base, o, sm, wg, m0, b, h, t);
+  sm90_epilogue<T, C>(params, base, o, sm, wg, m0, b, h, t);
 }
 
 template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
-__global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
+__global__ void __launch_bounds__(Sm90FwdCta::kThreads, 1)
     attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
-  static_assert(kHeadDim == Sm90Fwd::kHeadDim, "the sm_90a forward's tiles are for head dim 128");
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Sm90Fwd;
+  using C = Sm90Fwd<kHeadDim>;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* base = smem + swizzle_pad(smem_addr(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
@@ -380,7 +429,7 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
   const int h = blockIdx.y;
   const int b = blockIdx.z;
   int full, end;
-  sm90_key_blocks<kCausal>(params.p, m0, full, end);
+  sm90_key_blocks<C, kCausal>(params.p, m0, full, end);
 
   if (threadIdx.x == 0) {
     mbar_init(bar.q_full, 1);
@@ -395,10 +444,10 @@ __global__ void __launch_bounds__(Sm90Fwd::kThreads, 1)
   __syncthreads();
   if (threadIdx.x < 128) {
     warpgroup_reg_dealloc<C::kProducerRegs>();
-    if (threadIdx.x == 0 && end > 0) sm90_produce(params, base, bar, m0, h, b, end);
+    if (threadIdx.x == 0 && end > 0) sm90_produce<C>(params, base, bar, m0, h, b, end);
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_consume<T, kCausal, kMask, kDropout>(params, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+    sm90_consume<T, C, kCausal, kMask, kDropout>(params, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
   }
 #else
   __trap();

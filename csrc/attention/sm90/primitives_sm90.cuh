@@ -226,7 +226,7 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_tn(float (&d)[64], const uin
 #undef FASTTX_WGMMA_D64
 #undef FASTTX_WGMMA_D64_OPERANDS
 
-// ---- the backward's shapes (attention_bwd_sm90.cuh) ----------------------------------------------
+// ---- the backward's shapes (attention_bwd_sm90.cuh), and the forward's at head dim 64 ---------------
 
 #define FASTTX_WGMMA_D32                                                                                        \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
@@ -256,8 +256,97 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc
   }
 }
 
+// D (64 x 64, fp32) += A B, A (64 x 16) from registers, B (16 x 64) from shared memory, N-major: the
+// forward's O += P V at head dim 64.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16_rs_tn(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FASTTX_WGMMA_D32
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : FASTTX_WGMMA_D32_OPERANDS
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+  } else {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FASTTX_WGMMA_D32
+                 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                 : FASTTX_WGMMA_D32_OPERANDS
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+  }
+}
+
 #undef FASTTX_WGMMA_D32
 #undef FASTTX_WGMMA_D32_OPERANDS
+
+// ---- the forward's head dim 256 (80-key blocks) --------------------------------------------------
+
+#define FASTTX_WGMMA_D40                                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39}"
+#define FASTTX_WGMMA_D40_OPERANDS                                                                             \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),  \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), \
+      "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+
+// D (64 x 80, fp32) = A B + (accumulate ? D : 0), A (64 x 16) and B (16 x 80) from shared memory
+// through descriptors, both K-major: the forward's S = Q K^T of 80 keys at head dim 256.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n80k16_ss(float (&d)[40], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %42, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n80k16.f32.f16.f16 " FASTTX_WGMMA_D40
+                 ", %40, %41, p, 1, 1, 0, 0;\n}\n"
+                 : FASTTX_WGMMA_D40_OPERANDS
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+  } else {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %42, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n80k16.f32.bf16.bf16 " FASTTX_WGMMA_D40
+                 ", %40, %41, p, 1, 1, 0, 0;\n}\n"
+                 : FASTTX_WGMMA_D40_OPERANDS
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+  }
+}
+
+#undef FASTTX_WGMMA_D40
+#undef FASTTX_WGMMA_D40_OPERANDS
+
+// ---- the forward's head dim 96 (O += P V, N = 96) -------------------------------------------------
+
+#define FASTTX_WGMMA_D48                                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+  "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "  \
+  "%44, %45, %46, %47}"
+#define FASTTX_WGMMA_D48_OPERANDS                                                                             \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),  \
+      "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), \
+      "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), \
+      "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), \
+      "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+
+// D (64 x 96, fp32) += A B, A (64 x 16) from registers, B (16 x 96) from shared memory, N-major: the
+// forward's O += P V at head dim 96.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n96k16_rs_tn(float (&d)[48], const uint32_t (&a)[4], uint64_t desc_b) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 " FASTTX_WGMMA_D48
+                 ", {%48, %49, %50, %51}, %52, p, 1, 1, 1;\n}\n"
+                 : FASTTX_WGMMA_D48_OPERANDS
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+  } else {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, 1, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 " FASTTX_WGMMA_D48
+                 ", {%48, %49, %50, %51}, %52, p, 1, 1, 1;\n}\n"
+                 : FASTTX_WGMMA_D48_OPERANDS
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+  }
+}
+
+#undef FASTTX_WGMMA_D48
+#undef FASTTX_WGMMA_D48_OPERANDS
 
 // ---- named barriers (bar.sync / bar.arrive) ------------------------------------------------------
 

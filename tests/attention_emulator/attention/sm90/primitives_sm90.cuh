@@ -12,7 +12,7 @@
 // - mbarriers: arrival count, transaction bytes, phase; a wait passes while the current phase's
 //   parity differs from the one asked (as try_wait.parity); a wait that sees no mbarrier activity
 //   anywhere for kDeadlockSeconds fails (wrong parity, missing arrival, bytes never delivered).
-// - wgmma (m64n128k16 and m64n64k16, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
+// - wgmma (m64nNk16, N = 128, 96, 80, 64, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
 //   canonical 128B-swizzled layouts (K-major and MN-major, written here independently of
 //   smem_layout_sm90.h), operands read and D written only at the wgmma_wait that retires the group;
 //   a wgmma without a wgmma_fence since the thread's last wait fails; descriptors must agree across
@@ -381,6 +381,24 @@ inline void wgmma_m64n128k16_rs_tn(float (&d)[64], const uint32_t (&a)[4], uint6
 template <typename T>
 inline void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, false, false, accumulate, desc_a, desc_b, {}, {}, 64};
+  wgmma_issue(op, nullptr, d);
+}
+
+template <typename T>
+inline void wgmma_m64n64k16_rs_tn(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
+  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, true, true, true, 0, desc_b, {}, {}, 64};
+  wgmma_issue(op, a, d);
+}
+
+template <typename T>
+inline void wgmma_m64n96k16_rs_tn(float (&d)[48], const uint32_t (&a)[4], uint64_t desc_b) {
+  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, true, true, true, 0, desc_b, {}, {}, 96};
+  wgmma_issue(op, a, d);
+}
+
+template <typename T>
+inline void wgmma_m64n80k16_ss(float (&d)[40], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, false, false, accumulate, desc_a, desc_b, {}, {}, 80};
   wgmma_issue(op, nullptr, d);
 }
 

@@ -8,27 +8,35 @@ namespace fasttx {
 namespace attn {
 namespace {
 
-template <typename T, bool kCausal, bool kMask, bool kDropout>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 bool attention_bwd_kv_sm90_run(const AttentionBwdParams& p, cudaStream_t stream) {
-  using C = Sm90Bwd;
-  return launch_bwd_sm90<C, T>(attention_bwd_kv_sm90_kernel<T, C::kHeadDim, kCausal, kMask, kDropout>, p,
+  using C = Sm90Bwd<kHeadDim>;
+  return launch_bwd_sm90<C, T>(attention_bwd_kv_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout>, p,
                                dim3((p.keys + C::kBlockN - 1) / C::kBlockN, p.kv_heads, p.batch), stream);
+}
+
+template <int... kE>
+bool attention_bwd_kv_sm90_dispatch(const AttentionBwdParams& p, cudaStream_t stream, std::integer_sequence<int, kE...>) {
+  bool launched = false;
+  const auto run = [&]<int kHeadDim>() {
+    kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+      launched = attention_bwd_kv_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+    });
+  };
+  ((p.head_dim == kE && (run.template operator()<kE>(), true)) || ...);
+  return launched;
 }
 
 }  // namespace
 }  // namespace attn
 
 bool attention_bwd_sm90_supports(const AttentionParams& p) {
-  return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) && p.head_dim == attn::Sm90Bwd::kHeadDim &&
-         p.queries > 0 && p.keys > 0;
+  return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&
+         attn::sm90_bwd_has_head_dim(p.head_dim, attn::Sm90BwdHeadDims{}) && p.queries > 0 && p.keys > 0;
 }
 
 bool attention_bwd_kv_sm90(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
-    launched = attn::attention_bwd_kv_sm90_run<T, kCausal, kMask, kDropout>(p, stream);
-  });
-  return launched;
+  return attn::attention_bwd_kv_sm90_dispatch(p, stream, attn::Sm90BwdHeadDims{});
 }
 
 }  // namespace fasttx

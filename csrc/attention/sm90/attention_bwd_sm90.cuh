@@ -1,6 +1,6 @@
 #pragma once
-// Attention backward for sm_90a, FlashAttention-3 scheme (first step): the dK/dV kernel, head dim
-// 128, fp16 / bf16, causal or not, bool / float masks, dropout (compile-time switches, as the
+// Attention backward for sm_90a, FlashAttention-3 scheme (first step): the dK/dV kernel, head dims
+// 64, 96 and 128, fp16 / bf16, causal or not, bool / float masks, dropout (compile-time switches, as the
 // forward's). It replaces attention_bwd_kv_kernel (attention_bwd_kernel.cuh) with the same math and
 // conventions: P^T = 2^(S^T scale log2(e) + mask log2(e) - lse log2(e)) from the forward's lse,
 // dS^T = P^T (dP^T Z / (1 - p) - D) with D = rowsum(dO O) from the D kernel, which runs first,
@@ -15,18 +15,20 @@
 //   "do_full" per stage); its warp 1 copies the tile's 64 lse (in base 2; +inf past L, so P = 0
 //   there) and D values into the stage with ordinary loads, arriving on "q_full" too. A stage is
 //   refilled once both consumers have released it ("empty").
-// - warpgroups 1 and 2, the consumers, own 64 keys each and hold dK and dV (64 x 128 fp32 each, 128
+// - warpgroups 1 and 2, the consumers, own 64 keys each and hold dK and dV (64 x E fp32 each, E
 //   registers a thread) in wgmma D fragments. Per tile: S^T = K Q^T and dP^T = V dO^T by wgmma
 //   m64n64k16 from shared memory (K-major), P^T and dS^T on the fp32 fragments, then dV += P^T dO
-//   and dK += dS^T Q by wgmma m64n128k16 with P^T / dS^T from registers (the D fragment of 16
+//   and dK += dS^T Q by wgmma m64nEk16 with P^T / dS^T from registers (the D fragment of 16
 //   query columns is the A fragment of a k16 step) and dO / Q read N-major through the descriptor.
-// Why these tiles: the two accumulators take 128 of a consumer's 240 registers; a 64-query tile adds
-// S^T and dP^T (32 registers each) and their packed fragments (16 each, short-lived), so 128-query
-// tiles (64 registers each) would not fit. A mask is read per score, for the thread's own scores,
+// Why these tiles (every head dim the same; README "sm_90a backward" has the table): at E = 128 the two
+// accumulators take 128 of a consumer's 240 registers; a 64-query tile adds S^T and dP^T (32
+// registers each) and their packed fragments (16 each, short-lived), so 128-query tiles (64
+// registers each) would not fit, nor at E = 64 (64 + 128 + 64 packed). A mask is read per score, for the thread's own scores,
 // through its broadcast strides; dropout's 32 keep bits of a tile (8 Philox calls a thread) are
 // drawn while the tile's S^T and dP^T wgmma run. 64 keys per warpgroup is wgmma's M, and two consumers are
-// what 24 + 2 x 240 <= 512 registers a thread-slot allow. Shared memory: K, V 64 KB, 2 stages of Q,
-// dO 64 KB, lse / D 1 KB: 130 KB of the 227 KB with the alignment slack.
+// what 24 + 2 x 240 <= 512 registers a thread-slot allow. Shared memory at E = 96, 128 (E = 64: half
+// the tiles): K, V 64 KB, 2 stages of Q, dO 64 KB, lse / D 1 KB: 130 KB of the 227 KB with the
+// alignment slack.
 // Tiles are 128B-swizzled as the forward's (smem_layout_sm90.h). Rows past L or S arrive as zeros:
 // padding queries then add nothing (Q = dO = 0, P = 0); padding keys reach only their own dK / dV
 // rows, never stored.
@@ -38,28 +40,30 @@
 namespace fasttx {
 namespace attn {
 
-struct Sm90Bwd {
-  static constexpr int kHeadDim = kSm90BwdHeadDim;
+template <int kE>
+struct Sm90Bwd : Sm90BwdHead<kE> {
+  using Head = Sm90BwdHead<kE>;
   static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
   static constexpr int kBlockM = 64;   // queries per streamed tile
   static constexpr int kStages = 2;
   static constexpr int kThreads = 3 * 128;
   static constexpr int kConsumerThreads = 2 * 128;
   static constexpr int kRowLoaders = 32;  // warp 1 of the producer: lse and D of a tile
-  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;    // K or V
-  static constexpr int kTileBytes = kBlockM * kHeadDim * 2;  // one Q or dO tile
-  static constexpr int kRowBytes = kBlockM * 4;              // lse (base 2) or D of a tile
+  static constexpr int kKvBytes = kBlockN * Head::kRowBytes;    // K or V
+  static constexpr int kTileBytes = kBlockM * Head::kRowBytes;  // one Q or dO tile
+  static constexpr int kStatBytes = kBlockM * 4;                // lse (base 2) or D of a tile
   // Offsets from the 1024-byte aligned base: K, V, Q[kStages], dO[kStages], lse[kStages], D[kStages],
   // then the mbarriers.
   static constexpr int kVOffset = kKvBytes;
   static constexpr int kQOffset = 2 * kKvBytes;
   static constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
   static constexpr int kLseOffset = kDoOffset + kStages * kTileBytes;
-  static constexpr int kDeltaOffset = kLseOffset + kStages * kRowBytes;
-  static constexpr int kBarOffset = kDeltaOffset + kStages * kRowBytes;
+  static constexpr int kDeltaOffset = kLseOffset + kStages * kStatBytes;
+  static constexpr int kBarOffset = kDeltaOffset + kStages * kStatBytes;
   static constexpr int kBarriers = 1 + 3 * kStages;  // K and V full; Q full, dO full, empty per stage
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
+  static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
   // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
@@ -76,28 +80,29 @@ struct Sm90BwdBarriers {
 
 // The query tiles a CTA streams, as steps: every query head of the kv head's group, each from the
 // first tile that sees one of the CTA's keys (causal: the tile holding query n0) to the last.
+template <typename C>
 struct Sm90BwdWalk {
   int first, per_head, steps, head0;
 
   template <bool kCausal>
   __device__ __forceinline__ static Sm90BwdWalk make(const AttentionParams& p, int n0, int kvh) {
     const int group = p.heads / p.kv_heads;
-    const int first = kCausal ? n0 / Sm90Bwd::kBlockM : 0;
-    const int per_head = max(0, (p.queries + Sm90Bwd::kBlockM - 1) / Sm90Bwd::kBlockM - first);
+    const int first = kCausal ? n0 / C::kBlockM : 0;
+    const int per_head = max(0, (p.queries + C::kBlockM - 1) / C::kBlockM - first);
     return {first, per_head, group * per_head, kvh * group};
   }
   __device__ __forceinline__ int head(int step) const { return head0 + step / per_head; }
-  __device__ __forceinline__ int row(int step) const { return (first + step % per_head) * Sm90Bwd::kBlockM; }
+  __device__ __forceinline__ int row(int step) const { return (first + step % per_head) * C::kBlockM; }
 };
 
 // The producer's TMA thread: K and V of keys n0 .., then Q and dO of every step through the ring.
+template <typename C>
 __device__ __forceinline__ void sm90_bwd_produce_tiles(const Sm90BwdParams& params, unsigned char* base,
-                                                       const Sm90BwdBarriers& bar, const Sm90BwdWalk& walk, int n0,
+                                                       const Sm90BwdBarriers& bar, const Sm90BwdWalk<C>& walk, int n0,
                                                        int kvh, int b) {
-  using C = Sm90Bwd;
-  constexpr int kBoxCols = kSwizzleBytes / 2;
+  constexpr int kBoxCols = C::kBoxCols;
   mbar_arrive_expect_tx(bar.kv_full, 2 * C::kKvBytes);
-  for (int cb = 0; cb < C::kHeadDim / kBoxCols; ++cb) {
+  for (int cb = 0; cb < C::kColBlocks; ++cb) {
     tma_load_4d(base + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.kv_full, cb * kBoxCols, n0, kvh, b);
     tma_load_4d(base + C::kVOffset + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.kv_full, cb * kBoxCols, n0,
                 kvh, b);
@@ -109,11 +114,11 @@ __device__ __forceinline__ void sm90_bwd_produce_tiles(const Sm90BwdParams& para
     unsigned char* q_tile = base + C::kQOffset + stage * C::kTileBytes;
     unsigned char* do_tile = base + C::kDoOffset + stage * C::kTileBytes;
     mbar_arrive_expect_tx(bar.q_full + stage, C::kTileBytes);
-    for (int cb = 0; cb < C::kHeadDim / kBoxCols; ++cb) {
+    for (int cb = 0; cb < C::kColBlocks; ++cb) {
       tma_load_4d(q_tile + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full + stage, cb * kBoxCols, m0, h, b);
     }
     mbar_arrive_expect_tx(bar.do_full + stage, C::kTileBytes);
-    for (int cb = 0; cb < C::kHeadDim / kBoxCols; ++cb) {
+    for (int cb = 0; cb < C::kColBlocks; ++cb) {
       tma_load_4d(do_tile + cb * C::kBlockM * kSwizzleBytes, &params.do_map, bar.do_full + stage, cb * kBoxCols, m0,
                   h, b);
     }
@@ -122,16 +127,16 @@ __device__ __forceinline__ void sm90_bwd_produce_tiles(const Sm90BwdParams& para
 
 // The producer's row loaders (lane `lane` of warp 1): each step's lse, in base 2, and D into the
 // stage, queries m0 + lane and m0 + lane + 32; past L lse = +inf (P = 0) and D = 0.
+template <typename C>
 __device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& p, unsigned char* base,
-                                                      const Sm90BwdBarriers& bar, const Sm90BwdWalk& walk, int b,
+                                                      const Sm90BwdBarriers& bar, const Sm90BwdWalk<C>& walk, int b,
                                                       int lane) {
-  using C = Sm90Bwd;
   for (int step = 0; step < walk.steps; ++step) {
     const int stage = step % C::kStages;
     mbar_wait(bar.empty + stage, ((step / C::kStages) & 1) ^ 1);
     const int64_t bh = static_cast<int64_t>(b) * p.heads + walk.head(step);
-    float* lse2 = reinterpret_cast<float*>(base + C::kLseOffset + stage * C::kRowBytes);
-    float* delta = reinterpret_cast<float*>(base + C::kDeltaOffset + stage * C::kRowBytes);
+    float* lse2 = reinterpret_cast<float*>(base + C::kLseOffset + stage * C::kStatBytes);
+    float* delta = reinterpret_cast<float*>(base + C::kDeltaOffset + stage * C::kStatBytes);
     for (int r = lane; r < C::kBlockM; r += C::kRowLoaders) {
       const int i = walk.row(step) + r;
       row_stats(p, bh, i, lse2[r], delta[r]);
@@ -143,11 +148,10 @@ __device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& 
 // A consumer warpgroup (wg = 0, 1): keys n0 + 64 wg .. n0 + 64 wg + 63. Thread 32 w + 4 g + t holds
 // keys key0 = n0 + 64 wg + 16 w + g and key0 + 8 of them; in S^T / dP^T, queries m0 + 8 i + 2 t and
 // m0 + 8 i + 2 t + 1 (wgmma D layout).
-template <typename T, bool kCausal, bool kMask, bool kDropout>
+template <typename T, typename C, bool kCausal, bool kMask, bool kDropout>
 __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, unsigned char* base,
-                                                 const Sm90BwdBarriers& bar, const Sm90BwdWalk& walk, int wg, int n0,
+                                                 const Sm90BwdBarriers& bar, const Sm90BwdWalk<C>& walk, int wg, int n0,
                                                  int kvh, int b) {
-  using C = Sm90Bwd;
   const int tid = threadIdx.x % 128;
   const int t = tid % 4;
   const int key0 = n0 + 64 * wg + 16 * (tid / 32) + (tid % 32) / 4;
@@ -155,8 +159,8 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
   const uint32_t v_rows = smem_addr(base + C::kVOffset) + 64 * wg * kSwizzleBytes;
   const Sm90BwdMath<kMask, kDropout> math(p);
 
-  float dk[64] = {};
-  float dv[64] = {};
+  float dk[C::kHeadDim / 2] = {};
+  float dv[C::kHeadDim / 2] = {};
   if (walk.steps > 0) mbar_wait(bar.kv_full, 0);
   for (int step = 0; step < walk.steps; ++step) {
     const int stage = step % C::kStages;
@@ -167,10 +171,10 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     const uint32_t do_tile = smem_addr(base + C::kDoOffset + stage * C::kTileBytes);
     float s[32], dp[32];
     mbar_wait(bar.q_full + stage, parity);
-    sm90_scores64<T, C::kBlockN, C::kBlockM>(s, k_rows, q_tile);
+    sm90_scores64<T, C::kHeadDim, C::kBlockN, C::kBlockM>(s, k_rows, q_tile);
     wgmma_commit();
     mbar_wait(bar.do_full + stage, parity);
-    sm90_scores64<T, C::kBlockN, C::kBlockM>(dp, v_rows, do_tile);
+    sm90_scores64<T, C::kHeadDim, C::kBlockN, C::kBlockM>(dp, v_rows, do_tile);
     wgmma_commit();
     const uint32_t keep =
         kDropout ? sm90_bwd_keep_bits<true>(p, math.seed, bh, n0 + 64 * wg + 16 * (tid / 32), m0, tid % 32) : ~0u;
@@ -179,8 +183,8 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     // P^T while dP^T is in flight. Causal: only tiles reaching above the diagonal (a key after a
     // query) check; the others are wholly at or below it.
     wgmma_wait<1>(s);
-    const float* lse2 = reinterpret_cast<const float*>(base + C::kLseOffset + stage * C::kRowBytes);
-    const float* delta = reinterpret_cast<const float*>(base + C::kDeltaOffset + stage * C::kRowBytes);
+    const float* lse2 = reinterpret_cast<const float*>(base + C::kLseOffset + stage * C::kStatBytes);
+    const float* delta = reinterpret_cast<const float*>(base + C::kDeltaOffset + stage * C::kStatBytes);
     const bool check = kCausal && m0 < n0 + C::kBlockN - 1;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -211,25 +215,24 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     }
     // dV += P^T dO, dK += dS^T Q, awaited (the stage is then free).
     wgmma_fence();
-    sm90_accumulate<T, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
-    sm90_accumulate<T, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
+    sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
+    sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
     wgmma_commit();
     wgmma_wait<0>(dv, dk, pf, dsf);
     mbar_arrive(bar.empty + stage);  // every wgmma reading this stage has completed
   }
   // Keys < S; rows of a CTA that saw no query are zeros.
   const int64_t rows = (static_cast<int64_t>(b) * p.kv_heads + kvh) * p.keys * C::kHeadDim;
-  sm90_store_rows<T>(static_cast<T*>(p.dk) + rows, key0, p.keys, dk, p.scale);
-  sm90_store_rows<T>(static_cast<T*>(p.dv) + rows, key0, p.keys, dv, math.dv_scale());
+  sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dk) + rows, key0, p.keys, dk, p.scale);
+  sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dv) + rows, key0, p.keys, dv, math.dv_scale());
 }
 
 template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
-__global__ void __launch_bounds__(Sm90Bwd::kThreads, 1)
+__global__ void __launch_bounds__(Sm90Bwd<kHeadDim>::kThreads, 1)
     attention_bwd_kv_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
-  static_assert(kHeadDim == Sm90Bwd::kHeadDim, "the sm_90a dK/dV kernel's tiles are for head dim 128");
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Sm90Bwd;
+  using C = Sm90Bwd<kHeadDim>;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* base = smem + swizzle_pad(smem_addr(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
@@ -237,7 +240,7 @@ __global__ void __launch_bounds__(Sm90Bwd::kThreads, 1)
   const int n0 = blockIdx.x * C::kBlockN;
   const int kvh = blockIdx.y;
   const int b = blockIdx.z;
-  const Sm90BwdWalk walk = Sm90BwdWalk::make<kCausal>(params.p, n0, kvh);
+  const Sm90BwdWalk<C> walk = Sm90BwdWalk<C>::template make<kCausal>(params.p, n0, kvh);
 
   if (threadIdx.x == 0) {
     mbar_init(bar.kv_full, 1);
@@ -252,13 +255,13 @@ __global__ void __launch_bounds__(Sm90Bwd::kThreads, 1)
   if (threadIdx.x < 128) {
     warpgroup_reg_dealloc<C::kProducerRegs>();
     if (threadIdx.x == 0 && walk.steps > 0) {
-      sm90_bwd_produce_tiles(params, base, bar, walk, n0, kvh, b);
+      sm90_bwd_produce_tiles<C>(params, base, bar, walk, n0, kvh, b);
     } else if (threadIdx.x / 32 == 1) {
-      sm90_bwd_produce_rows(params.p, base, bar, walk, b, threadIdx.x % 32);
+      sm90_bwd_produce_rows<C>(params.p, base, bar, walk, b, threadIdx.x % 32);
     }
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_bwd_consume<T, kCausal, kMask, kDropout>(params.p, base, bar, walk, threadIdx.x / 128 - 1, n0, kvh, b);
+    sm90_bwd_consume<T, C, kCausal, kMask, kDropout>(params.p, base, bar, walk, threadIdx.x / 128 - 1, n0, kvh, b);
   }
 #else
   __trap();

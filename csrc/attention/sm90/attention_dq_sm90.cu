@@ -7,22 +7,30 @@ namespace fasttx {
 namespace attn {
 namespace {
 
-template <typename T, bool kCausal, bool kMask, bool kDropout>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 bool attention_bwd_q_sm90_run(const AttentionBwdParams& p, cudaStream_t stream) {
-  using C = Sm90Dq;
-  return launch_bwd_sm90<C, T>(attention_bwd_q_sm90_kernel<T, C::kHeadDim, kCausal, kMask, kDropout>, p,
+  using C = Sm90Dq<kHeadDim>;
+  return launch_bwd_sm90<C, T>(attention_bwd_q_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout>, p,
                                dim3((p.queries + C::kBlockM - 1) / C::kBlockM, p.heads, p.batch), stream);
+}
+
+template <int... kE>
+bool attention_bwd_q_sm90_dispatch(const AttentionBwdParams& p, cudaStream_t stream, std::integer_sequence<int, kE...>) {
+  bool launched = false;
+  const auto run = [&]<int kHeadDim>() {
+    kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+      launched = attention_bwd_q_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+    });
+  };
+  ((p.head_dim == kE && (run.template operator()<kE>(), true)) || ...);
+  return launched;
 }
 
 }  // namespace
 }  // namespace attn
 
 bool attention_bwd_q_sm90(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
-    launched = attn::attention_bwd_q_sm90_run<T, kCausal, kMask, kDropout>(p, stream);
-  });
-  return launched;
+  return attn::attention_bwd_q_sm90_dispatch(p, stream, attn::Sm90BwdHeadDims{});
 }
 
 }  // namespace fasttx

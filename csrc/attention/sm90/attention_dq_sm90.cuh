@@ -1,5 +1,5 @@
 #pragma once
-// Attention backward for sm_90a, FlashAttention-3 scheme: the dQ kernel, head dim 128, fp16 / bf16,
+// Attention backward for sm_90a, FlashAttention-3 scheme: the dQ kernel, head dims 64, 96 and 128, fp16 / bf16,
 // causal or not, bool / float masks, dropout (compile-time switches, as the forward's). It replaces
 // attention_bwd_q_kernel (attention_bwd_kernel.cuh) with the same math and conventions:
 // P = 2^(S scale log2(e) + mask log2(e) - lse log2(e)) from the forward's lse (+inf on a row with no
@@ -14,19 +14,20 @@
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg). Its thread 0 issues the TMA
 //   loads: Q and dO once ("q_full"), then the K and V tiles of 64 keys into a 3-stage ring
 //   ("kv_full" per stage), refilling a stage once both consumers have released it ("kv_empty").
-// - warpgroups 1 and 2, the consumers, own 64 rows each and hold dQ (64 x 128 fp32, 64 registers a
+// - warpgroups 1 and 2, the consumers, own 64 rows each and hold dQ (64 x E fp32, E / 2 registers a
 //   thread) in a wgmma D fragment. Per key block: S = Q K^T and dP = dO V^T by wgmma m64n64k16 from
-//   shared memory (K-major), P and dS on the fp32 fragments, then dQ += dS K by wgmma m64n128k16 with
+//   shared memory (K-major), P and dS on the fp32 fragments, then dQ += dS K by wgmma m64nEk16 with
 //   dS from registers (the D fragment of 16 key columns is the A fragment of a k16 step) and K read
 //   N-major through its descriptor, as the forward reads V in O += P V. Each thread's lse and D
 //   (two rows, fixed for the whole kernel) come straight from global memory, as in the sm_80 kernel:
 //   four loads are not worth a trip through shared memory and a barrier.
-// Why 64-key blocks: dQ takes 64 of a consumer's 240 registers; S and dP of 64 keys take 32 each and
+// Why 64-key blocks (every head dim the same; README "sm_90a backward" has the table): at E = 128 dQ
+// takes 64 of a consumer's 240 registers; S and dP of 64 keys take 32 each and
 // the packed dS 16 (short-lived). With 128-key blocks S and dP would take 64 each: 192 with dQ
 // before P, the packed dS (32), addresses and the exponentials' operands, past what ptxas keeps
 // without spilling. 64 rows per warpgroup is wgmma's M; two consumers are what 24 + 2 x 240 <= 512
-// registers a thread-slot allow. Shared memory: Q, dO 64 KB, 3 stages of K, V 96 KB: 160 KB of the
-// 227 KB (one CTA an SM either way: 384 threads at 240 registers).
+// registers a thread-slot allow. Shared memory at E = 96, 128 (E = 64: half the tiles): Q, dO 64 KB,
+// 3 stages of K, V 96 KB: 160 KB of the 227 KB (one CTA an SM either way: 384 threads at 240 registers).
 // Rows past L or S arrive as zeros: padding rows then add nothing (P = 0 from lse = +inf) and are not
 // stored; padding keys get P = 0 by the element checks of the last block. A mask is read per score,
 // for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (8 Philox
@@ -38,16 +39,16 @@
 namespace fasttx {
 namespace attn {
 
-struct Sm90Dq {
-  static constexpr int kHeadDim = kSm90BwdHeadDim;
+template <int kE>
+struct Sm90Dq : Sm90BwdHead<kE> {
+  using Head = Sm90BwdHead<kE>;
   static constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64
   static constexpr int kBlockN = 64;   // keys per streamed block
   static constexpr int kStages = 3;
   static constexpr int kThreads = 3 * 128;
   static constexpr int kConsumerThreads = 2 * 128;
-  static constexpr int kBoxCols = kSwizzleBytes / 2;         // 64 16-bit columns: one swizzled row
-  static constexpr int kQBytes = kBlockM * kHeadDim * 2;     // Q or dO
-  static constexpr int kKvBytes = kBlockN * kHeadDim * 2;    // one K or V tile
+  static constexpr int kQBytes = kBlockM * Head::kRowBytes;   // Q or dO
+  static constexpr int kKvBytes = kBlockN * Head::kRowBytes;  // one K or V tile
   // Offsets from the 1024-byte aligned base: Q, dO, K[kStages], V[kStages], then the mbarriers.
   static constexpr int kDoOffset = kQBytes;
   static constexpr int kKOffset = 2 * kQBytes;
@@ -71,12 +72,12 @@ struct Sm90DqBarriers {
 };
 
 // The producer's TMA thread: Q and dO of rows m0 .., then K and V of key blocks [0, end) through the ring.
+template <typename C>
 __device__ __forceinline__ void sm90_dq_produce(const Sm90BwdParams& params, unsigned char* base,
                                                 const Sm90DqBarriers& bar, int m0, int h, int b, int end) {
-  using C = Sm90Dq;
   const int kvh = h / (params.p.heads / params.p.kv_heads);
   mbar_arrive_expect_tx(bar.q_full, 2 * C::kQBytes);
-  for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+  for (int cb = 0; cb < C::kColBlocks; ++cb) {
     const int col = cb * C::kBlockM * kSwizzleBytes;
     tma_load_4d(base + col, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
     tma_load_4d(base + C::kDoOffset + col, &params.do_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
@@ -85,7 +86,7 @@ __device__ __forceinline__ void sm90_dq_produce(const Sm90BwdParams& params, uns
     const int stage = block % C::kStages;
     mbar_wait(bar.kv_empty + stage, ((block / C::kStages) & 1) ^ 1);  // passes at once on the first round
     mbar_arrive_expect_tx(bar.kv_full + stage, 2 * C::kKvBytes);
-    for (int cb = 0; cb < C::kHeadDim / C::kBoxCols; ++cb) {
+    for (int cb = 0; cb < C::kColBlocks; ++cb) {
       const int at = stage * C::kKvBytes + cb * C::kBlockN * kSwizzleBytes;
       tma_load_4d(base + C::kKOffset + at, &params.k_map, bar.kv_full + stage, cb * C::kBoxCols, block * C::kBlockN,
                   kvh, b);
@@ -114,11 +115,10 @@ __device__ __forceinline__ void sm90_dq_probabilities(float (&s)[32], const Atte
 
 // A consumer warpgroup (wg = 0, 1): rows m0 + 64 wg .. m0 + 64 wg + 63 of head h; key blocks [0,
 // end), those from `full` on with element checks.
-template <typename T, bool kCausal, bool kMask, bool kDropout>
+template <typename T, typename C, bool kCausal, bool kMask, bool kDropout>
 __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, unsigned char* base,
                                                 const Sm90DqBarriers& bar, int wg, int m0, int h, int b, int full,
                                                 int end) {
-  using C = Sm90Dq;
   const int tid = threadIdx.x % 128;
   const int warp_row0 = m0 + 64 * wg + 16 * (tid / 32);
   const int row0 = warp_row0 + (tid % 32) / 4;
@@ -144,16 +144,16 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
   // and the exponentials run under dP. dP's wait opens the next iteration, past the loop's back edge
   // on purpose, as the forward's (ptxas hoists a wgmma wait above independent arithmetic in one
   // basic block: it did, above most of the exponentials, when it followed them here).
-  float dq[64] = {};
+  float dq[C::kHeadDim / 2] = {};
   float s[32], dp[32];
   uint32_t dsf[C::kBlockN / 16][4];
   uint32_t keep = ~0u;  // of the block in s, with dropout
   // S and dP of `block`, P in s, its keep bits in keep; block - 1's dS K retired, its stage released.
   const auto scores = [&](int block) {
     mbar_wait(bar.kv_full + block % C::kStages, (block / C::kStages) & 1);
-    sm90_scores64<T, C::kBlockM, C::kBlockN>(s, q_rows, tile(C::kKOffset, block));
+    sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(s, q_rows, tile(C::kKOffset, block));
     wgmma_commit();
-    sm90_scores64<T, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
+    sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
     wgmma_commit();
     if constexpr (kDropout) keep = sm90_bwd_keep_bits<false>(p, math.seed, bh, warp_row0, block * C::kBlockN, tid % 32);
     wgmma_wait<1>(s, dq, dsf);
@@ -176,7 +176,7 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
       }
     }
     wgmma_fence();
-    sm90_accumulate<T, C::kBlockN, C::kBlockN / 16>(dq, dsf, tile(C::kKOffset, block));
+    sm90_accumulate<T, C::kHeadDim, C::kBlockN, C::kBlockN / 16>(dq, dsf, tile(C::kKOffset, block));
     wgmma_commit();
   };
 
@@ -193,16 +193,15 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
     wgmma_wait<0>(dq, dsf);
     mbar_arrive(bar.kv_empty + (end - 1) % C::kStages);
   }
-  sm90_store_rows<T>(static_cast<T*>(p.dq) + bh * p.queries * C::kHeadDim, row0, p.queries, dq, p.scale);
+  sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dq) + bh * p.queries * C::kHeadDim, row0, p.queries, dq, p.scale);
 }
 
 template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
-__global__ void __launch_bounds__(Sm90Dq::kThreads, 1)
+__global__ void __launch_bounds__(Sm90Dq<kHeadDim>::kThreads, 1)
     attention_bwd_q_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
-  static_assert(kHeadDim == Sm90Dq::kHeadDim, "the sm_90a dQ kernel's tiles are for head dim 128");
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Sm90Dq;
+  using C = Sm90Dq<kHeadDim>;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* base = smem + swizzle_pad(smem_addr(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
@@ -224,10 +223,10 @@ __global__ void __launch_bounds__(Sm90Dq::kThreads, 1)
   __syncthreads();
   if (threadIdx.x < 128) {
     warpgroup_reg_dealloc<C::kProducerRegs>();
-    if (threadIdx.x == 0 && end > 0) sm90_dq_produce(params, base, bar, m0, h, b, end);
+    if (threadIdx.x == 0 && end > 0) sm90_dq_produce<C>(params, base, bar, m0, h, b, end);
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_dq_consume<T, kCausal, kMask, kDropout>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+    sm90_dq_consume<T, C, kCausal, kMask, kDropout>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
   }
 #else
   __trap();

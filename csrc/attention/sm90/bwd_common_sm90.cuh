@@ -2,17 +2,40 @@
 // What the two sm_90a backward kernels (attention_bwd_sm90.cuh: dK / dV, attention_dq_sm90.cuh: dQ)
 // share: their parameters and host-side launch, the 64 x 64 score products, P and dS of one score under
 // a mask and dropout, dropout's keep bits of a 64 x 64 fragment, the register-A gradient product and
-// the epilogue that stores a wgmma D fragment. Tiles are 128B-swizzled as the forward's
-// (smem_layout_sm90.h): a tile of R rows x 128 columns is two column blocks of R rows x 64 columns.
+// the epilogue that stores a wgmma D fragment, and the constants of a head dim (Sm90BwdHead). Tiles are
+// 128B-swizzled as the forward's (smem_layout_sm90.h): a tile of R rows x E columns is ceil(E / 64)
+// column blocks of R rows x 64 columns, each one TMA box (E = 96: columns 96 .. 127 of the second are
+// the TMA's zero fill, which no wgmma reads).
+
+#include <utility>
 
 #include "attention/attention_common.cuh"
+#include "attention/sm90/attention_fwd_sm90.cuh"  // sm90_wgmma_rs_tn: the wgmma of an N
 #include "attention/sm90/primitives_sm90.cuh"
 #include "attention/sm90/tensor_map_sm90.cuh"
 
 namespace fasttx {
 namespace attn {
 
-constexpr int kSm90BwdHeadDim = 128;
+// The head dims with sm_90a backward instances (one list for the predicate and the dispatch) and what
+// both kernels' tiles share at head dim kE: the tiles' 64-column blocks and the bytes of a tile row.
+// E = 256 has none: the dK/dV kernel's two 64 x E fp32 accumulators would take 256 registers a thread
+// (csrc/attention/README.md, "sm_90a backward").
+using Sm90BwdHeadDims = std::integer_sequence<int, 128>;
+
+template <int... kE>
+constexpr bool sm90_bwd_has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {
+  return ((head_dim == kE) || ...);
+}
+
+template <int kE>
+struct Sm90BwdHead {
+  static_assert(kE == 64 || kE == 96 || kE == 128, "no sm_90a backward tile for this head dim");
+  static constexpr int kHeadDim = kE;
+  static constexpr int kBoxCols = kSwizzleBytes / 2;                 // 64 16-bit columns: one swizzled row
+  static constexpr int kColBlocks = (kE + kBoxCols - 1) / kBoxCols;  // TMA boxes per tile row
+  static constexpr int kRowBytes = kColBlocks * kSwizzleBytes;       // a tile row in shared memory
+};
 
 // A backward kernel's parameters: TMA maps of q, dout (E, L, H, B) and k, v (E, S, Hkv, B)
 // (encode_bhle, boxes of 64 columns x the rows each kernel loads at once), and the rest of the call.
@@ -41,16 +64,16 @@ bool launch_bwd_sm90(Kernel kernel, const AttentionBwdParams& p, dim3 grid, cuda
   return true;
 }
 
-// d (64 x 64) = A B^T over the head dim, A: this warpgroup's 64 rows at `a_rows` inside a tile of
+// d (64 x 64) = A B^T over head dim kE, A: this warpgroup's 64 rows at `a_rows` inside a tile of
 // kARows rows, B: the 64 rows at `b_rows` inside a tile of kBRows rows; issued and committed as one
 // wgmma group, not awaited. Both K-major: k16 step kk reads columns 16 kk .. of column block kk / 4,
 // 32 (kk % 4) bytes into each swizzled row. S^T = K Q^T, dP^T = V dO^T (dK / dV); S = Q K^T,
 // dP = dO V^T (dQ).
-template <typename T, int kARows, int kBRows>
+template <typename T, int kE, int kARows, int kBRows>
 __device__ __forceinline__ void sm90_scores64(float (&d)[32], uint32_t a_rows, uint32_t b_rows) {
   wgmma_fence();
 #pragma unroll
-  for (int kk = 0; kk < kSm90BwdHeadDim / 16; ++kk) {
+  for (int kk = 0; kk < kE / 16; ++kk) {
     const uint32_t col = (kk % 4) * 32;
     const uint64_t a = smem_desc_128b(a_rows + (kk / 4) * kARows * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
     const uint64_t b = smem_desc_128b(b_rows + (kk / 4) * kBRows * kSwizzleBytes + col, 16, kSwizzleAtomBytes);
@@ -108,31 +131,31 @@ __device__ __forceinline__ uint32_t sm90_bwd_keep_bits(const AttentionParams& p,
   return keep;
 }
 
-// d (64 x 128) += A B issued (not committed), A (64 x 16 kSteps) from registers, one fragment a k16
-// step, B the first 16 kSteps rows of a tile of kRows rows x 128 columns, read N-major: k16 step kk's
-// rows 16 kk .. start 2 atoms (16 rows) further each step, the 128 columns are the two column blocks,
-// LBO apart. dV += P^T dO, dK += dS^T Q (kRows = 64 queries), dQ += dS K (kRows = 64 keys).
-template <typename T, int kRows, int kSteps>
-__device__ __forceinline__ void sm90_accumulate(float (&d)[64], const uint32_t (&a)[kSteps][4], uint32_t tile) {
+// d (64 x kE) += A B issued (not committed), A (64 x 16 kSteps) from registers, one fragment a k16
+// step, B the first 16 kSteps rows of a tile of kRows rows x kE columns, read N-major: k16 step kk's
+// rows 16 kk .. start 2 atoms (16 rows) further each step, the column blocks LBO apart. dV += P^T dO,
+// dK += dS^T Q (kRows = 64 queries), dQ += dS K (kRows = 64 keys).
+template <typename T, int kE, int kRows, int kSteps>
+__device__ __forceinline__ void sm90_accumulate(float (&d)[kE / 2], const uint32_t (&a)[kSteps][4], uint32_t tile) {
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk) {
-    wgmma_m64n128k16_rs_tn<T>(d, a[kk], smem_desc_128b(tile + kk * 2 * kSwizzleAtomBytes, kRows * kSwizzleBytes,
-                                                          kSwizzleAtomBytes));
+    sm90_wgmma_rs_tn<T, kE>(d, a[kk], smem_desc_128b(tile + kk * 2 * kSwizzleAtomBytes, kRows * kSwizzleBytes,
+                                                     kSwizzleAtomBytes));
   }
 }
 
-// Rows `row` and `row` + 8 of `rows` (row-major, 128 columns: this thread's rows of a 64 x 128 D
+// Rows `row` and `row` + 8 of `rows` (row-major, kE columns: this thread's rows of a 64 x kE D
 // fragment, thread 32 w + 4 g + t holding rows 16 w + g, + 8) times `scale`, rows >= `limit` skipped;
 // 4-byte stores straight from the fragment.
-template <typename T>
-__device__ __forceinline__ void sm90_store_rows(T* rows, int row, int limit, const float (&d)[64], float scale) {
+template <typename T, int kE>
+__device__ __forceinline__ void sm90_store_rows(T* rows, int row, int limit, const float (&d)[kE / 2], float scale) {
   const int t = threadIdx.x % 4;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     if (row + 8 * h >= limit) continue;
-    T* out = rows + static_cast<int64_t>(row + 8 * h) * kSm90BwdHeadDim + 2 * t;
+    T* out = rows + static_cast<int64_t>(row + 8 * h) * kE + 2 * t;
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
+    for (int i = 0; i < kE / 8; ++i) {
       *reinterpret_cast<uint32_t*>(out + 8 * i) = pack2<T>(d[4 * i + 2 * h] * scale, d[4 * i + 2 * h + 1] * scale);
     }
   }

@@ -1,6 +1,6 @@
 """The sm_90a attention kernels (csrc/attention/sm90) on a GPU: with FASTTX_ATTENTION_SM90=1 (their switch
 until a GPU run validates them; every test here sets it), backend="cuda" at head dim 128 takes the sm_90a
-forward and, in the backward, the sm_90a dK/dV and dQ kernels (after the sm_80 D kernel) on sm_90
+forward and, in the backward, the sm_90a dK/dV and dQ kernels (also at 64 and 96) (after the sm_80 D kernel) on sm_90
 devices, with or without a mask or dropout (attention_launch.cpp, attention_launch.cuh); output and
 gradients against the float64 reference (with dropout, with the Triton kernels' keep mask, which the
 sm_90a forward and backward must draw bit for bit). Elsewhere
@@ -109,7 +109,8 @@ def _check_dropout(batch, heads, kv_heads, queries, keys, dtype, mask, is_causal
 
 # The forward's other tiles (attention_fwd_sm90.cuh, Sm90Fwd): E = 64 and 96 with 128-key blocks, E = 256
 # with 80-key blocks and 2 stages (not causal with dropout: that instance spilled, the call runs the
-# sm_80 kernel). Their backward is the sm_80 kernels' (the sm_90a backward is for E = 128).
+# sm_80 kernel). Their backward: at E = 64 and 96 the sm_90a dK/dV and dQ kernels (bwd_common_sm90.cuh,
+# Sm90BwdHead: the tiles of E = 128), at E = 256 the sm_80 kernels'.
 OTHER_HEAD_DIMS = [64, 96, 256]
 
 
@@ -170,16 +171,19 @@ def test_sm90_device_runs_the_sm90a_kernel_only_when_switched_on(switch, call, h
 
 
 @pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 @pytest.mark.parametrize("call", [{}, {"attn_mask": "key_padding"}, {"dropout_p": 0.2}], ids=["plain", "mask", "dropout"])
 @pytest.mark.parametrize("switch", ["1", None])
-def test_sm90_device_runs_the_sm90a_backward_kernels_only_when_switched_on(switch, call, monkeypatch):
+def test_sm90_device_runs_the_sm90a_backward_kernels_only_when_switched_on(switch, call, head_dim, monkeypatch):
+    """E = 256 has no sm_90a backward: the sm_80 kernels run either way."""
     if switch is None:
         monkeypatch.delenv("FASTTX_ATTENTION_SM90")
     if "attn_mask" in call:
         call = {"attn_mask": torch.rand(1, 1, 1, 256, device=DEVICE) > 0.3}
-    names = _kernels_run(backward=True, **call)
-    assert any("attention_bwd_kv_sm90_kernel" in n for n in names) == (switch == "1"), names
-    assert any("attention_bwd_kv_kernel" in n for n in names) == (switch is None), names
-    assert any("attention_bwd_q_sm90_kernel" in n for n in names) == (switch == "1"), names
-    assert any("attention_bwd_q_kernel" in n for n in names) == (switch is None), names
+    names = _kernels_run(backward=True, head_dim=head_dim, **call)
+    sm90 = switch == "1" and head_dim != 256
+    assert any("attention_bwd_kv_sm90_kernel" in n for n in names) == sm90, names
+    assert any("attention_bwd_kv_kernel" in n for n in names) == (not sm90), names
+    assert any("attention_bwd_q_sm90_kernel" in n for n in names) == sm90, names
+    assert any("attention_bwd_q_kernel" in n for n in names) == (not sm90), names
     assert any("attention_bwd_delta_kernel" in n for n in names), names

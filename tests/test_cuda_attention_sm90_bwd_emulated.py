@@ -1,6 +1,6 @@
 """The sm_90a attention dK/dV and dQ kernels (csrc/attention/sm90/attention_{bwd,dq}_sm90.cuh), run on
 the CPU: tests/attention_emulator/emulator_sm90_bwd.cpp compiles the real kernel source and the real
-head-dim-128 backward launch code (D kernel, dK/dV, dQ) for the host, with the emulated TMA,
+backward launch code (D kernel, dK/dV, dQ) of head dims 64, 96 and 128 for the host, with the emulated TMA,
 mbarriers and wgmma of tests/attention_emulator/attention/sm90/primitives_sm90.cuh (checked against
 an independent statement of the layouts by tests/test_cuda_attention_sm90_emulated.py). The backward
 runs from the float64 reference's O and lse; dQ, dK and dV are compared with the float64 reference,
@@ -26,7 +26,7 @@ from .conftest import DEVICE
 from .cuda_emulator import compile_emulator, marshal
 from .test_cuda_attention_emulated import _fields, reference_lse
 
-E = 128  # the one head dim of the sm_90a kernels
+E = 128  # the head dim of most tests; test_head_dims covers the others (Sm90BwdHeadDims)
 KV, DQ = 1, 2  # the emulator's report: which sm_90a kernels ran
 SEED = 1234567890123  # dropout's
 
@@ -39,7 +39,7 @@ def emulator(tmp_path_factory):
 
 
 def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None, dropout_p=0.0, keep=None):
-    """dq, dk, dv from the emulated head-dim-128 backward, launched as attention_bwd_launch would with
+    """dq, dk, dv from the emulated backward (q's head dim), launched as attention_bwd_launch would with
     the sm_90a switch on or off, from the reference's O (rounded to q's dtype; with dropout, given the
     keep mask `keep` the kernels draw from SEED) and lse (with no key: O = 0, lse = +inf); and which
     sm_90a kernels ran (KV | DQ) as the instances the call's mask and dropout call for."""
@@ -67,7 +67,7 @@ def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None
 
 
 def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False, scale=None,
-          sm90=True, bias=0.0, mask=None, dropout_p=0.0):
+          sm90=True, bias=0.0, mask=None, dropout_p=0.0, E=E):
     """bias: added to q, subtracted from k (so that every score lies far below 0 when large). mask:
     broadcastable to (B, H, L, S), bool or float. dropout_p > 0: the reference's gradients are given
     the keep mask Triton draws from SEED, which the kernels must draw bit for bit. Returns the grads."""
@@ -219,3 +219,33 @@ def test_grouped_query_attention_mask_dropout_causal(emulator):
     B, H, L, S = 1, 3, 100, 140
     check(emulator, B, H, 1, L, S, torch.bfloat16, is_causal=True, transposed=True,
           mask=_mask("float_full", B, H, L, S), dropout_p=0.25)
+
+
+# The other head dims (Sm90BwdHead; E = 96: a column block and a half, columns 96 .. 127 of the
+# second the TMA's zero fill): the whole backward through the launch path once per switch, L and S
+# not multiples of the tiles, GQA, rows with no key.
+@pytest.mark.parametrize("E", [64, 96])
+def test_head_dims_plain_and_causal(emulator, E):
+    check(emulator, 1, 2, 1, 130, 200, torch.float16, E=E)
+    check(emulator, 1, 1, 1, 150, 100, torch.bfloat16, is_causal=True, E=E)
+
+
+@pytest.mark.parametrize("E", [64, 96])
+def test_head_dims_masks_with_fully_masked_rows(emulator, E):
+    B, H, L, S = 2, 2, 70, 130
+    bool_mask = torch.rand(B, 1, 1, S) > 0.3
+    bool_mask[0] = False
+    dq, dk, dv = check(emulator, B, H, H, L, S, torch.float16, mask=bool_mask, E=E)
+    assert (dq[0] == 0).all() and (dk[0] == 0).all() and (dv[0] == 0).all()
+    float_mask = torch.randn(B, H, L, S)
+    float_mask[1, 0, [0, 37, 69]] = float("-inf")
+    dq, _, _ = check(emulator, B, H, H, L, S, torch.bfloat16, is_causal=True, mask=float_mask, E=E)
+    assert (dq[1, 0, [0, 37, 69]] == 0).all()
+
+
+@pytest.mark.parametrize("E", [64, 96])
+def test_head_dims_dropout_gqa_mask_causal(emulator, E):
+    B, H, L, S = 2, 2, 100, 201
+    check(emulator, B, H, 1, L, S, torch.float16, dropout_p=0.3, E=E)
+    check(emulator, 1, 3, 1, L, 140, torch.bfloat16, is_causal=True, transposed=True,
+          mask=_mask("float_full", 1, 3, L, 140), dropout_p=0.25, E=E)

@@ -171,20 +171,38 @@ def _while_wgmma_run(code, op):
     return sum(seg.split("WARPGROUP.ARRIVE", 1)[1].count(op) for seg in segments if "WARPGROUP.ARRIVE" in seg)
 
 
+# Per head dim (csrc/attention/sm90/bwd_common_sm90.cuh, Sm90BwdHead): HGMMA of each shape of the dK/dV
+# kernel (S^T = K Q^T and dP^T = V dO^T: E / 16 k-steps of 64x64 each; dV += P^T dO and dK += dS^T Q: 4
+# k-steps of 64xE each) and of the dQ kernel (S = Q K^T and dP = dO V^T before the loop and in it: E / 16
+# k-steps each; dQ += dS K in the loop and after it: 4 k-steps of 64xE each), and the TMA boxes each
+# loads (4 tiles of E / 64 boxes, rounded up).
+_SM90_BWD_SASS = {
+    64: ({"64x64": 16}, {"64x64": 24}, 4),
+    96: ({"64x64": 12, "64x96": 8}, {"64x64": 24, "64x96": 8}, 8),
+    128: ({"64x64": 16, "64x128": 8}, {"64x64": 32, "64x128": 8}, 8),
+}
+
+
+def _hgmma_shapes(code):
+    shapes = re.findall(r"HGMMA\.(64x\d+)x16\.F32", code)
+    return {shape: shapes.count(shape) for shape in set(shapes)}
+
+
 @needs_nvcc
-def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory():
-    """The sm_90a dK/dV kernel (csrc/attention/sm90/attention_bwd_sm90.cuh), every instance (dtype x
-    causal x mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local
+@pytest.mark.parametrize("head_dim", sorted(_SM90_BWD_SASS))
+def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory(head_dim):
+    """The sm_90a dK/dV kernel (csrc/attention/sm90/attention_bwd_sm90.cuh), every instance of a head dim
+    (dtype x causal x mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local
     memory (the mask's loads and Philox's state beside dK, dV, S^T and dP^T fit the consumers' 240
     registers), setmaxnreg 24 / 240; the sm_80 objects hold only its trapping stub."""
-    names = [f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li128ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
+    hgmma, _, loads = _SM90_BWD_SASS[head_dim]
+    names = [f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
              for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
     sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
-        assert code.count("HGMMA.64x64x16.F32") == 16, name  # 8 for S^T = K Q^T, 8 for dP^T = V dO^T
-        assert code.count("HGMMA.64x128x16.F32") == 8, name  # 4 for dV += P^T dO, 4 for dK += dS^T Q
-        assert code.count("UTMALDG.4D") == 8, name  # K, V, Q, dO: two 64-column boxes each
+        assert _hgmma_shapes(code) == hgmma, name
+        assert code.count("UTMALDG.4D") == loads, name  # K, V, Q, dO
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
         # Dropout's keep bits (two shuffles per 8-query tile, 16 a tile), all drawn while S^T and dP^T run.
@@ -195,20 +213,21 @@ def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory():
 
 
 @needs_nvcc
-def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory():
-    """The sm_90a dQ kernel (csrc/attention/sm90/attention_dq_sm90.cuh), every instance (dtype x causal x
-    mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local memory,
+@pytest.mark.parametrize("head_dim", sorted(_SM90_BWD_SASS))
+def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory(head_dim):
+    """The sm_90a dQ kernel (csrc/attention/sm90/attention_dq_sm90.cuh), every instance of a head dim
+    (dtype x causal x mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local memory,
     setmaxnreg 24 / 240; the sm_80 objects hold only its trapping stub."""
-    names = [f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li128ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
+    _, hgmma, loads = _SM90_BWD_SASS[head_dim]
+    names = [f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
              for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
     sass = _sm90a_kernels_sass(names)
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
-        # Software-pipelined: S = Q K^T and dP = dO V^T (8 k-steps each) before the loop and in it, dQ += dS K
-        # (4 k-steps over a 64-key block) in it and after it.
-        assert code.count("HGMMA.64x64x16.F32") == 32, name
-        assert code.count("HGMMA.64x128x16.F32") == 8, name
-        assert code.count("UTMALDG.4D") == 8, name  # Q, dO, K, V: two 64-column boxes each
+        # Software-pipelined: S = Q K^T and dP = dO V^T before the loop and in it, dQ += dS K (4 k-steps over
+        # a 64-key block) in it and after it.
+        assert _hgmma_shapes(code) == hgmma, name
+        assert code.count("UTMALDG.4D") == loads, name  # Q, dO, K, V
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
         # A block's 32 exponentials between the wait that retires S (dP still in flight) and the one that

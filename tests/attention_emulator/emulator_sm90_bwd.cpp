@@ -1,7 +1,7 @@
 // The sm_90a attention dK/dV and dQ kernels (csrc/attention/sm90/attention_{bwd,dq}_sm90.cuh) compiled for the host,
 // as emulator_sm90.cpp compiles the forward: attention/primitives.cuh and attention/sm90/primitives_sm90.cuh
 // of this directory replace the real ones, every other line is the real source. The entry point runs
-// the whole head-dim-128 backward as attention_bwd_launch does (D kernel, dK/dV, dQ kernel), so the
+// the whole backward of a head dim with sm_90a instances (64, 96, 128) as attention_bwd_launch does (D kernel, dK/dV, dQ kernel), so the
 // sm_90a kernels run where the launch code picks them: FASTTX_ATTENTION_SM90=1 in the environment and a
 // supported call. Called from tests/test_cuda_attention_sm90_bwd_emulated.py.
 
@@ -9,6 +9,8 @@
 #include "attention/sm90/primitives_sm90.cuh"
 
 #include "attention/attention_bwd_hdim128.cu"
+#include "attention/attention_bwd_hdim64.cu"
+#include "attention/attention_bwd_hdim96.cu"
 #include "attention/sm90/attention_bwd_sm90.cu"
 #include "attention/sm90/attention_dq_sm90.cu"
 #include "attention/sm90/attention_fwd_sm90.cu"  // attention_sm90_enabled
@@ -23,13 +25,13 @@ namespace {
 // Whether the instance of each sm_90a backward kernel that p calls for (its dtype, causal flag, mask
 // presence and dropout) ran in the last backward, as launch() records it: bit 1 the dK/dV kernel,
 // bit 2 the dQ kernel.
+template <int E>
 int ran_sm90(const AttentionParams& p) {
   int ran = 0;
   attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
     const auto ran_one = [](const void* k) {
       return std::find(attn::launched_kernels.begin(), attn::launched_kernels.end(), k) != attn::launched_kernels.end();
     };
-    constexpr int E = attn::kSm90BwdHeadDim;
     ran |= ran_one(reinterpret_cast<const void*>(&attn::attention_bwd_kv_sm90_kernel<T, E, kCausal, kMask, kDropout>))
                ? 1 : 0;
     ran |= ran_one(reinterpret_cast<const void*>(&attn::attention_bwd_q_sm90_kernel<T, E, kCausal, kMask, kDropout>))
@@ -38,24 +40,33 @@ int ran_sm90(const AttentionParams& p) {
   return ran;
 }
 
+// The backward of head dim E, from attention_bwd_launch's dispatch on; which sm_90a kernels ran.
+template <int E>
+int backward(const AttentionBwdParams& p) {
+  attention_bwd_hdim<E>(p, nullptr);
+  return ran_sm90<E>(p);
+}
+
 }  // namespace
 
 // fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h),
-// for the backward at head dim 128 on an emulated sm_90a device; *launched: which sm_90a kernels ran,
-// each instead of its sm_80 counterpart and as the instance the call's mask and dropout call for: 1 the
-// dK/dV kernel, 2 the dQ kernel (or of both).
+// for the backward at head dim 64, 96 or 128 on an emulated sm_90a device; *launched: which sm_90a
+// kernels ran, each instead of its sm_80 counterpart and as the instance the call's mask and dropout
+// call for: 1 the dK/dV kernel, 2 the dQ kernel (or of both).
 extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
                                               int n_ranges, int* launched) {
   *launched = 0;
   return emu::error_or_null([&] {
     const AttentionBwdParams p = emu::params(emu::bwd_fields(), fields, n_fields);
-    if (p.head_dim != attn::Sm90Bwd::kHeadDim) throw std::runtime_error("head_dim must be 128 here");
+    if (p.head_dim != 64 && p.head_dim != 96 && p.head_dim != 128) {
+      throw std::runtime_error("head_dim must be 64, 96 or 128 here");
+    }
     emu::set_ranges(ranges, n_ranges);
     attn::launched_kernels.clear();
     attn::emulate_sm90 = true;
-    attention_bwd_hdim<attn::Sm90Bwd::kHeadDim>(p, nullptr);
+    const int ran = p.head_dim == 64 ? backward<64>(p) : p.head_dim == 96 ? backward<96>(p) : backward<128>(p);
     attn::emulate_sm90 = false;
-    *launched = ran_sm90(p);
+    *launched = ran;
     attn::mbar_check_quiescent();
     attn::wgmma_check_quiescent();
   });

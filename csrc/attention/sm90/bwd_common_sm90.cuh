@@ -21,7 +21,7 @@ namespace attn {
 // both kernels' tiles share at head dim kE: the tiles' 64-column blocks and the bytes of a tile row.
 // E = 256 has none: the dK/dV kernel's two 64 x E fp32 accumulators would take 256 registers a thread
 // (csrc/attention/README.md, "sm_90a backward").
-using Sm90BwdHeadDims = std::integer_sequence<int, 128>;
+using Sm90BwdHeadDims = std::integer_sequence<int, 64, 96, 128>;
 
 template <int... kE>
 constexpr bool sm90_bwd_has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {

@@ -134,7 +134,9 @@ __device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& 
   for (int step = 0; step < walk.steps; ++step) {
     const int stage = step % C::kStages;
     mbar_wait(bar.empty + stage, ((step / C::kStages) & 1) ^ 1);
-    const int64_t bh = b * p.heads + walk.head(step);  // 32-bit: one register fewer (the row loaders have 24)
+    // b H + h in 32 bits (B H < 2^31, the binding's limits): a 64-bit product held across the loop
+    // spilled at 24 registers in some instances (E = 64, 96 causal).
+    const int64_t bh = b * p.heads + walk.head(step);
     float* lse2 = reinterpret_cast<float*>(base + C::kLseOffset + stage * C::kStatBytes);
     float* delta = reinterpret_cast<float*>(base + C::kDeltaOffset + stage * C::kStatBytes);
     for (int r = lane; r < C::kBlockM; r += C::kRowLoaders) {

@@ -32,7 +32,7 @@ bool attention_bwd_kv_sm90_dispatch(const AttentionBwdParams& p, cudaStream_t st
 
 bool attention_bwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&
-         attn::sm90_bwd_has_head_dim(p.head_dim, attn::Sm90BwdHeadDims{}) && p.queries > 0 && p.keys > 0;
+         sm90_has_head_dim(p.head_dim, attn::Sm90BwdHeadDims{}) && p.queries > 0 && p.keys > 0;
 }
 
 bool attention_bwd_kv_sm90(const AttentionBwdParams& p, cudaStream_t stream) {

@@ -37,11 +37,6 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
 // dispatch.
 using Sm90FwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
 
-template <int... kE>
-constexpr bool has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {
-  return ((head_dim == kE) || ...);
-}
-
 // Whether the instance is compiled: at E = 256 causal with dropout spills (8 / 20 bytes in the
 // unmasked instance, ptxas -v), so E = 256 causal calls with dropout stay with the sm_80 kernel.
 constexpr bool has_instance(int head_dim, bool causal, bool dropout) { return !(head_dim == 256 && causal && dropout); }
@@ -80,7 +75,7 @@ bool attention_sm90_enabled() {
 
 bool attention_fwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&
-         attn::has_head_dim(p.head_dim, attn::Sm90FwdHeadDims{}) &&
+         sm90_has_head_dim(p.head_dim, attn::Sm90FwdHeadDims{}) &&
          attn::has_instance(p.head_dim, p.is_causal, p.dropout_p > 0.f) && p.scale > 0.f && p.queries > 0;
 }
 

@@ -27,6 +27,7 @@
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
+#include "attention/sm90/wgmma_sm90.cuh"
 
 namespace fasttx {
 namespace attn {
@@ -123,28 +124,6 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
   for (int block = 0; block < end; ++block) {
     if (block + 1 < end) load(&params.k_map, C::kKOffset, bar.k_full, bar.k_empty, block + 1);
     load(&params.v_map, C::kVOffset, bar.v_full, bar.v_empty, block);
-  }
-}
-
-// The wgmma of the tile's N (S = Q K^T: kBlockN; P V: kPvN) under one name.
-template <typename T, int N>
-__device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  if constexpr (N == 128) {
-    wgmma_m64n128k16_ss<T>(d, desc_a, desc_b, accumulate);
-  } else {
-    static_assert(N == 80, "no wgmma.m64nNk16 shared/shared wrapper for this N");
-    wgmma_m64n80k16_ss<T>(d, desc_a, desc_b, accumulate);
-  }
-}
-template <typename T, int N>
-__device__ __forceinline__ void sm90_wgmma_rs_tn(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
-  if constexpr (N == 128) {
-    wgmma_m64n128k16_rs_tn<T>(d, a, desc_b);
-  } else if constexpr (N == 96) {
-    wgmma_m64n96k16_rs_tn<T>(d, a, desc_b);
-  } else {
-    static_assert(N == 64, "no wgmma.m64nNk16 register/shared wrapper for this N");
-    wgmma_m64n64k16_rs_tn<T>(d, a, desc_b);
   }
 }
 

@@ -2,9 +2,18 @@
 // The sm_90a attention kernels (attention_fwd_sm90.cuh, attention_bwd_sm90.cuh, attention_dq_sm90.cuh): which calls they
 // serve, and their launch. Plain C++, for the dispatch in attention_launch.cpp / attention_launch.cuh.
 
+#include <utility>
+
 #include "attention/attention.h"
 
 namespace fasttx {
+
+// Whether head_dim is one of a kernel's list of head dims with instances (Sm90FwdHeadDims,
+// Sm90BwdHeadDims: one list each for its predicate and its dispatch).
+template <int... kE>
+constexpr bool sm90_has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {
+  return ((head_dim == kE) || ...);
+}
 
 // Whether the dispatch may use the sm_90a kernels at all (the forward, and the backward's dK/dV and
 // dQ kernels): only with FASTTX_ATTENTION_SM90=1 in the environment (read at each call, so a process can

@@ -10,9 +10,9 @@
 #include <utility>
 
 #include "attention/attention_common.cuh"
-#include "attention/sm90/attention_fwd_sm90.cuh"  // sm90_wgmma_rs_tn: the wgmma of an N
 #include "attention/sm90/primitives_sm90.cuh"
 #include "attention/sm90/tensor_map_sm90.cuh"
+#include "attention/sm90/wgmma_sm90.cuh"
 
 namespace fasttx {
 namespace attn {
@@ -22,11 +22,6 @@ namespace attn {
 // E = 256 has none: the dK/dV kernel's two 64 x E fp32 accumulators would take 256 registers a thread
 // (csrc/attention/README.md, "sm_90a backward").
 using Sm90BwdHeadDims = std::integer_sequence<int, 64, 96, 128>;
-
-template <int... kE>
-constexpr bool sm90_bwd_has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {
-  return ((head_dim == kE) || ...);
-}
 
 template <int kE>
 struct Sm90BwdHead {

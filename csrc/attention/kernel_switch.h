@@ -1,6 +1,8 @@
 #pragma once
 // The compile-time instance of an attention call: the sm_80 launch code (attention_launch.cuh) and the
-// sm_90a backward's (sm90/attention_{bwd,dq}_sm90.cu) pick their kernels through it.
+// sm_90a kernels' (sm90/attention_{fwd,bwd,dq}_sm90.cu) pick their kernels through it.
+
+#include <utility>
 
 #include "attention/attention.h"
 #include "common/static_switch.h"
@@ -19,6 +21,13 @@ void kernel_switch(const AttentionParams& p, Run run) {
       });
     });
   });
+}
+
+// run.template operator()<kE>() for the kE of the list equal to head_dim (a kernel's head dims with
+// instances); false, nothing run, where none is.
+template <int... kE, typename Run>
+bool head_dim_switch(int head_dim, std::integer_sequence<int, kE...>, Run run) {
+  return ((head_dim == kE && (run.template operator()<kE>(), true)) || ...);
 }
 
 }  // namespace attn

@@ -14,23 +14,17 @@ bool attention_bwd_q_sm90_run(const AttentionBwdParams& p, cudaStream_t stream) 
                                dim3((p.queries + C::kBlockM - 1) / C::kBlockM, p.heads, p.batch), stream);
 }
 
-template <int... kE>
-bool attention_bwd_q_sm90_dispatch(const AttentionBwdParams& p, cudaStream_t stream, std::integer_sequence<int, kE...>) {
-  bool launched = false;
-  const auto run = [&]<int kHeadDim>() {
-    kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
-      launched = attention_bwd_q_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
-    });
-  };
-  ((p.head_dim == kE && (run.template operator()<kE>(), true)) || ...);
-  return launched;
-}
-
 }  // namespace
 }  // namespace attn
 
 bool attention_bwd_q_sm90(const AttentionBwdParams& p, cudaStream_t stream) {
-  return attn::attention_bwd_q_sm90_dispatch(p, stream, attn::Sm90BwdHeadDims{});
+  bool launched = false;
+  attn::head_dim_switch(p.head_dim, attn::Sm90BwdHeadDims{}, [&]<int kHeadDim>() {
+    attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+      launched = attn::attention_bwd_q_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+    });
+  });
+  return launched;
 }
 
 }  // namespace fasttx

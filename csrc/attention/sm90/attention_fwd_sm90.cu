@@ -3,10 +3,10 @@
 #include <cstring>
 #include <utility>
 
+#include "attention/kernel_switch.h"
 #include "attention/sm90/attention_fwd_sm90.cuh"
 #include "attention/sm90/attention_sm90.h"
 #include "attention/sm90/tensor_map_sm90.cuh"
-#include "common/static_switch.h"
 
 namespace fasttx {
 namespace attn {
@@ -41,30 +41,6 @@ using Sm90FwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
 // unmasked instance, ptxas -v), so E = 256 causal calls with dropout stay with the sm_80 kernel.
 constexpr bool has_instance(int head_dim, bool causal, bool dropout) { return !(head_dim == 256 && causal && dropout); }
 
-template <int kHeadDim>
-bool attention_fwd_sm90_hdim(const AttentionParams& p, cudaStream_t stream) {
-  bool launched = false;
-  FASTTX_HALF_SWITCH(p.dtype, T, [&] {
-    FASTTX_BOOL_SWITCH(p.is_causal, kCausal, [&] {
-      FASTTX_BOOL_SWITCH(p.mask_kind != MaskKind::kNone, kMask, [&] {
-        FASTTX_BOOL_SWITCH(p.dropout_p > 0.f, kDropout, [&] {
-          if constexpr (has_instance(kHeadDim, kCausal, kDropout)) {
-            launched = attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
-          }
-        });
-      });
-    });
-  });
-  return launched;
-}
-
-template <int... kE>
-bool attention_fwd_sm90_dispatch(const AttentionParams& p, cudaStream_t stream, std::integer_sequence<int, kE...>) {
-  bool launched = false;
-  ((p.head_dim == kE && (launched = attention_fwd_sm90_hdim<kE>(p, stream), true)) || ...);
-  return launched;
-}
-
 }  // namespace
 }  // namespace attn
 
@@ -80,7 +56,15 @@ bool attention_fwd_sm90_supports(const AttentionParams& p) {
 }
 
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
-  return attn::attention_fwd_sm90_dispatch(p, stream, attn::Sm90FwdHeadDims{});
+  bool launched = false;
+  attn::head_dim_switch(p.head_dim, attn::Sm90FwdHeadDims{}, [&]<int kHeadDim>() {
+    attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+      if constexpr (attn::has_instance(kHeadDim, kCausal, kDropout)) {
+        launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+      }
+    });
+  });
+  return launched;
 }
 
 }  // namespace fasttx

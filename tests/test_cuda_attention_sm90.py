@@ -145,6 +145,16 @@ def test_other_head_dims_dropout(is_causal, head_dim):
     check(q, k, v, "cuda", dy=dy, is_causal=is_causal, dropout_p=p, dropout_mask=keep)
 
 
+# E = 64 without mask or dropout: 192 x 128 tiles with three consumer warpgroups (Sm90FwdTile; the masked and
+# dropout calls above keep two): L not a multiple of 192 (the last CTA's third warpgroup partly or wholly
+# past L), causal with L != S (diagonal key blocks across the 192 rows), GQA, many key blocks.
+@pytest.mark.parametrize("queries,keys", [(193, 500), (385, 385), (1500, 1300)], ids=str)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_e64_three_consumer_tile(dtype, is_causal, queries, keys):
+    check(*attention_inputs(2, 4, 2, queries, keys, 64, dtype=dtype), "cuda", is_causal=is_causal)
+
+
 def _kernels_run(backward, head_dim=128, **kw):
     """The names of the CUDA kernels one bf16 call (and its backward) runs."""
     q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 256, 256, head_dim, dtype=torch.bfloat16))

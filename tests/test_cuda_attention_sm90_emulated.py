@@ -29,6 +29,12 @@ E = 128  # the head dim of the tests that name none (the layout checks, the E = 
 # 128-key blocks (96: a zero-filled half column block), E = 256 with 80-key blocks, 2 stages, two P V
 # wgmma a k-step.
 OTHER_HEAD_DIMS = [64, 96, 256]
+
+
+def tile_rows(head_dim, masked, dropout):
+    """The query rows of the sm_90a forward's CTA for an instance (Sm90FwdTile): 192, three consumer
+    warpgroups, at E = 64 without mask or dropout; 128, two, elsewhere."""
+    return 192 if head_dim == 64 and not masked and not dropout else 128
 SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
 
 
@@ -126,6 +132,18 @@ def test_named_barriers_pass_the_turn(emulator):
     assert list(order) == [0, 1] * 4
 
 
+@pytest.mark.parametrize("consumers", [2, 3])
+def test_the_forward_turns_go_round_robin(emulator, consumers):
+    """The kernel's own Sm90Turns, of the two- and three-consumer tiles: warpgroups 0, 1 (, 2), 0, 1 (, 2),
+    ..., every named-barrier phase complete at the end (the model fails a count, a missing or an extra
+    arrival)."""
+    order = (ctypes.c_int * (4 * consumers))()
+    emulator.emu_turns_probe.restype = ctypes.c_char_p
+    error = emulator.emu_turns_probe(consumers, 4, order)
+    assert error is None, error
+    assert list(order) == list(range(consumers)) * 4
+
+
 @pytest.mark.parametrize("defect,message", [
     (1, "named barrier arrivals with different thread counts in one phase"),
     (2, "named barrier sync never completes"),
@@ -145,18 +163,19 @@ def test_named_barrier_model_catches(emulator, defect, message):
 # ---- the kernel -------------------------------------------------------------------------------------
 
 def launch_sm90(emulator, fields, inputs):
-    """emu_attention_fwd_sm90 with the params' fields by name (as emu_attention's): whether the sm_90a
-    kernel ran."""
+    """emu_attention_fwd_sm90 with the params' fields by name (as emu_attention's): the query rows of
+    the sm_90a kernel's tile if it ran (its grid checked to cover L with them), 0 if not."""
     launched = ctypes.c_int(-1)
     error = emulator.emu_attention_fwd_sm90(*marshal(fields, inputs), ctypes.byref(launched))
     if error is not None:
         raise ValueError(f"emu_attention_fwd_sm90: {error.decode()}")
-    return bool(launched.value)
+    return launched.value
 
 
 def run_sm90(emulator, q, k, v, scale, is_causal, mask=None, dropout_p=0.0, seed=0):
-    """O, lse and whether the sm_90a kernel ran, launched as attention_fwd_launch would (the mask
-    broadcast to (B, H, L, S) through zero strides, as the binding does)."""
+    """O, lse and the rows of the sm_90a kernel's tile (0: it did not run), launched as
+    attention_fwd_launch would (the mask broadcast to (B, H, L, S) through zero strides, as the binding
+    does)."""
     B, H, L, head_dim = q.shape
     if mask is not None:
         mask = mask.expand(B, H, L, k.shape[2])
@@ -184,8 +203,8 @@ def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, tran
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr(torch.randn(shape(h, n)).to(dtype)) for h, n in ((H, L), (Hkv, S), (Hkv, S)))
     scale = 1 / math.sqrt(E)
-    o, lse, launched = run_sm90(emulator, q, k, v, scale, is_causal, mask, dropout_p, SEED)
-    assert launched, "the sm_90a kernel did not run"
+    o, lse, rows = run_sm90(emulator, q, k, v, scale, is_causal, mask, dropout_p, SEED)
+    assert rows == tile_rows(E, mask is not None, dropout_p > 0), f"the sm_90a kernel ran with {rows}-row tiles"
     keep = triton_keep_mask(B, H, L, S, dropout_p) if dropout_p > 0 else None
     ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
     ref = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), ref_mask, dropout_p, is_causal,
@@ -269,8 +288,8 @@ def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False, E=E)
         v = torch.zeros(B, Hkv, S, E, dtype=torch.bfloat16)
         n = min(E, S - c)
         v[:, :, c:c + n] = torch.eye(n, E, dtype=torch.bfloat16)
-        o, _, launched = run_sm90(emulator, q, k, v, 1 / math.sqrt(E), is_causal, None, dropout_p, SEED)
-        assert launched, "the sm_90a kernel did not run"
+        o, _, rows = run_sm90(emulator, q, k, v, 1 / math.sqrt(E), is_causal, None, dropout_p, SEED)
+        assert rows == tile_rows(E, False, True), f"the sm_90a kernel ran with {rows}-row tiles"
         keep[..., c:c + n] = o[..., :n] != 0
     return keep
 
@@ -400,6 +419,28 @@ def test_e256_causal_dropout_is_left_to_the_sm80_kernel(emulator):
 def test_other_head_dims_dropout_with_a_mask(emulator, E):
     check(emulator, 2, 2, 2, 33, 150, torch.float16, transposed=True, mask=_mask("bool_key_padding", 2, 2, 33, 150),
           dropout_p=0.4, E=E)
+
+
+# ---- E = 64 without mask or dropout: 192 x 128 tiles, three consumer warpgroups -------------------------
+# (check asserts the tile). L = 1 (two consumers with only padding rows), L not a multiple of 192 (the
+# last CTA's third warpgroup partly or wholly past L), several CTAs, key blocks through the ring; causal
+# with L != S (diagonal blocks across the 192 rows, CTAs whose first warpgroup's rows see none of the last
+# block's keys); GQA with B, H > 1 through transposed views.
+
+@pytest.mark.parametrize("L,S", [(1, 1), (1, 300), (200, 7), (385, 410)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_e64_three_consumers_sequence_lengths(emulator, L, S, dtype):
+    check(emulator, 1, 1, 1, L, S, dtype, E=64)
+
+
+@pytest.mark.parametrize("L,S", [(1, 5), (200, 330), (330, 200), (400, 400), (100, 700)], ids=str)
+def test_e64_three_consumers_causal(emulator, L, S):
+    check(emulator, 1, 1, 1, L, S, torch.float16, is_causal=True, E=64)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_e64_three_consumers_grouped_query_attention_and_transposed_views(emulator, is_causal):
+    check(emulator, 2, 4, 2, 200, 260, torch.bfloat16, is_causal=is_causal, transposed=True, E=64)
 
 
 @pytest.mark.parametrize("E", [32, 192])

@@ -135,7 +135,9 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory(head_dim)
     """The sm_90a attention forward (csrc/attention/sm90), every instance of a head dim (dtype x causal x
     mask x dropout; at E = 256 none causal with dropout, which spilled): on sm_90a its matrix products
     are HGMMA, its loads and its O store TMA, no local memory (the mask's loads and Philox's state beside
-    O, S and P fit the consumers' 240 registers); the sm_80 objects hold only its trapping stub."""
+    O, S and P fit the consumers' 240 registers; at E = 64 without mask or dropout O, S and P fit the 160
+    of three consumers, Sm90FwdTile); the producer keeps 24 registers (setmaxnreg); the sm_80 objects hold
+    only its trapping stub."""
     hgmma, loads, stores, exp2, tiles = _SM90_FWD_SASS[head_dim]
     names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90FwdParamsE"
              for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)
@@ -148,6 +150,10 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory(head_dim)
         assert code.count("UTMALDG.4D") == loads, name
         assert code.count("UTMASTG.4D") == stores, name
         assert "LDL" not in code and "STL" not in code, name
+        three_consumers = head_dim == 64 and name.endswith("ELb0ELb0EEEvNS0_13Sm90FwdParamsE")
+        consumer_regs = "0xa0" if three_consumers else "0xf0"  # 160, 240
+        assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code, name
+        assert f"USETMAXREG.TRY_ALLOC.CTAPOOL UP0, {consumer_regs}" in code, name
         # The consumers' turns (ping-pong), and the softmax of the loop's block between the wait that
         # retires Q K^T with P V still in flight and the one that retires P V (ptxas hoisted the latter
         # above the softmax when both sat in one basic block).

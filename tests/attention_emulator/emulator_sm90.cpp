@@ -12,7 +12,8 @@
 using namespace fasttx;
 
 // fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h), for the forward;
-// *launched: whether the sm_90a kernel ran (attention_fwd_launch would otherwise launch the sm_80 one).
+// *launched: the query rows of the sm_90a kernel's CTA (its tile: 64 a consumer warpgroup of the launch's
+// threads but the producer's 128) if it ran, 0 if not (attention_fwd_launch would then launch the sm_80 one).
 extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
                                               int n_ranges, int* launched) {
   *launched = 0;
@@ -20,8 +21,15 @@ extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_f
     const AttentionParams p = emu::params(emu::fwd_fields<AttentionParams>(), fields, n_fields);
     emu::set_ranges(ranges, n_ranges);
     attn::emulate_sm90 = true;
-    *launched = attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, nullptr);
+    const bool ran = attention_fwd_sm90_supports(p) && attention_fwd_sm90(p, nullptr);
     attn::emulate_sm90 = false;
+    if (ran) {
+      const int rows = 64 * (attn::launched_threads / 128 - 1);
+      if (static_cast<int64_t>(attn::launched_grid.x) != (p.queries + rows - 1) / rows) {
+        throw std::runtime_error("the grid's CTAs do not cover the queries with the tile's rows");
+      }
+      *launched = rows;
+    }
     attn::mbar_check_quiescent();
     attn::wgmma_check_quiescent();
     attn::named_barrier_check_quiescent();
@@ -74,6 +82,41 @@ extern "C" void emu_wgmma_ss(const unsigned char* image, int bytes, uint64_t des
 }
 
 // ---- named barrier probe: the model's checks on a schedule of the forward's kind ---------------------
+
+// The forward's turns (Sm90Turns) of the tile with `consumers` consumer warpgroups (2: Sm90Fwd<128, 2>, 3:
+// Sm90Fwd<64, 3>), each warpgroup through a section `rounds` times; thread 0 of the section's warpgroup
+// appends it to `order` (consumers x rounds entries).
+struct TurnsProbe {
+  int rounds;
+  int* order;
+  int* sections;
+};
+template <typename C>
+void turns_probe(const TurnsProbe& p) {
+  const int wg = threadIdx.x / 128;
+  const attn::Sm90Turns<C> turns{wg, p.rounds};
+  for (int round = 0; round < p.rounds; ++round) {
+    turns.begin(round);
+    if (threadIdx.x % 128 == 0) p.order[(*p.sections)++] = wg;
+    turns.pass(round);
+  }
+}
+
+extern "C" const char* emu_turns_probe(int consumers, int rounds, int* order) {
+  using namespace attn;
+  return emu::error_or_null([&] {
+    int sections = 0;
+    const TurnsProbe params{rounds, order, &sections};
+    if (consumers == 2) {
+      launch(turns_probe<Sm90Fwd<128, 2>>, dim3(1, 1, 1), 2 * 128, 0, nullptr, params);
+    } else if (consumers == 3) {
+      launch(turns_probe<Sm90Fwd<64, 3>>, dim3(1, 1, 1), 3 * 128, 0, nullptr, params);
+    } else {
+      throw std::runtime_error("consumers must be 2 or 3");
+    }
+    named_barrier_check_quiescent();
+  });
+}
 
 struct ProbeParams {
   int defect, rounds;

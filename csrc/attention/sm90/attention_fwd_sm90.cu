@@ -14,7 +14,7 @@ namespace {
 
 template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
 bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
-  using C = Sm90Fwd<kHeadDim>;
+  using C = Sm90FwdTile<kHeadDim, kMask, kDropout>;
   constexpr auto kernel = attention_fwd_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout>;
   if (!runs_sm90a(kernel)) return false;
   Sm90FwdParams params{};
@@ -25,7 +25,7 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
   if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, C::kBlockM) ||
       !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, C::kBlockN) ||
       !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, C::kBlockN) ||
-      !encode_bhle(&params.o_map, p.o, bf16, E, p.batch, p.heads, p.queries, o_strides, C::kBlockM / 2)) {
+      !encode_bhle(&params.o_map, p.o, bf16, E, p.batch, p.heads, p.queries, o_strides, C::kWarpgroupRows)) {
     return false;
   }
   launch(kernel, dim3((p.queries + C::kBlockM - 1) / C::kBlockM, p.heads, p.batch), C::kThreads, C::kSmemBytes,

@@ -6,18 +6,20 @@
 // and dropout are compile-time switches: the unmasked, dropout-free instances carry no code of
 // either.
 //
-// A CTA of three warpgroups owns 128 query rows of one (batch, head):
+// A CTA of 1 + kConsumers warpgroups owns 64 kConsumers query rows of one (batch, head): two consumers
+// (128 rows), or three (192 rows, FlashAttention-3's tile at E = 64) where the instance fits 160
+// registers a consumer (Sm90FwdTile):
 // - warpgroup 0, the producer, gives its registers away (setmaxnreg) and one thread issues TMA loads:
 //   Q once, then K and V tiles of kBlockN keys into a kStages ring (K one block ahead of V), each tile
-//   completing its own mbarrier ("full"); it refills a K (V) slot once both consumers have released
+//   completing its own mbarrier ("full"); it refills a K (V) slot once every consumer has released
 //   it ("empty").
-// - warpgroups 1 and 2, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands in
-//   shared memory, the online softmax on the S accumulators in registers, then O += P V by wgmma with
-//   P from registers and V read N-major through its descriptor. They take turns issuing their wgmma
-//   (FlashAttention-3's ping-pong, Sm90Turns): turn j issues Q K^T of block j and P V of block j - 1,
-//   then passes the turn, so one warpgroup's softmax runs while the other's products keep the tensor
-//   cores busy; and a warpgroup's softmax of block j runs while its own P V of block j - 1 is in
-//   flight (intra-warpgroup overlap).
+// - warpgroups 1 .. kConsumers, the consumers, own 64 rows each: S = Q K^T by wgmma with both operands
+//   in shared memory, the online softmax on the S accumulators in registers, then O += P V by wgmma
+//   with P from registers and V read N-major through its descriptor. They take turns issuing their
+//   wgmma, round robin (FlashAttention-3's ping-pong, Sm90Turns): turn j issues Q K^T of block j and
+//   P V of block j - 1, then passes the turn, so the other warpgroups' softmax runs while one's
+//   products keep the tensor cores busy; and a warpgroup's softmax of block j runs while its own P V
+//   of block j - 1 is in flight (intra-warpgroup overlap).
 // The epilogue writes O through shared memory (the warpgroup's own Q rows) with a TMA store.
 // Tiles are 128B-swizzled (smem_layout_sm90.h): a tile of R rows x E columns is ceil(E / 64) column
 // blocks of R rows x 64 columns (128 bytes), each loaded by one TMA box (E = 96: columns 96 .. 127 of
@@ -32,28 +34,41 @@
 namespace fasttx {
 namespace attn {
 
-// What every head dim shares: the CTA's warpgroups, register budgets and named barriers.
+// The CTA of kConsumers consumer warpgroups (2 or 3): its rows, threads, register budgets and named
+// barriers.
+template <int kConsumerWarpgroups>
 struct Sm90FwdCta {
-  static constexpr int kBlockM = 128;  // two consumer warpgroups of 64 rows
-  static constexpr int kThreads = 3 * 128;
-  static constexpr int kConsumerThreads = 2 * 128;
+  static constexpr int kConsumers = kConsumerWarpgroups;
+  static constexpr int kWarpgroupRows = 64;  // a consumer warpgroup's rows: the wgmma's M
+  static constexpr int kBlockM = kWarpgroupRows * kConsumers;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kConsumerThreads = 128 * kConsumers;
   static constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled row
-  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
+  // setmaxnreg budgets, multiples of 8 within the SM's 64K registers for the CTA's 128 (1 + kConsumers)
+  // threads: 128 x (24 + 2 x 240) = 62K with two consumers, 128 x (24 + 3 x 160) = 63K with three.
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
-  static constexpr int kTurnBarrier = 1;      // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
-  static constexpr int kEpilogueBarrier = 3;  // 3, 4: a consumer warpgroup's O tile written, before its TMA store
+  static constexpr int kConsumerRegs = (65536 / 128 - kProducerRegs) / kConsumers / 8 * 8;
+  static_assert(128 * (kProducerRegs + kConsumers * kConsumerRegs) <= 65536 && kConsumerRegs <= 256,
+                "setmaxnreg budgets over the SM's registers");
+  // Named barriers (0 is __syncthreads'): 1 .. kConsumers the consumers' turns, kConsumers + 1 ..
+  // 2 kConsumers a consumer warpgroup's O tile written, before its TMA store.
+  static constexpr int kTurnBarrier = 1;
+  static constexpr int kEpilogueBarrier = 1 + kConsumers;
+  static_assert(kConsumers >= 2 && kEpilogueBarrier + kConsumers <= 16, "named barriers 1 .. 15");
 };
 
-// The tile of head dim E: keys per block (kBlockN) and ring stages. A consumer thread holds o (E / 2
-// fp32), s (kBlockN / 2 fp32) and P (kBlockN / 4 packed) at once (the intra-warpgroup overlap) within
-// its 240 registers; the CTA's shared memory holds Q (256 E bytes) and kStages K and V tiles
-// (2 kBlockN E bytes each, E rounded up to 64 columns) within 227 KB. README "sm_90a forward" has
-// the table: E <= 128 keeps 128 keys and 3 stages (E = 128: 160 live registers, 224 KB); E = 256
-// takes FlashAttention-3's 80 keys and 2 stages (188 live registers, 224 KB): 128 keys would need
-// 224 registers for the fragments alone, and a third stage of 80 keys 304 KB.
-template <int kE>
-struct Sm90Fwd : Sm90FwdCta {
+// The tile of head dim E with kConsumers consumer warpgroups: keys per block (kBlockN) and ring
+// stages. A consumer thread holds o (E / 2 fp32), s (kBlockN / 2 fp32) and P (kBlockN / 4 packed) at
+// once (the intra-warpgroup overlap) within its kConsumerRegs; the CTA's shared memory holds Q
+// (2 kBlockM E bytes) and kStages K and V tiles (2 kBlockN E bytes each, E rounded up to 64 columns)
+// within 227 KB. README "sm_90a forward" has the table: E <= 128 keeps 128 keys and 3 stages (E = 128:
+// 160 live registers, 224 KB); E = 256 takes FlashAttention-3's 80 keys and 2 stages (188 live
+// registers, 224 KB): 128 keys would need 224 registers for the fragments alone, and a third stage of
+// 80 keys 304 KB.
+template <int kE, int kConsumerWarpgroups>
+struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
+  using Cta = Sm90FwdCta<kConsumerWarpgroups>;
+  using Cta::kBlockM, Cta::kBoxCols;
   static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a forward tile for this head dim");
   static constexpr int kHeadDim = kE;
   static constexpr int kBlockN = kE <= 128 ? 128 : 80;
@@ -73,8 +88,16 @@ struct Sm90Fwd : Sm90FwdCta {
   static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
 };
 
+// The tile of an instance: FlashAttention-3's 192 x 128 with three consumer warpgroups at E = 64
+// without mask or dropout, whose consumers fit 160 registers (o, s and P 128 of them), so three
+// softmaxes share the tensor cores' time of a block instead of two (the E = 64 products are half
+// E = 128's, too short to hide two warpgroups' softmax); two consumers of 240 registers everywhere
+// else: the mask's and dropout's consumers reach R165-R237 (README "sm_90a forward").
+template <int kE, bool kMask, bool kDropout>
+using Sm90FwdTile = Sm90Fwd<kE, kE == 64 && !kMask && !kDropout ? 3 : 2>;
+
 // The kernel's parameters: TMA maps of q (E, L, H, B), k (E, S, Hkv, B), v (E, S, Hkv, B) with boxes of
-// 64 x 128 (q) and 64 x kBlockN (k, v), of o (E, L, H, B) with boxes of 64 x 64 (a consumer
+// 64 x kBlockM (q) and 64 x kBlockN (k, v), of o (E, L, H, B) with boxes of 64 x 64 (a consumer
 // warpgroup's rows), and the rest of the call.
 struct Sm90FwdParams {
   CUtensorMap q_map, k_map, v_map, o_map;
@@ -164,19 +187,22 @@ __device__ __forceinline__ void sm90_pv(float (&o)[C::kHeadDim / 2], uint32_t (&
   wgmma_commit();
 }
 
-// The consumers' turns at issuing wgmma (FlashAttention-3's ping-pong): warpgroup 0's turn 0, then
-// warpgroup 1's turn 0, warpgroup 0's turn 1, ..., each warpgroup `turns` turns. Named barrier
-// kTurnBarrier + wg opens wg's turn: its own 128 threads wait there (bar.sync) for the other's 128
-// passing the turn (bar.arrive), 256 a phase. The first turn has nobody to wait for, the last pass
-// nobody to take it, so every phase is complete when the CTA exits.
+// The consumers' turns at issuing wgmma (FlashAttention-3's ping-pong, round robin over kConsumers):
+// warpgroup 0's turn 0, warpgroup 1's turn 0, ..., warpgroup kConsumers - 1's turn 0, warpgroup 0's
+// turn 1, ..., each warpgroup `turns` turns. Named barrier kTurnBarrier + wg opens wg's turn: its own
+// 128 threads wait there (bar.sync) for the previous warpgroup's 128 passing the turn (bar.arrive),
+// 256 a phase whatever kConsumers. The first turn has nobody to wait for, the last pass nobody to take
+// it, so every phase is complete when the CTA exits; a warpgroup cannot pass twice into one phase, as
+// its next pass follows a whole round of turns.
+template <typename C>
 struct Sm90Turns {
   int wg, turns;
   __device__ __forceinline__ void begin(int turn) const {
-    if (2 * turn + wg > 0) named_barrier_sync(Sm90FwdCta::kTurnBarrier + wg, Sm90FwdCta::kConsumerThreads);
+    if (C::kConsumers * turn + wg > 0) named_barrier_sync(C::kTurnBarrier + wg, 2 * 128);
   }
   __device__ __forceinline__ void pass(int turn) const {
-    if (2 * turn + wg < 2 * turns - 1) {
-      named_barrier_arrive(Sm90FwdCta::kTurnBarrier + 1 - wg, Sm90FwdCta::kConsumerThreads);
+    if (C::kConsumers * turn + wg < C::kConsumers * turns - 1) {
+      named_barrier_arrive(C::kTurnBarrier + (wg + 1) % C::kConsumers, 2 * 128);
     }
   }
 };
@@ -266,7 +292,7 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&pf)[C::kBlockN / 16][4], 
 
 // O = o / l (0 for a row with no key kept; with dropout times 1 / (1 - p)), through shared memory and
 // a TMA store: this warpgroup's 64 rows go to its own Q rows (its last Q K^T has retired; the other
-// warpgroup reads only its own), swizzled as a TMA box lands, then one thread stores them as
+// warpgroups read only their own), swizzled as a TMA box lands, then one thread stores them as
 // ceil(E / 64) boxes of 64 x 64; rows past L (and columns past E) are not written. lse = (m unit +
 // log2 l) ln 2, +inf for the rows with no key kept, straight to global memory.
 template <typename T, typename C, typename Softmax>
@@ -306,7 +332,7 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
   }
 }
 
-// A consumer warpgroup (wg = 0, 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
+// A consumer warpgroup (wg = 0 .. kConsumers - 1): rows 64 wg .. 64 wg + 63 of the tile. Thread 32 w + 4 g + t
 // holds rows r0 = 16 w + g and r0 + 8 of them, columns 8 i + 2 t, 8 i + 2 t + 1 (wgmma D layout).
 // Turn j (0 .. end) issues Q K^T of block j (j < end) and P V of block j - 1 (j > 0); the softmax of
 // block j then runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap): end + 1
@@ -323,7 +349,7 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
   const int q0 = m0 + 64 * wg + 16 * (tid / 32);  // the warp's first query
   const int row0 = q0 + (tid % 32) / 4;           // query of row g; row g + 8 is row0 + 8
   const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
-  const Sm90Turns turns{wg, end > 0 ? end + 1 : 0};
+  const Sm90Turns<C> turns{wg, end > 0 ? end + 1 : 0};
 
   const auto k_tile = [&](int block) { return smem_addr(base + C::kKOffset + block % C::kStages * C::kKvBytes); };
   const auto v_tile = [&](int block) { return smem_addr(base + C::kVOffset + block % C::kStages * C::kKvBytes); };
@@ -394,11 +420,11 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
 }
 
 template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
-__global__ void __launch_bounds__(Sm90FwdCta::kThreads, 1)
+__global__ void __launch_bounds__(Sm90FwdTile<kHeadDim, kMask, kDropout>::kThreads, 1)
     attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Sm90Fwd<kHeadDim>;
+  using C = Sm90FwdTile<kHeadDim, kMask, kDropout>;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* base = smem + swizzle_pad(smem_addr(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);

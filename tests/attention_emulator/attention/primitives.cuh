@@ -171,12 +171,17 @@ inline float exp2_approx(float x) { return std::exp2(x); }
 
 // Every kernel launched, in order, for the tests to ask which ran (emulator_sm90_bwd.cpp); its user clears it.
 inline std::vector<const void*> launched_kernels;
+// The last launch's grid and threads a CTA, for the tests to ask which tile ran (emulator_sm90.cpp).
+inline dim3 launched_grid;
+inline int launched_threads = 0;
 
 // Runs the grid (cta.h), each CTA with its dynamic shared memory poisoned.
 template <typename Kernel, typename Params>
 void launch(Kernel kernel, dim3 grid, int threads, int smem_size, cudaStream_t, const Params& params) {
   if (smem_size > kMaxSmem) fail("more dynamic shared memory than an H100 has", nullptr);
   launched_kernels.push_back(reinterpret_cast<const void*>(kernel));
+  launched_grid = grid;
+  launched_threads = threads;
   smem_bytes = smem_size;
   run_grid(
       grid, threads,

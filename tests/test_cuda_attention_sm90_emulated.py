@@ -42,6 +42,7 @@ SHARED_BASE = 1024  # where the layout entry points put their shared-memory imag
 def emulator(tmp_path_factory):
     lib = compile_emulator(tmp_path_factory, "attention_emulator", "emulator_sm90.cpp")
     lib.emu_attention_fwd_sm90.restype = ctypes.c_char_p
+    lib.emu_turns_probe.restype = ctypes.c_char_p
     lib.emu_smem_desc_128b.restype = ctypes.c_uint64
     lib.emu_smem_desc_128b.argtypes = [ctypes.c_uint32] * 3
     lib.emu_wgmma_ss.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_int,
@@ -138,7 +139,6 @@ def test_the_forward_turns_go_round_robin(emulator, consumers):
     ..., every named-barrier phase complete at the end (the model fails a count, a missing or an extra
     arrival)."""
     order = (ctypes.c_int * (4 * consumers))()
-    emulator.emu_turns_probe.restype = ctypes.c_char_p
     error = emulator.emu_turns_probe(consumers, 4, order)
     assert error is None, error
     assert list(order) == list(range(consumers)) * 4

@@ -1,6 +1,6 @@
 """The sm_90a attention dK/dV and dQ kernels (csrc/attention/sm90/attention_{bwd,dq}_sm90.cuh), run on
 the CPU: tests/attention_emulator/emulator_sm90_bwd.cpp compiles the real kernel source and the real
-backward launch code (D kernel, dK/dV, dQ) of head dims 64, 96 and 128 for the host, with the emulated TMA,
+backward launch code (D kernel, dK/dV, dQ) of head dims 64, 96, 128 and 256 for the host, with the emulated TMA,
 mbarriers and wgmma of tests/attention_emulator/attention/sm90/primitives_sm90.cuh (checked against
 an independent statement of the layouts by tests/test_cuda_attention_sm90_emulated.py). The backward
 runs from the float64 reference's O and lse; dQ, dK and dV are compared with the float64 reference,
@@ -26,7 +26,7 @@ from .conftest import DEVICE
 from .cuda_emulator import compile_emulator, marshal
 from .test_cuda_attention_emulated import _fields, reference_lse
 
-E = 128  # the head dim of most tests; test_head_dims covers the others (Sm90BwdHeadDims)
+E = 128  # the head dim of most tests; test_head_dim* cover the others (Sm90BwdHeadDims)
 KV, DQ = 1, 2  # the emulator's report: which sm_90a kernels ran
 SEED = 1234567890123  # dropout's
 
@@ -222,15 +222,20 @@ def test_grouped_query_attention_mask_dropout_causal(emulator):
 
 
 # The other head dims (Sm90BwdHead; E = 96: a column block and a half, columns 96 .. 127 of the
-# second the TMA's zero fill): the whole backward through the launch path once per switch, L and S
-# not multiples of the tiles, GQA, rows with no key.
-@pytest.mark.parametrize("E", [64, 96])
+# second the TMA's zero fill; E = 256: dK/dV in two passes, dV then dK, the dK pass with one stage, and
+# dQ with one consumer warpgroup of 64 rows, its dP issued after P): the whole backward through the
+# launch path once per switch, L and S not multiples of the tiles (E = 256: L = 130 three 64-row dQ
+# CTAs, the last partial), GQA, rows with no key.
+OTHER_E = [64, 96, 256]
+
+
+@pytest.mark.parametrize("E", OTHER_E)
 def test_head_dims_plain_and_causal(emulator, E):
     check(emulator, 1, 2, 1, 130, 200, torch.float16, E=E)
     check(emulator, 1, 1, 1, 150, 100, torch.bfloat16, is_causal=True, E=E)
 
 
-@pytest.mark.parametrize("E", [64, 96])
+@pytest.mark.parametrize("E", OTHER_E)
 def test_head_dims_masks_with_fully_masked_rows(emulator, E):
     B, H, L, S = 2, 2, 70, 130
     bool_mask = torch.rand(B, 1, 1, S) > 0.3
@@ -243,9 +248,23 @@ def test_head_dims_masks_with_fully_masked_rows(emulator, E):
     assert (dq[1, 0, [0, 37, 69]] == 0).all()
 
 
-@pytest.mark.parametrize("E", [64, 96])
+@pytest.mark.parametrize("E", OTHER_E)
 def test_head_dims_dropout_gqa_mask_causal(emulator, E):
     B, H, L, S = 2, 2, 100, 201
     check(emulator, B, H, 1, L, S, torch.float16, dropout_p=0.3, E=E)
     check(emulator, 1, 3, 1, L, 140, torch.bfloat16, is_causal=True, transposed=True,
           mask=_mask("float_full", 1, 3, L, 140), dropout_p=0.25, E=E)
+
+
+@pytest.mark.parametrize("kind", ["bool_key_padding", "float_key_padding", "bool_full"])
+def test_head_dim_256_masks_with_dropout(emulator, kind):
+    """E = 256, whose two dK/dV passes each read the mask and draw the keep bits: (B, 1, 1, S) key
+    padding and full masks with dropout."""
+    B, H, L, S = 2, 2, 150, 200
+    check(emulator, B, H, H, L, S, torch.float16, mask=_mask(kind, B, H, L, S), dropout_p=0.2, E=256)
+
+
+def test_head_dim_256_causal_dropout(emulator):
+    """Causal with dropout, no mask: the instance whose dK pass spilled with the draw under S^T and dP^T
+    (Sm90Bwd::kDrawFirst); GQA."""
+    check(emulator, 1, 2, 1, 70, 130, torch.bfloat16, is_causal=True, dropout_p=0.3, E=256)

@@ -178,16 +178,17 @@ def _while_wgmma_run(code, op):
 
 
 # Per head dim (csrc/attention/sm90/bwd_common_sm90.cuh, Sm90BwdHead): HGMMA of each shape of the dK/dV
-# kernel (S^T = K Q^T and dP^T = V dO^T: E / 16 k-steps of 64x64 each; dV += P^T dO and dK += dS^T Q: 4
-# k-steps of 64xE each) and of the dQ kernel (S = Q K^T and dP = dO V^T before the loop and in it: E / 16
-# k-steps each; dQ += dS K in the loop and after it: 4 k-steps of 64xE each), and the TMA boxes each
-# loads (4 tiles of E / 64 boxes, rounded up).
+# kernel per pass (Sm90Grad, as mangled: 0 dK and dV, 1 dV, 2 dK; S^T = K Q^T and, where dK is
+# accumulated, dP^T = V dO^T: E / 16 k-steps of 64x64 each; dV += P^T dO and dK += dS^T Q: 4 k-steps of
+# E / min(E, 128) wgmma each) and of the dQ kernel (S = Q K^T and dP = dO V^T before the loop and in it:
+# E / 16 k-steps each; dQ += dS K in the loop and after it: 4 k-steps of E / min(E, 128) wgmma each), and
+# the TMA boxes each loads (E / 64 boxes a tile, rounded up: K, V (not in the dV pass), Q, dO).
 _SM90_BWD_SASS = {
-    64: ({"64x64": 16}, {"64x64": 24}, 4),
-    96: ({"64x64": 12, "64x96": 8}, {"64x64": 24, "64x96": 8}, 8),
-    128: ({"64x64": 16, "64x128": 8}, {"64x64": 32, "64x128": 8}, 8),
+    64: ({0: ({"64x64": 16}, 4)}, {"64x64": 24}, 4),
+    96: ({0: ({"64x64": 12, "64x96": 8}, 8)}, {"64x64": 24, "64x96": 8}, 8),
+    128: ({0: ({"64x64": 16, "64x128": 8}, 8)}, {"64x64": 32, "64x128": 8}, 8),
+    256: ({1: ({"64x64": 16, "64x128": 8}, 12), 2: ({"64x64": 32, "64x128": 8}, 16)}, {"64x64": 64, "64x128": 16}, 16),
 }
-
 
 def _hgmma_shapes(code):
     shapes = re.findall(r"HGMMA\.(64x\d+)x16\.F32", code)
@@ -198,22 +199,29 @@ def _hgmma_shapes(code):
 @pytest.mark.parametrize("head_dim", sorted(_SM90_BWD_SASS))
 def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory(head_dim):
     """The sm_90a dK/dV kernel (csrc/attention/sm90/attention_bwd_sm90.cuh), every instance of a head dim
-    (dtype x causal x mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local
-    memory (the mask's loads and Philox's state beside dK, dV, S^T and dP^T fit the consumers' 240
-    registers), setmaxnreg 24 / 240; the sm_80 objects hold only its trapping stub."""
-    hgmma, _, loads = _SM90_BWD_SASS[head_dim]
-    names = [f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
-             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
-    sass = _sm90a_kernels_sass(names)
-    for name in names:
+    (dtype x causal x mask x dropout, x its two passes at E = 256): on sm_90a its matrix products are
+    HGMMA, its tile loads TMA, no local memory (the mask's loads and Philox's state beside the
+    accumulators, S^T and dP^T fit the consumers' 240 registers), setmaxnreg 24 / 240; the sm_80 objects
+    hold only its trapping stub."""
+    passes, _, _ = _SM90_BWD_SASS[head_dim]
+    names = {f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}ELNS0_8Sm90GradE{g}EEEv"
+             "NS0_13Sm90BwdParamsE": g
+             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1) for g in passes}
+    sass = _sm90a_kernels_sass(list(names))
+    for name, g in names.items():
+        hgmma, loads = passes[g]
         code = "\n".join(sass[("sm_90a", name)])
         assert _hgmma_shapes(code) == hgmma, name
-        assert code.count("UTMALDG.4D") == loads, name  # K, V, Q, dO
+        assert code.count("UTMALDG.4D") == loads, name
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
-        # Dropout's keep bits (two shuffles per 8-query tile, 16 a tile), all drawn while S^T and dP^T run.
-        dropout = name.endswith("ELb1EEEvNS0_13Sm90BwdParamsE")
-        assert _while_wgmma_run(code, "SHFL") == code.count("SHFL") == (16 if dropout else 0), name
+        # Dropout's keep bits (two shuffles per 8-query tile, 16 a tile): with dK and dV in one pass all
+        # drawn while S^T and dP^T run; in E = 256's dK pass before they are issued (Sm90Bwd::kDrawFirst);
+        # its dV pass leaves the place to ptxas.
+        dropout = "ELb1ELNS0_8Sm90Grad" in name
+        assert code.count("SHFL") == (16 if dropout else 0), name
+        if g != 1:
+            assert _while_wgmma_run(code, "SHFL") == (16 if dropout and g == 0 else 0), name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 
@@ -223,28 +231,39 @@ def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory(head_dim):
 def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory(head_dim):
     """The sm_90a dQ kernel (csrc/attention/sm90/attention_dq_sm90.cuh), every instance of a head dim
     (dtype x causal x mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local memory,
-    setmaxnreg 24 / 240; the sm_80 objects hold only its trapping stub."""
+    setmaxnreg 24 / 240 (E = 256, one consumer warpgroup: 24 / 256); the sm_80 objects hold only its trapping
+    stub."""
     _, hgmma, loads = _SM90_BWD_SASS[head_dim]
     names = [f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
              for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
     sass = _sm90a_kernels_sass(names)
+    overlap = head_dim <= 128  # Sm90Dq::kOverlap
     for name in names:
         code = "\n".join(sass[("sm_90a", name)])
-        # Software-pipelined: S = Q K^T and dP = dO V^T before the loop and in it, dQ += dS K (4 k-steps over
-        # a 64-key block) in it and after it.
+        # S = Q K^T and dP = dO V^T before the loop and in it, dQ += dS K (4 k-steps over a 64-key block)
+        # in it and after it.
         assert _hgmma_shapes(code) == hgmma, name
         assert code.count("UTMALDG.4D") == loads, name  # Q, dO, K, V
-        assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
+        alloc = "0xf0" if overlap else "0x100"
+        assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and f"USETMAXREG.TRY_ALLOC.CTAPOOL UP0, {alloc}" in code, name
         assert "LDL" not in code and "STL" not in code, name
-        # A block's 32 exponentials between the wait that retires S (dP still in flight) and the one that
-        # retires dP, before the loop and in it (ptxas hoisted the latter above them in one basic block).
-        parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
-        assert len(parts) == 3, name
-        assert all(part.split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= 32 for part in parts[1:]), name
-        # Dropout's keep bits (a shuffle per 8-key tile, 8 a block, before the loop and in it), all drawn
-        # while S and dP run.
         dropout = name.endswith("ELb1EEEvNS0_13Sm90BwdParamsE")
-        assert _while_wgmma_run(code, "SHFL") == code.count("SHFL") == (16 if dropout else 0), name
+        if overlap:
+            # Software-pipelined: a block's 32 exponentials between the wait that retires S (dP still in
+            # flight) and the one that retires dP, before the loop and in it (ptxas hoisted the latter
+            # above them in one basic block).
+            parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
+            assert len(parts) == 3, name
+            exps = [part.split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") for part in parts[1:]]
+            assert min(exps) >= 32, name
+        else:
+            # Every wait retires all products in flight (dS K before the next S, S before P), and dP is
+            # issued after S's wait: ptxas places it above some or all of the block's 32 exponentials.
+            assert "WARPGROUP.DEPBAR.LE gsb0, 0x1" not in code and code.count("MUFU.EX2") >= 64, name
+        # Dropout's keep bits (a shuffle per 8-key tile, 8 a block, before the loop and in it) drawn
+        # while S and dP (E = 256: S) run, all of them or (E = 256) all but one.
+        assert code.count("SHFL") == (16 if dropout else 0), name
+        assert _while_wgmma_run(code, "SHFL") >= (16 if dropout and overlap else 15 if dropout else 0), name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

@@ -126,7 +126,8 @@ FAMILIES = {
         intro="both dtypes, causal or not, sm_80 and sm_90a, at E = 256 the dV and the dK launches; 255 is "
               "the limit at 128 threads; the sm_90a forward, dK/dV and dQ kernels: sm_90a only, 384 threads, "
               "168 at launch, then setmaxnreg gives their consumers 240 (the forward at E = 64 without mask "
-              "or dropout: 512 threads, 128 at launch, three consumers of 160)",
+              "or dropout: 512 threads, 128 at launch, three consumers of 160; dQ at E = 256: 256 threads, "
+              "one consumer, 255 at launch, then 256)",
         **_by_kernel({
             "attention_fwd_kernel": "forward",
             "attention_bwd_kv_kernel": "dK/dV",

@@ -16,8 +16,8 @@ Branches, from csrc/:
   bool and float masks, dropout, grouped-query heads, L != S and lengths that leave partial tiles;
   and the sm_90a forward, dK/dV and dQ kernels (attention/sm90, switched on for their cases: head dim
   128, no mask, GQA, causal with L < S leaving key blocks no query sees; a bool mask with GQA; a float
-  mask with dropout; the forward's other tiles at head dims 64, 96 and 256; on other devices these run
-  the sm_80 kernels).
+  mask with dropout; the other tiles at head dims 64, 96 and 256, forward and backward, at 256 a
+  causal bool-mask case and a causal GQA dropout case; on other devices these run the sm_80 kernels).
 
     python -m fasttx.cli.gpu_sanitize [--backend cuda] [--only SUBSTRING]
 
@@ -58,10 +58,14 @@ def cases():
                  att(2, 4, 150, 200, 128, fp16, mask="bool", kv_heads=2, sm90=True),
                  att(1, 4, 100, 200, 128, bf16, mask="float", kv_heads=2, dropout_p=0.2, sm90=True)]
     # the sm_90a forward's other tiles (attention_fwd_sm90.cuh, Sm90Fwd): E = 64 and 96 (128 x 128, 96
-    # a half-filled column block), 256 (128 x 80, 2 stages); their backward runs sm_80's
+    # a half-filled column block), 256 (128 x 80, 2 stages); their backward runs the sm_90a dK/dV and dQ
+    # kernels (E = 256: dK/dV in two passes, the dK pass with one stage; dQ 64 rows a CTA), causal with
+    # dropout at E = 256 too (its forward: sm_80's)
     selected += [att(1, 2, 150, 210, 64, fp16, is_causal=True, sm90=True),
                  att(2, 2, 100, 170, 96, bf16, mask="bool", kv_heads=1, sm90=True),
-                 att(1, 2, 130, 170, 256, bf16, mask="float", dropout_p=0.2, sm90=True)]
+                 att(1, 2, 130, 170, 256, bf16, mask="float", dropout_p=0.2, sm90=True),
+                 att(2, 2, 150, 200, 256, fp16, mask="bool", is_causal=True, sm90=True),
+                 att(1, 4, 130, 200, 256, bf16, is_causal=True, kv_heads=2, dropout_p=0.2, sm90=True)]
     return selected
 
 

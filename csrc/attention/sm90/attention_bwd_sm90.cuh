@@ -1,7 +1,7 @@
 #pragma once
 // Attention backward for sm_90a, FlashAttention-3 scheme (first step): the dK/dV kernel, head dims
-// 64, 96 and 128, fp16 / bf16, causal or not, bool / float masks, dropout (compile-time switches, as the
-// forward's). It replaces attention_bwd_kv_kernel (attention_bwd_kernel.cuh) with the same math and
+// 64, 96, 128 and 256, fp16 / bf16, causal or not, bool / float masks, dropout (compile-time switches, as
+// the forward's). It replaces attention_bwd_kv_kernel (attention_bwd_kernel.cuh) with the same math and
 // conventions: P^T = 2^(S^T scale log2(e) + mask log2(e) - lse log2(e)) from the forward's lse,
 // dS^T = P^T (dP^T Z / (1 - p) - D) with D = rowsum(dO O) from the D kernel, which runs first,
 // dV = (P Z)^T dO / (1 - p), dK = scale dS^T Q (Sm90BwdMath; Z: dropout's keep mask, drawn as the
@@ -20,6 +20,9 @@
 //   m64n64k16 from shared memory (K-major), P^T and dS^T on the fp32 fragments, then dV += P^T dO
 //   and dK += dS^T Q by wgmma m64nEk16 with P^T / dS^T from registers (the D fragment of 16
 //   query columns is the A fragment of a k16 step) and dO / Q read N-major through the descriptor.
+// E = 256 runs it twice (Sm90Grad; the sm_80 kernel's kGradV / kGradK split): a dV pass (S^T, P^T,
+// dV += P^T dO: K, Q, dO, 2 stages) then a dK pass (S^T, dP^T, dK += dS^T Q: K, V, Q, dO, one stage),
+// each holding one 64 x 256 accumulator, 128 registers a thread, where dK and dV together would take 256.
 // Why these tiles (every head dim the same; README "sm_90a backward" has the table): at E = 128 the two
 // accumulators take 128 of a consumer's 240 registers; a 64-query tile adds S^T and dP^T (32
 // registers each) and their packed fragments (16 each, short-lived), so 128-query tiles (64
@@ -28,7 +31,8 @@
 // drawn while the tile's S^T and dP^T wgmma run. 64 keys per warpgroup is wgmma's M, and two consumers are
 // what 24 + 2 x 240 <= 512 registers a thread-slot allow. Shared memory at E = 96, 128 (E = 64: half
 // the tiles): K, V 64 KB, 2 stages of Q, dO 64 KB, lse / D 1 KB: 130 KB of the 227 KB with the
-// alignment slack.
+// alignment slack. E = 256: K 64 KB and 2 stages of Q, dO 128 KB (dV pass), K, V 128 KB and one
+// stage 64 KB (dK pass), 194.1 and 193.5 KB.
 // Tiles are 128B-swizzled as the forward's (smem_layout_sm90.h). Rows past L or S arrive as zeros:
 // padding queries then add nothing (Q = dO = 0, P = 0); padding keys reach only their own dK / dV
 // rows, never stored.
@@ -40,30 +44,52 @@
 namespace fasttx {
 namespace attn {
 
+// Which gradients a dK/dV kernel accumulates: both in one pass (E <= 128), or, at E = 256, dV in a
+// first pass and dK in a second (launched one after the other; each writes its own gradient once).
+enum class Sm90Grad { kKV, kV, kK };
+
+// Whether head dim kE takes two passes (dV, then dK): dK and dV of 64 keys are 2 x E / 2 fp32 registers
+// a thread, 256 at E = 256, over the 240 of a consumer before S^T and dP^T.
 template <int kE>
+constexpr bool sm90_bwd_split = kE > 128;
+
+template <int kE, Sm90Grad kGrad = Sm90Grad::kKV>
 struct Sm90Bwd : Sm90BwdHead<kE> {
+  static_assert(sm90_bwd_split<kE> == (kGrad != Sm90Grad::kKV), "E = 256 takes two passes, the others one");
   using Head = Sm90BwdHead<kE>;
+  static constexpr bool kDv = kGrad != Sm90Grad::kK;  // accumulates dV = P^T dO (needs K, Q, dO)
+  static constexpr bool kDk = kGrad != Sm90Grad::kV;  // accumulates dK = dS^T Q (dP^T: needs V too)
   static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
   static constexpr int kBlockM = 64;   // queries per streamed tile
-  static constexpr int kStages = 2;
   static constexpr int kThreads = 3 * 128;
   static constexpr int kConsumerThreads = 2 * 128;
   static constexpr int kRowLoaders = 32;  // warp 1 of the producer: lse and D of a tile
   static constexpr int kKvBytes = kBlockN * Head::kRowBytes;    // K or V
   static constexpr int kTileBytes = kBlockM * Head::kRowBytes;  // one Q or dO tile
   static constexpr int kStatBytes = kBlockM * 4;                // lse (base 2) or D of a tile
-  // Offsets from the 1024-byte aligned base: K, V, Q[kStages], dO[kStages], lse[kStages], D[kStages],
-  // then the mbarriers.
+  static constexpr int kKvTiles = kDk ? 2 : 1;                  // K, and V where dP^T is needed
+  // Dropout's draw before S^T and dP^T are issued, not while they run: in E = 256's dK pass, dK's 128
+  // registers beside the two in-flight fragments leave Philox no room (causal: 8 bytes spilled).
+  static constexpr bool kDrawFirst = kGrad == Sm90Grad::kK;
+  // Bytes of the layout below with `stages` stages, barriers and alignment slack included.
+  static constexpr int smem_bytes(int stages) {
+    return kKvTiles * kKvBytes + stages * (2 * kTileBytes + 2 * kStatBytes) + 8 * (1 + 3 * stages) + kSwizzleAtomBytes;
+  }
+  // 2 stages where they fit; E = 256's dK pass (K, V 128 KB) has room for one (Q, dO 64 KB).
+  static constexpr int kStages = smem_bytes(2) <= 227 * 1024 ? 2 : 1;
+  // Offsets from the 1024-byte aligned base: K, V (kDk), Q[kStages], dO[kStages], lse[kStages],
+  // D[kStages], then the mbarriers.
   static constexpr int kVOffset = kKvBytes;
-  static constexpr int kQOffset = 2 * kKvBytes;
+  static constexpr int kQOffset = kKvTiles * kKvBytes;
   static constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
   static constexpr int kLseOffset = kDoOffset + kStages * kTileBytes;
   static constexpr int kDeltaOffset = kLseOffset + kStages * kStatBytes;
   static constexpr int kBarOffset = kDeltaOffset + kStages * kStatBytes;
-  static constexpr int kBarriers = 1 + 3 * kStages;  // K and V full; Q full, dO full, empty per stage
+  static constexpr int kBarriers = 1 + 3 * kStages;  // K (and V) full; Q full, dO full, empty per stage
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
-  static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
+  static_assert(kSmemBytes == smem_bytes(kStages) && kSmemBytes <= 227 * 1024,
+                "more dynamic shared memory than an sm_90 CTA may have");
   // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
@@ -95,17 +121,19 @@ struct Sm90BwdWalk {
   __device__ __forceinline__ int row(int step) const { return (first + step % per_head) * C::kBlockM; }
 };
 
-// The producer's TMA thread: K and V of keys n0 .., then Q and dO of every step through the ring.
+// The producer's TMA thread: K (and V: C::kDk) of keys n0 .., then Q and dO of every step through the ring.
 template <typename C>
 __device__ __forceinline__ void sm90_bwd_produce_tiles(const Sm90BwdParams& params, unsigned char* base,
                                                        const Sm90BwdBarriers& bar, const Sm90BwdWalk<C>& walk, int n0,
                                                        int kvh, int b) {
   constexpr int kBoxCols = C::kBoxCols;
-  mbar_arrive_expect_tx(bar.kv_full, 2 * C::kKvBytes);
+  mbar_arrive_expect_tx(bar.kv_full, C::kKvTiles * C::kKvBytes);
   for (int cb = 0; cb < C::kColBlocks; ++cb) {
     tma_load_4d(base + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.kv_full, cb * kBoxCols, n0, kvh, b);
-    tma_load_4d(base + C::kVOffset + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.kv_full, cb * kBoxCols, n0,
-                kvh, b);
+    if constexpr (C::kDk) {
+      tma_load_4d(base + C::kVOffset + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.kv_full, cb * kBoxCols,
+                  n0, kvh, b);
+    }
   }
   for (int step = 0; step < walk.steps; ++step) {
     const int stage = step % C::kStages;
@@ -161,8 +189,8 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
   const uint32_t v_rows = smem_addr(base + C::kVOffset) + 64 * wg * kSwizzleBytes;
   const Sm90BwdMath<kMask, kDropout> math(p);
 
-  float dk[C::kHeadDim / 2] = {};
-  float dv[C::kHeadDim / 2] = {};
+  float dk[C::kHeadDim / 2] = {};  // C::kDk
+  float dv[C::kHeadDim / 2] = {};  // C::kDv
   if (walk.steps > 0) mbar_wait(bar.kv_full, 0);
   for (int step = 0; step < walk.steps; ++step) {
     const int stage = step % C::kStages;
@@ -171,20 +199,30 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
     const uint32_t q_tile = smem_addr(base + C::kQOffset + stage * C::kTileBytes);
     const uint32_t do_tile = smem_addr(base + C::kDoOffset + stage * C::kTileBytes);
+    // Dropout's keep bits of the tile, drawn while S^T and dP^T run; in the dK pass before they are
+    // issued (Sm90Bwd::kDrawFirst).
+    uint32_t keep = ~0u;
+    const auto draw = [&] {
+      if constexpr (kDropout) {
+        keep = sm90_bwd_keep_bits<true>(p, math.seed, bh, n0 + 64 * wg + 16 * (tid / 32), m0, tid % 32);
+      }
+    };
+    if constexpr (C::kDrawFirst) draw();
     float s[32], dp[32];
     mbar_wait(bar.q_full + stage, parity);
     sm90_scores64<T, C::kHeadDim, C::kBlockN, C::kBlockM>(s, k_rows, q_tile);
     wgmma_commit();
     mbar_wait(bar.do_full + stage, parity);
-    sm90_scores64<T, C::kHeadDim, C::kBlockN, C::kBlockM>(dp, v_rows, do_tile);
-    wgmma_commit();
-    const uint32_t keep =
-        kDropout ? sm90_bwd_keep_bits<true>(p, math.seed, bh, n0 + 64 * wg + 16 * (tid / 32), m0, tid % 32) : ~0u;
+    if constexpr (C::kDk) {
+      sm90_scores64<T, C::kHeadDim, C::kBlockN, C::kBlockM>(dp, v_rows, do_tile);
+      wgmma_commit();
+    }
+    if constexpr (!C::kDrawFirst) draw();
     const MaskRows mask = mask_rows(p, b, h);
 
     // P^T while dP^T is in flight. Causal: only tiles reaching above the diagonal (a key after a
     // query) check; the others are wholly at or below it.
-    wgmma_wait<1>(s);
+    wgmma_wait<C::kDk ? 1 : 0>(s);
     const float* lse2 = reinterpret_cast<const float*>(base + C::kLseOffset + stage * C::kStatBytes);
     const float* delta = reinterpret_cast<const float*>(base + C::kDeltaOffset + stage * C::kStatBytes);
     const bool check = kCausal && m0 < n0 + C::kBlockN - 1;
@@ -198,9 +236,9 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
         if (check && key > query) s[e] = 0.f;
       }
     }
-    wgmma_wait<0>(dp);
-    // P^T Z and dS^T, D per query (column). Accumulator columns 16 kk .. 16 kk + 15
-    // (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk.
+    if constexpr (C::kDk) wgmma_wait<0>(dp);
+    // P^T Z and dS^T, D per query (column), of the gradients this pass accumulates. Accumulator
+    // columns 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk.
     uint32_t pf[4][4], dsf[4][4];
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
@@ -210,31 +248,41 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
 #pragma unroll
         for (int r = 2 * half; r < 2 * half + 2; ++r) {
           const int e = 8 * kk + 2 * r;
-          pf[kk][r] = pack2<T>(math.dropped(s[e], keep, e), math.dropped(s[e + 1], keep, e + 1));
-          dsf[kk][r] = pack2<T>(math.ds(s[e], dp[e], d.x, keep, e), math.ds(s[e + 1], dp[e + 1], d.y, keep, e + 1));
+          if constexpr (C::kDv) pf[kk][r] = pack2<T>(math.dropped(s[e], keep, e), math.dropped(s[e + 1], keep, e + 1));
+          if constexpr (C::kDk) {
+            dsf[kk][r] = pack2<T>(math.ds(s[e], dp[e], d.x, keep, e), math.ds(s[e + 1], dp[e + 1], d.y, keep, e + 1));
+          }
         }
       }
     }
     // dV += P^T dO, dK += dS^T Q, awaited (the stage is then free).
     wgmma_fence();
-    sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
-    sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
+    if constexpr (C::kDv) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
+    if constexpr (C::kDk) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
     wgmma_commit();
-    wgmma_wait<0>(dv, dk, pf, dsf);
+    if constexpr (!C::kDk) {
+      wgmma_wait<0>(dv, pf);
+    } else if constexpr (!C::kDv) {
+      wgmma_wait<0>(dk, dsf);
+    } else {
+      wgmma_wait<0>(dv, dk, pf, dsf);
+    }
     mbar_arrive(bar.empty + stage);  // every wgmma reading this stage has completed
   }
   // Keys < S; rows of a CTA that saw no query are zeros.
   const int64_t rows = (static_cast<int64_t>(b) * p.kv_heads + kvh) * p.keys * C::kHeadDim;
-  sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dk) + rows, key0, p.keys, dk, p.scale);
-  sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dv) + rows, key0, p.keys, dv, math.dv_scale());
+  if constexpr (C::kDk) sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dk) + rows, key0, p.keys, dk, p.scale);
+  if constexpr (C::kDv) {
+    sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dv) + rows, key0, p.keys, dv, math.dv_scale());
+  }
 }
 
-template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
-__global__ void __launch_bounds__(Sm90Bwd<kHeadDim>::kThreads, 1)
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, Sm90Grad kGrad>
+__global__ void __launch_bounds__(Sm90Bwd<kHeadDim, kGrad>::kThreads, 1)
     attention_bwd_kv_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Sm90Bwd<kHeadDim>;
+  using C = Sm90Bwd<kHeadDim, kGrad>;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* base = smem + swizzle_pad(smem_addr(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);

@@ -1,5 +1,5 @@
 #pragma once
-// Attention backward for sm_90a, FlashAttention-3 scheme: the dQ kernel, head dims 64, 96 and 128, fp16 / bf16,
+// Attention backward for sm_90a, FlashAttention-3 scheme: the dQ kernel, head dims 64, 96, 128 and 256, fp16 / bf16,
 // causal or not, bool / float masks, dropout (compile-time switches, as the forward's). It replaces
 // attention_bwd_q_kernel (attention_bwd_kernel.cuh) with the same math and conventions:
 // P = 2^(S scale log2(e) + mask log2(e) - lse log2(e)) from the forward's lse (+inf on a row with no
@@ -32,6 +32,12 @@
 // stored; padding keys get P = 0 by the element checks of the last block. A mask is read per score,
 // for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (8 Philox
 // calls a thread) are drawn while its S and dP wgmma run.
+// E = 256 (Sm90Dq's kConsumers, kOverlap): Q and dO of 128 rows take 128 KB, and the loop needs 2
+// stages of K, V (64 KB each), 256 KB; so one consumer warpgroup of 64 rows (Q, dO 64 KB + 2 stages 128
+// KB: 193.0 KB, 256 threads, 255 registers at launch, setmaxnreg 256). Its dQ takes 128 registers;
+// with block j - 1's dS K in flight beside S and dP, the masked instances spilled (up to 64 bytes), so
+// there each block's dS K is awaited before the next block's S, and dP is issued after P (ptxas may
+// still hoist it above the exponentials, which it does where registers allow).
 // Not yet: the consumers' ping-pong (Sm90Turns), a TMA store of dQ.
 
 #include "attention/sm90/bwd_common_sm90.cuh"
@@ -42,13 +48,27 @@ namespace attn {
 template <int kE>
 struct Sm90Dq : Sm90BwdHead<kE> {
   using Head = Sm90BwdHead<kE>;
-  static constexpr int kBlockM = 128;  // query rows per CTA: two consumer warpgroups of 64
-  static constexpr int kBlockN = 64;   // keys per streamed block
-  static constexpr int kStages = 3;
-  static constexpr int kThreads = 3 * 128;
-  static constexpr int kConsumerThreads = 2 * 128;
-  static constexpr int kQBytes = kBlockM * Head::kRowBytes;   // Q or dO
+  static constexpr int kBlockN = 64;  // keys per streamed block
   static constexpr int kKvBytes = kBlockN * Head::kRowBytes;  // one K or V tile
+  // Bytes of the layout below with `consumers` warpgroups of 64 rows and `stages` stages, barriers and
+  // alignment slack included.
+  static constexpr int smem_bytes(int consumers, int stages) {
+    return 2 * 64 * consumers * Head::kRowBytes + stages * 2 * kKvBytes + 8 * (1 + 2 * stages) + kSwizzleAtomBytes;
+  }
+  // The loop releases a block's stage only once the next block's tiles have arrived, so it needs 2
+  // stages at least: two consumers (128 rows) where Q, dO and 2 stages fit, else one (E = 256:
+  // 2 x 64 KB + 2 x 64 KB would be 256 KB; 64 rows take 2 x 32 KB + 2 x 64 KB); then 3 stages where
+  // they fit.
+  static constexpr int kConsumers = smem_bytes(2, 2) <= 227 * 1024 ? 2 : 1;
+  static constexpr int kStages = smem_bytes(kConsumers, 3) <= 227 * 1024 ? 3 : 2;
+  // Software-pipelined (block j's S and dP issued behind block j - 1's dS K, dP before P) where dQ
+  // leaves the registers for it: E <= 128 (dQ 64 registers at most); at E = 256 (128) one product at a
+  // time, dP after P.
+  static constexpr bool kOverlap = kE <= 128;
+  static constexpr int kBlockM = 64 * kConsumers;  // query rows per CTA: a consumer warpgroup's 64 each
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kConsumerThreads = 128 * kConsumers;
+  static constexpr int kQBytes = kBlockM * Head::kRowBytes;   // Q or dO
   // Offsets from the 1024-byte aligned base: Q, dO, K[kStages], V[kStages], then the mbarriers.
   static constexpr int kDoOffset = kQBytes;
   static constexpr int kKOffset = 2 * kQBytes;
@@ -57,10 +77,13 @@ struct Sm90Dq : Sm90BwdHead<kE> {
   static constexpr int kBarriers = 1 + 2 * kStages;  // Q and dO full; K and V full, empty per stage
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
-  static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
-  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
+  static_assert(kSmemBytes == smem_bytes(kConsumers, kStages) && kSmemBytes <= 227 * 1024,
+                "more dynamic shared memory than an sm_90 CTA may have");
+  // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA; one consumer
+  // takes setmaxnreg's most, 256: at 256 threads a CTA ptxas gives 255 at launch, and an increase
+  // may not ask for fewer than a thread holds.
   static constexpr int kProducerRegs = 24;
-  static constexpr int kConsumerRegs = 240;
+  static constexpr int kConsumerRegs = kConsumers == 2 ? 240 : 256;
 };
 
 // The kernel's parameters (Sm90BwdParams): boxes of 64 x 128 for q, dout, 64 x 64 for k, v.
@@ -143,26 +166,39 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
   // both dS K and S (wait<1>, dP still in flight), so the tensor cores run dS K, S, dP back to back
   // and the exponentials run under dP. dP's wait opens the next iteration, past the loop's back edge
   // on purpose, as the forward's (ptxas hoists a wgmma wait above independent arithmetic in one
-  // basic block: it did, above most of the exponentials, when it followed them here).
+  // basic block: it did, above most of the exponentials, when it followed them here). Without
+  // C::kOverlap (E = 256) each wait retires everything in flight: dS K before the next block's S, S
+  // before P, and dP is issued after P.
   float dq[C::kHeadDim / 2] = {};
   float s[32], dp[32];
   uint32_t dsf[C::kBlockN / 16][4];
   uint32_t keep = ~0u;  // of the block in s, with dropout
-  // S and dP of `block`, P in s, its keep bits in keep; block - 1's dS K retired, its stage released.
+  // S and dP of `block` (dP issued, not awaited), P in s, its keep bits in keep; block - 1's dS K
+  // retired, its stage released.
   const auto scores = [&](int block) {
     mbar_wait(bar.kv_full + block % C::kStages, (block / C::kStages) & 1);
     sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(s, q_rows, tile(C::kKOffset, block));
     wgmma_commit();
-    sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
-    wgmma_commit();
+    if constexpr (C::kOverlap) {
+      sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
+      wgmma_commit();
+    }
     if constexpr (kDropout) keep = sm90_bwd_keep_bits<false>(p, math.seed, bh, warp_row0, block * C::kBlockN, tid % 32);
-    wgmma_wait<1>(s, dq, dsf);
+    if constexpr (C::kOverlap) {
+      wgmma_wait<1>(s, dq, dsf);
+    } else {
+      wgmma_wait<0>(s);
+    }
     if (block > 0) mbar_arrive(bar.kv_empty + (block - 1) % C::kStages);  // its wgmma have all completed
     sm90_dq_probabilities<kCausal, Math>(s, p, mask, lse2, block * C::kBlockN, row0, block >= full);
     fence_operand(s);  // and the compiler must not sink P below the back edge
+    if constexpr (!C::kOverlap) {
+      sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
+      wgmma_commit();
+    }
   };
-  // dS of `block` (Sm90BwdMath::ds), D per row, and dQ += dS K issued, not awaited. Accumulator columns
-  // 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk; a[r] holds row
+  // dS of `block` (Sm90BwdMath::ds), D per row, and dQ += dS K issued (awaited without C::kOverlap).
+  // Accumulator columns 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk; a[r] holds row
   // g + 8 (r % 2).
   const auto gradient = [&](int block) {
     wgmma_wait<0>(dp);
@@ -178,6 +214,7 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
     wgmma_fence();
     sm90_accumulate<T, C::kHeadDim, C::kBlockN, C::kBlockN / 16>(dq, dsf, tile(C::kKOffset, block));
     wgmma_commit();
+    if constexpr (!C::kOverlap) wgmma_wait<0>(dq, dsf);
   };
 
   if (end > 0) {

@@ -32,12 +32,13 @@ bool attention_fwd_sm90_supports(const AttentionParams& p);
 // launched) otherwise or if the driver refuses a tensor map, for the caller to use the sm_80 kernel.
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream);
 
-// Whether the call is one the sm_90a dK/dV and dQ kernels implement: fp16 / bf16, E in {64, 96, 128}
-// (Sm90BwdHeadDims), L > 0, S > 0; any mask, causal or not, dropout, any scale.
+// Whether the call is one the sm_90a dK/dV and dQ kernels implement: fp16 / bf16, E in {64, 96, 128,
+// 256} (Sm90BwdHeadDims), L > 0, S > 0; any mask, causal or not, dropout, any scale.
 bool attention_bwd_sm90_supports(const AttentionParams& p);
 
-// Launches the sm_90a dK/dV kernel on `stream`, which reads p.delta: after the D kernel, as the sm_80
-// dK/dV kernel it replaces (attention_launch.cuh). False (nothing launched) as attention_fwd_sm90.
+// Launches the sm_90a dK/dV kernel on `stream` (at E = 256 twice: its dV pass, then its dK pass), which
+// reads p.delta: after the D kernel, as the sm_80 dK/dV kernel it replaces (attention_launch.cuh).
+// False (nothing launched) as attention_fwd_sm90.
 bool attention_bwd_kv_sm90(const AttentionBwdParams& p, cudaStream_t stream);
 
 // Launches the sm_90a dQ kernel on `stream`, which reads p.delta: after the D kernel, as the sm_80 dQ

@@ -275,7 +275,7 @@ def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False, E=E)
     return keep
 
 
-# GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 4 keys one Philox call
+# GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 8 keys one Philox call
 # serves, S = 200 crosses a key block (the counters' key offset), L = 70 / 150 partial query tiles.
 @pytest.mark.parametrize("B,L,S,is_causal", [(2, 70, 37, False), (1, 150, 200, False), (1, 150, 200, True)], ids=str)
 def test_dropout_keeps_exactly_the_triton_keep_mask(emulator, B, L, S, is_causal):
@@ -377,7 +377,7 @@ def test_other_head_dims_dropout(emulator, E, is_causal):
 
 @pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
 def test_other_head_dims_dropout_keeps_exactly_the_triton_keep_mask(emulator, E):
-    """S = 203 crosses key blocks of 128 (E = 64, 96) and of 80 (E = 256), with a partial group of 4 keys
+    """S = 203 crosses key blocks of 128 (E = 64, 96) and of 80 (E = 256), with a partial group of 8 keys
     at the end; GQA, a partial query tile; causal where there is an instance."""
     B, H, L, S, p, is_causal = 1, 2, 150, 203, 0.3, E != 256
     ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal, E=E)

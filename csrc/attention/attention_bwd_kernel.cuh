@@ -141,12 +141,14 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
         pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
       }
     }
-    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16.
+    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
+    // of query tiles a call.
+    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
     uint32_t keep = ~0u;
     if (dropout) {
       keep = 0;
 #pragma unroll
-      for (int qt = 0; qt < kQTiles; ++qt) {
+      for (int qt = 0; qt < kQTiles; qt += 2) {
         keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
       }
     }
@@ -267,14 +269,18 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     });
     float dp[kNTiles][4] = {};
     gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, kv.v_tile(stage), lane);
+    static_assert(kNTiles % 2 == 0, "key tiles in pairs");
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
+    for (int nt = 0; nt < kNTiles; nt += 2) {  // keep bits a pair of tiles a call: bit 4c + e, s[nt + c][e]
+      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFFu;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float dpe = dp[nt][e];
-        if (dropout) dpe = (keep >> e) & 1u ? dpe * inv_keep : 0.f;
-        s[nt][e] *= dpe - delta[e >> 1];  // dS
+      for (int c = 0; c < 2; ++c) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float dpe = dp[nt + c][e];
+          if (dropout) dpe = (keep >> (4 * c + e)) & 1u ? dpe * inv_keep : 0.f;
+          s[nt + c][e] *= dpe - delta[e >> 1];  // dS
+        }
       }
     }
     gemm_rn<T, kNTiles, kDTiles, kPitch>(dq, s, kv.k_tile(stage), lane);

@@ -212,7 +212,7 @@ def _bwd_kv_blocks(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _attn_bwd_kv_kernel(
     Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, keep_threshold,  # attention_common.py
     seq_buckets, dtype_bytes,
@@ -309,7 +309,7 @@ def _bwd_q_blocks(
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _attn_bwd_q_kernel(
     Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, keep_threshold,  # attention_common.py
     seq_buckets, dtype_bytes,

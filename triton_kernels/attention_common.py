@@ -11,8 +11,9 @@ signature is written once:
     strides: ((q b, h, l), (k b, h, n), (v b, h, n), (mask b, h, l, s)) in elements;
     sizes: (H, group, L, S) with group = H // Hkv: query head h reads kv head h // group;
     scale_log2 = scale * log2(e); dropout_p (for the kept elements' 1 / (1 - p)) and keep_threshold (its
-    16-bit drop threshold, :func:`dropout_threshold`: an int, which Triton specialises (== 1, divisible by 16),
-    so at most three compiled variants over every p, and none new while p stays);
+    16-bit drop threshold, :func:`dropout_threshold`; an int argument every kernel lists in do_not_specialize,
+    or Triton would compile one variant for 1 (a constexpr then), one for multiples of 16 and one for
+    the others);
     seq_buckets: (seq_bucket(L), seq_bucket(S)), and dtype_bytes: q's element size, which only the
     autotuner's key reads (it adds the dtypes of tensor arguments itself, but descriptors have none);
     constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), SCALE_SIGN (1, -1 or 0:

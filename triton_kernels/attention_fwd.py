@@ -201,7 +201,7 @@ def _fwd_blocks(
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _attn_fwd_kernel(
     Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, keep_threshold,  # attention_common.py
     seq_buckets, dtype_bytes,
@@ -239,7 +239,7 @@ def _attn_fwd_kernel(
     tl.store(LSE + bh.to(tl.int64) * L + offs_m, lse, mask=offs_m < L)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _dropout_keep_kernel(
     Keep,  # (R, S) bool, contiguous, R = B * H * L: the (B, H, L, S) keep mask
     R,

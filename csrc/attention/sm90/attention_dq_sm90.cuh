@@ -30,7 +30,7 @@
 // 3 stages of K, V 96 KB: 160 KB of the 227 KB (one CTA an SM either way: 384 threads at 240 registers).
 // Rows past L or S arrive as zeros: padding rows then add nothing (P = 0 from lse = +inf) and are not
 // stored; padding keys get P = 0 by the element checks of the last block. A mask is read per score,
-// for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (8 Philox
+// for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (4 Philox
 // calls a thread) are drawn while its S and dP wgmma run.
 // Not yet: the consumers' ping-pong (Sm90Turns), a TMA store of dQ.
 

@@ -125,6 +125,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     // they reach only their own dK / dV rows, which are never stored.
     float pt[kQTiles][4] = {};
     gemm_nt<T, kHeadDim, kQTiles, kPitch>(pt, sKw, sQs, lane);
+    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
+    // of query tiles a call, before the rows' statistics are loaded, so that Philox's state sits beside
+    // dK, dV and S^T only (drawn after them, the masked dropout variants at E = 128 spilled 8 B more on
+    // sm_90a; before S^T, more).
+    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
+    uint32_t keep = ~0u;
+    if (dropout) {
+      keep = 0;
+#pragma unroll
+      for (int qt = 0; qt < kQTiles; qt += 2) {
+        keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
+      }
+    }
     float lse2[kQTiles][2], delta[kQTiles][2];
 #pragma unroll
     for (int qt = 0; qt < kQTiles; ++qt) {
@@ -139,17 +152,6 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
         const float z = logit<kMask, kCausal, kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8,
                                                        p.scale_log2, p, mask);
         pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
-      }
-    }
-    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
-    // of query tiles a call.
-    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
-    uint32_t keep = ~0u;
-    if (dropout) {
-      keep = 0;
-#pragma unroll
-      for (int qt = 0; qt < kQTiles; qt += 2) {
-        keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
       }
     }
     auto kept = [&](int qt, int e) { return ((keep >> (4 * qt + e)) & 1u) != 0; };
@@ -248,6 +250,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
 
   for (int block = 0; block < kv.end; ++block) {
     const int stage = kv.acquire(block, tid);
+    const int n0 = block * kBlockN;
+    // Dropout's keep bits, bit 4 nt + e for s[nt][e], drawn a pair of key tiles a call before the
+    // scores exist, as the forward does, so that Philox's state never sits beside S and dP (drawn
+    // beside them, the masked dropout variants at E = 32 and 64 spilled 4 B).
+    static_assert(kNTiles * 4 <= 32 && kNTiles % 2 == 0, "a block's keep bits fit one register, in pairs");
+    uint32_t keep = ~0u;
+    if (dropout) {
+      keep = 0;
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; nt += 2) {
+        keep |= keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) << (4 * nt);
+      }
+    }
     float s[kNTiles][4] = {};
     gemm_nt<T, kHeadDim, kNTiles, kPitch>(s, sQw, kv.k_tile(stage), lane);
     // P before dP = dO V^T: the mask's loads, the element checks and the exponentials then run
@@ -255,7 +270,6 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     // spilled past the 128 registers ptxas keeps to there, and E = 64, 96 spilled a few bytes).
     // Element checks on the diagonal and last blocks only, as the forward: a padding key, loaded
     // as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
-    const int n0 = block * kBlockN;
     with_checks(block >= kv.full, [&](auto check) {
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
@@ -269,18 +283,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     });
     float dp[kNTiles][4] = {};
     gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, kv.v_tile(stage), lane);
-    static_assert(kNTiles % 2 == 0, "key tiles in pairs");
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; nt += 2) {  // keep bits a pair of tiles a call: bit 4c + e, s[nt + c][e]
-      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFFu;
+    for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-      for (int c = 0; c < 2; ++c) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float dpe = dp[nt + c][e];
-          if (dropout) dpe = (keep >> (4 * c + e)) & 1u ? dpe * inv_keep : 0.f;
-          s[nt + c][e] *= dpe - delta[e >> 1];  // dS
-        }
+      for (int e = 0; e < 4; ++e) {
+        float dpe = dp[nt][e];
+        if (dropout) dpe = (keep >> (4 * nt + e)) & 1u ? dpe * inv_keep : 0.f;
+        s[nt][e] *= dpe - delta[e >> 1];  // dS
       }
     }
     gemm_rn<T, kNTiles, kDTiles, kPitch>(dq, s, kv.k_tile(stage), lane);

@@ -206,6 +206,14 @@ def test_forward_128_row_tiles_dropout(emulator, E, is_causal):
     check(emulator, 1, 2, 1, 129, 37, E, is_causal=is_causal, dropout_p=0.3)
 
 
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_head_dim_256_dropout(emulator, is_causal):
+    """E = 256: dQ draws a block's keep bits where dS takes them, not before the scores as at E <= 128
+    (32-key blocks: two pairs of tiles), and dK / dV come from their two launches; S = 75 ends each
+    row with a partial group of 8 keys."""
+    check(emulator, 1, 2, 1, 40, 75, 256, is_causal=is_causal, dropout_p=0.3)
+
+
 @pytest.mark.parametrize("scale", [-0.3, 0.0])
 @pytest.mark.parametrize("variant", ["plain", "causal_float_mask", "dropout"])
 def test_non_positive_scale(emulator, scale, variant):

@@ -279,12 +279,16 @@ def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False, E=E)
 # serves, S = 200 crosses a key block (the counters' key offset), L = 70 / 150 partial query tiles.
 @pytest.mark.parametrize("B,L,S,is_causal", [(2, 70, 37, False), (1, 150, 200, False), (1, 150, 200, True)], ids=str)
 def test_dropout_keeps_exactly_the_triton_keep_mask(emulator, B, L, S, is_causal):
-    """Bit for bit: the elements the sm_90a kernel keeps are those the Triton and sm_80 kernels keep."""
+    """Bit for bit: the elements the sm_90a kernel keeps are those the Triton and sm_80 kernels keep,
+    and those of the independent NumPy oracle (tests/test_cuda_attention_philox.py)."""
+    from .test_cuda_attention_philox import oracle_keep
+
     H, p = 2, 0.3
     ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal)
     theirs = triton_keep_mask(B, H, L, S, p)
     allowed = torch.ones(L, S, dtype=torch.bool).tril() if is_causal else torch.ones(L, S, dtype=torch.bool)
     assert torch.equal(ours & allowed, theirs & allowed)
+    assert torch.equal(ours & allowed, oracle_keep(SEED, B * H * L, S, p).reshape(B, H, L, S) & allowed)
     assert 0.6 < ours[..., allowed].float().mean() < 0.8  # p = 0.3 drops about 30 %
 
 

@@ -125,19 +125,6 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     // they reach only their own dK / dV rows, which are never stored.
     float pt[kQTiles][4] = {};
     gemm_nt<T, kHeadDim, kQTiles, kPitch>(pt, sKw, sQs, lane);
-    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
-    // of query tiles a call, before the rows' statistics are loaded, so that Philox's state sits beside
-    // dK, dV and S^T only (drawn after them, the masked dropout variants at E = 128 spilled 8 B more on
-    // sm_90a; before S^T, more).
-    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
-    uint32_t keep = ~0u;
-    if (dropout) {
-      keep = 0;
-#pragma unroll
-      for (int qt = 0; qt < kQTiles; qt += 2) {
-        keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
-      }
-    }
     float lse2[kQTiles][2], delta[kQTiles][2];
 #pragma unroll
     for (int qt = 0; qt < kQTiles; ++qt) {
@@ -152,6 +139,19 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
         const float z = logit<kMask, kCausal, kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8,
                                                        p.scale_log2, p, mask);
         pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
+      }
+    }
+    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
+    // of query tiles a call. Drawn here, the masked dropout instances at E = 128 spill as with the 4-key
+    // draw on sm_80 and 8 B more on sm_90a (non-causal: 20 / 36 B); before the rows' statistics load,
+    // or before S^T, they spilled more on one architecture or the other (ptxas -v, CUDA 13.0).
+    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
+    uint32_t keep = ~0u;
+    if (dropout) {
+      keep = 0;
+#pragma unroll
+      for (int qt = 0; qt < kQTiles; qt += 2) {
+        keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
       }
     }
     auto kept = [&](int qt, int e) { return ((keep >> (4 * qt + e)) & 1u) != 0; };
@@ -251,12 +251,15 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
   for (int block = 0; block < kv.end; ++block) {
     const int stage = kv.acquire(block, tid);
     const int n0 = block * kBlockN;
-    // Dropout's keep bits, bit 4 nt + e for s[nt][e], drawn a pair of key tiles a call before the
-    // scores exist, as the forward does, so that Philox's state never sits beside S and dP (drawn
-    // beside them, the masked dropout variants at E = 32 and 64 spilled 4 B).
+    // Dropout's keep bits, bit 4 nt + e for s[nt][e], a pair of key tiles a call: up to E = 128 drawn
+    // before the scores exist, as the forward does, so that Philox's state never sits beside S and dP
+    // (beside them the masked dropout instances at E = 32 and 64 spilled 4 B); at E = 256 a pair at a
+    // time where dS takes them (before the scores, beside dQ's 128 accumulators, 80-92 B). ptxas -v,
+    // CUDA 13.0, sm_80.
     static_assert(kNTiles * 4 <= 32 && kNTiles % 2 == 0, "a block's keep bits fit one register, in pairs");
+    constexpr bool kKeepFirst = kHeadDim <= 128;
     uint32_t keep = ~0u;
-    if (dropout) {
+    if (kKeepFirst && dropout) {
       keep = 0;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; nt += 2) {
@@ -285,6 +288,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, kv.v_tile(stage), lane);
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
+      if (!kKeepFirst && dropout && nt % 2 == 0) {
+        keep = keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) << (4 * nt);
+      }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float dpe = dp[nt][e];

@@ -153,11 +153,12 @@ __device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint6
 
 // Keys along rows (from key k0, a multiple of 8), queries along columns (from query q0): dK / dV.
 // Rows 0-7 are key g of group k0, rows 8-15 key g of group k0 + 8, so the 8 lanes g = 0 .. 7 sharing t
-// (lane stride 4) hold key g of the same 8 groups: u = 4c + 2a + b for query 8c + 2t + b and the
-// group of rows 8a .., the group of this lane's element c[2a + b] of tile c, bit u of the result.
-// Lane g draws group g; the three xor-shuffle butterflies (lane strides 4, 8, 16) then transpose the
-// 8 x 8 bits (lane g's bit m: key m of group g) over those lanes, each swapping a bit of the lane's g
-// with the same bit of the position, so that lane g ends with key g of group u at bit u.
+// (lane stride 4) hold key g of the same 8 groups u = 4c + 2a + b: query q0 + 8c + 2t + b (tile c,
+// column 2t + b), keys k0 + 8a .. (rows 8a ..), the group of this lane's element c[2a + b] of tile c,
+// whose result bit is 4c + 2a + b = u. Lane g draws group g; three xor-shuffle butterflies (lane
+// strides 4, 8, 16) then transpose the 8 x 8 bits (lane g's bit m: key m of group g) over those lanes,
+// each swapping bit d of the lane's g with bit d of the bit position, so that lane g ends with key g
+// of group u at bit u.
 __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint64_t seed, int64_t bh, int k0, int q0,
                                                  int lane) {
   const int g = lane / 4, t = lane % 4;
@@ -167,8 +168,8 @@ __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint6
   for (int d = 1; d < 8; d *= 2) {
     const uint32_t low = d == 1 ? 0x55u : d == 2 ? 0x33u : 0x0Fu;  // positions with bit d clear
     const uint32_t other = shfl_xor(v, 4 * d);
-    // Lanes with bit d of g set keep their positions with bit d set and take the partner's from its
-    // positions with bit d set; the others the same with bit d clear.
+    // A lane with bit d of g set keeps its bits at positions with bit d set and takes the partner's
+    // bits there into its positions with bit d clear; a lane with it clear, the other way round.
     v = (g & d) ? (v & ~low) | ((other >> d) & low) : (v & low) | ((other << d) & (low << d));
   }
   return v;

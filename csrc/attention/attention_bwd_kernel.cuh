@@ -143,8 +143,9 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     }
     // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
     // of query tiles a call. Drawn here, the masked dropout instances at E = 128 spill as with the 4-key
-    // draw on sm_80 and 8 B more on sm_90a (non-causal: 20 / 36 B); before the rows' statistics load,
-    // or before S^T, they spilled more on one architecture or the other (ptxas -v, CUDA 13.0).
+    // draw on sm_80 and 8 B more on sm_90a (non-causal: 20 / 36 B), the dV launch's causal one at E =
+    // 256 16 / 24 B (sm_80; none before); drawn before the rows' statistics load, or before S^T, they
+    // spilled more, on one architecture or the other (ptxas -v, CUDA 13.0).
     static_assert(kQTiles % 2 == 0, "query tiles in pairs");
     uint32_t keep = ~0u;
     if (dropout) {

@@ -23,8 +23,10 @@
 
 #if defined(__CUDACC__)
 #define FASTTX_HOST_DEVICE __host__ __device__ __forceinline__
+#define FASTTX_PHILOX_UNROLL _Pragma("unroll")
 #else
 #define FASTTX_HOST_DEVICE inline
+#define FASTTX_PHILOX_UNROLL  // host compilers (the binding's dropout_threshold, the test) warn on nvcc's pragma
 #endif
 
 namespace fasttx {
@@ -43,7 +45,7 @@ struct Words {
 FASTTX_HOST_DEVICE Words words(uint64_t seed, uint64_t counter) {
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-#pragma unroll
+  FASTTX_PHILOX_UNROLL
   for (int round = 0; round < 10; ++round) {
     const uint32_t a0 = c0, a2 = c2;
     c0 = mulhi(0xCD9E8D57u, a2) ^ c1 ^ k0;

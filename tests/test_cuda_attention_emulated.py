@@ -14,6 +14,7 @@ import torch
 
 from fasttx import reference
 from fasttx._attention_kernels import HEAD_DIMS
+from fasttx.triton_kernels.attention_common import dropout_threshold
 from fasttx.testing import TOLERANCE, rel_error
 
 from .conftest import DEVICE
@@ -46,6 +47,7 @@ def _fields(backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, 
     address = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     fields = dict(dtype=DTYPE_CODE[q.dtype], head_dim=E, batch=B, heads=H, kv_heads=Hkv, queries=L, keys=S,
                   is_causal=int(is_causal), scale_log2=scale * math.log2(math.e), scale=scale, dropout_p=dropout_p,
+                  keep_threshold=dropout_threshold(dropout_p),  # philox.h's, the oracle's (test_cuda_attention_philox)
                   seed=seed.data_ptr(),  # the emulated device reads host memory
                   q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), q_strides=q.stride()[:3], k_strides=k.stride()[:3],
                   v_strides=v.stride()[:3], mask_kind=mask_kind, mask_dtype=mask_dtype, mask=address(mask),
@@ -169,7 +171,7 @@ def test_masks(emulator, kind):
     check(emulator, B, H, H, L, S, 32, mask=mask)
 
 
-# GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 4 keys one Philox
+# GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 8 keys one Philox
 # call serves, L = 70 a partial query tile.
 @pytest.mark.parametrize("B,L,S", [(1, 70, 100), (2, 70, 37)], ids=str)
 @pytest.mark.parametrize("is_causal", [False, True])
@@ -200,8 +202,16 @@ def test_forward_128_row_tiles_float_mask(emulator):
 @pytest.mark.parametrize("E,is_causal", [(64, False), (96, True)])
 def test_forward_128_row_tiles_dropout(emulator, E, is_causal):
     """Dropout on 128-row CTAs (E < 128; 32-key blocks from E = 64), each key block's keep bits drawn
-    before its scores: L = 129 crosses a tile, S = 37 ends each row with a partial group of 4 keys."""
+    before its scores: L = 129 crosses a tile, S = 37 ends each row with a partial group of 8 keys."""
     check(emulator, 1, 2, 1, 129, 37, E, is_causal=is_causal, dropout_p=0.3)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_head_dim_256_dropout(emulator, is_causal):
+    """E = 256: dQ draws a block's keep bits where dS takes them, not before the scores as at E <= 128
+    (32-key blocks: two pairs of tiles), and dK / dV come from their two launches; S = 75 ends each
+    row with a partial group of 8 keys."""
+    check(emulator, 1, 2, 1, 40, 75, 256, is_causal=is_causal, dropout_p=0.3)
 
 
 @pytest.mark.parametrize("scale", [-0.3, 0.0])

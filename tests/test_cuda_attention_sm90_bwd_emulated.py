@@ -201,7 +201,7 @@ def test_fully_masked_rows_get_zero_gradients(emulator):
 
 
 # GQA (2 query heads a kv head: the dK/dV kernel draws each head's keep bits); S = 201 ends each row
-# with a partial group of the 4 keys one Philox call serves; L = 150 a partial query tile and two dQ CTAs.
+# with a partial group of the 8 keys one Philox call serves; L = 150 a partial query tile and two dQ CTAs.
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_dropout_draws_the_forwards_keep_mask(emulator, is_causal, dtype):

@@ -294,16 +294,20 @@ def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False, E=E)
     return keep
 
 
-# GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 4 keys one Philox call
+# GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 8 keys one Philox call
 # serves, S = 200 crosses a key block (the counters' key offset), L = 70 / 150 partial query tiles.
 @pytest.mark.parametrize("B,L,S,is_causal", [(2, 70, 37, False), (1, 150, 200, False), (1, 150, 200, True)], ids=str)
 def test_dropout_keeps_exactly_the_triton_keep_mask(emulator, B, L, S, is_causal):
-    """Bit for bit: the elements the sm_90a kernel keeps are those the Triton and sm_80 kernels keep."""
+    """Bit for bit: the elements the sm_90a kernel keeps are those the Triton and sm_80 kernels keep,
+    and those of the independent NumPy oracle (tests/test_cuda_attention_philox.py)."""
+    from .test_cuda_attention_philox import oracle_keep
+
     H, p = 2, 0.3
     ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal)
     theirs = triton_keep_mask(B, H, L, S, p)
     allowed = torch.ones(L, S, dtype=torch.bool).tril() if is_causal else torch.ones(L, S, dtype=torch.bool)
     assert torch.equal(ours & allowed, theirs & allowed)
+    assert torch.equal(ours & allowed, oracle_keep(SEED, B * H * L, S, p).reshape(B, H, L, S) & allowed)
     assert 0.6 < ours[..., allowed].float().mean() < 0.8  # p = 0.3 drops about 30 %
 
 
@@ -396,7 +400,7 @@ def test_other_head_dims_dropout(emulator, E, is_causal):
 
 @pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
 def test_other_head_dims_dropout_keeps_exactly_the_triton_keep_mask(emulator, E):
-    """S = 203 crosses key blocks of 128 (E = 64, 96) and of 80 (E = 256), with a partial group of 4 keys
+    """S = 203 crosses key blocks of 128 (E = 64, 96) and of 80 (E = 256), with a partial group of 8 keys
     at the end; GQA, a partial query tile; causal where there is an instance."""
     B, H, L, S, p, is_causal = 1, 2, 150, 203, 0.3, E != 256
     ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal, E=E)

@@ -161,7 +161,7 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory(head_dim)
         parts = code.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")
         assert len(parts) == 2, name
         assert parts[1].split("WARPGROUP.DEPBAR.LE gsb0, 0x0")[0].count("MUFU.EX2") >= exp2 - 2, name
-        # Dropout's keep bits (a shuffle per 8-key tile) drawn between passing the turn and that wait,
+        # Dropout's keep bits (two shuffles per pair of 8-key tiles) drawn between passing the turn and that wait,
         # while the turn's wgmma run (ptxas may hoist a draw or a few above the pass).
         drawn = parts[0].rsplit("BAR.ARV", 1)[1].count("SHFL")
         assert drawn >= 3 * tiles // 4 if name.endswith("ELb1EEEvNS0_13Sm90FwdParamsE") else drawn == 0, name
@@ -215,13 +215,13 @@ def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory(head_dim):
         assert code.count("UTMALDG.4D") == loads, name
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
-        # Dropout's keep bits (two shuffles per 8-query tile, 16 a tile): with dK and dV in one pass all
-        # drawn while S^T and dP^T run; in E = 256's dK pass before they are issued (Sm90Bwd::kDrawFirst);
-        # its dV pass leaves the place to ptxas.
+        # Dropout's keep bits (three shuffles per pair of 8-query tiles, 12 a tile): with dK and dV in one
+        # pass all drawn while S^T and dP^T run; in E = 256's dK pass before they are issued
+        # (Sm90Bwd::kDrawFirst); its dV pass leaves the place to ptxas.
         dropout = "ELb1ELNS0_8Sm90Grad" in name
-        assert code.count("SHFL") == (16 if dropout else 0), name
+        assert code.count("SHFL") == (12 if dropout else 0), name
         if g != 1:
-            assert _while_wgmma_run(code, "SHFL") == (16 if dropout and g == 0 else 0), name
+            assert _while_wgmma_run(code, "SHFL") == (12 if dropout and g == 0 else 0), name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 
@@ -260,7 +260,7 @@ def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory(head_dim):
             # Every wait retires all products in flight (dS K before the next S, S before P), and dP is
             # issued after S's wait: ptxas places it above some or all of the block's 32 exponentials.
             assert "WARPGROUP.DEPBAR.LE gsb0, 0x1" not in code and code.count("MUFU.EX2") >= 64, name
-        # Dropout's keep bits (a shuffle per 8-key tile, 8 a block, before the loop and in it) drawn
+        # Dropout's keep bits (two shuffles per pair of 8-key tiles, 8 a block, before the loop and in it) drawn
         # while S and dP (E = 256: S) run, all of them or (E = 256) all but one.
         assert code.count("SHFL") == (16 if dropout else 0), name
         assert _while_wgmma_run(code, "SHFL") >= (16 if dropout and overlap else 15 if dropout else 0), name

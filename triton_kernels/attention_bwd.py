@@ -157,7 +157,7 @@ def _first_query_block(start_n, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
 @triton.jit
 def _bwd_kv_blocks(
     dk, dv, k, v, q_head, do_head, DQ, LSE, Delta, Mask, lo, start_n, offs_n, q_offs, do_offs, mask_offs, rng_row,
-    stride_ql, stride_dol, stride_ml, L, S, scale_log2, dropout_p, inv_keep, seed,
+    stride_ql, stride_dol, stride_ml, L, S, scale_log2, keep_threshold, inv_keep, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     ATOMIC_DQ: tl.constexpr, PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -196,7 +196,7 @@ def _bwd_kv_blocks(
         do = load_rows(do_head, start_m, L, stride_dol, do_offs, EV, TMA, BLOCK_M, BLOCK_EV)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         if HAS_DROPOUT:
-            keep = tl.trans(dropout_keep(seed, rng_row + m, rows, start_n, S, dropout_p, BLOCK_N))
+            keep = tl.trans(dropout_keep(seed, rng_row + m, rows, start_n, S, keep_threshold, BLOCK_N))
             # dV's 1 / (1 - p) is applied once, at the store.
             dv = tl.dot(tl.where(keep, p_t, 0.0).to(do.dtype), do, dv, input_precision=PRECISION)
             dp_t = tl.where(keep, dp_t * inv_keep, 0.0)
@@ -212,9 +212,10 @@ def _bwd_kv_blocks(
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _attn_bwd_kv_kernel(
-    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets, dtype_bytes,  # attention_common.py
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, keep_threshold,  # attention_common.py
+    seq_buckets, dtype_bytes,
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DK,  # (B, Hkv, S, E) key gradient, contiguous, dtype of K (or its descriptor, as DV, DO, DQ)
     DV,  # (B, Hkv, S, Ev) value gradient, contiguous, dtype of V
@@ -271,7 +272,7 @@ def _attn_bwd_kv_kernel(
         dk, dv = _bwd_kv_blocks(
             dk, dv, k, v, q_head, do_head, DQ_h, LSE + bh64 * L, Delta + bh64 * L, Mask_h, lo, start_n, offs_n,
             q_offs, do_offs, mask_offs, bh64 * L, stride_ql, do_strides[2], stride_ml, L, S,
-            scale_log2, dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
+            scale_log2, keep_threshold, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
             IS_CAUSAL, HAS_DROPOUT, ATOMIC_DQ, PRECISION, TMA, BLOCK_M, BLOCK_N,
         )
 
@@ -285,7 +286,7 @@ def _attn_bwd_kv_kernel(
 
 @triton.jit
 def _bwd_q_blocks(
-    dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, inv_keep,
+    dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, keep_threshold, inv_keep,
     seed, E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
     MASK_KIND: tl.constexpr, MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -301,16 +302,17 @@ def _bwd_q_blocks(
         p = tl.exp2(tl.fma(x, x_scale, -lse2[:, None]))
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         if HAS_DROPOUT:
-            keep = dropout_keep(seed, rng_row, rows, start_n, S, dropout_p, BLOCK_N)
+            keep = dropout_keep(seed, rng_row, rows, start_n, S, keep_threshold, BLOCK_N)
             dp = tl.where(keep, dp * inv_keep, 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _attn_bwd_q_kernel(
-    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets, dtype_bytes,  # attention_common.py
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, keep_threshold,  # attention_common.py
+    seq_buckets, dtype_bytes,
     DO, LSE, Delta, do_strides, scale,  # see attention_bwd
     DQ,  # (B, H, L, E) query gradient, contiguous, dtype of Q (or its descriptor, as DO)
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
@@ -335,7 +337,7 @@ def _attn_bwd_q_kernel(
     dq = tl.zeros((BLOCK_M, BLOCK_E), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
     dq = _bwd_q_blocks(dq, do, lse2, delta, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2,
-                       dropout_p, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
+                       keep_threshold, inv_keep, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
                        IS_CAUSAL, HAS_DROPOUT, PRECISION, TMA, BLOCK_N)
     store_rows(head_rows(DQ, bh.to(tl.int64) * L * E, b, h, TMA), start_m, L, E, rows[:, None] * E + offs_e[None, :],
                dq * scale, E, TMA, BLOCK_M, BLOCK_E)

@@ -10,7 +10,10 @@ signature is written once:
     Seed: int64 tensor of one element on the inputs' device, the Philox seed, or None without dropout;
     strides: ((q b, h, l), (k b, h, n), (v b, h, n), (mask b, h, l, s)) in elements;
     sizes: (H, group, L, S) with group = H // Hkv: query head h reads kv head h // group;
-    scale_log2 = scale * log2(e); dropout_p;
+    scale_log2 = scale * log2(e); dropout_p (for the kept elements' 1 / (1 - p)) and keep_threshold (its
+    16-bit drop threshold, :func:`dropout_threshold`; an int argument every kernel lists in do_not_specialize,
+    or Triton would compile one variant for 1 (a constexpr then), one for multiples of 16 and one for
+    the others);
     seq_buckets: (seq_bucket(L), seq_bucket(S)), and dtype_bytes: q's element size, which only the
     autotuner's key reads (it adds the dtypes of tensor arguments itself, but descriptors have none);
     constexprs E, EV, BLOCK_E, BLOCK_EV (head dims and their power-of-2 tiles), SCALE_SIGN (1, -1 or 0:
@@ -148,7 +151,7 @@ def _config(block_m, block_n, num_warps, num_stages, **meta):
 
 def keep_tile_bytes(block_m, block_n, has_dropout):
     """Shared memory the dropout keep tile passes through, 1 byte an element (Triton 3.6 and 3.8, sm_90a,
-    seen compiling the configs): dropout_keep draws it in a layout of 4-key groups whose rows lie in
+    seen compiling the configs): dropout_keep draws it in a layout of 8-key groups whose rows lie in
     other warps than in the scores' layout, so the conversion goes through shared memory."""
     return block_m * block_n if has_dropout else 0
 
@@ -269,6 +272,13 @@ def _mask_args(mask, shape):
     return mask, mask.stride(), "bool" if mask.dtype == torch.bool else "float"
 
 
+def dropout_threshold(dropout_p: float) -> int:
+    """The 16-bit drop threshold of dropout_p in [0, 1) (dropout_keep), as csrc/attention/philox.h's
+    dropout_threshold computes it for the CUDA kernels: dropout_p 2^16 (exact in double) rounded to the
+    nearest integer, ties to even, at most 2^16 - 1."""
+    return min(round(dropout_p * 65536), 65535)
+
+
 def _seed_arg(seed, dropout_p, device):
     """The seed tensor the kernels read, on their device; None without dropout."""
     if dropout_p == 0.0:
@@ -287,7 +297,7 @@ def _head_block(d: int) -> int:
 
 def tile_offsets_fit(row_strides, S, mask_col_stride):
     """Whether the int32 offsets within a tile cannot overflow: MAX_BLOCK rows of each row stride, the
-    Philox counters' rows * ceil(S / 4) + key groups (dropout_keep), and the mask's keys * its column
+    Philox counters' rows * ceil(S / 8) + key groups (dropout_keep), and the mask's keys * its column
     stride."""
     return MAX_BLOCK * max(max(abs(s) for s in row_strides), S) + S * (abs(mask_col_stride) + 1) < 2**31
 
@@ -313,6 +323,7 @@ def kernel_args(q, k, v, mask, seed, scale, is_causal, dropout_p, tma=None, **te
     return dict(
         tensors, Mask=mask, Seed=_seed_arg(seed, dropout_p, q.device), strides=strides,
         sizes=(H, H // Hkv, L, S), scale_log2=scale * LOG2E.value, dropout_p=dropout_p,
+        keep_threshold=dropout_threshold(dropout_p),
         seq_buckets=(seq_bucket(L), seq_bucket(S)), dtype_bytes=q.element_size(), TMA=tma,
         E=E, EV=Ev, BLOCK_E=_head_block(E), BLOCK_EV=_head_block(Ev),
         SCALE_SIGN=(scale > 0) - (scale < 0), MASK_KIND=mask_kind,
@@ -416,17 +427,22 @@ def load_seed(Seed, HAS_DROPOUT: tl.constexpr):
 
 
 @triton.jit
-def dropout_keep(seed, first_row, rows, start_n, S, dropout_p, BLOCK_N: tl.constexpr):
+def dropout_keep(seed, first_row, rows, start_n, S, keep_threshold, BLOCK_N: tl.constexpr):
     """Keep mask (len(rows), BLOCK_N) of the rows first_row + rows (first_row: int64 scalar, rows: the
     int32 range 0, 1, ...) of the flat (B H L, S) score matrix and its keys start_n + [0, BLOCK_N)
-    (start_n and BLOCK_N multiples of 4). Element (r, j) is kept iff word j % 4 of Philox counter
-    r * ceil(S / 4) + j // 4, as a uniform, is >= dropout_p: one tl.rand4x serves 4 keys of a row."""
-    S4 = (S + 3) // 4
-    groups = tl.arange(0, BLOCK_N // 4)
-    u0, u1, u2, u3 = tl.rand4x(seed, (first_row * S4 + start_n // 4) + (rows[:, None] * S4 + groups[None, :]))
-    # join(join(u0, u2), join(u1, u3))[r, k, a, b] = u_{2a + b}, which row-major is key 4k + 2a + b.
-    u = tl.join(tl.join(u0, u2), tl.join(u1, u3))
-    return tl.reshape(u, (rows.shape[0], BLOCK_N)) >= dropout_p
+    (start_n and BLOCK_N multiples of 8). Element (r, j) is kept iff 16-bit value j % 8 of the words of
+    Philox counter r * ceil(S / 8) + j // 8 is >= keep_threshold, value 2i being word i's low half and
+    2i + 1 its high half (csrc/attention/philox.h): one tl.randint4x serves 8 keys of a row."""
+    S8 = (S + 7) // 8
+    groups = tl.arange(0, BLOCK_N // 8)
+    w0, w1, w2, w3 = tl.randint4x(seed, (first_row * S8 + start_n // 8) + (rows[:, None] * S8 + groups[None, :]))
+    # As the CUDA kernels compare (keep_group): a low half is >= t iff its word << 16 is >= t << 16, a
+    # high half iff the word itself is (t < 2^16), so no half is extracted.
+    # join(join(join(x0, x2), join(x1, x3)), join(join(w0, w2), join(w1, w3)))[r, k, a, b, c], with
+    # x_i = w_i << 16, is half c of word 2a + b, which row-major is key 8k + 4a + 2b + c.
+    lows = tl.join(tl.join(w0 << 16, w2 << 16), tl.join(w1 << 16, w3 << 16))
+    values = tl.join(lows, tl.join(tl.join(w0, w2), tl.join(w1, w3)))
+    return tl.reshape(values, (rows.shape[0], BLOCK_N)) >= (keep_threshold.to(tl.uint32) << 16)
 
 
 @triton.jit

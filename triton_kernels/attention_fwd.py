@@ -41,14 +41,17 @@ a row of only such values counts as fully masked (0, where torch averages it uni
 every logit is a huge finite negative (say -1e30) has an lse whose fp32 rounding swamps log l: its output
 is right but its recomputed P, hence its gradients, are not. Use bool masks or -inf for padding.
 
-Dropout (training). Keep mask Z_ij with P(Z_ij = 1) = 1 - p, and O = ((P * Z) V) / (1 - p); the lse stays
-that of the undropped P. Z_ij = (u_w >= p) for word w = j % 4 of (u_0, .., u_3) = tl.rand4x(seed, c),
-c = ((b H + h) L + i) ceil(S / 4) + j // 4: Philox-4x32-10 keyed by the seed (read from the Seed tensor
-by each program; see attention_common.py for why not passed by value), counted by the group of 4 keys
-in the flat (B H L, S) scores (int64, as Triton splits it into two 32-bit counter words). One call
-serves 4 consecutive keys of a row, a quarter of the Philox work of a call per score (dropout_keep);
-forward, backward, :func:`dropout_keep_mask` and the CUDA kernels (csrc/attention/philox.h) draw the
-same Z whatever their block shapes.
+Dropout (training). Keep mask Z_ij with P(Z_ij = 1) = 1 - p_q, and O = ((P * Z) V) / (1 - p); the lse
+stays that of the undropped P. Z_ij = (v_m >= t) for the 16-bit value m = j % 8 of the words (w_0, ..,
+w_3) = tl.randint4x(seed, c), v_2i the low half of w_i and v_2i+1 its high half, c = ((b H + h) L + i)
+ceil(S / 8) + j // 8: Philox-4x32-10 keyed by the seed (read from the Seed tensor by each program; see
+attention_common.py for why not passed by value), counted by the group of 8 keys in the flat (B H L, S)
+scores (int64, as Triton splits it into two 32-bit counter words). t = dropout_threshold(p) = round(p
+2^16) (at most 2^16 - 1), computed once on the host, so p_q = t / 2^16 is within 2^-17 of p (clamped
+to 1 - 2^-16 above 1 - 2^-17), a bias far below the sampling noise of any tensor dropout is used on;
+the scale stays torch's 1 / (1 - p). One call serves 8 consecutive keys of a row, an eighth of the
+Philox work of a call per score (dropout_keep); forward, backward, :func:`dropout_keep_mask` and the
+CUDA kernels (csrc/attention/philox.h) draw the same Z whatever their block shapes.
 
 Blocks visited. Causal skips every key block past a query block's last query. Only the diagonal blocks
 and the last, partial key block apply element-wise causal and key-bound checks (a branch in the one loop
@@ -84,8 +87,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention_common import (LN2, attention_autotune, dropout_keep, head_rows, held_copies, kernel_args,
-                               key_blocks, launch_grid, load_seed, load_v, query_block, score_block, store_rows)
+from .attention_common import (LN2, attention_autotune, dropout_keep, dropout_threshold, head_rows, held_copies,
+                               kernel_args, key_blocks, launch_grid, load_seed, load_v, query_block, score_block,
+                               store_rows)
 
 # ---- launch configurations ---------------------------------------------------------------------
 #
@@ -159,7 +163,7 @@ def _add_pv(acc, p, alpha, tile, start_n, strides, sizes, EV: tl.constexpr, PREC
 
 @triton.jit
 def _fwd_blocks(
-    acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, dropout_p, seed,
+    acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes, scale_log2, keep_threshold, seed,
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, MASK_KIND: tl.constexpr,
     MASK_ROWS_BROADCAST: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr, TMA: tl.constexpr, BLOCK_N: tl.constexpr, DEFER_PV: tl.constexpr,
@@ -185,7 +189,7 @@ def _fwd_blocks(
         alpha = tl.exp2(m_i - shift)  # 0 while m_i = -inf: acc and l_i are still 0 then
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if HAS_DROPOUT:  # after the sum: lse is that of the undropped probabilities
-            p = tl.where(dropout_keep(seed, rng_row, rows, start_n, S, dropout_p, BLOCK_N), p, 0.0)
+            p = tl.where(dropout_keep(seed, rng_row, rows, start_n, S, keep_threshold, BLOCK_N), p, 0.0)
         if DEFER_PV:
             p_prev, alpha_prev = p, alpha
         else:
@@ -197,9 +201,10 @@ def _fwd_blocks(
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _attn_fwd_kernel(
-    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, seq_buckets, dtype_bytes,  # attention_common.py
+    Q, K, V, Mask, Seed, strides, sizes, scale_log2, dropout_p, keep_threshold,  # attention_common.py
+    seq_buckets, dtype_bytes,
     O,  # (B, H, L, Ev) output, contiguous, dtype of Q (or its descriptor)
     LSE,  # (B, H, L) fp32 log-sum-exp of the masked scores (natural log; +inf for fully masked rows)
     E: tl.constexpr, EV: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, SCALE_SIGN: tl.constexpr,
@@ -218,8 +223,9 @@ def _attn_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_EV), dtype=tl.float32)
     full_end, end = key_blocks(start_m, S, IS_CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i = _fwd_blocks(acc, l_i, m_i, tile, Mask, full_end, end, rows, offs_m, strides, sizes,
-                                scale_log2, dropout_p, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND, MASK_ROWS_BROADCAST,
-                                IS_CAUSAL, HAS_DROPOUT, PRECISION, TMA, BLOCK_N, DEFER_PV and DEFER_FITS)
+                                scale_log2, keep_threshold, seed, E, EV, BLOCK_E, BLOCK_EV, MASK_KIND,
+                                MASK_ROWS_BROADCAST, IS_CAUSAL, HAS_DROPOUT, PRECISION, TMA, BLOCK_N,
+                                DEFER_PV and DEFER_FITS)
 
     inv_l = _reciprocal(l_i)
     if HAS_DROPOUT:
@@ -233,13 +239,13 @@ def _attn_fwd_kernel(
     tl.store(LSE + bh.to(tl.int64) * L + offs_m, lse, mask=offs_m < L)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keep_threshold"])  # see kernel_args
 def _dropout_keep_kernel(
     Keep,  # (R, S) bool, contiguous, R = B * H * L: the (B, H, L, S) keep mask
     R,
     S,
     Seed,
-    dropout_p,
+    keep_threshold,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -247,7 +253,7 @@ def _dropout_keep_kernel(
     start_n = tl.program_id(1) * BLOCK_N
     rows = tl.arange(0, BLOCK_M)
     cols = start_n + tl.arange(0, BLOCK_N)
-    keep = dropout_keep(load_seed(Seed, True), start_m, rows, start_n, S, dropout_p, BLOCK_N)
+    keep = dropout_keep(load_seed(Seed, True), start_m, rows, start_n, S, keep_threshold, BLOCK_N)
     tl.store(Keep + (start_m + rows[:, None]) * S + cols[None, :], keep,
              mask=(start_m + rows[:, None] < R) & (cols[None, :] < S))
 
@@ -301,5 +307,5 @@ def dropout_keep_mask(seed: int, B: int, H: int, L: int, S: int, dropout_p: floa
         seed = torch.tensor(seed, dtype=torch.int64, device=device)
         block_m, block_n = _DROPOUT_BLOCK
         _dropout_keep_kernel[(triton.cdiv(B * H * L, block_m), triton.cdiv(S, block_n))](
-            keep, B * H * L, S, seed, dropout_p, BLOCK_M=block_m, BLOCK_N=block_n)
+            keep, B * H * L, S, seed, dropout_threshold(dropout_p), BLOCK_M=block_m, BLOCK_N=block_n)
     return keep

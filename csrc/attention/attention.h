@@ -25,9 +25,10 @@ struct AttentionParams {
   // than in AttentionBwdParams: there, the changed parameter layout cost the causal dK/dV kernel at
   // E = 32 on sm_90a 12/20 B of spills (ptxas -v).
   float scale;
-  // Dropout: element (b, h, i, j) of P is kept iff word j % 4 of Philox counter ((b H + h) L + i) ceil(S / 4)
-  // + j / 4, as a uniform, is >= p (philox.h).
-  float dropout_p;  // in [0, 1); 0 = no dropout
+  // Dropout: element (b, h, i, j) of P is kept iff 16-bit value j % 8 of the words of Philox counter
+  // ((b H + h) L + i) ceil(S / 8) + j / 8 is >= keep_threshold (philox.h); kept ones are scaled by 1 / (1 - p).
+  float dropout_p;          // in [0, 1); 0 = no dropout
+  uint32_t keep_threshold;  // philox::dropout_threshold(p), in the padding before seed: no field moves
   // The seed in device memory, read by every CTA when dropout_p > 0: a CUDA graph replays the launch
   // with these parameters, and the seed tensor its captured random draw rewrites at each replay.
   const int64_t* seed;

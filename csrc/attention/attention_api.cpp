@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "attention/philox.h"
 #include "common/checks.h"
 #include "common/constants.h"
 
@@ -144,6 +145,7 @@ void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, c
   p.scale = static_cast<float>(scale);
   p.scale_log2 = static_cast<float>(scale * kLog2e<double>);
   p.dropout_p = static_cast<float>(dropout_p);
+  p.keep_threshold = philox::dropout_threshold(dropout_p);
   p.seed = seed.defined() ? seed.data_ptr<int64_t>() : nullptr;
   p.q = q.data_ptr();
   p.k = k.data_ptr();

@@ -141,12 +141,17 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
         pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
       }
     }
-    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16.
+    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
+    // of query tiles a call. Drawn here, the masked dropout instances at E = 128 spill as with the 4-key
+    // draw on sm_80 and 8 B more on sm_90a (non-causal: 20 / 36 B), the dV launch's causal one at E =
+    // 256 16 / 24 B (sm_80; none before); drawn before the rows' statistics load, or before S^T, they
+    // spilled more, on one architecture or the other (ptxas -v, CUDA 13.0).
+    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
     uint32_t keep = ~0u;
     if (dropout) {
       keep = 0;
 #pragma unroll
-      for (int qt = 0; qt < kQTiles; ++qt) {
+      for (int qt = 0; qt < kQTiles; qt += 2) {
         keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
       }
     }
@@ -246,6 +251,22 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
 
   for (int block = 0; block < kv.end; ++block) {
     const int stage = kv.acquire(block, tid);
+    const int n0 = block * kBlockN;
+    // Dropout's keep bits, bit 4 nt + e for s[nt][e], a pair of key tiles a call: up to E = 128 drawn
+    // before the scores exist, as the forward does, so that Philox's state never sits beside S and dP
+    // (beside them the masked dropout instances at E = 32 and 64 spilled 4 B); at E = 256 a pair at a
+    // time where dS takes them (before the scores, beside dQ's 128 accumulators, 80-92 B). ptxas -v,
+    // CUDA 13.0, sm_80.
+    static_assert(kNTiles * 4 <= 32 && kNTiles % 2 == 0, "a block's keep bits fit one register, in pairs");
+    constexpr bool kKeepFirst = kHeadDim <= 128;
+    uint32_t keep = ~0u;
+    if (kKeepFirst && dropout) {
+      keep = 0;
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; nt += 2) {
+        keep |= keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) << (4 * nt);
+      }
+    }
     float s[kNTiles][4] = {};
     gemm_nt<T, kHeadDim, kNTiles, kPitch>(s, sQw, kv.k_tile(stage), lane);
     // P before dP = dO V^T: the mask's loads, the element checks and the exponentials then run
@@ -253,7 +274,6 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     // spilled past the 128 registers ptxas keeps to there, and E = 64, 96 spilled a few bytes).
     // Element checks on the diagonal and last blocks only, as the forward: a padding key, loaded
     // as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
-    const int n0 = block * kBlockN;
     with_checks(block >= kv.full, [&](auto check) {
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
@@ -269,11 +289,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     gemm_nt<T, kHeadDim, kNTiles, kPitch>(dp, sdOw, kv.v_tile(stage), lane);
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
-      const uint32_t keep = dropout ? keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) : 0xFu;
+      if (!kKeepFirst && dropout && nt % 2 == 0) {
+        keep = keep_bits_qk(p, seed, bh, m0 + warp * 16, n0 + nt * 8, lane) << (4 * nt);
+      }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float dpe = dp[nt][e];
-        if (dropout) dpe = (keep >> e) & 1u ? dpe * inv_keep : 0.f;
+        if (dropout) dpe = (keep >> (4 * nt + e)) & 1u ? dpe * inv_keep : 0.f;
         s[nt][e] *= dpe - delta[e >> 1];  // dS
       }
     }

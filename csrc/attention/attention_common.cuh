@@ -110,51 +110,69 @@ __device__ __forceinline__ uint64_t load_seed(const AttentionParams& p) {
   return p.dropout_p > 0.f ? static_cast<uint64_t>(*p.seed) : 0;
 }
 
-// Dropout keep bits of one 16 x 8 C-fragment tile of the scores of (batch, query head) bh = b H + h
-// (philox.h has the draw): bit e is this lane's element c[e], at tile row g + 8 (e >> 1) and column
-// 2t + (e & 1) (g = lane / 4, t = lane % 4). One Philox call gives a row's 4 consecutive keys 4k ..
-// 4k + 3; a lane holds 2 of them in each of 2 rows (keys along columns) or 1 of them for each of 2
-// queries in each of 2 rows (keys along rows), so lanes draw one 4-key group each and trade keep bits
-// with shuffles: every word drawn is used, and no group is drawn twice. Called by all 32 lanes (the
-// shuffles); rows past L and keys past S draw counters that nothing reads back.
+// Dropout keep bits of two adjacent 16 x 8 C-fragment tiles (16 rows, 16 columns) of the scores of
+// (batch, query head) bh = b H + h (philox.h has the draw): bit 4c + e is this lane's element c[e] of
+// tile c, at row g + 8 (e >> 1) and column 8c + 2t + (e & 1) (g = lane / 4, t = lane % 4). One
+// Philox call gives a row's 8 consecutive keys 8k .. 8k + 7, and the 16 x 16 block holds 32 such
+// groups (16 rows x 2 groups with keys along columns, 16 queries x 2 groups with keys along rows): each
+// lane draws one, and the lanes trade keep bits with shuffles, so every value drawn is used and no
+// group is drawn twice. Called by all 32 lanes (the shuffles); rows past L and keys past S draw
+// counters that nothing reads back.
 
-// Bit k: whether key `key` + k (`key` a multiple of 4) of score row `row` is kept.
+// Bit m: whether key `key` + m (`key` a multiple of 8) of score row `row` is kept.
 __device__ __forceinline__ uint32_t keep_group(const AttentionParams& p, uint64_t seed, uint64_t row, int key) {
   const philox::Words w = philox::words(seed, philox::dropout_counter(row, p.keys, key));
+  // Value 2i, word i's low half, is >= the threshold iff word i << 16 is >= it << 16, and value 2i + 1,
+  // its high half, iff word i itself is (the threshold < 2^16): one compare a key, no extraction.
+  const uint32_t threshold = p.keep_threshold << 16;
   uint32_t bits = 0;
 #pragma unroll
-  for (int k = 0; k < 4; ++k) bits |= static_cast<uint32_t>(philox::uniform(w.w[k]) >= p.dropout_p) << k;
+  for (int i = 0; i < 4; ++i) {
+    bits |= static_cast<uint32_t>((w.w[i] << 16) >= threshold) << (2 * i);
+    bits |= static_cast<uint32_t>(w.w[i] >= threshold) << (2 * i + 1);
+  }
   return bits;
 }
 
-// Queries along rows (from query q0), keys along columns (from key k0, a multiple of 4): forward, dQ.
-// Lanes t and t ^ 1 hold columns 4 (t >> 1) .. + 3 of rows g and g + 8: the even one draws row g's
-// group, the odd one row g + 8's, and one shuffle gives each both (row g at bits 0-3, g + 8 at 4-7).
+// Queries along rows (from query q0), keys along columns (from key k0, a multiple of 8): forward, dQ.
+// The quad of lanes t = 0 .. 3 of row g holds columns 2t, 2t + 1 of rows g and g + 8 in both tiles:
+// the groups u = 0 .. 3 of row g + 8 (u & 1), tile u >> 1. Lane t draws group t, and two shuffles
+// (lane strides 1, 2) gather the quad's 32 bits, group u at byte u; lane t takes keys 2t, 2t + 1 of
+// each, which are its elements 2 (u & 1), + 1 of tile u >> 1: bits 2u, 2u + 1.
 __device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint64_t seed, int64_t bh, int q0, int k0,
                                                  int lane) {
-  const int g = lane / 4, t = lane % 4, odd = t & 1;
-  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + g + 8 * odd, k0 + 4 * (t >> 1))
-               << (4 * odd);
-  // Columns 2t, 2t + 1 are keys 2 (t & 1), + 1 of the group: bits 0-1 row g's, bits 4-5 row g + 8's.
-  v = (shfl_xor(v, 1) | v) >> (2 * odd);
-  return (v & 3u) | ((v >> 2) & 12u);
+  const int g = lane / 4, t = lane % 4;
+  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + g + 8 * (t & 1), k0 + 8 * (t >> 1))
+               << (8 * t);
+  v |= shfl_xor(v, 1);
+  v |= shfl_xor(v, 2);
+  v = (v >> (2 * t)) & 0x03030303u;  // byte u's bits 0-1: this lane's keys of group u
+  v |= v >> 6;                       // bytes 0, 1 at bits 0-3, bytes 2, 3 at bits 16-19
+  return (v & 0xFu) | ((v >> 12) & 0xF0u);
 }
 
-// Keys along rows (from key k0, a multiple of 4), queries along columns (from query q0): dK / dV.
-// Rows 4a .. 4a + 3 (a = g >> 2, and the same 8 rows on) are one key group, spread over the lanes
-// g & 3 = 0 .. 3 (lane stride 4) which all hold queries 2t, 2t + 1: those 4 lanes need the groups of
-// 2 queries x 2 row halves, one each: lane r = g & 3 draws group r = query 2t + (r & 1), rows
-// 4a + 8 (r >> 1) .., which is its own element c[r]'s group. Two xor shuffles (lane strides 4, 8)
-// gather the 4 x 4 bits (group r at bits 4r .. 4r + 3); lane r takes key r of each group.
+// Keys along rows (from key k0, a multiple of 8), queries along columns (from query q0): dK / dV.
+// Rows 0-7 are key g of group k0, rows 8-15 key g of group k0 + 8, so the 8 lanes g = 0 .. 7 sharing t
+// (lane stride 4) hold key g of the same 8 groups u = 4c + 2a + b: query q0 + 8c + 2t + b (tile c,
+// column 2t + b), keys k0 + 8a .. (rows 8a ..), the group of this lane's element c[2a + b] of tile c,
+// whose result bit is 4c + 2a + b = u. Lane g draws group g; three xor-shuffle butterflies (lane
+// strides 4, 8, 16) then transpose the 8 x 8 bits (lane g's bit m: key m of group g) over those lanes,
+// each swapping bit d of the lane's g with bit d of the bit position, so that lane g ends with key g
+// of group u at bit u.
 __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint64_t seed, int64_t bh, int k0, int q0,
                                                  int lane) {
-  const int g = lane / 4, t = lane % 4, r = g & 3;
-  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + 2 * t + (r & 1),
-                          k0 + 4 * (g >> 2) + 8 * (r >> 1))
-               << (4 * r);
-  v |= shfl_xor(v, 4);
-  v = (shfl_xor(v, 8) | v) >> r;  // bit 4e: key r of group e, this lane's element c[e]
-  return (v & 1u) | ((v >> 3) & 2u) | ((v >> 6) & 4u) | ((v >> 9) & 8u);
+  const int g = lane / 4, t = lane % 4;
+  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + 8 * (g >> 2) + 2 * t + (g & 1),
+                          k0 + 8 * ((g >> 1) & 1));
+#pragma unroll
+  for (int d = 1; d < 8; d *= 2) {
+    const uint32_t low = d == 1 ? 0x55u : d == 2 ? 0x33u : 0x0Fu;  // positions with bit d clear
+    const uint32_t other = shfl_xor(v, 4 * d);
+    // A lane with bit d of g set keeps its bits at positions with bit d set and takes the partner's
+    // bits there into its positions with bit d clear; a lane with it clear, the other way round.
+    v = (g & d) ? (v & ~low) | ((other >> d) & low) : (v & low) | ((other << d) & (low << d));
+  }
+  return v;
 }
 
 // Key blocks [0, full) need no element checks: all their keys < S and, causal, <= every query of the

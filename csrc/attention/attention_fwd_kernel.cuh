@@ -141,9 +141,9 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
     const int stage = kv.acquire(block, tid);  // this block's K and V have landed
     const int n0 = block * kBlockN;
     // Dropout's keep bits, bit 4 nt + e of keep[mt] for s[mt][nt][e], drawn before the scores exist
-    // so that Philox's state never sits beside them. Every lane reaches keep_bits_qk's shuffle:
-    // kDropout and the loop bounds are uniform.
-    static_assert(kNTiles * 4 <= 32, "a row tile's keep bits fit one register");
+    // so that Philox's state never sits beside them, a pair of column tiles a call. Every lane reaches
+    // keep_bits_qk's shuffles: kDropout and the loop bounds are uniform.
+    static_assert(kNTiles * 4 <= 32 && kNTiles % 2 == 0, "a row tile's keep bits fit one register, in pairs");
     uint32_t keep[kRowTiles];
 #pragma unroll
     for (int mt = 0; mt < kRowTiles; ++mt) {
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(const Attention
       if constexpr (kDropout) {
         keep[mt] = 0;
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int nt = 0; nt < kNTiles; nt += 2) {
           keep[mt] |= keep_bits_qk(p, seed, bh, m0 + warp_row + 16 * mt, n0 + nt * 8, lane) << (4 * nt);
         }
       }

@@ -3,23 +3,30 @@
 //
 // words(seed, counter) is tl.randint4x(seed, counter) for an int64 counter: Philox-4x32-10 with key
 // (seed low word, seed high word) and counter (counter low word, counter high word, 0, 0), its four
-// output words in tl.randint4x's order. uniform(word) is tl.rand's conversion of one word: read as
-// int32, folded onto [0, 2^31) by x < 0 ? ~x : x, times 4.6566127342e-10f.
+// output words in tl.randint4x's order.
 //
-// The attention kernels keep element (b, h, i, j) of the (B, H, L, S) scores iff
-// uniform(words(seed, dropout_counter((b H + h) L + i, S, j))[j % 4]) >= p: one Philox call serves
-// the 4 consecutive keys 4k .. 4k + 3 of a row, a quarter of the Philox work of one call per score
-// (triton_kernels/attention_common.py dropout_keep; csrc/attention/attention_common.cuh keep_bits_*).
+// The attention kernels keep element (b, h, i, j) of the (B, H, L, S) scores iff the 16-bit value m of
+// words(seed, dropout_counter((b H + h) L + i, S, j)), m = j % 8, is >= dropout_threshold(p), value m
+// being the low 16 bits of word m / 2 for even m, its high 16 bits for odd m (the call's 128 bits
+// read as eight little-endian 16-bit values). One Philox call serves the 8 consecutive keys 8k ..
+// 8k + 7 of a row: an eighth of the Philox work of one call per score (Triton's dropout_keep in
+// triton_kernels/attention_common.py; keep_group and keep_bits_* in attention_common.cuh).
+// The kept elements are scaled by 1 / (1 - p) as torch's dropout does: the drop probability the
+// threshold gives, dropout_threshold(p) / 2^16, is within 2^-17 of p (far below the sampling noise of
+// any tensor dropout is used on), but for p > 1 - 2^-17, clamped to 1 - 2^-16.
 //
-// Plain C++ callable from host and device, so that a host program can check it against Triton
-// (tests/test_cuda_attention_philox.py).
+// Plain C++ callable from host and device, so that a host program can check it against Triton and an
+// independent NumPy Philox (tests/test_cuda_attention_philox.py).
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
 #define FASTTX_HOST_DEVICE __host__ __device__ __forceinline__
+#define FASTTX_PHILOX_UNROLL _Pragma("unroll")
 #else
 #define FASTTX_HOST_DEVICE inline
+#define FASTTX_PHILOX_UNROLL  // host compilers (the binding's dropout_threshold, the test) warn on nvcc's pragma
 #endif
 
 namespace fasttx {
@@ -38,7 +45,7 @@ struct Words {
 FASTTX_HOST_DEVICE Words words(uint64_t seed, uint64_t counter) {
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-#pragma unroll
+  FASTTX_PHILOX_UNROLL
   for (int round = 0; round < 10; ++round) {
     const uint32_t a0 = c0, a2 = c2;
     c0 = mulhi(0xCD9E8D57u, a2) ^ c1 ^ k0;
@@ -51,16 +58,19 @@ FASTTX_HOST_DEVICE Words words(uint64_t seed, uint64_t counter) {
   return Words{{c0, c1, c2, c3}};
 }
 
-// tl.rand's conversion of one word: uniform in [0, 1).
-FASTTX_HOST_DEVICE float uniform(uint32_t word) {
-  const int32_t x = static_cast<int32_t>(word);
-  return static_cast<float>(x < 0 ? ~x : x) * 4.6566127342e-10f;
+// The Philox counter of key j of score row `row` (= (b H + h) L + i) with `keys` (S) keys a row: the
+// row's groups of 8 keys are counted after those of the rows before it, ceil(S / 8) a row.
+FASTTX_HOST_DEVICE uint64_t dropout_counter(uint64_t row, int keys, int j) {
+  return row * static_cast<uint64_t>((keys + 7) / 8) + static_cast<uint64_t>(j / 8);
 }
 
-// The Philox counter of key j of score row `row` (= (b H + h) L + i) with `keys` (S) keys a row: the
-// row's groups of 4 keys are counted after those of the rows before it, ceil(S / 4) a row.
-FASTTX_HOST_DEVICE uint64_t dropout_counter(uint64_t row, int keys, int j) {
-  return row * static_cast<uint64_t>((keys + 3) / 4) + static_cast<uint64_t>(j / 4);
+// The drop threshold of dropout probability p in [0, 1), computed once on the host (the binding; the
+// Triton launchers' dropout_threshold computes the same from the same double): p 2^16 (exact in double)
+// rounded to the nearest integer, ties to even (nearbyint in the default rounding mode, Python's
+// round), at most 2^16 - 1 so that the kernels may compare it shifted into a word's high half
+// (attention_common.cuh keep_group).
+inline uint32_t dropout_threshold(double p) {
+  return static_cast<uint32_t>(std::fmin(std::nearbyint(p * 65536.0), 65535.0));
 }
 
 }  // namespace philox

@@ -13,10 +13,11 @@ template <typename P>
 std::vector<Field<P>> fwd_fields() {
   return {FIELD(P, dtype),        FIELD(P, head_dim),  FIELD(P, batch),      FIELD(P, heads),
           FIELD(P, kv_heads),     FIELD(P, queries),   FIELD(P, keys),       FIELD(P, is_causal),
-          FIELD(P, scale_log2),   FIELD(P, scale),     FIELD(P, dropout_p),  FIELD(P, seed),
-          FIELD(P, q),            FIELD(P, k),         FIELD(P, v),          FIELD(P, q_strides),
-          FIELD(P, k_strides),    FIELD(P, v_strides), FIELD(P, mask_kind),  FIELD(P, mask_dtype),
-          FIELD(P, mask),         FIELD(P, mask_strides), FIELD(P, o),       FIELD(P, lse)};
+          FIELD(P, scale_log2),   FIELD(P, scale),     FIELD(P, dropout_p),  FIELD(P, keep_threshold),
+          FIELD(P, seed),         FIELD(P, q),         FIELD(P, k),          FIELD(P, v),
+          FIELD(P, q_strides),    FIELD(P, k_strides), FIELD(P, v_strides),  FIELD(P, mask_kind),
+          FIELD(P, mask_dtype),   FIELD(P, mask),      FIELD(P, mask_strides), FIELD(P, o),
+          FIELD(P, lse)};
 }
 
 inline std::vector<Field<fasttx::AttentionBwdParams>> bwd_fields() {

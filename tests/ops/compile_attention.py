@@ -75,8 +75,10 @@ TUNING = {"fwd": attention_fwd.FWD_TUNING, "bwd_q": attention_bwd.BWD_Q_TUNING}
 def specialization(kernel, **kwargs):
     """Triton's specialization of a launch of ``kernel`` with ``kwargs`` for TARGET: the signature and
     the properties (divisibility by 16, value 1, ...) its compiled-kernel cache is keyed by. Launches
-    with equal ones run the same compiled kernel. Also for the interpreter's kernels (same function)."""
-    fn = JITFunction(kernel.fn)
+    with equal ones run the same compiled kernel. Also for the interpreter's kernels (same function, the
+    same do_not_specialize, which the interpreter keeps among its keyword arguments)."""
+    dont = kernel.do_not_specialize if isinstance(kernel, JITFunction) else kernel.kwargs.get("do_not_specialize")
+    fn = JITFunction(kernel.fn, do_not_specialize=dont)
     return create_function_from_signature(fn.signature, fn.params, make_backend(TARGET))(**kwargs)[1]
 
 

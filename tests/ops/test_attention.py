@@ -505,18 +505,19 @@ def test_deterministic_must_be_a_bool():
 
 
 def test_dropout_keep_mask_statistics():
-    """Keep rate 1 - p, and the 4 keys one Philox call serves (j // 4 equal) drop independently: each
-    pair of them agrees with probability p^2 + (1 - p)^2, not 1 as if they shared a word."""
+    """Keep rate 1 - p, and the 8 keys one Philox call serves (j // 8 equal) drop independently: each
+    pair of them (two halves of one word, or of two) agrees with probability p^2 + (1 - p)^2, not 1 as
+    if they shared a value."""
     from fasttx.triton_kernels.attention import dropout_keep_mask
 
     p = 0.3
     keep = dropout_keep_mask(2**35 + 99, 2, 3, 64, 128, p, DEVICE).cpu()
     n = keep.numel()
     assert abs(keep.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5
-    groups = keep.reshape(-1, 4)
+    groups = keep.reshape(-1, 8)
     agree = p**2 + (1 - p) ** 2
-    for a in range(4):
-        for b in range(a + 1, 4):
+    for a in range(8):
+        for b in range(a + 1, 8):
             rate = (groups[:, a] == groups[:, b]).float().mean().item()
             assert abs(rate - agree) < 5 * (agree * (1 - agree) / len(groups)) ** 0.5, (a, b, rate)
 

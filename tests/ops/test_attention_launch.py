@@ -113,10 +113,14 @@ def test_specialization_detects_an_int_seed():
     assert keys[0] != keys[1] and keys[0] != keys[2]
 
 
-@pytest.mark.parametrize("seeds", [(17, 16), (17, 1), (2**40 + 1, 2**40)], ids=str)
-def test_seed_never_specialises_the_kernels(seeds):
-    """The seed is read from a tensor: seeds of any divisibility launch the same compiled kernels."""
-    first, second = (fwd_call(torch.tensor(s)) for s in seeds)
+# (seed, dropout_p) of two launches: seeds and drop thresholds (dropout_threshold: 6554, 1, 16) of
+# every divisibility.
+@pytest.mark.parametrize("calls", [((17, 0.1), (16, 0.1)), ((17, 0.1), (1, 0.1)), ((2**40 + 1, 0.1), (2**40, 0.1)),
+                                   ((17, 0.1), (17, 2**-16)), ((17, 0.1), (17, 2**-12))], ids=str)
+def test_seed_and_dropout_p_never_specialise_the_kernels(calls):
+    """The seed is read from a tensor and the drop threshold is do_not_specialize: seeds and dropout_p
+    of any divisibility launch the same compiled kernels."""
+    first, second = (fwd_call(torch.tensor(s), dropout_p=p) for s, p in calls)
     kernel = attention_fwd._attn_fwd_kernel
     assert specialization(kernel, **first) == specialization(kernel, **second)
     bwd = []

@@ -27,7 +27,7 @@
 // accumulators take 128 of a consumer's 240 registers; a 64-query tile adds S^T and dP^T (32
 // registers each) and their packed fragments (16 each, short-lived), so 128-query tiles (64
 // registers each) would not fit, nor at E = 64 (64 + 128 + 64 packed). A mask is read per score, for the thread's own scores,
-// through its broadcast strides; dropout's 32 keep bits of a tile (8 Philox calls a thread) are
+// through its broadcast strides; dropout's 32 keep bits of a tile (4 Philox calls a thread) are
 // drawn while the tile's S^T and dP^T wgmma run. 64 keys per warpgroup is wgmma's M, and two consumers are
 // what 24 + 2 x 240 <= 512 registers a thread-slot allow. Shared memory at E = 96, 128 (E = 64: half
 // the tiles): K, V 64 KB, 2 stages of Q, dO 64 KB, lse / D 1 KB: 130 KB of the 227 KB with the

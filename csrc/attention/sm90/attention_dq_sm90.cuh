@@ -30,7 +30,7 @@
 // 3 stages of K, V 96 KB: 160 KB of the 227 KB (one CTA an SM either way: 384 threads at 240 registers).
 // Rows past L or S arrive as zeros: padding rows then add nothing (P = 0 from lse = +inf) and are not
 // stored; padding keys get P = 0 by the element checks of the last block. A mask is read per score,
-// for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (8 Philox
+// for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (4 Philox
 // calls a thread) are drawn while its S and dP wgmma run.
 // E = 256 (Sm90Dq's kConsumers, kOverlap): Q and dO of 128 rows take 128 KB, and the loop needs 2
 // stages of K, V (64 KB each), 256 KB; so one consumer warpgroup of 64 rows (Q, dO 64 KB + 2 stages 128

@@ -112,16 +112,17 @@ struct Sm90BwdMath {
 // score fragment (wgmma D layout: the mma C fragment over 8 column tiles of 8): bit e for element e,
 // at row row0 + g + 8 ((e >> 1) & 1), column col0 + 8 (e >> 2) + 2t + (e & 1) of the warp's 16 rows
 // from row0. Queries along rows (dQ: S) draw as the forward does (keep_bits_qk), keys along rows
-// (dK / dV: S^T) as the sm_80 dK/dV kernel does (keep_bits_kq). Called by every lane of the warp.
+// (dK / dV: S^T) as the sm_80 dK/dV kernel does (keep_bits_kq), a pair of column tiles a call (4
+// Philox calls a thread). Called by every lane of the warp.
 template <bool kKeysAlongRows>
 __device__ __forceinline__ uint32_t sm90_bwd_keep_bits(const AttentionParams& p, uint64_t seed, int64_t bh, int row0,
                                                        int col0, int lane) {
   uint32_t keep = 0;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    keep |= (kKeysAlongRows ? keep_bits_kq(p, seed, bh, row0, col0 + 8 * i, lane)
-                            : keep_bits_qk(p, seed, bh, row0, col0 + 8 * i, lane))
-            << (4 * i);
+  for (int i = 0; i < 4; ++i) {
+    keep |= (kKeysAlongRows ? keep_bits_kq(p, seed, bh, row0, col0 + 16 * i, lane)
+                            : keep_bits_qk(p, seed, bh, row0, col0 + 16 * i, lane))
+            << (8 * i);
   }
   return keep;
 }

@@ -208,8 +208,8 @@ def test_forward_128_row_tiles_dropout(emulator, E, is_causal):
 
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_head_dim_256_dropout(emulator, is_causal):
-    """E = 256: dQ draws a block's keep bits where dS takes them, not before the scores as at E <= 128
-    (32-key blocks: two pairs of tiles), and dK / dV come from their two launches; S = 75 ends each
+    """E = 256: dQ draws a block's keep bits where dS takes them (as at E = 96, the other test's causal
+    case), not before the scores as at E = 32, 64, 128 (32-key blocks: two pairs of tiles), and dK / dV come from their two launches; S = 75 ends each
     row with a partial group of 8 keys."""
     check(emulator, 1, 2, 1, 40, 75, 256, is_causal=is_causal, dropout_p=0.3)
 

@@ -252,13 +252,13 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
   for (int block = 0; block < kv.end; ++block) {
     const int stage = kv.acquire(block, tid);
     const int n0 = block * kBlockN;
-    // Dropout's keep bits, bit 4 nt + e for s[nt][e], a pair of key tiles a call: up to E = 128 drawn
-    // before the scores exist, as the forward does, so that Philox's state never sits beside S and dP
-    // (beside them the masked dropout instances at E = 32 and 64 spilled 4 B); at E = 256 a pair at a
-    // time where dS takes them (before the scores, beside dQ's 128 accumulators, 80-92 B). ptxas -v,
-    // CUDA 13.0, sm_80.
+    // Dropout's keep bits, bit 4 nt + e for s[nt][e], a pair of key tiles a call: at E = 32, 64, 128
+    // drawn before the scores exist, as the forward does, so that Philox's state never sits beside S
+    // and dP (beside them the masked dropout instances at E = 32 and 64 spilled 4 B); at E = 96 and 256
+    // a pair at a time where dS takes them (drawn first, E = 96 spilled 20-40 B in 4 instances built
+    // for sm_90a; E = 256, beside dQ's 128 accumulators, 80-92 B). ptxas -v, CUDA 13.0, sm_80 and sm_90a.
     static_assert(kNTiles * 4 <= 32 && kNTiles % 2 == 0, "a block's keep bits fit one register, in pairs");
-    constexpr bool kKeepFirst = kHeadDim <= 128;
+    constexpr bool kKeepFirst = kHeadDim <= 128 && kHeadDim != 96;
     uint32_t keep = ~0u;
     if (kKeepFirst && dropout) {
       keep = 0;

@@ -119,7 +119,7 @@ def _sm90a_kernels_sass(names):
 
 # Per head dim (csrc/attention/sm90/attention_fwd_sm90.cuh, Sm90Fwd): HGMMA of each shape (Q K^T in the
 # first turn and the loop, E / 16 k-steps each; P V in the loop and the last turn, kBlockN / 16 k-steps
-# of E / kPvN wgmma each), TMA boxes loaded (Q; K before and in the loop; V: E / 64 each) and stored (O:
+# of E / min(E, 128) wgmma each), TMA boxes loaded (Q; K before and in the loop; V: E / 64 each) and stored (O:
 # E / 64 a consumer warpgroup), the exp2 of a block's softmax (kBlockN / 2 + 2), its 8-key tiles.
 _SM90_FWD_SASS = {
     64: ({"64x128": 8, "64x64": 16}, 4, 1, 66, 16),

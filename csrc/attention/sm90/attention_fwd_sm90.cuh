@@ -74,7 +74,6 @@ struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
   static constexpr int kBlockN = kE <= 128 ? 128 : 80;
   static constexpr int kStages = kE <= 128 ? 3 : 2;
   static constexpr int kColBlocks = (kE + kBoxCols - 1) / kBoxCols;  // TMA boxes (64-column blocks) per tile row
-  static constexpr int kPvN = kE < 128 ? kE : 128;  // N of one P V wgmma: E = 256 issues two per k-step
   static constexpr int kKeepWords = (kBlockN / 2 + 31) / 32;  // dropout's bits of a thread's scores
   static constexpr int kQBytes = kBlockM * kColBlocks * kSwizzleBytes;
   static constexpr int kKvBytes = kBlockN * kColBlocks * kSwizzleBytes;  // one K or V tile
@@ -166,24 +165,13 @@ __device__ __forceinline__ void sm90_scores(float (&s)[C::kBlockN / 2], uint32_t
   wgmma_commit();
 }
 
-// Issues o += P V as one wgmma group: P (64 x kBlockN keys) from registers, k16 step kk on keys
-// 16 kk ..: V rows 16 kk .. start 2 atoms (16 rows) further each step; the kPvN columns of one wgmma
-// are column blocks LBO apart, and o's columns 128 c .. (E = 256: c = 0, 1) are o[64 c ..], the wgmma
-// D layout's column tiles 16 c ...
+// Issues o += P V as one wgmma group: P (64 x kBlockN keys) from registers, V (kBlockN x E) the B
+// operand read N-major (sm90_accumulate).
 template <typename T, typename C>
 __device__ __forceinline__ void sm90_pv(float (&o)[C::kHeadDim / 2], uint32_t (&pf)[C::kBlockN / 16][4],
                                         uint32_t v_tile) {
   wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
-#pragma unroll
-    for (int c = 0; c < C::kHeadDim / C::kPvN; ++c) {
-      const uint64_t bd = smem_desc_128b(v_tile + kk * 2 * kSwizzleAtomBytes + c * (C::kPvN / C::kBoxCols) *
-                                                                                C::kBlockN * kSwizzleBytes,
-                                         C::kBlockN * kSwizzleBytes, kSwizzleAtomBytes);
-      sm90_wgmma_rs_tn<T, C::kPvN>(*reinterpret_cast<float(*)[C::kPvN / 2]>(o + c * C::kPvN / 2), pf[kk], bd);
-    }
-  }
+  sm90_accumulate<T, C::kHeadDim, C::kBlockN, C::kBlockN / 16>(o, pf, v_tile);
   wgmma_commit();
 }
 

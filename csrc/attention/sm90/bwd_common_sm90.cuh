@@ -28,8 +28,6 @@ struct Sm90BwdHead {
   static constexpr int kBoxCols = kSwizzleBytes / 2;                 // 64 16-bit columns: one swizzled row
   static constexpr int kColBlocks = (kE + kBoxCols - 1) / kBoxCols;  // TMA boxes per tile row
   static constexpr int kRowBytes = kColBlocks * kSwizzleBytes;       // a tile row in shared memory
-  // N of one register-A gradient wgmma (sm90_accumulate): E = 256 issues two m64n128 a k-step.
-  static constexpr int kAccN = kE < 128 ? kE : 128;
 };
 
 // A backward kernel's parameters: TMA maps of q, dout (E, L, H, B) and k, v (E, S, Hkv, B)
@@ -125,27 +123,6 @@ __device__ __forceinline__ uint32_t sm90_bwd_keep_bits(const AttentionParams& p,
             << (8 * i);
   }
   return keep;
-}
-
-// d (64 x kE) += A B issued (not committed), A (64 x 16 kSteps) from registers, one fragment a k16
-// step, B the first 16 kSteps rows of a tile of kRows rows x kE columns, read N-major: k16 step kk's
-// rows 16 kk .. start 2 atoms (16 rows) further each step, the column blocks LBO apart. One wgmma
-// covers kAccN columns; d's columns 128 c .. (E = 256: c = 0, 1) are d[64 c ..], the D layout's column
-// tiles 16 c .., and column block 2 c of the tile. dV += P^T dO, dK += dS^T Q (kRows = 64 queries),
-// dQ += dS K (kRows = 64 keys).
-template <typename T, int kE, int kRows, int kSteps>
-__device__ __forceinline__ void sm90_accumulate(float (&d)[kE / 2], const uint32_t (&a)[kSteps][4], uint32_t tile) {
-  constexpr int kN = Sm90BwdHead<kE>::kAccN;
-#pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) {
-#pragma unroll
-    for (int c = 0; c < kE / kN; ++c) {
-      const uint32_t b =
-          tile + kk * 2 * kSwizzleAtomBytes + c * (kN / Sm90BwdHead<kE>::kBoxCols) * kRows * kSwizzleBytes;
-      sm90_wgmma_rs_tn<T, kN>(*reinterpret_cast<float(*)[kN / 2]>(d + c * kN / 2), a[kk],
-                              smem_desc_128b(b, kRows * kSwizzleBytes, kSwizzleAtomBytes));
-    }
-  }
 }
 
 // Rows `row` and `row` + 8 of `rows` (row-major, kE columns: this thread's rows of a 64 x kE D

@@ -11,7 +11,7 @@ namespace fasttx {
 namespace attn {
 
 // The m64nNk16 wgmma of a tile width N under one name, for kernels whose N follows the head dim (the
-// forward's S = Q K^T: kBlockN, P V: kPvN; the backward's register-A gradient products).
+// forward's S = Q K^T: kBlockN; the register-A products of sm90_accumulate).
 template <typename T, int N>
 __device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   if constexpr (N == 128) {
@@ -30,6 +30,28 @@ __device__ __forceinline__ void sm90_wgmma_rs_tn(float (&d)[N / 2], const uint32
   } else {
     static_assert(N == 64, "no wgmma.m64nNk16 register/shared wrapper for this N");
     wgmma_m64n64k16_rs_tn<T>(d, a, desc_b);
+  }
+}
+
+// d (64 x kE) += A B issued (neither fenced nor committed), A (64 x 16 kSteps) from registers, one
+// fragment a k16 step, B the first 16 kSteps rows of a tile of kRows rows x kE columns, read N-major:
+// k16 step kk's rows 16 kk .. start 2 atoms (16 rows) further each step, the column blocks LBO apart.
+// One wgmma covers kN = min(kE, 128) columns; d's columns 128 c .. (E = 256: c = 0, 1) are d[64 c ..],
+// the D layout's column tiles 16 c .., and column block 2 c of the tile. The forward's O += P V
+// (kRows = kBlockN keys), the backward's dV += P^T dO, dK += dS^T Q (kRows = 64 queries) and
+// dQ += dS K (kRows = 64 keys).
+template <typename T, int kE, int kRows, int kSteps>
+__device__ __forceinline__ void sm90_accumulate(float (&d)[kE / 2], const uint32_t (&a)[kSteps][4], uint32_t tile) {
+  constexpr int kN = kE < 128 ? kE : 128;
+  constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled column block
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+#pragma unroll
+    for (int c = 0; c < kE / kN; ++c) {
+      const uint32_t b = tile + kk * 2 * kSwizzleAtomBytes + c * (kN / kBoxCols) * kRows * kSwizzleBytes;
+      sm90_wgmma_rs_tn<T, kN>(*reinterpret_cast<float(*)[kN / 2]>(d + c * kN / 2), a[kk],
+                              smem_desc_128b(b, kRows * kSwizzleBytes, kSwizzleAtomBytes));
+    }
   }
 }
 

@@ -58,9 +58,14 @@ inline bool encode_tma_4d(CUtensorMap* map, const void* base, bool bf16, const i
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// Whether `kernel` can run here with its sm_90a code: the current device is sm_90 and the build has
-// code for it (binaryVersion 90: a "9.0a" or "9.0" entry in TORCH_CUDA_ARCH_LIST; "9.0" alone gives
-// the kernel's trapping stub, attention_fwd_sm90.cuh). Cached per device.
+// Whether `kernel` can run here with its sm_90a code: the current device is sm_90 and the code loaded
+// for it is sm_90a's. binaryVersion 90 says only that the build has sm_90 code ("9.0a" or "9.0" in
+// TORCH_CUDA_ARCH_LIST); with "9.0" alone that code is the kernel's stub, __trap() alone
+// (attention_fwd_sm90.cuh), whose launch would take the process's CUDA context with it. The two differ
+// in registers: the sm_90a kernels start with all their __launch_bounds__(threads, 1) allow, 128-255 a
+// thread, which setmaxnreg then moves between warpgroups; the stub needs 4 (ptxas -v, CUDA 13.0).
+// cudaFuncGetAttributes reads that without a launch, so also under stream capture. Cached per device.
+constexpr int kSm90StubMaxRegisters = 32;
 template <typename Kernel>
 bool runs_sm90a(Kernel kernel) {
   constexpr int kMaxDevices = 64;
@@ -76,7 +81,7 @@ bool runs_sm90a(Kernel kernel) {
     const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
                     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
                     major == 9 && minor == 0 && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess &&
-                    attr.binaryVersion == 90;
+                    attr.binaryVersion == 90 && attr.numRegs > kSm90StubMaxRegisters;
     cudaGetLastError();  // a kernel without code for this device is an answer, not an error to report later
     cached[dev].store(ok ? 1 : 2);
   }

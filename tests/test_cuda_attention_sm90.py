@@ -199,3 +199,20 @@ def test_sm90_device_runs_the_sm90a_backward_kernels_only_when_switched_on(switc
     assert any("attention_bwd_q_sm90_kernel" in n for n in names) == sm90, names
     assert any("attention_bwd_q_kernel" in n for n in names) == (not sm90), names
     assert any("attention_bwd_delta_kernel" in n for n in names), names
+
+
+@pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")
+def test_size_one_dims_with_odd_strides_still_take_the_sm90a_kernels():
+    """A dim of extent 1 may carry any stride (torch leaves it free; here odd ones on the batch and on
+    L = 1's row dim of q, and on k's batch): the TMA maps give such a dim a packed stride, where the
+    driver would refuse the odd one and the call would quietly run the sm_80 kernels."""
+    q, k, v = attention_inputs(1, 2, 2, 1, 300, 128, dtype=torch.bfloat16)
+    q = q.as_strided(q.shape, (7, q.stride(1), 3, 1))
+    k = k.as_strided(k.shape, (5, *k.stride()[1:]))
+    assert q.stride(0) % 8 and q.stride(2) % 8 and k.stride(0) % 8
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        check(q, k, v, "cuda")
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    for kernel in ("attention_fwd_sm90_kernel", "attention_bwd_kv_sm90_kernel", "attention_bwd_q_sm90_kernel"):
+        assert any(kernel in n for n in names), (kernel, names)

@@ -206,10 +206,9 @@ __device__ __forceinline__ void sm90_keep_bits(uint32_t (&keep)[C::kKeepWords], 
   static_assert(C::kBlockN % 16 == 0, "column tiles in pairs");
 #pragma unroll
   for (int w = 0; w < C::kKeepWords; ++w) keep[w] = 0;
+  const uint64_t counter = qk_counter(p, bh, q0, n0, lane);
 #pragma unroll
-  for (int i = 0; i < C::kBlockN / 16; ++i) {
-    keep[i / 4] |= keep_bits_qk(p, seed, bh, q0, n0 + 16 * i, lane) << (8 * (i % 4));
-  }
+  for (int i = 0; i < C::kBlockN / 16; ++i) keep[i / 4] |= keep_bits_qk(p, seed, counter + 2 * i, lane) << (8 * (i % 4));
 }
 
 // The online softmax of this thread's rows g, g + 8 of a consumer warpgroup, in base 2. Without a mask

@@ -152,9 +152,10 @@ __device__ __forceinline__ uint32_t keep_group(const AttentionParams& p, uint64_
     const uint32_t d = (w.w[i] | 0x80008000u) - (t2 & 0x7FFF7FFFu);
     ge[i] = (w.w[i] & ~t2) | (~(w.w[i] ^ t2) & d);
   }
-  // Byte j all ones iff value j (lo) or j + 4 (hi) is kept: the sign bits (15, 31) of bytes 1, 3 of
-  // two words. Then byte j's bits j and j + 4, summed over the bytes by the multiply (distinct bits,
-  // no carries), give bit m for value m.
+  // Byte j of lo all ones iff value j is kept, of hi iff value j + 4 is: prmt's sign-replicating
+  // selector nibbles (8 + byte) copy the sign bits 15, 31 (bytes 1, 3) of two words. Then byte j's bits
+  // j and j + 4, summed over the bytes by the multiply (distinct bits, no carries), give bit m for
+  // value m.
   const uint32_t lo = prmt(ge[0], ge[1], 0xFDB9u), hi = prmt(ge[2], ge[3], 0xFDB9u);
   return (((lo & 0x08040201u) | (hi & 0x80402010u)) * 0x01010101u) >> 24;
 }
@@ -179,11 +180,12 @@ __device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint6
   uint32_t v = keep_group(p, seed, counter) << (8 * t);
   v |= shfl_xor(v, 1);
   v |= shfl_xor(v, 2);
-  // Byte u's bits 0-1, this lane's keys of group u, times 2^(24 - 6u) land at bits 24 + 2u, 25 + 2u;
-  // the multiplier's other terms put them at distinct even bits below 24 or past 31 (no carries).
-  return (((v >> (2 * t)) & 0x03030303u) * 0x01041040u) >> 24;
+  v = (v >> (2 * t)) & 0x03030303u;  // byte u's bits 0-1: this lane's keys of group u
+  v |= v >> 6;                       // bytes 0, 1 at bits 0-3, bytes 2, 3 at bits 16-19
+  return (v & 0xFu) | ((v >> 12) & 0xF0u);
 }
 
+// The same from the block's origins (a caller drawing one block).
 __device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint64_t seed, int64_t bh, int q0, int k0,
                                                  int lane) {
   return keep_bits_qk(p, seed, qk_counter(p, bh, q0, k0, lane), lane);
@@ -220,6 +222,7 @@ __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint6
   return v;
 }
 
+// The same from the block's origins (a caller drawing one block).
 __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint64_t seed, int64_t bh, int k0, int q0,
                                                  int lane) {
   return keep_bits_kq(p, seed, kq_counter(p, bh, k0, q0, lane), lane);

@@ -78,8 +78,8 @@ FASTTX_HOST_DEVICE uint64_t dropout_counter(uint64_t row, int keys, int j) {
 // The drop threshold of dropout probability p in [0, 1), computed once on the host (the binding; the
 // Triton launchers' dropout_threshold computes the same from the same double): p 2^16 (exact in double)
 // rounded to the nearest integer, ties to even (nearbyint in the default rounding mode, Python's
-// round), at most 2^16 - 1 so that the kernels may compare it shifted into a word's high half
-// (attention_common.cuh keep_group).
+// round), at most 2^16 - 1 so that the kernels may compare it with both 16-bit halves of a word at once
+// (attention_common.cuh keep_group; Triton's dropout_keep shifts it into a word's high half).
 inline uint32_t dropout_threshold(double p) {
   return static_cast<uint32_t>(std::fmin(std::nearbyint(p * 65536.0), 65535.0));
 }

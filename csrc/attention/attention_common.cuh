@@ -139,19 +139,14 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
 }
 
 // Bit m: whether key 8k + m of score row r is kept, `counter` = dropout_counter(r, S, 8k). Both values
-// of a word compared at once, without predicates (ptxas packs 8 compares' predicates into a register
-// with P2R only where P0-P6 are free; in the kernels it took a SEL and more a key): with t' and v' the
-// low 15 bits of the threshold t and of a value v, (v | 2^15) - t' stays within v's 16 bits and has
-// bit 15 set iff v' >= t'; v >= t iff v's bit 15 is set and t's clear, or they are equal and v' >= t'.
+// of a word compared at once, without predicates (philox::halves_at_least; ptxas packs 8 compares'
+// predicates into a register with P2R only where P0-P6 are free, and in the kernels took a SEL and
+// more a key).
 __device__ __forceinline__ uint32_t keep_group(const AttentionParams& p, uint64_t seed, uint64_t counter) {
   const philox::Words w = philox::words(seed, counter);
-  const uint32_t t2 = p.keep_threshold * 0x10001u;  // t in both halves (t < 2^16)
-  uint32_t ge[4];                                   // bit 15: value 2i >= t; bit 31: value 2i + 1
+  uint32_t ge[4];  // bit 15: value 2i >= t; bit 31: value 2i + 1
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t d = (w.w[i] | 0x80008000u) - (t2 & 0x7FFF7FFFu);
-    ge[i] = (w.w[i] & ~t2) | (~(w.w[i] ^ t2) & d);
-  }
+  for (int i = 0; i < 4; ++i) ge[i] = philox::halves_at_least(w.w[i], p.keep_threshold);
   // Byte j of lo all ones iff value j is kept, of hi iff value j + 4 is: prmt's sign-replicating
   // selector nibbles (8 + byte) copy the sign bits 15, 31 (bytes 1, 3) of two words. Then byte j's bits
   // j and j + 4, summed over the bytes by the multiply (distinct bits, no carries), give bit m for

@@ -66,6 +66,17 @@ FASTTX_HOST_DEVICE Words words(uint64_t seed, uint64_t counter) {
   return Words{{c0, c1, c2, c3}};
 }
 
+// Bits 15 and 31: whether the low and the high 16-bit value of `word` are >= `threshold` (< 2^16), both
+// at once and without a predicate (the kernels' compare, attention_common.cuh keep_group); the other
+// bits are junk. With t', v' the low 15 bits of the threshold t and of a value v, (v | 2^15) - t' stays
+// within v's 16 bits and has bit 15 set iff v' >= t'; v >= t iff v's bit 15 is set and t's clear, or
+// they are equal and v' >= t'.
+FASTTX_HOST_DEVICE uint32_t halves_at_least(uint32_t word, uint32_t threshold) {
+  const uint32_t t2 = threshold * 0x10001u;  // t in both halves
+  const uint32_t low = (word | 0x80008000u) - (t2 & 0x7FFF7FFFu);
+  return (word & ~t2) | (~(word ^ t2) & low);
+}
+
 // The groups of 8 keys of a score row with `keys` (S) keys: ceil(S / 8), the Philox counters a row takes.
 FASTTX_HOST_DEVICE uint64_t dropout_row_groups(int keys) { return static_cast<uint64_t>((keys + 7) / 8); }
 

@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
       for (int j = 0; j < keys; ++j) {
         // The kernels' compare: both values of the word at once, value j % 8 at bit 15 + 16 (j % 2).
         const unsigned word = words(seed, dropout_counter(r, keys, j)).w[j % 8 / 2];
-        std::putchar(halves_at_least(word, threshold) >> (15 + 16 * (j % 2)) & 1u ? '1' : '0');
+        std::putchar(halves_at_least(word, threshold * 0x10001u) >> (15 + 16 * (j % 2)) & 1u ? '1' : '0');
       }
       std::putchar('\n');
     }

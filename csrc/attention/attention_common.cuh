@@ -144,9 +144,10 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
 // more a key).
 __device__ __forceinline__ uint32_t keep_group(const AttentionParams& p, uint64_t seed, uint64_t counter) {
   const philox::Words w = philox::words(seed, counter);
+  const uint32_t t2 = p.keep_threshold * 0x10001u;
   uint32_t ge[4];  // bit 15: value 2i >= t; bit 31: value 2i + 1
 #pragma unroll
-  for (int i = 0; i < 4; ++i) ge[i] = philox::halves_at_least(w.w[i], p.keep_threshold);
+  for (int i = 0; i < 4; ++i) ge[i] = philox::halves_at_least(w.w[i], t2);
   // Byte j of lo all ones iff value j is kept, of hi iff value j + 4 is: prmt's sign-replicating
   // selector nibbles (8 + byte) copy the sign bits 15, 31 (bytes 1, 3) of two words. Then byte j's bits
   // j and j + 4, summed over the bytes by the multiply (distinct bits, no carries), give bit m for

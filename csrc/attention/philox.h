@@ -66,13 +66,12 @@ FASTTX_HOST_DEVICE Words words(uint64_t seed, uint64_t counter) {
   return Words{{c0, c1, c2, c3}};
 }
 
-// Bits 15 and 31: whether the low and the high 16-bit value of `word` are >= `threshold` (< 2^16), both
-// at once and without a predicate (the kernels' compare, attention_common.cuh keep_group); the other
-// bits are junk. With t', v' the low 15 bits of the threshold t and of a value v, (v | 2^15) - t' stays
-// within v's 16 bits and has bit 15 set iff v' >= t'; v >= t iff v's bit 15 is set and t's clear, or
-// they are equal and v' >= t'.
-FASTTX_HOST_DEVICE uint32_t halves_at_least(uint32_t word, uint32_t threshold) {
-  const uint32_t t2 = threshold * 0x10001u;  // t in both halves
+// Bits 15 and 31: whether the low and the high 16-bit value of `word` are >= the threshold t (< 2^16),
+// given as t2 = t 0x10001 (t in both halves), both at once and without a predicate (the kernels'
+// compare, attention_common.cuh keep_group); the other bits are junk. With t', v' the low 15 bits of
+// t and of a value v, (v | 2^15) - t' stays within v's 16 bits and has bit 15 set iff v' >= t';
+// v >= t iff v's bit 15 is set and t's clear, or they are equal and v' >= t'.
+FASTTX_HOST_DEVICE uint32_t halves_at_least(uint32_t word, uint32_t t2) {
   const uint32_t low = (word | 0x80008000u) - (t2 & 0x7FFF7FFFu);
   return (word & ~t2) | (~(word ^ t2) & low);
 }

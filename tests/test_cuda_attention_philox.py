@@ -3,8 +3,8 @@
 here. Element (b, h, i, j) is kept iff the 16-bit value j % 8 of the words of Philox counter
 ((b H + h) L + i) ceil(S / 8) + j // 8 (value 2w the low half of word w, 2w + 1 its high half) is >=
 the threshold min(round(p 2^16), 2^16 - 1), ties to even. csrc/attention/philox.h (what the CUDA
-kernels draw with) is compiled into a small host program whose words, thresholds and keep mask must be
-the oracle's, as must tl.randint4x's words and the Triton kernels' dropout_keep_mask (which the
+kernels draw and compare with) is compiled into a small host program whose words, thresholds and keep
+mask (through the kernels' compare of both values of a word at once) must be the oracle's, as must tl.randint4x's words and the Triton kernels' dropout_keep_mask (which the
 emulated CUDA kernels' tests compare their keep masks with), so that both backends drop the same
 elements for the same seed."""
 
@@ -51,8 +51,9 @@ int main(int argc, char** argv) {
     const unsigned threshold = dropout_threshold(std::strtod(argv[5], nullptr));
     for (long r = 0; r < rows; ++r) {
       for (int j = 0; j < keys; ++j) {
-        const unsigned value = (words(seed, dropout_counter(r, keys, j)).w[j % 8 / 2] >> (16 * (j % 2))) & 0xFFFFu;
-        std::putchar(value >= threshold ? '1' : '0');
+        // The kernels' compare: both values of the word at once, value j % 8 at bit 15 + 16 (j % 2).
+        const unsigned word = words(seed, dropout_counter(r, keys, j)).w[j % 8 / 2];
+        std::putchar(halves_at_least(word, threshold * 0x10001u) >> (15 + 16 * (j % 2)) & 1u ? '1' : '0');
       }
       std::putchar('\n');
     }
@@ -171,7 +172,9 @@ def test_thresholds_match_the_oracle(host_program):
 # (B, H, L, S): S not a multiple of 8 (a row's last group is partial), one query, several heads.
 @pytest.mark.parametrize("shape", [(2, 3, 1, 1), (1, 2, 1, 5), (2, 1, 3, 130), (1, 3, 1, 131), (1, 1, 33, 64),
                                    (1, 1, 17, 200)], ids=str)
-@pytest.mark.parametrize("p", [0.3, 0.5 + 2**-17, 0.9])
+# Thresholds 19661, 32768, 58982, 0, 65535: the top bit of t clear and set, every value kept, all but 65535
+# dropped (philox::halves_at_least compares by t's top bit and its low 15 bits).
+@pytest.mark.parametrize("p", [0.3, 0.5 + 2**-17, 0.9, 2**-18, 1 - 2**-18])
 def test_keep_mask_is_the_specified_draw(host_program, shape, p):
     from fasttx.triton_kernels.attention import dropout_keep_mask
 

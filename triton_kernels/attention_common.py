@@ -436,8 +436,8 @@ def dropout_keep(seed, first_row, rows, start_n, S, keep_threshold, BLOCK_N: tl.
     S8 = (S + 7) // 8
     groups = tl.arange(0, BLOCK_N // 8)
     w0, w1, w2, w3 = tl.randint4x(seed, (first_row * S8 + start_n // 8) + (rows[:, None] * S8 + groups[None, :]))
-    # As the CUDA kernels compare (keep_group): a low half is >= t iff its word << 16 is >= t << 16, a
-    # high half iff the word itself is (t < 2^16), so no half is extracted.
+    # A low half is >= t iff its word << 16 is >= t << 16, a high half iff the word itself is (t < 2^16),
+    # so no half is extracted (the CUDA kernels' keep_group compares both halves of a word at once).
     # join(join(join(x0, x2), join(x1, x3)), join(join(w0, w2), join(w1, w3)))[r, k, a, b, c], with
     # x_i = w_i << 16, is half c of word 2a + b, which row-major is key 8k + 4a + 2b + c.
     lows = tl.join(tl.join(w0 << 16, w2 << 16), tl.join(w1 << 16, w3 << 16))

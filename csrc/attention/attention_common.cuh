@@ -119,31 +119,61 @@ __device__ __forceinline__ uint64_t load_seed(const AttentionParams& p) {
 // group is drawn twice. Called by all 32 lanes (the shuffles); rows past L and keys past S draw
 // counters that nothing reads back.
 
-// Bit m: whether key `key` + m (`key` a multiple of 8) of score row `row` is kept.
-__device__ __forceinline__ uint32_t keep_group(const AttentionParams& p, uint64_t seed, uint64_t row, int key) {
-  const philox::Words w = philox::words(seed, philox::dropout_counter(row, p.keys, key));
-  // Value 2i, word i's low half, is >= the threshold iff word i << 16 is >= it << 16, and value 2i + 1,
-  // its high half, iff word i itself is (the threshold < 2^16): one compare a key, no extraction.
-  const uint32_t threshold = p.keep_threshold << 16;
-  uint32_t bits = 0;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    bits |= static_cast<uint32_t>((w.w[i] << 16) >= threshold) << (2 * i);
-    bits |= static_cast<uint32_t>(w.w[i] >= threshold) << (2 * i + 1);
+// prmt.b32 (PTX's generic mode): byte n of the result is byte s_n & 7 of b:a (a bytes 0-3, b 4-7), s_n
+// the selector's nibble n, or with bit 3 of s_n set that byte's sign bit copied into all 8 bits.
+// The host build (the emulator) computes the same. (CUDA's __byte_perm documents only the 3 low bits.)
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
+#if defined(__CUDA_ARCH__)
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s));
+  return d;
+#else
+  const uint64_t ba = static_cast<uint64_t>(b) << 32 | a;
+  uint32_t d = 0;
+  for (int n = 0; n < 4; ++n) {
+    const uint32_t sel = s >> (4 * n) & 0xFu, byte = static_cast<uint32_t>(ba >> (8 * (sel & 7u))) & 0xFFu;
+    d |= ((sel & 8u) ? (byte & 0x80u ? 0xFFu : 0u) : byte) << (8 * n);
   }
-  return bits;
+  return d;
+#endif
+}
+
+// Bit m: whether key 8k + m of score row r is kept, `counter` = dropout_counter(r, S, 8k). Both values
+// of a word compared at once, without predicates (philox::halves_at_least; ptxas packs 8 compares'
+// predicates into a register with P2R only where P0-P6 are free, and in the kernels took a SEL and
+// more a key).
+__device__ __forceinline__ uint32_t keep_group(const AttentionParams& p, uint64_t seed, uint64_t counter) {
+  const philox::Words w = philox::words(seed, counter);
+  const uint32_t t2 = p.keep_threshold * 0x10001u;
+  uint32_t ge[4];  // bit 15: value 2i >= t; bit 31: value 2i + 1
+#pragma unroll
+  for (int i = 0; i < 4; ++i) ge[i] = philox::halves_at_least(w.w[i], t2);
+  // Byte j of lo all ones iff value j is kept, of hi iff value j + 4 is: prmt's sign-replicating
+  // selector nibbles (8 + byte) copy the sign bits 15, 31 (bytes 1, 3) of two words. Then byte j's bits
+  // j and j + 4, summed over the bytes by the multiply (distinct bits, no carries), give bit m for
+  // value m.
+  const uint32_t lo = prmt(ge[0], ge[1], 0xFDB9u), hi = prmt(ge[2], ge[3], 0xFDB9u);
+  return (((lo & 0x08040201u) | (hi & 0x80402010u)) * 0x01010101u) >> 24;
 }
 
 // Queries along rows (from query q0), keys along columns (from key k0, a multiple of 8): forward, dQ.
 // The quad of lanes t = 0 .. 3 of row g holds columns 2t, 2t + 1 of rows g and g + 8 in both tiles:
-// the groups u = 0 .. 3 of row g + 8 (u & 1), tile u >> 1. Lane t draws group t, and two shuffles
-// (lane strides 1, 2) gather the quad's 32 bits, group u at byte u; lane t takes keys 2t, 2t + 1 of
-// each, which are its elements 2 (u & 1), + 1 of tile u >> 1: bits 2u, 2u + 1.
-__device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint64_t seed, int64_t bh, int q0, int k0,
-                                                 int lane) {
+// the groups u = 0 .. 3 of row g + 8 (u & 1), tile u >> 1. Lane t draws group t (qk_counter), and two
+// shuffles (lane strides 1, 2) gather the quad's 32 bits, group u at byte u; lane t takes keys 2t,
+// 2t + 1 of each, which are its elements 2 (u & 1), + 1 of tile u >> 1: bits 2u, 2u + 1.
+__device__ __forceinline__ uint64_t qk_counter(const AttentionParams& p, int64_t bh, int q0, int k0, int lane) {
   const int g = lane / 4, t = lane % 4;
-  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + g + 8 * (t & 1), k0 + 8 * (t >> 1))
-               << (8 * t);
+  return philox::dropout_counter(static_cast<uint64_t>(bh) * p.queries + q0 + g + 8 * (t & 1), p.keys,
+                                 k0 + 8 * (t >> 1));
+}
+
+// The block's bits from qk_counter(p, bh, q0, k0, lane); the block 16 i keys further on (from k0 + 16 i)
+// draws counter + 2 i, which a caller drawing several blocks adds (two 32-bit adds) where ptxas would
+// otherwise redo the row's 64-bit multiply-add for each.
+__device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint64_t seed, uint64_t counter,
+                                                 int lane) {
+  const int t = lane % 4;
+  uint32_t v = keep_group(p, seed, counter) << (8 * t);
   v |= shfl_xor(v, 1);
   v |= shfl_xor(v, 2);
   v = (v >> (2 * t)) & 0x03030303u;  // byte u's bits 0-1: this lane's keys of group u
@@ -151,19 +181,32 @@ __device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint6
   return (v & 0xFu) | ((v >> 12) & 0xF0u);
 }
 
+// The same from the block's origins (a caller drawing one block).
+__device__ __forceinline__ uint32_t keep_bits_qk(const AttentionParams& p, uint64_t seed, int64_t bh, int q0, int k0,
+                                                 int lane) {
+  return keep_bits_qk(p, seed, qk_counter(p, bh, q0, k0, lane), lane);
+}
+
 // Keys along rows (from key k0, a multiple of 8), queries along columns (from query q0): dK / dV.
 // Rows 0-7 are key g of group k0, rows 8-15 key g of group k0 + 8, so the 8 lanes g = 0 .. 7 sharing t
 // (lane stride 4) hold key g of the same 8 groups u = 4c + 2a + b: query q0 + 8c + 2t + b (tile c,
 // column 2t + b), keys k0 + 8a .. (rows 8a ..), the group of this lane's element c[2a + b] of tile c,
-// whose result bit is 4c + 2a + b = u. Lane g draws group g; three xor-shuffle butterflies (lane
-// strides 4, 8, 16) then transpose the 8 x 8 bits (lane g's bit m: key m of group g) over those lanes,
-// each swapping bit d of the lane's g with bit d of the bit position, so that lane g ends with key g
-// of group u at bit u.
-__device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint64_t seed, int64_t bh, int k0, int q0,
-                                                 int lane) {
+// whose result bit is 4c + 2a + b = u. Lane g draws group g (kq_counter); three xor-shuffle butterflies
+// (lane strides 4, 8, 16) then transpose the 8 x 8 bits (lane g's bit m: key m of group g) over those
+// lanes, each swapping bit d of the lane's g with bit d of the bit position, so that lane g ends with
+// key g of group u at bit u.
+__device__ __forceinline__ uint64_t kq_counter(const AttentionParams& p, int64_t bh, int k0, int q0, int lane) {
   const int g = lane / 4, t = lane % 4;
-  uint32_t v = keep_group(p, seed, static_cast<uint64_t>(bh) * p.queries + q0 + 8 * (g >> 2) + 2 * t + (g & 1),
-                          k0 + 8 * ((g >> 1) & 1));
+  return philox::dropout_counter(static_cast<uint64_t>(bh) * p.queries + q0 + 8 * (g >> 2) + 2 * t + (g & 1),
+                                 p.keys, k0 + 8 * ((g >> 1) & 1));
+}
+
+// The block's bits from kq_counter(p, bh, k0, q0, lane); the block 16 i queries further on (from q0 + 16 i)
+// draws counter + 16 i ceil(S / 8).
+__device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint64_t seed, uint64_t counter,
+                                                 int lane) {
+  const int g = lane / 4;
+  uint32_t v = keep_group(p, seed, counter);
 #pragma unroll
   for (int d = 1; d < 8; d *= 2) {
     const uint32_t low = d == 1 ? 0x55u : d == 2 ? 0x33u : 0x0Fu;  // positions with bit d clear
@@ -173,6 +216,12 @@ __device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint6
     v = (g & d) ? (v & ~low) | ((other >> d) & low) : (v & low) | ((other << d) & (low << d));
   }
   return v;
+}
+
+// The same from the block's origins (a caller drawing one block).
+__device__ __forceinline__ uint32_t keep_bits_kq(const AttentionParams& p, uint64_t seed, int64_t bh, int k0, int q0,
+                                                 int lane) {
+  return keep_bits_kq(p, seed, kq_counter(p, bh, k0, q0, lane), lane);
 }
 
 // Key blocks [0, full) need no element checks: all their keys < S and, causal, <= every query of the

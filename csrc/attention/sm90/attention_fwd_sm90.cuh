@@ -198,17 +198,19 @@ struct Sm90Turns {
 // Dropout's keep bits of key block n0 .. n0 + kBlockN - 1 for this thread's scores (philox.h's draw):
 // bit e % 32 of keep[e / 32] for s[e]. The wgmma D fragment is the mma C fragment repeated over
 // kBlockN / 8 column tiles (primitives_sm90.cuh), so keep_bits_qk draws each pair of tiles as the
-// sm_80 forward does: one Philox call a thread per pair (kBlockN = 80: 5 pairs), every value used. q0:
-// the warp's first query row. Called by every lane of the warp (its shuffles).
+// sm_80 forward does: one Philox call a thread per pair (kBlockN = 80: 5 pairs), every value used, pair
+// i at the lane's counter of pair 0 plus 2 i. q0: the warp's first query row. Called by every lane of
+// the warp (its shuffles).
 template <typename C>
 __device__ __forceinline__ void sm90_keep_bits(uint32_t (&keep)[C::kKeepWords], const AttentionParams& p,
                                                uint64_t seed, int64_t bh, int q0, int n0, int lane) {
   static_assert(C::kBlockN % 16 == 0, "column tiles in pairs");
 #pragma unroll
   for (int w = 0; w < C::kKeepWords; ++w) keep[w] = 0;
+  const uint64_t counter = qk_counter(p, bh, q0, n0, lane);
 #pragma unroll
   for (int i = 0; i < C::kBlockN / 16; ++i) {
-    keep[i / 4] |= keep_bits_qk(p, seed, bh, q0, n0 + 16 * i, lane) << (8 * (i % 4));
+    keep[i / 4] |= keep_bits_qk(p, seed, counter + 2 * i, lane) << (8 * (i % 4));
   }
 }
 

@@ -115,11 +115,15 @@ struct Sm90BwdMath {
 template <bool kKeysAlongRows>
 __device__ __forceinline__ uint32_t sm90_bwd_keep_bits(const AttentionParams& p, uint64_t seed, int64_t bh, int row0,
                                                        int col0, int lane) {
+  // Column tile pair i (from col0 + 16 i) draws the counters of pair 0 plus 16 i queries' worth
+  // (keys along rows) or 2 i groups of 8 keys.
+  const uint64_t counter = kKeysAlongRows ? kq_counter(p, bh, row0, col0, lane) : qk_counter(p, bh, row0, col0, lane);
+  const uint64_t step = kKeysAlongRows ? 16 * philox::dropout_row_groups(p.keys) : 2;
   uint32_t keep = 0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    keep |= (kKeysAlongRows ? keep_bits_kq(p, seed, bh, row0, col0 + 16 * i, lane)
-                            : keep_bits_qk(p, seed, bh, row0, col0 + 16 * i, lane))
+    keep |= (kKeysAlongRows ? keep_bits_kq(p, seed, counter + i * step, lane)
+                            : keep_bits_qk(p, seed, counter + i * step, lane))
             << (8 * i);
   }
   return keep;

@@ -404,9 +404,12 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
     turns.begin(end);
     sm90_pv<T, C>(o, pf, v_tile(end - 1));
     turns.pass(end);
-    wgmma_wait<0>(o, pf);
-    mbar_arrive(bar.v_empty + (end - 1) % C::kStages);
   }
+  // Waited on every path, the no-key one too (nothing in flight there: a no-op): waited inside the `if`,
+  // ptxas could not prove O's registers retired where the epilogue reads them and injected a wait of
+  // its own (C7517) in every instance.
+  wgmma_wait<0>(o, pf);
+  if (end > 0) mbar_arrive(bar.v_empty + (end - 1) % C::kStages);
   sm90_epilogue<T, C>(params, base, o, sm, wg, m0, b, h, t);
 }
 

@@ -118,13 +118,14 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     const T* sdOs = sdO + stage * kBwdQueries * kPitch;
     const int h = head_of(step), m0 = row_of(step);
     const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
-    const MaskRows mask = mask_rows(p, b, h);
+    const MaskRows mask = mask_rows<true>(p, b, h);
 
     // P^T: keys along rows, queries along columns. Causal checks every tile (the diagonal ones need
     // it, and splitting the loop costs more than the compares); padding keys need no bound check,
     // they reach only their own dK / dV rows, which are never stored.
     float pt[kQTiles][4] = {};
     gemm_nt<T, kHeadDim, kQTiles, kPitch>(pt, sKw, sQs, lane);
+    if constexpr (kMask) add_mask(pt, p.scale_log2, mask, key0, m0 + 2 * t);
     float lse2[kQTiles][2], delta[kQTiles][2];
 #pragma unroll
     for (int qt = 0; qt < kQTiles; ++qt) {
@@ -136,8 +137,8 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
       }
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const float z = logit<kMask, kCausal, kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8,
-                                                       p.scale_log2, p, mask);
+        const float z = logit<kCausal, kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8,
+                                                kMask ? 1.f : p.scale_log2, p);
         pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
       }
     }
@@ -274,13 +275,14 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     // spilled past the 128 registers ptxas keeps to there, and E = 64, 96 spilled a few bytes).
     // Element checks on the diagonal and last blocks only, as the forward: a padding key, loaded
     // as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
+    if constexpr (kMask) add_mask(s, p.scale_log2, mask, row0, n0 + 2 * t);
     with_checks(block >= kv.full, [&](auto check) {
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
-          const float z = logit<kMask, kCausal, decltype(check)::value>(s[nt][e], i, j, p.scale_log2, p, mask);
+          const float z = logit<kCausal, decltype(check)::value>(s[nt][e], i, j, kMask ? 1.f : p.scale_log2, p);
           s[nt][e] = exp2_approx(z - lse2[e >> 1]);  // P
         }
       }

@@ -98,9 +98,8 @@ __device__ __forceinline__ void apply_mask(float& z, float v) { z += v * kLog2e<
 __device__ __forceinline__ void apply_mask(float& z, __half v) { z += __half2float(v) * kLog2e<float>; }
 __device__ __forceinline__ void apply_mask(float& z, __nv_bfloat16 v) { z += __bfloat162float(v) * kLog2e<float>; }
 
-// Mask elements of type E as loaded: one, or two adjacent ones (c, c + 1) in one load of twice the
-// size, element c in the low half. Where a load is predicated off its value is the element that
-// changes no logit (true, or 0.0: all bits 0), so the logits take it unconditionally.
+// Mask elements of type E as loaded, as bits: one, or two adjacent ones (c, c + 1) in one load of
+// twice the size, element c in the low half (little-endian).
 template <typename E>
 struct MaskBits {
   using One = std::conditional_t<sizeof(E) == 1, uint8_t, std::conditional_t<sizeof(E) == 2, uint16_t, uint32_t>>;

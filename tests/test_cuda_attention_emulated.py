@@ -18,7 +18,7 @@ from fasttx.triton_kernels.attention_common import dropout_threshold
 from fasttx.testing import TOLERANCE, rel_error
 
 from .conftest import DEVICE
-from .cuda_emulator import DTYPE_CODE, compile_emulator, marshal
+from .cuda_emulator import DTYPE_CODE, MASK_LAYOUTS, compile_emulator, marshal, mask_layout
 from .ops.test_attention import gradient_scales
 
 @pytest.fixture(scope="module")
@@ -169,6 +169,14 @@ def test_masks(emulator, kind):
     else:
         mask = torch.randn(1, 1, L, S)
     check(emulator, B, H, H, L, S, 32, mask=mask)
+
+
+@pytest.mark.parametrize("kind,odd_keys", MASK_LAYOUTS, ids=str)
+def test_mask_layouts(emulator, kind, odd_keys):
+    """Each way a mask is read (cuda_emulator.MASK_LAYOUTS), forward and backward; the emulator
+    aborts on a mask load outside the mask's storage or misaligned for its width."""
+    B, H, L, S = 2, 2, 40, 70 + odd_keys
+    check(emulator, B, H, H, L, S, 32, mask=mask_layout(kind, B, H, L, S))
 
 
 # GQA (2 query heads a kv head); S = 37 ends each row with a partial group of the 8 keys one Philox

@@ -23,7 +23,7 @@ from fasttx.testing import TOLERANCE, rel_error
 
 from .ops.test_attention import gradient_scales
 from .conftest import DEVICE
-from .cuda_emulator import compile_emulator, marshal
+from .cuda_emulator import MASK_LAYOUTS, compile_emulator, marshal, mask_layout
 from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the head dim of most tests; test_head_dim* cover the others (Sm90BwdHeadDims)
@@ -178,6 +178,14 @@ MASKS = ["bool_key_padding", "bool_full", "float_key_padding", "float_full", "bf
 def test_masks(emulator, kind):
     B, H, L, S = 2, 2, 150, 200
     check(emulator, B, H, H, L, S, torch.float16, mask=_mask(kind, B, H, L, S))
+
+
+@pytest.mark.parametrize("kind,odd_keys", MASK_LAYOUTS, ids=str)
+def test_mask_layouts(emulator, kind, odd_keys):
+    """Each way a mask is read (cuda_emulator.MASK_LAYOUTS), in dK / dV with keys along the fragment's
+    rows; the emulator aborts on a mask load outside the mask's storage or misaligned for its width."""
+    B, H, L, S = 2, 2, 150, 200 + odd_keys
+    check(emulator, B, H, H, L, S, torch.float16, mask=mask_layout(kind, B, H, L, S))
 
 
 @pytest.mark.parametrize("kind", ["bool_full", "float_key_padding"])

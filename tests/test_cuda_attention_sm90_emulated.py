@@ -21,7 +21,7 @@ from fasttx import reference
 from fasttx.testing import TOLERANCE, rel_error
 
 from .conftest import DEVICE
-from .cuda_emulator import compile_emulator, marshal
+from .cuda_emulator import MASK_LAYOUTS, compile_emulator, marshal, mask_layout
 from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the head dim of the tests that name none (the layout checks, the E = 128 kernel cases)
@@ -267,6 +267,14 @@ MASKS = ["bool_key_padding", "bool_per_head_query_broadcast", "bool_full", "floa
 def test_masks(emulator, kind):
     dtype = torch.float16 if MASKS.index(kind) % 2 else torch.bfloat16
     check(emulator, 2, 2, 1, 70, 200, dtype, mask=_mask(kind, 2, 2, 70, 200))
+
+
+@pytest.mark.parametrize("kind,odd_keys", MASK_LAYOUTS, ids=str)
+def test_mask_layouts(emulator, kind, odd_keys):
+    """Each way a mask is read (cuda_emulator.MASK_LAYOUTS); the emulator aborts on a mask load
+    outside the mask's storage or misaligned for its width."""
+    B, H, L, S = 2, 2, 70, 200 + odd_keys
+    check(emulator, B, H, 1, L, S, torch.float16, mask=mask_layout(kind, B, H, L, S))
 
 
 @pytest.mark.parametrize("kind", ["bool_full", "float32_2d"])

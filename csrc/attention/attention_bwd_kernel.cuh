@@ -118,43 +118,73 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     const T* sdOs = sdO + stage * kBwdQueries * kPitch;
     const int h = head_of(step), m0 = row_of(step);
     const int64_t bh = static_cast<int64_t>(b) * p.heads + h;
-    const MaskRows mask = mask_rows(p, b, h);
+    const MaskRows mask = mask_rows<true>(p, b, h);
+
+    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
+    // of query tiles a call. Where the draw and the mask's loads sit decides spills (ptxas -v, CUDA
+    // 13.0, sm_80 and sm_90a). Without a mask drawn after P^T: there, the dropout instances at E = 128
+    // spill as with the 4-key draw on sm_80 and 8 B more on sm_90a (non-causal: 20 / 36 B), the dV
+    // launch's causal one at E = 256 16 / 24 B (sm_80; none before); drawn before the rows' statistics
+    // load, or before S^T, they spilled more, on one architecture or the other. With a mask
+    // (Placement): kAfterStats, the bits drawn as without and the mask's logits once all the rows'
+    // statistics are loaded (E = 32, 96; E = 64 with dropout); kPerTile, the bits drawn before S^T and
+    // the mask's logits a query tile at a time before its statistics (E = 128, whose four masked
+    // dropout instances that spilled 8-20 B no longer do; E = 64 without dropout); kFirst, the mask's
+    // logits before the P^T loop and the bits drawn where first used (E = 256). Each other placement
+    // tried spilled 4-40 B in some masked instance of that head dim.
+    enum class Placement { kAfterStats, kPerTile, kFirst };
+    constexpr Placement kPlace = kHeadDim == 256                                     ? Placement::kFirst
+                                 : kHeadDim == 128 || (kHeadDim == 64 && !kDropout) ? Placement::kPerTile
+                                                                                     : Placement::kAfterStats;
+    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
+    uint32_t keep = ~0u;
+    const auto draw = [&] {
+      if (dropout) {
+        keep = 0;
+#pragma unroll
+        for (int qt = 0; qt < kQTiles; qt += 2) {
+          keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
+        }
+      }
+    };
+    if constexpr (kMask && kPlace == Placement::kPerTile) draw();
 
     // P^T: keys along rows, queries along columns. Causal checks every tile (the diagonal ones need
     // it, and splitting the loop costs more than the compares); padding keys need no bound check,
     // they reach only their own dK / dV rows, which are never stored.
     float pt[kQTiles][4] = {};
     gemm_nt<T, kHeadDim, kQTiles, kPitch>(pt, sKw, sQs, lane);
+    if constexpr (kMask && kPlace == Placement::kFirst) add_mask(pt, p.scale_log2, mask, key0, m0 + 2 * t);
     float lse2[kQTiles][2], delta[kQTiles][2];
+    const auto probabilities = [&](int qt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float z = logit<kCausal, kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8,
+                                                kMask ? 1.f : p.scale_log2, p);
+        pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
+      }
+    };
+    constexpr bool kAfterStats = kMask && kPlace == Placement::kAfterStats;
 #pragma unroll
     for (int qt = 0; qt < kQTiles; ++qt) {
+      if constexpr (kMask && kPlace == Placement::kPerTile) {
+        add_mask(reinterpret_cast<float (&)[1][4]>(pt[qt]), p.scale_log2, mask, key0, m0 + qt * 8 + 2 * t);
+      }
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const int i = m0 + qt * 8 + 2 * t + c;
         // Padding queries: lse = +inf, hence P = 0.
         row_stats(p, bh, i, lse2[qt][c], delta[qt][c]);
       }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float z = logit<kMask, kCausal, kCausal>(pt[qt][e], m0 + qt * 8 + 2 * t + (e & 1), key0 + (e >> 1) * 8,
-                                                       p.scale_log2, p, mask);
-        pt[qt][e] = exp2_approx(z - lse2[qt][e & 1]);
-      }
+      if constexpr (!kAfterStats) probabilities(qt);
     }
-    // Dropout's keep bits, bit 4 qt + e for element [qt][e]: one register rather than 16, drawn a pair
-    // of query tiles a call. Drawn here, the masked dropout instances at E = 128 spill as with the 4-key
-    // draw on sm_80 and 8 B more on sm_90a (non-causal: 20 / 36 B), the dV launch's causal one at E =
-    // 256 16 / 24 B (sm_80; none before); drawn before the rows' statistics load, or before S^T, they
-    // spilled more, on one architecture or the other (ptxas -v, CUDA 13.0).
-    static_assert(kQTiles % 2 == 0, "query tiles in pairs");
-    uint32_t keep = ~0u;
-    if (dropout) {
-      keep = 0;
+    if constexpr (kAfterStats) {
+      add_mask(pt, p.scale_log2, mask, key0, m0 + 2 * t);
 #pragma unroll
-      for (int qt = 0; qt < kQTiles; qt += 2) {
-        keep |= keep_bits_kq(p, seed, bh, n0 + warp * 16, m0 + qt * 8, lane) << (4 * qt);
-      }
+      for (int qt = 0; qt < kQTiles; ++qt) probabilities(qt);
     }
+    constexpr bool kDrawLate = kMask && kPlace == Placement::kFirst;  // where dV or dS first takes the bits
+    if constexpr (!kMask || kPlace == Placement::kAfterStats || (kDrawLate && (kGrads & kGradV) != 0)) draw();
     auto kept = [&](int qt, int e) { return ((keep >> (4 * qt + e)) & 1u) != 0; };
     if constexpr ((kGrads & kGradV) != 0) {
       float pz[kQTiles][4];  // dV's 1 / (1 - p) is applied once, at the store
@@ -168,6 +198,7 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_kv_kernel(const Attent
     if constexpr ((kGrads & kGradK) != 0) {
       float dpt[kQTiles][4] = {};
       gemm_nt<T, kHeadDim, kQTiles, kPitch>(dpt, sVw, sdOs, lane);
+      if constexpr (kDrawLate && (kGrads & kGradV) == 0) draw();
 #pragma unroll
       for (int qt = 0; qt < kQTiles; ++qt) {
 #pragma unroll
@@ -274,13 +305,14 @@ __global__ void __launch_bounds__(kThreads) attention_bwd_q_kernel(const Attenti
     // spilled past the 128 registers ptxas keeps to there, and E = 64, 96 spilled a few bytes).
     // Element checks on the diagonal and last blocks only, as the forward: a padding key, loaded
     // as 0, would score 0, and 2^(0 - lse) overflows for a row whose real scores sit far below 0.
+    if constexpr (kMask) add_mask(s, p.scale_log2, mask, row0, n0 + 2 * t);
     with_checks(block >= kv.full, [&](auto check) {
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = row0 + (e >> 1) * 8, j = n0 + nt * 8 + 2 * t + (e & 1);
-          const float z = logit<kMask, kCausal, decltype(check)::value>(s[nt][e], i, j, p.scale_log2, p, mask);
+          const float z = logit<kCausal, decltype(check)::value>(s[nt][e], i, j, kMask ? 1.f : p.scale_log2, p);
           s[nt][e] = exp2_approx(z - lse2[e >> 1]);  // P
         }
       }

@@ -48,46 +48,163 @@ __device__ __forceinline__ void copy_tile(T* smem, const T* src, int64_t row_str
   }
 }
 
-// The mask of one (batch, query head), element (i, j) at ptr + i * row_stride + j * col_stride.
+// The mask of one (batch, query head) as a thread's C fragments meet it: fragment row a, column c
+// (queries along rows, keys along columns; the other way round where kKeysAlongRows, the dK / dV
+// kernels' S^T) is element (a, c) at ptr + a row_stride + c col_stride (bytes; 0 strides broadcast),
+// for a < rows and c < cols (L and S, or S and L): past them the storage may not exist.
 struct MaskRows {
-  const void* ptr;
+  const char* ptr;
   int64_t row_stride, col_stride;
+  int rows, cols;
   MaskKind kind;
   DType dtype;
 };
 
+template <bool kKeysAlongRows = false>
 __device__ __forceinline__ MaskRows mask_rows(const AttentionParams& p, int b, int h) {
-  MaskRows m{p.mask, p.mask_strides[2], p.mask_strides[3], p.mask_kind, p.mask_dtype};
-  if (p.mask_kind != MaskKind::kNone) {
-    const int64_t off = b * p.mask_strides[0] + h * p.mask_strides[1];
-    const int bytes = p.mask_kind == MaskKind::kBool ? 1 : p.mask_dtype == DType::kFloat32 ? 4 : 2;
-    m.ptr = static_cast<const char*>(p.mask) + off * bytes;
+  const int bytes = p.mask_kind == MaskKind::kBool ? 1 : p.mask_dtype == DType::kFloat32 ? 4 : 2;
+  const char* ptr = static_cast<const char*>(p.mask);
+  if (p.mask_kind != MaskKind::kNone) ptr += (b * p.mask_strides[0] + h * p.mask_strides[1]) * bytes;
+  const int64_t query_stride = p.mask_strides[2] * bytes, key_stride = p.mask_strides[3] * bytes;
+  if constexpr (kKeysAlongRows) {
+    return {ptr, key_stride, query_stride, p.keys, p.queries, p.mask_kind, p.mask_dtype};
+  } else {
+    return {ptr, query_stride, key_stride, p.queries, p.keys, p.mask_kind, p.mask_dtype};
   }
-  return m;
 }
 
-// Base-2 logit of score s = q_i . k_j: s * unit (unit = scale * log2(e), or 1 where the caller applies
-// the scale later, inside its exp2 FMA), plus the float mask * log2(e) or -inf where a bool mask drops
-// it (kMask; its kind and dtype stay uniform run-time branches, see README "Kernels"), and -inf where
-// kCheck finds j past the keys or, causal, above the diagonal (diagonal and last blocks only). Rows
-// >= L read no mask (their storage may not exist). Everything else is resolved at compile time: the
-// unmasked, unchecked logit is s * unit.
-template <bool kMask, bool kCausal, bool kCheck>
-__device__ __forceinline__ float logit(float s, int i, int j, float unit, const AttentionParams& p, const MaskRows& m) {
-  float z = s * unit;
-  if constexpr (kMask) {
-    if (i < p.queries && j < p.keys) {
-      const int64_t off = i * m.row_stride + j * m.col_stride;
-      if (m.kind == MaskKind::kBool) {
-        if (!static_cast<const bool*>(m.ptr)[off]) z = -INFINITY;
-      } else {
-        const float add = m.dtype == DType::kFloat32   ? static_cast<const float*>(m.ptr)[off]
-                          : m.dtype == DType::kFloat16 ? __half2float(static_cast<const __half*>(m.ptr)[off])
-                                                       : __bfloat162float(static_cast<const __nv_bfloat16*>(m.ptr)[off]);
-        z += add * kLog2e<float>;
+// f(E{}) for the mask's element type E: bool (bytes 0 / 1), __half, __nv_bfloat16 or float. The
+// branch is taken once per call of add_mask, not per score: each type's loads and conversions are
+// compiled once, inside f.
+template <typename F>
+__device__ __forceinline__ void with_mask_element(const MaskRows& m, F&& f) {
+  if (m.kind == MaskKind::kBool) {
+    f(uint8_t{});
+  } else if (m.dtype == DType::kFloat32) {
+    f(float{});
+  } else if (m.dtype == DType::kFloat16) {
+    f(__half{});
+  } else {
+    f(__nv_bfloat16{});
+  }
+}
+
+// Logit z (already in base-2 units) with mask element v: -inf where a bool mask drops it, plus
+// v log2(e) for a float mask (-inf stays -inf).
+__device__ __forceinline__ void apply_mask(float& z, uint8_t v) {
+  if (!v) z = -INFINITY;
+}
+__device__ __forceinline__ void apply_mask(float& z, float v) { z += v * kLog2e<float>; }
+__device__ __forceinline__ void apply_mask(float& z, __half v) { z += __half2float(v) * kLog2e<float>; }
+__device__ __forceinline__ void apply_mask(float& z, __nv_bfloat16 v) { z += __bfloat162float(v) * kLog2e<float>; }
+
+// Mask elements of type E as loaded, as bits: one, or two adjacent ones (c, c + 1) in one load of
+// twice the size, element c in the low half (little-endian).
+template <typename E>
+struct MaskBits {
+  using One = std::conditional_t<sizeof(E) == 1, uint8_t, std::conditional_t<sizeof(E) == 2, uint16_t, uint32_t>>;
+  using Two = std::conditional_t<sizeof(E) == 1, uint16_t, std::conditional_t<sizeof(E) == 2, uint32_t, uint64_t>>;
+
+  __device__ __forceinline__ static One low(Two two) { return static_cast<One>(two); }
+  __device__ __forceinline__ static One high(Two two) { return static_cast<One>(two >> (8 * sizeof(E))); }
+  __device__ __forceinline__ static void apply(float& z, One bits) {
+    E v;
+    __builtin_memcpy(&v, &bits, sizeof(E));
+    apply_mask(z, v);
+  }
+};
+
+// The base-2 logits of a thread's kQuads C-fragment quads: z[q][e] = s * unit plus the mask at fragment
+// row `row` + 8 (e >> 1), column `col` + 8 q + (e & 1) (col even), read once per call of the kernel's
+// block, with the per-row and per-type work hoisted out of the per-score code:
+// - a row past the mask's rows reads row rows - 1 instead (its own storage may not exist; nothing
+//   uses a padding row's logits: its outputs are never stored), so each row has one address,
+//   computed once, and no load a row test;
+// - the element type is dispatched once (with_mask_element);
+// - where the column stride is one element, the two rows' addresses are aligned to two elements and
+//   every column is in bounds (all blocks but a row's last), adjacent columns c, c + 1 come in one
+//   2-8 byte load at a constant offset, and a row stride of 0 (the (B, 1, 1, S) key-padding mask in
+//   the forward and dQ) reads one row for both;
+// - where the column stride is 0 (key padding in dK / dV, whose fragment rows are keys) each row's
+//   element is read once for every column;
+// - anything else (transposed, odd-offset or odd-stride views, a row's last block) reads element by
+//   element, columns past the mask's cols reading nothing.
+template <int kQuads>
+__device__ __forceinline__ void add_mask(float (&z)[kQuads][4], float unit, const MaskRows& m, int row, int col) {
+#pragma unroll
+  for (int q = 0; q < kQuads; ++q) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) z[q][e] *= unit;
+  }
+  const char* at[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) at[r] = m.ptr + min(row + 8 * r, m.rows - 1) * m.row_stride + col * m.col_stride;
+  const bool shared = m.row_stride == 0;
+  with_mask_element(m, [&](auto element) {
+    using Bits = MaskBits<decltype(element)>;
+    constexpr int kSize = sizeof(typename Bits::One);
+    const bool pairs = m.col_stride == kSize && col + 8 * (kQuads - 1) + 2 <= m.cols &&
+                       ((reinterpret_cast<uintptr_t>(at[0]) | reinterpret_cast<uintptr_t>(at[1])) % (2 * kSize)) == 0;
+    if (pairs) {
+      typename Bits::Two v[kQuads][2];
+#pragma unroll
+      for (int q = 0; q < kQuads; ++q) {
+        v[q][0] = load_global<typename Bits::Two>(at[0] + 8 * q * kSize);
+        v[q][1] = shared ? v[q][0] : load_global<typename Bits::Two>(at[1] + 8 * q * kSize);
+      }
+#pragma unroll
+      for (int q = 0; q < kQuads; ++q) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          Bits::apply(z[q][e], e & 1 ? Bits::high(v[q][e >> 1]) : Bits::low(v[q][e >> 1]));
+        }
+      }
+    } else if (m.col_stride == 0) {
+      const typename Bits::One v[2] = {load_global<typename Bits::One>(at[0]), load_global<typename Bits::One>(at[1])};
+#pragma unroll
+      for (int q = 0; q < kQuads; ++q) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (col + 8 * q + (e & 1) < m.cols) Bits::apply(z[q][e], v[e >> 1]);
+        }
+      }
+    } else {
+      const char* a[2] = {at[0], at[1]};
+#pragma unroll
+      for (int q = 0; q < kQuads; ++q) {
+        const int c = col + 8 * q;
+        if (c >= m.cols) break;  // and every later quad
+        const bool in = c + 1 < m.cols;
+        typename Bits::One v[2][2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          v[r][0] = load_global<typename Bits::One>(a[r]);
+          v[r][1] = in ? load_global<typename Bits::One>(a[r] + m.col_stride) : v[r][0];
+          a[r] += 8 * m.col_stride;
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (in || (e & 1) == 0) Bits::apply(z[q][e], v[e >> 1][e & 1]);
+        }
       }
     }
-  }
+  });
+}
+
+// add_mask of a flat wgmma D fragment (s[4 q + e]: the mma C fragment repeated over 8-column tiles).
+template <int kScores>
+__device__ __forceinline__ void add_mask(float (&s)[kScores], float unit, const MaskRows& m, int row, int col) {
+  static_assert(kScores % 4 == 0, "whole quads");
+  add_mask(reinterpret_cast<float (&)[kScores / 4][4]>(s), unit, m, row, col);
+}
+
+// Base-2 logit z (s * unit, unit = scale * log2(e), or 1 where the caller applies the scale later,
+// inside its exp2 FMA, or where add_mask has made z) with -inf where kCheck finds j past the keys or,
+// causal, above the diagonal (diagonal and last blocks only). Resolved at compile time: the unchecked
+// logit is s * unit.
+template <bool kCausal, bool kCheck>
+__device__ __forceinline__ float logit(float s, int i, int j, float unit, const AttentionParams& p) {
+  float z = s * unit;
   if constexpr (kCheck) {
     if (j >= p.keys || (kCausal && j > i)) z = -INFINITY;
   }

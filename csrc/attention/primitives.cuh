@@ -101,6 +101,13 @@ __device__ __forceinline__ uint32_t shfl_xor(uint32_t v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
 }
 
+// One plain global load of a T (1 to 8 bytes, address aligned to sizeof(T)): the mask reads, which
+// the emulator checks against the kernel's input tensors and for alignment.
+template <typename T>
+__device__ __forceinline__ T load_global(const void* p) {
+  return *static_cast<const T*>(p);
+}
+
 // 2^x, one MUFU.EX2 (2 ulp); 2^-inf = 0.
 __device__ __forceinline__ float exp2_approx(float x) {
   float y;

@@ -81,3 +81,35 @@ def marshal(fields, inputs):
     entries = [f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}".encode() for name, v in fields.items()]
     ranges = [x for t in inputs for x in (t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * t.element_size())]
     return (ctypes.c_char_p * len(entries))(*entries), len(entries), (ctypes.c_int64 * len(ranges))(*ranges), len(inputs)
+
+
+# Masks laid out to take each way the attention kernels read a mask (attention_common.cuh's add_mask,
+# for queries along the fragment's rows and, in dK / dV, keys): (kind, whether the test's S is made odd).
+# Even S and contiguous keys at an aligned address: adjacent keys in one load; a row stride of 0
+# (key padding): one row read for two; a query stride of 0 in dK / dV: one element for all queries;
+# anything else element by element: transposed storage (keys strided, queries contiguous: pairs in
+# dK / dV instead), an odd element offset (no pair aligned), an odd row stride (every other row
+# aligned), an odd S (a pair would reach past the last key).
+MASK_LAYOUTS = [("bool_transposed", False), ("bool_transposed", True), ("float16_odd_offset", False),
+                ("bool_odd_row_stride", False), ("bfloat16_key_padding", False), ("float32_key_padding", True),
+                ("float32_2d_offset_8_bytes", False)]
+
+
+def mask_layout(kind, B, H, L, S):
+    """A mask view of kind (MASK_LAYOUTS) for (B, H, L, S) scores, with -inf or False entries, batch 0
+    fully masked where the kind is key padding; broadcast dims as (1, ...) views, for expand."""
+    if kind == "bool_transposed":
+        return (torch.rand(B, H, S, L) > 0.4).transpose(-1, -2)
+    if kind == "float16_odd_offset":
+        mask = torch.randn(B, H, L, S + 1).half()[..., 1:]
+        mask[torch.rand(mask.shape) > 0.7] = float("-inf")
+        return mask
+    if kind == "bool_odd_row_stride":
+        return (torch.rand(B, H, L, S + 1) > 0.4)[..., :S]
+    if kind.endswith("_key_padding"):
+        mask = torch.randn(B, 1, 1, S, dtype=getattr(torch, kind.split("_")[0]))
+        mask[..., torch.rand(S) > 0.7] = float("-inf")
+        mask[0] = float("-inf")
+        return mask
+    assert kind == "float32_2d_offset_8_bytes"  # (L, S) broadcast over B and H, pairs of 8 bytes aligned
+    return torch.randn(L, S + 2)[:, 2:]

@@ -26,8 +26,8 @@
 // Why these tiles (every head dim the same; README "sm_90a backward" has the table): at E = 128 the two
 // accumulators take 128 of a consumer's 240 registers; a 64-query tile adds S^T and dP^T (32
 // registers each) and their packed fragments (16 each, short-lived), so 128-query tiles (64
-// registers each) would not fit, nor at E = 64 (64 + 128 + 64 packed). A mask is read per score, for the thread's own scores,
-// through its broadcast strides; dropout's 32 keep bits of a tile (4 Philox calls a thread) are
+// registers each) would not fit, nor at E = 64 (64 + 128 + 64 packed). A mask is read for the thread's own scores by
+// add_mask (attention_common.cuh), keys along the fragment's rows; dropout's 32 keep bits of a tile (4 Philox calls a thread) are
 // drawn while the tile's S^T and dP^T wgmma run. 64 keys per warpgroup is wgmma's M, and two consumers are
 // what 24 + 2 x 240 <= 512 registers a thread-slot allow. Shared memory at E = 96, 128 (E = 64: half
 // the tiles): K, V 64 KB, 2 stages of Q, dO 64 KB, lse / D 1 KB: 130 KB of the 227 KB with the
@@ -218,7 +218,7 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
       wgmma_commit();
     }
     if constexpr (!C::kDrawFirst) draw();
-    const MaskRows mask = mask_rows(p, b, h);
+    const MaskRows mask = mask_rows<true>(p, b, h);
 
     // P^T while dP^T is in flight. Causal: only tiles reaching above the diagonal (a key after a
     // query) check; the others are wholly at or below it.
@@ -226,13 +226,14 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     const float* lse2 = reinterpret_cast<const float*>(base + C::kLseOffset + stage * C::kStatBytes);
     const float* delta = reinterpret_cast<const float*>(base + C::kDeltaOffset + stage * C::kStatBytes);
     const bool check = kCausal && m0 < n0 + C::kBlockN - 1;
+    math.logits(s, p, mask, key0, m0 + 2 * t);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float2 l = *reinterpret_cast<const float2*>(lse2 + 8 * i + 2 * t);
 #pragma unroll
       for (int e = 4 * i; e < 4 * i + 4; ++e) {
         const int key = key0 + 8 * ((e >> 1) & 1), query = m0 + 8 * i + 2 * t + (e & 1);
-        s[e] = math.prob(s[e], query, key, e & 1 ? l.y : l.x, p, mask);
+        s[e] = math.prob(s[e], e & 1 ? l.y : l.x, p);
         if (check && key > query) s[e] = 0.f;
       }
     }

@@ -29,8 +29,8 @@
 // registers a thread-slot allow. Shared memory at E = 96, 128 (E = 64: half the tiles): Q, dO 64 KB,
 // 3 stages of K, V 96 KB: 160 KB of the 227 KB (one CTA an SM either way: 384 threads at 240 registers).
 // Rows past L or S arrive as zeros: padding rows then add nothing (P = 0 from lse = +inf) and are not
-// stored; padding keys get P = 0 by the element checks of the last block. A mask is read per score,
-// for the thread's own scores, in the exponentials; dropout's 32 keep bits of a block (4 Philox
+// stored; padding keys get P = 0 by the element checks of the last block. A mask is read before the
+// exponentials, for the thread's own scores (add_mask, attention_common.cuh); dropout's 32 keep bits of a block (4 Philox
 // calls a thread) are drawn while its S and dP wgmma run.
 // E = 256 (Sm90Dq's kConsumers, kOverlap): Q and dO of 128 rows take 128 KB, and the loop needs 2
 // stages of K, V (64 KB each), 256 KB; so one consumer warpgroup of 64 rows (Q, dO 64 KB + 2 stages 128
@@ -127,11 +127,12 @@ template <bool kCausal, typename Math>
 __device__ __forceinline__ void sm90_dq_probabilities(float (&s)[32], const AttentionParams& p, const MaskRows& mask,
                                                       const float (&lse2)[2], int n0, int row0, bool check) {
   const int t = threadIdx.x % 4;
+  Math::logits(s, p, mask, row0, n0 + 2 * t);
 #pragma unroll
   for (int e = 0; e < 32; ++e) {
     const int r = (e >> 1) & 1;
     const int key = n0 + 8 * (e >> 2) + 2 * t + (e & 1);
-    s[e] = Math::prob(s[e], row0 + 8 * r, key, lse2[r], p, mask);
+    s[e] = Math::prob(s[e], lse2[r], p);
     if (check && (key >= p.keys || (kCausal && key > row0 + 8 * r))) s[e] = 0.f;
   }
 }

@@ -216,7 +216,7 @@ __device__ __forceinline__ void sm90_keep_bits(uint32_t (&keep)[C::kKeepWords], 
 
 // The online softmax of this thread's rows g, g + 8 of a consumer warpgroup, in base 2. Without a mask
 // on raw scores (scale > 0): p = 2^(s scale_log2 - m scale_log2), one FMA; with one on the logits
-// s scale_log2 + mask log2 e (logit, attention_common.cuh), whose maxima m are then taken. m: the
+// s scale_log2 + mask log2 e (add_mask, attention_common.cuh), whose maxima m are then taken. m: the
 // maxima; l: this thread's part of the row sums, before dropout (lse is that of the undropped P).
 template <typename C, bool kCausal, bool kMask, bool kDropout>
 struct Sm90Softmax {
@@ -236,10 +236,10 @@ struct Sm90Softmax {
     const int n0 = block * C::kBlockN;
     const auto key_of = [&](int e) { return n0 + 8 * (e >> 2) + 2 * t + (e & 1); };
     float m_new[2] = {m[0], m[1]};
+    if constexpr (kMask) add_mask(s, p.scale_log2, mask, row0, n0 + 2 * t);
 #pragma unroll
     for (int e = 0; e < C::kBlockN / 2; ++e) {
       const int r = (e >> 1) & 1;
-      if constexpr (kMask) s[e] = logit<true, false, false>(s[e], row0 + 8 * r, key_of(e), p.scale_log2, p, mask);
       if (check) {
         const int key = key_of(e);
         if (key >= p.keys || (kCausal && key > row0 + 8 * r)) s[e] = -INFINITY;
@@ -329,7 +329,7 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
 // block j then runs while P V is in flight (FlashAttention-3's intra-warpgroup overlap): end + 1
 // turns, the first and last peeled so that the loop's wgmma pipeline has no branch (ptxas then keeps
 // the two groups in flight instead of serializing them, C7514). Live at the peak: o, s and P (E / 2
-// + kBlockN / 2 fp32 and kBlockN / 4 packed registers). A mask is read in the softmax, for the thread's own scores;
+// + kBlockN / 2 fp32 and kBlockN / 4 packed registers). A mask is read in the softmax, for the thread's own scores (add_mask);
 // dropout's keep bits are drawn while the turn's wgmma run.
 template <typename T, typename C, bool kCausal, bool kMask, bool kDropout>
 __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsigned char* base, const Sm90Barriers& bar,

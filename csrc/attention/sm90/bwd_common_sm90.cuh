@@ -76,8 +76,8 @@ __device__ __forceinline__ void sm90_scores64(float (&d)[32], uint32_t a_rows, u
 
 // P and dS of one score for the mask and dropout that kMask / kDropout switch on at compile time
 // (the sm_80 backward's math, attention_bwd_kernel.cuh): without either, P = 2^(s scale log2 e - lse2)
-// is one FMA and dS = P (dP - D); a mask adds its logit (attention_common.cuh's logit: float mask
-// log2 e or -inf from a bool one, read at query i < L and key j < S only); dropout keeps score e
+// is one FMA and dS = P (dP - D); a mask adds its logit first (add_mask, attention_common.cuh: float
+// mask log2 e or -inf from a bool one, read at query i < L and key j < S only); dropout keeps score e
 // where bit e of the keep bits (sm90_bwd_keep_bits) is set: dV takes P Z, its 1 / (1 - p) applied
 // at the store (dv_scale), and dS = P (dP Z / (1 - p) - D). A row with no key (lse2 = +inf) gets
 // P = 2^-inf = 0, hence dS = 0 (D = 0 there: O = 0).
@@ -89,10 +89,16 @@ struct Sm90BwdMath {
   __device__ __forceinline__ explicit Sm90BwdMath(const AttentionParams& p)
       : seed(kDropout ? load_seed(p) : 0), inv_keep(kDropout ? 1.f / (1.f - p.dropout_p) : 1.f) {}
 
-  __device__ __forceinline__ static float prob(float s, int i, int j, float lse2, const AttentionParams& p,
-                                               const MaskRows& mask) {
+  // With a mask, the base-2 logits of a 64 x 64 fragment: s scale log2 e plus the mask (add_mask, whose
+  // fragment rows `row`, + 8 and columns `col` + 8 q, + 1 are keys and queries where kKeysAlongRows).
+  __device__ __forceinline__ static void logits(float (&s)[32], const AttentionParams& p, const MaskRows& mask,
+                                                int row, int col) {
+    if constexpr (kMask) add_mask(s, p.scale_log2, mask, row, col);
+  }
+  // P of s, the score or, with a mask, its logit (logits).
+  __device__ __forceinline__ static float prob(float s, float lse2, const AttentionParams& p) {
     if constexpr (kMask) {
-      return exp2_approx(logit<true, false, false>(s, i, j, p.scale_log2, p, mask) - lse2);
+      return exp2_approx(s - lse2);
     } else {
       return exp2_approx(fmaf(s, p.scale_log2, -lse2));
     }

@@ -167,6 +167,15 @@ inline void cp_async_wait() {
 inline float shfl_xor(float v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
 inline uint32_t shfl_xor(uint32_t v, int lane_mask) { return __shfl_xor_sync(0xffffffffu, v, lane_mask); }
 
+template <typename T>
+inline T load_global(const void* p) {
+  check_global(p, sizeof(T));
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0) fail("misaligned global load", p);
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
 inline float exp2_approx(float x) { return std::exp2(x); }
 
 // Every kernel launched, in order, for the tests to ask which ran (emulator_sm90_bwd.cpp); its user clears it.

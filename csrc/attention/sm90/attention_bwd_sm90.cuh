@@ -126,12 +126,11 @@ template <typename C>
 __device__ __forceinline__ void sm90_bwd_produce_tiles(const Sm90BwdParams& params, unsigned char* base,
                                                        const Sm90BwdBarriers& bar, const Sm90BwdWalk<C>& walk, int n0,
                                                        int kvh, int b) {
-  constexpr int kBoxCols = C::kBoxCols;
   mbar_arrive_expect_tx(bar.kv_full, C::kKvTiles * C::kKvBytes);
   for (int cb = 0; cb < C::kColBlocks; ++cb) {
-    tma_load_4d(base + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.kv_full, cb * kBoxCols, n0, kvh, b);
+    tma_load_4d(base + cb * C::kBlockN * kSwizzleBytes, &params.k_map, bar.kv_full, cb * kSwizzleCols, n0, kvh, b);
     if constexpr (C::kDk) {
-      tma_load_4d(base + C::kVOffset + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.kv_full, cb * kBoxCols,
+      tma_load_4d(base + C::kVOffset + cb * C::kBlockN * kSwizzleBytes, &params.v_map, bar.kv_full, cb * kSwizzleCols,
                   n0, kvh, b);
     }
   }
@@ -143,11 +142,11 @@ __device__ __forceinline__ void sm90_bwd_produce_tiles(const Sm90BwdParams& para
     unsigned char* do_tile = base + C::kDoOffset + stage * C::kTileBytes;
     mbar_arrive_expect_tx(bar.q_full + stage, C::kTileBytes);
     for (int cb = 0; cb < C::kColBlocks; ++cb) {
-      tma_load_4d(q_tile + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full + stage, cb * kBoxCols, m0, h, b);
+      tma_load_4d(q_tile + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full + stage, cb * kSwizzleCols, m0, h, b);
     }
     mbar_arrive_expect_tx(bar.do_full + stage, C::kTileBytes);
     for (int cb = 0; cb < C::kColBlocks; ++cb) {
-      tma_load_4d(do_tile + cb * C::kBlockM * kSwizzleBytes, &params.do_map, bar.do_full + stage, cb * kBoxCols, m0,
+      tma_load_4d(do_tile + cb * C::kBlockM * kSwizzleBytes, &params.do_map, bar.do_full + stage, cb * kSwizzleCols, m0,
                   h, b);
     }
   }

@@ -102,8 +102,8 @@ __device__ __forceinline__ void sm90_dq_produce(const Sm90BwdParams& params, uns
   mbar_arrive_expect_tx(bar.q_full, 2 * C::kQBytes);
   for (int cb = 0; cb < C::kColBlocks; ++cb) {
     const int col = cb * C::kBlockM * kSwizzleBytes;
-    tma_load_4d(base + col, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
-    tma_load_4d(base + C::kDoOffset + col, &params.do_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
+    tma_load_4d(base + col, &params.q_map, bar.q_full, cb * kSwizzleCols, m0, h, b);
+    tma_load_4d(base + C::kDoOffset + col, &params.do_map, bar.q_full, cb * kSwizzleCols, m0, h, b);
   }
   for (int block = 0; block < end; ++block) {
     const int stage = block % C::kStages;
@@ -111,9 +111,9 @@ __device__ __forceinline__ void sm90_dq_produce(const Sm90BwdParams& params, uns
     mbar_arrive_expect_tx(bar.kv_full + stage, 2 * C::kKvBytes);
     for (int cb = 0; cb < C::kColBlocks; ++cb) {
       const int at = stage * C::kKvBytes + cb * C::kBlockN * kSwizzleBytes;
-      tma_load_4d(base + C::kKOffset + at, &params.k_map, bar.kv_full + stage, cb * C::kBoxCols, block * C::kBlockN,
+      tma_load_4d(base + C::kKOffset + at, &params.k_map, bar.kv_full + stage, cb * kSwizzleCols, block * C::kBlockN,
                   kvh, b);
-      tma_load_4d(base + C::kVOffset + at, &params.v_map, bar.kv_full + stage, cb * C::kBoxCols, block * C::kBlockN,
+      tma_load_4d(base + C::kVOffset + at, &params.v_map, bar.kv_full + stage, cb * kSwizzleCols, block * C::kBlockN,
                   kvh, b);
     }
   }

@@ -43,7 +43,6 @@ struct Sm90FwdCta {
   static constexpr int kBlockM = kWarpgroupRows * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   static constexpr int kConsumerThreads = 128 * kConsumers;
-  static constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled row
   // setmaxnreg budgets, multiples of 8 within the SM's 64K registers for the CTA's 128 (1 + kConsumers)
   // threads: 128 x (24 + 2 x 240) = 62K with two consumers, 128 x (24 + 3 x 160) = 63K with three.
   static constexpr int kProducerRegs = 24;
@@ -68,12 +67,12 @@ struct Sm90FwdCta {
 template <int kE, int kConsumerWarpgroups>
 struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
   using Cta = Sm90FwdCta<kConsumerWarpgroups>;
-  using Cta::kBlockM, Cta::kBoxCols;
+  using Cta::kBlockM;
   static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a forward tile for this head dim");
   static constexpr int kHeadDim = kE;
   static constexpr int kBlockN = kE <= 128 ? 128 : 80;
   static constexpr int kStages = kE <= 128 ? 3 : 2;
-  static constexpr int kColBlocks = (kE + kBoxCols - 1) / kBoxCols;  // TMA boxes (64-column blocks) per tile row
+  static constexpr int kColBlocks = (kE + kSwizzleCols - 1) / kSwizzleCols;  // TMA boxes (64-column blocks) per tile row
   static constexpr int kKeepWords = (kBlockN / 2 + 31) / 32;  // dropout's bits of a thread's scores
   static constexpr int kQBytes = kBlockM * kColBlocks * kSwizzleBytes;
   static constexpr int kKvBytes = kBlockN * kColBlocks * kSwizzleBytes;  // one K or V tile
@@ -130,7 +129,7 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
   const int kvh = h / (p.heads / p.kv_heads);
   mbar_arrive_expect_tx(bar.q_full, C::kQBytes);
   for (int cb = 0; cb < C::kColBlocks; ++cb) {
-    tma_load_4d(base + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full, cb * C::kBoxCols, m0, h, b);
+    tma_load_4d(base + cb * C::kBlockM * kSwizzleBytes, &params.q_map, bar.q_full, cb * kSwizzleCols, m0, h, b);
   }
   // Block `block`'s tile of `map` into its stage of the ring at `offset`, once that slot is empty.
   const auto load = [&](const CUtensorMap* map, int offset, uint64_t* full, uint64_t* empty, int block) {
@@ -139,7 +138,7 @@ __device__ __forceinline__ void sm90_produce(const Sm90FwdParams& params, unsign
     mbar_arrive_expect_tx(full + stage, C::kKvBytes);
     for (int cb = 0; cb < C::kColBlocks; ++cb) {
       tma_load_4d(base + offset + stage * C::kKvBytes + cb * C::kBlockN * kSwizzleBytes, map, full + stage,
-                  cb * C::kBoxCols, block * C::kBlockN, kvh, b);
+                  cb * kSwizzleCols, block * C::kBlockN, kvh, b);
     }
   };
   load(&params.k_map, C::kKOffset, bar.k_full, bar.k_empty, 0);
@@ -316,7 +315,7 @@ __device__ __forceinline__ void sm90_epilogue(const Sm90FwdParams& params, unsig
   named_barrier_sync(C::kEpilogueBarrier + wg, 128);
   if (tid == 0) {
     for (int cb = 0; cb < C::kColBlocks; ++cb) {
-      tma_store_4d(&params.o_map, rows + cb * C::kBlockM * kSwizzleBytes, cb * C::kBoxCols, m0 + 64 * wg, h, b);
+      tma_store_4d(&params.o_map, rows + cb * C::kBlockM * kSwizzleBytes, cb * kSwizzleCols, m0 + 64 * wg, h, b);
     }
     tma_store_commit();
     tma_store_wait_read();

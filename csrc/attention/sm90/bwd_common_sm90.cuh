@@ -25,8 +25,7 @@ template <int kE>
 struct Sm90BwdHead {
   static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a backward tile for this head dim");
   static constexpr int kHeadDim = kE;
-  static constexpr int kBoxCols = kSwizzleBytes / 2;                 // 64 16-bit columns: one swizzled row
-  static constexpr int kColBlocks = (kE + kBoxCols - 1) / kBoxCols;  // TMA boxes per tile row
+  static constexpr int kColBlocks = (kE + kSwizzleCols - 1) / kSwizzleCols;  // TMA boxes per tile row
   static constexpr int kRowBytes = kColBlocks * kSwizzleBytes;       // a tile row in shared memory
 };
 

@@ -29,6 +29,7 @@ namespace attn {
 
 constexpr int kSwizzleBytes = 128;     // one swizzled row
 constexpr int kSwizzleAtomBytes = 1024;  // 8 rows: the period of the XOR pattern
+constexpr int kSwizzleCols = kSwizzleBytes / 2;  // 16-bit columns of one swizzled row: a TMA box's width
 constexpr uint64_t kDescSwizzle128B = 1;
 
 // Bytes from shared address `addr` to the next 1024-byte boundary (0 on one): the swizzle pattern is a

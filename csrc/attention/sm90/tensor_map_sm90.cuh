@@ -23,7 +23,7 @@ inline bool encode_bhle(CUtensorMap* map, const void* base, bool bf16, int head_
     bytes[d] = dims[d + 1] == 1 ? packed : 2 * strides[2 - d];
     packed = bytes[d] * dims[d + 1];
   }
-  return encode_tma_4d(map, base, bf16, dims, bytes, kSwizzleBytes / 2, box_rows);
+  return encode_tma_4d(map, base, bf16, dims, bytes, kSwizzleCols, box_rows);
 }
 
 }  // namespace attn

@@ -43,12 +43,11 @@ __device__ __forceinline__ void sm90_wgmma_rs_tn(float (&d)[N / 2], const uint32
 template <typename T, int kE, int kRows, int kSteps>
 __device__ __forceinline__ void sm90_accumulate(float (&d)[kE / 2], const uint32_t (&a)[kSteps][4], uint32_t tile) {
   constexpr int kN = kE < 128 ? kE : 128;
-  constexpr int kBoxCols = kSwizzleBytes / 2;  // 64 16-bit columns: one swizzled column block
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk) {
 #pragma unroll
     for (int c = 0; c < kE / kN; ++c) {
-      const uint32_t b = tile + kk * 2 * kSwizzleAtomBytes + c * (kN / kBoxCols) * kRows * kSwizzleBytes;
+      const uint32_t b = tile + kk * 2 * kSwizzleAtomBytes + c * (kN / kSwizzleCols) * kRows * kSwizzleBytes;
       sm90_wgmma_rs_tn<T, kN>(*reinterpret_cast<float(*)[kN / 2]>(d + c * kN / 2), a[kk],
                               smem_desc_128b(b, kRows * kSwizzleBytes, kSwizzleAtomBytes));
     }

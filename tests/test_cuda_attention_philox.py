@@ -1,11 +1,12 @@
-"""The attention kernels' dropout draw, checked against an independent oracle: a NumPy Philox-4x32-10
-(from the Random123 definition, not from Triton's or philox.h's code) and the keep rule written out
-here. Element (b, h, i, j) is kept iff the 16-bit value j % 8 of the words of Philox counter
-((b H + h) L + i) ceil(S / 8) + j // 8 (value 2w the low half of word w, 2w + 1 its high half) is >=
-the threshold min(round(p 2^16), 2^16 - 1), ties to even. csrc/attention/philox.h (what the CUDA
-kernels draw and compare with) is compiled into a small host program whose words, thresholds and keep
-mask (through the kernels' compare of both values of a word at once) must be the oracle's, as must tl.randint4x's words and the Triton kernels' dropout_keep_mask (which the
-emulated CUDA kernels' tests compare their keep masks with), so that both backends drop the same
+"""The attention kernels' dropout draw, checked against an independent oracle: a NumPy Philox-4x32-7
+(from the Random123 definition, not from Triton's or philox.h's code; FlashAttention-2's 7 rounds, not
+Random123's default 10) and the keep rule written out here. Element (b, h, i, j) is kept iff the 16-bit
+value j % 8 of the words of Philox counter ((b H + h) L + i) ceil(S / 8) + j // 8 (value 2w the low half
+of word w, 2w + 1 its high half) is >= the threshold min(round(p 2^16), 2^16 - 1), ties to even.
+csrc/attention/philox.h (what the CUDA kernels draw and compare with) is compiled into a small host
+program whose words, thresholds and keep mask (through the kernels' compare of both values of a word at
+once) must be the oracle's, as must tl.randint4x's words and the Triton kernels' dropout_keep_mask (which
+the emulated CUDA kernels' tests compare their keep masks with), so that both backends drop the same
 elements for the same seed."""
 
 import os
@@ -17,6 +18,8 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+
+from fasttx.triton_kernels.attention_common import PHILOX_ROUNDS
 
 from .conftest import DEVICE
 
@@ -65,13 +68,16 @@ int main(int argc, char** argv) {
 # ---- the oracle ----------------------------------------------------------------------------------
 
 
-def philox4x32_10(counter, key):
-    """Philox-4x32-10 (Salmon et al. 2011, Random123): the 4 output words (uint64 arrays of 32-bit
+ROUNDS = 7  # of every dropout draw (csrc/attention/philox.h kRounds, Triton's PHILOX_ROUNDS)
+
+
+def philox4x32(counter, key, rounds):
+    """Philox-4x32-``rounds`` (Salmon et al. 2011, Random123): the 4 output words (uint64 arrays of 32-bit
     values) of the 4 counter words (arrays or ints) under the 2 key words."""
     mask = np.uint64(0xFFFFFFFF)
     c = [np.asarray(w, dtype=np.uint64) for w in counter]
     k0, k1 = key
-    for _ in range(10):
+    for _ in range(rounds):
         p0 = np.uint64(0xD2511F53) * c[0]  # < 2^64: exact in uint64
         p1 = np.uint64(0xCD9E8D57) * c[2]
         c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & mask, (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1),
@@ -81,12 +87,12 @@ def philox4x32_10(counter, key):
 
 
 def philox_words(seed: int, counters) -> np.ndarray:
-    """(len(counters), 4): the words the kernels draw for int64 counters, Philox-4x32-10 with key (seed
+    """(len(counters), 4): the words the kernels draw for int64 counters, Philox-4x32-7 with key (seed
     low, seed high) and counter (counter low, counter high, 0, 0)."""
     counters = np.asarray(counters, dtype=np.uint64)
     zero = np.zeros_like(counters)
-    words = philox4x32_10((counters & np.uint64(0xFFFFFFFF), counters >> np.uint64(32), zero, zero),
-                          (seed & 0xFFFFFFFF, seed >> 32))
+    words = philox4x32((counters & np.uint64(0xFFFFFFFF), counters >> np.uint64(32), zero, zero),
+                       (seed & 0xFFFFFFFF, seed >> 32), ROUNDS)
     return np.stack(words, axis=-1)
 
 
@@ -104,14 +110,25 @@ def oracle_keep(seed: int, rows: int, S: int, p: float) -> torch.Tensor:
     return torch.from_numpy(value >= oracle_threshold(p))
 
 
-def test_oracle_philox_known_answers():
-    """Random123's known-answer vectors of Philox-4x32-10 (its kat_vectors file)."""
-    kat = [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-           ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-           ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))]
-    for counter, key, words in kat:
-        assert tuple(int(w) for w in philox4x32_10(counter, key)) == words, (counter, key)
+# Random123's known-answer vectors of Philox-4x32 (its kat_vectors file): rounds -> (counter, key, words),
+# for the inputs 0, all ones and pi's digits. Both round counts pin the oracle's round function and key
+# schedule; 7 is what the kernels draw.
+KNOWN_ANSWERS = {
+    7: [((0, 0, 0, 0), (0, 0), (0x5F6FB709, 0x0D893F64, 0x4F121F81, 0x4F730A48)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x5207DDC2, 0x45165E59, 0x4D8EE751, 0x8C52F662)),
+        ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+         (0x4DFCCABA, 0x190A87F0, 0xC47362BA, 0xB6B5242A))],
+    10: [((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+         ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+         ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+          (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1))],
+}
+
+
+@pytest.mark.parametrize("rounds", sorted(KNOWN_ANSWERS))
+def test_oracle_philox_known_answers(rounds):
+    for counter, key, words in KNOWN_ANSWERS[rounds]:
+        assert tuple(int(w) for w in philox4x32(counter, key, rounds)) == words, (counter, key)
 
 
 # ---- philox.h and Triton against it --------------------------------------------------------------
@@ -119,9 +136,9 @@ def test_oracle_philox_known_answers():
 
 @triton.jit
 def _philox_kernel(Words, seed, first, COUNT: tl.constexpr):
-    """Words[4 i + k] = word k of tl.randint4x(seed, first + i)."""
+    """Words[4 i + k] = word k of tl.randint4x(seed, first + i) with the attention kernels' rounds."""
     offs = tl.arange(0, COUNT)
-    w0, w1, w2, w3 = tl.randint4x(seed, first + offs)
+    w0, w1, w2, w3 = tl.randint4x(seed, first + offs, PHILOX_ROUNDS)
     tl.store(Words + 4 * offs, w0)
     tl.store(Words + 4 * offs + 1, w1)
     tl.store(Words + 4 * offs + 2, w2)

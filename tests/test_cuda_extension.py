@@ -216,12 +216,16 @@ def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory(head_dim):
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
         assert "LDL" not in code and "STL" not in code, name
         # Dropout's keep bits (three shuffles per pair of 8-query tiles, 12 a tile): with dK and dV in one
-        # pass all drawn while S^T and dP^T run; in E = 256's dK pass before they are issued
+        # pass drawn while S^T and dP^T run, all of them or all but the last butterfly stage's last two,
+        # which ptxas may place just after the wait, beside the first of the work on S^T (E = 128 unmasked,
+        # not causal, since the draw has 7 Philox rounds); in E = 256's dK pass before they are issued
         # (Sm90Bwd::kDrawFirst); its dV pass leaves the place to ptxas.
         dropout = "ELb1ELNS0_8Sm90Grad" in name
         assert code.count("SHFL") == (12 if dropout else 0), name
-        if g != 1:
-            assert _while_wgmma_run(code, "SHFL") == (12 if dropout and g == 0 else 0), name
+        if g == 0:
+            assert (10 if dropout else 0) <= _while_wgmma_run(code, "SHFL") <= (12 if dropout else 0), name
+        elif g == 2:
+            assert _while_wgmma_run(code, "SHFL") == 0, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

@@ -426,16 +426,23 @@ def load_seed(Seed, HAS_DROPOUT: tl.constexpr):
     return seed
 
 
+# Rounds of the dropout draw's Philox-4x32 (tl.randint4x's default is 10): FlashAttention-2's 7, which
+# pass BigCrush; csrc/attention/philox.h kRounds (the CUDA kernels' draw) says why and must be the same.
+PHILOX_ROUNDS = tl.constexpr(7)
+
+
 @triton.jit
 def dropout_keep(seed, first_row, rows, start_n, S, keep_threshold, BLOCK_N: tl.constexpr):
     """Keep mask (len(rows), BLOCK_N) of the rows first_row + rows (first_row: int64 scalar, rows: the
     int32 range 0, 1, ...) of the flat (B H L, S) score matrix and its keys start_n + [0, BLOCK_N)
     (start_n and BLOCK_N multiples of 8). Element (r, j) is kept iff 16-bit value j % 8 of the words of
     Philox counter r * ceil(S / 8) + j // 8 is >= keep_threshold, value 2i being word i's low half and
-    2i + 1 its high half (csrc/attention/philox.h): one tl.randint4x serves 8 keys of a row."""
+    2i + 1 its high half (csrc/attention/philox.h): one tl.randint4x (PHILOX_ROUNDS rounds) serves 8 keys
+    of a row."""
     S8 = (S + 7) // 8
     groups = tl.arange(0, BLOCK_N // 8)
-    w0, w1, w2, w3 = tl.randint4x(seed, (first_row * S8 + start_n // 8) + (rows[:, None] * S8 + groups[None, :]))
+    w0, w1, w2, w3 = tl.randint4x(seed, (first_row * S8 + start_n // 8) + (rows[:, None] * S8 + groups[None, :]),
+                                  PHILOX_ROUNDS)
     # A low half is >= t iff its word << 16 is >= t << 16, a high half iff the word itself is (t < 2^16),
     # so no half is extracted (the CUDA kernels' keep_group compares both halves of a word at once).
     # join(join(join(x0, x2), join(x1, x3)), join(join(w0, w2), join(w1, w3)))[r, k, a, b, c], with

@@ -43,8 +43,8 @@ is right but its recomputed P, hence its gradients, are not. Use bool masks or -
 
 Dropout (training). Keep mask Z_ij with P(Z_ij = 1) = 1 - p_q, and O = ((P * Z) V) / (1 - p); the lse
 stays that of the undropped P. Z_ij = (v_m >= t) for the 16-bit value m = j % 8 of the words (w_0, ..,
-w_3) = tl.randint4x(seed, c), v_2i the low half of w_i and v_2i+1 its high half, c = ((b H + h) L + i)
-ceil(S / 8) + j // 8: Philox-4x32-10 keyed by the seed (read from the Seed tensor by each program; see
+w_3) = tl.randint4x(seed, c, PHILOX_ROUNDS), v_2i the low half of w_i and v_2i+1 its high half, c = ((b H + h) L + i)
+ceil(S / 8) + j // 8: Philox-4x32-7 keyed by the seed (read from the Seed tensor by each program; see
 attention_common.py for why not passed by value), counted by the group of 8 keys in the flat (B H L, S)
 scores (int64, as Triton splits it into two 32-bit counter words). t = dropout_threshold(p) = round(p
 2^16) (at most 2^16 - 1), computed once on the host, so p_q = t / 2^16 is within 2^-17 of p (clamped

@@ -1,9 +1,14 @@
 #pragma once
 // Dropout draws bit-identical to Triton's (Triton 3.6 to 3.8, triton/language/random.py).
 //
-// words(seed, counter) is tl.randint4x(seed, counter) for an int64 counter: Philox-4x32-10 with key
-// (seed low word, seed high word) and counter (counter low word, counter high word, 0, 0), its four
-// output words in tl.randint4x's order.
+// words(seed, counter) is tl.randint4x(seed, counter, n_rounds=7) for an int64 counter: Philox-4x32-7
+// with key (seed low word, seed high word) and counter (counter low word, counter high word, 0, 0), its
+// four output words in tl.randint4x's order.
+//
+// Seven rounds, not Random123's default ten: Philox-4x32-7 passes TestU01's BigCrush (Salmon et al.
+// 2011, whose ten are a safety margin over that), and FlashAttention-2 (so torch's flash SDPA) draws its
+// dropout with seven. The three rounds saved are ~12 of the ~76 instructions a draw costs in the sm_90a
+// forward (benchmarks/notes/attention.md, "Dropout: seven Philox rounds").
 //
 // The attention kernels keep element (b, h, i, j) of the (B, H, L, S) scores iff the 16-bit value m of
 // words(seed, dropout_counter((b H + h) L + i, S, j)), m = j % 8, is >= dropout_threshold(p), value m
@@ -45,16 +50,20 @@ FASTTX_HOST_DEVICE uint64_t mul_wide(uint32_t a, uint32_t b) {
 #endif
 }
 
+// Rounds of every draw; triton_kernels/attention_common.py PHILOX_ROUNDS is the same number (the
+// oracle of tests/test_cuda_attention_philox.py checks both).
+constexpr int kRounds = 7;
+
 struct Words {
   uint32_t w[4];
 };
 
-// The four output words of Philox-4x32-10 for the counter (lo, hi, 0, 0): tl.randint4x.
+// The four output words of Philox-4x32-7 for the counter (lo, hi, 0, 0): tl.randint4x(..., n_rounds=7).
 FASTTX_HOST_DEVICE Words words(uint64_t seed, uint64_t counter) {
   uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   FASTTX_PHILOX_UNROLL
-  for (int round = 0; round < 10; ++round) {
+  for (int round = 0; round < kRounds; ++round) {
     const uint64_t p0 = mul_wide(0xD2511F53u, c0), p2 = mul_wide(0xCD9E8D57u, c2);
     c0 = static_cast<uint32_t>(p2 >> 32) ^ c1 ^ k0;
     c2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;

@@ -430,6 +430,10 @@ __global__ void __launch_bounds__(Sm90FwdTile<kHeadDim, kMask, kDropout>::kThrea
   sm90_key_blocks<C, kCausal>(params.p, m0, full, end);
 
   if (threadIdx.x == 0) {
+    tma_prefetch_descriptor(&params.q_map);
+    tma_prefetch_descriptor(&params.k_map);
+    tma_prefetch_descriptor(&params.v_map);
+    tma_prefetch_descriptor(&params.o_map);
     mbar_init(bar.q_full, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar.k_full + s, 1);

@@ -99,6 +99,14 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const CUtensorMap* map, u
       : "memory");
 }
 
+// Starts fetching `map` (a __grid_constant__ kernel parameter) into the descriptor cache: a hint, no
+// ordering. Issued by the thread that initializes the barriers, before them, so that the producer's
+// first copy through each map does not wait for the descriptor's read (FlashAttention-3's producer does
+// the same at kernel start).
+__device__ __forceinline__ void tma_prefetch_descriptor(const CUtensorMap* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+
 // An mbarrier completes a phase when `count` arrivals and every expected transaction byte are in;
 // phases alternate parity, the first has parity 0.
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {

@@ -15,7 +15,10 @@ finite: ``Case.checked``), then times three passes:
 - ``fwd+bwd``: both, as one training step runs them.
 
 GPU times come from CUDA events around each call (as triton.testing.do_bench: L2 flushed before
-every call, warm-up, then the median and the 20th/80th percentiles of the repeats), CPU times from
+every call, warm-up, then the median and the 20th/80th percentiles of the repeats), with the median
+time the host took to issue each call beside them ("host ms": Python and launches, no synchronization;
+where it nears or passes the events' time the GPU waited on the host between the call's kernels, so
+that figure is the host's, not the kernels'), CPU times from
 perf_counter around each call (the same quantiles over blocks of calls, in interleaved rounds of the
 providers: see _interleaved); ``setup`` runs outside the timed span on both.
 """
@@ -64,7 +67,8 @@ def _prepare(grad_to_none, setup):
 
 
 def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS), setup=None):
-    """(median, p20, p80) milliseconds of ``fn()``; on CPU over (at least, at most) ``cpu_blocks``
+    """(median, p20, p80, host median) milliseconds of ``fn()``, the last on GPU only (None on CPU,
+    where the call's time is the host's); on CPU over (at least, at most) ``cpu_blocks``
     blocks of calls, each call after an untimed _prepare(grad_to_none, setup). The number of calls is
     sized by the wall time of a whole iteration, setup included, so that a measurement takes about
     the same time whatever setup costs."""
@@ -85,7 +89,7 @@ def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS), set
     blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), cpu_blocks[0]), cpu_blocks[1])
     number = max(1, math.ceil(CPU_MIN_TIME_S / blocks / once))
     times = [_cpu_block_ms(fn, prepare, number) for _ in range(blocks)]
-    return tuple(float(np.quantile(times, q)) for q in QUANTILES)
+    return (*(float(np.quantile(times, q)) for q in QUANTILES), None)
 
 
 def _cpu_block_ms(fn, prepare, number):
@@ -113,7 +117,7 @@ L2_FLUSH_BYTES = 256 << 20  # zeroed before each call, as do_bench does: beyond 
 def _cuda_ms(fn, prepare):
     """do_bench's measurement with an untimed ``prepare()`` before each call: CUDA events around
     each call of ``fn``, the L2 flushed before it; warm-up and repeats sized by the wall time of
-    whole iterations (prepare and flush included)."""
+    whole iterations (prepare and flush included). Also the median host time of issuing a call."""
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
 
     def iteration():
@@ -132,15 +136,18 @@ def _cuda_ms(fn, prepare):
         iteration()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(max(1, int(GPU_REPEAT_MS / per_call_ms)))]
+    host_s = []
     for start, end in events:
         prepare()
         flush.zero_()
+        issued = time.perf_counter()
         start.record()
         fn()
         end.record()
+        host_s.append(time.perf_counter() - issued)
     torch.cuda.synchronize()
     times = [start.elapsed_time(end) for start, end in events]
-    return tuple(float(np.quantile(times, q)) for q in QUANTILES)
+    return (*(float(np.quantile(times, q)) for q in QUANTILES), 1e3 * float(np.median(host_s)))
 
 
 def measured_peaks(device_type):
@@ -313,7 +320,7 @@ def _finite_only(fn, inputs, dy):
 
 
 def _time_passes(case, fn, dy, device_type, with_memory=True, cpu_blocks=(3, CPU_BLOCKS)):
-    """{pass: ((median, p20, p80) ms, peak MiB or None)} of one provider."""
+    """{pass: ((median, p20, p80, host median or None) ms, peak MiB or None)} of one provider."""
     leaves = _leaves(case.inputs)
     grads = [t for t in leaves if t.requires_grad]
     graphs = []  # the outputs of the forwards run (untimed) for the bwd pass, one per backward
@@ -344,7 +351,7 @@ def _failure(e):
 
 
 def _interleaved(case, names, dy, device_type, failures):
-    """{provider: {pass: ((median, p20, p80) ms, peak MiB)}} of the providers ``names``. On CPU,
+    """{provider: {pass: ((median, p20, p80, host median) ms, peak MiB)}} of the providers ``names``. On CPU,
     where the machine's load drifts, they are timed in CPU_ROUNDS interleaved rounds (each round
     times every provider once, in alternating order), so a busy spell hits them alike; the figures
     are the median and spread of the rounds' medians (each round's from at least 1 block of calls:
@@ -368,7 +375,7 @@ def _interleaved(case, names, dy, device_type, failures):
     for (name, direction), samples in times.items():
         if name not in failures:
             medians = [ms[0] for ms in samples]
-            spread = samples[0] if len(samples) == 1 else tuple(float(np.quantile(medians, q)) for q in QUANTILES)
+            spread = samples[0] if len(samples) == 1 else (*(float(np.quantile(medians, q)) for q in QUANTILES), None)
             measured.setdefault(name, {})[direction] = (spread, memory[name, direction])
     return measured
 
@@ -400,13 +407,13 @@ def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
         correct = ((not case.checked or error <= TOLERANCE[dtype]) if failure is None
                    else None if failure == OUT_OF_MEMORY else False)
         for direction in PASSES:
-            (ms, p20, p80), mib = measured.get(name, {}).get(direction, ((None,) * 3, None))
+            (ms, p20, p80, host), mib = measured.get(name, {}).get(direction, ((None,) * 4, None))
             rate = works[direction] / ms / (1e6 if case.unit == "GB/s" else 1e9) if ms else None
             rows.append({
                 **base, "provider": name, "pass": direction, "ms": ms, "ms p20": p20, "ms p80": p80,
                 "rate": rate, "unit": case.unit, "% of peak": 100 * rate / peak if peak and rate else None,
                 "speed-up": None, "vs": None, "peak MB": mib, "max rel err": error, "correct": correct,
-                **({"error": failure} if failure else {}),
+                **({"host ms": host} if device_type == "cuda" else {}), **({"error": failure} if failure else {}),
             })
     for direction in PASSES:
         mine = [r for r in rows if r["pass"] == direction]

@@ -11,7 +11,7 @@ from .common import kind
 
 # Row fields that are measurements; every other field identifies the row (op, label, dtype,
 # provider, pass) and is what --compare matches an earlier run's rows on.
-MEASURED = ("ms", "ms p20", "ms p80", "rate", "unit", "% of peak", "speed-up", "vs", "peak MB",
+MEASURED = ("ms", "ms p20", "ms p80", "host ms", "rate", "unit", "% of peak", "speed-up", "vs", "peak MB",
             "max rel err", "correct", "error", "old ms", "new/old", "regression")
 NOT_LABEL = ("op", "dtype", "provider", "pass")
 PLOTTED_PASSES = ("fwd", "fwd+bwd")
@@ -51,6 +51,7 @@ def display(rows):
         cell.update({
             "provider": r["provider"], "pass": r["pass"], "ms": _fmt(r["ms"]),
             "p20-p80": f"{_fmt(r['ms p20'], 3)}-{_fmt(r['ms p80'], 3)}" if r["ms"] else "-",
+            **({"host ms": _fmt(r["host ms"], 3)} if "host ms" in r else {}),
             r["unit"]: _fmt(r["rate"]), "% peak": _fmt(r["% of peak"], 3), "speed-up": _fmt(r["speed-up"], 3),
             "vs": _fmt(r["vs"]), "peak MB": _fmt(r["peak MB"]), "max rel err": _fmt(r["max rel err"], 2),
             "check": verdict(r),
@@ -135,7 +136,10 @@ def markdown_section(op, rows, meta, comparison=None):
     peak = meta["measured_peaks"].get(rows[0]["unit"])
     lines = [f"## {op} ({rows[0]['dtype']}, {meta['device']})", "",
              f"Measured peak: {_fmt(peak)} {rows[0]['unit']}. Speed-up: the fastest correct PyTorch "
-             "baseline's time / this time, same run. ms: median; p20-p80: its spread.", ""]
+             "baseline's time / this time, same run. ms: median; p20-p80: its spread."
+             + (" host ms: the median time the host took to issue the call (Python and launches, not "
+                "synchronized); where it nears or passes ms, the GPU waited on the host and ms is the "
+                "host's time, not the kernels'." if "host ms" in rows[0] else ""), ""]
     if meta.get("cut"):
         lines += [f"Cut by --time-limit {meta['time_limit_s']:g} s (not run or not finished): "
                   + "; ".join(meta["cut"]) + ".", ""]

@@ -383,3 +383,40 @@ def test_an_unchecked_case_still_fails_a_provider_with_non_finite_results():
     verdicts = {r["provider"]: r["correct"] for r in rows}
     assert verdicts == {"torch eager": True, "fasttx torch": False}
     assert report.verdict(next(r for r in rows if r["provider"] == "torch eager")) == "ran"
+
+
+def test_gpu_timing_reports_the_hosts_issue_time_beside_the_events(monkeypatch):
+    """On GPU, bench_ms gives the median host time of issuing a call beside the CUDA events' times
+    (here CUDA's events, synchronize and the L2 flush buffer stand in on CPU: the events read the host
+    clock, so a call that sleeps on the host shows the same time both ways); CPU rows have no host time,
+    GPU rows show it in the reports."""
+    class HostClockEvent:
+        def __init__(self, enable_timing):
+            self.at = None
+
+        def record(self):
+            self.at = time.perf_counter()
+
+        def elapsed_time(self, end):
+            return 1e3 * (end.at - self.at)
+
+    empty = torch.empty
+    monkeypatch.setattr(common, "L2_FLUSH_BYTES", 16)
+    monkeypatch.setattr(torch.cuda, "Event", HostClockEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch, "empty", lambda *a, device=None, **k: empty(*a, **k))
+    ms, p20, p80, host = common.bench_ms(lambda: time.sleep(0.003), "cuda")
+    assert 3 <= p20 <= ms <= p80 and 3 <= host <= 1.5 * ms
+    monkeypatch.undo()
+    *_, cpu_host = common.bench_ms(lambda: None, "cpu")
+    assert cpu_host is None
+
+    rows = common.run_case("softmax", _softmax_case({"torch eager": lambda x: torch.softmax(x, -1)}), "cpu",
+                           torch.float32, {"GB/s": None})
+    assert all("host ms" not in r for r in rows)
+    assert "host ms" not in report.markdown_section("softmax", rows, {"measured_peaks": {}, "device": "cpu"})
+    gpu_rows = [dict(r, **{"host ms": 0.25}) for r in rows]
+    section = report.markdown_section("softmax", gpu_rows, {"measured_peaks": {}, "device": "cuda"})
+    header = next(line for line in section.splitlines() if "| p20-p80 |" in line)
+    assert "| p20-p80 | host ms |" in header and "| 0.25 |" in section
+    assert "the GPU waited on the host" in section

@@ -293,10 +293,7 @@ __global__ void __launch_bounds__(Sm90Bwd<kHeadDim, kGrad>::kThreads, 1)
   const Sm90BwdWalk<C> walk = Sm90BwdWalk<C>::template make<kCausal>(params.p, n0, kvh);
 
   if (threadIdx.x == 0) {
-    tma_prefetch_descriptor(&params.q_map);
-    tma_prefetch_descriptor(&params.do_map);
-    tma_prefetch_descriptor(&params.k_map);
-    tma_prefetch_descriptor(&params.v_map);
+    params.prefetch_maps();
     mbar_init(bar.kv_full, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar.q_full + s, 1 + C::kRowLoaders);

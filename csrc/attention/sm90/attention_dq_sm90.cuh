@@ -251,10 +251,7 @@ __global__ void __launch_bounds__(Sm90Dq<kHeadDim>::kThreads, 1)
   key_blocks<C::kBlockM, C::kBlockN, kCausal>(params.p, m0, full, end);
 
   if (threadIdx.x == 0) {
-    tma_prefetch_descriptor(&params.q_map);
-    tma_prefetch_descriptor(&params.do_map);
-    tma_prefetch_descriptor(&params.k_map);
-    tma_prefetch_descriptor(&params.v_map);
+    params.prefetch_maps();
     mbar_init(bar.q_full, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar.kv_full + s, 1);

@@ -100,6 +100,12 @@ using Sm90FwdTile = Sm90Fwd<kE, kE == 64 && !kMask && !kDropout ? 3 : 2>;
 struct Sm90FwdParams {
   CUtensorMap q_map, k_map, v_map, o_map;
   AttentionParams p;
+
+  // Every map, prefetched by the thread that initializes the barriers (tma_prefetch_descriptor).
+  __device__ __forceinline__ void prefetch_maps() const {
+    const CUtensorMap* const maps[] = {&q_map, &k_map, &v_map, &o_map};
+    for (const CUtensorMap* map : maps) tma_prefetch_descriptor(map);
+  }
 };
 
 struct Sm90Barriers {
@@ -430,10 +436,7 @@ __global__ void __launch_bounds__(Sm90FwdTile<kHeadDim, kMask, kDropout>::kThrea
   sm90_key_blocks<C, kCausal>(params.p, m0, full, end);
 
   if (threadIdx.x == 0) {
-    tma_prefetch_descriptor(&params.q_map);
-    tma_prefetch_descriptor(&params.k_map);
-    tma_prefetch_descriptor(&params.v_map);
-    tma_prefetch_descriptor(&params.o_map);
+    params.prefetch_maps();
     mbar_init(bar.q_full, 1);
     for (int s = 0; s < C::kStages; ++s) {
       mbar_init(bar.k_full + s, 1);

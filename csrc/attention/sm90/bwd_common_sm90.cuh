@@ -34,6 +34,12 @@ struct Sm90BwdHead {
 struct Sm90BwdParams {
   CUtensorMap q_map, do_map, k_map, v_map;
   AttentionBwdParams p;
+
+  // Every map, prefetched by the thread that initializes the barriers (tma_prefetch_descriptor).
+  __device__ __forceinline__ void prefetch_maps() const {
+    const CUtensorMap* const maps[] = {&q_map, &do_map, &k_map, &v_map};
+    for (const CUtensorMap* map : maps) tma_prefetch_descriptor(map);
+  }
 };
 
 // Host side of both backward kernels: `kernel` (of config C, element type T) on `grid`, with q and dout

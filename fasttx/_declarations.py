@@ -45,7 +45,7 @@ class OpDeclaration:
     bwd_schema: str
     fwd_fake: Callable
     bwd_fake: Callable
-    setup_context: Callable  # torch.library.register_autograd's setup_context for the forward op
+    setup_context: Callable  # (ctx, inputs, output) of the forward op: what its backward keeps (fasttx._ops)
     backward: Callable  # bwd_op -> the forward op's backward formula
     triton_fwd: Callable  # implementations of the Triton ops; they import Triton only when called
     triton_bwd: Callable

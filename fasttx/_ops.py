@@ -1,4 +1,4 @@
-"""torch.library custom ops, registered from the declarations in fasttx._declarations.
+"""torch.library ops, registered from the declarations in fasttx._declarations.
 
 Every kernel entry point is an op in the ``fasttx`` namespace, one per op and backend:
 ``fasttx::<op>_{fwd,bwd}_triton`` are defined here with the declared schemas (their
@@ -7,20 +7,93 @@ implementations import Triton lazily, so importing fasttx never imports triton),
 declarations by tests/test_cuda_extension.py) and get their fake and autograd registered here once
 the extension loads. Each op's fake and backward formula is declared once and registered for every
 backend. Tensor layouts and conventions: fasttx._declarations.
+
+The autograd kernels are fasttx's own (_autograd_kernel), not torch.library.register_autograd's:
+on every forward that one rebuilds the schema's argument list once per argument to fill in the
+defaults (torch's ``fill_defaults``: ~17 us a call for attention's 9 arguments, on a CPU where
+torch's whole SDPA call takes ~11 us). Both do the same thing otherwise: below autograd, the
+forward op; then the declaration's setup_context and backward formula. The Triton ops are defined
+with ``Library.define`` and their implementations registered directly, since torch.library.custom_op
+registers an autograd kernel of its own.
 """
 
 import torch
 
 from ._declarations import DECLARATIONS
 
+# The Python half of the fasttx namespace: the Triton ops, and the fakes and autograd of every op.
+_LIBRARY = torch.library.Library("fasttx", "FRAGMENT")
+_BELOW_AUTOGRAD = torch._C._after_autograd_keyset
+
+
+def _run_below_autograd(fwd_op, keyset, args):
+    with torch._C._AutoDispatchBelowAutograd():
+        return fwd_op.redispatch(keyset & _BELOW_AUTOGRAD, *args)
+
+
+def _autograd_kernel(fwd_op, setup_context, backward):
+    """The Autograd-key kernel of ``fwd_op``: with grad enabled and an input requiring grad, the
+    forward op inside an autograd.Function driven by the declaration's setup_context and backward;
+    else the forward op alone."""
+    # The dispatcher drops trailing arguments equal to their schema defaults; setup_context and the
+    # backward formula see all of them.
+    defaults = tuple(argument.default_value for argument in fwd_op._schema.arguments)
+
+    class Forward(torch.autograd.Function):
+        # apply(*args, keyset): the keyset last, so that ctx.needs_input_grad[i] is argument i's.
+        @staticmethod
+        def forward(ctx, *args_and_keyset):
+            *args, keyset = args_and_keyset
+            output = _run_below_autograd(fwd_op, keyset, args)
+            setup_context(ctx, (*args, *defaults[len(args):]), output)
+            ctx.arguments_given = len(args)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return (*backward(ctx, *grads)[:ctx.arguments_given], None)
+
+    Forward.__name__ = f"{fwd_op._opname}_backward"
+
+    def kernel(keyset, *args):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return Forward.apply(*args, keyset)
+        return _run_below_autograd(fwd_op, keyset, args)
+
+    return kernel
+
+
+def _not_differentiable_kernel(bwd_op):
+    """The Autograd-key kernel of a backward op: differentiating through it (a double backward)
+    raises, where the autograd fallback of an op without a kernel would only warn."""
+
+    class Backward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args_and_keyset):
+            *args, keyset = args_and_keyset
+            return _run_below_autograd(bwd_op, keyset, args)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            raise RuntimeError(f"fasttx::{bwd_op._opname}: double backward (differentiating a fasttx op's "
+                               f"gradient, e.g. autograd.grad with create_graph=True) is not supported")
+
+    def kernel(keyset, *args):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+            return Backward.apply(*args, keyset)
+        return _run_below_autograd(bwd_op, keyset, args)
+
+    return kernel
+
 
 def _register(name, backend):
     declaration = DECLARATIONS[name]
-    fwd_name, bwd_name = f"fasttx::{name}_fwd_{backend}", f"fasttx::{name}_bwd_{backend}"
-    torch.library.register_fake(fwd_name)(declaration.fwd_fake)
-    torch.library.register_fake(bwd_name)(declaration.bwd_fake)
-    torch.library.register_autograd(fwd_name, declaration.backward(op(name, "bwd", backend)),
-                                    setup_context=declaration.setup_context)
+    fwd_op, bwd_op = op(name, "fwd", backend), op(name, "bwd", backend)
+    torch.library.register_fake(f"fasttx::{name}_fwd_{backend}", declaration.fwd_fake, lib=_LIBRARY)
+    torch.library.register_fake(f"fasttx::{name}_bwd_{backend}", declaration.bwd_fake, lib=_LIBRARY)
+    autograd = _autograd_kernel(fwd_op, declaration.setup_context, declaration.backward(bwd_op))
+    _LIBRARY.impl(f"{name}_fwd_{backend}", autograd, "Autograd", with_keyset=True)
+    _LIBRARY.impl(f"{name}_bwd_{backend}", _not_differentiable_kernel(bwd_op), "Autograd", with_keyset=True)
 
 
 def op(name, direction, backend):
@@ -33,7 +106,9 @@ def _define_triton_ops():
         if "triton" in declaration.backends:
             for direction, schema, impl in (("fwd", declaration.fwd_schema, declaration.triton_fwd),
                                             ("bwd", declaration.bwd_schema, declaration.triton_bwd)):
-                torch.library.custom_op(f"fasttx::{name}_{direction}_triton", impl, mutates_args=(), schema=schema)
+                _LIBRARY.define(f"{name}_{direction}_triton{schema}")
+                # One implementation for every device: CUDA tensors, and CPU ones under TRITON_INTERPRET=1.
+                _LIBRARY.impl(f"{name}_{direction}_triton", impl, "CompositeExplicitAutograd")
             _register(name, "triton")
 
 

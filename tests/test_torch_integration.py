@@ -79,6 +79,17 @@ def test_opcheck(name, backend):
         torch.library.opcheck(bwd, declaration.bwd_sample(args, fwd(*args)))
 
 
+@pytest.mark.parametrize("name,backend", KERNEL_CASES)
+def test_double_backward_raises(name, backend):
+    """A gradient of a gradient through an op raises a clear error (the backward ops have no
+    derivative), never a silent None or 0 from torch's fallback for ops without an autograd kernel."""
+    model, x = _example(name, backend)
+    out = model(x)
+    (dx,) = torch.autograd.grad(out, x, torch.randn_like(out), create_graph=True)
+    with pytest.raises(RuntimeError, match=f"fasttx::{name}_bwd_{backend}: double backward"):
+        dx.sum().backward()
+
+
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("name,backend", KERNEL_CASES)
 def test_compile_fullgraph(name, backend, compiler):

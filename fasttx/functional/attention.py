@@ -158,11 +158,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if chosen == "torch":
         return native.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     *batch, heads, queries, head_dim = query.shape
-    kv_heads, keys, value_dim = key.shape[-3], key.shape[-2], value.shape[-1]
-    rows = math.prod(batch)
-    q = _last_dim_contiguous(query.reshape(rows, heads, queries, head_dim))
-    k = _last_dim_contiguous(key.reshape(rows, kv_heads, keys, head_dim))
-    v = _last_dim_contiguous(value.reshape(rows, kv_heads, keys, value_dim))
+    q, k, v = query, key, value
+    if len(batch) != 1:  # (a 4-D call, a module's, skips the reshapes: they cost ~1 us each on the host)
+        rows = math.prod(batch)
+        q, k, v = (t.reshape(rows, *t.shape[-3:]) for t in (query, key, value))
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     mask = None
     if attn_mask is not None:
         mask = attn_mask.reshape((1,) * (query.dim() - attn_mask.dim()) + tuple(attn_mask.shape))
@@ -176,4 +176,4 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     scale = 1 / math.sqrt(head_dim) if scale is None else float(scale)
     out, _lse = _ops.op("attention", "fwd", chosen)(q, k, v, mask, scale, is_causal, float(dropout_p), seed,
                                                     deterministic)
-    return out.reshape(*batch, heads, queries, value_dim)
+    return out if len(batch) == 1 else out.reshape(*batch, heads, queries, out.shape[-1])

@@ -420,3 +420,39 @@ def test_gpu_timing_reports_the_hosts_issue_time_beside_the_events(monkeypatch):
     header = next(line for line in section.splitlines() if "| p20-p80 |" in line)
     assert "| p20-p80 | host ms |" in header and "| 0.25 |" in section
     assert "the GPU waited on the host" in section
+
+
+def test_host_overhead_times_the_ops_own_path_and_restores_the_launchers():
+    """python -m fasttx.benchmarks.host_overhead: every case has the three providers timed, the
+    triton provider reaches the op's forward (the path a GPU call takes, not a fallback to torch),
+    and the Triton launchers and TRITON_INTERPRET are as before afterwards."""
+    import os
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fasttx.benchmarks import host_overhead
+    from fasttx.triton_kernels import layer_norm as triton_layer_norm
+
+    class Recorder(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    launcher, interpret = triton_layer_norm.layer_norm_fwd, os.environ.get("TRITON_INTERPRET")
+    with host_overhead.stubbed_triton_launchers():
+        providers = host_overhead.calls()
+        for case, op in (("attention (B, H, L, E)", "attention"), ("layer_norm", "layer_norm"),
+                         ("rms_norm", "rms_norm"), ("softmax", "softmax"), ("MultiheadAttention, self", "attention")):
+            with Recorder() as recorder:
+                providers[case]["fasttx triton (launch stubbed)"]()
+            assert f"fasttx::{op}_fwd_triton" in recorder.ops, case
+    assert triton_layer_norm.layer_norm_fwd is launcher and os.environ.get("TRITON_INTERPRET") == interpret
+    results = host_overhead.measure(calls_per_run=2, repeats=1)
+    assert list(results) == list(providers)
+    assert all(list(row) == ["torch", "fasttx torch", "fasttx triton (launch stubbed)"] and min(row.values()) > 0
+               for row in results.values())
+    assert "| layer_norm |" in host_overhead.table(results)

@@ -7,7 +7,7 @@ import torch
 
 from .. import _ops, backends
 from . import native
-from .layer_norm import _as_rows, _check_args, _kernel_params
+from .layer_norm import _as_rows, _check_args, _kernel_params, _like_input
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
@@ -24,4 +24,4 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
         return native.rms_norm(input, normalized_shape, weight, eps)
     weight, _ = _kernel_params(input, weight)
     out, _rstd = _ops.op("rms_norm", "fwd", chosen)(_as_rows(input, hidden), weight, float(eps))
-    return out.view(input.shape)
+    return _like_input(out, input)

@@ -13,8 +13,21 @@ import pytest  # noqa: E402
 
 import fasttx  # noqa: E402
 from fasttx import backends  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the name of every op dispatched inside it (``ops``), e.g. "fasttx::attention_fwd_triton"."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.name())
+        return func(*args, **(kwargs or {}))
 
 
 def runnable_backends(device=DEVICE, op=None):

@@ -3,6 +3,7 @@ optional libraries, --compare, --backends, progress, and the reports without mat
 
 import io
 import json
+import os
 import sys
 import time
 import types
@@ -12,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from fasttx import cli
-from fasttx.benchmarks import common, modules, norms, progress, report
+from fasttx.benchmarks import common, host_overhead, modules, norms, progress, report
 
-from .conftest import DEVICE, runnable_backends
+from .conftest import DEVICE, OpRecorder, runnable_backends
 
 
 def _softmax_case(providers):
@@ -426,28 +427,14 @@ def test_host_overhead_times_the_ops_own_path_and_restores_the_launchers():
     """python -m fasttx.benchmarks.host_overhead: every case has the three providers timed, the
     triton provider reaches the op's forward (the path a GPU call takes, not a fallback to torch),
     and the Triton launchers and TRITON_INTERPRET are as before afterwards."""
-    import os
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from fasttx.benchmarks import host_overhead
     from fasttx.triton_kernels import layer_norm as triton_layer_norm
-
-    class Recorder(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.add(func.name())
-            return func(*args, **(kwargs or {}))
 
     launcher, interpret = triton_layer_norm.layer_norm_fwd, os.environ.get("TRITON_INTERPRET")
     with host_overhead.stubbed_triton_launchers():
         providers = host_overhead.calls()
         for case, op in (("attention (B, H, L, E)", "attention"), ("layer_norm", "layer_norm"),
                          ("rms_norm", "rms_norm"), ("softmax", "softmax"), ("MultiheadAttention, self", "attention")):
-            with Recorder() as recorder:
+            with OpRecorder() as recorder:
                 providers[case]["fasttx triton (launch stubbed)"]()
             assert f"fasttx::{op}_fwd_triton" in recorder.ops, case
     assert triton_layer_norm.layer_norm_fwd is launcher and os.environ.get("TRITON_INTERPRET") == interpret

@@ -5,14 +5,13 @@ import functools
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import fasttx
 from fasttx import _ops
 from fasttx._declarations import DECLARATIONS
 from fasttx.testing import assert_close
 
-from .conftest import DEVICE, runnable_backends
+from .conftest import DEVICE, OpRecorder, runnable_backends
 
 # (op, backend) for every declared op (fasttx/_declarations.py) and every kernel backend that runs it here.
 KERNEL_CASES = [(name, b) for name, d in DECLARATIONS.items() for b in runnable_backends(op=name) if b in d.backends]
@@ -34,16 +33,6 @@ def test_declaration_names_its_public_wrapper(name):
     assert getattr(fasttx, DECLARATIONS[name].functional) is getattr(fasttx.functional, DECLARATIONS[name].functional)
 
 
-class _Recorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.name())
-        return func(*args, **(kwargs or {}))
-
-
 def _example(name, backend, dtype=None):
     """The declared example model of ``name`` with ``backend``, and its input (requires grad)."""
     example = DECLARATIONS[name].example
@@ -63,7 +52,7 @@ def test_example_runs_the_declared_ops(name, backend):
     """The example model the compile, autocast and DDP tests run reaches the op's forward and
     backward kernels: those tests cover the op, not a fallback."""
     model, x = _example(name, backend)
-    with _Recorder() as recorder:
+    with OpRecorder() as recorder:
         model(x).sum().backward()
     assert {f"fasttx::{name}_fwd_{backend}", f"fasttx::{name}_bwd_{backend}"} <= recorder.ops
 

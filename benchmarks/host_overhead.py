@@ -1,13 +1,15 @@
-"""The host's time for one forward call: Python, dispatch and the autograd node, before any kernel.
+"""The host's time for one forward call: Python, dispatch, the autograd node and the launcher's work.
 
 On a GPU, a call whose kernels take less time than this leaves the GPU waiting on the host (the
-bench's "host ms" column shows where). Measured here on CPU tensors, so that it needs no GPU: the
-Triton launchers are replaced by their ops' fakes (the allocations of the outputs), so that the
-"fasttx triton" column is the path a GPU call takes up to the launch (argument checks, backend
-choice, the custom op's dispatch and autograd) and nothing of the Triton interpreter. Beside it,
-torch's own call and fasttx's torch backend, both with their real CPU compute on tiny tensors (so
-an upper bound of their host time). Inputs require grad, as in training; per call, the best of
-``--repeats`` runs of ``--calls`` calls (the least disturbed by the rest of the machine).
+bench's "host ms" column shows where). Measured here on CPU tensors, so that it needs no GPU: every
+Triton kernel is replaced by a stand-in that starts nothing, so that the "fasttx triton" column is
+the path a GPU call takes up to the kernel launch itself (argument checks, backend choice, the op's
+dispatch and autograd node, the launcher's checks, allocations and arguments), without the Triton
+interpreter. Not in it: Triton's own launch (its binder and the driver call, ~10-40 us on a GPU by
+Triton's version; a GPU run's host ms has it). Beside it, torch's own call and fasttx's torch
+backend, both with their real CPU compute on tiny tensors (so an upper bound of their host time).
+Inputs require grad, as in training; per call, the best of ``--repeats`` runs of ``--calls`` calls
+(the least disturbed by the rest of the machine).
 
     python -m fasttx.benchmarks.host_overhead [--calls N] [--repeats R]
 """
@@ -21,29 +23,40 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .._declarations import DECLARATIONS
 
-# The Triton launcher each op's forward calls (fasttx._declarations imports it at call time).
-LAUNCHERS = {"attention": ("attention", "attention_fwd"), "layer_norm": ("layer_norm", "layer_norm_fwd"),
-             "rms_norm": ("rms_norm", "rms_norm_fwd"), "softmax": ("softmax", "softmax_fwd")}
+# The modules whose kernels the launchers start.
+TRITON_MODULES = ("attention_fwd", "attention_bwd", "layer_norm", "softmax")
+
+
+class _NotLaunched:
+    """Stands for a Triton kernel: ``kernel[grid](...)`` returns at once."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
 
 
 @contextlib.contextmanager
-def stubbed_triton_launchers():
-    """The Triton forward launchers replaced by their ops' fakes (same arguments, outputs allocated,
-    nothing computed); TRITON_INTERPRET=1 so that the triton backend takes CPU tensors."""
+def triton_kernels_not_launched():
+    """Every Triton kernel of fasttx.triton_kernels replaced by _NotLaunched, so that a launcher does
+    all its host work (checks, output allocation, arguments, autotuner-free grid) but starts nothing;
+    TRITON_INTERPRET=1 so that the triton backend takes CPU tensors."""
+    from triton.runtime.jit import KernelInterface
+
     interpret = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     saved = []
-    for op, (module_name, launcher) in LAUNCHERS.items():
+    for module_name in TRITON_MODULES:
         module = importlib.import_module(f"fasttx.triton_kernels.{module_name}")
-        saved.append((module, launcher, getattr(module, launcher)))
-        setattr(module, launcher, DECLARATIONS[op].fwd_fake)
+        for name, value in vars(module).items():
+            if isinstance(value, KernelInterface):
+                saved.append((module, name, value))
+    for module, name, _ in saved:
+        setattr(module, name, _NotLaunched())
     try:
         yield
     finally:
-        for module, launcher, fn in saved:
-            setattr(module, launcher, fn)
+        for module, name, kernel in saved:
+            setattr(module, name, kernel)
         if interpret is None:
             os.environ.pop("TRITON_INTERPRET")
         else:
@@ -77,7 +90,7 @@ def calls():
         "softmax": lambda: torch.softmax(rows, -1),
         "MultiheadAttention, self": lambda: torch_mha(tokens, tokens, tokens, need_weights=False),
     }
-    return {case: {"torch": theirs[case], "fasttx torch": make("torch"), "fasttx triton (launch stubbed)": make("triton")}
+    return {case: {"torch": theirs[case], "fasttx torch": make("torch"), "fasttx triton (not launched)": make("triton")}
             for case, make in ours.items()}
 
 
@@ -95,7 +108,7 @@ def host_us(fn, calls, repeats):
 
 def measure(calls_per_run=2000, repeats=5):
     """{case: {provider: us per call}}."""
-    with stubbed_triton_launchers():
+    with triton_kernels_not_launched():
         return {case: {name: host_us(fn, calls_per_run, repeats) for name, fn in providers.items()}
                 for case, providers in calls().items()}
 

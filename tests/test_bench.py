@@ -423,23 +423,23 @@ def test_gpu_timing_reports_the_hosts_issue_time_beside_the_events(monkeypatch):
     assert "the GPU waited on the host" in section
 
 
-def test_host_overhead_times_the_ops_own_path_and_restores_the_launchers():
+def test_host_overhead_times_the_ops_own_path_and_restores_the_kernels():
     """python -m fasttx.benchmarks.host_overhead: every case has the three providers timed, the
     triton provider reaches the op's forward (the path a GPU call takes, not a fallback to torch),
-    and the Triton launchers and TRITON_INTERPRET are as before afterwards."""
+    and the Triton kernels and TRITON_INTERPRET are as before afterwards."""
     from fasttx.triton_kernels import layer_norm as triton_layer_norm
 
-    launcher, interpret = triton_layer_norm.layer_norm_fwd, os.environ.get("TRITON_INTERPRET")
-    with host_overhead.stubbed_triton_launchers():
+    launcher, interpret = triton_layer_norm._norm_fwd_kernel, os.environ.get("TRITON_INTERPRET")
+    with host_overhead.triton_kernels_not_launched():
         providers = host_overhead.calls()
         for case, op in (("attention (B, H, L, E)", "attention"), ("layer_norm", "layer_norm"),
                          ("rms_norm", "rms_norm"), ("softmax", "softmax"), ("MultiheadAttention, self", "attention")):
             with OpRecorder() as recorder:
-                providers[case]["fasttx triton (launch stubbed)"]()
+                providers[case]["fasttx triton (not launched)"]()
             assert f"fasttx::{op}_fwd_triton" in recorder.ops, case
-    assert triton_layer_norm.layer_norm_fwd is launcher and os.environ.get("TRITON_INTERPRET") == interpret
+    assert triton_layer_norm._norm_fwd_kernel is launcher and os.environ.get("TRITON_INTERPRET") == interpret
     results = host_overhead.measure(calls_per_run=2, repeats=1)
     assert list(results) == list(providers)
-    assert all(list(row) == ["torch", "fasttx torch", "fasttx triton (launch stubbed)"] and min(row.values()) > 0
+    assert all(list(row) == ["torch", "fasttx torch", "fasttx triton (not launched)"] and min(row.values()) > 0
                for row in results.values())
     assert "| layer_norm |" in host_overhead.table(results)

@@ -48,6 +48,7 @@ from .attention_common import (LOG2E, attention_autotune, dropout_keep, head_row
                                kernel_args, key_blocks, kv_heads, launch_grid, load_rows, load_seed, load_v,
                                mask_offsets, masked_scores, program_block, query_block, score_block, store_rows,
                                tile_offsets_fit)
+from .utils import next_power_of_2
 
 # See attention_fwd.py's launch configurations; lists chosen the same way.
 # The dK/dV kernel holds BLOCK_N keys and two accumulators, and streams BLOCK_M queries.
@@ -376,7 +377,7 @@ def attention_bwd(do, q, k, v, o, lse, mask, scale: float, is_causal: bool, drop
     if B * H == 0:
         return dq, dk.zero_(), dv.zero_()
     delta = torch.empty((B, H, L), dtype=torch.float32, device=q.device)
-    block_m = min(_DELTA_ELEMENTS // args["BLOCK_EV"], triton.next_power_of_2(L))
+    block_m = min(_DELTA_ELEMENTS // args["BLOCK_EV"], next_power_of_2(L))
     _attn_bwd_delta_kernel[launch_grid(L, block_m, B * H)](
         o, do, delta, o.stride()[:3], do.stride()[:3], H, L,
         EV=Ev, BLOCK_EV=args["BLOCK_EV"], BLOCK_M=block_m, num_warps=4,

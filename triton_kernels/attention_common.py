@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 from ..backends import KERNEL_DTYPES
 from .attention_tma import descriptor, set_block_shapes, tensor_of, use_tma
+from .utils import cdiv, next_power_of_2
 
 LOG2E = tl.constexpr(math.log2(math.e))
 LN2 = tl.constexpr(math.log(2.0))
@@ -72,9 +73,9 @@ MAX_BLOCK = 128
 def launch_grid(n: int, block: int, heads: int) -> tuple[int]:
     """The grid of a kernel whose programs own ``block`` of ``n`` rows (queries or keys) of each of
     ``heads`` (batch, head) pairs: everything on dim 0 (see the module docstring)."""
-    programs = triton.cdiv(n, block) * heads
+    programs = cdiv(n, block) * heads
     if programs > MAX_PROGRAMS:
-        raise ValueError(f"attention: {heads} batch-heads x {triton.cdiv(n, block)} blocks of {block} rows "
+        raise ValueError(f"attention: {heads} batch-heads x {cdiv(n, block)} blocks of {block} rows "
                          f"need {programs} programs, more than CUDA's {MAX_PROGRAMS}")
     return (programs,)
 
@@ -115,7 +116,7 @@ def seq_bucket(n: int) -> int:
     changes with the length (few long loops against many short programs) in steps of about 2x; beyond
     16K every program's loop is long. Never 1 nor a non-multiple of 16, so the bucket never makes
     Triton specialise the kernel anew."""
-    return min(max(triton.next_power_of_2(n), 16), 16384)
+    return min(max(next_power_of_2(n), 16), 16384)
 
 
 # Pipeline stages a config is given at the least: with one, Triton pipelines nothing and stages the
@@ -292,7 +293,7 @@ def _seed_arg(seed, dropout_p, device):
 
 def _head_block(d: int) -> int:
     # tl.dot needs every dimension >= 16; other head dims are padded to a power of 2 with masked loads.
-    return max(16, triton.next_power_of_2(d))
+    return max(16, next_power_of_2(d))
 
 
 def tile_offsets_fit(row_strides, S, mask_col_stride):

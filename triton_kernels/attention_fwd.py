@@ -90,6 +90,7 @@ import triton.language as tl
 from .attention_common import (LN2, attention_autotune, dropout_keep, dropout_threshold, head_rows, held_copies,
                                kernel_args, key_blocks, launch_grid, load_seed, load_v, query_block, score_block,
                                store_rows)
+from .utils import cdiv
 
 # ---- launch configurations ---------------------------------------------------------------------
 #
@@ -306,6 +307,6 @@ def dropout_keep_mask(seed: int, B: int, H: int, L: int, S: int, dropout_p: floa
     if keep.numel() > 0:
         seed = torch.tensor(seed, dtype=torch.int64, device=device)
         block_m, block_n = _DROPOUT_BLOCK
-        _dropout_keep_kernel[(triton.cdiv(B * H * L, block_m), triton.cdiv(S, block_n))](
+        _dropout_keep_kernel[(cdiv(B * H * L, block_m), cdiv(S, block_n))](
             keep, B * H * L, S, seed, dropout_threshold(dropout_p), BLOCK_M=block_m, BLOCK_N=block_n)
     return keep

@@ -1,14 +1,24 @@
-"""Launch-configuration helpers shared by the row-wise Triton kernels (norms, softmax, ...)."""
+"""Launch-configuration helpers shared by the Triton launchers (norms, softmax, attention)."""
 
 import functools
 import typing
 
 import torch
-import triton
 
 # The interpreter runs programs one after another, so extra programs buy nothing; a few still
 # exercise the cross-program reduction.
 _INTERPRETER_PROGRAMS = 4
+
+
+# Host-side twins of triton.cdiv and triton.next_power_of_2, whose constexpr_function wrappers cost
+# ~2 us a call on the host; a launch calls them several times.
+def cdiv(x: int, y: int) -> int:
+    return -(-x // y)
+
+
+def next_power_of_2(n: int) -> int:
+    """The least power of 2 >= n (0 for n = 0, as Triton's)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
 def row_block(n: int, max_block: int) -> tuple[int, int]:
@@ -18,7 +28,7 @@ def row_block(n: int, max_block: int) -> tuple[int, int]:
     thread without leaving lanes idle on short rows. 16 warps at most, so that a CTA of 512 threads may
     still use 128 registers per thread (64K-register file) for its row-sized tensors.
     """
-    block = min(triton.next_power_of_2(n), max_block)
+    block = min(next_power_of_2(n), max_block)
     return block, min(max(block // 256, 1), 16)
 
 
@@ -57,7 +67,7 @@ def resident_programs(n_regs: int, shared: int, num_warps: int, limits) -> int:
 
     Registers are allocated per warp in units of 256 (sm_80 / sm_90).
     """
-    regs_per_warp = triton.cdiv(n_regs * limits.warp_size, 256) * 256
+    regs_per_warp = cdiv(n_regs * limits.warp_size, 256) * 256
     by_threads = limits.max_threads_per_multi_processor // (num_warps * limits.warp_size)
     by_regs = limits.regs_per_multiprocessor // (regs_per_warp * num_warps)
     by_shared = limits.shared_memory_per_multiprocessor // (shared + _RESERVED_SHARED_PER_PROGRAM)
@@ -87,5 +97,5 @@ def persistent_split(n_rows: int, device: torch.device, per_sm: int | None = Non
         target = sm_count(device) * per_sm
     else:
         target = _INTERPRETER_PROGRAMS
-    rows = triton.cdiv(n_rows, min(n_rows, target))
-    return triton.cdiv(n_rows, rows), rows
+    rows = cdiv(n_rows, min(n_rows, target))
+    return cdiv(n_rows, rows), rows

@@ -254,6 +254,19 @@ def test_programs_per_sm(regs, warps, shared, expected):
             math.ceil(16384 / math.ceil(16384 / (132 * expected))), math.ceil(16384 / (132 * expected)))
 
 
+def test_host_twins_of_tritons_helpers_agree_with_them():
+    """triton_kernels.utils.cdiv / next_power_of_2 (the launchers' host-side copies of Triton's, ~2 us
+    cheaper a call) give Triton's results."""
+    import triton
+
+    from fasttx.triton_kernels import utils
+
+    for n in [*range(0, 1100), 4095, 4096, 4097, 2**31 - 1, 2**31, 2**40 + 3]:
+        assert utils.next_power_of_2(n) == triton.next_power_of_2(n), n
+        for d in (1, 3, 16, 128, 1000):
+            assert utils.cdiv(n, d) == triton.cdiv(n, d), (n, d)
+
+
 # Without TRITON_INTERPRET and without a GPU: Triton's driver replaced by one that names sm_90 as the
 # target, all that warmup needs to bind and compile (exit status 3: this Triton's internals moved).
 _WARMUP_RETURNS_THE_LAUNCHED_KERNEL = r"""

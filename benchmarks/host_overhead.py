@@ -8,10 +8,11 @@ dispatch and autograd node, the launcher's checks, allocations and arguments), w
 interpreter. Not in it: Triton's own launch (its binder and the driver call, ~10-40 us on a GPU by
 Triton's version; a GPU run's host ms has it). Beside it, torch's own call and fasttx's torch
 backend, both with their real CPU compute on tiny tensors (so an upper bound of their host time).
-Inputs require grad, as in training; per call, the best of ``--repeats`` runs of ``--calls`` calls
+Inputs require grad, as in training; ``--backward`` adds the backward of the output's sum to each
+call (the backward launchers run with their kernels stood in for too); per call, the best of ``--repeats`` runs of ``--calls`` calls
 (the least disturbed by the rest of the machine).
 
-    python -m fasttx.benchmarks.host_overhead [--calls N] [--repeats R]
+    python -m fasttx.benchmarks.host_overhead [--calls N] [--repeats R] [--backward]
 """
 
 import argparse
@@ -106,10 +107,20 @@ def host_us(fn, calls, repeats):
     return best * 1e6
 
 
-def measure(calls_per_run=2000, repeats=5):
-    """{case: {provider: us per call}}."""
+def _then_backward(fn):
+    """fn() and the backward of its output's sum (a module's output: the first of its tuple)."""
+    def step():
+        out = fn()
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+
+    return step
+
+
+def measure(calls_per_run=2000, repeats=5, backward=False):
+    """{case: {provider: us per call}}: per forward call, or with ``backward`` per forward and backward."""
     with triton_kernels_not_launched():
-        return {case: {name: host_us(fn, calls_per_run, repeats) for name, fn in providers.items()}
+        return {case: {name: host_us(_then_backward(fn) if backward else fn, calls_per_run, repeats)
+                       for name, fn in providers.items()}
                 for case, providers in calls().items()}
 
 
@@ -124,9 +135,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fasttx.benchmarks.host_overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per timed run (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is reported (default 5)")
+    parser.add_argument("--backward", action="store_true",
+                        help="time the forward and the backward of its output's sum, not the forward alone")
     args = parser.parse_args(argv)
-    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads; us per forward call, best of {args.repeats}")
-    print(table(measure(args.calls, args.repeats)))
+    timed = "forward + backward" if args.backward else "forward"
+    print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads; us per {timed} call, best of {args.repeats}")
+    print(table(measure(args.calls, args.repeats, args.backward)))
 
 
 if __name__ == "__main__":

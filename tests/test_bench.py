@@ -438,8 +438,9 @@ def test_host_overhead_times_the_ops_own_path_and_restores_the_kernels():
                 providers[case]["fasttx triton (not launched)"]()
             assert f"fasttx::{op}_fwd_triton" in recorder.ops, case
     assert triton_layer_norm._norm_fwd_kernel is launcher and os.environ.get("TRITON_INTERPRET") == interpret
-    results = host_overhead.measure(calls_per_run=2, repeats=1)
-    assert list(results) == list(providers)
-    assert all(list(row) == ["torch", "fasttx torch", "fasttx triton (not launched)"] and min(row.values()) > 0
-               for row in results.values())
-    assert "| layer_norm |" in host_overhead.table(results)
+    for backward in (False, True):
+        results = host_overhead.measure(calls_per_run=2, repeats=1, backward=backward)
+        assert list(results) == list(providers)
+        assert all(list(row) == ["torch", "fasttx torch", "fasttx triton (not launched)"] and min(row.values()) > 0
+                   for row in results.values())
+        assert "| layer_norm |" in host_overhead.table(results)

@@ -113,12 +113,12 @@ def unavailable_reason(backend, device_type=None, dtype=None, op=None):
 def resolve(op, backend, tensor):
     """Name of the backend that runs ``op`` on ``tensor`` when the caller passed ``backend``."""
     wanted = requested(backend)
-    device_type, dtype = tensor.device.type, tensor.dtype
     if wanted == "auto":
-        candidates = AUTO_KERNELS.get(op, ()) if device_type == "cuda" else ()
-        chosen = next((b for b in candidates if unavailable_reason(b, device_type, dtype, op) is None), "torch")
+        candidates = AUTO_KERNELS.get(op) and (AUTO_KERNELS[op] if tensor.device.type == "cuda" else ())
+        chosen = next((b for b in candidates or () if unavailable_reason(b, "cuda", tensor.dtype, op) is None),
+                      "torch")
     else:
-        reason = unavailable_reason(wanted, device_type, dtype, op)
+        reason = unavailable_reason(wanted, tensor.device.type, tensor.dtype, op)
         if reason is not None:
             raise RuntimeError(f"fasttx.{op}: backend={wanted!r} cannot run here: {reason}")
         chosen = wanted

@@ -20,6 +20,10 @@ from ._checks import check_shape, check_tensor
 
 
 def _normalized_shape(op, input, normalized_shape):
+    # A module's call first: (hidden,) matching the input (~1 us less than the general checks).
+    if type(normalized_shape) is tuple and len(normalized_shape) == 1 and type(normalized_shape[0]) is int \
+            and input.dim() > 0 and input.shape[-1] == normalized_shape[0]:
+        return normalized_shape
     if isinstance(normalized_shape, numbers.Integral):
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)

@@ -9,8 +9,8 @@ interpreter. Not in it: Triton's own launch (its binder and the driver call, ~10
 Triton's version; a GPU run's host ms has it). Beside it, torch's own call and fasttx's torch
 backend, both with their real CPU compute on tiny tensors (so an upper bound of their host time).
 Inputs require grad, as in training; ``--backward`` adds the backward of the output's sum to each
-call (the backward launchers run with their kernels stood in for too); per call, the best of ``--repeats`` runs of ``--calls`` calls
-(the least disturbed by the rest of the machine).
+call (the backward launchers run with their kernels stood in for too); per call, the best of
+``--repeats`` runs of ``--calls`` calls (the least disturbed by the rest of the machine).
 
     python -m fasttx.benchmarks.host_overhead [--calls N] [--repeats R] [--backward]
 """

@@ -26,26 +26,27 @@ _LIBRARY = torch.library.Library("fasttx", "FRAGMENT")
 _BELOW_AUTOGRAD = torch._C._after_autograd_keyset
 
 
-def _run_below_autograd(fwd_op, keyset, args):
+def _run_below_autograd(overload, keyset, args):
     with torch._C._AutoDispatchBelowAutograd():
-        return fwd_op.redispatch(keyset & _BELOW_AUTOGRAD, *args)
+        return overload.redispatch(keyset & _BELOW_AUTOGRAD, *args)
 
 
-def _autograd_kernel(fwd_op, setup_context, backward):
-    """The Autograd-key kernel of ``fwd_op``: with grad enabled and an input requiring grad, the
-    forward op inside an autograd.Function driven by the declaration's setup_context and backward;
-    else the forward op alone."""
+def _autograd_kernel(overload, backward, setup_context=None):
+    """The Autograd-key kernel of the op ``overload``: with grad enabled and an input requiring grad,
+    the op inside an autograd.Function driven by ``setup_context`` (a forward op's declaration's) and
+    ``backward``; else the op alone."""
     # The dispatcher drops trailing arguments equal to their schema defaults; setup_context and the
     # backward formula see all of them.
-    defaults = tuple(argument.default_value for argument in fwd_op._schema.arguments)
+    defaults = tuple(argument.default_value for argument in overload._schema.arguments)
 
-    class Forward(torch.autograd.Function):
+    class Function(torch.autograd.Function):
         # apply(*args, keyset): the keyset last, so that ctx.needs_input_grad[i] is argument i's.
         @staticmethod
         def forward(ctx, *args_and_keyset):
             *args, keyset = args_and_keyset
-            output = _run_below_autograd(fwd_op, keyset, args)
-            setup_context(ctx, (*args, *defaults[len(args):]), output)
+            output = _run_below_autograd(overload, keyset, args)
+            if setup_context is not None:
+                setup_context(ctx, (*args, *defaults[len(args):]), output)
             ctx.arguments_given = len(args)
             return output
 
@@ -53,37 +54,25 @@ def _autograd_kernel(fwd_op, setup_context, backward):
         def backward(ctx, *grads):
             return (*backward(ctx, *grads)[:ctx.arguments_given], None)
 
-    Forward.__name__ = f"{fwd_op._opname}_backward"
+    Function.__name__ = f"{overload._opname}_backward"
 
     def kernel(keyset, *args):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
-            return Forward.apply(*args, keyset)
-        return _run_below_autograd(fwd_op, keyset, args)
+            return Function.apply(*args, keyset)
+        return _run_below_autograd(overload, keyset, args)
 
     return kernel
 
 
-def _not_differentiable_kernel(bwd_op):
-    """The Autograd-key kernel of a backward op: differentiating through it (a double backward)
-    raises, where the autograd fallback of an op without a kernel would only warn."""
+def _no_double_backward(bwd_op):
+    """The backward formula of a backward op: differentiating through it (a double backward) raises,
+    where torch's autograd fallback for an op without an Autograd kernel would only warn."""
 
-    class Backward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *args_and_keyset):
-            *args, keyset = args_and_keyset
-            return _run_below_autograd(bwd_op, keyset, args)
+    def backward(ctx, *grads):
+        raise RuntimeError(f"fasttx::{bwd_op._opname}: double backward (differentiating a fasttx op's "
+                           f"gradient, e.g. autograd.grad with create_graph=True) is not supported")
 
-        @staticmethod
-        def backward(ctx, *grads):
-            raise RuntimeError(f"fasttx::{bwd_op._opname}: double backward (differentiating a fasttx op's "
-                               f"gradient, e.g. autograd.grad with create_graph=True) is not supported")
-
-    def kernel(keyset, *args):
-        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
-            return Backward.apply(*args, keyset)
-        return _run_below_autograd(bwd_op, keyset, args)
-
-    return kernel
+    return backward
 
 
 def _register(name, backend):
@@ -91,9 +80,10 @@ def _register(name, backend):
     fwd_op, bwd_op = op(name, "fwd", backend), op(name, "bwd", backend)
     torch.library.register_fake(f"fasttx::{name}_fwd_{backend}", declaration.fwd_fake, lib=_LIBRARY)
     torch.library.register_fake(f"fasttx::{name}_bwd_{backend}", declaration.bwd_fake, lib=_LIBRARY)
-    autograd = _autograd_kernel(fwd_op, declaration.setup_context, declaration.backward(bwd_op))
-    _LIBRARY.impl(f"{name}_fwd_{backend}", autograd, "Autograd", with_keyset=True)
-    _LIBRARY.impl(f"{name}_bwd_{backend}", _not_differentiable_kernel(bwd_op), "Autograd", with_keyset=True)
+    _LIBRARY.impl(f"{name}_fwd_{backend}", _autograd_kernel(fwd_op, declaration.backward(bwd_op),
+                                                            declaration.setup_context), "Autograd", with_keyset=True)
+    _LIBRARY.impl(f"{name}_bwd_{backend}", _autograd_kernel(bwd_op, _no_double_backward(bwd_op)), "Autograd",
+                  with_keyset=True)
 
 
 def op(name, direction, backend):

@@ -114,9 +114,10 @@ def resolve(op, backend, tensor):
     """Name of the backend that runs ``op`` on ``tensor`` when the caller passed ``backend``."""
     wanted = requested(backend)
     if wanted == "auto":
-        candidates = AUTO_KERNELS.get(op) and (AUTO_KERNELS[op] if tensor.device.type == "cuda" else ())
-        chosen = next((b for b in candidates or () if unavailable_reason(b, "cuda", tensor.dtype, op) is None),
-                      "torch")
+        chosen = "torch"
+        if AUTO_KERNELS.get(op) and tensor.device.type == "cuda":  # (the list first: reading the device costs)
+            chosen = next((b for b in AUTO_KERNELS[op] if unavailable_reason(b, "cuda", tensor.dtype, op) is None),
+                          "torch")
     else:
         reason = unavailable_reason(wanted, tensor.device.type, tensor.dtype, op)
         if reason is not None:

@@ -55,17 +55,24 @@ def use_backend(name):
         stack.pop()
 
 
+# FASTTX_BACKEND is read once, when fasttx is imported, as torch reads its own environment
+# variables: read on every call, it cost a small norm's call ~3 us of host time (os.environ's
+# lookup of a missing key raises and catches a KeyError). Checked where it is used, so a bad value
+# fails the first call that needs the default, not the import.
+_ENVIRONMENT_DEFAULT = os.environ.get("FASTTX_BACKEND", "auto")
+
+
 def default_backend():
     """The backend used for ``backend="auto"``-less calls: use_backend(), FASTTX_BACKEND, auto."""
     stack = getattr(_local, "stack", None)
     if stack:
         return stack[-1]
-    return _check_choice(os.environ.get("FASTTX_BACKEND", "auto"), "FASTTX_BACKEND")
+    return _check_choice(_ENVIRONMENT_DEFAULT, "FASTTX_BACKEND")
 
 
 def requested(backend):
     """The backend a call asked for once the default has been applied: "auto" or a name."""
-    return default_backend() if _check_choice(backend) == "auto" else backend
+    return default_backend() if backend == "auto" else _check_choice(backend)
 
 
 def triton_interpreted():

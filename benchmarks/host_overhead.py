@@ -9,10 +9,12 @@ interpreter. Not in it: Triton's own launch (its binder and the driver call, ~10
 Triton's version; a GPU run's host ms has it). Beside it, torch's own call and fasttx's torch
 backend, both with their real CPU compute on tiny tensors (so an upper bound of their host time).
 Inputs require grad, as in training; ``--backward`` adds the backward of the output's sum to each
-call (the backward launchers run with their kernels stood in for too); per call, the best of
-``--repeats`` runs of ``--calls`` calls (the least disturbed by the rest of the machine).
+call (the backward launchers run with their kernels stood in for too); ``--inference`` instead
+runs every call under torch.no_grad() with the modules in eval mode, where torch.nn's modules take
+their fused inference kernels. Per call, the best of ``--repeats`` runs of ``--calls`` calls (the
+least disturbed by the rest of the machine).
 
-    python -m fasttx.benchmarks.host_overhead [--calls N] [--repeats R] [--backward]
+    python -m fasttx.benchmarks.host_overhead [--calls N] [--repeats R] [--backward | --inference]
 """
 
 import argparse
@@ -64,8 +66,9 @@ def triton_kernels_not_launched():
             os.environ["TRITON_INTERPRET"] = interpret
 
 
-def calls():
-    """{case: {provider: zero-argument call}} on tiny CPU tensors that require grad."""
+def calls(inference=False):
+    """{case: {provider: zero-argument call}} on tiny CPU tensors that require grad; ``inference``:
+    the modules in eval mode."""
     import fasttx
 
     torch.manual_seed(0)
@@ -73,16 +76,26 @@ def calls():
     rows = torch.randn(16, 64, requires_grad=True)
     weight, bias = torch.randn(64, requires_grad=True), torch.randn(64, requires_grad=True)
     tokens = torch.randn(2, 8, 64)
+    padding = torch.arange(8) >= torch.tensor([[8], [5]])  # (2, 8): the second sequence's last 3 tokens
     torch_mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
-    fasttx_mha = {b: fasttx.nn.MultiheadAttention(64, 4, batch_first=True, backend=b) for b in ("torch", "triton")}
-    for module in fasttx_mha.values():
-        module.load_state_dict(torch_mha.state_dict())
+    torch_layer = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+    fasttx_mha, fasttx_layer = {}, {}
+    for b in ("torch", "triton"):
+        fasttx_mha[b] = fasttx.nn.MultiheadAttention(64, 4, batch_first=True, backend=b)
+        fasttx_mha[b].load_state_dict(torch_mha.state_dict())
+        fasttx_layer[b] = fasttx.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True, backend=b)
+        fasttx_layer[b].load_state_dict(torch_layer.state_dict())
+    for module in (torch_mha, torch_layer, *fasttx_mha.values(), *fasttx_layer.values()):
+        module.train(not inference)
     ours = {
         "attention (B, H, L, E)": lambda b: lambda: fasttx.scaled_dot_product_attention(q, q, q, backend=b),
         "layer_norm": lambda b: lambda: fasttx.layer_norm(rows, (64,), weight, bias, backend=b),
         "rms_norm": lambda b: lambda: fasttx.rms_norm(rows, (64,), weight, backend=b),
         "softmax": lambda b: lambda: fasttx.softmax(rows, -1, backend=b),
         "MultiheadAttention, self": lambda b: lambda: fasttx_mha[b](tokens, tokens, tokens, need_weights=False),
+        "MultiheadAttention, self, key padding": lambda b: lambda: fasttx_mha[b](
+            tokens, tokens, tokens, key_padding_mask=padding, need_weights=False),
+        "TransformerEncoderLayer": lambda b: lambda: fasttx_layer[b](tokens),
     }
     theirs = {
         "attention (B, H, L, E)": lambda: F.scaled_dot_product_attention(q, q, q),
@@ -90,6 +103,9 @@ def calls():
         "rms_norm": lambda: F.rms_norm(rows, (64,), weight),
         "softmax": lambda: torch.softmax(rows, -1),
         "MultiheadAttention, self": lambda: torch_mha(tokens, tokens, tokens, need_weights=False),
+        "MultiheadAttention, self, key padding": lambda: torch_mha(tokens, tokens, tokens, key_padding_mask=padding,
+                                                                   need_weights=False),
+        "TransformerEncoderLayer": lambda: torch_layer(tokens),
     }
     return {case: {"torch": theirs[case], "fasttx torch": make("torch"), "fasttx triton (not launched)": make("triton")}
             for case, make in ours.items()}
@@ -116,12 +132,15 @@ def _then_backward(fn):
     return step
 
 
-def measure(calls_per_run=2000, repeats=5, backward=False):
-    """{case: {provider: us per call}}: per forward call, or with ``backward`` per forward and backward."""
-    with triton_kernels_not_launched():
+def measure(calls_per_run=2000, repeats=5, backward=False, inference=False):
+    """{case: {provider: us per call}}: per forward call, with ``backward`` per forward and backward,
+    with ``inference`` per forward in eval mode under torch.no_grad()."""
+    if backward and inference:
+        raise ValueError("backward and inference exclude each other")
+    with triton_kernels_not_launched(), torch.set_grad_enabled(not inference):
         return {case: {name: host_us(_then_backward(fn) if backward else fn, calls_per_run, repeats)
                        for name, fn in providers.items()}
-                for case, providers in calls().items()}
+                for case, providers in calls(inference).items()}
 
 
 def table(results):
@@ -135,12 +154,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fasttx.benchmarks.host_overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per timed run (default 2000)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the best is reported (default 5)")
-    parser.add_argument("--backward", action="store_true",
-                        help="time the forward and the backward of its output's sum, not the forward alone")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--backward", action="store_true",
+                      help="time the forward and the backward of its output's sum, not the forward alone")
+    mode.add_argument("--inference", action="store_true",
+                      help="time the forward under torch.no_grad() with the modules in eval mode")
     args = parser.parse_args(argv)
-    timed = "forward + backward" if args.backward else "forward"
+    timed = "forward + backward" if args.backward else "inference forward" if args.inference else "forward"
     print(f"torch {torch.__version__}, CPU, {torch.get_num_threads()} threads; us per {timed} call, best of {args.repeats}")
-    print(table(measure(args.calls, args.repeats, args.backward)))
+    print(table(measure(args.calls, args.repeats, args.backward, args.inference)))
 
 
 if __name__ == "__main__":

@@ -433,13 +433,21 @@ def test_host_overhead_times_the_ops_own_path_and_restores_the_kernels():
     with host_overhead.triton_kernels_not_launched():
         providers = host_overhead.calls()
         for case, op in (("attention (B, H, L, E)", "attention"), ("layer_norm", "layer_norm"),
-                         ("rms_norm", "rms_norm"), ("softmax", "softmax"), ("MultiheadAttention, self", "attention")):
+                         ("rms_norm", "rms_norm"), ("softmax", "softmax"), ("MultiheadAttention, self", "attention"),
+                         ("MultiheadAttention, self, key padding", "attention"),
+                         ("TransformerEncoderLayer", "attention")):
             with OpRecorder() as recorder:
                 providers[case]["fasttx triton (not launched)"]()
             assert f"fasttx::{op}_fwd_triton" in recorder.ops, case
+        # --inference: eval mode under no_grad, where the fasttx torch modules take torch's fused kernel
+        with torch.no_grad(), OpRecorder() as recorder:
+            host_overhead.calls(inference=True)["TransformerEncoderLayer"]["fasttx torch"]()
+        assert "aten::_transformer_encoder_layer_fwd" in recorder.ops
     assert triton_layer_norm._norm_fwd_kernel is launcher and os.environ.get("TRITON_INTERPRET") == interpret
-    for backward in (False, True):
-        results = host_overhead.measure(calls_per_run=2, repeats=1, backward=backward)
+    with pytest.raises(ValueError, match="exclude each other"):
+        host_overhead.measure(backward=True, inference=True)
+    for backward, inference in ((False, False), (True, False), (False, True)):
+        results = host_overhead.measure(calls_per_run=2, repeats=1, backward=backward, inference=inference)
         assert list(results) == list(providers)
         assert all(list(row) == ["torch", "fasttx torch", "fasttx triton (not launched)"] and min(row.values()) > 0
                    for row in results.values())

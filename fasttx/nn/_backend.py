@@ -3,6 +3,8 @@ of torch.nn modules into their fasttx drop-ins (used by the composite modules an
 
 import collections
 
+import torch
+
 from .. import backends
 
 
@@ -53,3 +55,31 @@ def convert(model, backend):
             module.__class__ = drop_in
             module.__dict__["_fasttx_backend"] = backend
     return dict(converted)
+
+
+
+# Up to this many elements of the input (batch x sequence x features), torch's fused inference kernel
+# beats fasttx's forward on CPU: the host's time per op decides there. Above it fasttx's forward is as
+# fast or faster (torch's flash SDPA against the kernel's materialised L x S softmax). Measured on
+# this 2-core CPU: benchmarks/notes/attention.md, "Inference on CPU".
+TORCH_INFERENCE_KERNEL_MAX_ELEMENTS = 2**15
+
+
+def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
+    """Whether torch.nn's own forward of ``module`` should run in place of fasttx's: its eval-mode fused
+    kernel (torch._native_multi_head_attention, torch._transformer_encoder_layer_fwd) then computes
+    what fasttx's forward would, in one C++ call where fasttx's makes ~15, and is faster (small
+    inputs). Asked only with no attn_mask and no is_causal; the module-specific conditions are the
+    caller's. Holds on CPU, in eval mode, without autograd, autocast or torch.compile, when each
+    (op, fasttx submodule) of ``ops`` resolves to torch, with no key-padding mask or a bool one in
+    which no sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0.
+    (CPU only: on CUDA the kernel computes GELU by its tanh approximation.)"""
+    if module.training or x.dim() != 3 or x.device.type != "cpu" or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
+        return False
+    if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or not torch.backends.mha.get_fastpath_enabled():
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return False
+    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or bool(key_padding_mask.all(-1).any())):
+        return False
+    return all(backends.resolve(op, submodule.backend, x) == "torch" for op, submodule in ops)

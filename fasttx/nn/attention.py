@@ -20,6 +20,10 @@ How forward maps onto the kernels:
 
 Deliberate difference: a query row whose keys are all masked out gives output 0 (and zero
 weights), never NaN.
+
+In inference on CPU, where torch's forward would run its fused kernel and compute the same, it runs
+torch's forward (_torch_inference_kernel_applies) for small inputs: there its one C++ call beats
+the ~15 of fasttx's forward.
 """
 
 import torch
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 
 from .. import functional
 from ..functional._checks import check_mask
-from ._backend import BackendMixin
+from ._backend import BackendMixin, torch_inference_kernel_applies
 
 
 def _mask_to_fasttx(mask):
@@ -158,8 +162,27 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
         return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
 
+    def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, need_weights, attn_mask,
+                                        is_causal):
+        """torch's own forward runs its fused inference kernel on this call and computes what ours
+        would (_backend.torch_inference_kernel_applies; here, a subset of torch's own conditions)."""
+        return (query is key and key is value and not need_weights and attn_mask is None and not is_causal
+                and self.batch_first and self._qkv_same_embed_dim and self.num_heads % 2 == 0
+                and self.in_proj_bias is not None and self.bias_k is None and not self.add_zero_attn
+                and isinstance(query, torch.Tensor) and query.dtype == self.in_proj_weight.dtype == self.in_proj_bias.dtype
+                and (key_padding_mask is None or isinstance(key_padding_mask, torch.Tensor))
+                and torch_inference_kernel_applies(self, query, key_padding_mask, [("attention", self)]))
+
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
+        if self._torch_inference_kernel_applies(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                                is_causal):
+            try:
+                return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                       average_attn_weights, is_causal)
+            except (RuntimeError, ValueError, TypeError, AssertionError):
+                self._check(query, key, value, key_padding_mask, attn_mask, is_causal)  # names the argument
+                raise
         batched = self._check(query, key, value, key_padding_mask, attn_mask, is_causal)
         shared_kv, self_attention = key is value, query is key and key is value
         batch_dim, seq_dim = (0, 1) if self.batch_first else (1, 0)

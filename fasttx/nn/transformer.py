@@ -8,9 +8,11 @@ modules (fasttx.nn._backend.convert), so the same seed gives the same parameters
 Forward differs from torch's only where torch would bypass the swapped submodules, or break
 torch.compile(fullgraph=True):
 - TransformerEncoderLayer: torch's eval-mode fast path calls a fused native kernel instead of
-  ``self_attn``; ours always runs the submodules (through the fused fasttx kernels). On CUDA that
-  native kernel computes a "gelu" activation as its tanh approximation (torch._addmm_activation);
-  ours computes the exact GELU the module defines, in every mode.
+  ``self_attn``; ours runs the submodules (through the fused fasttx kernels). On CUDA that native
+  kernel computes a "gelu" activation as its tanh approximation (torch._addmm_activation); ours
+  computes the exact GELU the module defines, in every mode. Ours runs torch's forward, and so its
+  kernel, only where that computes what ours would and is faster: small inputs in inference on CPU
+  (_backend.torch_inference_kernel_applies), and nested-tensor input, which only that kernel takes.
 - TransformerEncoder: torch's turns padded batches into nested tensors in eval mode; ours passes
   the key-padding mask to the kernels, which read it through broadcast strides.
 - TransformerEncoder / TransformerDecoder: torch detects a causal mask (is_causal=None) by
@@ -20,7 +22,7 @@ Masks keep their dtype: bool masks go to the kernels as bool, not converted to f
 
 import torch
 
-from ._backend import BackendMixin
+from ._backend import BackendMixin, torch_inference_kernel_applies
 
 
 def _is_causal_mask(mask, is_causal, seq_len):
@@ -42,7 +44,22 @@ def _seq_len(x, batch_first):
 class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
     _fasttx_op = "attention"
 
+    def _torch_inference_kernel_applies(self, src, src_mask, src_key_padding_mask, is_causal):
+        """torch's own forward runs its fused inference kernel on this call and computes what ours
+        would (_backend.torch_inference_kernel_applies; here, a subset of torch's own conditions)."""
+        attn = self.self_attn
+        return (src_mask is None and not is_causal and self.activation_relu_or_gelu and self.norm1.eps == self.norm2.eps
+                and attn.batch_first and attn._qkv_same_embed_dim and attn.num_heads % 2 == 0
+                and attn.in_proj_bias is not None and isinstance(src, torch.Tensor)
+                and (src_key_padding_mask is None or isinstance(src_key_padding_mask, torch.Tensor))
+                and torch_inference_kernel_applies(self, src, src_key_padding_mask,
+                                                   [("attention", attn), ("layer_norm", self.norm1),
+                                                    ("layer_norm", self.norm2)]))
+
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        if getattr(src, "is_nested", False) or self._torch_inference_kernel_applies(src, src_mask, src_key_padding_mask,
+                                                                                    is_causal):
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         x = src
         if self.norm_first:
             x = x + self._attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal)

@@ -1,0 +1,108 @@
+"""Small inputs in inference on CPU: fasttx.nn.MultiheadAttention and TransformerEncoderLayer run
+torch's forward, and so its fused kernel, exactly where that computes what fasttx's forward would
+(fasttx/nn/_backend.py, torch_inference_kernel_applies); everywhere else, fasttx's own path."""
+
+import contextlib
+import copy
+
+import pytest
+import torch
+
+import fasttx
+from fasttx.nn import _backend
+
+from ..conftest import OpRecorder
+
+FUSED = {"mha": "aten::_native_multi_head_attention", "layer": "aten::_transformer_encoder_layer_fwd"}
+
+
+def _module(kind, **kwargs):
+    if kind == "mha":
+        return fasttx.nn.MultiheadAttention(16, 4, batch_first=True, **kwargs).eval()
+    return fasttx.nn.TransformerEncoderLayer(16, 4, 24, batch_first=True, **kwargs).eval()
+
+
+def _call(kind, module, x, key_padding_mask=None, **kwargs):
+    if kind == "mha":
+        return module(x, x, x, key_padding_mask=key_padding_mask, need_weights=False, **kwargs)[0]
+    return module(x, src_key_padding_mask=key_padding_mask, **kwargs)
+
+
+def _run(kind, module, x, key_padding_mask=None, grad=False, **kwargs):
+    """(output, the ops dispatched); ``grad``: with autograd recording, which keeps fasttx's path."""
+    with torch.set_grad_enabled(grad), OpRecorder() as recorder:
+        out = _call(kind, module, x, key_padding_mask, **kwargs)
+    return out.detach(), recorder.ops
+
+
+def _padding(batch, seq, lengths):
+    return torch.arange(seq)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+CASES = [("mha", {}), ("layer", {}), ("layer", {"norm_first": True}), ("layer", {"activation": "gelu"})]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("kind,kwargs", CASES, ids=str)
+def test_small_inference_runs_torchs_fused_kernel_with_fasttxs_result(kind, kwargs, padded):
+    module = _module(kind, **kwargs)
+    x = torch.randn(3, 7, 16)
+    mask = _padding(3, 7, [7, 4, 1]) if padded else None
+    out, ops = _run(kind, module, x, mask)
+    assert FUSED[kind] in ops
+    own, own_ops = _run(kind, module, x, mask, grad=True)  # parameters require grad: fasttx's path
+    assert FUSED[kind] not in own_ops
+    torch.testing.assert_close(out, own, rtol=1e-5, atol=1e-5)
+    assert fasttx.backends.last_used["attention"] == "torch"
+
+
+@pytest.mark.parametrize("kind,kwargs", CASES[:2], ids=str)
+def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwargs, monkeypatch):
+    module = _module(kind, **kwargs)
+    x = torch.randn(3, 7, 16)
+    # A sequence that is all padding: torch's kernel gives it NaN, fasttx 0 attention.
+    out, ops = _run(kind, module, x, _padding(3, 7, [7, 0, 2]))
+    assert FUSED[kind] not in ops and torch.isfinite(out).all()
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(7)
+    refused = {
+        "a float key-padding mask": dict(key_padding_mask=torch.zeros(3, 7)),
+        "an attn_mask": dict(attn_mask=causal) if kind == "mha" else dict(src_mask=causal),
+        "is_causal": dict(attn_mask=causal, is_causal=True) if kind == "mha" else dict(src_mask=causal, is_causal=True),
+    }
+    for why, call_kwargs in refused.items():
+        mask = call_kwargs.pop("key_padding_mask", None)
+        _, ops = _run(kind, module, x, mask, **call_kwargs)
+        assert FUSED[kind] not in ops, why
+    for why, context in {"training": contextlib.nullcontext(module.train()),
+                         "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}.items():
+        with context:
+            _, ops = _run(kind, module, x)
+        assert FUSED[kind] not in ops, why
+        module.eval()
+    _, ops = _run(kind, module, torch.randn(4, _backend.TORCH_INFERENCE_KERNEL_MAX_ELEMENTS // 64 + 1, 16))
+    assert FUSED[kind] not in ops, "an input above the size where torch's kernel is faster"
+    module.requires_grad_(False)  # frozen: autograd records only through an input that requires grad
+    _, ops = _run(kind, module, x, grad=True)
+    assert FUSED[kind] in ops
+    _, ops = _run(kind, module, x.clone().requires_grad_(), grad=True)
+    assert FUSED[kind] not in ops, "autograd recording"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    module.backend = "triton"
+    with OpRecorder() as recorder, torch.no_grad():
+        _call(kind, module, x.detach())
+    assert FUSED[kind] not in recorder.ops and "fasttx::attention_fwd_triton" in recorder.ops
+
+
+def test_bad_input_in_inference_still_names_the_argument():
+    module = _module("mha")
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"key_padding_mask must have shape \[2, 5\]"):
+        module(x, x, x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool), need_weights=False)
+
+
+def test_encoder_takes_nested_tensors_in_inference_as_torch():
+    theirs = torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=True).eval()
+    ours = fasttx.patch(copy.deepcopy(theirs))
+    nested = torch.nested.nested_tensor([torch.randn(5, 16), torch.randn(3, 16)])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(nested).to_padded_tensor(0.0), theirs(nested).to_padded_tensor(0.0))

@@ -66,15 +66,16 @@ TORCH_INFERENCE_KERNEL_MAX_ELEMENTS = 2**15
 
 
 def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
-    """Whether torch.nn's own forward of ``module`` should run in place of fasttx's: its eval-mode fused
-    kernel (torch._native_multi_head_attention, torch._transformer_encoder_layer_fwd) then computes
-    what fasttx's forward would, in one C++ call where fasttx's makes ~15, and is faster (small
-    inputs). Asked only with no attn_mask and no is_causal; the module-specific conditions are the
-    caller's. Holds on CPU, in eval mode, without autograd, autocast or torch.compile, when each
-    (op, fasttx submodule) of ``ops`` resolves to torch, with no key-padding mask or a bool one in
-    which no sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0.
-    (CPU only: on CUDA the kernel computes GELU by its tanh approximation.)"""
-    if module.training or x.dim() != 3 or x.device.type != "cpu" or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
+    """Whether torch.nn's own forward of ``module`` (in eval mode) should run in place of fasttx's:
+    its fused inference kernel (torch._native_multi_head_attention, _transformer_encoder_layer_fwd)
+    then computes what fasttx's forward would, in one C++ call where fasttx's makes ~15, and is
+    faster (small inputs). The caller checks its module's own conditions first, eval mode first (it
+    rules out every training call at once), and asks only with no attn_mask and no is_causal. Holds
+    on CPU, without autograd, autocast or torch.compile, when each (op, fasttx submodule) of ``ops``
+    resolves to torch, with no key-padding mask or a bool one in which no sequence is all padding:
+    torch's kernel gives such a sequence NaN where fasttx gives 0. (CPU only: on CUDA the kernel
+    computes GELU by its tanh approximation.)"""
+    if x.dim() != 3 or x.device.type != "cpu" or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
         return False
     if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or not torch.backends.mha.get_fastpath_enabled():
         return False

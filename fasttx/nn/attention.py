@@ -166,7 +166,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                                         is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
         would (_backend.torch_inference_kernel_applies; here, a subset of torch's own conditions)."""
-        return (query is key and key is value and not need_weights and attn_mask is None and not is_causal
+        return (not self.training and query is key and key is value and not need_weights and attn_mask is None and not is_causal
                 and self.batch_first and self._qkv_same_embed_dim and self.num_heads % 2 == 0
                 and self.in_proj_bias is not None and self.bias_k is None and not self.add_zero_attn
                 and isinstance(query, torch.Tensor) and query.dtype == self.in_proj_weight.dtype == self.in_proj_bias.dtype

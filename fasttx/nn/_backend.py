@@ -72,7 +72,7 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
     faster (small inputs). The caller checks its module's own conditions first, eval mode first (it
     rules out every training call at once), and asks only with no attn_mask and no is_causal. Holds
     on CPU, without autograd, autocast or torch.compile, when each (op, fasttx submodule) of ``ops``
-    resolves to torch, with no key-padding mask or a bool one in which no sequence is all padding:
+    resolves to torch (or is a torch.nn module), with no key-padding mask or a bool one in which no sequence is all padding:
     torch's kernel gives such a sequence NaN where fasttx gives 0. (CPU only: on CUDA the kernel
     computes GELU by its tanh approximation.)"""
     if x.dim() != 3 or x.device.type != "cpu" or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
@@ -83,4 +83,5 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
         return False
     if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or bool(key_padding_mask.all(-1).any())):
         return False
-    return all(backends.resolve(op, submodule.backend, x) == "torch" for op, submodule in ops)
+    # (A submodule a user swapped back to a torch.nn one has no backend: torch's, which that kernel computes.)
+    return all(backends.resolve(op, getattr(submodule, "backend", "torch"), x) == "torch" for op, submodule in ops)

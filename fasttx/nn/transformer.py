@@ -47,8 +47,10 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
     def _torch_inference_kernel_applies(self, src, src_mask, src_key_padding_mask, is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
         would (_backend.torch_inference_kernel_applies; here, a subset of torch's own conditions)."""
-        attn = self.self_attn
-        return (not self.training and src_mask is None and not is_causal and self.activation_relu_or_gelu and self.norm1.eps == self.norm2.eps
+        attn, norms = self.self_attn, (self.norm1, self.norm2)
+        return (not self.training and src_mask is None and not is_causal and self.activation_relu_or_gelu
+                and isinstance(attn, torch.nn.MultiheadAttention) and all(isinstance(n, torch.nn.LayerNorm) for n in norms)
+                and self.norm1.eps == self.norm2.eps
                 and attn.batch_first and attn._qkv_same_embed_dim and attn.num_heads % 2 == 0
                 and attn.in_proj_bias is not None and isinstance(src, torch.Tensor)
                 and (src_key_padding_mask is None or isinstance(src_key_padding_mask, torch.Tensor))

@@ -106,3 +106,21 @@ def test_encoder_takes_nested_tensors_in_inference_as_torch():
     nested = torch.nested.nested_tensor([torch.randn(5, 16), torch.randn(3, 16)])
     with torch.no_grad():
         torch.testing.assert_close(ours(nested).to_padded_tensor(0.0), theirs(nested).to_padded_tensor(0.0))
+
+
+def test_submodules_swapped_by_the_user_are_taken_as_they_are():
+    """A torch.nn LayerNorm put back into a fasttx layer is torch's own (the fused kernel may run);
+    a norm that is not a LayerNorm keeps fasttx's path, which runs it as the module it is."""
+    layer = _module("layer")
+    x = torch.randn(2, 5, 16)
+    layer.norm1 = torch.nn.LayerNorm(16)
+    out, ops = _run("layer", layer, x)
+    assert FUSED["layer"] in ops
+    torch.testing.assert_close(out, _run("layer", layer, x, grad=True)[0], rtol=1e-5, atol=1e-5)
+    layer.norm2 = torch.nn.Identity()
+    out, ops = _run("layer", layer, x)
+    assert FUSED["layer"] not in ops
+    with torch.no_grad():  # post-norm: norm2(h + feed_forward(h)), h = norm1(x + attention(x))
+        h = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
+        expected = h + layer.linear2(layer.activation(layer.linear1(h)))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

@@ -66,7 +66,7 @@ def _torch_op_as_is(op, backend, input, params):
     alone, and so are its checks: where torch refuses the arguments, the caller runs the general
     path, whose checks say what is wrong (or accept a normalized_shape torch takes only as a
     tuple). The general path's checks and backend choice cost a torch.nn-sized norm on CPU about
-    as much host time again as torch's whole call; this costs a fifth of it."""
+    as much host time again as torch's whole call; this costs about a third of it."""
     if (backend != "auto" and backend != "torch") or not isinstance(input, torch.Tensor):
         return False
     for p in params:

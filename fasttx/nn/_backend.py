@@ -57,7 +57,6 @@ def convert(model, backend):
     return dict(converted)
 
 
-
 # Up to this many elements of the input (batch x sequence x features), torch's fused inference kernel
 # beats fasttx's forward on CPU: the host's time per op decides there. Above it fasttx's forward is as
 # fast or faster (torch's flash SDPA against the kernel's materialised L x S softmax). Measured on
@@ -72,16 +71,18 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
     faster (small inputs). The caller checks its module's own conditions first, eval mode first (it
     rules out every training call at once), and asks only with no attn_mask and no is_causal. Holds
     on CPU, without autograd, autocast or torch.compile, when each (op, fasttx submodule) of ``ops``
-    resolves to torch (or is a torch.nn module), with no key-padding mask or a bool one in which no sequence is all padding:
-    torch's kernel gives such a sequence NaN where fasttx gives 0. (CPU only: on CUDA the kernel
-    computes GELU by its tanh approximation.)"""
+    resolves to torch (or is a torch.nn module), with no key-padding mask or a bool one in which no
+    sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0. (CPU only:
+    on CUDA the kernel computes GELU by its tanh approximation.) Where torch's forward then refuses
+    the arguments, the caller runs fasttx's, whose checks name the argument."""
     if x.dim() != 3 or x.device.type != "cpu" or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
         return False
     if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or not torch.backends.mha.get_fastpath_enabled():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
         return False
-    if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or bool(key_padding_mask.all(-1).any())):
+    if key_padding_mask is not None and not (isinstance(key_padding_mask, torch.Tensor) and key_padding_mask.dtype == torch.bool
+                                             and not bool(key_padding_mask.all(-1).any())):
         return False
     # (A submodule a user swapped back to a torch.nn one has no backend: torch's, which that kernel computes.)
     return all(backends.resolve(op, getattr(submodule, "backend", "torch"), x) == "torch" for op, submodule in ops)

@@ -65,6 +65,16 @@ def _append_allowed_key(mask):
     return torch.cat([mask, column], -1)
 
 
+def fused_kernel_takes(mha, x):
+    """Whether torch's fused inference kernel (torch._native_multi_head_attention, in torch.nn's
+    MultiheadAttention and TransformerEncoderLayer forwards) reads ``mha`` as fasttx's forward does
+    for input ``x``: the conditions of torch's own fast path on the module, and those its encoder
+    layer's fast path omits (bias_k / bias_v, add_zero_attn)."""
+    return (isinstance(x, torch.Tensor) and mha.batch_first and mha._qkv_same_embed_dim and mha.num_heads % 2 == 0
+            and mha.in_proj_bias is not None and mha.bias_k is None and not mha.add_zero_attn
+            and x.dtype == mha.in_proj_weight.dtype == mha.in_proj_bias.dtype)
+
+
 class ArgumentError(ValueError, AssertionError, RuntimeError):
     """A bad argument to fasttx.nn.MultiheadAttention.forward: a ValueError, also catchable as the
     AssertionError or RuntimeError torch.nn.MultiheadAttention raises for the same call."""
@@ -165,12 +175,9 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
     def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                                         is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
-        would (_backend.torch_inference_kernel_applies; here, a subset of torch's own conditions)."""
-        return (not self.training and query is key and key is value and not need_weights and attn_mask is None and not is_causal
-                and self.batch_first and self._qkv_same_embed_dim and self.num_heads % 2 == 0
-                and self.in_proj_bias is not None and self.bias_k is None and not self.add_zero_attn
-                and isinstance(query, torch.Tensor) and query.dtype == self.in_proj_weight.dtype == self.in_proj_bias.dtype
-                and (key_padding_mask is None or isinstance(key_padding_mask, torch.Tensor))
+        would (_backend.torch_inference_kernel_applies)."""
+        return (not self.training and query is key and key is value and not need_weights and attn_mask is None
+                and not is_causal and fused_kernel_takes(self, query)
                 and torch_inference_kernel_applies(self, query, key_padding_mask, [("attention", self)]))
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
@@ -181,8 +188,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                        average_attn_weights, is_causal)
             except (RuntimeError, ValueError, TypeError, AssertionError):
-                self._check(query, key, value, key_padding_mask, attn_mask, is_causal)  # names the argument
-                raise
+                pass  # fasttx's path below: its checks name the argument
         batched = self._check(query, key, value, key_padding_mask, attn_mask, is_causal)
         shared_kv, self_attention = key is value, query is key and key is value
         batch_dim, seq_dim = (0, 1) if self.batch_first else (1, 0)

@@ -23,6 +23,7 @@ Masks keep their dtype: bool masks go to the kernels as bool, not converted to f
 import torch
 
 from ._backend import BackendMixin, torch_inference_kernel_applies
+from .attention import fused_kernel_takes
 
 
 def _is_causal_mask(mask, is_causal, seq_len):
@@ -46,22 +47,23 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
 
     def _torch_inference_kernel_applies(self, src, src_mask, src_key_padding_mask, is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
-        would (_backend.torch_inference_kernel_applies; here, a subset of torch's own conditions)."""
+        would (_backend.torch_inference_kernel_applies; the attention's conditions: fused_kernel_takes)."""
         attn, norms = self.self_attn, (self.norm1, self.norm2)
         return (not self.training and src_mask is None and not is_causal and self.activation_relu_or_gelu
                 and isinstance(attn, torch.nn.MultiheadAttention) and all(isinstance(n, torch.nn.LayerNorm) for n in norms)
-                and self.norm1.eps == self.norm2.eps
-                and attn.batch_first and attn._qkv_same_embed_dim and attn.num_heads % 2 == 0
-                and attn.in_proj_bias is not None and isinstance(src, torch.Tensor)
-                and (src_key_padding_mask is None or isinstance(src_key_padding_mask, torch.Tensor))
+                and self.norm1.eps == self.norm2.eps and fused_kernel_takes(attn, src)
                 and torch_inference_kernel_applies(self, src, src_key_padding_mask,
                                                    [("attention", attn), ("layer_norm", self.norm1),
                                                     ("layer_norm", self.norm2)]))
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
-        if getattr(src, "is_nested", False) or self._torch_inference_kernel_applies(src, src_mask, src_key_padding_mask,
-                                                                                    is_causal):
+        if getattr(src, "is_nested", False):  # only torch's kernel takes nested tensors
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        if self._torch_inference_kernel_applies(src, src_mask, src_key_padding_mask, is_causal):
+            try:
+                return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+            except (RuntimeError, ValueError, TypeError, AssertionError):
+                pass  # fasttx's path below: its attention's checks name the argument
         x = src
         if self.norm_first:
             x = x + self._attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal)

@@ -2,7 +2,6 @@
 torch's forward, and so its fused kernel, exactly where that computes what fasttx's forward would
 (fasttx/nn/_backend.py, torch_inference_kernel_applies); everywhere else, fasttx's own path."""
 
-import contextlib
 import copy
 
 import pytest
@@ -35,7 +34,8 @@ def _run(kind, module, x, key_padding_mask=None, grad=False, **kwargs):
     return out.detach(), recorder.ops
 
 
-def _padding(batch, seq, lengths):
+def _padding(seq, lengths):
+    """(len(lengths), seq) key-padding mask: True past each sequence's length."""
     return torch.arange(seq)[None, :] >= torch.tensor(lengths)[:, None]
 
 
@@ -47,7 +47,7 @@ CASES = [("mha", {}), ("layer", {}), ("layer", {"norm_first": True}), ("layer", 
 def test_small_inference_runs_torchs_fused_kernel_with_fasttxs_result(kind, kwargs, padded):
     module = _module(kind, **kwargs)
     x = torch.randn(3, 7, 16)
-    mask = _padding(3, 7, [7, 4, 1]) if padded else None
+    mask = _padding(7, [7, 4, 1]) if padded else None
     out, ops = _run(kind, module, x, mask)
     assert FUSED[kind] in ops
     own, own_ops = _run(kind, module, x, mask, grad=True)  # parameters require grad: fasttx's path
@@ -61,7 +61,7 @@ def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwa
     module = _module(kind, **kwargs)
     x = torch.randn(3, 7, 16)
     # A sequence that is all padding: torch's kernel gives it NaN, fasttx 0 attention.
-    out, ops = _run(kind, module, x, _padding(3, 7, [7, 0, 2]))
+    out, ops = _run(kind, module, x, _padding(7, [7, 0, 2]))
     assert FUSED[kind] not in ops and torch.isfinite(out).all()
     causal = torch.nn.Transformer.generate_square_subsequent_mask(7)
     refused = {
@@ -73,12 +73,13 @@ def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwa
         mask = call_kwargs.pop("key_padding_mask", None)
         _, ops = _run(kind, module, x, mask, **call_kwargs)
         assert FUSED[kind] not in ops, why
-    for why, context in {"training": contextlib.nullcontext(module.train()),
-                         "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}.items():
-        with context:
-            _, ops = _run(kind, module, x)
-        assert FUSED[kind] not in ops, why
-        module.eval()
+    module.train()
+    _, ops = _run(kind, module, x)
+    assert FUSED[kind] not in ops, "training"
+    module.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, ops = _run(kind, module, x)
+    assert FUSED[kind] not in ops, "autocast"
     _, ops = _run(kind, module, torch.randn(4, _backend.TORCH_INFERENCE_KERNEL_MAX_ELEMENTS // 64 + 1, 16))
     assert FUSED[kind] not in ops, "an input above the size where torch's kernel is faster"
     module.requires_grad_(False)  # frozen: autograd records only through an input that requires grad
@@ -93,11 +94,13 @@ def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwa
     assert FUSED[kind] not in recorder.ops and "fasttx::attention_fwd_triton" in recorder.ops
 
 
-def test_bad_input_in_inference_still_names_the_argument():
-    module = _module("mha")
+@pytest.mark.parametrize("kind", ["mha", "layer"])
+def test_bad_input_in_inference_still_names_the_argument(kind):
+    """torch's forward refuses the mask with its own words; fasttx's path then runs and names it."""
+    module = _module(kind)
     x = torch.randn(2, 5, 16)
     with torch.no_grad(), pytest.raises(ValueError, match=r"key_padding_mask must have shape \[2, 5\]"):
-        module(x, x, x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool), need_weights=False)
+        _call(kind, module, x, torch.zeros(2, 4, dtype=torch.bool))
 
 
 def test_encoder_takes_nested_tensors_in_inference_as_torch():
@@ -106,6 +109,17 @@ def test_encoder_takes_nested_tensors_in_inference_as_torch():
     nested = torch.nested.nested_tensor([torch.randn(5, 16), torch.randn(3, 16)])
     with torch.no_grad():
         torch.testing.assert_close(ours(nested).to_padded_tensor(0.0), theirs(nested).to_padded_tensor(0.0))
+
+
+def test_a_layer_whose_attention_has_a_bias_key_keeps_fasttxs_path():
+    """torch's encoder-layer fast path does not ask whether its self_attn has bias_k / bias_v (its
+    kernel would drop them); fasttx's asks (fused_kernel_takes)."""
+    layer = _module("layer")
+    layer.self_attn = fasttx.nn.MultiheadAttention(16, 4, batch_first=True, add_bias_kv=True).eval()
+    x = torch.randn(2, 5, 16)
+    out, ops = _run("layer", layer, x)
+    assert FUSED["layer"] not in ops
+    torch.testing.assert_close(out, _run("layer", layer, x, grad=True)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_submodules_swapped_by_the_user_are_taken_as_they_are():

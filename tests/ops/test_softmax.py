@@ -69,6 +69,19 @@ def test_long_row_online_kernel(backend, dtype):
     check(logits(2, LONG_ROW, dtype=dtype), backend, scale=0.125)
 
 
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_long_rows_with_masks_online_kernel(backend, kind):
+    """The loop path (rows past every single-pass limit, of an odd length) with a mask read block by
+    block: masked-out columns in every block, and a row with nothing kept (0, not NaN)."""
+    rows, cols = 3, 16411
+    keep = torch.rand(rows, cols, device=DEVICE) > 0.3
+    keep[1] = False
+    mask = keep if kind == "bool" else torch.randn(rows, cols, device=DEVICE).masked_fill(~keep, float("-inf"))
+    out = check(logits(rows, cols), backend, scale=0.4, mask=mask)
+    assert torch.isfinite(out).all() and (out[1] == 0).all()
+
+
 @pytest.mark.parametrize("kind", ["bool_key_padding", "bool_2d", "float_2d_with_-inf", "float_full", "bool_full",
                                   "float64_2d"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

@@ -71,7 +71,7 @@ H200 = utils.SmLimits(warp_size=32, max_threads_per_multi_processor=2048, regs_p
                       shared_memory_per_multiprocessor=233472)
 NORM_ROWS = bench_norms.PRESETS["full"][0][0]  # 16384 rows at every hidden size
 SOFTMAX_ROWS = bench_softmax.PRESETS["full"][0][0]  # 4096 rows at every width
-# quick keeps 16384: its two-pass backward is where ptxas spills (a case the test cross-checks).
+# quick keeps 16384: the backward's two passes over column blocks, whose loops are pipelined (the test checks it).
 NORM_HIDDEN = {"quick": (4096, 16384), "full": (1024, 4096, 16384)}
 # (columns, mask kind, causal): the bench's none and (1, C) float at each width, the loop path beyond
 # MAX_BLOCK, and bool / causal where the issue expects narrower loads.
@@ -229,16 +229,17 @@ def norm_entries(preset):
                        eps=bench_norms.EPS, BLOCK_N=block, SINGLE_BLOCK=hidden <= block, **flags)
             yield ("norm", f"{op}_fwd", case, dict(BLOCK_N=block), layer_norm._norm_fwd_kernel, warps,
                    _default_stages(warps), fwd)
-            block, warps = utils.row_block(hidden, layer_norm.BWD_MAX_BLOCK)
+            # The launcher's own constants (block, warps, loop stages) for these rows.
+            consts = layer_norm._bwd_consts(x, x, w, not rms, rms)
+            warps = consts.pop("num_warps")
             # As the launcher compiles it before its grid is known (the grid: persistent_grid, from the
             # compiled kernel): stand-in partial buffers. rows_per_program is do_not_specialize there,
             # which compile_kernel does not read: a value Triton specialises nothing on (not 1, not a
             # multiple of 16) compiles the launched kernel (1 would compile a one-row loop).
             partial = torch.empty(1, hidden)
             bwd = dict(DY=x, X=x, W=w, Mean=None if rms else stats, Rstd=stats, DX=x, DW=partial,
-                       DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=3, BLOCK_N=block,
-                       SINGLE_BLOCK=hidden <= block, **flags)
-            config = dict(BLOCK_N=block)
+                       DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=3, **consts)
+            config = dict(BLOCK_N=consts["BLOCK_N"], STAGES=consts["STAGES"])
             yield ("norm", f"{op}_bwd", case, config, layer_norm._norm_bwd_kernel, warps, _default_stages(warps), bwd)
 
 

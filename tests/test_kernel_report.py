@@ -121,6 +121,18 @@ def test_row_kernels_load_16_bytes_a_thread(report):
     assert causal["load_bytes"] == [16], causal
 
 
+def test_wide_norm_backward_pipelines_its_column_loops(report):
+    """Rows past the one-block limit (16384): the backward's column loops are pipelined, in blocks small
+    enough that no register spills and at least four programs share an SM (one did with 8192-column blocks)."""
+    from fasttx.triton_kernels import layer_norm
+
+    for name in ("layer_norm_bwd", "rms_norm_bwd"):
+        k = entry(report[0]["kernels"], name, hidden=16384)
+        assert k["config"]["BLOCK_N"] == layer_norm.BWD_LOOP_BLOCK and k["pipelined"], k
+        assert k["spill_store_bytes"] == 0 and k["config"]["programs_per_sm"] >= 4, k
+        assert k["cp_async"] and 16 in k["store_bytes"], k
+
+
 @pytest.mark.parametrize("regs, warps, shared, expected", [
     (64, 16, 32856, 2),  # registers allow two 512-thread programs (64 x 512 x 2 = 64K)
     (90, 16, 16384, 1),  # 90 registers: one

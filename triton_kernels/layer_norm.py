@@ -22,10 +22,11 @@ dw/db are reduced deterministically without atomics: each of G persistent progra
 range of rows, walks it in order and writes its partial sums to row ``pid`` of a (G, N) fp32 buffer,
 which the launcher then reduces with ``sum(0)``. G is what the GPU holds at once: one full wave.
 
-When a row fits one block, the backward's row loop is software-pipelined (``tl.range(num_stages=...)``):
-Triton copies the x and dy of the next rows into shared memory (cp.async) while the current row reduces,
-so a program keeps loads in flight through its reductions and stores. Pipelining changes when bytes
-arrive, not the arithmetic or its order.
+The backward's innermost loop is software-pipelined (``tl.range(num_stages=...)``): when a row fits one
+block, the row loop, whose next rows' x and dy Triton copies into shared memory (cp.async) while the
+current row reduces; for longer rows, each pass's loop over column blocks, likewise one block ahead. So a
+program keeps loads in flight through its reductions and stores. Pipelining changes when bytes arrive,
+not the arithmetic or its order.
 
 Registers, spills, shared memory and whether the loop is pipelined, for the configurations the
 launchers choose: benchmarks/notes/kernel_report.md (``python -m fasttx.benchmarks.kernel_report``).
@@ -46,11 +47,17 @@ from .utils import persistent_split, programs_per_sm, row_block
 # benchmarks/notes/kernel_report.md).
 FWD_MAX_BLOCK = 16384
 BWD_MAX_BLOCK = 8192
-# Row-loop stages of the one-block backward: 3 keeps the next two rows' x and dy in flight (two
-# shared-memory buffers) while a row reduces, in <= 64 registers at 16 warps up to 4096, i.e. two
-# programs an SM on sm_90 (kernel_report.md). Where two buffers would pass BWD_BUFFER_BYTES (fp32 rows of
-# 8192: 128 KB), 2 stages (one buffer, the next row in flight), so that a program still fits the ~100 KB
-# of shared memory a block gets on sm_86 / sm_89.
+# Column block of the backward's two passes over rows longer than BWD_MAX_BLOCK. 2048 at 8 warps, its
+# column loops pipelined, compiles to <= 64 registers and 57-66 KB of shared memory (bf16 / fp16), so
+# four programs share an SM on sm_90 with two blocks each in flight; 8192 (the one-block limit) took 90
+# registers for LayerNorm, one program an SM, RMSNorm spilled, and 4096 pipelined takes 92 registers and
+# 112 KB (layer_norm.md, change 2).
+BWD_LOOP_BLOCK = 2048
+# Loop stages of the backward (its row loop for one-block rows, its column loops for longer ones): 3
+# keeps the next two rows' (blocks') x and dy in flight (two shared-memory buffers) while one reduces, in
+# <= 64 registers at 16 warps up to 4096, i.e. two programs an SM on sm_90 (kernel_report.md). Where two
+# buffers would pass BWD_BUFFER_BYTES (fp32 rows of 8192: 128 KB), 2 stages (one buffer, the next row in
+# flight), so that a program still fits the ~100 KB of shared memory a block gets on sm_86 / sm_89.
 BWD_STAGES = tl.constexpr(3)
 BWD_BUFFER_BYTES = 64 * 1024
 
@@ -168,7 +175,7 @@ def _norm_bwd_kernel(
     HAS_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # N <= BLOCK_N
-    STAGES: tl.constexpr = BWD_STAGES,  # software-pipelining depth of the one-block row loop
+    STAGES: tl.constexpr = BWD_STAGES,  # software-pipelining depth of the row loop (one block) or column loops
 ):
     pid = tl.program_id(0)
     # int64 rows, so that row * N cannot overflow for tensors beyond 2**31 elements.
@@ -202,15 +209,15 @@ def _norm_bwd_kernel(
         if HAS_B:
             tl.store(DB + part + cols, db, mask=mask)
     else:
-        # Not pipelined: the row loop holds two column loops (Triton pipelines innermost loops only), and
-        # pipelining those instead takes more registers than two programs an SM allow (layer_norm.md).
+        # The column loops are pipelined, not the row loop that holds them (Triton pipelines innermost
+        # loops only): each row's pass over its blocks keeps the next blocks' loads in flight.
         for row in range(row_start, row_end):
             mean = 0.0 if IS_RMS else tl.load(Mean + row)
             rstd = tl.load(Rstd + row)
             base = row * N
             c1 = 0.0
             c2 = 0.0
-            for off in range(0, N, BLOCK_N):
+            for off in tl.range(0, N, BLOCK_N, num_stages=STAGES):
                 mask = off + cols < N
                 xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
                 c1 += tl.sum(xhat * g, axis=0)
@@ -221,7 +228,7 @@ def _norm_bwd_kernel(
             # The program's first row initialises its partial row instead of adding to it, so the
             # buffers need no memset. Only this program touches that row: no races, fixed order.
             accumulate = row > row_start
-            for off in range(0, N, BLOCK_N):
+            for off in tl.range(0, N, BLOCK_N, num_stages=STAGES):
                 mask = off + cols < N
                 xhat, dy, g = _xhat_dy_g(X, DY, W, base + off + cols, off + cols, mask, mean, rstd, HAS_W)
                 dx = (g - (xhat * c1 + c2)) * rstd
@@ -264,8 +271,8 @@ def _norm_fwd(x, weight, bias, eps, is_rms):
 def _bwd_consts(x, dy, weight, has_bias, is_rms):
     """The backward's compile-time arguments and num_warps for rows like ``x``."""
     N = x.shape[1]
-    block, num_warps = row_block(N, BWD_MAX_BLOCK)
-    row_bytes = block * (x.element_size() + dy.element_size())  # a row's x and dy in shared memory
+    block, num_warps = row_block(N, BWD_MAX_BLOCK if N <= BWD_MAX_BLOCK else BWD_LOOP_BLOCK)
+    row_bytes = block * (x.element_size() + dy.element_size())  # a block's x and dy in shared memory
     stages = BWD_STAGES.value if (BWD_STAGES.value - 1) * row_bytes <= BWD_BUFFER_BYTES else 2
     return dict(IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=has_bias, BLOCK_N=block, SINGLE_BLOCK=N <= block,
                 STAGES=stages, num_warps=num_warps)

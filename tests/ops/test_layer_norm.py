@@ -230,7 +230,8 @@ def test_layer_norm_refuses_parameter_dtypes_torch_refuses(param, input_dtype, p
 
 @pytest.mark.parametrize("regs, warps, shared, expected", [
     (64, 16, 32856, 2),  # the bf16 backward at 4096: registers allow two (64 x 512 x 2 = 64K)
-    (90, 16, 16384, 1),  # the two-pass backward at 16384 on Triton 3.8: one, hence a one-wave grid of one an SM
+    (90, 16, 16384, 1),  # 90 registers at 16 warps (the two passes' former 8192-column blocks): one an SM
+    (62, 8, 57344, 4),  # the two passes' pipelined 2048-column blocks at 16384 (bf16, Triton 3.8): four
     (63, 4, 8232, 8),  # 63 registers round up to 64 a thread (256 a warp): eight 4-warp programs
     (32, 4, 120000, 1),  # shared memory the limit
     (16, 1, 0, 32),  # the hardware's cap on resident programs

@@ -226,7 +226,10 @@ def _norm_bwd_kernel(
             c1 /= N
             c2 /= N
             # The program's first row initialises its partial row instead of adding to it, so the
-            # buffers need no memset. Only this program touches that row: no races, fixed order.
+            # buffers need no memset. Only this program touches that row: no races, fixed order. The
+            # pipelined loop copies a block's partials ahead of time, by whichever threads the copy's
+            # layout assigns; the first pass's block reductions (bar.sync) order those copies after the
+            # previous row's partial stores.
             accumulate = row > row_start
             for off in tl.range(0, N, BLOCK_N, num_stages=STAGES):
                 mask = off + cols < N

@@ -2,8 +2,9 @@
 
 Every Triton kernel is compiled by Triton's own compiler and ptxas, for the launch configurations the
 launchers choose at the benchmark shapes (benchmarks/norms.py, softmax.py, attention.py):
-  norms      the forward's and the backward's (BLOCK_N, num_warps) of utils.row_block at hidden 1024,
-             4096, 16384 (16384 rows), the backward's persistent grid as its launcher sizes it on an
+  norms      the forward's and the backward's launch constants, as their launchers choose them (block,
+             rows a forward program, loop stages, warps), at hidden 512, 1024, 4096, 16384 (16384
+             rows), the backward's persistent grid as its launcher sizes it on an
              H200: the programs an SM holds with the compiled kernel's registers, shared memory and
              warps (utils.resident_programs), times 132 SMs;
   softmax    _launch_config's block at a few column counts (4096 rows), no mask, the bench's (1, C)
@@ -72,7 +73,7 @@ H200 = utils.SmLimits(warp_size=32, max_threads_per_multi_processor=2048, regs_p
 NORM_ROWS = bench_norms.PRESETS["full"][0][0]  # 16384 rows at every hidden size
 SOFTMAX_ROWS = bench_softmax.PRESETS["full"][0][0]  # 4096 rows at every width
 # quick keeps 16384: the backward's two passes over column blocks, whose loops are pipelined (the test checks it).
-NORM_HIDDEN = {"quick": (4096, 16384), "full": (1024, 4096, 16384)}
+NORM_HIDDEN = {"quick": (4096, 16384), "full": (512, 1024, 4096, 16384)}
 # (columns, mask kind, causal): the bench's none and (1, C) float at each width, the loop path beyond
 # MAX_BLOCK, and bool / causal where the issue expects narrower loads.
 SOFTMAX_CASES = {
@@ -224,11 +225,12 @@ def norm_entries(preset):
             w = torch.empty(hidden, dtype=DTYPE)
             stats = torch.empty(NORM_ROWS)
             case = dict(op=op, rows=NORM_ROWS, hidden=hidden, dtype=str(DTYPE).replace("torch.", ""))
-            block, warps = utils.row_block(hidden, layer_norm.FWD_MAX_BLOCK)
+            consts = layer_norm._fwd_config(NORM_ROWS, hidden)  # the launcher's
+            warps = consts.pop("num_warps")
             fwd = dict(X=x, Y=x, W=w, B=None if rms else w, Mean=None if rms else stats, Rstd=stats, N=hidden,
-                       eps=bench_norms.EPS, BLOCK_N=block, SINGLE_BLOCK=hidden <= block, **flags)
-            yield ("norm", f"{op}_fwd", case, dict(BLOCK_N=block), layer_norm._norm_fwd_kernel, warps,
-                   _default_stages(warps), fwd)
+                       eps=bench_norms.EPS, **consts, **flags)
+            config = dict(BLOCK_N=consts["BLOCK_N"], ROWS=consts["ROWS"])
+            yield ("norm", f"{op}_fwd", case, config, layer_norm._norm_fwd_kernel, warps, _default_stages(warps), fwd)
             # The launcher's own constants (block, warps, loop stages) for these rows.
             consts = layer_norm._bwd_consts(x, x, w, not rms, rms)
             warps = consts.pop("num_warps")

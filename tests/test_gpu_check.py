@@ -64,7 +64,7 @@ def test_bench_plan_times_the_cuda_norm_kernels():
     plan = {name: argv for name, argv, _ in gpu_check.bench_plan(gpu=True)}
     for op in ("layer_norm", "rms_norm"):
         assert "--backends" not in plan[op]
-        assert plan[op][plan[op].index("--shapes") + 1] == "16384x4096,8192x8192,4096x16384"
+        assert plan[op][plan[op].index("--shapes") + 1] == "16384x4096,8192x8192,4096x16384,65536x256"
 
 
 def test_bench_plan_covers_every_target_memory_bound_ops_first_gpt_step_last():

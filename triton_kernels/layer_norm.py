@@ -18,6 +18,8 @@ RMS drops the 1/N term (no mean subtraction): dx = rstd * (g - xhat * mean(g * x
 by setting mean = 0 and mean(g) = 0.
     dw = sum_rows(dy * xhat),  db = sum_rows(dy)
 
+The forward takes one row a program, or several short rows (< 1024 columns) as one tile.
+
 dw/db are reduced deterministically without atomics: each of G persistent programs owns a contiguous
 range of rows, walks it in order and writes its partial sums to row ``pid`` of a (G, N) fp32 buffer,
 which the launcher then reduces with ``sum(0)``. G is what the GPU holds at once: one full wave.
@@ -37,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ..backends import KERNEL_DTYPES
-from .utils import persistent_split, programs_per_sm, row_block
+from .utils import persistent_split, programs_per_sm, row_block, short_rows
 
 # Rows up to these lengths are held in registers in one block; longer rows loop over column blocks and
 # re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever the input
@@ -74,14 +76,15 @@ def _affine(xhat, W, B, cols, mask, HAS_W: tl.constexpr, HAS_B: tl.constexpr):
 
 @triton.jit
 def _moments(x, mask, n, IS_RMS: tl.constexpr):
-    """Mean (0 for RMS) and sum of squared deviations of the ``n`` valid lanes of block ``x``."""
+    """Mean (0 for RMS) and sum of squared deviations of the ``n`` valid lanes of each row of the
+    [rows, block] tile ``x``, as [rows, 1] tensors."""
     if IS_RMS:
-        mean = 0.0
+        mean = tl.zeros((x.shape[0], 1), dtype=tl.float32)
     else:
-        mean = tl.sum(x, axis=0) / n
+        mean = tl.sum(x, axis=1, keep_dims=True) / n
     # Padding lanes hold 0, not the mean: zero them so they add nothing to M2.
     xc = tl.where(mask, x - mean, 0.0)
-    return mean, tl.sum(xc * xc, axis=0)
+    return mean, tl.sum(xc * xc, axis=1, keep_dims=True)
 
 
 @triton.jit
@@ -99,12 +102,15 @@ def _norm_fwd_kernel(
     HAS_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # N <= BLOCK_N
+    ROWS: tl.constexpr,  # rows a program, a divisor of M (utils.short_rows); 1 unless SINGLE_BLOCK
 ):
-    row = tl.program_id(0)
+    # A program normalises a [ROWS, BLOCK_N] tile, a row in each of its rows (ROWS > 1 only for short
+    # rows); row is [ROWS, 1], the statistics [ROWS, 1], and a long row's running ones [1, 1].
+    row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
     # int64: row * N overflows int32 for tensors beyond 2**31 elements.
     X += row.to(tl.int64) * N
     Y += row.to(tl.int64) * N
-    cols = tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_N)[None, :]
     if SINGLE_BLOCK:
         mask = cols < N
         x = tl.load(X + cols, mask=mask, other=0.0).to(tl.float32)
@@ -115,8 +121,8 @@ def _norm_fwd_kernel(
     else:
         # Chan et al.'s pairwise combination of per-block (mean, M2): as stable as two passes over the
         # row, with one. All blocks before `off` are full, so `off` is the count combined so far.
-        mean = 0.0
-        m2 = 0.0
+        mean = tl.zeros((1, 1), dtype=tl.float32)
+        m2 = tl.zeros((1, 1), dtype=tl.float32)
         for off in range(0, N, BLOCK_N):
             mask = off + cols < N
             x = tl.load(X + off + cols, mask=mask, other=0.0).to(tl.float32)
@@ -253,6 +259,14 @@ def _check_param(p, n: int) -> None:
     assert p is None or (p.shape == (n,) and p.is_contiguous()), f"parameters must be contiguous ({n},)"
 
 
+def _fwd_config(M: int, N: int) -> dict:
+    """The forward's block, rows a program and warps for M rows of N."""
+    block, _ = row_block(N, FWD_MAX_BLOCK)
+    rows = short_rows(block, M) if N <= block else 1  # short rows share a program
+    _, num_warps = row_block(rows * block, FWD_MAX_BLOCK)  # 8 elements a thread, as for one longer row
+    return dict(BLOCK_N=block, SINGLE_BLOCK=N <= block, ROWS=rows, num_warps=num_warps)
+
+
 def _norm_fwd(x, weight, bias, eps, is_rms):
     _check_rows(x)
     M, N = x.shape
@@ -262,11 +276,10 @@ def _norm_fwd(x, weight, bias, eps, is_rms):
     mean = None if is_rms else torch.empty(M, dtype=torch.float32, device=x.device)
     rstd = torch.empty(M, dtype=torch.float32, device=x.device)
     if M > 0:
-        block, num_warps = row_block(N, FWD_MAX_BLOCK)
-        _norm_fwd_kernel[(M,)](
+        config = _fwd_config(M, N)
+        _norm_fwd_kernel[(M // config["ROWS"],)](
             x, y, weight, bias, mean, rstd, N, eps,
-            IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=bias is not None,
-            BLOCK_N=block, SINGLE_BLOCK=N <= block, num_warps=num_warps,
+            IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=bias is not None, **config,
         )
     return y, mean, rstd
 

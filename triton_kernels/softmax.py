@@ -1,7 +1,7 @@
 """Masked softmax over the last dimension: y = softmax(scale * x + mask), forward and backward.
 
 The forward reads a contiguous (A, B, L, C) ``x`` as A*B*L rows of C columns (rows shorter than
-SHORT_ROWS_TILE, several to a program). The mask is a view of
+utils.SHORT_ROWS_TILE, several to a program). The mask is a view of
 that shape read through its own strides, so broadcast masks (a (B, 1, 1, C) key-padding mask or an
 (L, C) mask, expanded) cost no memory. Bool masks keep True entries; float masks are added; causal
 masking keeps column c <= l of row l of the last two dims (top-left aligned, as torch's SDPA).
@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ..backends import KERNEL_DTYPES
-from .utils import row_block
+from .utils import row_block, short_rows
 
 # Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
 # blocks and re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever
@@ -56,7 +56,6 @@ LOOP_BLOCK = 4096
 # Compiled (kernel_report, sm_90a, bf16, 32768 columns): 30-40 registers (28-38 before), 16 KB of shared
 # memory a program forward, 32 KB backward, no spills. benchmarks/notes/softmax.md, change 4.
 LOOP_STAGES = tl.constexpr(3)
-SHORT_ROWS_TILE = 1024  # the elements a program gets at least, when rows are shorter (see _launch_config)
 _LOG2E = tl.constexpr(math.log2(math.e))
 
 
@@ -250,11 +249,7 @@ def _launch_config(n_cols: int, n_rows: int = 1) -> dict:
     max_block = MAX_BLOCK if n_cols <= MAX_BLOCK else LOOP_BLOCK
     block, _ = row_block(n_cols, max_block)
     single = n_cols <= block
-    # Short rows share a program, up to SHORT_ROWS_TILE elements: one row of < 256 columns alone would be
-    # a single warp with idle lanes, and SMs run too few programs at once (32 on Hopper) to keep enough
-    # loads in flight with such small ones. ROWS is a power of two dividing n_rows (the gcd of both), so
-    # that no program runs past the last row; an odd row count keeps one row a program.
-    rows = math.gcd(max(SHORT_ROWS_TILE // block, 1), n_rows) if single else 1
+    rows = short_rows(block, n_rows) if single else 1  # short rows share a program
     # The warps of a row of rows * block elements: 8 elements a thread, as for the long rows.
     _, num_warps = row_block(rows * block, max_block)
     return dict(BLOCK_C=block, SINGLE_BLOCK=single, ROWS=rows, num_warps=num_warps)

@@ -1,6 +1,7 @@
 """Launch-configuration helpers shared by the Triton launchers (norms, softmax, attention)."""
 
 import functools
+import math
 import typing
 
 import torch
@@ -30,6 +31,21 @@ def row_block(n: int, max_block: int) -> tuple[int, int]:
     """
     block = min(next_power_of_2(n), max_block)
     return block, min(max(block // 256, 1), 16)
+
+
+# The elements a row-wise program gets at least when rows are shorter: several rows share it (short_rows).
+SHORT_ROWS_TILE = 1024
+
+
+def short_rows(block: int, n_rows: int) -> int:
+    """Rows one program takes as a [rows, block] tile, for ``n_rows`` rows that fit a ``block`` each.
+
+    Up to SHORT_ROWS_TILE elements: one row of < 256 elements alone would be a single warp with idle
+    lanes, and SMs run too few programs at once (32 on Hopper) to keep enough loads in flight with such
+    small ones. A power of two dividing ``n_rows`` (the gcd of both), so that no program runs past the
+    last row and the kernels need no row mask; an odd row count keeps one row a program.
+    """
+    return math.gcd(max(SHORT_ROWS_TILE // block, 1), n_rows)
 
 
 @functools.lru_cache(maxsize=None)

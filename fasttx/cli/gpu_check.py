@@ -71,7 +71,8 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # unused goes to those after it, and a slow op is cut (what was cut is reported) instead of starving
 # the others. The stage's result keeps each op's seconds: the next run's shares can come from them.
 # The norms: since 2026-12-06 also 4096x16384 (128 MB, the bytes of 16384x4096), the backward's two
-# passes over 2048-column blocks (benchmarks/notes/layer_norm.md, change 2).
+# passes over 2048-column blocks, and 65536x256 (32 MB), short rows four to a forward program
+# (benchmarks/notes/layer_norm.md, changes 2 and 4).
 # Softmax: the wide shapes the targets need, and between them the cases that check the 2026-12-04
 # kernel changes (benchmarks/notes/softmax.md): causal at 4096 columns (16384x4096: 4 heads) and
 # short rows, which share programs (65536x256, also causal); 8 cases where there were 4 (32-128 MB
@@ -87,8 +88,8 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # key-padding mask (what the masked kernels cost against the unmasked: benchmarks/notes/attention.md's
 # predictions for the Triton specialization and the sm_90a masked kernels); the seq 4096 ones first.
 HEADLINE = {
-    "layer_norm": ("16384x4096,8192x8192,4096x16384", "4x64", 1.5),
-    "rms_norm": ("16384x4096,8192x8192,4096x16384", "4x64", 1.5),
+    "layer_norm": ("16384x4096,8192x8192,4096x16384,65536x256", "4x64", 1.5),
+    "rms_norm": ("16384x4096,8192x8192,4096x16384,65536x256", "4x64", 1.5),
     "softmax": ("16384x4096,65536x256,4096x16384,4096x32768", "4x64,64x16", 3),
     "attention": ("4096x16x128,8192x16x128", "16x1x16", 4),
     "mha": ("2048x1024x16", "16x32x4", 2),

@@ -21,8 +21,10 @@ BACKENDS = runnable_backends(op="layer_norm")  # rms_norm ships with it in every
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 OPS = ["layer_norm", "rms_norm"]
 # (rows, hidden): 1 row / 1 column, odd sizes, both sides of the kernels' layout thresholds
-# (warp / block per row at 1024, one chunk at 8192), rows past the single-block limits.
-SHAPES = [(1, 1), (3, 7), (257, 1000), (4, 1024), (4, 1025), (5, 4097), (3, 8192), (3, 8193), (2, 20000)]
+# (warp / block per row at 1024, one chunk at 8192), rows past the single-block limits, and short rows
+# that share a Triton forward program (64 rows of 16, 4 of 100, 2 of 300 columns a program).
+SHAPES = [(1, 1), (3, 7), (257, 1000), (4, 1024), (4, 1025), (5, 4097), (3, 8192), (3, 8193), (2, 20000),
+          (64, 16), (12, 100), (6, 300)]
 
 
 def run(op, x, normalized_shape, weight, bias, backend, eps=1e-5):
@@ -226,6 +228,20 @@ def test_layer_norm_refuses_parameter_dtypes_torch_refuses(param, input_dtype, p
     for backend in BACKENDS:
         with pytest.raises(RuntimeError, match=f"fasttx.layer_norm: {param} must have dtype .*got {param_dtype}"):
             fasttx.layer_norm(x, (8,), **params, backend=backend)
+
+
+def test_triton_forward_short_rows_share_programs():
+    """Rows of < 1024 columns: a forward program normalises a tile of a power of two of them dividing the
+    row count, up to 1024 elements (8 a thread, as one row of 1024 at 4 warps); longer rows one a program."""
+    from fasttx.triton_kernels import layer_norm as kernels
+
+    assert kernels._fwd_config(64, 16) == dict(BLOCK_N=16, SINGLE_BLOCK=True, ROWS=64, num_warps=4)
+    # 12 rows: 4 a program (8 do not divide 12), 512 elements at 2 warps.
+    assert kernels._fwd_config(12, 100) == dict(BLOCK_N=128, SINGLE_BLOCK=True, ROWS=4, num_warps=2)
+    assert kernels._fwd_config(6, 300) == dict(BLOCK_N=512, SINGLE_BLOCK=True, ROWS=2, num_warps=4)
+    assert kernels._fwd_config(257, 16)["ROWS"] == 1  # odd: one row a program
+    assert kernels._fwd_config(256, 1024) == dict(BLOCK_N=1024, SINGLE_BLOCK=True, ROWS=1, num_warps=4)
+    assert kernels._fwd_config(256, 20000) == dict(BLOCK_N=16384, SINGLE_BLOCK=False, ROWS=1, num_warps=16)
 
 
 @pytest.mark.parametrize("regs, warps, shared, expected", [

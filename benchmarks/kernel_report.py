@@ -79,7 +79,7 @@ NORM_HIDDEN = {"quick": (4096, 16384), "full": (512, 1024, 4096, 16384)}
 SOFTMAX_CASES = {
     "quick": [(4096, "none", False), (4096, "none", True)],
     "full": [(c, kind, False) for c in (1024, 4096, 16384, 32768) for kind in ("none", "float")]
-    + [(4096, "bool", False), (4096, "none", True), (32768, "none", True)],
+    + [(4096, "bool", False), (4096, "none", True), (16384, "none", True), (32768, "none", True)],
 }
 # (head dim, dtype, mask dtype or None, causal, TMA, key padding): every case on the path sm_90 runs (TMA for
 # bf16, pointers for fp32: attention_tma.TMA_DTYPES) with (B, 1, L, S) masks, the benchmarks' (bf16, no
@@ -265,7 +265,7 @@ def softmax_entries(preset):
         mask = None
         if kind != "none":  # the bench's (1, C) mask, broadcast over rows as functional.softmax passes it
             mask = torch.empty(1, 1, 1, cols, dtype=torch.bool if kind == "bool" else DTYPE).expand(x.shape)
-        launch = softmax._launch_config(cols)
+        launch = softmax._launch_config(cols, plain_forward=kind == "none" and not causal)
         warps = launch.pop("num_warps")
         case = dict(rows=SOFTMAX_ROWS, cols=cols, mask=kind, causal=causal, dtype=str(DTYPE).replace("torch.", ""))
         fwd = dict(X=x, Mask=mask, Y=x, B=1, L=SOFTMAX_ROWS, C=cols,
@@ -276,6 +276,9 @@ def softmax_entries(preset):
         stages = _default_stages(warps)
         yield ("softmax", "softmax_fwd", case, config, softmax._softmax_fwd_kernel, warps, stages, fwd)
         if kind == "none":  # the backward reads y and dy only (up to the causal limit): one per width and causal
+            launch = softmax._launch_config(cols)  # the backward's: one block only up to MAX_BLOCK
+            warps = launch.pop("num_warps")
+            config, stages = dict(BLOCK_C=launch["BLOCK_C"]), _default_stages(warps)
             y = x.reshape(-1, cols)
             # L as the launcher passes it: the rows of a causal (L, C) matrix, else 1.
             bwd = dict(Y=y, DY=y, DX=y, L=SOFTMAX_ROWS if causal else 1, C=cols, scale=bench_softmax.SCALE,

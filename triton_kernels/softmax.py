@@ -42,13 +42,17 @@ from .utils import row_block, short_rows
 
 # Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
 # blocks and re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever
-# the dtypes, so the limits are in elements. Each kernel keeps 2 row-sized tensors live across its
-# reductions (forward: x and the float mask, until the exp2; backward: y and dy). A block of MAX_BLOCK is
-# 32 elements per thread at 16 warps, sized to the 128 registers per thread that 16 warps may use; the
-# loop's blocks get row_block's 8 per thread, small enough for two programs to share an SM so that one's
-# reductions overlap the other's loads. What ptxas makes of each (registers, spills, access widths, for
-# sm_90a with Triton 3.6 and 3.8): benchmarks/notes/kernel_report.md (`make kernel-report`).
-MAX_BLOCK = 16384
+# the dtypes, so the limits are in elements. The masked or causal forward and the backward keep 2
+# row-sized tensors live across their reductions (x and the float mask until the exp2; y and dy): at 16384
+# columns that took 80-90 registers (bf16), one 16-warp program an SM, each waiting on its whole row's
+# loads then reducing with nothing in flight; on the pipelined loop path the same rows take 30-40
+# registers, 3-4 programs an SM, and re-read from L2 (softmax.md, change 3). The plain forward (no mask,
+# not causal) holds a row of MAX_BLOCK_PLAIN_FWD in 56 registers, two programs an SM, and reads it once.
+# The loop's blocks get row_block's 8 elements per thread. What ptxas makes of each (registers, spills,
+# access widths, for sm_90a with Triton 3.6 and 3.8): benchmarks/notes/kernel_report.md (`make
+# kernel-report`).
+MAX_BLOCK = 8192
+MAX_BLOCK_PLAIN_FWD = 16384
 LOOP_BLOCK = 4096
 # The loop path's software pipeline: 3 stages = the next block's async copies in flight (2 buffers) while a
 # block reduces. Without it a 16-warp program had one 4096-column block (8 KB bf16) in flight, 4 programs
@@ -244,9 +248,11 @@ def _softmax_bwd_kernel(
             tl.store(DX + off + cols, dx.to(DX.dtype.element_ty), mask=off + cols < C)
 
 
-def _launch_config(n_cols: int, n_rows: int = 1) -> dict:
-    """Block, rows a program and warps for ``n_rows`` rows of ``n_cols`` (the default: one row's)."""
-    max_block = MAX_BLOCK if n_cols <= MAX_BLOCK else LOOP_BLOCK
+def _launch_config(n_cols: int, n_rows: int = 1, plain_forward: bool = False) -> dict:
+    """Block, rows a program and warps for ``n_rows`` rows of ``n_cols`` (the default: one row's), for the
+    backward, or the forward with a mask or causal, or (``plain_forward``) the forward without either."""
+    one_block = MAX_BLOCK_PLAIN_FWD if plain_forward else MAX_BLOCK
+    max_block = one_block if n_cols <= one_block else LOOP_BLOCK
     block, _ = row_block(n_cols, max_block)
     single = n_cols <= block
     rows = short_rows(block, n_rows) if single else 1  # short rows share a program
@@ -278,7 +284,7 @@ def softmax_fwd(x, mask, scale: float, is_causal: bool, out_dtype: torch.dtype):
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     if y.numel() > 0:
         strides = (0, 0, 0, 0) if mask is None else mask.stride()
-        config = _launch_config(C, x.numel() // C)
+        config = _launch_config(C, x.numel() // C, plain_forward=kind == "none" and not is_causal)
         _softmax_fwd_kernel[(x.numel() // C // config["ROWS"],)](
             x, mask, y, B, L, C, *strides, scale * _LOG2E.value, MASK_KIND=kind, IS_CAUSAL=is_causal, **config,
         )

@@ -82,6 +82,18 @@ def test_long_rows_with_masks_online_kernel(backend, kind):
     assert torch.isfinite(out).all() and (out[1] == 0).all()
 
 
+@pytest.mark.parametrize("variant", ["plain", "float_mask", "causal"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_between_the_one_block_limits(backend, variant):
+    """Rows past MAX_BLOCK, within MAX_BLOCK_PLAIN_FWD (Triton): the plain forward holds the row in one
+    block while its backward, and a masked or causal forward, loop over column blocks."""
+    rows, cols = 12, 9001
+    mask = torch.randn(rows, cols, device=DEVICE) if variant == "float_mask" else None
+    mask = None if mask is None else mask.masked_fill(torch.rand(rows, cols, device=DEVICE) > 0.7, float("-inf"))
+    out = check(logits(1, 1, rows, cols), backend, scale=0.4, mask=mask, is_causal=variant == "causal")
+    assert torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("kind", ["bool_key_padding", "bool_2d", "float_2d_with_-inf", "float_full", "bool_full",
                                   "float64_2d"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
@@ -211,6 +223,16 @@ def test_triton_short_rows_share_programs():
     assert kernels._launch_config(16, 255)["ROWS"] == 1
     assert kernels._launch_config(1024, 256) == dict(BLOCK_C=1024, SINGLE_BLOCK=True, ROWS=1, num_warps=4)
     assert kernels._launch_config(32768, 256)["ROWS"] == 1
+
+
+def test_triton_one_block_limits():
+    """One block up to 16384 columns for the plain forward, 8192 for the rest (the loop's 4096 beyond)."""
+    from fasttx.triton_kernels import softmax as kernels
+
+    for cols, plain, block in [(8192, False, 8192), (8193, False, 4096), (16384, False, 4096), (16384, True, 16384),
+                               (16385, True, 4096)]:
+        config = kernels._launch_config(cols, 4, plain_forward=plain)
+        assert (config["BLOCK_C"], config["SINGLE_BLOCK"]) == (block, block >= cols), (cols, plain)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fasttx import cli
-from fasttx.benchmarks import common, host_overhead, modules, norms, progress, report
+from fasttx.benchmarks import common, encoder_inference, host_overhead, modules, norms, progress, report
 
 from .conftest import DEVICE, OpRecorder, runnable_backends
 
@@ -452,3 +452,18 @@ def test_host_overhead_times_the_ops_own_path_and_restores_the_kernels():
         assert all(list(row) == ["torch", "fasttx torch", "fasttx triton (not launched)"] and min(row.values()) > 0
                    for row in results.values())
         assert "| layer_norm |" in host_overhead.table(results)
+
+
+def test_encoder_inference_bench_compares_the_two_stacks_on_the_same_padded_batch():
+    """python -m fasttx.benchmarks.encoder_inference: both stacks timed on one padded batch, outputs
+    equal (both write 0 at padding), work from the formula over the real tokens."""
+    rows = encoder_inference.run("quick", rounds=1)
+    assert len(rows) == len(encoder_inference.PRESETS["quick"])
+    for row in rows:
+        assert row["torch_ms"] > 0 and row["fasttx_ms"] > 0 and row["max_abs_diff"] < 1e-4
+        kept = encoder_inference.lengths(row["batch"], row["seq"], 0.5)
+        assert row["real"] == sum(kept) / (row["batch"] * row["seq"]) < 1
+        assert row["fasttx_gflops"] * row["fasttx_ms"] == pytest.approx(
+            encoder_inference.flops(row["d_model"], row["layers"], kept) / 1e6)
+    assert encoder_inference.lengths(4, 10, 0.5) == [8, 6, 4, 2]
+    assert "| speed-up |" in encoder_inference.table(rows).splitlines()[0]

@@ -172,6 +172,26 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
         return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
 
+    def packed_self_attention(self, tokens, index, keep):
+        """Self-attention (no attn_mask, no weights) of a batch_first batch given by its real tokens only:
+        ``tokens`` (T, E) sit at the flat positions ``index`` (T,) of the batch's (N, S) positions, and
+        ``keep`` (N, S) is True exactly there. The projections run on the T tokens; the attention on the
+        (N, S) batch, zeros where no token is, with ``keep`` as its key mask. Returns (T, E).
+
+        What torch's TransformerEncoder computes on nested tensors (fasttx.nn.TransformerEncoder's packed
+        path); needs batch_first, one packed in-projection and no bias_k / add_zero_attn."""
+        batch, seq = keep.shape
+
+        def padded(t):
+            return t.new_zeros(batch * seq, t.shape[-1]).index_copy_(0, index, t).view(batch, seq, -1)
+
+        q, k, v = (self._split_heads(padded(t)) for t in self._project(tokens, tokens, tokens, True, True))
+        dropout_p = self.dropout if self.training else 0.0
+        out = functional.scaled_dot_product_attention(q, k, v, keep.view(batch, 1, 1, seq), dropout_p,
+                                                      backend=self.backend)
+        out = out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
+        return F.linear(out, self.out_proj.weight, self.out_proj.bias)
+
     def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                                         is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours

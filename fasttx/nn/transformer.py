@@ -13,8 +13,11 @@ torch.compile(fullgraph=True):
   computes the exact GELU the module defines, in every mode. Ours runs torch's forward, and so its
   kernel, only where that computes what ours would and is faster: small inputs in inference on CPU
   (_backend.torch_inference_kernel_applies), and nested-tensor input, which only that kernel takes.
-- TransformerEncoder: torch's turns padded batches into nested tensors in eval mode; ours passes
-  the key-padding mask to the kernels, which read it through broadcast strides.
+- TransformerEncoder: where torch's turns a padded batch into nested tensors (eval mode, no grad, a
+  left-aligned key-padding mask: _torch_packs, its conditions), ours packs the real tokens into
+  (T, E) rows and runs the layers on them (_packed_forward): the same output, padded positions 0,
+  without nested tensors, whose attention is not fasttx's. Elsewhere it passes the key-padding mask
+  to the kernels, which read it through broadcast strides.
 - TransformerEncoder / TransformerDecoder: torch detects a causal mask (is_causal=None) by
   comparing it with one it builds, a data-dependent branch; ours skips that under torch.compile.
 Masks keep their dtype: bool masks go to the kernels as bool, not converted to float first.
@@ -64,17 +67,21 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
                 return super().forward(src, src_mask, src_key_padding_mask, is_causal)
             except (RuntimeError, ValueError, TypeError, AssertionError):
                 pass  # fasttx's path below: its attention's checks name the argument
-        x = src
-        if self.norm_first:
-            x = x + self._attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
-            return x + self._feed_forward(self.norm2(x))
-        x = self.norm1(x + self._attention(x, src_mask, src_key_padding_mask, is_causal))
-        return self.norm2(x + self._feed_forward(x))
+        return self._blocks(src, lambda x: self.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
+                                                          need_weights=False, is_causal=is_causal)[0])
 
-    def _attention(self, x, attn_mask, key_padding_mask, is_causal):
-        x = self.self_attn(x, x, x, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False,
-                           is_causal=is_causal)[0]
-        return self.dropout1(x)
+    def packed_forward(self, tokens, index, keep):
+        """The layer on a batch given by its real tokens (MultiheadAttention.packed_self_attention's
+        arguments): (T, E) -> (T, E)."""
+        return self._blocks(tokens, lambda x: self.self_attn.packed_self_attention(x, index, keep))
+
+    def _blocks(self, x, attend):
+        """The layer's two residual blocks, around ``attend`` (self-attention) and the feed-forward."""
+        if self.norm_first:
+            x = x + self.dropout1(attend(self.norm1(x)))
+            return x + self._feed_forward(self.norm2(x))
+        x = self.norm1(x + self.dropout1(attend(x)))
+        return self.norm2(x + self._feed_forward(x))
 
     def _feed_forward(self, x):
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
@@ -94,12 +101,62 @@ class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
     _fasttx_op = "attention"
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
-        batch_first = self.layers[0].self_attn.batch_first
-        is_causal = _is_causal_mask(mask, is_causal, _seq_len(src, batch_first))
-        output = src
-        for layer in self.layers:
-            output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
+        if self._torch_packs(src, mask, src_key_padding_mask):
+            output = self._packed_forward(src, src_key_padding_mask.logical_not())
+        else:
+            batch_first = self.layers[0].self_attn.batch_first
+            is_causal = _is_causal_mask(mask, is_causal, _seq_len(src, batch_first))
+            output = src
+            for layer in self.layers:
+                output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
         return output if self.norm is None else self.norm(output)
+
+    def _torch_packs(self, src, mask, src_key_padding_mask):
+        """Whether torch's forward would run this call on nested tensors (its "sparsity fast path": the
+        same conditions): then its output is 0 at padded positions, and ours computes the same, on the
+        real tokens only (_packed_forward)."""
+        layer = self.layers[0]
+        if not (src_key_padding_mask is not None and mask is None and not layer.training
+                and getattr(self, "use_nested_tensor", False) and torch.backends.mha.get_fastpath_enabled()
+                and isinstance(src, torch.Tensor) and src.dim() == 3 and not src.is_nested
+                and not torch.is_autocast_enabled() and src.device.type in ("cpu", "cuda", "xpu")):
+            return False
+        check_alignment = getattr(self, "mask_check", True)
+        if check_alignment and torch.compiler.is_compiling():
+            return False
+        # Ours packs only layers it knows (fasttx's, whose attention reads no bias_k / zero key: torch's
+        # kernel would drop them); others keep the padded batch.
+        for each in self.layers:
+            attn = each.self_attn if isinstance(each, TransformerEncoderLayer) else None
+            if not hasattr(attn, "packed_self_attention") or attn.bias_k is not None or attn.add_zero_attn:
+                return False
+        # torch reads the first layer's parameters (here all of its submodules' parameters, a superset).
+        params = [src, *(p for m in (layer.self_attn, layer.self_attn.out_proj, layer.norm1, layer.norm2,
+                                     layer.linear1, layer.linear2) for p in m._parameters.values() if p is not None)]
+        if torch.overrides.has_torch_function(params) or (torch.is_grad_enabled()
+                                                         and any(t.requires_grad for t in params)):
+            return False
+        # torch's mask rules: bool, or float with nonzero = padding (anything else: the padded path, whose
+        # checks raise); left-aligned unless mask_check is off.
+        if not (src_key_padding_mask.dtype == torch.bool or src_key_padding_mask.is_floating_point()):
+            return False
+        return not check_alignment or torch._nested_tensor_from_mask_left_aligned(
+            src, src_key_padding_mask.logical_not())
+
+    def _packed_forward(self, src, keep):
+        """The layers on the tokens ``keep`` (N, S) marks, packed into (T, E) rows: the projections,
+        feed-forward and norms skip the padding, as torch's nested tensors do, and the attention runs on
+        the batch cut after its last token. Padded positions are 0."""
+        batch, seq, width = src.shape
+        columns = keep.any(0).nonzero()
+        seq_used = int(columns[-1]) + 1 if len(columns) else 1
+        keep = keep[:, :seq_used]
+        where = keep.nonzero()  # (T, 2): batch, position
+        index, index_used = where[:, 0] * seq + where[:, 1], where[:, 0] * seq_used + where[:, 1]
+        tokens = src.reshape(batch * seq, width).index_select(0, index)
+        for layer in self.layers:
+            tokens = layer.packed_forward(tokens, index_used, keep)
+        return tokens.new_zeros(batch * seq, width).index_copy_(0, index, tokens).view(batch, seq, width)
 
 
 class TransformerDecoder(BackendMixin, torch.nn.TransformerDecoder):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fasttx
+from fasttx.testing import TOLERANCE
 
 from . import randomize_parameters
 from ..conftest import DEVICE, runnable_backends
@@ -175,11 +176,100 @@ def test_encoder_stack_parity_with_padding(train):
     def call(module, src):
         return module(src, src_key_padding_mask=padding)
 
+    # In eval mode without grad both run the real tokens only and write 0 at padded positions (then the
+    # final norm): torch on nested tensors, fasttx packed (_packed_forward).
     got, expected = (_outputs_and_grads(m, [x], call, train) for m in (ours, theirs))
-    if not train:  # torch's eval path runs nested tensors and writes 0 at padded positions
-        keep = ~padding[..., None]
-        got, expected = [got[0] * keep], [expected[0] * keep]
     _assert_all_close(got, expected)
+
+
+def _padded_encoder(norm, backend="auto", dtype=torch.float64, **kwargs):
+    layer = torch.nn.TransformerEncoderLayer(D_MODEL, HEADS, FF, dropout=0.0, batch_first=True, dtype=dtype,
+                                             device=DEVICE, **kwargs)
+    norm = torch.nn.LayerNorm(D_MODEL, dtype=dtype, device=DEVICE) if norm else None
+    theirs, ours = _pair(torch.nn.TransformerEncoder, fasttx.nn.TransformerEncoder, layer, 2, norm)
+    ours.backend = backend
+    return theirs.eval(), ours.eval()
+
+
+def _left_aligned_padding(lengths, seq, kind):
+    """Sequences of these lengths (0: all padding), padded at the end; float: -inf, as torch's own."""
+    mask = torch.arange(seq, device=DEVICE)[None, :] >= torch.tensor(lengths, device=DEVICE)[:, None]
+    return mask if kind == "bool" else torch.zeros(mask.shape, dtype=torch.float64, device=DEVICE).masked_fill(
+        mask, float("-inf"))
+
+
+@pytest.mark.parametrize("backend", runnable_backends(op="attention"))
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("norm", [False, True])
+def test_encoder_inference_runs_real_tokens_only_as_torch_does(norm, kind, backend):
+    """Eval mode, no grad, a left-aligned key-padding mask: torch's encoder runs nested tensors (padded
+    positions 0); fasttx's packs the real tokens (linear1 sees T rows, not N x S) and computes the same,
+    with an all-padding sequence and the batch's last columns all padding (the attention is cut there)."""
+    # The kernels take fp32 at most: there, fp32's tolerance (fasttx.testing) against torch in fp32.
+    dtype, tolerance = (torch.float64, 1e-10) if backend in ("auto", "torch") else (torch.float32, TOLERANCE[torch.float32])
+    theirs, ours = _padded_encoder(norm, backend, dtype)
+    lengths, seq = [5, 2, 0, 3], 7
+    padding = _left_aligned_padding(lengths, seq, kind)
+    x = torch.randn(len(lengths), seq, D_MODEL, dtype=dtype, device=DEVICE)
+    rows = []
+    hook = ours.layers[0].linear1.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1]))
+    with torch.no_grad():
+        assert ours._torch_packs(x, None, padding)
+        got, expected = ours(x, src_key_padding_mask=padding), theirs(x, src_key_padding_mask=padding)
+    hook.remove()
+    assert rows == [(sum(lengths),)]
+    torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+    if not norm:
+        assert (got[padding.bool() if kind == "bool" else padding != 0] == 0).all()
+
+
+def _not_left_aligned(batch, seq):
+    mask = torch.zeros(batch, seq, dtype=torch.bool, device=DEVICE)
+    mask[1, 0] = True  # a padded first token
+    return mask
+
+
+@pytest.mark.parametrize("case", ["train", "grad", "not_left_aligned", "attn_mask", "norm_first", "no_nested",
+                                  "fast_path_off"])
+def test_encoder_keeps_the_padded_batch_where_torch_does(case):
+    """Where torch's encoder does not run nested tensors, fasttx's does not pack either: the padded
+    positions are computed, as torch computes them."""
+    theirs, ours = _padded_encoder(True, norm_first=case == "norm_first")
+    if case == "no_nested":
+        theirs.use_nested_tensor = ours.use_nested_tensor = False
+    batch, seq = 3, 6
+    x = torch.randn(batch, seq, D_MODEL, dtype=torch.float64, device=DEVICE)
+    padding = _not_left_aligned(batch, seq) if case == "not_left_aligned" else _left_aligned_padding([6, 3, 1], seq, "bool")
+    attn_mask = _causal(seq, "bool") if case == "attn_mask" else None
+    for m in (ours, theirs):
+        m.train(case == "train")
+    with contextlib.ExitStack() as stack:
+        if case == "fast_path_off":
+            stack.enter_context(_torch_fast_path(False))
+        stack.enter_context(torch.set_grad_enabled(case == "grad"))
+        assert not ours._torch_packs(x, attn_mask, padding)
+        got = ours(x, mask=attn_mask, src_key_padding_mask=padding)
+        expected = theirs(x, mask=attn_mask, src_key_padding_mask=padding)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert (got != 0).all()  # padded positions computed, not zeroed
+
+
+def test_encoder_packs_only_layers_it_knows():
+    """A layer that is not fasttx's (a user subclass keeps its class), or whose attention has bias_k: the
+    padded path, whose output equals torch's at the real tokens."""
+    class Custom(torch.nn.TransformerEncoderLayer):
+        pass
+
+    theirs, ours = _padded_encoder(False)
+    ours.layers[1] = copy.deepcopy(theirs.layers[1])
+    ours.layers[1].__class__ = Custom
+    x = torch.randn(2, 5, D_MODEL, dtype=torch.float64, device=DEVICE)
+    padding = _left_aligned_padding([5, 2], 5, "bool")
+    with torch.no_grad():
+        assert not ours._torch_packs(x, None, padding)
+        keep = ~padding[..., None]
+        torch.testing.assert_close(ours(x, src_key_padding_mask=padding) * keep,
+                                   theirs(x, src_key_padding_mask=padding) * keep, rtol=1e-10, atol=1e-10)
 
 
 def test_same_seed_same_initialisation():

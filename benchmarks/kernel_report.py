@@ -241,7 +241,7 @@ def norm_entries(preset):
             partial = torch.empty(1, hidden)
             bwd = dict(DY=x, X=x, W=w, Mean=None if rms else stats, Rstd=stats, DX=x, DW=partial,
                        DB=None if rms else partial, M=NORM_ROWS, N=hidden, rows_per_program=3, **consts)
-            config = dict(BLOCK_N=consts["BLOCK_N"], STAGES=consts["STAGES"])
+            config = dict(BLOCK_N=consts["BLOCK_N"], ROWS=consts["ROWS"], STAGES=consts["STAGES"])
             yield ("norm", f"{op}_bwd", case, config, layer_norm._norm_bwd_kernel, warps, _default_stages(warps), bwd)
 
 
@@ -251,7 +251,8 @@ def persistent_grid(result):
     kernel's registers, shared memory and warps."""
     per_sm = utils.resident_programs(result["registers"], result["shared"], result["num_warps"], H200)
     with mock.patch.object(utils, "_cuda_sm_count", lambda index: H200_SMS):
-        programs, rows = utils.persistent_split(NORM_ROWS, torch.device("cuda", 0), per_sm)
+        programs, rows = utils.persistent_split(NORM_ROWS, torch.device("cuda", 0), per_sm,
+                                                row_multiple=result["config"]["ROWS"])
     return dict(programs_per_sm=per_sm, programs=programs, rows_per_program=rows)
 
 

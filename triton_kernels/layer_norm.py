@@ -49,6 +49,13 @@ from .utils import persistent_split, programs_per_sm, row_block, short_rows
 # benchmarks/notes/kernel_report.md).
 FWD_MAX_BLOCK = 16384
 BWD_MAX_BLOCK = 8192
+# Rows shorter than this many columns are reduced BWD_ROWS_TILE // BLOCK_N at a time by a backward program,
+# as one [ROWS, BLOCK_N] tile at 8 warps: compiled for sm_90a (bf16), 80 registers for LayerNorm (3
+# programs an SM), 64 for RMSNorm (4), so the grid has 396 / 528 programs on an H200 at any such width,
+# and their partial dW / dB rows (G x N fp32, written and read once more) cost ~4-6% of the minimum bytes,
+# where one row a step gave 1024 programs at 1024 columns (+17%) and 2048 at 512 (+33%). Tiles of 4096
+# (16 warps) took 92-96 registers, one program an SM (layer_norm.md, change 3).
+BWD_ROWS_TILE = 2048
 # Column block of the backward's two passes over rows longer than BWD_MAX_BLOCK. 2048 at 8 warps, its
 # column loops pipelined, compiles to <= 64 registers and 57-66 KB of shared memory (bf16 / fp16), so
 # four programs share an SM on sm_90 with two blocks each in flight; 8192 (the one-block limit) took 90
@@ -182,39 +189,50 @@ def _norm_bwd_kernel(
     BLOCK_N: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # N <= BLOCK_N
     STAGES: tl.constexpr = BWD_STAGES,  # software-pipelining depth of the row loop (one block) or column loops
+    ROWS: tl.constexpr = 1,  # rows a step of the one-block row loop (rows_per_program is a multiple of it)
 ):
     pid = tl.program_id(0)
     # int64 rows, so that row * N cannot overflow for tensors beyond 2**31 elements.
     row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
     part = pid.to(tl.int64) * N  # this program's row of DW / DB
-    cols = tl.arange(0, BLOCK_N)
     if SINGLE_BLOCK:
-        mask = cols < N
-        dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        db = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        # A step takes a [ROWS, BLOCK_N] tile, a row in each of its rows; past row_end (the program's
+        # last step only) the rows are masked: they load 0 and add nothing.
+        # The weight and the partial sums are [BLOCK_N] vectors, broadcast over the tile: loaded as a
+        # [1, BLOCK_N] tile, the weight's layout (one row over every warp) became the whole step's,
+        # with 2-byte dx stores and ~30 more registers (compiled for sm_90a).
+        cols_1d = tl.arange(0, BLOCK_N)
+        cols = cols_1d[None, :]
+        col_mask = cols < N
+        dw = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
+        db = tl.zeros((ROWS, BLOCK_N), dtype=tl.float32)
         # Loaded once, as stored (half the registers of fp32 for 16-bit weights), and held across rows:
         # inside the pipelined loop it would be copied to shared memory again for every row.
-        w = tl.load(W + cols, mask=mask, other=0.0) if HAS_W else 0.0
+        w = tl.load(W + cols_1d, mask=cols_1d < N, other=0.0)[None, :] if HAS_W else 0.0
         # num_stages on the loop itself: Triton pipelines loads that feed no tl.dot only when asked.
-        for row in tl.range(row_start, row_end, num_stages=STAGES):
-            mean = 0.0 if IS_RMS else tl.load(Mean + row)
-            rstd = tl.load(Rstd + row)
+        for first in tl.range(row_start, row_end, ROWS, num_stages=STAGES):
+            row = first + tl.arange(0, ROWS)[:, None]
+            row_mask = row < row_end
+            mask = row_mask & col_mask
+            mean = 0.0 if IS_RMS else tl.load(Mean + row, mask=row_mask, other=0.0)
+            rstd = tl.load(Rstd + row, mask=row_mask, other=0.0)
             offs = row * N + cols
             xhat, dy = _xhat_dy(X, DY, offs, mask, mean, rstd)
             g = dy * w.to(tl.float32) if HAS_W else dy  # the gradient w.r.t. xhat
-            c1 = tl.sum(xhat * g, axis=0) / N
-            c2 = 0.0 if IS_RMS else tl.sum(g, axis=0) / N
+            c1 = tl.sum(xhat * g, axis=1, keep_dims=True) / N
+            c2 = 0.0 if IS_RMS else tl.sum(g, axis=1, keep_dims=True) / N
             tl.store(DX + offs, ((g - (xhat * c1 + c2)) * rstd).to(DX.dtype.element_ty), mask=mask)
             if HAS_W:
                 dw += dy * xhat
             if HAS_B:
                 db += dy
         if HAS_W:
-            tl.store(DW + part + cols, dw, mask=mask)
+            tl.store(DW + part + cols_1d, tl.sum(dw, axis=0), mask=cols_1d < N)
         if HAS_B:
-            tl.store(DB + part + cols, db, mask=mask)
+            tl.store(DB + part + cols_1d, tl.sum(db, axis=0), mask=cols_1d < N)
     else:
+        cols = tl.arange(0, BLOCK_N)
         # The column loops are pipelined, not the row loop that holds them (Triton pipelines innermost
         # loops only): each row's pass over its blocks keeps the next blocks' loads in flight.
         for row in range(row_start, row_end):
@@ -287,11 +305,13 @@ def _norm_fwd(x, weight, bias, eps, is_rms):
 def _bwd_consts(x, dy, weight, has_bias, is_rms):
     """The backward's compile-time arguments and num_warps for rows like ``x``."""
     N = x.shape[1]
-    block, num_warps = row_block(N, BWD_MAX_BLOCK if N <= BWD_MAX_BLOCK else BWD_LOOP_BLOCK)
-    row_bytes = block * (x.element_size() + dy.element_size())  # a block's x and dy in shared memory
-    stages = BWD_STAGES.value if (BWD_STAGES.value - 1) * row_bytes <= BWD_BUFFER_BYTES else 2
+    block, _ = row_block(N, BWD_MAX_BLOCK if N <= BWD_MAX_BLOCK else BWD_LOOP_BLOCK)
+    rows = max(BWD_ROWS_TILE // block, 1) if N <= block else 1  # short rows: several a step
+    _, num_warps = row_block(rows * block, BWD_MAX_BLOCK)  # 8 elements a thread, as for one longer row
+    step_bytes = rows * block * (x.element_size() + dy.element_size())  # a step's x and dy in shared memory
+    stages = BWD_STAGES.value if (BWD_STAGES.value - 1) * step_bytes <= BWD_BUFFER_BYTES else 2
     return dict(IS_RMS=is_rms, HAS_W=weight is not None, HAS_B=has_bias, BLOCK_N=block, SINGLE_BLOCK=N <= block,
-                STAGES=stages, num_warps=num_warps)
+                STAGES=stages, ROWS=rows, num_warps=num_warps)
 
 
 def _bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts):
@@ -326,7 +346,7 @@ def _norm_bwd(dy, x, weight, mean, rstd, has_bias, is_rms):
         if per_sm is None:
             kernel = _bwd_kernel_for(dy, x, weight, mean, rstd, dx, has_bias, consts)
             per_sm = _BWD_PER_SM[key] = programs_per_sm(kernel, x.device)
-    programs, rows_per_program = persistent_split(M, x.device, per_sm)
+    programs, rows_per_program = persistent_split(M, x.device, per_sm, row_multiple=consts["ROWS"])
     # With M == 0 the (0, N) buffers still reduce to the correct all-zero gradients.
     dw = torch.empty((programs, N), dtype=torch.float32, device=x.device) if weight is not None else None
     db = torch.empty((programs, N), dtype=torch.float32, device=x.device) if has_bias else None

@@ -98,12 +98,14 @@ def programs_per_sm(kernel, device: torch.device) -> int:
                              torch.cuda.get_device_properties(device))
 
 
-def persistent_split(n_rows: int, device: torch.device, per_sm: int | None = None) -> tuple[int, int]:
+def persistent_split(n_rows: int, device: torch.device, per_sm: int | None = None,
+                     row_multiple: int = 1) -> tuple[int, int]:
     """(programs, rows_per_program) for a kernel whose programs each loop over a contiguous row range.
 
     ``per_sm``, required on CUDA: the programs an SM holds at once (:func:`programs_per_sm`), so that
     the grid is one full wave. Every program gets at least one row, so kernels may initialise
-    per-program buffers on their first row.
+    per-program buffers on their first row. ``row_multiple``: rows_per_program is a multiple of it (a
+    kernel stepping through its rows that many at a time then has a partial step only at the last row).
     """
     if n_rows == 0:
         return 0, 0
@@ -113,5 +115,5 @@ def persistent_split(n_rows: int, device: torch.device, per_sm: int | None = Non
         target = sm_count(device) * per_sm
     else:
         target = _INTERPRETER_PROGRAMS
-    rows = cdiv(n_rows, min(n_rows, target))
+    rows = cdiv(cdiv(n_rows, min(n_rows, target)), row_multiple) * row_multiple
     return cdiv(n_rows, rows), rows

@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -242,6 +243,30 @@ def test_triton_forward_short_rows_share_programs():
     assert kernels._fwd_config(257, 16)["ROWS"] == 1  # odd: one row a program
     assert kernels._fwd_config(256, 1024) == dict(BLOCK_N=1024, SINGLE_BLOCK=True, ROWS=1, num_warps=4)
     assert kernels._fwd_config(256, 20000) == dict(BLOCK_N=16384, SINGLE_BLOCK=False, ROWS=1, num_warps=16)
+
+
+def test_triton_backward_steps_through_short_rows_a_tile_at_a_time():
+    """Rows of < 2048 columns: a backward step reduces a [ROWS, BLOCK_N] tile of 2048 elements at 8
+    warps (what one row of 2048 is), and a program's rows are a multiple of ROWS."""
+    from fasttx.triton_kernels import layer_norm as kernels
+    from fasttx.triton_kernels import utils
+
+    def consts(n, dtype=torch.bfloat16):
+        x = torch.empty(1, n, dtype=dtype)
+        c = kernels._bwd_consts(x, x, None, False, False)
+        return c["BLOCK_N"], c["ROWS"], c["num_warps"], c["STAGES"]
+
+    assert consts(512) == (512, 4, 8, 3)
+    assert consts(1000) == (1024, 2, 8, 3)
+    assert consts(2048) == (2048, 1, 8, 3)
+    assert consts(4096) == (4096, 1, 16, 3)
+    assert consts(5000) == (8192, 1, 16, 3)
+    assert consts(20000) == (2048, 1, 8, 3)
+    assert consts(16, torch.float32) == (16, 128, 8, 3)  # fp32: 16 KB a step, two buffers in 64 KB
+    with mock.patch.object(utils, "_cuda_sm_count", lambda index: 132):
+        assert utils.persistent_split(16384, torch.device("cuda", 0), 2, row_multiple=4) == (256, 64)
+        assert utils.persistent_split(10, torch.device("cuda", 0), 2, row_multiple=4) == (3, 4)
+    assert utils.persistent_split(257, torch.device("cpu"), row_multiple=4) == (4, 68)
 
 
 @pytest.mark.parametrize("regs, warps, shared, expected", [

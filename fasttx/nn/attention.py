@@ -172,7 +172,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
         return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
 
-    def packed_self_attention(self, tokens, index, keep):
+    def _packed_self_attention(self, tokens, index, keep):
         """Self-attention (no attn_mask, no weights) of a batch_first batch given by its real tokens only:
         ``tokens`` (T, E) sit at the flat positions ``index`` (T,) of the batch's (N, S) positions, and
         ``keep`` (N, S) is True exactly there. The projections run on the T tokens; the attention on the

@@ -70,10 +70,10 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
         return self._blocks(src, lambda x: self.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
                                                           need_weights=False, is_causal=is_causal)[0])
 
-    def packed_forward(self, tokens, index, keep):
-        """The layer on a batch given by its real tokens (MultiheadAttention.packed_self_attention's
+    def _packed_forward(self, tokens, index, keep):
+        """The layer on a batch given by its real tokens (MultiheadAttention._packed_self_attention's
         arguments): (T, E) -> (T, E)."""
-        return self._blocks(tokens, lambda x: self.self_attn.packed_self_attention(x, index, keep))
+        return self._blocks(tokens, lambda x: self.self_attn._packed_self_attention(x, index, keep))
 
     def _blocks(self, x, attend):
         """The layer's two residual blocks, around ``attend`` (self-attention) and the feed-forward."""
@@ -128,7 +128,7 @@ class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
         # kernel would drop them); others keep the padded batch.
         for each in self.layers:
             attn = each.self_attn if isinstance(each, TransformerEncoderLayer) else None
-            if not hasattr(attn, "packed_self_attention") or attn.bias_k is not None or attn.add_zero_attn:
+            if not hasattr(attn, "_packed_self_attention") or attn.bias_k is not None or attn.add_zero_attn:
                 return False
         # torch reads the first layer's parameters (here all of its submodules' parameters, a superset).
         params = [src, *(p for m in (layer.self_attn, layer.self_attn.out_proj, layer.norm1, layer.norm2,
@@ -155,7 +155,7 @@ class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
         index, index_used = where[:, 0] * seq + where[:, 1], where[:, 0] * seq_used + where[:, 1]
         tokens = src.reshape(batch * seq, width).index_select(0, index)
         for layer in self.layers:
-            tokens = layer.packed_forward(tokens, index_used, keep)
+            tokens = layer._packed_forward(tokens, index_used, keep)
         return tokens.new_zeros(batch * seq, width).index_copy_(0, index, tokens).view(batch, seq, width)
 
 

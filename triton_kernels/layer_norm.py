@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ..backends import KERNEL_DTYPES
-from .utils import persistent_split, programs_per_sm, row_block, short_rows
+from .utils import persistent_split, programs_per_sm, row_block, row_tile
 
 # Rows up to these lengths are held in registers in one block; longer rows loop over column blocks and
 # re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever the input
@@ -109,7 +109,7 @@ def _norm_fwd_kernel(
     HAS_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # N <= BLOCK_N
-    ROWS: tl.constexpr,  # rows a program, a divisor of M (utils.short_rows); 1 unless SINGLE_BLOCK
+    ROWS: tl.constexpr,  # rows a program, a divisor of M (utils.row_tile); 1 unless SINGLE_BLOCK
 ):
     # A program normalises a [ROWS, BLOCK_N] tile, a row in each of its rows (ROWS > 1 only for short
     # rows); row is [ROWS, 1], the statistics [ROWS, 1], and a long row's running ones [1, 1].
@@ -279,9 +279,7 @@ def _check_param(p, n: int) -> None:
 
 def _fwd_config(M: int, N: int) -> dict:
     """The forward's block, rows a program and warps for M rows of N."""
-    block, _ = row_block(N, FWD_MAX_BLOCK)
-    rows = short_rows(block, M) if N <= block else 1  # short rows share a program
-    _, num_warps = row_block(rows * block, FWD_MAX_BLOCK)  # 8 elements a thread, as for one longer row
+    block, rows, num_warps = row_tile(N, M, FWD_MAX_BLOCK)  # short rows share a program
     return dict(BLOCK_N=block, SINGLE_BLOCK=N <= block, ROWS=rows, num_warps=num_warps)
 
 

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from ..backends import KERNEL_DTYPES
-from .utils import row_block, short_rows
+from .utils import row_tile
 
 # Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
 # blocks and re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever
@@ -253,12 +253,8 @@ def _launch_config(n_cols: int, n_rows: int = 1, plain_forward: bool = False) ->
     backward, or the forward with a mask or causal, or (``plain_forward``) the forward without either."""
     one_block = MAX_BLOCK_PLAIN_FWD if plain_forward else MAX_BLOCK
     max_block = one_block if n_cols <= one_block else LOOP_BLOCK
-    block, _ = row_block(n_cols, max_block)
-    single = n_cols <= block
-    rows = short_rows(block, n_rows) if single else 1  # short rows share a program
-    # The warps of a row of rows * block elements: 8 elements a thread, as for the long rows.
-    _, num_warps = row_block(rows * block, max_block)
-    return dict(BLOCK_C=block, SINGLE_BLOCK=single, ROWS=rows, num_warps=num_warps)
+    block, rows, num_warps = row_tile(n_cols, n_rows, max_block)  # short rows share a program
+    return dict(BLOCK_C=block, SINGLE_BLOCK=n_cols <= block, ROWS=rows, num_warps=num_warps)
 
 
 def _mask_kind(mask, x) -> str:

@@ -33,19 +33,24 @@ def row_block(n: int, max_block: int) -> tuple[int, int]:
     return block, min(max(block // 256, 1), 16)
 
 
-# The elements a row-wise program gets at least when rows are shorter: several rows share it (short_rows).
+# The elements a row-wise program gets at least when rows are shorter: several rows share it (row_tile).
 SHORT_ROWS_TILE = 1024
 
 
-def short_rows(block: int, n_rows: int) -> int:
-    """Rows one program takes as a [rows, block] tile, for ``n_rows`` rows that fit a ``block`` each.
+def row_tile(n: int, n_rows: int, max_block: int) -> tuple[int, int, int]:
+    """(BLOCK, ROWS, num_warps) for ``n_rows`` rows of ``n`` elements, one program taking a [ROWS, BLOCK]
+    tile: BLOCK as :func:`row_block` gives it, and rows that fit one block several to a program.
 
-    Up to SHORT_ROWS_TILE elements: one row of < 256 elements alone would be a single warp with idle
-    lanes, and SMs run too few programs at once (32 on Hopper) to keep enough loads in flight with such
-    small ones. A power of two dividing ``n_rows`` (the gcd of both), so that no program runs past the
-    last row and the kernels need no row mask; an odd row count keeps one row a program.
+    Up to SHORT_ROWS_TILE elements a program: one row of < 256 elements alone would be a single warp with
+    idle lanes, and SMs run too few programs at once (32 on Hopper) to keep enough loads in flight with
+    such small ones. ROWS is a power of two dividing ``n_rows`` (the gcd of both), so that no program
+    runs past the last row and the kernels need no row mask; an odd row count keeps one row a program.
+    The warps are row_block's for the tile's elements: 8 a thread, as for one longer row.
     """
-    return math.gcd(max(SHORT_ROWS_TILE // block, 1), n_rows)
+    block, _ = row_block(n, max_block)
+    rows = math.gcd(max(SHORT_ROWS_TILE // block, 1), n_rows) if n <= block else 1
+    _, num_warps = row_block(rows * block, max_block)
+    return block, rows, num_warps
 
 
 @functools.lru_cache(maxsize=None)

@@ -101,8 +101,9 @@ class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
     _fasttx_op = "attention"
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
-        if self._torch_packs(src, mask, src_key_padding_mask):
-            output = self._packed_forward(src, src_key_padding_mask.logical_not())
+        keep = self._torch_packs(src, mask, src_key_padding_mask)
+        if keep is not None:
+            output = self._packed_forward(src, keep)
         else:
             batch_first = self.layers[0].self_attn.batch_first
             is_causal = _is_causal_mask(mask, is_causal, _seq_len(src, batch_first))
@@ -112,46 +113,45 @@ class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
         return output if self.norm is None else self.norm(output)
 
     def _torch_packs(self, src, mask, src_key_padding_mask):
-        """Whether torch's forward would run this call on nested tensors (its "sparsity fast path": the
-        same conditions): then its output is 0 at padded positions, and ours computes the same, on the
-        real tokens only (_packed_forward)."""
+        """Where torch's forward would run this call on nested tensors (its "sparsity fast path": the
+        same conditions), the tokens it keeps, (N, S) bool; else None. There its output is 0 at padded
+        positions, and ours computes the same, on the real tokens only (_packed_forward)."""
         layer = self.layers[0]
         if not (src_key_padding_mask is not None and mask is None and not layer.training
                 and getattr(self, "use_nested_tensor", False) and torch.backends.mha.get_fastpath_enabled()
                 and isinstance(src, torch.Tensor) and src.dim() == 3 and not src.is_nested
                 and not torch.is_autocast_enabled() and src.device.type in ("cpu", "cuda", "xpu")):
-            return False
+            return None
         check_alignment = getattr(self, "mask_check", True)
         if check_alignment and torch.compiler.is_compiling():
-            return False
+            return None
         # Ours packs only layers it knows (fasttx's, whose attention reads no bias_k / zero key: torch's
         # kernel would drop them); others keep the padded batch.
         for each in self.layers:
             attn = each.self_attn if isinstance(each, TransformerEncoderLayer) else None
             if not hasattr(attn, "_packed_self_attention") or attn.bias_k is not None or attn.add_zero_attn:
-                return False
+                return None
         # torch reads the first layer's parameters (here all of its submodules' parameters, a superset).
         params = [src, *(p for m in (layer.self_attn, layer.self_attn.out_proj, layer.norm1, layer.norm2,
                                      layer.linear1, layer.linear2) for p in m._parameters.values() if p is not None)]
         if torch.overrides.has_torch_function(params) or (torch.is_grad_enabled()
                                                          and any(t.requires_grad for t in params)):
-            return False
+            return None
         # torch's mask rules: bool, or float with nonzero = padding (anything else: the padded path, whose
         # checks raise); left-aligned unless mask_check is off.
         if not (src_key_padding_mask.dtype == torch.bool or src_key_padding_mask.is_floating_point()):
-            return False
-        return not check_alignment or torch._nested_tensor_from_mask_left_aligned(
-            src, src_key_padding_mask.logical_not())
+            return None
+        keep = src_key_padding_mask.logical_not()
+        return keep if not check_alignment or torch._nested_tensor_from_mask_left_aligned(src, keep) else None
 
     def _packed_forward(self, src, keep):
         """The layers on the tokens ``keep`` (N, S) marks, packed into (T, E) rows: the projections,
         feed-forward and norms skip the padding, as torch's nested tensors do, and the attention runs on
         the batch cut after its last token. Padded positions are 0."""
         batch, seq, width = src.shape
-        columns = keep.any(0).nonzero()
-        seq_used = int(columns[-1]) + 1 if len(columns) else 1
-        keep = keep[:, :seq_used]
         where = keep.nonzero()  # (T, 2): batch, position
+        seq_used = int(where[:, 1].max()) + 1 if len(where) else 1
+        keep = keep[:, :seq_used]
         index, index_used = where[:, 0] * seq + where[:, 1], where[:, 0] * seq_used + where[:, 1]
         tokens = src.reshape(batch * seq, width).index_select(0, index)
         for layer in self.layers:

@@ -214,7 +214,9 @@ def test_encoder_inference_runs_real_tokens_only_as_torch_does(norm, kind, backe
     rows = []
     hook = ours.layers[0].linear1.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1]))
     with torch.no_grad():
-        assert ours._torch_packs(x, None, padding)
+        keep = ours._torch_packs(x, None, padding)  # the real tokens, as torch reads the mask
+        assert keep is not None and torch.equal(keep, torch.arange(seq, device=DEVICE)[None, :] < torch.tensor(
+            lengths, device=DEVICE)[:, None])
         got, expected = ours(x, src_key_padding_mask=padding), theirs(x, src_key_padding_mask=padding)
     hook.remove()
     assert rows == [(sum(lengths),)]
@@ -247,7 +249,7 @@ def test_encoder_keeps_the_padded_batch_where_torch_does(case):
         if case == "fast_path_off":
             stack.enter_context(_torch_fast_path(False))
         stack.enter_context(torch.set_grad_enabled(case == "grad"))
-        assert not ours._torch_packs(x, attn_mask, padding)
+        assert ours._torch_packs(x, attn_mask, padding) is None
         got = ours(x, mask=attn_mask, src_key_padding_mask=padding)
         expected = theirs(x, mask=attn_mask, src_key_padding_mask=padding)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
@@ -266,7 +268,7 @@ def test_encoder_packs_only_layers_it_knows():
     x = torch.randn(2, 5, D_MODEL, dtype=torch.float64, device=DEVICE)
     padding = _left_aligned_padding([5, 2], 5, "bool")
     with torch.no_grad():
-        assert not ours._torch_packs(x, None, padding)
+        assert ours._torch_packs(x, None, padding) is None
         keep = ~padding[..., None]
         torch.testing.assert_close(ours(x, src_key_padding_mask=padding) * keep,
                                    theirs(x, src_key_padding_mask=padding) * keep, rtol=1e-10, atol=1e-10)

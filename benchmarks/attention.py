@@ -36,9 +36,11 @@ softmax; attention_fwd.py's docstring, "Schedule"), to measure what the deferred
 backward is the default's (the schedule is the forward's only).
 
 "fasttx cuda (sm_90a)", on sm_90 devices, is backend cuda with FASTTX_ATTENTION_SM90=1: the sm_90a
-kernels (csrc/attention/sm90; the forward at head dims 64, 96, 128, 256, the backward at 128; masks
+kernels (csrc/attention/sm90; the forward and the backward at head dims 64, 96, 128, 256; masks
 and dropout included) where "fasttx cuda" runs the sm_80 ones, which stay the default until a GPU
-run has validated the new kernels.
+run has validated the new kernels. "fasttx cuda (sm_90a, deterministic=False)" is the same with the
+opt-in backward whose dK/dV kernel also adds dQ with atomics (five products, no dQ kernel; head dims
+64, 96, 128), beside it in the same run.
 
 These switches are set around the provider's checking and every timed pass (common.around), so its
 backward, which autograd runs outside the forward call, sees them too.
@@ -168,6 +170,10 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
             if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
                 providers["fasttx cuda (sm_90a)"] = _switched(providers["fasttx cuda"],
                                                               lambda: cuda_sm90_kernels(True))
+                providers["fasttx cuda (sm_90a, deterministic=False)"] = _switched(
+                    lambda q, k, v, call=call: functional.scaled_dot_product_attention(
+                        q, k, v, backend="cuda", deterministic=False, **call),
+                    lambda: cuda_sm90_kernels(True))
             fwd_flops = 4 * batch * heads * seq * seq * head_dim / (2 if is_causal else 1)
             label = {"batch": batch, "seq": seq, "heads": heads, "head_dim": head_dim, "causal": is_causal,
                      "mask": "key padding" if masked else "none", "dropout": dropout_p}

@@ -49,8 +49,8 @@ TORCH_LIBRARY(fasttx, m) {
 
 namespace {
 
-// `deterministic` lets the Triton backward add dQ with atomics; the C++ kernels are deterministic
-// whatever it says, so the schema takes it (one schema per op, fasttx/_declarations.py) and these drop it.
+// `deterministic` lets the backward add dQ with atomics (Triton's, and the sm_90a C++ backward's where it
+// runs); the C++ forward ignores it (one schema per op, fasttx/_declarations.py).
 std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                  const std::optional<at::Tensor>& mask, double scale, bool is_causal,
                                                  double dropout_p, const std::optional<at::Tensor>& seed,
@@ -61,8 +61,9 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd(const at::Tensor& q, const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& mask, double scale, bool is_causal, double dropout_p,
-    const std::optional<at::Tensor>& seed, bool /*deterministic*/) {
-  return fasttx::attention_bwd_cuda(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed);
+    const std::optional<at::Tensor>& seed, bool deterministic) {
+  return fasttx::attention_bwd_cuda(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed,
+                                    deterministic);
 }
 
 void impl_all(torch::Library& m) {

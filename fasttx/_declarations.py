@@ -372,7 +372,7 @@ def _attention_samples(requires_grad, backend, device):
     key_padding = torch.rand(2, 1, 1, 7, device=device) > 0.3
     bias = torch.randn(1, 1, 5, 7, device=device, dtype=dtype)
     seed = torch.tensor(1234, dtype=torch.int64)
-    # deterministic=False: the Triton backward's atomic dQ (the C++ backward ignores it).
+    # deterministic=False: the Triton backward's atomic dQ (the C++ one's needs its sm_90a kernels).
     return [(q, k, v, None, 0.25, False, 0.0, None, True), (q, k, v, key_padding, 0.25, False, 0.0, None, False),
             (q, k, v, bias, 0.5, False, 0.2, seed, False), (q, k, v, None, 0.25, True, 0.0, None, True)]
 

@@ -55,7 +55,8 @@ def _fields(backward, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, 
     if backward:
         dq, dk, dv = grads
         fields.update(dout=dout.data_ptr(), dout_strides=dout.stride()[:3], o_strides=o.stride()[:3],
-                      delta=delta.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr())
+                      delta=delta.data_ptr(), dq=dq.data_ptr(), dk=dk.data_ptr(), dv=dv.data_ptr(),
+                      dq_accum=0)  # deterministic: dQ written to dq (the atomic dQ's buffer: sm_90a only)
     return fields
 
 

@@ -94,7 +94,7 @@ def test_gradients_grouped_query_attention_float_key_padding_dropout_long():
     _check_dropout(2, 8, 2, 1100, 1300, torch.bfloat16, "float_key_padding", False, 0.1)
 
 
-def _check_dropout(batch, heads, kv_heads, queries, keys, dtype, mask, is_causal, p):
+def _check_dropout(batch, heads, kv_heads, queries, keys, dtype, mask, is_causal, p, **kw):
     from fasttx.triton_kernels.attention import dropout_keep_mask
 
     q, k, v = attention_inputs(batch, heads, kv_heads, queries, keys, 128, dtype=dtype)
@@ -104,7 +104,7 @@ def _check_dropout(batch, heads, kv_heads, queries, keys, dtype, mask, is_causal
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device=DEVICE))
     keep = dropout_keep_mask(seed, batch, heads, queries, keys, p, q.device)
     torch.manual_seed(7)
-    check(q, k, v, "cuda", dy=dy, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p, dropout_mask=keep)
+    check(q, k, v, "cuda", dy=dy, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p, dropout_mask=keep, **kw)
 
 
 # The forward's other tiles (attention_fwd_sm90.cuh, Sm90Fwd): E = 64 and 96 with 128-key blocks, E = 256
@@ -199,6 +199,56 @@ def test_sm90_device_runs_the_sm90a_backward_kernels_only_when_switched_on(switc
     assert any("attention_bwd_q_sm90_kernel" in n for n in names) == sm90, names
     assert any("attention_bwd_q_kernel" in n for n in names) == (not sm90), names
     assert any("attention_bwd_delta_kernel" in n for n in names), names
+
+
+# The opt-in atomic dQ (deterministic=False; attention_bwd_sm90.cuh, Sm90Grad::kKVAtomicQ): the dK/dV kernel
+# also adds dQ with vector reductions into fp32 zeros, which the binding scales and casts; no dQ
+# kernel. E = 256 (no atomic instance) and torch.use_deterministic_algorithms(True) run the
+# deterministic kernels. Gradients against float64 at each head dim with instances, with GQA, causal,
+# masks with fully masked rows and dropout.
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_atomic_dq(dtype, is_causal, head_dim):
+    q, k, v = attention_inputs(2, 4, 2, 1000, 777, head_dim, dtype=dtype)
+    check(q, k, v, "cuda", is_causal=is_causal, deterministic=False)
+
+
+@pytest.mark.parametrize("kind", ["bool_key_padding", "float_with_-inf"])
+def test_atomic_dq_masks_and_dropout(kind):
+    q, k, v = attention_inputs(2, 4, 2, 300, 333, 128, dtype=torch.bfloat16)
+    check(q, k, v, "cuda", attn_mask=_mask(kind, 2, 4, 300, 333, torch.bfloat16), deterministic=False)
+    _check_dropout(2, 4, 2, 300, 333, torch.float16, kind, False, 0.2, deterministic=False)
+
+
+@pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")
+@pytest.mark.parametrize("head_dim", [128, 256])
+@pytest.mark.parametrize("forced_deterministic", [False, True])
+def test_atomic_dq_runs_the_atomic_kernel_only_where_asked_and_allowed(head_dim, forced_deterministic):
+    """deterministic=False: the atomic dK/dV instance and no dQ kernel at E = 128; the deterministic pair
+    at E = 256 and under torch.use_deterministic_algorithms(True)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(forced_deterministic)
+    try:
+        names = _kernels_run(backward=True, head_dim=head_dim, deterministic=False)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    atomic = head_dim == 128 and not forced_deterministic
+    assert any("attention_bwd_kv_sm90_kernel" in n for n in names), names
+    assert any("attention_bwd_q_sm90_kernel" in n for n in names) == (not atomic), names
+    assert not any("attention_bwd_q_kernel" in n for n in names), names
+
+
+def test_atomic_dq_is_close_to_the_deterministic_backward():
+    """The two backwards of one call agree to fp32 summation order (then rounding to bf16)."""
+    q, k, v = (t.requires_grad_() for t in attention_inputs(2, 4, 2, 700, 900, 128, dtype=torch.bfloat16))
+    dy = torch.randn(2, 4, 700, 128, device=DEVICE).bfloat16()
+    grads = []
+    for deterministic in (True, False):
+        out = fasttx.scaled_dot_product_attention(q, k, v, backend="cuda", deterministic=deterministic)
+        grads.append(torch.autograd.grad(out, (q, k, v), dy))
+    for name, a, b in zip(("dq", "dk", "dv"), *grads):
+        assert (a.float() - b.float()).abs().max() <= 2e-2 * a.float().abs().max(), name
 
 
 @pytest.mark.skipif(not _on_sm90(), reason="the sm_90a kernels run on sm_90 devices only")

@@ -27,7 +27,7 @@ from .cuda_emulator import MASK_LAYOUTS, compile_emulator, marshal, mask_layout
 from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the head dim of most tests; test_head_dim* cover the others (Sm90BwdHeadDims)
-KV, DQ = 1, 2  # the emulator's report: which sm_90a kernels ran
+KV, DQ, ATOMIC = 1, 2, 4  # the emulator's report: which sm_90a kernels ran (ATOMIC: dK/dV with atomic dQ)
 SEED = 1234567890123  # dropout's
 
 
@@ -38,11 +38,14 @@ def emulator(tmp_path_factory):
     return lib
 
 
-def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None, dropout_p=0.0, keep=None):
+def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None, dropout_p=0.0, keep=None,
+                 atomic=False):
     """dq, dk, dv from the emulated backward (q's head dim), launched as attention_bwd_launch would with
     the sm_90a switch on or off, from the reference's O (rounded to q's dtype; with dropout, given the
     keep mask `keep` the kernels draw from SEED) and lse (with no key: O = 0, lse = +inf); and which
-    sm_90a kernels ran (KV | DQ) as the instances the call's mask and dropout call for."""
+    sm_90a kernels ran (KV | DQ, or ATOMIC) as the instances the call's mask and dropout call for.
+    atomic: dq_accum given (deterministic=False), zeros; where the atomic-dQ kernel ran, dq is
+    dq_accum scaled and cast as the binding does."""
     B, H, L, _ = q.shape
     ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
     if k.shape[2] > 0:
@@ -57,20 +60,27 @@ def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None
     delta = torch.full((B, H, L), float("nan"))
     grads = [torch.full_like(t, float("nan"), memory_format=torch.contiguous_format) for t in (q, k, v)]
     fields = _fields(True, q, k, v, mask, scale, is_causal, dropout_p, seed, o, lse, dout, delta, grads)
+    dq_accum = torch.zeros(B, H, L, q.shape[-1]) if atomic else None
+    if atomic:
+        fields["dq_accum"] = dq_accum.data_ptr()
     inputs = [q, k, v, dout, o, lse, delta, seed] + ([mask] if mask is not None else [])
     launched = ctypes.c_int(-1)
     with cuda_sm90_kernels(sm90):
         error = emulator.emu_attention_bwd_sm90(*marshal(fields, inputs), ctypes.byref(launched))
     if error is not None:
         raise ValueError(f"emu_attention_bwd_sm90: {error.decode()}")
+    if launched.value & ATOMIC:
+        assert torch.isnan(grads[0]).all(), "dq written beside dq_accum"
+        grads[0] = (dq_accum * scale).to(q.dtype)
     return grads, launched.value
 
 
 def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False, scale=None,
-          sm90=True, bias=0.0, mask=None, dropout_p=0.0, E=E):
+          sm90=True, bias=0.0, mask=None, dropout_p=0.0, E=E, atomic=False):
     """bias: added to q, subtracted from k (so that every score lies far below 0 when large). mask:
     broadcastable to (B, H, L, S), bool or float. dropout_p > 0: the reference's gradients are given
-    the keep mask Triton draws from SEED, which the kernels must draw bit for bit. Returns the grads."""
+    the keep mask Triton draws from SEED, which the kernels must draw bit for bit. atomic: the opt-in
+    atomic dQ (run_backward), taken at E <= 128. Returns the grads."""
     shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr((torch.randn(shape(h, n)) + b).to(dtype)) for h, n, b in ((H, L, bias), (Hkv, S, -bias), (Hkv, S, 0)))
@@ -81,8 +91,8 @@ def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, tran
         from fasttx.triton_kernels.attention import dropout_keep_mask
 
         keep = dropout_keep_mask(SEED, B, H, L, S, dropout_p, DEVICE).cpu()
-    grads, launched = run_backward(emulator, q, k, v, dout, scale, is_causal, sm90, mask, dropout_p, keep)
-    assert launched == (KV | DQ if sm90 else 0)
+    grads, launched = run_backward(emulator, q, k, v, dout, scale, is_causal, sm90, mask, dropout_p, keep, atomic)
+    assert launched == (0 if not sm90 else ATOMIC if atomic and E <= 128 else KV | DQ)
 
     leaves = [t.double().requires_grad_() for t in (q, k, v)]
     ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
@@ -276,3 +286,44 @@ def test_head_dim_256_causal_dropout(emulator):
     """Causal with dropout, no mask: the instance whose dK pass spilled with the draw under S^T and dP^T
     (Sm90Bwd::kDrawFirst); GQA."""
     check(emulator, 1, 2, 1, 70, 130, torch.bfloat16, is_causal=True, dropout_p=0.3, E=256)
+
+
+# The opt-in atomic dQ (deterministic=False, Sm90Grad::kKVAtomicQ): the dK/dV kernel also computes
+# dS K over each consumer's 64 keys from its stored dS^T (wgmma with both operands MN-major), the two
+# consumers sum their partials through shared memory, and each adds its half of the columns into
+# dq_accum with vector reductions; no dQ kernel. At every head dim with instances (E = 128 issues dQ's
+# product after dV's and dK's), L and S not multiples of the tiles (several query tiles, so the swap
+# buffers of both parities are reused), GQA (the CTA adds for each query head), causal, masks with
+# fully masked rows, dropout.
+ATOMIC_E = [64, 96, 128]
+
+
+@pytest.mark.parametrize("E", ATOMIC_E)
+def test_atomic_dq_plain_causal_gqa(emulator, E):
+    check(emulator, 1, 2, 1, 150, 200, torch.float16, E=E, atomic=True)
+    check(emulator, 2, 2, 2, 130, 100, torch.bfloat16, is_causal=True, transposed=True, E=E, atomic=True)
+
+
+@pytest.mark.parametrize("E", ATOMIC_E)
+def test_atomic_dq_masks_dropout(emulator, E):
+    B, H, L, S = 2, 2, 70, 130
+    bool_mask = torch.rand(B, 1, 1, S) > 0.3
+    bool_mask[0] = False
+    dq, _, _ = check(emulator, B, H, H, L, S, torch.float16, mask=bool_mask, dropout_p=0.2, E=E, atomic=True)
+    assert (dq[0] == 0).all()
+    check(emulator, 1, 3, 1, 100, 140, torch.bfloat16, is_causal=True, mask=_mask("float_full", 1, 3, 100, 140),
+          dropout_p=0.25, E=E, atomic=True)
+
+
+def test_atomic_dq_one_row_one_key(emulator):
+    check(emulator, 1, 1, 1, 1, 1, torch.bfloat16, atomic=True)
+
+
+def test_atomic_dq_at_head_dim_256_runs_the_deterministic_kernels(emulator):
+    """No atomic instance at E = 256 (dQ's accumulator beside dK's or dV's would not fit): the two dK/dV
+    passes and the dQ kernel run, dq written, dq_accum left alone."""
+    check(emulator, 1, 2, 1, 70, 130, torch.float16, E=256, atomic=True)
+
+
+def test_atomic_dq_switched_off_runs_the_sm80_kernels(emulator):
+    check(emulator, 1, 2, 1, 70, 130, torch.float16, sm90=False, atomic=True)

@@ -230,6 +230,36 @@ def test_sm90a_attention_dkdv_is_wgmma_and_tma_without_local_memory(head_dim):
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 
 
+# The atomic-dQ instances of the dK/dV kernel (Sm90Grad 3, kKVAtomicQ; E = 64, 96, 128): the products of
+# the dK/dV pass plus dQ += dS K, 4 k-steps of 64 x E; the 8-byte reductions, E / 16 column tiles x 2
+# rows a thread, compiled once for each consumer's half (the half is a compile-time index); the local
+# memory ptxas left: E = 128, non-causal dropout without a mask (fp16, bf16), one 8-byte value spilled
+# and reloaded once (csrc/attention/README.md, "Atomic dQ").
+_SM90_ATOMIC_SASS = {64: {"64x64": 20}, 96: {"64x64": 12, "64x96": 12}, 128: {"64x64": 16, "64x128": 12}}
+
+
+@needs_nvcc
+@pytest.mark.parametrize("head_dim", sorted(_SM90_ATOMIC_SASS))
+def test_sm90a_attention_atomic_dq_is_wgmma_tma_and_vector_reductions(head_dim):
+    names = [f"_ZN6fasttx4attn28attention_bwd_kv_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}ELNS0_8Sm90GradE3EEEv"
+             "NS0_13Sm90BwdParamsE" for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
+    sass = _sm90a_kernels_sass(names)
+    _, _, loads = _SM90_BWD_SASS[head_dim]
+    for name in names:
+        code = "\n".join(sass[("sm_90a", name)])
+        assert _hgmma_shapes(code) == _SM90_ATOMIC_SASS[head_dim], name
+        assert code.count("UTMALDG.4D") == loads, name
+        assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0" in code, name
+        assert code.count("REDG.E.ADD.F32x2") == 2 * 2 * head_dim // 16, name
+        assert "REDG.E.ADD.F32 " not in code and "ATOMG" not in code, name
+        spills = head_dim == 128 and "ELb0ELb0ELb1ELNS0_8Sm90Grad" in name
+        assert (code.count("STL"), code.count("LDL")) == ((1, 1) if spills else (0, 0)), name
+        dropout = "ELb1ELNS0_8Sm90Grad" in name
+        assert code.count("SHFL") == (12 if dropout else 0), name
+        stub = "\n".join(sass.get(("sm_80", name), []))
+        assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
+
+
 @needs_nvcc
 @pytest.mark.parametrize("head_dim", sorted(_SM90_BWD_SASS))
 def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory(head_dim):
@@ -533,7 +563,7 @@ def test_generator_writes_the_list_and_removes_dropped_head_dims(tmp_path):
     assert sorted(os.listdir(tmp_path / "csrc" / "attention")) == [
         "attention_bwd_hdim64.cu", "attention_fwd_hdim64.cu", "attention_kernels.h"]
     text = (tmp_path / "csrc" / "attention" / "attention_bwd_hdim64.cu").read_text()
-    assert "template void attention_bwd_hdim<64>(const AttentionBwdParams& p, cudaStream_t stream);" in text
+    assert "template bool attention_bwd_hdim<64>(const AttentionBwdParams& p, cudaStream_t stream);" in text
     header = (tmp_path / "csrc" / "attention" / "attention_kernels.h").read_text()
     assert "#ifdef FASTTX_ATTENTION_SKIP_HDIM64\n    {64, false},\n#else\n    {64, true},\n#endif" in header
 

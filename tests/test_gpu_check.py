@@ -193,7 +193,8 @@ def test_sm90_cases_run_forward_and_backward_switched_on():
     run("torch")
     assert seen == [("forward", True), ("backward", True)]
     sm90 = [c for c in gpu_sanitize.cases() if "sm_90a" in c.name]
-    assert len(sm90) == 10 and any("causal gqa" in c.name for c in sm90) and any("mask" in c.name for c in sm90)
+    assert len(sm90) == 12 and any("causal gqa" in c.name for c in sm90)
+    assert sum("atomic dQ" in c.name for c in sm90) == 2 and any("mask" in c.name for c in sm90)
     assert {f"E={e} " for e in (64, 96, 128, 256)} == {f"E={c.name.split('E=')[1].split()[0]} " for c in sm90}
     assert any("dropout" in c.name and "mask" in c.name for c in sm90)
     for case in sm90:

@@ -58,19 +58,27 @@ struct AttentionBwdParams : AttentionParams {
   void* dq;              // (B, H, L, E) contiguous
   void* dk;              // (B, Hkv, S, E) contiguous
   void* dv;              // (B, Hkv, S, E) contiguous
+  // (B, H, L, E) contiguous fp32 zeros, or null. Given, the sm_90a dK/dV kernel may add dQ / scale
+  // into it with atomics instead of the dQ kernel writing dq (deterministic=False: attention_bwd_launch
+  // says which happened); null, dQ is written to dq, deterministically.
+  float* dq_accum;
 };
 
 // Launch on `stream`; launch errors are left for cudaGetLastError. Every size may be 0 but B * H.
-// False, launching nothing, when p.head_dim is not a built one of kAttentionHeadDims (the binding
-// rejects those first).
+// False (kNone), launching nothing, when p.head_dim is not a built one of kAttentionHeadDims (the
+// binding rejects those first).
 bool attention_fwd_launch(const AttentionParams& p, cudaStream_t stream);
-bool attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream);
+// What the backward launched: nothing, or the gradients with dQ in dq, or dQ / scale added into
+// p.dq_accum (the sm_90a atomic-dQ kernel, only where p.dq_accum is given and that kernel runs).
+enum class BwdLaunch { kNone, kDq, kDqAccumulated };
+BwdLaunch attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream);
 
 // One per head dim (the generated attention_{fwd,bwd}_hdim*.cu), so that the instantiations compile
 // in parallel.
 template <int kHeadDim>
 void attention_fwd_hdim(const AttentionParams& p, cudaStream_t stream);
+// True where dQ went into p.dq_accum (BwdLaunch::kDqAccumulated).
 template <int kHeadDim>
-void attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream);
+bool attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream);
 
 }  // namespace fasttx

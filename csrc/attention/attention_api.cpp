@@ -5,6 +5,7 @@
 
 #include "attention/attention_api.h"
 
+#include <ATen/Context.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "attention/sm90/attention_sm90.h"
 #include "attention/philox.h"
 #include "common/checks.h"
 #include "common/constants.h"
@@ -204,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& out_in, const at::Tensor& lse, const std::optional<at::Tensor>& mask, double scale,
-    bool is_causal, double dropout_p, const std::optional<at::Tensor>& seed) {
+    bool is_causal, double dropout_p, const std::optional<at::Tensor>& seed, bool deterministic) {
   const char* op = kBwdOp;
   check_qkv(op, q_in, k_in, v_in);
   const int64_t B = q_in.size(0), H = q_in.size(1), L = q_in.size(2);
@@ -249,9 +251,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
-    TORCH_INTERNAL_ASSERT(attention_bwd_launch(p, c10::cuda::getCurrentCUDAStream()), "no kernels for E = ",
-                          num(int64_t{p.head_dim}), " past check_head_dim");
+    // The atomic-dQ kernel adds dQ / scale into fp32 zeros, scaled and cast into dq below; the buffer
+    // only where that kernel may run (switched on, a call it takes), so that no other call pays for it.
+    at::Tensor dq_accum;
+    if (!deterministic && !at::globalContext().deterministicAlgorithms() && attention_sm90_enabled() &&
+        attention_bwd_kvq_sm90_supports(p)) {
+      dq_accum = at::zeros({B, H, L, q.size(3)}, q.options().dtype(at::kFloat));
+      p.dq_accum = dq_accum.data_ptr<float>();
+    }
+    const BwdLaunch launched = attention_bwd_launch(p, c10::cuda::getCurrentCUDAStream());
+    TORCH_INTERNAL_ASSERT(launched != BwdLaunch::kNone, "no kernels for E = ", num(int64_t{p.head_dim}),
+                          " past check_head_dim");
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (launched == BwdLaunch::kDqAccumulated) dq.copy_(dq_accum.mul_(scale));
   } else if (dq.numel() > 0) {
     dq.zero_();  // no keys: every row is fully masked
   }

@@ -20,10 +20,12 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q, const
                                                       const std::optional<at::Tensor>& mask, double scale,
                                                       bool is_causal, double dropout_p,
                                                       const std::optional<at::Tensor>& seed);
-// (dq, dk, dv), contiguous, in the inputs' shapes and dtype.
+// (dq, dk, dv), contiguous, in the inputs' shapes and dtype. deterministic = false (and
+// torch.use_deterministic_algorithms off) lets the sm_90a backward add dQ with atomics, where it runs
+// (attention_sm90.h: attention_bwd_kvq_sm90); every other kernel is deterministic either way.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse, const std::optional<at::Tensor>& mask, double scale, bool is_causal, double dropout_p,
-    const std::optional<at::Tensor>& seed);
+    const std::optional<at::Tensor>& seed, bool deterministic);
 
 }  // namespace fasttx

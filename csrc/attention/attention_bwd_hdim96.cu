@@ -4,5 +4,5 @@
 #include "attention/attention_launch.cuh"
 
 namespace fasttx {
-template void attention_bwd_hdim<96>(const AttentionBwdParams& p, cudaStream_t stream);
+template bool attention_bwd_hdim<96>(const AttentionBwdParams& p, cudaStream_t stream);
 }  // namespace fasttx

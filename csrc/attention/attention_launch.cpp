@@ -41,8 +41,11 @@ bool attention_fwd_launch(const AttentionParams& p, cudaStream_t stream) {
   return head_dim_switch(p.head_dim, [&](auto d) { attention_fwd_hdim<decltype(d)::value>(p, stream); }, kEntries);
 }
 
-bool attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
-  return head_dim_switch(p.head_dim, [&](auto d) { attention_bwd_hdim<decltype(d)::value>(p, stream); }, kEntries);
+BwdLaunch attention_bwd_launch(const AttentionBwdParams& p, cudaStream_t stream) {
+  bool accumulated = false;
+  const bool launched = head_dim_switch(
+      p.head_dim, [&](auto d) { accumulated = attention_bwd_hdim<decltype(d)::value>(p, stream); }, kEntries);
+  return !launched ? BwdLaunch::kNone : accumulated ? BwdLaunch::kDqAccumulated : BwdLaunch::kDq;
 }
 
 }  // namespace fasttx

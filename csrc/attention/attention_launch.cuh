@@ -18,15 +18,18 @@ void attention_fwd_run(const AttentionParams& p, cudaStream_t stream) {
          kThreads, fwd_smem_bytes<T, kHeadDim, kMask, kDropout>(), stream, p);
 }
 
+// True where dQ went into p.dq_accum (the sm_90a atomic-dQ kernel ran), false where dq holds it.
 template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
-void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
+bool attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
   launch(attention_bwd_delta_kernel<T, kHeadDim>, dim3((p.queries + kWarps - 1) / kWarps, p.heads, p.batch), kThreads,
          0, stream, p);
   // dK/dV and dQ: the sm_90a kernels where they are switched on and the device, the build and the
-  // call allow (attention_sm90.h); else sm_80's.
+  // call allow (attention_sm90.h), with dQ added by the dK/dV kernel where p.dq_accum is given;
+  // else sm_80's.
   const bool sm90 = attention_sm90_enabled() && attention_bwd_sm90_supports(p);
   const dim3 kv_grid((p.keys + kBwdKeys - 1) / kBwdKeys, p.kv_heads, p.batch);
   constexpr int kv_smem = bwd_kv_smem_bytes<T, kHeadDim>();
+  if (sm90 && p.dq_accum != nullptr && attention_bwd_kvq_sm90(p, stream)) return true;
   if (sm90 && attention_bwd_kv_sm90(p, stream)) {
     // the sm_90a kernel has it
   } else if constexpr (kHeadDim <= 128) {
@@ -40,6 +43,7 @@ void attention_bwd_run(const AttentionBwdParams& p, cudaStream_t stream) {
            dim3((p.queries + kBlockM - 1) / kBlockM, p.heads, p.batch), kThreads, bwd_q_smem_bytes<T, kHeadDim>(), stream,
            p);
   }
+  return false;
 }
 
 }  // namespace attn
@@ -52,10 +56,12 @@ void attention_fwd_hdim(const AttentionParams& p, cudaStream_t stream) {
 }
 
 template <int kHeadDim>
-void attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
+bool attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
+  bool accumulated = false;
   attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
-    attn::attention_bwd_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+    accumulated = attn::attention_bwd_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
   });
+  return accumulated;
 }
 
 }  // namespace fasttx

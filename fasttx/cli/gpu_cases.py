@@ -91,7 +91,8 @@ def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_c
     reference's, so such a case is run (forward and backward) but not compared. ``sm90``: forward and
     backward run with FASTTX_ATTENTION_SM90=1, the switch of the CUDA sm_90a forward, dK/dV and dQ kernels
     (csrc/attention/sm90/attention_sm90.h).
-    ``deterministic=False``: fasttx's opt-in backward (Triton: atomic dQ); the reference takes no such flag."""
+    ``deterministic=False``: fasttx's opt-in backward (atomic dQ: Triton's, and the sm_90a kernels'); the
+    reference takes no such flag."""
     kv_heads = kv_heads or heads
 
     def make(device):

@@ -17,7 +17,8 @@ Branches, from csrc/:
   and the sm_90a forward, dK/dV and dQ kernels (attention/sm90, switched on for their cases: head dim
   128, no mask, GQA, causal with L < S leaving key blocks no query sees; a bool mask with GQA; a float
   mask with dropout; the other tiles at head dims 64, 96 and 256, forward and backward, at 256 a
-  causal bool-mask case and a causal GQA dropout case; on other devices these run the sm_80 kernels).
+  causal bool-mask case and a causal GQA dropout case; the opt-in atomic dQ at 128 and 96; on other
+  devices these run the sm_80 kernels).
 
     python -m fasttx.cli.gpu_sanitize [--backend cuda] [--only SUBSTRING]
 
@@ -66,6 +67,11 @@ def cases():
                  att(1, 2, 130, 170, 256, bf16, mask="float", dropout_p=0.2, sm90=True),
                  att(2, 2, 150, 200, 256, fp16, mask="bool", is_causal=True, sm90=True),
                  att(1, 4, 130, 200, 256, bf16, is_causal=True, kv_heads=2, dropout_p=0.2, sm90=True)]
+    # the opt-in atomic dQ (deterministic=False: the dK/dV kernel's kKVAtomicQ instance, its dS^T and
+    # dQ halves passed through shared memory, no dQ kernel), at E = 128 (dQ's product after dV's and
+    # dK's) and 96
+    selected += [att(2, 4, 150, 300, 128, bf16, is_causal=True, kv_heads=2, sm90=True, deterministic=False),
+                 att(1, 2, 100, 170, 96, fp16, mask="bool", dropout_p=0.2, sm90=True, deterministic=False)]
     return selected
 
 

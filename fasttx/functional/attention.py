@@ -154,9 +154,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     """Attention with the semantics of ``torch.nn.functional.scaled_dot_product_attention``
     (bool attn_mask True = takes part, float added; is_causal top-left aligned; enable_gqa), see
     the module docstring. ``backend``: "auto", "torch", "triton" or "cuda". ``deterministic=False``
-    lets the Triton backward add dQ with atomics (5 matrix products instead of 7, fp32 sums in a
-    varying order: not bitwise reproducible); torch.use_deterministic_algorithms(True) overrides it.
-    The CUDA C++ and torch backends are deterministic either way."""
+    lets the backward add dQ with atomics (5 matrix products instead of 7, fp32 sums in a varying
+    order: not bitwise reproducible): the Triton one, and the CUDA C++ one where its sm_90a kernels
+    run (FASTTX_ATTENTION_SM90=1 on an sm_90 device, head dims 64, 96, 128);
+    torch.use_deterministic_algorithms(True) overrides it. The other CUDA C++ kernels and the torch
+    backend are deterministic either way."""
     if _torch_sdpa_as_is(query, key, value, attn_mask, dropout_p, scale, backend, deterministic):
         try:
             return F.scaled_dot_product_attention(query, key, value, None, dropout_p, is_causal,

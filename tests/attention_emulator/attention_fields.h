@@ -24,7 +24,7 @@ inline std::vector<Field<fasttx::AttentionBwdParams>> bwd_fields() {
   using P = fasttx::AttentionBwdParams;
   std::vector<Field<P>> fields = fwd_fields<P>();
   fields.insert(fields.end(), {FIELD(P, dout), FIELD(P, dout_strides), FIELD(P, o_strides), FIELD(P, delta),
-                               FIELD(P, dq), FIELD(P, dk), FIELD(P, dv)});
+                               FIELD(P, dq), FIELD(P, dk), FIELD(P, dv), FIELD(P, dq_accum)});
   return fields;
 }
 

@@ -11,6 +11,7 @@
 #include "attention_kernels.inc"  // every generated attention_{fwd,bwd}_hdim*.cu
 #include "attention/sm90/attention_fwd_sm90.cu"  // the dispatch names it; never launched here
 #include "attention/sm90/attention_bwd_sm90.cu"  // likewise (emulator_sm90_bwd.cpp runs it)
+#include "attention/sm90/attention_bwd_atomic_sm90.cu"  // likewise
 #include "attention/sm90/attention_dq_sm90.cu"   // likewise
 
 #include "attention_fields.h"
@@ -23,7 +24,8 @@ extern "C" const char* emu_attention(int backward, const char* const* fields, in
   return emu::error_or_null([&] {
     emu::set_ranges(ranges, n_ranges);
     const bool launched =
-        backward ? fasttx::attention_bwd_launch(emu::params(emu::bwd_fields(), fields, n_fields), nullptr)
+        backward ? fasttx::attention_bwd_launch(emu::params(emu::bwd_fields(), fields, n_fields), nullptr) !=
+                       fasttx::BwdLaunch::kNone
                  : fasttx::attention_fwd_launch(
                        emu::params(emu::fwd_fields<fasttx::AttentionParams>(), fields, n_fields), nullptr);
     if (!launched) throw std::runtime_error("no kernels for this head_dim");

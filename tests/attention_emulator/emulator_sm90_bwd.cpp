@@ -12,6 +12,7 @@
 #include "attention/attention_bwd_hdim256.cu"
 #include "attention/attention_bwd_hdim64.cu"
 #include "attention/attention_bwd_hdim96.cu"
+#include "attention/sm90/attention_bwd_atomic_sm90.cu"
 #include "attention/sm90/attention_bwd_sm90.cu"
 #include "attention/sm90/attention_dq_sm90.cu"
 #include "attention/sm90/attention_fwd_sm90.cu"  // attention_sm90_enabled
@@ -33,7 +34,7 @@ std::ptrdiff_t launch_index(Kernel* kernel) {
 
 // Whether the instance of each sm_90a backward kernel that p calls for (its dtype, causal flag, mask
 // presence and dropout) ran in the last backward: bit 1 the dK/dV kernel (at E = 256 both its passes,
-// dV then dK), bit 2 the dQ kernel.
+// dV then dK), bit 2 the dQ kernel, bit 4 the dK/dV kernel with atomic dQ.
 template <int E>
 int ran_sm90(const AttentionParams& p) {
   int ran = 0;
@@ -48,17 +49,21 @@ int ran_sm90(const AttentionParams& p) {
       ran |= v < k && k != none ? 1 : 0;
     } else {
       ran |= kv.template operator()<Sm90Grad::kKV>() != none ? 1 : 0;
+      ran |= kv.template operator()<Sm90Grad::kKVAtomicQ>() != none ? 4 : 0;
     }
     ran |= launch_index(attn::attention_bwd_q_sm90_kernel<T, E, kCausal, kMask, kDropout>) != none ? 2 : 0;
   });
   return ran;
 }
 
-// The backward of head dim E, from attention_bwd_launch's dispatch on; which sm_90a kernels ran.
+// The backward of head dim E, from attention_bwd_launch's dispatch on; which sm_90a kernels ran. What
+// the launch code says of dQ (in dq_accum or not) must be whether the atomic-dQ kernel ran.
 template <int E>
 int backward(const AttentionBwdParams& p) {
-  attention_bwd_hdim<E>(p, nullptr);
-  return ran_sm90<E>(p);
+  const bool accumulated = attention_bwd_hdim<E>(p, nullptr);
+  const int ran = ran_sm90<E>(p);
+  if (accumulated != ((ran & 4) != 0)) throw std::runtime_error("attention_bwd_hdim misreports where dQ went");
+  return ran;
 }
 
 }  // namespace
@@ -66,7 +71,7 @@ int backward(const AttentionBwdParams& p) {
 // fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h),
 // for the backward at head dim 64, 96, 128 or 256 on an emulated sm_90a device; *launched: which sm_90a
 // kernels ran, each instead of its sm_80 counterpart and as the instance the call's mask and dropout
-// call for: 1 the dK/dV kernel, 2 the dQ kernel (or of both).
+// call for: 1 the dK/dV kernel, 2 the dQ kernel, 4 the dK/dV kernel with atomic dQ (or of them).
 extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
                                               int n_ranges, int* launched) {
   *launched = 0;

@@ -8,13 +8,6 @@ namespace fasttx {
 namespace attn {
 namespace {
 
-template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, Sm90Grad kGrad>
-bool attention_bwd_kv_sm90_pass(const AttentionBwdParams& p, cudaStream_t stream) {
-  using C = Sm90Bwd<kHeadDim, kGrad>;
-  return launch_bwd_sm90<C, T>(attention_bwd_kv_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGrad>, p,
-                               dim3((p.keys + C::kBlockN - 1) / C::kBlockN, p.kv_heads, p.batch), stream);
-}
-
 // dK and dV in one pass, or (sm90_bwd_split) dV then dK. Both passes use the same maps and device
 // check, so the second is refused only where the first was.
 template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>

@@ -36,8 +36,23 @@
 // Tiles are 128B-swizzled as the forward's (smem_layout_sm90.h). Rows past L or S arrive as zeros:
 // padding queries then add nothing (Q = dO = 0, P = 0); padding keys reach only their own dK / dV
 // rows, never stored.
-// Not yet: overlap of a tile's S^T with the previous tile's dV / dK wgmma, dQ in the same kernel
-// (FlashAttention-3 accumulates it with atomics: not deterministic), a TMA store of dK / dV.
+// Atomic dQ (Sm90Grad::kKVAtomicQ, the opt-in deterministic=False, E <= 128): the kernel also does the
+// fifth product, dQ += dS K, and adds it into an fp32 (B, H, L, E) buffer with atomics, so that the dQ
+// kernel, which recomputes S and dP (7 products where FlashAttention-3 does 5), does not run. dS is
+// held transposed, keys along rows (dS^T), where dQ's wgmma wants queries along its M: each consumer
+// stores its 64 rows of dS^T into shared memory and reads them back MN-major (the transpose bit), with
+// its 64 rows of K, MN-major too, from the K tile already there: a 64 x E partial over its own keys.
+// Why each consumer over its own keys: one product over the CTA's 128 keys would have to be issued by
+// one consumer a step, a branch around a wgmma, which ptxas serializes (C7520, every wgmma of the
+// kernel); split along E instead, at E = 64 and 96 a half would start inside a swizzled row, which no
+// canonical layout allows. The two partials are summed before the atomics, so that a CTA adds 64 x E
+// fp32 a step (FlashAttention-2 and -3 add as much per 64 x 128 tile pair), not twice that: each
+// consumer passes the half of its columns the other adds through shared memory (by step parity), and
+// adds its half of the sum with 8-byte vector reductions (red.global.add.v2.f32) straight from the
+// D fragment. The binding scales and casts the buffer (torch ops). FlashAttention-3 instead stages dQ
+// in shared memory for a TMA bulk reduction from another warp: fewer instructions on the consumers,
+// more shared memory; not tried.
+// Not yet: overlap of a tile's S^T with the previous tile's dV / dK wgmma, a TMA store of dK / dV.
 
 #include "attention/sm90/bwd_common_sm90.cuh"
 
@@ -45,8 +60,13 @@ namespace fasttx {
 namespace attn {
 
 // Which gradients a dK/dV kernel accumulates: both in one pass (E <= 128), or, at E = 256, dV in a
-// first pass and dK in a second (launched one after the other; each writes its own gradient once).
-enum class Sm90Grad { kKV, kV, kK };
+// first pass and dK in a second (launched one after the other; each writes its own gradient once);
+// or both and dQ by atomics (E <= 128, Sm90BwdAtomicHeadDims).
+enum class Sm90Grad { kKV, kV, kK, kKVAtomicQ };
+
+// The head dims with atomic-dQ instances: those of one pass (dQ's E / 2 accumulator registers beside
+// dK and dV's E; at E = 256 these alone take a consumer's registers).
+using Sm90BwdAtomicHeadDims = std::integer_sequence<int, 64, 96, 128>;
 
 // Whether head dim kE takes two passes (dV, then dK): dK and dV of 64 keys are 2 x E / 2 fp32 registers
 // a thread, 256 at E = 256, over the 240 of a consumer before S^T and dP^T.
@@ -55,10 +75,16 @@ constexpr bool sm90_bwd_split = kE > 128;
 
 template <int kE, Sm90Grad kGrad = Sm90Grad::kKV>
 struct Sm90Bwd : Sm90BwdHead<kE> {
-  static_assert(sm90_bwd_split<kE> == (kGrad != Sm90Grad::kKV), "E = 256 takes two passes, the others one");
+  static_assert(sm90_bwd_split<kE> == (kGrad == Sm90Grad::kV || kGrad == Sm90Grad::kK),
+                "E = 256 takes two passes, the others one");
   using Head = Sm90BwdHead<kE>;
   static constexpr bool kDv = kGrad != Sm90Grad::kK;  // accumulates dV = P^T dO (needs K, Q, dO)
   static constexpr bool kDk = kGrad != Sm90Grad::kV;  // accumulates dK = dS^T Q (dP^T: needs V too)
+  static constexpr bool kAtomicDq = kGrad == Sm90Grad::kKVAtomicQ;  // adds dQ = dS K (/ scale) by atomics
+  // kAtomicDq at E = 128: dQ's product issued once dV's and dK's have retired. Issued with them, its 64
+  // accumulators live beside dK, dV (128) and their packed A fragments (32), and ptxas serialized the
+  // wgmma (C7512) and spilled 8 bytes in 6 of 16 instances; at E = 64, 96 (32, 48) they fit.
+  static constexpr bool kDqAfter = kAtomicDq && kE == 128;
   static constexpr int kBlockN = 128;  // keys per CTA: two consumer warpgroups of 64
   static constexpr int kBlockM = 64;   // queries per streamed tile
   static constexpr int kThreads = 3 * 128;
@@ -68,19 +94,26 @@ struct Sm90Bwd : Sm90BwdHead<kE> {
   static constexpr int kTileBytes = kBlockM * Head::kRowBytes;  // one Q or dO tile
   static constexpr int kStatBytes = kBlockM * 4;                // lse (base 2) or D of a tile
   static constexpr int kKvTiles = kDk ? 2 : 1;                  // K, and V where dP^T is needed
+  // kAtomicDq: dS^T of a tile (128 keys x 64 queries: 64 rows a consumer), and the halves of the dQ
+  // partials the consumers pass each other (64 x E / 2 fp32 to each, two sets by step parity).
+  static constexpr int kDsBytes = kAtomicDq ? kBlockN * kSwizzleBytes : 0;
+  static constexpr int kSwapBytes = kAtomicDq ? 2 * 2 * 64 * (kE / 2) * 4 : 0;
   // Dropout's draw before S^T and dP^T are issued, not while they run: in E = 256's dK pass, dK's 128
   // registers beside the two in-flight fragments leave Philox no room (causal: 8 bytes spilled).
   static constexpr bool kDrawFirst = kGrad == Sm90Grad::kK;
   // Bytes of the layout below with `stages` stages, barriers and alignment slack included.
   static constexpr int smem_bytes(int stages) {
-    return kKvTiles * kKvBytes + stages * (2 * kTileBytes + 2 * kStatBytes) + 8 * (1 + 3 * stages) + kSwizzleAtomBytes;
+    return kKvTiles * kKvBytes + kDsBytes + kSwapBytes + stages * (2 * kTileBytes + 2 * kStatBytes) +
+           8 * (1 + 3 * stages) + kSwizzleAtomBytes;
   }
   // 2 stages where they fit; E = 256's dK pass (K, V 128 KB) has room for one (Q, dO 64 KB).
   static constexpr int kStages = smem_bytes(2) <= 227 * 1024 ? 2 : 1;
-  // Offsets from the 1024-byte aligned base: K, V (kDk), Q[kStages], dO[kStages], lse[kStages],
-  // D[kStages], then the mbarriers.
+  // Offsets from the 1024-byte aligned base: K, V (kDk), dS^T and the dQ halves (kAtomicDq),
+  // Q[kStages], dO[kStages], lse[kStages], D[kStages], then the mbarriers.
   static constexpr int kVOffset = kKvBytes;
-  static constexpr int kQOffset = kKvTiles * kKvBytes;
+  static constexpr int kDsOffset = kKvTiles * kKvBytes;
+  static constexpr int kSwapOffset = kDsOffset + kDsBytes;
+  static constexpr int kQOffset = kSwapOffset + kSwapBytes;
   static constexpr int kDoOffset = kQOffset + kStages * kTileBytes;
   static constexpr int kLseOffset = kDoOffset + kStages * kTileBytes;
   static constexpr int kDeltaOffset = kLseOffset + kStages * kStatBytes;
@@ -93,6 +126,9 @@ struct Sm90Bwd : Sm90BwdHead<kE> {
   // setmaxnreg budgets: 128 x (24 + 2 x 240) <= 64K registers of the SM for the CTA.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = 240;
+  // kAtomicDq's named barriers: a consumer's dS^T rows stored (one per consumer), the dQ halves passed.
+  static constexpr int kDsBarrier = 1;
+  static constexpr int kSwapBarrier = 3;
 };
 
 // The kernel's parameters (Sm90BwdParams): boxes of 64 x 64 for q, dout, 64 x 128 for k, v.
@@ -171,6 +207,76 @@ __device__ __forceinline__ void sm90_bwd_produce_rows(const AttentionBwdParams& 
       row_stats(p, bh, i, lse2[r], delta[r]);
     }
     mbar_arrive(bar.q_full + stage);  // releases the stores above to the consumers' wait
+  }
+}
+
+// kAtomicDq: this consumer's 64 rows of the tile's dS^T (its packed A fragments, dsf[kk][r]: key
+// row 16 w + g + 8 (r & 1), query columns 16 kk + 8 (r >> 1) + 2 t, + 1) into rows 64 wg .. of the
+// dS^T tile, swizzled as a TMA box lands (row % 8 = g: the 4-byte stores of a warp fall in 32
+// different banks), fenced for the async proxy, then the warpgroup's barrier. Their shared address.
+// Rewritten a step later only once this consumer's wgmma reading them has retired.
+template <typename C>
+__device__ __forceinline__ uint32_t sm90_bwd_store_ds(unsigned char* base, const uint32_t (&dsf)[4][4], int wg) {
+  const int tid = threadIdx.x % 128;
+  unsigned char* rows = base + C::kDsOffset + 64 * wg * kSwizzleBytes;
+  const int row = 16 * (tid / 32) + (tid % 32) / 4;
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int key = row + 8 * (r & 1), chunk = 2 * kk + (r >> 1);  // 16-byte chunk: queries 8 chunk ..
+      *reinterpret_cast<uint32_t*>(rows + key * kSwizzleBytes + ((chunk ^ (key % 8)) * 16) + 4 * (tid % 4)) =
+          dsf[kk][r];
+    }
+  }
+  fence_proxy_async_shared();
+  named_barrier_sync(C::kDsBarrier + wg, 128);
+  return smem_addr(rows);
+}
+
+// kAtomicDq: the CTA's dQ / scale of a tile, the sum of both consumers' partials (this thread's D
+// fragment dq: queries `query` and query + 8, columns 8 i + 2 t, + 1), added into p.dq_accum. Consumer
+// wg adds the column tiles i of its half, [wg, wg + 1) E / 16: it passes the other half to the other
+// consumer's thread of the same index (same fragment positions) through the swap buffer of the step's
+// parity, laid out [pair of the half][thread] (8-byte accesses, consecutive threads consecutive words:
+// no bank conflict), then adds what it received to its own half. The set of step j is rewritten at
+// step j + 2 only: a consumer reaches that step's barrier after the other has passed step j + 1's,
+// hence finished reading step j's. Rows past L skipped.
+template <typename C>
+__device__ __forceinline__ void sm90_bwd_add_dq(const AttentionBwdParams& p, unsigned char* base,
+                                                const float (&dq)[C::kHeadDim / 2], int wg, int step, int64_t bh,
+                                                int query) {
+  constexpr int kHalf = C::kHeadDim / 16;  // column tiles of 8 a consumer adds
+  const int tid = threadIdx.x % 128, t = tid % 4;
+  float2* swap = reinterpret_cast<float2*>(base + C::kSwapOffset + (step % 2) * (C::kSwapBytes / 2));
+  // The halves as compile-time indices into dq (a run-time index would put it in local memory).
+  const auto add = [&]<int kMine>() {
+    constexpr int kOther = 1 - kMine;
+    float2* to_other = swap + kOther * (2 * kHalf * 128);
+    const float2* to_me = swap + kMine * (2 * kHalf * 128);
+#pragma unroll
+    for (int i = 0; i < kHalf; ++i) {
+      const int e = 4 * (kOther * kHalf + i);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) to_other[(2 * i + h) * 128 + tid] = make_float2(dq[e + 2 * h], dq[e + 2 * h + 1]);
+    }
+    named_barrier_sync(C::kSwapBarrier, C::kConsumerThreads);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (query + 8 * h >= p.queries) continue;
+      float* row = p.dq_accum + (bh * p.queries + query + 8 * h) * C::kHeadDim + 2 * t;
+#pragma unroll
+      for (int i = 0; i < kHalf; ++i) {
+        const int e = 4 * (kMine * kHalf + i);
+        const float2 got = to_me[(2 * i + h) * 128 + tid];
+        red_add_f32x2(row + 8 * (kMine * kHalf + i), dq[e + 2 * h] + got.x, dq[e + 2 * h + 1] + got.y);
+      }
+    }
+  };
+  if (wg == 0) {
+    add.template operator()<0>();
+  } else {
+    add.template operator()<1>();
   }
 }
 
@@ -255,17 +361,35 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
         }
       }
     }
-    // dV += P^T dO, dK += dS^T Q, awaited (the stage is then free).
-    wgmma_fence();
-    if constexpr (C::kDv) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
-    if constexpr (C::kDk) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
-    wgmma_commit();
-    if constexpr (!C::kDk) {
-      wgmma_wait<0>(dv, pf);
-    } else if constexpr (!C::kDv) {
-      wgmma_wait<0>(dk, dsf);
+    // dV += P^T dO, dK += dS^T Q, and (kAtomicDq) dQ = dS K over this consumer's 64 keys, awaited
+    // (the stage is then free).
+    if constexpr (C::kAtomicDq) {
+      const uint32_t ds_rows = sm90_bwd_store_ds<C>(base, dsf, wg);
+      float dq[C::kHeadDim / 2];
+      wgmma_fence();
+      sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
+      sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
+      if constexpr (C::kDqAfter) {
+        wgmma_commit();
+        wgmma_wait<0>(dv, dk, pf, dsf);
+        wgmma_fence();
+      }
+      sm90_accumulate_mn<T, C::kHeadDim, C::kBlockN, 64 / 16>(dq, ds_rows, k_rows);
+      wgmma_commit();
+      wgmma_wait<0>(dv, dk, pf, dsf, dq);
+      sm90_bwd_add_dq<C>(p, base, dq, wg, step, bh, m0 + 16 * (tid / 32) + (tid % 32) / 4);
     } else {
-      wgmma_wait<0>(dv, dk, pf, dsf);
+      wgmma_fence();
+      if constexpr (C::kDv) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
+      if constexpr (C::kDk) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
+      wgmma_commit();
+      if constexpr (!C::kDk) {
+        wgmma_wait<0>(dv, pf);
+      } else if constexpr (!C::kDv) {
+        wgmma_wait<0>(dk, dsf);
+      } else {
+        wgmma_wait<0>(dv, dk, pf, dsf);
+      }
     }
     mbar_arrive(bar.empty + stage);  // every wgmma reading this stage has completed
   }
@@ -317,6 +441,15 @@ __global__ void __launch_bounds__(Sm90Bwd<kHeadDim, kGrad>::kThreads, 1)
 #else
   __trap();
 #endif
+}
+
+// Host side: one pass of the kernel (grid over key blocks of 128, kv heads, batches) through
+// launch_bwd_sm90; false where it cannot run here (attention_sm90.h).
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, Sm90Grad kGrad>
+bool attention_bwd_kv_sm90_pass(const AttentionBwdParams& p, cudaStream_t stream) {
+  using C = Sm90Bwd<kHeadDim, kGrad>;
+  return launch_bwd_sm90<C, T>(attention_bwd_kv_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout, kGrad>, p,
+                               dim3((p.keys + C::kBlockN - 1) / C::kBlockN, p.kv_heads, p.batch), stream);
 }
 
 }  // namespace attn

@@ -41,6 +41,15 @@ bool attention_bwd_sm90_supports(const AttentionParams& p);
 // False (nothing launched) as attention_fwd_sm90.
 bool attention_bwd_kv_sm90(const AttentionBwdParams& p, cudaStream_t stream);
 
+// Whether the call is one the atomic-dQ dK/dV kernel implements: as attention_bwd_sm90_supports, E in
+// {64, 96, 128} (Sm90BwdAtomicHeadDims).
+bool attention_bwd_kvq_sm90_supports(const AttentionParams& p);
+
+// Launches the sm_90a dK/dV kernel that also adds dQ / scale into p.dq_accum with atomics (the opt-in
+// deterministic=False; E in {64, 96, 128}: Sm90BwdAtomicHeadDims), instead of the dK/dV and dQ kernels.
+// After the D kernel. False (nothing launched) as attention_fwd_sm90, or for another head dim.
+bool attention_bwd_kvq_sm90(const AttentionBwdParams& p, cudaStream_t stream);
+
 // Launches the sm_90a dQ kernel on `stream`, which reads p.delta: after the D kernel, as the sm_80 dQ
 // kernel it replaces. False (nothing launched) as attention_fwd_sm90.
 bool attention_bwd_q_sm90(const AttentionBwdParams& p, cudaStream_t stream);

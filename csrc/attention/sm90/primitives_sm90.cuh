@@ -199,21 +199,22 @@ __device__ __forceinline__ void wgmma_wait(Regs&... regs) {
       "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
 // D (64 x 128, fp32) = A B + (accumulate ? D : 0), A (64 x 16) and B (16 x 128) from shared memory
-// through descriptors, both K-major.
-template <typename T>
+// through descriptors, both K-major, or both MN-major (kMnMajor: the transpose bits; the atomic-dQ
+// backward's dS K, dS read from its stored transpose).
+template <typename T, bool kMnMajor = false>
 __device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
                  " wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " FASTTX_WGMMA_D64
-                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 ", %64, %65, p, 1, 1, %67, %67;\n}\n"
                  : FASTTX_WGMMA_D64_OPERANDS
-                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(kMnMajor ? 1 : 0));
   } else {
     asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
                  " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FASTTX_WGMMA_D64
-                 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 ", %64, %65, p, 1, 1, %67, %67;\n}\n"
                  : FASTTX_WGMMA_D64_OPERANDS
-                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(kMnMajor ? 1 : 0));
   }
 }
 
@@ -251,21 +252,22 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs_tn(float (&d)[64], const uin
       "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 
 // D (64 x 64, fp32) = A B + (accumulate ? D : 0), A (64 x 16) and B (16 x 64) from shared memory
-// through descriptors, both K-major: the backward's transposed scores S^T = K Q^T and dP^T = V dO^T.
-template <typename T>
+// through descriptors, both K-major: the backward's transposed scores S^T = K Q^T and dP^T = V dO^T;
+// or both MN-major (kMnMajor, as wgmma_m64n128k16_ss): the atomic-dQ backward's dS K at head dim 64.
+template <typename T, bool kMnMajor = false>
 __device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   if constexpr (std::is_same_v<T, __half>) {
     asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"
                  " wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FASTTX_WGMMA_D32
-                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 ", %32, %33, p, 1, 1, %35, %35;\n}\n"
                  : FASTTX_WGMMA_D32_OPERANDS
-                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(kMnMajor ? 1 : 0));
   } else {
     asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"
                  " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FASTTX_WGMMA_D32
-                 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 ", %32, %33, p, 1, 1, %35, %35;\n}\n"
                  : FASTTX_WGMMA_D32_OPERANDS
-                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(kMnMajor ? 1 : 0));
   }
 }
 
@@ -358,6 +360,26 @@ __device__ __forceinline__ void wgmma_m64n96k16_rs_tn(float (&d)[48], const uint
   }
 }
 
+// D (64 x 96, fp32) = A B + (accumulate ? D : 0), A (64 x 16) and B (16 x 96) from shared memory
+// through descriptors, both K-major or both MN-major (kMnMajor, as wgmma_m64n128k16_ss): the
+// atomic-dQ backward's dS K at head dim 96.
+template <typename T, bool kMnMajor = false>
+__device__ __forceinline__ void wgmma_m64n96k16_ss(float (&d)[48], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %50, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 " FASTTX_WGMMA_D48
+                 ", %48, %49, p, 1, 1, %51, %51;\n}\n"
+                 : FASTTX_WGMMA_D48_OPERANDS
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(kMnMajor ? 1 : 0));
+  } else {
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %50, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 " FASTTX_WGMMA_D48
+                 ", %48, %49, p, 1, 1, %51, %51;\n}\n"
+                 : FASTTX_WGMMA_D48_OPERANDS
+                 : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)), "n"(kMnMajor ? 1 : 0));
+  }
+}
+
 #undef FASTTX_WGMMA_D48
 #undef FASTTX_WGMMA_D48_OPERANDS
 
@@ -372,6 +394,14 @@ __device__ __forceinline__ void named_barrier_sync(int id, int count) {
 }
 __device__ __forceinline__ void named_barrier_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
+// ---- global reductions (the atomic-dQ backward) --------------------------------------------------
+
+// *addr += a, *(addr + 1) += b in global memory, one 8-byte reduction (no value returned; sm_90's
+// vector red). addr 8-byte aligned.
+__device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b) {
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(a), "f"(b) : "memory");
 }
 
 // ---- TMA store (the forward's epilogue) -------------------------------------------------------------

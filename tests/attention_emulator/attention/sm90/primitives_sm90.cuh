@@ -13,17 +13,20 @@
 //   parity differs from the one asked (as try_wait.parity); a wait that sees no mbarrier activity
 //   anywhere for kDeadlockSeconds fails (wrong parity, missing arrival, bytes never delivered).
 // - wgmma (m64nNk16, N = 128, 96, 80, 64, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
-//   canonical 128B-swizzled layouts (K-major and MN-major, written here independently of
-//   smem_layout_sm90.h), operands read and D written only at the wgmma_wait that retires the group;
+//   canonical 128B-swizzled layouts (K-major and MN-major, B and, with the transpose bit, A from
+//   shared memory; written here independently of smem_layout_sm90.h), operands read and D written
+//   only at the wgmma_wait that retires the group;
 //   a wgmma without a wgmma_fence since the thread's last wait fails; descriptors must agree across
 //   the warpgroup.
 // - Named barriers (bar.sync / bar.arrive): ids, thread counts and phases, below.
 // - TMA stores: shared memory read at the wait that covers the store, in-bounds elements written, below.
+// - Vector reductions (red.global.add.v2.f32): two atomic fp32 adds, below.
 // What it cannot prove: that the hardware's layout is this reading of the ISA (only a GPU can), timing,
 // async-proxy ordering beyond the above, register allocation under setmaxnreg (a no-op here).
 
 #include <cuda.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -275,6 +278,7 @@ struct WgmmaOp {
   const uint32_t* a[128];  // register A of each thread (4 registers)
   float* d[128];           // D of each thread (n / 2 registers)
   int n = 128;             // N of wgmma.m64nNk16
+  bool trans_a = false;    // A from shared memory MN-major (the transpose bit)
 };
 struct Warpgroup {
   WgmmaOp staging;
@@ -301,7 +305,7 @@ inline float operand(const WgmmaOp& op, bool is_a, int mn, int k) {
     const int owner = 32 * (mn / 16) + 4 * (mn % 8) + (k % 8) / 2;
     bits = static_cast<uint16_t>(op.a[owner][(mn % 16) / 8 + 2 * (k / 8)] >> (16 * (k % 2)));
   } else {
-    const uint32_t addr = desc_element(is_a ? op.desc_a : op.desc_b, mn, k, !is_a && op.trans_b);
+    const uint32_t addr = desc_element(is_a ? op.desc_a : op.desc_b, mn, k, is_a ? op.trans_a : op.trans_b);
     std::memcpy(&bits, smem_at(addr, 2, 2), 2);
   }
   return op.bf16 ? half_to_float<__nv_bfloat16>(bits) : half_to_float<__half>(bits);
@@ -327,6 +331,7 @@ inline void wgmma_issue(const WgmmaOp& mine, const uint32_t* a, float* d) {
     const WgmmaOp head = mine;
     std::memcpy(&wg.staging, &head, offsetof(WgmmaOp, a));
     wg.staging.n = mine.n;
+    wg.staging.trans_a = mine.trans_a;
   }
   wg.staging.a[i] = a;
   wg.staging.d[i] = d;
@@ -369,10 +374,16 @@ inline void wgmma_wait(Regs&...) {
   wgmma_fenced = false;
 }
 
-template <typename T>
-inline void wgmma_m64n128k16_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, false, false, accumulate, desc_a, desc_b, {}, {}};
+// Shared/shared wgmma of width N, both operands K-major or both MN-major (kMnMajor).
+template <typename T, bool kMnMajor, int N>
+inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, false, kMnMajor, accumulate, desc_a, desc_b, {}, {}, N, kMnMajor};
   wgmma_issue(op, nullptr, d);
+}
+
+template <typename T, bool kMnMajor = false>
+inline void wgmma_m64n128k16_ss(float (&d)[64], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  wgmma_ss<T, kMnMajor, 128>(d, desc_a, desc_b, accumulate);
 }
 
 template <typename T>
@@ -381,10 +392,14 @@ inline void wgmma_m64n128k16_rs_tn(float (&d)[64], const uint32_t (&a)[4], uint6
   wgmma_issue(op, a, d);
 }
 
-template <typename T>
+template <typename T, bool kMnMajor = false>
 inline void wgmma_m64n64k16_ss(float (&d)[32], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, false, false, accumulate, desc_a, desc_b, {}, {}, 64};
-  wgmma_issue(op, nullptr, d);
+  wgmma_ss<T, kMnMajor, 64>(d, desc_a, desc_b, accumulate);
+}
+
+template <typename T, bool kMnMajor = false>
+inline void wgmma_m64n96k16_ss(float (&d)[48], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  wgmma_ss<T, kMnMajor, 96>(d, desc_a, desc_b, accumulate);
 }
 
 template <typename T>
@@ -401,8 +416,7 @@ inline void wgmma_m64n96k16_rs_tn(float (&d)[48], const uint32_t (&a)[4], uint64
 
 template <typename T>
 inline void wgmma_m64n80k16_ss(float (&d)[40], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  WgmmaOp op{std::is_same_v<T, __nv_bfloat16>, false, false, accumulate, desc_a, desc_b, {}, {}, 80};
-  wgmma_issue(op, nullptr, d);
+  wgmma_ss<T, false, 80>(d, desc_a, desc_b, accumulate);
 }
 
 // After a launch: no wgmma left unretired.
@@ -489,6 +503,14 @@ inline void named_barrier_sync(int id, int count) {
       fail("named barrier sync never completes (missing arrival, count too large, or a cyclic wait)", nullptr);
     }
   }
+}
+
+// ---- global reductions ---------------------------------------------------------------------------
+
+// The real one is one 8-byte reduction; here two atomic adds (the emulated threads run concurrently).
+inline void red_add_f32x2(float* addr, float a, float b) {
+  std::atomic_ref<float>(addr[0]).fetch_add(a);
+  std::atomic_ref<float>(addr[1]).fetch_add(b);
 }
 
 // ---- TMA store ---------------------------------------------------------------------------------

@@ -327,3 +327,11 @@ def test_atomic_dq_at_head_dim_256_runs_the_deterministic_kernels(emulator):
 
 def test_atomic_dq_switched_off_runs_the_sm80_kernels(emulator):
     check(emulator, 1, 2, 1, 70, 130, torch.float16, sm90=False, atomic=True)
+
+
+def test_atomic_dq_scores_far_below_zero(emulator):
+    """As test_scores_far_below_zero: a padding key of the last 128-key block (K loaded as 0, scoring 0)
+    gets P = 2^(0 - lse) = inf and dS = inf or NaN in the dK/dV kernel, harmless for dK and dV (those rows
+    are not stored) but not for dQ = dS K (0 x inf): its dS^T rows are stored as zeros."""
+    check(emulator, 1, 1, 1, 70, 100, torch.bfloat16, scale=0.1, bias=3.0, atomic=True)
+    check(emulator, 1, 1, 1, 70, 100, torch.float16, is_causal=True, scale=0.1, bias=3.0, atomic=True, E=96)

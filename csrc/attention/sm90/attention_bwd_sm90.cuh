@@ -340,6 +340,12 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
         const int key = key0 + 8 * ((e >> 1) & 1), query = m0 + 8 * i + 2 * t + (e & 1);
         s[e] = math.prob(s[e], e & 1 ? l.y : l.x, p);
         if (check && key > query) s[e] = 0.f;
+        // kAtomicDq: a padding key (K loaded as 0, score 0) gets P = 2^(0 - lse), inf where the real
+        // scores lie far below 0, and dS = inf or NaN: harmless to dK, dV (those rows are never
+        // stored), not to dQ = dS K (0 x inf).
+        if constexpr (C::kAtomicDq) {
+          if (key >= p.keys) s[e] = 0.f;
+        }
       }
     }
     if constexpr (C::kDk) wgmma_wait<0>(dp);

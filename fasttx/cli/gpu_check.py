@@ -84,9 +84,12 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # sm_90 "fasttx triton (pointers)": the kernels without TMA descriptors, forward and backward, against
 # the default's TMA path (benchmarks/notes/attention.md, item 3's prediction; one more provider), and
 # "fasttx triton (P V in step)": the forward's previous schedule against the default's deferred P V
-# (item 1, step two's prediction; one more provider). Each shape has three cases: no mask, causal and a
-# key-padding mask (what the masked kernels cost against the unmasked: benchmarks/notes/attention.md's
-# predictions for the Triton specialization and the sm_90a masked kernels); the seq 4096 ones first.
+# (item 1, step two's prediction; one more provider); on sm_90 also "fasttx cuda (sm_90a)" and, since
+# 2026-12-06, "fasttx cuda (sm_90a, deterministic=False)": the CUDA sm_90a backward with atomic dQ
+# against its deterministic pair (one more provider). Each shape has four cases (benchmarks/attention.py,
+# VARIANTS): no mask, causal, a key-padding mask (what the masked kernels cost against the unmasked:
+# benchmarks/notes/attention.md's predictions for the Triton specialization and the sm_90a masked
+# kernels) and dropout 0.1; the seq 4096 ones first.
 HEADLINE = {
     "layer_norm": ("16384x4096,8192x8192,4096x16384,65536x256", "4x64", 1.5),
     "rms_norm": ("16384x4096,8192x8192,4096x16384,65536x256", "4x64", 1.5),

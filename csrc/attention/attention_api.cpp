@@ -7,6 +7,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -251,7 +252,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     p.dq = dq.data_ptr();
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
-    // The atomic-dQ kernel adds dQ / scale into fp32 zeros, scaled and cast into dq below; the buffer
+    // The atomic-dQ kernel adds dQ / scale into fp32 zeros, scaled and cast into dq below (one pass:
+    // mul's output cast to dq's dtype); the buffer
     // only where that kernel may run (switched on, a call it takes), so that no other call pays for it.
     at::Tensor dq_accum;
     if (!deterministic && !at::globalContext().deterministicAlgorithms() && attention_sm90_enabled() &&
@@ -263,7 +265,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     TORCH_INTERNAL_ASSERT(launched != BwdLaunch::kNone, "no kernels for E = ", num(int64_t{p.head_dim}),
                           " past check_head_dim");
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (launched == BwdLaunch::kDqAccumulated) dq.copy_(dq_accum.mul_(scale));
+    if (launched == BwdLaunch::kDqAccumulated) at::mul_out(dq, dq_accum, scale);
   } else if (dq.numel() > 0) {
     dq.zero_();  // no keys: every row is fully masked
   }

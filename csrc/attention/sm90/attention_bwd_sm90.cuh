@@ -369,12 +369,13 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
     }
     // dV += P^T dO, dK += dS^T Q, and (kAtomicDq) dQ = dS K over this consumer's 64 keys, awaited
     // (the stage is then free).
+    uint32_t ds_rows = 0;
+    if constexpr (C::kAtomicDq) ds_rows = sm90_bwd_store_ds<C>(base, dsf, wg);
+    wgmma_fence();
+    if constexpr (C::kDv) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
+    if constexpr (C::kDk) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
     if constexpr (C::kAtomicDq) {
-      const uint32_t ds_rows = sm90_bwd_store_ds<C>(base, dsf, wg);
       float dq[C::kHeadDim / 2];
-      wgmma_fence();
-      sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
-      sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
       if constexpr (C::kDqAfter) {
         wgmma_commit();
         wgmma_wait<0>(dv, dk, pf, dsf);
@@ -385,9 +386,6 @@ __device__ __forceinline__ void sm90_bwd_consume(const AttentionBwdParams& p, un
       wgmma_wait<0>(dv, dk, pf, dsf, dq);
       sm90_bwd_add_dq<C>(p, base, dq, wg, step, bh, m0 + 16 * (tid / 32) + (tid % 32) / 4);
     } else {
-      wgmma_fence();
-      if constexpr (C::kDv) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dv, pf, do_tile);
-      if constexpr (C::kDk) sm90_accumulate<T, C::kHeadDim, C::kBlockM, C::kBlockM / 16>(dk, dsf, q_tile);
       wgmma_commit();
       if constexpr (!C::kDk) {
         wgmma_wait<0>(dv, pf);

@@ -1,5 +1,5 @@
 """The CUDA attention kernels (csrc/attention), run on the CPU: tests/attention_emulator compiles the
-real kernel source for the host, with one host thread per GPU thread, real barriers, and mma.sync,
+real kernel source for the host, with one fiber per GPU thread, barriers, and mma.sync,
 ldmatrix, shuffles and (deferred) cp.async emulated (see its primitives.cuh). Forward and backward
 are compared with the float64 reference on small odd shapes, every mask kind, causal, GQA, dropout
 (whose keep mask must be Triton's), all head dims and both dtypes. This checks the fragment layouts,

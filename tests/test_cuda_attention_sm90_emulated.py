@@ -1,6 +1,6 @@
 """The sm_90a attention forward (csrc/attention/sm90), run on the CPU: tests/attention_emulator/emulator_sm90.cpp
 compiles the real kernel source and launch code for the host with emulated TMA, mbarriers and wgmma
-(tests/attention_emulator/attention/sm90/primitives_sm90.cuh), one host thread per GPU thread.
+(tests/attention_emulator/attention/sm90/primitives_sm90.cuh), one fiber per GPU thread.
 
 The emulator and the kernel agreeing on a wrong layout is the main risk, so the emulated TMA box
 placement and wgmma descriptor decoding are first checked against this file's own statement of the
@@ -129,7 +129,7 @@ def test_named_barriers_pass_the_turn(emulator):
     """Two warpgroups taking turns through a section on two named barriers (emulator_sm90.cpp's probe,
     the consumers' schedule): they alternate, starting with warpgroup 0."""
     order = (ctypes.c_int * 8)()
-    emulator.emu_named_barrier_probe(0, 4, 10, order)
+    emulator.emu_named_barrier_probe(0, 4, order)
     assert list(order) == [0, 1] * 4
 
 
@@ -152,9 +152,9 @@ def test_the_forward_turns_go_round_robin(emulator, consumers):
 ], ids=["wrong_count", "missed_arrive", "extra_arrive", "id_0"])
 def test_named_barrier_model_catches(emulator, defect, message):
     """The probe with one defect: the model aborts with its message (so in a child process; a missed
-    arrival is a deadlock, reported after 1 s without barrier activity)."""
+    arrival is a deadlock, reported once every thread waits with nothing left to run)."""
     code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); "
-            "lib.emu_named_barrier_probe(int(sys.argv[2]), 3, 1, (ctypes.c_int * 6)())")
+            "lib.emu_named_barrier_probe(int(sys.argv[2]), 3, (ctypes.c_int * 6)())")
     proc = subprocess.run([sys.executable, "-c", code, emulator._name, str(defect)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr

@@ -1,5 +1,5 @@
 """The CUDA LayerNorm / RMSNorm kernels (csrc/layer_norm), run on the CPU: tests/rowwise_emulator compiles
-the real kernel source for the host, one host thread per GPU thread, with real barriers and emulated
+the real kernel source for the host, one fiber per GPU thread, with barriers and emulated
 warp shuffles (tests/cuda_emulator/cta.h). This test plays the binding (layer_norm_api.cpp): it
 allocates the outputs and the dw/db workspace, asks norm_bwd_num_partials for its size and launches
 through norm_fwd_launch / norm_bwd_launch, and compares every output and gradient with the float64
@@ -124,7 +124,7 @@ def test_forward_and_gradients(emulator, op, dtype, shape):
 @pytest.mark.parametrize("op,dtype", [("layer_norm", torch.float32), ("rms_norm", torch.bfloat16)], ids=str)
 def test_single_chunk_limit(emulator, op, dtype, shape):
     """The widest rows the persistent backward takes (16 warps, dw and db in registers), and one column
-    more: the chunked dx kernel and the column-parallel dw, db kernel. (512 host threads a block: the
+    more: the chunked dx kernel and the column-parallel dw, db kernel. (512 emulated threads a block: the
     costliest shapes here, hence two of the six dtype and op pairs.)"""
     check(emulator, op, *shape, dtype)
 

@@ -1,5 +1,5 @@
 """The CUDA softmax kernels (csrc/softmax), run on the CPU: tests/rowwise_emulator compiles the real
-kernel source for the host, one host thread per GPU thread, with real barriers and emulated warp
+kernel source for the host, one fiber per GPU thread, with barriers and emulated warp
 shuffles (tests/cuda_emulator/cta.h). This test plays the binding (softmax_api.cpp: the mask
 broadcast through 0 strides, a float mask of a third dtype converted, the output and gradient dtypes
 the kernels write or that are cast) and the autograd of fasttx/_declarations.py (the float mask's

@@ -145,11 +145,9 @@ void named_barrier_probe(const ProbeParams& p) {
 }
 
 // The sections' order (2 rounds entries) in `order`; aborts with the model's message on a defect.
-extern "C" void emu_named_barrier_probe(int defect, int rounds, int deadlock_seconds, int* order) {
+extern "C" void emu_named_barrier_probe(int defect, int rounds, int* order) {
   using namespace attn;
-  named_barrier_deadlock_seconds = deadlock_seconds;
   int sections = 0;
   launch(named_barrier_probe, dim3(1, 1, 1), 256, 0, nullptr, ProbeParams{defect, rounds, order, &sections});
   named_barrier_check_quiescent();
-  named_barrier_deadlock_seconds = kDeadlockSeconds;
 }

@@ -1,6 +1,6 @@
 #pragma once
 // Host emulation of csrc/attention/primitives.cuh: found first on the emulator's include path, it
-// replaces the real header, so the real kernels run on CPU threads, one per GPU thread
+// replaces the real header, so the real kernels run on the host, one fiber per GPU thread
 // (tests/cuda_emulator/cta.h). Warp-collective instructions exchange operands through a per-warp
 // buffer between two warp barriers; cp.async copies are deferred until the cp.async.wait_group that
 // would make them visible, so a missing wait reads stale shared memory (poisoned with NaN before
@@ -133,8 +133,9 @@ struct Copy {
   const void* src;
   bool valid;
 };
-inline thread_local std::vector<Copy> open_group;
-inline thread_local std::deque<std::vector<Copy>> committed;
+// Each thread's cp.async groups: the one open, those committed and not yet awaited.
+inline std::vector<Copy> open_groups[kMaxThreadsPerCta];
+inline std::deque<std::vector<Copy>> committed_groups[kMaxThreadsPerCta];
 
 inline void cp_async_16(void* dst, const void* src, bool valid) {
   check_smem(dst, 16, 16);
@@ -142,16 +143,17 @@ inline void cp_async_16(void* dst, const void* src, bool valid) {
     check_global(src, 16);
     if (reinterpret_cast<uintptr_t>(src) % 16 != 0) fail("misaligned cp.async source", src);
   }
-  open_group.push_back({dst, src, valid});
+  open_groups[thread_rank].push_back({dst, src, valid});
 }
 
 inline void cp_async_commit() {
-  committed.push_back(std::move(open_group));
-  open_group.clear();
+  committed_groups[thread_rank].push_back(std::move(open_groups[thread_rank]));
+  open_groups[thread_rank].clear();
 }
 
 template <int kPending>
 inline void cp_async_wait() {
+  std::deque<std::vector<Copy>>& committed = committed_groups[thread_rank];
   while (committed.size() > kPending) {
     for (const Copy& c : committed.front()) {
       if (c.valid) {
@@ -197,7 +199,9 @@ void launch(Kernel kernel, dim3 grid, int threads, int smem_size, cudaStream_t, 
       [&] { std::memset(smem, 0xff, smem_bytes); },  // NaN in fp16 and bf16: unfilled tiles poison results
       [&] {
         kernel(params);
-        if (!open_group.empty() || !committed.empty()) fail("thread exited with cp.async copies pending", nullptr);
+        if (!open_groups[thread_rank].empty() || !committed_groups[thread_rank].empty()) {
+          fail("thread exited with cp.async copies pending", nullptr);
+        }
       });
 }
 

@@ -1,7 +1,7 @@
 #pragma once
 // Host emulation of csrc/common/launch.h: found first on the emulator's include path, it replaces
 // the real header, so the real row-wise kernels (norms: norm.cpp, softmax: softmax.cpp) and their
-// launch code run on CPU threads, one per GPU thread (tests/cuda_emulator/cta.h). It also models the
+// launch code run on the host, one fiber per GPU thread (tests/cuda_emulator/cta.h). It also models the
 // built-ins those kernels use directly: static __shared__ arrays (one per kernel instance, which
 // every thread of the running CTA sees: CTAs run one at a time), warp shuffles and __syncthreads
 // (cta.h), rsqrtf and __fmul_rn. (exp2f, fmaf and fmaxf are the C library's: exp2f within the

@@ -10,8 +10,8 @@
 //   stage before its last wgmma on it retires usually does (when the producer refills it first).
 //   The box's bytes count against the barrier's expected transaction bytes; a mismatch fails.
 // - mbarriers: arrival count, transaction bytes, phase; a wait passes while the current phase's
-//   parity differs from the one asked (as try_wait.parity); a wait that sees no mbarrier activity
-//   anywhere for kDeadlockSeconds fails (wrong parity, missing arrival, bytes never delivered).
+//   parity differs from the one asked (as try_wait.parity); a wait that no thread can end fails at
+//   once (cta.h's wait_until: wrong parity, missing arrival, bytes never delivered).
 // - wgmma (m64nNk16, N = 128, 96, 80, 64, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
 //   canonical 128B-swizzled layouts (K-major and MN-major, B and, with the transpose bit, A from
 //   shared memory; written here independently of smem_layout_sm90.h), operands read and D written
@@ -20,16 +20,12 @@
 //   the warpgroup.
 // - Named barriers (bar.sync / bar.arrive): ids, thread counts and phases, below.
 // - TMA stores: shared memory read at the wait that covers the store, in-bounds elements written, below.
-// - Vector reductions (red.global.add.v2.f32): two atomic fp32 adds, below.
+// - Vector reductions (red.global.add.v2.f32): two fp32 adds, below.
 // What it cannot prove: that the hardware's layout is this reading of the ISA (only a GPU can), timing,
 // async-proxy ordering beyond the above, register allocation under setmaxnreg (a no-op here).
 
 #include <cuda.h>
 
-#include <atomic>
-#include <chrono>
-#include <condition_variable>
-#include <mutex>
 
 #include "attention/primitives.cuh"
 #include "attention/sm90/smem_layout_sm90.h"
@@ -38,7 +34,6 @@ namespace fasttx {
 namespace attn {
 
 constexpr uint32_t kDynamicSmemAddress = 16;
-constexpr int kDeadlockSeconds = 10;
 
 inline uint32_t smem_addr(const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
@@ -136,10 +131,7 @@ struct Mbar {
   uint64_t phase;
   std::vector<TmaCopy> copies;  // issued, landing when the phase can complete
 };
-inline std::mutex mbar_mutex;
-inline std::condition_variable mbar_cv;
 inline std::deque<Mbar> mbars;  // an initialized barrier's 8 shared bytes hold its index here
-inline uint64_t mbar_events = 0;
 
 inline Mbar& mbar_state(const uint64_t* bar) {
   check_smem(bar, 8, 8);
@@ -149,30 +141,22 @@ inline Mbar& mbar_state(const uint64_t* bar) {
 
 inline void mbar_init(uint64_t* bar, int count) {
   check_smem(bar, 8, 8);
-  std::lock_guard lock(mbar_mutex);
   mbars.push_back({count, count, 0, 0, {}});
   *bar = mbars.size() - 1;
 }
 
 inline void mbar_init_fence() {}
 
-inline void mbar_arrive_locked(uint64_t* bar) {
+inline void mbar_arrive(uint64_t* bar) {
   Mbar& s = mbar_state(bar);
   if (s.pending == 0) fail("mbarrier arrival beyond its count in one phase", bar);
   --s.pending;
-  ++mbar_events;
-  mbar_cv.notify_all();
+  note_progress();
 }
 
 inline void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  std::lock_guard lock(mbar_mutex);
   mbar_state(bar).tx += bytes;
-  mbar_arrive_locked(bar);
-}
-
-inline void mbar_arrive(uint64_t* bar) {
-  std::lock_guard lock(mbar_mutex);
-  mbar_arrive_locked(bar);
+  mbar_arrive(bar);
 }
 
 // A hint to the descriptor cache: nothing to model.
@@ -188,10 +172,8 @@ inline void tma_load_4d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0
   // Until it lands, the destination holds nothing usable: NaN, which a consumer still reading the
   // stage (released too early) then multiplies.
   std::memset(smem_at(addr, cp.bytes(), 16), 0xff, cp.bytes());
-  std::lock_guard lock(mbar_mutex);
   mbar_state(bar).copies.push_back(cp);
-  ++mbar_events;
-  mbar_cv.notify_all();
+  note_progress();
 }
 
 // With every arrival in, the issued boxes land; the phase completes when their bytes match the expected.
@@ -207,25 +189,13 @@ inline bool mbar_try_complete(uint64_t* bar) {
   if (s.tx > 0) return false;
   ++s.phase;
   s.pending = s.count;
-  ++mbar_events;
-  mbar_cv.notify_all();
+  note_progress();
   return true;
 }
 
 inline void mbar_wait(uint64_t* bar, uint32_t parity) {
-  std::unique_lock lock(mbar_mutex);
-  uint64_t seen = mbar_events;
-  auto since = std::chrono::steady_clock::now();
-  while ((mbar_state(bar).phase & 1) == parity) {
-    if (mbar_try_complete(bar)) continue;
-    mbar_cv.wait_for(lock, std::chrono::milliseconds(100));
-    if (mbar_events != seen) {
-      seen = mbar_events;
-      since = std::chrono::steady_clock::now();
-    } else if (std::chrono::steady_clock::now() - since > std::chrono::seconds(kDeadlockSeconds)) {
-      fail("mbarrier wait never completes (wrong parity, missing arrival, or expected bytes never landing)", bar);
-    }
-  }
+  wait_until([&] { return (mbar_state(bar).phase & 1) != parity || mbar_try_complete(bar); },
+             "mbarrier wait never completes (wrong parity, missing arrival, or expected bytes never landing)", bar);
 }
 
 // After a launch: every barrier's issued copies have landed and no phase is half-arrived (a phase
@@ -287,12 +257,12 @@ struct Warpgroup {
   std::deque<std::vector<WgmmaOp>> groups;
 };
 inline Warpgroup warpgroups[8];
-inline std::deque<std::barrier<>> warpgroup_bars = [] {
-  std::deque<std::barrier<>> d;
+inline std::deque<Barrier> warpgroup_bars = [] {
+  std::deque<Barrier> d;
   for (int i = 0; i < 8; ++i) d.emplace_back(128);
   return d;
 }();
-inline thread_local bool wgmma_fenced = false;
+inline bool wgmma_fenced[kMaxThreadsPerCta];  // each thread's: a wgmma_fence since its last wgmma_wait
 
 inline int wg_thread() { return threadIdx.x % 128; }
 inline Warpgroup& my_wg() { return warpgroups[threadIdx.x / 128]; }
@@ -324,7 +294,7 @@ inline void wgmma_retire(const WgmmaOp& op, int i) {
 }
 
 inline void wgmma_issue(const WgmmaOp& mine, const uint32_t* a, float* d) {
-  if (!wgmma_fenced) fail("wgmma issued without a wgmma_fence since the thread's last wgmma_wait", d);
+  if (!wgmma_fenced[thread_rank]) fail("wgmma issued without a wgmma_fence since the thread's last wgmma_wait", d);
   Warpgroup& wg = my_wg();
   const int i = wg_thread();
   if (i == 0) {
@@ -349,7 +319,7 @@ inline void wgmma_issue(const WgmmaOp& mine, const uint32_t* a, float* d) {
   wg_sync();
 }
 
-inline void wgmma_fence() { wgmma_fenced = true; }
+inline void wgmma_fence() { wgmma_fenced[thread_rank] = true; }
 
 inline void wgmma_commit() {
   Warpgroup& wg = my_wg();
@@ -371,7 +341,7 @@ inline void wgmma_wait(Regs&...) {
     if (wg_thread() == 0) wg.groups.pop_front();
     wg_sync();
   }
-  wgmma_fenced = false;
+  wgmma_fenced[thread_rank] = false;
 }
 
 // Shared/shared wgmma of width N, both operands K-major or both MN-major (kMnMajor).
@@ -438,9 +408,8 @@ inline void fence_operand(Regs&) {}
 // undefined or reserves: an id outside 1..15 (0 is __syncthreads'), a count that is not a positive
 // multiple of 32, different counts within a phase, a phase completed with a warp partly arrived (the
 // instructions are .aligned: a warp arrives whole, so more warps arrived than the count covers), a
-// CTA exiting (or the next CTA arriving) with a phase partly arrived; and a bar.sync that sees no
-// barrier activity (mbarrier or named) anywhere for named_barrier_deadlock_seconds (a missing
-// arrival, a count too large, an order that waits on itself).
+// CTA exiting (or the next CTA arriving) with a phase partly arrived; and a bar.sync that no thread
+// can end (cta.h's wait_until: a missing arrival, a count too large, an order that waits on itself).
 struct NamedBarrier {
   int count = 0, arrived = 0;  // of the current phase
   uint64_t phase = 0;
@@ -448,12 +417,11 @@ struct NamedBarrier {
   uint3 cta{};  // of the current phase's arrivals
 };
 inline NamedBarrier named_barriers[16];
-inline int named_barrier_deadlock_seconds = kDeadlockSeconds;
 
 inline bool same_cta(uint3 a, uint3 b) { return a.x == b.x && a.y == b.y && a.z == b.z; }
 
 // This thread's arrival; the phase it arrived in.
-inline uint64_t named_barrier_arrive_locked(int id, int count) {
+inline uint64_t named_barrier_arrive(int id, int count) {
   if (id < 1 || id > 15) fail("named barrier id outside 1..15 (0 is __syncthreads')", nullptr);
   if (count <= 0 || count % 32 != 0 || count > 1024) {
     fail("named barrier thread count not a positive multiple of 32 up to 1024", nullptr);
@@ -479,38 +447,22 @@ inline uint64_t named_barrier_arrive_locked(int id, int count) {
     b.arrived = 0;
     ++b.phase;
   }
-  ++mbar_events;
-  mbar_cv.notify_all();
+  note_progress();
   return phase;
 }
 
-inline void named_barrier_arrive(int id, int count) {
-  std::lock_guard lock(mbar_mutex);
-  named_barrier_arrive_locked(id, count);
-}
-
 inline void named_barrier_sync(int id, int count) {
-  std::unique_lock lock(mbar_mutex);
-  const uint64_t phase = named_barrier_arrive_locked(id, count);
-  uint64_t seen = mbar_events;
-  auto since = std::chrono::steady_clock::now();
-  while (named_barriers[id].phase == phase) {
-    mbar_cv.wait_for(lock, std::chrono::milliseconds(100));
-    if (mbar_events != seen) {
-      seen = mbar_events;
-      since = std::chrono::steady_clock::now();
-    } else if (std::chrono::steady_clock::now() - since > std::chrono::seconds(named_barrier_deadlock_seconds)) {
-      fail("named barrier sync never completes (missing arrival, count too large, or a cyclic wait)", nullptr);
-    }
-  }
+  const uint64_t phase = named_barrier_arrive(id, count);
+  wait_until([&] { return named_barriers[id].phase != phase; },
+             "named barrier sync never completes (missing arrival, count too large, or a cyclic wait)", nullptr);
 }
 
 // ---- global reductions ---------------------------------------------------------------------------
 
-// The real one is one 8-byte reduction; here two atomic adds (the emulated threads run concurrently).
+// The real one is one 8-byte reduction; here two fp32 adds (the fibers run one at a time).
 inline void red_add_f32x2(float* addr, float a, float b) {
-  std::atomic_ref<float>(addr[0]).fetch_add(a);
-  std::atomic_ref<float>(addr[1]).fetch_add(b);
+  addr[0] += a;
+  addr[1] += b;
 }
 
 // ---- TMA store ---------------------------------------------------------------------------------
@@ -524,7 +476,7 @@ struct TmaStore {
   uint32_t thread;
   bool committed;
 };
-inline std::vector<TmaStore> tma_stores;  // under mbar_mutex
+inline std::vector<TmaStore> tma_stores;
 
 inline void fence_proxy_async_shared() {}
 
@@ -534,12 +486,10 @@ inline void tma_store_4d(const CUtensorMap* map, const void* src, int c0, int c1
   if (m.magic != kTmaMagic) fail("TMA through a tensor map that encode_tma_4d did not write", map);
   const uint32_t addr = smem_addr(src);
   if (addr % kSwizzleAtomBytes != 0) fail("128B-swizzled TMA source not 1024-byte aligned", src);
-  std::lock_guard lock(mbar_mutex);
   tma_stores.push_back({TmaCopy{m, addr, {c0, c1, c2, c3}}, threadIdx.x, false});
 }
 
 inline void tma_store_commit() {
-  std::lock_guard lock(mbar_mutex);
   for (TmaStore& st : tma_stores) st.committed = st.committed || st.thread == threadIdx.x;
 }
 
@@ -562,7 +512,6 @@ inline void tma_store_land(const TmaCopy& cp) {
 }
 
 inline void tma_store_wait_read() {
-  std::lock_guard lock(mbar_mutex);
   std::vector<TmaStore> left;
   for (const TmaStore& st : tma_stores) {
     if (st.thread == threadIdx.x && st.committed) {

@@ -28,8 +28,14 @@ $(VENV)/.installed: $(SOURCES)
 	$(PY) -m pip install --no-build-isolation -e ".[test]"
 	touch $@
 
+# The suite runs on TEST_WORKERS pytest-xdist processes, a test file at a time each (--dist loadfile: a
+# file's module fixtures, such as an emulator's build, run once). The emulated CUDA kernels run on one
+# host thread each (tests/cuda_emulator/cta.h), so a 2-core machine runs two files at once.
+TEST_WORKERS ?= 2
+PYTEST_ARGS := -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The other torch goes into its own venv without its dependencies: everything else (the CUDA 13
 # libraries torch loads, numpy, pytest, pip, setuptools, ...) comes from $(VENV), whose
@@ -62,7 +68,7 @@ test-compat: $(COMPAT_VENV)/.installed
 		| tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(COMPAT_SRC)
 	cd $(COMPAT_SRC) && FASTTX_BUILD_CUDA=0 $(COMPAT_PY) -m pip install -q --no-build-isolation --no-deps -e .
 	cd $(COMPAT_SRC) && $(COMPAT_PY) setup.py -q build_ext --inplace
-	cd $(COMPAT_SRC) && $(COMPAT_PY) -m pytest -q -p no:cacheprovider
+	cd $(COMPAT_SRC) && $(COMPAT_PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m fasttx bench --op all --out $(BENCH_OUT)

@@ -250,7 +250,7 @@ def persistent_grid(result):
     SM holds (utils.resident_programs, as programs_per_sm computes it on the GPU) with the compiled
     kernel's registers, shared memory and warps."""
     per_sm = utils.resident_programs(result["registers"], result["shared"], result["num_warps"], H200)
-    with mock.patch.object(utils, "_cuda_sm_count", lambda index: H200_SMS):
+    with mock.patch.object(utils, "_cuda_property", lambda index, name: {"multi_processor_count": H200_SMS}[name]):
         programs, rows = utils.persistent_split(NORM_ROWS, torch.device("cuda", 0), per_sm,
                                                 row_multiple=result["config"]["ROWS"])
     return dict(programs_per_sm=per_sm, programs=programs, rows_per_program=rows)
@@ -269,7 +269,7 @@ def softmax_entries(preset):
         launch = softmax._launch_config(cols, plain_forward=kind == "none" and not causal)
         warps = launch.pop("num_warps")
         case = dict(rows=SOFTMAX_ROWS, cols=cols, mask=kind, causal=causal, dtype=str(DTYPE).replace("torch.", ""))
-        fwd = dict(X=x, Mask=mask, Y=x, B=1, L=SOFTMAX_ROWS, C=cols,
+        fwd = dict(X=x, Mask=mask, Y=x, B=1, L=SOFTMAX_ROWS, C=cols, n_rows=SOFTMAX_ROWS,
                    **dict(zip(("stride_ma", "stride_mb", "stride_ml", "stride_mc"), (0, 0, 0, 0) if mask is None
                               else mask.stride())),
                    scale_log2=bench_softmax.SCALE * softmax._LOG2E.value, MASK_KIND=kind, IS_CAUSAL=causal, **launch)
@@ -282,8 +282,8 @@ def softmax_entries(preset):
             config, stages = dict(BLOCK_C=launch["BLOCK_C"]), _default_stages(warps)
             y = x.reshape(-1, cols)
             # L as the launcher passes it: the rows of a causal (L, C) matrix, else 1.
-            bwd = dict(Y=y, DY=y, DX=y, L=SOFTMAX_ROWS if causal else 1, C=cols, scale=bench_softmax.SCALE,
-                       IS_CAUSAL=causal, **launch)
+            bwd = dict(Y=y, DY=y, DX=y, L=SOFTMAX_ROWS if causal else 1, C=cols, n_rows=SOFTMAX_ROWS,
+                       scale=bench_softmax.SCALE, IS_CAUSAL=causal, **launch)
             yield ("softmax", "softmax_bwd", dict(case, mask="-"), config, softmax._softmax_bwd_kernel, warps, stages,
                    bwd)
 

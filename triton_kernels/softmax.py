@@ -38,11 +38,12 @@ import triton
 import triton.language as tl
 
 from ..backends import KERNEL_DTYPES
-from .utils import row_tile
+from .utils import l2_resident_programs, row_tile
 
 # Rows up to MAX_BLOCK columns are held in registers in one block; longer rows loop over LOOP_BLOCK-column
-# blocks and re-read the row (from L2) in a second pass. Row-sized tensors are fp32 in registers whatever
-# the dtypes, so the limits are in elements. The masked or causal forward and the backward keep 2
+# blocks and re-read the row in a second pass, from L2: their grid is persistent, sized so that the rows in
+# flight fit in it (utils.l2_resident_programs; softmax.md, change 1). Row-sized tensors are fp32 in
+# registers whatever the dtypes, so the limits are in elements. The masked or causal forward and the backward keep 2
 # row-sized tensors live across their reductions (x and the float mask until the exp2; y and dy): at 16384
 # columns that took 80-90 registers (bf16), one 16-warp program an SM, each waiting on its whole row's
 # loads then reducing with nothing in flight; on the pipelined loop path the same rows take 30-40
@@ -64,8 +65,10 @@ _LOG2E = tl.constexpr(math.log2(math.e))
 
 
 @triton.jit
-def _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr):
-    """x (fp32) and the additive term b of columns ``cols`` of one row, in base-2 units.
+def _load_logits(X, Mask, mask_offset, cols, n_read, n_keep, stride_mc, MASK_KIND: tl.constexpr,
+                 IS_CAUSAL: tl.constexpr):
+    """x (fp32) and the additive term b of columns ``cols`` of one row (X at the row's start, its mask at
+    Mask + mask_offset), in base-2 units.
 
     The base-2 logits are x * scale * log2(e) + b. Columns >= n_read are not read (padding lanes, and
     causal columns far enough past the row index). A column is kept if it is < n_keep (the causal
@@ -79,9 +82,10 @@ def _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND: tl.constex
     if IS_CAUSAL:
         keep = cols < n_keep
     if MASK_KIND == "bool":
-        keep = keep & (tl.load(Mask + cols * stride_mc, mask=in_read, other=0) != 0)
+        keep = keep & (tl.load(Mask + mask_offset + cols * stride_mc, mask=in_read, other=0) != 0)
     if MASK_KIND == "float":
-        b = tl.where(keep, tl.load(Mask + cols * stride_mc, mask=in_read, other=0.0).to(tl.float32) * _LOG2E,
+        b = tl.where(keep, tl.load(Mask + mask_offset + cols * stride_mc, mask=in_read, other=0.0).to(tl.float32)
+                     * _LOG2E,
                      float("-inf"))
     else:
         b = tl.where(keep, 0.0, float("-inf"))
@@ -131,19 +135,22 @@ def _causal_bounds(i_l, C, IS_CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def _rows_and_cols(BLOCK_C: tl.constexpr, SINGLE_BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """This program's row index and its blocks' column offsets.
-
-    A single-block program takes a [ROWS, BLOCK_C] tile, a row in each of its rows: the row index is a
-    [ROWS, 1] tensor, and the kernels' row arithmetic is elementwise. A looping one takes one row.
-    """
-    if SINGLE_BLOCK:
-        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
-        cols = tl.arange(0, BLOCK_C)[None, :]
-    else:
-        row = tl.program_id(0)
-        cols = tl.arange(0, BLOCK_C)
-    return row, cols
+def _fwd_row_offsets(row, B, L, C, stride_ma, stride_mb, stride_ml, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """The offsets of ``row`` (a scalar, or a [ROWS, 1] tensor of rows) in X and Y and in the mask (0
+    without one), and its (n_keep, n_read). Offsets, not pointers: an absent mask is None, which Triton
+    3.6 cannot return from a function."""
+    i_l = row % L
+    # int64: row * C overflows int32 for tensors beyond 2**31 elements, and so may the mask's row offsets.
+    # (tl.cast, not .to: the interpreter's loop rows are Python ints.)
+    offset = tl.cast(row, tl.int64) * C
+    mask_offset = 0
+    if MASK_KIND != "none":
+        i_b = (row // L) % B
+        i_a = row // (L * B)
+        mask_offset = (tl.cast(i_a, tl.int64) * stride_ma + tl.cast(i_b, tl.int64) * stride_mb
+                       + tl.cast(i_l, tl.int64) * stride_ml)
+    n_keep, n_read = _causal_bounds(i_l, C, IS_CAUSAL)
+    return offset, mask_offset, n_keep, n_read
 
 
 @triton.jit
@@ -154,6 +161,7 @@ def _softmax_fwd_kernel(
     B,  # sizes of X's dims 1 and 2: row ((a * B) + b) * L + l
     L,
     C,
+    n_rows,  # A * B * L
     stride_ma,
     stride_mb,
     stride_ml,
@@ -165,38 +173,41 @@ def _softmax_fwd_kernel(
     SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C
     ROWS: tl.constexpr,  # rows a program, a divisor of the row count; 1 unless SINGLE_BLOCK
 ):
-    row, cols = _rows_and_cols(BLOCK_C, SINGLE_BLOCK, ROWS)
-    i_l = row % L
-    # int64: row * C overflows int32 for tensors beyond 2**31 elements, and so may the mask's row offsets.
-    X += row.to(tl.int64) * C
-    Y += row.to(tl.int64) * C
-    if MASK_KIND != "none":
-        i_b = (row // L) % B
-        i_a = row // (L * B)
-        Mask += i_a.to(tl.int64) * stride_ma + i_b.to(tl.int64) * stride_mb + i_l.to(tl.int64) * stride_ml
-    n_keep, n_read = _causal_bounds(i_l, C, IS_CAUSAL)
     if SINGLE_BLOCK:
-        x, b = _load_logits(X, Mask, cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
+        # A [ROWS, BLOCK_C] tile, a row in each of its rows: the row arithmetic is elementwise.
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, BLOCK_C)[None, :]
+        offset, mask_offset, n_keep, n_read = _fwd_row_offsets(row, B, L, C, stride_ma, stride_mb, stride_ml,
+                                                               MASK_KIND, IS_CAUSAL)
+        x, b = _load_logits(X + offset, Mask, mask_offset, cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
         m = _shift(tl.max(x * scale_log2 + b, axis=1, keep_dims=True))
         e = _exp2_shifted(x, b, scale_log2, m)
         y = e * _reciprocal(tl.sum(e, axis=1, keep_dims=True))
-        tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=cols < C)
+        tl.store(Y + offset + cols, y.to(Y.dtype.element_ty), mask=cols < C)
     else:
-        m = float("-inf")
-        s = 0.0
-        for off in tl.range(0, n_keep, BLOCK_C, num_stages=LOOP_STAGES):
-            x, b = _load_logits(X, Mask, off + cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
-            m_new = tl.maximum(m, tl.max(x * scale_log2 + b, axis=0))
-            shift = _shift(m_new)
-            # m = -inf (nothing kept yet) has s = 0 and factor exp2(-inf) = 0.
-            s = s * tl.exp2(m - shift) + tl.sum(_exp2_shifted(x, b, scale_log2, shift), axis=0)
-            m = m_new
-        shift = _shift(m)
-        inv = _reciprocal(s)
-        for off in tl.range(0, C, BLOCK_C, num_stages=LOOP_STAGES):
-            x, b = _load_logits(X, Mask, off + cols, n_read, n_keep, stride_mc, MASK_KIND, IS_CAUSAL)
-            y = _exp2_shifted(x, b, scale_log2, shift) * inv
-            tl.store(Y + off + cols, y.to(Y.dtype.element_ty), mask=off + cols < C)
+        cols = tl.arange(0, BLOCK_C)
+        # A persistent grid (l2_resident_programs): rows pid, pid + programs, ..., so that the rows in
+        # flight stay in L2 for the second pass.
+        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+            offset, mask_offset, n_keep, n_read = _fwd_row_offsets(row, B, L, C, stride_ma, stride_mb, stride_ml,
+                                                                   MASK_KIND, IS_CAUSAL)
+            m = float("-inf")
+            s = 0.0
+            for off in tl.range(0, n_keep, BLOCK_C, num_stages=LOOP_STAGES):
+                x, b = _load_logits(X + offset, Mask, mask_offset, off + cols, n_read, n_keep, stride_mc, MASK_KIND,
+                                    IS_CAUSAL)
+                m_new = tl.maximum(m, tl.max(x * scale_log2 + b, axis=0))
+                shift = _shift(m_new)
+                # m = -inf (nothing kept yet) has s = 0 and factor exp2(-inf) = 0.
+                s = s * tl.exp2(m - shift) + tl.sum(_exp2_shifted(x, b, scale_log2, shift), axis=0)
+                m = m_new
+            shift = _shift(m)
+            inv = _reciprocal(s)
+            for off in tl.range(0, C, BLOCK_C, num_stages=LOOP_STAGES):
+                x, b = _load_logits(X + offset, Mask, mask_offset, off + cols, n_read, n_keep, stride_mc, MASK_KIND,
+                                    IS_CAUSAL)
+                y = _exp2_shifted(x, b, scale_log2, shift) * inv
+                tl.store(Y + offset + off + cols, y.to(Y.dtype.element_ty), mask=off + cols < C)
 
 
 @triton.jit
@@ -216,36 +227,42 @@ def _softmax_bwd_kernel(
     DX,  # (M, C) input gradient, row-major
     L,  # rows of a causal (L, C) matrix: row r is query r % L (unused without causal)
     C,
+    n_rows,  # M
     scale,
     IS_CAUSAL: tl.constexpr,  # the forward's: y is 0 past column l of query row l
     BLOCK_C: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,  # C <= BLOCK_C
     ROWS: tl.constexpr,  # rows a program, a divisor of M; 1 unless SINGLE_BLOCK
 ):
-    row, cols = _rows_and_cols(BLOCK_C, SINGLE_BLOCK, ROWS)
-    # int64: row * C overflows int32 for tensors beyond 2**31 elements.
-    Y += row.to(tl.int64) * C
-    DY += row.to(tl.int64) * C
-    DX += row.to(tl.int64) * C
-    n_keep, n_read = _causal_bounds(row % L, C, IS_CAUSAL)
     if SINGLE_BLOCK:
-        y = tl.load(Y + cols, mask=cols < n_read, other=0.0).to(tl.float32)
-        dy = tl.load(DY + cols, mask=cols < n_read, other=0.0).to(tl.float32)
+        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]
+        cols = tl.arange(0, BLOCK_C)[None, :]
+        # int64: row * C overflows int32 for tensors beyond 2**31 elements.
+        offset = tl.cast(row, tl.int64) * C
+        n_keep, n_read = _causal_bounds(row % L, C, IS_CAUSAL)
+        y = tl.load(Y + offset + cols, mask=cols < n_read, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offset + cols, mask=cols < n_read, other=0.0).to(tl.float32)
         dot = tl.sum(_kept(y * dy, cols, n_keep, IS_CAUSAL), axis=1, keep_dims=True)
         dx = _kept(y * (dy - dot) * scale, cols, n_keep, IS_CAUSAL)
-        tl.store(DX + cols, dx.to(DX.dtype.element_ty), mask=cols < C)
+        tl.store(DX + offset + cols, dx.to(DX.dtype.element_ty), mask=cols < C)
     else:
-        dot = 0.0
-        for off in tl.range(0, n_keep, BLOCK_C, num_stages=LOOP_STAGES):
-            y = tl.load(Y + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
-            dy = tl.load(DY + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
-            dot += tl.sum(_kept(y * dy, off + cols, n_keep, IS_CAUSAL), axis=0)
-        # Blocks past the limit load nothing (every lane masked) and store zeros.
-        for off in tl.range(0, C, BLOCK_C, num_stages=LOOP_STAGES):
-            y = tl.load(Y + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
-            dy = tl.load(DY + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
-            dx = _kept(y * (dy - dot) * scale, off + cols, n_keep, IS_CAUSAL)
-            tl.store(DX + off + cols, dx.to(DX.dtype.element_ty), mask=off + cols < C)
+        cols = tl.arange(0, BLOCK_C)
+        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):  # persistent, as the forward's
+            Y_row = Y + tl.cast(row, tl.int64) * C
+            DY_row = DY + tl.cast(row, tl.int64) * C
+            DX_row = DX + tl.cast(row, tl.int64) * C
+            n_keep, n_read = _causal_bounds(row % L, C, IS_CAUSAL)
+            dot = 0.0
+            for off in tl.range(0, n_keep, BLOCK_C, num_stages=LOOP_STAGES):
+                y = tl.load(Y_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                dy = tl.load(DY_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                dot += tl.sum(_kept(y * dy, off + cols, n_keep, IS_CAUSAL), axis=0)
+            # Blocks past the limit load nothing (every lane masked) and store zeros.
+            for off in tl.range(0, C, BLOCK_C, num_stages=LOOP_STAGES):
+                y = tl.load(Y_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                dy = tl.load(DY_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                dx = _kept(y * (dy - dot) * scale, off + cols, n_keep, IS_CAUSAL)
+                tl.store(DX_row + off + cols, dx.to(DX.dtype.element_ty), mask=off + cols < C)
 
 
 def _launch_config(n_cols: int, n_rows: int = 1, plain_forward: bool = False) -> dict:
@@ -255,6 +272,14 @@ def _launch_config(n_cols: int, n_rows: int = 1, plain_forward: bool = False) ->
     max_block = one_block if n_cols <= one_block else LOOP_BLOCK
     block, rows, num_warps = row_tile(n_cols, n_rows, max_block)  # short rows share a program
     return dict(BLOCK_C=block, SINGLE_BLOCK=n_cols <= block, ROWS=rows, num_warps=num_warps)
+
+
+def _programs(n_rows: int, row_bytes: int, config: dict, device: torch.device) -> int:
+    """The grid: a program a ROWS-row tile for rows held in one block; for the loop path, which reads each
+    row twice, a persistent grid that keeps the rows in flight within L2 (utils.l2_resident_programs)."""
+    if config["SINGLE_BLOCK"]:
+        return n_rows // config["ROWS"]
+    return l2_resident_programs(n_rows, row_bytes, device)
 
 
 def _mask_kind(mask, x) -> str:
@@ -280,9 +305,12 @@ def softmax_fwd(x, mask, scale: float, is_causal: bool, out_dtype: torch.dtype):
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
     if y.numel() > 0:
         strides = (0, 0, 0, 0) if mask is None else mask.stride()
-        config = _launch_config(C, x.numel() // C, plain_forward=kind == "none" and not is_causal)
-        _softmax_fwd_kernel[(x.numel() // C // config["ROWS"],)](
-            x, mask, y, B, L, C, *strides, scale * _LOG2E.value, MASK_KIND=kind, IS_CAUSAL=is_causal, **config,
+        n_rows = x.numel() // C
+        config = _launch_config(C, n_rows, plain_forward=kind == "none" and not is_causal)
+        row_bytes = C * (x.element_size() + (0 if mask is None else mask.element_size()))
+        _softmax_fwd_kernel[(_programs(n_rows, row_bytes, config, x.device),)](
+            x, mask, y, B, L, C, n_rows, *strides, scale * _LOG2E.value, MASK_KIND=kind, IS_CAUSAL=is_causal,
+            **config,
         )
     return y
 
@@ -299,8 +327,10 @@ def softmax_bwd(y, dy, scale: float, is_causal: bool, in_dtype: torch.dtype):
     dx = torch.empty(y.shape, dtype=in_dtype, device=y.device)
     if dx.numel() > 0:
         C = y.shape[-1]
-        config = _launch_config(C, y.numel() // C)
+        n_rows = y.numel() // C
+        config = _launch_config(C, n_rows)
         L = y.shape[-2] if is_causal else 1
-        _softmax_bwd_kernel[(y.numel() // C // config["ROWS"],)](y, dy, dx, L, C, scale, IS_CAUSAL=is_causal,
-                                                                 **config)
+        row_bytes = C * (y.element_size() + dy.element_size())
+        _softmax_bwd_kernel[(_programs(n_rows, row_bytes, config, y.device),)](
+            y, dy, dx, L, C, n_rows, scale, IS_CAUSAL=is_causal, **config)
     return dx

@@ -54,15 +54,45 @@ def row_tile(n: int, n_rows: int, max_block: int) -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+def _cuda_property(index: int, name: str):
+    return getattr(torch.cuda.get_device_properties(index), name)
+
+
+def _device_property(device: torch.device, name: str, off_cuda):
+    """``torch.cuda.get_device_properties(device).<name>``, cached; ``off_cuda`` for non-CUDA devices."""
+    if device.type != "cuda":
+        return off_cuda
+    return _cuda_property(device.index if device.index is not None else torch.cuda.current_device(), name)
 
 
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``; 1 for non-CUDA devices (the Triton interpreter)."""
-    if device.type != "cuda":
-        return 1
-    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return _device_property(device, "multi_processor_count", 1)
+
+
+def l2_bytes(device: torch.device) -> int:
+    """L2 cache bytes of ``device``; 0 for non-CUDA devices (the Triton interpreter)."""
+    return _device_property(device, "L2_cache_size", 0)
+
+
+# At most this many looping programs an SM (l2_resident_programs): 16-warp programs with two 8 KB blocks
+# of each tensor in flight, already above the ~21 KB an H200 SM needs in flight (softmax.md).
+_MAX_LOOPING_PROGRAMS_PER_SM = 2
+
+
+def l2_resident_programs(n_rows: int, row_bytes: int, device: torch.device) -> int:
+    """Programs for a persistent grid over ``n_rows`` rows that a program reads twice, ``row_bytes`` each
+    (every tensor the two passes read): as many as keep the rows in flight within half the L2 (the rest
+    holds what the second pass writes and what other work leaves), at least one an SM, at most
+    _MAX_LOOPING_PROGRAMS_PER_SM an SM, and never more than the rows. One program on non-CUDA devices.
+
+    With a program a row, every resident program's row is in flight: on an H200 (132 SMs, 50 MB of L2)
+    four 16-warp programs an SM of 65536-column bf16 rows are 68 MB, so the second pass re-reads the
+    rows from HBM, not from L2 (softmax.md, change 1).
+    """
+    sms = sm_count(device)
+    per_sm = max(1, min(_MAX_LOOPING_PROGRAMS_PER_SM, l2_bytes(device) // 2 // (sms * row_bytes)))
+    return max(1, min(n_rows, sms * per_sm))
 
 
 # Resident programs (CTAs) an SM may hold, whatever their size: 32 on sm_80 / sm_90.

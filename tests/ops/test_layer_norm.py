@@ -263,7 +263,7 @@ def test_triton_backward_steps_through_short_rows_a_tile_at_a_time():
     assert consts(5000) == (8192, 1, 16, 3)
     assert consts(20000) == (2048, 1, 8, 3)
     assert consts(16, torch.float32) == (16, 128, 8, 3)  # fp32: 16 KB a step, two buffers in 64 KB
-    with mock.patch.object(utils, "_cuda_sm_count", lambda index: 132):
+    with mock.patch.object(utils, "_cuda_property", lambda index, name: {"multi_processor_count": 132}[name]):
         assert utils.persistent_split(16384, torch.device("cuda", 0), 2, row_multiple=4) == (256, 64)
         assert utils.persistent_split(10, torch.device("cuda", 0), 2, row_multiple=4) == (3, 4)
     assert utils.persistent_split(257, torch.device("cpu"), row_multiple=4) == (4, 68)
@@ -291,7 +291,7 @@ def test_programs_per_sm(regs, warps, shared, expected):
                            shared_memory_per_multiprocessor=233472)
     with mock.patch.object(torch.cuda, "get_device_properties", lambda device: sm90):
         assert utils.programs_per_sm(kernel, torch.device("cuda", 0)) == expected
-    with mock.patch.object(utils, "_cuda_sm_count", lambda index: 132):
+    with mock.patch.object(utils, "_cuda_property", lambda index, name: {"multi_processor_count": 132}[name]):
         assert utils.persistent_split(16384, torch.device("cuda", 0), expected) == (
             math.ceil(16384 / math.ceil(16384 / (132 * expected))), math.ceil(16384 / (132 * expected)))
 

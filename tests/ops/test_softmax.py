@@ -235,6 +235,42 @@ def test_triton_one_block_limits():
         assert (config["BLOCK_C"], config["SINGLE_BLOCK"]) == (block, block >= cols), (cols, plain)
 
 
+def test_triton_loop_path_keeps_the_rows_in_flight_within_l2():
+    """The loop path's persistent grid on an H200-like device (132 SMs, 50 MB of L2): rows in flight within
+    half the L2, one to two programs an SM, never more programs than rows."""
+    from unittest import mock
+
+    from fasttx.triton_kernels import utils
+
+    cuda = torch.device("cuda", 0)
+    h200 = {"multi_processor_count": 132, "L2_cache_size": 50 * 2**20}
+    with mock.patch.object(utils, "_cuda_property", lambda index, name: h200[name]):
+        bf16 = 2
+        assert utils.l2_resident_programs(4096, 32768 * bf16, cuda) == 2 * 132  # 17 MB in flight
+        assert utils.l2_resident_programs(4096, 65536 * bf16, cuda) == 132  # 17 MB; 4 an SM were 68 MB
+        assert utils.l2_resident_programs(4096, 262144 * bf16, cuda) == 132  # at least one an SM
+        assert utils.l2_resident_programs(10, 65536 * bf16, cuda) == 10
+    assert utils.l2_resident_programs(7, 10**6, torch.device("cpu")) == 1
+
+
+@pytest.mark.parametrize("variant", ["float_mask", "causal"])
+def test_triton_loop_path_programs_walk_rows(monkeypatch, variant):
+    """Fewer looping programs than rows, not dividing them (3 for 7): each program walks rows pid, pid + 3,
+    ..., forward and backward, every row against the reference."""
+    if "triton" not in BACKENDS:
+        pytest.skip("needs the triton backend")
+    from fasttx.triton_kernels import softmax as kernels
+
+    monkeypatch.setattr(kernels, "l2_resident_programs", lambda n_rows, row_bytes, device: min(n_rows, 3))
+    rows, cols = 7, 9001
+    mask = None
+    if variant == "float_mask":
+        mask = torch.randn(rows, cols, device=DEVICE).masked_fill(torch.rand(rows, cols, device=DEVICE) > 0.7,
+                                                                   float("-inf"))
+    out = check(logits(1, 1, rows, cols), "triton", scale=0.4, mask=mask, is_causal=variant == "causal")
+    assert torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_causal_with_key_padding_fully_masking_rows(backend):
     x = logits(2, 2, 6, 8)

@@ -117,7 +117,9 @@ inline void yield() {
 }
 
 // Returns once done() holds, running the other fibers meanwhile. If a whole round of them passes with
-// no progress and done() still false, no thread can ever make it true: fails with `deadlock`.
+// no progress and done() still false, no thread can ever make it true: fails with `deadlock`. One round
+// is enough: between this fiber's yield and its return every other live fiber ran once, and with no
+// progress each of them only found its own condition false, so nothing any of them waits on changed.
 template <typename Done>
 inline void wait_until(Done done, const char* deadlock, const void* p) {
   while (!done()) {

@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 from ..backends import KERNEL_DTYPES
 from .attention_tma import descriptor, set_block_shapes, tensor_of, use_tma
-from .utils import cdiv, next_power_of_2
+from .utils import cdiv, device_property, next_power_of_2
 
 LOG2E = tl.constexpr(math.log2(math.e))
 LN2 = tl.constexpr(math.log(2.0))
@@ -140,9 +140,7 @@ def fitting_configs(configs, shared_memory, limit):
 
 
 def shared_memory_limit(device: torch.device) -> int:
-    if device.type != "cuda":
-        return DEFAULT_SHARED_MEMORY
-    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    return device_property(device, "shared_memory_per_block_optin", DEFAULT_SHARED_MEMORY)
 
 
 def _config(block_m, block_n, num_warps, num_stages, **meta):

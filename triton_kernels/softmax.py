@@ -248,21 +248,19 @@ def _softmax_bwd_kernel(
     else:
         cols = tl.arange(0, BLOCK_C)
         for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):  # persistent, as the forward's
-            Y_row = Y + tl.cast(row, tl.int64) * C
-            DY_row = DY + tl.cast(row, tl.int64) * C
-            DX_row = DX + tl.cast(row, tl.int64) * C
+            offset = tl.cast(row, tl.int64) * C
             n_keep, n_read = _causal_bounds(row % L, C, IS_CAUSAL)
             dot = 0.0
             for off in tl.range(0, n_keep, BLOCK_C, num_stages=LOOP_STAGES):
-                y = tl.load(Y_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
-                dy = tl.load(DY_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                y = tl.load(Y + offset + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                dy = tl.load(DY + offset + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
                 dot += tl.sum(_kept(y * dy, off + cols, n_keep, IS_CAUSAL), axis=0)
             # Blocks past the limit load nothing (every lane masked) and store zeros.
             for off in tl.range(0, C, BLOCK_C, num_stages=LOOP_STAGES):
-                y = tl.load(Y_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
-                dy = tl.load(DY_row + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                y = tl.load(Y + offset + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
+                dy = tl.load(DY + offset + off + cols, mask=off + cols < n_read, other=0.0).to(tl.float32)
                 dx = _kept(y * (dy - dot) * scale, off + cols, n_keep, IS_CAUSAL)
-                tl.store(DX_row + off + cols, dx.to(DX.dtype.element_ty), mask=off + cols < C)
+                tl.store(DX + offset + off + cols, dx.to(DX.dtype.element_ty), mask=off + cols < C)
 
 
 def _launch_config(n_cols: int, n_rows: int = 1, plain_forward: bool = False) -> dict:

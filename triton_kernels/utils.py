@@ -58,7 +58,7 @@ def _cuda_property(index: int, name: str):
     return getattr(torch.cuda.get_device_properties(index), name)
 
 
-def _device_property(device: torch.device, name: str, off_cuda):
+def device_property(device: torch.device, name: str, off_cuda):
     """``torch.cuda.get_device_properties(device).<name>``, cached; ``off_cuda`` for non-CUDA devices."""
     if device.type != "cuda":
         return off_cuda
@@ -67,12 +67,12 @@ def _device_property(device: torch.device, name: str, off_cuda):
 
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``; 1 for non-CUDA devices (the Triton interpreter)."""
-    return _device_property(device, "multi_processor_count", 1)
+    return device_property(device, "multi_processor_count", 1)
 
 
 def l2_bytes(device: torch.device) -> int:
     """L2 cache bytes of ``device``; 0 for non-CUDA devices (the Triton interpreter)."""
-    return _device_property(device, "L2_cache_size", 0)
+    return device_property(device, "L2_cache_size", 0)
 
 
 # At most this many looping programs an SM (l2_resident_programs): 16-warp programs with two 8 KB blocks

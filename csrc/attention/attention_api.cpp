@@ -253,8 +253,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     p.dk = dk.data_ptr();
     p.dv = dv.data_ptr();
     // The atomic-dQ kernel adds dQ / scale into fp32 zeros, scaled and cast into dq below (one pass:
-    // mul's output cast to dq's dtype); the buffer
-    // only where that kernel may run (switched on, a call it takes), so that no other call pays for it.
+    // mul's output cast to dq's dtype); the buffer only where that kernel may run (switched on, a call
+    // it takes), so that no other call pays for it.
     at::Tensor dq_accum;
     if (!deterministic && !at::globalContext().deterministicAlgorithms() && attention_sm90_enabled() &&
         attention_bwd_kvq_sm90_supports(p)) {

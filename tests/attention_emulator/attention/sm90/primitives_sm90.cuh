@@ -26,7 +26,6 @@
 
 #include <cuda.h>
 
-
 #include "attention/primitives.cuh"
 #include "attention/sm90/smem_layout_sm90.h"
 

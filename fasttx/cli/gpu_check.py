@@ -77,7 +77,9 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # kernel changes (benchmarks/notes/softmax.md): causal at 4096 columns (16384x4096: 4 heads) and
 # short rows, which share programs (65536x256, also causal); 8 cases where there were 4 (32-128 MB
 # each, memory-bound: short timings), hence a share of 3 instead of 2, the stage's time unchanged;
-# since 2026-12-06 also 4096x32768 (256 MB), the loop path, whose column blocks are now pipelined.
+# since 2026-12-06 also 4096x32768 (256 MB), the loop path, whose column blocks are now pipelined,
+# and 4096x65536 (512 MB), where the loop path's persistent grid should keep the second pass in L2
+# (softmax.md, change 1; 68 MB of rows were in flight before, over the 50 MB L2).
 # The CPU dry run's 64x16 is the same mix: short rows, causal. Attention's cases hold, beside "fasttx
 # triton", "fasttx triton (deterministic=False)": the opt-in 5-product backward (atomic dQ), measured
 # at the same shapes against the default (benchmarks/attention.py; one provider more of ~8), and on
@@ -93,7 +95,7 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 HEADLINE = {
     "layer_norm": ("16384x4096,8192x8192,4096x16384,65536x256", "4x64", 1.5),
     "rms_norm": ("16384x4096,8192x8192,4096x16384,65536x256", "4x64", 1.5),
-    "softmax": ("16384x4096,65536x256,4096x16384,4096x32768", "4x64,64x16", 3),
+    "softmax": ("16384x4096,65536x256,4096x16384,4096x32768,4096x65536", "4x64,64x16", 3),
     "attention": ("4096x16x128,8192x16x128", "16x1x16", 4),
     "mha": ("2048x1024x16", "16x32x4", 2),
 }

@@ -14,11 +14,18 @@ whole (zeros where masked out by causal)
   forward:  read x, read mask, write y                  = K*e + R*C*e + C*e
   backward: read y and dy, write dx                     = 2*K*e + R*C*e
 (without causal K = R*C: 2*R*C*e + C*e and 3*R*C*e). GB/s = bytes / time.
+
+"fasttx cuda (no clusters)", on sm_90 devices and rows longer than the kernels' 16384-element chunk,
+is backend cuda with its row split over a thread block cluster switched off (fasttx._extension's
+cuda_clusters, FASTTX_CUDA_CLUSTERS=0): one block walks each row chunk by chunk, reading it twice, as before the split and as
+on other GPUs; beside "fasttx cuda" in the same run, to measure what the split changes. The switch is
+set around the provider's checking and every timed pass (common.around), backward included.
 """
 
 import torch
 
 from .. import functional, reference
+from .._extension import cuda_clusters
 from .common import Case, compiled, fasttx_providers
 
 OPS = ("softmax",)
@@ -60,6 +67,9 @@ def _bytes(rows, cols, dtype, mask_kind):
     return fwd, 2 * kept * e + rows * cols * e
 
 
+CHUNK = 16384  # elements of a row one CUDA block holds (csrc/softmax/softmax_layout.cuh)
+
+
 def _providers(op, dtype, device_type, fasttx_backends, eager, causal):
     providers = {"torch eager": eager}
     if device_type == "cuda":
@@ -67,6 +77,18 @@ def _providers(op, dtype, device_type, fasttx_backends, eager, causal):
     providers.update(fasttx_providers(op, device_type, dtype, fasttx_backends, lambda b: lambda x, mask=None: (
         functional.softmax(x, -1, scale=SCALE, mask=mask, is_causal=causal, backend=b))))
     return providers
+
+
+def _with_unsplit_rows(providers, cols):
+    """providers, and for rows the CUDA kernels split over a cluster on sm_90, "fasttx cuda (no
+    clusters)" beside "fasttx cuda" (module docstring)."""
+    if "fasttx cuda" not in providers or cols <= CHUNK or torch.cuda.get_device_capability()[0] != 9:
+        return providers
+
+    def unsplit(*args, cuda=providers["fasttx cuda"]):
+        return cuda(*args)
+    unsplit.around = lambda: cuda_clusters(False)
+    return {**providers, "fasttx cuda (no clusters)": unsplit}
 
 
 def cases(op, dtype, device_type, shapes, fasttx_backends):
@@ -82,8 +104,10 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
             work = _bytes(rows, cols, dtype, kind)
             if kind == "causal":  # chunks of whole heads: dim 0 of (heads, C, C)
                 heads = x.detach().view(rows // cols, cols, cols).requires_grad_()
-                yield Case(label, [heads], _providers(op, dtype, device_type, fasttx_backends,
-                                                      _eager_causal(cols, device_type), True),
-                           causal_ref, work, chunk_dim=0)
+                causal_providers = _providers(op, dtype, device_type, fasttx_backends,
+                                              _eager_causal(cols, device_type), True)
+                yield Case(label, [heads], _with_unsplit_rows(causal_providers, cols), causal_ref, work,
+                           chunk_dim=0)
             else:
-                yield Case(label, [x, mask] if kind == FLOAT_MASK else [x], providers, ref, work, chunk_dim=0)
+                yield Case(label, [x, mask] if kind == FLOAT_MASK else [x], _with_unsplit_rows(providers, cols),
+                           ref, work, chunk_dim=0)

@@ -1,4 +1,4 @@
-"""Loading the CUDA extension ``fasttx._C``.
+"""Loading the CUDA extension ``fasttx._C``, and the switches it reads from the environment.
 
 Importing it registers the ``torch.ops.fasttx.*_cuda`` ops (TORCH_LIBRARY in csrc/bindings.cpp).
 When no prebuilt extension is installed but this is a source checkout on a machine with a GPU
@@ -6,6 +6,7 @@ and nvcc, the extension is compiled on first use with ``torch.utils.cpp_extensio
 (ninja, cached under torch's extension directory), and we say so.
 """
 
+import contextlib
 import glob
 import importlib
 import os
@@ -17,6 +18,34 @@ import torch
 _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 
 _state = {"loaded": False, "reason": None, "tried_import": False, "tried_jit": False}
+
+
+# The switch of the CUDA row-wise kernels' row split (csrc/common/row_layout.cuh): rows longer than a
+# block's chunk (softmax: 16384 elements), split over a thread block cluster on sm_90, unless it is "0";
+# read at each such launch.
+CLUSTERS_SWITCH = "FASTTX_CUDA_CLUSTERS"
+
+
+def cuda_clusters(enabled: bool):
+    """Runs the block with the CUDA row-wise kernels' long rows split over thread block clusters (the
+    default, where the GPU runs them) or each walked chunk by chunk by one block (CLUSTERS_SWITCH "0"),
+    restoring the setting before: what the benchmarks' "fasttx cuda (no clusters)" times."""
+    return environment(CLUSTERS_SWITCH, None if enabled else "0")
+
+
+@contextlib.contextmanager
+def environment(name: str, value):
+    """Runs the block with the environment variable ``name``, a switch the extension reads at each
+    call, set to ``value`` (None: unset), restoring what was there before."""
+    before = os.environ.pop(name, None)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if before is not None:
+            os.environ[name] = before
 
 
 def _jit_build():

@@ -7,11 +7,14 @@ gradient: the backward at scale 1, summed to the mask's shape), and compares the
 gradient with the float64 reference (tests/ops/test_softmax.py's judge and tolerances). Every
 tensor sits between guards (NaN; False for a bool mask), which must survive (no write past a
 tensor) and which poison any result read from past one. It checks indexing, the row layouts (rows
-of a few lanes to several warps, chunked long rows, the last block past the last row), the
-alignment dispatch, masks, causal limits and reductions; not timing, registers or real races."""
+of a few lanes to several warps, chunked long rows, long rows split over a cluster on a device that
+launches clusters, the last block past the last row), the alignment dispatch, masks, causal limits and
+reductions; not timing, registers or real races."""
 
 import pytest
 import torch
+
+from fasttx._extension import cuda_clusters
 
 from .cuda_emulator import DTYPE_CODE, Guarded, call, compile_emulator
 from .ops.test_softmax import compare_with_reference
@@ -131,6 +134,63 @@ def test_long_rows_in_chunks(emulator, cols, dtype):
     # A rising row: its max grows chunk by chunk (each chunk rescales the running sum), and its mass
     # sits at the end, where fp16 probabilities are normal numbers, not the subnormals of ~1/C.
     check(emulator, logits(1, 1, 1, cols, dtype=dtype) + torch.linspace(0, 20, cols).to(dtype))
+
+
+@pytest.fixture
+def clusters(emulator):
+    """The emulated device launches thread block clusters of up to 16 CTAs (an H100's largest), as an
+    sm_90 GPU running the library's sm_90 code does; back to none (the sm_80 path) after the test."""
+    emulator.emu_set_max_cluster(16)
+    yield emulator
+    emulator.emu_set_max_cluster(1)
+
+
+# (A, B, L, C, dtype, mask kind, causal): rows of 2, 3 and 16 chunks, the last one vector (aligned or
+# not) or part of one; the masks read from each block's first column on; causal rows whose kept
+# columns end in the first chunk (the other CTAs read nothing, add an empty state, write 0).
+SPLIT_CASES = [(1, 1, 2, 16400, torch.float32, None, False), (1, 1, 1, 16392, torch.bfloat16, None, False),
+               (1, 2, 1, 33000, torch.float16, None, False), (1, 1, 1, 16 * 16384, torch.bfloat16, None, False),
+               (2, 1, 1, 32768, torch.bfloat16, "bool key padding", False),
+               (1, 1, 3, 33001, torch.float32, "float (L, C) with -inf", False),
+               (1, 1, 3, 16400, torch.bfloat16, None, True), (1, 1, 3, 16400, torch.float32, "bool (L, C)", True)]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: f"{c[:4]}-{str(c[4])[6:]}-{c[5]}-causal{int(c[6])}")
+def test_long_rows_split_over_a_cluster(clusters, case):
+    """On a device with clusters, a row longer than a chunk is split over a cluster of
+    ceil(C / 16384) CTAs, a chunk each, their (max, sum) and y . dy combined through each other's
+    shared memory: forward and both gradients against float64, and the launch was a cluster's."""
+    a, b, queries, cols, dtype, kind, is_causal = case
+    shape = (a, b, queries, cols)
+    mask = None if kind is None else _mask(kind, shape, dtype)
+    # A rising row, as in test_long_rows_in_chunks: the max sits in the last chunk, which the first
+    # CTAs' sums must be rescaled to.
+    x = logits(*shape, dtype=dtype) + torch.linspace(0, 20, cols).to(dtype)
+    check(clusters, x, scale=0.9, mask=mask, is_causal=is_causal)
+    assert clusters.emu_last_launch_cluster() == -(-cols // 16384)
+
+
+@pytest.mark.parametrize("max_cluster,cols", [(16, 16 * 16384 + 8), (8, 8 * 16384 + 8), (1, 16400)],
+                         ids=["17 chunks", "9 chunks, clusters of 8", "no clusters"])
+def test_rows_no_cluster_holds_walk_their_chunks(emulator, max_cluster, cols):
+    """Rows of more chunks than the largest cluster the device launches (or on a device without
+    clusters) keep the one-block path, chunk by chunk."""
+    emulator.emu_set_max_cluster(max_cluster)
+    try:
+        check(emulator, logits(1, 1, 1, cols, dtype=torch.bfloat16) + torch.linspace(0, 20, cols).to(torch.bfloat16))
+        assert emulator.emu_last_launch_cluster() == 1
+    finally:
+        emulator.emu_set_max_cluster(1)
+
+
+def test_cluster_switch_off_walks_the_chunks(clusters):
+    """FASTTX_CUDA_CLUSTERS=0 (fasttx._extension.cuda_clusters(False), the benchmark's "fasttx cuda
+    (no clusters)"): rows a cluster would hold are walked by one block, as before the split."""
+    with cuda_clusters(False):
+        check(clusters, logits(1, 1, 2, 33000, dtype=torch.bfloat16), scale=0.9)
+        assert clusters.emu_last_launch_cluster() == 1
+    check(clusters, logits(1, 1, 2, 33000, dtype=torch.bfloat16), scale=0.9)
+    assert clusters.emu_last_launch_cluster() == 3
 
 
 def _mask(kind, shape, dtype):

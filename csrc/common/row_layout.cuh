@@ -9,7 +9,10 @@
 // consecutive 16-byte pieces, so accesses are coalesced.
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "common/launch.h"
 #include "common/reduce.h"
@@ -70,11 +73,63 @@ struct RowGroup {
   }
 };
 
+// Combines v over the `blocks` blocks of this block's cluster, where every thread holds its block's
+// total already (RowGroup::allreduce of a one-group block): every thread of every block ends with the
+// same bits, the blocks' totals combined in rank order. slot: K floats of the caller's __shared__
+// memory, read by the other blocks until the caller's last cluster_wait(), which it must call once its
+// stores are done: a block's shared memory has to outlive the cluster's reads of it.
+template <int K, typename Combine>
+__device__ __forceinline__ void cluster_allreduce(float (&v)[K], float* slot, int blocks, Combine combine) {
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) slot[k] = v[k];
+  }
+  cluster_arrive();
+  cluster_wait();
+#pragma unroll
+  for (int k = 0; k < K; ++k) v[k] = load_cluster_shared(&slot[k], 0);
+  for (int rank = 1; rank < blocks; ++rank) {
+    float other[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) other[k] = load_cluster_shared(&slot[k], rank);
+    combine(v, other);
+  }
+  cluster_arrive();  // this block is done reading the others' slots
+}
+
 // Launches a row-wise kernel with one row group per row: enough blocks of cfg.threads for `rows`.
 template <typename Kernel, typename... Args>
 void launch_row_groups(Kernel kernel, const RowConfig& cfg, int64_t rows, cudaStream_t stream, const Args&... args) {
   const int64_t blocks = ceil_div<int64_t>(rows, cfg.rows_per_block);
   launch_kernel(kernel, static_cast<unsigned>(blocks), cfg.threads, stream, args...);
+}
+
+// Whether rows longer than a chunk may be split over a cluster (launch_row_groups_split): yes unless
+// FASTTX_CUDA_CLUSTERS=0, the switch with which the benchmarks' "fasttx cuda (no clusters)" times the
+// chunk-walking path beside the split on the same GPU. Read at each launch of long rows only.
+inline bool cluster_splits_allowed() {
+  const char* value = std::getenv("FASTTX_CUDA_CLUSTERS");
+  return value == nullptr || std::strcmp(value, "0") != 0;
+}
+
+// Launches a row-wise kernel taking (args..., threads_per_row, row_split). Rows of one chunk or less
+// (cfg.chunk_cols): one row group per row, row_split 1. Longer rows, where the device runs clusters of
+// that many blocks: each row split over a cluster of row_split = ceil(cols / chunk_cols) blocks
+// (cfg.threads_per_row is then the whole block), block r of a cluster holding chunk r in its registers,
+// so that no chunk is read twice; the row's reductions are combined across the cluster
+// (cluster_allreduce). Otherwise, or with the split switched off (cluster_splits_allowed), one row group
+// walks the row chunk by chunk, row_split 1.
+template <typename Kernel, typename... Args>
+void launch_row_groups_split(Kernel kernel, const RowConfig& cfg, int64_t rows, int cols, cudaStream_t stream,
+                             const Args&... args) {
+  const int split = ceil_div(cols, cfg.chunk_cols);
+  if (split > 1 && rows * split <= INT32_MAX && cluster_splits_allowed() &&
+      cluster_launchable(kernel, cfg.threads, split)) {
+    launch_kernel_cluster(kernel, static_cast<unsigned>(rows * split), cfg.threads, split, stream, args...,
+                          cfg.threads_per_row, split);
+    return;
+  }
+  launch_row_groups(kernel, cfg, rows, stream, args..., cfg.threads_per_row, 1);
 }
 
 // A kernel family's layout, its RowLimits fixed at compile time for the kernels'

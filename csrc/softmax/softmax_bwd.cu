@@ -11,7 +11,8 @@
 // row (y = 0 throughout) gets 0. The mask is a constant here (a float mask's gradient is dz, the
 // caller's kernel call with scale 1). One row sum (the dot product y . dy), then a second sweep:
 // rows up to a chunk (softmax/softmax_layout.cuh) stay in registers for it, longer ones are read
-// again. All arithmetic is fp32.
+// again, or, where the device runs clusters, split over a cluster a chunk a block, the dot product
+// summed across it through distributed shared memory (as in the forward). All arithmetic is fp32.
 //
 // Causal rows (p.is_causal): y is 0 past column l of query row l, and so is dx, whatever dy is
 // there. Only the vectors holding columns <= l are read, as in the forward (the one that crosses
@@ -45,31 +46,37 @@ constexpr int bwd_min_blocks_per_sm() {
 // Y: y and dy, D: dx. A thread handles vectors of kVec consecutive elements, 16 bytes of the
 // narrower type (the fp32 side then takes two 128-bit accesses); kAligned (C a multiple of kVec,
 // 16-byte aligned tensors) moves them with 128-bit accesses, otherwise element by element with the
-// row's tail masked. One row group per row; the grid covers all rows. (Registers per instance:
-// csrc/README.md, "Registers".)
+// row's tail masked. One row group per row, the grid covering all rows; with row_split > 1,
+// row_split blocks of a cluster per row, a chunk each. (Registers per instance: csrc/README.md,
+// "Registers".)
 template <typename Y, typename D, bool kAligned>
 __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>())
-    softmax_bwd_kernel(const SoftmaxBwdParams p, const int threads_per_row) {
+    softmax_bwd_kernel(const SoftmaxBwdParams p, const int threads_per_row, const int row_split) {
   constexpr int kVec = kVecBytes / (sizeof(Y) < sizeof(D) ? sizeof(Y) : sizeof(D));
   static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
   constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches per tensor
   __shared__ float scratch[1][Layout::kMaxWarps];
+  __shared__ float cluster_slot[1];  // this block's part of y . dy, read by its cluster (row_split > 1)
 
   const Layout::Group grp(threads_per_row);
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
+  const int64_t row = static_cast<int64_t>(blockIdx.x / row_split) * grp.per_block + grp.index;
   // Rows past M (last block only) still take part in the block-wide reduction.
   const bool valid = row < p.rows;
-  const int64_t offset = (valid ? row : 0) * p.cols;
-  const Y* __restrict__ y = static_cast<const Y*>(p.y) + offset;    // (C,) this row
-  const Y* __restrict__ dy = static_cast<const Y*>(p.dy) + offset;  // (C,) this row
-  D* __restrict__ dx = static_cast<D*>(p.dx) + offset;              // (C,) this row
+  // What this block holds of its row, from column first_col on, cols long: all of it, or with a
+  // split, chunk blockIdx.x % row_split. Below, "the row" is that part, columns counted from its first.
+  const int first_col = static_cast<int>(blockIdx.x % row_split) * (grp.size * Layout::kCacheElems);
+  const int cols = row_split > 1 ? min(p.cols - first_col, grp.size * Layout::kCacheElems) : p.cols;
+  const int64_t offset = (valid ? row : 0) * p.cols + first_col;
+  const Y* __restrict__ y = static_cast<const Y*>(p.y) + offset;    // (cols,) this row's part
+  const Y* __restrict__ dy = static_cast<const Y*>(p.dy) + offset;  // (cols,) this row's part
+  D* __restrict__ dx = static_cast<D*>(p.dx) + offset;              // (cols,) this row's part
   // Columns that may be nonzero in y: up to the causal limit, column l of query row l.
   const int n_keep = !valid        ? 0
-                     : p.is_causal ? min(p.cols, static_cast<int>(row % p.queries) + 1)
-                                   : p.cols;
-  const int nvec_read = ceil_div(n_keep, kVec);         // vectors read; the rest of dx is 0
-  const int nvec = valid ? ceil_div(p.cols, kVec) : 0;  // vectors written
-  const int chunk = grp.size * kIters;                  // vectors per chunk
+                     : p.is_causal ? max(0, min(cols, static_cast<int>(row % p.queries) + 1 - first_col))
+                                   : cols;
+  const int nvec_read = ceil_div(n_keep, kVec);       // vectors read; the rest of dx is 0
+  const int nvec = valid ? ceil_div(cols, kVec) : 0;  // vectors written
+  const int chunk = grp.size * kIters;                // vectors per chunk
 
   RawVec<Y, kVec> yv[kIters];
   RawVec<Y, kVec> gv[kIters];  // dy
@@ -103,6 +110,7 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
       for (int e = 0; e < kVec; ++e) dot[0] += yv[i][e] * gv[i][e];
   }
   grp.allreduce(dot, scratch, SumOp{});
+  if (row_split > 1) cluster_allreduce(dot, cluster_slot, row_split, SumOp{});
 
   const auto store_chunk = [&](int c0) {
 #pragma unroll
@@ -121,7 +129,7 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
           if (e >= n) out[e] = 0.f;
         }
       }
-      store_vec<kVec, kAligned>(dx + j * kVec, out, p.cols - j * kVec);
+      store_vec<kVec, kAligned>(dx + j * kVec, out, cols - j * kVec);
     }
   };
   // The last chunk read is still in registers; the others are read again (chunks past the causal
@@ -133,9 +141,10 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
     load_chunk(c0);
     store_chunk(c0);
   }
+  if (row_split > 1) cluster_wait();  // the cluster has read cluster_slot: it may go
 }
 
-using BwdKernel = void (*)(SoftmaxBwdParams, int);
+using BwdKernel = void (*)(SoftmaxBwdParams, int, int);
 
 template <typename Y, typename D>
 BwdKernel select_alignment(const SoftmaxBwdParams& p) {
@@ -162,7 +171,7 @@ BwdKernel select_bwd_kernel(const SoftmaxBwdParams& p) {
 
 void softmax_bwd_launch(const SoftmaxBwdParams& p, cudaStream_t stream) {
   const RowConfig cfg = Layout::config(p.cols);
-  launch_row_groups(select_bwd_kernel(p), cfg, p.rows, stream, p, cfg.threads_per_row);
+  launch_row_groups_split(select_bwd_kernel(p), cfg, p.rows, p.cols, stream, p);
 }
 
 }  // namespace fasttx

@@ -16,7 +16,10 @@
 // Threads merge their (m, s) pairs once per row, (m, s) + (m', s') = (M, s 2^(m-M) + s' 2^(m'-M))
 // with M = max(m, m'), so a row costs one group reduction however many chunks it spans. The
 // second pass writes exp2(z - M) / S: from registers for the last chunk (all of a row up to 16384
-// elements), reading earlier chunks again.
+// elements), reading earlier chunks again. Where the device runs clusters (sm_90), a longer row is
+// split over a cluster instead, a chunk a block (launch_row_groups_split): each block merges its
+// chunk's pair with the others' through distributed shared memory and writes its chunk from
+// registers, so x is read once however long the row.
 //
 // Nothing kept: m = -inf. Exponents are then taken relative to 0 instead (never -inf - -inf = NaN),
 // every exp2 is 0, the sum is 0 and the row is written as 0. Masked entries (bool, causal, past
@@ -87,10 +90,11 @@ __device__ __forceinline__ void load_mask(const M* mask, int col, int64_t stride
 // handles vectors of kVec = 16 bytes of T consecutive elements. kAligned (C a multiple of kVec,
 // 16-byte aligned x and y, and a mask with column stride 1 whose rows start vector-aligned) moves
 // them with 128-bit accesses (the mask's vector is kVec elements of M: 4 to 32 bytes), otherwise
-// element by element with the row's tail masked. One row group per row; the grid covers all rows.
+// element by element with the row's tail masked. One row group per row, the grid covering all rows;
+// with row_split > 1, row_split blocks of a cluster per row, a chunk each.
 template <typename T, typename O, typename M, bool kAligned>
 __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M, kAligned>())
-    softmax_fwd_kernel(const SoftmaxFwdParams p, const int threads_per_row) {
+    softmax_fwd_kernel(const SoftmaxFwdParams p, const int threads_per_row, const int row_split) {
   constexpr int kVec = kVecBytes / sizeof(T);
   static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
   constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches
@@ -98,28 +102,33 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M, k
   constexpr bool kBoolMask = std::is_same_v<M, uint8_t>;
   constexpr bool kFloatMask = !kBoolMask && !std::is_void_v<M>;
   __shared__ float scratch[2][Layout::kMaxWarps];
+  __shared__ float cluster_slot[2];  // this block's {max, sum}, read by its cluster (row_split > 1)
 
   const Layout::Group grp(threads_per_row);
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
+  const int64_t row = static_cast<int64_t>(blockIdx.x / row_split) * grp.per_block + grp.index;
   // Rows past A * B * L (last block only) still take part in the block-wide reduction.
   const bool valid = row < p.rows;
-  const int64_t offset = (valid ? row : 0) * p.cols;
-  const T* __restrict__ x = static_cast<const T*>(p.x) + offset;  // (C,) this row
-  O* __restrict__ y = static_cast<O*>(p.y) + offset;              // (C,) this row
+  // What this block holds of its row, from column first_col on, cols long: all of it, or with a
+  // split, chunk blockIdx.x % row_split. Below, "the row" is that part, columns counted from its first.
+  const int first_col = static_cast<int>(blockIdx.x % row_split) * (grp.size * Layout::kCacheElems);
+  const int cols = row_split > 1 ? min(p.cols - first_col, grp.size * Layout::kCacheElems) : p.cols;
+  const int64_t offset = (valid ? row : 0) * p.cols + first_col;
+  const T* __restrict__ x = static_cast<const T*>(p.x) + offset;  // (cols,) this row's part
+  O* __restrict__ y = static_cast<O*>(p.y) + offset;              // (cols,) this row's part
   const int r = static_cast<int>(valid ? row : 0);                 // rows <= INT32_MAX
   const int l = r % p.queries;
-  const M* __restrict__ mask = nullptr;  // (C,) this row, p.mask_strides[3] apart
+  const M* __restrict__ mask = nullptr;  // (cols,) this row's part, p.mask_strides[3] apart
   if constexpr (!std::is_void_v<M>) {
     const int b = r / p.queries % p.heads;
     const int a = r / p.queries / p.heads;
     mask = static_cast<const M*>(p.mask) +
-           (a * p.mask_strides[0] + b * p.mask_strides[1] + l * p.mask_strides[2]);
+           (a * p.mask_strides[0] + b * p.mask_strides[1] + l * p.mask_strides[2] + first_col * p.mask_strides[3]);
   }
   // Columns that may be kept: the causal limit never reads past column l.
-  const int n_open = !valid ? 0 : p.is_causal ? min(p.cols, l + 1) : p.cols;
-  const int nvec_read = ceil_div(n_open, kVec);         // vectors read; the rest of the row is 0
-  const int nvec = valid ? ceil_div(p.cols, kVec) : 0;  // vectors written
-  const int chunk = grp.size * kIters;                  // vectors per chunk
+  const int n_open = !valid ? 0 : p.is_causal ? max(0, min(cols, l + 1 - first_col)) : cols;
+  const int nvec_read = ceil_div(n_open, kVec);       // vectors read; the rest of the row is 0
+  const int nvec = valid ? ceil_div(cols, kVec) : 0;  // vectors written
+  const int chunk = grp.size * kIters;                // vectors per chunk
   const float sl2 = p.scale_log2;
 
   // The cached chunk: x, the float mask (both as stored), and flags: bit i * kVec + e of `keep`
@@ -189,6 +198,7 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M, k
     state[0] = m;
   }
   grp.allreduce(state, scratch, MergeOp{});
+  if (row_split > 1) cluster_allreduce(state, cluster_slot, row_split, MergeOp{});
   const float shift = shift_for(state[0]);
   // A zero sum means nothing is kept: the row is 0. (A NaN sum stays NaN, as in torch.)
   const float inv_sum = state[1] == 0.f ? 0.f : 1.f / state[1];
@@ -203,7 +213,7 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M, k
       for (int e = 0; e < kVec; ++e) {
         out[e] = kept(i, e) ? exp2f(fmaf(xv[i][e], sl2, bias(i, e) - shift)) * inv_sum : 0.f;
       }
-      store_vec<kVec, kAligned>(y + j * kVec, out, p.cols - j * kVec);
+      store_vec<kVec, kAligned>(y + j * kVec, out, cols - j * kVec);
     }
   };
   // The last chunk read is still in registers; the others are read again (chunks past the causal
@@ -215,9 +225,10 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, min_blocks_per_sm<T, M, k
     load_chunk(c0);
     store_chunk(c0);
   }
+  if (row_split > 1) cluster_wait();  // the cluster has read cluster_slot: it may go
 }
 
-using FwdKernel = void (*)(SoftmaxFwdParams, int);
+using FwdKernel = void (*)(SoftmaxFwdParams, int, int);
 
 // A mask that is not vector-accessible (transposed, broadcast along C, padded rows, misaligned)
 // takes x element by element too: a third fewer instances for layouts rare in attention, whose
@@ -262,7 +273,7 @@ FwdKernel select_fwd_kernel(const SoftmaxFwdParams& p) {
 
 void softmax_fwd_launch(const SoftmaxFwdParams& p, cudaStream_t stream) {
   const RowConfig cfg = Layout::config(p.cols);
-  launch_row_groups(select_fwd_kernel(p), cfg, p.rows, stream, p, cfg.threads_per_row);
+  launch_row_groups_split(select_fwd_kernel(p), cfg, p.rows, p.cols, stream, p);
 }
 
 }  // namespace fasttx

@@ -9,7 +9,8 @@
 // block each and are walked in 16384-element chunks: the first pass reads them all, the second
 // reads all but the last again. That re-read hits L2 while the rows in flight fit in it (H100:
 // 132 SMs x 1 block x 4C bytes < 50 MB for fp32 C <= ~95K, 16-bit C <= ~190K); beyond that it
-// costs a second HBM read of the row.
+// costs a second HBM read of the row. On devices that launch thread block clusters (sm_90) rows of
+// up to 16 chunks are split over a cluster instead, a chunk a block, and read once.
 
 #include "common/row_layout.cuh"
 

@@ -16,6 +16,7 @@ import torch
 
 from .. import functional, reference
 from ..functional.attention import cuda_sm90_kernels
+from .._extension import cuda_clusters
 from ..testing import rel_error
 
 
@@ -66,8 +67,9 @@ def norm_input_grad_scale(op, x, weight, grad_out, eps=EPS):
     return ((grad_out if weight is None else grad_out * weight) * rstd).norm().item()
 
 
-def softmax_case(rows, cols, dtype, mask=None, is_causal=False, scale=0.7):
-    """fasttx.softmax over (2, rows, cols) scores: mask None, "bool" or "float" (key padding, (2, 1, cols))."""
+def softmax_case(rows, cols, dtype, mask=None, is_causal=False, scale=0.7, clusters=True):
+    """fasttx.softmax over (2, rows, cols) scores: mask None, "bool" or "float" (key padding, (2, 1, cols)).
+    ``clusters=False``: the CUDA kernels' long rows walked by one block even on sm_90 (cuda_clusters)."""
     def make(device):
         x = _randn(2, rows, cols, dtype=dtype, device=device)
         m = None
@@ -80,8 +82,10 @@ def softmax_case(rows, cols, dtype, mask=None, is_causal=False, scale=0.7):
             return impl.softmax(x, -1, scale=scale, mask=m, is_causal=is_causal)
         return [x], call
 
-    flags = " ".join(f for f in (mask and f"{mask}-mask", is_causal and "causal") if f)
-    return OpCase(f"softmax 2x{rows}x{cols} {_short(dtype)} {flags}".rstrip(), dtype, make)
+    flags = " ".join(f for f in (mask and f"{mask}-mask", is_causal and "causal", not clusters and "no clusters")
+                     if f)
+    return OpCase(f"softmax 2x{rows}x{cols} {_short(dtype)} {flags}".rstrip(), dtype, make,
+                  around=lambda: cuda_clusters(clusters))
 
 
 def attention_case(batch, heads, queries, keys, head_dim, dtype, mask=None, is_causal=False, kv_heads=None,

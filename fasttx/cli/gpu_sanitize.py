@@ -11,7 +11,9 @@ Branches, from csrc/:
   (8-element vectors) and fp32 (4-element) input.
 - softmax (softmax/softmax_layout.cuh): 32 cached values per thread, 1 thread per row up to C = 32,
   then sub-warp groups (2-16 threads), a warp at C <= 1024, multi-warp groups up to 512 threads at
-  C <= 16384, and the online (chunked) pass beyond; bool and float masks, causal.
+  C <= 16384, and beyond, on sm_90, each row split over a cluster of 2-3 blocks (distributed shared
+  memory), else the online (chunked) pass, also run on sm_90 with the split off; bool and float
+  masks, causal.
 - attention (attention/): one kernel per head dim 32, 64, 96, 128, 256 and direction; causal,
   bool and float masks, dropout, grouped-query heads, L != S and lengths that leave partial tiles;
   and the sm_90a forward, dK/dV and dQ kernels (attention/sm90, switched on for their cases: head dim
@@ -48,7 +50,8 @@ def cases():
                  norm("layer_norm", 6, 3000, fp32, bias=False)]
     selected += [soft(5, c, bf16) for c in SOFTMAX_COLS]
     selected += [soft(5, 300, fp16, mask="bool", is_causal=True), soft(5, 16385, bf16, mask="bool", is_causal=True),
-                 soft(5, 1024, fp32, mask="float"), soft(3, 40000, fp32, mask="float"), soft(4, 2000, fp32)]
+                 soft(5, 1024, fp32, mask="float"), soft(3, 40000, fp32, mask="float"), soft(4, 2000, fp32),
+                 soft(3, 40000, bf16, mask="bool", is_causal=True, clusters=False)]
     for dim in HEAD_DIMS:
         selected += [att(1, 2, 130, 130, dim, bf16, is_causal=True), att(2, 2, 70, 150, dim, fp16, mask="float"),
                      att(1, 4, 150, 70, dim, bf16, mask="bool", kv_heads=2),

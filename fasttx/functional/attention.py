@@ -13,15 +13,13 @@ and zero gradients, never NaN. Dropout draws its Philox seed from the inputs' de
 torch.manual_seed makes it reproducible; forward and backward regenerate the same keep mask.
 """
 
-import contextlib
 import math
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from .. import _attention_kernels, _ops, backends
+from .. import _attention_kernels, _extension, _ops, backends
 from . import native
 from ._checks import check_mask, check_tensor, merge_leading_dims
 
@@ -44,19 +42,10 @@ def cuda_head_dims():
 SM90_SWITCH = "FASTTX_ATTENTION_SM90"
 
 
-@contextlib.contextmanager
 def cuda_sm90_kernels(enabled: bool):
     """Runs the block with the CUDA sm_90a kernels (forward; backward dK/dV and dQ) switched on or off (the
     environment variable SM90_SWITCH set to "1" or unset), restoring what was there before."""
-    before = os.environ.pop(SM90_SWITCH, None)
-    if enabled:
-        os.environ[SM90_SWITCH] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(SM90_SWITCH, None)
-        if before is not None:
-            os.environ[SM90_SWITCH] = before
+    return _extension.environment(SM90_SWITCH, "1" if enabled else None)
 
 
 def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):

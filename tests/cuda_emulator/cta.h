@@ -4,7 +4,10 @@
 // thread that launched it, one per GPU thread. A fiber runs until it must wait (a barrier, an
 // mbarrier, a named barrier), then the next one runs, round-robin. Warp shuffles exchange operands
 // through a per-warp buffer between two warp barriers. Global reads can be checked against the tensors
-// the kernel was given; a violation aborts with a message naming the block and thread.
+// the kernel was given; a violation aborts with a message naming the block and thread. A grid of
+// thread block clusters (run_clusters) runs one cluster after another, its CTAs at once, each on a
+// host thread of its own (the emulator state below is per host thread), meeting at the cluster
+// barrier and in each other's shared memory.
 //
 // Why fibers and not one host thread per GPU thread: a barrier of 128-384 host threads costs a wakeup
 // of each, and on a loaded 2-core machine every wakeup waits for a time slice, so the emulated suites'
@@ -19,11 +22,16 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 // Host compilers know no launch bounds (the CUDA headers turn the other keywords into attributes).
@@ -35,12 +43,13 @@ namespace fasttx {
 constexpr int kMaxWarpsPerCta = 32;
 constexpr int kMaxThreadsPerCta = 32 * kMaxWarpsPerCta;
 
-// The running fiber's; set at every switch.
-inline uint3 threadIdx;
-inline int thread_rank;  // threadIdx linearized, x fastest: what warps are cut from
-inline uint3 blockIdx;
-inline dim3 blockDim;
-inline dim3 gridDim;
+// The running fiber's; set at every switch. This and all the emulator's state below is thread_local:
+// the CTAs of a cluster run at once, on host threads of their own.
+inline thread_local uint3 threadIdx;
+inline thread_local int thread_rank;  // threadIdx linearized, x fastest: what warps are cut from
+inline thread_local uint3 blockIdx;
+inline thread_local dim3 blockDim;
+inline thread_local dim3 gridDim;
 
 [[noreturn]] inline void fail(const char* what, const void* p) {
   std::fprintf(stderr, "emulator: %s at %p (block %u,%u,%u thread %u)\n", what, p, blockIdx.x, blockIdx.y, blockIdx.z,
@@ -74,13 +83,13 @@ struct Fiber {
 constexpr size_t kFiberStackBytes = 512 << 10;
 constexpr size_t kGuardBytes = 4096;
 
-inline std::vector<Fiber> fibers;
-inline int running_fiber = -1;
-inline ucontext_t host_context;
-inline const std::function<void(int)>* fiber_body = nullptr;
+inline thread_local std::vector<Fiber> fibers;
+inline thread_local int running_fiber = -1;
+inline thread_local ucontext_t host_context;
+inline thread_local const std::function<void(int)>* fiber_body = nullptr;
 // Bumped by every change a waiting fiber may be waiting for (an arrival, a phase, a landed copy, a
 // wait passed, a fiber started or finished): wait_until's deadlock test.
-inline uint64_t progress = 0;
+inline thread_local uint64_t progress = 0;
 
 inline void note_progress() { ++progress; }
 
@@ -116,16 +125,54 @@ inline void yield() {
   if (next != me) switch_to(next, &fibers[me].context);
 }
 
+// ---- clusters: what the CTAs of one cluster share ----------------------------------------------
+
+// The CTAs of a cluster run at once, each on a host thread; this is what they share, under `mutex`.
+struct Cluster {
+  Cluster(int blocks, int threads) : blocks(blocks), arrivals(blocks * threads), shared(blocks), exited(blocks) {}
+  const int blocks;
+  const int arrivals;  // a phase of the cluster barrier: every thread of every CTA
+  std::mutex mutex;
+  std::condition_variable changed;  // notified with every event
+  int arrived = 0;
+  std::atomic<uint64_t> phase{0};
+  std::atomic<uint64_t> events{0};  // arrivals and exits: what a CTA with every fiber waiting waits for
+  std::vector<const char*> shared;  // per rank: that CTA's host thread's tls_anchor (load_cluster_shared)
+  std::vector<bool> exited;         // per rank
+  int running = 0;                  // CTAs not yet exited
+};
+inline thread_local Cluster* cluster = nullptr;  // this host thread's CTA's, while it runs one
+// A CTA's static __shared__ objects are thread_local in the emulation (rowwise_emulator's launch.h):
+// the same offset from this anchor on every host thread, which is how load_cluster_shared finds another
+// CTA's copy.
+inline thread_local char tls_anchor;
+
+inline void cluster_event(Cluster& c) {
+  c.events.fetch_add(1, std::memory_order_release);
+  c.changed.notify_all();
+}
+
+// With every fiber of this CTA waiting and none having made progress in a round: waits for an event of
+// another CTA of the cluster after `seen` (one it may be waiting for). False where there is no cluster,
+// or none came for a minute: a deadlock then.
+inline bool other_ctas_moved(uint64_t seen) {
+  if (cluster == nullptr) return false;
+  std::unique_lock<std::mutex> lock(cluster->mutex);
+  return cluster->changed.wait_for(lock, std::chrono::seconds(60), [&] { return cluster->events.load() != seen; });
+}
+
 // Returns once done() holds, running the other fibers meanwhile. If a whole round of them passes with
-// no progress and done() still false, no thread can ever make it true: fails with `deadlock`. One round
-// is enough: between this fiber's yield and its return every other live fiber ran once, and with no
+// no progress and done() still false, no thread of this CTA can ever make it true: fails with
+// `deadlock`, unless another CTA of its cluster has moved meanwhile (then it tries again). One round is
+// enough: between this fiber's yield and its return every other live fiber ran once, and with no
 // progress each of them only found its own condition false, so nothing any of them waits on changed.
 template <typename Done>
 inline void wait_until(Done done, const char* deadlock, const void* p) {
   while (!done()) {
     const uint64_t seen = progress;
+    const uint64_t cluster_seen = cluster == nullptr ? 0 : cluster->events.load(std::memory_order_acquire);
     yield();
-    if (!done() && progress == seen) fail(deadlock, p);
+    if (!done() && progress == seen && !other_ctas_moved(cluster_seen)) fail(deadlock, p);
   }
   note_progress();
 }
@@ -166,8 +213,8 @@ class Barrier {
   uint64_t phase_ = 0;
 };
 
-inline Barrier* block_barrier = nullptr;
-inline Barrier* warp_barriers[kMaxWarpsPerCta];
+inline thread_local Barrier* block_barrier = nullptr;
+inline thread_local Barrier* warp_barriers[kMaxWarpsPerCta];
 
 inline int lane_id() { return thread_rank % 32; }
 inline int warp_id() { return thread_rank / 32; }
@@ -176,7 +223,7 @@ inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline void __syncwarp() { warp_barriers[warp_id()]->arrive_and_wait(); }
 
 // One 32-bit word per lane of every warp: what a shuffle reads from its source lane.
-inline uint32_t shuffle_slots[kMaxWarpsPerCta][32];
+inline thread_local uint32_t shuffle_slots[kMaxWarpsPerCta][32];
 
 inline uint32_t shuffle_xor_bits(uint32_t v, int lane_mask) {
   uint32_t(&slots)[32] = shuffle_slots[warp_id()];
@@ -191,15 +238,55 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   return __builtin_bit_cast(float, shuffle_xor_bits(__builtin_bit_cast(uint32_t, v), lane_mask));
 }
 
+// ---- the cluster barrier and distributed shared memory (csrc/common/launch.h's) ------------------
+
+inline thread_local uint64_t cluster_arrival[kMaxThreadsPerCta];  // per thread: the phase it arrived in
+inline thread_local bool cluster_arrived[kMaxThreadsPerCta];      // per thread: arrived, not yet waited
+
+inline void cluster_arrive() {
+  if (cluster == nullptr) fail("cluster barrier outside a cluster launch", nullptr);
+  if (cluster_arrived[thread_rank]) fail("cluster barrier arrived at twice without a wait", cluster);
+  cluster_arrived[thread_rank] = true;
+  {
+    const std::lock_guard<std::mutex> lock(cluster->mutex);
+    cluster_arrival[thread_rank] = cluster->phase.load();
+    if (++cluster->arrived == cluster->arrivals) {
+      cluster->arrived = 0;
+      cluster->phase.fetch_add(1, std::memory_order_release);
+    }
+    cluster_event(*cluster);
+  }
+  note_progress();
+}
+
+inline void cluster_wait() {
+  if (cluster == nullptr || !cluster_arrived[thread_rank]) fail("cluster wait without an arrival", cluster);
+  wait_until([] { return cluster->phase.load(std::memory_order_acquire) > cluster_arrival[thread_rank]; },
+             "cluster barrier never completes (a thread of the cluster waits elsewhere or has exited)", cluster);
+  cluster_arrived[thread_rank] = false;
+}
+
+// The float at `shared` (a static __shared__ object of this CTA: thread_local here) in CTA `rank` of the
+// cluster.
+inline float load_cluster_shared(const float* shared, int rank) {
+  if (cluster == nullptr || rank < 0 || rank >= cluster->blocks) fail("load_cluster_shared: no such CTA", shared);
+  const std::ptrdiff_t offset = reinterpret_cast<const char*>(shared) - &tls_anchor;
+  if (offset < -(1 << 20) || offset > (1 << 20)) fail("load_cluster_shared of an object not in shared memory", shared);
+  const std::lock_guard<std::mutex> lock(cluster->mutex);
+  if (cluster->exited[rank]) fail("load_cluster_shared from a CTA that has exited", shared);
+  return *reinterpret_cast<const float*>(cluster->shared[rank] + offset);
+}
+
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
 // ---- the grid ----------------------------------------------------------------------------------
 
-// Runs cta() for every block of `grid`, one after another, on one fiber per thread of `block`.
-// setup() runs on one thread before each CTA starts, cta() on every thread; the next CTA starts only
-// when every thread has finished the last one.
-inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& setup, const std::function<void()>& cta) {
+// Runs cta() for `blocks` of a grid of `grid`, one after another, on one fiber per thread of `block`,
+// on this host thread. setup() runs on one thread before each CTA starts, cta() on every thread; the
+// next CTA starts only when every thread has finished the last one.
+inline void run_blocks(const std::vector<uint3>& blocks, dim3 grid, dim3 block, const std::function<void()>& setup,
+                       const std::function<void()>& cta) {
   const int threads = static_cast<int>(block.x * block.y * block.z);
   if (threads % 32 != 0 || threads > kMaxThreadsPerCta) fail("block size not whole warps", nullptr);
   Barrier bar(threads);
@@ -209,18 +296,16 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& setup, 
   gridDim = grid;
   blockDim = block;
   const std::function<void(int)> body = [&](int tid) {
-    for (unsigned z = 0; z < grid.z; ++z) {
-      for (unsigned y = 0; y < grid.y; ++y) {
-        for (unsigned x = 0; x < grid.x; ++x) {
-          if (tid == 0) {
-            blockIdx = {x, y, z};
-            setup();
-          }
-          bar.arrive_and_wait();
-          cta();
-          bar.arrive_and_wait();  // the CTA is done before the next one's setup
-        }
+    for (const uint3& b : blocks) {
+      if (tid == 0) {
+        blockIdx = b;
+        setup();
       }
+      bar.arrive_and_wait();
+      cta();
+      // Its cluster may still be reading this CTA's shared memory (the kernel's last cluster_wait).
+      if (cluster_arrived[tid]) fail("a thread exited with a cluster barrier arrival not waited for", cluster);
+      bar.arrive_and_wait();  // the CTA is done before the next one's setup
     }
   };
   fiber_body = &body;
@@ -241,6 +326,50 @@ inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& setup, 
   for (Fiber& f : fibers) munmap(f.stack, kGuardBytes + kFiberStackBytes);
   fibers.clear();
   running_fiber = -1;
+}
+
+// Runs cta() for every block of `grid`, in order (x fastest), as run_blocks.
+inline void run_grid(dim3 grid, dim3 block, const std::function<void()>& setup, const std::function<void()>& cta) {
+  std::vector<uint3> blocks;
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) blocks.push_back({x, y, z});
+    }
+  }
+  run_blocks(blocks, grid, block, setup, cta);
+}
+
+// Runs cta() for every block of a 1-D `grid` of clusters of `cluster_blocks` CTAs: one cluster after
+// another, its CTAs at once, each on a host thread of its own (so each has its own thread_local
+// __shared__ objects). A CTA's host thread stays until the whole cluster has exited: its shared memory
+// outlives every read of it, and a read after its CTA exited fails (load_cluster_shared).
+inline void run_clusters(dim3 grid, dim3 block, int cluster_blocks, const std::function<void()>& cta) {
+  if (grid.y != 1 || grid.z != 1 || cluster_blocks < 1 || grid.x % cluster_blocks != 0) {
+    fail("a cluster grid here is 1-D, a whole number of clusters", nullptr);
+  }
+  const int threads = static_cast<int>(block.x * block.y * block.z);
+  for (unsigned first = 0; first < grid.x; first += cluster_blocks) {
+    Cluster c(cluster_blocks, threads);
+    c.running = cluster_blocks;
+    std::vector<std::thread> hosts;
+    for (int rank = 0; rank < cluster_blocks; ++rank) {
+      hosts.emplace_back([&, rank] {
+        {
+          const std::lock_guard<std::mutex> lock(c.mutex);
+          c.shared[rank] = &tls_anchor;
+        }
+        cluster = &c;
+        run_blocks({{first + rank, 0, 0}}, grid, block, [] {}, cta);
+        std::unique_lock<std::mutex> lock(c.mutex);
+        c.exited[rank] = true;
+        --c.running;
+        cluster_event(c);
+        c.changed.wait(lock, [&] { return c.running == 0; });
+        cluster = nullptr;
+      });
+    }
+    for (std::thread& t : hosts) t.join();
+  }
 }
 
 }  // namespace fasttx

@@ -6,6 +6,7 @@ import torch
 
 import fasttx
 from fasttx import _ops, reference
+from fasttx._extension import cuda_clusters
 from fasttx.testing import assert_close
 
 from ..conftest import DEVICE, runnable_backends
@@ -80,6 +81,31 @@ def test_long_rows_with_masks_online_kernel(backend, kind):
     mask = keep if kind == "bool" else torch.randn(rows, cols, device=DEVICE).masked_fill(~keep, float("-inf"))
     out = check(logits(rows, cols), backend, scale=0.4, mask=mask)
     assert torch.isfinite(out).all() and (out[1] == 0).all()
+
+
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="the CUDA kernels run on a GPU")
+@pytest.mark.parametrize("clusters", [True, False], ids=["clusters", "no clusters"])
+@pytest.mark.parametrize("cols,dtype,mask", [(16385, torch.float32, None), (40000, torch.bfloat16, "bool"),
+                                             (LONG_ROW, torch.bfloat16, None)], ids=str)
+def test_cuda_long_rows_with_and_without_clusters(clusters, cols, dtype, mask):
+    """The CUDA kernels' rows past one block's 16384 elements: on sm_90 split over a thread block
+    cluster of 2, 3 and 16 blocks (the default), or walked chunk by chunk by one block
+    (FASTTX_CUDA_CLUSTERS=0, as on other GPUs, where both cases run the walk); forward and backward."""
+    keep = None if mask is None else torch.rand(3, cols, device=DEVICE) > 0.3
+    with cuda_clusters(clusters):
+        check(logits(3, cols, dtype=dtype) + torch.linspace(0, 20, cols, device=DEVICE).to(dtype), "cuda",
+              scale=0.5, mask=keep)
+
+
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="the CUDA kernels run on a GPU")
+@pytest.mark.parametrize("clusters", [True, False], ids=["clusters", "no clusters"])
+def test_cuda_causal_limits_past_the_first_chunk(clusters):
+    """Causal rows 16384 and on keep columns past the first 16384-element chunk: with a split their
+    limit falls inside the second block's part (the first block's is whole), forward and backward."""
+    queries = keys = 16400
+    with cuda_clusters(clusters):
+        out = check(logits(1, 1, queries, keys, dtype=torch.bfloat16), "cuda", scale=0.5, is_causal=True)
+    assert (out[0, 0, -1] != 0).sum() > 16384  # the last row's kept columns reach into the second chunk
 
 
 @pytest.mark.parametrize("variant", ["plain", "float_mask", "causal"])

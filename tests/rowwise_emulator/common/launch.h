@@ -2,9 +2,11 @@
 // Host emulation of csrc/common/launch.h: found first on the emulator's include path, it replaces
 // the real header, so the real row-wise kernels (norms: norm.cpp, softmax: softmax.cpp) and their
 // launch code run on the host, one fiber per GPU thread (tests/cuda_emulator/cta.h). It also models the
-// built-ins those kernels use directly: static __shared__ arrays (one per kernel instance, which
-// every thread of the running CTA sees: CTAs run one at a time), warp shuffles and __syncthreads
-// (cta.h), rsqrtf and __fmul_rn. (exp2f, fmaf and fmaxf are the C library's: exp2f within the
+// built-ins those kernels use directly: static __shared__ arrays (one per kernel instance and host
+// thread, which every thread of the running CTA sees: CTAs run one at a time, but those of a cluster
+// at once, each on a host thread), warp shuffles and __syncthreads (cta.h), rsqrtf and __fmul_rn;
+// and clusters (cta.h's barrier and load_cluster_shared), on a device that launches clusters of up to
+// emulated_max_cluster CTAs. (exp2f, fmaf and fmaxf are the C library's: exp2f within the
 // device's 2 ulp, fmaf and fmaxf exact on both.)
 
 #include <cuda_runtime_api.h>
@@ -15,7 +17,7 @@
 #include "cuda_emulator/cta.h"
 
 #undef __shared__
-#define __shared__ static
+#define __shared__ static thread_local
 #undef __maxnreg__
 #define __maxnreg__(n)
 
@@ -36,10 +38,30 @@ cudaError_t resident_blocks(Kernel, int, int* blocks) {
   return cudaSuccess;
 }
 
+// The largest cluster the emulated device launches, set by the caller (emu_set_max_cluster): 1, none
+// (an sm_80 device, or a library without sm_90 code); 16, an H100's largest.
+inline int emulated_max_cluster = 1;
+// The cluster size of the last launch (1: a plain launch), for the tests to see which path ran.
+inline int last_launch_cluster = 0;
+
+template <typename Kernel>
+bool cluster_launchable(Kernel, int, int cluster) {
+  return cluster >= 1 && cluster <= emulated_max_cluster;
+}
+
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t, const Args&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("empty grid (an invalid launch on a GPU)", nullptr);
+  last_launch_cluster = 1;
   run_grid(grid, block, [] {}, [&] { kernel(args...); });
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int cluster, cudaStream_t,
+                           const Args&... args) {
+  if (grid.x == 0 || cluster > emulated_max_cluster) fail("a cluster launch the device refuses", nullptr);
+  last_launch_cluster = cluster;
+  run_clusters(grid, block, cluster, [&] { kernel(args...); });
 }
 
 }  // namespace fasttx

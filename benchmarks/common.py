@@ -263,6 +263,21 @@ class Case:
     checked: bool = True
 
 
+def with_unsplit_rows(providers, cols, chunk):
+    """providers, and where the CUDA kernels split rows of ``cols`` over a thread block cluster (sm_90,
+    rows longer than their one-block ``chunk``), "fasttx cuda (no clusters)" beside "fasttx cuda": the
+    same call with the split switched off (fasttx._extension.cuda_clusters; its around, so the backward
+    sees it too), one block walking each row chunk by chunk, to measure what the split changes."""
+    if "fasttx cuda" not in providers or cols <= chunk or torch.cuda.get_device_capability()[0] != 9:
+        return providers
+    from .._extension import cuda_clusters
+
+    def unsplit(*args, cuda=providers["fasttx cuda"]):
+        return cuda(*args)
+    unsplit.around = lambda: cuda_clusters(False)
+    return {**providers, "fasttx cuda (no clusters)": unsplit}
+
+
 def around(fn):
     """The context a provider is checked and timed in, every pass: ``fn.around()`` where the provider
     has one (a switch its backward must see too: autograd runs the backward outside any context set

@@ -16,8 +16,8 @@ whole (zeros where masked out by causal)
 (without causal K = R*C: 2*R*C*e + C*e and 3*R*C*e). GB/s = bytes / time.
 
 "fasttx cuda (no clusters)", on sm_90 devices and rows longer than the kernels' 16384-element chunk,
-is backend cuda with its row split over a thread block cluster switched off (fasttx._extension's
-cuda_clusters, FASTTX_CUDA_CLUSTERS=0): one block walks each row chunk by chunk, reading it twice, as before the split and as
+is backend cuda with its row split over a thread block cluster switched off (common.with_unsplit_rows,
+FASTTX_CUDA_CLUSTERS=0): one block walks each row chunk by chunk, reading it twice, as before the split and as
 on other GPUs; beside "fasttx cuda" in the same run, to measure what the split changes. The switch is
 set around the provider's checking and every timed pass (common.around), backward included.
 """
@@ -25,8 +25,7 @@ set around the provider's checking and every timed pass (common.around), backwar
 import torch
 
 from .. import functional, reference
-from .._extension import cuda_clusters
-from .common import Case, compiled, fasttx_providers
+from .common import Case, compiled, fasttx_providers, with_unsplit_rows
 
 OPS = ("softmax",)
 SHAPE = "ROWSxCOLS"
@@ -79,18 +78,6 @@ def _providers(op, dtype, device_type, fasttx_backends, eager, causal):
     return providers
 
 
-def _with_unsplit_rows(providers, cols):
-    """providers, and for rows the CUDA kernels split over a cluster on sm_90, "fasttx cuda (no
-    clusters)" beside "fasttx cuda" (module docstring)."""
-    if "fasttx cuda" not in providers or cols <= CHUNK or torch.cuda.get_device_capability()[0] != 9:
-        return providers
-
-    def unsplit(*args, cuda=providers["fasttx cuda"]):
-        return cuda(*args)
-    unsplit.around = lambda: cuda_clusters(False)
-    return {**providers, "fasttx cuda (no clusters)": unsplit}
-
-
 def cases(op, dtype, device_type, shapes, fasttx_backends):
     providers = _providers(op, dtype, device_type, fasttx_backends, _eager, False)
     ref = lambda x, mask=None: reference.softmax(x, -1, SCALE, mask)  # noqa: E731
@@ -106,8 +93,8 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                 heads = x.detach().view(rows // cols, cols, cols).requires_grad_()
                 causal_providers = _providers(op, dtype, device_type, fasttx_backends,
                                               _eager_causal(cols, device_type), True)
-                yield Case(label, [heads], _with_unsplit_rows(causal_providers, cols), causal_ref, work,
+                yield Case(label, [heads], with_unsplit_rows(causal_providers, cols, CHUNK), causal_ref, work,
                            chunk_dim=0)
             else:
-                yield Case(label, [x, mask] if kind == FLOAT_MASK else [x], _with_unsplit_rows(providers, cols),
+                yield Case(label, [x, mask] if kind == FLOAT_MASK else [x], with_unsplit_rows(providers, cols, CHUNK),
                            ref, work, chunk_dim=0)

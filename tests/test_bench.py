@@ -335,25 +335,24 @@ def test_softmax_causal_and_short_row_cases():
     assert all(r["correct"] for r in rows), rows
 
 
-def test_softmax_times_the_cuda_rows_unsplit_beside_the_split(monkeypatch):
-    """On sm_90, rows past the CUDA kernels' 16384-element chunk (split over a cluster there) also get
+def test_rows_the_cuda_kernels_split_are_also_timed_unsplit(monkeypatch):
+    """On sm_90, rows past a CUDA kernel's one-block chunk (split over a cluster there) also get
     "fasttx cuda (no clusters)": the same call inside cuda_clusters(False), backward included (its
     around); shorter rows, other GPUs and runs without the CUDA backend do not."""
-    from fasttx.benchmarks import softmax
     from fasttx._extension import CLUSTERS_SWITCH
 
     seen = []
     providers = {"torch eager": None, "fasttx cuda": lambda x: seen.append(os.environ.get(CLUSTERS_SWITCH))}
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
-    assert softmax._with_unsplit_rows(providers, 16384) is providers
-    assert softmax._with_unsplit_rows({"torch eager": None}, 32768) == {"torch eager": None}
-    unsplit = softmax._with_unsplit_rows(providers, 16385)["fasttx cuda (no clusters)"]
+    assert common.with_unsplit_rows(providers, 16384, 16384) is providers
+    assert common.with_unsplit_rows({"torch eager": None}, 32768, 16384) == {"torch eager": None}
+    unsplit = common.with_unsplit_rows(providers, 16385, 16384)["fasttx cuda (no clusters)"]
     with common.around(unsplit):
         unsplit(None)
     providers["fasttx cuda"](None)
     assert seen == ["0", None]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (8, 0))
-    assert softmax._with_unsplit_rows(providers, 32768) is providers
+    assert common.with_unsplit_rows(providers, 32768, 16384) is providers
 
 
 @pytest.mark.skipif("triton" not in runnable_backends("cpu", "attention"), reason="Triton does not run here")

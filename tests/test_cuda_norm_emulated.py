@@ -5,7 +5,8 @@ allocates the outputs and the dw/db workspace, asks norm_bwd_num_partials for it
 through norm_fwd_launch / norm_bwd_launch, and compares every output and gradient with the float64
 reference. Every tensor sits between NaN guards, which must survive (no write past a tensor) and
 would poison any result read from past one. It checks indexing, the row layouts, reductions, the
-persistent row loop and the partial-sum reduction; not timing, registers or real races."""
+persistent row loop and the partial-sum reduction, the forward's rows split over a cluster on a device
+that launches clusters; not timing, registers or real races."""
 
 import ctypes
 
@@ -14,7 +15,9 @@ import torch
 
 from fasttx.testing import TOLERANCE, rel_error
 
-from .cuda_emulator import DTYPE_CODE, Guarded, call, compile_emulator
+from fasttx._extension import cuda_clusters
+
+from .cuda_emulator import DTYPE_CODE, Guarded, call, cluster_device, compile_emulator
 from .ops.test_layer_norm import input_grad_scale, make_inputs, run_reference, weight_grad_scale
 
 
@@ -77,13 +80,15 @@ def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offse
 
 
 def check(emulator, op, rows, cols, dtype, param_dtype=None, with_weight=True, with_bias=True, resident_blocks=3,
-          offset=0):
+          offset=0, ramp=0.0):
     """Emulated forward and backward against the float64 reference (the tolerances and gradient scales
-    of tests/ops/test_layer_norm.py), and the saved statistics against their definitions."""
+    of tests/ops/test_layer_norm.py), and the saved statistics against their definitions. ramp: added
+    to each row, rising from 0 to it along the row (parts of a row with different means)."""
     param_dtype = param_dtype or dtype
     with_bias = with_bias and op == "layer_norm"
     eps = 1e-5
     x, weight, bias = make_inputs((rows, cols), (cols,), dtype, param_dtype, with_weight, with_bias)
+    x = (x.float() + torch.linspace(0, ramp, cols)).to(dtype)
     dy = torch.randn_like(x)
     y, mean, rstd, dx, dw, db = emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offset)
 
@@ -159,6 +164,37 @@ def test_persistent_row_loop(emulator, rows, resident_blocks):
 def test_long_rows(emulator):
     """Three chunks a row."""
     check(emulator, "layer_norm", 1, 16500, torch.bfloat16)
+
+
+# (op, rows, cols, dtype, param dtype, weight, bias): rows of 2, 3 and 16 forward chunks of 8192, the
+# last part of one; fp32, 16-bit, 16-bit with fp32 parameters; without parameters. The rows rise along
+# their length (ramp 8): each block's part has its own mean, which Chan's merge must weigh in.
+FWD_SPLIT_CASES = [("layer_norm", 2, 16392, torch.bfloat16, None, True, True),
+                   ("layer_norm", 1, 20000, torch.float32, None, True, False),
+                   ("layer_norm", 1, 16 * 8192, torch.float16, torch.float32, True, True),
+                   ("rms_norm", 2, 24576, torch.bfloat16, None, True, False),
+                   ("rms_norm", 1, 16400, torch.float32, None, False, False)]
+
+
+@pytest.mark.parametrize("case", FWD_SPLIT_CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-{str(c[3])[6:]}")
+def test_forward_rows_split_over_a_cluster(emulator, case):
+    """On a device with clusters, a vector-aligned row longer than the forward's 8192-element chunk is
+    split over a cluster of ceil(N / 8192) CTAs, a chunk each, their statistics merged through each
+    other's shared memory (mean and rstd written once, by the first): forward and gradients against
+    float64, and the forward was a cluster launch. (The backward walks its chunks as before.)"""
+    op, rows, cols, dtype, param_dtype, with_weight, with_bias = case
+    with cluster_device(emulator):
+        check(emulator, op, rows, cols, dtype, param_dtype, with_weight, with_bias, ramp=8.0)
+        assert emulator.emu_largest_cluster_launched() == -(-cols // 8192)
+
+
+@pytest.mark.parametrize("offset,switch", [(1, True), (0, False)], ids=["misaligned", "switched off"])
+def test_forward_rows_walked_where_not_split(emulator, offset, switch):
+    """Misaligned rows (no split instance) and FASTTX_CUDA_CLUSTERS=0 walk their chunks on a device
+    with clusters too."""
+    with cluster_device(emulator), cuda_clusters(switch):
+        check(emulator, "layer_norm", 2, 16400, torch.float16, offset=offset)
+        assert emulator.emu_largest_cluster_launched() == 1
 
 
 def test_parameter_gradients_are_deterministic(emulator):

@@ -16,7 +16,7 @@ import torch
 
 from fasttx._extension import cuda_clusters
 
-from .cuda_emulator import DTYPE_CODE, Guarded, call, compile_emulator
+from .cuda_emulator import DTYPE_CODE, Guarded, call, cluster_device, compile_emulator
 from .ops.test_softmax import compare_with_reference
 
 LOG2E = 1.4426950408889634  # csrc/common/constants.h, folded into the scale in double as the binding does
@@ -138,11 +138,10 @@ def test_long_rows_in_chunks(emulator, cols, dtype):
 
 @pytest.fixture
 def clusters(emulator):
-    """The emulated device launches thread block clusters of up to 16 CTAs (an H100's largest), as an
-    sm_90 GPU running the library's sm_90 code does; back to none (the sm_80 path) after the test."""
-    emulator.emu_set_max_cluster(16)
-    yield emulator
-    emulator.emu_set_max_cluster(1)
+    """The emulated device launches thread block clusters of up to 16 CTAs, as an sm_90 GPU running the
+    library's sm_90 code does; back to none (the sm_80 path) after the test."""
+    with cluster_device(emulator) as device:
+        yield device
 
 
 # (A, B, L, C, dtype, mask kind, causal): rows of 2, 3 and 16 chunks, the last one vector (aligned or
@@ -167,7 +166,7 @@ def test_long_rows_split_over_a_cluster(clusters, case):
     # CTAs' sums must be rescaled to.
     x = logits(*shape, dtype=dtype) + torch.linspace(0, 20, cols).to(dtype)
     check(clusters, x, scale=0.9, mask=mask, is_causal=is_causal)
-    assert clusters.emu_last_launch_cluster() == -(-cols // 16384)
+    assert clusters.emu_largest_cluster_launched() == -(-cols // 16384)
 
 
 @pytest.mark.parametrize("max_cluster,cols", [(16, 16 * 16384 + 8), (8, 8 * 16384 + 8), (1, 16400)],
@@ -175,12 +174,9 @@ def test_long_rows_split_over_a_cluster(clusters, case):
 def test_rows_no_cluster_holds_walk_their_chunks(emulator, max_cluster, cols):
     """Rows of more chunks than the largest cluster the device launches (or on a device without
     clusters) keep the one-block path, chunk by chunk."""
-    emulator.emu_set_max_cluster(max_cluster)
-    try:
+    with cluster_device(emulator, max_cluster):
         check(emulator, logits(1, 1, 1, cols, dtype=torch.bfloat16) + torch.linspace(0, 20, cols).to(torch.bfloat16))
-        assert emulator.emu_last_launch_cluster() == 1
-    finally:
-        emulator.emu_set_max_cluster(1)
+        assert emulator.emu_largest_cluster_launched() == 1
 
 
 def test_cluster_switch_off_walks_the_chunks(clusters):
@@ -188,9 +184,9 @@ def test_cluster_switch_off_walks_the_chunks(clusters):
     (no clusters)"): rows a cluster would hold are walked by one block, as before the split."""
     with cuda_clusters(False):
         check(clusters, logits(1, 1, 2, 33000, dtype=torch.bfloat16), scale=0.9)
-        assert clusters.emu_last_launch_cluster() == 1
+        assert clusters.emu_largest_cluster_launched() == 1
     check(clusters, logits(1, 1, 2, 33000, dtype=torch.bfloat16), scale=0.9)
-    assert clusters.emu_last_launch_cluster() == 3
+    assert clusters.emu_largest_cluster_launched() == 3
 
 
 def _mask(kind, shape, dtype):

@@ -113,23 +113,24 @@ inline bool cluster_splits_allowed() {
 }
 
 // Launches a row-wise kernel taking (args..., threads_per_row, row_split). Rows of one chunk or less
-// (cfg.chunk_cols): one row group per row, row_split 1. Longer rows, where the device runs clusters of
-// that many blocks: each row split over a cluster of row_split = ceil(cols / chunk_cols) blocks
-// (cfg.threads_per_row is then the whole block), block r of a cluster holding chunk r in its registers,
-// so that no chunk is read twice; the row's reductions are combined across the cluster
-// (cluster_allreduce). Otherwise, or with the split switched off (cluster_splits_allowed), one row group
-// walks the row chunk by chunk, row_split 1.
+// (cfg.chunk_cols): `walk`, one row group per row, row_split 1. Longer rows, where the device runs
+// clusters of that many blocks: `split` (nullptr: none), each row split over a cluster of row_split =
+// ceil(cols / chunk_cols) blocks (cfg.threads_per_row is then the whole block), block r of a cluster
+// holding chunk r in its registers, so that no chunk is read twice; the row's reductions are combined
+// across the cluster (cluster_allreduce). Otherwise, or with the split switched off
+// (cluster_splits_allowed), `walk`: one row group walks the row chunk by chunk, row_split 1. (`walk` and
+// `split` may be one kernel, branching on row_split.)
 template <typename Kernel, typename... Args>
-void launch_row_groups_split(Kernel kernel, const RowConfig& cfg, int64_t rows, int cols, cudaStream_t stream,
-                             const Args&... args) {
-  const int split = ceil_div(cols, cfg.chunk_cols);
-  if (split > 1 && rows * split <= INT32_MAX && cluster_splits_allowed() &&
-      cluster_launchable(kernel, cfg.threads, split)) {
-    launch_kernel_cluster(kernel, static_cast<unsigned>(rows * split), cfg.threads, split, stream, args...,
-                          cfg.threads_per_row, split);
+void launch_row_groups_split(Kernel walk, Kernel split, const RowConfig& cfg, int64_t rows, int cols,
+                             cudaStream_t stream, const Args&... args) {
+  const int blocks = ceil_div(cols, cfg.chunk_cols);
+  if (blocks > 1 && split != nullptr && rows * blocks <= INT32_MAX && cluster_splits_allowed() &&
+      cluster_launchable(split, cfg.threads, blocks)) {
+    launch_kernel_cluster(split, static_cast<unsigned>(rows * blocks), cfg.threads, blocks, stream, args...,
+                          cfg.threads_per_row, blocks);
     return;
   }
-  launch_row_groups(kernel, cfg, rows, stream, args..., cfg.threads_per_row, 1);
+  launch_row_groups(walk, cfg, rows, stream, args..., cfg.threads_per_row, 1);
 }
 
 // A kernel family's layout, its RowLimits fixed at compile time for the kernels'

@@ -7,7 +7,10 @@
 // Variance: within a chunk (see layer_norm_layout.cuh) the values sit in registers, so it is computed in
 // two passes (mean, then sum of squared deviations) instead of E[x^2] - E[x]^2, which cancels
 // catastrophically when |mean| >> std. Chunks of long rows are merged with Chan et al.'s pairwise
-// update, which is just as stable.
+// update, which is just as stable. Where the device runs clusters (sm_90), a vector-aligned row longer
+// than a chunk is split over a cluster instead, a chunk a block (launch_row_groups_split, the kSplit
+// instances): the blocks merge their chunks' statistics the same way through distributed shared
+// memory, and each writes its chunk from registers, so x is read once however long the row.
 
 #include "common/launch.h"
 #include "common/static_switch.h"
@@ -21,30 +24,53 @@ using layer_norm::Layout;
 
 namespace {
 
+// Merges {count, mean, sum of squared deviations} of two disjoint parts of a row (Chan et al.):
+// a <- a + b. Not symmetric in its rounding: the blocks of a cluster merge their parts in rank order.
+struct ChanMerge {
+  __device__ __forceinline__ void operator()(float (&a)[3], const float (&b)[3]) const {
+    const float total = a[0] + b[0];
+    const float delta = b[1] - a[1];
+    a[1] += delta * (b[0] / total);
+    a[2] += b[2] + delta * delta * (a[0] * (b[0] / total));
+    a[0] = total;
+  }
+};
+
 // T: activation type, W: parameter type. A thread handles vectors of kVec = 16 bytes of T
 // consecutive elements; kAligned (N a multiple of kVec, 16-byte aligned tensors) moves them with
 // 128-bit accesses, otherwise element by element with the row's tail masked. One row group per
-// row; the grid covers all rows.
-template <bool kIsRMS, typename T, typename W, bool kAligned>
-__global__ void __launch_bounds__(Layout::kMaxThreads) norm_fwd_kernel(const NormFwdParams p, const int warps_per_row) {
+// row, the grid covering all rows; kSplit (row_split > 1, aligned rows only): row_split blocks of a
+// cluster per row, a chunk each. A compile-time switch: the split's indexing cost the other instances
+// registers (ptxas chose 77 instead of 64 for fp32, spilled in unaligned 16-bit ones).
+template <bool kIsRMS, typename T, typename W, bool kAligned, bool kSplit>
+__global__ void __launch_bounds__(Layout::kMaxThreads)
+    norm_fwd_kernel(const NormFwdParams p, const int threads_per_row, const int row_split) {
   constexpr int kVec = kVecBytes / sizeof(T);
   static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
   constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches
+  static_assert(!kSplit || kAligned, "split rows are vector-aligned");
   __shared__ float scratch[1][Layout::kMaxWarps];
+  __shared__ float cluster_slot[kSplit ? 3 : 1];  // this block's statistics, read by its cluster
 
-  const Layout::Group grp(warps_per_row * kWarpSize);
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
+  const Layout::Group grp(threads_per_row);
+  const int64_t row =
+      static_cast<int64_t>(kSplit ? blockIdx.x / row_split : blockIdx.x) * grp.per_block + grp.index;
   // Rows past M (last block only) still take part in the block-wide reductions.
   const bool valid = row < p.rows;
-  const int64_t offset = (valid ? row : 0) * p.cols;
-  const T* __restrict__ x = static_cast<const T*>(p.x) + offset;  // (N,) this row
-  T* __restrict__ y = static_cast<T*>(p.y) + offset;              // (N,) this row
+  // What this block holds of its row, from column first_col on, cols long: all of it, or with a
+  // split, chunk blockIdx.x % row_split. Below, "the row" is that part, columns counted from its first.
+  const int first_col =
+      kSplit ? static_cast<int>(blockIdx.x % row_split) * (grp.size * Layout::kCacheElems) : 0;
+  const int cols = kSplit ? min(p.cols - first_col, grp.size * Layout::kCacheElems) : p.cols;
+  const int64_t offset = (valid ? row : 0) * p.cols + first_col;
+  const T* __restrict__ x = static_cast<const T*>(p.x) + offset;  // (cols,) this row's part
+  T* __restrict__ y = static_cast<T*>(p.y) + offset;              // (cols,) this row's part
   const W* __restrict__ w = static_cast<const W*>(p.weight);      // (N,) or nullptr
   const W* __restrict__ b = static_cast<const W*>(p.bias);        // (N,) or nullptr
-  const int nvec = ceil_div(p.cols, kVec);
+  const int nvec = ceil_div(cols, kVec);
   const int chunk = grp.size * kIters;  // vectors per chunk
   // Elements of vector j < nvec inside the row (kVec except for an unaligned row's last vector).
-  const auto vec_elems = [&](int j) { return kAligned ? kVec : min(kVec, p.cols - j * kVec); };
+  const auto vec_elems = [&](int j) { return kAligned ? kVec : min(kVec, cols - j * kVec); };
 
   // Vector j of the row lives in thread j % grp.size of the group: consecutive threads touch
   // consecutive 16-byte pieces, so accesses are coalesced.
@@ -62,11 +88,9 @@ __global__ void __launch_bounds__(Layout::kMaxThreads) norm_fwd_kernel(const Nor
     }
   };
 
-  // Running statistics of the chunks so far, identical in every thread of the group. For RMSNorm
-  // m2 is the plain sum of squares and mean stays 0.
-  float mean = 0.f;
-  float m2 = 0.f;
-  float seen = 0.f;
+  // Running statistics of the chunks so far, {count, mean, m2}, identical in every thread of the group.
+  // For RMSNorm m2 is the plain sum of squares and mean stays 0.
+  float stats[3] = {0.f, 0.f, 0.f};
   for (int c0 = 0; c0 < nvec; c0 += chunk) {
     load_chunk(c0);
     if constexpr (kIsRMS) {
@@ -76,9 +100,9 @@ __global__ void __launch_bounds__(Layout::kMaxThreads) norm_fwd_kernel(const Nor
 #pragma unroll
         for (int e = 0; e < kVec; ++e) sq[0] += v[i][e] * v[i][e];
       group_allreduce_sum(sq, scratch, grp.warps, grp.first_warp);
-      m2 += sq[0];
+      stats[2] += sq[0];
     } else {
-      const float n = static_cast<float>(min(chunk * kVec, p.cols - c0 * kVec));  // elements in the chunk
+      const float n = static_cast<float>(min(chunk * kVec, cols - c0 * kVec));  // elements in the chunk
       float sum[1] = {0.f};
 #pragma unroll
       for (int i = 0; i < kIters; ++i)
@@ -99,15 +123,21 @@ __global__ void __launch_bounds__(Layout::kMaxThreads) norm_fwd_kernel(const Nor
         }
       }
       group_allreduce_sum(dev, scratch, grp.warps, grp.first_warp);
-      const float total = seen + n;
-      const float delta = chunk_mean - mean;
-      mean += delta * (n / total);
-      m2 += dev[0] + delta * delta * (seen * (n / total));
-      seen = total;
+      ChanMerge{}(stats, {n, chunk_mean, dev[0]});
     }
   }
-  const float rstd = rsqrtf(m2 / static_cast<float>(p.cols) + p.eps);
-  if (valid && grp.rank == 0) {
+  if constexpr (kSplit) {
+    if constexpr (kIsRMS) {
+      float sq[1] = {stats[2]};
+      cluster_allreduce(sq, cluster_slot, row_split, SumOp{});
+      stats[2] = sq[0];
+    } else {
+      cluster_allreduce(stats, cluster_slot, row_split, ChanMerge{});
+    }
+  }
+  const float mean = stats[1];
+  const float rstd = rsqrtf(stats[2] / static_cast<float>(p.cols) + p.eps);
+  if (valid && grp.rank == 0 && first_col == 0) {
     if constexpr (!kIsRMS) p.mean[row] = mean;
     p.rstd[row] = rstd;
   }
@@ -125,8 +155,8 @@ __global__ void __launch_bounds__(Layout::kMaxThreads) norm_fwd_kernel(const Nor
         wv[e] = 1.f;
         bv[e] = 0.f;
       }
-      if (w != nullptr) load_vec<kVec, kAligned>(w + j * kVec, wv, elems);
-      if (b != nullptr) load_vec<kVec, kAligned>(b + j * kVec, bv, elems);
+      if (w != nullptr) load_vec<kVec, kAligned>(w + first_col + j * kVec, wv, elems);
+      if (b != nullptr) load_vec<kVec, kAligned>(b + first_col + j * kVec, bv, elems);
       float out[kVec];
 #pragma unroll
       for (int e = 0; e < kVec; ++e) out[e] = (v[i][e] - mean) * rstd * wv[e] + bv[e];
@@ -140,12 +170,20 @@ __global__ void __launch_bounds__(Layout::kMaxThreads) norm_fwd_kernel(const Nor
     load_chunk(c0);
     store_chunk(c0);
   }
+  if constexpr (kSplit) cluster_wait();  // the cluster has read cluster_slot: it may go
 }
 
-using FwdKernel = void (*)(NormFwdParams, int);
+using FwdKernel = void (*)(NormFwdParams, int, int);
 
-FwdKernel select_fwd_kernel(const NormFwdParams& p) {
-  FwdKernel kernel = nullptr;
+// The kernel that walks the rows, and the one that splits long rows over a cluster (nullptr for
+// unaligned rows: they walk).
+struct FwdKernels {
+  FwdKernel walk = nullptr;
+  FwdKernel split = nullptr;
+};
+
+FwdKernels select_fwd_kernels(const NormFwdParams& p) {
+  FwdKernels kernels;
   FASTTX_BOOL_SWITCH(p.is_rms, kIsRMS, [&] {
     FASTTX_DTYPE_SWITCH(p.input_dtype, T, [&] {
       FASTTX_FP32_OR_SWITCH(p.param_dtype == DType::kFloat32, T, W, [&] {
@@ -153,18 +191,23 @@ FwdKernel select_fwd_kernel(const NormFwdParams& p) {
         // Rows start 16-byte aligned only when N is a multiple of the vector width.
         const bool aligned = p.cols % kVec == 0 && is_vec_aligned(p.x) && is_vec_aligned(p.y) &&
                              is_vec_aligned(p.weight) && is_vec_aligned(p.bias);
-        FASTTX_BOOL_SWITCH(aligned, kAligned, [&] { kernel = norm_fwd_kernel<kIsRMS, T, W, kAligned>; });
+        if (aligned) {
+          kernels = {norm_fwd_kernel<kIsRMS, T, W, true, false>, norm_fwd_kernel<kIsRMS, T, W, true, true>};
+        } else {
+          kernels.walk = norm_fwd_kernel<kIsRMS, T, W, false, false>;
+        }
       });
     });
   });
-  return kernel;
+  return kernels;
 }
 
 }  // namespace
 
 void norm_fwd_launch(const NormFwdParams& p, cudaStream_t stream) {
   const RowConfig cfg = Layout::config(p.cols);
-  launch_row_groups(select_fwd_kernel(p), cfg, p.rows, stream, p, cfg.threads_per_row / kWarpSize);
+  const FwdKernels kernels = select_fwd_kernels(p);
+  launch_row_groups_split(kernels.walk, kernels.split, cfg, p.rows, p.cols, stream, p);
 }
 
 }  // namespace fasttx

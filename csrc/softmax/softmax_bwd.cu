@@ -171,7 +171,8 @@ BwdKernel select_bwd_kernel(const SoftmaxBwdParams& p) {
 
 void softmax_bwd_launch(const SoftmaxBwdParams& p, cudaStream_t stream) {
   const RowConfig cfg = Layout::config(p.cols);
-  launch_row_groups_split(select_bwd_kernel(p), cfg, p.rows, p.cols, stream, p);
+  const BwdKernel kernel = select_bwd_kernel(p);
+  launch_row_groups_split(kernel, kernel, cfg, p.rows, p.cols, stream, p);
 }
 
 }  // namespace fasttx

@@ -273,7 +273,8 @@ FwdKernel select_fwd_kernel(const SoftmaxFwdParams& p) {
 
 void softmax_fwd_launch(const SoftmaxFwdParams& p, cudaStream_t stream) {
   const RowConfig cfg = Layout::config(p.cols);
-  launch_row_groups_split(select_fwd_kernel(p), cfg, p.rows, p.cols, stream, p);
+  const FwdKernel kernel = select_fwd_kernel(p);
+  launch_row_groups_split(kernel, kernel, cfg, p.rows, p.cols, stream, p);
 }
 
 }  // namespace fasttx

@@ -41,8 +41,9 @@ def _randn(*shape, dtype, device, grad=True):
     return torch.randn(*shape, dtype=dtype, device=device).requires_grad_(grad)
 
 
-def norm_case(op, rows, hidden, dtype, weight=True, bias=True):
-    """layer_norm or rms_norm over (rows, hidden), with or without weight (and, layer_norm, bias)."""
+def norm_case(op, rows, hidden, dtype, weight=True, bias=True, clusters=True):
+    """layer_norm or rms_norm over (rows, hidden), with or without weight (and, layer_norm, bias).
+    ``clusters=False``: the CUDA forward's long rows walked by one block even on sm_90 (cuda_clusters)."""
     names = [n for n, present in (("weight", weight), ("bias", bias and op == "layer_norm")) if present]
 
     def make(device):
@@ -56,8 +57,9 @@ def norm_case(op, rows, hidden, dtype, weight=True, bias=True):
     def scales(x, *params, grad_out):
         return [0.0, norm_input_grad_scale(op, x, params[0] if weight else None, grad_out)] + [0.0] * len(params)
 
-    return OpCase(f"{op} {rows}x{hidden} {_short(dtype)} {'+'.join(names) or 'no params'}", dtype, make,
-                  scales=scales)
+    flags = "" if clusters else " no clusters"
+    return OpCase(f"{op} {rows}x{hidden} {_short(dtype)} {'+'.join(names) or 'no params'}{flags}", dtype, make,
+                  scales=scales, around=lambda: cuda_clusters(clusters))
 
 
 def norm_input_grad_scale(op, x, weight, grad_out, eps=EPS):

@@ -79,7 +79,9 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # each, memory-bound: short timings), hence a share of 3 instead of 2, the stage's time unchanged;
 # since 2026-12-06 also 4096x32768 (256 MB), the loop path, whose column blocks are now pipelined,
 # and 4096x65536 (512 MB), where the loop path's persistent grid should keep the second pass in L2
-# (softmax.md, change 1; 68 MB of rows were in flight before, over the 50 MB L2).
+# (softmax.md, change 1; 68 MB of rows were in flight before, over the 50 MB L2). On sm_90 those two
+# also time "fasttx cuda (no clusters)" beside "fasttx cuda": the CUDA kernels' rows split over a thread
+# block cluster (softmax.md, CUDA C++, last section) against the chunk walk, in the same run.
 # The CPU dry run's 64x16 is the same mix: short rows, causal. Attention's cases hold, beside "fasttx
 # triton", "fasttx triton (deterministic=False)": the opt-in 5-product backward (atomic dQ), measured
 # at the same shapes against the default (benchmarks/attention.py; one provider more of ~8), and on

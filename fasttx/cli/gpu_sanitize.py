@@ -7,8 +7,9 @@ Branches, from csrc/:
   to 8 warps: one warp per row (4 rows per block) up to N = 1024, 2, 4 and 8 warps up to 2048, 4096
   and 8192; the backward 16 in 1 to 16 warps: one warp up to 512, 2 (2 rows per block), 4, 8 and 16
   up to 1024, 2048, 4096 and 8192 (persistent, the next row prefetched); both walk rows in
-  8192-element chunks beyond (re-read for the second pass); with and without weight / bias; 16-bit
-  (8-element vectors) and fp32 (4-element) input.
+  8192-element chunks beyond (re-read for the second pass), except the forward's vector-aligned rows on
+  sm_90, split over a cluster of 2-3 blocks (distributed shared memory; also run with the split off);
+  with and without weight / bias; 16-bit (8-element vectors) and fp32 (4-element) input.
 - softmax (softmax/softmax_layout.cuh): 32 cached values per thread, 1 thread per row up to C = 32,
   then sub-warp groups (2-16 threads), a warp at C <= 1024, multi-warp groups up to 512 threads at
   C <= 16384, and beyond, on sm_90, each row split over a cluster of 2-3 blocks (distributed shared
@@ -47,7 +48,7 @@ def cases():
     selected = [norm("layer_norm", 5, n, bf16) for n in NORM_HIDDEN]
     selected += [norm("rms_norm", 5, n, fp32) for n in NORM_HIDDEN]
     selected += [norm("layer_norm", 5, 1000, fp16, weight=False), norm("rms_norm", 3, 9000, fp16, weight=False),
-                 norm("layer_norm", 6, 3000, fp32, bias=False)]
+                 norm("layer_norm", 6, 3000, fp32, bias=False), norm("layer_norm", 3, 20000, bf16, clusters=False)]
     selected += [soft(5, c, bf16) for c in SOFTMAX_COLS]
     selected += [soft(5, 300, fp16, mask="bool", is_causal=True), soft(5, 16385, bf16, mask="bool", is_causal=True),
                  soft(5, 1024, fp32, mask="float"), soft(3, 40000, fp32, mask="float"), soft(4, 2000, fp32),

@@ -2,6 +2,7 @@
 tests/rowwise_emulator: the norms and softmax): each compiles the real kernel source as C++ for the host, with this
 directory's cta.h as the emulated GPU and params_by_name.h as the calling convention."""
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -25,6 +26,23 @@ def _cuda_include():
     return None
 
 
+def _own_state_flags():
+    """GCC makes the emulator's inline variables (cta.h: every fiber's and CTA's state) GNU-unique
+    symbols, which the dynamic linker binds process-wide even across libraries ctypes loads
+    RTLD_LOCAL: the second emulator loaded would use the first one's. Mostly harmless while one host
+    thread ran everything, but the CTAs of a cluster find each other's shared memory by offsets from a
+    thread_local anchor of their own library (load_cluster_shared): from another library's it read
+    garbage, now and then. -fno-gnu-unique keeps each emulator's state its own (clang emits no such
+    symbols)."""
+    if CXX is None:
+        return []
+    version = subprocess.run([CXX, "--version"], capture_output=True, text=True).stdout
+    return [] if "clang" in version else ["-fno-gnu-unique"]
+
+
+_OWN_STATE = _own_state_flags()
+
+
 def compile_emulator(tmp_path_factory, emulator, source):
     """tests/``emulator``/``source`` built as a shared library and loaded (skips without a C++ compiler
     or the CUDA headers). The emulator's directory comes first on the include path: its headers
@@ -35,10 +53,22 @@ def compile_emulator(tmp_path_factory, emulator, source):
     directory = os.path.join(TESTS, emulator)
     lib = tmp_path_factory.mktemp(emulator) / (os.path.splitext(source)[0] + ".so")
     # -z defs: a device function the emulation lacks fails here, not as a dlopen error.
-    subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-Wl,-z,defs", "-I", directory,
-                    "-I", TESTS, "-I", os.path.join(ROOT, "csrc"), "-I", include, os.path.join(directory, source),
-                    "-o", str(lib)], check=True)
+    subprocess.run([CXX, "-std=c++20", "-O1", "-w", "-fPIC", "-shared", "-pthread", "-Wl,-z,defs", *_OWN_STATE,
+                    "-I", directory, "-I", TESTS, "-I", os.path.join(ROOT, "csrc"), "-I", include,
+                    os.path.join(directory, source), "-o", str(lib)], check=True)
     return ctypes.CDLL(str(lib))
+
+
+@contextlib.contextmanager
+def cluster_device(emulator, max_cluster=16):
+    """A row-wise emulator's device launching thread block clusters of up to ``max_cluster`` CTAs (16:
+    an H100's largest; 1: none, the sm_80 path) inside the block, none after it.
+    ``emulator.emu_largest_cluster_launched()`` says which path the launches took meanwhile."""
+    emulator.emu_set_max_cluster(max_cluster)
+    try:
+        yield emulator
+    finally:
+        emulator.emu_set_max_cluster(1)
 
 
 class Guarded:

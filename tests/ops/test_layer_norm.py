@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import fasttx
 from fasttx import _ops, reference
+from fasttx._extension import cuda_clusters
 from fasttx.testing import TOLERANCE, assert_close, rel_error
 
 from ..conftest import DEVICE, runnable_backends
@@ -119,6 +120,18 @@ def test_optional_parameters(op, backend, with_weight, with_bias):
 def test_large_hidden_size(op, backend, hidden):
     x, weight, bias = make_inputs((2, hidden), (hidden,), torch.float16, torch.float16, True, True)
     check_against_float64(op, x, (hidden,), weight, bias, backend, torch.float16)
+
+
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="the CUDA kernels run on a GPU")
+@pytest.mark.parametrize("hidden", [20000, 131072])
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_long_rows_without_clusters(op, hidden):
+    """The CUDA forward's rows past its 8192-element chunk with the split over a cluster switched off
+    (FASTTX_CUDA_CLUSTERS=0): walked chunk by chunk by one block, as on GPUs without clusters. (With it
+    on, the default, the tests above run the split on sm_90.)"""
+    x, weight, bias = make_inputs((2, hidden), (hidden,), torch.bfloat16, torch.bfloat16, True, True)
+    with cuda_clusters(False):
+        check_against_float64(op, x, (hidden,), weight, bias, "cuda", torch.bfloat16)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

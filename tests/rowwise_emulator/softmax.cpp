@@ -46,8 +46,3 @@ extern "C" const char* emu_softmax_bwd(const char* const* fields, int n_fields) 
     fasttx::softmax_bwd_launch(emu::params(emu::bwd_fields(), fields, n_fields), nullptr);
   });
 }
-
-// The largest cluster the emulated device launches (1: none, the sm_80 path), and the cluster size of
-// the last launch (1: a plain one).
-extern "C" void emu_set_max_cluster(int blocks) { fasttx::emulated_max_cluster = blocks; }
-extern "C" int emu_last_launch_cluster() { return fasttx::last_launch_cluster; }

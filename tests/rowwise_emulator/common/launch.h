@@ -41,8 +41,9 @@ cudaError_t resident_blocks(Kernel, int, int* blocks) {
 // The largest cluster the emulated device launches, set by the caller (emu_set_max_cluster): 1, none
 // (an sm_80 device, or a library without sm_90 code); 16, an H100's largest.
 inline int emulated_max_cluster = 1;
-// The cluster size of the last launch (1: a plain launch), for the tests to see which path ran.
-inline int last_launch_cluster = 0;
+// The largest cluster launched since emulated_max_cluster was set (1: plain launches only), for the
+// tests to see which path ran.
+inline int largest_cluster_launched = 0;
 
 template <typename Kernel>
 bool cluster_launchable(Kernel, int, int cluster) {
@@ -52,7 +53,7 @@ bool cluster_launchable(Kernel, int, int cluster) {
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t, const Args&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("empty grid (an invalid launch on a GPU)", nullptr);
-  last_launch_cluster = 1;
+  largest_cluster_launched = max(largest_cluster_launched, 1);
   run_grid(grid, block, [] {}, [&] { kernel(args...); });
 }
 
@@ -60,8 +61,16 @@ template <typename... Params, typename... Args>
 void launch_kernel_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int cluster, cudaStream_t,
                            const Args&... args) {
   if (grid.x == 0 || cluster > emulated_max_cluster) fail("a cluster launch the device refuses", nullptr);
-  last_launch_cluster = cluster;
+  largest_cluster_launched = max(largest_cluster_launched, cluster);
   run_clusters(grid, block, cluster, [&] { kernel(args...); });
 }
 
 }  // namespace fasttx
+
+// The emulated device's largest cluster (1: none, the sm_80 path), and the largest cluster launched
+// since it was set (1: plain launches only): entry points of every row-wise emulator.
+extern "C" void emu_set_max_cluster(int blocks) {
+  fasttx::emulated_max_cluster = blocks;
+  fasttx::largest_cluster_launched = 0;
+}
+extern "C" int emu_largest_cluster_launched() { return fasttx::largest_cluster_launched; }

@@ -73,6 +73,22 @@ struct RowGroup {
   }
 };
 
+// What a row group holds of its row in a launch of launch_row_groups_split: row `row`, from column
+// first_col on, `cols` of its row_cols columns. Without a split (row_split 1) the whole row; with one,
+// chunk blockIdx.x % row_split (chunk_cols columns, the last one shorter), the block's only group.
+struct RowPart {
+  int64_t row;
+  int first_col;
+  int cols;
+};
+
+template <typename Group>
+__device__ __forceinline__ RowPart row_part(const Group& grp, int row_cols, int chunk_cols, int row_split) {
+  const int first_col = static_cast<int>(blockIdx.x % row_split) * chunk_cols;
+  return {static_cast<int64_t>(blockIdx.x / row_split) * grp.per_block + grp.index, first_col,
+          row_split > 1 ? min(row_cols - first_col, chunk_cols) : row_cols};
+}
+
 // Combines v over the `blocks` blocks of this block's cluster, where every thread holds its block's
 // total already (RowGroup::allreduce of a one-group block): every thread of every block ends with the
 // same bits, the blocks' totals combined in rank order. slot: K floats of the caller's __shared__

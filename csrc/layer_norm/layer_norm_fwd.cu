@@ -53,15 +53,14 @@ __global__ void __launch_bounds__(Layout::kMaxThreads)
   __shared__ float cluster_slot[kSplit ? 3 : 1];  // this block's statistics, read by its cluster
 
   const Layout::Group grp(threads_per_row);
-  const int64_t row =
-      static_cast<int64_t>(kSplit ? blockIdx.x / row_split : blockIdx.x) * grp.per_block + grp.index;
+  // Below, "the row" is the part of it this group holds, columns counted from its first. (Without
+  // kSplit, a split of 1 known at compile time: the whole row, as before the split existed.)
+  const RowPart part = row_part(grp, p.cols, grp.size * Layout::kCacheElems, kSplit ? row_split : 1);
+  const int64_t row = part.row;
+  const int first_col = part.first_col;
+  const int cols = part.cols;
   // Rows past M (last block only) still take part in the block-wide reductions.
   const bool valid = row < p.rows;
-  // What this block holds of its row, from column first_col on, cols long: all of it, or with a
-  // split, chunk blockIdx.x % row_split. Below, "the row" is that part, columns counted from its first.
-  const int first_col =
-      kSplit ? static_cast<int>(blockIdx.x % row_split) * (grp.size * Layout::kCacheElems) : 0;
-  const int cols = kSplit ? min(p.cols - first_col, grp.size * Layout::kCacheElems) : p.cols;
   const int64_t offset = (valid ? row : 0) * p.cols + first_col;
   const T* __restrict__ x = static_cast<const T*>(p.x) + offset;  // (cols,) this row's part
   T* __restrict__ y = static_cast<T*>(p.y) + offset;              // (cols,) this row's part

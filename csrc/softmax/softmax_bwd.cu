@@ -59,13 +59,13 @@ __global__ void __launch_bounds__(Layout::kMaxThreads, bwd_min_blocks_per_sm<Y>(
   __shared__ float cluster_slot[1];  // this block's part of y . dy, read by its cluster (row_split > 1)
 
   const Layout::Group grp(threads_per_row);
-  const int64_t row = static_cast<int64_t>(blockIdx.x / row_split) * grp.per_block + grp.index;
+  // Below, "the row" is the part of it this group holds, columns counted from its first.
+  const RowPart part = row_part(grp, p.cols, grp.size * Layout::kCacheElems, row_split);
+  const int64_t row = part.row;
+  const int first_col = part.first_col;
+  const int cols = part.cols;
   // Rows past M (last block only) still take part in the block-wide reduction.
   const bool valid = row < p.rows;
-  // What this block holds of its row, from column first_col on, cols long: all of it, or with a
-  // split, chunk blockIdx.x % row_split. Below, "the row" is that part, columns counted from its first.
-  const int first_col = static_cast<int>(blockIdx.x % row_split) * (grp.size * Layout::kCacheElems);
-  const int cols = row_split > 1 ? min(p.cols - first_col, grp.size * Layout::kCacheElems) : p.cols;
   const int64_t offset = (valid ? row : 0) * p.cols + first_col;
   const Y* __restrict__ y = static_cast<const Y*>(p.y) + offset;    // (cols,) this row's part
   const Y* __restrict__ dy = static_cast<const Y*>(p.dy) + offset;  // (cols,) this row's part

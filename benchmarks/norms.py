@@ -9,10 +9,10 @@ rows M, hidden N, activation element size e, parameter element size p, P paramet
             = 3*M*N*e + N*p + 4*S*M + P*N*p
 GB/s = bytes / time.
 
-"fasttx cuda (no clusters)", on sm_90 devices and hidden sizes past the CUDA forward's 8192-element
-chunk, is backend cuda with the forward's row split over a thread block cluster switched off
-(common.with_unsplit_rows): what the split changes, measured beside "fasttx cuda" in the same run
-(the backward is the same kernel in both).
+"fasttx cuda (no clusters)", on sm_90 devices and hidden sizes past the CUDA kernels' 8192-element
+chunk, is backend cuda with the rows' split over a thread block cluster switched off, forward and
+backward (common.with_unsplit_rows): what the split changes, measured beside "fasttx cuda" in the same
+run.
 """
 
 import inspect
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .. import functional, reference
 from .common import Case, External, compiled, external_providers, fasttx_providers, with_unsplit_rows
 
-FWD_CHUNK = 8192  # elements of a row one CUDA forward block holds (csrc/layer_norm/layer_norm_layout.cuh)
+CHUNK = 8192  # elements of a row one CUDA forward or backward block holds (csrc/layer_norm/layer_norm_layout.cuh)
 
 OPS = ("layer_norm", "rms_norm")
 SHAPE = "ROWSxHIDDEN"
@@ -84,5 +84,5 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
         weight = (1 + 0.1 * torch.randn(hidden, device=device_type)).to(dtype).requires_grad_()
         bias = (0.1 * torch.randn(hidden, device=device_type)).to(dtype).requires_grad_()
         inputs = [x, weight, bias] if op == "layer_norm" else [x, weight]
-        yield Case({"rows": rows, "hidden": hidden}, inputs, with_unsplit_rows(providers, hidden, FWD_CHUNK), ref,
+        yield Case({"rows": rows, "hidden": hidden}, inputs, with_unsplit_rows(providers, hidden, CHUNK), ref,
                    _bytes(op, rows, hidden, dtype), chunk_dim=0)

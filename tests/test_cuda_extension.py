@@ -519,6 +519,20 @@ def test_ptxas_table_leaves_out_the_sm90_stubs(name, row):
     assert f"| {row}, sm_90a (FlashAttention-3 scheme) | 168 |" in rows
 
 
+def test_ptxas_table_gives_the_norm_split_instances_an_sm90_row():
+    """The norm kernels' instances for rows split over a cluster (kSplit, their last template argument) are
+    a row of their own, on sm_90a only: their sm_80 build is a trap."""
+    table = _ptxas_table()
+    split = ("void fasttx::(anonymous namespace)::norm_bwd_kernel<false, __half, __half, true, true>"
+             "(fasttx::NormBwdParams, int, int)")
+    names = {"split": split, "walk": split.replace("true, true>", "true, false>")}
+    kernels = [table.Kernel("split", "sm_80", 4, 0, 0, 0), table.Kernel("split", "sm_90a", 128, 0, 0, 0),
+               table.Kernel("walk", "sm_80", 126, 0, 0, 0), table.Kernel("walk", "sm_90a", 127, 0, 0, 0)]
+    rows = table.render(table.FAMILIES["layer_norm"], kernels, names).splitlines()
+    assert "| backward: dx, dw, db partial sums | 126 | 127 |" in rows
+    assert "| backward: dx, dw, db partial sums, rows split over a cluster | - | 128 |" in rows
+
+
 def _generator():
     """csrc/attention/generate_kernels.py, which writes the per-head-dim files from fasttx/_attention_kernels.py."""
     import importlib.util

@@ -5,8 +5,8 @@ allocates the outputs and the dw/db workspace, asks norm_bwd_num_partials for it
 through norm_fwd_launch / norm_bwd_launch, and compares every output and gradient with the float64
 reference. Every tensor sits between NaN guards, which must survive (no write past a tensor) and
 would poison any result read from past one. It checks indexing, the row layouts, reductions, the
-persistent row loop and the partial-sum reduction, the forward's rows split over a cluster on a device
-that launches clusters; not timing, registers or real races."""
+persistent row loop and the partial-sum reduction, long rows split over a cluster (forward and
+backward) on a device that launches clusters; not timing, registers or real races."""
 
 import ctypes
 
@@ -28,7 +28,8 @@ def emulator(tmp_path_factory):
 
 def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offset=0):
     """Forward then backward through the emulated launchers, as layer_norm_api.cpp calls them:
-    (y, mean or None, rstd, dx, dweight or None, dbias or None)."""
+    (y, mean or None, rstd, dx, dweight or None, dbias or None), and the largest cluster each of the
+    two launched (1: plain launches only)."""
     is_rms = op == "rms_norm"
     rows, cols = x.shape
     tensors = []
@@ -50,6 +51,7 @@ def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offse
     call(emulator.emu_norm_fwd, dict(base, param_dtype=DTYPE_CODE[param_dtype], x=x.data_ptr(),
                                      weight=address(weight), bias=address(bias), y=y.data_ptr(),
                                      mean=address(mean), rstd=rstd.data_ptr(), eps=eps))
+    clusters = [emulator.emu_largest_cluster_launched()]
 
     # The backward's parameter dtype is the weight's (layer_norm_api.cpp), dbias included.
     param_dtype = weight.dtype if weight is not None else x.dtype
@@ -74,23 +76,26 @@ def emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offse
             tensors.append(t)
             partials[name] = t.tensor.data_ptr()
     call(emulator.emu_norm_bwd, dict(fields, num_partials=g, **partials))
+    clusters.append(emulator.emu_largest_cluster_launched())
     for i, t in enumerate(tensors):
         t.check_guards(f"tensor {i}")
-    return y, mean, rstd, dx, dweight, dbias
+    return (y, mean, rstd, dx, dweight, dbias), tuple(clusters)
 
 
 def check(emulator, op, rows, cols, dtype, param_dtype=None, with_weight=True, with_bias=True, resident_blocks=3,
           offset=0, ramp=0.0):
     """Emulated forward and backward against the float64 reference (the tolerances and gradient scales
     of tests/ops/test_layer_norm.py), and the saved statistics against their definitions. ramp: added
-    to each row, rising from 0 to it along the row (parts of a row with different means)."""
+    to each row, rising from 0 to it along the row (parts of a row with different means). Returns the
+    largest cluster the forward and the backward launched."""
     param_dtype = param_dtype or dtype
     with_bias = with_bias and op == "layer_norm"
     eps = 1e-5
     x, weight, bias = make_inputs((rows, cols), (cols,), dtype, param_dtype, with_weight, with_bias)
     x = (x.float() + torch.linspace(0, ramp, cols)).to(dtype)
     dy = torch.randn_like(x)
-    y, mean, rstd, dx, dw, db = emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks, offset)
+    (y, mean, rstd, dx, dw, db), clusters = emulated_norm(emulator, op, x, weight, bias, dy, eps, resident_blocks,
+                                                          offset)
 
     leaves = [None if t is None else t.double().requires_grad_() for t in (x, weight, bias)]
     ref = run_reference(op, leaves[0], (cols,), *leaves[1:], eps=eps)
@@ -111,6 +116,7 @@ def check(emulator, op, rows, cols, dtype, param_dtype=None, with_weight=True, w
     assert rel_error(rstd, rstd64) <= TOLERANCE[torch.float32], "rstd"
     if mean is not None:
         assert (mean.double() - x64.mean(-1)).abs().max() <= 1e-5 * (1 + x64.abs().max()), "mean"
+    return clusters
 
 
 # (rows, cols): 1 column, odd N, both sides of the backward's layout thresholds (BwdLayout: a warp per
@@ -166,41 +172,55 @@ def test_long_rows(emulator):
     check(emulator, "layer_norm", 1, 16500, torch.bfloat16)
 
 
-# (op, rows, cols, dtype, param dtype, weight, bias): rows of 2, 3 and 16 forward chunks of 8192, the
-# last part of one; fp32, 16-bit, 16-bit with fp32 parameters; without parameters. The rows rise along
-# their length (ramp 8): each block's part has its own mean, which Chan's merge must weigh in.
-FWD_SPLIT_CASES = [("layer_norm", 2, 16392, torch.bfloat16, None, True, True),
+# (op, rows, cols, dtype, param dtype, weight, bias): rows of 2, 3 and 16 chunks of 8192 (the forward's
+# and the backward's chunk), the last part of one; fp32, 16-bit, 16-bit with fp32 parameters; without
+# parameters. The rows rise along their length (ramp 8): each block's part has its own mean, which
+# Chan's merge must weigh in.
+SPLIT_CASES = [("layer_norm", 2, 16392, torch.bfloat16, None, True, True),
                    ("layer_norm", 1, 20000, torch.float32, None, True, False),
                    ("layer_norm", 1, 16 * 8192, torch.float16, torch.float32, True, True),
                    ("rms_norm", 2, 24576, torch.bfloat16, None, True, False),
                    ("rms_norm", 1, 16400, torch.float32, None, False, False)]
 
 
-@pytest.mark.parametrize("case", FWD_SPLIT_CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-{str(c[3])[6:]}")
-def test_forward_rows_split_over_a_cluster(emulator, case):
-    """On a device with clusters, a vector-aligned row longer than the forward's 8192-element chunk is
-    split over a cluster of ceil(N / 8192) CTAs, a chunk each, their statistics merged through each
-    other's shared memory (mean and rstd written once, by the first): forward and gradients against
-    float64, and the forward was a cluster launch. (The backward walks its chunks as before.)"""
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-{str(c[3])[6:]}")
+def test_rows_split_over_a_cluster(emulator, case):
+    """On a device with clusters, a vector-aligned row longer than a chunk (8192 elements) is split over
+    a cluster of ceil(N / 8192) CTAs, a chunk each. Forward: their statistics merged through each
+    other's shared memory (mean and rstd written once, by the first). Backward: their row sums combined
+    the same way, one persistent cluster walking both rows, each CTA's dw, db partial sums its chunk's
+    columns. Forward and gradients against float64, and both passes were cluster launches."""
     op, rows, cols, dtype, param_dtype, with_weight, with_bias = case
     with cluster_device(emulator):
-        check(emulator, op, rows, cols, dtype, param_dtype, with_weight, with_bias, ramp=8.0)
-        assert emulator.emu_largest_cluster_launched() == -(-cols // 8192)
+        clusters = check(emulator, op, rows, cols, dtype, param_dtype, with_weight, with_bias, ramp=8.0)
+    assert clusters == (-(-cols // 8192),) * 2
+
+
+@pytest.mark.parametrize("rows,resident_blocks", [(9, 6), (10, 6), (3, 64)])
+def test_split_rows_persistent_clusters(emulator, rows, resident_blocks):
+    """The split backward's grid is one wave of persistent clusters (resident_clusters: here the
+    resident blocks in clusters of two), at most one per kMinRowsPerGroup rows: three clusters walking
+    three rows each; three walking four, three and three (the loop's bound is the cluster's, the same
+    for its CTAs); one walking all three rows."""
+    with cluster_device(emulator):
+        clusters = check(emulator, "layer_norm", rows, 12000, torch.bfloat16, resident_blocks=resident_blocks,
+                         ramp=8.0)
+    assert clusters == (2, 2)
 
 
 @pytest.mark.parametrize("offset,switch", [(1, True), (0, False)], ids=["misaligned", "switched off"])
-def test_forward_rows_walked_where_not_split(emulator, offset, switch):
+def test_rows_walked_where_not_split(emulator, offset, switch):
     """Misaligned rows (no split instance) and FASTTX_CUDA_CLUSTERS=0 walk their chunks on a device
-    with clusters too."""
+    with clusters too, forward and backward."""
     with cluster_device(emulator), cuda_clusters(switch):
-        check(emulator, "layer_norm", 2, 16400, torch.float16, offset=offset)
-        assert emulator.emu_largest_cluster_launched() == 1
+        clusters = check(emulator, "layer_norm", 2, 16400, torch.float16, offset=offset)
+    assert clusters == (1, 1)
 
 
 def test_parameter_gradients_are_deterministic(emulator):
     x, weight, bias = make_inputs((70, 520), (520,), torch.float32, torch.float32, True, True)
     dy = torch.randn_like(x)
-    runs = [emulated_norm(emulator, "layer_norm", x, weight, bias, dy, 1e-5, 3) for _ in range(2)]
+    runs = [emulated_norm(emulator, "layer_norm", x, weight, bias, dy, 1e-5, 3)[0] for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs) if a is not None)
 
 

@@ -110,7 +110,7 @@ class Family:
     row: Callable[[str, list[str]], str]
     rows: tuple[str, ...]  # the row labels, in table order
     column: tuple[int, str] | None = None  # (template arg index, its name) giving the columns; None: one per arch
-    # Kernel names whose instances exist on one architecture only (elsewhere a stub, left out).
+    # Row labels whose instances run on one architecture only (elsewhere a stub, left out).
     only_on: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -120,6 +120,19 @@ def _by_kernel(labels: dict[str, str]) -> dict:
 
 
 _SOFTMAX_MASK = {"void": "no mask", "unsigned char": "bool mask"}
+
+_NORM_ROWS = {
+    "norm_fwd_kernel": "forward",
+    "norm_bwd_kernel": "backward: dx, dw, db partial sums",
+    "norm_bwd_long_rows_kernel": "backward: dx (longer rows, not split)",
+    "norm_bwd_param_kernel": "backward: dw, db partial sums (longer rows, not split)",
+    "reduce_partials_kernel": "backward: dw, db from the partial sums",
+}
+# The kernels whose last template argument, kSplit, makes instances for rows of 2-16 chunks split over a
+# thread block cluster: a row of their own in the table.
+_NORM_SPLIT_KERNELS = ("norm_fwd_kernel", "norm_bwd_kernel")
+_NORM_SPLIT_LABELS = tuple(_NORM_ROWS[name] for name in _NORM_SPLIT_KERNELS)
+_NORM_SPLIT = ", rows split over a cluster"
 
 FAMILIES = {
     "attention": Family(
@@ -138,19 +151,19 @@ FAMILIES = {
             "attention_bwd_q_sm90_kernel": "dQ, sm_90a (FlashAttention-3 scheme)",
         }),
         column=(1, "E"),
-        only_on={name: "sm_90a" for name in
-                 ("attention_fwd_sm90_kernel", "attention_bwd_kv_sm90_kernel", "attention_bwd_q_sm90_kernel")},
+        only_on={row: "sm_90a" for row in ("forward, sm_90a (FlashAttention-3 scheme)",
+                                           "dK/dV, sm_90a (FlashAttention-3 scheme)",
+                                           "dQ, sm_90a (FlashAttention-3 scheme)")},
     ),
     "layer_norm": Family(
         intro="LayerNorm and RMSNorm, the three activation dtypes, 16-bit or fp32 parameters, "
-              "vector-aligned or not",
-        **_by_kernel({
-            "norm_fwd_kernel": "forward",
-            "norm_bwd_kernel": "backward: dx, dw, db partial sums (rows up to a chunk)",
-            "norm_bwd_long_rows_kernel": "backward: dx (longer rows)",
-            "norm_bwd_param_kernel": "backward: dw, db partial sums (longer rows)",
-            "reduce_partials_kernel": "backward: dw, db from the partial sums",
-        }),
+              "vector-aligned or not; the instances for rows split over a cluster, vector-aligned, on "
+              "sm_90a only: before sm_90 they are a trap",
+        row=lambda name, args: _NORM_ROWS[name] + (_NORM_SPLIT if name in _NORM_SPLIT_KERNELS and args[-1] == "true"
+                                                    else ""),
+        rows=tuple(label + suffix for label in _NORM_ROWS.values()
+                   for suffix in ("", _NORM_SPLIT) if not suffix or label in _NORM_SPLIT_LABELS),
+        only_on={label + _NORM_SPLIT: "sm_90a" for label in _NORM_SPLIT_LABELS},
     ),
     "softmax": Family(
         intro="the three input dtypes, 16-bit or fp32 output / gradient, vector-aligned or not",
@@ -194,11 +207,12 @@ def render(family: Family, kernels: list[Kernel], names: dict[str, str]) -> str:
     columns = set()
     for k in kernels:
         base, args = split_signature(names[k.name])
-        if family.only_on.get(base, k.arch) != k.arch:
+        row = family.row(base, args)
+        if family.only_on.get(row, k.arch) != k.arch:
             continue
         column = k.arch if family.column is None else args[family.column[0]]
         columns.add(column)
-        cells.setdefault((family.row(base, args), column), []).append(k)
+        cells.setdefault((row, column), []).append(k)
     unknown = {row for row, _ in cells} - set(family.rows)
     assert not unknown, f"rows without a place in the table: {sorted(unknown)}"
     if family.column is None:

@@ -59,19 +59,20 @@ inline cudaLaunchConfig_t cluster_launch_config(dim3 grid, dim3 block, int clust
   return config;
 }
 
-// Whether `kernel` can run on the current device as clusters of `cluster` blocks (1-D) of `threads`
-// threads: the device launches clusters, the kernel's code is sm_90's or later (its sm_80 build traps
-// in the cluster functions below: a library built without sm_90 code must not take this path), and
-// one such cluster fits the GPU. Cached per (device, kernel, cluster, threads): the occupancy query
-// costs more than a row-wise kernel's host time. A failed query clears its error and says false.
+// How many clusters of `cluster` blocks (1-D) of `threads` threads of `kernel` the current device keeps
+// resident at once (the grid of a persistent kernel of clusters), 0 where it cannot run them: the device
+// launches no clusters, the kernel's code is not sm_90's or later (its sm_80 build traps in the cluster
+// functions below: a library built without sm_90 code must not take this path), or no such cluster fits
+// the GPU. Cached per (device, kernel, cluster, threads): the occupancy query costs more than a row-wise
+// kernel's host time. A failed query clears its error and says 0.
 template <typename Kernel>
-bool cluster_launchable(Kernel kernel, int threads, int cluster) {
+int resident_clusters(Kernel kernel, int threads, int cluster) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, const void*, int, int>, bool> known;
+  static std::map<std::tuple<int, const void*, int, int>, int> known;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) {
     cudaGetLastError();
-    return false;
+    return 0;
   }
   const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), cluster, threads);
   const std::lock_guard<std::mutex> lock(mutex);
@@ -85,15 +86,21 @@ bool cluster_launchable(Kernel kernel, int threads, int cluster) {
   if (ok && cluster > kMaxPortableClusterBlocks) {
     ok = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
   }
+  int clusters = 0;
   if (ok) {
     cudaLaunchAttribute attribute{};
     const cudaLaunchConfig_t config = cluster_launch_config(dim3(cluster), dim3(threads), cluster, nullptr, attribute);
-    int clusters = 0;
-    ok = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess && clusters > 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) clusters = 0;
   }
-  cudaGetLastError();  // a refused query is an answer (false), not an error for the next launch
-  known.emplace(key, ok);
-  return ok;
+  cudaGetLastError();  // a refused query is an answer (0), not an error for the next launch
+  known.emplace(key, clusters);
+  return clusters;
+}
+
+// Whether `kernel` can run on the current device as clusters of `cluster` blocks of `threads` threads.
+template <typename Kernel>
+bool cluster_launchable(Kernel kernel, int threads, int cluster) {
+  return resident_clusters(kernel, threads, cluster) > 0;
 }
 
 // kernel<<<grid, block, 0, stream>>>(args...) in 1-D clusters of `cluster` blocks (grid.x a multiple
@@ -104,6 +111,17 @@ void launch_kernel_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int
   cudaLaunchAttribute attribute{};
   const cudaLaunchConfig_t config = cluster_launch_config(grid, block, cluster, stream, attribute);
   cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
+// Whether this compilation's code can run clusters: false in device code before sm_90, where a kernel
+// instance made for clusters only is built (one translation unit serves every architecture) but never
+// launched (cluster_launchable asks for sm_90 code); such an instance then compiles to a trap alone.
+__host__ __device__ constexpr bool clusters_compiled() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  return false;
+#else
+  return true;
+#endif
 }
 
 // The cluster barrier, split: cluster_arrive() releases this thread's earlier shared-memory writes to

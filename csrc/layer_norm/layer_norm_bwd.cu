@@ -18,8 +18,13 @@
 //    rows, the next row's loads in flight while it works on this one) and accumulates dw, db in
 //    registers next to the cached row, so x and dy are read once. Several row groups of one block
 //    are folded together through shared memory in a fixed order.
-//  - Longer rows: a thread's columns no longer fit in registers, so norm_bwd_long_rows_kernel
-//    computes dx only and norm_bwd_param_kernel reads x and dy again, column-parallel, for dw and db.
+//  - Longer rows, where the device runs clusters (sm_90) and the row is vector-aligned and at most 16
+//    chunks long: the same kernel with the row split over a cluster of blocks, a chunk each (kSplit),
+//    their row sums combined through distributed shared memory; the cluster is persistent and each
+//    block accumulates dw, db for its chunk's columns, so x and dy are still read once.
+//  - Other longer rows: a thread's columns no longer fit in registers, so norm_bwd_long_rows_kernel
+//    computes dx only (reading each chunk but the last twice) and norm_bwd_param_kernel reads x and dy
+//    again, column-parallel, for dw and db.
 // All arithmetic is fp32.
 
 #include "common/launch.h"
@@ -47,12 +52,12 @@ constexpr int kParamThreads = 256;
 constexpr int kFinalCols = 32;
 constexpr int kFinalSlices = 32;
 
-// Stores this block's column sums `acc` (the thread's vectors j = i * grp.size + grp.rank of a
-// single-chunk row) as row blockIdx.x of partials (G, N). Called by every thread of the block.
+// Stores this block's column sums `acc` (the thread's vectors j = i * grp.size + grp.rank of the `cols`
+// columns it holds of a row) at `out`, the same columns of its row of the (G, N) partials. Called by
+// every thread of the block.
 template <bool kAligned, int kIters, int kVec>
-__device__ void write_partials(const float (&acc)[kIters][kVec], float* __restrict__ partials, float* fold,
+__device__ void write_partials(const float (&acc)[kIters][kVec], float* __restrict__ out, float* fold,
                                const BwdLayout::Group& grp, int cols) {
-  float* out = partials + static_cast<int64_t>(blockIdx.x) * cols;  // (N,)
   const int nvec = ceil_div(cols, kVec);
   if (grp.per_block == 1) {
 #pragma unroll
@@ -95,6 +100,13 @@ __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restri
 // handles rows b * per_block + group index, stepping by gridDim.x * per_block, accumulating dw, db
 // in registers (a thread's columns are the same in every row). Vectors and kAligned as in the
 // forward (layer_norm_fwd.cu).
+// kSplit (row_split > 1, vector-aligned rows of 2-16 chunks): the grid is G persistent clusters of
+// row_split blocks; cluster c handles rows c, c + G, ..., block r of it chunk r of each row (a block is
+// one row group), and the row sums of the blocks are combined in rank order (cluster_allreduce), so every
+// block computes dx with the same bits. Block r's dw, db partial sums cover chunk r's columns of
+// workspace row c. Each row costs two cluster barriers (the second keeps a block's slot of sums alive
+// until the others have read it), passed while the next row's loads are in flight. A compile-time switch,
+// as in the forward, so that the other instances compile as before.
 //
 // Bytes in flight: the next row's x, dy, mean and rstd are loaded, as stored, at the top of each
 // iteration, before this row's arithmetic, reduction and dx stores, so every row group always has a
@@ -110,9 +122,9 @@ __device__ void write_partials(const float (&acc)[kIters][kVec], float* __restri
 // copy of it is stored, into the registers that copy held (kLate). Half a row is still in flight
 // through the reduction (32 KB at N = 8192, a 512-thread block), the other half from its dx store on.
 // What each instance takes is in csrc/README.md, "Registers".
-template <bool kIsRMS, typename T, typename W, bool kAligned>
+template <bool kIsRMS, typename T, typename W, bool kAligned, bool kSplit>
 __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
-    norm_bwd_kernel(const NormBwdParams p, const int warps_per_row) {
+    norm_bwd_kernel(const NormBwdParams p, const int warps_per_row, const int row_split) {
   constexpr int kVec = kVecBytes / sizeof(T);
   static_assert(BwdLayout::kCacheElems % kVec == 0 && kVec % 4 == 0, "a thread caches whole vectors");
   constexpr int kIters = BwdLayout::kCacheElems / kVec;  // vectors a thread holds per tensor
@@ -120,19 +132,30 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
   constexpr int kSums = kIsRMS ? 1 : 2;                  // row sums of g * xhat and (LayerNorm) g
   // The next row's vectors from kLate on are loaded in the dx pass, not at the top (see above).
   constexpr int kLate = sizeof(T) == 4 ? kIters / 2 : kIters;
+  static_assert(!kSplit || kAligned, "split rows are vector-aligned");
+  if constexpr (kSplit && !clusters_compiled()) {
+    __trap();
+    return;
+  }
   __shared__ float scratch[kSums][BwdLayout::kMaxWarps];
+  __shared__ float cluster_slot[kSplit ? kSums : 1];  // this block's row sums, read by its cluster
   __shared__ float fold[kFoldFloats];
   __shared__ Pack<float, 4> weight_cache[kIters * kPacks][BwdLayout::kMaxThreads];  // [pack][thread]: conflict-free
 
   const BwdLayout::Group grp(warps_per_row * kWarpSize);
-  const T* __restrict__ x = static_cast<const T*>(p.x);      // (M, N)
-  const T* __restrict__ dy = static_cast<const T*>(p.dy);    // (M, N)
-  T* __restrict__ dx = static_cast<T*>(p.dx);                // (M, N)
-  const W* __restrict__ w = static_cast<const W*>(p.weight);  // (N,) or nullptr
-  const int nvec = ceil_div(p.cols, kVec);
+  // Below, "the row" is the part of it this group holds, columns counted from its first. (Without
+  // kSplit, a split of 1 known at compile time: the whole row.)
+  const int split = kSplit ? row_split : 1;
+  const RowPart part = row_part(grp, p.cols, grp.size * BwdLayout::kCacheElems, split);
+  const T* __restrict__ x = static_cast<const T*>(p.x) + part.first_col;       // (M, N) from the part
+  const T* __restrict__ dy = static_cast<const T*>(p.dy) + part.first_col;     // (M, N) from the part
+  T* __restrict__ dx = static_cast<T*>(p.dx) + part.first_col;                 // (M, N) from the part
+  const W* __restrict__ w = static_cast<const W*>(p.weight);                   // (N,) or nullptr
+  if (w != nullptr) w += part.first_col;
+  const int nvec = ceil_div(part.cols, kVec);
   const auto vec = [&](int i) { return i * grp.size + grp.rank; };  // the thread's i-th vector of the row
   // Elements of vector j < nvec inside the row (kVec except for an unaligned row's last vector).
-  const auto vec_elems = [&](int j) { return kAligned ? kVec : min(kVec, p.cols - j * kVec); };
+  const auto vec_elems = [&](int j) { return kAligned ? kVec : min(kVec, part.cols - j * kVec); };
 
   if (w != nullptr) {
 #pragma unroll
@@ -187,10 +210,10 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
   float acc_dw[kIters][kVec] = {};  // sum over this group's rows of dy * xhat
   float acc_db[kIters][kVec] = {};  // sum over this group's rows of dy (LayerNorm only)
 
-  // The loop bound depends on the block only: row groups without a row (past M) keep going through
-  // the block-wide reductions.
-  const int64_t row_stride = static_cast<int64_t>(gridDim.x) * grp.per_block;
-  const int64_t first_row = static_cast<int64_t>(blockIdx.x) * grp.per_block;
+  // The loop bound depends on the block (split: the cluster) only: row groups without a row (past M)
+  // keep going through the block-wide reductions, and a cluster's blocks through its barriers.
+  const int64_t row_stride = static_cast<int64_t>(gridDim.x / split) * grp.per_block;
+  const int64_t first_row = part.row - grp.index;
   Row cur;
   load_row(first_row + grp.index, cur, kIters);
   for (int64_t first = first_row; first < p.rows; first += row_stride) {
@@ -215,6 +238,7 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
       }
     }
     group_allreduce_sum(sums, scratch, grp.warps, grp.first_warp);
+    if constexpr (kSplit) cluster_allreduce(sums, cluster_slot, row_split, SumOp{});
     // dx = rstd (g - (xhat mean(g xhat) + mean(g))) = rstd w dy - (c1 (x - mean) + c0)
     const float mean_gxhat = sums[0] / static_cast<float>(p.cols);
     const float c1 = cur.rstd * cur.rstd * mean_gxhat;
@@ -234,12 +258,15 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
       }
       if (i >= kLate) load_vec_of(row + row_stride, i, next);  // into the registers cur[i] just freed
     }
+    if constexpr (kSplit) cluster_wait();  // the cluster has read cluster_slot: the next row may write it
     cur = next;
   }
 
-  if (p.dweight_partials != nullptr) write_partials<kAligned>(acc_dw, p.dweight_partials, fold, grp, p.cols);
+  // This block's part of its workspace row: row blockIdx.x / split, from the part's first column.
+  const int64_t out = static_cast<int64_t>(blockIdx.x / split) * p.cols + part.first_col;
+  if (p.dweight_partials != nullptr) write_partials<kAligned>(acc_dw, p.dweight_partials + out, fold, grp, part.cols);
   if constexpr (!kIsRMS) {
-    if (p.dbias_partials != nullptr) write_partials<kAligned>(acc_db, p.dbias_partials, fold, grp, p.cols);
+    if (p.dbias_partials != nullptr) write_partials<kAligned>(acc_db, p.dbias_partials + out, fold, grp, part.cols);
   }
 }
 
@@ -390,16 +417,18 @@ __global__ void __launch_bounds__(kFinalCols* kFinalSlices)
   }
 }
 
+using BwdKernel = void (*)(NormBwdParams, int, int);
+
 struct BwdKernels {
-  void (*rows)(NormBwdParams, int);       // single-chunk rows: dx, dw, db partial sums
-  void (*long_rows)(NormBwdParams, int);  // longer rows: dx
-  void (*params)(NormBwdParams);          // longer rows: dw, db partial sums
-  int vec;                                // elements per vector of all three
+  BwdKernel rows;                         // single-chunk rows: dx, dw, db partial sums
+  BwdKernel split;                        // longer rows split over a cluster: the same (nullptr: unaligned)
+  void (*long_rows)(NormBwdParams, int);  // other longer rows: dx
+  void (*params)(NormBwdParams);          // other longer rows: dw, db partial sums
+  int vec;                                // elements per vector of all four
 };
 
-// Must pick the same kernels for norm_bwd_num_partials and norm_bwd_launch: it only looks at fields
-// set before the workspace exists. The workspace itself is freshly allocated, hence 16-byte
-// aligned, and its rows are whole vectors whenever N is.
+// The workspace is freshly allocated, hence 16-byte aligned, and its rows are whole vectors whenever
+// N is.
 BwdKernels select_bwd_kernels(const NormBwdParams& p) {
   BwdKernels k{};
   FASTTX_BOOL_SWITCH(p.is_rms, kIsRMS, [&] {
@@ -409,35 +438,61 @@ BwdKernels select_bwd_kernels(const NormBwdParams& p) {
         // Rows start 16-byte aligned only when N is a multiple of the vector width.
         const bool aligned = p.cols % kVec == 0 && is_vec_aligned(p.x) && is_vec_aligned(p.dy) &&
                              is_vec_aligned(p.dx) && is_vec_aligned(p.weight);
-        FASTTX_BOOL_SWITCH(aligned, kAligned, [&] {
-          k = {norm_bwd_kernel<kIsRMS, T, W, kAligned>, norm_bwd_long_rows_kernel<kIsRMS, T, W, kAligned>,
-               norm_bwd_param_kernel<T, kAligned>, kVec};
-        });
+        if (aligned) {
+          k = {norm_bwd_kernel<kIsRMS, T, W, true, false>, norm_bwd_kernel<kIsRMS, T, W, true, true>,
+               norm_bwd_long_rows_kernel<kIsRMS, T, W, true>, norm_bwd_param_kernel<T, true>, kVec};
+        } else {
+          k = {norm_bwd_kernel<kIsRMS, T, W, false, false>, nullptr, norm_bwd_long_rows_kernel<kIsRMS, T, W, false>,
+               norm_bwd_param_kernel<T, false>, kVec};
+        }
       });
     });
   });
   return k;
 }
 
-// Whether the rows are a single chunk: norm_bwd_kernel then computes dx, dw and db.
-bool fuses_param_grads(const RowConfig& cfg, int cols) { return cols <= cfg.chunk_cols; }
+// How norm_bwd_launch runs p's rows. It only looks at fields set before the workspace exists, so
+// norm_bwd_num_partials sizes the workspace for the kernels the launch runs. (Any G is correct for
+// every plan: each writes the G workspace rows its grid is given.)
+struct BwdPlan {
+  BwdKernels k;
+  RowConfig cfg;
+  int row_split;  // blocks a row is split over (the cluster size); 1: no split
+  bool fused;     // dx, dw and db from one persistent kernel (single-chunk rows, or split rows)
+};
+
+BwdPlan plan_bwd(const NormBwdParams& p) {
+  BwdPlan plan{select_bwd_kernels(p), BwdLayout::config(p.cols), 1, true};
+  const int chunks = ceil_div(p.cols, plan.cfg.chunk_cols);
+  if (chunks > 1) {
+    const bool split = plan.k.split != nullptr && cluster_splits_allowed() &&
+                       cluster_launchable(plan.k.split, plan.cfg.threads, chunks);
+    plan.row_split = split ? chunks : 1;
+    plan.fused = split;
+  }
+  return plan;
+}
 
 }  // namespace
 
 cudaError_t norm_bwd_num_partials(const NormBwdParams& p, int* num_partials) {
-  const RowConfig cfg = BwdLayout::config(p.cols);
-  const BwdKernels k = select_bwd_kernels(p);
+  const BwdPlan plan = plan_bwd(p);
+  const RowConfig& cfg = plan.cfg;
   int resident = 0;
-  cudaError_t err;
+  cudaError_t err = cudaSuccess;
   int64_t g;
-  if (fuses_param_grads(cfg, p.cols)) {
+  if (plan.row_split > 1) {
+    // One persistent wave of clusters, each walking at least kMinRowsPerGroup rows.
+    resident = resident_clusters(plan.k.split, cfg.threads, plan.row_split);
+    g = std::min<int64_t>(resident, ceil_div<int64_t>(p.rows, kMinRowsPerGroup));
+  } else if (plan.fused) {
     // One persistent wave of norm_bwd_kernel.
-    err = resident_blocks(k.rows, cfg.threads, &resident);
+    err = resident_blocks(plan.k.rows, cfg.threads, &resident);
     g = std::min<int64_t>(resident, ceil_div<int64_t>(p.rows, int64_t{cfg.rows_per_block} * kMinRowsPerGroup));
   } else {
     // Enough row slices that the column-parallel grid fills one wave of norm_bwd_param_kernel.
-    err = resident_blocks(k.params, kParamThreads, &resident);
-    const int col_blocks = ceil_div(ceil_div(p.cols, k.vec), kParamThreads);
+    err = resident_blocks(plan.k.params, kParamThreads, &resident);
+    const int col_blocks = ceil_div(ceil_div(p.cols, plan.k.vec), kParamThreads);
     g = std::min<int64_t>(ceil_div(resident, col_blocks), ceil_div<int64_t>(p.rows, kMinRowsPerGroup));
   }
   *num_partials = static_cast<int>(g);
@@ -445,13 +500,17 @@ cudaError_t norm_bwd_num_partials(const NormBwdParams& p, int* num_partials) {
 }
 
 void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
-  const RowConfig cfg = BwdLayout::config(p.cols);
-  const BwdKernels k = select_bwd_kernels(p);
-  const bool fused = fuses_param_grads(cfg, p.cols);
+  const BwdPlan plan = plan_bwd(p);
+  const RowConfig& cfg = plan.cfg;
+  const BwdKernels& k = plan.k;
+  const bool fused = plan.fused;
   const bool param_grads = p.dweight_partials != nullptr || p.dbias_partials != nullptr;
   const int warps_per_row = cfg.threads_per_row / kWarpSize;
-  if (fused) {  // the G persistent blocks own the workspace rows
-    launch_kernel(k.rows, static_cast<unsigned>(p.num_partials), cfg.threads, stream, p, warps_per_row);
+  if (plan.row_split > 1) {  // the G persistent clusters own the workspace rows
+    launch_kernel_cluster(k.split, static_cast<unsigned>(p.num_partials) * plan.row_split, cfg.threads,
+                          plan.row_split, stream, p, warps_per_row, plan.row_split);
+  } else if (fused) {  // the G persistent blocks own the workspace rows
+    launch_kernel(k.rows, static_cast<unsigned>(p.num_partials), cfg.threads, stream, p, warps_per_row, 1);
   } else {
     launch_row_groups(k.long_rows, cfg, p.rows, stream, p, warps_per_row);
   }

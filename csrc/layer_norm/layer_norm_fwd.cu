@@ -49,6 +49,10 @@ __global__ void __launch_bounds__(Layout::kMaxThreads)
   static_assert(Layout::kCacheElems % kVec == 0, "a thread caches whole vectors");
   constexpr int kIters = Layout::kCacheElems / kVec;  // vectors a thread caches
   static_assert(!kSplit || kAligned, "split rows are vector-aligned");
+  if constexpr (kSplit && !clusters_compiled()) {
+    __trap();
+    return;
+  }
   __shared__ float scratch[1][Layout::kMaxWarps];
   __shared__ float cluster_slot[kSplit ? 3 : 1];  // this block's statistics, read by its cluster
 

@@ -10,8 +10,8 @@
 // the rows in flight fit in it (H100: 132 SMs x 4 blocks x 2N bytes < 50 MB for 16-bit N <= ~40K);
 // beyond that it costs a second HBM read, which is simpler than caching rows in shared memory
 // that could not hold them anyway (a 128K-element fp16 row is 256 KB). On devices that launch thread
-// block clusters (sm_90) the forward splits vector-aligned rows of up to 16 chunks over a cluster
-// instead, a chunk a block, and reads them once (layer_norm_fwd.cu).
+// block clusters (sm_90) the forward and the backward split vector-aligned rows of up to 16 chunks over
+// a cluster instead, a chunk a block, and read them once (layer_norm_fwd.cu, layer_norm_bwd.cu).
 
 #include "common/row_layout.cuh"
 

@@ -43,7 +43,7 @@ def _randn(*shape, dtype, device, grad=True):
 
 def norm_case(op, rows, hidden, dtype, weight=True, bias=True, clusters=True):
     """layer_norm or rms_norm over (rows, hidden), with or without weight (and, layer_norm, bias).
-    ``clusters=False``: the CUDA forward's long rows walked by one block even on sm_90 (cuda_clusters)."""
+    ``clusters=False``: the CUDA kernels' long rows walked by one block even on sm_90 (cuda_clusters)."""
     names = [n for n, present in (("weight", weight), ("bias", bias and op == "layer_norm")) if present]
 
     def make(device):

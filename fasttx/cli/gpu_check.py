@@ -72,7 +72,9 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # the others. The stage's result keeps each op's seconds: the next run's shares can come from them.
 # The norms: since 2026-12-06 also 4096x16384 (128 MB, the bytes of 16384x4096), the backward's two
 # passes over 2048-column blocks, and 65536x256 (32 MB), short rows four to a forward program
-# (benchmarks/notes/layer_norm.md, changes 2 and 4).
+# (benchmarks/notes/layer_norm.md, changes 2 and 4); on sm_90 4096x16384 also times "fasttx cuda (no
+# clusters)" beside "fasttx cuda": the CUDA forward's and backward's rows split over a cluster of two
+# blocks against the chunk walk (layer_norm.md, CUDA C++, the forward and the backward's long rows).
 # Softmax: the wide shapes the targets need, and between them the cases that check the 2026-12-04
 # kernel changes (benchmarks/notes/softmax.md): causal at 4096 columns (16384x4096: 4 heads) and
 # short rows, which share programs (65536x256, also causal); 8 cases where there were 4 (32-128 MB

@@ -7,8 +7,9 @@ Branches, from csrc/:
   to 8 warps: one warp per row (4 rows per block) up to N = 1024, 2, 4 and 8 warps up to 2048, 4096
   and 8192; the backward 16 in 1 to 16 warps: one warp up to 512, 2 (2 rows per block), 4, 8 and 16
   up to 1024, 2048, 4096 and 8192 (persistent, the next row prefetched); both walk rows in
-  8192-element chunks beyond (re-read for the second pass), except the forward's vector-aligned rows on
-  sm_90, split over a cluster of 2-3 blocks (distributed shared memory; also run with the split off);
+  8192-element chunks beyond (re-read for the second pass), except vector-aligned rows on sm_90, split
+  over a cluster of 2-3 blocks in both directions (distributed shared memory; the backward's clusters
+  persistent: two clusters walking the 5 rows; also run with the split off);
   with and without weight / bias; 16-bit (8-element vectors) and fp32 (4-element) input.
 - softmax (softmax/softmax_layout.cuh): 32 cached values per thread, 1 thread per row up to C = 32,
   then sub-warp groups (2-16 threads), a warp at C <= 1024, multi-warp groups up to 512 threads at

@@ -63,7 +63,8 @@ def compile_emulator(tmp_path_factory, emulator, source):
 def cluster_device(emulator, max_cluster=16):
     """A row-wise emulator's device launching thread block clusters of up to ``max_cluster`` CTAs (16:
     an H100's largest; 1: none, the sm_80 path) inside the block, none after it.
-    ``emulator.emu_largest_cluster_launched()`` says which path the launches took meanwhile."""
+    ``emulator.emu_largest_cluster_launched()`` says which path the launches took since it was last
+    called (1: plain launches only)."""
     emulator.emu_set_max_cluster(max_cluster)
     try:
         yield emulator

@@ -270,8 +270,13 @@ inline void cluster_wait() {
 // cluster.
 inline float load_cluster_shared(const float* shared, int rank) {
   if (cluster == nullptr || rank < 0 || rank >= cluster->blocks) fail("load_cluster_shared: no such CTA", shared);
+  // Every kernel instance's static __shared__ arrays lie in the library's thread-local block (a few MB:
+  // the norm backward's hold ~40 KB an instance); a stack or heap object lies much farther away.
+  constexpr std::ptrdiff_t kThreadLocalSpan = std::ptrdiff_t{1} << 26;
   const std::ptrdiff_t offset = reinterpret_cast<const char*>(shared) - &tls_anchor;
-  if (offset < -(1 << 20) || offset > (1 << 20)) fail("load_cluster_shared of an object not in shared memory", shared);
+  if (offset < -kThreadLocalSpan || offset > kThreadLocalSpan) {
+    fail("load_cluster_shared of an object not in shared memory", shared);
+  }
   const std::lock_guard<std::mutex> lock(cluster->mutex);
   if (cluster->exited[rank]) fail("load_cluster_shared from a CTA that has exited", shared);
   return *reinterpret_cast<const float*>(cluster->shared[rank] + offset);

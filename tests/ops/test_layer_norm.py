@@ -123,15 +123,17 @@ def test_large_hidden_size(op, backend, hidden):
 
 
 @pytest.mark.skipif("cuda" not in BACKENDS, reason="the CUDA kernels run on a GPU")
-@pytest.mark.parametrize("hidden", [20000, 131072])
+@pytest.mark.parametrize("clusters", [True, False], ids=["split", "walked"])
+@pytest.mark.parametrize("shape", [(2, 20000), (2, 131072), (333, 24576)], ids=str)
 @pytest.mark.parametrize("op", OPS)
-def test_cuda_long_rows_without_clusters(op, hidden):
-    """The CUDA forward's rows past its 8192-element chunk with the split over a cluster switched off
-    (FASTTX_CUDA_CLUSTERS=0): walked chunk by chunk by one block, as on GPUs without clusters. (With it
-    on, the default, the tests above run the split on sm_90.)"""
-    x, weight, bias = make_inputs((2, hidden), (hidden,), torch.bfloat16, torch.bfloat16, True, True)
-    with cuda_clusters(False):
-        check_against_float64(op, x, (hidden,), weight, bias, "cuda", torch.bfloat16)
+def test_cuda_long_rows(op, shape, clusters):
+    """The CUDA kernels' rows past their 8192-element chunk. On sm_90, by default, split over a cluster
+    of blocks, a chunk each (333 rows: more than the backward's persistent clusters, each walking
+    several); with the split switched off (FASTTX_CUDA_CLUSTERS=0), walked chunk by chunk by one block,
+    as on GPUs without clusters."""
+    x, weight, bias = make_inputs(shape, shape[-1:], torch.bfloat16, torch.bfloat16, True, True)
+    with cuda_clusters(clusters):
+        check_against_float64(op, x, shape[-1:], weight, bias, "cuda", torch.bfloat16)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

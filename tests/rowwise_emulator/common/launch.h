@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cmath>
+#include <utility>
 
 #include "common/ceil_div.h"
 #include "cuda_emulator/cta.h"
@@ -41,14 +42,25 @@ cudaError_t resident_blocks(Kernel, int, int* blocks) {
 // The largest cluster the emulated device launches, set by the caller (emu_set_max_cluster): 1, none
 // (an sm_80 device, or a library without sm_90 code); 16, an H100's largest.
 inline int emulated_max_cluster = 1;
-// The largest cluster launched since emulated_max_cluster was set (1: plain launches only), for the
-// tests to see which path ran.
+// The largest cluster launched since emulated_max_cluster was set or this was last read (1: plain
+// launches only), for the tests to see which path each launch took.
 inline int largest_cluster_launched = 0;
 
+// Clusters resident at once: the resident blocks in clusters of `cluster` (at least one), on a device
+// that launches that size; 0 elsewhere.
 template <typename Kernel>
-bool cluster_launchable(Kernel, int, int cluster) {
-  return cluster >= 1 && cluster <= emulated_max_cluster;
+int resident_clusters(Kernel, int, int cluster) {
+  return cluster >= 1 && cluster <= emulated_max_cluster ? max(1, emulated_resident_blocks / cluster) : 0;
 }
+
+template <typename Kernel>
+bool cluster_launchable(Kernel kernel, int threads, int cluster) {
+  return resident_clusters(kernel, threads, cluster) > 0;
+}
+
+// The emulation runs every kernel instance, cluster ones included: none is a trap here.
+constexpr bool clusters_compiled() { return true; }
+inline void __trap() { fail("__trap", nullptr); }
 
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t, const Args&... args) {
@@ -68,9 +80,10 @@ void launch_kernel_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int
 }  // namespace fasttx
 
 // The emulated device's largest cluster (1: none, the sm_80 path), and the largest cluster launched
-// since it was set (1: plain launches only): entry points of every row-wise emulator.
+// since it was set or last read (1: plain launches only; 0: none): entry points of every row-wise
+// emulator.
 extern "C" void emu_set_max_cluster(int blocks) {
   fasttx::emulated_max_cluster = blocks;
   fasttx::largest_cluster_launched = 0;
 }
-extern "C" int emu_largest_cluster_launched() { return fasttx::largest_cluster_launched; }
+extern "C" int emu_largest_cluster_launched() { return std::exchange(fasttx::largest_cluster_launched, 0); }

@@ -11,17 +11,18 @@
 //
 // dx needs two row sums and then a second sweep over the row; the row stays in registers for it
 // (layer_norm_layout.cuh). dw and db are reduced over rows without atomics, so they are bitwise
-// reproducible: the grid has a fixed number G of blocks, each owns a row of a (G, N) fp32
-// workspace and writes its column sums there once, and reduce_partials_kernel adds the G rows per
-// column in a fixed order and rounds to the parameter dtype.
+// reproducible: the grid has a fixed number G of blocks (or of clusters, below), each owns a row of a
+// (G, N) fp32 workspace and writes its column sums there once, and reduce_partials_kernel adds the G
+// rows per column in a fixed order and rounds to the parameter dtype.
 //  - Rows up to a chunk long (N <= 8192): norm_bwd_kernel is persistent (G blocks, each looping over
 //    rows, the next row's loads in flight while it works on this one) and accumulates dw, db in
 //    registers next to the cached row, so x and dy are read once. Several row groups of one block
 //    are folded together through shared memory in a fixed order.
 //  - Longer rows, where the device runs clusters (sm_90) and the row is vector-aligned and at most 16
 //    chunks long: the same kernel with the row split over a cluster of blocks, a chunk each (kSplit),
-//    their row sums combined through distributed shared memory; the cluster is persistent and each
-//    block accumulates dw, db for its chunk's columns, so x and dy are still read once.
+//    their row sums combined through distributed shared memory; G clusters are persistent and each
+//    block accumulates dw, db for its chunk's columns of its cluster's workspace row, so x and dy are
+//    still read once.
 //  - Other longer rows: a thread's columns no longer fit in registers, so norm_bwd_long_rows_kernel
 //    computes dx only (reading each chunk but the last twice) and norm_bwd_param_kernel reads x and dy
 //    again, column-parallel, for dw and db.

@@ -94,8 +94,8 @@ def test_extension_holds_the_requested_architectures():
 
 
 def _sm90a_kernels_sass(names):
-    """{(arch, mangled name): its SASS lines} of the sm_90a attention kernels `names` in fasttx._C, or a
-    skip where the build has no 9.0a."""
+    """{(arch, mangled name): its SASS lines} of the kernels `names` in fasttx._C, or a skip where the build
+    has no 9.0a."""
     import fasttx._C
 
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
@@ -167,6 +167,44 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory(head_dim)
         assert drawn >= 3 * tiles // 4 if name.endswith("ELb1EEEvNS0_13Sm90FwdParamsE") else drawn == 0, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
+
+
+def _kernel_names(pattern):
+    """The mangled names of fasttx._C's kernels that `pattern` finds (re.search): anonymous-namespace
+    kernels carry a per-build hash in theirs."""
+    import fasttx._C
+
+    listing = subprocess.run([_cuobjdump(), "--dump-resource-usage", fasttx._C.__file__], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    return sorted({name for name in re.findall(r"Function (\S+):", listing.stdout) if re.search(pattern, name)})
+
+
+@needs_nvcc
+def test_rowwise_cluster_split_sass():
+    """The row-wise kernels' rows split over a thread block cluster (csrc/common/row_layout.cuh), in the bf16
+    instances (a sample: the dump takes ~1 s an instance). On sm_90a: the split instances pass the
+    cluster barrier twice (UCGABAR_ARV and UCGABAR_WAIT twice each: cluster_allreduce's two arrivals,
+    its wait before reading the other blocks' partials, and the wait before the block exits or, in the
+    norm backward's row loop, writes its slot again), with no local memory, and 16-byte loads where the
+    rows are vector-aligned. Those are
+    the norms' kSplit instances (last template argument) and every softmax instance (one kernel,
+    branching on row_split at run time); the norms' other instances have no cluster barrier. On sm_80,
+    which never launches them, the norms' split instances are a trap alone."""
+    names = _kernel_names(r"(norm_(fwd|bwd)_kernelILb[01]E|softmax_(fwd|bwd)_kernelI)13__nv_bfloat16S2_")
+    assert len(names) == 22, names  # norms: 2 ops x 2 directions x (walk, aligned walk, split); softmax: 8 + 2
+    sass = _sm90a_kernels_sass(names)
+    for name in names:
+        split = "softmax" in name or re.search(r"Lb1EEEvNS_13Norm(Fwd|Bwd)Params", name) is not None
+        code = "\n".join(sass[("sm_90a", name)])
+        barriers = (code.count("UCGABAR_ARV"), code.count("UCGABAR_WAIT"))
+        assert barriers == ((2, 2) if split else (0, 0)), name
+        assert "LDL" not in code and "STL" not in code, name
+        if split and re.search(r"Lb1E(Lb1E)?EEvNS_", name):  # vector-aligned (the norms' split ones all are)
+            assert "LDG.E.128" in code, name
+        sm80 = "\n".join(sass[("sm_80", name)])
+        assert "UCGABAR" not in sm80, name
+        if split and "softmax" not in name:
+            assert "BPT.TRAP" in sm80 and "LDG" not in sm80 and "STG" not in sm80, name
 
 
 def _while_wgmma_run(code, op):

@@ -97,12 +97,6 @@ int resident_clusters(Kernel kernel, int threads, int cluster) {
   return clusters;
 }
 
-// Whether `kernel` can run on the current device as clusters of `cluster` blocks of `threads` threads.
-template <typename Kernel>
-bool cluster_launchable(Kernel kernel, int threads, int cluster) {
-  return resident_clusters(kernel, threads, cluster) > 0;
-}
-
 // kernel<<<grid, block, 0, stream>>>(args...) in 1-D clusters of `cluster` blocks (grid.x a multiple
 // of it); launch errors are left for cudaGetLastError.
 template <typename... Params, typename... Args>
@@ -115,7 +109,7 @@ void launch_kernel_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int
 
 // Whether this compilation's code can run clusters: false in device code before sm_90, where a kernel
 // instance made for clusters only is built (one translation unit serves every architecture) but never
-// launched (cluster_launchable asks for sm_90 code); such an instance then compiles to a trap alone.
+// launched (resident_clusters asks for sm_90 code); such an instance then compiles to a trap alone.
 __host__ __device__ constexpr bool clusters_compiled() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   return false;

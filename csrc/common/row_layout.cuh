@@ -128,22 +128,33 @@ inline bool cluster_splits_allowed() {
   return value == nullptr || std::strcmp(value, "0") != 0;
 }
 
+// The blocks a row of `cols` columns is split over, a chunk (cfg.chunk_cols) each, by the kernel `split`
+// (nullptr: none): ceil(cols / chunk_cols) where that is more than one, the split is allowed
+// (cluster_splits_allowed) and the device runs `split` in clusters of that many blocks of cfg.threads
+// (resident_clusters); 1 otherwise, where one row group walks the row chunk by chunk. The one place that
+// decides, for launch_row_groups_split and the norm backward's persistent clusters.
+template <typename Kernel>
+int row_split_for(Kernel split, const RowConfig& cfg, int cols) {
+  const int blocks = ceil_div(cols, cfg.chunk_cols);
+  return blocks > 1 && split != nullptr && cluster_splits_allowed() && resident_clusters(split, cfg.threads, blocks) > 0
+             ? blocks
+             : 1;
+}
+
 // Launches a row-wise kernel taking (args..., threads_per_row, row_split). Rows of one chunk or less
-// (cfg.chunk_cols): `walk`, one row group per row, row_split 1. Longer rows, where the device runs
-// clusters of that many blocks: `split` (nullptr: none), each row split over a cluster of row_split =
-// ceil(cols / chunk_cols) blocks (cfg.threads_per_row is then the whole block), block r of a cluster
-// holding chunk r in its registers, so that no chunk is read twice; the row's reductions are combined
-// across the cluster (cluster_allreduce). Otherwise, or with the split switched off
-// (cluster_splits_allowed), `walk`: one row group walks the row chunk by chunk, row_split 1. (`walk` and
-// `split` may be one kernel, branching on row_split.)
+// (cfg.chunk_cols): `walk`, one row group per row, row_split 1. Longer rows split (row_split_for, a grid
+// within 2^31 blocks): `split`, each row over a cluster of row_split blocks (cfg.threads_per_row is then
+// the whole block), block r of a cluster holding chunk r in its registers, so that no chunk is read twice;
+// the row's reductions are combined across the cluster (cluster_allreduce). Otherwise `walk`: one row
+// group walks the row chunk by chunk, row_split 1. (`walk` and `split` may be one kernel, branching on
+// row_split.)
 template <typename Kernel, typename... Args>
 void launch_row_groups_split(Kernel walk, Kernel split, const RowConfig& cfg, int64_t rows, int cols,
                              cudaStream_t stream, const Args&... args) {
-  const int blocks = ceil_div(cols, cfg.chunk_cols);
-  if (blocks > 1 && split != nullptr && rows * blocks <= INT32_MAX && cluster_splits_allowed() &&
-      cluster_launchable(split, cfg.threads, blocks)) {
-    launch_kernel_cluster(split, static_cast<unsigned>(rows * blocks), cfg.threads, blocks, stream, args...,
-                          cfg.threads_per_row, blocks);
+  const int row_split = rows * ceil_div(cols, cfg.chunk_cols) <= INT32_MAX ? row_split_for(split, cfg, cols) : 1;
+  if (row_split > 1) {
+    launch_kernel_cluster(split, static_cast<unsigned>(rows * row_split), cfg.threads, row_split, stream, args...,
+                          cfg.threads_per_row, row_split);
     return;
   }
   launch_row_groups(walk, cfg, rows, stream, args..., cfg.threads_per_row, 1);

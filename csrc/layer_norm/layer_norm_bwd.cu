@@ -463,15 +463,10 @@ struct BwdPlan {
 };
 
 BwdPlan plan_bwd(const NormBwdParams& p) {
-  BwdPlan plan{select_bwd_kernels(p), BwdLayout::config(p.cols), 1, true};
-  const int chunks = ceil_div(p.cols, plan.cfg.chunk_cols);
-  if (chunks > 1) {
-    const bool split = plan.k.split != nullptr && cluster_splits_allowed() &&
-                       cluster_launchable(plan.k.split, plan.cfg.threads, chunks);
-    plan.row_split = split ? chunks : 1;
-    plan.fused = split;
-  }
-  return plan;
+  const BwdKernels k = select_bwd_kernels(p);
+  const RowConfig cfg = BwdLayout::config(p.cols);
+  const int row_split = row_split_for(k.split, cfg, p.cols);
+  return {k, cfg, row_split, p.cols <= cfg.chunk_cols || row_split > 1};
 }
 
 }  // namespace

@@ -53,11 +53,6 @@ int resident_clusters(Kernel, int, int cluster) {
   return cluster >= 1 && cluster <= emulated_max_cluster ? max(1, emulated_resident_blocks / cluster) : 0;
 }
 
-template <typename Kernel>
-bool cluster_launchable(Kernel kernel, int threads, int cluster) {
-  return resident_clusters(kernel, threads, cluster) > 0;
-}
-
 // The emulation runs every kernel instance, cluster ones included: none is a trap here.
 constexpr bool clusters_compiled() { return true; }
 inline void __trap() { fail("__trap", nullptr); }

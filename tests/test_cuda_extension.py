@@ -207,6 +207,26 @@ def test_rowwise_cluster_split_sass():
             assert "BPT.TRAP" in sm80 and "LDG" not in sm80 and "STG" not in sm80, name
 
 
+@needs_nvcc
+def test_norm_long_rows_shared_accumulators_sass():
+    """The norm backward's long-rows kernel (csrc/layer_norm/layer_norm_bwd.cu), bf16 instances on sm_80 and
+    sm_90a: its dw, db accumulators in dynamic shared memory are read and written as float4s (LDS.128,
+    STS.128: their planes' layout; the only 32-bit shared stores left are the row reduction's, one a row
+    sum), no local memory, 16-byte global loads where the rows are aligned."""
+    names = _kernel_names(r"norm_bwd_long_rows_kernelILb[01]E13__nv_bfloat16S2_")
+    assert len(names) == 4, names  # 2 ops x (aligned, not)
+    sass = _sm90a_kernels_sass(names)
+    for arch in ("sm_80", "sm_90a"):
+        for name in names:
+            code = "\n".join(sass[(arch, name)])
+            assert "LDS.128" in code and "STS.128" in code, (arch, name)
+            row_sums = 1 if "ILb1E" in name else 2  # RMSNorm: g * xhat; LayerNorm: and g
+            assert len(re.findall(r"\bSTS ", code)) <= row_sums, (arch, name)
+            assert "LDL" not in code and "STL" not in code, (arch, name)
+            if re.search(r"Lb1EEEvNS_13NormBwdParams", name):
+                assert "LDG.E.128" in code, (arch, name)
+
+
 def _while_wgmma_run(code, op):
     """How many `op` instructions of the SASS `code` lie between a wgmma issue (WARPGROUP.ARRIVE) and
     the next wait for every wgmma to complete: run while the tensor cores work (ptxas places them

@@ -8,6 +8,7 @@ would poison any result read from past one. It checks indexing, the row layouts,
 persistent row loop and the partial-sum reduction, long rows split over a cluster (forward and
 backward) on a device that launches clusters; not timing, registers or real races."""
 
+import contextlib
 import ctypes
 
 import pytest
@@ -135,7 +136,7 @@ def test_forward_and_gradients(emulator, op, dtype, shape):
 @pytest.mark.parametrize("op,dtype", [("layer_norm", torch.float32), ("rms_norm", torch.bfloat16)], ids=str)
 def test_single_chunk_limit(emulator, op, dtype, shape):
     """The widest rows the persistent backward takes (16 warps, dw and db in registers), and one column
-    more: the chunked dx kernel and the column-parallel dw, db kernel. (512 emulated threads a block: the
+    more: the chunk-walking kernel, dw and db in its shared memory. (512 emulated threads a block: the
     costliest shapes here, hence two of the six dtype and op pairs.)"""
     check(emulator, op, *shape, dtype)
 
@@ -170,6 +171,57 @@ def test_persistent_row_loop(emulator, rows, resident_blocks):
 def test_long_rows(emulator):
     """Three chunks a row."""
     check(emulator, "layer_norm", 1, 16500, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def shared_limit(emulator, limit):
+    """The emulated device's dynamic shared memory a block (dynamic_shared_limit) set to ``limit``
+    bytes inside the block, an H100's 227 KB after it; the largest dynamic shared memory a launch asked
+    for is reset on entry."""
+    emulator.emu_set_shared_limit(limit)
+    emulator.emu_largest_shared_launched()
+    try:
+        yield
+    finally:
+        emulator.emu_set_shared_limit(227 * 1024)
+
+
+# (op, rows, cols, dtype, param dtype, weight, bias, resident blocks): rows longer than a chunk, not
+# split, whose dw, db accumulators fit the block's shared memory: persistent blocks walking 1, 2 and 5
+# rows, one block walking them all, both row sums' dtypes; dw alone (RMSNorm, LayerNorm without bias),
+# db alone; an unaligned row length (the element-wise path, fp16).
+SHARED_CASES = [("layer_norm", 10, 8200, torch.float32, None, True, True, 3),
+                ("layer_norm", 5, 12000, torch.bfloat16, torch.float32, True, True, 1),
+                ("layer_norm", 2, 9001, torch.float16, None, True, True, 4),
+                ("rms_norm", 6, 16392, torch.bfloat16, None, True, False, 2),
+                ("layer_norm", 3, 8500, torch.float32, None, True, False, 2),
+                ("layer_norm", 3, 8500, torch.float32, None, False, True, 2)]
+
+
+@pytest.mark.parametrize("case", SHARED_CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}-{str(c[3])[6:]}-w{c[5]:d}b{c[6]:d}")
+def test_long_rows_parameter_sums_in_shared_memory(emulator, case):
+    """Rows past a chunk, where no cluster split runs (no clusters here): G persistent blocks walk the
+    rows, adding dw and db into fp32 accumulators for the whole row in their dynamic shared memory (8N
+    bytes for both, rounded up to whole 16-byte vectors: poisoned with NaN before each block, so every
+    column must be zeroed first), each written to its workspace row. Forward and gradients against
+    float64, and the launch asked for exactly those bytes."""
+    op, rows, cols, dtype, param_dtype, with_weight, with_bias, resident_blocks = case
+    with shared_limit(emulator, 227 * 1024):
+        check(emulator, op, rows, cols, dtype, param_dtype, with_weight, with_bias, resident_blocks=resident_blocks,
+              ramp=8.0)
+        vec = 16 // dtype.itemsize
+        padded_cols = -(-cols // vec) * vec
+        assert emulator.emu_largest_shared_launched() == (with_weight + with_bias) * padded_cols * 4
+
+
+@pytest.mark.parametrize("op,cols,limit", [("layer_norm", 16392, 16392 * 8 - 4), ("rms_norm", 8200, 8200 * 4 - 16),
+                                           ("layer_norm", 20000, 0)])
+def test_long_rows_parameter_sums_that_do_not_fit(emulator, op, cols, limit):
+    """Where the accumulators would not fit (sm_86 / sm_89's 99 KB a block, or a row too long), a block
+    takes a row and norm_bwd_param_kernel reads x and dy again for dw and db: no dynamic shared memory."""
+    with shared_limit(emulator, limit):
+        check(emulator, op, 3, cols, torch.bfloat16, resident_blocks=2)
+        assert emulator.emu_largest_shared_launched() == 0
 
 
 # (op, rows, cols, dtype, param dtype, weight, bias): rows of 2, 3 and 16 chunks of 8192 (the forward's

@@ -124,8 +124,8 @@ _SOFTMAX_MASK = {"void": "no mask", "unsigned char": "bool mask"}
 _NORM_ROWS = {
     "norm_fwd_kernel": "forward",
     "norm_bwd_kernel": "backward: dx, dw, db partial sums",
-    "norm_bwd_long_rows_kernel": "backward: dx (longer rows, not split)",
-    "norm_bwd_param_kernel": "backward: dw, db partial sums (longer rows, not split)",
+    "norm_bwd_long_rows_kernel": "backward: dx; dw, db partial sums where they fit shared memory (longer rows, not split)",
+    "norm_bwd_param_kernel": "backward: dw, db partial sums (longer rows, not split, past shared memory)",
     "reduce_partials_kernel": "backward: dw, db from the partial sums",
 }
 # The kernels whose last template argument, kSplit, makes instances for rows of 2-16 chunks split over a

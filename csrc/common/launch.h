@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
 
 #include "common/ceil_div.h"
 
@@ -21,18 +22,65 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
   kernel<<<grid, block, 0, stream>>>(args...);
 }
 
-// Blocks of `kernel` with `threads` threads each that the current device keeps resident at once:
-// the size of a grid that fills the GPU exactly once (persistent kernels).
+// As launch_kernel, each block with `shared_bytes` of dynamic shared memory (dynamic_shared), within
+// dynamic_shared_limit(kernel).
+template <typename... Params, typename... Args>
+void launch_kernel_shared(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes, cudaStream_t stream,
+                          const Args&... args) {
+  kernel<<<grid, block, shared_bytes, stream>>>(args...);
+}
+
+// The block's dynamic shared memory (launch_kernel_shared), 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+  extern __shared__ __align__(16) unsigned char dynamic_shared_bytes[];
+  return reinterpret_cast<T*>(dynamic_shared_bytes);
+}
+
+// Blocks of `kernel` with `threads` threads (and `shared_bytes` of dynamic shared memory) each that the
+// current device keeps resident at once: the size of a grid that fills the GPU exactly once (persistent
+// kernels).
 template <typename Kernel>
-cudaError_t resident_blocks(Kernel kernel, int threads, int* blocks) {
+cudaError_t resident_blocks(Kernel kernel, int threads, int* blocks, int shared_bytes = 0) {
   int device = 0;
   int sms = 0;
   int per_sm = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0);
+  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared_bytes);
   *blocks = std::max(1, sms * per_sm);
   return err;
+}
+
+// The most dynamic shared memory a block of `kernel` may have on the current device: the opt-in limit
+// a block (A100 163 KB, H100 / H200 227 KB, sm_86 / sm_89 99 KB) less the kernel's static shared
+// memory, which the kernel is then allowed (past the default 48 KB, cudaFuncAttributeMaxDynamicSharedMemorySize)
+// for every later launch and occupancy query. Cached per (device, kernel), as resident_clusters; 0 where
+// a query fails (its error cleared).
+template <typename Kernel>
+int dynamic_shared_limit(Kernel kernel) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, const void*>, int> known;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  const auto key = std::make_pair(device, reinterpret_cast<const void*>(kernel));
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = known.find(key);
+  if (found != known.end()) return found->second;
+  int optin = 0;
+  cudaFuncAttributes attributes{};
+  int limit = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+      cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess) {
+    limit = std::max(0, optin - static_cast<int>(attributes.sharedSizeBytes));
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit) != cudaSuccess) limit = 0;
+  }
+  cudaGetLastError();  // a refused query is an answer (0), not an error for the next launch
+  known.emplace(key, limit);
+  return limit;
 }
 
 // ---- thread block clusters (sm_90): one row split over the blocks of a cluster ------------------

@@ -24,7 +24,10 @@
 //    block accumulates dw, db for its chunk's columns of its cluster's workspace row, so x and dy are
 //    still read once.
 //  - Other longer rows: a thread's columns no longer fit in registers, so norm_bwd_long_rows_kernel
-//    computes dx only (reading each chunk but the last twice) and norm_bwd_param_kernel reads x and dy
+//    walks each row twice (the row sums, then dx), reading each chunk but the last again. Where the
+//    fp32 dw, db accumulators of a whole row fit the block's shared memory (8N bytes: N up to ~20000
+//    on an A100), its G blocks are persistent and add into them on the first walk, so x and dy are read
+//    once from HBM (the second walk mostly hits L2). Otherwise norm_bwd_param_kernel reads x and dy
 //    again, column-parallel, for dw and db.
 // All arithmetic is fp32.
 
@@ -271,97 +274,164 @@ __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
   }
 }
 
-// dx for rows longer than a chunk, one row group per row: walked chunk by chunk, twice (the row
-// sums, then dx), every chunk but the last read again for the second pass (layer_norm_layout.cuh).
-// dw and db come from norm_bwd_param_kernel.
+// dx for rows longer than a chunk: a block is one row group (a row longer than a chunk takes the
+// largest group, the whole block), walking its row chunk by chunk, twice (the row sums, then dx), every
+// chunk but the last read again for the second pass (layer_norm_layout.cuh). The grid steps over the
+// rows by gridDim.x.
+// params_in_shared: the grid is G persistent blocks, and the first pass also adds each row's dy * xhat
+// and dy into dw, db accumulators for every column of the row in the block's dynamic shared memory
+// (BwdPlan::param_shared_bytes), which the block writes to its workspace row at the end: x and dy are
+// read once from HBM (the second pass mostly from L2). Each thread adds into the columns it holds, the
+// same in every row, so no other thread reads them and no barrier guards them. The accumulators are
+// float4 planes, [kVec / 4][vectors of the row]: a warp's 16-byte accesses are then consecutive, free
+// of bank conflicts. Otherwise (the accumulators would not fit) dw and db come from
+// norm_bwd_param_kernel.
 template <bool kIsRMS, typename T, typename W, bool kAligned>
 __global__ void __launch_bounds__(BwdLayout::kMaxThreads)
-    norm_bwd_long_rows_kernel(const NormBwdParams p, const int warps_per_row) {
+    norm_bwd_long_rows_kernel(const NormBwdParams p, const int warps_per_row, const bool params_in_shared) {
   constexpr int kVec = kVecBytes / sizeof(T);
-  static_assert(BwdLayout::kCacheElems % kVec == 0, "a thread caches whole vectors");
+  static_assert(BwdLayout::kCacheElems % kVec == 0 && kVec % 4 == 0, "a thread caches whole vectors");
   constexpr int kIters = BwdLayout::kCacheElems / kVec;  // vectors a thread caches per tensor
+  constexpr int kPacks = kVec / 4;                       // float4s per vector
   constexpr int kSums = kIsRMS ? 1 : 2;                  // row sums of g * xhat and (LayerNorm) g
   __shared__ float scratch[kSums][BwdLayout::kMaxWarps];
 
   const BwdLayout::Group grp(warps_per_row * kWarpSize);
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * grp.per_block + grp.index;
-  // Rows past M (last block only) still take part in the block-wide reductions.
-  const bool valid = row < p.rows;
-  const int64_t offset = (valid ? row : 0) * p.cols;
-  const T* __restrict__ x = static_cast<const T*>(p.x) + offset;    // (N,) this row
-  const T* __restrict__ dy = static_cast<const T*>(p.dy) + offset;  // (N,) this row
-  T* __restrict__ dx = static_cast<T*>(p.dx) + offset;              // (N,) this row
-  const W* __restrict__ w = static_cast<const W*>(p.weight);        // (N,) or nullptr
-  const float mean = (kIsRMS || !valid) ? 0.f : p.mean[row];
-  const float rstd = valid ? p.rstd[row] : 0.f;
+  const W* __restrict__ w = static_cast<const W*>(p.weight);  // (N,) or nullptr
   const int nvec = ceil_div(p.cols, kVec);
   const int chunk = grp.size * kIters;  // vectors per chunk
   const int last = (nvec - 1) / chunk * chunk;
   const auto vec_elems = [&](int j) { return kAligned ? kVec : min(kVec, p.cols - j * kVec); };
 
-  // The cached chunk holds xhat and g = dy * w, all dx needs once the row sums are known.
-  float xhat[kIters][kVec];
-  float g[kIters][kVec];
-  // Padding (past the row's end or past M) gets xhat = g = 0 and adds nothing.
-  const auto load_chunk = [&](int c0) {
+  // Dynamic shared memory: [dw planes (kPacks, nvec) float4, if dw][db planes (kPacks, nvec), if db].
+  const bool with_dw = params_in_shared && p.dweight_partials != nullptr;
+  const bool with_db = params_in_shared && p.dbias_partials != nullptr;
+  Pack<float, 4>* const acc_dw = dynamic_shared<Pack<float, 4>>();
+  Pack<float, 4>* const acc_db = acc_dw + (with_dw ? kPacks * nvec : 0);
+  // Calls f(j) for each vector j of the row this thread holds (its float4s: planes[a * nvec + j]).
+  const auto for_own_vectors = [&](auto f) {
+    for (int c0 = 0; c0 < nvec; c0 += chunk) {
 #pragma unroll
-    for (int i = 0; i < kIters; ++i) {
-      const int j = c0 + i * grp.size + grp.rank;
-      if (valid && j < nvec) {
-        const int elems = vec_elems(j);
-        float wv[kVec];
-        load_vec<kVec, kAligned>(x + j * kVec, xhat[i], elems);
-        load_vec<kVec, kAligned>(dy + j * kVec, g[i], elems);
-        if (w != nullptr) {
-          load_vec<kVec, kAligned>(w + j * kVec, wv, elems);
+      for (int i = 0; i < kIters; ++i) {
+        const int j = c0 + i * grp.size + grp.rank;
+        if (j < nvec) f(j);
+      }
+    }
+  };
+  if (with_dw || with_db) {
+    for_own_vectors([&](int j) {
+#pragma unroll
+      for (int a = 0; a < kPacks; ++a) {
+        if (with_dw) acc_dw[a * nvec + j] = Pack<float, 4>{};
+        if (with_db) acc_db[a * nvec + j] = Pack<float, 4>{};
+      }
+    });
+  }
+
+  for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
+    const int64_t offset = row * p.cols;
+    const T* __restrict__ x = static_cast<const T*>(p.x) + offset;    // (N,) this row
+    const T* __restrict__ dy = static_cast<const T*>(p.dy) + offset;  // (N,) this row
+    T* __restrict__ dx = static_cast<T*>(p.dx) + offset;              // (N,) this row
+    const float mean = kIsRMS ? 0.f : p.mean[row];
+    const float rstd = p.rstd[row];
+
+    // The cached chunk holds xhat and g = dy * w, all dx needs once the row sums are known.
+    float xhat[kIters][kVec];
+    float g[kIters][kVec];
+    // Padding (past the row's end) gets xhat = g = 0 and adds nothing. accumulate: the first pass,
+    // adding dy * xhat and dy into the shared accumulators.
+    const auto load_chunk = [&](int c0, bool accumulate) {
+#pragma unroll
+      for (int i = 0; i < kIters; ++i) {
+        const int j = c0 + i * grp.size + grp.rank;
+        if (j < nvec) {
+          const int elems = vec_elems(j);
+          float wv[kVec];
+          load_vec<kVec, kAligned>(x + j * kVec, xhat[i], elems);
+          load_vec<kVec, kAligned>(dy + j * kVec, g[i], elems);
+          if (w != nullptr) {
+            load_vec<kVec, kAligned>(w + j * kVec, wv, elems);
+          } else {
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) wv[e] = 1.f;
+          }
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) xhat[i][e] = (xhat[i][e] - mean) * rstd;
+          if (accumulate) {
+#pragma unroll
+            for (int a = 0; a < kPacks; ++a) {  // g is still dy here
+              if (with_dw) {
+                Pack<float, 4> sum = acc_dw[a * nvec + j];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sum.v[e] += g[i][a * 4 + e] * xhat[i][a * 4 + e];
+                acc_dw[a * nvec + j] = sum;
+              }
+              if (with_db) {
+                Pack<float, 4> sum = acc_db[a * nvec + j];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sum.v[e] += g[i][a * 4 + e];
+                acc_db[a * nvec + j] = sum;
+              }
+            }
+          }
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) g[i][e] *= wv[e];
         } else {
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) wv[e] = 1.f;
+          for (int e = 0; e < kVec; ++e) xhat[i][e] = g[i][e] = 0.f;
         }
+      }
+    };
+
+    float sums[kSums] = {};
+    for (int c0 = 0; c0 < nvec; c0 += chunk) {
+      load_chunk(c0, true);
+#pragma unroll
+      for (int i = 0; i < kIters; ++i)
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
-          xhat[i][e] = (xhat[i][e] - mean) * rstd;
-          g[i][e] *= wv[e];
+          sums[0] += g[i][e] * xhat[i][e];
+          if constexpr (!kIsRMS) sums[1] += g[i][e];
         }
-      } else {
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) xhat[i][e] = g[i][e] = 0.f;
-      }
     }
-  };
+    group_allreduce_sum(sums, scratch, grp.warps, grp.first_warp);
+    const float mean_gxhat = sums[0] / static_cast<float>(p.cols);
+    const float mean_g = kIsRMS ? 0.f : sums[kSums - 1] / static_cast<float>(p.cols);
 
-  float sums[kSums] = {};
-  for (int c0 = 0; c0 < nvec; c0 += chunk) {
-    load_chunk(c0);
+    const auto store_dx = [&](int c0) {
 #pragma unroll
-    for (int i = 0; i < kIters; ++i)
+      for (int i = 0; i < kIters; ++i) {
+        const int j = c0 + i * grp.size + grp.rank;
+        if (j >= nvec) continue;
+        float dxv[kVec];
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        sums[0] += g[i][e] * xhat[i][e];
-        if constexpr (!kIsRMS) sums[1] += g[i][e];
+        for (int e = 0; e < kVec; ++e) dxv[e] = rstd * (g[i][e] - (xhat[i][e] * mean_gxhat + mean_g));
+        store_vec<kVec, kAligned>(dx + j * kVec, dxv, vec_elems(j));
       }
-  }
-  group_allreduce_sum(sums, scratch, grp.warps, grp.first_warp);
-  const float mean_gxhat = sums[0] / static_cast<float>(p.cols);
-  const float mean_g = kIsRMS ? 0.f : sums[kSums - 1] / static_cast<float>(p.cols);
-
-  const auto store_dx = [&](int c0) {
-#pragma unroll
-    for (int i = 0; i < kIters; ++i) {
-      const int j = c0 + i * grp.size + grp.rank;
-      if (!valid || j >= nvec) continue;
-      float dxv[kVec];
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) dxv[e] = rstd * (g[i][e] - (xhat[i][e] * mean_gxhat + mean_g));
-      store_vec<kVec, kAligned>(dx + j * kVec, dxv, vec_elems(j));
+    };
+    // The last chunk is still in registers; earlier ones are read again.
+    store_dx(last);
+    for (int c0 = 0; c0 < last; c0 += chunk) {
+      load_chunk(c0, false);
+      store_dx(c0);
     }
-  };
-  // The last chunk is still in registers; earlier ones are read again.
-  store_dx(last);
-  for (int c0 = 0; c0 < last; c0 += chunk) {
-    load_chunk(c0);
-    store_dx(c0);
   }
+
+  // This block's workspace row (G, N): its accumulators, vector by vector.
+  const int64_t out = static_cast<int64_t>(blockIdx.x) * p.cols;
+  const auto write = [&](const Pack<float, 4>* acc, float* partials) {
+    for_own_vectors([&](int j) {
+      float v[kVec];
+#pragma unroll
+      for (int a = 0; a < kPacks; ++a)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[a * 4 + e] = acc[a * nvec + j].v[e];
+      store_vec<kVec, kAligned>(partials + out + j * kVec, v, vec_elems(j));
+    });
+  };
+  if (with_dw) write(acc_dw, p.dweight_partials);
+  if (with_db) write(acc_db, p.dbias_partials);
 }
 
 // dw/db partial sums for rows longer than a chunk. Grid (ceil(nvec / kParamThreads), G): thread
@@ -419,13 +489,14 @@ __global__ void __launch_bounds__(kFinalCols* kFinalSlices)
 }
 
 using BwdKernel = void (*)(NormBwdParams, int, int);
+using LongRowsKernel = void (*)(NormBwdParams, int, bool);
 
 struct BwdKernels {
-  BwdKernel rows;                         // single-chunk rows: dx, dw, db partial sums
-  BwdKernel split;                        // longer rows split over a cluster: the same (nullptr: unaligned)
-  void (*long_rows)(NormBwdParams, int);  // other longer rows: dx
-  void (*params)(NormBwdParams);          // other longer rows: dw, db partial sums
-  int vec;                                // elements per vector of all four
+  BwdKernel rows;                 // single-chunk rows: dx, dw, db partial sums
+  BwdKernel split;                // longer rows split over a cluster: the same (nullptr: unaligned)
+  LongRowsKernel long_rows;       // other longer rows: dx, and dw, db partial sums where they fit
+  void (*params)(NormBwdParams);  // other longer rows: dw, db partial sums where they do not
+  int vec;                        // elements per vector of all four
 };
 
 // The workspace is freshly allocated, hence 16-byte aligned, and its rows are whole vectors whenever
@@ -452,21 +523,40 @@ BwdKernels select_bwd_kernels(const NormBwdParams& p) {
   return k;
 }
 
+// The kernels that compute the backward of p, by row length.
+enum class BwdPath {
+  kRows,              // single-chunk rows: norm_bwd_kernel, G persistent blocks
+  kSplit,             // rows split over a cluster: norm_bwd_kernel<kSplit>, G persistent clusters
+  kLongRowsShared,    // norm_bwd_long_rows_kernel, G persistent blocks, dw and db in shared memory
+  kLongRowsParams,    // norm_bwd_long_rows_kernel a block a row, then norm_bwd_param_kernel, G row slices
+};
+
 // How norm_bwd_launch runs p's rows. It only looks at fields set before the workspace exists, so
 // norm_bwd_num_partials sizes the workspace for the kernels the launch runs. (Any G is correct for
 // every plan: each writes the G workspace rows its grid is given.)
 struct BwdPlan {
   BwdKernels k;
   RowConfig cfg;
-  int row_split;  // blocks a row is split over (the cluster size); 1: no split
-  bool fused;     // dx, dw and db from one persistent kernel (single-chunk rows, or split rows)
+  BwdPath path;
+  int row_split;           // blocks a row is split over (the cluster size); 1: no split
+  int param_shared_bytes;  // kLongRowsShared: the dw, db accumulators' dynamic shared memory a block
 };
 
 BwdPlan plan_bwd(const NormBwdParams& p) {
   const BwdKernels k = select_bwd_kernels(p);
   const RowConfig cfg = BwdLayout::config(p.cols);
+  if (p.cols <= cfg.chunk_cols) return {k, cfg, BwdPath::kRows, 1, 0};
   const int row_split = row_split_for(k.split, cfg, p.cols);
-  return {k, cfg, row_split, p.cols <= cfg.chunk_cols || row_split > 1};
+  if (row_split > 1) return {k, cfg, BwdPath::kSplit, row_split, 0};
+  // fp32 accumulators for every column of the row (rounded up to whole vectors), for each parameter
+  // gradient asked for: 8N bytes with both, so up to N ~ 20800 on an A100 (163 KB a block), ~12500 on
+  // sm_86 / sm_89 (99 KB), ~29000 on an H100 / H200 (227 KB).
+  const int64_t param_floats =
+      int64_t{(p.dweight != nullptr) + (p.dbias != nullptr)} * ceil_div(p.cols, k.vec) * k.vec;
+  if (param_floats > 0 && param_floats * int64_t{sizeof(float)} <= dynamic_shared_limit(k.long_rows)) {
+    return {k, cfg, BwdPath::kLongRowsShared, 1, static_cast<int>(param_floats * sizeof(float))};
+  }
+  return {k, cfg, BwdPath::kLongRowsParams, 1, 0};
 }
 
 }  // namespace
@@ -477,19 +567,24 @@ cudaError_t norm_bwd_num_partials(const NormBwdParams& p, int* num_partials) {
   int resident = 0;
   cudaError_t err = cudaSuccess;
   int64_t g;
-  if (plan.row_split > 1) {
-    // One persistent wave of clusters, each walking at least kMinRowsPerGroup rows.
-    resident = resident_clusters(plan.k.split, cfg.threads, plan.row_split);
-    g = std::min<int64_t>(resident, ceil_div<int64_t>(p.rows, kMinRowsPerGroup));
-  } else if (plan.fused) {
-    // One persistent wave of norm_bwd_kernel.
-    err = resident_blocks(plan.k.rows, cfg.threads, &resident);
-    g = std::min<int64_t>(resident, ceil_div<int64_t>(p.rows, int64_t{cfg.rows_per_block} * kMinRowsPerGroup));
-  } else {
-    // Enough row slices that the column-parallel grid fills one wave of norm_bwd_param_kernel.
-    err = resident_blocks(plan.k.params, kParamThreads, &resident);
-    const int col_blocks = ceil_div(ceil_div(p.cols, plan.k.vec), kParamThreads);
-    g = std::min<int64_t>(ceil_div(resident, col_blocks), ceil_div<int64_t>(p.rows, kMinRowsPerGroup));
+  switch (plan.path) {
+    case BwdPath::kRows:  // one persistent wave of norm_bwd_kernel
+      err = resident_blocks(plan.k.rows, cfg.threads, &resident);
+      g = std::min<int64_t>(resident, ceil_div<int64_t>(p.rows, int64_t{cfg.rows_per_block} * kMinRowsPerGroup));
+      break;
+    case BwdPath::kSplit:  // one persistent wave of clusters
+      resident = resident_clusters(plan.k.split, cfg.threads, plan.row_split);
+      g = std::min<int64_t>(resident, ceil_div<int64_t>(p.rows, kMinRowsPerGroup));
+      break;
+    case BwdPath::kLongRowsShared:  // one persistent wave of norm_bwd_long_rows_kernel, a row a block
+      err = resident_blocks(plan.k.long_rows, cfg.threads, &resident, plan.param_shared_bytes);
+      g = std::min<int64_t>(resident, ceil_div<int64_t>(p.rows, kMinRowsPerGroup));
+      break;
+    default: {  // kLongRowsParams: enough row slices that the column-parallel grid fills one wave of norm_bwd_param_kernel
+      err = resident_blocks(plan.k.params, kParamThreads, &resident);
+      const int col_blocks = ceil_div(ceil_div(p.cols, plan.k.vec), kParamThreads);
+      g = std::min<int64_t>(ceil_div(resident, col_blocks), ceil_div<int64_t>(p.rows, kMinRowsPerGroup));
+    }
   }
   *num_partials = static_cast<int>(g);
   return err;
@@ -499,22 +594,29 @@ void norm_bwd_launch(const NormBwdParams& p, cudaStream_t stream) {
   const BwdPlan plan = plan_bwd(p);
   const RowConfig& cfg = plan.cfg;
   const BwdKernels& k = plan.k;
-  const bool fused = plan.fused;
   const bool param_grads = p.dweight_partials != nullptr || p.dbias_partials != nullptr;
   const int warps_per_row = cfg.threads_per_row / kWarpSize;
-  if (plan.row_split > 1) {  // the G persistent clusters own the workspace rows
-    launch_kernel_cluster(k.split, static_cast<unsigned>(p.num_partials) * plan.row_split, cfg.threads,
-                          plan.row_split, stream, p, warps_per_row, plan.row_split);
-  } else if (fused) {  // the G persistent blocks own the workspace rows
-    launch_kernel(k.rows, static_cast<unsigned>(p.num_partials), cfg.threads, stream, p, warps_per_row, 1);
-  } else {
-    launch_row_groups(k.long_rows, cfg, p.rows, stream, p, warps_per_row);
+  const auto persistent = static_cast<unsigned>(p.num_partials);  // G: the persistent blocks or clusters
+  switch (plan.path) {
+    case BwdPath::kRows:
+      launch_kernel(k.rows, persistent, cfg.threads, stream, p, warps_per_row, 1);
+      break;
+    case BwdPath::kSplit:
+      launch_kernel_cluster(k.split, persistent * plan.row_split, cfg.threads, plan.row_split, stream, p, warps_per_row,
+                            plan.row_split);
+      break;
+    case BwdPath::kLongRowsShared:
+      launch_kernel_shared(k.long_rows, persistent, cfg.threads, plan.param_shared_bytes, stream, p, warps_per_row, true);
+      break;
+    case BwdPath::kLongRowsParams:
+      launch_row_groups(k.long_rows, cfg, p.rows, stream, p, warps_per_row, false);
+      if (param_grads) {
+        launch_kernel(k.params, dim3(ceil_div(ceil_div(p.cols, k.vec), kParamThreads), p.num_partials), kParamThreads,
+                      stream, p);
+      }
+      break;
   }
   if (!param_grads) return;
-  if (!fused) {
-    const dim3 grid(ceil_div(ceil_div(p.cols, k.vec), kParamThreads), p.num_partials);
-    launch_kernel(k.params, grid, kParamThreads, stream, p);
-  }
   const float* partials[2] = {p.dweight_partials, p.dbias_partials};
   void* outs[2] = {p.dweight, p.dbias};
   if (p.dweight_partials == nullptr) {  // only db: it goes first

@@ -130,7 +130,9 @@ def test_cuda_long_rows(op, shape, clusters):
     """The CUDA kernels' rows past their 8192-element chunk. On sm_90, by default, split over a cluster
     of blocks, a chunk each (333 rows: more than the backward's persistent clusters, each walking
     several); with the split switched off (FASTTX_CUDA_CLUSTERS=0), walked chunk by chunk by one block,
-    as on GPUs without clusters."""
+    as on GPUs without clusters: the backward's blocks persistent with dw, db in their shared memory
+    where those fit (an H100's 227 KB: 20000 and 24576 columns), a second kernel for dw, db otherwise
+    (131072)."""
     x, weight, bias = make_inputs(shape, shape[-1:], torch.bfloat16, torch.bfloat16, True, True)
     with cuda_clusters(clusters):
         check_against_float64(op, x, shape[-1:], weight, bias, "cuda", torch.bfloat16)

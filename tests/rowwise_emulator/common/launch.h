@@ -4,8 +4,9 @@
 // launch code run on the host, one fiber per GPU thread (tests/cuda_emulator/cta.h). It also models the
 // built-ins those kernels use directly: static __shared__ arrays (one per kernel instance and host
 // thread, which every thread of the running CTA sees: CTAs run one at a time, but those of a cluster
-// at once, each on a host thread), warp shuffles and __syncthreads (cta.h), rsqrtf and __fmul_rn;
-// and clusters (cta.h's barrier and load_cluster_shared), on a device that launches clusters of up to
+// at once, each on a host thread), dynamic shared memory (a buffer a host thread, NaN before each CTA,
+// within emulated_shared_limit), warp shuffles and __syncthreads (cta.h), rsqrtf and __fmul_rn; and
+// clusters (cta.h's barrier and load_cluster_shared), on a device that launches clusters of up to
 // emulated_max_cluster CTAs. (exp2f, fmaf and fmaxf are the C library's: exp2f within the
 // device's 2 ulp, fmaf and fmaxf exact on both.)
 
@@ -13,6 +14,7 @@
 
 #include <cmath>
 #include <utility>
+#include <vector>
 
 #include "common/ceil_div.h"
 #include "cuda_emulator/cta.h"
@@ -34,9 +36,30 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline int emulated_resident_blocks = 1;
 
 template <typename Kernel>
-cudaError_t resident_blocks(Kernel, int, int* blocks) {
+cudaError_t resident_blocks(Kernel, int, int* blocks, int = 0) {
   *blocks = emulated_resident_blocks;
   return cudaSuccess;
+}
+
+// What dynamic_shared_limit reports: the emulated device's dynamic shared memory a block, set by the
+// caller (emu_set_shared_limit); an H100's 227 KB unless set.
+inline int emulated_shared_limit = 227 * 1024;
+// The most dynamic shared memory a launch has asked for since this was last read, for the tests to
+// see which path a launch took.
+inline int largest_shared_launched = 0;
+
+template <typename Kernel>
+int dynamic_shared_limit(Kernel) {
+  return emulated_shared_limit;
+}
+
+// The running CTA's dynamic shared memory: a host thread's, as the static __shared__ objects are,
+// refilled with NaN before each CTA (a kernel must write what it reads).
+inline thread_local std::vector<float> emulated_dynamic_shared;
+
+template <typename T>
+T* dynamic_shared() {
+  return reinterpret_cast<T*>(emulated_dynamic_shared.data());
 }
 
 // The largest cluster the emulated device launches, set by the caller (emu_set_max_cluster): 1, none
@@ -65,6 +88,17 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
 }
 
 template <typename... Params, typename... Args>
+void launch_kernel_shared(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes, cudaStream_t,
+                          const Args&... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("empty grid (an invalid launch on a GPU)", nullptr);
+  if (shared_bytes > emulated_shared_limit) fail("more dynamic shared memory than the device allows", nullptr);
+  largest_cluster_launched = max(largest_cluster_launched, 1);
+  largest_shared_launched = max(largest_shared_launched, shared_bytes);
+  const size_t floats = (static_cast<size_t>(shared_bytes) + sizeof(float) - 1) / sizeof(float);
+  run_grid(grid, block, [&] { emulated_dynamic_shared.assign(floats, std::nanf("")); }, [&] { kernel(args...); });
+}
+
+template <typename... Params, typename... Args>
 void launch_kernel_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, int cluster, cudaStream_t,
                            const Args&... args) {
   if (grid.x == 0 || cluster > emulated_max_cluster) fail("a cluster launch the device refuses", nullptr);
@@ -82,3 +116,8 @@ extern "C" void emu_set_max_cluster(int blocks) {
   fasttx::largest_cluster_launched = 0;
 }
 extern "C" int emu_largest_cluster_launched() { return std::exchange(fasttx::largest_cluster_launched, 0); }
+
+// The emulated device's dynamic shared memory a block (dynamic_shared_limit), and the most a launch
+// asked for since this was last read (0: none).
+extern "C" void emu_set_shared_limit(int bytes) { fasttx::emulated_shared_limit = bytes; }
+extern "C" int emu_largest_shared_launched() { return std::exchange(fasttx::largest_shared_launched, 0); }

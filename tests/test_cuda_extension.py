@@ -209,10 +209,10 @@ def test_rowwise_cluster_split_sass():
 
 @needs_nvcc
 def test_norm_long_rows_shared_accumulators_sass():
-    """The norm backward's long-rows kernel (csrc/layer_norm/layer_norm_bwd.cu), bf16 instances on sm_80 and
-    sm_90a: its dw, db accumulators in dynamic shared memory are read and written as float4s (LDS.128,
-    STS.128: their planes' layout; the only 32-bit shared stores left are the row reduction's, one a row
-    sum), no local memory, 16-byte global loads where the rows are aligned."""
+    """The norm backward's long-rows kernel (csrc/layer_norm/layer_norm_bwd_long_rows.cuh), bf16 instances
+    on sm_80 and sm_90a: its dw, db accumulators in dynamic shared memory are read and written as float4s
+    (LDS.128, STS.128: their planes' layout; the only 32-bit shared stores left are the row reduction's,
+    one a row sum), no local memory, 16-byte global loads where the rows are aligned."""
     names = _kernel_names(r"norm_bwd_long_rows_kernelILb[01]E13__nv_bfloat16S2_")
     assert len(names) == 4, names  # 2 ops x (aligned, not)
     sass = _sm90a_kernels_sass(names)

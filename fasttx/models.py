@@ -9,6 +9,7 @@ draws a synthetic batch of the right kind for profiling.
 ``hf:llama``, ``hf:qwen2`` and ``hf:gpt2`` are Hugging Face transformers causal LMs built from a
 config with random weights (no download), stock attention "sdpa"; their fasttx variant is again
 ``fasttx.patch``, which switches them to attn_implementation "fasttx" and converts their RMSNorms.
+``tv:vit`` is torchvision's VisionTransformer, likewise from its constructor with random weights.
 """
 
 import copy
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 HF_MODELS = ("hf:llama", "hf:qwen2", "hf:gpt2")
-MODELS = ("gpt", "encoder", "vit-like", *HF_MODELS)
+MODELS = ("gpt", "encoder", "vit-like", *HF_MODELS, "tv:vit")
 VIT_PATCH = 16  # pixels per patch side, as ViT-B/16
 VIT_CLASSES = 1000
 MASK_FRACTION = 0.15  # encoder: share of tokens to predict, as BERT
@@ -86,15 +87,27 @@ class LanguageModel(nn.Module):
         return inputs.to(device), tokens.masked_fill(~masked, -100).to(device)
 
 
+def _image_size(model, patches):
+    """The side in pixels of square images cut into ``patches`` 16x16 patches (a square number)."""
+    side = math.isqrt(patches)
+    if side * side != patches:
+        raise ValueError(f"{model} needs seq (the number of patches) to be a square, got {patches}")
+    return side * VIT_PATCH
+
+
+def _image_batch(image_size, batch_size, generator, device):
+    """Random images and class labels."""
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator)
+    labels = torch.randint(0, VIT_CLASSES, (batch_size,), generator=generator)
+    return images.to(device), labels.to(device)
+
+
 class VisionModel(nn.Module):
     """ViT-like classifier: 16x16 patches -> Body (bidirectional) -> mean pool -> class logits."""
 
     def __init__(self, d_model, n_layers, n_heads, seq_len, dropout=0.0):
         super().__init__()
-        side = math.isqrt(seq_len)
-        if side * side != seq_len:
-            raise ValueError(f"vit-like needs seq (the number of patches) to be a square, got {seq_len}")
-        self.image_size = side * VIT_PATCH
+        self.image_size = _image_size("vit-like", seq_len)
         self.patch = nn.Conv2d(3, d_model, VIT_PATCH, stride=VIT_PATCH)
         self.body = Body(d_model, n_layers, n_heads, seq_len, causal=False, dropout=dropout)
         self.head = nn.Linear(d_model, VIT_CLASSES)
@@ -104,10 +117,32 @@ class VisionModel(nn.Module):
         return F.cross_entropy(self.head(self.body(x).mean(1)).float(), labels)
 
     def example_batch(self, batch_size, generator):
-        device = self.head.weight.device
-        images = torch.randn(batch_size, 3, self.image_size, self.image_size, generator=generator)
-        labels = torch.randint(0, VIT_CLASSES, (batch_size,), generator=generator)
-        return images.to(device), labels.to(device)
+        return _image_batch(self.image_size, batch_size, generator, self.head.weight.device)
+
+
+class TorchvisionViT(nn.Module):
+    """torchvision's VisionTransformer (nn.MultiheadAttention, nn.LayerNorm, a class token) built from its
+    constructor with random weights: 16x16 patches, MLP 4 * d_model; the loss is cross-entropy on its
+    class logits."""
+
+    def __init__(self, d_model, n_layers, n_heads, seq_len, dropout=0.0):
+        super().__init__()
+        try:
+            from torchvision.models import VisionTransformer
+        except ImportError as error:
+            raise ImportError("model tv:vit needs torchvision: pip install torchvision") from error
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({n_heads})")
+        self.image_size = _image_size("tv:vit", seq_len)
+        self.model = VisionTransformer(image_size=self.image_size, patch_size=VIT_PATCH, num_layers=n_layers,
+                                       num_heads=n_heads, hidden_dim=d_model, mlp_dim=4 * d_model, dropout=dropout,
+                                       attention_dropout=dropout, num_classes=VIT_CLASSES)
+
+    def forward(self, images, labels):
+        return F.cross_entropy(self.model(images).float(), labels)
+
+    def example_batch(self, batch_size, generator):
+        return _image_batch(self.image_size, batch_size, generator, self.model.heads.head.weight.device)
 
 
 class HFCausalLM(nn.Module):
@@ -162,11 +197,13 @@ def set_activation_checkpointing(model, enabled):
 
 
 def build(name, d_model, n_layers, n_heads, seq_len, vocab_size=256, dropout=0.0):
-    """One of MODELS: torch.nn layers, or (hf:...) a transformers model."""
+    """One of MODELS: torch.nn layers, (hf:...) a transformers model, or (tv:vit) a torchvision one."""
     if name in HF_MODELS:
         return HFCausalLM(name.removeprefix("hf:"), vocab_size, d_model, n_layers, n_heads, seq_len, dropout)
     if name == "vit-like":
         return VisionModel(d_model, n_layers, n_heads, seq_len, dropout)
+    if name == "tv:vit":
+        return TorchvisionViT(d_model, n_layers, n_heads, seq_len, dropout)
     if name not in ("gpt", "encoder"):
         raise ValueError(f"model must be one of {MODELS}, got {name!r}")
     return LanguageModel(vocab_size, d_model, n_layers, n_heads, seq_len, name == "gpt", dropout)

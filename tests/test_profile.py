@@ -39,7 +39,11 @@ def test_profile_gpt_writes_traces_and_tables(tmp_path):
     assert summary["speed_up"] > 0
 
 
-@pytest.mark.parametrize("model", ["encoder", "vit-like"])
+@pytest.mark.parametrize("model", ["encoder", "vit-like", "tv:vit"])
 def test_profile_other_models(model, tmp_path):
+    if model.startswith("tv:"):
+        pytest.importorskip("torchvision")
     main(["profile", "--model", model, *TINY, "--out", str(tmp_path)])
     assert {"trace_torch.json", "trace_fasttx.json", "kernels_fasttx.md", "profile.md"} <= set(os.listdir(tmp_path))
+    summary = json.load(open(tmp_path / "profile.json"))
+    assert {"LayerNorm", "MultiheadAttention"} <= set(summary["swapped"])

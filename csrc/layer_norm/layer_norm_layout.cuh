@@ -11,7 +11,9 @@
 // beyond that it costs a second HBM read, which is simpler than caching rows in shared memory
 // that could not hold them anyway (a 128K-element fp16 row is 256 KB). On devices that launch thread
 // block clusters (sm_90) the forward and the backward split vector-aligned rows of up to 16 chunks over
-// a cluster instead, a chunk a block, and read them once (layer_norm_fwd.cu, layer_norm_bwd.cu).
+// a cluster instead, a chunk a block, and read them once (layer_norm_fwd.cu, layer_norm_bwd.cu). Where
+// they do not, the backward keeps its dw, db sums for the whole row in shared memory when they fit, so
+// that the walk is its only read of x and dy (layer_norm_bwd_long_rows.cuh).
 
 #include "common/row_layout.cuh"
 

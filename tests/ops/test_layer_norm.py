@@ -138,6 +138,20 @@ def test_cuda_long_rows(op, shape, clusters):
         check_against_float64(op, x, shape[-1:], weight, bias, "cuda", torch.bfloat16)
 
 
+@pytest.mark.skipif("cuda" not in BACKENDS, reason="the CUDA kernels run on a GPU")
+@pytest.mark.parametrize("op,dtype,cols,with_weight,with_bias", [
+    ("layer_norm", torch.float32, 10001, True, True), ("layer_norm", torch.float16, 12000, False, True),
+    ("layer_norm", torch.bfloat16, 9000, True, False), ("rms_norm", torch.float32, 10001, True, False),
+    ("rms_norm", torch.bfloat16, 16384, True, False)], ids=str)
+def test_cuda_long_rows_parameter_sums_in_shared_memory(op, dtype, cols, with_weight, with_bias):
+    """Rows past 8192 columns walked, not split (FASTTX_CUDA_CLUSTERS=0; an odd row length never splits):
+    the backward's persistent blocks keep dw, db in their shared memory, walking several of the 300 rows
+    each; one gradient or both, every dtype."""
+    x, weight, bias = make_inputs((300, cols), (cols,), dtype, dtype, with_weight, with_bias)
+    with cuda_clusters(False):
+        check_against_float64(op, x, (cols,), weight, bias, "cuda", dtype)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", OPS)
 def test_misaligned_storage(op, backend):

@@ -27,13 +27,17 @@ VIT_CLASSES = 1000
 MASK_FRACTION = 0.15  # encoder: share of tokens to predict, as BERT
 
 
+def _check_heads(d_model, n_heads):
+    if d_model % n_heads:
+        raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({n_heads})")
+
+
 class Body(nn.Module):
     """Learned positions, pre-norm Transformer layers, final LayerNorm: (B, L, D) -> (B, L, D)."""
 
     def __init__(self, d_model, n_layers, n_heads, seq_len, causal, dropout=0.0):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({n_heads})")
+        _check_heads(d_model, n_heads)
         self.pos = nn.Embedding(seq_len, d_model)
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout, activation="gelu",
@@ -131,8 +135,7 @@ class TorchvisionViT(nn.Module):
             from torchvision.models import VisionTransformer
         except ImportError as error:
             raise ImportError("model tv:vit needs torchvision: pip install torchvision") from error
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({n_heads})")
+        _check_heads(d_model, n_heads)
         self.image_size = _image_size("tv:vit", seq_len)
         self.model = VisionTransformer(image_size=self.image_size, patch_size=VIT_PATCH, num_layers=n_layers,
                                        num_heads=n_heads, hidden_dim=d_model, mlp_dim=4 * d_model, dropout=dropout,
@@ -157,8 +160,7 @@ class HFCausalLM(nn.Module):
             import transformers
         except ImportError as error:
             raise ImportError(f"model hf:{kind} needs transformers: pip install 'fasttx[hf]'") from error
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({n_heads})")
+        _check_heads(d_model, n_heads)
         self.vocab_size, self.seq_len = vocab_size, seq_len
         if kind == "gpt2":
             config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=seq_len, n_embd=d_model,

@@ -16,18 +16,19 @@
 
 namespace fasttx {
 
-// kernel<<<grid, block, 0, stream>>>(args...); launch errors are left for cudaGetLastError.
-template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
-  kernel<<<grid, block, 0, stream>>>(args...);
-}
-
-// As launch_kernel, each block with `shared_bytes` of dynamic shared memory (dynamic_shared), within
-// dynamic_shared_limit(kernel).
+// kernel<<<grid, block, shared_bytes, stream>>>(args...): each block with `shared_bytes` of dynamic
+// shared memory (dynamic_shared), within dynamic_shared_limit(kernel); launch errors are left for
+// cudaGetLastError.
 template <typename... Params, typename... Args>
 void launch_kernel_shared(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes, cudaStream_t stream,
                           const Args&... args) {
   kernel<<<grid, block, shared_bytes, stream>>>(args...);
+}
+
+// The same without dynamic shared memory.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
+  launch_kernel_shared(kernel, grid, block, 0, stream, args...);
 }
 
 // The block's dynamic shared memory (launch_kernel_shared), 16-byte aligned.

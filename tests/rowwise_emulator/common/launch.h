@@ -81,13 +81,6 @@ constexpr bool clusters_compiled() { return true; }
 inline void __trap() { fail("__trap", nullptr); }
 
 template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t, const Args&... args) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("empty grid (an invalid launch on a GPU)", nullptr);
-  largest_cluster_launched = max(largest_cluster_launched, 1);
-  run_grid(grid, block, [] {}, [&] { kernel(args...); });
-}
-
-template <typename... Params, typename... Args>
 void launch_kernel_shared(void (*kernel)(Params...), dim3 grid, dim3 block, int shared_bytes, cudaStream_t,
                           const Args&... args) {
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("empty grid (an invalid launch on a GPU)", nullptr);
@@ -96,6 +89,11 @@ void launch_kernel_shared(void (*kernel)(Params...), dim3 grid, dim3 block, int 
   largest_shared_launched = max(largest_shared_launched, shared_bytes);
   const size_t floats = (static_cast<size_t>(shared_bytes) + sizeof(float) - 1) / sizeof(float);
   run_grid(grid, block, [&] { emulated_dynamic_shared.assign(floats, std::nanf("")); }, [&] { kernel(args...); });
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
+  launch_kernel_shared(kernel, grid, block, 0, stream, args...);
 }
 
 template <typename... Params, typename... Args>

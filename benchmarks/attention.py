@@ -40,19 +40,23 @@ kernels (csrc/attention/sm90; the forward and the backward at head dims 64, 96, 
 and dropout included) where "fasttx cuda" runs the sm_80 ones, which stay the default until a GPU
 run has validated the new kernels. "fasttx cuda (sm_90a, deterministic=False)" is the same with the
 opt-in backward whose dK/dV kernel also adds dQ with atomics (five products, no dQ kernel; head dims
-64, 96, 128), beside it in the same run.
+64, 96, 128), beside it in the same run. "fasttx cuda (sm_90a, 128-key blocks)", at E = 128 without
+causality, mask or dropout, is "fasttx cuda (sm_90a)" with FASTTX_ATTENTION_SM90_KEYS=128: its forward on
+the 128-key tile instead of FlashAttention-3's 176-key one (its backward the same as the other's), to
+measure what the wider tile changes.
 
 These switches are set around the provider's checking and every timed pass (common.around), so its
 backward, which autograd runs outside the forward call, sees them too.
 """
 
+import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
 from .. import functional, reference
-from ..functional.attention import cuda_sm90_kernels, kernel_limitation
+from ..functional.attention import cuda_sm90_keys, cuda_sm90_kernels, kernel_limitation
 from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("attention",)
@@ -130,6 +134,12 @@ def _triton_pv_in_step():
     return attention_fwd.defer_pv(False)
 
 
+@contextlib.contextmanager
+def _sm90_128_key_blocks():
+    with cuda_sm90_kernels(True), cuda_sm90_keys(128):
+        yield
+
+
 def key_padding_mask(batch, seq, device):
     """(batch, 1, 1, seq) bool, True = keep: batch b's last (b % 4 + 1) * seq / 8 keys padded, so that
     the batches differ (1/8 to 1/2 of their keys padded) as in a padded training batch."""
@@ -170,6 +180,9 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
             if "fasttx cuda" in providers and torch.cuda.get_device_capability(q.device) == (9, 0):
                 providers["fasttx cuda (sm_90a)"] = _switched(providers["fasttx cuda"],
                                                               lambda: cuda_sm90_kernels(True))
+                if head_dim == 128 and not (is_causal or masked or dropout_p):
+                    providers["fasttx cuda (sm_90a, 128-key blocks)"] = _switched(
+                        providers["fasttx cuda"], _sm90_128_key_blocks)
                 providers["fasttx cuda (sm_90a, deterministic=False)"] = _switched(
                     lambda q, k, v, call=call: functional.scaled_dot_product_attention(
                         q, k, v, backend="cuda", deterministic=False, **call),

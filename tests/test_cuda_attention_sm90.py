@@ -156,6 +156,14 @@ def test_e64_three_consumer_tile(dtype, is_causal, queries, keys):
     check(*attention_inputs(2, 4, 2, queries, keys, 64, dtype=dtype), "cuda", is_causal=is_causal)
 
 
+# E = 128 without causality, mask or dropout: 176-key blocks through a 2-stage ring (Sm90FwdTile): S a whole
+# number of blocks (704: 4, no element checks), one partial block, many blocks with a partial last one, GQA.
+@pytest.mark.parametrize("queries,keys", [(300, 704), (129, 100), (1000, 2500)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_e128_176_key_blocks(dtype, queries, keys):
+    check(*attention_inputs(2, 4, 2, queries, keys, 128, dtype=dtype), "cuda")
+
+
 def _kernels_run(backward, head_dim=128, **kw):
     """The names of the CUDA kernels one bf16 call (and its backward) runs."""
     q, k, v = (t.requires_grad_() for t in attention_inputs(1, 2, 2, 256, 256, head_dim, dtype=torch.bfloat16))

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from fasttx import reference
+from fasttx.functional.attention import cuda_sm90_keys
 from fasttx.testing import TOLERANCE, rel_error
 
 from .conftest import DEVICE
@@ -31,10 +32,21 @@ E = 128  # the head dim of the tests that name none (the layout checks, the E = 
 OTHER_HEAD_DIMS = [64, 96, 256]
 
 
-def tile_rows(head_dim, masked, dropout):
-    """The query rows of the sm_90a forward's CTA for an instance (Sm90FwdTile): 192, three consumer
-    warpgroups, at E = 64 without mask or dropout; 128, two, elsewhere."""
-    return 192 if head_dim == 64 and not masked and not dropout else 128
+def tile(head_dim, is_causal, masked, dropout, narrow_keys=False):
+    """(query rows, dynamic shared memory bytes) of the sm_90a forward's CTA for an instance (Sm90FwdTile),
+    from its rows, keys a block and stages: 192 rows (three consumer warpgroups) at E = 64 without mask or
+    dropout, 128 elsewhere; 176 keys in 2 stages at E = 128 without causality, mask or dropout, 80 in 2 at
+    E = 256, 128 in 3 elsewhere. The bytes: Q, the K and V tiles (rows of ceil(E / 64) 128-byte blocks),
+    an 8-byte mbarrier for Q and four a stage, 1 KB of alignment slack. narrow_keys: with
+    FASTTX_ATTENTION_SM90_KEYS=128, whose calls of 176-key tiles take 128-key ones."""
+    plain = not masked and not dropout
+    rows = 192 if head_dim == 64 and plain else 128
+    wide = head_dim == 128 and plain and not is_causal and not narrow_keys
+    keys, stages = (80, 2) if head_dim == 256 else (176, 2) if wide else (128, 3)
+    row_bytes = 128 * -(-head_dim // 64)
+    return rows, rows * row_bytes + stages * 2 * keys * row_bytes + 8 * (1 + 4 * stages) + 1024
+
+
 SHARED_BASE = 1024  # where the layout entry points put their shared-memory image
 
 
@@ -163,17 +175,18 @@ def test_named_barrier_model_catches(emulator, defect, message):
 # ---- the kernel -------------------------------------------------------------------------------------
 
 def launch_sm90(emulator, fields, inputs):
-    """emu_attention_fwd_sm90 with the params' fields by name (as emu_attention's): the query rows of
-    the sm_90a kernel's tile if it ran (its grid checked to cover L with them), 0 if not."""
-    launched = ctypes.c_int(-1)
-    error = emulator.emu_attention_fwd_sm90(*marshal(fields, inputs), ctypes.byref(launched))
+    """emu_attention_fwd_sm90 with the params' fields by name (as emu_attention's): the sm_90a kernel's
+    tile if it ran, as tile() states it (query rows, their grid checked to cover L; dynamic shared memory
+    bytes), None if not."""
+    launched, shared = ctypes.c_int(-1), ctypes.c_int(-1)
+    error = emulator.emu_attention_fwd_sm90(*marshal(fields, inputs), ctypes.byref(launched), ctypes.byref(shared))
     if error is not None:
         raise ValueError(f"emu_attention_fwd_sm90: {error.decode()}")
-    return launched.value
+    return (launched.value, shared.value) if launched.value else None
 
 
 def run_sm90(emulator, q, k, v, scale, is_causal, mask=None, dropout_p=0.0, seed=0):
-    """O, lse and the rows of the sm_90a kernel's tile (0: it did not run), launched as
+    """O, lse and the sm_90a kernel's tile (launch_sm90; None: it did not run), launched as
     attention_fwd_launch would (the mask broadcast to (B, H, L, S) through zero strides, as the binding
     does)."""
     B, H, L, head_dim = q.shape
@@ -198,13 +211,14 @@ def triton_keep_mask(B, H, L, S, dropout_p):
 
 
 def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False, mask=None,
-          dropout_p=0.0, E=E):
+          dropout_p=0.0, E=E, narrow_keys=False):
     shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr(torch.randn(shape(h, n)).to(dtype)) for h, n in ((H, L), (Hkv, S), (Hkv, S)))
     scale = 1 / math.sqrt(E)
-    o, lse, rows = run_sm90(emulator, q, k, v, scale, is_causal, mask, dropout_p, SEED)
-    assert rows == tile_rows(E, mask is not None, dropout_p > 0), f"the sm_90a kernel ran with {rows}-row tiles"
+    o, lse, ran = run_sm90(emulator, q, k, v, scale, is_causal, mask, dropout_p, SEED)
+    expected = tile(E, is_causal, mask is not None, dropout_p > 0, narrow_keys)
+    assert ran == expected, f"the sm_90a kernel ran with tile {ran}, not {expected}"
     keep = triton_keep_mask(B, H, L, S, dropout_p) if dropout_p > 0 else None
     ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
     ref = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), ref_mask, dropout_p, is_causal,
@@ -218,10 +232,27 @@ def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, tran
     assert (lse[finite].double() - ref_lse[finite]).abs().max() <= 1e-4 * (1 + ref_lse[finite].abs().max())
 
 
-@pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300), (70, 650)], ids=str)
+# Not causal, at E = 128: 176-key blocks in a 2-stage ring. S = 352: two whole blocks (no element checks);
+# 650 and 1000: 4 and 6 blocks, each stage refilled, the last block partial.
+@pytest.mark.parametrize("L,S", [(1, 1), (1, 200), (130, 7), (70, 300), (70, 352), (70, 650), (1, 1000)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_sequence_lengths(emulator, L, S, dtype):
     check(emulator, 1, 1, 1, L, S, dtype)
+
+
+@pytest.mark.parametrize("L,S", [(70, 300), (1, 1000)], ids=str)
+def test_128_key_blocks_where_switched(emulator, L, S):
+    """cuda_sm90_keys(128), FASTTX_ATTENTION_SM90_KEYS=128 (the bench's comparison): the calls of 176-key
+    tiles run on the 128-key tile instead (read at each call), and compute the same; the 176-key tile
+    again once the block ends."""
+    with cuda_sm90_keys(128):
+        check(emulator, 1, 2, 1, L, S, narrow_keys=True)
+        with cuda_sm90_keys(176):
+            check(emulator, 1, 2, 1, L, S)
+        check(emulator, 1, 2, 1, L, S, narrow_keys=True)
+    check(emulator, 1, 2, 1, L, S)
+    with pytest.raises(ValueError, match="keys must be 128 or 176, got 64"):
+        cuda_sm90_keys(64)
 
 
 @pytest.mark.parametrize("L,S", [(200, 200), (130, 260), (260, 130)], ids=str)
@@ -296,8 +327,8 @@ def kernel_keep_mask(emulator, B, H, Hkv, L, S, dropout_p, is_causal=False, E=E)
         v = torch.zeros(B, Hkv, S, E, dtype=torch.bfloat16)
         n = min(E, S - c)
         v[:, :, c:c + n] = torch.eye(n, E, dtype=torch.bfloat16)
-        o, _, rows = run_sm90(emulator, q, k, v, 1 / math.sqrt(E), is_causal, None, dropout_p, SEED)
-        assert rows == tile_rows(E, False, True), f"the sm_90a kernel ran with {rows}-row tiles"
+        o, _, ran = run_sm90(emulator, q, k, v, 1 / math.sqrt(E), is_causal, None, dropout_p, SEED)
+        assert ran == tile(E, is_causal, False, True), f"the sm_90a kernel ran with tile {ran}"
         keep[..., c:c + n] = o[..., :n] != 0
     return keep
 

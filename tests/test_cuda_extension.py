@@ -1,6 +1,7 @@
 """The CUDA extension fasttx._C: built wherever nvcc is (make test builds it), for the
 architectures asked for, with its ops registered and clear errors for CPU tensors."""
 
+import itertools
 import os
 import re
 import shutil
@@ -117,40 +118,57 @@ def _sm90a_kernels_sass(names):
     return sass
 
 
-# Per head dim (csrc/attention/sm90/attention_fwd_sm90.cuh, Sm90Fwd): HGMMA of each shape (Q K^T in the
-# first turn and the loop, E / 16 k-steps each; P V in the loop and the last turn, kBlockN / 16 k-steps
+# Per head dim and keys a block (csrc/attention/sm90/attention_fwd_sm90.cuh, Sm90Fwd): HGMMA of each shape (Q K^T
+# in the first turn and the loop, E / 16 k-steps each; P V in the loop and the last turn, kBlockN / 16 k-steps
 # of E / min(E, 128) wgmma each), TMA boxes loaded (Q; K before and in the loop; V: E / 64 each) and stored (O:
 # E / 64 a consumer warpgroup), the exp2 of a block's softmax (kBlockN / 2 + 2), its 8-key tiles.
 _SM90_FWD_SASS = {
-    64: ({"64x128": 8, "64x64": 16}, 4, 1, 66, 16),
-    96: ({"64x128": 12, "64x96": 16}, 8, 2, 66, 16),
-    128: ({"64x128": 32}, 8, 2, 66, 16),
-    256: ({"64x80": 32, "64x128": 20}, 16, 4, 42, 10),
+    (64, 128): ({"64x128": 8, "64x64": 16}, 4, 1, 66, 16),
+    (96, 128): ({"64x128": 12, "64x96": 16}, 8, 2, 66, 16),
+    (128, 128): ({"64x128": 32}, 8, 2, 66, 16),
+    (128, 176): ({"64x176": 16, "64x128": 22}, 8, 2, 90, 22),
+    (256, 80): ({"64x80": 32, "64x128": 20}, 16, 4, 42, 10),
 }
 
 
+def _sm90_fwd_instances(head_dim):
+    """{mangled name: (causal, mask, dropout, keys a block)} of the sm_90a forward's instances of a head dim:
+    dtype x causal x mask x dropout (at E = 256 none causal with dropout, which spilled), with the keys
+    sm90_fwd_block_keys gives (176 at E = 128 without causality, mask or dropout; 80 at E = 256; 128
+    elsewhere), and at E = 128 also the 128-key instance FASTTX_ATTENTION_SM90_KEYS=128 runs instead of the
+    176-key one."""
+    instances = {}
+    for t in ("6__half", "13__nv_bfloat16"):
+        for c, m, d in itertools.product((0, 1), repeat=3):
+            if head_dim == 256 and c and d:
+                continue
+            keys = 80 if head_dim == 256 else 176 if head_dim == 128 and not (c or m or d) else 128
+            for k in sorted({keys, 128} if keys == 176 else {keys}):
+                name = (f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}ELi{k}EEEv"
+                        "NS0_13Sm90FwdParamsE")
+                instances[name] = (c, m, d, k)
+    return instances
+
+
 @needs_nvcc
-@pytest.mark.parametrize("head_dim", sorted(_SM90_FWD_SASS))
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 256])
 def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory(head_dim):
-    """The sm_90a attention forward (csrc/attention/sm90), every instance of a head dim (dtype x causal x
-    mask x dropout; at E = 256 none causal with dropout, which spilled): on sm_90a its matrix products
-    are HGMMA, its loads and its O store TMA, no local memory (the mask's loads and Philox's state beside
-    O, S and P fit the consumers' 240 registers; at E = 64 without mask or dropout O, S and P fit the 160
-    of three consumers, Sm90FwdTile); the producer keeps 24 registers (setmaxnreg); the sm_80 objects hold
-    only its trapping stub."""
-    hgmma, loads, stores, exp2, tiles = _SM90_FWD_SASS[head_dim]
-    names = [f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90FwdParamsE"
-             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)
-             if not (head_dim == 256 and c and d)]
-    sass = _sm90a_kernels_sass(names)
-    for name in names:
+    """The sm_90a attention forward (csrc/attention/sm90), every instance of a head dim (_sm90_fwd_instances):
+    on sm_90a its matrix products are HGMMA, its loads and its O store TMA, no local memory (the mask's
+    loads and Philox's state beside O, S and P fit the consumers' 240 registers, and so do 176-key O, S
+    and P; at E = 64 without mask or dropout O, S and P fit the 160 of three consumers, Sm90FwdTile); the
+    producer keeps 24 registers (setmaxnreg); the sm_80 objects hold only its trapping stub."""
+    instances = _sm90_fwd_instances(head_dim)
+    sass = _sm90a_kernels_sass(list(instances))
+    for name, (_, masked, dropout, keys) in instances.items():
+        hgmma, loads, stores, exp2, tiles = _SM90_FWD_SASS[head_dim, keys]
         code = "\n".join(sass[("sm_90a", name)])
         shapes = re.findall(r"HGMMA\.(64x\d+)x16\.F32", code)
         assert {shape: shapes.count(shape) for shape in set(shapes)} == hgmma, name
         assert code.count("UTMALDG.4D") == loads, name
         assert code.count("UTMASTG.4D") == stores, name
         assert "LDL" not in code and "STL" not in code, name
-        three_consumers = head_dim == 64 and name.endswith("ELb0ELb0EEEvNS0_13Sm90FwdParamsE")
+        three_consumers = head_dim == 64 and not masked and not dropout
         consumer_regs = "0xa0" if three_consumers else "0xf0"  # 160, 240
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code, name
         assert f"USETMAXREG.TRY_ALLOC.CTAPOOL UP0, {consumer_regs}" in code, name
@@ -164,7 +182,7 @@ def test_sm90a_attention_forward_is_wgmma_and_tma_without_local_memory(head_dim)
         # Dropout's keep bits (two shuffles per pair of 8-key tiles) drawn between passing the turn and that wait,
         # while the turn's wgmma run (ptxas may hoist a draw or a few above the pass).
         drawn = parts[0].rsplit("BAR.ARV", 1)[1].count("SHFL")
-        assert drawn >= 3 * tiles // 4 if name.endswith("ELb1EEEvNS0_13Sm90FwdParamsE") else drawn == 0, name
+        assert drawn >= 3 * tiles // 4 if dropout else drawn == 0, name
         stub = "\n".join(sass.get(("sm_80", name), []))
         assert "BPT.TRAP" in stub and "HGMMA" not in stub, name
 

@@ -48,6 +48,20 @@ def cuda_sm90_kernels(enabled: bool):
     return _extension.environment(SM90_SWITCH, "1" if enabled else None)
 
 
+# The sm_90a forward's key blocks at E = 128 without causality, mask or dropout: 176 (FlashAttention-3's
+# tile), or 128 with this variable set to "128" (csrc/attention/sm90/attention_fwd_sm90.cu), so that the
+# bench compares both in one GPU run; the slower goes once one has.
+SM90_KEYS_SWITCH = "FASTTX_ATTENTION_SM90_KEYS"
+
+
+def cuda_sm90_keys(keys: int):
+    """Runs the block with the sm_90a forward's 176-key tile (keys=176) or the 128-key one (keys=128) where
+    it would take the 176-key tile, restoring what was there before."""
+    if keys not in (128, 176):
+        raise ValueError(f"cuda_sm90_keys: keys must be 128 or 176, got {keys}")
+    return _extension.environment(SM90_KEYS_SWITCH, "128" if keys == 128 else None)
+
+
 def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
     for name, t in (("query", query), ("key", key), ("value", value)):
         check_tensor("scaled_dot_product_attention", name, t, like=query)

@@ -13,10 +13,12 @@ using namespace fasttx;
 
 // fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h), for the forward;
 // *launched: the query rows of the sm_90a kernel's CTA (its tile: 64 a consumer warpgroup of the launch's
-// threads but the producer's 128) if it ran, 0 if not (attention_fwd_launch would then launch the sm_80 one).
+// threads but the producer's 128) if it ran, 0 if not (attention_fwd_launch would then launch the sm_80 one);
+// *shared: the dynamic shared memory it launched with (which the tile's keys a block and stages set).
 extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
-                                              int n_ranges, int* launched) {
+                                              int n_ranges, int* launched, int* shared) {
   *launched = 0;
+  *shared = 0;
   return emu::error_or_null([&] {
     const AttentionParams p = emu::params(emu::fwd_fields<AttentionParams>(), fields, n_fields);
     emu::set_ranges(ranges, n_ranges);
@@ -29,6 +31,7 @@ extern "C" const char* emu_attention_fwd_sm90(const char* const* fields, int n_f
         throw std::runtime_error("the grid's CTAs do not cover the queries with the tile's rows");
       }
       *launched = rows;
+      *shared = attn::smem_bytes;
     }
     attn::mbar_check_quiescent();
     attn::wgmma_check_quiescent();
@@ -83,8 +86,8 @@ extern "C" void emu_wgmma_ss(const unsigned char* image, int bytes, uint64_t des
 
 // ---- named barrier probe: the model's checks on a schedule of the forward's kind ---------------------
 
-// The forward's turns (Sm90Turns) of the tile with `consumers` consumer warpgroups (2: Sm90Fwd<128, 2>, 3:
-// Sm90Fwd<64, 3>), each warpgroup through a section `rounds` times; thread 0 of the section's warpgroup
+// The forward's turns (Sm90Turns) of the tile with `consumers` consumer warpgroups (2: Sm90Fwd<128, 2, 128>, 3:
+// Sm90Fwd<64, 3, 128>), each warpgroup through a section `rounds` times; thread 0 of the section's warpgroup
 // appends it to `order` (consumers x rounds entries).
 struct TurnsProbe {
   int rounds;
@@ -108,9 +111,9 @@ extern "C" const char* emu_turns_probe(int consumers, int rounds, int* order) {
     int sections = 0;
     const TurnsProbe params{rounds, order, &sections};
     if (consumers == 2) {
-      launch(turns_probe<Sm90Fwd<128, 2>>, dim3(1, 1, 1), 2 * 128, 0, nullptr, params);
+      launch(turns_probe<Sm90Fwd<128, 2, 128>>, dim3(1, 1, 1), 2 * 128, 0, nullptr, params);
     } else if (consumers == 3) {
-      launch(turns_probe<Sm90Fwd<64, 3>>, dim3(1, 1, 1), 3 * 128, 0, nullptr, params);
+      launch(turns_probe<Sm90Fwd<64, 3, 128>>, dim3(1, 1, 1), 3 * 128, 0, nullptr, params);
     } else {
       throw std::runtime_error("consumers must be 2 or 3");
     }

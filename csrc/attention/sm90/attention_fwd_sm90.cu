@@ -12,10 +12,10 @@ namespace fasttx {
 namespace attn {
 namespace {
 
-template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, int kKeys>
 bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
-  using C = Sm90FwdTile<kHeadDim, kMask, kDropout>;
-  constexpr auto kernel = attention_fwd_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout>;
+  using C = Sm90FwdTile<kHeadDim, kMask, kDropout, kKeys>;
+  constexpr auto kernel = attention_fwd_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout, kKeys>;
   if (!runs_sm90a(kernel)) return false;
   Sm90FwdParams params{};
   params.p = p;
@@ -41,6 +41,14 @@ using Sm90FwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
 // unmasked instance, ptxas -v), so E = 256 causal calls with dropout stay with the sm_80 kernel.
 constexpr bool has_instance(int head_dim, bool causal, bool dropout) { return !(head_dim == 256 && causal && dropout); }
 
+// FASTTX_ATTENTION_SM90_KEYS=128 in the environment (read at each call): the calls of 176-key tiles run
+// on the 128-key tile they had before, so that the bench measures both in one run ("fasttx cuda (sm_90a,
+// 128-key blocks)", benchmarks/attention.py); the loser goes once a GPU run has compared them.
+bool narrow_keys_asked() {
+  const char* value = std::getenv("FASTTX_ATTENTION_SM90_KEYS");
+  return value != nullptr && std::strcmp(value, "128") == 0;
+}
+
 }  // namespace
 }  // namespace attn
 
@@ -60,7 +68,14 @@ bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
   attn::head_dim_switch(p.head_dim, attn::Sm90FwdHeadDims{}, [&]<int kHeadDim>() {
     attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
       if constexpr (attn::has_instance(kHeadDim, kCausal, kDropout)) {
-        launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+        constexpr int kKeys = attn::sm90_fwd_block_keys(kHeadDim, kCausal, kMask, kDropout);
+        if constexpr (kKeys == 176) {
+          if (attn::narrow_keys_asked()) {
+            launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, 128>(p, stream);
+            return;
+          }
+        }
+        launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, kKeys>(p, stream);
       }
     });
   });

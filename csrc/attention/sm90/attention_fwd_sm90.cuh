@@ -56,26 +56,32 @@ struct Sm90FwdCta {
   static_assert(kConsumers >= 2 && kEpilogueBarrier + kConsumers <= 16, "named barriers 1 .. 15");
 };
 
-// The tile of head dim E with kConsumers consumer warpgroups: keys per block (kBlockN) and ring
-// stages. A consumer thread holds o (E / 2 fp32), s (kBlockN / 2 fp32) and P (kBlockN / 4 packed) at
-// once (the intra-warpgroup overlap) within its kConsumerRegs; the CTA's shared memory holds Q
-// (2 kBlockM E bytes) and kStages K and V tiles (2 kBlockN E bytes each, E rounded up to 64 columns)
-// within 227 KB. README "sm_90a forward" has the table: E <= 128 keeps 128 keys and 3 stages (E = 128:
-// 160 live registers, 224 KB); E = 256 takes FlashAttention-3's 80 keys and 2 stages (188 live
-// registers, 224 KB): 128 keys would need 224 registers for the fragments alone, and a third stage of
-// 80 keys 304 KB.
-template <int kE, int kConsumerWarpgroups>
+// The tile of head dim E with kConsumers consumer warpgroups and kKeys keys a block, its ring stages the
+// most that the CTA's shared memory holds, at most 3. A consumer thread holds o (E / 2 fp32), s (kBlockN
+// / 2 fp32) and P (kBlockN / 4 packed) at once (the intra-warpgroup overlap) within its kConsumerRegs;
+// the CTA's shared memory holds Q (2 kBlockM E bytes) and kStages K and V tiles (2 kBlockN E bytes each,
+// E rounded up to 64 columns) within 227 KB. Three stages: each K or V load is issued two blocks ahead
+// of its use, which README "sm_90a forward" argues covers the load latency at E <= 128; the table there
+// has each tile's registers and bytes.
+template <int kE, int kConsumerWarpgroups, int kKeys>
 struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
   using Cta = Sm90FwdCta<kConsumerWarpgroups>;
   using Cta::kBlockM;
   static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a forward tile for this head dim");
+  static_assert(kKeys % 16 == 0, "key blocks of whole k16 steps of P V (and pairs of 8-key dropout tiles)");
   static constexpr int kHeadDim = kE;
-  static constexpr int kBlockN = kE <= 128 ? 128 : 80;
-  static constexpr int kStages = kE <= 128 ? 3 : 2;
+  static constexpr int kBlockN = kKeys;
   static constexpr int kColBlocks = (kE + kSwizzleCols - 1) / kSwizzleCols;  // TMA boxes (64-column blocks) per tile row
   static constexpr int kKeepWords = (kBlockN / 2 + 31) / 32;  // dropout's bits of a thread's scores
   static constexpr int kQBytes = kBlockM * kColBlocks * kSwizzleBytes;
   static constexpr int kKvBytes = kBlockN * kColBlocks * kSwizzleBytes;  // one K or V tile
+  // The shared memory a CTA may have, less Q and the alignment slack, in stages of a K and a V tile
+  // and their 4 mbarriers (Q's own mbarrier taken from the slack's end).
+  static constexpr int kStages =
+      (227 * 1024 - kQBytes - kSwizzleAtomBytes - 8) / (2 * kKvBytes + 4 * 8) < 3
+          ? (227 * 1024 - kQBytes - kSwizzleAtomBytes - 8) / (2 * kKvBytes + 4 * 8)
+          : 3;
+  static_assert(kStages >= 2, "a K / V ring of one stage would serialize loads and products");
   // Offsets from the 1024-byte aligned base: Q, K[kStages], V[kStages], then the mbarriers.
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
@@ -86,13 +92,26 @@ struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
   static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
 };
 
-// The tile of an instance: FlashAttention-3's 192 x 128 with three consumer warpgroups at E = 64
-// without mask or dropout, whose consumers fit 160 registers (o, s and P 128 of them), so three
-// softmaxes share the tensor cores' time of a block instead of two (the E = 64 products are half
-// E = 128's, too short to hide two warpgroups' softmax); two consumers of 240 registers everywhere
-// else: the mask's and dropout's consumers reach R165-R237 (README "sm_90a forward").
-template <int kE, bool kMask, bool kDropout>
-using Sm90FwdTile = Sm90Fwd<kE, kE == 64 && !kMask && !kDropout ? 3 : 2>;
+// Keys a block of an instance (README "sm_90a forward", table "Tile per head dim and instance"):
+// - E = 128, not causal, no mask, no dropout: FlashAttention-3's 176, 2 stages. A block's fixed costs
+//   (the row maxima's shuffles, o's rescale by alpha, the turn's barriers and the ring's mbarriers)
+//   spread over 176 keys instead of 128; o, s and P take 64 + 88 + 44 = 196 of the 240 registers.
+//   Causal calls keep 128 (a 176-key diagonal block wastes more of its products); the mask's loads and
+//   Philox's state leave no room for 88 scores (R220-R237 at 128 keys). Until a GPU run has compared
+//   them, FASTTX_ATTENTION_SM90_KEYS=128 runs those calls on the 128-key tile (attention_fwd_sm90.cu).
+// - E = 256: FlashAttention-3's 80 (128 keys would need 224 registers for the fragments alone).
+// - Everywhere else 128.
+constexpr int sm90_fwd_block_keys(int head_dim, bool causal, bool mask, bool dropout) {
+  return head_dim == 256 ? 80 : head_dim == 128 && !causal && !mask && !dropout ? 176 : 128;
+}
+
+// The tile of an instance with kKeys keys a block: FlashAttention-3's 192 rows with three consumer
+// warpgroups at E = 64 without mask or dropout, whose consumers fit 160 registers (o, s and P 128 of
+// them), so three softmaxes share the tensor cores' time of a block instead of two (the E = 64
+// products are half E = 128's, too short to hide two warpgroups' softmax); 128 rows, two consumers of
+// 240 registers, everywhere else.
+template <int kE, bool kMask, bool kDropout, int kKeys>
+using Sm90FwdTile = Sm90Fwd<kE, kE == 64 && !kMask && !kDropout ? 3 : 2, kKeys>;
 
 // The kernel's parameters: TMA maps of q (E, L, H, B), k (E, S, Hkv, B), v (E, S, Hkv, B) with boxes of
 // 64 x kBlockM (q) and 64 x kBlockN (k, v), of o (E, L, H, B) with boxes of 64 x 64 (a consumer
@@ -418,12 +437,12 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
   sm90_epilogue<T, C>(params, base, o, sm, wg, m0, b, h, t);
 }
 
-template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
-__global__ void __launch_bounds__(Sm90FwdTile<kHeadDim, kMask, kDropout>::kThreads, 1)
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, int kKeys>
+__global__ void __launch_bounds__(Sm90FwdTile<kHeadDim, kMask, kDropout, kKeys>::kThreads, 1)
     attention_fwd_sm90_kernel(const __grid_constant__ Sm90FwdParams params) {
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
 #if !defined(__CUDA_ARCH__) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using C = Sm90FwdTile<kHeadDim, kMask, kDropout>;
+  using C = Sm90FwdTile<kHeadDim, kMask, kDropout, kKeys>;
   extern __shared__ __align__(16) unsigned char smem[];
   unsigned char* base = smem + swizzle_pad(smem_addr(smem));
   uint64_t* bars = reinterpret_cast<uint64_t*>(base + C::kBarOffset);

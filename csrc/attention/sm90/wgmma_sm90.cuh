@@ -21,6 +21,9 @@ __device__ __forceinline__ void sm90_wgmma_ss(float (&d)[N / 2], uint64_t desc_a
     wgmma_m64n96k16_ss<T, kMnMajor>(d, desc_a, desc_b, accumulate);
   } else if constexpr (N == 64) {
     wgmma_m64n64k16_ss<T, kMnMajor>(d, desc_a, desc_b, accumulate);
+  } else if constexpr (N == 176) {
+    static_assert(!kMnMajor, "no MN-major wgmma.m64n176k16 wrapper");
+    wgmma_m64n176k16_ss<T>(d, desc_a, desc_b, accumulate);
   } else {
     static_assert(N == 80 && !kMnMajor, "no wgmma.m64nNk16 shared/shared wrapper for this N");
     wgmma_m64n80k16_ss<T>(d, desc_a, desc_b, accumulate);

@@ -12,7 +12,7 @@
 // - mbarriers: arrival count, transaction bytes, phase; a wait passes while the current phase's
 //   parity differs from the one asked (as try_wait.parity); a wait that no thread can end fails at
 //   once (cta.h's wait_until: wrong parity, missing arrival, bytes never delivered).
-// - wgmma (m64nNk16, N = 128, 96, 80, 64, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
+// - wgmma (m64nNk16, N = 176, 128, 96, 80, 64, fp32 accumulate): warpgroup-collective, descriptors decoded as the PTX ISA's
 //   canonical 128B-swizzled layouts (K-major and MN-major, B and, with the transpose bit, A from
 //   shared memory; written here independently of smem_layout_sm90.h), operands read and D written
 //   only at the wgmma_wait that retires the group;
@@ -386,6 +386,11 @@ inline void wgmma_m64n96k16_rs_tn(float (&d)[48], const uint32_t (&a)[4], uint64
 template <typename T>
 inline void wgmma_m64n80k16_ss(float (&d)[40], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
   wgmma_ss<T, false, 80>(d, desc_a, desc_b, accumulate);
+}
+
+template <typename T>
+inline void wgmma_m64n176k16_ss(float (&d)[88], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+  wgmma_ss<T, false, 176>(d, desc_a, desc_b, accumulate);
 }
 
 // After a launch: no wgmma left unretired.

@@ -108,8 +108,7 @@ def _check_dropout(batch, heads, kv_heads, queries, keys, dtype, mask, is_causal
 
 
 # The forward's other tiles (attention_fwd_sm90.cuh, Sm90Fwd): E = 64 and 96 with 128-key blocks, E = 256
-# with 80-key blocks and 2 stages (not causal with dropout: that instance spilled, the call runs the
-# sm_80 kernel). Their backward: the sm_90a dK/dV and dQ kernels (bwd_common_sm90.cuh, Sm90BwdHead:
+# with 80-key blocks and 2 stages. Their backward: the sm_90a dK/dV and dQ kernels (bwd_common_sm90.cuh, Sm90BwdHead:
 # the tiles of E = 128 at E = 64 and 96; at E = 256 dK/dV in two passes, dV then dK, and dQ with one
 # consumer warpgroup of 64 rows), causal with dropout included.
 OTHER_HEAD_DIMS = [64, 96, 256]
@@ -133,7 +132,7 @@ def test_other_head_dims_masks(kind, head_dim):
 @pytest.mark.parametrize("head_dim", OTHER_HEAD_DIMS)
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_other_head_dims_dropout(is_causal, head_dim):
-    """As test_dropout (the Triton kernels' keep mask); E = 256 causal runs the sm_80 forward."""
+    """As test_dropout (the Triton kernels' keep mask)."""
     from fasttx.triton_kernels.attention import dropout_keep_mask
 
     p = 0.3

@@ -431,8 +431,7 @@ def test_other_head_dims_masks_with_causal(emulator, E):
     check(emulator, 1, 2, 2, 150, 150, torch.float16, is_causal=True, mask=_mask("bool_full", 1, 2, 150, 150), E=E)
 
 
-# E = 256 causal with dropout has no instance (it spilled): test_e256_causal_dropout_is_left_to_the_sm80_kernel.
-@pytest.mark.parametrize("E,is_causal", [(64, False), (64, True), (96, True), (256, False)], ids=str)
+@pytest.mark.parametrize("E,is_causal", [(64, False), (64, True), (96, True), (256, False), (256, True)], ids=str)
 def test_other_head_dims_dropout(emulator, E, is_causal):
     check(emulator, 2, 2, 1, 70, 200, torch.bfloat16, is_causal=is_causal, dropout_p=0.25, E=E)
 
@@ -440,8 +439,8 @@ def test_other_head_dims_dropout(emulator, E, is_causal):
 @pytest.mark.parametrize("E", OTHER_HEAD_DIMS)
 def test_other_head_dims_dropout_keeps_exactly_the_triton_keep_mask(emulator, E):
     """S = 203 crosses key blocks of 128 (E = 64, 96) and of 80 (E = 256), with a partial group of 8 keys
-    at the end; GQA, a partial query tile; causal where there is an instance."""
-    B, H, L, S, p, is_causal = 1, 2, 150, 203, 0.3, E != 256
+    at the end; GQA, a partial query tile; causal."""
+    B, H, L, S, p, is_causal = 1, 2, 150, 203, 0.3, True
     ours = kernel_keep_mask(emulator, B, H, 1, L, S, p, is_causal, E=E)
     allowed = torch.ones(L, S, dtype=torch.bool)
     allowed = allowed.tril() if is_causal else allowed
@@ -449,13 +448,11 @@ def test_other_head_dims_dropout_keeps_exactly_the_triton_keep_mask(emulator, E)
     assert 0.6 < ours[..., allowed].float().mean() < 0.8
 
 
-def test_e256_causal_dropout_is_left_to_the_sm80_kernel(emulator):
-    """attention_fwd_sm90_supports refuses it (that instance spilled, csrc/attention/README.md); without
-    dropout, or without causal, the sm_90a kernel runs."""
-    q = torch.randn(1, 1, 8, 256).bfloat16()
-    assert not run_sm90(emulator, q, q, q, 0.0625, True, dropout_p=0.1)[2]
-    assert run_sm90(emulator, q, q, q, 0.0625, True)[2]
-    assert run_sm90(emulator, q, q, q, 0.0625, False, dropout_p=0.1)[2]
+def test_e256_causal_dropout_with_a_mask(emulator):
+    """The instance that spilled when it was first compiled (csrc/attention/README.md), now built: causal,
+    dropout and a mask with fully masked rows, two query tiles, diagonal 80-key blocks."""
+    check(emulator, 1, 2, 1, 150, 210, torch.float16, is_causal=True, mask=_mask("bool_full", 1, 2, 150, 210),
+          dropout_p=0.3, E=256)
 
 
 @pytest.mark.parametrize("E", OTHER_HEAD_DIMS)

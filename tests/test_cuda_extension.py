@@ -133,15 +133,13 @@ _SM90_FWD_SASS = {
 
 def _sm90_fwd_instances(head_dim):
     """{mangled name: (causal, mask, dropout, keys a block)} of the sm_90a forward's instances of a head dim:
-    dtype x causal x mask x dropout (at E = 256 none causal with dropout, which spilled), with the keys
+    dtype x causal x mask x dropout, with the keys
     sm90_fwd_block_keys gives (176 at E = 128 without causality, mask or dropout; 80 at E = 256; 128
     elsewhere), and at E = 128 also the 128-key instance FASTTX_ATTENTION_SM90_KEYS=128 runs instead of the
     176-key one."""
     instances = {}
     for t in ("6__half", "13__nv_bfloat16"):
         for c, m, d in itertools.product((0, 1), repeat=3):
-            if head_dim == 256 and c and d:
-                continue
             keys = 80 if head_dim == 256 else 176 if head_dim == 128 and not (c or m or d) else 128
             for k in sorted({keys, 128} if keys == 176 else {keys}):
                 name = (f"_ZN6fasttx4attn25attention_fwd_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}ELi{k}EEEv"

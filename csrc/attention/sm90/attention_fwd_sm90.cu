@@ -37,10 +37,6 @@ bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
 // dispatch.
 using Sm90FwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
 
-// Whether the instance is compiled: at E = 256 causal with dropout spills (8 / 20 bytes in the
-// unmasked instance, ptxas -v), so E = 256 causal calls with dropout stay with the sm_80 kernel.
-constexpr bool has_instance(int head_dim, bool causal, bool dropout) { return !(head_dim == 256 && causal && dropout); }
-
 // FASTTX_ATTENTION_SM90_KEYS=128 in the environment (read at each call): the calls of 176-key tiles run
 // on the 128-key tile they had before, so that the bench measures both in one run ("fasttx cuda (sm_90a,
 // 128-key blocks)", benchmarks/attention.py); the loser goes once a GPU run has compared them.
@@ -59,24 +55,21 @@ bool attention_sm90_enabled() {
 
 bool attention_fwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&
-         sm90_has_head_dim(p.head_dim, attn::Sm90FwdHeadDims{}) &&
-         attn::has_instance(p.head_dim, p.is_causal, p.dropout_p > 0.f) && p.scale > 0.f && p.queries > 0;
+         sm90_has_head_dim(p.head_dim, attn::Sm90FwdHeadDims{}) && p.scale > 0.f && p.queries > 0;
 }
 
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
   bool launched = false;
   attn::head_dim_switch(p.head_dim, attn::Sm90FwdHeadDims{}, [&]<int kHeadDim>() {
     attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
-      if constexpr (attn::has_instance(kHeadDim, kCausal, kDropout)) {
-        constexpr int kKeys = attn::sm90_fwd_block_keys(kHeadDim, kCausal, kMask, kDropout);
-        if constexpr (kKeys == 176) {
-          if (attn::narrow_keys_asked()) {
-            launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, 128>(p, stream);
-            return;
-          }
+      constexpr int kKeys = attn::sm90_fwd_block_keys(kHeadDim, kCausal, kMask, kDropout);
+      if constexpr (kKeys == 176) {
+        if (attn::narrow_keys_asked()) {
+          launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, 128>(p, stream);
+          return;
         }
-        launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, kKeys>(p, stream);
       }
+      launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, kKeys>(p, stream);
     });
   });
   return launched;

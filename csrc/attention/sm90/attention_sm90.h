@@ -25,7 +25,7 @@ bool attention_sm90_enabled();
 
 // Whether the call is one the sm_90a forward implements: fp16 / bf16, E in {64, 96, 128, 256}, scale > 0
 // (without a mask its softmax takes row maxima of the raw scores), L > 0; any mask, causal or not,
-// dropout (not with causal at E = 256: that instance would spill).
+// dropout or not.
 bool attention_fwd_sm90_supports(const AttentionParams& p);
 
 // Launches it on `stream` when the device is sm_90 and the build has its sm_90a code; false (nothing

@@ -43,7 +43,10 @@ opt-in backward whose dK/dV kernel also adds dQ with atomics (five products, no 
 64, 96, 128), beside it in the same run. "fasttx cuda (sm_90a, 128-key blocks)", at E = 128 without
 causality, mask or dropout, is "fasttx cuda (sm_90a)" with FASTTX_ATTENTION_SM90_KEYS=128: its forward on
 the 128-key tile instead of FlashAttention-3's 176-key one (its backward the same as the other's), to
-measure what the wider tile changes.
+measure what the wider tile changes. "fasttx cuda (sm_90a, dQ without turns)", in the cases without mask
+or dropout, is "fasttx cuda (sm_90a)" with FASTTX_ATTENTION_SM90_DQ_TURNS=0: the dQ kernel's two consumer
+warpgroups issuing their wgmma without taking turns (its forward the same as the other's), to measure what
+the turns change in the backward.
 
 These switches are set around the provider's checking and every timed pass (common.around), so its
 backward, which autograd runs outside the forward call, sees them too.
@@ -56,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional, reference
-from ..functional.attention import cuda_sm90_keys, cuda_sm90_kernels, kernel_limitation
+from ..functional.attention import cuda_sm90_dq_turns, cuda_sm90_keys, cuda_sm90_kernels, kernel_limitation
 from .common import Case, External, compiled, external_providers, fasttx_providers
 
 OPS = ("attention",)
@@ -140,6 +143,12 @@ def _sm90_128_key_blocks():
         yield
 
 
+@contextlib.contextmanager
+def _sm90_dq_without_turns():
+    with cuda_sm90_kernels(True), cuda_sm90_dq_turns(False):
+        yield
+
+
 def key_padding_mask(batch, seq, device):
     """(batch, 1, 1, seq) bool, True = keep: batch b's last (b % 4 + 1) * seq / 8 keys padded, so that
     the batches differ (1/8 to 1/2 of their keys padded) as in a padded training batch."""
@@ -183,6 +192,9 @@ def cases(op, dtype, device_type, shapes, fasttx_backends):
                 if head_dim == 128 and not (is_causal or masked or dropout_p):
                     providers["fasttx cuda (sm_90a, 128-key blocks)"] = _switched(
                         providers["fasttx cuda"], _sm90_128_key_blocks)
+                if not (masked or dropout_p):
+                    providers["fasttx cuda (sm_90a, dQ without turns)"] = _switched(
+                        providers["fasttx cuda"], _sm90_dq_without_turns)
                 providers["fasttx cuda (sm_90a, deterministic=False)"] = _switched(
                     lambda q, k, v, call=call: functional.scaled_dot_product_attention(
                         q, k, v, backend="cuda", deterministic=False, **call),

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import fasttx
+from fasttx.functional.attention import cuda_sm90_dq_turns, cuda_sm90_keys
 
 from .conftest import DEVICE, runnable_backends
 from .ops.test_attention import attention_inputs, check
@@ -156,11 +157,25 @@ def test_e64_three_consumer_tile(dtype, is_causal, queries, keys):
 
 
 # E = 128 without causality, mask or dropout: 176-key blocks through a 2-stage ring (Sm90FwdTile): S a whole
-# number of blocks (704: 4, no element checks), one partial block, many blocks with a partial last one, GQA.
+# number of blocks (704: 4, no element checks), one partial block, many blocks with a partial last one, GQA;
+# and the 128-key tile the bench compares it with (cuda_sm90_keys(128)).
 @pytest.mark.parametrize("queries,keys", [(300, 704), (129, 100), (1000, 2500)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_e128_176_key_blocks(dtype, queries, keys):
-    check(*attention_inputs(2, 4, 2, queries, keys, 128, dtype=dtype), "cuda")
+@pytest.mark.parametrize("block_keys", [176, 128])
+def test_e128_176_key_blocks(block_keys, dtype, queries, keys):
+    with cuda_sm90_keys(block_keys):
+        check(*attention_inputs(2, 4, 2, queries, keys, 128, dtype=dtype), "cuda")
+
+
+# The dQ kernel with its consumers' turns (the default) and without (cuda_sm90_dq_turns(False), which the
+# bench compares): several dQ CTAs, key blocks through the 3-stage ring, causal with GQA, a mask and dropout.
+@pytest.mark.parametrize("dq_turns", [True, False], ids=["turns", "no_turns"])
+@pytest.mark.parametrize("head_dim", [64, 96, 128])
+def test_dq_turns(dq_turns, head_dim):
+    with cuda_sm90_dq_turns(dq_turns):
+        check(*attention_inputs(2, 4, 2, 700, 900, head_dim, dtype=torch.bfloat16), "cuda", is_causal=True)
+        q, k, v = attention_inputs(2, 4, 2, 300, 333, head_dim, dtype=torch.float16)
+        check(q, k, v, "cuda", attn_mask=_mask("bool_key_padding", 2, 4, 300, 333, torch.float16))
 
 
 def _kernels_run(backward, head_dim=128, **kw):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fasttx import reference
-from fasttx.functional.attention import cuda_sm90_kernels
+from fasttx.functional.attention import cuda_sm90_dq_turns, cuda_sm90_kernels
 from fasttx.testing import TOLERANCE, rel_error
 
 from .ops.test_attention import gradient_scales
@@ -27,7 +27,9 @@ from .cuda_emulator import MASK_LAYOUTS, compile_emulator, marshal, mask_layout
 from .test_cuda_attention_emulated import _fields, reference_lse
 
 E = 128  # the head dim of most tests; test_head_dim* cover the others (Sm90BwdHeadDims)
-KV, DQ, ATOMIC = 1, 2, 4  # the emulator's report: which sm_90a kernels ran (ATOMIC: dK/dV with atomic dQ)
+# The emulator's report: which sm_90a kernels ran (ATOMIC: dK/dV with atomic dQ; DQ_WITHOUT_TURNS: the dQ
+# kernel whose consumers do not take turns, cuda_sm90_dq_turns(False)).
+KV, DQ, ATOMIC, DQ_WITHOUT_TURNS = 1, 2, 4, 8
 SEED = 1234567890123  # dropout's
 
 
@@ -39,13 +41,13 @@ def emulator(tmp_path_factory):
 
 
 def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None, dropout_p=0.0, keep=None,
-                 atomic=False):
+                 atomic=False, dq_turns=True):
     """dq, dk, dv from the emulated backward (q's head dim), launched as attention_bwd_launch would with
     the sm_90a switch on or off, from the reference's O (rounded to q's dtype; with dropout, given the
     keep mask `keep` the kernels draw from SEED) and lse (with no key: O = 0, lse = +inf); and which
     sm_90a kernels ran (KV | DQ, or ATOMIC) as the instances the call's mask and dropout call for.
     atomic: dq_accum given (deterministic=False), zeros; where the atomic-dQ kernel ran, dq is
-    dq_accum scaled and cast as the binding does."""
+    dq_accum scaled and cast as the binding does. dq_turns: cuda_sm90_dq_turns(dq_turns)."""
     B, H, L, _ = q.shape
     ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
     if k.shape[2] > 0:
@@ -65,7 +67,7 @@ def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None
         fields["dq_accum"] = dq_accum.data_ptr()
     inputs = [q, k, v, dout, o, lse, delta, seed] + ([mask] if mask is not None else [])
     launched = ctypes.c_int(-1)
-    with cuda_sm90_kernels(sm90):
+    with cuda_sm90_kernels(sm90), cuda_sm90_dq_turns(dq_turns):
         error = emulator.emu_attention_bwd_sm90(*marshal(fields, inputs), ctypes.byref(launched))
     if error is not None:
         raise ValueError(f"emu_attention_bwd_sm90: {error.decode()}")
@@ -76,11 +78,12 @@ def run_backward(emulator, q, k, v, dout, scale, is_causal, sm90=True, mask=None
 
 
 def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, transposed=False, scale=None,
-          sm90=True, bias=0.0, mask=None, dropout_p=0.0, E=E, atomic=False):
+          sm90=True, bias=0.0, mask=None, dropout_p=0.0, E=E, atomic=False, dq_turns=True):
     """bias: added to q, subtracted from k (so that every score lies far below 0 when large). mask:
     broadcastable to (B, H, L, S), bool or float. dropout_p > 0: the reference's gradients are given
     the keep mask Triton draws from SEED, which the kernels must draw bit for bit. atomic: the opt-in
-    atomic dQ (run_backward), taken at E <= 128. Returns the grads."""
+    atomic dQ (run_backward), taken at E <= 128. dq_turns=False: the dQ kernel without its consumers'
+    turns, at E <= 128 (two consumers). Returns the grads."""
     shape = lambda heads, n: (B, n, heads, E) if transposed else (B, heads, n, E)  # noqa: E731
     tr = (lambda t: t.transpose(1, 2)) if transposed else (lambda t: t)  # noqa: E731
     q, k, v = (tr((torch.randn(shape(h, n)) + b).to(dtype)) for h, n, b in ((H, L, bias), (Hkv, S, -bias), (Hkv, S, 0)))
@@ -91,8 +94,10 @@ def check(emulator, B, H, Hkv, L, S, dtype=torch.bfloat16, is_causal=False, tran
         from fasttx.triton_kernels.attention import dropout_keep_mask
 
         keep = dropout_keep_mask(SEED, B, H, L, S, dropout_p, DEVICE).cpu()
-    grads, launched = run_backward(emulator, q, k, v, dout, scale, is_causal, sm90, mask, dropout_p, keep, atomic)
-    assert launched == (0 if not sm90 else ATOMIC if atomic and E <= 128 else KV | DQ)
+    grads, launched = run_backward(emulator, q, k, v, dout, scale, is_causal, sm90, mask, dropout_p, keep, atomic,
+                                   dq_turns)
+    dq_kernel = DQ_WITHOUT_TURNS if not dq_turns and E <= 128 else DQ
+    assert launched == (0 if not sm90 else ATOMIC if atomic and E <= 128 else KV | dq_kernel)
 
     leaves = [t.double().requires_grad_() for t in (q, k, v)]
     ref_mask = mask.double() if mask is not None and mask.is_floating_point() else mask
@@ -286,6 +291,27 @@ def test_head_dim_256_causal_dropout(emulator):
     """Causal with dropout, no mask: the instance whose dK pass spilled with the draw under S^T and dP^T
     (Sm90Bwd::kDrawFirst); GQA."""
     check(emulator, 1, 2, 1, 70, 130, torch.bfloat16, is_causal=True, dropout_p=0.3, E=256)
+
+
+# The dQ kernel's consumers take turns at their wgmma (Sm90Turns; the emulated named barriers check every
+# phase's count and that none is left half-arrived); cuda_sm90_dq_turns(False) runs the instances without
+# turns, which the bench compares. Both against the reference: one CTA and several (L = 70, 300), key
+# blocks through the 3-stage ring, causal with GQA, a mask with dropout.
+@pytest.mark.parametrize("E,is_causal", [(64, False), (128, True)], ids=str)
+@pytest.mark.parametrize("dq_turns", [True, False], ids=["turns", "no_turns"])
+def test_dq_turns(emulator, E, is_causal, dq_turns):
+    check(emulator, 1, 4, 2, 300, 270, torch.float16, is_causal=is_causal, E=E, dq_turns=dq_turns)
+
+
+@pytest.mark.parametrize("dq_turns", [True, False], ids=["turns", "no_turns"])
+def test_dq_turns_mask_dropout(emulator, dq_turns):
+    check(emulator, 2, 2, 1, 70, 200, torch.bfloat16, mask=_mask("bool_key_padding", 2, 2, 70, 200), dropout_p=0.3,
+          E=96, dq_turns=dq_turns)
+
+
+def test_dq_at_head_dim_256_takes_no_turns(emulator):
+    """One consumer warpgroup: nobody to take turns with; the switch changes nothing there."""
+    check(emulator, 1, 2, 1, 70, 130, torch.bfloat16, E=256, dq_turns=False)
 
 
 # The opt-in atomic dQ (deterministic=False, Sm90Grad::kKVAtomicQ): the dK/dV kernel also computes

@@ -145,11 +145,12 @@ def test_named_barriers_pass_the_turn(emulator):
     assert list(order) == [0, 1] * 4
 
 
-@pytest.mark.parametrize("consumers", [2, 3])
-def test_the_forward_turns_go_round_robin(emulator, consumers):
-    """The kernel's own Sm90Turns, of the two- and three-consumer tiles: warpgroups 0, 1 (, 2), 0, 1 (, 2),
-    ..., every named-barrier phase complete at the end (the model fails a count, a missing or an extra
-    arrival)."""
+@pytest.mark.parametrize("consumers", [1, 2, 3])
+def test_the_turns_go_round_robin(emulator, consumers):
+    """The kernels' own Sm90Turns (turns_sm90.cuh), of two and three consumers (the forward's tiles, the
+    dQ kernel's two) and of one (the dQ kernel at E = 256: no barrier at all): warpgroups 0, 1 (, 2), 0, 1
+    (, 2), ..., every named-barrier phase complete at the end (the model fails a count, a missing or an
+    extra arrival)."""
     order = (ctypes.c_int * (4 * consumers))()
     error = emulator.emu_turns_probe(consumers, 4, order)
     assert error is None, error

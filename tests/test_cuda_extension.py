@@ -336,16 +336,22 @@ def test_sm90a_attention_atomic_dq_is_wgmma_tma_and_vector_reductions(head_dim):
 @pytest.mark.parametrize("head_dim", sorted(_SM90_BWD_SASS))
 def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory(head_dim):
     """The sm_90a dQ kernel (csrc/attention/sm90/attention_dq_sm90.cuh), every instance of a head dim
-    (dtype x causal x mask x dropout): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local memory,
-    setmaxnreg 24 / 240 (E = 256, one consumer warpgroup: 24 / 256); the sm_80 objects hold only its trapping
-    stub."""
+    (dtype x causal x mask x dropout, with and without the consumers' turns; E = 256 has one consumer and
+    only the instance with): on sm_90a its matrix products are HGMMA, its tile loads TMA, no local memory,
+    setmaxnreg 24 / 240 (E = 256, one consumer warpgroup: 24 / 256); the turns' named barriers where two
+    consumers take them; the sm_80 objects hold only its trapping stub."""
     _, hgmma, loads = _SM90_BWD_SASS[head_dim]
-    names = [f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}EEEvNS0_13Sm90BwdParamsE"
-             for t in ("6__half", "13__nv_bfloat16") for c in (0, 1) for m in (0, 1) for d in (0, 1)]
-    sass = _sm90a_kernels_sass(names)
-    overlap = head_dim <= 128  # Sm90Dq::kOverlap
-    for name in names:
+    overlap = head_dim <= 128  # Sm90Dq::kOverlap, two consumers
+    names = {f"_ZN6fasttx4attn27attention_bwd_q_sm90_kernelI{t}Li{head_dim}ELb{c}ELb{m}ELb{d}ELb{turns}EEEv"
+             f"NS0_13Sm90BwdParamsE": (d, turns and overlap)
+             for t in ("6__half", "13__nv_bfloat16") for c, m, d in itertools.product((0, 1), repeat=3)
+             for turns in ((0, 1) if overlap else (1,))}
+    sass = _sm90a_kernels_sass(list(names))
+    for name, (dropout, turns) in names.items():
         code = "\n".join(sass[("sm_90a", name)])
+        # The turns: bar.sync and bar.arrive before and after the first turn's, the loop's and the last
+        # turn's products (__syncthreads is the fourth BAR.SYNC).
+        assert (code.count("BAR.SYNC"), code.count("BAR.ARV")) == ((4, 3) if turns else (1, 0)), name
         # S = Q K^T and dP = dO V^T before the loop and in it, dQ += dS K (4 k-steps over a 64-key block)
         # in it and after it.
         assert _hgmma_shapes(code) == hgmma, name
@@ -353,7 +359,6 @@ def test_sm90a_attention_dq_is_wgmma_and_tma_without_local_memory(head_dim):
         alloc = "0xf0" if overlap else "0x100"
         assert "USETMAXREG.DEALLOC.CTAPOOL 0x18" in code and f"USETMAXREG.TRY_ALLOC.CTAPOOL UP0, {alloc}" in code, name
         assert "LDL" not in code and "STL" not in code, name
-        dropout = name.endswith("ELb1EEEvNS0_13Sm90BwdParamsE")
         if overlap:
             # Software-pipelined: a block's 32 exponentials between the wait that retires S (dP still in
             # flight) and the one that retires dP, before the loop and in it (ptxas hoisted the latter

@@ -94,7 +94,9 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # 2026-12-06, "fasttx cuda (sm_90a, deterministic=False)": the CUDA sm_90a backward with atomic dQ
 # against its deterministic pair (one more provider), and in the cases without causality, mask or dropout
 # "fasttx cuda (sm_90a, 128-key blocks)": the sm_90a forward's previous 128-key tile against
-# FlashAttention-3's 176-key one, now the default there (attention.md, "128 x 176"). Each shape has four cases (benchmarks/attention.py,
+# FlashAttention-3's 176-key one, now the default there (attention.md, "128 x 176"), and in the cases
+# without mask or dropout "fasttx cuda (sm_90a, dQ without turns)": the dQ kernel without its consumers'
+# turns against with them (attention.md, "dQ kernel's turns"). Each shape has four cases (benchmarks/attention.py,
 # VARIANTS): no mask, causal, a key-padding mask (what the masked kernels cost against the unmasked:
 # benchmarks/notes/attention.md's predictions for the Triton specialization and the sm_90a masked
 # kernels) and dropout 0.1; the seq 4096 ones first.

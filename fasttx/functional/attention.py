@@ -48,10 +48,13 @@ def cuda_sm90_kernels(enabled: bool):
     return _extension.environment(SM90_SWITCH, "1" if enabled else None)
 
 
-# The sm_90a forward's key blocks at E = 128 without causality, mask or dropout: 176 (FlashAttention-3's
-# tile), or 128 with this variable set to "128" (csrc/attention/sm90/attention_fwd_sm90.cu), so that the
-# bench compares both in one GPU run; the slower goes once one has.
+# The sm_90a kernels' variants under comparison, so that the bench times both sides in one GPU run (the
+# slower goes once one has): the forward's key blocks at E = 128 without causality, mask or dropout, 176
+# (FlashAttention-3's tile) or 128 with SM90_KEYS_SWITCH="128" (csrc/attention/sm90/attention_fwd_sm90.cu);
+# the dQ kernel's consumers taking turns at their wgmma, or not with SM90_DQ_TURNS_SWITCH="0"
+# (attention_dq_sm90.cu).
 SM90_KEYS_SWITCH = "FASTTX_ATTENTION_SM90_KEYS"
+SM90_DQ_TURNS_SWITCH = "FASTTX_ATTENTION_SM90_DQ_TURNS"
 
 
 def cuda_sm90_keys(keys: int):
@@ -60,6 +63,12 @@ def cuda_sm90_keys(keys: int):
     if keys not in (128, 176):
         raise ValueError(f"cuda_sm90_keys: keys must be 128 or 176, got {keys}")
     return _extension.environment(SM90_KEYS_SWITCH, "128" if keys == 128 else None)
+
+
+def cuda_sm90_dq_turns(enabled: bool):
+    """Runs the block with the sm_90a dQ kernel's consumers taking turns at their wgmma (the default) or not,
+    restoring what was there before."""
+    return _extension.environment(SM90_DQ_TURNS_SWITCH, None if enabled else "0")
 
 
 def _check_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):

@@ -86,18 +86,19 @@ extern "C" void emu_wgmma_ss(const unsigned char* image, int bytes, uint64_t des
 
 // ---- named barrier probe: the model's checks on a schedule of the forward's kind ---------------------
 
-// The forward's turns (Sm90Turns) of the tile with `consumers` consumer warpgroups (2: Sm90Fwd<128, 2, 128>, 3:
-// Sm90Fwd<64, 3, 128>), each warpgroup through a section `rounds` times; thread 0 of the section's warpgroup
+// The consumers' turns (Sm90Turns, turns_sm90.cuh) of `consumers` warpgroups (2: the forward's and the dQ
+// kernel's CTAs, 3: the forward's at E = 64; 1: the dQ kernel's at E = 256, where they are no-ops), on the
+// forward's barriers, each warpgroup through a section `rounds` times; thread 0 of the section's warpgroup
 // appends it to `order` (consumers x rounds entries).
 struct TurnsProbe {
   int rounds;
   int* order;
   int* sections;
 };
-template <typename C>
+template <int kConsumers>
 void turns_probe(const TurnsProbe& p) {
   const int wg = threadIdx.x / 128;
-  const attn::Sm90Turns<C> turns{wg, p.rounds};
+  const attn::Sm90Turns<kConsumers, attn::Sm90FwdCta<2>::kTurnBarrier> turns{wg, p.rounds};
   for (int round = 0; round < p.rounds; ++round) {
     turns.begin(round);
     if (threadIdx.x % 128 == 0) p.order[(*p.sections)++] = wg;
@@ -110,12 +111,14 @@ extern "C" const char* emu_turns_probe(int consumers, int rounds, int* order) {
   return emu::error_or_null([&] {
     int sections = 0;
     const TurnsProbe params{rounds, order, &sections};
-    if (consumers == 2) {
-      launch(turns_probe<Sm90Fwd<128, 2, 128>>, dim3(1, 1, 1), 2 * 128, 0, nullptr, params);
+    if (consumers == 1) {
+      launch(turns_probe<1>, dim3(1, 1, 1), 128, 0, nullptr, params);
+    } else if (consumers == 2) {
+      launch(turns_probe<2>, dim3(1, 1, 1), 2 * 128, 0, nullptr, params);
     } else if (consumers == 3) {
-      launch(turns_probe<Sm90Fwd<64, 3, 128>>, dim3(1, 1, 1), 3 * 128, 0, nullptr, params);
+      launch(turns_probe<3>, dim3(1, 1, 1), 3 * 128, 0, nullptr, params);
     } else {
-      throw std::runtime_error("consumers must be 2 or 3");
+      throw std::runtime_error("consumers must be 1, 2 or 3");
     }
     named_barrier_check_quiescent();
   });

@@ -34,7 +34,8 @@ std::ptrdiff_t launch_index(Kernel* kernel) {
 
 // Whether the instance of each sm_90a backward kernel that p calls for (its dtype, causal flag, mask
 // presence and dropout) ran in the last backward: bit 1 the dK/dV kernel (at E = 256 both its passes,
-// dV then dK), bit 2 the dQ kernel, bit 4 the dK/dV kernel with atomic dQ.
+// dV then dK), bit 2 the dQ kernel, bit 4 the dK/dV kernel with atomic dQ, bit 8 the dQ kernel without its
+// consumers' turns (FASTTX_ATTENTION_SM90_DQ_TURNS=0; E = 256 has one consumer and no such instance).
 template <int E>
 int ran_sm90(const AttentionParams& p) {
   int ran = 0;
@@ -51,7 +52,10 @@ int ran_sm90(const AttentionParams& p) {
       ran |= kv.template operator()<Sm90Grad::kKV>() != none ? 1 : 0;
       ran |= kv.template operator()<Sm90Grad::kKVAtomicQ>() != none ? 4 : 0;
     }
-    ran |= launch_index(attn::attention_bwd_q_sm90_kernel<T, E, kCausal, kMask, kDropout>) != none ? 2 : 0;
+    ran |= launch_index(attn::attention_bwd_q_sm90_kernel<T, E, kCausal, kMask, kDropout, true>) != none ? 2 : 0;
+    if constexpr (attn::Sm90Dq<E>::kConsumers > 1) {
+      ran |= launch_index(attn::attention_bwd_q_sm90_kernel<T, E, kCausal, kMask, kDropout, false>) != none ? 8 : 0;
+    }
   });
   return ran;
 }
@@ -71,7 +75,8 @@ int backward(const AttentionBwdParams& p) {
 // fields, ranges and the result as emu_attention's (emulator.cpp, tests/cuda_emulator/params_by_name.h),
 // for the backward at head dim 64, 96, 128 or 256 on an emulated sm_90a device; *launched: which sm_90a
 // kernels ran, each instead of its sm_80 counterpart and as the instance the call's mask and dropout
-// call for: 1 the dK/dV kernel, 2 the dQ kernel, 4 the dK/dV kernel with atomic dQ (or of them).
+// call for: 1 the dK/dV kernel, 2 the dQ kernel, 4 the dK/dV kernel with atomic dQ, 8 the dQ kernel
+// without turns (or of them).
 extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_fields, const int64_t* ranges,
                                               int n_ranges, int* launched) {
   *launched = 0;
@@ -91,5 +96,6 @@ extern "C" const char* emu_attention_bwd_sm90(const char* const* fields, int n_f
     *launched = ran;
     attn::mbar_check_quiescent();
     attn::wgmma_check_quiescent();
+    attn::named_barrier_check_quiescent();
   });
 }

@@ -38,9 +38,14 @@
 // with block j - 1's dS K in flight beside S and dP, the masked instances spilled (up to 64 bytes), so
 // there each block's dS K is awaited before the next block's S, and dP is issued after P (ptxas may
 // still hoist it above the exponentials, which it does where registers allow).
-// Not yet: the consumers' ping-pong (Sm90Turns), a TMA store of dQ.
+// The two consumers take turns at issuing their wgmma (Sm90Turns, turns_sm90.cuh: the forward's ping-pong):
+// turn j issues block j - 1's dS K and block j's S and dP, so that one warpgroup's dS and P run while the
+// other's products occupy the tensor cores. kTurns = false (FASTTX_ATTENTION_SM90_DQ_TURNS=0) leaves
+// them out, for the bench to compare; at E = 256, one consumer, there is nobody to take turns with.
+// Not yet: a TMA store of dQ.
 
 #include "attention/sm90/bwd_common_sm90.cuh"
+#include "attention/sm90/turns_sm90.cuh"
 
 namespace fasttx {
 namespace attn {
@@ -84,6 +89,7 @@ struct Sm90Dq : Sm90BwdHead<kE> {
   // may not ask for fewer than a thread holds.
   static constexpr int kProducerRegs = 24;
   static constexpr int kConsumerRegs = kConsumers == 2 ? 240 : 256;
+  static constexpr int kTurnBarrier = 1;  // named barriers 1, 2: the consumers' turns (0 is __syncthreads')
 };
 
 // The kernel's parameters (Sm90BwdParams): boxes of 64 x 128 for q, dout, 64 x 64 for k, v.
@@ -139,7 +145,7 @@ __device__ __forceinline__ void sm90_dq_probabilities(float (&s)[32], const Atte
 
 // A consumer warpgroup (wg = 0, 1): rows m0 + 64 wg .. m0 + 64 wg + 63 of head h; key blocks [0,
 // end), those from `full` on with element checks.
-template <typename T, typename C, bool kCausal, bool kMask, bool kDropout>
+template <typename T, typename C, bool kCausal, bool kMask, bool kDropout, bool kTurns>
 __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, unsigned char* base,
                                                 const Sm90DqBarriers& bar, int wg, int m0, int h, int b, int full,
                                                 int end) {
@@ -169,21 +175,28 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
   // on purpose, as the forward's (ptxas hoists a wgmma wait above independent arithmetic in one
   // basic block: it did, above most of the exponentials, when it followed them here). Without
   // C::kOverlap (E = 256) each wait retires everything in flight: dS K before the next block's S, S
-  // before P, and dP is issued after P.
+  // before P, and dP is issued after P. Turn j (0 .. end) issues dS K of block j - 1 (j > 0) and S, dP
+  // of block j (j < end); the data is waited for before the turn (a warpgroup waiting for a tile must
+  // not hold it), the elementwise work done outside it. Without turns (kTurns = false, or one
+  // consumer) the schedule is the one before them, instruction for instruction.
   float dq[C::kHeadDim / 2] = {};
   float s[32], dp[32];
   uint32_t dsf[C::kBlockN / 16][4];
   uint32_t keep = ~0u;  // of the block in s, with dropout
-  // S and dP of `block` (dP issued, not awaited), P in s, its keep bits in keep; block - 1's dS K
-  // retired, its stage released.
-  const auto scores = [&](int block) {
-    mbar_wait(bar.kv_full + block % C::kStages, (block / C::kStages) & 1);
+  constexpr bool kTaking = kTurns && C::kConsumers > 1;  // one consumer has nobody to take turns with
+  const Sm90Turns<kTaking ? C::kConsumers : 1, C::kTurnBarrier> turns{wg, end > 0 ? end + 1 : 0};
+  // S of `block` (and dP with C::kOverlap) issued.
+  const auto issue_scores = [&](int block) {
     sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(s, q_rows, tile(C::kKOffset, block));
     wgmma_commit();
     if constexpr (C::kOverlap) {
       sm90_scores64<T, C::kHeadDim, C::kBlockM, C::kBlockN>(dp, do_rows, tile(C::kVOffset, block));
       wgmma_commit();
     }
+  };
+  // P of `block` in s, its keep bits in keep (drawn while the turn's wgmma run); block - 1's dS K retired,
+  // its stage released; without C::kOverlap dP issued after P.
+  const auto probabilities = [&](int block) {
     if constexpr (kDropout) keep = sm90_bwd_keep_bits<false>(p, math.seed, bh, warp_row0, block * C::kBlockN, tid % 32);
     if constexpr (C::kOverlap) {
       wgmma_wait<1>(s, dq, dsf);
@@ -198,10 +211,9 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
       wgmma_commit();
     }
   };
-  // dS of `block` (Sm90BwdMath::ds), D per row, and dQ += dS K issued (awaited without C::kOverlap).
-  // Accumulator columns 16 kk .. 16 kk + 15 (s[8 kk .. 8 kk + 7]) pack into the A fragment of k-step kk; a[r] holds row
-  // g + 8 (r % 2).
-  const auto gradient = [&](int block) {
+  // dS of `block` (Sm90BwdMath::ds), D per row, packed into A fragments: accumulator columns 16 kk ..
+  // 16 kk + 15 (s[8 kk .. 8 kk + 7]) into the fragment of k-step kk; a[r] holds row g + 8 (r % 2).
+  const auto pack_ds = [&]() {
     wgmma_wait<0>(dp);
 #pragma unroll
     for (int kk = 0; kk < C::kBlockN / 16; ++kk) {
@@ -212,29 +224,46 @@ __device__ __forceinline__ void sm90_dq_consume(const AttentionBwdParams& p, uns
                               math.ds(s[e + 1], dp[e + 1], delta[r & 1], keep, e + 1));
       }
     }
+  };
+  // dQ += dS K of `block` issued (awaited without C::kOverlap).
+  const auto issue_gradient = [&](int block) {
     wgmma_fence();
     sm90_accumulate<T, C::kHeadDim, C::kBlockN, C::kBlockN / 16>(dq, dsf, tile(C::kKOffset, block));
     wgmma_commit();
     if constexpr (!C::kOverlap) wgmma_wait<0>(dq, dsf);
   };
+  const auto wait_tiles = [&](int block) { mbar_wait(bar.kv_full + block % C::kStages, (block / C::kStages) & 1); };
 
   if (end > 0) {
     mbar_wait(bar.q_full, 0);
-    scores(0);
+    wait_tiles(0);
+    turns.begin(0);
+    issue_scores(0);
+    turns.pass_inner();  // turn 0 of end + 1 >= 2
+    probabilities(0);
   }
   for (int block = 1; block < end; ++block) {
-    gradient(block - 1);
-    scores(block);
+    pack_ds();
+    if constexpr (kTaking) wait_tiles(block);  // before the turn
+    turns.begin_inner();
+    issue_gradient(block - 1);
+    if constexpr (!kTaking) wait_tiles(block);  // dS K first: it needs no new tile
+    issue_scores(block);
+    turns.pass_inner();
+    probabilities(block);
   }
   if (end > 0) {
-    gradient(end - 1);
+    pack_ds();
+    turns.begin_inner();  // turn end >= 1
+    issue_gradient(end - 1);
+    turns.pass(end);
     wgmma_wait<0>(dq, dsf);
     mbar_arrive(bar.kv_empty + (end - 1) % C::kStages);
   }
   sm90_store_rows<T, C::kHeadDim>(static_cast<T*>(p.dq) + bh * p.queries * C::kHeadDim, row0, p.queries, dq, p.scale);
 }
 
-template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout>
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, bool kTurns>
 __global__ void __launch_bounds__(Sm90Dq<kHeadDim>::kThreads, 1)
     attention_bwd_q_sm90_kernel(const __grid_constant__ Sm90BwdParams params) {
   // sm_90a only: the other architectures' objects get a stub that traps, never launched (runs_sm90a).
@@ -265,7 +294,8 @@ __global__ void __launch_bounds__(Sm90Dq<kHeadDim>::kThreads, 1)
     if (threadIdx.x == 0 && end > 0) sm90_dq_produce<C>(params, base, bar, m0, h, b, end);
   } else {
     warpgroup_reg_alloc<C::kConsumerRegs>();
-    sm90_dq_consume<T, C, kCausal, kMask, kDropout>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full, end);
+    sm90_dq_consume<T, C, kCausal, kMask, kDropout, kTurns>(params.p, base, bar, threadIdx.x / 128 - 1, m0, h, b, full,
+                                                          end);
   }
 #else
   __trap();

@@ -29,6 +29,7 @@
 
 #include "attention/attention_common.cuh"
 #include "attention/sm90/primitives_sm90.cuh"
+#include "attention/sm90/turns_sm90.cuh"
 #include "attention/sm90/wgmma_sm90.cuh"
 
 namespace fasttx {
@@ -199,26 +200,6 @@ __device__ __forceinline__ void sm90_pv(float (&o)[C::kHeadDim / 2], uint32_t (&
   wgmma_commit();
 }
 
-// The consumers' turns at issuing wgmma (FlashAttention-3's ping-pong, round robin over kConsumers):
-// warpgroup 0's turn 0, warpgroup 1's turn 0, ..., warpgroup kConsumers - 1's turn 0, warpgroup 0's
-// turn 1, ..., each warpgroup `turns` turns. Named barrier kTurnBarrier + wg opens wg's turn: its own
-// 128 threads wait there (bar.sync) for the previous warpgroup's 128 passing the turn (bar.arrive),
-// 256 a phase whatever kConsumers. The first turn has nobody to wait for, the last pass nobody to take
-// it, so every phase is complete when the CTA exits; a warpgroup cannot pass twice into one phase, as
-// its next pass follows a whole round of turns.
-template <typename C>
-struct Sm90Turns {
-  int wg, turns;
-  __device__ __forceinline__ void begin(int turn) const {
-    if (C::kConsumers * turn + wg > 0) named_barrier_sync(C::kTurnBarrier + wg, 2 * 128);
-  }
-  __device__ __forceinline__ void pass(int turn) const {
-    if (C::kConsumers * turn + wg < C::kConsumers * turns - 1) {
-      named_barrier_arrive(C::kTurnBarrier + (wg + 1) % C::kConsumers, 2 * 128);
-    }
-  }
-};
-
 // Dropout's keep bits of key block n0 .. n0 + kBlockN - 1 for this thread's scores (philox.h's draw):
 // bit e % 32 of keep[e / 32] for s[e]. The wgmma D fragment is the mma C fragment repeated over
 // kBlockN / 8 column tiles (primitives_sm90.cuh), so keep_bits_qk draws each pair of tiles as the
@@ -364,7 +345,7 @@ __device__ __forceinline__ void sm90_consume(const Sm90FwdParams& params, unsign
   const int q0 = m0 + 64 * wg + 16 * (tid / 32);  // the warp's first query
   const int row0 = q0 + (tid % 32) / 4;           // query of row g; row g + 8 is row0 + 8
   const uint32_t q_rows = smem_addr(base) + 64 * wg * kSwizzleBytes;
-  const Sm90Turns<C> turns{wg, end > 0 ? end + 1 : 0};
+  const Sm90Turns<C::kConsumers, C::kTurnBarrier> turns{wg, end > 0 ? end + 1 : 0};
 
   const auto k_tile = [&](int block) { return smem_addr(base + C::kKOffset + block % C::kStages * C::kKvBytes); };
   const auto v_tile = [&](int block) { return smem_addr(base + C::kVOffset + block % C::kStages * C::kKvBytes); };

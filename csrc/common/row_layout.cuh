@@ -11,9 +11,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
+#include "common/env.h"
 #include "common/launch.h"
 #include "common/reduce.h"
 
@@ -123,10 +122,7 @@ void launch_row_groups(Kernel kernel, const RowConfig& cfg, int64_t rows, cudaSt
 // Whether rows longer than a chunk may be split over a cluster (launch_row_groups_split): yes unless
 // FASTTX_CUDA_CLUSTERS=0, the switch with which the benchmarks' "fasttx cuda (no clusters)" times the
 // chunk-walking path beside the split on the same GPU. Read at each launch of long rows only.
-inline bool cluster_splits_allowed() {
-  const char* value = std::getenv("FASTTX_CUDA_CLUSTERS");
-  return value == nullptr || std::strcmp(value, "0") != 0;
-}
+inline bool cluster_splits_allowed() { return !env_is("FASTTX_CUDA_CLUSTERS", "0"); }
 
 // The blocks a row of `cols` columns is split over, a chunk (cfg.chunk_cols) each, by the kernel `split`
 // (nullptr: none): ceil(cols / chunk_cols) where that is more than one, the split is allowed

@@ -1,10 +1,8 @@
 // Host side of the sm_90a attention dQ kernel: its launch (attention_sm90.h) through launch_bwd_sm90.
-#include <cstdlib>
-#include <cstring>
-
 #include "attention/kernel_switch.h"
 #include "attention/sm90/attention_dq_sm90.cuh"
 #include "attention/sm90/attention_sm90.h"
+#include "common/env.h"
 
 namespace fasttx {
 namespace attn {
@@ -21,10 +19,7 @@ bool attention_bwd_q_sm90_run(const AttentionBwdParams& p, cudaStream_t stream) 
 // issue their wgmma without taking turns, as before the turns, so that the bench measures both in one
 // run ("fasttx cuda (sm_90a, dQ without turns)", benchmarks/attention.py); the loser goes once a GPU run
 // has compared them.
-bool turns_left_out() {
-  const char* value = std::getenv("FASTTX_ATTENTION_SM90_DQ_TURNS");
-  return value != nullptr && std::strcmp(value, "0") == 0;
-}
+bool turns_left_out() { return env_is("FASTTX_ATTENTION_SM90_DQ_TURNS", "0"); }
 
 }  // namespace
 }  // namespace attn

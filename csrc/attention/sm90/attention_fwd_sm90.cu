@@ -1,12 +1,11 @@
 // Host side of the sm_90a attention forward: the TMA tensor maps and the launch (attention_sm90.h).
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "attention/kernel_switch.h"
 #include "attention/sm90/attention_fwd_sm90.cuh"
 #include "attention/sm90/attention_sm90.h"
 #include "attention/sm90/tensor_map_sm90.cuh"
+#include "common/env.h"
 
 namespace fasttx {
 namespace attn {
@@ -40,18 +39,12 @@ using Sm90FwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
 // FASTTX_ATTENTION_SM90_KEYS=128 in the environment (read at each call): the calls of 176-key tiles run
 // on the 128-key tile they had before, so that the bench measures both in one run ("fasttx cuda (sm_90a,
 // 128-key blocks)", benchmarks/attention.py); the loser goes once a GPU run has compared them.
-bool narrow_keys_asked() {
-  const char* value = std::getenv("FASTTX_ATTENTION_SM90_KEYS");
-  return value != nullptr && std::strcmp(value, "128") == 0;
-}
+bool narrow_keys_asked() { return env_is("FASTTX_ATTENTION_SM90_KEYS", "128"); }
 
 }  // namespace
 }  // namespace attn
 
-bool attention_sm90_enabled() {
-  const char* value = std::getenv("FASTTX_ATTENTION_SM90");
-  return value != nullptr && std::strcmp(value, "1") == 0;
-}
+bool attention_sm90_enabled() { return env_is("FASTTX_ATTENTION_SM90", "1"); }
 
 bool attention_fwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&

@@ -57,8 +57,8 @@ struct Sm90FwdCta {
   static_assert(kConsumers >= 2 && kEpilogueBarrier + kConsumers <= 16, "named barriers 1 .. 15");
 };
 
-// The tile of head dim E with kConsumers consumer warpgroups and kKeys keys a block, its ring stages the
-// most that the CTA's shared memory holds, at most 3. A consumer thread holds o (E / 2 fp32), s (kBlockN
+// The tile of head dim E with kConsumers consumer warpgroups and kKeys keys a block, its ring 3 stages
+// where the CTA's shared memory holds them, else 2. A consumer thread holds o (E / 2 fp32), s (kBlockN
 // / 2 fp32) and P (kBlockN / 4 packed) at once (the intra-warpgroup overlap) within its kConsumerRegs;
 // the CTA's shared memory holds Q (2 kBlockM E bytes) and kStages K and V tiles (2 kBlockN E bytes each,
 // E rounded up to 64 columns) within 227 KB. Three stages: each K or V load is issued two blocks ahead
@@ -76,13 +76,13 @@ struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
   static constexpr int kKeepWords = (kBlockN / 2 + 31) / 32;  // dropout's bits of a thread's scores
   static constexpr int kQBytes = kBlockM * kColBlocks * kSwizzleBytes;
   static constexpr int kKvBytes = kBlockN * kColBlocks * kSwizzleBytes;  // one K or V tile
-  // The shared memory a CTA may have, less Q and the alignment slack, in stages of a K and a V tile
-  // and their 4 mbarriers (Q's own mbarrier taken from the slack's end).
-  static constexpr int kStages =
-      (227 * 1024 - kQBytes - kSwizzleAtomBytes - 8) / (2 * kKvBytes + 4 * 8) < 3
-          ? (227 * 1024 - kQBytes - kSwizzleAtomBytes - 8) / (2 * kKvBytes + 4 * 8)
-          : 3;
-  static_assert(kStages >= 2, "a K / V ring of one stage would serialize loads and products");
+  // Bytes of the layout below with `stages` stages, barriers and alignment slack included.
+  static constexpr int smem_bytes(int stages) {
+    return kQBytes + 2 * stages * kKvBytes + 8 * (1 + 4 * stages) + kSwizzleAtomBytes;
+  }
+  // 3 stages where they fit, else 2 (E = 256's 80-key tiles, E = 128's 176-key ones); one stage would
+  // serialize the loads and the products (kSmemBytes' assert rules out tiles that 2 do not fit).
+  static constexpr int kStages = smem_bytes(3) <= 227 * 1024 ? 3 : 2;
   // Offsets from the 1024-byte aligned base: Q, K[kStages], V[kStages], then the mbarriers.
   static constexpr int kKOffset = kQBytes;
   static constexpr int kVOffset = kKOffset + kStages * kKvBytes;
@@ -90,7 +90,8 @@ struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
   static constexpr int kBarriers = 1 + 4 * kStages;  // Q full; K full, V full, K empty, V empty per stage
   // Dynamic shared memory asked for: the layout plus the slack to align its base.
   static constexpr int kSmemBytes = kBarOffset + 8 * kBarriers + kSwizzleAtomBytes;
-  static_assert(kSmemBytes <= 227 * 1024, "more dynamic shared memory than an sm_90 CTA may have");
+  static_assert(kSmemBytes == smem_bytes(kStages) && kSmemBytes <= 227 * 1024,
+                "more dynamic shared memory than an sm_90 CTA may have");
 };
 
 // Keys a block of an instance (README "sm_90a forward", table "Tile per head dim and instance"):

@@ -8,6 +8,16 @@ setup.py can load it before fasttx is installed. Adding a head dim: docs/contrib
 
 # Head dims E (== Ev) with kernels: one attention_fwd_hdim<E>.cu and one attention_bwd_hdim<E>.cu each.
 HEAD_DIMS = (32, 64, 96, 128, 256)
+# The sm_90a kernels (csrc/attention/sm90) and the head dims each has instances for, a subset of
+# HEAD_DIMS: one sm90/attention_<kernel>_sm90_hdim<E>.cu per kernel and head dim, so that a build
+# compiles them in parallel (one file of all a kernel's instances set the build's critical path: the
+# forward's 66 took 103 s of one core). The keys name the launches (attention_<kernel>_sm90_hdim<E>).
+SM90_HEAD_DIMS = {
+    "fwd": (64, 96, 128, 256),     # the forward
+    "bwd_kv": (64, 96, 128, 256),  # the backward's dK / dV kernel (at E = 256 two passes)
+    "bwd_q": (64, 96, 128, 256),   # the backward's dQ kernel
+    "bwd_kvq": (64, 96, 128),      # dK / dV with dQ by atomics, the opt-in deterministic=False
+}
 # Input dtypes: every head-dim file instantiates both (and causal or not) behind a runtime switch.
 DTYPES = ("float16", "bfloat16")
 

@@ -65,7 +65,7 @@ def _jit_build():
         sources=sources,
         extra_include_paths=[_CSRC],
         extra_cflags=["-O3"],
-        extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-lineinfo"],
+        extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xfatbin=-compress-all"],  # setup.py's
         is_python_module=False,
     )
 

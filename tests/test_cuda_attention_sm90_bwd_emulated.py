@@ -26,7 +26,7 @@ from .conftest import DEVICE
 from .cuda_emulator import MASK_LAYOUTS, compile_emulator, marshal, mask_layout
 from .test_cuda_attention_emulated import _fields, reference_lse
 
-E = 128  # the head dim of most tests; test_head_dim* cover the others (Sm90BwdHeadDims)
+E = 128  # the head dim of most tests; test_head_dim* cover the others (SM90_HEAD_DIMS)
 # The emulator's report: which sm_90a kernels ran (ATOMIC: dK/dV with atomic dQ; DQ_WITHOUT_TURNS: the dQ
 # kernel whose consumers do not take turns, cuda_sm90_dq_turns(False)).
 KV, DQ, ATOMIC, DQ_WITHOUT_TURNS = 1, 2, 4, 8

@@ -85,13 +85,16 @@ def test_extension_holds_the_requested_architectures():
         elif key == "identifier":
             cubins.add((os.path.splitext(os.path.basename(value))[0], arch))
     assert expected <= {arch for _, arch in cubins}, listing.stdout
-    # Every attention kernel file (one per direction and built head dim) for every architecture, and
-    # none of a head dim left out.
+    # Every attention kernel file (one per direction and built head dim, and one per sm_90a kernel and
+    # built head dim: the other architectures get its trapping stubs) for every architecture, and none
+    # of a head dim left out.
     built = _built_head_dims()
-    for direction in ("fwd", "bwd"):
-        for d in _attention_kernels.HEAD_DIMS:
-            for arch in expected:
-                assert ((f"attention_{direction}_hdim{d}", arch) in cubins) == (d in built), listing.stdout
+    files = [(f"attention_{direction}_hdim{d}", d) for direction in ("fwd", "bwd") for d in _attention_kernels.HEAD_DIMS]
+    files += [(f"attention_{kernel}_sm90_hdim{d}", d)
+              for kernel, dims in _attention_kernels.SM90_HEAD_DIMS.items() for d in dims]
+    for name, d in files:
+        for arch in expected:
+            assert ((name, arch) in cubins) == (d in built), (name, arch, listing.stdout)
 
 
 def _sm90a_kernels_sass(names):
@@ -625,7 +628,8 @@ def _generator():
 
 def test_generated_attention_files_are_current():
     generator = _generator()
-    assert generator.problems(ROOT, generator.generate(_attention_kernels.HEAD_DIMS)) == []
+    assert generator.problems(ROOT, generator.generate(_attention_kernels.HEAD_DIMS,
+                                                       _attention_kernels.SM90_HEAD_DIMS)) == []
     script = os.path.join(ROOT, "csrc", "attention", "generate_kernels.py")
     result = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -633,30 +637,57 @@ def test_generated_attention_files_are_current():
 
 def test_generator_check_fails_when_the_list_changes_without_regenerating():
     generator = _generator()
-    added = generator.problems(ROOT, generator.generate((*_attention_kernels.HEAD_DIMS, 80)))
+    sm90 = _attention_kernels.SM90_HEAD_DIMS
+    added = generator.problems(ROOT, generator.generate((*_attention_kernels.HEAD_DIMS, 80), sm90))
     assert added == ["csrc/attention/attention_bwd_hdim80.cu: missing",
                      "csrc/attention/attention_fwd_hdim80.cu: missing",
                      "csrc/attention/attention_kernels.h: differs from what the list generates",
                      "tests/attention_emulator/attention_kernels.inc: differs from what the list generates"]
     last = _attention_kernels.HEAD_DIMS[-1]
-    dropped = generator.problems(ROOT, generator.generate(_attention_kernels.HEAD_DIMS[:-1]))
+    dropped = generator.problems(ROOT, generator.generate(_attention_kernels.HEAD_DIMS[:-1],
+                                                          {kernel: dims[:-1] for kernel, dims in sm90.items()}))
     assert f"csrc/attention/attention_fwd_hdim{last}.cu: its head dim is not in the list" in dropped
     assert f"csrc/attention/attention_bwd_hdim{last}.cu: its head dim is not in the list" in dropped
+    # The sm_90a kernels' lists: a head dim added to one kernel, one dropped from another.
+    changed = generator.problems(ROOT, generator.generate(_attention_kernels.HEAD_DIMS,
+                                                          {**sm90, "bwd_kvq": (*sm90["bwd_kvq"], 32),
+                                                           "fwd": sm90["fwd"][1:]}))
+    first = sm90["fwd"][0]
+    assert changed == ["csrc/attention/sm90/attention_bwd_kvq_sm90_hdim32.cu: missing",
+                       "csrc/attention/sm90/attention_sm90_kernels.h: differs from what the list generates",
+                       "tests/attention_emulator/attention_sm90_bwd_kernels.inc: differs from what the list generates",
+                       "tests/attention_emulator/attention_sm90_fwd_kernels.inc: differs from what the list generates",
+                       f"csrc/attention/sm90/attention_fwd_sm90_hdim{first}.cu: its head dim is not in the list"]
+    with pytest.raises(ValueError, match=r"SM90_HEAD_DIMS: .*unknown head dims \{'fwd': \[80\]\}"):
+        generator.generate(_attention_kernels.HEAD_DIMS, {**sm90, "fwd": (64, 80)})
+    with pytest.raises(ValueError, match=r"SM90_HEAD_DIMS: the kernels are \['bwd_kv', 'bwd_kvq', 'bwd_q', 'fwd'\]"):
+        generator.generate(_attention_kernels.HEAD_DIMS, {"fwd": (64,)})
 
 
 def test_generator_writes_the_list_and_removes_dropped_head_dims(tmp_path):
     generator = _generator()
-    (tmp_path / "csrc" / "attention").mkdir(parents=True)
+    (tmp_path / "csrc" / "attention" / "sm90").mkdir(parents=True)
     (tmp_path / "tests" / "attention_emulator").mkdir(parents=True)
-    generator.write(str(tmp_path), generator.generate((32, 64)))
-    generator.write(str(tmp_path), generator.generate((64,)))
-    assert generator.problems(str(tmp_path), generator.generate((64,))) == []
+    both = {"fwd": (32, 64), "bwd_kv": (64,), "bwd_q": (64,), "bwd_kvq": (32, 64)}
+    generator.write(str(tmp_path), generator.generate((32, 64), both))
+    one = {kernel: (64,) for kernel in both}
+    generator.write(str(tmp_path), generator.generate((64,), one))
+    assert generator.problems(str(tmp_path), generator.generate((64,), one)) == []
     assert sorted(os.listdir(tmp_path / "csrc" / "attention")) == [
-        "attention_bwd_hdim64.cu", "attention_fwd_hdim64.cu", "attention_kernels.h"]
+        "attention_bwd_hdim64.cu", "attention_fwd_hdim64.cu", "attention_kernels.h", "sm90"]
+    assert sorted(os.listdir(tmp_path / "csrc" / "attention" / "sm90")) == [
+        "attention_bwd_kv_sm90_hdim64.cu", "attention_bwd_kvq_sm90_hdim64.cu", "attention_bwd_q_sm90_hdim64.cu",
+        "attention_fwd_sm90_hdim64.cu", "attention_sm90_kernels.h"]
     text = (tmp_path / "csrc" / "attention" / "attention_bwd_hdim64.cu").read_text()
     assert "template bool attention_bwd_hdim<64>(const AttentionBwdParams& p, cudaStream_t stream);" in text
+    text = (tmp_path / "csrc" / "attention" / "sm90" / "attention_bwd_kvq_sm90_hdim64.cu").read_text()
+    assert '#include "attention/sm90/attention_bwd_sm90.cuh"' in text
+    assert "template bool attention_bwd_kvq_sm90_hdim<64>(const AttentionBwdParams& p, cudaStream_t stream);" in text
     header = (tmp_path / "csrc" / "attention" / "attention_kernels.h").read_text()
     assert "#ifdef FASTTX_ATTENTION_SKIP_HDIM64\n    {64, false},\n#else\n    {64, true},\n#endif" in header
+    header = (tmp_path / "csrc" / "attention" / "sm90" / "attention_sm90_kernels.h").read_text()
+    assert ("using Sm90BwdKvqHeadDims = std::integer_sequence<int\n#ifndef FASTTX_ATTENTION_SKIP_HDIM64\n    , 64\n"
+            "#endif\n    >;") in header
 
 
 def test_build_flag_selects_head_dims():

@@ -1,6 +1,7 @@
 #pragma once
 // The compile-time instance of an attention call: the sm_80 launch code (attention_launch.cuh) and the
-// sm_90a kernels' (sm90/attention_{fwd,bwd,dq}_sm90.cu) pick their kernels through it.
+// sm_90a kernels' (sm90/attention_{fwd,bwd,dq}_sm90.cuh, sm90/attention_{fwd,bwd}_sm90.cu) pick their kernels
+// and head dims through it.
 
 #include <utility>
 

@@ -50,9 +50,9 @@ def cuda_sm90_kernels(enabled: bool):
 
 # The sm_90a kernels' variants under comparison, so that the bench times both sides in one GPU run (the
 # slower goes once one has): the forward's key blocks at E = 128 without causality, mask or dropout, 176
-# (FlashAttention-3's tile) or 128 with SM90_KEYS_SWITCH="128" (csrc/attention/sm90/attention_fwd_sm90.cu);
-# the dQ kernel's consumers taking turns at their wgmma, or not with SM90_DQ_TURNS_SWITCH="0"
-# (attention_dq_sm90.cu).
+# (FlashAttention-3's tile) or 128 with SM90_KEYS_SWITCH="128" (csrc/attention/sm90/attention_fwd_sm90.cuh,
+# narrow_keys_asked); the dQ kernel's consumers taking turns at their wgmma, or not with SM90_DQ_TURNS_SWITCH="0"
+# (attention_dq_sm90.cuh, turns_left_out).
 SM90_KEYS_SWITCH = "FASTTX_ATTENTION_SM90_KEYS"
 SM90_DQ_TURNS_SWITCH = "FASTTX_ATTENTION_SM90_DQ_TURNS"
 

@@ -9,10 +9,12 @@
 
 #include "attention/attention_launch.cpp"
 #include "attention_kernels.inc"  // every generated attention_{fwd,bwd}_hdim*.cu
-#include "attention/sm90/attention_fwd_sm90.cu"  // the dispatch names it; never launched here
-#include "attention/sm90/attention_bwd_sm90.cu"  // likewise (emulator_sm90_bwd.cpp runs it)
-#include "attention/sm90/attention_bwd_atomic_sm90.cu"  // likewise
-#include "attention/sm90/attention_dq_sm90.cu"   // likewise
+// The sm_90a entry points and kernels: the dispatch names them; never launched here (emulator_sm90.cpp and
+// emulator_sm90_bwd.cpp run them).
+#include "attention/sm90/attention_fwd_sm90.cu"
+#include "attention_sm90_fwd_kernels.inc"
+#include "attention/sm90/attention_bwd_sm90.cu"
+#include "attention_sm90_bwd_kernels.inc"
 
 #include "attention_fields.h"
 

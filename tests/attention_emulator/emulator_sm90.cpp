@@ -8,6 +8,7 @@
 
 #include "attention/sm90/attention_fwd_sm90.cu"
 #include "attention_fields.h"
+#include "attention_sm90_fwd_kernels.inc"  // every generated attention_fwd_sm90_hdim*.cu
 
 using namespace fasttx;
 

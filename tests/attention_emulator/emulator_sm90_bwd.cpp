@@ -12,11 +12,9 @@
 #include "attention/attention_bwd_hdim256.cu"
 #include "attention/attention_bwd_hdim64.cu"
 #include "attention/attention_bwd_hdim96.cu"
-#include "attention/sm90/attention_bwd_atomic_sm90.cu"
 #include "attention/sm90/attention_bwd_sm90.cu"
-#include "attention/sm90/attention_dq_sm90.cu"
-#include "attention/sm90/attention_fwd_sm90.cu"  // attention_sm90_enabled
 #include "attention_fields.h"
+#include "attention_sm90_bwd_kernels.inc"  // every generated attention_bwd_*_sm90_hdim*.cu
 
 #include <algorithm>
 

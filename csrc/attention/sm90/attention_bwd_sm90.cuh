@@ -54,6 +54,8 @@
 // more shared memory; not tried.
 // Not yet: overlap of a tile's S^T with the previous tile's dV / dK wgmma, a TMA store of dK / dV.
 
+#include "attention/kernel_switch.h"
+#include "attention/sm90/attention_sm90.h"
 #include "attention/sm90/bwd_common_sm90.cuh"
 
 namespace fasttx {
@@ -61,12 +63,9 @@ namespace attn {
 
 // Which gradients a dK/dV kernel accumulates: both in one pass (E <= 128), or, at E = 256, dV in a
 // first pass and dK in a second (launched one after the other; each writes its own gradient once);
-// or both and dQ by atomics (E <= 128, Sm90BwdAtomicHeadDims).
+// or both and dQ by atomics (E <= 128: the head dims of one pass, dQ's E / 2 accumulator registers beside
+// dK and dV's E; at E = 256 these alone take a consumer's registers; Sm90BwdKvqHeadDims).
 enum class Sm90Grad { kKV, kV, kK, kKVAtomicQ };
-
-// The head dims with atomic-dQ instances: those of one pass (dQ's E / 2 accumulator registers beside
-// dK and dV's E; at E = 256 these alone take a consumer's registers).
-using Sm90BwdAtomicHeadDims = std::integer_sequence<int, 64, 96, 128>;
 
 // Whether head dim kE takes two passes (dV, then dK): dK and dV of 64 keys are 2 x E / 2 fp32 registers
 // a thread, 256 at E = 256, over the 240 of a consumer before S^T and dP^T.
@@ -457,4 +456,32 @@ bool attention_bwd_kv_sm90_pass(const AttentionBwdParams& p, cudaStream_t stream
 }
 
 }  // namespace attn
+
+// dK and dV in one pass, or (sm90_bwd_split) dV then dK. Both passes use the same maps and device
+// check, so the second is refused only where the first was.
+template <int kHeadDim>
+bool attention_bwd_kv_sm90_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
+  using attn::Sm90Grad;
+  bool launched = false;
+  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    if constexpr (attn::sm90_bwd_split<kHeadDim>) {
+      launched = attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kV>(p, stream) &&
+                 attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kK>(p, stream);
+    } else {
+      launched = attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kKV>(p, stream);
+    }
+  });
+  return launched;
+}
+
+template <int kHeadDim>
+bool attention_bwd_kvq_sm90_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
+  bool launched = false;
+  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    launched = attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, attn::Sm90Grad::kKVAtomicQ>(
+        p, stream);
+  });
+  return launched;
+}
+
 }  // namespace fasttx

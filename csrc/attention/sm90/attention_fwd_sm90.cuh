@@ -27,10 +27,16 @@
 // TMA; keys past S get -inf logits. The tile shape per head dim (Sm90Fwd) follows from the consumers'
 // registers and the CTA's shared memory: csrc/attention/README.md, "sm_90a forward", has the table.
 
+#include <type_traits>
+
 #include "attention/attention_common.cuh"
+#include "attention/kernel_switch.h"
+#include "attention/sm90/attention_sm90.h"
 #include "attention/sm90/primitives_sm90.cuh"
+#include "attention/sm90/tensor_map_sm90.cuh"
 #include "attention/sm90/turns_sm90.cuh"
 #include "attention/sm90/wgmma_sm90.cuh"
+#include "common/env.h"
 
 namespace fasttx {
 namespace attn {
@@ -100,7 +106,7 @@ struct Sm90Fwd : Sm90FwdCta<kConsumerWarpgroups> {
 //   spread over 176 keys instead of 128; o, s and P take 64 + 88 + 44 = 196 of the 240 registers.
 //   Causal calls keep 128 (a 176-key diagonal block wastes more of its products); the mask's loads and
 //   Philox's state leave no room for 88 scores (R220-R237 at 128 keys). Until a GPU run has compared
-//   them, FASTTX_ATTENTION_SM90_KEYS=128 runs those calls on the 128-key tile (attention_fwd_sm90.cu).
+//   them, FASTTX_ATTENTION_SM90_KEYS=128 runs those calls on the 128-key tile (narrow_keys_asked).
 // - E = 256: FlashAttention-3's 80 (128 keys would need 224 registers for the fragments alone).
 // - Everywhere else 128.
 constexpr int sm90_fwd_block_keys(int head_dim, bool causal, bool mask, bool dropout) {
@@ -460,5 +466,50 @@ __global__ void __launch_bounds__(Sm90FwdTile<kHeadDim, kMask, kDropout, kKeys>:
 #endif
 }
 
+// Host side: the TMA maps and the launch of one instance; false where it cannot run here
+// (attention_sm90.h).
+template <typename T, int kHeadDim, bool kCausal, bool kMask, bool kDropout, int kKeys>
+bool attention_fwd_sm90_run(const AttentionParams& p, cudaStream_t stream) {
+  using C = Sm90FwdTile<kHeadDim, kMask, kDropout, kKeys>;
+  constexpr auto kernel = attention_fwd_sm90_kernel<T, kHeadDim, kCausal, kMask, kDropout, kKeys>;
+  if (!runs_sm90a(kernel)) return false;
+  Sm90FwdParams params{};
+  params.p = p;
+  const bool bf16 = std::is_same_v<T, __nv_bfloat16>;
+  constexpr int E = kHeadDim;
+  const int64_t o_strides[3] = {int64_t{p.heads} * p.queries * E, int64_t{p.queries} * E, E};  // o is contiguous
+  if (!encode_bhle(&params.q_map, p.q, bf16, E, p.batch, p.heads, p.queries, p.q_strides, C::kBlockM) ||
+      !encode_bhle(&params.k_map, p.k, bf16, E, p.batch, p.kv_heads, p.keys, p.k_strides, C::kBlockN) ||
+      !encode_bhle(&params.v_map, p.v, bf16, E, p.batch, p.kv_heads, p.keys, p.v_strides, C::kBlockN) ||
+      !encode_bhle(&params.o_map, p.o, bf16, E, p.batch, p.heads, p.queries, o_strides, C::kWarpgroupRows)) {
+    return false;
+  }
+  launch(kernel, dim3((p.queries + C::kBlockM - 1) / C::kBlockM, p.heads, p.batch), C::kThreads, C::kSmemBytes,
+         stream, params);
+  return true;
+}
+
+// FASTTX_ATTENTION_SM90_KEYS=128 in the environment (read at each call): the calls of 176-key tiles run
+// on the 128-key tile they had before, so that the bench measures both in one run ("fasttx cuda (sm_90a,
+// 128-key blocks)", benchmarks/attention.py); the loser goes once a GPU run has compared them.
+inline bool narrow_keys_asked() { return env_is("FASTTX_ATTENTION_SM90_KEYS", "128"); }
+
 }  // namespace attn
+
+template <int kHeadDim>
+bool attention_fwd_sm90_hdim(const AttentionParams& p, cudaStream_t stream) {
+  bool launched = false;
+  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    constexpr int kKeys = attn::sm90_fwd_block_keys(kHeadDim, kCausal, kMask, kDropout);
+    if constexpr (kKeys == 176) {
+      if (attn::narrow_keys_asked()) {
+        launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, 128>(p, stream);
+        return;
+      }
+    }
+    launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, kKeys>(p, stream);
+  });
+  return launched;
+}
+
 }  // namespace fasttx

@@ -17,10 +17,8 @@
 namespace fasttx {
 namespace attn {
 
-// The head dims with sm_90a backward instances (one list for the predicate and the dispatch) and what
-// both kernels' tiles share at head dim kE: the tiles' 64-column blocks and the bytes of a tile row.
-using Sm90BwdHeadDims = std::integer_sequence<int, 64, 96, 128, 256>;
-
+// What both backward kernels' tiles share at head dim kE: the tiles' 64-column blocks and the bytes of
+// a tile row.
 template <int kE>
 struct Sm90BwdHead {
   static_assert(kE == 64 || kE == 96 || kE == 128 || kE == 256, "no sm_90a backward tile for this head dim");

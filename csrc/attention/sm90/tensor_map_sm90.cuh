@@ -1,5 +1,5 @@
 #pragma once
-// The TMA maps of the sm_90a attention kernels' host code (attention_fwd_sm90.cu, launch_bwd_sm90): an input as
+// The TMA maps of the sm_90a attention kernels' host code (attention_fwd_sm90_run, launch_bwd_sm90): an input as
 // the kernels read it, in boxes of 128-byte swizzled rows.
 
 #include "attention/sm90/primitives_sm90.cuh"

@@ -2,6 +2,8 @@
 interpreter, GPU-only stages reported as skipped), the parts that judge results, and the committed
 docs/gpu-status.md, so that the one-call GPU validation cannot rot between GPU loans."""
 
+import ast
+import fnmatch
 import json
 import os
 import re
@@ -120,6 +122,102 @@ def test_budget_too_short_skips_stages_and_says_which(tmp_path, capsys):
     assert code == 0 and report["stages_skipped"] == ["tests", "autotune", "bench"]
     assert all("budget" in report["stages"][name]["summary"] for name in report["stages_skipped"])
     assert "skipped: budget" in capsys.readouterr().out
+
+
+def _context(tmp_path):
+    import argparse
+
+    args = argparse.Namespace(budget=60.0, dry_run=True, test_timeout=300, tests="tests/test_backends.py")
+    ctx = gpu_check.Context(args)
+    ctx.work = str(tmp_path)
+    return ctx
+
+
+def test_pytest_command_ends_a_hung_test_and_reports_durations(tmp_path, monkeypatch):
+    """A test blocked in a CUDA call (a kernel that never ends) is out of reach of pytest-timeout's default
+    signal method: the command asks for its thread method wherever pytest-timeout is installed."""
+    ctx = _context(tmp_path)
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: name in ("pytest_timeout", "xdist"))
+    cmd = gpu_check._pytest_command(ctx, "tests", ["tests"], 8)
+    assert cmd[cmd.index("--timeout") + 1] == "300" and cmd[cmd.index("--timeout-method") + 1] == "thread"
+    assert "--durations=25" in cmd and cmd[cmd.index("-n") + 1] == "8"
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: False)
+    cmd = gpu_check._pytest_command(ctx, "hazards", ["tests/test_gpu_hazards.py"], 1)
+    assert "--timeout" not in cmd and "--timeout-method" not in cmd and "-n" not in cmd
+
+
+def test_a_stage_past_its_time_is_interrupted_first_and_keeps_its_junit_report(tmp_path):
+    """SIGINT, then SIGKILL: pytest (with xdist workers) ends as on Ctrl-C and writes the report of the
+    tests that ran, which the tests stage counts, where a kill alone left no report at all."""
+    test_file = tmp_path / "test_slow.py"
+    test_file.write_text("import time\n\ndef test_quick():\n    pass\n\n"
+                         "def test_stuck():\n    time.sleep(600)\n")
+    ctx = _context(tmp_path)
+    cmd = gpu_check._pytest_command(ctx, "stuck", [str(test_file), "--rootdir", str(tmp_path)], 2)
+    rc = ctx.run(cmd, "stuck", 20)
+    log = open(ctx.log("stuck")).read()
+    assert rc is None and "[gpu-check: timed out after 20 s, stopped]" in log
+    parsed = gpu_check.parse_junit(os.path.join(ctx.work, "stuck.xml"))
+    assert parsed["counts"]["passed"] == 1, log[-3000:]
+    assert gpu_check._tests_result(parsed, rc)["summary"].startswith("timed out: 1 passed")
+
+
+def test_tests_stage_leaves_the_cpu_only_files_to_ci(tmp_path, monkeypatch):
+    ctx = _context(tmp_path)
+    commands = []
+    monkeypatch.setattr(ctx, "run", lambda cmd, name, timeout, env=None: commands.append(cmd) or 0)
+    gpu_check.stage_tests(ctx, 100)
+    (cmd,) = commands
+    ignored = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--ignore"]
+    assert ignored[0] == gpu_check.HAZARD_TESTS and len(ignored) == len(set(ignored))
+    for pattern in gpu_check.CPU_ONLY_TESTS:  # each still names a file: a rename would run it again
+        assert any(fnmatch.fnmatch(path, pattern) for path in ignored), pattern
+    assert {"tests/test_cuda_attention_sm90_emulated.py", "tests/test_cuda_norm_emulated.py"} <= set(ignored)
+    assert "tests/test_cuda_attention_sm90.py" not in ignored and "tests/ops/test_attention.py" not in ignored
+
+
+def _bench_lines(*lines, then_sleep=0):
+    """A process printing bench_worker's progress lines, then sleeping (a hung op)."""
+    code = "".join(f"print({line!r}, flush=True)\n" for line in lines) + f"import time; time.sleep({then_sleep})\n"
+    return [sys.executable, "-c", code]
+
+
+def test_watch_bench_stops_an_op_past_its_time_limit_and_names_it(tmp_path):
+    import time
+
+    ctx = _context(tmp_path)
+    begin = time.monotonic()
+    rc, hung = gpu_check.watch_bench(
+        ctx, _bench_lines("gpu-check bench: softmax starts, its 1 s", "gpu-check bench: softmax took 0.2 s of its 1 s",
+                          "gpu-check bench: attention starts, its 1 s", then_sleep=60),
+        time.monotonic() + 50, grace=1, poll=0.1)
+    assert (rc, hung) == (None, "attention") and time.monotonic() - begin < 20
+    assert "[gpu-check: attention ran 1 s past its 1 s, stopped]" in open(ctx.log("bench")).read()
+    # a second process appends to the same log: the first one's unfinished op is not taken for its own
+    rc, hung = gpu_check.watch_bench(ctx, _bench_lines("gpu-check bench: mha starts, its 5 s",
+                                                       "gpu-check bench: mha took 0.1 s of its 5 s"),
+                                     time.monotonic() + 50, grace=1, poll=0.1)
+    assert (rc, hung) == (0, None)
+    # no op over its limit, but the stage's end reached
+    rc, hung = gpu_check.watch_bench(ctx, _bench_lines("gpu-check bench: mha starts, its 100 s", then_sleep=60),
+                                     time.monotonic() + 1, grace=1, poll=0.1)
+    assert (rc, hung) == (None, None) and "the stage's time ran out, stopped" in open(ctx.log("bench")).read()
+
+
+def test_bench_stage_runs_the_ops_after_a_hung_one_in_a_new_process(tmp_path, monkeypatch):
+    ctx = _context(tmp_path)
+    plans = []
+
+    def watch(ctx, cmd, end, **_):
+        plans.append([name for name, _, _ in ast.literal_eval(cmd[-1].split("bench_worker(")[1].rsplit(",", 1)[0])])
+        return (None, "attention") if len(plans) == 1 else (0, None)
+
+    monkeypatch.setattr(gpu_check, "watch_bench", watch)
+    result = gpu_check.stage_bench(ctx, 200)
+    names = [name for name, _, _ in gpu_check.bench_plan(gpu=False)]
+    assert plans == [names, names[names.index("attention") + 1:]]
+    assert result["status"] == "fail" and result["hung"] == ["attention"]
+    assert "hung, stopped: attention" in result["summary"] and "missing: attention" not in result["summary"]
 
 
 def test_only_takes_known_stages():

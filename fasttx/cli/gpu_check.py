@@ -10,7 +10,8 @@ Stages, in order (``--only`` picks some; the names below):
             installed from this tree: every other stage imports it
   ceilings  device-to-device copy GB/s (read + write) and an 8192^3 bf16 GEMM TFLOP/s, random data
   tests     the test suite on CUDA tensors (every kernel backend and dtype; pytest-xdist and a
-            per-test timeout when installed); pass/fail counts per kernel, backend and dtype
+            per-test timeout when installed), but CPU_ONLY_TESTS; pass/fail counts per kernel, backend
+            and dtype
   hazards   tests/test_gpu_hazards.py alone (grid limits, re-specialisation, autotune key, shared
             memory, CUDA-graph dropout, past-2^31 indexing), one test at a time
   autotune  every Triton autotune config of every kernel forced once, checked against float64
@@ -57,6 +58,15 @@ SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
 LOG_TAIL_BYTES = 1_000_000  # per stage log in stages.log
 OUTPUT_FILES = ("summary.md", "gpu_check.json", "bench.md", "bench.json", "bench.png", "tests.log", "stages.log")
 HAZARD_TESTS = "tests/test_gpu_hazards.py"
+# What the tests stage leaves to CI: the files whose tests do the same on any machine, never touching
+# the GPU: the CUDA kernels run on the CPU by the emulators (compiled again by every xdist worker, a
+# quarter of the suite's tests and most of its CPU time), the compiled-code reports, gpu-check's own
+# CPU dry run and the packaging.
+CPU_ONLY_TESTS = ("tests/test_cuda_*_emulated.py", "tests/test_kernel_report.py", "tests/test_gpu_check.py",
+                  "tests/test_packaging.py")
+# A stage process past its time gets SIGINT, and this long to end, before SIGKILL: pytest ends its session as
+# on Ctrl-C and still writes the JUnit report of the tests that ran.
+INTERRUPT_GRACE_S = 10
 
 # The headline benchmark, in run order: `python -m fasttx bench` shapes per op (GPU, then the CPU dry
 # run), then the GPT step of `python -m fasttx profile`, each with its share of the stage's time. The
@@ -113,6 +123,10 @@ GPT = {"gpu": ["--d-model", "1024", "--layers", "16", "--heads", "16", "--seq", 
                "--steps", "1", "--warmup", "1", "--profile-steps", "1"]}
 GPT_SHARE = 4
 BENCH_MARGIN_S = 10  # of the stage's time, what reading, judging and plotting the results take
+# An op still running this long past its time limit is taken for hung (a kernel that never ends: the
+# sm_90a attention kernels have not run on a GPU yet) and its process ended, the ops after it run in a
+# new one: --time-limit is checked between cases, and one case of the largest shape takes seconds.
+BENCH_HANG_GRACE_S = 30
 
 
 # Process groups of the stage processes still running: ended with the driver (see _stop_children).
@@ -167,8 +181,12 @@ class Context:
         try:
             rc = proc.wait(timeout=max(timeout, 1))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             rc = None
             proc.log_file.write(f"\n[gpu-check: timed out after {timeout:.0f} s, stopped]\n")
         _RUNNING.discard(proc.pid)
@@ -268,10 +286,15 @@ def stage_ceilings(ctx):
 
 
 def _pytest_command(ctx, name, targets, workers):
-    cmd = [ctx.python, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+    # --durations: the slowest tests' times in the log, for choosing --test-timeout from the next run.
+    cmd = [ctx.python, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--durations=25",
            f"--junitxml={os.path.join(ctx.work, name + '.xml')}", *targets]
     if importlib.util.find_spec("pytest_timeout"):
-        cmd += ["--timeout", str(ctx.args.test_timeout)]
+        # The thread method: a kernel that never ends (an mbarrier wait of the sm_90a kernels, say, none of
+        # which has run yet) blocks its test inside a CUDA call, where the default signal method's handler
+        # never runs; the thread method dumps the stacks and ends the worker, which xdist reports as a
+        # failed test and replaces, and the suite goes on.
+        cmd += ["--timeout", str(ctx.args.test_timeout), "--timeout-method", "thread"]
     if importlib.util.find_spec("xdist"):
         cmd += ["-n", str(workers)] if workers > 1 else ["-p", "no:xdist"]
     return cmd
@@ -290,6 +313,8 @@ def parse_junit(path):
     if not os.path.exists(path):
         return {"counts": counts, "by kernel": by_kernel, "failures": failures}
     for case in ET.parse(path).getroot().iter("testcase"):
+        if case.get("name") is None:  # the test a SIGINT interrupted: pytest writes it with no name or result
+            continue
         outcome = "passed"
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
@@ -332,7 +357,9 @@ def coverage_gaps(by_kernel):
 
 def stage_tests(ctx, timeout):
     workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if ctx.gpu else 1
-    targets = ctx.args.tests.split() + ["--ignore", HAZARD_TESTS]
+    ignored = [HAZARD_TESTS] + sorted(os.path.relpath(p, ROOT) for pattern in CPU_ONLY_TESTS
+                                      for p in glob.glob(os.path.join(ROOT, pattern)))
+    targets = ctx.args.tests.split() + [arg for path in ignored for arg in ("--ignore", path)]
     # One config per attention key (the autotune stage runs them all): timing every config of every
     # new key in every worker would take most of the budget and pick by noise on a shared GPU.
     rc = ctx.run(_pytest_command(ctx, "tests", targets, workers), "tests", timeout, {"FASTTX_TRITON_AUTOTUNE": "0"})
@@ -451,6 +478,7 @@ def bench_worker(plan, seconds):
         cap = max(1.0, (end - time.monotonic()) * share / sum(later for _, _, later in plan[i:]))
         argv = argv + (["--time-limit", f"{cap:.0f}"] if argv[0] == "bench" else [])
         print("$ python -m fasttx " + " ".join(argv), flush=True)
+        print(f"gpu-check bench: {name} starts, its {cap:.0f} s", flush=True)  # for watch_bench
         begin = time.monotonic()
         try:
             main(argv)
@@ -461,13 +489,63 @@ def bench_worker(plan, seconds):
         print(f"gpu-check bench: {name} took {time.monotonic() - begin:.1f} s of its {cap:.0f} s", flush=True)
 
 
+def watch_bench(ctx, cmd, end, grace=BENCH_HANG_GRACE_S, poll=0.5):
+    """Run ``cmd`` (bench_worker's process, or one printing its lines) logging to ctx.log("bench") until
+    ``end`` (time.monotonic()), ending its process group if an op runs ``grace`` s past its time limit.
+    (exit code or None when stopped, the name of the op it stopped in or None). Watched from here, not
+    from a thread of the worker: a thread there needs the GIL, which a hung call may hold."""
+    path = ctx.log("bench")
+    seen = os.path.getsize(path) if os.path.exists(path) else 0  # earlier processes' lines are not this one's
+    proc = ctx.start_process(cmd, "bench")
+    started = {}  # op -> (when its start line was seen, its seconds)
+    while True:
+        try:
+            rc = proc.wait(timeout=poll)
+            _RUNNING.discard(proc.pid)
+            proc.log_file.close()
+            return rc, None
+        except subprocess.TimeoutExpired:
+            pass
+        with open(path, "rb") as log:
+            log.seek(seen)
+            data = log.read()
+        complete = data[:data.rfind(b"\n") + 1]
+        seen += len(complete)
+        text = complete.decode(errors="replace")
+        now = time.monotonic()
+        for name, seconds in re.findall(r"^gpu-check bench: (.+) starts, its ([\d.]+) s$", text, re.M):
+            started[name] = (now, float(seconds))
+        for name in re.findall(r"^gpu-check bench: (.+) took [\d.]+ s of its [\d.]+ s$", text, re.M):
+            started.pop(name, None)
+        hung = next((name for name, (since, seconds) in started.items() if now - since > seconds + grace), None)
+        if hung is not None or now > end:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            _RUNNING.discard(proc.pid)
+            why = (f"{hung} ran {grace:.0f} s past its {started[hung][1]:.0f} s" if hung is not None
+                   else "the stage's time ran out")
+            proc.log_file.write(f"\n[gpu-check: {why}, stopped]\n")
+            proc.log_file.close()
+            return None, hung
+
+
 def stage_bench(ctx, timeout):
     from . import gpu_targets
 
     bench_dir, profile_dir = os.path.join(ctx.work, "bench"), os.path.join(ctx.work, "profile")
     plan = bench_plan(ctx.gpu, bench_dir, profile_dir)
-    code = f"from fasttx.cli.gpu_check import bench_worker; bench_worker({plan!r}, {timeout - BENCH_MARGIN_S!r})"
-    rc = ctx.run([ctx.python, "-c", code], "bench", timeout)
+    end = time.monotonic() + timeout
+    hung = []
+    while True:  # the ops after a hung one run in a new process
+        left = end - time.monotonic() - BENCH_MARGIN_S
+        code = f"from fasttx.cli.gpu_check import bench_worker; bench_worker({plan!r}, {left!r})"
+        rc, stuck = watch_bench(ctx, [ctx.python, "-c", code], end - BENCH_MARGIN_S / 2)
+        if stuck is None:
+            break
+        hung.append(stuck)
+        plan = plan[[name for name, _, _ in plan].index(stuck) + 1:]
+        if not plan or end - time.monotonic() - BENCH_MARGIN_S < MIN_SECONDS["bench"] / 2:
+            break
     rows, cut = [], {}
     for path in sorted(glob.glob(os.path.join(bench_dir, "*.json"))):
         with open(path) as f:
@@ -493,12 +571,14 @@ def stage_bench(ctx, timeout):
                   f, indent=1, default=str)
     gpu_targets.plot(rows, targets, os.path.join(ctx.work, "bench.png"))
     missing = [op for op in HEADLINE if not any(r["op"] == op for r in rows)] + ([] if profile else ["gpt step"])
+    missing = [op for op in missing if op not in hung]
     met = sum(t["status"] == "pass" for t in targets)
     text = (f"{len(rows)} rows, {met}/{len(targets)} targets met" + (f"; wrong: {', '.join(wrong)}" if wrong else "")
+            + (f"; hung, stopped: {', '.join(hung)}" if hung else "")
             + (f"; missing: {', '.join(missing)}" if missing else "")
             + (f"; cut by its time limit: {', '.join(f'{op} {len(cases)} of its cases' for op, cases in cut.items())}"
-               if cut else "") + ("" if rc == 0 else f" (exit {rc})"))
-    return _result("fail" if wrong or missing or rc != 0 else "pass", text, targets=targets, cut=cut,
+               if cut else "") + ("" if rc == 0 or (rc is None and stuck is not None) else f" (exit {rc})"))
+    return _result("fail" if wrong or missing or hung or rc != 0 else "pass", text, targets=targets, cut=cut, hung=hung,
                    **{"seconds per op": seconds})
 
 
@@ -577,7 +657,7 @@ def run(args):
     build_failed = results.get("build", {}).get("status") == "fail"
     group = [s for s in PARALLEL if s in selected]
     reserve = args.bench_seconds if "bench" in selected else 0
-    timeout = ctx.left() - reserve - 5
+    timeout = ctx.left() - reserve - 5 - INTERRUPT_GRACE_S
     if group:
         import concurrent.futures
 

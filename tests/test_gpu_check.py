@@ -4,6 +4,7 @@ docs/gpu-status.md, so that the one-call GPU validation cannot rot between GPU l
 
 import ast
 import fnmatch
+import glob
 import json
 import os
 import re
@@ -127,7 +128,7 @@ def test_budget_too_short_skips_stages_and_says_which(tmp_path, capsys):
 def _context(tmp_path):
     import argparse
 
-    args = argparse.Namespace(budget=60.0, dry_run=True, test_timeout=300, tests="tests/test_backends.py")
+    args = argparse.Namespace(budget=60.0, dry_run=True, test_timeout=300, tests="tests")
     ctx = gpu_check.Context(args)
     ctx.work = str(tmp_path)
     return ctx
@@ -174,6 +175,13 @@ def test_tests_stage_leaves_the_cpu_only_files_to_ci(tmp_path, monkeypatch):
         assert any(fnmatch.fnmatch(path, pattern) for path in ignored), pattern
     assert {"tests/test_cuda_attention_sm90_emulated.py", "tests/test_cuda_norm_emulated.py"} <= set(ignored)
     assert "tests/test_cuda_attention_sm90.py" not in ignored and "tests/ops/test_attention.py" not in ignored
+    # the whole suite but those, its GPU-only checks first, every other test file once
+    suite = cmd[cmd.index("--junitxml=" + os.path.join(ctx.work, "tests.xml")) + 1:cmd.index("--ignore")]
+    assert suite[:len(gpu_check.FIRST_TESTS)] == list(gpu_check.FIRST_TESTS) and len(suite) == len(set(suite))
+    files = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True)}
+    for path in files:
+        covered = [t for t in suite if path == t or path.startswith(t + os.sep)]
+        assert len(covered) == (0 if path in ignored else 1), (path, covered)
 
 
 def _bench_lines(*lines, then_sleep=0):

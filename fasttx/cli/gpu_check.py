@@ -64,6 +64,12 @@ HAZARD_TESTS = "tests/test_gpu_hazards.py"
 # CPU dry run and the packaging.
 CPU_ONLY_TESTS = ("tests/test_cuda_*_emulated.py", "tests/test_kernel_report.py", "tests/test_gpu_check.py",
                   "tests/test_packaging.py")
+# The tests stage's order when it runs the whole suite (--tests tests): first what only a GPU run can check
+# and has never been, the sm_90a attention kernels, then every op's tests, then the modules, so that a
+# stage cut by its time loses the rest (pytest collects each file once; xdist hands tests out in
+# collection order, and keeps the order of arguments that do not overlap: the rest of tests/ follows entry
+# by entry, since tests/ itself would be collected in tree order).
+FIRST_TESTS = ("tests/test_cuda_attention_sm90.py", "tests/ops", "tests/nn")
 # A stage process past its time gets SIGINT, and this long to end, before SIGKILL: pytest ends its session as
 # on Ctrl-C and still writes the JUnit report of the tests that ran.
 INTERRUPT_GRACE_S = 10
@@ -355,11 +361,24 @@ def coverage_gaps(by_kernel):
     return [f"{k}/{b}/{d}" for k, b, d in GPU_COVERAGE if not by_kernel.get(k, {}).get(b, {}).get(d, {}).get("passed")]
 
 
+def _suite_in_order(ignored):
+    """tests/ as pytest arguments: FIRST_TESTS, then its other test files and folders of test files by
+    name, but the ``ignored`` files."""
+    def has_tests(path):
+        name = os.path.basename(path)
+        return (name.startswith("test_") and name.endswith(".py") if os.path.isfile(path)
+                else bool(glob.glob(os.path.join(path, "**", "test_*.py"), recursive=True)))
+
+    rest = sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "tests", "*")) if has_tests(p))
+    return list(FIRST_TESTS) + [p for p in rest if p not in FIRST_TESTS and p not in ignored]
+
+
 def stage_tests(ctx, timeout):
     workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if ctx.gpu else 1
     ignored = [HAZARD_TESTS] + sorted(os.path.relpath(p, ROOT) for pattern in CPU_ONLY_TESTS
                                       for p in glob.glob(os.path.join(ROOT, pattern)))
-    targets = ctx.args.tests.split() + [arg for path in ignored for arg in ("--ignore", path)]
+    suite = _suite_in_order(ignored) if ctx.args.tests == "tests" else ctx.args.tests.split()
+    targets = suite + [arg for path in ignored for arg in ("--ignore", path)]
     # One config per attention key (the autotune stage runs them all): timing every config of every
     # new key in every worker would take most of the budget and pick by noise on a shared GPU.
     rc = ctx.run(_pytest_command(ctx, "tests", targets, workers), "tests", timeout, {"FASTTX_TRITON_AUTOTUNE": "0"})

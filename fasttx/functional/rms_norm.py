@@ -14,19 +14,20 @@ from .layer_norm import _as_rows, _check_args, _kernel_params, _like_input, _tor
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
     """RMSNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.rms_norm``.
 
-    ``eps=None`` means ``torch.finfo(input.dtype).eps``, as in torch.
+    ``eps=None`` means the epsilon of the dtype the norm is computed in, as torch's op does (its
+    docs say ``torch.finfo(input.dtype).eps``; its CPU and CUDA code and its decomposition take
+    fp32's for fp16 / bf16 / fp32 input, fp64's for fp64): 1.19e-7, or 2.2e-16 for float64.
     """
     if _torch_op_as_is("rms_norm", backend, input, (weight,)):
         try:
-            # (eps given: torch's CPU op takes eps=None as fp32's epsilon whatever the input's dtype)
-            return F.rms_norm(input, normalized_shape, weight, torch.finfo(input.dtype).eps if eps is None else eps)
+            return F.rms_norm(input, normalized_shape, weight, eps)
         except (RuntimeError, TypeError, ValueError):
             pass  # the checks below name the argument (and raise torch's error again if they pass)
     normalized_shape = _check_args("rms_norm", input, normalized_shape, {"weight": weight})
     chosen = backends.resolve("rms_norm", backend, input)
     hidden = math.prod(normalized_shape)
     if eps is None:
-        eps = torch.finfo(input.dtype).eps
+        eps = torch.finfo(torch.float64 if input.dtype == torch.float64 else torch.float32).eps
     if chosen == "torch" or hidden == 0:
         return native.rms_norm(input, normalized_shape, weight, eps)
     weight, _ = _kernel_params(input, weight)

@@ -7,8 +7,8 @@ from .layer_norm import _accumulation_dtype, _normalized_dims
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None):
-    if eps is None:
-        eps = torch.finfo(x.dtype).eps
+    if eps is None:  # torch's default: the epsilon of the dtype it computes in, not of x's
+        eps = torch.finfo(_accumulation_dtype(x)).eps
     dims = _normalized_dims(x, normalized_shape)
     xf = x.to(_accumulation_dtype(x))
     y = xf * torch.rsqrt(xf.square().mean(dim=dims, keepdim=True) + eps)

@@ -36,6 +36,20 @@ def test_drop_in(torch_cls, fasttx_cls, args, kwargs, backend):
     assert f"backend={backend}" in repr(ours)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend", runnable_backends(op="rms_norm"))
+def test_rms_norm_default_eps_matches_torch_in_half_precision(dtype, backend):
+    """nn.RMSNorm(eps=None) on half inputs: torch adds fp32's epsilon (not the input dtype's, as its docs
+    say), which activations of small scale show."""
+    theirs = torch.nn.RMSNorm(64, device=DEVICE, dtype=dtype)
+    ours = fasttx.nn.RMSNorm(64, device=DEVICE, dtype=dtype, backend=backend)
+    randomize_parameters(theirs, 1.0)
+    ours.load_state_dict(theirs.state_dict())
+    x = (torch.randn(3, 5, 64, device=DEVICE) * 3e-3).to(dtype)
+    tolerance = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(ours(x), theirs(x), rtol=tolerance, atol=tolerance)
+
+
 def test_default_initialisation_matches_torch():
     for torch_cls, fasttx_cls in MODULES:
         ours, theirs = fasttx_cls(8), torch_cls(8)

@@ -229,11 +229,24 @@ def test_saved_statistics_are_fp32_and_exact(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rms_norm_default_eps_is_dtype_eps(backend):
-    x = torch.randn(4, 64, dtype=torch.float16, device=DEVICE) * 1e-3  # small: eps matters
-    out = fasttx.rms_norm(x, (64,), backend=backend)
-    ref = F.rms_norm(x.float(), (64,), eps=torch.finfo(torch.float16).eps)
-    assert rel_error(out, ref) <= TOLERANCE[torch.float16]
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_rms_norm_default_eps_is_torchs(backend, dtype):
+    """eps=None as torch's op takes it, not as its docs say (finfo(input.dtype).eps): fp32's epsilon for
+    every dtype computed in fp32, which for half inputs of small scale changes the result entirely."""
+    x = (torch.randn(4, 64, device=DEVICE) * 3e-3).to(dtype)  # small: eps matters
+    w = torch.randn(64, device=DEVICE).to(dtype)
+    out = fasttx.rms_norm(x, (64,), w, backend=backend)
+    ref = F.rms_norm(x.float(), (64,), w.float())  # fp32 input: fp32's epsilon, by any reading
+    assert rel_error(F.rms_norm(x, (64,), w), ref) <= TOLERANCE[dtype], "torch changed its default eps"
+    assert rel_error(out, ref) <= TOLERANCE[dtype]
+    docs_eps = F.rms_norm(x.float(), (64,), w.float(), eps=torch.finfo(dtype).eps)
+    assert dtype == torch.float32 or rel_error(docs_eps, ref) > 10 * TOLERANCE[dtype]  # the case tells them apart
+
+
+def test_rms_norm_default_eps_in_float64_is_float64s():
+    x = torch.randn(4, 64, dtype=torch.float64, device=DEVICE) * 1e-5
+    torch.testing.assert_close(fasttx.rms_norm(x, (64,), backend="torch"), F.rms_norm(x, (64,)), rtol=1e-12, atol=0)
+    torch.testing.assert_close(reference.rms_norm(x, (64,)), F.rms_norm(x, (64,)), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

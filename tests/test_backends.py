@@ -92,6 +92,25 @@ def test_bad_input_errors(op):
         fn(x, (8,), torch.ones(8, device="meta"))
 
 
+@pytest.mark.parametrize("call", [
+    lambda x: fasttx.layer_norm(x, (9,)),
+    lambda x: fasttx.rms_norm(x, ()),
+    lambda x: fasttx.layer_norm(x, (8,), None, torch.ones(7, device=DEVICE)),
+    lambda x: fasttx.nn.LayerNorm(9, device=DEVICE)(x),
+    lambda x: fasttx.nn.RMSNorm(9, device=DEVICE)(x),
+    lambda x: fasttx.softmax(x, mask=torch.ones(3, 8, dtype=torch.bool, device=DEVICE)),
+    lambda x: fasttx.scaled_dot_product_attention(x[None, None], x[None, None], x[None, None],
+                                                  attn_mask=torch.ones(3, 4, dtype=torch.bool, device=DEVICE)),
+], ids=["layer_norm", "rms_norm", "bias", "nn.LayerNorm", "nn.RMSNorm", "softmax mask", "attention mask"])
+def test_shape_errors_are_catchable_as_what_torch_raises(call):
+    """Code written around torch's ops catches RuntimeError for a shape that does not fit: the drop-ins'
+    shape errors are that too, and still the ValueError naming the argument."""
+    x = torch.randn(4, 8, device=DEVICE)
+    with pytest.raises(ValueError) as raised:
+        call(x)
+    assert isinstance(raised.value, RuntimeError) and str(raised.value).startswith("fasttx.")
+
+
 def test_info_reports_versions_and_backends():
     report = fasttx.info()
     assert report["torch"] == torch.__version__

@@ -6,6 +6,12 @@ import math
 import torch
 
 
+class ShapeError(ValueError, RuntimeError):
+    """An argument of the wrong shape: a ValueError, also catchable as the RuntimeError torch raises for
+    the same call (F.layer_norm, F.rms_norm, softmax's and attention's broadcast masks), so that code
+    written around torch's ops and modules still catches it from their fasttx drop-ins."""
+
+
 def check_tensor(op, name, value, *, like=None):
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"fasttx.{op}: {name} must be a Tensor, got {type(value).__name__}")
@@ -19,7 +25,7 @@ def check_tensor(op, name, value, *, like=None):
 
 def check_shape(op, name, value, expected):
     if tuple(value.shape) != tuple(expected):
-        raise ValueError(f"fasttx.{op}: {name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
+        raise ShapeError(f"fasttx.{op}: {name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
 def check_mask(op, name, mask, like, like_name, target, target_name):
@@ -33,7 +39,7 @@ def check_mask(op, name, mask, like, like_name, target, target_name):
     # (Not torch.broadcast_shapes: its symbolic-shape machinery costs ~50 us a call on the host.)
     shape = mask.shape
     if len(shape) > len(target) or any(m != 1 and m != t for m, t in zip(reversed(shape), reversed(target))):
-        raise ValueError(f"fasttx.{op}: {name} of shape {list(mask.shape)} must broadcast to {target_name} {list(target)}")
+        raise ShapeError(f"fasttx.{op}: {name} of shape {list(mask.shape)} must broadcast to {target_name} {list(target)}")
 
 
 def merge_leading_dims(mask, sizes, groups):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .. import _ops, backends
 from . import native
-from ._checks import check_shape, check_tensor
+from ._checks import ShapeError, check_shape, check_tensor
 
 
 def _normalized_shape(op, input, normalized_shape):
@@ -29,9 +29,9 @@ def _normalized_shape(op, input, normalized_shape):
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)
     if len(normalized_shape) == 0 or any(not isinstance(d, numbers.Integral) for d in normalized_shape):
-        raise ValueError(f"fasttx.{op}: normalized_shape must be a non-empty sequence of ints, got {normalized_shape}")
+        raise ShapeError(f"fasttx.{op}: normalized_shape must be a non-empty sequence of ints, got {normalized_shape}")
     if input.dim() < len(normalized_shape) or tuple(input.shape[-len(normalized_shape):]) != normalized_shape:
-        raise ValueError(
+        raise ShapeError(
             f"fasttx.{op}: normalized_shape {list(normalized_shape)} must equal the trailing dims of "
             f"input, got input of shape {list(input.shape)}"
         )

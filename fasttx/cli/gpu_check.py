@@ -181,23 +181,35 @@ class Context:
         proc.log_file = log
         return proc
 
-    def finish(self, proc, timeout):
-        """Wait for ``proc`` up to ``timeout`` s; on time out end its process group. Its exit code,
-        or None when it timed out."""
-        try:
-            rc = proc.wait(timeout=max(timeout, 1))
-        except subprocess.TimeoutExpired:
+    def stop(self, proc, why, grace=INTERRUPT_GRACE_S):
+        """End ``proc``'s process group: SIGINT, then SIGKILL if it has not ended ``grace`` s later (0:
+        SIGKILL at once); say why in its log."""
+        if grace > 0:
             os.killpg(proc.pid, signal.SIGINT)
             try:
-                proc.wait(timeout=INTERRUPT_GRACE_S)
+                proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            rc = None
-            proc.log_file.write(f"\n[gpu-check: timed out after {timeout:.0f} s, stopped]\n")
+                pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.log_file.write(f"\n[gpu-check: {why}, stopped]\n")
+
+    def release(self, proc, rc):
+        """Forget ``proc`` once it has ended, closing its log; returns ``rc``."""
         _RUNNING.discard(proc.pid)
         proc.log_file.close()
         return rc
+
+    def finish(self, proc, timeout):
+        """Wait for ``proc`` up to ``timeout`` s; on time out stop it. Its exit code, or None when it
+        timed out."""
+        try:
+            rc = proc.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            self.stop(proc, f"timed out after {timeout:.0f} s")
+            rc = None
+        return self.release(proc, rc)
 
     def run(self, cmd, log_name, timeout, env=None):
         return self.finish(self.start_process(cmd, log_name, env), timeout)
@@ -519,10 +531,7 @@ def watch_bench(ctx, cmd, end, grace=BENCH_HANG_GRACE_S, poll=0.5):
     started = {}  # op -> (when its start line was seen, its seconds)
     while True:
         try:
-            rc = proc.wait(timeout=poll)
-            _RUNNING.discard(proc.pid)
-            proc.log_file.close()
-            return rc, None
+            return ctx.release(proc, proc.wait(timeout=poll)), None
         except subprocess.TimeoutExpired:
             pass
         with open(path, "rb") as log:
@@ -538,14 +547,10 @@ def watch_bench(ctx, cmd, end, grace=BENCH_HANG_GRACE_S, poll=0.5):
             started.pop(name, None)
         hung = next((name for name, (since, seconds) in started.items() if now - since > seconds + grace), None)
         if hung is not None or now > end:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            _RUNNING.discard(proc.pid)
-            why = (f"{hung} ran {grace:.0f} s past its {started[hung][1]:.0f} s" if hung is not None
-                   else "the stage's time ran out")
-            proc.log_file.write(f"\n[gpu-check: {why}, stopped]\n")
-            proc.log_file.close()
-            return None, hung
+            # SIGKILL at once: a hung op does not answer SIGINT, and an op cut short writes no results
+            ctx.stop(proc, f"{hung} ran {grace:.0f} s past its {started[hung][1]:.0f} s" if hung is not None
+                     else "the stage's time ran out", grace=0)
+            return ctx.release(proc, None), hung
 
 
 def stage_bench(ctx, timeout):

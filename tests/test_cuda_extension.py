@@ -684,7 +684,9 @@ def test_generator_writes_the_list_and_removes_dropped_head_dims(tmp_path):
     assert '#include "attention/sm90/attention_bwd_sm90.cuh"' in text
     assert "template bool attention_bwd_kvq_sm90_hdim<64>(const AttentionBwdParams& p, cudaStream_t stream);" in text
     header = (tmp_path / "csrc" / "attention" / "attention_kernels.h").read_text()
-    assert "#ifdef FASTTX_ATTENTION_SKIP_HDIM64\n    {64, false},\n#else\n    {64, true},\n#endif" in header
+    assert "constexpr int kAttentionHeadDims[] = {64};" in header
+    assert ("using AttentionBuiltHeadDims = std::integer_sequence<int\n#ifndef FASTTX_ATTENTION_SKIP_HDIM64\n    , 64\n"
+            "#endif\n    >;") in header
     header = (tmp_path / "csrc" / "attention" / "sm90" / "attention_sm90_kernels.h").read_text()
     assert ("using Sm90BwdKvqHeadDims = std::integer_sequence<int\n#ifndef FASTTX_ATTENTION_SKIP_HDIM64\n    , 64\n"
             "#endif\n    >;") in header

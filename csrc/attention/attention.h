@@ -16,7 +16,7 @@ namespace fasttx {
 // The forward's parameters; the backward's extend them (AttentionBwdParams).
 struct AttentionParams {
   DType dtype;  // q, k, v, o, do, dq, dk, dv: kFloat16 or kBFloat16
-  int head_dim;  // E == Ev, a built one of kAttentionHeadDims (attention_kernels.h)
+  int head_dim;  // E == Ev, one of AttentionBuiltHeadDims (attention_kernels.h)
   int batch, heads, kv_heads;  // B, H, Hkv; H % Hkv == 0, query head h reads kv head h / (H / Hkv)
   int queries, keys;           // L, S >= 0
   bool is_causal;              // key j is seen by query i iff j <= i (top-left aligned)
@@ -65,7 +65,7 @@ struct AttentionBwdParams : AttentionParams {
 };
 
 // Launch on `stream`; launch errors are left for cudaGetLastError. Every size may be 0 but B * H.
-// False (kNone), launching nothing, when p.head_dim is not a built one of kAttentionHeadDims (the
+// False (kNone), launching nothing, when p.head_dim is not one of AttentionBuiltHeadDims (the
 // binding rejects those first).
 bool attention_fwd_launch(const AttentionParams& p, cudaStream_t stream);
 // What the backward launched: nothing, or the gradients with dQ in dq, or dQ / scale added into

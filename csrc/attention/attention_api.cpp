@@ -15,8 +15,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/attention.h"
@@ -39,10 +41,14 @@ std::string head_dims_text(const std::vector<int64_t>& dims) {
   return out + ")";
 }
 
+template <int... kE>
+std::vector<int64_t> head_dims_of(std::integer_sequence<int, kE...>) {
+  return {kE...};
+}
+
 // E == Ev must be a head dim with kernels, and one this build compiled.
 void check_head_dim(const char* op, int64_t e, int64_t ev) {
-  std::vector<int64_t> all;
-  for (const AttentionHeadDim& d : kAttentionHeadDims) all.push_back(d.value);
+  const std::vector<int64_t> all(std::begin(kAttentionHeadDims), std::end(kAttentionHeadDims));
   TORCH_CHECK(ev == e && std::find(all.begin(), all.end(), e) != all.end(), "fasttx::", op,
               ": the CUDA attention kernels take head dims E == Ev in ", head_dims_text(all), ", got E = ", num(e),
               ", Ev = ", num(ev));
@@ -168,13 +174,7 @@ void fill_common(AttentionParams& p, const at::Tensor& q, const at::Tensor& k, c
 
 }  // namespace
 
-std::vector<int64_t> attention_built_head_dims() {
-  std::vector<int64_t> out;
-  for (const AttentionHeadDim& d : kAttentionHeadDims) {
-    if (d.built) out.push_back(d.value);
-  }
-  return out;
-}
+std::vector<int64_t> attention_built_head_dims() { return head_dims_of(AttentionBuiltHeadDims{}); }
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
                                                       const at::Tensor& v_in, const std::optional<at::Tensor>& mask,

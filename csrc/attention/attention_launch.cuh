@@ -57,11 +57,9 @@ void attention_fwd_hdim(const AttentionParams& p, cudaStream_t stream) {
 
 template <int kHeadDim>
 bool attention_bwd_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool accumulated = false;
-  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
-    accumulated = attn::attention_bwd_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
+  return attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    return attn::attention_bwd_run<T, kHeadDim, kCausal, kMask, kDropout>(p, stream);
   });
-  return accumulated;
 }
 
 }  // namespace fasttx

@@ -71,30 +71,33 @@ template {RETURNS[direction]} attention_{direction}_hdim<{head_dim}>(const {PARA
 """
 
 
-def header(head_dims):
-    entries = "".join(f"""\
-#ifdef FASTTX_ATTENTION_SKIP_HDIM{d}
-    {{{d}, false}},
-#else
-    {{{d}, true}},
+def built_head_dims(head_dims):
+    """A std::integer_sequence's entries: each head dim unless its FASTTX_ATTENTION_SKIP_HDIM<E> is defined."""
+    return "".join(f"""\
+#ifndef FASTTX_ATTENTION_SKIP_HDIM{d}
+    , {d}
 #endif
 """ for d in head_dims)
+
+
+def header(head_dims):
+    values = ", ".join(map(str, head_dims))
     return f"""\
 #pragma once
 {GENERATED}
-// The head dims with kernels (attention_{{fwd,bwd}}_hdim<E>.cu), and which of them this build
-// compiled: setup.py leaves head dim E out (FASTTX_ATTENTION_HEAD_DIMS) by not compiling its two
-// files and defining FASTTX_ATTENTION_SKIP_HDIM<E> for every file.
+// The head dims with kernels (attention_{{fwd,bwd}}_hdim<E>.cu), and those of them this build compiled:
+// setup.py leaves head dim E out (FASTTX_ATTENTION_HEAD_DIMS) by not compiling its two files and
+// defining FASTTX_ATTENTION_SKIP_HDIM<E> for every file.
+
+#include <utility>
 
 namespace fasttx {{
 
-struct AttentionHeadDim {{
-  int value;   // E == Ev
-  bool built;  // its kernels are in this build
-}};
+constexpr int kAttentionHeadDims[] = {{{values}}};
 
-constexpr AttentionHeadDim kAttentionHeadDims[] = {{
-{entries}}};
+// For the dispatch (attention_launch.cpp, attn::head_dim_switch) and the binding's checks.
+using AttentionBuiltHeadDims = std::integer_sequence<int
+{built_head_dims(head_dims)}    >;
 
 }}  // namespace fasttx
 """
@@ -119,24 +122,17 @@ template bool attention_{kernel}_sm90_hdim<{head_dim}>(const {params}& p, cudaSt
 
 
 def sm90_header(sm90_head_dims):
-    def entries(head_dims):
-        return "".join(f"""\
-#ifndef FASTTX_ATTENTION_SKIP_HDIM{d}
-    , {d}
-#endif
-""" for d in head_dims)
-
     lists = "".join(f"""
 // The sm_90a {SM90_KERNELS[kernel][1]} (attention_{kernel}_sm90_hdim<E>).
 using {sm90_list_name(kernel)} = std::integer_sequence<int
-{entries(head_dims)}    >;
+{built_head_dims(head_dims)}    >;
 """ for kernel, head_dims in sm90_head_dims.items())
     return f"""\
 #pragma once
 {GENERATED}
 // The head dims with instances of each sm_90a kernel (sm90/attention_<kernel>_sm90_hdim<E>.cu) that this
 // build compiled: as attention_kernels.h, a head dim setup.py leaves out is left out here too. One list
-// per kernel for its predicate and its dispatch (attention_sm90.cu).
+// per kernel for its predicate and its dispatch (attention_{{fwd,bwd}}_sm90.cu).
 
 #include <utility>
 

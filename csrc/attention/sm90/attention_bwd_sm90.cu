@@ -10,33 +10,27 @@ namespace fasttx {
 
 bool attention_bwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&
-         sm90_has_head_dim(p.head_dim, attn::Sm90BwdKvHeadDims{}) &&
-         sm90_has_head_dim(p.head_dim, attn::Sm90BwdQHeadDims{}) && p.queries > 0 && p.keys > 0;
+         attn::has_head_dim(p.head_dim, attn::Sm90BwdKvHeadDims{}) &&
+         attn::has_head_dim(p.head_dim, attn::Sm90BwdQHeadDims{}) && p.queries > 0 && p.keys > 0;
 }
 
 bool attention_bwd_kvq_sm90_supports(const AttentionParams& p) {
-  return attention_bwd_sm90_supports(p) && sm90_has_head_dim(p.head_dim, attn::Sm90BwdKvqHeadDims{});
+  return attention_bwd_sm90_supports(p) && attn::has_head_dim(p.head_dim, attn::Sm90BwdKvqHeadDims{});
 }
 
 bool attention_bwd_kv_sm90(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::head_dim_switch(p.head_dim, attn::Sm90BwdKvHeadDims{},
-                        [&]<int kHeadDim>() { launched = attention_bwd_kv_sm90_hdim<kHeadDim>(p, stream); });
-  return launched;
+  return attn::head_dim_switch(p.head_dim, attn::Sm90BwdKvHeadDims{}, false,
+                               [&]<int kHeadDim>() { return attention_bwd_kv_sm90_hdim<kHeadDim>(p, stream); });
 }
 
 bool attention_bwd_kvq_sm90(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::head_dim_switch(p.head_dim, attn::Sm90BwdKvqHeadDims{},
-                        [&]<int kHeadDim>() { launched = attention_bwd_kvq_sm90_hdim<kHeadDim>(p, stream); });
-  return launched;
+  return attn::head_dim_switch(p.head_dim, attn::Sm90BwdKvqHeadDims{}, false,
+                               [&]<int kHeadDim>() { return attention_bwd_kvq_sm90_hdim<kHeadDim>(p, stream); });
 }
 
 bool attention_bwd_q_sm90(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::head_dim_switch(p.head_dim, attn::Sm90BwdQHeadDims{},
-                        [&]<int kHeadDim>() { launched = attention_bwd_q_sm90_hdim<kHeadDim>(p, stream); });
-  return launched;
+  return attn::head_dim_switch(p.head_dim, attn::Sm90BwdQHeadDims{}, false,
+                               [&]<int kHeadDim>() { return attention_bwd_q_sm90_hdim<kHeadDim>(p, stream); });
 }
 
 }  // namespace fasttx

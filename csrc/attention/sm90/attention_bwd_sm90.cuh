@@ -462,26 +462,22 @@ bool attention_bwd_kv_sm90_pass(const AttentionBwdParams& p, cudaStream_t stream
 template <int kHeadDim>
 bool attention_bwd_kv_sm90_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
   using attn::Sm90Grad;
-  bool launched = false;
-  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+  return attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
     if constexpr (attn::sm90_bwd_split<kHeadDim>) {
-      launched = attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kV>(p, stream) &&
-                 attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kK>(p, stream);
+      return attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kV>(p, stream) &&
+             attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kK>(p, stream);
     } else {
-      launched = attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kKV>(p, stream);
+      return attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, Sm90Grad::kKV>(p, stream);
     }
   });
-  return launched;
 }
 
 template <int kHeadDim>
 bool attention_bwd_kvq_sm90_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
-    launched = attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, attn::Sm90Grad::kKVAtomicQ>(
+  return attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+    return attn::attention_bwd_kv_sm90_pass<T, kHeadDim, kCausal, kMask, kDropout, attn::Sm90Grad::kKVAtomicQ>(
         p, stream);
   });
-  return launched;
 }
 
 }  // namespace fasttx

@@ -323,17 +323,14 @@ inline bool turns_left_out() { return env_is("FASTTX_ATTENTION_SM90_DQ_TURNS", "
 
 template <int kHeadDim>
 bool attention_bwd_q_sm90_hdim(const AttentionBwdParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+  return attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
     if constexpr (attn::Sm90Dq<kHeadDim>::kConsumers > 1) {  // one consumer takes no turns
       if (attn::turns_left_out()) {
-        launched = attn::attention_bwd_q_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, false>(p, stream);
-        return;
+        return attn::attention_bwd_q_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, false>(p, stream);
       }
     }
-    launched = attn::attention_bwd_q_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, true>(p, stream);
+    return attn::attention_bwd_q_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, true>(p, stream);
   });
-  return launched;
 }
 
 }  // namespace fasttx

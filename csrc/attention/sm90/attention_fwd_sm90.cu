@@ -9,14 +9,12 @@ namespace fasttx {
 
 bool attention_fwd_sm90_supports(const AttentionParams& p) {
   return (p.dtype == DType::kFloat16 || p.dtype == DType::kBFloat16) &&
-         sm90_has_head_dim(p.head_dim, attn::Sm90FwdHeadDims{}) && p.scale > 0.f && p.queries > 0;
+         attn::has_head_dim(p.head_dim, attn::Sm90FwdHeadDims{}) && p.scale > 0.f && p.queries > 0;
 }
 
 bool attention_fwd_sm90(const AttentionParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::head_dim_switch(p.head_dim, attn::Sm90FwdHeadDims{},
-                        [&]<int kHeadDim>() { launched = attention_fwd_sm90_hdim<kHeadDim>(p, stream); });
-  return launched;
+  return attn::head_dim_switch(p.head_dim, attn::Sm90FwdHeadDims{}, false,
+                               [&]<int kHeadDim>() { return attention_fwd_sm90_hdim<kHeadDim>(p, stream); });
 }
 
 }  // namespace fasttx

@@ -498,18 +498,15 @@ inline bool narrow_keys_asked() { return env_is("FASTTX_ATTENTION_SM90_KEYS", "1
 
 template <int kHeadDim>
 bool attention_fwd_sm90_hdim(const AttentionParams& p, cudaStream_t stream) {
-  bool launched = false;
-  attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
+  return attn::kernel_switch(p, [&]<typename T, bool kCausal, bool kMask, bool kDropout>() {
     constexpr int kKeys = attn::sm90_fwd_block_keys(kHeadDim, kCausal, kMask, kDropout);
     if constexpr (kKeys == 176) {
       if (attn::narrow_keys_asked()) {
-        launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, 128>(p, stream);
-        return;
+        return attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, 128>(p, stream);
       }
     }
-    launched = attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, kKeys>(p, stream);
+    return attn::attention_fwd_sm90_run<T, kHeadDim, kCausal, kMask, kDropout, kKeys>(p, stream);
   });
-  return launched;
 }
 
 }  // namespace fasttx

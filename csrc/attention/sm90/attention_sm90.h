@@ -4,19 +4,10 @@
 // attention_fwd_sm90.cu and attention_bwd_sm90.cu, which dispatch over the head dims to the launches of one
 // head dim below.
 
-#include <utility>
-
 #include "attention/attention.h"
 #include "common/env.h"
 
 namespace fasttx {
-
-// Whether head_dim is one of a kernel's list of head dims with instances (attention_sm90_kernels.h: one list
-// each for its predicate and its dispatch).
-template <int... kE>
-constexpr bool sm90_has_head_dim(int head_dim, std::integer_sequence<int, kE...>) {
-  return ((head_dim == kE) || ...);
-}
 
 // Whether the dispatch may use the sm_90a kernels at all (the forward, and the backward's dK/dV and
 // dQ kernels): only with FASTTX_ATTENTION_SM90=1 in the environment (read at each call, so a process can

@@ -3,7 +3,7 @@
 // edit that list and rerun it, never this file.
 // The head dims with instances of each sm_90a kernel (sm90/attention_<kernel>_sm90_hdim<E>.cu) that this
 // build compiled: as attention_kernels.h, a head dim setup.py leaves out is left out here too. One list
-// per kernel for its predicate and its dispatch (attention_sm90.cu).
+// per kernel for its predicate and its dispatch (attention_{fwd,bwd}_sm90.cu).
 
 #include <utility>
 

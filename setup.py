@@ -3,21 +3,18 @@
 The CUDA extension ``fasttx._C`` is built when nvcc and a CUDA build of torch are present.
 FASTTX_BUILD_CUDA=0 skips it, =1 forces it (and fails loudly when it cannot be built).
 Architectures come from TORCH_CUDA_ARCH_LIST, default "8.0;9.0a": with no GPU visible torch
-cannot guess them, so we always set them explicitly. FASTTX_ATTENTION_HEAD_DIMS=64,128 compiles the
+cannot guess them, so we always set them explicitly. The sources and flags are fasttx/_build.py's,
+shared with the first-use build (fasttx/_extension.py). FASTTX_ATTENTION_HEAD_DIMS=64,128 compiles the
 CUDA attention kernels of those head dims only (default: all of fasttx/_attention_kernels.py), to
 cut build time; the extension then rejects the others with an error saying how to build them.
 """
 
-import glob
 import importlib.util
 import os
-import re
 import shutil
 import sys
 
 from setuptools import setup
-
-DEFAULT_ARCH_LIST = "8.0;9.0a"
 
 
 def _set_cuda_home():
@@ -49,44 +46,24 @@ def _cuda_build_reason_to_skip():
     return None
 
 
-def _attention_head_dims_left_out(root):
-    """Head dims of the CUDA attention kernels that FASTTX_ATTENTION_HEAD_DIMS leaves out of the build
-    (the list is fasttx/_attention_kernels.py, loaded by path: fasttx is not installed yet)."""
-    path = os.path.join(root, "fasttx", "_attention_kernels.py")
-    spec = importlib.util.spec_from_file_location("_attention_kernels", path)
+def _build_config(root):
+    """fasttx/_build.py, the extension's sources and flags, loaded by path: fasttx is not installed yet."""
+    spec = importlib.util.spec_from_file_location("fasttx_build", os.path.join(root, "fasttx", "_build.py"))
     config = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config)
-    built = config.build_head_dims(os.environ.get(config.BUILD_ENV))
-    left_out = [d for d in config.HEAD_DIMS if d not in built]
-    if left_out:
-        print(f"fasttx: {config.BUILD_ENV}: building the attention kernels of head dims {built} only", file=sys.stderr)
-    return left_out
+    return config
 
 
 def _cuda_extension():
     from torch.utils.cpp_extension import CUDAExtension
 
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     root = os.path.dirname(os.path.abspath(__file__))
-    left_out = _attention_head_dims_left_out(root)
-    # A head dim left out: its generated files (attention_{fwd,bwd}_hdim<E>.cu and the sm_90a kernels'
-    # attention_<kernel>_sm90_hdim<E>.cu) are not compiled, and every file sees FASTTX_ATTENTION_SKIP_HDIM<E>
-    # (csrc/attention/attention_kernels.h, sm90/attention_sm90_kernels.h), so nothing refers to them.
-    skipped = re.compile(r"attention_(fwd|bwd|\w+_sm90)_hdim(%s)\.cu" % "|".join(map(str, left_out))) if left_out else None
-    sources = sorted(
-        os.path.relpath(p, root)
-        for pattern in ("csrc/**/*.cu", "csrc/**/*.cpp")
-        for p in glob.glob(os.path.join(root, pattern), recursive=True)
-        if skipped is None or not skipped.fullmatch(os.path.basename(p))
-    )
-    # No -std: torch adds the standard its headers need (C++20 for torch >= 2.10). tools/ptxas_table.py
-    # reads the "nvcc" list as written here; fasttx/_extension.py's first-use build passes the same.
-    # -Xfatbin=-compress-all: nvcc compresses only the larger cubins by default; compressing every one, as
-    # torch's own build does, took the extension from 227 MB to 38 MB (nvcc 13.0, sm_80 + sm_90a), the
-    # same code decompressed once per module when a kernel of it first loads.
-    flags = {"cxx": ["-O3"], "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xfatbin=-compress-all"]}
-    for compiler_flags in flags.values():
-        compiler_flags += [f"-DFASTTX_ATTENTION_SKIP_HDIM{d}" for d in left_out]
+    config = _build_config(root)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", config.DEFAULT_ARCH_LIST)
+    sources, flags, left_out = config.extension_build(root, os.environ)
+    if left_out:
+        print(f"fasttx: FASTTX_ATTENTION_HEAD_DIMS: leaving out the attention kernels of head dims {left_out}",
+              file=sys.stderr)
     return CUDAExtension(
         name="fasttx._C",
         sources=sources,

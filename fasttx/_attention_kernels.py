@@ -1,9 +1,9 @@
 """The one list of the CUDA attention kernels' compile-time configurations (csrc/attention).
 
 Read by csrc/attention/generate_kernels.py (which writes the per-head-dim .cu files, the C++ header
-attention_kernels.h and the emulator's list from it), setup.py (FASTTX_ATTENTION_HEAD_DIMS builds a
-subset), fasttx/functional/attention.py and the tests. Plain Python with no imports, so that
-setup.py can load it before fasttx is installed. Adding a head dim: docs/contributing.md.
+attention_kernels.h and the emulator's list from it), fasttx/_build.py (the builds' sources:
+FASTTX_ATTENTION_HEAD_DIMS builds a subset), fasttx/functional/attention.py and the tests. Plain
+Python with no imports, so that fasttx/_build.py can load it by path before fasttx is installed. Adding a head dim: docs/contributing.md.
 """
 
 # Head dims E (== Ev) with kernels: one attention_fwd_hdim<E>.cu and one attention_bwd_hdim<E>.cu each.
@@ -21,7 +21,8 @@ SM90_HEAD_DIMS = {
 # Input dtypes: every head-dim file instantiates both (and causal or not) behind a runtime switch.
 DTYPES = ("float16", "bfloat16")
 
-# setup.py's build flag: a comma-separated subset of HEAD_DIMS to compile (unset or empty: all).
+# The builds' flag (setup.py and the first-use build, fasttx/_build.py): a comma-separated subset of
+# HEAD_DIMS to compile (unset or empty: all).
 BUILD_ENV = "FASTTX_ATTENTION_HEAD_DIMS"
 
 

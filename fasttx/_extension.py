@@ -7,7 +7,6 @@ and nvcc, the extension is compiled on first use with ``torch.utils.cpp_extensio
 """
 
 import contextlib
-import glob
 import importlib
 import os
 import shutil
@@ -51,23 +50,27 @@ def environment(name: str, value):
 def _jit_build():
     from torch.utils.cpp_extension import load
 
-    sources = sorted(
-        glob.glob(os.path.join(_CSRC, "**", "*.cu"), recursive=True)
-        + glob.glob(os.path.join(_CSRC, "**", "*.cpp"), recursive=True)
-    )
+    from . import _build
+
+    root = os.path.dirname(_CSRC)
+    sources, flags, _ = _build.extension_build(root, os.environ)
     warnings.warn(
         "fasttx: the CUDA extension fasttx._C is not installed; compiling it now from "
         f"{_CSRC} with torch.utils.cpp_extension.load (cached after the first time)",
         stacklevel=3,
     )
-    load(
-        name="fasttx_C",
-        sources=sources,
-        extra_include_paths=[_CSRC],
-        extra_cflags=["-O3"],
-        extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xfatbin=-compress-all"],  # setup.py's
-        is_python_module=False,
-    )
+    # torch would build for the visible GPUs' architectures, but as 9.0 where the sm_90a kernels need 9.0a.
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST") or _build.arch_list_for(
+        torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count()))
+    with environment("TORCH_CUDA_ARCH_LIST", arch_list):
+        load(
+            name="fasttx_C",
+            sources=[os.path.join(root, source) for source in sources],
+            extra_include_paths=[_CSRC],
+            extra_cflags=flags["cxx"],
+            extra_cuda_cflags=flags["nvcc"],
+            is_python_module=False,
+        )
 
 
 def _why_no_jit_build():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fasttx
-from fasttx import _attention_kernels, _extension
+from fasttx import _attention_kernels, _build, _extension
 from fasttx._declarations import DECLARATIONS
 
 HAVE_NVCC = torch.version.cuda is not None and shutil.which("nvcc") is not None
@@ -585,7 +585,10 @@ def test_ptxas_table_parses_and_groups_ptxas_output():
     assert families == {"softmax"}
     with pytest.raises(SystemExit, match="unknown kernel family 'softmax'"):
         table.replace_sections(readme, {"attention": "fresh\n"})
-    assert "--expt-relaxed-constexpr" in table.setup_nvcc_flags()
+    # It compiles as setup.py builds: fasttx/_build.py's flags and architectures.
+    command = table.nvcc_command("x.cu", "sm_90a", "x.cubin")
+    assert all(flag in command for flag in _build.NVCC_FLAGS) and "--expt-relaxed-constexpr" in command
+    assert table.ARCHS == ("sm_80", "sm_90a") and _build.DEFAULT_ARCH_LIST == "8.0;9.0a"
 
 
 @pytest.mark.parametrize("name,row", [
@@ -701,3 +704,57 @@ def test_build_flag_selects_head_dims():
         build("64,80")
     with pytest.raises(ValueError, match="expected comma-separated head dims"):
         build("64;128")
+
+
+def test_build_sources_and_flags_follow_the_head_dims_asked_for():
+    """fasttx/_build.py, what setup.py and the first-use build compile: every csrc file and no define by
+    default; with FASTTX_ATTENTION_HEAD_DIMS, none of the files of the head dims left out, and their
+    FASTTX_ATTENTION_SKIP_HDIM<E> for both compilers."""
+    sources, flags, left_out = _build.extension_build(ROOT, {})
+    on_disk = sorted(os.path.relpath(os.path.join(d, f), ROOT) for d, _, files in os.walk(os.path.join(ROOT, "csrc"))
+                     for f in files if f.endswith((".cu", ".cpp")))
+    assert sources == on_disk and left_out == []
+    assert flags == {"cxx": list(_build.CXX_FLAGS), "nvcc": list(_build.NVCC_FLAGS)}
+
+    sources, flags, left_out = _build.extension_build(ROOT, {_attention_kernels.BUILD_ENV: "128,64"})
+    assert left_out == [d for d in _attention_kernels.HEAD_DIMS if d not in (64, 128)] and left_out
+    dropped = {s for s in on_disk if re.search(r"_hdim(%s)\.cu$" % "|".join(map(str, left_out)), s)}
+    assert dropped and sorted(set(on_disk) - dropped) == sources
+    assert "csrc/attention/sm90/attention_fwd_sm90_hdim128.cu" in sources
+    defines = [f"-DFASTTX_ATTENTION_SKIP_HDIM{d}" for d in left_out]
+    assert flags == {"cxx": [*_build.CXX_FLAGS, *defines], "nvcc": [*_build.NVCC_FLAGS, *defines]}
+    with pytest.raises(ValueError, match="no kernels for head dims"):
+        _build.extension_build(ROOT, {_attention_kernels.BUILD_ENV: "80"})
+
+
+def test_first_use_build_compiles_as_setup_py_does(monkeypatch):
+    """fasttx/_extension.py's torch.utils.cpp_extension.load call: _build's sources (absolute) and flags,
+    FASTTX_ATTENTION_HEAD_DIMS honoured, and 9.0a for an H100/H200 where TORCH_CUDA_ARCH_LIST is unset
+    (torch would guess 9.0, without the sm_90a kernels); the variable is restored after."""
+    import torch.utils.cpp_extension
+
+    calls = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load",
+                        lambda **kw: calls.append((kw, os.environ.get("TORCH_CUDA_ARCH_LIST"))))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (9, 0))
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setenv(_attention_kernels.BUILD_ENV, "64")
+    with pytest.warns(UserWarning, match="compiling it now"):
+        _extension._jit_build()
+    (kwargs, arch_list), = calls
+    sources, flags, _ = _build.extension_build(ROOT, {_attention_kernels.BUILD_ENV: "64"})
+    assert kwargs["sources"] == [os.path.join(ROOT, s) for s in sources]
+    assert (kwargs["extra_cflags"], kwargs["extra_cuda_cflags"]) == (flags["cxx"], flags["nvcc"])
+    assert arch_list == "9.0a" and "TORCH_CUDA_ARCH_LIST" not in os.environ
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.6")
+    with pytest.warns(UserWarning):
+        _extension._jit_build()
+    assert calls[-1][1] == "8.6"
+
+
+def test_first_use_build_architectures():
+    assert _build.arch_list_for([(9, 0), (8, 0), (9, 0)]) == "8.0;9.0a"
+    assert _build.arch_list_for([(8, 6)]) == "8.6"
+    assert _build.arch_list_for([(10, 0)]) == "10.0"

@@ -29,6 +29,7 @@ def test_wheel_contents(tmp_path):
     assert "fasttx/triton_kernels/layer_norm.py" in names
     assert "fasttx/benchmarks/norms.py" in names
     assert "fasttx/reference/layer_norm.py" in names
+    assert "fasttx/_build.py" in names and "fasttx/_attention_kernels.py" in names  # the first-use build's
     assert not [n for n in names if n.startswith(("triton_kernels/", "benchmarks/", "tests/"))]
 
 

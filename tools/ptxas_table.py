@@ -1,9 +1,9 @@
 """The ptxas register / shared-memory / spill tables of the CUDA kernels, generated, not pasted.
 
 Compiles every csrc/**/*.cu for each architecture the extension is built for, with the nvcc flags
-setup.py gives torch's CUDAExtension plus ``-Xptxas -v``, parses what ptxas reports for every kernel
-instantiation, and writes one table per kernel family (a directory of csrc/) into the README section
-between ``<!-- ptxas-table FAMILY -->`` and ``<!-- /ptxas-table -->``:
+setup.py gives torch's CUDAExtension (fasttx/_build.py) plus ``-Xptxas -v``, parses what ptxas
+reports for every kernel instantiation, and writes one table per kernel family (a directory of csrc/)
+into the README section between ``<!-- ptxas-table FAMILY -->`` and ``<!-- /ptxas-table -->``:
 
     python tools/ptxas_table.py            # print the tables
     python tools/ptxas_table.py --write    # rewrite the README sections
@@ -13,9 +13,9 @@ A full compile: minutes (``--jobs`` parallel nvcc processes).
 """
 
 import argparse
-import ast
 import concurrent.futures
 import dataclasses
+import importlib.util
 import os
 import re
 import shutil
@@ -26,7 +26,18 @@ import textwrap
 from collections.abc import Callable, Iterable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARCHS = ("sm_80", "sm_90a")  # setup.py's DEFAULT_ARCH_LIST, "8.0;9.0a"
+
+
+def _load_build_config():
+    """This checkout's fasttx/_build.py (the extension's flags and architectures), by path as setup.py loads it."""
+    spec = importlib.util.spec_from_file_location("fasttx_build", os.path.join(ROOT, "fasttx", "_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_build = _load_build_config()
+ARCHS = tuple("sm_" + arch.replace(".", "") for arch in _build.DEFAULT_ARCH_LIST.split(";"))  # sm_80, sm_90a
 # torch adds the C++ standard its headers need (C++20 for every torch fasttx supports, >= 2.11).
 CXX_STD = "-std=c++20"
 BEGIN = re.compile(r"<!-- ptxas-table (\w+) -->\n")
@@ -237,22 +248,11 @@ def section(family_name: str, kernels: list[Kernel], names: dict[str, str], nvcc
     return wrapped + "\n\n" + render(family, kernels, names)
 
 
-def setup_nvcc_flags() -> list[str]:
-    """The "nvcc" list of extra_compile_args in setup.py, read without running it."""
-    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
-                if isinstance(key, ast.Constant) and key.value == "nvcc":
-                    return ast.literal_eval(value)
-    raise SystemExit("ptxas_table: no \"nvcc\" flags in setup.py's extra_compile_args")
-
-
 def nvcc_command(source: str, arch: str, output: str) -> list[str]:
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
     virtual = arch.replace("sm_", "compute_")
-    return ["nvcc", "-cubin", f"-gencode=arch={virtual},code={arch}", *COMMON_NVCC_FLAGS, *setup_nvcc_flags(),
+    return ["nvcc", "-cubin", f"-gencode=arch={virtual},code={arch}", *COMMON_NVCC_FLAGS, *_build.NVCC_FLAGS,
             CXX_STD, "-I", os.path.join(ROOT, "csrc"), "-Xptxas", "-v", source, "-o", output]
 
 

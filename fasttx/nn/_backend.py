@@ -1,7 +1,11 @@
 """The ``backend`` every fasttx module takes, how it shows in the repr, and the in-place conversion
-of torch.nn modules into their fasttx drop-ins (used by the composite modules and fasttx.patch)."""
+of torch.nn modules into their fasttx drop-ins (used by the composite modules and fasttx.patch).
+Also how a fasttx module goes through the tools that compile or trace a torch.nn one (TorchScript,
+torch.fx), where fasttx's forward cannot."""
 
 import collections
+import types
+import warnings
 
 import torch
 
@@ -33,10 +37,55 @@ class BackendMixin:
             if isinstance(module, BackendMixin):
                 module.__dict__["_fasttx_backend"] = name
 
+    # TorchScript compiles a module's properties unless told not to; this one is Python-only.
+    __jit_unused_properties__ = ["backend"]
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles each fasttx module's forward, whose TorchScript branch is torch.nn's
+        own forward (see torch_forward). Returns the module itself: torch.jit.script puts what this
+        returns into the parent, so anything else would change the user's model."""
+        _warn_backend_not_applied(self, "torch.jit.script")
+        return self
+
+    def _traced(self, *args):
+        """forward's answer under torch.fx symbolic tracing, which forward tells by its first argument
+        being a Proxy: the graph node that calls this module, as the tracer makes for torch.nn's own
+        modules (Tracer.is_leaf_module), since fasttx's forward reads the shapes, dtypes and devices a
+        Proxy does not have. Traced as the root itself, the module is traced through torch.nn's
+        forward, as a torch.nn root is."""
+        tracer = args[0].tracer
+        path = tracer.path_of_module(self)
+        if path == "":
+            _warn_backend_not_applied(self, "torch.fx.symbolic_trace of the module itself")
+            return self._torch_forward(*args)
+        return tracer.create_proxy("call_module", path, args, {})
+
     def extra_repr(self):
         ran = backends.last_used.get(self._fasttx_op)
         shown = f"backend={self.backend}" + (f" (last ran: {ran})" if self.backend == "auto" and ran else "")
         return ", ".join(part for part in (super().extra_repr(), shown) if part)
+
+
+def torch_forward(torch_class):
+    """``torch_class.forward`` (a torch.nn module's), to be a fasttx module's ``_torch_forward``: what its
+    forward runs under TorchScript, which cannot compile fasttx's Python dispatch to the kernels, so a
+    scripted fasttx module computes torch.nn's formulation, with the same parameters. The same code
+    under that name: TorchScript compiles a method called from forward under its function's name."""
+    forward = torch_class.forward
+    method = types.FunctionType(forward.__code__, forward.__globals__, "_torch_forward", forward.__defaults__,
+                                forward.__closure__)
+    method.__kwdefaults__ = forward.__kwdefaults__
+    method.__annotations__ = dict(forward.__annotations__)
+    method.__qualname__ = f"{torch_class.__qualname__}._torch_forward"
+    return method
+
+
+def _warn_backend_not_applied(module, tool):
+    """What ``tool`` compiles computes torch.nn's formulation: say so where the module's backend was
+    asked for explicitly (it may not change silently; "auto" and "torch" may)."""
+    if module.backend not in ("auto", "torch"):
+        warnings.warn(f"fasttx.nn.{type(module).__name__}: {tool} compiles torch.nn's formulation of the module, "
+                      f"not its backend={module.backend!r} kernels", stacklevel=3)
 
 
 def convert(model, backend):

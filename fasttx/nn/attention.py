@@ -26,12 +26,16 @@ torch's forward (_torch_inference_kernel_applies) for small inputs: there its on
 the ~15 of fasttx's forward.
 """
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+from torch.fx import Proxy
 
 from .. import functional
 from ..functional._checks import check_mask
-from ._backend import BackendMixin, torch_inference_kernel_applies
+from ._backend import BackendMixin, torch_forward, torch_inference_kernel_applies
 
 
 def _mask_to_fasttx(mask):
@@ -89,6 +93,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
     module docstring), plus ``backend``: "auto", "torch", "triton" or "cuda"."""
 
     _fasttx_op = "attention"
+    _torch_forward = torch_forward(torch.nn.MultiheadAttention)
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, backend="auto"):
@@ -200,8 +205,19 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 and not is_causal and fused_kernel_takes(self, query)
                 and torch_inference_kernel_applies(self, query, key_padding_mask, [("attention", self)]))
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only (_backend.torch_forward)
+            return self._torch_forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                       average_attn_weights, is_causal)
+        if isinstance(query, Proxy):  # torch.fx symbolic tracing (BackendMixin._traced)
+            return self._traced(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                                is_causal)
+        return self._forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                             is_causal)
+
+    def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):
         if self._torch_inference_kernel_applies(query, key, value, key_padding_mask, need_weights, attn_mask,
                                                 is_causal):
             try:

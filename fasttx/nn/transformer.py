@@ -23,9 +23,13 @@ torch.compile(fullgraph=True):
 Masks keep their dtype: bool masks go to the kernels as bool, not converted to float first.
 """
 
-import torch
+from typing import Optional
 
-from ._backend import BackendMixin, torch_inference_kernel_applies
+import torch
+from torch import Tensor
+from torch.fx import Proxy
+
+from ._backend import BackendMixin, torch_forward, torch_inference_kernel_applies
 from .attention import fused_kernel_takes
 
 
@@ -47,6 +51,7 @@ def _seq_len(x, batch_first):
 
 class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
     _fasttx_op = "attention"
+    _torch_forward = torch_forward(torch.nn.TransformerEncoderLayer)
 
     def _torch_inference_kernel_applies(self, src, src_mask, src_key_padding_mask, is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
@@ -59,7 +64,15 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
                                                    [("attention", attn), ("layer_norm", self.norm1),
                                                     ("layer_norm", self.norm2)]))
 
-    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+    def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
+                is_causal: bool = False) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles this branch only (_backend.torch_forward)
+            return self._torch_forward(src, src_mask, src_key_padding_mask, is_causal)
+        if isinstance(src, Proxy):  # torch.fx symbolic tracing (BackendMixin._traced)
+            return self._traced(src, src_mask, src_key_padding_mask, is_causal)
+        return self._forward(src, src_mask, src_key_padding_mask, is_causal)
+
+    def _forward(self, src, src_mask, src_key_padding_mask, is_causal):
         if getattr(src, "is_nested", False):  # only torch's kernel takes nested tensors
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
         if self._torch_inference_kernel_applies(src, src_mask, src_key_padding_mask, is_causal):
@@ -92,6 +105,20 @@ class TransformerDecoderLayer(BackendMixin, torch.nn.TransformerDecoderLayer):
     which are fasttx modules here."""
 
     _fasttx_op = "attention"
+    _torch_forward = torch_forward(torch.nn.TransformerDecoderLayer)
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
+                memory_mask: Optional[Tensor] = None, tgt_key_padding_mask: Optional[Tensor] = None,
+                memory_key_padding_mask: Optional[Tensor] = None, tgt_is_causal: bool = False,
+                memory_is_causal: bool = False) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._torch_forward(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+                                       memory_key_padding_mask, tgt_is_causal, memory_is_causal)
+        if isinstance(tgt, Proxy):
+            return self._traced(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                                tgt_is_causal, memory_is_causal)
+        return self._torch_forward(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                                   tgt_is_causal, memory_is_causal)
 
 
 class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
@@ -99,8 +126,17 @@ class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
     fasttx layers."""
 
     _fasttx_op = "attention"
+    _torch_forward = torch_forward(torch.nn.TransformerEncoder)
 
-    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+    def forward(self, src: Tensor, mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
+                is_causal: Optional[bool] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._torch_forward(src, mask, src_key_padding_mask, is_causal)
+        if isinstance(src, Proxy):
+            return self._traced(src, mask, src_key_padding_mask, is_causal)
+        return self._forward(src, mask, src_key_padding_mask, is_causal)
+
+    def _forward(self, src, mask, src_key_padding_mask, is_causal):
         keep = self._torch_packs(src, mask, src_key_padding_mask)
         if keep is not None:
             output = self._packed_forward(src, keep)
@@ -164,9 +200,23 @@ class TransformerDecoder(BackendMixin, torch.nn.TransformerDecoder):
     fasttx layers."""
 
     _fasttx_op = "attention"
+    _torch_forward = torch_forward(torch.nn.TransformerDecoder)
 
-    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
-                memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
+                memory_mask: Optional[Tensor] = None, tgt_key_padding_mask: Optional[Tensor] = None,
+                memory_key_padding_mask: Optional[Tensor] = None, tgt_is_causal: Optional[bool] = None,
+                memory_is_causal: bool = False) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._torch_forward(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+                                       memory_key_padding_mask, tgt_is_causal, memory_is_causal)
+        if isinstance(tgt, Proxy):
+            return self._traced(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                                tgt_is_causal, memory_is_causal)
+        return self._forward(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                             tgt_is_causal, memory_is_causal)
+
+    def _forward(self, tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                 tgt_is_causal, memory_is_causal):
         batch_first = self.layers[0].self_attn.batch_first
         tgt_is_causal = _is_causal_mask(tgt_mask, tgt_is_causal, _seq_len(tgt, batch_first))
         output = tgt
@@ -181,4 +231,21 @@ class Transformer(BackendMixin, torch.nn.Transformer):
     """torch's forward as is; encoder and decoder (unless custom ones are given) are fasttx's."""
 
     _fasttx_op = "attention"
+    _torch_forward = torch_forward(torch.nn.Transformer)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_mask: Optional[Tensor] = None, tgt_mask: Optional[Tensor] = None,
+                memory_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
+                tgt_key_padding_mask: Optional[Tensor] = None, memory_key_padding_mask: Optional[Tensor] = None,
+                src_is_causal: Optional[bool] = None, tgt_is_causal: Optional[bool] = None,
+                memory_is_causal: bool = False) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._torch_forward(src, tgt, src_mask, tgt_mask, memory_mask, src_key_padding_mask,
+                                       tgt_key_padding_mask, memory_key_padding_mask, src_is_causal, tgt_is_causal,
+                                       memory_is_causal)
+        if isinstance(src, Proxy):
+            return self._traced(src, tgt, src_mask, tgt_mask, memory_mask, src_key_padding_mask, tgt_key_padding_mask,
+                                memory_key_padding_mask, src_is_causal, tgt_is_causal, memory_is_causal)
+        return self._torch_forward(src, tgt, src_mask, tgt_mask, memory_mask, src_key_padding_mask,
+                                   tgt_key_padding_mask, memory_key_padding_mask, src_is_causal, tgt_is_causal,
+                                   memory_is_causal)
 

@@ -15,7 +15,13 @@ torch's whole SDPA call takes ~11 us). Both do the same thing otherwise: below a
 forward op; then the declaration's setup_context and backward formula. The Triton ops are defined
 with ``Library.define`` and their implementations registered directly, since torch.library.custom_op
 registers an autograd kernel of its own.
+
+Under torch.func's transforms (grad, vjp, jacrev, vmap) that autograd.Function cannot run inside the op
+(torch.func sends it to an operator with no kernel at the Autograd key), so op() hands out the op
+wrapped in it instead, and the backward formulas call their ops the same way (_call).
 """
+
+import functools
 
 import torch
 
@@ -31,6 +37,10 @@ def _run_below_autograd(overload, keyset, args):
         return overload.redispatch(keyset & _BELOW_AUTOGRAD, *args)
 
 
+# OpOverload -> the op inside the autograd.Function of its Autograd kernel, applied around it (op()).
+_APPLIED_AROUND = {}
+
+
 def _autograd_kernel(overload, backward, setup_context=None):
     """The Autograd-key kernel of the op ``overload``: with grad enabled and an input requiring grad,
     the op inside an autograd.Function driven by ``setup_context`` (a forward op's declaration's) and
@@ -40,21 +50,30 @@ def _autograd_kernel(overload, backward, setup_context=None):
     defaults = tuple(argument.default_value for argument in overload._schema.arguments)
 
     class Function(torch.autograd.Function):
-        # apply(*args, keyset): the keyset last, so that ctx.needs_input_grad[i] is argument i's.
+        # apply(*args, keyset): the keyset last, so that ctx.needs_input_grad[i] is argument i's. The
+        # keyset is None where the Function is applied around the op rather than inside its Autograd
+        # kernel (under torch.func transforms: op()). forward and setup_context apart, and a generated
+        # vmap rule, as torch.func takes them.
+        generate_vmap_rule = True
+
         @staticmethod
-        def forward(ctx, *args_and_keyset):
+        def forward(*args_and_keyset):
             *args, keyset = args_and_keyset
-            output = _run_below_autograd(overload, keyset, args)
+            return overload(*args) if keyset is None else _run_below_autograd(overload, keyset, args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            *args, _keyset = inputs
             if setup_context is not None:
                 setup_context(ctx, (*args, *defaults[len(args):]), output)
             ctx.arguments_given = len(args)
-            return output
 
         @staticmethod
         def backward(ctx, *grads):
             return (*backward(ctx, *grads)[:ctx.arguments_given], None)
 
     Function.__name__ = f"{overload._opname}_backward"
+    _APPLIED_AROUND[overload] = lambda *args: Function.apply(*args, None)
 
     def kernel(keyset, *args):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
@@ -77,18 +96,43 @@ def _no_double_backward(bwd_op):
 
 def _register(name, backend):
     declaration = DECLARATIONS[name]
-    fwd_op, bwd_op = op(name, "fwd", backend), op(name, "bwd", backend)
+    fwd_op, bwd_op = (getattr(torch.ops.fasttx, f"{name}_{d}_{backend}").default for d in ("fwd", "bwd"))
     torch.library.register_fake(f"fasttx::{name}_fwd_{backend}", declaration.fwd_fake, lib=_LIBRARY)
     torch.library.register_fake(f"fasttx::{name}_bwd_{backend}", declaration.bwd_fake, lib=_LIBRARY)
-    _LIBRARY.impl(f"{name}_fwd_{backend}", _autograd_kernel(fwd_op, declaration.backward(bwd_op),
-                                                            declaration.setup_context), "Autograd", with_keyset=True)
+    backward = declaration.backward(functools.partial(_call, bwd_op))
+    _LIBRARY.impl(f"{name}_fwd_{backend}", _autograd_kernel(fwd_op, backward, declaration.setup_context), "Autograd",
+                  with_keyset=True)
     _LIBRARY.impl(f"{name}_bwd_{backend}", _autograd_kernel(bwd_op, _no_double_backward(bwd_op)), "Autograd",
                   with_keyset=True)
 
 
+# (name, direction, backend) -> OpOverload, filled as op() first asks: a lookup in torch.ops per call
+# costs ~0.3 us of host time.
+_OVERLOADS = {}
+
+
 def op(name, direction, backend):
-    """The OpOverload ``fasttx::{name}_{direction}_{backend}``."""
-    return getattr(torch.ops.fasttx, f"{name}_{direction}_{backend}").default
+    """The OpOverload ``fasttx::{name}_{direction}_{backend}``, or what to call in its place (_callable)."""
+    key = (name, direction, backend)
+    overload = _OVERLOADS.get(key)
+    if overload is None:
+        overload = _OVERLOADS[key] = getattr(torch.ops.fasttx, f"{name}_{direction}_{backend}").default
+    return _callable(overload)
+
+
+def _callable(overload):
+    """``overload``; under a torch.func transform (grad, vjp, jacrev, vmap), the op inside its
+    autograd.Function applied around it. torch.func hands an autograd.Function to its
+    custom_function_call operator, which has no kernel at the Autograd key where the op's own Autograd
+    kernel applies it (nor has torch.library.register_autograd's). (torch.compile reads the check as a
+    constant.)"""
+    return _APPLIED_AROUND[overload] if torch._C._are_functorch_transforms_active() else overload
+
+
+def _call(overload, *args):
+    """_callable(overload)(*args), for the backward formulas: torch.func's grad differentiates with
+    create_graph=True, so they run under the transform too."""
+    return _callable(overload)(*args)
 
 
 def _define_triton_ops():

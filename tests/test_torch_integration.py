@@ -79,6 +79,44 @@ def test_double_backward_raises(name, backend):
         dx.sum().backward()
 
 
+@pytest.mark.parametrize("name,backend", KERNEL_CASES)
+def test_torch_func_grad_jacrev_and_per_sample_gradients(name, backend):
+    """torch.func's transforms through the op's kernels (fasttx._ops.op: the op's autograd.Function
+    applied around it there): grad and vjp give autograd's gradients, jacrev the same rows, and
+    vmap(grad) the per-sample gradients a loop computes (the Opacus pattern). grad is recorded reaching
+    the op's forward and backward kernels, not another backend."""
+    model, x = _example(name, backend)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x = x.detach()
+    dy = torch.randn_like(model(x))
+
+    def loss(p, inputs, weights):
+        return (torch.func.functional_call(model, p, (inputs,)) * weights).sum()
+
+    expected = _grads(model, x.requires_grad_(), model(x), dy)
+    x = x.detach()
+    with OpRecorder() as recorder:
+        grads = torch.func.grad(loss, argnums=(0, 1))(params, x, dy)
+    assert {f"fasttx::{name}_fwd_{backend}", f"fasttx::{name}_bwd_{backend}"} <= recorder.ops
+    for got, want in zip((grads[1], *grads[0].values()), expected):
+        assert_close(got, want, x.dtype, "torch.func.grad")
+
+    out, vjp = torch.func.vjp(lambda inputs: torch.func.functional_call(model, params, (inputs,)), x)
+    assert_close(vjp(dy)[0], expected[0], x.dtype, "torch.func.vjp")
+    other = torch.randn_like(dy)  # jacrev's two rows: the gradients of two weighted sums
+    rows = torch.func.jacrev(lambda inputs: torch.stack([loss(params, inputs, w) for w in (dy, other)]))(x)
+    assert_close(rows[0], expected[0], x.dtype, "torch.func.jacrev")
+    assert_close(rows[1], vjp(other)[0], x.dtype, "torch.func.jacrev")
+
+    per_sample = torch.func.vmap(torch.func.grad(lambda p, xi, dyi: loss(p, xi[None], dyi[None])),
+                                 in_dims=(None, 0, 0))(params, x, dy)
+    for i in range(len(x)):
+        one = torch.autograd.grad(loss(dict(model.named_parameters()), x[i:i + 1], dy[i:i + 1]),
+                                  list(model.parameters()))
+        for key, want in zip(params, one):
+            assert_close(per_sample[key][i], want, x.dtype, f"per-sample gradient of {key}, sample {i}")
+
+
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("name,backend", KERNEL_CASES)
 def test_compile_fullgraph(name, backend, compiler):

@@ -59,23 +59,6 @@ def _kernel_params(input, weight, bias=None):
             else p.reshape(-1).to(dtype).contiguous() for p in (weight, bias)]
 
 
-def _torch_op_as_is(op, backend, input, params):
-    """Whether torch's own F.<op> on these very arguments computes what fasttx's would: "torch", or
-    "auto" resolving to it, input and parameters of one dtype (fasttx's rule for mixed ones is its
-    own), no autocast (fasttx's norms keep their input's dtype under it). Then the call is torch's
-    alone, and so are its checks: where torch refuses the arguments, the caller runs the general
-    path, whose checks say what is wrong (or accept a normalized_shape torch takes only as a
-    tuple). The general path's checks and backend choice cost a torch.nn-sized norm on CPU about
-    as much host time again as torch's whole call; this costs about a third of it."""
-    if (backend != "auto" and backend != "torch") or not isinstance(input, torch.Tensor):
-        return False
-    for p in params:
-        if p is not None and not (isinstance(p, torch.Tensor) and p.dtype == input.dtype):
-            return False
-    # (Any device's autocast, as torch.nn.RNN asks: one call, where asking input.device's is three.)
-    return not torch._C._is_any_autocast_enabled() and backends.resolve(op, backend, input) == "torch"
-
-
 def _as_rows(input, hidden):
     return input.reshape(-1, hidden).contiguous()
 
@@ -96,7 +79,7 @@ def _check_param_dtypes(input, params):
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """LayerNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.layer_norm``."""
-    if _torch_op_as_is("layer_norm", backend, input, (weight, bias)):
+    if native.runs_as_is("layer_norm", backend, input, (weight, bias)):
         try:
             return F.layer_norm(input, normalized_shape, weight, bias, eps)
         except (RuntimeError, TypeError, ValueError):

@@ -19,6 +19,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from .. import backends
+
 
 def _without_autocast(norm):
     """``norm`` run with autocast off: torch's autocast would run layer_norm / rms_norm in fp32;
@@ -100,3 +102,21 @@ def softmax(input, dim, scale, mask, is_causal, dtype):
     logits, has_key = _reopen_empty_rows(logits, dim)
     out = torch.softmax(logits, dim, dtype=torch.promote_types(logits.dtype, out_dtype))
     return out.masked_fill(~has_key, 0.0).to(out_dtype)
+
+
+def runs_as_is(op, backend, input, params):
+    """Whether torch's own op (F.layer_norm, F.rms_norm, torch.softmax) on these very arguments computes
+    what fasttx's would, given the op's own conditions (softmax: no scale, mask, causal masking or
+    other output dtype): "torch", or "auto" resolving to it, input and ``params`` of one dtype (fasttx's
+    rule for mixed ones is its own), no autocast (fasttx's norms keep their input's dtype under it).
+    Then the call is torch's alone, and so are its checks: where torch refuses the arguments, the
+    caller runs the general path, whose checks say what is wrong (or accept a normalized_shape torch
+    takes only as a tuple). The general path's checks and backend choice cost a torch.nn-sized norm
+    on CPU about as much host time again as torch's whole call; this costs about a third of it."""
+    if (backend != "auto" and backend != "torch") or not isinstance(input, torch.Tensor):
+        return False
+    for p in params:
+        if p is not None and not (isinstance(p, torch.Tensor) and p.dtype == input.dtype):
+            return False
+    # (Any device's autocast, as torch.nn.RNN asks: one call, where asking input.device's is three.)
+    return not torch._C._is_any_autocast_enabled() and backends.resolve(op, backend, input) == "torch"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .. import _ops, backends
 from . import native
-from .layer_norm import _as_rows, _check_args, _kernel_params, _like_input, _torch_op_as_is
+from .layer_norm import _as_rows, _check_args, _kernel_params, _like_input
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
@@ -18,7 +18,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
     docs say ``torch.finfo(input.dtype).eps``; its CPU and CUDA code and its decomposition take
     fp32's for fp16 / bf16 / fp32 input, fp64's for fp64): 1.19e-7, or 2.2e-16 for float64.
     """
-    if _torch_op_as_is("rms_norm", backend, input, (weight,)):
+    if native.runs_as_is("rms_norm", backend, input, (weight,)):
         try:
             return F.rms_norm(input, normalized_shape, weight, eps)
         except (RuntimeError, TypeError, ValueError):

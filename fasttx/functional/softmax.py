@@ -27,6 +27,8 @@ _AUTOCAST_TO_FP32 = ("cuda",)
 
 def _check_args(input, dim, scale, mask, is_causal, dtype):
     check_tensor("softmax", "input", input)
+    if not isinstance(dim, int):
+        raise TypeError(f"fasttx.softmax: dim must be an int, got {type(dim).__name__}")
     ndim = max(input.dim(), 1)
     if not -ndim <= dim < ndim:
         raise IndexError(f"fasttx.softmax: dim must be in [{-ndim}, {ndim - 1}] for input of shape {list(input.shape)}, got {dim}")
@@ -62,6 +64,12 @@ def softmax(input, dim=-1, *, scale=None, mask=None, is_causal=False, dtype=None
     nothing kept gives 0 output and 0 gradient. Output dtype: ``dtype`` if given, float32 under
     CUDA autocast, else the input's.
     """
+    if (scale is None and mask is None and not is_causal and (dtype is None or dtype == getattr(input, "dtype", None))
+            and native.runs_as_is("softmax", backend, input, ())):
+        try:
+            return torch.softmax(input, dim)
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            pass  # the checks below name the argument (and raise torch's error again if they pass)
     _check_args(input, dim, scale, mask, is_causal, dtype)
     if dtype is None and input.device.type in _AUTOCAST_TO_FP32 and torch.is_autocast_enabled(input.device.type):
         dtype = torch.float32

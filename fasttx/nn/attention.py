@@ -80,7 +80,7 @@ def fused_kernel_takes(mha, x):
 
 
 class ArgumentError(ValueError, AssertionError, RuntimeError):
-    """A bad argument to fasttx.nn.MultiheadAttention.forward: a ValueError, also catchable as the
+    """A bad argument to fasttx.nn.MultiheadAttention or its forward: a ValueError, also catchable as the
     AssertionError or RuntimeError torch.nn.MultiheadAttention raises for the same call."""
 
 
@@ -98,8 +98,8 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, batch_first=False, device=None, dtype=None, *, backend="auto"):
         if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
-            raise ValueError(f"fasttx.nn.MultiheadAttention: embed_dim must be a positive multiple of num_heads, "
-                             f"got embed_dim={embed_dim}, num_heads={num_heads}")
+            raise ArgumentError(f"fasttx.nn.MultiheadAttention: embed_dim must be a positive multiple of num_heads, "
+                                f"got embed_dim={embed_dim}, num_heads={num_heads}")
         super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim, batch_first,
                          device, dtype, backend=backend)
 

@@ -415,5 +415,11 @@ def test_need_weights_false_allocates_nothing_quadratic():
 def test_bad_construction_is_refused_clearly():
     with pytest.raises(ValueError, match="embed_dim must be a positive multiple of num_heads, got embed_dim=10, num_heads=3"):
         fasttx.nn.MultiheadAttention(10, 3)
+    # As catchable as torch's errors for the same arguments (an AssertionError where not divisible).
+    for args in [(10, 3), (8, 16), (8, 0), (0, 2), (-8, 2)]:
+        with pytest.raises(Exception) as raised_by_torch:
+            torch.nn.MultiheadAttention(*args)
+        with pytest.raises(raised_by_torch.type, match="fasttx.nn.MultiheadAttention"):
+            fasttx.nn.MultiheadAttention(*args)
     with pytest.raises(ValueError, match="backend must be one of"):
         fasttx.nn.MultiheadAttention(8, 2, backend="tpu")

@@ -134,6 +134,16 @@ def _context(tmp_path):
     return ctx
 
 
+@pytest.mark.parametrize("capability,arch", [((9, 0), "9.0a"), ((8, 0), "8.0"), ((8, 6), "8.6")])
+def test_build_stage_targets_the_visible_gpu_as_the_first_use_build_does(monkeypatch, capability, arch):
+    """sm_90 is built as 9.0a (the sm_90a attention kernels' wgmma and setmaxnreg): fasttx/_build.py's
+    rule, shared with the first-use build."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: capability)
+    assert gpu_check._arch() == arch
+
+
 def test_pytest_command_ends_a_hung_test_and_reports_durations(tmp_path, monkeypatch):
     """A test blocked in a CUDA call (a kernel that never ends) is out of reach of pytest-timeout's default
     signal method: the command asks for its thread method wherever pytest-timeout is installed."""

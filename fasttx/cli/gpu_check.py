@@ -242,10 +242,12 @@ def _tail(path, limit=4000):
 # ---- stages ------------------------------------------------------------------------------------
 
 def _arch():
+    """The visible GPU's TORCH_CUDA_ARCH_LIST, as the first-use build picks it (9.0a on sm_90)."""
     import torch
 
-    major, minor = torch.cuda.get_device_capability()
-    return f"{major}.{minor}" + ("a" if major == 9 else "")  # wgmma / setmaxnreg need sm_90a
+    from .. import _build
+
+    return _build.arch_list_for([torch.cuda.get_device_capability()])
 
 
 def _probe_install(ctx):

@@ -79,6 +79,8 @@ def test_double_backward_raises(name, backend):
         dx.sum().backward()
 
 
+# vmap runs the kernels once per sample, and torch says so for each op (no batching rule is registered).
+@pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
 @pytest.mark.parametrize("name,backend", KERNEL_CASES)
 def test_torch_func_grad_jacrev_and_per_sample_gradients(name, backend):
     """torch.func's transforms through the op's kernels (fasttx._ops.op: the op's autograd.Function

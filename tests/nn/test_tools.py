@@ -4,6 +4,7 @@ accepts, and gives torch's results (fasttx/nn/_backend.py: torch_forward, Backen
 
 import inspect
 import io
+import types
 import typing
 import warnings
 
@@ -65,7 +66,21 @@ def test_forward_signature_is_torchs(torch_cls):
     ours, theirs = inspect.signature(DROP_INS[torch_cls].forward), inspect.signature(torch_cls.forward)
     assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
         [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
-    assert typing.get_type_hints(DROP_INS[torch_cls].forward) == typing.get_type_hints(torch_cls.forward)
+    assert _canonical(typing.get_type_hints(DROP_INS[torch_cls].forward)) == \
+        _canonical(typing.get_type_hints(torch_cls.forward))
+
+
+def _canonical(hint):
+    """A type hint with typing's and the builtins' spellings made one (Optional[X] and X | None,
+    Tuple[...] and tuple[...]): torch releases annotate either way."""
+    if isinstance(hint, dict):
+        return {name: _canonical(value) for name, value in hint.items()}
+    origin, args = typing.get_origin(hint), tuple(_canonical(arg) for arg in typing.get_args(hint))
+    if origin is None:
+        return hint
+    if origin in (typing.Union, types.UnionType):
+        return ("union", frozenset(args))
+    return (origin, args)
 
 
 # torch.nn.TransformerEncoder's own __constants__ names its norm submodule: torch warns for torch's module too.

@@ -72,6 +72,13 @@ def _autograd_kernel(overload, backward, setup_context=None):
         def backward(ctx, *grads):
             return (*backward(ctx, *grads)[:ctx.arguments_given], None)
 
+        @staticmethod
+        def jvp(ctx, *tangents):
+            # Without it torch's error names no op; with no forward-mode formula, this says whose and what to do.
+            raise RuntimeError(f"fasttx::{overload._opname}: forward-mode AD (torch.func.jvp, jacfwd, hessian, "
+                               f"torch.autograd.forward_ad) is not supported by fasttx's kernels; backend='torch' "
+                               f"runs torch's own ops, which support it")
+
     Function.__name__ = f"{overload._opname}_backward"
     _APPLIED_AROUND[overload] = lambda *args: Function.apply(*args, None)
 

@@ -79,6 +79,16 @@ def test_double_backward_raises(name, backend):
         dx.sum().backward()
 
 
+@pytest.mark.parametrize("name,backend", KERNEL_CASES)
+def test_forward_mode_ad_raises_naming_the_op(name, backend):
+    """Forward-mode AD has no formula in the kernels: a RuntimeError names the op and the way out,
+    where torch's own error named no op."""
+    model, x = _example(name, backend)
+    x = x.detach()
+    with pytest.raises(RuntimeError, match=f"fasttx::{name}_fwd_{backend}: forward-mode AD .* backend='torch'"):
+        torch.func.jvp(model, (x,), (torch.randn_like(x),))
+
+
 # vmap runs the kernels once per sample, and torch says so for each op (no batching rule is registered).
 @pytest.mark.filterwarnings("ignore:There is a performance drop because we have not yet implemented the batching rule")
 @pytest.mark.parametrize("name,backend", KERNEL_CASES)

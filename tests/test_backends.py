@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import torch
@@ -32,6 +33,12 @@ def test_use_backend_and_environment(monkeypatch):
     assert backends.default_backend() == "torch"
     with fasttx.use_backend("triton"):
         assert backends.default_backend() == "triton"
+        # The block's choice is this thread's: another thread sees the default.
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(backends.default_backend()))
+        other.start()
+        other.join()
+        assert seen == ["torch"]
 
 
 def test_environment_is_read_at_import_and_a_bad_value_fails_the_first_call():

@@ -198,11 +198,11 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         out = out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
         return F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
-    def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, need_weights, attn_mask,
-                                        is_causal):
+    def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, attn_mask, is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
-        would (_backend.torch_inference_kernel_applies)."""
-        return (not self.training and query is key and key is value and not need_weights and attn_mask is None
+        would (_backend.torch_inference_kernel_applies), weights included (need_weights, averaged over
+        the heads or not)."""
+        return (not self.training and query is key and key is value and attn_mask is None
                 and not is_causal and fused_kernel_takes(self, query)
                 and torch_inference_kernel_applies(self, query, key_padding_mask, [("attention", self)]))
 
@@ -219,8 +219,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                              is_causal)
 
     def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):
-        if self._torch_inference_kernel_applies(query, key, value, key_padding_mask, need_weights, attn_mask,
-                                                is_causal):
+        if self._torch_inference_kernel_applies(query, key, value, key_padding_mask, attn_mask, is_causal):
             try:
                 return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                        average_attn_weights, is_causal)

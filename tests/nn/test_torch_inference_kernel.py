@@ -56,6 +56,24 @@ def test_small_inference_runs_torchs_fused_kernel_with_fasttxs_result(kind, kwar
     assert fasttx.backends.last_used["attention"] == "torch"
 
 
+@pytest.mark.parametrize("average", [True, False])
+@pytest.mark.parametrize("padded", [False, True])
+def test_small_inference_with_weights_runs_torchs_fused_kernel_with_fasttxs_weights(padded, average):
+    """need_weights=True (torch.nn's default) too: torch's kernel returns the weights fasttx's path
+    computes, averaged over the heads or per head."""
+    module = _module("mha")
+    x = torch.randn(3, 7, 16)
+    mask = _padding(7, [7, 4, 1]) if padded else None
+    with torch.no_grad(), OpRecorder() as recorder:
+        out, weights = module(x, x, x, key_padding_mask=mask, average_attn_weights=average)
+    assert FUSED["mha"] in recorder.ops
+    with OpRecorder() as recorder:  # parameters require grad: fasttx's path
+        own, own_weights = module(x, x, x, key_padding_mask=mask, average_attn_weights=average)
+    assert FUSED["mha"] not in recorder.ops
+    torch.testing.assert_close(out, own.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weights, own_weights.detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind,kwargs", CASES[:2], ids=str)
 def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwargs, monkeypatch):
     module = _module(kind, **kwargs)

@@ -3,7 +3,8 @@
 Read by csrc/attention/generate_kernels.py (which writes the per-head-dim .cu files, the C++ header
 attention_kernels.h and the emulator's list from it), fasttx/_build.py (the builds' sources:
 FASTTX_ATTENTION_HEAD_DIMS builds a subset), fasttx/functional/attention.py and the tests. Plain
-Python with no imports, so that fasttx/_build.py can load it by path before fasttx is installed. Adding a head dim: docs/contributing.md.
+Python with no imports, so that fasttx/_build.py can load it by path before fasttx is installed.
+Adding a head dim: docs/contributing.md.
 """
 
 # Head dims E (== Ev) with kernels: one attention_fwd_hdim<E>.cu and one attention_bwd_hdim<E>.cu each.

@@ -115,7 +115,7 @@ def _no_double_backward(bwd_op):
 
 def _register(name, backend):
     declaration = DECLARATIONS[name]
-    fwd_op, bwd_op = (getattr(torch.ops.fasttx, f"{name}_{d}_{backend}").default for d in ("fwd", "bwd"))
+    fwd_op, bwd_op = _overload(name, "fwd", backend), _overload(name, "bwd", backend)
     torch.library.register_fake(f"fasttx::{name}_fwd_{backend}", declaration.fwd_fake, lib=_LIBRARY)
     torch.library.register_fake(f"fasttx::{name}_bwd_{backend}", declaration.bwd_fake, lib=_LIBRARY)
     backward = declaration.backward(functools.partial(_call, bwd_op))
@@ -125,18 +125,23 @@ def _register(name, backend):
                   with_keyset=True)
 
 
-# (name, direction, backend) -> OpOverload, filled as op() first asks: a lookup in torch.ops per call
+# (name, direction, backend) -> OpOverload, filled as each is first asked for: a lookup in torch.ops per call
 # costs ~0.3 us of host time.
 _OVERLOADS = {}
 
 
-def op(name, direction, backend):
-    """The OpOverload ``fasttx::{name}_{direction}_{backend}``, or what to call in its place (_callable)."""
+def _overload(name, direction, backend):
+    """The OpOverload ``fasttx::{name}_{direction}_{backend}``."""
     key = (name, direction, backend)
     overload = _OVERLOADS.get(key)
     if overload is None:
         overload = _OVERLOADS[key] = getattr(torch.ops.fasttx, f"{name}_{direction}_{backend}").default
-    return _callable(overload)
+    return overload
+
+
+def op(name, direction, backend):
+    """The op ``fasttx::{name}_{direction}_{backend}``, or what to call in its place (_callable)."""
+    return _callable(_overload(name, direction, backend))
 
 
 def _callable(overload):

@@ -257,13 +257,8 @@ def nvcc_command(source: str, arch: str, output: str) -> list[str]:
 
 
 def compile_all(jobs: int) -> dict[str, list[Kernel]]:
-    """Family -> the kernels of every csrc/FAMILY/*.cu on every architecture."""
-    sources = sorted(
-        os.path.join(dirpath, f)
-        for dirpath, _, files in os.walk(os.path.join(ROOT, "csrc"))
-        for f in files
-        if f.endswith(".cu")
-    )
+    """Family -> the kernels of every csrc/FAMILY/*.cu (the build's, every head dim) on every architecture."""
+    sources = [os.path.join(ROOT, source) for source in _build.extension_build(ROOT, {})[0] if source.endswith(".cu")]
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         def run(source, arch):
             out = os.path.join(tmp, f"{os.path.relpath(source, ROOT).replace(os.sep, '_')}.{arch}.cubin")

@@ -19,6 +19,7 @@ least disturbed by the rest of the machine).
 
 import argparse
 import contextlib
+import functools
 import importlib
 import os
 import time
@@ -77,6 +78,9 @@ def calls(inference=False):
     weight, bias = torch.randn(64, requires_grad=True), torch.randn(64, requires_grad=True)
     tokens = torch.randn(2, 8, 64)
     padding = torch.arange(8) >= torch.tensor([[8], [5]])  # (2, 8): the second sequence's last 3 tokens
+    torch_norms = {"LayerNorm": torch.nn.LayerNorm(64), "RMSNorm": torch.nn.RMSNorm(64), "Softmax": torch.nn.Softmax(-1)}
+    fasttx_norms = {(name, b): getattr(fasttx.nn, name)(*([-1] if name == "Softmax" else [64]), backend=b)
+                    for name in torch_norms for b in ("torch", "triton")}
     torch_mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
     torch_layer = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
     fasttx_mha, fasttx_layer = {}, {}
@@ -92,6 +96,7 @@ def calls(inference=False):
         "layer_norm": lambda b: lambda: fasttx.layer_norm(rows, (64,), weight, bias, backend=b),
         "rms_norm": lambda b: lambda: fasttx.rms_norm(rows, (64,), weight, backend=b),
         "softmax": lambda b: lambda: fasttx.softmax(rows, -1, backend=b),
+        **{f"nn.{name}": _module_call(fasttx_norms, name, rows) for name in torch_norms},
         "MultiheadAttention, self": lambda b: lambda: fasttx_mha[b](tokens, tokens, tokens, need_weights=False),
         "MultiheadAttention, self, key padding": lambda b: lambda: fasttx_mha[b](
             tokens, tokens, tokens, key_padding_mask=padding, need_weights=False),
@@ -102,6 +107,7 @@ def calls(inference=False):
         "layer_norm": lambda: F.layer_norm(rows, (64,), weight, bias),
         "rms_norm": lambda: F.rms_norm(rows, (64,), weight),
         "softmax": lambda: torch.softmax(rows, -1),
+        **{f"nn.{name}": functools.partial(module, rows) for name, module in torch_norms.items()},
         "MultiheadAttention, self": lambda: torch_mha(tokens, tokens, tokens, need_weights=False),
         "MultiheadAttention, self, key padding": lambda: torch_mha(tokens, tokens, tokens, key_padding_mask=padding,
                                                                    need_weights=False),
@@ -109,6 +115,11 @@ def calls(inference=False):
     }
     return {case: {"torch": theirs[case], "fasttx torch": make("torch"), "fasttx triton (not launched)": make("triton")}
             for case, make in ours.items()}
+
+
+def _module_call(modules, name, x):
+    """backend -> a call of modules[name, backend] on x."""
+    return lambda backend: lambda: modules[name, backend](x)
 
 
 def host_us(fn, calls, repeats):

@@ -134,8 +134,8 @@ def test_auto_runs_only_the_kernels_a_gpu_run_validated(monkeypatch):
     import types
 
     monkeypatch.setattr(backends, "unavailable_reason", lambda *args, **kwargs: None)
-    on_gpu = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16)
-    on_cpu = types.SimpleNamespace(device=torch.device("cpu"), dtype=torch.float16)
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=torch.float16)
+    on_cpu = types.SimpleNamespace(device=torch.device("cpu"), is_cuda=False, dtype=torch.float16)
     ops = set(backends.AUTO_KERNELS)
     assert {"attention", "layer_norm", "rms_norm", "softmax"} <= ops  # every op has its entry
     for op in ops:

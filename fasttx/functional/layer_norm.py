@@ -13,7 +13,6 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 
 from .. import _ops, backends
 from . import native
@@ -81,7 +80,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, bac
     """LayerNorm over the trailing ``normalized_shape`` dims, as ``torch.nn.functional.layer_norm``."""
     if native.runs_as_is("layer_norm", backend, input, (weight, bias)):
         try:
-            return F.layer_norm(input, normalized_shape, weight, bias, eps)
+            return native.torch_layer_norm(input, normalized_shape, weight, bias, eps)
         except (RuntimeError, TypeError, ValueError):
             pass  # the checks below name the argument (and raise torch's error again if they pass)
     normalized_shape = _check_args("layer_norm", input, normalized_shape, {"weight": weight, "bias": bias})

@@ -4,7 +4,6 @@ dtypes and (rows, hidden) view (fasttx/functional/layer_norm.py, whose docstring
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .. import _ops, backends
 from . import native
@@ -20,7 +19,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
     """
     if native.runs_as_is("rms_norm", backend, input, (weight,)):
         try:
-            return F.rms_norm(input, normalized_shape, weight, eps)
+            return native.torch_rms_norm(input, normalized_shape, weight, eps)
         except (RuntimeError, TypeError, ValueError):
             pass  # the checks below name the argument (and raise torch's error again if they pass)
     normalized_shape = _check_args("rms_norm", input, normalized_shape, {"weight": weight})

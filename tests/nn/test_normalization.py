@@ -85,3 +85,57 @@ def test_patch_swaps_modules_keeping_parameters(backend):
     assert model[1].backend == backend
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert type(fasttx.patch(torch.nn.LayerNorm(4))) is fasttx.nn.LayerNorm
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
+@pytest.mark.parametrize("torch_cls,fasttx_cls", MODULES, ids=["LayerNorm", "RMSNorm"])
+def test_weight_that_is_no_registered_parameter_is_read_as_torch_reads_it(torch_cls, fasttx_cls):
+    """forward reads the registered parameters without the ordinary attribute lookup
+    (fasttx/nn/_backend.py, parameter); a weight that is not one is still what module.weight is:
+    a parametrization's property, a plain tensor put in its place, None."""
+    from torch.nn.utils import parametrize
+
+    x = torch.randn(3, 8)
+    theirs, ours = torch_cls(8), fasttx_cls(8)
+    randomize_parameters(theirs, 1.0)
+    ours.load_state_dict(theirs.state_dict())
+    for module in (theirs, ours):
+        parametrize.register_parametrization(module, "weight", _Doubled())
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert not torch.allclose(ours(x), fasttx_cls(8)(x))  # the parametrization did change the result
+    for module in (theirs, ours):
+        parametrize.remove_parametrizations(module, "weight")
+        del module.weight
+        module.weight = torch.linspace(-1, 1, 8)  # a plain tensor attribute, no parameter
+    torch.testing.assert_close(ours(x), theirs(x))
+    for module in (theirs, ours):
+        del module.weight
+        module.register_parameter("weight", None)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+class _Recorder(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("torch_cls,fasttx_cls,function", [(torch.nn.LayerNorm, fasttx.nn.LayerNorm, torch.nn.functional.layer_norm),
+                                                           (torch.nn.RMSNorm, fasttx.nn.RMSNorm, torch.nn.functional.rms_norm)],
+                         ids=["LayerNorm", "RMSNorm"])
+def test_torch_function_overrides_see_the_functional_torchs_module_calls(torch_cls, fasttx_cls, function):
+    """Where torch's module runs, fasttx's calls torch's op without F's Python around it, except where a
+    __torch_function__ override is active: then it calls the F function, as torch.nn's module does."""
+    x = torch.randn(3, 8)
+    for module in (torch_cls(8), fasttx_cls(8)):
+        with _Recorder() as recorder:
+            module(x)
+        assert function in recorder.seen, type(module)

@@ -80,13 +80,17 @@ def torch_forward(torch_class):
     return method
 
 
-def parameter(module, name):
-    """``module.<name>`` where it is a registered parameter (or None in its place) read without the
-    ordinary attribute lookup that fails before torch.nn.Module.__getattr__ finds it: ~0.5 us of a
-    small norm's host time, a parameter. Where the name is not registered (a parametrization's
-    property, a plain tensor set in its place), the attribute as Python finds it."""
-    registered = module._parameters
-    return registered[name] if name in registered else getattr(module, name)
+def registered(module, name):
+    """``module.<name>`` where it is a registered parameter or submodule (or None in its place), read
+    without the ordinary attribute lookup that fails before torch.nn.Module.__getattr__ finds it:
+    ~0.5 us of a small module's host time, a name (1.5-2x that inside a model's call). Where the
+    name is neither (a parametrization's property, a plain tensor set in its place), the attribute
+    as Python finds it."""
+    table = module._parameters
+    if name in table:
+        return table[name]
+    table = module._modules
+    return table[name] if name in table else getattr(module, name)
 
 
 def _warn_backend_not_applied(module, tool):
@@ -133,14 +137,31 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
     sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0. (CPU only:
     on CUDA the kernel computes GELU by its tanh approximation.) Where torch's forward then refuses
     the arguments, the caller runs fasttx's, whose checks name the argument."""
-    if x.dim() != 3 or x.device.type != "cpu" or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
+    if x.dim() != 3 or not x.is_cpu or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
         return False
     if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or not torch.backends.mha.get_fastpath_enabled():
         return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
         return False
     if key_padding_mask is not None and not (isinstance(key_padding_mask, torch.Tensor) and key_padding_mask.dtype == torch.bool
-                                             and not bool(key_padding_mask.all(-1).any())):
+                                             and not _some_row_all_true(key_padding_mask)):
         return False
     # (A submodule a user swapped back to a torch.nn one has no backend: torch's, which that kernel computes.)
-    return all(backends.resolve(op, getattr(submodule, "backend", "torch"), x) == "torch" for op, submodule in ops)
+    for op, submodule in ops:  # (a loop: all() of a generator costs ~0.3 us more)
+        if backends.resolve(op, getattr(submodule, "backend", "torch"), x) != "torch":
+            return False
+    return True
+
+
+# Up to this many elements, _some_row_all_true reads the mask as Python lists: ~10 ns an element, where
+# its two reductions and the read of their result cost ~3 us, and ~12 us inside a module's call (the
+# call's own work evicts their code from the caches; benchmarks/notes/attention.md).
+_MASK_READ_AS_LIST_MAX_ELEMENTS = 1024
+
+
+def _some_row_all_true(mask):
+    """Whether some row of the 2-D bool ``mask`` is True throughout (a sequence that is all padding)."""
+    if mask.numel() <= _MASK_READ_AS_LIST_MAX_ELEMENTS:
+        return any(map(all, mask.tolist()))  # (all() stops at a row's first False: its first real token)
+    return bool(mask.all(-1).any())
+

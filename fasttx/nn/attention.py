@@ -36,7 +36,7 @@ from torch.fx import Proxy
 
 from .. import functional
 from ..functional._checks import check_mask
-from ._backend import BackendMixin, torch_forward, torch_inference_kernel_applies
+from ._backend import BackendMixin, registered, torch_forward, torch_inference_kernel_applies
 
 
 def _mask_to_fasttx(mask):
@@ -75,9 +75,11 @@ def fused_kernel_takes(mha, x):
     MultiheadAttention and TransformerEncoderLayer forwards) reads ``mha`` as fasttx's forward does
     for input ``x``: the conditions of torch's own fast path on the module, and those its encoder
     layer's fast path omits (bias_k / bias_v, add_zero_attn)."""
-    return (isinstance(x, torch.Tensor) and mha.batch_first and mha._qkv_same_embed_dim and mha.num_heads % 2 == 0
-            and mha.in_proj_bias is not None and mha.bias_k is None and not mha.add_zero_attn
-            and x.dtype == mha.in_proj_weight.dtype == mha.in_proj_bias.dtype)
+    if not (isinstance(x, torch.Tensor) and mha.batch_first and mha._qkv_same_embed_dim and mha.num_heads % 2 == 0
+            and mha.bias_k is None and not mha.add_zero_attn):
+        return False
+    bias = registered(mha, "in_proj_bias")
+    return bias is not None and x.dtype is registered(mha, "in_proj_weight").dtype is bias.dtype
 
 
 class ArgumentError(ValueError, AssertionError, RuntimeError):

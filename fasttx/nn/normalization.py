@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.fx import Proxy
 
 from .. import functional
-from ._backend import BackendMixin, parameter, torch_forward
+from ._backend import BackendMixin, registered, torch_forward
 
 
 class LayerNorm(BackendMixin, torch.nn.LayerNorm):
@@ -21,7 +21,7 @@ class LayerNorm(BackendMixin, torch.nn.LayerNorm):
             return self._torch_forward(input)
         if isinstance(input, Proxy):  # torch.fx symbolic tracing (BackendMixin._traced)
             return self._traced(input)
-        return functional.layer_norm(input, self.normalized_shape, parameter(self, "weight"), parameter(self, "bias"),
+        return functional.layer_norm(input, self.normalized_shape, registered(self, "weight"), registered(self, "bias"),
                                      self.eps, backend=self.backend)
 
 
@@ -34,4 +34,4 @@ class RMSNorm(BackendMixin, torch.nn.RMSNorm):
             return self._torch_forward(x)
         if isinstance(x, Proxy):
             return self._traced(x)
-        return functional.rms_norm(x, self.normalized_shape, parameter(self, "weight"), self.eps, backend=self.backend)
+        return functional.rms_norm(x, self.normalized_shape, registered(self, "weight"), self.eps, backend=self.backend)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.fx import Proxy
 
-from ._backend import BackendMixin, torch_forward, torch_inference_kernel_applies
+from ._backend import BackendMixin, registered, torch_forward, torch_inference_kernel_applies
 from .attention import fused_kernel_takes
 
 
@@ -56,13 +56,13 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
     def _torch_inference_kernel_applies(self, src, src_mask, src_key_padding_mask, is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
         would (_backend.torch_inference_kernel_applies; the attention's conditions: fused_kernel_takes)."""
-        attn, norms = self.self_attn, (self.norm1, self.norm2)
-        return (not self.training and src_mask is None and not is_causal and self.activation_relu_or_gelu
-                and isinstance(attn, torch.nn.MultiheadAttention) and all(isinstance(n, torch.nn.LayerNorm) for n in norms)
-                and self.norm1.eps == self.norm2.eps and fused_kernel_takes(attn, src)
+        if self.training or src_mask is not None or is_causal or not self.activation_relu_or_gelu:
+            return False
+        attn, norm1, norm2 = registered(self, "self_attn"), registered(self, "norm1"), registered(self, "norm2")
+        return (isinstance(attn, torch.nn.MultiheadAttention) and isinstance(norm1, torch.nn.LayerNorm)
+                and isinstance(norm2, torch.nn.LayerNorm) and norm1.eps == norm2.eps and fused_kernel_takes(attn, src)
                 and torch_inference_kernel_applies(self, src, src_key_padding_mask,
-                                                   [("attention", attn), ("layer_norm", self.norm1),
-                                                    ("layer_norm", self.norm2)]))
+                                                   [("attention", attn), ("layer_norm", norm1), ("layer_norm", norm2)]))
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:

@@ -13,6 +13,7 @@ from fasttx import functional
 from fasttx.integrations import library_modules
 from fasttx.testing import TOLERANCE, rel_error
 
+from ..conftest import runnable_backends
 from .model_checks import assert_half_within_twice_stock, assert_matches_stock
 
 pytest.importorskip("transformers")
@@ -38,13 +39,14 @@ DTYPES = [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (tor
     (key, *dtypes) for key in NORMS for dtypes in DTYPES
     if not (key[1] == "LayerNorm" and dtypes == (torch.float32, torch.bfloat16))],
     ids=lambda value: value[1] if isinstance(value, tuple) else str(value).removeprefix("torch."))
-def test_listed_norm_matches_the_stock_class(key, input_dtype, weight_dtype):
+@pytest.mark.parametrize("backend", runnable_backends(op="rms_norm"))
+def test_listed_norm_matches_the_stock_class(key, input_dtype, weight_dtype, backend):
     stock = _norm_class(key)(HIDDEN, eps=1e-5).to(weight_dtype)
     with torch.no_grad():
         for param in stock.parameters():
             param.copy_(torch.randn_like(param))
     converted = copy.deepcopy(stock)
-    assert fasttx.patch(converted, backend="torch").fasttx_patched == {key[1]: 1}
+    assert fasttx.patch(converted, backend=backend).fasttx_patched == {key[1]: 1}
     assert isinstance(converted, type(stock)) and converted.state_dict().keys() == stock.state_dict().keys()
     x = (torch.randn(3, 5, HIDDEN) * 3 + 1).to(input_dtype)
     x_stock, x_fast = (x.clone().requires_grad_() for _ in range(2))
@@ -127,3 +129,26 @@ def test_timm_vit_torch_compile_fullgraph():
     compiled_model = fasttx.patch(copy.deepcopy(reference), backend="torch")
     assert_matches_stock(compiled_model, reference, torch.randn(2, 3, 16, 16),
                          run=torch.compile(compiled_model, fullgraph=True))
+
+
+@pytest.mark.parametrize("key", [key for key, behaviour in library_modules.LIBRARY_MODULES.items()
+                                 if behaviour in (library_modules.LlamaStyleRMSNorm, library_modules.T5StyleRMSNorm)],
+                         ids=lambda key: key[1])
+def test_listed_rms_norm_runs_its_stock_forward_on_torch(key, monkeypatch):
+    """On the torch backend a listed RMSNorm is its stock class's forward, bit for bit; on a kernel
+    backend it runs fasttx.rms_norm (the Triton kernels, interpreted on CPU here)."""
+    stock = _norm_class(key)(HIDDEN, eps=1e-5).to(torch.bfloat16)
+    with torch.no_grad():
+        stock.weight.normal_()
+    converted = fasttx.patch(copy.deepcopy(stock), backend="auto")
+    x = torch.randn(3, 5, HIDDEN, dtype=torch.bfloat16)
+    assert torch.equal(converted(x), stock(x))
+    calls = []
+    monkeypatch.setattr(functional, "rms_norm", lambda *args, **kwargs: calls.append(kwargs["backend"]) or args[0])
+    converted(x)
+    assert calls == []
+    converted.backend = "triton"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    converted(x)
+    assert calls == ["triton"]
+

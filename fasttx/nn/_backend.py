@@ -126,7 +126,7 @@ def convert(model, backend):
 TORCH_INFERENCE_KERNEL_MAX_ELEMENTS = 2**15
 
 
-def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
+def torch_inference_kernel_applies(module, x, key_padding_mask, ops, max_elements=TORCH_INFERENCE_KERNEL_MAX_ELEMENTS):
     """Whether torch.nn's own forward of ``module`` (in eval mode) should run in place of fasttx's:
     its fused inference kernel (torch._native_multi_head_attention, _transformer_encoder_layer_fwd)
     then computes what fasttx's forward would, in one C++ call where fasttx's makes ~15, and is
@@ -136,8 +136,9 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops):
     resolves to torch (or is a torch.nn module), with no key-padding mask or a bool one in which no
     sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0. (CPU only:
     on CUDA the kernel computes GELU by its tanh approximation.) Where torch's forward then refuses
-    the arguments, the caller runs fasttx's, whose checks name the argument."""
-    if x.dim() != 3 or not x.is_cpu or x.numel() > TORCH_INFERENCE_KERNEL_MAX_ELEMENTS:
+    the arguments, the caller runs fasttx's, whose checks name the argument. ``max_elements``: the
+    input size up to which torch's kernel is the faster, None where it is at any size."""
+    if x.dim() != 3 or not x.is_cpu or (max_elements is not None and x.numel() > max_elements):
         return False
     if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or not torch.backends.mha.get_fastpath_enabled():
         return False

@@ -36,7 +36,8 @@ from torch.fx import Proxy
 
 from .. import functional
 from ..functional._checks import check_mask
-from ._backend import BackendMixin, registered, torch_forward, torch_inference_kernel_applies
+from ._backend import (TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin, registered, torch_forward,
+                       torch_inference_kernel_applies)
 
 
 def _mask_to_fasttx(mask):
@@ -200,13 +201,16 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         out = out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
         return F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
-    def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, attn_mask, is_causal):
+    def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
         """torch's own forward runs its fused inference kernel on this call and computes what ours
         would (_backend.torch_inference_kernel_applies), weights included (need_weights, averaged over
-        the heads or not)."""
+        the heads or not). With the weights, at any input size: both forwards then hold the L x S
+        weights, and torch's kernel was the faster at every size measured (benchmarks/notes/attention.md,
+        "The weights path")."""
         return (not self.training and query is key and key is value and attn_mask is None
                 and not is_causal and fused_kernel_takes(self, query)
-                and torch_inference_kernel_applies(self, query, key_padding_mask, [("attention", self)]))
+                and torch_inference_kernel_applies(self, query, key_padding_mask, [("attention", self)],
+                                                   None if need_weights else TORCH_INFERENCE_KERNEL_MAX_ELEMENTS))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
                 need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
@@ -221,7 +225,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                              is_causal)
 
     def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):
-        if self._torch_inference_kernel_applies(query, key, value, key_padding_mask, attn_mask, is_causal):
+        if self._torch_inference_kernel_applies(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
             try:
                 return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                        average_attn_weights, is_causal)

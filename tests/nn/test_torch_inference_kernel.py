@@ -58,12 +58,14 @@ def test_small_inference_runs_torchs_fused_kernel_with_fasttxs_result(kind, kwar
 
 @pytest.mark.parametrize("average", [True, False])
 @pytest.mark.parametrize("padded", [False, True])
-def test_small_inference_with_weights_runs_torchs_fused_kernel_with_fasttxs_weights(padded, average):
+@pytest.mark.parametrize("tokens", [7, _backend.TORCH_INFERENCE_KERNEL_MAX_ELEMENTS // 48 + 1], ids=["small", "large"])
+def test_inference_with_weights_runs_torchs_fused_kernel_with_fasttxs_weights(tokens, padded, average):
     """need_weights=True (torch.nn's default) too: torch's kernel returns the weights fasttx's path
-    computes, averaged over the heads or per head."""
+    computes, averaged over the heads or per head; at any size, since both hold the L x S weights
+    (above TORCH_INFERENCE_KERNEL_MAX_ELEMENTS only calls without weights keep fasttx's path)."""
     module = _module("mha")
-    x = torch.randn(3, 7, 16)
-    mask = _padding(7, [7, 4, 1]) if padded else None
+    x = torch.randn(3, tokens, 16)
+    mask = _padding(tokens, [tokens, 4, 1]) if padded else None
     with torch.no_grad(), OpRecorder() as recorder:
         out, weights = module(x, x, x, key_padding_mask=mask, average_attn_weights=average)
     assert FUSED["mha"] in recorder.ops

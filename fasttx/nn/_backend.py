@@ -165,4 +165,3 @@ def _some_row_all_true(mask):
     if mask.numel() <= _MASK_READ_AS_LIST_MAX_ELEMENTS:
         return any(map(all, mask.tolist()))  # (all() stops at a row's first False: its first real token)
     return bool(mask.all(-1).any())
-

@@ -127,24 +127,30 @@ TORCH_INFERENCE_KERNEL_MAX_ELEMENTS = 2**15
 
 
 def torch_inference_kernel_applies(module, x, key_padding_mask, ops, max_elements=TORCH_INFERENCE_KERNEL_MAX_ELEMENTS):
-    """Whether torch.nn's own forward of ``module`` (in eval mode) should run in place of fasttx's:
-    its fused inference kernel (torch._native_multi_head_attention, _transformer_encoder_layer_fwd)
-    then computes what fasttx's forward would, in one C++ call where fasttx's makes ~15, and is
-    faster (small inputs). The caller checks its module's own conditions first, eval mode first (it
-    rules out every training call at once), and asks only with no attn_mask and no is_causal. Holds
-    on CPU, without autograd, autocast or torch.compile, when each (op, fasttx submodule) of ``ops``
-    resolves to torch (or is a torch.nn module), with no key-padding mask or a bool one in which no
-    sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0. (CPU only:
-    on CUDA the kernel computes GELU by its tanh approximation.) Where torch's forward then refuses
-    the arguments, the caller runs fasttx's, whose checks name the argument. ``max_elements``: the
-    input size up to which torch's kernel is the faster, None where it is at any size."""
+    """Whether torch.nn's fused inference kernel for ``module`` (in eval mode; the kernel its forward
+    calls: torch._native_multi_head_attention, _transformer_encoder_layer_fwd) should run in place of
+    fasttx's forward: it then computes what fasttx's forward would, in one C++ call where fasttx's
+    makes ~15, and is faster (small inputs). The caller checks its module's own conditions first,
+    eval mode first (it rules out every training call at once), and asks only with no attn_mask and
+    no is_causal. Holds on CPU, without autograd, autocast, torch.compile or make_fx tracing (which
+    torch.nn's forwards keep their kernels out of), when each (op, fasttx submodule) of ``ops``
+    resolves to torch (or is a torch.nn module), with no key-padding mask or an (N, S) bool one in
+    which no sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0.
+    (CPU only: on CUDA the kernel computes GELU by its tanh approximation.) The caller then calls the
+    kernel itself, not through torch.nn's forward, whose checks repeat these at a few us of Python a
+    call, and where the kernel refuses the arguments runs fasttx's forward, whose checks name the
+    argument. ``max_elements``: the input size up to which torch's kernel is the faster, None where
+    it is at any size."""
     if x.dim() != 3 or not x.is_cpu or (max_elements is not None and x.numel() > max_elements):
         return False
     if torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled() or not torch.backends.mha.get_fastpath_enabled():
         return False
+    if torch._C._len_torch_dispatch_stack() and _make_fx_tracing():
+        return False
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
         return False
     if key_padding_mask is not None and not (isinstance(key_padding_mask, torch.Tensor) and key_padding_mask.dtype == torch.bool
+                                             and key_padding_mask.shape == x.shape[:2]
                                              and not _some_row_all_true(key_padding_mask)):
         return False
     # (A submodule a user swapped back to a torch.nn one has no backend: torch's, which that kernel computes.)
@@ -165,3 +171,22 @@ def _some_row_all_true(mask):
     if mask.numel() <= _MASK_READ_AS_LIST_MAX_ELEMENTS:
         return any(map(all, mask.tolist()))  # (all() stops at a row's first False: its first real token)
     return bool(mask.all(-1).any())
+
+
+def _make_fx_tracing():
+    """Whether make_fx traces this call (torch.nn.MultiheadAttention's own test for it, where it
+    leaves its fused kernel out)."""
+    from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
+
+    modes = torch.utils._python_dispatch._get_current_dispatch_mode_stack()
+    return any(type(mode) is ProxyTorchDispatchMode for mode in modes)
+
+
+def forward_hooks_below(module):
+    """Whether a submodule of ``module``, at any depth, has a forward hook or pre-hook: a fused kernel
+    computing the submodules' work would not run them (torch.nn's encoder layer then keeps its
+    submodules' calls too)."""
+    for child in module._modules.values():
+        if child is not None and (child._forward_hooks or child._forward_pre_hooks or forward_hooks_below(child)):
+            return True
+    return False

@@ -21,9 +21,9 @@ How forward maps onto the kernels:
 Deliberate difference: a query row whose keys are all masked out gives output 0 (and zero
 weights), never NaN.
 
-In inference on CPU, where torch's forward would run its fused kernel and compute the same, it runs
-torch's forward (_torch_inference_kernel_applies) for small inputs: there its one C++ call beats
-the ~15 of fasttx's forward.
+In inference on CPU, where torch's fused kernel computes the same, it runs that kernel
+(_torch_inference_kernel) for small inputs: there its one C++ call beats the ~15 of fasttx's
+forward.
 """
 
 import math
@@ -74,9 +74,11 @@ def _append_allowed_key(mask):
 def fused_kernel_takes(mha, x):
     """Whether torch's fused inference kernel (torch._native_multi_head_attention, in torch.nn's
     MultiheadAttention and TransformerEncoderLayer forwards) reads ``mha`` as fasttx's forward does
-    for input ``x``: the conditions of torch's own fast path on the module, and those its encoder
-    layer's fast path omits (bias_k / bias_v, add_zero_attn)."""
-    if not (isinstance(x, torch.Tensor) and mha.batch_first and mha._qkv_same_embed_dim and mha.num_heads % 2 == 0
+    for the batch-first input ``x`` (N, L, E): the conditions of torch's own fast path on the module,
+    and those its encoder layer's fast path omits (bias_k / bias_v, add_zero_attn). Not batch_first:
+    torch's forwards take their fast path for batch_first modules only, but its kernel reads a
+    seq-first input transposed as well (callers pass it so and transpose the output back)."""
+    if not (isinstance(x, torch.Tensor) and mha._qkv_same_embed_dim and mha.num_heads % 2 == 0
             and mha.bias_k is None and not mha.add_zero_attn):
         return False
     bias = registered(mha, "in_proj_bias")
@@ -205,16 +207,39 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         out = out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
         return F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
-    def _torch_inference_kernel_applies(self, query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
-        """torch's own forward runs its fused inference kernel on this call and computes what ours
+    def _torch_inference_kernel(self, query, key, value, key_padding_mask, need_weights, attn_mask,
+                                average_attn_weights, is_causal):
+        """torch's fused inference kernel's (output, weights) for this call where it computes what ours
         would (_backend.torch_inference_kernel_applies), weights included (need_weights, averaged over
-        the heads or not). With the weights, at any input size: both forwards then hold the L x S
-        weights, and torch's kernel was the faster at every size measured (benchmarks/notes/attention.md,
-        "The weights path")."""
-        return (not self.training and query is key and key is value and attn_mask is None
-                and not is_causal and fused_kernel_takes(self, query)
-                and torch_inference_kernel_applies(self, query, key_padding_mask, [("attention", self)],
-                                                   None if need_weights else TORCH_INFERENCE_KERNEL_MAX_ELEMENTS))
+        the heads or not), else None. With the weights at any input size: both forwards then hold the
+        L x S weights, and torch's kernel was the faster at every size measured
+        (benchmarks/notes/attention.md, "The weights path"). Called as torch.nn's forward calls it, not
+        through that forward, whose checks repeat ours; not where a __torch_function__ override would
+        see it in place of the ops of torch.nn's other path (torch's forward takes that path then). A
+        bool key-padding mask goes to the kernel as it is, which reads it as torch's forward's float
+        form (True: -inf, masked out). Seq-first input (batch_first=False, torch.nn's default, where
+        torch.nn's forward never takes its kernel) goes to the kernel transposed, and its output comes
+        back contiguous in the input's layout, as torch.nn's forward returns it."""
+        if (self.training or query is not key or key is not value or attn_mask is not None or is_causal
+                or not isinstance(query, torch.Tensor) or query.dim() != 3):
+            return None
+        x = query if self.batch_first else query.transpose(0, 1)
+        if not (fused_kernel_takes(self, x)
+                and torch_inference_kernel_applies(self, x, key_padding_mask, [("attention", self)],
+                                                   None if need_weights else TORCH_INFERENCE_KERNEL_MAX_ELEMENTS)):
+            return None
+        out_proj = registered(self, "out_proj")
+        weights = (registered(self, "in_proj_weight"), registered(self, "in_proj_bias"), registered(out_proj, "weight"),
+                   registered(out_proj, "bias"))
+        if torch._C._has_torch_function((x, *weights)):
+            return None
+        try:
+            out, attn_weights = torch._native_multi_head_attention(
+                x, x, x, self.embed_dim, self.num_heads, *weights, key_padding_mask, need_weights,
+                average_attn_weights, None if key_padding_mask is None else 1)
+        except (RuntimeError, ValueError, TypeError):
+            return None  # fasttx's path: its checks name the argument
+        return (out if self.batch_first else out.transpose(0, 1).contiguous()), attn_weights
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
                 need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
@@ -229,12 +254,10 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                              is_causal)
 
     def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal):
-        if self._torch_inference_kernel_applies(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
-            try:
-                return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
-                                       average_attn_weights, is_causal)
-            except (RuntimeError, ValueError, TypeError, AssertionError):
-                pass  # fasttx's path below: its checks name the argument
+        fused = self._torch_inference_kernel(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                             average_attn_weights, is_causal)
+        if fused is not None:
+            return fused
         batched = self._check(query, key, value, key_padding_mask, attn_mask, is_causal)
         shared_kv, self_attention = key is value, query is key and key is value
         batch_dim, seq_dim = (0, 1) if self.batch_first else (1, 0)

@@ -10,9 +10,10 @@ torch.compile(fullgraph=True):
 - TransformerEncoderLayer: torch's eval-mode fast path calls a fused native kernel instead of
   ``self_attn``; ours runs the submodules (through the fused fasttx kernels). On CUDA that native
   kernel computes a "gelu" activation as its tanh approximation (torch._addmm_activation); ours
-  computes the exact GELU the module defines, in every mode. Ours runs torch's forward, and so its
-  kernel, only where that computes what ours would and is faster: small inputs in inference on CPU
-  (_backend.torch_inference_kernel_applies), and nested-tensor input, which only that kernel takes.
+  computes the exact GELU the module defines, in every mode. Ours runs that kernel only where it
+  computes what ours would and is faster: small inputs in inference on CPU
+  (_backend.torch_inference_kernel_applies); and torch's forward on nested-tensor input, which only
+  that kernel takes.
 - TransformerEncoder: where torch's turns a padded batch into nested tensors (eval mode, no grad, a
   left-aligned key-padding mask: _torch_packs, its conditions), ours packs the real tokens into
   (T, E) rows and runs the layers on them (_packed_forward): the same output, padded positions 0,
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.fx import Proxy
 
-from ._backend import BackendMixin, registered, torch_forward, torch_inference_kernel_applies
+from ._backend import BackendMixin, forward_hooks_below, registered, torch_forward, torch_inference_kernel_applies
 from .attention import fused_kernel_takes
 
 
@@ -53,16 +54,47 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
     _fasttx_op = "attention"
     _torch_forward = torch_forward(torch.nn.TransformerEncoderLayer)
 
-    def _torch_inference_kernel_applies(self, src, src_mask, src_key_padding_mask, is_causal):
-        """torch's own forward runs its fused inference kernel on this call and computes what ours
-        would (_backend.torch_inference_kernel_applies; the attention's conditions: fused_kernel_takes)."""
-        if self.training or src_mask is not None or is_causal or not self.activation_relu_or_gelu:
-            return False
+    def _torch_inference_kernel(self, src, src_mask, src_key_padding_mask, is_causal):
+        """torch's fused inference kernel's output for this call where it computes what ours would
+        (_backend.torch_inference_kernel_applies; the attention's conditions: fused_kernel_takes), else
+        None. Called as torch.nn's forward calls it, under the conditions of that forward's fast path
+        that keep ours to the same result (no forward hook on a submodule, which the kernel would not
+        run; no __torch_function__ override, which would see the kernel instead of the submodules'
+        ops), but not through that forward: its checks repeat ours, and the layer's call is ~55 us
+        shorter without them on a small CPU input (it walks the submodules for hooks through
+        named_modules and reads ~65 attributes through torch.nn.Module.__getattr__;
+        benchmarks/notes/attention.md). A bool key-padding mask goes to the kernel as it is, which
+        reads it as torch's forward's float form (True: -inf, masked out). A seq-first layer (its
+        self_attn not batch_first, torch.nn's default, where torch.nn's forward never takes its kernel)
+        gives the kernel its input transposed, and returns its output contiguous in the input's layout,
+        as torch.nn's forward does."""
+        if (self.training or src_mask is not None or is_causal or not self.activation_relu_or_gelu
+                or not isinstance(src, Tensor) or src.dim() != 3):
+            return None
         attn, norm1, norm2 = registered(self, "self_attn"), registered(self, "norm1"), registered(self, "norm2")
-        return (isinstance(attn, torch.nn.MultiheadAttention) and isinstance(norm1, torch.nn.LayerNorm)
-                and isinstance(norm2, torch.nn.LayerNorm) and norm1.eps == norm2.eps and fused_kernel_takes(attn, src)
-                and torch_inference_kernel_applies(self, src, src_key_padding_mask,
-                                                   [("attention", attn), ("layer_norm", norm1), ("layer_norm", norm2)]))
+        if not (isinstance(attn, torch.nn.MultiheadAttention) and isinstance(norm1, torch.nn.LayerNorm)
+                and isinstance(norm2, torch.nn.LayerNorm) and norm1.eps == norm2.eps):
+            return None
+        x = src if attn.batch_first else src.transpose(0, 1)
+        if not (fused_kernel_takes(attn, x)
+                and torch_inference_kernel_applies(self, x, src_key_padding_mask,
+                                                   [("attention", attn), ("layer_norm", norm1), ("layer_norm", norm2)])):
+            return None
+        out_proj, linear1, linear2 = registered(attn, "out_proj"), registered(self, "linear1"), registered(self, "linear2")
+        attn_weights = (registered(attn, "in_proj_weight"), registered(attn, "in_proj_bias"),
+                        registered(out_proj, "weight"), registered(out_proj, "bias"))
+        other_weights = (registered(norm1, "weight"), registered(norm1, "bias"), registered(norm2, "weight"),
+                         registered(norm2, "bias"), registered(linear1, "weight"), registered(linear1, "bias"),
+                         registered(linear2, "weight"), registered(linear2, "bias"))
+        if torch._C._has_torch_function((x, *attn_weights, *other_weights)) or forward_hooks_below(self):
+            return None
+        try:
+            out = torch._transformer_encoder_layer_fwd(
+                x, attn.embed_dim, attn.num_heads, *attn_weights, self.activation_relu_or_gelu == 2, self.norm_first,
+                norm1.eps, *other_weights, src_key_padding_mask, None if src_key_padding_mask is None else 1)
+        except (RuntimeError, ValueError, TypeError):
+            return None  # fasttx's path: its attention's checks name the argument
+        return out if attn.batch_first else out.transpose(0, 1).contiguous()
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:
@@ -75,11 +107,9 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
     def _forward(self, src, src_mask, src_key_padding_mask, is_causal):
         if getattr(src, "is_nested", False):  # only torch's kernel takes nested tensors
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
-        if self._torch_inference_kernel_applies(src, src_mask, src_key_padding_mask, is_causal):
-            try:
-                return super().forward(src, src_mask, src_key_padding_mask, is_causal)
-            except (RuntimeError, ValueError, TypeError, AssertionError):
-                pass  # fasttx's path below: its attention's checks name the argument
+        out = self._torch_inference_kernel(src, src_mask, src_key_padding_mask, is_causal)
+        if out is not None:
+            return out
         return self._blocks(src, lambda x: self.self_attn(x, x, x, attn_mask=src_mask, key_padding_mask=src_key_padding_mask,
                                                           need_weights=False, is_causal=is_causal)[0])
 

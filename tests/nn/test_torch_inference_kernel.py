@@ -1,6 +1,7 @@
 """Small inputs in inference on CPU: fasttx.nn.MultiheadAttention and TransformerEncoderLayer run
-torch's forward, and so its fused kernel, exactly where that computes what fasttx's forward would
-(fasttx/nn/_backend.py, torch_inference_kernel_applies); everywhere else, fasttx's own path."""
+torch's fused kernel (called as torch.nn's forward calls it) exactly where that computes what
+fasttx's forward would (fasttx/nn/_backend.py, torch_inference_kernel_applies); everywhere else,
+fasttx's own path."""
 
 import copy
 
@@ -15,10 +16,10 @@ from ..conftest import OpRecorder
 FUSED = {"mha": "aten::_native_multi_head_attention", "layer": "aten::_transformer_encoder_layer_fwd"}
 
 
-def _module(kind, **kwargs):
+def _module(kind, batch_first=True, **kwargs):
     if kind == "mha":
-        return fasttx.nn.MultiheadAttention(16, 4, batch_first=True, **kwargs).eval()
-    return fasttx.nn.TransformerEncoderLayer(16, 4, 24, batch_first=True, **kwargs).eval()
+        return fasttx.nn.MultiheadAttention(16, 4, batch_first=batch_first, **kwargs).eval()
+    return fasttx.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, **kwargs).eval()
 
 
 def _call(kind, module, x, key_padding_mask=None, **kwargs):
@@ -181,3 +182,108 @@ def test_a_sequence_all_padding_is_found_wherever_it_is(kind, batch):
         assert _backend._some_row_all_true(mask)
         out, ops = _run(kind, module, x, mask)
         assert FUSED[kind] not in ops and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "seq-first"])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("kind,kwargs", CASES, ids=str)
+def test_the_fused_kernel_gives_torch_nns_result(kind, kwargs, padded, batch_first):
+    """fasttx calls torch's kernel itself, not through torch.nn's forward (which would repeat its checks),
+    with a bool key-padding mask as it is where torch's forward passes its float form: batch_first, the
+    same output (weights too) bit for bit as torch.nn's module with the same parameters. Seq-first
+    (torch.nn's default), where torch.nn's forward never takes its kernel, fasttx's gives it the input
+    transposed and returns what torch.nn's returns: (L, N, E), contiguous, the same values to rounding."""
+    ours = _module(kind, batch_first, **kwargs)
+    theirs = (torch.nn.MultiheadAttention(16, 4, batch_first=batch_first) if kind == "mha"
+              else torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, **kwargs)).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 16) if batch_first else torch.randn(7, 3, 16)
+    mask = _padding(7, [7, 4, 1]) if padded else None
+    tolerance = dict(rtol=0, atol=0) if batch_first else dict(rtol=1e-5, atol=1e-5)
+    out, ops = _run(kind, ours, x, mask)
+    assert FUSED[kind] in ops
+    expected, theirs_ops = _run(kind, theirs, x, mask)
+    assert (FUSED[kind] in theirs_ops) == batch_first
+    assert out.shape == x.shape and out.is_contiguous()
+    torch.testing.assert_close(out, expected, **tolerance)
+    if kind == "mha":  # the weights too, averaged over the heads or not
+        for average in (True, False):
+            with torch.no_grad(), OpRecorder() as recorder:
+                got = ours(x, x, x, key_padding_mask=mask, average_attn_weights=average)
+            assert FUSED[kind] in recorder.ops
+            with torch.no_grad():
+                want = theirs(x, x, x, key_padding_mask=mask, average_attn_weights=average)
+            torch.testing.assert_close(got, want, **tolerance)
+
+
+@pytest.mark.parametrize("hook", ["forward hook", "forward pre-hook"])
+@pytest.mark.parametrize("where", ["linear1", "norm2", "self_attn", "self_attn.out_proj"])
+def test_a_hooked_submodule_keeps_the_layers_submodule_calls(where, hook):
+    """The fused kernel would not run a submodule's hooks: as torch.nn's layer, fasttx's then calls its
+    submodules (torch.nn's MultiheadAttention never calls out_proj: there its hook runs on neither)."""
+    layer = _module("layer")
+    x = torch.randn(2, 5, 16)
+    expected, _ = _run("layer", layer, x)
+    calls = []
+    module = layer.get_submodule(where)
+    if hook == "forward hook":
+        handle = module.register_forward_hook(lambda *args: calls.append(where))
+    else:
+        handle = module.register_forward_pre_hook(lambda *args: calls.append(where))
+    out, ops = _run("layer", layer, x)
+    assert FUSED["layer"] not in ops
+    assert calls == ([] if where == "self_attn.out_proj" else [where])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    handle.remove()
+    _, ops = _run("layer", layer, x)
+    assert FUSED["layer"] in ops
+
+
+@pytest.mark.parametrize("kind", ["mha", "layer"])
+def test_torch_function_overrides_and_make_fx_see_the_ops_of_the_unfused_path(kind):
+    """As in torch.nn's forwards: a __torch_function__ override (a TorchFunctionMode here) and make_fx's
+    graph see the ops of the path without the fused kernel."""
+    module = _module(kind)
+    x = torch.randn(2, 5, 16)
+
+    class Seen(torch.overrides.TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.add(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    expected, _ = _run(kind, module, x)
+    with torch.no_grad(), Seen() as seen:
+        out = _call(kind, module, x)
+    assert not any(name.startswith(("_native_multi_head_attention", "_transformer_encoder_layer_fwd"))
+                   for name in seen.names)
+    assert "linear" in seen.names
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.no_grad():
+        graph = make_fx(lambda t: _call(kind, module, t))(x)
+    targets = {str(node.target) for node in graph.graph.nodes}
+    assert not any("_native_multi_head_attention" in t or "_transformer_encoder_layer_fwd" in t for t in targets)
+    torch.testing.assert_close(graph(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_parametrized_weights_are_read_as_torch_nn_reads_them():
+    """A parametrization's weight (a property, not in _parameters) goes to the kernel as torch.nn's layer
+    passes it."""
+    class Doubled(torch.nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    ours = _module("layer")
+    theirs = torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=True).eval()
+    theirs.load_state_dict(ours.state_dict())
+    for layer in (ours, theirs):
+        torch.nn.utils.parametrize.register_parametrization(layer.linear1, "weight", Doubled())
+    x = torch.randn(2, 5, 16)
+    out, ops = _run("layer", ours, x)
+    assert FUSED["layer"] in ops
+    torch.testing.assert_close(out, _run("layer", theirs, x)[0], rtol=0, atol=0)

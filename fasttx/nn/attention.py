@@ -291,12 +291,17 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         if need_weights:
             # q scaled before Q K^T, as torch's module scales it: then without a mask the softmax is torch's
             # alone (functional.softmax, native.runs_as_is), where a scale given to it cost the (N, H, L, S)
-            # scores more passes on CPU (0.85x torch.nn's speed at d_model 256, 8 x 64 tokens).
-            scores = (q * math.sqrt(1.0 / self.head_dim)) @ k.transpose(-2, -1)
+            # scores more passes on CPU (0.85x torch.nn's speed at d_model 256, 8 x 64 tokens). The two
+            # products as bmm of (N * H, ., .) matrices: reshape copies a head view whose N and H do not
+            # merge into one stride once, as bmm reads it; torch.matmul of the 4-D views added ops and
+            # copied K^T element by element (benchmarks/notes/attention.md, "The weights path").
+            heads = batch * self.num_heads
+            q, k, v = (t.reshape(heads, t.shape[2], self.head_dim) for t in (q * math.sqrt(1.0 / self.head_dim), k, v))
+            scores = torch.bmm(q, k.transpose(1, 2)).view(batch, self.num_heads, queries, keys)
             weights = functional.softmax(scores, -1, mask=mask, backend=self.backend)
             if dropout_p > 0:
                 weights = F.dropout(weights, dropout_p)
-            out = weights @ v
+            out = torch.bmm(weights.reshape(heads, queries, keys), v).view(batch, self.num_heads, queries, self.head_dim)
         else:
             out = functional.scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal, backend=self.backend)
 

@@ -2,7 +2,8 @@
 
 In eval mode without grad, with a left-aligned key-padding mask, torch.nn.TransformerEncoder runs its
 layers on nested tensors (the real tokens only); fasttx's packs the real tokens into rows instead
-(fasttx/nn/transformer.py, _packed_forward). Both write 0 at padded positions, so the outputs are
+(fasttx/nn/transformer.py, _packed_forward), or on small CPU inputs runs the padded batch through
+the layers (torch's fused kernel per layer). Both write 0 at padded positions, so the outputs are
 compared whole. Sequence b of a batch of N keeps L * (1 - 2 p (b + 1) / (N + 1)) tokens (rounded, at least 1),
 p the padding preset: on average a fraction ~p of the batch is padding.
 

@@ -17,8 +17,9 @@ torch.compile(fullgraph=True):
 - TransformerEncoder: where torch's turns a padded batch into nested tensors (eval mode, no grad, a
   left-aligned key-padding mask: _torch_packs, its conditions), ours packs the real tokens into
   (T, E) rows and runs the layers on them (_packed_forward): the same output, padded positions 0,
-  without nested tensors, whose attention is not fasttx's. Elsewhere it passes the key-padding mask
-  to the kernels, which read it through broadcast strides.
+  without nested tensors, whose attention is not fasttx's. On small CPU inputs it runs the padded
+  batch through the layers instead (their fused kernel) and writes 0 at the padded positions.
+  Elsewhere it passes the key-padding mask to the kernels, which read it through broadcast strides.
 - TransformerEncoder / TransformerDecoder: torch detects a causal mask (is_causal=None) by
   comparing it with one it builds, a data-dependent branch; ours skips that under torch.compile.
 Masks keep their dtype: bool masks go to the kernels as bool, not converted to float first.
@@ -151,6 +152,15 @@ class TransformerDecoderLayer(BackendMixin, torch.nn.TransformerDecoderLayer):
                                    tgt_is_causal, memory_is_causal)
 
 
+# Up to this many input elements on CPU, TransformerEncoder runs a padded batch that torch would run as
+# nested tensors through its layers as it is (torch's fused kernel per layer), then sets the padded
+# positions to 0; above, it packs the real tokens (_packed_forward). Measured on this 2-core CPU, 2 layers,
+# one thread, against torch.nn: padded 2.68x / packed 0.98x at 2 x 8 x 32 (half padding), 1.23-1.48x /
+# 1.08-1.17x at 16384 elements, 0.81x / 1.04x at 8 x 64 x 64 (benchmarks/notes/attention.md, "The encoder
+# stack in inference").
+PADDED_BATCH_MAX_ELEMENTS = 2**14
+
+
 class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
     """``encoder_layer`` may be a torch.nn or a fasttx TransformerEncoderLayer: its copies become
     fasttx layers."""
@@ -168,8 +178,18 @@ class TransformerEncoder(BackendMixin, torch.nn.TransformerEncoder):
 
     def _forward(self, src, mask, src_key_padding_mask, is_causal):
         keep = self._torch_packs(src, mask, src_key_padding_mask)
-        if keep is not None:
+        if keep is not None and (not src.is_cpu or src.numel() > PADDED_BATCH_MAX_ELEMENTS):
             output = self._packed_forward(src, keep)
+        elif keep is not None:
+            # Small, on CPU: the padded batch, as the layers take it (torch's fused kernel per layer, where
+            # it applies, beats the packed path's ~15 ops there), with the padding as torch's nested path
+            # reads the mask (a float one too) and its padded positions 0. The real positions never
+            # read the padded ones (masked keys), so they come out as the packed path's.
+            padding = keep.logical_not()
+            output = src
+            for layer in self.layers:
+                output = layer(output, src_key_padding_mask=padding)
+            output = output.masked_fill(padding.unsqueeze(-1), 0.0)
         else:
             batch_first = self.layers[0].self_attn.batch_first
             is_causal = _is_causal_mask(mask, is_causal, _seq_len(src, batch_first))

@@ -14,7 +14,7 @@ import fasttx
 from fasttx.testing import TOLERANCE
 
 from . import randomize_parameters
-from ..conftest import DEVICE, runnable_backends
+from ..conftest import DEVICE, OpRecorder, runnable_backends
 
 D_MODEL, HEADS, FF = 16, 4, 24
 ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "callable": lambda x: F.silu(x) * 2}
@@ -176,8 +176,8 @@ def test_encoder_stack_parity_with_padding(train):
     def call(module, src):
         return module(src, src_key_padding_mask=padding)
 
-    # In eval mode without grad both run the real tokens only and write 0 at padded positions (then the
-    # final norm): torch on nested tensors, fasttx packed (_packed_forward).
+    # In eval mode without grad both write 0 at padded positions (then the final norm): torch on nested
+    # tensors, fasttx packed (_packed_forward) or, on a small CPU input as here, on the padded batch.
     got, expected = (_outputs_and_grads(m, [x], call, train) for m in (ours, theirs))
     _assert_all_close(got, expected)
 
@@ -198,13 +198,22 @@ def _left_aligned_padding(lengths, seq, kind):
         mask, float("-inf"))
 
 
+@pytest.mark.parametrize("route", ["packed", "padded"])
 @pytest.mark.parametrize("backend", runnable_backends(op="attention"))
 @pytest.mark.parametrize("kind", ["bool", "float"])
 @pytest.mark.parametrize("norm", [False, True])
-def test_encoder_inference_runs_real_tokens_only_as_torch_does(norm, kind, backend):
+def test_encoder_inference_runs_real_tokens_only_as_torch_does(norm, kind, backend, route, monkeypatch):
     """Eval mode, no grad, a left-aligned key-padding mask: torch's encoder runs nested tensors (padded
-    positions 0); fasttx's packs the real tokens (linear1 sees T rows, not N x S) and computes the same,
-    with an all-padding sequence and the batch's last columns all padding (the attention is cut there)."""
+    positions 0); fasttx's computes the same, with an all-padding sequence and the batch's last columns
+    all padding. Above PADDED_BATCH_MAX_ELEMENTS (or off the CPU) it packs the real tokens
+    (linear1 sees T rows, not N x S; the attention is cut after the last real column); below, on CPU, it
+    runs the padded batch through the layers (torch's fused kernel per layer where that applies) and
+    writes 0 at the padded positions. Both routes here on the same small input (the limit lowered to 0
+    for the packed one)."""
+    if route == "packed":
+        monkeypatch.setattr(fasttx.nn.transformer, "PADDED_BATCH_MAX_ELEMENTS", 0)
+    elif DEVICE != "cpu":
+        pytest.skip("the padded route is the CPU's")
     # The kernels take fp32 at most: there, fp32's tolerance (fasttx.testing) against torch in fp32.
     dtype, tolerance = (torch.float64, 1e-10) if backend in ("auto", "torch") else (torch.float32, TOLERANCE[torch.float32])
     theirs, ours = _padded_encoder(norm, backend, dtype)
@@ -217,12 +226,43 @@ def test_encoder_inference_runs_real_tokens_only_as_torch_does(norm, kind, backe
         keep = ours._torch_packs(x, None, padding)  # the real tokens, as torch reads the mask
         assert keep is not None and torch.equal(keep, torch.arange(seq, device=DEVICE)[None, :] < torch.tensor(
             lengths, device=DEVICE)[:, None])
-        got, expected = ours(x, src_key_padding_mask=padding), theirs(x, src_key_padding_mask=padding)
+        got = ours(x, src_key_padding_mask=padding)
+    with torch.no_grad():
+        expected = theirs(x, src_key_padding_mask=padding)
     hook.remove()
-    assert rows == [(sum(lengths),)]
+    if route == "packed":
+        assert rows == [(sum(lengths),)]
+    else:  # the all-padding sequence keeps the layers off torch's kernel (it would give it NaN): fasttx's path
+        assert rows == [(len(lengths), seq)]
+        nonempty = [i for i, n in enumerate(lengths) if n]
+        with torch.no_grad(), OpRecorder() as recorder:
+            ours(x[nonempty], src_key_padding_mask=padding[nonempty])
+        runs_torch = backend in ("auto", "torch")
+        assert ("aten::_transformer_encoder_layer_fwd" in recorder.ops) == runs_torch
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
     if not norm:
         assert (got[padding.bool() if kind == "bool" else padding != 0] == 0).all()
+    if route == "padded":
+        with torch.no_grad():
+            got = ours(x[nonempty], src_key_padding_mask=padding[nonempty])
+            expected = theirs(x[nonempty], src_key_padding_mask=padding[nonempty])
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_encoder_inference_route_follows_the_input_size():
+    """The padded route up to PADDED_BATCH_MAX_ELEMENTS input elements, packed above."""
+    theirs, ours = _padded_encoder(False, dtype=torch.float32)
+    limit = fasttx.nn.transformer.PADDED_BATCH_MAX_ELEMENTS
+    for seq, packed in ((limit // (2 * D_MODEL), False), (limit // (2 * D_MODEL) + 1, True)):
+        x = torch.randn(2, seq, D_MODEL, device=DEVICE)
+        padding = _left_aligned_padding([seq, seq // 2], seq, "bool")
+        rows = []
+        hook = ours.layers[0].linear1.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[:-1]))
+        with torch.no_grad():
+            got, expected = ours(x, src_key_padding_mask=padding), theirs(x, src_key_padding_mask=padding)
+        hook.remove()
+        assert rows == [(seq + seq // 2,) if packed or DEVICE != "cpu" else (2, seq)]
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def _not_left_aligned(batch, seq):

@@ -131,8 +131,8 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops, max_element
     calls: torch._native_multi_head_attention, _transformer_encoder_layer_fwd) should run in place of
     fasttx's forward: it then computes what fasttx's forward would, in one C++ call where fasttx's
     makes ~15, and is faster (small inputs). The caller checks its module's own conditions first,
-    eval mode first (it rules out every training call at once), and asks only with no attn_mask and
-    no is_causal. Holds on CPU, without autograd, autocast, torch.compile or make_fx tracing (which
+    eval mode first (it rules out every training call at once), and its masks (fused_kernel_masks).
+    Holds on CPU, without autograd, autocast, torch.compile or make_fx tracing (which
     torch.nn's forwards keep their kernels out of), when each (op, fasttx submodule) of ``ops``
     resolves to torch (or is a torch.nn module), with no key-padding mask or an (N, S) bool one in
     which no sequence is all padding: torch's kernel gives such a sequence NaN where fasttx gives 0.
@@ -158,6 +158,24 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops, max_element
         if backends.resolve(op, getattr(submodule, "backend", "torch"), x) != "torch":
             return False
     return True
+
+
+def fused_kernel_masks(attn_mask, is_causal, key_padding_mask, x, num_heads):
+    """(mask, mask_type): the masks of this call as torch.nn's forwards merge them for their fused kernel
+    (MultiheadAttention.merge_masks), for the batch-first input ``x`` (N, L, E), where the kernel computes
+    what fasttx's forward would: no mask; a key-padding mask alone (torch_inference_kernel_applies then
+    checks it); or an (L, L) attn_mask that the is_causal hint names the causal mask, without a
+    key-padding mask: no row of it is all masked out, which the kernel would give NaN. Else None. Masks go
+    as they are (bool: True masked out); the kernel reads a float one as bool, so only the hint's mask,
+    which holds 0 and -inf, is passed: an additive one would lose its values."""
+    if attn_mask is None:
+        return None if is_causal else (key_padding_mask, None if key_padding_mask is None else 1)
+    if not (is_causal and key_padding_mask is None and isinstance(attn_mask, torch.Tensor)):
+        return None
+    batch, seq = x.shape[0], x.shape[1]
+    if attn_mask.shape != (seq, seq) or not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+        return None
+    return attn_mask.view(1, 1, seq, seq).expand(batch, num_heads, seq, seq), 2
 
 
 # Up to this many elements, _some_row_all_true reads the mask as Python lists: ~10 ns an element, where

@@ -36,8 +36,8 @@ from torch.fx import Proxy
 
 from .. import functional
 from ..functional._checks import check_mask
-from ._backend import (TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin, registered, torch_forward,
-                       torch_inference_kernel_applies)
+from ._backend import (TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin, fused_kernel_masks, registered,
+                       torch_forward, torch_inference_kernel_applies)
 
 
 def _mask_to_fasttx(mask):
@@ -220,11 +220,12 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         form (True: -inf, masked out). Seq-first input (batch_first=False, torch.nn's default, where
         torch.nn's forward never takes its kernel) goes to the kernel transposed, and its output comes
         back contiguous in the input's layout, as torch.nn's forward returns it."""
-        if (self.training or query is not key or key is not value or attn_mask is not None or is_causal
-                or not isinstance(query, torch.Tensor) or query.dim() != 3):
+        if (self.training or query is not key or key is not value or not isinstance(query, torch.Tensor)
+                or query.dim() != 3):
             return None
         x = query if self.batch_first else query.transpose(0, 1)
-        if not (fused_kernel_takes(self, x)
+        masks = fused_kernel_masks(attn_mask, is_causal, key_padding_mask, x, self.num_heads)
+        if not (masks is not None and fused_kernel_takes(self, x)
                 and torch_inference_kernel_applies(self, x, key_padding_mask, [("attention", self)],
                                                    None if need_weights else TORCH_INFERENCE_KERNEL_MAX_ELEMENTS)):
             return None
@@ -235,8 +236,8 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             return None
         try:
             out, attn_weights = torch._native_multi_head_attention(
-                x, x, x, self.embed_dim, self.num_heads, *weights, key_padding_mask, need_weights,
-                average_attn_weights, None if key_padding_mask is None else 1)
+                x, x, x, self.embed_dim, self.num_heads, *weights, masks[0], need_weights, average_attn_weights,
+                masks[1])
         except (RuntimeError, ValueError, TypeError):
             return None  # fasttx's path: its checks name the argument
         return (out if self.batch_first else out.transpose(0, 1).contiguous()), attn_weights

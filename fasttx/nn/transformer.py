@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 from torch.fx import Proxy
 
-from ._backend import BackendMixin, forward_hooks_below, registered, torch_forward, torch_inference_kernel_applies
+from ._backend import (BackendMixin, forward_hooks_below, fused_kernel_masks, registered, torch_forward,
+                       torch_inference_kernel_applies)
 from .attention import fused_kernel_takes
 
 
@@ -69,15 +70,15 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
         self_attn not batch_first, torch.nn's default, where torch.nn's forward never takes its kernel)
         gives the kernel its input transposed, and returns its output contiguous in the input's layout,
         as torch.nn's forward does."""
-        if (self.training or src_mask is not None or is_causal or not self.activation_relu_or_gelu
-                or not isinstance(src, Tensor) or src.dim() != 3):
+        if self.training or not self.activation_relu_or_gelu or not isinstance(src, Tensor) or src.dim() != 3:
             return None
         attn, norm1, norm2 = registered(self, "self_attn"), registered(self, "norm1"), registered(self, "norm2")
         if not (isinstance(attn, torch.nn.MultiheadAttention) and isinstance(norm1, torch.nn.LayerNorm)
                 and isinstance(norm2, torch.nn.LayerNorm) and norm1.eps == norm2.eps):
             return None
         x = src if attn.batch_first else src.transpose(0, 1)
-        if not (fused_kernel_takes(attn, x)
+        masks = fused_kernel_masks(src_mask, is_causal, src_key_padding_mask, x, attn.num_heads)
+        if not (masks is not None and fused_kernel_takes(attn, x)
                 and torch_inference_kernel_applies(self, x, src_key_padding_mask,
                                                    [("attention", attn), ("layer_norm", norm1), ("layer_norm", norm2)])):
             return None
@@ -92,7 +93,7 @@ class TransformerEncoderLayer(BackendMixin, torch.nn.TransformerEncoderLayer):
         try:
             out = torch._transformer_encoder_layer_fwd(
                 x, attn.embed_dim, attn.num_heads, *attn_weights, self.activation_relu_or_gelu == 2, self.norm_first,
-                norm1.eps, *other_weights, src_key_padding_mask, None if src_key_padding_mask is None else 1)
+                norm1.eps, *other_weights, *masks)
         except (RuntimeError, ValueError, TypeError):
             return None  # fasttx's path: its attention's checks name the argument
         return out if attn.batch_first else out.transpose(0, 1).contiguous()

@@ -85,10 +85,14 @@ def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwa
     out, ops = _run(kind, module, x, _padding(7, [7, 0, 2]))
     assert FUSED[kind] not in ops and torch.isfinite(out).all()
     causal = torch.nn.Transformer.generate_square_subsequent_mask(7)
-    refused = {
+    mask_name = "attn_mask" if kind == "mha" else "src_mask"
+    refused = {  # (an attn_mask is taken only where the is_causal hint names it causal, without key padding)
         "a float key-padding mask": dict(key_padding_mask=torch.zeros(3, 7)),
-        "an attn_mask": dict(attn_mask=causal) if kind == "mha" else dict(src_mask=causal),
-        "is_causal": dict(attn_mask=causal, is_causal=True) if kind == "mha" else dict(src_mask=causal, is_causal=True),
+        "an attn_mask": {mask_name: causal},
+        "an additive attn_mask": {mask_name: torch.randn(7, 7)},
+        "is_causal with a key-padding mask": {mask_name: causal, "is_causal": True,
+                                              "key_padding_mask": _padding(7, [7, 4, 1])},
+        "is_causal with a per-head attn_mask": {mask_name: causal.expand(12, 7, 7), "is_causal": True},
     }
     for why, call_kwargs in refused.items():
         mask = call_kwargs.pop("key_padding_mask", None)
@@ -287,3 +291,29 @@ def test_parametrized_weights_are_read_as_torch_nn_reads_them():
     out, ops = _run("layer", ours, x)
     assert FUSED["layer"] in ops
     torch.testing.assert_close(out, _run("layer", theirs, x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32], ids=["bool", "float"])
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "seq-first"])
+@pytest.mark.parametrize("kind,kwargs", CASES, ids=str)
+def test_the_causal_hint_runs_the_fused_kernel_with_its_mask(kind, kwargs, batch_first, dtype):
+    """An (L, L) attn_mask that is_causal=True names the causal mask (torch's hint; no row of it is all
+    masked out) goes to torch's kernel as torch.nn's forward merges it: torch.nn's result (bit for bit
+    where torch.nn runs the same kernel), and fasttx's own path's."""
+    ours = _module(kind, batch_first, **kwargs)
+    theirs = (torch.nn.MultiheadAttention(16, 4, batch_first=batch_first) if kind == "mha"
+              else torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, **kwargs)).eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 16) if batch_first else torch.randn(7, 3, 16)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(7)
+    mask = causal.isinf() if dtype == torch.bool else causal
+    call = dict(attn_mask=mask, is_causal=True) if kind == "mha" else dict(src_mask=mask, is_causal=True)
+    out, ops = _run(kind, ours, x, **call)
+    assert FUSED[kind] in ops
+    expected, theirs_ops = _run(kind, theirs, x, **call)
+    # (torch.nn's MultiheadAttention keeps a float attn_mask off its kernel; its encoder layer does not)
+    theirs_fused = batch_first and not (kind == "mha" and dtype != torch.bool)
+    assert (FUSED[kind] in theirs_ops) == theirs_fused
+    tolerance = dict(rtol=0, atol=0) if theirs_fused else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out, expected, **tolerance)
+    torch.testing.assert_close(out, _run(kind, ours, x, grad=True, **call)[0], rtol=1e-5, atol=1e-5)

@@ -149,7 +149,9 @@ def test_a_layer_whose_attention_has_a_bias_key_keeps_fasttxs_path():
 
 def test_submodules_swapped_by_the_user_are_taken_as_they_are():
     """A torch.nn LayerNorm put back into a fasttx layer is torch's own (the fused kernel may run);
-    a norm that is not a LayerNorm keeps fasttx's path, which runs it as the module it is."""
+    a norm that is not a LayerNorm, or a feed-forward linear whose forward is not torch's Linear's,
+    keeps fasttx's path, which runs it as the module it is (torch.nn's fast path would read its
+    weight, or fail to)."""
     layer = _module("layer")
     x = torch.randn(2, 5, 16)
     layer.norm1 = torch.nn.LayerNorm(16)
@@ -159,6 +161,14 @@ def test_submodules_swapped_by_the_user_are_taken_as_they_are():
     layer.norm2 = torch.nn.Identity()
     out, ops = _run("layer", layer, x)
     assert FUSED["layer"] not in ops
+    wrapped = copy.deepcopy(layer)  # a feed-forward linear whose forward is not torch's Linear's: it runs
+    wrapped.linear1 = torch.nn.Sequential(layer.linear1, torch.nn.Identity())
+    torch.testing.assert_close(_run("layer", wrapped, x)[0], out, rtol=0, atol=0)
+    layer.norm2 = wrapped.norm2 = copy.deepcopy(layer.norm1)
+    wrapped_out, ops = _run("layer", wrapped, x)
+    assert FUSED["layer"] not in ops
+    torch.testing.assert_close(wrapped_out, _run("layer", layer, x)[0], rtol=1e-5, atol=1e-5)
+    layer.norm2 = torch.nn.Identity()
     with torch.no_grad():  # post-norm: norm2(h + feed_forward(h)), h = norm1(x + attention(x))
         h = layer.norm1(x + layer.self_attn(x, x, x, need_weights=False)[0])
         expected = h + layer.linear2(layer.activation(layer.linear1(h)))

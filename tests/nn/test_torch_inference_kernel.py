@@ -327,3 +327,24 @@ def test_the_causal_hint_runs_the_fused_kernel_with_its_mask(kind, kwargs, batch
     tolerance = dict(rtol=0, atol=0) if theirs_fused else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out, expected, **tolerance)
     torch.testing.assert_close(out, _run(kind, ours, x, grad=True, **call)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("batch,seq", [(1, 1), (1, 5), (4, 1)])
+@pytest.mark.parametrize("batch_first", [True, False], ids=["batch_first", "seq-first"])
+@pytest.mark.parametrize("kind", ["mha", "layer"])
+def test_odd_shapes_and_dtypes_give_torch_nns_result(kind, batch_first, batch, seq, dtype):
+    """One sequence, one token, fp64 and bf16, with and without a key-padding mask: what torch.nn's module
+    gives in inference (its fused kernel or its other path), to the dtype's rounding."""
+    ours = _module(kind, batch_first).to(dtype)
+    theirs = (torch.nn.MultiheadAttention(16, 4, batch_first=batch_first) if kind == "mha"
+              else torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first)).eval().to(dtype)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(batch, seq, 16, dtype=dtype)
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    tolerance = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)
+    for mask in (None, _padding(seq, [seq] + [max(1, seq - 2)] * (batch - 1))):
+        out, _ = _run(kind, ours, x, mask)
+        expected, _ = _run(kind, theirs, x, mask)
+        assert out.shape == expected.shape and out.dtype == expected.dtype
+        torch.testing.assert_close(out, expected, **tolerance)

@@ -22,6 +22,14 @@ def _module(kind, batch_first=True, **kwargs):
     return fasttx.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, **kwargs).eval()
 
 
+def _torch_twin(kind, ours, batch_first=True, **kwargs):
+    """The torch.nn module ``_module(kind, batch_first, **kwargs)`` stands for, holding ``ours``'s parameters."""
+    theirs = (torch.nn.MultiheadAttention(16, 4, batch_first=batch_first) if kind == "mha"
+              else torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, **kwargs))
+    theirs.to(next(ours.parameters()).dtype).load_state_dict(ours.state_dict())
+    return theirs.eval()
+
+
 def _call(kind, module, x, key_padding_mask=None, **kwargs):
     if kind == "mha":
         return module(x, x, x, key_padding_mask=key_padding_mask, need_weights=False, **kwargs)[0]
@@ -208,9 +216,7 @@ def test_the_fused_kernel_gives_torch_nns_result(kind, kwargs, padded, batch_fir
     (torch.nn's default), where torch.nn's forward never takes its kernel, fasttx's gives it the input
     transposed and returns what torch.nn's returns: (L, N, E), contiguous, the same values to rounding."""
     ours = _module(kind, batch_first, **kwargs)
-    theirs = (torch.nn.MultiheadAttention(16, 4, batch_first=batch_first) if kind == "mha"
-              else torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, **kwargs)).eval()
-    theirs.load_state_dict(ours.state_dict())
+    theirs = _torch_twin(kind, ours, batch_first, **kwargs)
     x = torch.randn(3, 7, 16) if batch_first else torch.randn(7, 3, 16)
     mask = _padding(7, [7, 4, 1]) if padded else None
     tolerance = dict(rtol=0, atol=0) if batch_first else dict(rtol=1e-5, atol=1e-5)
@@ -293,8 +299,7 @@ def test_parametrized_weights_are_read_as_torch_nn_reads_them():
             return 2 * weight
 
     ours = _module("layer")
-    theirs = torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=True).eval()
-    theirs.load_state_dict(ours.state_dict())
+    theirs = _torch_twin("layer", ours)
     for layer in (ours, theirs):
         torch.nn.utils.parametrize.register_parametrization(layer.linear1, "weight", Doubled())
     x = torch.randn(2, 5, 16)
@@ -311,9 +316,7 @@ def test_the_causal_hint_runs_the_fused_kernel_with_its_mask(kind, kwargs, batch
     masked out) goes to torch's kernel as torch.nn's forward merges it: torch.nn's result (bit for bit
     where torch.nn runs the same kernel), and fasttx's own path's."""
     ours = _module(kind, batch_first, **kwargs)
-    theirs = (torch.nn.MultiheadAttention(16, 4, batch_first=batch_first) if kind == "mha"
-              else torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first, **kwargs)).eval()
-    theirs.load_state_dict(ours.state_dict())
+    theirs = _torch_twin(kind, ours, batch_first, **kwargs)
     x = torch.randn(3, 7, 16) if batch_first else torch.randn(7, 3, 16)
     causal = torch.nn.Transformer.generate_square_subsequent_mask(7)
     mask = causal.isinf() if dtype == torch.bool else causal
@@ -337,9 +340,7 @@ def test_odd_shapes_and_dtypes_give_torch_nns_result(kind, batch_first, batch, s
     """One sequence, one token, fp64 and bf16, with and without a key-padding mask: what torch.nn's module
     gives in inference (its fused kernel or its other path), to the dtype's rounding."""
     ours = _module(kind, batch_first).to(dtype)
-    theirs = (torch.nn.MultiheadAttention(16, 4, batch_first=batch_first) if kind == "mha"
-              else torch.nn.TransformerEncoderLayer(16, 4, 24, batch_first=batch_first)).eval().to(dtype)
-    theirs.load_state_dict(ours.state_dict())
+    theirs = _torch_twin(kind, ours, batch_first)
     x = torch.randn(batch, seq, 16, dtype=dtype)
     x = x if batch_first else x.transpose(0, 1).contiguous()
     tolerance = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-2, atol=2e-2)

@@ -169,12 +169,15 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         x = x.unflatten(-1, (self.num_heads, -1))
         return x.transpose(1, 2) if self.batch_first else x.permute(1, 2, 0, 3)
 
+    def _packed_in_proj(self):
+        """in_proj_weight and in_proj_bias, the bias in the weight's dtype (torch accepts another and adds it so)."""
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        return weight, bias if bias is None or bias.dtype == weight.dtype else bias.to(weight.dtype)
+
     def _project(self, query, key, value, shared_kv, self_attention):
         """The q, k, v projections in the input layout, packed into one matmul where they share inputs."""
         if self._qkv_same_embed_dim:
-            weight, bias = self.in_proj_weight, self.in_proj_bias
-            if bias is not None and bias.dtype != weight.dtype:  # torch accepts it (and adds it in weight's dtype)
-                bias = bias.to(weight.dtype)
+            weight, bias = self._packed_in_proj()
             if self_attention:
                 return F.linear(query, weight, bias).chunk(3, -1)
             if shared_kv:
@@ -267,20 +270,28 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
         batch, queries = query.shape[batch_dim], query.shape[seq_dim]
 
-        q, k, v = self._project(query, key, value, shared_kv, self_attention)
         # torch's is_causal hint: the kernel's causal masking replaces the given causal attn_mask.
         use_causal = is_causal and key_padding_mask is None and not need_weights
         attn_mask = None if use_causal else _mask_to_fasttx(attn_mask)
         key_padding_mask = _mask_to_fasttx(key_padding_mask)
-        if self.bias_k is not None:  # one learnt key / value appended to every sequence
-            k = torch.cat([k, self.bias_k.expand_as(k.narrow(seq_dim, 0, 1))], seq_dim)
-            v = torch.cat([v, self.bias_v.expand_as(v.narrow(seq_dim, 0, 1))], seq_dim)
-            attn_mask, key_padding_mask = _append_allowed_key(attn_mask), _append_allowed_key(key_padding_mask)
-        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        if self.add_zero_attn:  # and one zero key / value, after the projection
-            k, v = (torch.cat([t, t.new_zeros(*t.shape[:2], 1, t.shape[3])], 2) for t in (k, v))
-            attn_mask, key_padding_mask = _append_allowed_key(attn_mask), _append_allowed_key(key_padding_mask)
-        keys = k.shape[2]
+        if need_weights and self_attention and self._qkv_same_embed_dim and self.bias_k is None and not self.add_zero_attn:
+            # The weights path's bmm read (N * H, T, D) heads, which the head views of the packed projection's
+            # chunks are not: one copy of the packed heads as (3, N, H, T, D), where each head view was copied
+            # on its own, with 6 more autograd nodes (benchmarks/notes/attention.md, "The weights path").
+            heads = F.linear(query, *self._packed_in_proj()).unflatten(-1, (3, self.num_heads, self.head_dim))
+            heads = heads.permute((2, 0, 3, 1, 4) if self.batch_first else (2, 1, 3, 0, 4)).contiguous()
+            q, k, v = heads.view(3, batch * self.num_heads, queries, self.head_dim).unbind(0)
+        else:
+            q, k, v = self._project(query, key, value, shared_kv, self_attention)
+            if self.bias_k is not None:  # one learnt key / value appended to every sequence
+                k = torch.cat([k, self.bias_k.expand_as(k.narrow(seq_dim, 0, 1))], seq_dim)
+                v = torch.cat([v, self.bias_v.expand_as(v.narrow(seq_dim, 0, 1))], seq_dim)
+                attn_mask, key_padding_mask = _append_allowed_key(attn_mask), _append_allowed_key(key_padding_mask)
+            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            if self.add_zero_attn:  # and one zero key / value, after the projection
+                k, v = (torch.cat([t, t.new_zeros(*t.shape[:2], 1, t.shape[3])], 2) for t in (k, v))
+                attn_mask, key_padding_mask = _append_allowed_key(attn_mask), _append_allowed_key(key_padding_mask)
+        keys = k.shape[-2]  # (heads (N, H, T, D), or (N * H, T, D) where packed for the weights path)
         if attn_mask is not None:
             attn_mask = attn_mask.view(-1, self.num_heads, queries, keys) if attn_mask.dim() == 3 else attn_mask
         if key_padding_mask is not None:
@@ -297,18 +308,26 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             # merge into one stride once, as bmm reads it; torch.matmul of the 4-D views added ops and
             # copied K^T element by element (benchmarks/notes/attention.md, "The weights path").
             heads = batch * self.num_heads
-            q, k, v = (t.reshape(heads, t.shape[2], self.head_dim) for t in (q * math.sqrt(1.0 / self.head_dim), k, v))
-            scores = torch.bmm(q, k.transpose(1, 2)).view(batch, self.num_heads, queries, keys)
+            q, k, v = (t if t.dim() == 3 else t.reshape(heads, t.shape[2], self.head_dim)
+                       for t in (q * math.sqrt(1.0 / self.head_dim), k, v))
+            # Scores and weights stay (N * H, L, S) unless a mask broadcasts over N and H: each view is an
+            # autograd node (~1.5 us on CPU, where torch.nn's forward at 17 x 2 tokens takes ~130).
+            scores = torch.bmm(q, k.transpose(1, 2))
+            scores = scores if mask is None else scores.view(batch, self.num_heads, queries, keys)
             weights = functional.softmax(scores, -1, mask=mask, backend=self.backend)
             if dropout_p > 0:
                 weights = F.dropout(weights, dropout_p)
-            out = torch.bmm(weights.reshape(heads, queries, keys), v).view(batch, self.num_heads, queries, self.head_dim)
+            out = torch.bmm(weights if mask is None else weights.view(heads, queries, keys), v)
+            weights = weights.view(batch, self.num_heads, queries, keys)
+            # (N * H, L, D) -> the input layout with heads merged (seq-first: (L, N * H, D) is a transpose).
+            out = (out.view(batch, self.num_heads, queries, self.head_dim).transpose(1, 2) if self.batch_first
+                   else out.transpose(0, 1)).reshape(*query.shape[:2], self.embed_dim)
         else:
             out = functional.scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal, backend=self.backend)
-
-        # (N, H, L, D) -> the input layout with heads merged, for the output projection.
-        out = out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)
-        out = F.linear(out.flatten(-2), self.out_proj.weight, self.out_proj.bias)
+            # (N, H, L, D) -> the input layout with heads merged, for the output projection.
+            out = (out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)).flatten(-2)
+        out_proj = registered(self, "out_proj")
+        out = F.linear(out, registered(out_proj, "weight"), registered(out_proj, "bias"))
         if weights is not None and average_attn_weights:
             weights = weights.mean(1)
         if not batched:

@@ -3,11 +3,13 @@ flash CPU kernel), plus only what fasttx promises beyond them. It runs on any de
 what "auto" runs, so it must never be slower or larger than the torch.nn module it replaces.
 
 What fasttx adds:
-- a query row whose keys are all masked out gives output 0 and zero gradients, never NaN. The
-  rows are found from the mask as given, never expanded: ``has_key`` is the mask reduced over its
-  last dim, (..., L or 1, 1). Those rows' masks are reopened (so torch's kernels see no empty row
-  and stay finite) and their output set to 0, which also zeroes every gradient through them.
-  With no mask nothing is added: the attention memory stays O(L), as torch's.
+- a query row whose keys are all masked out gives output 0 and zero gradients, never NaN. On CPU
+  torch's SDPA does so itself (its "safe softmax", torch >= 2.5, pytorch PR 133882; checked on every
+  CPU path in tests/ops/test_attention.py): the mask goes to it as it is. Elsewhere the rows are found
+  from the mask as given, never expanded: ``has_key`` is the mask reduced over its last dim,
+  (..., L or 1, 1). Those rows' masks are reopened (so torch's kernels see no empty row and stay
+  finite) and their output set to 0, which also zeroes every gradient through them. With no mask
+  nothing is added: the attention memory stays O(L), as torch's.
 - autocast casts nothing in the norms (as the kernel backends): the output keeps the input's dtype.
   Attention's arguments arrive already cast as torch's autocast casts them (functional.attention).
 
@@ -93,7 +95,7 @@ def _reopen_empty_rows(mask, dim=-1):
 
 def scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
     has_key = None
-    if attn_mask is not None:
+    if attn_mask is not None and not query.is_cpu:
         attn_mask, has_key = _reopen_empty_rows(attn_mask)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
                                          scale=None if scale is None else float(scale), enable_gqa=enable_gqa)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import fasttx
 from fasttx import _attention_kernels, reference
+from fasttx.functional import native
 from fasttx.functional.attention import CUDA_DTYPES, cuda_head_dims
 from fasttx.testing import assert_close, rel_error
 
@@ -534,6 +535,54 @@ def test_matches_torch_sdpa_on_auto():
     for kw in ({}, {"is_causal": True}, {"attn_mask": torch.rand(10, 12, device=DEVICE) > 0.2}):
         torch.testing.assert_close(fasttx.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw),
                                    F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw))
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU calls only")
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3], ids=["no dropout", "dropout"])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_cpu_masks_go_to_torch_sdpa_as_they_are(dtype, kind, dropout_p, monkeypatch):
+    """On CPU the torch backend passes a mask to torch's SDPA as it is: torch's CPU SDPA (each of its
+    paths: the flash CPU kernel, the math one for float64 and dropout) gives a row with no key 0 and zero
+    gradients itself, fasttx's promise, so nothing is reopened (native._reopen_empty_rows is not called)
+    and the result is torch's bit for bit, rows emptied by the mask included (the first query row, a whole
+    batch), with GQA."""
+    def reopen(*args):
+        raise AssertionError("a mask was reopened on CPU")
+
+    monkeypatch.setattr(native, "_reopen_empty_rows", reopen)
+    q, k, v = (t.requires_grad_() for t in attention_inputs(2, 4, 2, 7, 9, 16, dtype=dtype))
+    keep = torch.rand(2, 1, 7, 9) > 0.4
+    keep[0, :, 0], keep[1] = False, False
+    mask = keep if kind == "bool" else torch.randn(keep.shape).masked_fill(~keep, float("-inf")).to(dtype)
+    outs = []
+    for attention in (fasttx.scaled_dot_product_attention, F.scaled_dot_product_attention):
+        torch.manual_seed(0)
+        outs.append(run_with_grads(lambda *t: attention(*t, attn_mask=mask, dropout_p=dropout_p, enable_gqa=True),
+                                   (q, k, v), torch.randn(2, 4, 7, 16, dtype=dtype)))
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    out, dq, dk, dv = outs[0]
+    assert all(torch.isfinite(t).all() for t in outs[0])
+    assert (out[0, :, 0] == 0).all() and (out[1] == 0).all() and (dq[0, :, 0] == 0).all() and (dq[1] == 0).all()
+    assert (dk[1] == 0).all() and (dv[1] == 0).all()
+    if dropout_p == 0:  # the torch backend's general path (e.g. under autocast) passes it as it is too
+        torch.testing.assert_close(native.scaled_dot_product_attention(q, k, v, mask, 0.0, False, None, True), out,
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU calls only")
+def test_cpu_masks_emptying_rows_compiled():
+    """The same under torch.compile (inductor's CPU SDPA): the emptied rows 0, the gradients finite."""
+    torch._dynamo.reset()
+    q, k, v = (t.requires_grad_() for t in attention_inputs(2, 3, 3, 33, 40, 16, dtype=torch.float32))
+    keep = torch.rand(2, 1, 33, 40) > 0.4
+    keep[0, :, 5], keep[1] = False, False
+    compiled = torch.compile(lambda *t: fasttx.scaled_dot_product_attention(*t, attn_mask=keep), fullgraph=True)
+    out, *grads = run_with_grads(compiled, (q, k, v), torch.randn(2, 3, 33, 16))
+    assert (out[0, :, 5] == 0).all() and (out[1] == 0).all() and all(torch.isfinite(g).all() for g in grads)
+    expected = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=keep)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

@@ -143,12 +143,13 @@ def _autocast(query, key, value, attn_mask):
                  and t.dtype != torch.float64 else t for t in tensors)
 
 
-def _torch_sdpa_as_is(query, key, value, attn_mask, dropout_p, scale, backend, deterministic):
+def _torch_sdpa_as_is(query, key, value, attn_mask, dropout_p, is_causal, scale, backend, deterministic):
     """Whether torch's own SDPA on these very arguments computes what fasttx's would: "torch", or
     "auto" resolving to it, no mask or a CPU call (fasttx's one difference from torch is for rows a
     mask empties, which torch's CPU SDPA gives 0 as well: native.scaled_dot_product_attention), no
     autocast (fasttx casts as torch's autocast would, see _autocast), and what fasttx refuses but
-    torch takes ruled out (fewer than 3 dims, broadcast batch dims, dropout_p of 1, a Tensor scale).
+    torch takes ruled out (fewer than 3 dims, broadcast batch dims, dropout_p of 1, a Tensor scale, a mask
+    with is_causal, which torch 2.11 takes on CPU).
     Torch's other refusals send the call on to fasttx's checks, which name the argument. Saves ~4 us
     of host time a call (python -m fasttx.benchmarks.host_overhead, the "fasttx torch" column)."""
     return ((backend == "auto" or backend == "torch") and type(deterministic) is bool
@@ -156,7 +157,7 @@ def _torch_sdpa_as_is(query, key, value, attn_mask, dropout_p, scale, backend, d
             and query.dim() == key.dim() == value.dim() >= 3 and query.shape[:-3] == key.shape[:-3] == value.shape[:-3]
             and type(dropout_p) in (float, int) and 0.0 <= dropout_p < 1.0 and (scale is None or type(scale) in (float, int))
             and not torch._C._is_any_autocast_enabled() and backends.resolve("attention", backend, query) == "torch"
-            and (attn_mask is None or query.is_cpu))
+            and (attn_mask is None or (query.is_cpu and not is_causal)))
 
 
 def _last_dim_contiguous(t):
@@ -173,7 +174,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     run (FASTTX_ATTENTION_SM90=1 on an sm_90 device, head dims 64, 96, 128);
     torch.use_deterministic_algorithms(True) overrides it. The other CUDA C++ kernels and the torch
     backend are deterministic either way."""
-    if _torch_sdpa_as_is(query, key, value, attn_mask, dropout_p, scale, backend, deterministic):
+    if _torch_sdpa_as_is(query, key, value, attn_mask, dropout_p, is_causal, scale, backend, deterministic):
         try:
             return F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
                                                   scale=None if scale is None else float(scale), enable_gqa=enable_gqa)

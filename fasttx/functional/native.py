@@ -6,7 +6,7 @@ What fasttx adds:
 - a query row whose keys are all masked out gives output 0 and zero gradients, never NaN. On CPU
   torch's SDPA does so itself (its "safe softmax", torch >= 2.5, pytorch PR 133882; checked on every
   CPU path in tests/ops/test_attention.py): the mask goes to it as it is. Elsewhere the rows are found
-  from the mask as given, never expanded: ``has_key`` is the mask reduced over its last dim,
+  from the mask as given, never expanded: ``empty`` is the mask reduced over its last dim,
   (..., L or 1, 1). Those rows' masks are reopened (so torch's kernels see no empty row and stay
   finite) and their output set to 0, which also zeroes every gradient through them. With no mask
   nothing is added: the attention memory stays O(L), as torch's.
@@ -84,22 +84,23 @@ def rms_norm(input, normalized_shape, weight, eps):
 
 
 def _reopen_empty_rows(mask, dim=-1):
-    """(mask with every row that keeps nothing made to keep everything, has_key: the rows that keep
-    something, reduced over ``dim``). Bool masks keep True; float masks keep what is not -inf."""
+    """(mask with every row that keeps nothing made to keep everything, empty: the rows that keep
+    nothing, reduced over ``dim``). Bool masks keep True; float masks keep what is not -inf: a row
+    whose max is -inf (its max, where a bool reduction of ``mask != -inf`` took ~6x as long on CPU)."""
     if mask.dtype == torch.bool:
-        has_key = mask.any(dim, keepdim=True)
-        return mask | ~has_key, has_key
-    has_key = (mask != float("-inf")).any(dim, keepdim=True)
-    return mask.masked_fill(~has_key, 0.0), has_key
+        empty = ~mask.any(dim, keepdim=True)
+        return mask | empty, empty
+    empty = mask.detach().amax(dim, keepdim=True) == float("-inf")
+    return mask.masked_fill(empty, 0.0), empty
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-    has_key = None
+    empty = None
     if attn_mask is not None and not query.is_cpu:
-        attn_mask, has_key = _reopen_empty_rows(attn_mask)
+        attn_mask, empty = _reopen_empty_rows(attn_mask)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal,
                                          scale=None if scale is None else float(scale), enable_gqa=enable_gqa)
-    return out if has_key is None else out.masked_fill(~has_key, 0.0)
+    return out if empty is None else out.masked_fill(empty, 0.0)
 
 
 def softmax(input, dim, scale, mask, is_causal, dtype):
@@ -107,20 +108,34 @@ def softmax(input, dim, scale, mask, is_causal, dtype):
     if scale is None and mask is None and not is_causal:  # torch.softmax (which accumulates in fp32)
         return torch.softmax(input, dim, dtype=torch.promote_types(input.dtype, out_dtype)).to(out_dtype)
     # Scale and mask in fp32 at least, as the kernels do: a half logit rounded once more would cost
-    # the result its last bits. Softmax's input is already the size of its mask: here the mask may
-    # be expanded.
+    # the result its last bits.
     logits = input.to(torch.promote_types(input.dtype, torch.float32))
     if scale is not None:
         logits = logits * scale
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
-    if is_causal:  # keep column j <= row i of the last two dims (top-left aligned)
+    if is_causal:  # keep column j <= row i of the last two dims (top-left aligned): one more mask
         rows, cols = logits.shape[-2:]
-        logits = logits.masked_fill(torch.ones(rows, cols, dtype=torch.bool, device=logits.device).triu(1),
-                                    float("-inf"))
-    logits, has_key = _reopen_empty_rows(logits, dim)
-    out = torch.softmax(logits, dim, dtype=torch.promote_types(logits.dtype, out_dtype))
-    return out.masked_fill(~has_key, 0.0).to(out_dtype)
+        causal = torch.ones(rows, cols, dtype=torch.bool, device=logits.device).tril()
+        mask = causal if mask is None else (
+            mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf")))
+    # The rows that keep nothing are found and reopened on the mask as given, small where it broadcasts
+    # (a key-padding mask (N, 1, 1, S)), and their output is set to 0 by a product with the mask's 0 / 1
+    # rows: on CPU a reduction of the scores, and a masked_fill over them, each cost ~4x that product
+    # (benchmarks/notes/attention.md, "Masks on CPU").
+    dtype = torch.promote_types(logits.dtype, out_dtype)
+    if mask is None:
+        return torch.softmax(logits, dim, dtype=dtype).to(out_dtype)
+    if mask.dim() != logits.dim():  # (the reduction over ``dim`` needs the input's dims)
+        mask = mask.view((1,) * (logits.dim() - mask.dim()) + tuple(mask.shape))
+    if mask.dtype == torch.bool:
+        # Selected, not added, so that a masked-out inf or NaN logit is ignored, as by torch's masked_fill;
+        # the masked-out logits of a row that keeps nothing are 0 (finite, reopened), -inf elsewhere.
+        empty = ~mask.any(dim, keepdim=True)
+        logits = torch.where(mask, logits, torch.where(empty, 0.0, float("-inf")))
+    else:
+        mask, empty = _reopen_empty_rows(mask, dim)
+        logits = logits + mask
+    out = torch.softmax(logits, dim, dtype=dtype)
+    return (out * (~empty).to(out.dtype)).to(out_dtype)
 
 
 def runs_as_is(op, backend, input, params):

@@ -174,21 +174,36 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         weight, bias = self.in_proj_weight, self.in_proj_bias
         return weight, bias if bias is None or bias.dtype == weight.dtype else bias.to(weight.dtype)
 
-    def _project(self, query, key, value, shared_kv, self_attention):
-        """The q, k, v projections in the input layout, packed into one matmul where they share inputs."""
+    def _projections(self, query, key, value, shared_kv, self_attention):
+        """The q, k, v projections in the input layout as (projection, parts): one matmul for the inputs
+        they share, its output the concatenation of ``parts`` of them (self-attention: q, k, v; key is
+        value: k, v after q's own)."""
         if self._qkv_same_embed_dim:
             weight, bias = self._packed_in_proj()
             if self_attention:
-                return F.linear(query, weight, bias).chunk(3, -1)
+                return [(F.linear(query, weight, bias), 3)]
             if shared_kv:
                 sizes = [self.embed_dim, 2 * self.embed_dim]
                 (w_q, w_kv), (b_q, b_kv) = weight.split(sizes), bias.split(sizes) if bias is not None else (None, None)
-                return (F.linear(query, w_q, b_q), *F.linear(key, w_kv, b_kv).chunk(2, -1))
+                return [(F.linear(query, w_q, b_q), 1), (F.linear(key, w_kv, b_kv), 2)]
             weights = weight.chunk(3)
         else:
             weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
         biases = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
-        return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
+        return [(F.linear(x, w, b), 1) for x, w, b in zip((query, key, value), weights, biases)]
+
+    def _project(self, query, key, value, shared_kv, self_attention):
+        """The q, k, v projections in the input layout (views of the shared projections)."""
+        return [part for projection, parts in self._projections(query, key, value, shared_kv, self_attention)
+                for part in (projection.chunk(parts, -1) if parts > 1 else (projection,))]
+
+    def _copied_heads(self, projection, parts, batch):
+        """The ``parts`` (N * H, T, D) heads of a projection (T, N, parts * E) or (N, T, parts * E), as
+        bmm reads them, from one copy of it (each head view of a chunk copied on its own took one copy a
+        part, and 6 more autograd nodes for self-attention)."""
+        heads = projection.unflatten(-1, (parts, self.num_heads, self.head_dim))
+        heads = heads.permute((2, 0, 3, 1, 4) if self.batch_first else (2, 1, 3, 0, 4))
+        return heads.reshape(parts, batch * self.num_heads, heads.shape[3], self.head_dim).unbind(0)
 
     def _packed_self_attention(self, tokens, index, keep):
         """Self-attention (no attn_mask, no weights) of a batch_first batch given by its real tokens only:
@@ -274,13 +289,11 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         use_causal = is_causal and key_padding_mask is None and not need_weights
         attn_mask = None if use_causal else _mask_to_fasttx(attn_mask)
         key_padding_mask = _mask_to_fasttx(key_padding_mask)
-        if need_weights and self_attention and self._qkv_same_embed_dim and self.bias_k is None and not self.add_zero_attn:
-            # The weights path's bmm read (N * H, T, D) heads, which the head views of the packed projection's
-            # chunks are not: one copy of the packed heads as (3, N, H, T, D), where each head view was copied
-            # on its own, with 6 more autograd nodes (benchmarks/notes/attention.md, "The weights path").
-            heads = F.linear(query, *self._packed_in_proj()).unflatten(-1, (3, self.num_heads, self.head_dim))
-            heads = heads.permute((2, 0, 3, 1, 4) if self.batch_first else (2, 1, 3, 0, 4)).contiguous()
-            q, k, v = heads.view(3, batch * self.num_heads, queries, self.head_dim).unbind(0)
+        if need_weights and self.bias_k is None and not self.add_zero_attn:
+            # The weights path's bmm read (N * H, T, D) heads: one copy of each projection
+            # (benchmarks/notes/attention.md, "The weights path").
+            q, k, v = (heads for projection, parts in self._projections(query, key, value, shared_kv, self_attention)
+                       for heads in self._copied_heads(projection, parts, batch))
         else:
             q, k, v = self._project(query, key, value, shared_kv, self_attention)
             if self.bias_k is not None:  # one learnt key / value appended to every sequence

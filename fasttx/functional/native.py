@@ -122,9 +122,9 @@ def softmax(input, dim, scale, mask, is_causal, dtype):
     # (a key-padding mask (N, 1, 1, S)), and their output is set to 0 by a product with the mask's 0 / 1
     # rows: on CPU a reduction of the scores, and a masked_fill over them, each cost ~4x that product
     # (benchmarks/notes/attention.md, "Masks on CPU").
-    dtype = torch.promote_types(logits.dtype, out_dtype)
+    accumulate = torch.promote_types(logits.dtype, out_dtype)
     if mask is None:
-        return torch.softmax(logits, dim, dtype=dtype).to(out_dtype)
+        return torch.softmax(logits, dim, dtype=accumulate).to(out_dtype)
     if mask.dim() != logits.dim():  # (the reduction over ``dim`` needs the input's dims)
         mask = mask.view((1,) * (logits.dim() - mask.dim()) + tuple(mask.shape))
     if mask.dtype == torch.bool:
@@ -136,7 +136,7 @@ def softmax(input, dim, scale, mask, is_causal, dtype):
         mask, empty = _reopen_empty_rows(mask, dim)
         kept = ~empty
         logits = logits + mask
-    out = torch.softmax(logits, dim, dtype=dtype) * kept.to(dtype)
+    out = torch.softmax(logits, dim, dtype=accumulate) * kept.to(accumulate)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 

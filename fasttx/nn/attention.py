@@ -317,9 +317,9 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             # q scaled before Q K^T, as torch's module scales it: then without a mask the softmax is torch's
             # alone (functional.softmax, native.runs_as_is), where a scale given to it cost the (N, H, L, S)
             # scores more passes on CPU (0.85x torch.nn's speed at d_model 256, 8 x 64 tokens). The two
-            # products as bmm of (N * H, ., .) matrices: reshape copies a head view whose N and H do not
-            # merge into one stride once, as bmm reads it; torch.matmul of the 4-D views added ops and
-            # copied K^T element by element (benchmarks/notes/attention.md, "The weights path").
+            # products as bmm of (N * H, ., .) matrices: the heads come so from _copied_heads, and only those
+            # with bias_k / add_zero_attn are reshaped here (one copy each); torch.matmul of the 4-D views added
+            # ops and copied K^T element by element (benchmarks/notes/attention.md, "The weights path").
             heads = batch * self.num_heads
             q, k, v = (t if t.dim() == 3 else t.reshape(heads, t.shape[2], self.head_dim)
                        for t in (q * math.sqrt(1.0 / self.head_dim), k, v))

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.fx import Proxy
 
-from .. import functional
+from .. import backends, functional
+from ..functional import native
 from ..functional._checks import check_mask
 from ._backend import (TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin, fused_kernel_masks, registered,
                        torch_forward, torch_inference_kernel_applies)
@@ -225,6 +226,15 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         out = out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
         return F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
+    def _mask_added_to_scores(self, q):
+        """Whether the weights path may add its mask to the fp32 / fp64 scores (baddbmm) and run torch's
+        softmax, where fasttx's softmax would run on torch anyway: not under autocast, whose dtypes
+        functional.softmax follows. In half precision the scores keep fasttx's masked softmax, which
+        scales and masks in fp32 and ignores a masked-out score that overflowed to inf (an added -inf
+        makes it NaN, as in torch.nn's module)."""
+        return ((q.dtype is torch.float32 or q.dtype is torch.float64) and not torch._C._is_any_autocast_enabled()
+                and backends.resolve("softmax", self.backend, q) == "torch")
+
     def _torch_inference_kernel(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                                 average_attn_weights, is_causal):
         """torch's fused inference kernel's (output, weights) for this call where it computes what ours
@@ -314,23 +324,35 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
 
         weights = None
         if need_weights:
-            # q scaled before Q K^T, as torch's module scales it: then without a mask the softmax is torch's
-            # alone (functional.softmax, native.runs_as_is), where a scale given to it cost the (N, H, L, S)
-            # scores more passes on CPU (0.85x torch.nn's speed at d_model 256, 8 x 64 tokens). The two
-            # products as bmm of (N * H, ., .) matrices: the heads come so from _copied_heads, and only those
-            # with bias_k / add_zero_attn are reshaped here (one copy each); torch.matmul of the 4-D views added
-            # ops and copied K^T element by element (benchmarks/notes/attention.md, "The weights path").
-            heads = batch * self.num_heads
-            q, k, v = (t if t.dim() == 3 else t.reshape(heads, t.shape[2], self.head_dim)
-                       for t in (q * math.sqrt(1.0 / self.head_dim), k, v))
+            # The two products as bmm of (N * H, ., .) matrices: the heads come so from _copied_heads, and only
+            # those with bias_k / add_zero_attn are reshaped here (one copy each); torch.matmul of the 4-D views
+            # added ops and copied K^T element by element (benchmarks/notes/attention.md, "The weights path").
+            heads, scale = batch * self.num_heads, math.sqrt(1.0 / self.head_dim)
+            q, k, v = (t if t.dim() == 3 else t.reshape(heads, t.shape[2], self.head_dim) for t in (q, k, v))
             # Scores and weights stay (N * H, L, S) unless a mask broadcasts over N and H: each view is an
             # autograd node (~1.5 us on CPU, where torch.nn's forward at 17 x 2 tokens takes ~130).
-            scores = torch.bmm(q, k.transpose(1, 2))
-            scores = scores if mask is None else scores.view(batch, self.num_heads, queries, keys)
-            weights = functional.softmax(scores, -1, mask=mask, backend=self.backend)
+            if mask is not None and self._mask_added_to_scores(q):
+                # As torch.nn's forward: the mask added by baddbmm, then torch's softmax alone, where fasttx's
+                # masked softmax on the scores took ~2.5x as long on CPU (the mask selected, not added); the
+                # scale as baddbmm's alpha, an op less than scaling q (benchmarks/notes/attention.md, "The mask
+                # inside baddbmm").
+                bias, kept = native.reopened_bias(mask, -1, q.dtype)
+                if bias.dim() == 4:  # (N or 1, H or 1, L or 1, S) -> (N * H, L or 1, S)
+                    bias = bias.expand(batch, self.num_heads, -1, -1).reshape(heads, -1, keys)
+                weights = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
+                if kept is not None:  # (some row keeps no key: its weights 0)
+                    weights = (weights.view(batch, self.num_heads, queries, keys) * kept).view(heads, queries, keys)
+            else:
+                # q scaled before Q K^T, as torch's module scales it: then without a mask the softmax is
+                # torch's alone (functional.softmax, native.runs_as_is), where a scale given to it cost the
+                # (N, H, L, S) scores more passes on CPU (0.85x torch.nn's speed at d_model 256, 8 x 64 tokens).
+                scores = torch.bmm(q * scale, k.transpose(1, 2))
+                scores = scores if mask is None else scores.view(batch, self.num_heads, queries, keys)
+                weights = functional.softmax(scores, -1, mask=mask, backend=self.backend)
+                weights = weights if mask is None else weights.view(heads, queries, keys)
             if dropout_p > 0:
                 weights = F.dropout(weights, dropout_p)
-            out = torch.bmm(weights if mask is None else weights.view(heads, queries, keys), v)
+            out = torch.bmm(weights, v)
             weights = weights.view(batch, self.num_heads, queries, keys)
             # (N * H, L, D) -> the input layout with heads merged (seq-first: (L, N * H, D) is a transpose).
             out = (out.view(batch, self.num_heads, queries, self.head_dim).transpose(1, 2) if self.batch_first

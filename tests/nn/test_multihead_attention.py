@@ -249,20 +249,54 @@ def test_causal_hint_uses_the_kernel_causal_masking(attention_calls):
     torch.testing.assert_close(out, mha(x, x, x, attn_mask=causal, need_weights=False)[0])
 
 
-def test_fully_masked_rows_give_zero_not_nan():
-    mha = fasttx.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE)
-    x = torch.randn(2, 4, 8, device=DEVICE, requires_grad=True)
-    attn_mask = torch.zeros(4, 4, dtype=torch.bool, device=DEVICE)
-    attn_mask[1] = True  # query 1 may attend nothing
+def _emptying_masks(kind, dtype):
+    """(key_padding_mask, attn_mask) in torch's convention for a batch of 2, 3 queries, 5 keys, 2 heads,
+    and the (batch, query) rows left with no key: (1, *) by the key padding, (*, 1) by the attn_mask."""
+    padding = torch.zeros(2, 5, dtype=torch.bool, device=DEVICE)
+    padding[0, 3:] = padding[1] = True  # batch 1 keeps no key
+    rows = torch.zeros(3, 5, dtype=torch.bool, device=DEVICE)
+    rows[1] = True  # query 1 keeps no key
+    rows[2, 0] = True
+    masks = {"kp": (padding, None), "2d": (None, rows), "3d": (None, rows.repeat(4, 1, 1)), "kp+2d": (padding, rows)}
+    key_padding_mask, attn_mask = masks[kind.split()[0]]
+    if kind.endswith("float"):  # (masked out: -inf; kept: random biases)
+        key_padding_mask, attn_mask = (None if m is None else torch.randn(m.shape, device=DEVICE, dtype=dtype)
+                                       .masked_fill(m, float("-inf")) for m in (key_padding_mask, attn_mask))
+    empty = torch.zeros(2, 3, dtype=torch.bool, device=DEVICE)
+    if kind.startswith("kp"):
+        empty[1] = True
+    if "d" in kind.split()[0]:
+        empty[:, 1] = True
+    return key_padding_mask, attn_mask, empty
+
+
+@pytest.mark.parametrize("kind", ["kp bool", "kp float", "2d bool", "2d float", "3d bool", "3d float", "kp+2d bool",
+                                  "kp+2d float"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fully_masked_rows_give_zero_not_nan(kind, dtype):
+    """Rows with no key give 0 (output: the out-projection's bias alone; weights: 0) and zero gradients,
+    with or without the weights; the other rows are torch.nn's (which gives NaN in the empty ones)."""
+    theirs = randomize_parameters(torch.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE, dtype=dtype), 0.5)
+    ours = fasttx.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE, dtype=dtype)
+    ours.load_state_dict(theirs.state_dict())
+    key_padding_mask, attn_mask, empty = _emptying_masks(kind, dtype)
+    query = torch.randn(2, 3, 8, device=DEVICE, dtype=dtype)
+    memory = torch.randn(2, 5, 8, device=DEVICE, dtype=dtype)
+    with torch.no_grad():
+        want, want_weights = theirs(query, memory, memory, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
     for need_weights in (False, True):
-        out, weights = mha(x, x, x, attn_mask=attn_mask, need_weights=need_weights)
-        assert torch.isfinite(out).all()
-        # no attention: the output is the output projection's bias alone
-        torch.testing.assert_close(out[:, 1], mha.out_proj.bias.expand(2, -1))
+        x = query.clone().requires_grad_()
+        with torch.autograd.detect_anomaly():  # no NaN on the way, forward or backward
+            out, weights = ours(x, memory, memory, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                                need_weights=need_weights)
+            out.backward(_same_random_like(out))
+        torch.testing.assert_close(out[empty], ours.out_proj.bias.expand(int(empty.sum()), -1))
+        torch.testing.assert_close(out[~empty], want[~empty], rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+        assert (x.grad[empty] == 0).all()
         if need_weights:
-            assert (weights[:, 1] == 0).all()
-        out.sum().backward()
-        assert torch.isfinite(x.grad).all()
+            assert (weights[empty] == 0).all()
+            torch.testing.assert_close(weights[~empty], want_weights[~empty], rtol=TOLERANCE[dtype],
+                                       atol=TOLERANCE[dtype])
 
 
 def test_dropout_in_training_only():
@@ -423,3 +457,61 @@ def test_bad_construction_is_refused_clearly():
             fasttx.nn.MultiheadAttention(*args)
     with pytest.raises(ValueError, match="backend must be one of"):
         fasttx.nn.MultiheadAttention(8, 2, backend="tpu")
+
+
+@pytest.mark.parametrize("tracer", ["eager", "compile", "make_fx", "jit.trace"])
+@pytest.mark.parametrize("mask", ["key_padding_mask", "attn_mask"])
+def test_weights_path_traced_where_every_row_kept_zeroes_empty_rows_later(tracer, mask):
+    """The weights path skips zeroing rows that keep no key where, on CPU in eager mode, it reads that no
+    row is so: never where a graph is recorded (torch.compile, make_fx, jit.trace), which would keep
+    the skip for a later call whose mask empties a row."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    mha = fasttx.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE).eval()
+    query, memory = torch.randn(2, 3, 8, device=DEVICE), torch.randn(2, 5, 8, device=DEVICE)
+    # torch's convention, True = masked out: the key padding (N, S) of a batch of 2, or the attn_mask (L, S)
+    every_row_kept = torch.zeros((2, 5) if mask == "key_padding_mask" else (3, 5), dtype=torch.bool, device=DEVICE)
+    every_row_kept[0, 3:] = True
+    some_row_empty = every_row_kept.clone()
+    some_row_empty[1] = True  # batch 1, or query 1, keeps no key
+
+    class Attend(torch.nn.Module):  # (jit.trace records a module's parameters as such)
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, q, kv, m):
+            return self.mha(q, kv, kv, **{mask: m})
+
+    attend = Attend()
+
+    with torch.no_grad():
+        want_out, want_weights = attend(query, memory, some_row_empty)
+        if tracer == "compile":
+            traced = torch.compile(attend, fullgraph=True, backend="aot_eager")
+        elif tracer == "make_fx":
+            traced = make_fx(attend)(query, memory, every_row_kept)
+        elif tracer == "jit.trace":
+            traced = torch.jit.trace(attend, (query, memory, every_row_kept), check_trace=False)
+        else:
+            traced = attend
+        traced(query, memory, every_row_kept)
+        out, weights = traced(query, memory, some_row_empty)
+    assert (weights[1] == 0).all() if mask == "key_padding_mask" else (weights[:, 1] == 0).all()
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(weights, want_weights)
+
+
+def test_weights_path_under_vmap_zeroes_empty_rows():
+    """vmap over the batch (per-sample key padding, one sample all padding) gives the batched call's
+    results: the rows' values are not read inside the transform."""
+    mha = fasttx.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE).eval()
+    query, memory = torch.randn(2, 3, 8, device=DEVICE), torch.randn(2, 5, 8, device=DEVICE)
+    padding = torch.zeros(2, 5, dtype=torch.bool, device=DEVICE)
+    padding[0, 3:] = padding[1] = True
+    with torch.no_grad():
+        want_out, want_weights = mha(query, memory, memory, key_padding_mask=padding)
+        out, weights = torch.func.vmap(lambda q, kv, m: mha(q, kv, kv, key_padding_mask=m))(query, memory, padding)
+    assert (weights[1] == 0).all()
+    torch.testing.assert_close(out, want_out)
+    torch.testing.assert_close(weights, want_weights)

@@ -83,9 +83,6 @@ def rms_norm(input, normalized_shape, weight, eps):
     return torch_rms_norm(input, normalized_shape, weight, eps).to(input.dtype)
 
 
-_FLOAT32_LOWEST = torch.finfo(torch.float32).min
-
-
 def _reopen_empty_rows(mask, dim=-1):
     """(mask with every row that keeps nothing made to keep everything, empty: the rows that keep
     nothing, reduced over ``dim``). Bool masks keep True; float masks keep what is not -inf: a row
@@ -93,49 +90,45 @@ def _reopen_empty_rows(mask, dim=-1):
     if mask.dtype == torch.bool:
         empty = ~mask.any(dim, keepdim=True)
         return mask | empty, empty
-    empty = mask.detach().amax(dim, keepdim=True) == float("-inf")
+    return _reopen_float_rows(mask, mask.detach().amax(dim, keepdim=True))
+
+
+def _reopen_float_rows(mask, row_max):
+    """(the float mask with its rows whose max is -inf reopened to 0, those rows)."""
+    empty = row_max == float("-inf")
     return mask.masked_fill(empty, 0.0), empty
 
 
-# Up to this many rows, _every_row_kept reads them on the host as a Python list (~10 ns a row), where a
-# reduction and the read of its result cost ~3 us (more inside a module's call: nn/_backend.py's
-# _MASK_READ_AS_LIST_MAX_ELEMENTS).
+# Up to this many rows, reopened_float_mask reads on the host whether some row keeps nothing, as a Python
+# list (~10 ns a row, where a reduction and the read of its result cost ~3 us, more inside a module's
+# call: nn/_backend.py's _MASK_READ_AS_LIST_MAX_ELEMENTS); more rows are left to the tensor ops.
 _ROWS_READ_AS_LIST_MAX = 1024
 
 
-def _every_row_kept(kept):
-    """Whether the bool ``kept`` is True throughout, where its values can be read here and now: a CPU
-    tensor in eager mode. Not under torch.compile, jit tracing, a dispatch mode (make_fx, fake tensors)
-    or a functorch transform (vmap), where the values are not there to read or a branch on them would
-    be baked into a graph: False there."""
-    if (not kept.is_cpu or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._len_torch_dispatch_stack() or torch._C._functorch.is_functorch_wrapped_tensor(kept)):
-        return False
-    if kept.numel() <= _ROWS_READ_AS_LIST_MAX:
-        return all(kept.reshape(-1).tolist())
-    return bool(kept.all())
+def _readable_rows(rows):
+    """Whether the values of the small tensor ``rows`` can be read here and now: a CPU tensor in eager
+    mode. Not under torch.compile, jit tracing, a dispatch mode (make_fx, fake tensors) or a functorch
+    transform (vmap), where the values are not there to read or a branch on them would be baked into a
+    graph."""
+    return (rows.is_cpu and rows.numel() <= _ROWS_READ_AS_LIST_MAX and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not torch._C._len_torch_dispatch_stack()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(rows))
 
 
-def reopened_bias(mask, dim, dtype):
-    """(the mask's additive form in ``dtype``, float32 or float64, where it is bool, with every row that
-    keeps nothing reopened; kept: the rows that keep something, 0 / 1 in ``dtype``, reduced over ``dim``,
-    or None where every row keeps something, as read on CPU in eager mode). A softmax of logits + bias,
-    times kept, is fasttx's masked softmax: 0 in the rows that keep nothing, finite everywhere. The bias
-    stays the mask's (broadcast) shape. Skipping the product with kept where no row needs it saves an
-    op over the scores (and its autograd node): 4-5% of a small cross-attention's time on CPU.
+def reopened_float_mask(mask, dim, dtype):
+    """(the float, additive ``mask`` with every row that keeps nothing (all -inf along ``dim``) reopened
+    to 0; kept: the rows that keep something, 0 / 1 in ``dtype``, reduced over ``dim``, or None where
+    every row keeps something). A softmax of logits + mask, times kept, is fasttx's masked softmax: 0 in
+    the rows that keep nothing, finite everywhere. The mask keeps its (broadcast) shape.
 
-    A bool mask's masked-out entries are float32's lowest finite value, not -inf: a score plus it is
-    that value itself (any score under ~1e31 in magnitude is below its rounding step), so a row that
-    keeps nothing is uniform and finite without a reopening op, and elsewhere its weight is exactly 0.
-    Three ops on CPU where the -inf form and its reopening took six (~1.5x the time)."""
-    if mask.dtype == torch.bool:
-        kept = mask.any(dim, keepdim=True)
-        bias = torch.where(mask, 0.0, _FLOAT32_LOWEST)  # (a float tensor of the default dtype)
-        bias = bias if bias.dtype == dtype else bias.to(dtype)
-    else:
-        bias, empty = _reopen_empty_rows(mask, dim)
-        kept = ~empty
-    return bias, None if _every_row_kept(kept) else kept.to(dtype)
+    Whether some row keeps nothing is read from the rows' max on CPU in eager mode (_readable_rows):
+    where none does, the reopening and the product with kept are skipped, each an op with an autograd
+    node, the product one over the scores (~4% of a small cross-attention's time on CPU)."""
+    row_max = (mask.detach() if mask.requires_grad else mask).amax(dim, keepdim=True)
+    if _readable_rows(row_max) and float("-inf") not in row_max.reshape(-1).tolist():
+        return mask, None
+    mask, empty = _reopen_float_rows(mask, row_max)
+    return mask, (~empty).to(dtype)
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
@@ -178,7 +171,7 @@ def softmax(input, dim, scale, mask, is_causal, dtype):
         logits = torch.where(mask, logits, torch.where(kept, float("-inf"), 0.0))
         kept = kept.to(accumulate)
     else:
-        mask, kept = reopened_bias(mask, dim, accumulate)
+        mask, kept = reopened_float_mask(mask, dim, accumulate)
         logits = logits + mask
     out = torch.softmax(logits, dim, dtype=accumulate)
     out = out if kept is None else out * kept

@@ -11,10 +11,14 @@ How forward maps onto the kernels:
 - ``need_weights=False`` runs ``fasttx.scaled_dot_product_attention``: nothing of size L x S is
   stored. ``need_weights=True`` has to return the L x S weights, so it computes them with
   ``fasttx.softmax`` (scale, mask and softmax in one pass) and multiplies them by V: this costs
-  the (N, H, L, S) weights in memory, as torch's module does.
-- Masks turn into fasttx's convention once (bool: True = takes part; float: added) and combine
-  by broadcasting: a key-padding mask alone stays (N, 1, 1, S); with a 2-D attn_mask the merged
-  mask is (N, 1, L, S); only a 3-D (N * H, L, S) attn_mask is per head.
+  the (N, H, L, S) weights in memory, as torch's module does. Where that softmax would run on
+  torch (fp32 / fp64, no autocast), the masks are added to the scores inside baddbmm and torch's
+  softmax runs alone, as in torch's module; rows that keep no key are reopened and zeroed
+  (functional.native.reopened_float_mask).
+- Masks turn into fasttx's convention once (bool: True = takes part; float: added), or into
+  torch's additive form where the weights path adds them, and combine by broadcasting: a
+  key-padding mask alone stays (N, 1, 1, S); with a 2-D attn_mask the merged mask is (N, 1, L, S);
+  only a 3-D (N * H, L, S) attn_mask is per head.
 - ``is_causal`` is torch's hint: with no key-padding mask and ``need_weights=False`` the given
   causal attn_mask is replaced by the kernel's causal masking, which skips masked key blocks.
 
@@ -46,11 +50,14 @@ def _mask_to_fasttx(mask):
     return None if mask is None else (~mask if mask.dtype == torch.bool else mask)
 
 
-def _as_bias(mask, dtype):
-    """A fasttx-convention mask as an additive float mask: kept 0, masked out -inf."""
-    if mask.dtype != torch.bool:
+def _as_bias(mask, dtype, masked_out=False):
+    """A mask as an additive float mask in ``dtype`` (kept 0, masked out -inf): a bool one marks what is
+    kept (fasttx's convention) or, ``masked_out``, what is masked out (torch's). Float masks are additive
+    already; None stays None."""
+    if mask is None or mask.dtype != torch.bool:
         return mask
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    # (torch.where of the mask and two scalars took ~2.4x as long on CPU for a key-padding mask)
+    return torch.zeros_like(mask, dtype=dtype).masked_fill_(mask if masked_out else ~mask, float("-inf"))
 
 
 def _combine(first, second, dtype):
@@ -155,6 +162,9 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 check_mask("nn.MultiheadAttention", arg, mask, query, "query's", mask.shape, "itself")
             except TypeError as e:
                 raise ArgumentTypeError(str(e)) from None
+            if mask.dtype != torch.bool and mask.dtype != query.dtype:  # (torch's products refuse it too)
+                raise ArgumentTypeError(f"{name}: a floating-point {arg} must have query's dtype {query.dtype}, "
+                                        f"got {mask.dtype}")
             if tuple(mask.shape) not in shapes:
                 expected = " or ".join(str(list(s)) for s in shapes)
                 raise ArgumentError(f"{name}: {arg} must have shape {expected} {described}, got {list(mask.shape)}")
@@ -226,14 +236,14 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         out = out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
         return F.linear(out, self.out_proj.weight, self.out_proj.bias)
 
-    def _mask_added_to_scores(self, q):
-        """Whether the weights path may add its mask to the fp32 / fp64 scores (baddbmm) and run torch's
-        softmax, where fasttx's softmax would run on torch anyway: not under autocast, whose dtypes
-        functional.softmax follows. In half precision the scores keep fasttx's masked softmax, which
-        scales and masks in fp32 and ignores a masked-out score that overflowed to inf (an added -inf
-        makes it NaN, as in torch.nn's module)."""
-        return ((q.dtype is torch.float32 or q.dtype is torch.float64) and not torch._C._is_any_autocast_enabled()
-                and backends.resolve("softmax", self.backend, q) == "torch")
+    def _adds_mask(self, query):
+        """Whether the weights path adds its masks, in torch's additive form, to the fp32 / fp64 scores
+        (baddbmm) and runs torch's softmax, where fasttx's softmax would run on torch anyway: not under
+        autocast, whose dtypes functional.softmax follows. In half precision the scores keep fasttx's
+        masked softmax, which scales and masks in fp32 and ignores a masked-out score that overflowed to
+        inf (an added -inf makes it NaN, as in torch.nn's module)."""
+        return ((query.dtype is torch.float32 or query.dtype is torch.float64)
+                and not torch._C._is_any_autocast_enabled() and backends.resolve("softmax", self.backend, query) == "torch")
 
     def _torch_inference_kernel(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                                 average_attn_weights, is_causal):
@@ -297,8 +307,13 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
 
         # torch's is_causal hint: the kernel's causal masking replaces the given causal attn_mask.
         use_causal = is_causal and key_padding_mask is None and not need_weights
-        attn_mask = None if use_causal else _mask_to_fasttx(attn_mask)
-        key_padding_mask = _mask_to_fasttx(key_padding_mask)
+        add_mask = need_weights and (attn_mask is not None or key_padding_mask is not None) and self._adds_mask(query)
+        if add_mask:  # (one op a bool mask, where fasttx's convention and then the additive form took two)
+            attn_mask = _as_bias(attn_mask, query.dtype, masked_out=True)
+            key_padding_mask = _as_bias(key_padding_mask, query.dtype, masked_out=True)
+        else:
+            attn_mask = None if use_causal else _mask_to_fasttx(attn_mask)
+            key_padding_mask = _mask_to_fasttx(key_padding_mask)
         if need_weights and self.bias_k is None and not self.add_zero_attn:
             # The weights path's bmm read (N * H, T, D) heads: one copy of each projection
             # (benchmarks/notes/attention.md, "The weights path").
@@ -331,12 +346,12 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             q, k, v = (t if t.dim() == 3 else t.reshape(heads, t.shape[2], self.head_dim) for t in (q, k, v))
             # Scores and weights stay (N * H, L, S) unless a mask broadcasts over N and H: each view is an
             # autograd node (~1.5 us on CPU, where torch.nn's forward at 17 x 2 tokens takes ~130).
-            if mask is not None and self._mask_added_to_scores(q):
-                # As torch.nn's forward: the mask added by baddbmm, then torch's softmax alone, where fasttx's
-                # masked softmax on the scores took ~2.5x as long on CPU (the mask selected, not added); the
-                # scale as baddbmm's alpha, an op less than scaling q (benchmarks/notes/attention.md, "The mask
-                # inside baddbmm").
-                bias, kept = native.reopened_bias(mask, -1, q.dtype)
+            if add_mask:
+                # As torch.nn's forward: the additive mask added by baddbmm, then torch's softmax alone, where
+                # fasttx's masked softmax on the scores took ~2.5x as long on CPU (the mask selected, not
+                # added); the scale as baddbmm's alpha, an op less than scaling q
+                # (benchmarks/notes/attention.md, "The mask inside baddbmm").
+                bias, kept = native.reopened_float_mask(mask, -1, q.dtype)
                 if bias.dim() == 4:  # (N or 1, H or 1, L or 1, S) -> (N * H, L or 1, S)
                     bias = bias.expand(batch, self.num_heads, -1, -1).reshape(heads, -1, keys)
                 weights = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)

@@ -359,6 +359,10 @@ def test_autocast_bf16_on_cpu():
     (lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.int64)), TypeError, "attn_mask must be a bool or floating-point"),
     (lambda m, x: m(x, x, x, is_causal=True), ValueError, "is_causal=True is a hint"),
     (lambda m, x: m(x, x.double(), x), TypeError, "key must have query's dtype"),
+    (lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.float64)), TypeError,
+     "floating-point attn_mask must have query's dtype torch.float32, got torch.float64"),
+    (lambda m, x: m(x, x, x, key_padding_mask=torch.zeros(2, 5, dtype=torch.float16), need_weights=False), TypeError,
+     "floating-point key_padding_mask must have query's dtype torch.float32, got torch.float16"),
 ])
 def test_bad_input_is_refused_clearly(call, error, match):
     mha = fasttx.nn.MultiheadAttention(8, 2, batch_first=True)
@@ -381,9 +385,11 @@ def test_bad_input_is_refused_clearly(call, error, match):
     lambda m, x: m(x, x, x[:, :4]),
     lambda m, x: m(x, x, x, is_causal=True),
     lambda m, x: m(x, x.double(), x.double()),
+    lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.float64)),
+    lambda m, x: m(x, x, x, key_padding_mask=torch.zeros(2, 5, dtype=torch.float16), need_weights=False),
 ], ids=["key rank", "value rank", "query rank", "key_padding_mask rank", "key_padding_mask shape", "attn_mask 4-D",
         "attn_mask 1-D", "attn_mask 2-D shape", "attn_mask 3-D shape", "attn_mask dtype", "query features",
-        "key/value lengths", "is_causal without mask", "key dtype"])
+        "key/value lengths", "is_causal without mask", "key dtype", "attn_mask float dtype", "key_padding_mask float dtype"])
 def test_errors_are_catchable_as_what_torch_raises(call):
     """Code written against torch.nn.MultiheadAttention catches torch's exception types
     (AssertionError for most argument errors): fasttx's errors are those too."""

@@ -90,29 +90,27 @@ def _reopen_empty_rows(mask, dim=-1):
     if mask.dtype == torch.bool:
         empty = ~mask.any(dim, keepdim=True)
         return mask | empty, empty
-    return _reopen_float_rows(mask, mask.detach().amax(dim, keepdim=True))
-
-
-def _reopen_float_rows(mask, row_max):
-    """(the float mask with its rows whose max is -inf reopened to 0, those rows)."""
-    empty = row_max == float("-inf")
+    empty = mask.detach().amax(dim, keepdim=True) == float("-inf")
     return mask.masked_fill(empty, 0.0), empty
 
 
-# Up to this many rows, reopened_float_mask reads on the host whether some row keeps nothing, as a Python
-# list (~10 ns a row, where a reduction and the read of its result cost ~3 us, more inside a module's
-# call: nn/_backend.py's _MASK_READ_AS_LIST_MAX_ELEMENTS); more rows are left to the tensor ops.
-_ROWS_READ_AS_LIST_MAX = 1024
+# Up to this many rows, _every_row_keeps_something reads the rows' max on the host, as a Python list;
+# more are left to the tensor ops (reading them would cost more than the ops it can save).
+_READ_AS_LIST_MAX_ROWS = 1024
+_NEG_INF = float("-inf")
 
 
-def _readable_rows(rows):
-    """Whether the values of the small tensor ``rows`` can be read here and now: a CPU tensor in eager
-    mode. Not under torch.compile, jit tracing, a dispatch mode (make_fx, fake tensors) or a functorch
-    transform (vmap), where the values are not there to read or a branch on them would be baked into a
-    graph."""
-    return (rows.is_cpu and rows.numel() <= _ROWS_READ_AS_LIST_MAX and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing() and not torch._C._len_torch_dispatch_stack()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(rows))
+def _every_row_keeps_something(mask, dim):
+    """Whether every row of the float ``mask`` along ``dim`` keeps something (is not -inf throughout),
+    as read on the host: a CPU tensor in eager mode. False where it cannot be read: under torch.compile,
+    jit tracing, a dispatch mode (make_fx, fake tensors) or a functorch transform (vmap), the values are
+    not there to read or a branch on them would be baked into a graph. (Reading the mask itself as a
+    list, where its rows' max is one op less, was no faster inside a module's call on CPU.)"""
+    if (not mask.is_cpu or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._len_torch_dispatch_stack() or torch._C._functorch.is_functorch_wrapped_tensor(mask)):
+        return False
+    row_max = (mask.detach() if mask.requires_grad else mask).amax(dim)
+    return row_max.numel() <= _READ_AS_LIST_MAX_ROWS and _NEG_INF not in row_max.reshape(-1).tolist()
 
 
 def reopened_float_mask(mask, dim, dtype):
@@ -121,13 +119,14 @@ def reopened_float_mask(mask, dim, dtype):
     every row keeps something). A softmax of logits + mask, times kept, is fasttx's masked softmax: 0 in
     the rows that keep nothing, finite everywhere. The mask keeps its (broadcast) shape.
 
-    Whether some row keeps nothing is read from the rows' max on CPU in eager mode (_readable_rows):
-    where none does, the reopening and the product with kept are skipped, each an op with an autograd
-    node, the product one over the scores (~4% of a small cross-attention's time on CPU)."""
-    row_max = (mask.detach() if mask.requires_grad else mask).amax(dim, keepdim=True)
-    if _readable_rows(row_max) and float("-inf") not in row_max.reshape(-1).tolist():
+    Where every row keeps something, as read on CPU in eager mode, or there is no key, the reopening
+    and the product with kept are skipped: each is an op with an autograd node, the product one over
+    the scores. Always reopening and zeroing put small MultiheadAttention calls with weights at
+    0.82-0.88x torch.nn's speed in CPU inference, reading the rows at 0.95-1.02x
+    (benchmarks/notes/attention.md, "The mask inside baddbmm")."""
+    if mask.shape[dim] == 0 or _every_row_keeps_something(mask, dim):
         return mask, None
-    mask, empty = _reopen_float_rows(mask, row_max)
+    mask, empty = _reopen_empty_rows(mask, dim)
     return mask, (~empty).to(dtype)
 
 

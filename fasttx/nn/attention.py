@@ -353,7 +353,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 # (benchmarks/notes/attention.md, "The mask inside baddbmm").
                 bias, kept = native.reopened_float_mask(mask, -1, q.dtype)
                 if bias.dim() == 4:  # (N or 1, H or 1, L or 1, S) -> (N * H, L or 1, S)
-                    bias = bias.expand(batch, self.num_heads, -1, -1).reshape(heads, -1, keys)
+                    bias = bias.expand(batch, self.num_heads, -1, -1).reshape(heads, bias.shape[2], keys)
                 weights = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
                 if kept is not None:  # (some row keeps no key: its weights 0)
                     weights = (weights.view(batch, self.num_heads, queries, keys) * kept).view(heads, queries, keys)

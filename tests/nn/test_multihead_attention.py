@@ -421,13 +421,21 @@ def test_in_proj_bias_of_another_dtype_is_accepted_like_torch(bias_dtype, train)
 
 @pytest.mark.parametrize("need_weights", [True, False])
 @pytest.mark.parametrize("queries,keys", [(0, 4), (4, 0), (0, 0)])
-def test_empty_sequences_like_torch(queries, keys, need_weights):
+@pytest.mark.parametrize("masks", [None, "bool", "float"])
+def test_empty_sequences_like_torch(queries, keys, need_weights, masks):
     torch.manual_seed(0)
     theirs = torch.nn.MultiheadAttention(8, 2)
     ours = fasttx.patch(copy.deepcopy(theirs))
     q, kv = torch.randn(queries, 3, 8, requires_grad=True), torch.randn(keys, 3, 8)
-    expected, expected_weights = theirs(q, kv, kv, need_weights=need_weights)
-    out, weights = ours(q, kv, kv, need_weights=need_weights)
+    dtype = torch.bool if masks == "bool" else torch.float32
+    given = {} if masks is None else dict(key_padding_mask=torch.zeros(3, keys, dtype=dtype),
+                                          attn_mask=torch.zeros(queries, keys, dtype=dtype))
+    try:
+        expected, expected_weights = theirs(q, kv, kv, need_weights=need_weights, **given)
+    except RuntimeError:  # torch's need_weights=False cannot view masks with no key (a -1 dim of 0 elements)
+        assert not need_weights and masks is not None and keys == 0
+        expected, expected_weights = theirs(q, kv, kv, need_weights=True, **given)[0], None
+    out, weights = ours(q, kv, kv, need_weights=need_weights, **given)
     torch.testing.assert_close(out, expected)
     assert (weights is None) == (expected_weights is None)
     if weights is not None:
@@ -521,3 +529,22 @@ def test_weights_path_under_vmap_zeroes_empty_rows():
     assert (weights[1] == 0).all()
     torch.testing.assert_close(out, want_out)
     torch.testing.assert_close(weights, want_weights)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_float_masks_get_torchs_gradients(need_weights):
+    """A float attn_mask and key_padding_mask that require grad get torch.nn's gradients (the weights
+    path adds them inside baddbmm; the rows' check reads them detached)."""
+    theirs = randomize_parameters(torch.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE), 0.5)
+    ours = fasttx.nn.MultiheadAttention(8, 2, batch_first=True, device=DEVICE)
+    ours.load_state_dict(theirs.state_dict())
+    query, memory = torch.randn(2, 3, 8, device=DEVICE), torch.randn(2, 5, 8, device=DEVICE)
+    masks = [torch.randn(3, 5, device=DEVICE), torch.randn(2, 5, device=DEVICE)]
+    results = []
+    for module in (theirs, ours):
+        attn_mask, padding = (m.clone().requires_grad_() for m in masks)
+        out, _ = module(query, memory, memory, attn_mask=attn_mask, key_padding_mask=padding, need_weights=need_weights)
+        out.backward(_same_random_like(out))
+        results.append((out, attn_mask.grad, padding.grad))
+    for want, have in zip(*results):
+        torch.testing.assert_close(have, want)

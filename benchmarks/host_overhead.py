@@ -78,6 +78,9 @@ def calls(inference=False):
     weight, bias = torch.randn(64, requires_grad=True), torch.randn(64, requires_grad=True)
     tokens = torch.randn(2, 8, 64)
     padding = torch.arange(8) >= torch.tensor([[8], [5]])  # (2, 8): the second sequence's last 3 tokens
+    memory = torch.randn(2, 12, 64)  # cross-attention's keys and values, and their padding
+    memory_padding = torch.arange(12) >= torch.tensor([[12], [7]])
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(8)  # (a float mask: 0 and -inf)
     torch_norms = {"LayerNorm": torch.nn.LayerNorm(64), "RMSNorm": torch.nn.RMSNorm(64), "Softmax": torch.nn.Softmax(-1)}
     fasttx_norms = {(name, b): getattr(fasttx.nn, name)(*([-1] if name == "Softmax" else [64]), backend=b)
                     for name in torch_norms for b in ("torch", "triton")}
@@ -100,6 +103,10 @@ def calls(inference=False):
         "MultiheadAttention, self": lambda b: lambda: fasttx_mha[b](tokens, tokens, tokens, need_weights=False),
         "MultiheadAttention, self, key padding": lambda b: lambda: fasttx_mha[b](
             tokens, tokens, tokens, key_padding_mask=padding, need_weights=False),
+        "MultiheadAttention, cross, key padding, weights": lambda b: lambda: fasttx_mha[b](
+            tokens, memory, memory, key_padding_mask=memory_padding),
+        "MultiheadAttention, self, causal mask, weights": lambda b: lambda: fasttx_mha[b](
+            tokens, tokens, tokens, attn_mask=causal),
         "TransformerEncoderLayer": lambda b: lambda: fasttx_layer[b](tokens),
     }
     theirs = {
@@ -111,6 +118,9 @@ def calls(inference=False):
         "MultiheadAttention, self": lambda: torch_mha(tokens, tokens, tokens, need_weights=False),
         "MultiheadAttention, self, key padding": lambda: torch_mha(tokens, tokens, tokens, key_padding_mask=padding,
                                                                    need_weights=False),
+        "MultiheadAttention, cross, key padding, weights": lambda: torch_mha(tokens, memory, memory,
+                                                                            key_padding_mask=memory_padding),
+        "MultiheadAttention, self, causal mask, weights": lambda: torch_mha(tokens, tokens, tokens, attn_mask=causal),
         "TransformerEncoderLayer": lambda: torch_layer(tokens),
     }
     return {case: {"torch": theirs[case], "fasttx torch": make("torch"), "fasttx triton (not launched)": make("triton")}

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fasttx import cli
-from fasttx.benchmarks import common, encoder_inference, host_overhead, modules, norms, progress, report
+from fasttx.benchmarks import common, encoder_inference, host_overhead, mha_calls, modules, norms, progress, report
 
 from .conftest import DEVICE, OpRecorder, runnable_backends
 
@@ -487,3 +487,17 @@ def test_encoder_inference_bench_compares_the_two_stacks_on_the_same_padded_batc
             encoder_inference.flops(row["d_model"], row["layers"], kept) / 1e6)
     assert encoder_inference.lengths(4, 10, 0.5) == [8, 6, 4, 2]
     assert "| speed-up |" in encoder_inference.table(rows).splitlines()[0]
+
+
+def test_mha_calls_bench_times_both_modules_on_the_same_masked_call():
+    """python -m fasttx.benchmarks.mha_calls: each case in training and inference, both modules timed on
+    the same call, the same outputs, the FLOP formula as documented."""
+    rows = mha_calls.run("quick", rounds=1)
+    assert [row["mode"] for row in rows] == ["train", "inference"]
+    for row in rows:
+        assert row["max_abs_diff"] < 1e-5
+        assert row["speedup"] == pytest.approx(row["torch_ms"] / row["fasttx_ms"])
+        work = mha_calls.flops(row["batch"], row["queries"], row["keys"], row["d_model"])
+        assert row["fasttx_gflops"] == pytest.approx(work * (3 if row["mode"] == "train" else 1) / row["fasttx_ms"] / 1e6)
+    assert mha_calls.flops(1, 2, 3, 4) == 2 * 16 * 10 + 4 * 2 * 3 * 4
+    assert "| speed-up |" in mha_calls.table(rows).splitlines()[0]

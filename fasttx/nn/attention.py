@@ -214,7 +214,10 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         part, and 6 more autograd nodes for self-attention)."""
         heads = projection.unflatten(-1, (parts, self.num_heads, self.head_dim))
         heads = heads.permute((2, 0, 3, 1, 4) if self.batch_first else (2, 1, 3, 0, 4))
-        return heads.reshape(parts, batch * self.num_heads, heads.shape[3], self.head_dim).unbind(0)
+        heads = heads.reshape(parts, batch * self.num_heads, heads.shape[3], self.head_dim)
+        # (One part is squeezed, not unbound: unbind's backward stacks a copy of the gradient, where a
+        # seq-first q's heads are a view of its projection and its gradient needs none.)
+        return heads.unbind(0) if parts > 1 else (heads.squeeze(0),)
 
     def _packed_self_attention(self, tokens, index, keep):
         """Self-attention (no attn_mask, no weights) of a batch_first batch given by its real tokens only:

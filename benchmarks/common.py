@@ -440,3 +440,44 @@ def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
             if r["correct"] and r["ms"]:  # a wrong result never shows a speed-up
                 r["speed-up"], r["vs"] = best["ms"] / r["ms"], best["provider"]
     return rows
+
+
+def _ms_per_call(fn, calls, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def interleaved_ms(providers, device, rounds, reduce, seconds):
+    """ms per call of each of ``providers`` ({name: fn}): each round times them in turn, ~``seconds``
+    each (the machine's load drifts; interleaving shares the drift), and ``reduce`` (statistics.median;
+    min for host-bound calls: the round least disturbed by the rest of the machine) sums up the rounds."""
+    start = time.perf_counter()
+    _ms_per_call(next(iter(providers.values())), 1, device)
+    calls = max(1, int(seconds / max(time.perf_counter() - start, 1e-6)))
+    times = {name: [] for name in providers}
+    for _ in range(rounds):
+        for name, fn in providers.items():
+            times[name].append(_ms_per_call(fn, calls, device))
+    return {name: reduce(t) for name, t in times.items()}
+
+
+VERSUS_TORCH_NN_HEADER = "| torch.nn ms | fasttx ms | torch.nn GFLOP/s | fasttx GFLOP/s | speed-up | max abs diff |"
+
+
+def versus_torch_nn(ms, work, difference, **case):
+    """A row of a torch.nn module against fasttx.patch's copy: ``case``, then each one's ms ({"torch.nn": ,
+    "fasttx": }) and GFLOP/s (``work`` FLOPs a call), the speed-up and the outputs' max |difference|."""
+    return dict(case, torch_ms=ms["torch.nn"], fasttx_ms=ms["fasttx"], torch_gflops=work / ms["torch.nn"] / 1e6,
+                fasttx_gflops=work / ms["fasttx"] / 1e6, speedup=ms["torch.nn"] / ms["fasttx"], max_abs_diff=difference)
+
+
+def versus_torch_nn_cells(row, ms_digits):
+    """The cells of VERSUS_TORCH_NN_HEADER for a versus_torch_nn row."""
+    return (f"| {row['torch_ms']:.{ms_digits}f} | {row['fasttx_ms']:.{ms_digits}f} | {row['torch_gflops']:.2f} "
+            f"| {row['fasttx_gflops']:.2f} | {row['speedup']:.2f}x | {row['max_abs_diff']:.1e} |")

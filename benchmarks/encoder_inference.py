@@ -18,12 +18,12 @@ each timing both providers in turn (the machine's load drifts; interleaving shar
 import argparse
 import copy
 import statistics
-import time
 import warnings
 
 import torch
 
 from .._patch import patch
+from .common import VERSUS_TORCH_NN_HEADER, interleaved_ms, versus_torch_nn, versus_torch_nn_cells
 
 # (d_model, heads, layers, batch, seq, padding fraction)
 PRESETS = {
@@ -40,13 +40,6 @@ def lengths(batch, seq, pad):
 def flops(width, layers, lengths_):
     tokens = sum(lengths_)
     return layers * (2 * tokens * (4 * width**2 + 2 * width * 4 * width) + 4 * width * sum(n * n for n in lengths_))
-
-
-def _ms_per_call(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls * 1e3
 
 
 def run(preset="cpu", device="cpu", rounds=5):
@@ -66,32 +59,17 @@ def run(preset="cpu", device="cpu", rounds=5):
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's "nested tensors are a prototype" warning
             difference = (providers["torch.nn"]() - providers["fasttx"]()).abs().max().item()
-            start = time.perf_counter()
-            providers["torch.nn"]()
-            calls = max(1, int(0.2 / max(time.perf_counter() - start, 1e-6)))  # ~0.2 s a provider a round
-            times = {name: [] for name in providers}
-            for _ in range(rounds):
-                for name, fn in providers.items():
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                    times[name].append(_ms_per_call(fn, calls))
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-        ms = {name: statistics.median(t) for name, t in times.items()}
+            ms = interleaved_ms(providers, device, rounds, statistics.median, seconds=0.2)
         work = flops(width, layers, kept)
-        rows.append(dict(d_model=width, heads=heads, layers=layers, batch=batch, seq=seq,
-                         real=sum(kept) / (batch * seq), torch_ms=ms["torch.nn"], fasttx_ms=ms["fasttx"],
-                         torch_gflops=work / ms["torch.nn"] / 1e6, fasttx_gflops=work / ms["fasttx"] / 1e6,
-                         speedup=ms["torch.nn"] / ms["fasttx"], max_abs_diff=difference))
+        rows.append(versus_torch_nn(ms, work, difference, d_model=width, heads=heads, layers=layers, batch=batch,
+                                    seq=seq, real=sum(kept) / (batch * seq)))
     return rows
 
 
 def table(rows):
-    lines = ["| d_model, layers | batch x seq | real tokens | torch.nn ms | fasttx ms | torch.nn GFLOP/s | fasttx GFLOP/s "
-             "| speed-up | max abs diff |", "|---" * 9 + "|"]
-    lines += [f"| {r['d_model']}, {r['layers']} | {r['batch']} x {r['seq']} | {r['real']:.0%} | {r['torch_ms']:.2f} "
-              f"| {r['fasttx_ms']:.2f} | {r['torch_gflops']:.1f} | {r['fasttx_gflops']:.1f} | {r['speedup']:.2f}x "
-              f"| {r['max_abs_diff']:.1e} |" for r in rows]
+    lines = ["| d_model, layers | batch x seq | real tokens " + VERSUS_TORCH_NN_HEADER, "|---" * 9 + "|"]
+    lines += [f"| {r['d_model']}, {r['layers']} | {r['batch']} x {r['seq']} | {r['real']:.0%} "
+              + versus_torch_nn_cells(r, 2) for r in rows]
     return "\n".join(lines)
 
 

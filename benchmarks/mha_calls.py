@@ -18,11 +18,11 @@ the best round is the least disturbed by the rest of the machine; interleaving s
 
 import argparse
 import copy
-import time
 
 import torch
 
 from .._patch import patch
+from .common import VERSUS_TORCH_NN_HEADER, interleaved_ms, versus_torch_nn, versus_torch_nn_cells
 
 # (name, d_model, heads, batch, queries, keys, mask, batch_first)
 CASES = [
@@ -59,17 +59,6 @@ def _inputs(batch, queries, keys, width, heads, mask, batch_first, self_attentio
     return query, memory, masks
 
 
-def _ms_per_call(fn, calls, device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls * 1e3
-
-
 def run(preset="cpu", device="cpu", rounds=15):
     """One row per case and mode: each module's ms and GFLOP/s, speed-up, max |difference| of the outputs."""
     rows = []
@@ -94,27 +83,17 @@ def run(preset="cpu", device="cpu", rounds=15):
             with torch.no_grad():
                 difference = (theirs(query, memory, memory, **masks)[0]
                               - ours(query, memory, memory, **masks)[0]).abs().max().item()
-            start = time.perf_counter()
-            providers["torch.nn"]()
-            calls = max(1, int(0.1 / max(time.perf_counter() - start, 1e-6)))
-            best = dict.fromkeys(providers, float("inf"))
-            for _ in range(rounds):
-                for provider, fn in providers.items():
-                    best[provider] = min(best[provider], _ms_per_call(fn, calls, device))
+            best = interleaved_ms(providers, device, rounds, min, seconds=0.1)
             work = flops(batch, queries, keys, width) * (3 if mode == "train" else 1)
-            rows.append(dict(case=name, d_model=width, heads=heads, batch=batch, queries=queries, keys=keys,
-                             batch_first=batch_first, mode=mode, torch_ms=best["torch.nn"], fasttx_ms=best["fasttx"],
-                             torch_gflops=work / best["torch.nn"] / 1e6, fasttx_gflops=work / best["fasttx"] / 1e6,
-                             speedup=best["torch.nn"] / best["fasttx"], max_abs_diff=difference))
+            rows.append(versus_torch_nn(best, work, difference, case=name, d_model=width, heads=heads, batch=batch,
+                                        queries=queries, keys=keys, batch_first=batch_first, mode=mode))
     return rows
 
 
 def table(rows):
-    lines = ["| case | d_model, heads | N x L x S | mode | torch.nn ms | fasttx ms | torch.nn GFLOP/s | fasttx GFLOP/s "
-             "| speed-up | max abs diff |", "|---" * 10 + "|"]
+    lines = ["| case | d_model, heads | N x L x S | mode " + VERSUS_TORCH_NN_HEADER, "|---" * 10 + "|"]
     lines += [f"| {r['case']} | {r['d_model']}, {r['heads']} | {r['batch']} x {r['queries']} x {r['keys']} | {r['mode']} "
-              f"| {r['torch_ms']:.3f} | {r['fasttx_ms']:.3f} | {r['torch_gflops']:.2f} | {r['fasttx_gflops']:.2f} "
-              f"| {r['speedup']:.2f}x | {r['max_abs_diff']:.1e} |" for r in rows]
+              + versus_torch_nn_cells(r, 3) for r in rows]
     return "\n".join(lines)
 
 

@@ -100,14 +100,26 @@ _READ_AS_LIST_MAX_ROWS = 1024
 _NEG_INF = float("-inf")
 
 
+def _readable_here(tensor):
+    """Whether the values of ``tensor`` can be read on the host here and now: a CPU tensor in eager mode.
+    Not under torch.compile, jit tracing, a dispatch mode (make_fx, fake tensors) or a functorch
+    transform (vmap), where the values are not there to read or a branch on them would be baked into a
+    graph."""
+    return tensor.is_cpu and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                                  or torch._C._len_torch_dispatch_stack()
+                                  or torch._C._functorch.is_functorch_wrapped_tensor(tensor))
+
+
+def _every_row_kept(kept):
+    """Whether the bool rows ``kept`` are all True, as read on the host (_readable_here); else False."""
+    return _readable_here(kept) and kept.numel() <= _READ_AS_LIST_MAX_ROWS and all(kept.reshape(-1).tolist())
+
+
 def _every_row_keeps_something(mask, dim):
     """Whether every row of the float ``mask`` along ``dim`` keeps something (is not -inf throughout),
-    as read on the host: a CPU tensor in eager mode. False where it cannot be read: under torch.compile,
-    jit tracing, a dispatch mode (make_fx, fake tensors) or a functorch transform (vmap), the values are
-    not there to read or a branch on them would be baked into a graph. (Reading the mask itself as a
-    list, where its rows' max is one op less, was no faster inside a module's call on CPU.)"""
-    if (not mask.is_cpu or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._len_torch_dispatch_stack() or torch._C._functorch.is_functorch_wrapped_tensor(mask)):
+    as read on the host (_readable_here); else False. (Reading the mask itself as a list, where its
+    rows' max is one op less, was no faster inside a module's call on CPU.)"""
+    if not _readable_here(mask):
         return False
     row_max = (mask.detach() if mask.requires_grad else mask).amax(dim)
     return row_max.numel() <= _READ_AS_LIST_MAX_ROWS and _NEG_INF not in row_max.reshape(-1).tolist()
@@ -141,12 +153,18 @@ def scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_cau
 
 def softmax(input, dim, scale, mask, is_causal, dtype):
     out_dtype = dtype or input.dtype
+    out = _softmax(input, dim, scale, mask, is_causal, out_dtype)
+    return out if out.dtype == out_dtype else out.to(out_dtype)  # (a no-op .to costs ~1.5 us on CPU)
+
+
+def _softmax(input, dim, scale, mask, is_causal, out_dtype):
+    """native.softmax in the accumulation dtype (fp32 at least where a scale or mask is given)."""
     if scale is None and mask is None and not is_causal:  # torch.softmax (which accumulates in fp32)
-        return torch.softmax(input, dim, dtype=torch.promote_types(input.dtype, out_dtype)).to(out_dtype)
+        return torch.softmax(input, dim, dtype=torch.promote_types(input.dtype, out_dtype))
     # Scale and mask in fp32 at least, as the kernels do: a half logit rounded once more would cost
     # the result its last bits.
     precision = torch.promote_types(input.dtype, torch.float32)
-    logits = input if input.dtype == precision else input.to(precision)  # (a no-op .to costs ~1.5 us on CPU)
+    logits = input if input.dtype == precision else input.to(precision)
     if scale is not None:
         logits = logits * scale
     if is_causal:  # keep column j <= row i of the last two dims (top-left aligned): one more mask
@@ -157,24 +175,26 @@ def softmax(input, dim, scale, mask, is_causal, dtype):
     # The rows that keep nothing are found and reopened on the mask as given, small where it broadcasts
     # (a key-padding mask (N, 1, 1, S)), and their output is set to 0 by a product with the mask's 0 / 1
     # rows: on CPU a reduction of the scores, and a masked_fill over them, each cost ~4x that product
-    # (benchmarks/notes/attention.md, "Masks on CPU").
+    # (benchmarks/notes/attention.md, "Masks on CPU"). Where a read of the rows on CPU in eager mode
+    # finds none empty, the reopening and the product are skipped ("The mask inside baddbmm").
     accumulate = torch.promote_types(logits.dtype, out_dtype)
     if mask is None:
-        return torch.softmax(logits, dim, dtype=accumulate).to(out_dtype)
+        return torch.softmax(logits, dim, dtype=accumulate)
     if mask.dim() != logits.dim():  # (the reduction over ``dim`` needs the input's dims)
         mask = mask.view((1,) * (logits.dim() - mask.dim()) + tuple(mask.shape))
     if mask.dtype == torch.bool:
         # Selected, not added, so that a masked-out inf or NaN logit is ignored, as by torch's masked_fill;
         # the masked-out logits of a row that keeps nothing are 0 (finite, reopened), -inf elsewhere.
         kept = mask.any(dim, keepdim=True)  # the rows that keep something
-        logits = torch.where(mask, logits, torch.where(kept, float("-inf"), 0.0))
-        kept = kept.to(accumulate)
+        if _every_row_kept(kept):
+            logits, kept = torch.where(mask, logits, _NEG_INF), None
+        else:
+            logits, kept = torch.where(mask, logits, torch.where(kept, _NEG_INF, 0.0)), kept.to(accumulate)
     else:
         mask, kept = reopened_float_mask(mask, dim, accumulate)
         logits = logits + mask
     out = torch.softmax(logits, dim, dtype=accumulate)
-    out = out if kept is None else out * kept
-    return out if out.dtype == out_dtype else out.to(out_dtype)
+    return out if kept is None else out * kept
 
 
 def runs_as_is(op, backend, input, params):

@@ -237,7 +237,13 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         out = functional.scaled_dot_product_attention(q, k, v, keep.view(batch, 1, 1, seq), dropout_p,
                                                       backend=self.backend)
         out = out.transpose(1, 2).reshape(batch * seq, -1).index_select(0, index)
-        return F.linear(out, self.out_proj.weight, self.out_proj.bias)
+        return self._out_projection(out)
+
+    def _out_projection(self, out):
+        """out_proj of the attention's output, its parameters read as registered (_backend.registered: without
+        torch.nn.Module's attribute lookup)."""
+        out_proj = registered(self, "out_proj")
+        return F.linear(out, registered(out_proj, "weight"), registered(out_proj, "bias"))
 
     def _adds_mask(self, query):
         """Whether the weights path adds its masks, in torch's additive form, to the fp32 / fp64 scores
@@ -379,8 +385,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             out = functional.scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal, backend=self.backend)
             # (N, H, L, D) -> the input layout with heads merged, for the output projection.
             out = (out.transpose(1, 2) if self.batch_first else out.permute(2, 0, 1, 3)).flatten(-2)
-        out_proj = registered(self, "out_proj")
-        out = F.linear(out, registered(out_proj, "weight"), registered(out_proj, "bias"))
+        out = self._out_projection(out)
         if weights is not None and average_attn_weights:
             weights = weights.mean(1)
         if not batched:

@@ -397,3 +397,35 @@ def test_high_rank_input_and_mask_broadcast_patterns(backend, mask_shape):
     x = logits(2, 3, 4, 5, 6)
     mask = torch.randn(mask_shape, device=DEVICE)
     check(x, backend, scale=0.9, mask=mask, is_causal=True)
+
+
+@pytest.mark.parametrize("tracer", ["compile", "make_fx", "jit.trace"])
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_torch_backend_traced_where_every_row_kept_zeroes_empty_rows_later(tracer, kind):
+    """The torch backend skips reopening and zeroing rows that keep nothing where, on CPU in eager mode,
+    it reads that no row is so: never where a graph is recorded, which would keep the skip for a later
+    mask that empties a row."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(2, 3, 5, device=DEVICE)
+    every_row_kept = torch.rand(2, 1, 5, device=DEVICE) < 0.7
+    every_row_kept[..., 0] = True
+    some_row_empty = every_row_kept.clone()
+    some_row_empty[1] = False
+    if kind == "float":
+        every_row_kept, some_row_empty = (torch.zeros(m.shape, device=DEVICE).masked_fill(~m, float("-inf"))
+                                          for m in (every_row_kept, some_row_empty))
+
+    def masked_softmax(x, mask):
+        return fasttx.softmax(x, -1, mask=mask, backend="torch")
+
+    if tracer == "compile":
+        traced = torch.compile(masked_softmax, fullgraph=True, backend="aot_eager")
+    elif tracer == "make_fx":
+        traced = make_fx(masked_softmax)(x, every_row_kept)
+    else:
+        traced = torch.jit.trace(masked_softmax, (x, every_row_kept), check_trace=False)
+    traced(x, every_row_kept)
+    out = traced(x, some_row_empty)
+    assert (out[1] == 0).all()
+    torch.testing.assert_close(out, masked_softmax(x, some_row_empty))

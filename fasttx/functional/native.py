@@ -100,7 +100,7 @@ _READ_AS_LIST_MAX_ROWS = 1024
 _NEG_INF = float("-inf")
 
 
-def _readable_here(tensor):
+def readable_here(tensor):
     """Whether the values of ``tensor`` can be read on the host here and now: a CPU tensor in eager mode.
     Not under torch.compile, jit tracing, a dispatch mode (make_fx, fake tensors) or a functorch
     transform (vmap), where the values are not there to read or a branch on them would be baked into a
@@ -111,32 +111,33 @@ def _readable_here(tensor):
 
 
 def _every_row_kept(kept):
-    """Whether the bool rows ``kept`` are all True, as read on the host (_readable_here); else False."""
-    return _readable_here(kept) and kept.numel() <= _READ_AS_LIST_MAX_ROWS and all(kept.reshape(-1).tolist())
+    """Whether the bool rows ``kept`` are all True, as read on the host (readable_here); else False."""
+    return readable_here(kept) and kept.numel() <= _READ_AS_LIST_MAX_ROWS and all(kept.reshape(-1).tolist())
 
 
 def _every_row_keeps_something(mask, dim):
     """Whether every row of the float ``mask`` along ``dim`` keeps something (is not -inf throughout),
-    as read on the host (_readable_here); else False. (Reading the mask itself as a list, where its
+    as read on the host (readable_here); else False. (Reading the mask itself as a list, where its
     rows' max is one op less, was no faster inside a module's call on CPU.)"""
-    if not _readable_here(mask):
+    if not readable_here(mask):
         return False
     row_max = (mask.detach() if mask.requires_grad else mask).amax(dim)
     return row_max.numel() <= _READ_AS_LIST_MAX_ROWS and _NEG_INF not in row_max.reshape(-1).tolist()
 
 
-def reopened_float_mask(mask, dim, dtype):
+def reopened_float_mask(mask, dim, dtype, every_row_kept=False):
     """(the float, additive ``mask`` with every row that keeps nothing (all -inf along ``dim``) reopened
     to 0; kept: the rows that keep something, 0 / 1 in ``dtype``, reduced over ``dim``, or None where
     every row keeps something). A softmax of logits + mask, times kept, is fasttx's masked softmax: 0 in
     the rows that keep nothing, finite everywhere. The mask keeps its (broadcast) shape.
+    ``every_row_kept``: True where the caller has read that already (then nothing is checked here).
 
     Where every row keeps something, as read on CPU in eager mode, or there is no key, the reopening
     and the product with kept are skipped: each is an op with an autograd node, the product one over
     the scores. Always reopening and zeroing put small MultiheadAttention calls with weights at
     0.82-0.88x torch.nn's speed in CPU inference, reading the rows at 0.95-1.02x
     (benchmarks/notes/attention.md, "The mask inside baddbmm")."""
-    if mask.shape[dim] == 0 or _every_row_keeps_something(mask, dim):
+    if every_row_kept or mask.shape[dim] == 0 or _every_row_keeps_something(mask, dim):
         return mask, None
     mask, empty = _reopen_empty_rows(mask, dim)
     return mask, (~empty).to(dtype)

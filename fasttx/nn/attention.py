@@ -41,8 +41,8 @@ from torch.fx import Proxy
 from .. import backends, functional
 from ..functional import native
 from ..functional._checks import check_mask
-from ._backend import (TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin, fused_kernel_masks, registered,
-                       torch_forward, torch_inference_kernel_applies)
+from ._backend import (MASK_READ_AS_LIST_MAX_ELEMENTS, TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin,
+                       fused_kernel_masks, registered, some_row_all_true, torch_forward, torch_inference_kernel_applies)
 
 
 def _mask_to_fasttx(mask):
@@ -68,6 +68,16 @@ def _combine(first, second, dtype):
     if first.dtype == second.dtype == torch.bool:
         return first & second
     return _as_bias(first, dtype) + _as_bias(second, dtype)
+
+
+def _every_row_kept_by(attn_mask, key_padding_mask):
+    """Whether the one mask given, bool (torch's convention) and small, leaves every query row a key, as
+    read on the host (CPU, eager: native.readable_here) as a Python list (_backend.some_row_all_true):
+    then the weights path's check of its additive form is skipped, which cost ~3x as much inside the
+    call (benchmarks/notes/attention.md, "The mask inside baddbmm"). False where not read."""
+    given = attn_mask if key_padding_mask is None else key_padding_mask if attn_mask is None else None
+    return (given is not None and given.dtype == torch.bool and 0 < given.numel() <= MASK_READ_AS_LIST_MAX_ELEMENTS
+            and native.readable_here(given) and not some_row_all_true(given.reshape(-1, given.shape[-1])))
 
 
 def _append_allowed_key(mask):
@@ -317,6 +327,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         # torch's is_causal hint: the kernel's causal masking replaces the given causal attn_mask.
         use_causal = is_causal and key_padding_mask is None and not need_weights
         add_mask = need_weights and (attn_mask is not None or key_padding_mask is not None) and self._adds_mask(query)
+        every_row_kept = add_mask and _every_row_kept_by(attn_mask, key_padding_mask)
         if add_mask:  # (one op a bool mask, where fasttx's convention and then the additive form took two)
             attn_mask = _as_bias(attn_mask, query.dtype, masked_out=True)
             key_padding_mask = _as_bias(key_padding_mask, query.dtype, masked_out=True)
@@ -360,7 +371,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 # fasttx's masked softmax on the scores took ~2.5x as long on CPU (the mask selected, not
                 # added); the scale as baddbmm's alpha, an op less than scaling q
                 # (benchmarks/notes/attention.md, "The mask inside baddbmm").
-                bias, kept = native.reopened_float_mask(mask, -1, q.dtype)
+                bias, kept = native.reopened_float_mask(mask, -1, q.dtype, every_row_kept)
                 if bias.dim() == 4:  # (N or 1, H or 1, L or 1, S) -> (N * H, L or 1, S)
                     bias = bias.expand(batch, self.num_heads, -1, -1).reshape(heads, bias.shape[2], keys)
                 weights = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)

@@ -94,8 +94,9 @@ def _reopen_empty_rows(mask, dim=-1):
     return mask.masked_fill(empty, 0.0), empty
 
 
-# Up to this many rows, _every_row_keeps_something reads the rows' max on the host, as a Python list;
-# more are left to the tensor ops (reading them would cost more than the ops it can save).
+# Up to this many rows, their max (or the bool rows kept) is read on the host as a Python list, ~10 ns
+# a row: past it the read costs ~10 us and more, the order of the ops it can skip (the same bound as
+# nn/_backend.py's MASK_READ_AS_LIST_MAX_ELEMENTS); more rows are left to the tensor ops.
 _READ_AS_LIST_MAX_ROWS = 1024
 _NEG_INF = float("-inf")
 

@@ -94,10 +94,12 @@ def _reopen_empty_rows(mask, dim=-1):
     return mask.masked_fill(empty, 0.0), empty
 
 
-# Up to this many rows, their max (or the bool rows kept) is read on the host as a Python list, ~10 ns
-# a row: past it the read costs ~10 us and more, the order of the ops it can skip (the same bound as
-# nn/_backend.py's MASK_READ_AS_LIST_MAX_ELEMENTS); more rows are left to the tensor ops.
-_READ_AS_LIST_MAX_ROWS = 1024
+# Up to this many elements, a mask (or its rows' max, or the bool rows kept) is read on the host as a
+# Python list: ~10 ns an element, where a reduction and the read of its result cost ~3 us, and ~12 us
+# inside a module's call (the call's own work evicts their code from the caches;
+# benchmarks/notes/attention.md). Past it the read costs ~10 us and more, the order of the ops it can
+# skip; more are left to the tensor ops.
+READ_AS_LIST_MAX_ELEMENTS = 1024
 _NEG_INF = float("-inf")
 
 
@@ -111,9 +113,16 @@ def readable_here(tensor):
                                   or torch._C._functorch.is_functorch_wrapped_tensor(tensor))
 
 
+def some_row_all_true(mask):
+    """Whether some row of the 2-D bool ``mask`` is True throughout (a sequence that is all padding)."""
+    if mask.numel() <= READ_AS_LIST_MAX_ELEMENTS:
+        return any(map(all, mask.tolist()))  # (all() stops at a row's first False: its first real token)
+    return bool(mask.all(-1).any())
+
+
 def _every_row_kept(kept):
     """Whether the bool rows ``kept`` are all True, as read on the host (readable_here); else False."""
-    return readable_here(kept) and kept.numel() <= _READ_AS_LIST_MAX_ROWS and all(kept.reshape(-1).tolist())
+    return readable_here(kept) and kept.numel() <= READ_AS_LIST_MAX_ELEMENTS and all(kept.reshape(-1).tolist())
 
 
 def _every_row_keeps_something(mask, dim):
@@ -123,7 +132,7 @@ def _every_row_keeps_something(mask, dim):
     if not readable_here(mask):
         return False
     row_max = (mask.detach() if mask.requires_grad else mask).amax(dim)
-    return row_max.numel() <= _READ_AS_LIST_MAX_ROWS and _NEG_INF not in row_max.reshape(-1).tolist()
+    return row_max.numel() <= READ_AS_LIST_MAX_ELEMENTS and _NEG_INF not in row_max.reshape(-1).tolist()
 
 
 def reopened_float_mask(mask, dim, dtype, every_row_kept=False):

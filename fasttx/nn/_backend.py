@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from .. import backends
+from ..functional import native
 
 
 class BackendMixin:
@@ -151,7 +152,7 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops, max_element
         return False
     if key_padding_mask is not None and not (isinstance(key_padding_mask, torch.Tensor) and key_padding_mask.dtype == torch.bool
                                              and key_padding_mask.shape == x.shape[:2]
-                                             and not some_row_all_true(key_padding_mask)):
+                                             and not native.some_row_all_true(key_padding_mask)):
         return False
     # (A submodule a user swapped back to a torch.nn one has no backend: torch's, which that kernel computes.)
     for op, submodule in ops:  # (a loop: all() of a generator costs ~0.3 us more)
@@ -176,19 +177,6 @@ def fused_kernel_masks(attn_mask, is_causal, key_padding_mask, x, num_heads):
     if attn_mask.shape != (seq, seq) or not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
         return None
     return attn_mask.view(1, 1, seq, seq).expand(batch, num_heads, seq, seq), 2
-
-
-# Up to this many elements, some_row_all_true reads the mask as Python lists: ~10 ns an element, where
-# its two reductions and the read of their result cost ~3 us, and ~12 us inside a module's call (the
-# call's own work evicts their code from the caches; benchmarks/notes/attention.md).
-MASK_READ_AS_LIST_MAX_ELEMENTS = 1024
-
-
-def some_row_all_true(mask):
-    """Whether some row of the 2-D bool ``mask`` is True throughout (a sequence that is all padding)."""
-    if mask.numel() <= MASK_READ_AS_LIST_MAX_ELEMENTS:
-        return any(map(all, mask.tolist()))  # (all() stops at a row's first False: its first real token)
-    return bool(mask.all(-1).any())
 
 
 def _make_fx_tracing():

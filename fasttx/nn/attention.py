@@ -41,8 +41,8 @@ from torch.fx import Proxy
 from .. import backends, functional
 from ..functional import native
 from ..functional._checks import check_mask
-from ._backend import (MASK_READ_AS_LIST_MAX_ELEMENTS, TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin,
-                       fused_kernel_masks, registered, some_row_all_true, torch_forward, torch_inference_kernel_applies)
+from ._backend import (TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin, fused_kernel_masks, registered,
+                       torch_forward, torch_inference_kernel_applies)
 
 
 def _mask_to_fasttx(mask):
@@ -72,13 +72,13 @@ def _combine(first, second, dtype):
 
 def _every_row_kept_by(attn_mask, key_padding_mask):
     """Whether the one mask given, bool (torch's convention) and small, leaves every query row a key, as
-    read on the host (CPU, eager: native.readable_here) as a Python list (_backend.some_row_all_true):
+    read on the host (CPU, eager: native.readable_here) as a Python list (native.some_row_all_true):
     then the weights path's check of its additive form (a reduction, and a read of it) is skipped,
     +1-3% of a small call's speed in inference (benchmarks/notes/attention.md, "The mask inside
     baddbmm"). False where not read."""
     given = attn_mask if key_padding_mask is None else key_padding_mask if attn_mask is None else None
-    return (given is not None and given.dtype == torch.bool and 0 < given.numel() <= MASK_READ_AS_LIST_MAX_ELEMENTS
-            and native.readable_here(given) and not some_row_all_true(given.reshape(-1, given.shape[-1])))
+    return (given is not None and given.dtype == torch.bool and 0 < given.numel() <= native.READ_AS_LIST_MAX_ELEMENTS
+            and native.readable_here(given) and not native.some_row_all_true(given.reshape(-1, given.shape[-1])))
 
 
 def _append_allowed_key(mask):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fasttx
+from fasttx.functional import native
 from fasttx.nn import _backend
 
 from ..conftest import OpRecorder
@@ -186,22 +187,22 @@ def test_submodules_swapped_by_the_user_are_taken_as_they_are():
 @pytest.mark.parametrize("batch", [3, 64], ids=["mask read as lists", "mask reduced by torch"])
 @pytest.mark.parametrize("kind", ["mha", "layer"])
 def test_a_sequence_all_padding_is_found_wherever_it_is(kind, batch):
-    """The key-padding mask is read as Python lists up to MASK_READ_AS_LIST_MAX_ELEMENTS elements and
+    """The key-padding mask is read as Python lists up to READ_AS_LIST_MAX_ELEMENTS elements and
     reduced by torch above: both find the sequence that is all padding, in any row, and a sequence whose
     last key alone is real is not one."""
     seq = 20
-    assert (batch * seq <= _backend.MASK_READ_AS_LIST_MAX_ELEMENTS) == (batch == 3)
+    assert (batch * seq <= native.READ_AS_LIST_MAX_ELEMENTS) == (batch == 3)
     module = _module(kind)
     x = torch.randn(batch, seq, 16)
     for row in (0, batch // 2, batch - 1):
         mask = _padding(seq, torch.randint(1, seq + 1, (batch,)).tolist())
-        assert not _backend.some_row_all_true(mask)
+        assert not native.some_row_all_true(mask)
         mask[row, :-1], mask[row, -1] = True, False  # only the last key is real
-        assert not _backend.some_row_all_true(mask)
+        assert not native.some_row_all_true(mask)
         _, ops = _run(kind, module, x, mask)
         assert FUSED[kind] in ops
         mask[row, -1] = True
-        assert _backend.some_row_all_true(mask)
+        assert native.some_row_all_true(mask)
         out, ops = _run(kind, module, x, mask)
         assert FUSED[kind] not in ops and torch.isfinite(out).all()
 

@@ -442,6 +442,9 @@ def run_case(op, case, device_type, dtype, peaks, step=lambda text: None):
     return rows
 
 
+_WARMUP_CALLS = 3
+
+
 def _ms_per_call(fn, calls, device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -456,10 +459,13 @@ def _ms_per_call(fn, calls, device):
 def interleaved_ms(providers, device, rounds, reduce, seconds):
     """ms per call of each of ``providers`` ({name: fn}): each round times them in turn, ~``seconds``
     each (the machine's load drifts; interleaving shares the drift), and ``reduce`` (statistics.median;
-    min for host-bound calls: the round least disturbed by the rest of the machine) sums up the rounds."""
-    start = time.perf_counter()
-    _ms_per_call(next(iter(providers.values())), 1, device)
-    calls = max(1, int(seconds / max(time.perf_counter() - start, 1e-6)))
+    min for host-bound calls: the round least disturbed by the rest of the machine) sums up the rounds.
+    Each provider is called a few times first: a first call (lazy initialisation, one-time checks) can
+    take 1000x a later one, and sizing the rounds on it left a round one call long, where the call after
+    another provider's (its code out of the caches) costs more and rounds of one measure mostly that."""
+    for fn in providers.values():
+        _ms_per_call(fn, _WARMUP_CALLS, device)
+    calls = max(1, int(seconds / max(_ms_per_call(next(iter(providers.values())), _WARMUP_CALLS, device) / 1e3, 1e-9)))
     times = {name: [] for name in providers}
     for _ in range(rounds):
         for name, fn in providers.items():

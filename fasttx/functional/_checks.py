@@ -28,14 +28,19 @@ def check_shape(op, name, value, expected):
         raise ShapeError(f"fasttx.{op}: {name} must have shape {tuple(expected)}, got {tuple(value.shape)}")
 
 
-def check_mask(op, name, mask, like, like_name, target, target_name):
-    """A mask is a bool or floating-point Tensor on ``like``'s device that broadcasts to
-    ``target`` (described in errors as ``target_name``)."""
+def check_mask_kind(op, name, mask, like, like_name):
+    """A mask is a bool or floating-point Tensor on ``like``'s device."""
     if not isinstance(mask, torch.Tensor) or not (mask.dtype == torch.bool or mask.is_floating_point()):
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise TypeError(f"fasttx.{op}: {name} must be a bool or floating-point Tensor, got {got}")
     if mask.device != like.device:
         raise RuntimeError(f"fasttx.{op}: {name} must be on {like_name} device {like.device}, got {mask.device}")
+
+
+def check_mask(op, name, mask, like, like_name, target, target_name):
+    """A mask is a bool or floating-point Tensor on ``like``'s device that broadcasts to
+    ``target`` (described in errors as ``target_name``)."""
+    check_mask_kind(op, name, mask, like, like_name)
     # (Not torch.broadcast_shapes: its symbolic-shape machinery costs ~50 us a call on the host.)
     shape = mask.shape
     if len(shape) > len(target) or any(m != 1 and m != t for m, t in zip(reversed(shape), reversed(target))):

@@ -17,6 +17,7 @@ fasttx.reference is not this: it is the readable, float64-capable oracle the tes
 """
 
 import functools
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -94,13 +95,17 @@ def _reopen_empty_rows(mask, dim=-1):
     return mask.masked_fill(empty, 0.0), empty
 
 
-# Up to this many elements, a mask (or its rows' max, or the bool rows kept) is read on the host as a
-# Python list: ~10 ns an element, where a reduction and the read of its result cost ~3 us, and ~12 us
-# inside a module's call (the call's own work evicts their code from the caches;
-# benchmarks/notes/attention.md). Past it the read costs ~10 us and more, the order of the ops it can
-# skip; more are left to the tensor ops.
+# Up to this many elements, a bool mask, or a float mask's rows' max, is read on the host as a Python
+# list: ~10 ns an element, where a reduction and the read of its result cost ~3 us, and ~12 us inside a module's call
+# (the call's own work evicts their code from the caches; benchmarks/notes/attention.md). Past it the
+# read costs ~10 us and more, the order of the ops it can skip.
 READ_AS_LIST_MAX_ELEMENTS = 1024
+# Up to this many bytes, a larger bool mask is read on the host as bytes (some_row_all): a copy and a
+# substring search, ~0.1 ns a byte on CPU, where torch's bool reduction over its rows took ~2.5 ns an element (and
+# ~3 us at the least). Past it the copy's memory is left to the tensor ops.
+READ_AS_BYTES_MAX = 1 << 24
 _NEG_INF = float("-inf")
+_HAS_NUMPY = importlib.util.find_spec("numpy") is not None  # (Tensor.numpy() needs it; torch does not)
 
 
 def readable_here(tensor):
@@ -113,16 +118,35 @@ def readable_here(tensor):
                                   or torch._C._functorch.is_functorch_wrapped_tensor(tensor))
 
 
-def some_row_all_true(mask):
-    """Whether some row of the 2-D bool ``mask`` is True throughout (a sequence that is all padding)."""
-    if mask.numel() <= READ_AS_LIST_MAX_ELEMENTS:
-        return any(map(all, mask.tolist()))  # (all() stops at a row's first False: its first real token)
-    return bool(mask.all(-1).any())
+def some_row_all(mask, value, dim=-1):
+    """Whether some row of the bool ``mask`` along ``dim`` is ``value`` throughout (True: a key-padding row
+    that is all padding, in torch's convention; False: a row that keeps nothing, in fasttx's), read on
+    the host: True or False; None where it is not read (not on CPU; past READ_AS_LIST_MAX_ELEMENTS, no
+    numpy or past READ_AS_BYTES_MAX; then the caller asks the tensor ops, or assumes the worst). The
+    caller makes sure the values are there to read and no graph is being traced (readable_here, or
+    its own checks).
 
-
-def _every_row_kept(kept):
-    """Whether the bool rows ``kept`` are all True, as read on the host (readable_here); else False."""
-    return readable_here(kept) and kept.numel() <= READ_AS_LIST_MAX_ELEMENTS and all(kept.reshape(-1).tolist())
+    Small masks are read as lists (all() / any() stop at a row's first deciding element). Larger ones
+    as bytes, one an element in row order, searched for a row of ``value``: a match that starts inside
+    a row runs over into the next, and the search goes on from that next row's start. (Inside a
+    MultiheadAttention call on CPU, Tensor.numpy() alone cost ~6 us, a list read of 128 elements ~4.)"""
+    if not mask.is_cpu or mask.dim() == 0:
+        return None
+    rows = mask if dim == -1 or dim == mask.dim() - 1 else mask.movedim(dim, -1)
+    length = rows.shape[-1]
+    if length == 0:  # (a row of no element is any value throughout: is there a row?)
+        return 0 not in rows.shape[:-1]
+    if rows.numel() <= READ_AS_LIST_MAX_ELEMENTS:
+        rows = (rows if rows.dim() == 2 else rows.reshape(-1, length)).tolist()
+        return any(map(all, rows)) if value else not all(map(any, rows))
+    if not (_HAS_NUMPY and rows.numel() <= READ_AS_BYTES_MAX):
+        return None
+    data = rows.numpy().tobytes()
+    row = (b"\x01" if value else b"\x00") * length
+    at = data.find(row)
+    while at > 0 and at % length:
+        at = data.find(row, (at // length + 1) * length)
+    return at >= 0
 
 
 def _every_row_keeps_something(mask, dim):
@@ -196,10 +220,10 @@ def _softmax(input, dim, scale, mask, is_causal, out_dtype):
     if mask.dtype == torch.bool:
         # Selected, not added, so that a masked-out inf or NaN logit is ignored, as by torch's masked_fill;
         # the masked-out logits of a row that keeps nothing are 0 (finite, reopened), -inf elsewhere.
-        kept = mask.any(dim, keepdim=True)  # the rows that keep something
-        if _every_row_kept(kept):
+        if readable_here(mask) and some_row_all(mask, False, dim) is False:  # (every row keeps something)
             logits, kept = torch.where(mask, logits, _NEG_INF), None
         else:
+            kept = mask.any(dim, keepdim=True)  # the rows that keep something
             logits, kept = torch.where(mask, logits, torch.where(kept, _NEG_INF, 0.0)), kept.to(accumulate)
     else:
         mask, kept = reopened_float_mask(mask, dim, accumulate)

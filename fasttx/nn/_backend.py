@@ -152,7 +152,7 @@ def torch_inference_kernel_applies(module, x, key_padding_mask, ops, max_element
         return False
     if key_padding_mask is not None and not (isinstance(key_padding_mask, torch.Tensor) and key_padding_mask.dtype == torch.bool
                                              and key_padding_mask.shape == x.shape[:2]
-                                             and not native.some_row_all_true(key_padding_mask)):
+                                             and native.some_row_all(key_padding_mask, True) is False):
         return False
     # (A submodule a user swapped back to a torch.nn one has no backend: torch's, which that kernel computes.)
     for op, submodule in ops:  # (a loop: all() of a generator costs ~0.3 us more)

@@ -40,7 +40,7 @@ from torch.fx import Proxy
 
 from .. import backends, functional
 from ..functional import native
-from ..functional._checks import check_mask
+from ..functional._checks import check_mask_kind
 from ._backend import (TORCH_INFERENCE_KERNEL_MAX_ELEMENTS, BackendMixin, fused_kernel_masks, registered,
                        torch_forward, torch_inference_kernel_applies)
 
@@ -71,14 +71,14 @@ def _combine(first, second, dtype):
 
 
 def _every_row_kept_by(attn_mask, key_padding_mask):
-    """Whether the one mask given, bool (torch's convention) and small, leaves every query row a key, as
-    read on the host (CPU, eager: native.readable_here) as a Python list (native.some_row_all_true):
-    then the weights path's check of its additive form (a reduction, and a read of it) is skipped,
-    +1-3% of a small call's speed in inference (benchmarks/notes/attention.md, "The mask inside
-    baddbmm"). False where not read."""
+    """Whether the one mask given, bool (torch's convention), leaves every query row a key, as read on the
+    host (native.some_row_all, where native.readable_here: CPU, eager): then the weights path's check of its additive form (a
+    reduction, and a read of it) is skipped: +1-3% of a small call's speed in inference with a
+    key-padding mask, +10% with a per-head (N * H, L, S) one (benchmarks/notes/attention.md, "The mask
+    inside baddbmm"). False where not read."""
     given = attn_mask if key_padding_mask is None else key_padding_mask if attn_mask is None else None
-    return (given is not None and given.dtype == torch.bool and 0 < given.numel() <= native.READ_AS_LIST_MAX_ELEMENTS
-            and native.readable_here(given) and not native.some_row_all_true(given.reshape(-1, given.shape[-1])))
+    return (given is not None and given.dtype == torch.bool and native.readable_here(given)
+            and native.some_row_all(given, True) is False)
 
 
 def _append_allowed_key(mask):
@@ -146,14 +146,14 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             if t.shape[-1] != size:
                 raise ArgumentError(f"{name}: {arg} must have {size} features in its last dim, "
                                     f"got shape {list(t.shape)}")
-            if t is query:  # (self-attention: nothing to compare; reading a device costs ~0.3 us)
+            if t is query or t is key and arg == "value":  # (nothing to compare; reading a device costs ~0.3 us)
                 continue
             if t.dtype != query.dtype:
                 raise ArgumentTypeError(f"{name}: {arg} must have query's dtype {query.dtype}, got {t.dtype}")
             if t.device != query.device:
                 raise RuntimeError(f"{name}: {arg} must be on query's device {query.device}, got {t.device}")
         seq_dim = 1 if batched and self.batch_first else 0
-        if key.shape[:-1] != value.shape[:-1]:
+        if key is not value and key.shape[:-1] != value.shape[:-1]:
             raise ArgumentError(f"{name}: key and value must have the same batch and sequence sizes, "
                                 f"got shapes {list(key.shape)} and {list(value.shape)}")
         if batched and query.shape[1 - seq_dim] != key.shape[1 - seq_dim]:
@@ -170,7 +170,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             if mask is None:
                 continue
             try:  # dtype and device
-                check_mask("nn.MultiheadAttention", arg, mask, query, "query's", mask.shape, "itself")
+                check_mask_kind("nn.MultiheadAttention", arg, mask, query, "query's")
             except TypeError as e:
                 raise ArgumentTypeError(str(e)) from None
             if mask.dtype != torch.bool and mask.dtype != query.dtype:  # (torch's products refuse it too)
@@ -193,7 +193,7 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
 
     def _packed_in_proj(self):
         """in_proj_weight and in_proj_bias, the bias in the weight's dtype (torch accepts another and adds it so)."""
-        weight, bias = self.in_proj_weight, self.in_proj_bias
+        weight, bias = registered(self, "in_proj_weight"), registered(self, "in_proj_bias")
         return weight, bias if bias is None or bias.dtype == weight.dtype else bias.to(weight.dtype)
 
     def _projections(self, query, key, value, shared_kv, self_attention):
@@ -338,8 +338,8 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
         if need_weights and self.bias_k is None and not self.add_zero_attn:
             # The weights path's bmm read (N * H, T, D) heads: one copy of each projection
             # (benchmarks/notes/attention.md, "The weights path").
-            q, k, v = (heads for projection, parts in self._projections(query, key, value, shared_kv, self_attention)
-                       for heads in self._copied_heads(projection, parts, batch))
+            q, k, v = [heads for projection, parts in self._projections(query, key, value, shared_kv, self_attention)
+                       for heads in self._copied_heads(projection, parts, batch)]
         else:
             q, k, v = self._project(query, key, value, shared_kv, self_attention)
             if self.bias_k is not None:  # one learnt key / value appended to every sequence
@@ -364,7 +364,8 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
             # those with bias_k / add_zero_attn are reshaped here (one copy each); torch.matmul of the 4-D views
             # added ops and copied K^T element by element (benchmarks/notes/attention.md, "The weights path").
             heads, scale = batch * self.num_heads, math.sqrt(1.0 / self.head_dim)
-            q, k, v = (t if t.dim() == 3 else t.reshape(heads, t.shape[2], self.head_dim) for t in (q, k, v))
+            if q.dim() == 4:
+                q, k, v = [t.reshape(heads, t.shape[2], self.head_dim) for t in (q, k, v)]
             # Scores and weights stay (N * H, L, S) unless a mask broadcasts over N and H: each view is an
             # autograd node (~1.5 us on CPU, where torch.nn's forward at 17 x 2 tokens takes ~130).
             if add_mask:

@@ -429,3 +429,58 @@ def test_torch_backend_traced_where_every_row_kept_zeroes_empty_rows_later(trace
     out = traced(x, some_row_empty)
     assert (out[1] == 0).all()
     torch.testing.assert_close(out, masked_softmax(x, some_row_empty))
+
+
+def _row_made(mask, dim, index, value):
+    """``mask`` (a copy) with its row ``index`` (of the rows along ``dim``, in row-major order) set to ``value``."""
+    mask = mask.clone()
+    rows = mask.movedim(dim, -1)  # (a view: the rows along dim are its last dim)
+    rows[tuple(torch.unravel_index(torch.tensor(index), rows.shape[:-1]))] = value
+    return mask
+
+
+@pytest.mark.parametrize("value", [True, False])
+@pytest.mark.parametrize("shape,dim", [((7, 33), -1), ((3, 40, 5), 1), ((2, 1, 4, 9), -1), ((1, 1), -1), ((5, 2), -1),
+                                       ((600, 64), -1), ((30, 50, 7), 1), ((700, 2), -1)], ids=str)
+def test_some_row_all_reads_a_bool_masks_rows_on_the_host(shape, dim, value):
+    """native.some_row_all (the host read that lets the torch backend and MultiheadAttention skip the
+    empty-row work) against torch's reduction, as lists (small masks) and as bytes: random masks, one row
+    made ``value`` throughout at the start, middle or end, a non-contiguous view, and rows whose runs of
+    ``value`` cross into the next row (the tail of one and the head of the next make a row's length of it)
+    without any row being all of it (the shapes up to (3, 40, 5) are read as lists, the larger as bytes)."""
+    from fasttx.functional import native
+
+    def expected(m):
+        return bool((m == value).all(dim).any())
+
+    mask = (torch.rand(shape) < 0.8) ^ (not value)  # mostly ``value``: long runs of it
+    mask.movedim(dim, -1)[..., 0] = not value  # no row all ``value`` yet
+    rows = mask.numel() // shape[dim]
+    assert native.some_row_all(mask, value, dim) is False
+    for index in {0, rows // 2, rows - 1}:
+        assert native.some_row_all(_row_made(mask, dim, index, value), value, dim) is True
+    strided = mask.transpose(0, -1)
+    assert native.some_row_all(strided, value, dim) is expected(strided)
+    if shape[dim] > 1 and rows > 1:
+        # Rows [not value, value, ...] and [value, not value, value, ...] in turn: the first's tail and the
+        # second's head make a row's length of ``value`` across their boundary; no row is all of it.
+        crossing = torch.full((rows, shape[dim]), value)
+        crossing[0::2, 0] = crossing[1::2, 1] = not value
+        crossing = crossing.view(mask.movedim(dim, -1).shape).movedim(-1, dim)
+        assert native.some_row_all(crossing, value, dim) is False
+
+
+def test_some_row_all_edges(monkeypatch):
+    """No key (a row of no element is all of any value), no row, and tensors it does not read: None."""
+    from fasttx.functional import native
+
+    assert native.some_row_all(torch.zeros(3, 0, dtype=torch.bool), False) is True
+    assert native.some_row_all(torch.zeros(0, 4, dtype=torch.bool), True) is False
+    assert native.some_row_all(torch.zeros(0, 0, dtype=torch.bool), True) is False
+    assert native.some_row_all(torch.ones((), dtype=torch.bool), True) is None
+    assert native.some_row_all(torch.ones(2, 3, dtype=torch.bool, device="meta"), True) is None
+    big = torch.zeros(native.READ_AS_BYTES_MAX + 1, dtype=torch.bool).view(1, -1)
+    assert native.some_row_all(big, True) is None
+    monkeypatch.setattr(native, "_HAS_NUMPY", False)  # (Tensor.numpy() needs it; lists do not)
+    assert native.some_row_all(torch.ones(2, native.READ_AS_LIST_MAX_ELEMENTS, dtype=torch.bool), True) is None
+    assert native.some_row_all(torch.ones(2, 3, dtype=torch.bool), True) is True

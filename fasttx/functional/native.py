@@ -16,8 +16,8 @@ What fasttx adds:
 fasttx.reference is not this: it is the readable, float64-capable oracle the tests compare with.
 """
 
+import ctypes
 import functools
-import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -96,16 +96,15 @@ def _reopen_empty_rows(mask, dim=-1):
 
 
 # Up to this many elements, a bool mask, or a float mask's rows' max, is read on the host as a Python
-# list: ~10 ns an element, where a reduction and the read of its result cost ~3 us, and ~12 us inside a module's call
-# (the call's own work evicts their code from the caches; benchmarks/notes/attention.md). Past it the
-# read costs ~10 us and more, the order of the ops it can skip.
+# list: ~10 ns an element, where a reduction and the read of its result cost ~3 us, and ~12 us inside
+# a module's call (the call's own work evicts their code from the caches; benchmarks/notes/attention.md).
+# Past it a list costs ~10 us and more, the order of the ops the read can skip.
 READ_AS_LIST_MAX_ELEMENTS = 1024
-# Up to this many bytes, a larger bool mask is read on the host as bytes (some_row_all): a copy and a
-# substring search, ~0.1 ns a byte on CPU, where torch's bool reduction over its rows took ~2.5 ns an element (and
-# ~3 us at the least). Past it the copy's memory is left to the tensor ops.
+# Up to this many elements, a larger bool mask is read on the host as bytes (some_row_all): a copy and
+# a substring search, ~0.1 ns a byte on CPU, where torch's bool reduction over its rows took ~2.5 ns an
+# element (and ~3 us at the least). Past it the copy's memory is left to the tensor ops.
 READ_AS_BYTES_MAX = 1 << 24
 _NEG_INF = float("-inf")
-_HAS_NUMPY = importlib.util.find_spec("numpy") is not None  # (Tensor.numpy() needs it; torch does not)
 
 
 def readable_here(tensor):
@@ -121,16 +120,17 @@ def readable_here(tensor):
 def some_row_all(mask, value, dim=-1):
     """Whether some row of the bool ``mask`` along ``dim`` is ``value`` throughout (True: a key-padding row
     that is all padding, in torch's convention; False: a row that keeps nothing, in fasttx's), read on
-    the host: True or False; None where it is not read (not on CPU; past READ_AS_LIST_MAX_ELEMENTS, no
-    numpy or past READ_AS_BYTES_MAX; then the caller asks the tensor ops, or assumes the worst). The
-    caller makes sure the values are there to read and no graph is being traced (readable_here, or
-    its own checks).
+    the host: True or False; None where it is not read (not a plain CPU tensor, or past
+    READ_AS_BYTES_MAX; then the caller asks the tensor ops, or assumes the worst). The caller makes
+    sure no graph is being traced (readable_here, or its own checks).
 
     Small masks are read as lists (all() / any() stop at a row's first deciding element). Larger ones
-    as bytes, one an element in row order, searched for a row of ``value``: a match that starts inside
-    a row runs over into the next, and the search goes on from that next row's start. (Inside a
-    MultiheadAttention call on CPU, Tensor.numpy() alone cost ~6 us, a list read of 128 elements ~4.)"""
-    if not mask.is_cpu or mask.dim() == 0:
+    as bytes, one an element in row order, copied from the tensor's memory and searched for a row of
+    ``value``: a match that starts inside a row runs over into the next, and the search goes on from
+    that next row's start. (Inside a MultiheadAttention call on CPU, a list read of 128 elements cost
+    ~2 us less than the bytes; of 8192, the bytes copied by Tensor.numpy().tobytes() ~3 us more than by
+    ctypes.)"""
+    if not mask.is_cpu or mask.dim() == 0 or type(mask) is not torch.Tensor:  # (a FakeTensor has no data)
         return None
     rows = mask if dim == -1 or dim == mask.dim() - 1 else mask.movedim(dim, -1)
     length = rows.shape[-1]
@@ -139,9 +139,13 @@ def some_row_all(mask, value, dim=-1):
     if rows.numel() <= READ_AS_LIST_MAX_ELEMENTS:
         rows = (rows if rows.dim() == 2 else rows.reshape(-1, length)).tolist()
         return any(map(all, rows)) if value else not all(map(any, rows))
-    if not (_HAS_NUMPY and rows.numel() <= READ_AS_BYTES_MAX):
+    if rows.numel() > READ_AS_BYTES_MAX:
         return None
-    data = rows.numpy().tobytes()
+    rows = rows if rows.is_contiguous() else rows.contiguous()
+    address = rows.data_ptr()
+    if not address:  # (no storage to read)
+        return None
+    data = ctypes.string_at(address, rows.numel())  # (a bool is one byte, 0 or 1)
     row = (b"\x01" if value else b"\x00") * length
     at = data.find(row)
     while at > 0 and at % length:

@@ -461,6 +461,11 @@ def test_some_row_all_reads_a_bool_masks_rows_on_the_host(shape, dim, value):
         assert native.some_row_all(_row_made(mask, dim, index, value), value, dim) is True
     strided = mask.transpose(0, -1)
     assert native.some_row_all(strided, value, dim) is expected(strided)
+    made = _row_made(mask, dim, rows - 1, value)  # (in the last row: kept by the slice below)
+    sliced = made[1:]  # (a view at a storage offset)
+    assert native.some_row_all(sliced, value, dim) is expected(sliced)
+    expanded = made.expand(2, *shape)  # (0 strides)
+    assert native.some_row_all(expanded, value, dim if dim < 0 else dim + 1) is True
     if shape[dim] > 1 and rows > 1:
         # Rows [not value, value, ...] and [value, not value, value, ...] in turn: the first's tail and the
         # second's head make a row's length of ``value`` across their boundary; no row is all of it.

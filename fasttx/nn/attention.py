@@ -72,10 +72,10 @@ def _combine(first, second, dtype):
 
 def _every_row_kept_by(attn_mask, key_padding_mask):
     """Whether the one mask given, bool (torch's convention), leaves every query row a key, as read on the
-    host (native.some_row_all, where native.readable_here: CPU, eager): then the weights path's check of its additive form (a
-    reduction, and a read of it) is skipped: +1-3% of a small call's speed in inference with a
-    key-padding mask, +10% with a per-head (N * H, L, S) one (benchmarks/notes/attention.md, "The mask
-    inside baddbmm"). False where not read."""
+    host (native.some_row_all, where native.readable_here: CPU, eager): then the weights path's check of
+    its additive form (a reduction, and a read of it) is skipped: +1-3% of a small call's speed in
+    inference with a key-padding mask, +8% with a per-head (N * H, L, S) one (benchmarks/notes/
+    attention.md, "The mask inside baddbmm", "Bool masks read as bytes"). False where not read."""
     given = attn_mask if key_padding_mask is None else key_padding_mask if attn_mask is None else None
     return (given is not None and given.dtype == torch.bool and native.readable_here(given)
             and native.some_row_all(given, True) is False)

@@ -351,8 +351,10 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 k, v = (torch.cat([t, t.new_zeros(*t.shape[:2], 1, t.shape[3])], 2) for t in (k, v))
                 attn_mask, key_padding_mask = _append_allowed_key(attn_mask), _append_allowed_key(key_padding_mask)
         keys = k.shape[-2]  # (heads (N, H, T, D), or (N * H, T, D) where packed for the weights path)
-        if attn_mask is not None:
-            attn_mask = attn_mask.view(-1, self.num_heads, queries, keys) if attn_mask.dim() == 3 else attn_mask
+        if attn_mask is not None and attn_mask.dim() == 3 and not (add_mask and key_padding_mask is None):
+            # (N * H, L, S) -> (N, H, L, S), to combine with a key-padding mask or for the kernels; the weights
+            # path adds one alone to its (N * H, L, S) scores as it is (views are ops, ~1-1.5 us each)
+            attn_mask = attn_mask.view(-1, self.num_heads, queries, keys)
         if key_padding_mask is not None:
             key_padding_mask = key_padding_mask.view(batch, 1, 1, keys)
         mask = _combine(attn_mask, key_padding_mask, q.dtype)
@@ -377,8 +379,10 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 if bias.dim() == 4:  # (N or 1, H or 1, L or 1, S) -> (N * H, L or 1, S)
                     bias = bias.expand(batch, self.num_heads, -1, -1).reshape(heads, bias.shape[2], keys)
                 weights = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
-                if kept is not None:  # (some row keeps no key: its weights 0)
+                if kept is not None and kept.dim() == 4:  # (some row keeps no key: its weights 0)
                     weights = (weights.view(batch, self.num_heads, queries, keys) * kept).view(heads, queries, keys)
+                elif kept is not None:  # ((L or 1, 1) or (N * H, L, 1) rows: they broadcast over the scores)
+                    weights = weights * kept
             else:
                 # q scaled before Q K^T, as torch's module scales it: then without a mask the softmax is
                 # torch's alone (functional.softmax, native.runs_as_is), where a scale given to it cost the

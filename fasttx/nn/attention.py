@@ -132,15 +132,17 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
 
     def _check(self, query, key, value, key_padding_mask, attn_mask, is_causal):
         name = "fasttx.nn.MultiheadAttention"
-        for arg, t in (("query", query), ("key", key), ("value", value)):
-            if not isinstance(t, torch.Tensor):
-                raise ArgumentTypeError(f"{name}: {arg} must be a Tensor, got {type(t).__name__}")
-        if query.dim() not in (2, 3):
+        if not (isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor) and isinstance(value, torch.Tensor)):
+            arg, t = next((arg, t) for arg, t in (("query", query), ("key", key), ("value", value))
+                          if not isinstance(t, torch.Tensor))
+            raise ArgumentTypeError(f"{name}: {arg} must be a Tensor, got {type(t).__name__}")
+        dims = query.dim()
+        if dims != 3 and dims != 2:
             raise ArgumentError(f"{name}: query must be 3-D (batched) or 2-D (unbatched), "
                                 f"got shape {list(query.shape)}")
-        batched = query.dim() == 3
-        if key.dim() != query.dim() or value.dim() != query.dim():
-            raise ArgumentError(f"{name}: key and value must be {query.dim()}-D like query, got shapes "
+        batched = dims == 3
+        if key.dim() != dims or value.dim() != dims:
+            raise ArgumentError(f"{name}: key and value must be {dims}-D like query, got shapes "
                                 f"{list(key.shape)} and {list(value.shape)}")
         for arg, t, size in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
             if t.shape[-1] != size:

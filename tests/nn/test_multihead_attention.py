@@ -354,6 +354,8 @@ def test_autocast_bf16_on_cpu():
     (lambda m, x: m(x, x[:1], x[:1]), ValueError, "same batch size"),
     (lambda m, x: m(x, x, x[..., :4]), ValueError, "value must have 8 features"),
     (lambda m, x: m(x[0, 0], x, x), ValueError, "query must be 3-D"),
+    (lambda m, x: m(x, x.tolist(), x), TypeError, "key must be a Tensor, got list"),
+    (lambda m, x: m(x, x, None), TypeError, "value must be a Tensor, got NoneType"),
     (lambda m, x: m(x, x, x, key_padding_mask=torch.zeros(2, 3, dtype=torch.bool)), ValueError, r"key_padding_mask must have shape \[2, 5\]"),
     (lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 4)), ValueError, r"attn_mask must have shape \[5, 5\] or \[4, 5, 5\]"),
     (lambda m, x: m(x, x, x, attn_mask=torch.zeros(5, 5, dtype=torch.int64)), TypeError, "attn_mask must be a bool or floating-point"),

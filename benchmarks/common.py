@@ -465,7 +465,8 @@ def interleaved_ms(providers, device, rounds, reduce, seconds):
     another provider's (its code out of the caches) costs more and rounds of one measure mostly that."""
     for fn in providers.values():
         _ms_per_call(fn, _WARMUP_CALLS, device)
-    calls = max(1, int(seconds / max(_ms_per_call(next(iter(providers.values())), _WARMUP_CALLS, device) / 1e3, 1e-9)))
+    warm_ms = _ms_per_call(next(iter(providers.values())), _WARMUP_CALLS, device)
+    calls = max(1, int(seconds * 1e3 / max(warm_ms, 1e-6)))
     times = {name: [] for name in providers}
     for _ in range(rounds):
         for name, fn in providers.items():

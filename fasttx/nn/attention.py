@@ -381,10 +381,10 @@ class MultiheadAttention(BackendMixin, torch.nn.MultiheadAttention):
                 if bias.dim() == 4:  # (N or 1, H or 1, L or 1, S) -> (N * H, L or 1, S)
                     bias = bias.expand(batch, self.num_heads, -1, -1).reshape(heads, bias.shape[2], keys)
                 weights = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
-                if kept is not None and kept.dim() == 4:  # (some row keeps no key: its weights 0)
-                    weights = (weights.view(batch, self.num_heads, queries, keys) * kept).view(heads, queries, keys)
-                elif kept is not None:  # ((L or 1, 1) or (N * H, L, 1) rows: they broadcast over the scores)
-                    weights = weights * kept
+                if kept is not None:  # (some row keeps no key: its weights 0)
+                    # (4-D rows through the (N, H, L, S) view; (L or 1, 1) and (N * H, L, 1) ones broadcast as they are)
+                    weights = ((weights.view(batch, self.num_heads, queries, keys) * kept).view(heads, queries, keys)
+                               if kept.dim() == 4 else weights * kept)
             else:
                 # q scaled before Q K^T, as torch's module scales it: then without a mask the softmax is
                 # torch's alone (functional.softmax, native.runs_as_is), where a scale given to it cost the

@@ -639,8 +639,12 @@ def test_bad_input_errors():
     sdpa = fasttx.scaled_dot_product_attention
     with pytest.raises(ValueError, match=r"query must have at least 3 dims .*got shape \[5, 16\]"):
         sdpa(q[0, 0], k, v)
-    with pytest.raises(ValueError, match="the same batch dims"):
-        sdpa(q, k[:1], v[:1], enable_gqa=True)
+    # Batch dims torch would broadcast: refused on every backend (torch's SDPA itself would take them),
+    # 4-D (the one batch dim), 5-D (the leading dims), in any of the three.
+    for batched in ((q, k[:1], v[:1]), (q, k, v[:1]), (q[:1], k, v),
+                    (q.expand(3, *q.shape), k[None], v[None]), (q[None], k[None], v.expand(3, *v.shape))):
+        with pytest.raises(ValueError, match="the same batch dims"):
+            sdpa(*batched, enable_gqa=True)
     with pytest.raises(ValueError, match="query has 4 heads and key/value 2"):
         sdpa(q, k, v)
     with pytest.raises(ValueError, match="query has 4 heads and key/value 3"):

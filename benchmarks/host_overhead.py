@@ -123,8 +123,28 @@ def calls(inference=False):
         "MultiheadAttention, self, causal mask, weights": lambda: torch_mha(tokens, tokens, tokens, attn_mask=causal),
         "TransformerEncoderLayer": lambda: torch_layer(tokens),
     }
+    _add_timm_attention(ours, theirs, inference)
     return {case: {"torch": theirs[case], "fasttx torch": make("torch"), "fasttx triton (not launched)": make("triton")}
             for case, make in ours.items()}
+
+
+def _add_timm_attention(ours, theirs, inference):
+    """timm's ViT Attention (dim 64, 4 heads, 17 tokens), stock and converted by fasttx.patch, where timm
+    is installed: on the triton backend the converted forward is the GPU path's host work (its code on
+    fasttx's SDPA, library_modules._forward_on_fasttx_sdpa)."""
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:
+        return
+    import copy
+
+    import fasttx
+
+    stock = Attention(64, num_heads=4).train(not inference)
+    converted = {b: fasttx.patch(copy.deepcopy(stock), backend=b) for b in ("torch", "triton")}
+    x = torch.randn(2, 17, 64, requires_grad=True)
+    ours["timm ViT Attention"] = lambda b: functools.partial(converted[b], x)
+    theirs["timm ViT Attention"] = functools.partial(stock, x)
 
 
 def _module_call(modules, name, x):

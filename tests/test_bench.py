@@ -1,6 +1,7 @@
 """The benchmark's own logic, in process: correctness before speed, the speed-up's baseline,
 optional libraries, --compare, --backends, progress, and the reports without matplotlib."""
 
+import importlib.util
 import io
 import json
 import os
@@ -455,7 +456,8 @@ def test_host_overhead_times_the_ops_own_path_and_restores_the_kernels():
         for case, op in (("attention (B, H, L, E)", "attention"), ("layer_norm", "layer_norm"),
                          ("rms_norm", "rms_norm"), ("softmax", "softmax"), ("MultiheadAttention, self", "attention"),
                          ("MultiheadAttention, self, key padding", "attention"),
-                         ("TransformerEncoderLayer", "attention")):
+                         ("TransformerEncoderLayer", "attention"),
+                         *[("timm ViT Attention", "attention")] * (importlib.util.find_spec("timm") is not None)):
             with OpRecorder() as recorder:
                 providers[case]["fasttx triton (not launched)"]()
             assert f"fasttx::{op}_fwd_triton" in recorder.ops, case

@@ -15,15 +15,17 @@ Norms, each checked against the stock class in tests/integrations/test_library_m
 Gemma-style RMSNorm (weight + 1, multiplied before the cast) is not LlamaRMSNorm math and is not listed.
 
 Attention: timm's ViT ``Attention`` calls ``F.scaled_dot_product_attention`` when ``fused_attn``; the
-converted module sets ``fused_attn`` and runs its own forward under a TorchFunctionMode that sends
-exactly that call to ``fasttx.scaled_dot_product_attention`` (same arguments), so q/k norms, masks and
-dropout stay timm's. On CPU with the torch backend, where fasttx's SDPA is torch's, it runs its own
-forward as it is.
+converted module sets ``fused_attn`` and runs its own forward with exactly that call sent to
+``fasttx.scaled_dot_product_attention`` (same arguments), so q/k norms, masks and dropout stay timm's:
+the forward's own code, run where the global ``F`` it reads is torch.nn.functional with fasttx's SDPA
+(_forward_on_fasttx_sdpa), else under a TorchFunctionMode that catches the call however it is made. On
+CPU with the torch backend, where fasttx's SDPA is torch's, it runs its own forward as it is.
 """
 
 import collections
 import importlib
 import sys
+import types
 
 import torch
 import torch.nn.functional as F
@@ -86,19 +88,66 @@ class _SDPAToFasttx(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _FunctionalOnFasttx:
+    """torch.nn.functional as a forward made by _forward_on_fasttx_sdpa reads it through its global ``F``:
+    scaled_dot_product_attention is fasttx's with ``backend``; any other name is torch.nn.functional's,
+    looked up at each use."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def scaled_dot_product_attention(self, *args, **kwargs):
+        return functional.scaled_dot_product_attention(*args, **kwargs, backend=self.backend)
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+
+def _forward_on_fasttx_sdpa(forward, backend):
+    """``forward`` (a stock class's function) with its ``F.scaled_dot_product_attention`` calls running
+    fasttx's with ``backend``: the same code object, with a copy of its module's globals (made when the
+    class is converted; ``F`` in it is a _FunctionalOnFasttx), so every other op runs at torch's own
+    cost. Where the code calls SDPA otherwise (not through a global ``F`` that is torch.nn.functional, or
+    also through ``torch.nn.functional``), None: the module then runs under the TorchFunctionMode, which
+    catches any call but sends every torch function of the forward through Python (~30 us a call of
+    timm's ViT Attention on the host, dim 64, 17 tokens: benchmarks/notes/attention.md)."""
+    code, scope = forward.__code__, forward.__globals__
+    if not (scope.get("F") is F and "scaled_dot_product_attention" in code.co_names
+            and "functional" not in code.co_names and "scaled_dot_product_attention" not in scope):
+        return None
+    # Without its module's __name__: torch.compile takes globals that have one for that module's own,
+    # and would read F there (torch 2.11's dynamo failed on its guard).
+    scope = {name: value for name, value in scope.items() if name != "__name__"}
+    made = types.FunctionType(code, {**scope, "F": _FunctionalOnFasttx(backend)}, forward.__name__,
+                              forward.__defaults__, forward.__closure__)
+    made.__kwdefaults__ = forward.__kwdefaults__
+    made.__module__, made.__qualname__ = forward.__module__, forward.__qualname__
+    return made
+
+
 class SDPAOnFasttx(BackendMixin):
-    """The module's own forward, its F.scaled_dot_product_attention calls running fasttx's. On CPU where
-    the backend resolves to torch, fasttx's SDPA is torch's own (a row a mask empties gives 0 in
-    both: functional.native.scaled_dot_product_attention), and the stock forward runs as it is: under
-    the TorchFunctionMode every torch function of the forward goes through Python, which put a timm
-    ViT (d 64, 2 blocks, 4 x 16 patches) at 0.87x the stock speed in inference and 0.93x in training."""
+    """The module's own forward, its F.scaled_dot_product_attention calls running fasttx's: its code on
+    fasttx's SDPA (_forward_on_fasttx_sdpa, made per backend when the class is made, so that a compiled
+    forward only looks it up), else under the TorchFunctionMode. On CPU where the backend resolves to
+    torch, fasttx's SDPA is torch's own (a row a mask empties gives 0 in both:
+    functional.native.scaled_dot_product_attention), and the stock forward runs as it is: fasttx's SDPA
+    checks cost its call a few us there."""
 
     _fasttx_op = "attention"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        stock_forward = super(SDPAOnFasttx, cls).forward
+        cls._forwards_on_fasttx_sdpa = {backend: _forward_on_fasttx_sdpa(stock_forward, backend)
+                                        for backend in backends.CHOICES}
 
     def forward(self, *args, **kwargs):
         x = args[0] if args else kwargs.get("x")
         if isinstance(x, torch.Tensor) and x.is_cpu and backends.resolve("attention", self.backend, x) == "torch":
             return super().forward(*args, **kwargs)
+        made = self._forwards_on_fasttx_sdpa[self.backend]
+        if made is not None:
+            return made(self, *args, **kwargs)
         with _SDPAToFasttx(self.backend):
             return super().forward(*args, **kwargs)
 

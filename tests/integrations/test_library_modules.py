@@ -7,6 +7,7 @@ import importlib
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812 (the global name _forward_on_fasttx_sdpa looks for)
 
 import fasttx
 from fasttx import functional
@@ -116,6 +117,72 @@ def test_timm_vit_matches_stock_with_fasttx_attention_and_norms(sdpa_calls):
         environment.setenv("TRITON_INTERPRET", "1")
         assert_matches_stock(fast, stock, torch.randn(2, 3, 16, 16))
     assert [c["backend"] for c in sdpa_calls] == ["triton", "triton"]
+
+
+@pytest.fixture
+def mode_calls(monkeypatch):
+    """The torch functions the TorchFunctionMode fallback sees (none where the forward's own code runs on
+    fasttx's SDPA)."""
+    seen = []
+    original = library_modules._SDPAToFasttx.__torch_function__
+
+    def spy(self, func, *args, **kwargs):
+        seen.append(func)
+        return original(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(library_modules._SDPAToFasttx, "__torch_function__", spy)
+    return seen
+
+
+def test_timm_attention_runs_its_code_on_fasttx_sdpa_without_the_mode(sdpa_calls, mode_calls, monkeypatch):
+    """On a kernel backend the stock forward's code runs with its global F's SDPA made fasttx's: no
+    TorchFunctionMode (which sent each of the forward's ~10 torch functions through Python). Where the
+    code calls SDPA some other way the mode does it, with the same result."""
+    stock = _vit(depth=1)
+    fast = fasttx.patch(copy.deepcopy(stock), backend="triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    images = torch.randn(2, 3, 16, 16)
+    assert_matches_stock(fast, stock, images)
+    assert [c["backend"] for c in sdpa_calls] == ["triton"] and mode_calls == []
+    monkeypatch.setattr(type(fast.blocks[0].attn), "_forwards_on_fasttx_sdpa", dict.fromkeys(fasttx.backends.CHOICES))
+    assert_matches_stock(fast, stock, images)
+    assert [c["backend"] for c in sdpa_calls] == ["triton"] * 2
+    assert torch.nn.functional.scaled_dot_product_attention in mode_calls and len(mode_calls) > 5
+
+
+def _sdpa_through_f(q):
+    return F.scaled_dot_product_attention(q, q, q)
+
+
+def _sdpa_through_f_and_qualified(q):
+    return F.scaled_dot_product_attention(q, q, q) + torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+
+def _sdpa_through_local_f(q):
+    F = torch.nn.functional  # noqa: N806 (a local F, which the globals swap would not reach)
+    return F.scaled_dot_product_attention(q, q, q)
+
+
+def test_only_code_calling_sdpa_through_torchs_functional_as_global_f_is_remade():
+    remade = library_modules._forward_on_fasttx_sdpa(_sdpa_through_f, "torch")
+    assert remade.__code__ is _sdpa_through_f.__code__ and _sdpa_through_f.__globals__["F"] is F
+    assert remade.__globals__["F"].scaled_dot_product_attention.__func__ is \
+        library_modules._FunctionalOnFasttx.scaled_dot_product_attention
+    assert remade.__globals__["F"].softmax is F.softmax
+    q = torch.randn(1, 2, 3, 4)
+    torch.testing.assert_close(remade(q), _sdpa_through_f(q))
+    for other in (_sdpa_through_f_and_qualified, _sdpa_through_local_f,
+                  type(_sdpa_through_f)(_sdpa_through_f.__code__, {**_sdpa_through_f.__globals__, "F": torch})):
+        assert library_modules._forward_on_fasttx_sdpa(other, "torch") is None
+
+
+def test_timm_vit_on_a_kernel_backend_compiles_fullgraph(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch._dynamo.reset()
+    reference = _vit(depth=1)
+    compiled_model = fasttx.patch(copy.deepcopy(reference), backend="triton")
+    assert_matches_stock(compiled_model, reference, torch.randn(2, 3, 16, 16),
+                         run=torch.compile(compiled_model, fullgraph=True, backend="aot_eager"))
 
 
 def test_timm_unfused_attention_is_switched_to_the_fused_path(sdpa_calls, monkeypatch):

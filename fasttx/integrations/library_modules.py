@@ -117,9 +117,9 @@ def _forward_on_fasttx_sdpa(forward, backend):
         return None
     # Without its module's __name__: torch.compile takes globals that have one for that module's own,
     # and would read F there (torch 2.11's dynamo failed on its guard).
-    scope = {name: value for name, value in scope.items() if name != "__name__"}
-    made = types.FunctionType(code, {**scope, "F": _FunctionalOnFasttx(backend)}, forward.__name__,
-                              forward.__defaults__, forward.__closure__)
+    made_scope = {name: value for name, value in scope.items() if name != "__name__"}
+    made_scope["F"] = _FunctionalOnFasttx(backend)
+    made = types.FunctionType(code, made_scope, forward.__name__, forward.__defaults__, forward.__closure__)
     made.__kwdefaults__ = forward.__kwdefaults__
     made.__module__, made.__qualname__ = forward.__module__, forward.__qualname__
     return made

@@ -161,10 +161,9 @@ def _torch_sdpa_as_is(query, key, value, attn_mask, dropout_p, is_causal, scale,
     dims = len(q_shape)
     if not (dims == len(k_shape) == len(v_shape) >= 3):
         return False
-    if dims == 4:
-        if not q_shape[0] == k_shape[0] == v_shape[0]:
-            return False
-    elif dims > 4 and not q_shape[:-3] == k_shape[:-3] == v_shape[:-3]:
+    if dims == 4 and not q_shape[0] == k_shape[0] == v_shape[0]:
+        return False
+    if dims > 4 and not q_shape[:-3] == k_shape[:-3] == v_shape[:-3]:
         return False
     return (type(dropout_p) in (float, int) and 0.0 <= dropout_p < 1.0 and (scale is None or type(scale) in (float, int))
             and not torch._C._is_any_autocast_enabled() and backends.resolve("attention", backend, query) == "torch"

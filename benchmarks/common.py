@@ -66,25 +66,33 @@ def _prepare(grad_to_none, setup):
         setup()
 
 
-def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS), setup=None):
-    """(median, p20, p80, host median) milliseconds of ``fn()``, the last on GPU only (None on CPU,
-    where the call's time is the host's); on CPU over (at least, at most) ``cpu_blocks``
-    blocks of calls, each call after an untimed _prepare(grad_to_none, setup). The number of calls is
-    sized by the wall time of a whole iteration, setup included, so that a measurement takes about
-    the same time whatever setup costs."""
-    def prepare():
-        _prepare(grad_to_none, setup)
-
+def cpu_iteration_s(fn, grad_to_none=None, setup=None):
+    """Seconds of one iteration of ``fn()`` on CPU, its untimed _prepare(grad_to_none, setup)
+    included (what sizes bench_ms's blocks), after a warm-up iteration: first-call costs (Triton
+    interpreter setup, allocator) stay out of it and of the samples timed after it."""
     def iteration_s():
         start = time.perf_counter()
-        prepare()
+        _prepare(grad_to_none, setup)
         fn()
         return time.perf_counter() - start
 
+    iteration_s()
+    return iteration_s()
+
+
+def bench_ms(fn, device_type, grad_to_none=None, cpu_blocks=(3, CPU_BLOCKS), setup=None, cpu_once_s=None):
+    """(median, p20, p80, host median) milliseconds of ``fn()``, the last on GPU only (None on CPU,
+    where the call's time is the host's); on CPU over (at least, at most) ``cpu_blocks``
+    blocks of calls, each call after an untimed _prepare(grad_to_none, setup). The number of calls is
+    sized by the wall time of a whole iteration, setup included (cpu_iteration_s; ``cpu_once_s``: an
+    earlier measurement of it, which skips the warm-up and sizing here), so that a measurement takes
+    about the same time whatever setup costs."""
+    def prepare():
+        _prepare(grad_to_none, setup)
+
     if device_type == "cuda":
         return _cuda_ms(fn, prepare)
-    iteration_s()  # warm-up: first-call costs (Triton interpreter setup, allocator) stay out of the samples
-    once = iteration_s()  # only sizes the blocks
+    once = cpu_iteration_s(fn, grad_to_none, setup) if cpu_once_s is None else cpu_once_s
     # Blocks of calls filling CPU_MIN_TIME_S; at least 3 blocks for a spread, fewer calls when slow.
     blocks = min(max(math.ceil(CPU_MIN_TIME_S / once), cpu_blocks[0]), cpu_blocks[1])
     number = max(1, math.ceil(CPU_MIN_TIME_S / blocks / once))
@@ -334,8 +342,10 @@ def _finite_only(fn, inputs, dy):
     return None
 
 
-def _time_passes(case, fn, dy, device_type, with_memory=True, cpu_blocks=(3, CPU_BLOCKS)):
-    """{pass: ((median, p20, p80, host median or None) ms, peak MiB or None)} of one provider."""
+def _time_passes(case, fn, dy, device_type, with_memory, cpu_blocks, cpu_once_s):
+    """{pass: ((median, p20, p80, host median or None) ms, peak MiB or None)} of one provider.
+    ``cpu_once_s`` ({pass: seconds of an iteration}, CPU): the passes it lacks are warmed up and sized
+    (cpu_iteration_s) and added to it, the others are timed at once (an earlier round's sizes)."""
     leaves = _leaves(case.inputs)
     grads = [t for t in leaves if t.requires_grad]
     graphs = []  # the outputs of the forwards run (untimed) for the bwd pass, one per backward
@@ -350,7 +360,9 @@ def _time_passes(case, fn, dy, device_type, with_memory=True, cpu_blocks=(3, CPU
              "fwd+bwd": (lambda: fn(*leaves).backward(dy), None)}
     measured = {}
     for name, (call, setup) in calls.items():
-        measured[name] = (bench_ms(call, device_type, grad_to_none=grads, cpu_blocks=cpu_blocks, setup=setup),
+        if device_type == "cpu" and name not in cpu_once_s:
+            cpu_once_s[name] = cpu_iteration_s(call, grads, setup)
+        measured[name] = (bench_ms(call, device_type, grads, cpu_blocks, setup, cpu_once_s.get(name)),
                           peak_memory_mb(call, device_type, grads, setup) if with_memory else None)
     return measured
 
@@ -370,16 +382,20 @@ def _interleaved(case, names, dy, device_type, failures):
     where the machine's load drifts, they are timed in CPU_ROUNDS interleaved rounds (each round
     times every provider once, in alternating order), so a busy spell hits them alike; the figures
     are the median and spread of the rounds' medians (each round's from at least 1 block of calls:
-    the rounds give the spread), the peak memory is the first round's. A provider that raises goes
-    into ``failures`` (name -> message)."""
-    times, memory = {}, {}
+    the rounds give the spread), the peak memory is the first round's. Only the first round warms
+    each pass up and sizes its blocks; the later ones reuse its sizes. A call after another provider's
+    may find its code out of the caches, but a block lasts ~CPU_MIN_TIME_S / its blocks (>= 10 ms),
+    far longer than such a miss; where one call outlasts a block (the Triton interpreter), the warm-up
+    and sizing were two thirds of the time. A provider that raises goes into ``failures`` (name ->
+    message)."""
+    times, memory, once_s = {}, {}, {}
     for round_ in range(1 if device_type == "cuda" else CPU_ROUNDS):
         order = names if round_ % 2 == 0 else names[::-1]  # no provider always runs first
         for name in [n for n in order if n not in failures]:
             try:
                 with around(case.providers[name]):
-                    timed = _time_passes(case, case.providers[name], dy, device_type, with_memory=round_ == 0,
-                                         cpu_blocks=(1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)))
+                    timed = _time_passes(case, case.providers[name], dy, device_type, round_ == 0,
+                                         (1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)), once_s.setdefault(name, {}))
             except Exception as e:
                 failures[name] = _failure(e)
                 continue

@@ -48,6 +48,33 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def test_cpu_rounds_warm_up_and_size_each_pass_once(monkeypatch):
+    """On CPU the providers are timed in CPU_ROUNDS interleaved rounds; only the first warms each pass
+    of each provider up and sizes its blocks (cpu_iteration_s), the later rounds time at once with
+    those sizes (with the Triton interpreter the warm-up and sizing of every round were two thirds of
+    a bench's time)."""
+    sized, measured = [], common.cpu_iteration_s
+
+    def counted(fn, grad_to_none=None, setup=None):
+        sized.append(fn)
+        return measured(fn, grad_to_none, setup)
+
+    monkeypatch.setattr(common, "cpu_iteration_s", counted)
+    calls = {"torch eager": 0, "fasttx torch": 0}
+
+    def provider(name):
+        def call(x):
+            calls[name] += 1
+            return torch.softmax(x, -1)
+        return call
+
+    rows = common.run_case("softmax", _softmax_case({name: provider(name) for name in calls}), "cpu",
+                           torch.float32, {"GB/s": None})
+    assert common.CPU_ROUNDS > 1 and len(sized) == len(calls) * len(common.PASSES)
+    assert all(r["correct"] and r["ms"] > 0 and r["ms p20"] <= r["ms"] <= r["ms p80"] for r in rows)
+    assert all(n > common.CPU_ROUNDS * len(common.PASSES) for n in calls.values())  # every round timed each
+
+
 def test_speed_up_is_against_the_fastest_correct_baseline(one_thread):
     fast = lambda x: torch.softmax(x, -1)  # noqa: E731
 

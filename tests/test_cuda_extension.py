@@ -1,12 +1,15 @@
 """The CUDA extension fasttx._C: built wherever nvcc is (make test builds it), for the
 architectures asked for, with its ops registered and clear errors for CPU tensors."""
 
+import atexit
+import functools
 import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -67,12 +70,16 @@ def _cuobjdump():
     return found[0]
 
 
+def _requested_archs():
+    """The architectures the build was asked for (TORCH_CUDA_ARCH_LIST, make test's default where unset)."""
+    return {a.strip() for a in os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";") if a.strip()}
+
+
 @needs_nvcc
 def test_extension_holds_the_requested_architectures():
     import fasttx._C
 
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
-    expected = {"sm_" + a.strip().replace(".", "").replace("+PTX", "") for a in archs if a.strip()}
+    expected = {"sm_" + a.replace(".", "").replace("+PTX", "") for a in _requested_archs()}
     # The fatbin headers ("arch = sm_90a", "identifier = .../layer_norm_bwd.cu" per ELF), not --list-elf's
     # file names: the cuobjdump of CUDA 12.8 (Triton 3.6 ships it) names sm_90a cubins "....sm_90.cubin".
     listing = subprocess.run([_cuobjdump(), "--dump-resource-usage", fasttx._C.__file__], capture_output=True, text=True)
@@ -97,27 +104,54 @@ def test_extension_holds_the_requested_architectures():
             assert ((name, arch) in cubins) == (d in built), (name, arch, listing.stdout)
 
 
+# A mangled C++ name as it sits in a cubin's string tables.
+_MANGLED_NAME = re.compile(rb"_Z[0-9A-Za-z_]+")
+
+
+@functools.lru_cache(maxsize=None)
+def _extension_cubins():
+    """{mangled name: [(arch, cubin path), ...]} over fasttx._C's cubins, extracted once a process
+    (cuobjdump -xelf) into a folder removed at exit. The SASS tests dump only the cubins that hold their
+    kernels, each whole: cuobjdump -sass -fun costs ~0.3 s a name even on one cubin (~0.6 s on the whole
+    extension: 32 names took 20 s), the whole of the largest cubin ~2 s."""
+    import fasttx._C
+
+    folder = tempfile.mkdtemp(prefix="fasttx-cubins-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    extract = subprocess.run([_cuobjdump(), "-xelf", "all", fasttx._C.__file__], cwd=folder,
+                             capture_output=True, text=True)
+    assert extract.returncode == 0, extract.stderr
+    holders = {}
+    for file in sorted(os.listdir(folder)):  # <source>.<arch>.cubin
+        arch = file.rsplit(".", 2)[1]
+        if arch == "sm_90" and "9.0" not in _requested_archs():  # CUDA 12.8's cuobjdump names an sm_90a cubin "sm_90"
+            arch = "sm_90a"
+        path = os.path.join(folder, file)
+        with open(path, "rb") as f:
+            for name in set(_MANGLED_NAME.findall(f.read())):
+                holders.setdefault(name.decode(), []).append((arch, path))
+    return holders
+
+
 def _sm90a_kernels_sass(names):
     """{(arch, mangled name): its SASS lines} of the kernels `names` in fasttx._C, or a skip where the build
     has no 9.0a."""
-    import fasttx._C
-
-    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0a").replace(" ", ";").split(";")
-    if "9.0a" not in {a.strip() for a in archs}:
+    if "9.0a" not in _requested_archs():
         pytest.skip("built without 9.0a: no sm_90a attention kernels")
-    dump = subprocess.run([_cuobjdump(), "-sass", "-fun", ",".join(names), fasttx._C.__file__],
-                          capture_output=True, text=True)
-    assert dump.returncode == 0, dump.stderr
-    sass, arch, name = {}, None, None  # (arch, name) -> its SASS lines
-    for line in dump.stdout.splitlines():
-        key, _, value = line.strip().partition(" = ")
-        if key == "arch":
-            arch, name = value, None
-        elif line.strip().startswith("Function : "):
-            name = line.split(":", 1)[1].strip()
-            sass[(arch, name)] = []
-        elif name is not None:
-            sass[(arch, name)].append(line)
+    holders, names = _extension_cubins(), set(names)
+    sass = {}  # (arch, name) -> its SASS lines
+    for arch, path in sorted({holder for name in names for holder in holders.get(name, ())}):
+        dump = subprocess.run([_cuobjdump(), "-sass", path], capture_output=True, text=True)
+        assert dump.returncode == 0, dump.stderr
+        lines = None  # the SASS of the function being read, where it is one of `names`
+        for line in dump.stdout.splitlines():
+            if line.strip().startswith("Function : "):
+                name = line.split(":", 1)[1].strip()
+                lines = None
+                if name in names:
+                    lines = sass[(arch, name)] = []
+            elif lines is not None:
+                lines.append(line)
     return sass
 
 

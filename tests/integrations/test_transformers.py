@@ -1,7 +1,7 @@
 """attn_implementation="fasttx" and fasttx.patch on Hugging Face transformers models built from tiny
 configs with random weights (no download): logits and every parameter gradient against the stock
-model (eager attention), masks, GQA, dropout, sliding window, unsupported features, optimizer steps,
-torch.compile, generate(), and the lazy registration."""
+model (eager attention), masks, GQA, encoder-decoder cross-attention, dropout, sliding window,
+unsupported features, optimizer steps, torch.compile, generate(), and the lazy registration."""
 
 import copy
 import logging
@@ -35,6 +35,9 @@ def _config(name, **overrides):
         "bert": lambda: transformers.BertConfig(**SIZES, max_position_embeddings=64),
         "vit": lambda: transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                               intermediate_size=64, image_size=16, patch_size=4, num_labels=5),
+        "bart": lambda: transformers.BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
+                                                encoder_attention_heads=4, decoder_attention_heads=4,
+                                                encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64),
     }
     config = configs[name]()
     for key, value in overrides.items():
@@ -43,8 +46,8 @@ def _config(name, **overrides):
 
 
 def _model_class(name):
-    return {"bert": transformers.AutoModelForMaskedLM, "vit": transformers.AutoModelForImageClassification}.get(
-        name, transformers.AutoModelForCausalLM)
+    return {"bert": transformers.AutoModelForMaskedLM, "vit": transformers.AutoModelForImageClassification,
+            "bart": transformers.AutoModelForSeq2SeqLM}.get(name, transformers.AutoModelForCausalLM)
 
 
 def _pair(name, attn="eager", **overrides):
@@ -63,9 +66,13 @@ def _inputs(name, padded=True):
         return {"pixel_values": torch.randn(BATCH, 3, 16, 16)}, None
     tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
     valid = torch.ones(BATCH, SEQ, dtype=torch.bool)
-    if padded:  # the second sequence 3 shorter: left padding for causal LMs, right for BERT
-        valid[1, slice(0, 3) if name != "bert" else slice(SEQ - 3, SEQ)] = False
-    return {"input_ids": tokens, "attention_mask": valid.long()}, valid
+    if padded:  # the second sequence 3 shorter: left padding for causal LMs, right for BERT and BART's encoder
+        valid[1, slice(0, 3) if name not in ("bert", "bart") else slice(SEQ - 3, SEQ)] = False
+    inputs = {"input_ids": tokens, "attention_mask": valid.long()}
+    if name == "bart":  # a shorter decoder input (cross-attention: L != S), unpadded: all its logits count
+        inputs["decoder_input_ids"] = torch.randint(0, VOCAB, (BATCH, SEQ - 3))
+        valid = torch.ones(BATCH, SEQ - 3, dtype=torch.bool)
+    return inputs, valid
 
 
 def _loss_and_logits(model, inputs, valid):
@@ -115,6 +122,24 @@ def test_fp32_logits_and_gradients_match_stock(name, calls):
         assert mask is None and not calls[0]["is_causal"]
     else:  # padding: transformers' SDPA mask builder, a bool (B, 1, L, S) mask with True = attend
         assert mask.dtype == torch.bool and mask.shape == (BATCH, 1, SEQ, SEQ) and not calls[0]["is_causal"]
+
+
+def test_encoder_decoder_self_and_cross_attention(calls):
+    """BART: the encoder's self-attention over a padded batch, the decoder's causal self-attention and its
+    cross-attention over the padded encoder output (7 queries, 10 keys): logits and every gradient as the
+    stock model's."""
+    stock, fast = _pair("bart")
+    inputs, valid = _inputs("bart")
+    with fasttx.use_backend("torch"):
+        _assert_same_logits_and_grads(stock, fast, inputs, valid)
+    # Per layer: the encoder's (its key-padding mask as a bool (B, 1, L, L)), then the decoder's causal
+    # self-attention (no mask: is_causal) and its cross-attention (the encoder's padding, (B, 1, 7, 10)).
+    kinds = [(tuple(c["query"][2:3] + c["key"][2:3]), c["is_causal"],
+              None if c["attn_mask"] is None else (c["attn_mask"].dtype, tuple(c["attn_mask"].shape))) for c in calls]
+    encoder = ((SEQ, SEQ), False, (torch.bool, (BATCH, 1, SEQ, SEQ)))
+    decoder = [((SEQ - 3, SEQ - 3), True, None), ((SEQ - 3, SEQ), False, (torch.bool, (BATCH, 1, SEQ - 3, SEQ)))]
+    assert kinds == [encoder, encoder, *decoder, *decoder]
+    assert not calls[-1]["attn_mask"][1, :, :, SEQ - 3:].any()  # the padded encoder positions, masked out
 
 
 def test_causal_without_padding_uses_the_kernels_causal_masking(calls):
@@ -198,7 +223,7 @@ def test_torch_compile_fullgraph():
     _assert_same_logits_and_grads(stock, fast, inputs, valid, run_fast=torch.compile(fast, fullgraph=True))
 
 
-@pytest.mark.parametrize("name", ["llama", "bert"])
+@pytest.mark.parametrize("name", ["llama", "bert", "bart"])
 def test_fp16_triton_kernels(name):
     """fp16 on the Triton kernels (on DEVICE: the interpreter on CPU): the error of the logits and of
     every parameter gradient against the fp32 model (on CPU) is at most about that of the stock model

@@ -342,9 +342,9 @@ def _finite_only(fn, inputs, dy):
     return None
 
 
-def _time_passes(case, fn, dy, device_type, with_memory, cpu_blocks, cpu_once_s):
+def _time_passes(case, fn, dy, device_type, with_memory, cpu_blocks, cpu_sizes):
     """{pass: ((median, p20, p80, host median or None) ms, peak MiB or None)} of one provider.
-    ``cpu_once_s`` ({pass: seconds of an iteration}, CPU): the passes it lacks are warmed up and sized
+    ``cpu_sizes`` ({pass: seconds of an iteration}, CPU): the passes it lacks are warmed up and sized
     (cpu_iteration_s) and added to it, the others are timed at once (an earlier round's sizes)."""
     leaves = _leaves(case.inputs)
     grads = [t for t in leaves if t.requires_grad]
@@ -360,9 +360,9 @@ def _time_passes(case, fn, dy, device_type, with_memory, cpu_blocks, cpu_once_s)
              "fwd+bwd": (lambda: fn(*leaves).backward(dy), None)}
     measured = {}
     for name, (call, setup) in calls.items():
-        if device_type == "cpu" and name not in cpu_once_s:
-            cpu_once_s[name] = cpu_iteration_s(call, grads, setup)
-        measured[name] = (bench_ms(call, device_type, grads, cpu_blocks, setup, cpu_once_s.get(name)),
+        if device_type == "cpu" and name not in cpu_sizes:
+            cpu_sizes[name] = cpu_iteration_s(call, grads, setup)
+        measured[name] = (bench_ms(call, device_type, grads, cpu_blocks, setup, cpu_sizes.get(name)),
                           peak_memory_mb(call, device_type, grads, setup) if with_memory else None)
     return measured
 
@@ -388,14 +388,14 @@ def _interleaved(case, names, dy, device_type, failures):
     far longer than such a miss; where one call outlasts a block (the Triton interpreter), the warm-up
     and sizing were two thirds of the time. A provider that raises goes into ``failures`` (name ->
     message)."""
-    times, memory, once_s = {}, {}, {}
+    times, memory, cpu_sizes = {}, {}, {}
     for round_ in range(1 if device_type == "cuda" else CPU_ROUNDS):
         order = names if round_ % 2 == 0 else names[::-1]  # no provider always runs first
         for name in [n for n in order if n not in failures]:
             try:
                 with around(case.providers[name]):
                     timed = _time_passes(case, case.providers[name], dy, device_type, round_ == 0,
-                                         (1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)), once_s.setdefault(name, {}))
+                                         (1, math.ceil(CPU_BLOCKS / CPU_ROUNDS)), cpu_sizes.setdefault(name, {}))
             except Exception as e:
                 failures[name] = _failure(e)
                 continue

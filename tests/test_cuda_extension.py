@@ -121,11 +121,12 @@ def _extension_cubins():
     extract = subprocess.run([_cuobjdump(), "-xelf", "all", fasttx._C.__file__], cwd=folder,
                              capture_output=True, text=True)
     assert extract.returncode == 0, extract.stderr
+    # CUDA 12.8's cuobjdump names an sm_90a cubin "sm_90": where the build has no plain 9.0, it is the 9.0a one.
+    renamed = {} if "9.0" in _requested_archs() else {"sm_90": "sm_90a"}
     holders = {}
     for file in sorted(os.listdir(folder)):  # <source>.<arch>.cubin
         arch = file.rsplit(".", 2)[1]
-        if arch == "sm_90" and "9.0" not in _requested_archs():  # CUDA 12.8's cuobjdump names an sm_90a cubin "sm_90"
-            arch = "sm_90a"
+        arch = renamed.get(arch, arch)
         path = os.path.join(folder, file)
         with open(path, "rb") as f:
             for name in set(_MANGLED_NAME.findall(f.read())):

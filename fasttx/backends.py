@@ -128,15 +128,20 @@ def unavailable_reason(backend, device_type=None, dtype=None, op=None):
 
 def resolve(op, backend, tensor):
     """Name of the backend that runs ``op`` on ``tensor`` when the caller passed ``backend``."""
-    wanted = default_backend() if backend == "auto" else _check_choice(backend)  # (requested(), a call less)
-    if wanted == "auto":
-        chosen = "torch"
-        if AUTO_KERNELS.get(op) and tensor.is_cuda:  # (tensor.device costs ~0.3 us: it makes a torch.device)
-            chosen = next((b for b in AUTO_KERNELS[op] if unavailable_reason(b, "cuda", tensor.dtype, op) is None),
-                          "torch")
-    elif wanted == "torch":  # (it runs anywhere: no need to read the tensor's device, ~0.3 us)
-        chosen = "torch"
+    if backend == "auto":  # (default_backend() inlined: every op call asks, and torch is the common answer)
+        stack = _local.stack
+        wanted = stack[-1] if stack else _ENVIRONMENT_DEFAULT
     else:
+        wanted = backend
+    # Torch runs anywhere: no need to read the tensor's device (~0.3 us: it makes a torch.device), nor,
+    # for "auto", whether it is a CUDA one where no kernel is listed for the op.
+    if wanted == "torch" or wanted == "auto" and not (AUTO_KERNELS.get(op) and tensor.is_cuda):
+        chosen = "torch"
+    elif wanted == "auto":
+        chosen = next((b for b in AUTO_KERNELS[op] if unavailable_reason(b, "cuda", tensor.dtype, op) is None),
+                      "torch")
+    else:
+        _check_choice(wanted, "backend" if backend != "auto" else "FASTTX_BACKEND")
         reason = unavailable_reason(wanted, tensor.device.type, tensor.dtype, op)
         if reason is not None:
             raise RuntimeError(f"fasttx.{op}: backend={wanted!r} cannot run here: {reason}")

@@ -1,6 +1,8 @@
 """Fused softmax(scale * x + mask): output, input gradient and float-mask gradient against the
 float64 reference, for every backend that runs here, every mask kind, causal, any dim."""
 
+import sys
+
 import pytest
 import torch
 
@@ -345,17 +347,36 @@ def test_output_dtype_and_autocast(backend):
         assert fasttx.softmax(x, -1, dtype=torch.bfloat16, backend=backend).dtype == torch.bfloat16
 
 
-def test_matches_torch_softmax():
+@pytest.mark.parametrize("autocast", [False, True])
+def test_matches_torch_softmax(autocast):
     """Without a scale, mask, causal masking or another output dtype, and where "auto" runs torch, the
-    call is torch.softmax's alone: the same ops dispatched, nothing of fasttx's host work around it."""
-    x = logits(3, 4, 10)
-    for dim in (0, 1, 2):
-        with OpRecorder() as ours:
-            got = fasttx.softmax(x, dim)
-        with OpRecorder() as theirs:
-            expected = torch.softmax(x, dim)
-        torch.testing.assert_close(got, expected)
-        assert ours.ops == theirs.ops
+    call is torch.softmax's alone: the same ops dispatched, nothing of fasttx's host work around it,
+    under autocast too (torch's policy for softmax is fasttx's)."""
+    x = logits(3, 4, 10, dtype=torch.bfloat16)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        for dim, dtype in ((0, None), (1, None), (2, None), (2, torch.bfloat16)):
+            with OpRecorder() as ours:
+                got = fasttx.softmax(x, dim, dtype=dtype)
+            with OpRecorder() as theirs:
+                expected = torch.softmax(x, dim, dtype=dtype)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+            assert ours.ops == theirs.ops
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_an_fp32_autocast_policy_leaves_float64_input(backend, monkeypatch):
+    """torch's autocast policy for softmax (fp32 on CUDA) sets no dtype for float64 input, nor does
+    fasttx's: with a mask (fasttx's own path, not torch.softmax), output float64, equal to the
+    reference. The policy is made CPU's here, where torch's own leaves softmax as it is."""
+    monkeypatch.setattr(sys.modules["fasttx.functional.softmax"], "_AUTOCAST_TO_FP32", (DEVICE,))
+    x = logits(3, 9, dtype=torch.float64)
+    mask = torch.rand(3, 9, device=DEVICE) > 0.3
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        got = fasttx.softmax(x, -1, mask=mask, backend=backend)
+        assert fasttx.softmax(x.float(), -1, mask=mask, backend=backend).dtype == torch.float32
+        assert fasttx.softmax(x.bfloat16(), -1, mask=mask, backend=backend).dtype == torch.float32
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, reference.softmax(x, -1, None, mask), rtol=1e-12, atol=1e-12)
 
 
 def test_bad_input_errors():

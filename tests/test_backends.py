@@ -41,6 +41,23 @@ def test_use_backend_and_environment(monkeypatch):
         assert seen == ["torch"]
 
 
+def test_use_backend_is_the_backend_of_the_calls_that_ask_for_auto():
+    """Inside a use_backend() block, a call with backend="auto" (the default) runs the block's backend,
+    named explicitly, so it never falls back; a backend the call names is its own."""
+    x = torch.randn(2, 8)  # on the CPU, which the CUDA extension does not run on
+    q = x[None, None]
+    with fasttx.use_backend("cuda"):
+        for call in (lambda: fasttx.layer_norm(x, (8,)), lambda: fasttx.rms_norm(x, (8,)),
+                     lambda: fasttx.softmax(x, -1), lambda: fasttx.scaled_dot_product_attention(q, q, q)):
+            with pytest.raises(RuntimeError, match=r"backend='cuda' cannot run here: .*got a cpu tensor"):
+                call()
+        torch.testing.assert_close(fasttx.softmax(x, -1, backend="torch"), torch.softmax(x, -1))
+        assert backends.last_used["softmax"] == "torch"
+    with fasttx.use_backend("torch"):
+        torch.testing.assert_close(fasttx.softmax(x, -1), torch.softmax(x, -1))
+        assert backends.last_used["softmax"] == "torch"
+
+
 def test_environment_is_read_at_import_and_a_bad_value_fails_the_first_call():
     """FASTTX_BACKEND is read once, by ``import fasttx`` (per call it cost a small op ~3 us of host
     time); a value that is not a backend does not break the import, but every call that needs the

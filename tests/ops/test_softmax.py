@@ -347,6 +347,22 @@ def test_output_dtype_and_autocast(backend):
         assert fasttx.softmax(x, -1, dtype=torch.bfloat16, backend=backend).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_narrower_output_dtype_rounds_the_output_once(backend, dtype):
+    """fp32 input, 16-bit ``dtype``: the softmax of the fp32 logits, rounded once to ``dtype`` (within an ulp:
+    the fp32 arithmetic may tip a rounding). torch.softmax(x, dtype=...) rounds the logits to ``dtype`` first,
+    an error of ~|logit| ulps of the output: at logits of +-20 that fails this by far."""
+    x = logits(4, 300) * 5
+    got = fasttx.softmax(x, -1, dtype=dtype, backend=backend)
+    expected = reference.softmax(x.double(), -1)
+    assert got.dtype == dtype
+    ulp = torch.finfo(dtype).eps  # relative, at most
+    bound = expected.abs() * ulp + torch.finfo(dtype).tiny  # (subnormal outputs, which may flush to 0: absolute)
+    excess = (got.double() - expected).abs() - bound
+    assert excess.max() <= 0, f"off by more than an ulp of {dtype}: {excess.max():.3g} over"
+
+
 @pytest.mark.parametrize("autocast", [False, True])
 def test_matches_torch_softmax(autocast):
     """Without a scale, mask, causal masking or another output dtype, and where "auto" runs torch, the

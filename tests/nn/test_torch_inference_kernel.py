@@ -114,6 +114,10 @@ def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwa
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, ops = _run(kind, module, x)
     assert FUSED[kind] not in ops, "autocast"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.backends.mha, "get_fastpath_enabled", lambda: False)  # set_fastpath_enabled(False)
+        _, ops = _run(kind, module, x)
+    assert FUSED[kind] not in ops, "torch.backends.mha's fast path turned off"
     _, ops = _run(kind, module, torch.randn(4, _backend.TORCH_INFERENCE_KERNEL_MAX_ELEMENTS // 64 + 1, 16))
     assert FUSED[kind] not in ops, "an input above the size where torch's kernel is faster"
     module.requires_grad_(False)  # frozen: autograd records only through an input that requires grad
@@ -126,6 +130,16 @@ def test_fasttxs_path_wherever_torchs_kernel_would_differ_or_be_slower(kind, kwa
     with OpRecorder() as recorder, torch.no_grad():
         _call(kind, module, x.detach())
     assert FUSED[kind] not in recorder.ops and "fasttx::attention_fwd_triton" in recorder.ops
+
+
+def test_only_cpu_input_takes_torchs_kernel():
+    """On CUDA torch's encoder-layer kernel computes GELU by its tanh approximation: any input not on
+    the CPU keeps fasttx's path (a meta tensor stands for one here)."""
+    module = _module("mha")
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert _backend.torch_inference_kernel_applies(module, x, None, [("attention", module)])
+        assert not _backend.torch_inference_kernel_applies(module, x.to("meta"), None, [("attention", module)])
 
 
 @pytest.mark.parametrize("kind", ["mha", "layer"])

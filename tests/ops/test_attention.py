@@ -637,8 +637,9 @@ def test_cuda_head_dims_left_out_of_the_build_are_named(monkeypatch):
 def test_bad_input_errors():
     q, k, v = attention_inputs(2, 4, 2, 5, 6, 16, dtype=torch.float32)
     sdpa = fasttx.scaled_dot_product_attention
-    with pytest.raises(ValueError, match=r"query must have at least 3 dims .*got shape \[5, 16\]"):
-        sdpa(q[0, 0], k, v)
+    for args in ((q[0, 0], k, v), (q[0, 0], k[0, 0], v[0, 0])):  # (torch's SDPA takes 2-D q, k and v)
+        with pytest.raises(ValueError, match=r"query must have at least 3 dims .*got shape \[5, 16\]"):
+            sdpa(*args)
     # Batch dims torch would broadcast: refused on every backend (torch's SDPA itself would take them),
     # 4-D (the one batch dim), 5-D (the leading dims), in any of the three.
     for batched in ((q, k[:1], v[:1]), (q, k, v[:1]), (q[:1], k, v),
@@ -657,7 +658,10 @@ def test_bad_input_errors():
         sdpa(q, k, v, attn_mask=torch.ones(5, 7, dtype=torch.bool, device=DEVICE), enable_gqa=True)
     with pytest.raises(ValueError, match="attn_mask and is_causal cannot both be given"):
         sdpa(q, k, v, attn_mask=torch.ones(5, 6, dtype=torch.bool, device=DEVICE), is_causal=True, enable_gqa=True)
-    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\), got 1.0"):
-        sdpa(q, k, v, dropout_p=1.0, enable_gqa=True)
+    for dropout_p in (1.0, -0.1):
+        with pytest.raises(ValueError, match=rf"dropout_p must be in \[0, 1\), got {dropout_p}"):
+            sdpa(q, k, v, dropout_p=dropout_p, enable_gqa=True)
+    with pytest.raises(TypeError, match="scale must be a float or None, got Tensor"):  # (torch's SDPA takes it)
+        sdpa(q, k, v, scale=torch.tensor(0.5), enable_gqa=True)
     with pytest.raises(TypeError, match="query must have a floating-point dtype"):
         sdpa(q.long(), k, v)

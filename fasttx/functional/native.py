@@ -237,10 +237,10 @@ def _softmax(input, dim, scale, mask, is_causal, out_dtype):
 
 
 def runs_as_is(op, backend, input, params):
-    """Whether torch's own op (F.layer_norm, F.rms_norm, torch.softmax) on these very arguments computes
-    what fasttx's would, given the op's own conditions (softmax: no scale, mask, causal masking or
-    other output dtype): "torch", or "auto" resolving to it, input and ``params`` of one dtype (fasttx's
-    rule for mixed ones is its own), no autocast (fasttx's norms keep their input's dtype under it).
+    """Whether torch's own norm (F.layer_norm, F.rms_norm) on these very arguments computes what fasttx's
+    would: "torch", or "auto" resolving to it, input and ``params`` of one dtype (fasttx's rule for
+    mixed ones is its own), no autocast (fasttx's norms keep their input's dtype under it; softmax,
+    whose policy is torch's, asks backends.resolve alone).
     Then the call is torch's alone, and so are its checks: where torch refuses the arguments, the
     caller runs the general path, whose checks say what is wrong (or accept a normalized_shape torch
     takes only as a tuple). The general path's checks and backend choice cost a torch.nn-sized norm

@@ -329,6 +329,23 @@ def test_any_dim_non_contiguous(backend, dim):
     check(x, backend, dim=dim, scale=1.5, mask=mask)
 
 
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (2, 0, 4), (2, 3, 0)], ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs(backend, shape, mask_kind):
+    """No rows or no columns, with or without a mask: an empty output and empty gradients, nothing
+    launched or reduced over the empty dim (a float mask's rows are read for -inf throughout)."""
+    x = logits(*shape).requires_grad_()
+    mask = {None: None, "bool": torch.rand(shape, device=DEVICE) > 0.5,
+            "float": torch.randn(shape, device=DEVICE).requires_grad_()}[mask_kind]
+    out = fasttx.softmax(x, -1, mask=mask, backend=backend)
+    assert out.shape == shape and out.dtype == x.dtype
+    out.sum().backward()
+    assert x.grad.shape == shape
+    if mask_kind == "float":
+        assert mask.grad.shape == shape
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_and_zero_dim_inputs(backend):
     check(logits(9), backend)

@@ -128,11 +128,7 @@ def unavailable_reason(backend, device_type=None, dtype=None, op=None):
 
 def resolve(op, backend, tensor):
     """Name of the backend that runs ``op`` on ``tensor`` when the caller passed ``backend``."""
-    if backend == "auto":  # (default_backend() inlined: every op call asks, and torch is the common answer)
-        stack = _local.stack
-        wanted = stack[-1] if stack else _ENVIRONMENT_DEFAULT
-    else:
-        wanted = backend
+    wanted = default_backend() if backend == "auto" else backend  # (checked below where not torch or auto)
     # Torch runs anywhere: no need to read the tensor's device (~0.3 us: it makes a torch.device), nor,
     # for "auto", whether it is a CUDA one where no kernel is listed for the op.
     if wanted == "torch" or wanted == "auto" and not (AUTO_KERNELS.get(op) and tensor.is_cuda):
@@ -141,7 +137,7 @@ def resolve(op, backend, tensor):
         chosen = next((b for b in AUTO_KERNELS[op] if unavailable_reason(b, "cuda", tensor.dtype, op) is None),
                       "torch")
     else:
-        _check_choice(wanted, "backend" if backend != "auto" else "FASTTX_BACKEND")
+        _check_choice(wanted)  # (default_backend() has checked FASTTX_BACKEND's value)
         reason = unavailable_reason(wanted, tensor.device.type, tensor.dtype, op)
         if reason is not None:
             raise RuntimeError(f"fasttx.{op}: backend={wanted!r} cannot run here: {reason}")
